@@ -1,0 +1,90 @@
+"""The `sisa` command: `sisa <verb> --config FILE [key.sub=value ...]`.
+
+Each verb lives in its own pipeline module with `add_arguments(parser)` and `cli(cfg, args)`.
+Errors a user can cause print one clear message and exit non-zero; tracebacks are for our bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from storage.errors import SisaError
+
+# verb → (module, one-line help)
+VERBS: dict[str, tuple[str, str]] = {
+    "ingest": ("pipelines.ingest", "validate and ingest records (JSONL, CSV, Parquet, HF dataset folders)"),
+    "status": ("pipelines.status", "records per shard and slice, ingest batches, store size"),
+    "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
+    "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
+}
+
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "DO_NOT_TRACK": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sisa",
+        description="Exact machine unlearning for LoRA-fine-tuned language models (SISA).",
+        usage="sisa VERB [--config FILE] [key.sub=value ...] [options]",
+        epilog="Every verb takes --config FILE and dotted overrides such as store.uri=/tmp/s sharding.num_shards=8. "
+        "`sisa config --describe` lists every key.",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    for verb, (module, help_text) in VERBS.items():
+        mod = importlib.import_module(module)
+        p = sub.add_parser(verb, help=help_text, description=(mod.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        mod.add_arguments(p)
+    return parser
+
+
+def _split_overrides(args: argparse.Namespace) -> None:
+    """Positional args with '=' are overrides; argparse cannot tell them from FILE arguments."""
+    for name in ("inputs", "targets"):
+        values = getattr(args, name, None)
+        if values:
+            keep = [v for v in values if "=" not in v or os.path.exists(v)]
+            args.overrides = list(args.overrides) + [v for v in values if v not in keep]
+            setattr(args, name, keep)
+
+
+def main(argv: list[str] | None = None) -> int:
+    for k, v in OFFLINE_ENV.items():
+        os.environ.setdefault(k, v)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    bad = [u for u in unknown if u.startswith("-") or "=" not in u]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = [u for u in unknown if u not in bad]
+    _split_overrides(args)
+    module = importlib.import_module(VERBS[args.verb][0])
+    try:
+        from sisa.config import load_config
+
+        extra = module.overrides_from(args) if hasattr(module, "overrides_from") else []
+        cfg = load_config(args.config, list(args.overrides) + extra)
+        return module.cli(cfg, args) or 0
+    except SisaError as e:
+        print(f"sisa {args.verb}: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"sisa {args.verb}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

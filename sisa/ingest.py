@@ -1,0 +1,245 @@
+"""Ingest: validate a whole batch, add provenance, assign shards and slices, write it.
+
+    batch = prepare_batch(store, source, cfg)        # raises ValidationError, writes nothing
+    result = commit_batch(store, batch, cfg)         # parts, then index, then the ledger entry
+
+The ingest ledger entry is written last: an ingest exists once its entry does, and parts of an
+ingest without one are crash leftovers that readers ignore and `sisa gc` removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sisa.config import SisaConfig
+from sisa.sharding import assign_shards, assign_slices
+from sisa.sources import Source
+from storage import ledgers, records
+from storage.errors import ValidationError, list_some
+from storage.fs import StoreFS
+from storage.layout import index_part
+from storage.schemas import INDEX_SCHEMA, LIVE, RECORD_COLUMNS
+from storage.store import Store
+
+MAX_ID_LENGTH = 512
+
+
+@dataclass
+class Batch:
+    """A validated batch: new records only, ready to write."""
+
+    source: Source
+    source_name: str
+    table: pa.Table  # normalised: record_id, text, subject_id + the user's columns
+    skipped: int = 0  # records already in the store with identical content
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class IngestResult:
+    ingest_id: str | None
+    source: str
+    records: int
+    skipped: int
+    shards: dict[int, int]
+    slices: dict[str, int]
+    noop: bool
+
+    def to_dict(self) -> dict:
+        return self.__dict__.copy()
+
+
+def _string_column(source: Source, table: pa.Table, field_name: str, role: str, problems: list[str], required: bool) -> pa.Array | None:
+    if field_name not in table.column_names:
+        if required:
+            problems.append(f"{source.name}: no `{field_name}` column for the {role} (columns: {', '.join(table.column_names)}); set --{role.replace('_', '-')}-field")
+        return None
+    col = table[field_name].combine_chunks()
+    t = col.type
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return col.cast(pa.string())
+    if pa.types.is_integer(t):
+        return pc.cast(col, pa.string())
+    if pa.types.is_null(t):
+        return pa.nulls(len(col), pa.string())
+    problems.append(f"{source.name}: column `{field_name}` ({role}) should hold strings, got {t}")
+    return None
+
+
+def _rows(source: Source, mask: pa.Array) -> list[str]:
+    idx = np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))
+    return source.where(idx)
+
+
+def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
+    """Map the user's fields to record_id/text/subject_id and check every row; returns problems."""
+    ic = cfg.ingest
+    table = source.table
+    problems: list[str] = []
+    if table.num_rows == 0:
+        return table, [f"{source.name}: no records"]
+    ids = _string_column(source, table, ic.id_field, "id", problems, True)
+    text = _string_column(source, table, ic.text_field, "text", problems, True)
+    subject = _string_column(source, table, ic.subject_field, "subject", problems, False)
+    if ids is None or text is None or problems:
+        return table, problems
+    bad = pc.or_(pc.is_null(ids), pc.equal(pc.utf8_trim_whitespace(pc.fill_null(ids, "")), ""))
+    if pc.any(bad).as_py():
+        rows = _rows(source, bad)
+        problems.append(f"{source.name}: missing or empty `{ic.id_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}")
+    long = pc.greater(pc.utf8_length(pc.fill_null(ids, "")), MAX_ID_LENGTH)
+    if pc.any(long).as_py():
+        rows = _rows(source, long)
+        problems.append(f"{source.name}: `{ic.id_field}` longer than {MAX_ID_LENGTH} characters at {list_some(rows)}")
+    bad_text = pc.or_(pc.is_null(text), pc.equal(pc.utf8_trim_whitespace(pc.fill_null(text, "")), ""))
+    if pc.any(bad_text).as_py():
+        rows = _rows(source, bad_text)
+        problems.append(f"{source.name}: missing or empty `{ic.text_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}")
+    counts = pc.value_counts(pc.drop_null(ids))
+    dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
+    if len(dup):
+        problems.append(f"{source.name}: {len(dup)} duplicate id(s) within the file: {list_some(dup.to_pylist())}")
+    if subject is not None:
+        subject = pc.if_else(pc.equal(pc.utf8_trim_whitespace(pc.fill_null(subject, "")), ""), pa.scalar(None, pa.string()), subject)
+    else:
+        subject = pa.nulls(len(ids), pa.string())
+    reserved = set(RECORD_COLUMNS) | {ic.id_field, ic.text_field, ic.subject_field}
+    extra = [c for c in table.column_names if c not in reserved]
+    clash = [c for c in table.column_names if c in set(RECORD_COLUMNS) - {"record_id", "text", "subject_id"}]
+    if clash:
+        problems.append(f"{source.name}: columns {clash} are provenance columns sisa writes itself; rename them")
+    out = pa.table({"record_id": ids, "text": text, "subject_id": subject, **{c: table[c] for c in extra}})
+    return out, problems
+
+
+def content_sha256(texts: pa.Array) -> pa.Array:
+    return pa.array([hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts.to_pylist()], pa.string())
+
+
+def prepare_batches(store: Store, sources: list[Source], cfg: SisaConfig) -> list[Batch]:
+    """Validate every source, across sources and against the store; raise once with every problem."""
+    problems: list[str] = []
+    batches = []
+    for source in sources:
+        table, probs = normalise(source, cfg)
+        problems.extend(probs)
+        batches.append(Batch(source, cfg.ingest.source or source.name, table))
+    if problems:
+        raise ValidationError("nothing was ingested:\n" + "\n".join(f"  - {p}" for p in problems))
+    # Duplicates across the files of one call.
+    seen: dict[str, str] = {}
+    cross = []
+    for b in batches:
+        for rid in b.table["record_id"].to_pylist() if len(batches) > 1 else []:
+            if rid in seen and seen[rid] != b.source.name:
+                cross.append(f"{rid} ({seen[rid]} and {b.source.name})")
+            seen.setdefault(rid, b.source.name)
+    if cross:
+        problems.append(f"{len(cross)} id(s) appear in more than one input: {list_some(cross)}")
+    # Against the store: the same id with the same text is a re-ingest (skipped); other text is a conflict.
+    for b in batches:
+        b.table = b.table.append_column("content_sha256", content_sha256(b.table["text"]))
+        found, _ = store.index.lookup(b.table["record_id"])
+        if found.num_rows == 0:
+            continue
+        joined = b.table.select(["record_id", "content_sha256"]).join(
+            found.select(["record_id", "content_sha256"]), "record_id", right_suffix="_stored"
+        )
+        differs = pc.not_equal(joined["content_sha256"], joined["content_sha256_stored"])
+        conflicting = joined.filter(differs)["record_id"].to_pylist()
+        if conflicting:
+            problems.append(
+                f"{b.source.name}: {len(conflicting)} id(s) already in the store with different text: "
+                f"{list_some(conflicting)}; forget them first or give new ids"
+            )
+        already = pc.is_in(b.table["record_id"], value_set=found["record_id"])
+        b.skipped = int(pc.sum(already.cast(pa.int64())).as_py() or 0)
+        b.table = b.table.filter(pc.invert(already))
+    if problems:
+        raise ValidationError("nothing was ingested:\n" + "\n".join(f"  - {p}" for p in problems))
+    return batches
+
+
+def _open_slices(store: Store, slice_size: int) -> dict[int, tuple[int, int]]:
+    """Per shard: (slice to fill, records already in it). A sealed or full slice is never filled."""
+    filled = {(r["shard_id"], r["slice_idx"]): r["records"] for r in store.index.counts().to_pylist()}
+    sealed = store.sealed_slices()
+    out = {}
+    for shard in range(store.num_shards):
+        last = max([sl for (sh, sl) in filled if sh == shard] + store.slices(shard), default=-1)
+        n = filled.get((shard, last), 0)
+        if last >= 0 and last > sealed.get(shard, -1) and n < slice_size:
+            out[shard] = (last, n)
+        else:
+            out[shard] = (max(last, sealed.get(shard, -1)) + 1, 0)
+    return out
+
+
+def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> IngestResult:
+    """Write one validated batch as one ingest. The caller holds the store lock."""
+    table = batch.table
+    if table.num_rows == 0:
+        return IngestResult(None, batch.source_name, 0, batch.skipped, {}, {}, True)
+    ids = table["record_id"].to_pylist()
+    subjects = table["subject_id"].to_pylist()
+    shard_ids = assign_shards(store.seed, ids, subjects, store.num_shards)
+    slice_idx = assign_slices(shard_ids, _open_slices(store, cfg.sharding.slice_size), cfg.sharding.slice_size)
+    ingest_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
+    now = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
+    n = table.num_rows
+    extra = [c for c in table.column_names if c not in ("record_id", "text", "subject_id", "content_sha256")]
+    full = pa.table(
+        {
+            "record_id": table["record_id"],
+            "text": table["text"],
+            "subject_id": table["subject_id"],
+            "shard_id": pa.array(shard_ids, pa.int32()),
+            "slice_idx": pa.array(slice_idx, pa.int32()),
+            "source": pa.array([batch.source_name] * n, pa.string()),
+            "ingest_id": pa.array([ingest_id] * n, pa.string()),
+            "ingested_at": pa.array([now.as_py()] * n, pa.timestamp("ms", tz="UTC")),
+            "content_sha256": table["content_sha256"],
+            **{c: table[c] for c in extra},
+        }
+    )
+    # Group rows by (shard, slice) with one sort, then write a part per group.
+    key = shard_ids.astype(np.int64) * (1 << 31) + slice_idx.astype(np.int64)
+    order = np.argsort(key, kind="stable")
+    full_sorted = full.take(pa.array(order))
+    skey = key[order]
+    bounds = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1], True])
+    shards: dict[int, int] = {}
+    slices: dict[str, int] = {}
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        shard, sl = int(shard_ids[order[a]]), int(slice_idx[order[a]])
+        records.write_part(store.fs, shard, sl, seq, ingest_id, full_sorted.slice(a, b - a))
+        shards[shard] = shards.get(shard, 0) + int(b - a)
+        slices[f"{shard}/{sl}"] = int(b - a)
+    index = full.select(["record_id", "subject_id", "shard_id", "slice_idx", "source", "ingest_id", "content_sha256"])
+    index = index.append_column("status", pa.array([LIVE] * n, pa.string())).select(INDEX_SCHEMA.names)
+    store.fs.write_parquet(index_part(seq, ingest_id), index)
+    entry = {
+        "seq": seq,
+        "ingest_id": ingest_id,
+        "source": batch.source_name,
+        "input_sha256": batch.source.sha256,
+        "ingested_at": now.as_py().isoformat(),
+        "records": n,
+        "skipped": batch.skipped,
+        "shards": {str(k): v for k, v in sorted(shards.items())},
+        "extra_columns": extra,
+    }
+    ledgers.write_ingest(store.fs, entry)
+    store.refresh()
+    return IngestResult(ingest_id, batch.source_name, n, batch.skipped, shards, slices, False)
+
+
+def next_seq(fs: StoreFS) -> int:
+    return max((e["seq"] for e in ledgers.list_ingests(fs)), default=0) + 1

@@ -1,0 +1,62 @@
+"""Pure functions of the method: shard and slice assignment, seed derivation.
+
+Shards: `shard_id = blake2b(subject_id or record_id, key=shard key) mod S`, so every record of one
+person lands in one shard and a deletion by subject touches one shard. The shard key derives from
+the store seed (not from the store's secret salt) so that a store rebuilt from the same data and
+config reproduces the same shards, and therefore the same adapters, bit for bit.
+
+Slices: records fill a shard's open slice in arrival order up to `slice_size`; a slice that a
+checkpoint has trained is sealed, and later records open the next slice (slices are append-only).
+
+Seeds: every random choice in training derives from (store seed, shard_id, slice_idx, purpose),
+never from time or row order, which is what makes a retrain reproduce a from-scratch run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from storage.keys import keyed_int64
+
+
+def shard_key(store_seed: int) -> bytes:
+    return hashlib.blake2b(f"sisa-shard-key:{store_seed}".encode(), digest_size=32).digest()
+
+
+def assign_shards(store_seed: int, record_ids: list[str], subject_ids: list[str | None], num_shards: int) -> np.ndarray:
+    """shard_id per record: by subject when it has one, else by record id."""
+    keys = [s if s else r for r, s in zip(record_ids, subject_ids, strict=True)]
+    # Hash each distinct key once: a person with many records costs one hash.
+    uniq, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
+    hashed = np.asarray(keyed_int64(shard_key(store_seed), uniq.tolist()), dtype=np.uint64)
+    return (hashed % np.uint64(num_shards)).astype(np.int32)[inverse]
+
+
+def assign_slices(shard_ids: np.ndarray, open_slices: dict[int, tuple[int, int]], slice_size: int) -> np.ndarray:
+    """slice_idx per record, in arrival order within each shard.
+
+    `open_slices[shard] = (slice_idx, records already in it)` for a shard whose last slice is not
+    sealed; shards not in it start at their next free slice, given as `(slice_idx, 0)`.
+    """
+    shard_ids = np.asarray(shard_ids, dtype=np.int64)
+    out = np.empty(len(shard_ids), dtype=np.int32)
+    if len(shard_ids) == 0:
+        return out
+    order = np.argsort(shard_ids, kind="stable")
+    sorted_shards = shard_ids[order]
+    starts = np.flatnonzero(np.r_[True, sorted_shards[1:] != sorted_shards[:-1]])
+    ends = np.r_[starts[1:], len(sorted_shards)]
+    for s, e in zip(starts, ends, strict=True):
+        shard = int(sorted_shards[s])
+        first_slice, filled = open_slices.get(shard, (0, 0))
+        pos = np.arange(e - s) + filled
+        out[order[s:e]] = first_slice + pos // slice_size
+    return out
+
+
+def derive_seed(store_seed: int, shard_id: int, slice_idx: int, purpose: str = "train") -> int:
+    """A 63-bit seed from (store seed, shard, slice, purpose); stable across processes."""
+    blob = f"{store_seed}:{shard_id}:{slice_idx}:{purpose}".encode()
+    return int.from_bytes(hashlib.blake2b(blob, digest_size=8).digest(), "big") >> 1

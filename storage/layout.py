@@ -1,0 +1,75 @@
+"""Every path inside a store is built here, and only here.
+
+    store.json                                    format, num_shards, seed, created_at
+    secret.key                                    salt of every keyed hash (never leaves the store)
+    LOCK                                          the writer lock
+    CURRENT                                       pointer to the serving model version
+    data/shard=SSSSS/slice=LLLLLL/part-NNNNNN-<ingest_id>.parquet   records of one ingest in one slice
+    index/part-NNNNNN-<ingest_id>.parquet         record index rows of one ingest
+    ingests/NNNNNN-<ingest_id>.json               ingest ledger (append-only)
+    checkpoints/shard=SSSSS/<checkpoint_id>/      adapter + optimizer/RNG state + manifest
+    versions/vNNNNNN.json                         model version ledger
+    requests/<request_id>.json                    deletion ledger
+    mlflow.db, mlartifacts/                       MLflow (sqlite backend) when tracked under the store
+    cache/, tmp/, reports/                        derived data; purged with the records they derive from
+"""
+
+from __future__ import annotations
+
+STORE_META = "store.json"
+SECRET_KEY = "secret.key"
+LOCK = "LOCK"
+CURRENT = "CURRENT"
+DATA = "data"
+INDEX = "index"
+INGESTS = "ingests"
+CHECKPOINTS = "checkpoints"
+VERSIONS = "versions"
+REQUESTS = "requests"
+CACHE = "cache"
+TMP = "tmp"
+REPORTS = "reports"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+
+
+def shard_dir(shard_id: int) -> str:
+    return f"{DATA}/shard={shard_id:05d}"
+
+
+def slice_dir(shard_id: int, slice_idx: int) -> str:
+    return f"{shard_dir(shard_id)}/slice={slice_idx:06d}"
+
+
+def part_name(seq: int, ingest_id: str) -> str:
+    return f"part-{seq:06d}-{ingest_id}.parquet"
+
+
+def slice_part(shard_id: int, slice_idx: int, seq: int, ingest_id: str) -> str:
+    return f"{slice_dir(shard_id, slice_idx)}/{part_name(seq, ingest_id)}"
+
+
+def index_part(seq: int, ingest_id: str) -> str:
+    return f"{INDEX}/{part_name(seq, ingest_id)}"
+
+
+def ingest_entry(seq: int, ingest_id: str) -> str:
+    return f"{INGESTS}/{seq:06d}-{ingest_id}.json"
+
+
+def checkpoint_dir(shard_id: int, checkpoint_id: str) -> str:
+    return f"{CHECKPOINTS}/shard={shard_id:05d}/{checkpoint_id}"
+
+
+def version_entry(model_version: int) -> str:
+    return f"{VERSIONS}/v{model_version:06d}.json"
+
+
+def request_entry(request_id: str) -> str:
+    return f"{REQUESTS}/{request_id}.json"
+
+
+def parse_shard_slice(rel: str) -> tuple[int, int]:
+    """(shard_id, slice_idx) of a path under data/."""
+    parts = rel.split("/")
+    return int(parts[1].split("=")[1]), int(parts[2].split("=")[1])

@@ -1,0 +1,71 @@
+"""Record data: one Parquet part per (shard, slice, ingest).
+
+Slices are append-only: an ingest adds part files to a slice that no checkpoint has sealed yet,
+or opens new slices. A slice is read as the concatenation of its committed parts in ingest order
+(the part name starts with the ingest sequence number), so arrival order is stable across runs.
+Parts whose ingest is not in the ingest ledger are uncommitted leftovers of a crash and are never
+read; `sisa gc` removes them.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from storage import layout
+from storage.fs import StoreFS
+
+
+def _ingest_of(part_path: str) -> str:
+    name = part_path.rsplit("/", 1)[-1]
+    return name[len("part-000000-") : -len(".parquet")]
+
+
+def list_parts(fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str]) -> list[str]:
+    """Committed part paths of one slice, in ingest order."""
+    infos = fs.list(layout.slice_dir(shard_id, slice_idx))
+    return [fs.rel(i.path) for i in infos if i.path.endswith(".parquet") and _ingest_of(i.path) in committed]
+
+
+def list_slices(fs: StoreFS, shard_id: int) -> list[int]:
+    """Slice numbers that have a folder under the shard (including emptied ones)."""
+    out = []
+    for info in fs.list(layout.shard_dir(shard_id)):
+        name = info.path.rsplit("/", 1)[-1]
+        if name.startswith("slice="):
+            out.append(int(name.split("=")[1]))
+    return sorted(out)
+
+
+def read_slice(fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str], columns: list[str] | None = None) -> pa.Table | None:
+    """All records of one slice in arrival order, or None when it holds none."""
+    tables = [fs.read_parquet(p, columns=columns) for p in list_parts(fs, shard_id, slice_idx, committed)]
+    tables = [t for t in tables if t.num_rows]
+    if not tables:
+        return None
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def write_part(fs: StoreFS, shard_id: int, slice_idx: int, seq: int, ingest_id: str, table: pa.Table) -> str:
+    rel = layout.slice_part(shard_id, slice_idx, seq, ingest_id)
+    fs.write_parquet(rel, table)
+    return rel
+
+
+def remove_records(fs: StoreFS, part_rel: str, record_ids: pa.Array) -> int:
+    """Rewrite one part without the given records; returns how many rows went.
+
+    The new file replaces the old one by an atomic rename, so the old bytes are unlinked; an
+    emptied part is deleted outright.
+    """
+    table = fs.read_parquet(part_rel)
+    keep = pc.invert(pc.is_in(table["record_id"], value_set=record_ids))
+    kept = table.filter(keep)
+    removed = table.num_rows - kept.num_rows
+    if removed == 0:
+        return 0
+    if kept.num_rows == 0:
+        fs.delete(part_rel)
+    else:
+        fs.write_parquet(part_rel, kept)
+    return removed
