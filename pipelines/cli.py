@@ -17,6 +17,7 @@ from storage.errors import SisaError
 VERBS: dict[str, tuple[str, str]] = {
     "ingest": ("pipelines.ingest", "validate and ingest records (JSONL, CSV, Parquet, HF dataset folders)"),
     "status": ("pipelines.status", "records per shard and slice, ingest batches, store size"),
+    "train": ("pipelines.train", "train pending slices of every shard (Ray) and commit a model version"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
 }

@@ -1,0 +1,221 @@
+"""The per-shard trainer: `train_shard(task) -> ShardResult`, a plain picklable function.
+
+For each slice the task names, in order: continue from the previous checkpoint (adapter and
+AdamW state), train the shard's LoRA adapter on the slice's records (cumulative: slices 0..j;
+incremental: slice j), and save a checkpoint. Ray runs it on a worker; a serial loop runs the
+same function in-process. The worker reads its records from the store itself.
+
+Determinism: before each slice the torch RNG is seeded from (store seed, shard_id, slice_idx);
+the sample order comes from a generator with that seed; torch runs deterministic kernels with a
+fixed thread count. The same records and config therefore give the same bytes whether a slice
+is trained the first time, retrained after a deletion, or replayed from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sisa import adapters, checkpoints
+from sisa.config import SisaConfig, build_config
+from sisa.model import base_model_fingerprint, encode_texts, load_base_model
+from sisa.sharding import derive_seed
+from storage.store import Store
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    store_uri: str
+    config: dict[str, Any]  # SisaConfig.to_dict(): plain data crosses process boundaries
+    shard_id: int
+    slices: tuple[int, ...]  # slices to train, ascending and contiguous
+    parent_checkpoint_id: str | None  # the checkpoint before slices[0]; None trains from scratch
+    replay_dir: str | None = None  # replay: write the final adapter here, commit nothing
+
+
+@dataclass
+class SliceResult:
+    slice_idx: int
+    checkpoint_id: str | None
+    records: int
+    steps: int
+    tokens: int
+    loss: float | None
+
+
+@dataclass
+class ShardResult:
+    shard_id: int
+    slices: list[SliceResult] = field(default_factory=list)
+    wall_s: float = 0.0
+    tokens: int = 0
+
+    @property
+    def last_checkpoint_id(self) -> str | None:
+        return self.slices[-1].checkpoint_id if self.slices else None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def mean_loss(self) -> float | None:
+        losses = [s.loss for s in self.slices if s.loss is not None]
+        return sum(losses) / len(losses) if losses else None
+
+
+def slice_epochs(epochs: int, slice_idx: int, mode: str) -> float:
+    """Epochs for slice j. Cumulative mode rescales them as the SISA paper does (2e/(R+1) keeps
+    the total cost near e epochs over the shard), but as 2e/(j+2): a function of j alone, so that
+    slices added later never change how an earlier slice was trained (or replayed)."""
+    if mode == "incremental":
+        return float(epochs)
+    return 2.0 * epochs / (slice_idx + 2)
+
+
+def sample_order(n: int, epochs: float, seed: int) -> list[int]:
+    """`round(epochs * n)` indices: seeded permutations of range(n), concatenated and cut."""
+    if n == 0:
+        return []
+    total = max(1, round(epochs * n))
+    g = torch.Generator().manual_seed(seed)
+    out: list[int] = []
+    while len(out) < total:
+        out.extend(torch.randperm(n, generator=g).tolist())
+    return out[:total]
+
+
+def _records(store: Store, shard_id: int, slices: list[int]) -> tuple[list[str], list[str]]:
+    ids: list[str] = []
+    texts: list[str] = []
+    for sl in slices:
+        t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
+        if t is not None:
+            ids.extend(t["record_id"].to_pylist())
+            texts.extend(t["text"].to_pylist())
+    return ids, texts
+
+
+def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.optim.Optimizer:
+    # foreach=False: the single-tensor path is the same on every thread count and device count.
+    return torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay, foreach=False)
+
+
+def configure_torch(threads: int) -> int:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return previous
+
+
+def train_shard(task: ShardTask) -> ShardResult:
+    cfg = build_config(task.config)
+    previous_threads = configure_torch(cfg.scheduler.threads_per_task)
+    try:
+        return _train_shard(task, cfg)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
+    started = time.perf_counter()
+    store = Store.open(task.store_uri)
+    result = ShardResult(task.shard_id)
+    base, tokenizer = load_base_model(cfg.model)
+    device = next(base.parameters()).device
+    base_fp = base_model_fingerprint(cfg.model)
+    training_fp = cfg.training_fingerprint()
+
+    # Start: the parent checkpoint, or a fresh adapter whose init is seeded by (seed, shard).
+    torch.manual_seed(derive_seed(store.seed, task.shard_id, -1, "init"))
+    model = adapters.attach_lora(base, cfg.lora)
+    params = adapters.trainable_parameters(model)
+    optimizer = make_optimizer(params, cfg)
+    parent_id = task.parent_checkpoint_id
+    parent_lineage: str | None = None
+    if parent_id is not None:
+        parent = checkpoints.open_checkpoint(store, parent_id)
+        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
+        opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
+        checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
+        parent_lineage = parent.manifest["lineage_digest"]
+
+    for slice_idx in task.slices:
+        seed = derive_seed(store.seed, task.shard_id, slice_idx)
+        torch.manual_seed(seed)
+        data_slices = list(range(slice_idx + 1)) if cfg.sharding.slice_mode == "cumulative" else [slice_idx]
+        _, texts = _records(store, task.shard_id, data_slices)
+        new_ids, _ = _records(store, task.shard_id, [slice_idx])
+        order = sample_order(len(texts), slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode), seed)
+        sr = _train_steps(model, optimizer, params, tokenizer, texts, order, cfg, device)
+        sr.slice_idx = slice_idx
+        sr.records = len(new_ids)
+        result.tokens += sr.tokens
+
+        record_hashes = store.hash_ids(new_ids)
+        lineage = checkpoints.lineage_digest(parent_lineage, record_hashes)
+        ckpt_id = checkpoints.make_checkpoint_id(task.shard_id, slice_idx, parent_id, lineage, training_fp, base_fp)
+        if task.replay_dir is None:
+            manifest = {
+                "shard_id": task.shard_id,
+                "slice_idx": slice_idx,
+                "parent_checkpoint_id": parent_id,
+                "lineage_digest": lineage,
+                "records_in_slice": len(new_ids),
+                "records_trained": len(texts),
+                "slice_mode": cfg.sharding.slice_mode,
+                "seed": seed,
+                "steps": sr.steps,
+                "loss": sr.loss,
+                "training_fingerprint": training_fp,
+                "config_fingerprint": cfg.fingerprint(),
+                "base_model": cfg.model.name,
+                "base_model_fingerprint": base_fp,
+            }
+            checkpoints.write_checkpoint(
+                store, ckpt_id, manifest, lambda d: adapters.save_adapter(model, d), optimizer, record_hashes
+            )
+            sr.checkpoint_id = ckpt_id
+        else:
+            sr.checkpoint_id = ckpt_id
+        result.slices.append(sr)
+        parent_id, parent_lineage = ckpt_id, lineage
+
+    if task.replay_dir is not None:
+        out = os.path.join(task.replay_dir, f"shard={task.shard_id:05d}")
+        os.makedirs(out, exist_ok=True)
+        adapters.save_adapter(model, out)
+    result.wall_s = time.perf_counter() - started
+    return result
+
+
+def _train_steps(model, optimizer, params, tokenizer, texts: list[str], order: list[int], cfg: SisaConfig, device) -> SliceResult:
+    model.train()
+    bs = cfg.training.batch_size
+    steps = tokens = 0
+    loss_sum = 0.0
+    for start in range(0, len(order), bs):
+        batch_idx = order[start : start + bs]
+        enc = encode_texts(tokenizer, [texts[i] for i in batch_idx], cfg.training.max_length)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        out = model(**enc)
+        out.loss.backward()
+        if cfg.training.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm, foreach=False)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+        tokens += int(enc["attention_mask"].sum())
+        loss_sum += float(out.loss.detach())
+    model.eval()
+    loss = loss_sum / steps if steps else None
+    if loss is not None and not math.isfinite(loss):
+        from storage.errors import ShardJobError
+
+        raise ShardJobError(f"training diverged (loss {loss}); lower training.lr", [])
+    return SliceResult(-1, None, 0, steps, tokens, loss)
