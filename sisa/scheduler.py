@@ -1,0 +1,220 @@
+"""Shard jobs: run one plain function per shard, serially or as Ray tasks.
+
+This is the only module that imports Ray. A shard job is `fn(task) -> result` where `fn` is a
+picklable module-level function and `task` a small picklable object with an int `shard_id`; the
+worker reads its own data from the store, so the driver ships only the task. Both backends run
+the same function on the same task with the same torch thread count, so their results are
+identical (the `serial` backend is for debugging and for tests that need no cluster).
+
+Ray is embedded (a private local instance) unless `scheduler.address` or `RAY_ADDRESS` names a
+cluster. The embedded instance never starts the dashboard (and would bind it to 127.0.0.1 if
+asked), keeps worker output out of the driver's terminal, and gives workers an offline
+environment. It keeps logs and spill files under `ray_temp_dir()`, which a leak scan inspects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import ray
+import torch
+from ray.exceptions import RayError, RayTaskError
+from tqdm import tqdm
+
+from sisa.config import SchedulerConfig
+from storage.errors import ConfigError, ShardJobError, SisaError
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_MIB = 1024 * 1024
+# Workers must never reach a hub, phone home or oversubscribe the cores Ray reserved for them.
+_WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+_session_dir: str | None = None
+
+
+def run_shard_jobs(
+    fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str = "shards"
+) -> list[R]:
+    """Run `fn(task)` for every task and return the results in task order.
+
+    Every task runs even if another fails, so the error names every failed shard, not just the
+    first to finish. Failures raise one `ShardJobError` whose `shard_ids` are the failed shards,
+    whose `errors` maps shard_id -> the original exception (unwrapped from Ray, so a `SisaError`
+    comes back as itself) and whose `__cause__` is the first failure in task order.
+    """
+    if not tasks:
+        return []
+    if cfg.backend == "serial":
+        outcomes = _run_serial(fn, tasks, cfg, desc)
+    elif cfg.backend == "ray":
+        outcomes = _run_ray(fn, tasks, cfg, desc)
+    else:
+        raise ConfigError([f"`scheduler.backend` should be ray or serial, got {cfg.backend!r}"])
+    _raise_failures(tasks, outcomes)
+    return [out for _, out in outcomes]
+
+
+def shutdown_ray() -> None:
+    """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def ray_temp_dir() -> str | None:
+    """The session directory of the Ray this process used (logs, spill files), or None.
+
+    Remembered after `shutdown_ray()` so a leak scan can still look there.
+    """
+    if ray.is_initialized():
+        _remember_session_dir()
+    return _session_dir
+
+
+def _call_with_threads(fn: Callable[[T], R], task: T, threads: int) -> R:
+    """Run one shard job with a fixed torch thread count.
+
+    The thread count changes float reduction order, so both backends must use the same one for
+    their results to be bit-identical. The previous value is restored for the serial backend,
+    which runs inside the caller's process.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(task)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_serial(
+    fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str
+) -> list[tuple[bool, Any]]:
+    outcomes: list[tuple[bool, Any]] = []
+    for task in tqdm(tasks, desc=desc, unit="shard", disable=not sys.stderr.isatty()):
+        try:
+            outcomes.append((True, _call_with_threads(fn, task, cfg.threads_per_task)))
+        except Exception as e:  # noqa: BLE001 - every shard's failure is collected and re-raised
+            outcomes.append((False, e))
+    return outcomes
+
+
+def _run_ray(
+    fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str
+) -> list[tuple[bool, Any]]:
+    _ensure_ray(cfg)
+    remote = ray.remote(
+        num_cpus=cfg.threads_per_task,
+        num_gpus=1 if torch.cuda.is_available() else 0,
+        max_retries=cfg.max_retries,
+        retry_exceptions=False,
+    )(_call_with_threads)
+    refs = [remote.remote(fn, task, cfg.threads_per_task) for task in tasks]
+    index = {ref: i for i, ref in enumerate(refs)}
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(refs)
+    pending = list(refs)
+    try:
+        with tqdm(total=len(refs), desc=desc, unit="shard", disable=not sys.stderr.isatty()) as bar:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    try:
+                        outcomes[index[ref]] = (True, ray.get(ref))
+                    except RayError as e:
+                        outcomes[index[ref]] = (False, _unwrap(e))
+                    bar.update(1)
+    except BaseException:
+        # Ctrl-C or a driver-side failure: do not leave shard jobs running on the cluster.
+        for ref in pending:
+            ray.cancel(ref)
+        raise
+    return outcomes
+
+
+def _unwrap(error: BaseException) -> BaseException:
+    """The exception the task raised, not Ray's wrapper, so a SisaError keeps its type.
+
+    A dead worker (WorkerCrashedError) or an unpicklable exception stays a RayError.
+    """
+    while isinstance(error, RayTaskError) and error.cause is not None and error.cause is not error:
+        error = error.cause
+    return error
+
+
+def _raise_failures(tasks: list[Any], outcomes: list[tuple[bool, Any]]) -> None:
+    failed = {tasks[i].shard_id: out for i, (ok, out) in enumerate(outcomes) if not ok}
+    if not failed:
+        return
+    ids = list(failed)
+    first = failed[ids[0]]
+    rest = " (the other shards' jobs completed)" if len(ids) < len(tasks) else ""
+    err = ShardJobError(
+        f"{len(ids)} of {len(tasks)} shard job(s) failed (shard_id {', '.join(map(str, ids))}); "
+        f"first error: {type(first).__name__}: {_message(first)}. Fix the cause and rerun{rest}.",
+        shard_ids=ids,
+    )
+    err.errors = failed  # type: ignore[attr-defined]
+    raise err from first
+
+
+def _message(error: BaseException) -> str:
+    text = error.message if isinstance(error, SisaError) else str(error)
+    return text.strip().rstrip(".")
+
+
+def _ensure_ray(cfg: SchedulerConfig) -> None:
+    """Attach to a cluster or start the embedded Ray; reuse a Ray already up in this process."""
+    if not ray.is_initialized():
+        # Read by the Ray processes this driver spawns (embedded case), not only by workers.
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        # Ray 2.60 turns token auth on for a new local Ray (token in ~/.ray/auth_token) and
+        # warns about it on every init. Setting RAY_AUTH_MODE=token ourselves breaks the start
+        # (the driver cached "disabled" at import), so only the warning is muted.
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+        env_vars = dict(_WORKER_ENV)
+        env_vars["OMP_NUM_THREADS"] = env_vars["MKL_NUM_THREADS"] = str(cfg.threads_per_task)
+        common: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.WARNING,
+            "runtime_env": {"env_vars": env_vars},
+        }
+        address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+        if address:
+            ray.init(address=address, **common)
+        else:
+            # "local", not None: None would attach to whatever `ray start` cluster another
+            # process on this machine left in /tmp/ray/ray_current_cluster.
+            ray.init(
+                address="local",
+                num_cpus=cfg.num_cpus or os.cpu_count() or 1,
+                object_store_memory=cfg.object_store_mb * _MIB,
+                dashboard_host="127.0.0.1",
+                **common,
+            )
+    _remember_session_dir()
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < cfg.threads_per_task:
+        raise ConfigError(
+            [
+                f"`scheduler.threads_per_task` should be at most the Ray cluster's CPUs ({cpus:g}), "
+                f"got {cfg.threads_per_task}; a shard job asking for more would never be scheduled"
+            ]
+        )
+
+
+def _remember_session_dir() -> None:
+    global _session_dir
+    ctx = ray.get_runtime_context()
+    _session_dir = os.path.join(ctx.get_temp_dir(), ctx.get_session_name())
