@@ -69,10 +69,13 @@ RAY = SchedulerConfig(backend="ray", num_cpus=2, threads_per_task=1, max_retries
 
 
 def _worker_pythonpath() -> str:
-    """Ray workers import the jobs below by module name (`test_scheduler`, as pytest imported
-    it), so they need this directory on their path; Ray itself adds only the driver's cwd."""
-    here = str(Path(__file__).parent)
-    return os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+    """Ray workers import the jobs below by this module's name, as pytest imported it
+    (`test_scheduler` or `tests.sisa.test_scheduler`), so they need its root on their path;
+    Ray itself adds only the driver's cwd."""
+    root = Path(__file__).resolve().parent
+    for _ in range(__name__.count(".")):
+        root = root.parent
+    return os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
 
 
 @pytest.fixture(scope="module")
