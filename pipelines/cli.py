@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
+import warnings
 
 from storage.errors import SisaError
 
@@ -18,6 +20,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "ingest": ("pipelines.ingest", "validate and ingest records (JSONL, CSV, Parquet, HF dataset folders)"),
     "status": ("pipelines.status", "records per shard and slice, ingest batches, store size"),
     "train": ("pipelines.train", "train pending slices of every shard (Ray) and commit a model version"),
+    "forget": ("pipelines.forget", "forget records exactly (by id, subject, source or ingest), with optional fast path"),
+    "requests": ("pipelines.requests", "list deletion requests, their status and deadlines"),
+    "certificate": ("pipelines.certificate", "print the evidence of one completed deletion request"),
+    "rollback": ("pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
+    "versions": ("pipelines.versions", "list model versions"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
 }
@@ -65,6 +72,11 @@ def _split_overrides(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     for k, v in OFFLINE_ENV.items():
         os.environ.setdefault(k, v)
+    # Library deprecation chatter is not for our users; our own messages go through print.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     bad = [u for u in unknown if u.startswith("-") or "=" not in u]

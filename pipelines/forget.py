@@ -1,0 +1,420 @@
+"""Forget records: exact deletion, with an optional approximate or isolating fast path.
+
+    sisa forget --config C --subject person-00003 [--fast | --isolate] [--dry-run] [--json]
+    sisa forget --config C --ids a,b,c | --ids-file F | --source S | --ingest-id I
+    sisa forget --config C --resume
+
+1. Select and validate: unknown ids are an error (or skipped with --allow-missing); ids an
+   earlier request deleted are a no-op. --dry-run prints the plan and stops.
+2. Ledger: the request (keyed hashes only) is written durably before anything is destroyed.
+3. Evidence, while the text is still in memory: the records' loss under the serving model.
+4. Fast path (optional): --fast unlearns approximately (NPO) on the affected shards' adapters and
+   serves that version at once; --isolate serves the unaffected shards alone.
+5. Delete the records from the slice files and the index.                  → data_deleted
+6. Retrain each affected shard from the checkpoint before its earliest affected slice, all in
+   parallel; unaffected shards are reused byte for byte. Commit; the alias follows.  → retraining
+7. Purge every checkpoint whose lineage holds a deleted record, mark the versions that held
+   them purged, delete their MLflow runs; write the certificate.            → completed
+"""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pipelines.common import open_store, print_json, print_table
+from pipelines.train import track_version
+from sisa import adapters, checkpoints, deletion, scheduler, serving, versions
+from sisa.config import SisaConfig
+from sisa.planner import DeletionPlan, plan_deletion
+from sisa.trainer import ShardTask, train_shard
+from storage import ledgers
+from storage.errors import RefusedError, ValidationError
+from storage.store import Store, checkpoint_slice, now_iso
+
+
+def _log(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+# -- 1. select and plan ------------------------------------------------------------------------
+def make_plan(store: Store, cfg: SisaConfig, sel: deletion.Selection) -> DeletionPlan:
+    rows = sel.rows
+    hits = list(zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True))
+    deleted_ids = set(rows["record_id"].to_pylist())
+    counts: dict[int, dict[int, int]] = {}
+    for shard in range(store.num_shards):
+        counts[shard] = dict.fromkeys(store.slices(shard), 0)
+    idx = store.index.table
+    for rid, shard, sl in zip(idx["record_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
+        if rid not in deleted_ids:
+            counts[shard][sl] = counts[shard].get(sl, 0) + 1
+    plan = plan_deletion(sel.kind, hits, counts, store.num_shards, cfg.training.epochs, cfg.sharding.slice_mode)
+    plan.missing = len(sel.missing)
+    plan.already_deleted = len(sel.already_deleted)
+    return plan
+
+
+def _new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: str) -> dict[str, Any]:
+    received = datetime.now(UTC)
+    ids = sel.rows["record_id"].to_pylist()
+    serving = store.current_version()
+    return {
+        "request_id": f"req-{received:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
+        "selector": {"kind": sel.kind, "value_hashes": store.hash_ids(sel.values), "value_hash": store.hash_id("\n".join(sorted(sel.values)))},
+        "id_hashes": sorted(store.hash_ids(ids)),
+        "records": len(ids),
+        "missing_skipped": len(sel.missing),
+        "received_at": received.isoformat(timespec="milliseconds"),
+        "deadline": (received + timedelta(days=cfg.unlearning.deadline_days)).isoformat(timespec="milliseconds"),
+        "status": "received",
+        "history": [{"status": "received", "at": now_iso()}],
+        "mode": mode,
+        "plan": plan.to_dict(),
+        "version_before": serving,
+        "versions": {},
+        "timings": {},
+        "evidence": {},
+    }
+
+
+def _set_status(store: Store, req: dict[str, Any], status: str, **extra: Any) -> None:
+    req["status"] = status
+    req["history"].append({"status": status, "at": now_iso()})
+    req.update(extra)
+    ledgers.write_request(store.fs, req)
+
+
+# -- 3. evidence -------------------------------------------------------------------------------
+def measure(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
+    """Mean loss of the records under a version's ensemble, and under each shard."""
+    if not shards or not texts:
+        return {}
+    ens = serving.load_ensemble(store, cfg, shards)
+    ensemble, per = serving.score_records(ens, texts, prompts, cfg.training.max_length)
+    return {"ensemble": serving.mean(ensemble), "per_shard": {str(k): serving.mean(v) for k, v in per.items()}}
+
+
+def _texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
+    """The records' text (and prompt column, when the data has one), read into memory only."""
+    texts: list[str] = []
+    prompts: list[str | None] = []
+    has_prompt = False
+    wanted = set(rows["record_id"].to_pylist())
+    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
+    for shard, sl in pairs:
+        t = store.read_slice(shard, sl)
+        if t is None:
+            continue
+        has_prompt = has_prompt or "prompt" in t.column_names
+        ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
+        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
+            if rid in wanted:
+                texts.append(text)
+                prompts.append(p)
+    return texts, (prompts if has_prompt else None)
+
+
+def _retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> list[str]:
+    out: list[str] = []
+    for sl in store.slices(shard_id):
+        t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
+        if t is None:
+            continue
+        for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True):
+            if rid not in exclude:
+                out.append(text)
+    return out[:limit]
+
+
+# -- 4. fast paths -----------------------------------------------------------------------------
+def fast_unlearn(store: Store, cfg: SisaConfig, req: dict, rows, serving_shards: dict[int, str]) -> dict[str, Any]:
+    """Approximate unlearning in this process (the texts never leave it), committed as a version."""
+    from sisa import unlearning
+
+    deleted = set(rows["record_id"].to_pylist())
+    new_shards = dict(serving_shards)
+    affected = sorted({int(s) for s in rows["shard_id"].to_pylist()} & set(serving_shards))
+    for shard in affected:
+        shard_rows = rows.filter(rows["shard_id"].to_numpy() == shard) if rows.num_rows else rows
+        texts, _ = _texts(store, shard_rows)
+        retain = _retain_texts(store, shard, deleted)
+        parent = serving_shards[shard]
+        model, optimizer, history = unlearning.unlearn_adapter(store, cfg, parent, texts, retain, req["request_id"])
+        pman = checkpoints.read_manifest(store, shard, parent)
+        cid = f"s{shard:05d}-l{checkpoint_slice(parent):06d}-approx{secrets.token_hex(5)}"
+        manifest = {
+            **{k: pman[k] for k in ("shard_id", "slice_idx", "lineage_digest", "training_fingerprint", "config_fingerprint", "base_model", "base_model_fingerprint")},
+            "parent_checkpoint_id": parent,
+            "approximate": True,
+            "unlearning": {"method": cfg.unlearning.method, "steps": cfg.unlearning.steps, "final_loss": history[-1] if history else None},
+            "request_id": req["request_id"],
+        }
+        checkpoints.write_checkpoint(store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, [])
+        new_shards[shard] = cid
+    return new_shards
+
+
+# -- the recipe --------------------------------------------------------------------------------
+def run(
+    cfg: SisaConfig,
+    kind: str,
+    values: list[str],
+    fast: bool = False,
+    isolate: bool = False,
+    dry_run: bool = False,
+    allow_missing: bool = False,
+    evidence: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    if fast and isolate:
+        raise ValidationError("choose one of --fast and --isolate")
+    store = open_store(cfg)
+    with store.lock("forget", cfg.store.lock_timeout_s):
+        store.refresh()
+        open_reqs = [r["request_id"] for r in ledgers.list_requests(store.fs) if r["status"] in deletion.OPEN]
+        if open_reqs and not dry_run:
+            raise RefusedError(f"request(s) {', '.join(open_reqs)} are not finished; run `sisa forget --resume` first")
+        # 1. select, validate, plan
+        sel = deletion.select_records(store, kind, values)
+        if sel.missing and not allow_missing:
+            raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
+        plan = make_plan(store, cfg, sel)
+        if sel.rows.num_rows == 0:
+            return {"noop": True, "already_deleted": sel.already_deleted and len(sel.already_deleted), "missing": len(sel.missing), "plan": plan.to_dict()}
+        if dry_run:
+            return {"dry_run": True, "plan": plan.to_dict()}
+        mode = "fast" if fast else "isolate" if isolate else "exact"
+        serving_version = versions.current(store)
+        if isolate and serving_version is not None:
+            left = set(versions.shard_checkpoints(serving_version)) - {s.shard_id for s in plan.shards}
+            if not left:
+                raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
+        # 2. the ledger entry comes first
+        req = _new_request(store, cfg, sel, plan, mode)
+        ledgers.write_request(store.fs, req)
+        _log(quiet, f"request {req['request_id']}: {req['records']} record(s) in shard(s) {[s.shard_id for s in plan.shards]} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
+        started = time.perf_counter()
+        texts, prompts = _texts(store, sel.rows) if evidence else ([], None)
+        return _carry_out(store, cfg, req, sel.rows, texts, prompts, started, quiet)
+
+
+def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool) -> dict[str, Any]:
+    try:
+        return _steps(store, cfg, req, rows, texts, prompts, started, quiet)
+    except Exception as e:
+        # The request stays open and resumable; the serving version is whatever was committed last.
+        req.setdefault("errors", []).append({"at": now_iso(), "error": f"{type(e).__name__}: {getattr(e, 'message', '')[:300]}"})
+        ledgers.write_request(store.fs, req)
+        raise
+
+
+def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool) -> dict[str, Any]:
+    before = versions.current(store)
+    before_shards = versions.shard_checkpoints(before)
+    affected = sorted({int(s) for s in rows["shard_id"].to_pylist()})
+    ev = req["evidence"]
+    # 3. evidence under the serving model, and a stranger baseline: shards that never held them
+    if texts and before_shards and req["status"] == "received" and "loss_before" not in ev:
+        m = measure(store, cfg, before_shards, texts, prompts)
+        ev["loss_before"] = m.get("ensemble")
+        unaffected = {s: c for s, c in before_shards.items() if s not in affected}
+        if unaffected:
+            ev["loss_unseen_shards"] = serving.mean([m["per_shard"][str(s)] for s in unaffected])
+        ev["answer_tokens_only"] = prompts is not None
+        ledgers.write_request(store.fs, req)
+
+    # 4. fast paths
+    if req["status"] == "received" and before_shards and req["mode"] in ("fast", "isolate") and "approximate" not in req["versions"] and "isolate" not in req["versions"]:
+        t0 = time.perf_counter()
+        if req["mode"] == "fast":
+            shards = fast_unlearn(store, cfg, req, rows, before_shards)
+            entry = versions.commit_version(store, shards, "forget-fast", cfg.training_fingerprint(), cfg.model.name, approximate=True, request_id=req["request_id"])
+            req["versions"]["approximate"] = entry["model_version"]
+            label = "approximate"
+        else:
+            shards = {s: c for s, c in before_shards.items() if s not in affected}
+            entry = versions.commit_version(store, shards, "forget-isolate", cfg.training_fingerprint(), cfg.model.name, excluded_shards=affected, request_id=req["request_id"])
+            req["versions"]["isolate"] = entry["model_version"]
+            label = "isolating"
+        req["timings"]["fast_path_s"] = time.perf_counter() - t0
+        ledgers.write_request(store.fs, req)
+        track_version(store, cfg, entry, [], req["timings"]["fast_path_s"])
+        _log(quiet, f"{label} version {entry['model_version']} serves after {time.perf_counter() - started:.1f}s")
+        if texts and req["mode"] == "fast":
+            ev["loss_fast_path"] = measure(store, cfg, shards, texts, prompts).get("ensemble")
+            ledgers.write_request(store.fs, req)
+
+    # 5. delete the data
+    if req["status"] == "received":
+        t0 = time.perf_counter()
+        hashes = set(req["id_hashes"])
+        live = rows if rows.num_rows else deletion.find_live_by_hashes(store, hashes)
+        removed = deletion.remove_records(store, live)
+        req["timings"]["delete_data_s"] = time.perf_counter() - t0
+        _set_status(store, req, "data_deleted", removed=removed)
+        _log(quiet, f"deleted {removed} record(s) from the slice files and the index")
+
+    # 6. retrain affected shards from the checkpoint before the earliest affected slice
+    if req["status"] in ("data_deleted", "retraining") and "exact" not in req["versions"]:
+        _set_status(store, req, "retraining")
+        t0 = time.perf_counter()
+        base = ledgers.read_version(store.fs, req["version_before"]) if req["version_before"] else None
+        base_shards = versions.shard_checkpoints(base)
+        tasks = []
+        for sp in req["plan"]["shards"]:
+            shard = sp["shard_id"]
+            serving_ckpt = base_shards.get(shard)
+            if serving_ckpt is None or sp["earliest_slice"] > checkpoint_slice(serving_ckpt):
+                continue  # never trained on these records: deleting the data was enough
+            parent = deletion.retrain_parent(store, serving_ckpt, sp["earliest_slice"])
+            last = max(store.slices(shard))
+            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(sp["earliest_slice"], last + 1)), parent))
+        results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+        if base_shards:
+            shards = dict(base_shards)
+            shards.update({r.shard_id: r.last_checkpoint_id for r in results})
+            entry = versions.commit_version(store, shards, "forget", cfg.training_fingerprint(), cfg.model.name, request_id=req["request_id"])
+            req["versions"]["exact"] = entry["model_version"]
+            req["timings"]["retrain_s"] = time.perf_counter() - t0
+            req["retrained"] = [{"shard_id": r.shard_id, "slices": [s.slice_idx for s in r.slices], "wall_s": r.wall_s} for r in results]
+            ledgers.write_request(store.fs, req)
+            track_version(store, cfg, entry, results, req["timings"]["retrain_s"])
+            _log(quiet, f"exact version {entry['model_version']} serves (retrained shard(s) {[r.shard_id for r in results]} in {req['timings']['retrain_s']:.1f}s)")
+        else:
+            req["versions"]["exact"] = None
+            ledgers.write_request(store.fs, req)
+        if texts and req["versions"].get("exact"):
+            ev["loss_after"] = measure(store, cfg, versions.shard_checkpoints(versions.current(store)), texts, prompts).get("ensemble")
+            ledgers.write_request(store.fs, req)
+
+    # 7. purge and certify
+    t0 = time.perf_counter()
+    hashes = set(req["id_hashes"])
+    report = deletion.purge(store, cfg, hashes, req["request_id"])
+    req["timings"]["purge_s"] = time.perf_counter() - t0
+    req["timings"]["total_s"] = time.perf_counter() - started
+    req["purge"] = report
+    req["certificate"] = certify(store, req, before_shards)
+    _set_status(store, req, "completed", completed_at=now_iso())
+    _log(quiet, f"purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} version(s); request {req['request_id']} completed")
+    return {"request_id": req["request_id"], "request": req}
+
+
+def certify(store: Store, req: dict, before_shards: dict[int, str]) -> dict[str, Any]:
+    """What can be checked now: the lineage of what serves, and that the purged files are gone."""
+    current = versions.current(store)
+    after_shards = versions.shard_checkpoints(current)
+    hashes = set(req["id_hashes"])
+
+    def describe(shards: dict[int, str], verify: bool) -> list[dict]:
+        out = []
+        for s, cid in sorted(shards.items()):
+            row = {"shard_id": s, "checkpoint_id": cid}
+            if verify:
+                man = checkpoints.read_manifest(store, s, cid)
+                row["adapter_sha256"] = man["files"]["adapter_model.safetensors"]
+            out.append(row)
+        return out
+
+    violations = deletion.lineage_violations(store, after_shards, hashes)
+    still_there = [c for c in req["purge"]["checkpoints"] if store.fs.exists(f"checkpoints/shard={checkpoints.shard_of(c):05d}/{c}")]
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps({k: req[k] for k in ("request_id", "selector", "id_hashes", "received_at")}, sort_keys=True).encode()).hexdigest()
+    return {
+        "request_sha256": digest,
+        "serving_version": current["model_version"] if current else None,
+        "checkpoints_before": describe(before_shards, False),
+        "checkpoints_after": describe(after_shards, True),
+        "lineage_check": {"passed": not violations, "violations": violations},
+        "purge_check": {"passed": not still_there, "remaining": still_there},
+    }
+
+
+def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
+    """Finish every open request from where it stopped (the text may already be gone)."""
+    store = open_store(cfg)
+    out = []
+    with store.lock("forget --resume", cfg.store.lock_timeout_s):
+        for req in ledgers.list_requests(store.fs):
+            if req["status"] not in deletion.OPEN:
+                continue
+            _log(quiet, f"resuming {req['request_id']} from status {req['status']}")
+            rows = deletion.find_live_by_hashes(store, set(req["id_hashes"])) if req["status"] == "received" else None
+            texts, prompts = _texts(store, rows) if rows is not None and rows.num_rows else ([], None)
+            out.append(_carry_out(store, cfg, req, rows if rows is not None else _empty_rows(store), texts, prompts, time.perf_counter(), quiet))
+    return out
+
+
+def _empty_rows(store: Store):
+    return store.index.table.slice(0, 0)
+
+
+# -- CLI ---------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("what to forget (one)")
+    g.add_argument("--ids", help="comma-separated record ids")
+    g.add_argument("--ids-file", help="a file with one record id per line")
+    g.add_argument("--subject", help="every record of this data subject (subject_id)")
+    g.add_argument("--source", help="every record ingested from this source")
+    g.add_argument("--ingest-id", help="every record of this ingest batch (rolls back a bad ingest)")
+    p.add_argument("--fast", action="store_true", help="serve an approximate (NPO) unlearned version at once, then the exact one")
+    p.add_argument("--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    p.add_argument("--allow-missing", action="store_true", help="skip unknown ids instead of failing")
+    p.add_argument("--resume", action="store_true", help="finish interrupted requests")
+    p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
+
+
+def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
+    given = [(k, v) for k, v in (("ids", args.ids), ("ids_file", args.ids_file), ("subject", args.subject), ("source", args.source), ("ingest_id", args.ingest_id)) if v is not None]
+    if len(given) != 1:
+        raise ValidationError("give exactly one of --ids, --ids-file, --subject, --source, --ingest-id")
+    kind, value = given[0]
+    if kind == "ids":
+        return "ids", [v for v in value.split(",")]
+    if kind == "ids_file":
+        try:
+            with open(value) as f:
+                return "ids", [line.strip() for line in f if line.strip()]
+        except OSError as e:
+            raise ValidationError(f"cannot read --ids-file {value!r}: {e.strerror}") from None
+    return kind, [value]
+
+
+def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
+    if args.resume:
+        results = resume(cfg, quiet=args.json)
+        if args.json:
+            print_json([r["request"] for r in results])
+        elif not results:
+            print("no open requests")
+        return 0
+    kind, values = _selector(args)
+    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.allow_missing, not args.no_evidence, quiet=args.json)
+    if args.json:
+        print_json(res)
+        return 0
+    if res.get("noop"):
+        n = res.get("already_deleted") or 0
+        print(f"nothing to forget: {n} already deleted by an earlier request, {res['missing']} unknown skipped; no-op")
+        return 0
+    plan = res["plan"] if "plan" in res else res["request"]["plan"]
+    if res.get("dry_run"):
+        print(f"plan: forget {plan['records']} record(s) selected by {plan['selector_kind']}")
+        print_table(
+            [{"shard_id": s["shard_id"], "records": s["records"], "earliest_slice": s["earliest_slice"], "retrain_slices": f"{s['earliest_slice']}..{s['last_slice']}"} for s in plan["shards"]],
+            ["shard_id", "records", "earliest_slice", "retrain_slices"],
+        )
+        print(f"unaffected shards (reused byte for byte): {plan['unaffected_shards']}")
+        print(f"retrain cost: {plan['cost_fraction']:.1%} of a full retrain; dry run, nothing changed")
+        return 0
+    req = res["request"]
+    print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if req['certificate']['lineage_check']['passed'] else 'FAILED'})")
+    return 0

@@ -1,0 +1,192 @@
+"""The mechanics of forgetting: select, remove, find tainted checkpoints, purge, check lineage.
+
+`pipelines/forget.py` reads as the recipe; the steps it calls live here. Everything that could
+hold a deleted record's text is handled here: slice parts and index parts are rewritten without
+the rows (the old files are unlinked by the rename), checkpoints whose lineage holds a deleted
+id are deleted, versions holding them are marked purged, their MLflow runs are deleted and
+garbage-collected, and the store's tmp/ and cache/ are emptied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from sisa import checkpoints, versions
+from sisa.config import SisaConfig
+from sisa.planner import tainted_checkpoints
+from storage import layout, ledgers, records
+from storage.errors import ValidationError, list_some
+from storage.schemas import INDEX_SCHEMA
+from storage.store import Store, checkpoint_slice
+
+SELECTORS = ("ids", "subject", "source", "ingest_id")
+OPEN = ("received", "data_deleted", "retraining")
+
+
+@dataclass
+class Selection:
+    kind: str
+    values: list[str]
+    rows: pa.Table  # index rows of the live records selected
+    missing: list[str] = field(default_factory=list)  # ids/values that match nothing live
+    already_deleted: list[str] = field(default_factory=list)  # of those, forgotten by an earlier request
+
+
+def forgotten_hashes(store: Store, include_open: bool = True) -> set[str]:
+    """Keyed hashes of every id a request has deleted (or is deleting)."""
+    out: set[str] = set()
+    for r in ledgers.list_requests(store.fs):
+        if r["status"] == "completed" or (include_open and r["status"] in OPEN):
+            out.update(r["id_hashes"])
+    return out
+
+
+def forgotten_selector_hashes(store: Store) -> set[str]:
+    return {r["selector"]["value_hash"] for r in ledgers.list_requests(store.fs) if r["status"] == "completed"} | {
+        h for r in ledgers.list_requests(store.fs) if r["status"] == "completed" for h in r["selector"].get("value_hashes", [])
+    }
+
+
+def select_records(store: Store, kind: str, values: list[str]) -> Selection:
+    """Resolve a selector to live index rows; unknown values are reported, not guessed."""
+    values = [v.strip() for v in values if v and v.strip()]
+    if kind not in SELECTORS:
+        raise ValidationError(f"selector should be one of {', '.join(SELECTORS)}, got {kind!r}")
+    if not values:
+        raise ValidationError("the deletion request selects nothing: give --ids, --ids-file, --subject, --source or --ingest-id")
+    dups = sorted({v for v in values if values.count(v) > 1}) if len(values) < 10_000 else []
+    values = list(dict.fromkeys(values))
+    index = store.index
+    if kind == "ids":
+        rows, missing_arr = index.lookup(pa.array(values, pa.string()))
+        missing = missing_arr.to_pylist()
+    else:
+        column = {"subject": "subject_id", "source": "source", "ingest_id": "ingest_id"}[kind]
+        rows = index.select(column, values)
+        present = set(rows[column].to_pylist())
+        missing = [v for v in values if v not in present]
+    sel = Selection(kind, values, rows, missing)
+    if missing:
+        gone = forgotten_hashes(store) if kind == "ids" else forgotten_selector_hashes(store)
+        hashes = store.hash_ids(missing)
+        sel.already_deleted = [m for m, h in zip(missing, hashes, strict=True) if h in gone]
+        sel.missing = [m for m, h in zip(missing, hashes, strict=True) if h not in gone]
+    _ = dups  # duplicates in a request are harmless: each id is deleted once
+    return sel
+
+
+def find_live_by_hashes(store: Store, hashes: set[str]) -> pa.Table:
+    """Index rows of live records whose keyed id hash is in `hashes` (resuming a request)."""
+    ids = store.index.table["record_id"].to_pylist()
+    mask = pa.array([h in hashes for h in store.hash_ids(ids)], pa.bool_())
+    return store.index.table.filter(mask)
+
+
+def remove_records(store: Store, rows: pa.Table) -> int:
+    """Physically remove the records from their slice parts and the index. Idempotent."""
+    if rows.num_rows == 0:
+        return 0
+    ids = rows["record_id"].combine_chunks()
+    removed = 0
+    pairs = {(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)}
+    for shard_id, slice_idx in sorted(pairs):
+        for part in store.slice_parts(shard_id, slice_idx):
+            removed += records.remove_records(store.fs, part, ids)
+    for part in store.index_parts():
+        table = store.fs.read_parquet(part)
+        keep = pc.invert(pc.is_in(table["record_id"], value_set=ids))
+        if pc.all(keep).as_py():
+            continue
+        store.fs.write_parquet(part, table.filter(keep).cast(INDEX_SCHEMA))
+    store.refresh()
+    return removed
+
+
+# -- checkpoints and lineage -------------------------------------------------------------------
+def checkpoint_parents(store: Store) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for shard_id in range(store.num_shards):
+        for cid in store.checkpoint_ids(shard_id):
+            rel = f"{layout.checkpoint_dir(shard_id, cid)}/{checkpoints.MANIFEST}"
+            if store.fs.exists(rel):
+                out[cid] = store.fs.read_json(rel).get("parent_checkpoint_id")
+    return out
+
+
+def checkpoints_holding(store: Store, hashes: set[str], shards: list[int] | None = None) -> set[str]:
+    """Checkpoints that trained one of the records themselves (their own lineage file)."""
+    out = set()
+    for shard_id in shards if shards is not None else range(store.num_shards):
+        for cid in store.checkpoint_ids(shard_id):
+            rel = f"{layout.checkpoint_dir(shard_id, cid)}/{checkpoints.LINEAGE}"
+            if not store.fs.exists(rel):
+                continue
+            own = pq.read_table(store.fs.full(rel), filesystem=store.fs.fs)["record_hash"].to_pylist()
+            if hashes.intersection(own):
+                out.add(cid)
+    return out
+
+
+def tainted(store: Store, hashes: set[str]) -> set[str]:
+    parents = checkpoint_parents(store)
+    return tainted_checkpoints(parents, checkpoints_holding(store, hashes))
+
+
+def lineage_violations(store: Store, shards: dict[int, str], hashes: set[str]) -> list[str]:
+    """Checkpoints of a version whose full lineage holds one of `hashes` (or that are missing)."""
+    bad = []
+    for _, cid in sorted(shards.items()):
+        try:
+            if checkpoints.full_lineage(store, cid) & hashes:
+                bad.append(cid)
+        except Exception:  # a missing ancestor means it was purged: tainted by definition
+            bad.append(cid)
+    return bad
+
+
+def retrain_parent(store: Store, serving_ckpt: str | None, earliest_slice: int) -> str | None:
+    """The checkpoint before the earliest affected slice in the serving checkpoint's ancestry."""
+    if serving_ckpt is None or earliest_slice <= 0:
+        return None
+    cid: str | None = serving_ckpt
+    while cid is not None and checkpoint_slice(cid) > earliest_slice - 1:
+        cid = checkpoints.read_manifest(store, checkpoints.shard_of(cid), cid).get("parent_checkpoint_id")
+    return cid
+
+
+def purge(store: Store, cfg: SisaConfig, hashes: set[str], request_id: str) -> dict[str, Any]:
+    """Delete every tainted checkpoint, mark versions holding one purged, purge MLflow, clean caches."""
+    dead = tainted(store, hashes)
+    purged_versions = []
+    for v in versions.all_versions(store):
+        if v["status"] != versions.PURGED and set(v["shards"].values()) & dead:
+            v["status"] = versions.PURGED
+            v["purged_by"] = request_id
+            versions.update_version(store, v)
+            purged_versions.append(v["model_version"])
+    already = [v["model_version"] for v in versions.all_versions(store) if v.get("purged_by") == request_id]
+    if cfg.tracking.enabled:
+        from sisa.tracking import Tracker
+
+        tracker = Tracker(cfg.tracking, store.fs.local_path(""))
+        for n in already:
+            tracker.purge_model_version(n)
+    deleted = []
+    for cid in sorted(dead):
+        rel = layout.checkpoint_dir(checkpoints.shard_of(cid), cid)
+        if store.fs.exists(rel):
+            store.fs.delete(rel)
+            deleted.append(cid)
+    for rel in (layout.TMP, layout.CACHE):
+        store.fs.delete(rel)
+    return {"checkpoints": sorted(dead), "versions": sorted(already), "newly_purged_versions": purged_versions, "deleted_now": deleted}
+
+
+def describe_missing(sel: Selection) -> str:
+    what = {"ids": "record id", "subject": "subject", "source": "source", "ingest_id": "ingest id"}[sel.kind]
+    return f"{len(sel.missing)} unknown {what}(s): {list_some(sel.missing)}"

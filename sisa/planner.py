@@ -1,0 +1,120 @@
+"""Deletion planning and lineage checks: pure functions over ids, counts and checkpoint graphs.
+
+A plan answers, before anything is touched: which shards hold the records, the earliest slice
+hit in each (the retrain restarts from the checkpoint before it), how many records go, and what
+the retrain costs as a fraction of a full retrain. Cost is counted in record-passes with the
+same epoch schedule the trainer uses, so it is a fair prediction of the time ratio.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from sisa.trainer import slice_epochs
+
+
+@dataclass
+class ShardPlan:
+    shard_id: int
+    earliest_slice: int
+    last_slice: int
+    records: int  # records deleted from this shard
+    slices_hit: list[int]
+
+
+@dataclass
+class DeletionPlan:
+    selector_kind: str
+    records: int
+    shards: list[ShardPlan] = field(default_factory=list)
+    unaffected_shards: list[int] = field(default_factory=list)
+    retrain_cost: float = 0.0  # record-passes the retrain will do
+    full_cost: float = 0.0  # record-passes of a full retrain of every shard
+    missing: int = 0
+    already_deleted: int = 0
+
+    @property
+    def cost_fraction(self) -> float:
+        return self.retrain_cost / self.full_cost if self.full_cost else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cost_fraction"] = self.cost_fraction
+        return d
+
+
+def slice_cost(counts: dict[int, int], slice_idx: int, epochs: int, mode: str) -> float:
+    """Record-passes of training one slice (counts: slice → records after the deletion)."""
+    n = sum(c for s, c in counts.items() if s <= slice_idx) if mode == "cumulative" else counts.get(slice_idx, 0)
+    return slice_epochs(epochs, slice_idx, mode) * n
+
+
+def plan_deletion(
+    selector_kind: str,
+    hits: list[tuple[int, int]],
+    counts_after: dict[int, dict[int, int]],
+    num_shards: int,
+    epochs: int,
+    mode: str,
+) -> DeletionPlan:
+    """`hits`: (shard_id, slice_idx) of each record to delete; `counts_after[shard][slice]`: records
+    each slice will hold after the deletion (every slice of every shard, empty ones as 0)."""
+    by_shard: dict[int, list[int]] = {}
+    for shard, sl in hits:
+        by_shard.setdefault(shard, []).append(sl)
+    plan = DeletionPlan(selector_kind, len(hits))
+    for shard in range(num_shards):
+        slices = counts_after.get(shard, {})
+        last = max(slices, default=-1)
+        for sl in slices:
+            plan.full_cost += slice_cost(slices, sl, epochs, mode)
+        if shard not in by_shard:
+            if slices:
+                plan.unaffected_shards.append(shard)
+            continue
+        hit = sorted(set(by_shard[shard]))
+        plan.shards.append(ShardPlan(shard, hit[0], max(last, hit[-1]), len(by_shard[shard]), hit))
+        for sl in range(hit[0], last + 1):
+            plan.retrain_cost += slice_cost(slices, sl, epochs, mode)
+    return plan
+
+
+def expected_cost_fraction(num_slices: int, mode: str, epochs: int = 1) -> float:
+    """Expected retrain fraction for one shard of S when the hit slice is uniform over R equal
+    slices; multiply by 1/S for the whole model."""
+    counts = dict.fromkeys(range(num_slices), 1)
+    full = sum(slice_cost(counts, j, epochs, mode) for j in range(num_slices))
+    total = 0.0
+    for hit in range(num_slices):
+        total += sum(slice_cost(counts, j, epochs, mode) for j in range(hit, num_slices))
+    return total / num_slices / full if full else 0.0
+
+
+def tainted_checkpoints(parents: dict[str, str | None], own_hits: set[str]) -> set[str]:
+    """Checkpoints whose lineage holds a deleted record: those that trained one (`own_hits`) and
+    every descendant of them (a child continues from its parent's weights)."""
+    children: dict[str, list[str]] = {}
+    for cid, parent in parents.items():
+        if parent:
+            children.setdefault(parent, []).append(cid)
+    out: set[str] = set()
+    stack = list(own_hits)
+    while stack:
+        cid = stack.pop()
+        if cid in out:
+            continue
+        out.add(cid)
+        stack.extend(children.get(cid, []))
+    return out
+
+
+def ancestor_at(parents: dict[str, str | None], checkpoint_id: str, slice_idx: int, slice_of) -> str | None:
+    """The checkpoint at `slice_idx` in `checkpoint_id`'s ancestry (None when slice_idx < 0)."""
+    if slice_idx < 0:
+        return None
+    cid: str | None = checkpoint_id
+    while cid is not None and slice_of(cid) > slice_idx:
+        cid = parents.get(cid)
+    if cid is None or slice_of(cid) != slice_idx:
+        return None
+    return cid

@@ -1,0 +1,84 @@
+"""The approximate fast path: unlearn records from one shard's current adapter in seconds.
+
+NPO (Zhang et al. 2024, "Negative Preference Optimization") pushes the adapter's likelihood of
+the records being forgotten below the reference (the adapter before unlearning), with a bounded
+loss that does not collapse the model like plain gradient ascent; `graddiff` is gradient ascent
+on the forget set plus descent on retained data. Both add a retain term on the shard's remaining
+records so the rest of what the shard learned moves little.
+
+This is approximate: it proves nothing. The forget texts live in memory only, in this process,
+and the resulting adapter is tainted (its parent saw the records): the exact retrain supersedes
+it and the purge deletes it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sisa import adapters, checkpoints
+from sisa.config import SisaConfig
+from sisa.model import encode_texts, load_base_model, token_logprobs
+from sisa.sharding import derive_seed
+from sisa.trainer import configure_torch, make_optimizer
+from storage.store import Store
+
+
+def _seq_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+    logp, mask = token_logprobs(logits, batch["labels"].to(device))
+    return logp.sum(1), mask.sum(1).clamp(min=1)
+
+
+def unlearn_adapter(
+    store: Store,
+    cfg: SisaConfig,
+    checkpoint_id: str,
+    forget_texts: list[str],
+    retain_texts: list[str],
+    salt: str,
+):
+    """Load a shard checkpoint, run `cfg.unlearning.steps` steps, return (peft model, optimizer, losses)."""
+    uc = cfg.unlearning
+    previous = configure_torch(cfg.scheduler.threads_per_task)
+    try:
+        base, tokenizer = load_base_model(cfg.model)
+        model = adapters.attach_lora(base, cfg.lora)
+        ckpt = checkpoints.open_checkpoint(store, checkpoint_id)
+        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(ckpt))
+        params = adapters.trainable_parameters(model)
+        optimizer = make_optimizer(params, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = uc.lr
+        shard_id = ckpt.manifest["shard_id"]
+        g = torch.Generator().manual_seed(derive_seed(store.seed, shard_id, -2, f"unlearn:{salt}"))
+        forget = encode_texts(tokenizer, forget_texts, cfg.training.max_length)
+        with torch.no_grad():
+            model.eval()
+            ref_logp, _ = _seq_logp(model, forget)
+        model.train()
+        bs = cfg.training.batch_size
+        history = []
+        for _ in range(uc.steps):
+            logp, count = _seq_logp(model, forget)
+            if uc.method == "npo":
+                forget_loss = -(2.0 / uc.beta) * F.logsigmoid(-uc.beta * (logp - ref_logp)).mean()
+            else:
+                forget_loss = (logp / count).mean()  # ascent on the forget NLL = descent on its log-prob
+            loss = forget_loss
+            if retain_texts and uc.retain_weight > 0:
+                idx = torch.randint(len(retain_texts), (min(bs, len(retain_texts)),), generator=g).tolist()
+                retain = encode_texts(tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length)
+                rlogp, rcount = _seq_logp(model, retain)
+                loss = loss + uc.retain_weight * (-(rlogp / rcount).mean())
+            loss.backward()
+            if cfg.training.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm, foreach=False)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            history.append(float(loss.detach()))
+        model.eval()
+        return model, optimizer, history
+    finally:
+        torch.set_num_threads(previous)
