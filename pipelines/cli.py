@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -25,6 +26,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "certificate": ("pipelines.certificate", "print the evidence of one completed deletion request"),
     "rollback": ("pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
     "versions": ("pipelines.versions", "list model versions"),
+    "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
 }
@@ -59,14 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_overrides(args: argparse.Namespace) -> None:
-    """Positional args with '=' are overrides; argparse cannot tell them from FILE arguments."""
-    for name in ("inputs", "targets"):
-        values = getattr(args, name, None)
-        if values:
-            keep = [v for v in values if "=" not in v or os.path.exists(v)]
-            args.overrides = list(args.overrides) + [v for v in values if v not in keep]
-            setattr(args, name, keep)
+OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+=")
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """`section.key=value` tokens are config overrides wherever they stand; the rest is argparse's."""
+    overrides = [a for a in argv if OVERRIDE.match(a)]
+    return [a for a in argv if not OVERRIDE.match(a)], overrides
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,12 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    bad = [u for u in unknown if u.startswith("-") or "=" not in u]
-    if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    args.overrides = [u for u in unknown if u not in bad]
-    _split_overrides(args)
+    rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(rest)
+    args.overrides = overrides
     module = importlib.import_module(VERBS[args.verb][0])
     try:
         from sisa.config import load_config

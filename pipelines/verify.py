@@ -1,0 +1,137 @@
+"""Re-check the guarantees of the serving version; with --replay, prove exactness by retraining.
+
+    sisa verify --config C [REQUEST_ID] [--replay] [--json]
+
+1. Integrity: every file of every serving checkpoint matches the sha256 in its manifest.
+2. Lineage: no serving checkpoint's lineage (its own slice and all its ancestors) holds the keyed
+   hash of a deleted record, for every completed request (or the one named).
+3. Purge: every checkpoint a request purged is gone from disk, every version that held one is
+   marked purged, and its MLflow registered version no longer exists.
+4. --replay: retrain the affected shards (every shard when no request is named) from scratch on
+   the live data, in a scratch folder, and compare each final adapter with the serving one,
+   tensor by tensor with torch.equal. Equal tensors mean the serving model is exactly the model
+   that training on the remaining data alone produces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from pipelines.common import open_store, print_json
+from sisa import checkpoints, deletion, scheduler, versions
+from sisa.config import SisaConfig
+from sisa.trainer import ShardTask, train_shard
+from storage import layout, ledgers
+from storage.errors import IntegrityError, NotFoundError
+from storage.store import Store, checkpoint_slice
+
+
+def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:
+    problems = []
+    for _, cid in sorted(shards.items()):
+        try:
+            checkpoints.open_checkpoint(store, cid, verify=True)
+        except (IntegrityError, NotFoundError) as e:
+            problems.append(e.message)
+    return problems
+
+
+def check_purge(store: Store, cfg: SisaConfig, req: dict[str, Any]) -> list[str]:
+    problems = []
+    for cid in req.get("purge", {}).get("checkpoints", []):
+        if store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(cid), cid)):
+            problems.append(f"checkpoint {cid} should have been purged but is on disk")
+    tracker = None
+    if cfg.tracking.enabled:
+        from sisa.tracking import Tracker
+
+        tracker = Tracker(cfg.tracking, store.fs.local_path(""))
+    for n in req.get("purge", {}).get("versions", []):
+        v = ledgers.read_version(store.fs, n)
+        if v["status"] != versions.PURGED:
+            problems.append(f"model version {n} should be marked purged")
+        if tracker is not None and tracker.find_registered_version(n) is not None:
+            problems.append(f"MLflow still holds a registered version for purged model version {n}")
+    return problems
+
+
+def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int] | None) -> dict[int, dict[str, Any]]:
+    """Retrain shards from scratch into a scratch folder and compare with the serving adapters."""
+    scratch = tempfile.mkdtemp(prefix="sisa-replay-", dir=store.fs.local_path(layout.TMP) if store.fs.is_local and _ensure(store) else None)
+    try:
+        targets = {s: c for s, c in shards.items() if only is None or s in only}
+        tasks = [
+            ShardTask(store.uri, cfg.to_dict(), s, tuple(range(checkpoint_slice(c) + 1)), None, replay_dir=scratch)
+            for s, c in sorted(targets.items())
+        ]
+        scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="replay shards")
+        out = {}
+        for s, cid in sorted(targets.items()):
+            serving_t = checkpoints.load_adapter_tensors(checkpoints.open_checkpoint(store, cid))
+            replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", "adapter_model.safetensors"))
+            same_keys = set(serving_t) == set(replay_t)
+            equal = same_keys and all(torch.equal(serving_t[k], replay_t[k]) for k in serving_t)
+            out[s] = {"checkpoint_id": cid, "tensors": len(serving_t), "identical": equal}
+        return out
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _ensure(store: Store) -> bool:
+    store.fs.make_dir(layout.TMP)
+    return True
+
+
+def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = False) -> dict[str, Any]:
+    store = open_store(cfg)
+    with store.lock("verify", cfg.store.lock_timeout_s):
+        current = versions.current(store)
+        shards = versions.shard_checkpoints(current)
+        reqs = [ledgers.read_request(store.fs, request_id)] if request_id else [r for r in ledgers.list_requests(store.fs) if r["status"] == "completed"]
+        report: dict[str, Any] = {"serving_version": current["model_version"] if current else None, "requests": [r["request_id"] for r in reqs]}
+        # 1. integrity
+        report["integrity"] = check_integrity(store, shards)
+        # 2. lineage
+        hashes = set().union(*[set(r["id_hashes"]) for r in reqs]) if reqs else set()
+        report["lineage_violations"] = deletion.lineage_violations(store, shards, hashes)
+        # 3. purge
+        report["purge_problems"] = [p for r in reqs for p in check_purge(store, cfg, r)]
+        # 4. replay
+        if replay_shards:
+            only = sorted({s["shard_id"] for r in reqs for s in r["plan"]["shards"]}) if request_id else None
+            report["replay"] = {str(k): v for k, v in replay(store, cfg, shards, only).items()}
+        report["passed"] = (
+            not report["integrity"]
+            and not report["lineage_violations"]
+            and not report["purge_problems"]
+            and all(v["identical"] for v in report.get("replay", {}).values())
+        )
+    return report
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("targets", nargs="?", metavar="REQUEST_ID", help="check this request only (default: every completed one)")
+    p.add_argument("--replay", action="store_true", help="retrain from scratch on the live data and compare tensors (the exactness proof)")
+
+
+def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
+    request_id = args.targets if isinstance(args.targets, str) else (args.targets[0] if args.targets else None)
+    rep = run(cfg, request_id, args.replay)
+    if args.json:
+        print_json(rep)
+        return 0 if rep["passed"] else 7
+    print(f"serving model version {rep['serving_version']}; checked request(s): {', '.join(rep['requests']) or '(none)'}")
+    print(f"  integrity  {'ok' if not rep['integrity'] else 'FAILED: ' + '; '.join(rep['integrity'])}")
+    print(f"  lineage    {'ok: no serving checkpoint holds a deleted record' if not rep['lineage_violations'] else 'FAILED: ' + ', '.join(rep['lineage_violations'])}")
+    print(f"  purge      {'ok' if not rep['purge_problems'] else 'FAILED: ' + '; '.join(rep['purge_problems'])}")
+    for shard, r in rep.get("replay", {}).items():
+        print(f"  replay     shard {shard}: {r['tensors']} tensors {'identical (torch.equal)' if r['identical'] else 'DIFFER'} to {r['checkpoint_id']}")
+    print("verified" if rep["passed"] else "VERIFICATION FAILED")
+    return 0 if rep["passed"] else 7
