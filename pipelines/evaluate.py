@@ -1,0 +1,53 @@
+"""Evaluate the serving model version on a file of records: loss and perplexity.
+
+    sisa eval --config configs/tiny.yaml --file heldout.jsonl [--json]
+
+Reports the ensemble and each shard alone. When the records have a `prompt` column (as
+`sisa synth` writes), --answer-only scores just the tokens after the prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from pipelines.common import print_json, print_table
+from pipelines.generate import load_serving
+from sisa import serving
+from sisa.config import SisaConfig
+from sisa.ingest import normalise
+from sisa.sources import read_source
+from storage.errors import ValidationError
+
+
+def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
+    source = read_source(path)
+    table, problems = normalise(source, cfg)
+    if problems:
+        raise ValidationError("cannot evaluate:\n" + "\n".join(f"  - {p}" for p in problems))
+    texts = table["text"].to_pylist()
+    prompts = table["prompt"].to_pylist() if answer_only and "prompt" in table.column_names else None
+    if answer_only and prompts is None:
+        raise ValidationError(f"--answer-only needs a `prompt` column in {path}")
+    _, v, ens = load_serving(cfg)
+    ensemble, per = serving.score_records(ens, texts, prompts, cfg.training.max_length)
+    rows = [{"model": "ensemble", "loss": serving.mean(ensemble)}]
+    rows += [{"model": f"shard {s}", "loss": serving.mean(vals)} for s, vals in sorted(per.items())]
+    for r in rows:
+        r["perplexity"] = math.exp(r["loss"]) if r["loss"] is not None and r["loss"] < 50 else None
+    return {"model_version": v["model_version"], "records": len(texts), "answer_only": prompts is not None, "results": rows}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--file", required=True, help="JSONL/CSV/Parquet records (same field mapping as ingest)")
+    p.add_argument("--answer-only", action="store_true", help="score only the tokens after the `prompt` column")
+
+
+def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
+    res = run(cfg, args.file, args.answer_only)
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"model version {res['model_version']}, {res['records']} records{' (answer tokens only)' if res['answer_only'] else ''}")
+    print_table(res["results"], ["model", "loss", "perplexity"])
+    return 0
