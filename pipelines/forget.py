@@ -33,6 +33,7 @@ from sisa.planner import DeletionPlan, plan_deletion
 from sisa.trainer import ShardTask, train_shard
 from storage import ledgers
 from storage.errors import RefusedError, ValidationError
+from storage.faults import maybe_die
 from storage.store import Store, checkpoint_slice, now_iso
 
 
@@ -197,6 +198,7 @@ def run(
         # 2. the ledger entry comes first
         req = _new_request(store, cfg, sel, plan, mode)
         ledgers.write_request(store.fs, req)
+        maybe_die("forget-after-ledger")
         _log(quiet, f"request {req['request_id']}: {req['records']} record(s) in shard(s) {[s.shard_id for s in plan.shards]} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
         started = time.perf_counter()
         texts, prompts = _texts(store, sel.rows) if evidence else ([], None)
@@ -258,6 +260,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
         req["timings"]["delete_data_s"] = time.perf_counter() - t0
         _set_status(store, req, "data_deleted", removed=removed)
         _log(quiet, f"deleted {removed} record(s) from the slice files and the index")
+        maybe_die("forget-after-delete")
 
     # 6. retrain affected shards from the checkpoint before the earliest affected slice
     if req["status"] in ("data_deleted", "retraining") and "exact" not in req["versions"]:
@@ -273,7 +276,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
                 continue  # never trained on these records: deleting the data was enough
             parent = deletion.retrain_parent(store, serving_ckpt, sp["earliest_slice"])
             last = max(store.slices(shard))
-            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(sp["earliest_slice"], last + 1)), parent))
+            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(sp["earliest_slice"], last + 1)), parent, purpose="forget"))
         results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
         if base_shards:
             shards = dict(base_shards)

@@ -21,6 +21,7 @@ from sisa.config import SisaConfig
 from sisa.planner import tainted_checkpoints
 from storage import layout, ledgers, records
 from storage.errors import ValidationError, list_some
+from storage.faults import maybe_die
 from storage.schemas import INDEX_SCHEMA
 from storage.store import Store, checkpoint_slice
 
@@ -182,6 +183,7 @@ def purge(store: Store, cfg: SisaConfig, hashes: set[str], request_id: str) -> d
         if store.fs.exists(rel):
             store.fs.delete(rel)
             deleted.append(cid)
+            maybe_die("forget-during-purge")
     for rel in (layout.TMP, layout.CACHE):
         store.fs.delete(rel)
     return {"checkpoints": sorted(dead), "versions": sorted(already), "newly_purged_versions": purged_versions, "deleted_now": deleted}

@@ -25,6 +25,7 @@ from sisa import adapters, checkpoints
 from sisa.config import SisaConfig, build_config
 from sisa.model import base_model_fingerprint, encode_texts, load_base_model
 from sisa.sharding import derive_seed
+from storage.faults import maybe_die
 from storage.store import Store
 
 
@@ -36,6 +37,7 @@ class ShardTask:
     slices: tuple[int, ...]  # slices to train, ascending and contiguous
     parent_checkpoint_id: str | None  # the checkpoint before slices[0]; None trains from scratch
     replay_dir: str | None = None  # replay: write the final adapter here, commit nothing
+    purpose: str = "train"  # train | forget | replay: names the fault-injection stage
 
 
 @dataclass
@@ -185,6 +187,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
             sr.checkpoint_id = ckpt_id
         result.slices.append(sr)
         parent_id, parent_lineage = ckpt_id, lineage
+        maybe_die("train-between-slices" if task.purpose == "train" else f"{task.purpose}-during-retrain")
 
     if task.replay_dir is not None:
         out = os.path.join(task.replay_dir, f"shard={task.shard_id:05d}")

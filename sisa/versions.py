@@ -11,6 +11,7 @@ from typing import Any
 
 from storage import ledgers
 from storage.errors import StoreError
+from storage.faults import maybe_die
 from storage.store import Store, now_iso
 
 ACTIVE = "active"
@@ -60,6 +61,7 @@ def commit_version(
         **(extra or {}),
     }
     ledgers.write_version(store.fs, entry, new=True)
+    maybe_die("pointer-move")
     if make_current:
         ledgers.write_current(store.fs, entry["model_version"])
     return entry

@@ -1,0 +1,31 @@
+"""Deterministic fault injection for crash tests.
+
+`SISA_FAULT=<stage>` makes the process SIGKILL itself when it reaches that stage, exactly as a
+power cut or OOM kill would: no cleanup, no finally blocks. The reliability tests use it to
+prove that every stage leaves the serving version intact and the work resumable. Stages:
+
+    ingest-after-parts      data parts written, index and ledger entry not yet
+    train-between-slices    a shard job saved one slice's checkpoint, more slices to go
+    forget-after-ledger     the request is in the ledger, nothing deleted yet
+    forget-after-delete     records deleted, retrain not started
+    forget-during-retrain   inside a retraining shard job
+    forget-during-purge     some tainted checkpoints deleted, not all
+    pointer-move            a version entry written, the current pointer not yet moved
+
+`SISA_FAULT_AFTER=n` lets the stage pass n times before dying (e.g. the second slice).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_seen: dict[str, int] = {}
+
+
+def maybe_die(stage: str) -> None:
+    if os.environ.get("SISA_FAULT") != stage:
+        return
+    _seen[stage] = _seen.get(stage, 0) + 1
+    if _seen[stage] > int(os.environ.get("SISA_FAULT_AFTER", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)
