@@ -21,11 +21,15 @@ from sisa.config import SisaConfig
 from sisa.ingest import IngestResult, commit_batch, next_seq, prepare_batches
 from sisa.sources import Source, from_dataset, from_table, read_source
 from storage.errors import RefusedError
+from storage.store import Store
 
 
 def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:
     # 1. read
     sources = [read_source(i) if isinstance(i, str) else i for i in inputs]
+    # 2. validate everything before writing anything, even before creating a new store: a
+    #    rejected first ingest must leave nothing behind.
+    batches = prepare_batches(None, sources, cfg) if not Store.exists(cfg.store.uri) else None
     store = open_store(cfg, create=True)
     with store.lock("ingest", cfg.store.lock_timeout_s):
         store.refresh()
@@ -34,8 +38,8 @@ def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:
             raise RefusedError(
                 f"deletion request(s) {', '.join(pending)} are not completed; run `sisa forget --resume` first"
             )
-        # 2. validate everything before writing anything
-        batches = prepare_batches(store, sources, cfg)
+        if batches is None or len(store.index):  # an existing store, or another writer got in first
+            batches = prepare_batches(store, sources, cfg)
         # 3. write, one ingest per input
         results = []
         for batch in batches:

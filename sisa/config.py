@@ -10,6 +10,7 @@ everything, `training_fingerprint()` only what changes the bytes of a checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -172,6 +173,10 @@ def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str
         if isinstance(value, bool) or not isinstance(value, int):
             return value, f"`{path}` should be an integer, got {value!r}"
     elif hint is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads `1e-4` (no dot) as a string; people write learning rates that way.
+            with contextlib.suppress(ValueError):
+                value = float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return value, f"`{path}` should be a number, got {value!r}"
         value = float(value)

@@ -24,6 +24,7 @@ from sisa.sources import Source
 from storage import ledgers, records
 from storage.errors import ValidationError, list_some
 from storage.fs import StoreFS
+from storage.index import RecordIndex
 from storage.layout import index_part
 from storage.schemas import INDEX_SCHEMA, LIVE, RECORD_COLUMNS
 from storage.store import Store
@@ -65,7 +66,7 @@ def _string_column(source: Source, table: pa.Table, field_name: str, role: str, 
     t = col.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return col.cast(pa.string())
-    if pa.types.is_integer(t):
+    if pa.types.is_integer(t) and role != "text":  # integer ids are common; integer text is a mistake
         return pc.cast(col, pa.string())
     if pa.types.is_null(t):
         return pa.nulls(len(col), pa.string())
@@ -102,7 +103,7 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
     if pc.any(bad_text).as_py():
         rows = _rows(source, bad_text)
         problems.append(f"{source.name}: missing or empty `{ic.text_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}")
-    counts = pc.value_counts(pc.drop_null(ids))
+    counts = pc.value_counts(ids.filter(pc.invert(bad)))  # empty ids are reported above, not as duplicates
     dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     if len(dup):
         problems.append(f"{source.name}: {len(dup)} duplicate id(s) within the file: {list_some(dup.to_pylist())}")
@@ -123,8 +124,12 @@ def content_sha256(texts: pa.Array) -> pa.Array:
     return pa.array([hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts.to_pylist()], pa.string())
 
 
-def prepare_batches(store: Store, sources: list[Source], cfg: SisaConfig) -> list[Batch]:
-    """Validate every source, across sources and against the store; raise once with every problem."""
+def prepare_batches(store: Store | None, sources: list[Source], cfg: SisaConfig) -> list[Batch]:
+    """Validate every source, across sources and against the store; raise once with every problem.
+
+    `store=None` validates for a store that does not exist yet (no records to clash with).
+    """
+    index = store.index if store is not None else RecordIndex()
     problems: list[str] = []
     batches = []
     for source in sources:
@@ -146,7 +151,7 @@ def prepare_batches(store: Store, sources: list[Source], cfg: SisaConfig) -> lis
     # Against the store: the same id with the same text is a re-ingest (skipped); other text is a conflict.
     for b in batches:
         b.table = b.table.append_column("content_sha256", content_sha256(b.table["text"]))
-        found, _ = store.index.lookup(b.table["record_id"])
+        found, _ = index.lookup(b.table["record_id"])
         if found.num_rows == 0:
             continue
         joined = b.table.select(["record_id", "content_sha256"]).join(

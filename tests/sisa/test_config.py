@@ -1,0 +1,190 @@
+"""Config: shipped YAML loads, dotted overrides, every problem in one ConfigError, stable fingerprints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.cli import main
+from sisa.config import SisaConfig, build_config, describe_config, load_config
+from storage.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+def test_shipped_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"tiny.yaml", "base.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, SisaConfig)
+    # Every key the file sets is taken (nothing silently dropped).
+    data = yaml.safe_load(path.read_text())
+    effective = cfg.to_dict()
+    for section, values in data.items():
+        for key, value in (values or {}).items():
+            assert effective[section][key] == value, f"{path.name}: {section}.{key}"
+
+
+def test_base_config_documents_every_key():
+    data = yaml.safe_load((REPO / "configs" / "base.yaml").read_text())
+    defaults = SisaConfig().to_dict()
+    assert {s: set(v) for s, v in data.items()} == {s: set(v) for s, v in defaults.items()}
+    # base.yaml holds the defaults: loading it equals loading nothing.
+    assert load_config(REPO / "configs" / "base.yaml").to_dict() == defaults
+
+
+def test_overrides_apply_and_are_typed():
+    cfg = load_config(TINY, ["store.uri=/tmp/s", "sharding.num_shards=8", "training.lr=1e-4", "lora.target_modules=q_proj,v_proj,o_proj", "tracking.enabled=false"])
+    assert cfg.store.uri == "/tmp/s"
+    assert cfg.sharding.num_shards == 8
+    assert cfg.training.lr == pytest.approx(1e-4) and isinstance(cfg.training.lr, float)
+    assert cfg.lora.target_modules == ["q_proj", "v_proj", "o_proj"]
+    assert cfg.tracking.enabled is False
+    # Untouched values come from the file, then the defaults.
+    assert cfg.sharding.slice_size == 16
+    assert cfg.training.weight_decay == 0.0
+
+
+def test_override_wins_over_file_and_last_override_wins():
+    cfg = load_config(TINY, ["sharding.slice_size=3", "sharding.slice_size=5"])
+    assert cfg.sharding.slice_size == 5
+
+
+def test_config_is_frozen():
+    cfg = load_config(TINY)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.sharding.num_shards = 9  # type: ignore[misc]
+
+
+def test_every_problem_is_reported_in_one_error():
+    data = {
+        "store": {"uri": "/tmp/s", "colour": "blue"},  # unknown key
+        "sharding": {"num_shards": 0, "slice_size": "big", "slice_mode": "sideways"},  # range, type, choice
+        "training": {"lr": True},  # a bool is not a number
+        "lora": {"target_modules": [1, 2]},
+        "widgets": {"a": 1},  # unknown section
+    }
+    overrides = ["tracking.enabled=maybe", "nosection.x=1", "model", "store.a.b=1"]
+    with pytest.raises(ConfigError) as err:
+        build_config(data, overrides)
+    problems = err.value.problems
+    expected = [
+        "store.colour",
+        "sharding.num_shards",
+        "sharding.slice_size",
+        "sharding.slice_mode",
+        "training.lr",
+        "lora.target_modules",
+        "widgets",
+        "tracking.enabled",
+        "nosection",
+        "`model`",
+        "store.a.b",
+    ]
+    assert len(problems) == len(expected), problems
+    for needle in expected:
+        assert sum(needle in p for p in problems) >= 1, (needle, problems)
+    msg = str(err.value)
+    assert f"{len(expected)} problem(s)" in msg
+    assert "`sharding.num_shards` should be >= 1, got 0" in msg
+    assert "`sharding.slice_mode` should be one of cumulative, incremental, got 'sideways'" in msg
+
+
+def test_config_file_problems():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("/no/such.yaml")
+
+
+def test_bad_yaml_is_a_config_error(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("store: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping of sections"):
+        load_config(p)
+
+
+def test_cli_reports_config_errors_with_exit_code_2(tmp_path, capsys):
+    code = main(["status", "--config", str(TINY), f"store.uri={tmp_path}/s", "sharding.num_shards=-1", "store.nope=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "2 problem(s)" in err and "sharding.num_shards" in err and "store.nope" in err
+
+
+FINGERPRINT = """
+import json, sys
+from sisa.config import load_config
+cfg = load_config(sys.argv[1], sys.argv[2:])
+print(json.dumps([cfg.fingerprint(), cfg.training_fingerprint()]))
+"""
+
+
+def test_fingerprint_is_stable_across_processes():
+    overrides = ["store.uri=/tmp/s", "sharding.num_shards=8"]
+    cfg = load_config(TINY, overrides)
+    out = subprocess.run(
+        [sys.executable, "-c", FINGERPRINT, str(TINY), *overrides],
+        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
+    assert json.loads(out.stdout) == [cfg.fingerprint(), cfg.training_fingerprint()]
+
+
+def test_fingerprint_is_stable_within_a_process_and_ignores_key_order():
+    a = build_config({"training": {"lr": 0.01, "epochs": 2}, "store": {"seed": 3}})
+    b = build_config({"store": {"seed": 3}, "training": {"epochs": 2, "lr": 0.01}})
+    assert a.fingerprint() == b.fingerprint()
+    assert a.training_fingerprint() == b.training_fingerprint()
+    # An int given where a float is expected is the same value.
+    assert build_config({"training": {"lr": 1}}).fingerprint() == build_config({"training": {"lr": 1.0}}).fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["training.lr=0.0049", "training.epochs=2", "lora.r=8", "sharding.slice_size=17", "store.seed=1", "model.name=smollm2", "sharding.slice_mode=incremental"],
+)
+def test_training_values_change_both_fingerprints(override):
+    base = load_config(TINY)
+    changed = load_config(TINY, [override])
+    assert changed.fingerprint() != base.fingerprint()
+    assert changed.training_fingerprint() != base.training_fingerprint()
+
+
+@pytest.mark.parametrize("override", ["store.uri=/elsewhere", "tracking.experiment=x", "scheduler.backend=serial", "store.lock_timeout_s=1"])
+def test_operational_values_leave_the_training_fingerprint(override):
+    base = load_config(TINY)
+    changed = load_config(TINY, [override])
+    assert changed.fingerprint() != base.fingerprint()
+    assert changed.training_fingerprint() == base.training_fingerprint()
+
+
+def test_describe_lists_every_key_with_help():
+    text = describe_config()
+    for section, values in SisaConfig().to_dict().items():
+        assert f"{section}:" in text
+        for key in values:
+            line = next(ln for ln in text.splitlines() if ln.strip().startswith(f"{key} ="))
+            assert "#" in line and line.split("#", 1)[1].strip(), f"{section}.{key} has no help"
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads `1e-4` as a string; a learning rate written that way must still load.
+    p = tmp_path / "c.yaml"
+    p.write_text("training:\n  lr: 1e-4\nunlearning:\n  lr: 5E-5\n")
+    cfg = load_config(p)
+    assert cfg.training.lr == pytest.approx(1e-4)
+    assert cfg.unlearning.lr == pytest.approx(5e-5)
+    with pytest.raises(ConfigError, match="`training.lr` should be a number, got 'fast'"):
+        load_config(p, ["training.lr=fast"])

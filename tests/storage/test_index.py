@@ -1,0 +1,121 @@
+"""The record index answers a batch of ids at once: found rows and missing ids."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from storage import layout, ledgers
+from storage.index import RecordIndex
+from storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE
+from storage.store import Store
+
+
+def make_index(n: int, num_shards: int = 4, slice_size: int = 10) -> pa.Table:
+    ids = [f"r{i:06d}" for i in range(n)]
+    return pa.table(
+        {
+            "record_id": ids,
+            "subject_id": [f"p{i // 3}" if i % 5 else None for i in range(n)],
+            "shard_id": pa.array([i % num_shards for i in range(n)], pa.int32()),
+            "slice_idx": pa.array([(i // num_shards) // slice_size for i in range(n)], pa.int32()),
+            "source": ["a.jsonl" if i < n // 2 else "b.csv" for i in range(n)],
+            "ingest_id": ["i1" if i < n // 2 else "i2" for i in range(n)],
+            "content_sha256": [f"{i:064x}" for i in range(n)],
+            "status": [FORGETTING if i == 7 else LIVE for i in range(n)],
+        },
+        schema=INDEX_SCHEMA,
+    )
+
+
+@pytest.fixture(scope="module")
+def index() -> RecordIndex:
+    return RecordIndex(make_index(200_000))
+
+
+@pytest.mark.parametrize("kind", ["list", "array", "chunked"])
+def test_lookup_returns_found_rows_and_missing_ids(index, kind):
+    wanted = ["r000003", "r150000", "nope-1", "r199999", "nope-2"]
+    ids = {
+        "list": wanted,
+        "array": pa.array(wanted),
+        "chunked": pa.chunked_array([wanted[:2], wanted[2:]]),
+    }[kind]
+    found, missing = index.lookup(ids)
+    assert found.schema == INDEX_SCHEMA
+    assert found["record_id"].to_pylist() == ["r000003", "r150000", "r199999"]
+    assert found["shard_id"].to_pylist() == [3, 0, 3]
+    assert found["slice_idx"].to_pylist() == [0, 150000 // 4 // 10, 199999 // 4 // 10]
+    assert found["ingest_id"].to_pylist() == ["i1", "i2", "i2"]
+    assert sorted(missing.to_pylist()) == ["nope-1", "nope-2"]
+
+
+def test_lookup_of_many_ids_matches_a_python_dict(index):
+    ids = [f"r{i:06d}" for i in range(0, 400_000, 37)]  # half beyond the index
+    found, missing = index.lookup(ids)
+    expected_found = [i for i in ids if int(i[1:]) < 200_000]
+    assert set(found["record_id"].to_pylist()) == set(expected_found)
+    assert len(found) == len(expected_found)
+    assert set(missing.to_pylist()) == set(ids) - set(expected_found)
+    by_id = dict(zip(found["record_id"].to_pylist(), found["shard_id"].to_pylist(), strict=True))
+    assert all(by_id[i] == int(i[1:]) % 4 for i in expected_found)
+
+
+def test_lookup_with_repeated_and_empty_queries(index):
+    found, missing = index.lookup(["r000001", "r000001", "x", "x"])
+    assert found["record_id"].to_pylist() == ["r000001"]
+    assert missing.to_pylist() == ["x", "x"]
+    found, missing = index.lookup([])
+    assert found.num_rows == 0 and len(missing) == 0
+
+
+def test_lookup_on_an_empty_index():
+    found, missing = RecordIndex().lookup(["a", "b"])
+    assert found.num_rows == 0 and found.schema == INDEX_SCHEMA
+    assert missing.to_pylist() == ["a", "b"]
+
+
+def test_contains_is_a_mask_over_the_query(index):
+    assert index.contains(pa.array(["r000000", "zz", "r000002"])).to_pylist() == [True, False, True]
+
+
+def test_select_by_subject_source_and_ingest(index):
+    assert index.select("subject_id", ["p1"])["record_id"].to_pylist() == ["r000003", "r000004"]
+    assert index.select("ingest_id", ["i2"]).num_rows == 100_000
+    assert index.select("source", ["a.jsonl", "b.csv"]).num_rows == 200_000
+    assert index.select("subject_id", ["nobody"]).num_rows == 0
+
+
+def test_live_excludes_records_being_forgotten(index):
+    live = index.live()
+    assert live.num_rows == 199_999
+    assert "r000007" not in set(live["record_id"].to_pylist())
+
+
+def test_counts_per_shard_and_slice():
+    idx = RecordIndex(make_index(100, num_shards=2, slice_size=10))
+    counts = idx.counts().to_pylist()
+    assert counts[:2] == [
+        {"shard_id": 0, "slice_idx": 0, "records": 10},
+        {"shard_id": 0, "slice_idx": 1, "records": 10},
+    ]
+    assert sum(r["records"] for r in counts) == 100
+    assert [(r["shard_id"], r["slice_idx"]) for r in counts] == sorted((r["shard_id"], r["slice_idx"]) for r in counts)
+    assert RecordIndex().counts().num_rows == 0
+
+
+def test_store_index_reads_only_committed_ingests(tmp_path):
+    store = Store.create(str(tmp_path / "s"), num_shards=4, seed=0)
+    table = make_index(50)
+    store.fs.write_parquet(layout.index_part(1, "i1"), table.slice(0, 25))
+    store.fs.write_parquet(layout.index_part(2, "i2"), table.slice(25))
+    ledgers.write_ingest(store.fs, {"seq": 1, "ingest_id": "i1"})
+    # i2 has index rows but no ledger entry: a crash leftover, never read.
+    store.refresh()
+    assert len(store.index) == 25
+    found, missing = store.index.lookup(["r000001", "r000030"])
+    assert found["record_id"].to_pylist() == ["r000001"]
+    assert missing.to_pylist() == ["r000030"]
+    ledgers.write_ingest(store.fs, {"seq": 2, "ingest_id": "i2"})
+    store.refresh()
+    assert len(store.index) == 50
