@@ -31,6 +31,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.export", "export the serving version as one merged PEFT adapter folder"),
     "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
     "gc": ("pipelines.gc", "remove temp files and half-written leftovers of crashes"),
+    "demo": ("pipelines.demo", "the whole story: train on people, forget one, prove it, write a report"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
 }

@@ -171,7 +171,10 @@ def run(
     allow_missing: bool = False,
     evidence: bool = True,
     quiet: bool = False,
+    on_version=None,
 ) -> dict[str, Any]:
+    """`on_version(kind, version_entry)` is called after each commit (approximate/isolate/exact),
+    while the selected texts are still in this process's memory (the demo measures with it)."""
     if fast and isolate:
         raise ValidationError("choose one of --fast and --isolate")
     store = open_store(cfg)
@@ -202,12 +205,12 @@ def run(
         _log(quiet, f"request {req['request_id']}: {req['records']} record(s) in shard(s) {[s.shard_id for s in plan.shards]} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
         started = time.perf_counter()
         texts, prompts = _texts(store, sel.rows) if evidence else ([], None)
-        return _carry_out(store, cfg, req, sel.rows, texts, prompts, started, quiet)
+        return _carry_out(store, cfg, req, sel.rows, texts, prompts, started, quiet, on_version)
 
 
-def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool) -> dict[str, Any]:
+def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool, on_version=None) -> dict[str, Any]:
     try:
-        return _steps(store, cfg, req, rows, texts, prompts, started, quiet)
+        return _steps(store, cfg, req, rows, texts, prompts, started, quiet, on_version or (lambda kind, entry: None))
     except Exception as e:
         # The request stays open and resumable; the serving version is whatever was committed last.
         req.setdefault("errors", []).append({"at": now_iso(), "error": f"{type(e).__name__}: {getattr(e, 'message', '')[:300]}"})
@@ -215,7 +218,7 @@ def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, s
         raise
 
 
-def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool) -> dict[str, Any]:
+def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool, on_version) -> dict[str, Any]:
     before = versions.current(store)
     before_shards = versions.shard_checkpoints(before)
     affected = sorted({int(s) for s in rows["shard_id"].to_pylist()})
@@ -247,6 +250,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
         ledgers.write_request(store.fs, req)
         track_version(store, cfg, entry, [], req["timings"]["fast_path_s"])
         _log(quiet, f"{label} version {entry['model_version']} serves after {time.perf_counter() - started:.1f}s")
+        on_version(label, entry)
         if texts and req["mode"] == "fast":
             ev["loss_fast_path"] = measure(store, cfg, shards, texts, prompts).get("ensemble")
             ledgers.write_request(store.fs, req)
@@ -288,6 +292,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
             ledgers.write_request(store.fs, req)
             track_version(store, cfg, entry, results, req["timings"]["retrain_s"])
             _log(quiet, f"exact version {entry['model_version']} serves (retrained shard(s) {[r.shard_id for r in results]} in {req['timings']['retrain_s']:.1f}s)")
+            on_version("exact", entry)
         else:
             req["versions"]["exact"] = None
             ledgers.write_request(store.fs, req)

@@ -19,6 +19,7 @@ from pipelines.common import open_store, print_json, print_table
 from sisa import scheduler, versions
 from sisa.checkpoints import read_manifest
 from sisa.config import SisaConfig
+from sisa.model import base_model_fingerprint
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from storage import ledgers
 from storage.errors import RefusedError
@@ -78,7 +79,9 @@ def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> T
         tasks, reused = plan_tasks(store, cfg, from_scratch)
         if not tasks:
             return TrainResult(store.current_version(), [], reused, time.perf_counter() - started, noop=True)
-        # 2. train (a failure raises ShardJobError naming the shards; nothing is committed)
+        # 2. train (a failure raises ShardJobError naming the shards; nothing is committed).
+        # The base is prepared (SmolLM2 converted) once here, not raced by every shard job.
+        base_model_fingerprint(cfg.model)
         results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="train shards")
         # 3. commit, then mirror to MLflow
         shards = dict(reused)

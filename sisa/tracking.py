@@ -119,6 +119,14 @@ class Tracker:
         )
         return {"run_id": run_id, "registered_version": str(mv.version)}
 
+    def log_artifacts(self, model_version: int, paths: list[str], artifact_path: str | None = None) -> None:
+        """Attach files (reports, plots: never record text) to the run of `model_version`."""
+        runs = [r for r in self._runs(model_version) if r.info.lifecycle_stage != LifecycleStage.DELETED]
+        if not runs:
+            raise NotFoundError(f"model_version {model_version} has no MLflow run to attach artifacts to")
+        for path in paths:
+            self.client.log_artifact(runs[0].info.run_id, path, artifact_path)
+
     def set_serving_alias(self, model_version: int) -> None:
         """Point alias `tracking.alias` at the registered version of `model_version`."""
         version = self.find_registered_version(model_version)

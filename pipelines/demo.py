@@ -1,0 +1,186 @@
+"""The whole story on one machine: train on people, remember them, forget one, prove it.
+
+    make demo            # = sisa demo --config configs/demo.yaml
+    sisa demo --config configs/tiny.yaml store.uri=/tmp/demo     # the same in seconds, tiny model
+
+1. Make fictitious people (faker, deterministic) as one-sentence facts; ingest them with
+   subject_id = the person. Strangers are made the same way and never ingested.
+2. Train S shards with slices (Ray).
+3. Memorization: the ensemble's answer-token loss for trained people vs strangers, and greedy
+   completions.
+4. Forget one person with --fast: an approximate version serves in seconds, then the exact
+   retrain replaces it; print the certificate.
+5. `rollback 1` is refused; `versions` and `requests`.
+6. Time of the exact deletion beside the full retrain; a summary; a report with plots under
+   <store>/reports/, logged to the MLflow run of the exact version.
+The demo store is wiped and rebuilt on every run (only a store the demo itself created).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+import pyarrow as pa
+
+from pipelines import forget, rollback, train
+from pipelines import requests as requests_verb
+from pipelines import versions as versions_verb
+from pipelines.certificate import cli as certificate_cli
+from pipelines.common import print_table
+from pipelines.ingest import run as ingest_run
+from sisa import aggregate, serving, versions
+from sisa.config import SisaConfig
+from sisa.planner import expected_cost_fraction
+from sisa.sources import from_table
+from sisa.synthetic import make_people
+from storage import layout
+from storage.errors import RefusedError, StoreError
+from storage.store import Store
+
+DEMO_MARKER = "DEMO_STORE"
+
+
+def _banner(text: str) -> None:
+    print(f"\n=== {text} " + "=" * max(0, 72 - len(text)), flush=True)
+
+
+def _fresh_store(cfg: SisaConfig) -> None:
+    uri = cfg.store.uri
+    if Store.exists(uri):
+        marker = os.path.join(uri, DEMO_MARKER)
+        if "://" in uri or not os.path.exists(marker):
+            raise StoreError(f"{uri} holds a store the demo did not create; point store.uri at a new folder")
+        shutil.rmtree(uri)
+
+
+def _losses(store, cfg, shards, groups: dict[str, list[dict]]) -> dict[str, float | None]:
+    ens = serving.load_ensemble(store, cfg, shards)
+    out = {}
+    for name, rows in groups.items():
+        e, _ = serving.score_records(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
+        out[name] = serving.mean(e)
+    return out
+
+
+def _complete(store, cfg, shards, prompt: str) -> str:
+    ens = serving.load_ensemble(store, cfg, shards)
+    return aggregate.generate(ens.model, ens.tokenizer, ens.adapter_names(), prompt, max_new_tokens=12)
+
+
+def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -> dict:
+    t_start = time.perf_counter()
+    # 1. data
+    _banner("1. fictitious people, ingested with provenance")
+    _fresh_store(cfg)
+    rows = make_people(people, seed=cfg.store.seed, facts_per_person=facts)
+    unseen = make_people(strangers, seed=cfg.store.seed, facts_per_person=facts, start=people)
+    table = pa.Table.from_pylist(rows)
+    res = ingest_run(cfg, [from_table(table, "demo-people")])[0]
+    open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()
+    print(f"ingested {res.records} records about {people} people into {cfg.sharding.num_shards} shards (ingest {res.ingest_id}); {strangers} strangers kept aside")
+    store = Store.open(cfg.store.uri)
+    print_table([{"shard_id": k, "records": v} for k, v in sorted(res.shards.items())], ["shard_id", "records"])
+
+    # 2. train
+    _banner(f"2. train {cfg.sharding.num_shards} shard adapters over slices of {cfg.sharding.slice_size} ({cfg.model.name})")
+    t0 = time.perf_counter()
+    tr = train.run(cfg)
+    full_train_s = time.perf_counter() - t0
+    print(f"model version {tr.model_version} trained in {full_train_s:.1f}s " f"({sum(r.tokens for r in tr.trained) / max(full_train_s, 1e-9):.0f} tokens/s overall)")
+
+    # 3. memorization
+    _banner("3. what the model remembers")
+    target_subject = rows[0]["subject_id"]
+    target = [r for r in rows if r["subject_id"] == target_subject]
+    retained = [r for r in rows if r["subject_id"] != target_subject][: 8 * facts]
+    groups = {"forgotten": target, "retained": retained, "strangers": unseen}
+    v1 = versions.current(store)
+    losses = {f"v{v1['model_version']} trained": _losses(store, cfg, versions.shard_checkpoints(v1), groups)}
+    lv = losses[f"v{v1['model_version']} trained"]
+    print(f"answer-token loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
+    shards1 = versions.shard_checkpoints(v1)
+    for r in target[:2] + unseen[:1]:
+        who = "to be forgotten" if r in target else "stranger"
+        print(f"  [{who}] {r['prompt']!s} →{_complete(store, cfg, shards1, r['prompt'])!s}   (truth:{r['answer']})")
+
+    # 4. forget with the fast path
+    _banner("4. forget one person: --fast serves an approximate version, then the exact retrain")
+    seen_versions: dict[str, int] = {}
+
+    def on_version(kind: str, entry: dict) -> None:
+        seen_versions[kind] = entry["model_version"]
+        losses[f"v{entry['model_version']} {kind}"] = _losses(store, cfg, versions.shard_checkpoints(entry), groups)
+        lv = losses[f"v{entry['model_version']} {kind}"]
+        print(f"  v{entry['model_version']} ({kind}): forgotten person {lv['forgotten']:.3f}, retained {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
+
+    fr = forget.run(cfg, "subject", [target_subject], fast=True, on_version=on_version)
+    req = fr["request"]
+    store.refresh()
+    exact_entry = versions.current(store)
+    shards_now = versions.shard_checkpoints(exact_entry)
+    for r in target[:2]:
+        print(f"  [forgotten, exact v{exact_entry['model_version']}] {r['prompt']} →{_complete(store, cfg, shards_now, r['prompt'])}   (truth:{r['answer']})")
+    args = argparse.Namespace(targets=[req["request_id"]], json=False)
+    certificate_cli(cfg, args)
+
+    # 5. rollback refused; versions and requests
+    _banner("5. rollback to version 1 would bring the person back")
+    try:
+        rollback.run(cfg, 1)
+        print("UNEXPECTED: rollback 1 was allowed")
+    except RefusedError as e:
+        print(f"sisa rollback 1 → refused: {e.message}")
+    print()
+    versions_verb.cli(cfg, argparse.Namespace(json=False))
+    print()
+    requests_verb.cli(cfg, argparse.Namespace(json=False))
+
+    # 6. time and summary
+    _banner("6. cost of the deletion vs a full retrain")
+    t = req["timings"]
+    exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
+    plan = req["plan"]
+    slices_per_shard = max(len(store.slices(s)) for s in range(store.num_shards))
+    expected = expected_cost_fraction(slices_per_shard, cfg.sharding.slice_mode) / store.num_shards
+    summary = [
+        ("full retrain of all shards (measured, step 2)", f"{full_train_s:.1f} s"),
+        ("exact deletion: delete + retrain + purge (measured)", f"{exact_s:.1f} s"),
+        ("measured speedup", f"{full_train_s / exact_s:.1f}x" if exact_s else "-"),
+        ("theoretical cost of this deletion (record-passes)", f"{plan['cost_fraction']:.1%} of a full retrain → {1 / plan['cost_fraction']:.1f}x" if plan["cost_fraction"] else "-"),
+        ("expected cost over uniformly random slices", f"{expected:.1%} of a full retrain"),
+        ("approximate fast path served after", f"{t.get('fast_path_s', 0):.1f} s"),
+        ("shards retrained / reused byte for byte", f"{len(plan['shards'])} / {len(plan['unaffected_shards'])}"),
+        ("lineage check", "passed" if req["certificate"]["lineage_check"]["passed"] else "FAILED"),
+        ("checkpoints purged", str(len(req["purge"]["checkpoints"]))),
+        ("demo wall time", f"{time.perf_counter() - t_start:.0f} s"),
+    ]
+    for k, v in summary:
+        print(f"  {k:<52} {v}")
+
+    # report
+    from sisa.report import DemoReport, write_report
+
+    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan["cost_fraction"], req["request_id"], store.hash_id(target_subject), summary)
+    out_dir = store.fs.full(layout.REPORTS)
+    files = write_report(rep, out_dir)
+    if cfg.tracking.enabled:
+        from sisa.tracking import Tracker
+
+        Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_entry["model_version"], files, "demo-report")
+    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: loss_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry['model_version']}")
+    print(f"browse MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))} (binds 127.0.0.1)")
+    return {"losses": losses, "summary": dict(summary), "request_id": req["request_id"], "report": files, "versions": seen_versions}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--people", type=int, default=32, help="fictitious people to train on (default 32)")
+    p.add_argument("--strangers", type=int, default=8, help="people never trained on, the baseline (default 8)")
+    p.add_argument("--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="facts per person (default 2)")
+
+
+def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
+    run(cfg, args.people, args.strangers, args.facts)
+    return 0
