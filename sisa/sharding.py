@@ -15,8 +15,11 @@ never from time or row order, which is what makes a retrain reproduce a from-scr
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage.keys import keyed_int64
 
@@ -25,13 +28,27 @@ def shard_key(store_seed: int) -> bytes:
     return hashlib.blake2b(f"sisa-shard-key:{store_seed}".encode(), digest_size=32).digest()
 
 
-def assign_shards(store_seed: int, record_ids: list[str], subject_ids: list[str | None], num_shards: int) -> np.ndarray:
-    """shard_id per record: by subject when it has one, else by record id."""
-    keys = [s if s else r for r, s in zip(record_ids, subject_ids, strict=True)]
-    # Hash each distinct key once: a person with many records costs one hash.
-    uniq, inverse = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-    hashed = np.asarray(keyed_int64(shard_key(store_seed), uniq.tolist()), dtype=np.uint64)
-    return (hashed % np.uint64(num_shards)).astype(np.int32)[inverse]
+def assign_shards(
+    store_seed: int,
+    record_ids: Sequence[str] | pa.Array | pa.ChunkedArray,
+    subject_ids: Sequence[str | None] | pa.Array | pa.ChunkedArray,
+    num_shards: int,
+) -> np.ndarray:
+    """shard_id per record: by subject when it has one (not null, not ""), else by record id."""
+    if len(record_ids) != len(subject_ids):
+        raise ValueError(f"{len(record_ids)} record ids but {len(subject_ids)} subject ids")
+    if len(record_ids) == 0:
+        return np.empty(0, dtype=np.int32)
+    records, subjects = (x if isinstance(x, pa.Array | pa.ChunkedArray) else pa.array(list(x), pa.string()) for x in (record_ids, subject_ids))
+    no_subject = pc.fill_null(pc.equal(subjects, ""), True)
+    keys = pc.if_else(no_subject, records, subjects)
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks()
+    # Hash each distinct key once (a person with many records costs one hash); Arrow finds them.
+    encoded = pc.dictionary_encode(keys)
+    hashed = np.asarray(keyed_int64(shard_key(store_seed), encoded.dictionary.to_pylist()), dtype=np.uint64)
+    per_key = (hashed % np.uint64(num_shards)).astype(np.int32)
+    return per_key[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
 def assign_slices(shard_ids: np.ndarray, open_slices: dict[int, tuple[int, int]], slice_size: int) -> np.ndarray:

@@ -9,7 +9,6 @@ rename; there a copy-then-delete is the best pyarrow offers, and the README says
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -22,6 +21,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from storage.errors import IntegrityError, StoreError
+from storage.schemas import UNIQUE_COLUMNS
 
 TMP_DIR = "tmp"
 
@@ -111,7 +111,7 @@ class StoreFS:
         else:
             self.fs.move(self.full(tmp_rel), self.full(rel))
 
-    def write_bytes(self, rel: str, data: bytes) -> str:
+    def write_bytes(self, rel: str, data: bytes | pa.Buffer) -> str:
         """Write atomically; returns the sha256 of the bytes."""
         self.fs.create_dir(self.full(TMP_DIR), recursive=True)
         tmp = self._tmp_name(rel)
@@ -127,8 +127,11 @@ class StoreFS:
 
     def write_parquet(self, rel: str, table: pa.Table) -> str:
         """Write a Parquet file atomically; returns its sha256."""
-        buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        buf = pa.BufferOutputStream()
+        # Dictionary pages only where values repeat: on unique columns (ids, text, digests) the
+        # writer builds a dictionary, overflows it and falls back, which costs time for nothing.
+        dictionary = [c for c in table.column_names if c not in UNIQUE_COLUMNS]
+        pq.write_table(table, buf, compression="zstd", use_dictionary=dictionary)
         return self.write_bytes(rel, buf.getvalue())
 
     def write_new_json(self, rel: str, obj: Any) -> bool:

@@ -21,6 +21,8 @@ RECORD_FIELDS = [
 RECORD_SCHEMA = pa.schema(RECORD_FIELDS)
 RECORD_COLUMNS = [f.name for f in RECORD_FIELDS]
 PROVENANCE_COLUMNS = ["source", "ingest_id", "ingested_at", "content_sha256"]
+# Columns whose values (almost) never repeat: Parquet dictionary encoding is pointless on them.
+UNIQUE_COLUMNS = frozenset({"record_id", "text", "content_sha256"})
 
 # The record index: one row per live record, small enough to hold in memory for 1M records.
 INDEX_SCHEMA = pa.schema(

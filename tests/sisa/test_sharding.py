@@ -8,6 +8,7 @@ import sys
 from collections import Counter, defaultdict
 
 import numpy as np
+import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,6 +97,19 @@ def test_a_records_shard_does_not_depend_on_the_rest_of_the_batch(records, seed,
     keep = perm[: data.draw(st.integers(1, len(ids)))]
     part = assign_shards(seed, [ids[i] for i in keep], [subjects[i] for i in keep], num_shards)
     assert part.tolist() == [int(full[i]) for i in keep]
+
+
+@settings(max_examples=100, deadline=None)
+@given(records=records_st(), seed=st.integers(0, 1000), num_shards=st.integers(1, 32), cut=st.integers(0, 60))
+def test_arrow_input_gives_the_same_shards_as_lists(records, seed, num_shards, cut):
+    ids, subjects = records
+    expected = assign_shards(seed, ids, subjects, num_shards).tolist()
+    cut = min(cut, len(ids))
+    chunked_ids = pa.chunked_array([ids[:cut], ids[cut:]], pa.string())
+    chunked_subjects = pa.chunked_array([subjects[:cut], subjects[cut:]], pa.string())
+    assert assign_shards(seed, chunked_ids, chunked_subjects, num_shards).tolist() == expected
+    assert assign_shards(seed, pa.array(ids), pa.array(subjects, pa.string()), num_shards).tolist() == expected
+    assert assign_shards(seed, tuple(ids), np.array(subjects, dtype=object), num_shards).tolist() == expected
 
 
 def test_store_seed_changes_the_assignment():

@@ -1,0 +1,195 @@
+"""Storage benchmark: ingest 1M records, then look up 10k ids among them; ours beside pandas.
+
+    .venv/bin/python benchmarks/storage.py                 # 1M records, 10k lookups (~2 min here)
+    .venv/bin/python benchmarks/storage.py --records 100000
+
+Both sides do the same work on the same JSONL file (record_id, subject_id, ~300 bytes of text):
+  ours    `pipelines.ingest.run`: read, validate (ids, text, duplicates), content_sha256, keyed
+          shard by subject, slices of 4096 in arrival order, a Parquet part per (shard, slice),
+          the record index, the ledger entry.
+  pandas  the obvious way: `pd.read_json(lines=True)`, the same checks, sha256 and keyed blake2b
+          per row with `.map`, `groupby(shard).cumcount()` for slices, `to_parquet` per
+          (shard, slice), an index DataFrame written with `to_parquet`.
+Lookup: 10k ids (1% of them unknown) against the 1M-row index.
+  ours    `store.index.lookup(ids)` on the loaded index (load time reported separately).
+  pandas  read the index parts with `pd.read_parquet`, `concat`, `isin` + the missing ids.
+Targets (issue 2): ingest at least as fast as pandas; a 10k lookup in under 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipelines.ingest import run as ingest  # noqa: E402
+from sisa.config import build_config  # noqa: E402
+from sisa.sharding import shard_key  # noqa: E402
+from storage.store import Store  # noqa: E402
+
+NUM_SHARDS = 8
+SLICE_SIZE = 4096
+WORDS = ["customer", "called", "about", "the", "invoice", "refund", "delivery", "account", "password", "order", "ticket", "agent", "replied", "escalated", "resolved", "warranty", "shipment", "address", "payment", "card", "subscription", "renewal", "complaint", "feedback", "manager", "discount", "voucher", "credit", "balance", "overdue", "reminder", "contract"]
+
+
+def write_records(path: Path, n: int) -> int:
+    """A deterministic JSONL file of `n` records, ~300 bytes of text each; returns its size."""
+    rng = random.Random(0)
+    fillers = []
+    for _ in range(997):
+        words = []
+        while sum(len(w) + 1 for w in words) < 250:
+            words.append(rng.choice(WORDS))
+        fillers.append(" ".join(words))
+    with path.open("w") as f:
+        for start in range(0, n, 100_000):
+            f.write(
+                "".join(
+                    f'{{"record_id": "rec-{i:07d}", "subject_id": "subj-{i // 4:07d}", '
+                    f'"text": "Ticket {i} from subject {i // 4}: {fillers[(i * 7919) % 997]}."}}\n'
+                    for i in range(start, min(n, start + 100_000))
+                )
+            )
+    return path.stat().st_size
+
+
+# -- ours -----------------------------------------------------------------------------------------
+def ingest_ours(path: Path, uri: str) -> float:
+    cfg = build_config(
+        {"store": {"uri": uri}, "sharding": {"num_shards": NUM_SHARDS, "slice_size": SLICE_SIZE}, "tracking": {"enabled": False}}
+    )
+    t = time.perf_counter()
+    (result,) = ingest(cfg, [str(path)])
+    elapsed = time.perf_counter() - t
+    assert not result.noop and result.records > 0
+    return elapsed
+
+
+def lookup_ours(uri: str, ids: list[str], repeats: int) -> tuple[float, float, int]:
+    store = Store.open(uri)
+    t = time.perf_counter()
+    index = store.index
+    load = time.perf_counter() - t
+    query = pa.array(ids, pa.string())
+    times, found_n = [], 0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        found, missing = index.lookup(query)
+        times.append(time.perf_counter() - t)
+        found_n = found.num_rows
+        assert found_n + len(missing) == len(set(ids))
+    return load, statistics.median(times), found_n
+
+
+# -- pandas, the obvious way ----------------------------------------------------------------------
+def ingest_pandas(path: Path, out: Path, seed: int = 0) -> tuple[float, pd.Series]:
+    t = time.perf_counter()
+    df = pd.read_json(path, lines=True, dtype={"record_id": str, "subject_id": str, "text": str})
+    ids = df["record_id"]
+    bad = ids.isna() | (ids.str.strip() == "") | df["text"].isna() | (df["text"].str.strip() == "")
+    if bad.any() or ids.duplicated().any():
+        raise ValueError("bad rows")
+    key = shard_key(seed)
+    subject = df["subject_id"].where(df["subject_id"].notna() & (df["subject_id"] != ""), ids)
+    df["shard_id"] = subject.map(
+        lambda s: int.from_bytes(hashlib.blake2b(s.encode(), key=key, digest_size=8).digest(), "big") % NUM_SHARDS
+    ).astype("int32")
+    df["slice_idx"] = (df.groupby("shard_id").cumcount() // SLICE_SIZE).astype("int32")
+    df["source"] = path.name
+    df["ingest_id"] = "pandas"
+    df["ingested_at"] = pd.Timestamp.now(tz="UTC")
+    df["content_sha256"] = df["text"].map(lambda s: hashlib.sha256(s.encode()).hexdigest())
+    for (shard, sl), group in df.groupby(["shard_id", "slice_idx"], sort=True):
+        folder = out / "data" / f"shard={shard:05d}" / f"slice={sl:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        group.to_parquet(folder / "part-000001-pandas.parquet", index=False)
+    (out / "index").mkdir(parents=True, exist_ok=True)
+    index = df[["record_id", "subject_id", "shard_id", "slice_idx", "source", "ingest_id", "content_sha256"]].assign(status="live")
+    index.to_parquet(out / "index" / "part-000001-pandas.parquet", index=False)
+    elapsed = time.perf_counter() - t
+    return elapsed, df.groupby(["shard_id", "slice_idx"]).size()
+
+
+def lookup_pandas(index_dir: Path, ids: list[str], repeats: int) -> tuple[float, float, int]:
+    t = time.perf_counter()
+    index = pd.concat([pd.read_parquet(p) for p in sorted(index_dir.glob("*.parquet"))], ignore_index=True)
+    load = time.perf_counter() - t
+    times, found_n = [], 0
+    for _ in range(repeats):
+        t = time.perf_counter()
+        found = index[index["record_id"].isin(ids)]
+        missing = set(ids) - set(found["record_id"])
+        times.append(time.perf_counter() - t)
+        found_n = len(found)
+        assert found_n + len(missing) == len(set(ids))
+    return load, statistics.median(times), found_n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--records", type=int, default=1_000_000)
+    ap.add_argument("--lookups", type=int, default=10_000)
+    ap.add_argument("--repeats", type=int, default=5, help="lookups are timed this many times; the median is shown")
+    args = ap.parse_args()
+    n = args.records
+
+    with tempfile.TemporaryDirectory(prefix="sisa-bench-") as tmp:
+        tmp = Path(tmp)
+        path = tmp / "records.jsonl"
+        t = time.perf_counter()
+        size = write_records(path, n)
+        print(f"wrote {n:,} records ({size / 1e6:.0f} MB, {size / n:.0f} B/record) in {time.perf_counter() - t:.1f}s", flush=True)
+
+        uri = str(tmp / "store")
+        ours_s = ingest_ours(path, uri)
+        print(f"ours    ingest {ours_s:6.1f}s  {n / ours_s:>10,.0f} records/s", flush=True)
+        pandas_s, pandas_counts = ingest_pandas(path, tmp / "pandas")
+        print(f"pandas  ingest {pandas_s:6.1f}s  {n / pandas_s:>10,.0f} records/s", flush=True)
+
+        # Same work: both put the same number of records in every (shard, slice).
+        ours_counts = Store.open(uri).index.counts().to_pandas().set_index(["shard_id", "slice_idx"])["records"]
+        assert ours_counts.to_dict() == {k: int(v) for k, v in pandas_counts.items()}, "ours and pandas placed records differently"
+
+        rng = random.Random(1)
+        known = [f"rec-{i:07d}" for i in rng.sample(range(n), args.lookups - args.lookups // 100)]
+        ids = known + [f"unknown-{i}" for i in range(args.lookups // 100)]
+        rng.shuffle(ids)
+        ours_load, ours_lookup, ours_found = lookup_ours(uri, ids, args.repeats)
+        pd_load, pd_lookup, pd_found = lookup_pandas(Path(uri) / "index", ids, args.repeats)
+        assert ours_found == pd_found == len(known)
+        os.remove(path)
+
+    ingest_ratio = pandas_s / ours_s
+    lookup_ratio = pd_lookup / ours_lookup
+    total_ratio = (pd_load + pd_lookup) / (ours_load + ours_lookup)
+    rows = [
+        ("ingest throughput, ours / pandas", f"{ingest_ratio:.2f}x", "target >= 1.00x", ingest_ratio >= 1.0),
+        (f"lookup {args.lookups:,} ids, pandas / ours", f"{lookup_ratio:.1f}x", "", None),
+        ("index load + lookup, pandas / ours", f"{total_ratio:.2f}x", "", None),
+        ("ingest ours", f"{n / ours_s:,.0f} rec/s", f"{ours_s:.1f} s", None),
+        ("ingest pandas", f"{n / pandas_s:,.0f} rec/s", f"{pandas_s:.1f} s", None),
+        (f"lookup ours ({args.lookups:,} of {n:,})", f"{ours_lookup * 1e3:.1f} ms", "target < 50 ms", ours_lookup < 0.05),
+        (f"lookup pandas ({args.lookups:,} of {n:,})", f"{pd_lookup * 1e3:.1f} ms", "", None),
+        ("index load ours", f"{ours_load * 1e3:.0f} ms", "", None),
+        ("index load pandas", f"{pd_load * 1e3:.0f} ms", "", None),
+    ]
+    print()
+    w = max(len(r[0]) for r in rows)
+    for name, value, note, ok in rows:
+        mark = "" if ok is None else ("  ok" if ok else "  MISSED")
+        print(f"{name:<{w}}  {value:>14}  {note}{mark}")
+
+
+if __name__ == "__main__":
+    main()
