@@ -47,7 +47,12 @@ OFFLINE_ENV = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The parser; given `verb`, only that verb's module is imported.
+
+    A verb's module imports its libraries (torch, peft, Ray, MLflow: seconds), so `sisa ingest`
+    must not pay for `sisa train`; the other verbs get their one-line help only.
+    """
     parser = argparse.ArgumentParser(
         prog="sisa",
         description="Exact machine unlearning for LoRA-fine-tuned language models (SISA).",
@@ -57,9 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
-    for verb, (module, help_text) in VERBS.items():
+    for name, (module, help_text) in VERBS.items():
+        if verb is not None and name != verb:
+            sub.add_parser(name, help=help_text, description=help_text)
+            continue
         mod = importlib.import_module(module)
-        p = sub.add_parser(verb, help=help_text, description=(mod.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         mod.add_arguments(p)
@@ -83,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    parser = build_parser()
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(next((a for a in rest if a in VERBS), ""))
     args = parser.parse_args(rest)
     args.overrides = overrides
     module = importlib.import_module(VERBS[args.verb][0])
