@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 
 import torch
@@ -36,9 +37,17 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+from transformers.utils import logging as transformers_logging
 
 from sisa.config import ModelConfig
 from storage.errors import ConfigError, NotFoundError, SisaError
+
+# Library chatter (per-load progress bars, deprecation notices) is not for sisa's users, and a
+# progress bar must never be where record text could appear; sisa draws its own bars.
+transformers_logging.set_verbosity_error()
+transformers_logging.disable_progress_bar()
+warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed.*")
+warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 TINY_SEED = 1234
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"

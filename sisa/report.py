@@ -45,7 +45,7 @@ def plot_losses(rep: DemoReport, path: str) -> str:
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylabel("mean answer-token loss (nats)\nlower = remembered")
     ax.set_title(f"Memorization across model versions ({rep.model}, {rep.num_shards} shards)")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)

@@ -67,6 +67,12 @@ def run_shard_jobs(
     return [out for _, out in outcomes]
 
 
+def prepare(cfg: SchedulerConfig) -> None:
+    """Start (or attach to) Ray now, so that timing a later job does not include the start."""
+    if cfg.backend == "ray":
+        _ensure_ray(cfg)
+
+
 def shutdown_ray() -> None:
     """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit."""
     if ray.is_initialized():

@@ -12,6 +12,7 @@ keep it that way).
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
@@ -36,6 +37,9 @@ from mlflow.utils.time import get_current_time_millis  # noqa: E402
 
 from sisa.config import TrackingConfig  # noqa: E402
 from storage.errors import ConfigError, NotFoundError, RefusedError  # noqa: E402
+
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+logging.getLogger("alembic").setLevel(logging.WARNING)
 
 MAX_VALUE_CHARS = 500
 _SQLITE = "sqlite:///"
