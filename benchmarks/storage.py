@@ -14,6 +14,9 @@ Lookup: 10k ids (1% of them unknown) against the 1M-row index.
   ours    `store.index.lookup(ids)` on the loaded index (load time reported separately).
   pandas  read the index parts with `pd.read_parquet`, `concat`, `isin` + the missing ids.
 Targets (issue 2): ingest at least as fast as pandas; a 10k lookup in under 50 ms.
+
+This machine is shared (2 cores), so every timing is the best of a few runs, ours and pandas
+interleaved: the best run is the one least disturbed by other work, for both sides alike.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import argparse
 import hashlib
 import os
 import random
-import statistics
+import shutil
 import sys
 import tempfile
 import time
@@ -89,7 +92,7 @@ def lookup_ours(uri: str, ids: list[str], repeats: int) -> tuple[float, float, i
         times.append(time.perf_counter() - t)
         found_n = found.num_rows
         assert found_n + len(missing) == len(set(ids))
-    return load, statistics.median(times), found_n
+    return load, min(times), found_n
 
 
 # -- pandas, the obvious way ----------------------------------------------------------------------
@@ -133,14 +136,15 @@ def lookup_pandas(index_dir: Path, ids: list[str], repeats: int) -> tuple[float,
         times.append(time.perf_counter() - t)
         found_n = len(found)
         assert found_n + len(missing) == len(set(ids))
-    return load, statistics.median(times), found_n
+    return load, min(times), found_n
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--lookups", type=int, default=10_000)
-    ap.add_argument("--repeats", type=int, default=5, help="lookups are timed this many times; the median is shown")
+    ap.add_argument("--ingest-runs", type=int, default=3, help="each ingest runs this many times; the best is shown")
+    ap.add_argument("--repeats", type=int, default=7, help="lookups are timed this many times; the best is shown")
     args = ap.parse_args()
     n = args.records
 
@@ -151,11 +155,19 @@ def main() -> None:
         size = write_records(path, n)
         print(f"wrote {n:,} records ({size / 1e6:.0f} MB, {size / n:.0f} B/record) in {time.perf_counter() - t:.1f}s", flush=True)
 
-        uri = str(tmp / "store")
-        ours_s = ingest_ours(path, uri)
-        print(f"ours    ingest {ours_s:6.1f}s  {n / ours_s:>10,.0f} records/s", flush=True)
-        pandas_s, pandas_counts = ingest_pandas(path, tmp / "pandas")
-        print(f"pandas  ingest {pandas_s:6.1f}s  {n / pandas_s:>10,.0f} records/s", flush=True)
+        ours_runs, pandas_runs = [], []
+        for run in range(args.ingest_runs):
+            last = run == args.ingest_runs - 1
+            uri = str(tmp / f"store-{run}")
+            ours_runs.append(ingest_ours(path, uri))
+            print(f"ours    ingest {ours_runs[-1]:6.1f}s  {n / ours_runs[-1]:>10,.0f} records/s", flush=True)
+            t, pandas_counts = ingest_pandas(path, tmp / f"pandas-{run}")
+            pandas_runs.append(t)
+            print(f"pandas  ingest {t:6.1f}s  {n / t:>10,.0f} records/s", flush=True)
+            if not last:  # keep the disk small: only the last run's outputs are looked up
+                shutil.rmtree(uri)
+                shutil.rmtree(tmp / f"pandas-{run}")
+        ours_s, pandas_s = min(ours_runs), min(pandas_runs)
 
         # Same work: both put the same number of records in every (shard, slice).
         ours_counts = Store.open(uri).index.counts().to_pandas().set_index(["shard_id", "slice_idx"])["records"]
@@ -177,14 +189,14 @@ def main() -> None:
         ("ingest throughput, ours / pandas", f"{ingest_ratio:.2f}x", "target >= 1.00x", ingest_ratio >= 1.0),
         (f"lookup {args.lookups:,} ids, pandas / ours", f"{lookup_ratio:.1f}x", "", None),
         ("index load + lookup, pandas / ours", f"{total_ratio:.2f}x", "", None),
-        ("ingest ours", f"{n / ours_s:,.0f} rec/s", f"{ours_s:.1f} s", None),
-        ("ingest pandas", f"{n / pandas_s:,.0f} rec/s", f"{pandas_s:.1f} s", None),
-        (f"lookup ours ({args.lookups:,} of {n:,})", f"{ours_lookup * 1e3:.1f} ms", "target < 50 ms", ours_lookup < 0.05),
-        (f"lookup pandas ({args.lookups:,} of {n:,})", f"{pd_lookup * 1e3:.1f} ms", "", None),
+        ("ingest ours", f"{n / ours_s:,.0f} rec/s", f"{ours_s:.1f} s (best of {args.ingest_runs})", None),
+        ("ingest pandas", f"{n / pandas_s:,.0f} rec/s", f"{pandas_s:.1f} s (best of {args.ingest_runs})", None),
+        (f"lookup ours ({args.lookups:,} of {n:,})", f"{ours_lookup * 1e3:.1f} ms", f"best of {args.repeats}; target < 50 ms", ours_lookup < 0.05),
+        (f"lookup pandas ({args.lookups:,} of {n:,})", f"{pd_lookup * 1e3:.1f} ms", f"best of {args.repeats}", None),
         ("index load ours", f"{ours_load * 1e3:.0f} ms", "", None),
         ("index load pandas", f"{pd_load * 1e3:.0f} ms", "", None),
     ]
-    print()
+    print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other work on this machine slows both sides)")
     w = max(len(r[0]) for r in rows)
     for name, value, note, ok in rows:
         mark = "" if ok is None else ("  ok" if ok else "  MISSED")
