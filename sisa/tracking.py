@@ -148,12 +148,18 @@ class Tracker:
 
     def serving_version(self) -> int | None:
         """The sisa model_version the serving alias points at, or None if there is no alias."""
+        # MLflow answers a missing alias of an existing model with INVALID_PARAMETER_VALUE, not
+        # RESOURCE_DOES_NOT_EXIST: read the model's alias map instead of catching that.
         try:
-            mv = self.client.get_model_version_by_alias(self.cfg.registered_model, self.cfg.alias)
+            model = self.client.get_registered_model(self.cfg.registered_model)
         except MlflowException as e:
             if _is_missing(e):
                 return None
             raise
+        version = model.aliases.get(self.cfg.alias)
+        if version is None:
+            return None
+        mv = self.client.get_model_version(self.cfg.registered_model, str(version))
         tag = mv.tags.get("model_version")
         return None if tag is None else int(tag)
 

@@ -1,0 +1,319 @@
+"""`sisa train` end to end: versions, determinism, manifests and lineage, incremental training,
+Ray vs serial, MLflow, failed shard jobs, and the refusal while a deletion is open.
+
+The contract (DESIGN.md): seeds derive from (store seed, shard_id, slice_idx), so the same data
+and config give the same adapter bytes in any store, on any backend, trained at once or slice
+by slice; a shard with nothing new is reused byte for byte; a failed shard job commits nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import forget, train
+from pipelines import versions as versions_pipeline
+from sisa import checkpoints, deletion, versions
+from sisa.synthetic import make_people
+from sisa.trainer import ShardTask, train_shard
+from storage import layout, ledgers
+from storage.errors import IntegrityError, RefusedError, ShardJobError
+from storage.store import Store, checkpoint_slice
+from tests.pipelines.conftest import (
+    adapter_tensors,
+    all_checkpoints,
+    assert_tensors_equal,
+    checkpoint_dir,
+    cli_args,
+    ingest_rows,
+    load_tensors,
+    make_cfg,
+    optimizer_tensors,
+    people_in_shards,
+    run_cli,
+    serving_shards,
+    tree_digest,
+)
+
+SLICES = ["sharding.slice_size=8"]  # 40 records → several slices per shard, still seconds
+
+
+def _train_store(root: Path, rows: list[dict], *extra: str, backend: str = "serial") -> Store:
+    cfg = make_cfg(root / "s", *SLICES, *extra, backend=backend)
+    ingest_rows(cfg, rows, root / "input" / "people.jsonl")
+    res = train.run(cfg)
+    assert res.model_version == 1 and not res.noop
+    return Store.open(cfg.store.uri)
+
+
+def _assert_same_checkpoints(a: Store, b: Store) -> None:
+    """Every (shard, slice) checkpoint of `a` has the same adapter and optimizer tensors in `b`.
+    Checkpoint ids differ across stores (lineage digests use each store's secret key), so the
+    comparison goes by shard and slice."""
+    ca, cb = all_checkpoints(a), all_checkpoints(b)
+    assert sorted(ca) == sorted(cb)
+    for key in sorted(ca):
+        assert len(ca[key]) == len(cb[key]) == 1, key
+        what = f"shard {key[0]} slice {key[1]}"
+        assert_tensors_equal(adapter_tensors(a, ca[key][0]), adapter_tensors(b, cb[key][0]), what + " adapter")
+        assert_tensors_equal(optimizer_tensors(a, ca[key][0]), optimizer_tensors(b, cb[key][0]), what + " optimizer")
+
+
+# -- version 1 ------------------------------------------------------------------------------------
+def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
+    rows = make_people(20, seed=1)
+    args = cli_args(tmp_path / "s", *SLICES)
+    cfg = make_cfg(tmp_path / "s", *SLICES)
+    ingest_rows(cfg, rows, tmp_path / "input" / "people.jsonl")
+    capfd.readouterr()
+
+    code, out, err = run_cli(capfd, "train", *args)
+    assert code == 0, err
+    assert "committed model version 1" in out
+
+    store = Store.open(cfg.store.uri)
+    assert store.current_version() == 1
+    assert json.loads((tmp_path / "s" / layout.CURRENT).read_text()) == {"model_version": 1}
+    v1 = versions.current(store)
+    assert v1["model_version"] == 1 and v1["status"] == "active" and v1["reason"] == "train"
+    assert v1["parent"] is None and v1["approximate"] is False
+    assert v1["training_fingerprint"] == cfg.training_fingerprint()
+    # One checkpoint per shard, at the shard's last slice, whose ancestry covers every slice.
+    populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
+    assert set(serving_shards(store)) == populated
+    for shard, cid in serving_shards(store).items():
+        assert checkpoint_slice(cid) == max(store.slices(shard))
+        assert checkpoint_dir(store, cid).is_dir()
+
+    listed = versions_pipeline.run(cfg)
+    assert listed["current"] == 1 and [v["model_version"] for v in listed["versions"]] == [1]
+    code, out, _ = run_cli(capfd, "versions", *args)
+    assert code == 0 and "train" in out
+
+    # Nothing new: a second train is a no-op and commits nothing.
+    res = train.run(cfg)
+    assert res.noop and res.model_version == 1
+    assert [v["model_version"] for v in versions.all_versions(store)] == [1]
+
+
+# -- determinism, manifests, lineage -----------------------------------------------------------------
+def test_two_stores_from_the_same_data_hold_identical_tensors(tmp_path):
+    rows = make_people(20, seed=2)
+    a = _train_store(tmp_path / "a", rows)
+    b = _train_store(tmp_path / "b", rows)
+    assert sum(len(a.slices(s)) for s in range(a.num_shards)) >= 4  # several slices were trained
+    _assert_same_checkpoints(a, b)
+
+
+def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path):
+    rows = make_people(20, seed=3)
+    store = _train_store(tmp_path, rows)
+    raw_ids = [r["record_id"] for r in rows]
+    found = all_checkpoints(store)
+    assert found
+    for (shard, sl), (cid,) in sorted(found.items()):
+        folder = checkpoint_dir(store, cid)
+        manifest = json.loads((folder / checkpoints.MANIFEST).read_text())
+        assert manifest["checkpoint_id"] == cid
+        assert (manifest["shard_id"], manifest["slice_idx"]) == (shard, sl)
+        assert cid.startswith(f"s{shard:05d}-l{sl:06d}-")
+        # Every file but the manifest is listed with its sha256, and the hashes match.
+        on_disk = set(os.listdir(folder)) - {checkpoints.MANIFEST}
+        assert set(manifest["files"]) == on_disk
+        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "rng.safetensors", checkpoints.LINEAGE} <= on_disk
+        for name, sha in manifest["files"].items():
+            assert checkpoints._sha256_file(str(folder / name)) == sha, name
+        for key in ("config_fingerprint", "training_fingerprint", "base_model_fingerprint", "library_versions", "lineage_digest"):
+            assert manifest[key], key
+        # The parent is this shard's previous slice; the lineage digest chains over keyed hashes.
+        parent = manifest["parent_checkpoint_id"]
+        if sl == 0:
+            assert parent is None
+        else:
+            assert parent == found[(shard, sl - 1)][0]
+        slice_ids = store.read_slice(shard, sl, columns=["record_id"])["record_id"].to_pylist()
+        lineage = pq.read_table(folder / checkpoints.LINEAGE)
+        assert lineage.column_names == ["record_hash"]
+        assert sorted(lineage["record_hash"].to_pylist()) == sorted(store.hash_ids(slice_ids))
+        parent_digest = None if parent is None else checkpoints.read_manifest(store, shard, parent)["lineage_digest"]
+        assert manifest["lineage_digest"] == checkpoints.lineage_digest(parent_digest, store.hash_ids(slice_ids))
+        # No raw record id anywhere in the checkpoint: not in the lineage values, not in any file.
+        assert not set(raw_ids) & set(lineage["record_hash"].to_pylist())
+        for name in on_disk | {checkpoints.MANIFEST}:
+            data = (folder / name).read_bytes()
+            leaked = [r for r in raw_ids if r.encode() in data]
+            assert not leaked, f"{cid}/{name} holds raw record ids {leaked[:3]}"
+
+    # sha256 is checked on load: one flipped byte makes the checkpoint unusable.
+    cid = next(iter(serving_shards(store).values()))
+    target = checkpoint_dir(store, cid) / "adapter_model.safetensors"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="damaged"):
+        checkpoints.open_checkpoint(store, cid)
+
+
+def test_checkpoints_load_with_peft(tmp_path):
+    from peft import PeftModel
+
+    from sisa.model import load_base_model
+
+    cfg = make_cfg(tmp_path / "s", *SLICES)
+    store = _train_store(tmp_path, make_people(6, seed=4))
+    for cid in serving_shards(store).values():
+        base, _ = load_base_model(cfg.model)
+        model = PeftModel.from_pretrained(base, str(checkpoint_dir(store, cid)))
+        loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
+        assert_tensors_equal(loaded, adapter_tensors(store, cid), f"{cid} through PeftModel.from_pretrained")
+
+
+# -- incremental training and MLflow --------------------------------------------------------------------
+def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_path):
+    from sisa.tracking import Tracker
+
+    cfg = make_cfg(tmp_path / "s", *SLICES, tracking=True)
+    ingest_rows(cfg, people_in_shards(5, 2, {0, 1}, 16, start=0), tmp_path / "input" / "a.jsonl")
+    r1 = train.run(cfg)
+    assert r1.model_version == 1
+    store = Store.open(cfg.store.uri)
+    v1 = serving_shards(store)
+    assert set(v1) == {0, 1}
+
+    # MLflow: a run with params and tags, a registered version, the alias on it.
+    tracker = Tracker(cfg.tracking, str(tmp_path / "s"))
+    client = tracker.client
+    assert tracker.uri == f"sqlite:///{(tmp_path / 's' / 'mlflow.db').resolve()}"
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([exp.experiment_id], "tags.model_version = '1'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["reason"] == "train"
+    assert run.data.params["config_fingerprint"] == cfg.fingerprint()
+    assert run.data.params["training_fingerprint"] == cfg.training_fingerprint()
+    assert run.data.params["num_shards"] == "2" and run.data.params["base_model"] == "tiny"
+    assert {"shard_0_loss", "shard_1_loss", "wall_time_s"} <= set(run.data.metrics)
+    reg1 = tracker.find_registered_version(1)
+    assert reg1 is not None
+    mv = client.get_model_version(cfg.tracking.registered_model, reg1)
+    assert mv.run_id == run.info.run_id and mv.tags["model_version"] == "1"
+    alias = client.get_model_version_by_alias(cfg.tracking.registered_model, cfg.tracking.alias)
+    assert str(alias.version) == reg1 and tracker.serving_version() == 1
+    assert versions.current(store)["mlflow"]["registered_version"] == reg1
+    # No alias is "no serving version", not an error (MLflow reports it as a bad parameter).
+    client.delete_registered_model_alias(cfg.tracking.registered_model, cfg.tracking.alias)
+    assert tracker.serving_version() is None
+    tracker.set_serving_alias(1)
+    assert tracker.serving_version() == 1
+
+    # New people for shard 0 only: shard 0 trains its new slices, shard 1 is reused as is.
+    shard1_before = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00001")
+    shard0_before = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00000")
+    sealed0 = checkpoint_slice(v1[0])
+    ingest_rows(cfg, people_in_shards(6, 2, {0}, 6, start=500), tmp_path / "input" / "b.jsonl")
+    store.refresh()
+    assert max(store.slices(0)) > sealed0 and max(store.slices(1)) == checkpoint_slice(v1[1])
+    r2 = train.run(cfg)
+    assert r2.model_version == 2
+    assert [r.shard_id for r in r2.trained] == [0]
+    assert [s.slice_idx for s in r2.trained[0].slices] == list(range(sealed0 + 1, max(store.slices(0)) + 1))
+    assert r2.reused == {1: v1[1]}
+    v2 = versions.current(store)
+    assert v2["model_version"] == 2 and v2["parent"] == 1
+    assert v2["shards"]["1"] == v1[1]
+    assert tree_digest(tmp_path / "s" / "checkpoints" / "shard=00001") == shard1_before
+    # Shard 0's earlier checkpoints are untouched too; the new chain continues from v1's.
+    after0 = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00000")
+    assert {k: v for k, v in after0.items() if k in shard0_before} == shard0_before
+    assert checkpoints.read_manifest(store, 0, v2["shards"]["0"])["slice_idx"] == max(store.slices(0))
+    first_new = [c for c in store.checkpoint_ids(0) if checkpoint_slice(c) == sealed0 + 1]
+    assert checkpoints.read_manifest(store, 0, first_new[0])["parent_checkpoint_id"] == v1[0]
+
+    # Continuing slice by slice gives the bytes of training every slice at once.
+    replay = tmp_path / "replay"
+    train_shard(ShardTask(store.uri, cfg.to_dict(), 0, tuple(range(max(store.slices(0)) + 1)), None, replay_dir=str(replay)))
+    assert_tensors_equal(adapter_tensors(store, v2["shards"]["0"]), load_tensors(replay / "shard=00000" / "adapter_model.safetensors"), "incremental vs at once")
+
+    # MLflow: version 2 registered, the alias moved, version 1 still registered.
+    reg2 = tracker.find_registered_version(2)
+    assert reg2 is not None and reg2 != reg1
+    assert tracker.serving_version() == 2
+    assert tracker.find_registered_version(1) == reg1
+    runs2 = client.search_runs([exp.experiment_id], "tags.model_version = '2'")
+    assert len(runs2) == 1 and runs2[0].data.metrics.get("shards_trained") == 1.0
+
+
+# -- Ray ---------------------------------------------------------------------------------------------
+def test_ray_and_serial_backends_give_identical_tensors(tmp_path, ray_backend):
+    rows = make_people(20, seed=6)
+    on_ray = _train_store(tmp_path / "ray", rows, backend=ray_backend)
+    serial = _train_store(tmp_path / "serial", rows, backend="serial")
+    _assert_same_checkpoints(on_ray, serial)
+
+
+# -- failures and refusals -------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["serial", "ray"])
+def test_a_failed_shard_job_names_the_shard_and_commits_nothing(tmp_path, backend, request):
+    if backend == "ray":
+        backend = request.getfixturevalue("ray_backend")
+    cfg = make_cfg(tmp_path / "s", *SLICES, backend=backend)
+    ingest_rows(cfg, make_people(12, seed=7), tmp_path / "input" / "a.jsonl")
+    assert train.run(cfg).model_version == 1
+    store = Store.open(cfg.store.uri)
+    ingest_rows(cfg, people_in_shards(8, 2, {0, 1}, 8, start=300), tmp_path / "input" / "b.jsonl")
+    store.refresh()
+    # Damage the newest slice part of shard 1: its job fails, shard 0's job succeeds.
+    part = store.slice_parts(1, max(store.slices(1)))[-1]
+    Path(store.fs.full(part)).write_bytes(b"this is not a parquet file")
+    serving_before = tree_digest(tmp_path / "s" / "versions"), (tmp_path / "s" / layout.CURRENT).read_bytes()
+
+    with pytest.raises(ShardJobError) as info:
+        train.run(cfg)
+    assert info.value.shard_ids == [1]
+    assert "shard_id 1" in info.value.message
+    # No partial version: the ledger and the pointer are exactly as before.
+    assert (tree_digest(tmp_path / "s" / "versions"), (tmp_path / "s" / layout.CURRENT).read_bytes()) == serving_before
+    assert store.current_version() == 1
+    assert [v["model_version"] for v in versions.all_versions(store)] == [1]
+
+
+def test_train_refuses_while_a_deletion_request_is_open(tmp_path, capfd, monkeypatch):
+    cfg = make_cfg(tmp_path / "s", *SLICES)
+    rows = make_people(10, seed=8)
+    ingest_rows(cfg, rows, tmp_path / "input" / "a.jsonl")
+    train.run(cfg)
+    store = Store.open(cfg.store.uri)
+    # A forget that crashes right after its ledger entry leaves an open request.
+    calls = {"n": 0}
+
+    def crash(*a, **k):
+        calls["n"] += 1
+        raise RuntimeError("simulated crash before the data is deleted")
+
+    monkeypatch.setattr(deletion, "remove_records", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        forget.run(cfg, "subject", [rows[0]["subject_id"]], quiet=True)
+    monkeypatch.undo()
+    (req,) = ledgers.list_requests(store.fs)
+    assert req["status"] == "received" and calls["n"] == 1
+    ingest_rows_path = tmp_path / "input" / "more.jsonl"
+    before = tree_digest(tmp_path / "s")
+
+    with pytest.raises(RefusedError, match=req["request_id"]):
+        train.run(cfg)
+    capfd.readouterr()
+    code, _, err = run_cli(capfd, "train", *cli_args(tmp_path / "s", *SLICES))
+    assert code == RefusedError.exit_code
+    assert req["request_id"] in err and "forget --resume" in err
+    with pytest.raises(RefusedError, match=req["request_id"]):
+        ingest_rows(cfg, make_people(2, seed=9, start=900), ingest_rows_path)
+    assert tree_digest(tmp_path / "s") == before
+
+    # Once the request completes, training runs again.
+    (done,) = forget.resume(cfg, quiet=True)
+    assert done["request"]["status"] == "completed"
+    assert train.run(cfg).noop
