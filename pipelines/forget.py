@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pipelines.common import open_store, print_json, print_table
-from pipelines.train import track_version
+from pipelines.train import ensure_tracked, track_version
 from sisa import adapters, checkpoints, deletion, scheduler, serving, versions
 from sisa.config import SisaConfig
 from sisa.planner import DeletionPlan, plan_deletion
@@ -66,8 +66,10 @@ def _new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: D
     serving = store.current_version()
     return {
         "request_id": f"req-{received:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
-        "selector": {"kind": sel.kind, "value_hashes": store.hash_ids(sel.values), "value_hash": store.hash_id("\n".join(sorted(sel.values)))},
+        "selector": {"kind": sel.kind, "value_hashes": deletion.selector_hashes(store, sel.kind, sel.values), "value_hash": store.hash_id("\n".join(sorted(sel.values)))},
         "id_hashes": sorted(store.hash_ids(ids)),
+        # So that a later --subject for a person whose records all went by id is a no-op too.
+        "subject_hashes": deletion.selector_hashes(store, "subject", sorted({s for s in sel.rows["subject_id"].to_pylist() if s})),
         "records": len(ids),
         "missing_skipped": len(sel.missing),
         "received_at": received.isoformat(timespec="milliseconds"),
@@ -300,7 +302,10 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
             ev["loss_after"] = measure(store, cfg, versions.shard_checkpoints(versions.current(store)), texts, prompts).get("ensemble")
             ledgers.write_request(store.fs, req)
 
-    # 7. purge and certify
+    # 7. purge and certify. First make MLflow match the ledger: a version committed before a crash
+    # or an MLflow outage is logged now, and the alias follows the serving version, so the purge
+    # below never leaves the alias on a deleted registered version.
+    ensure_tracked(store, cfg)
     t0 = time.perf_counter()
     hashes = set(req["id_hashes"])
     report = deletion.purge(store, cfg, hashes, req["request_id"])
@@ -389,10 +394,17 @@ def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
         return "ids", [v for v in value.split(",")]
     if kind == "ids_file":
         try:
-            with open(value) as f:
-                return "ids", [line.strip() for line in f if line.strip()]
+            with open(value, "rb") as f:
+                data = f.read()
         except OSError as e:
             raise ValidationError(f"cannot read --ids-file {value!r}: {e.strerror}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data[: e.start].count(b"\n") + 1
+            raise ValidationError(f"--ids-file {value!r} is not UTF-8 text (line {line}); nothing was changed") from None
+        lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as text mode reads lines
+        return "ids", [line.strip() for line in lines if line.strip()]
     return kind, [value]
 
 

@@ -131,6 +131,20 @@ def track_version(store: Store, cfg: SisaConfig, entry: dict, results: list[Shar
     versions.update_version(store, entry)
 
 
+def ensure_tracked(store: Store, cfg: SisaConfig) -> None:
+    """Log every active version MLflow does not know yet, then point the alias at the current one."""
+    if not cfg.tracking.enabled:
+        return
+    from sisa.tracking import Tracker
+
+    for entry in versions.all_versions(store):
+        if entry["status"] == versions.ACTIVE and "mlflow" not in entry:
+            track_version(store, cfg, entry, [], 0.0)
+    current = store.current_version()
+    if current is not None:
+        Tracker(cfg.tracking, store.fs.local_path("")).set_serving_alias(current)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-scratch", action="store_true", help="retrain every shard from slice 0 (e.g. after a training config change)")
 

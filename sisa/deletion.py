@@ -47,15 +47,23 @@ def forgotten_hashes(store: Store, include_open: bool = True) -> set[str]:
     return out
 
 
+def selector_hashes(store: Store, kind: str, values: list[str]) -> list[str]:
+    """Keyed hashes of selector values, by kind: a source named like a subject is another value."""
+    return store.hash_ids([f"{kind}\x00{v}" for v in values])
+
+
 def forgotten_selector_hashes(store: Store) -> set[str]:
-    return {r["selector"]["value_hash"] for r in ledgers.list_requests(store.fs) if r["status"] == "completed"} | {
-        h for r in ledgers.list_requests(store.fs) if r["status"] == "completed" for h in r["selector"].get("value_hashes", [])
-    }
+    done = [r for r in ledgers.list_requests(store.fs) if r["status"] == "completed"]
+    return {h for r in done for h in r["selector"].get("value_hashes", []) + r.get("subject_hashes", [])}
 
 
 def select_records(store: Store, kind: str, values: list[str]) -> Selection:
     """Resolve a selector to live index rows; unknown values are reported, not guessed."""
     values = [v.strip() for v in values if v and v.strip()]
+    # Arguments that were not valid UTF-8 reach Python as lone surrogates (surrogateescape).
+    undecodable = [ascii(v) for v in values if not _is_unicode(v)]
+    if undecodable:
+        raise ValidationError(f"{len(undecodable)} value(s) are not valid UTF-8 text: {list_some(undecodable)}; nothing was changed")
     if kind not in SELECTORS:
         raise ValidationError(f"selector should be one of {', '.join(SELECTORS)}, got {kind!r}")
     if not values:
@@ -74,11 +82,19 @@ def select_records(store: Store, kind: str, values: list[str]) -> Selection:
     sel = Selection(kind, values, rows, missing)
     if missing:
         gone = forgotten_hashes(store) if kind == "ids" else forgotten_selector_hashes(store)
-        hashes = store.hash_ids(missing)
+        hashes = store.hash_ids(missing) if kind == "ids" else selector_hashes(store, kind, missing)
         sel.already_deleted = [m for m, h in zip(missing, hashes, strict=True) if h in gone]
         sel.missing = [m for m, h in zip(missing, hashes, strict=True) if h not in gone]
     _ = dups  # duplicates in a request are harmless: each id is deleted once
     return sel
+
+
+def _is_unicode(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def find_live_by_hashes(store: Store, hashes: set[str]) -> pa.Table:
@@ -135,7 +151,11 @@ def checkpoints_holding(store: Store, hashes: set[str], shards: list[int] | None
 
 def tainted(store: Store, hashes: set[str]) -> set[str]:
     parents = checkpoint_parents(store)
-    return tainted_checkpoints(parents, checkpoints_holding(store, hashes))
+    # A checkpoint whose parent is gone descends from a purged one: a purge cut short by a crash
+    # may have deleted the parent (the checkpoint that held the records) but not its children,
+    # whose own lineage files do not name the records. They are tainted all the same.
+    orphans = {cid for cid, parent in parents.items() if parent is not None and parent not in parents}
+    return tainted_checkpoints(parents, checkpoints_holding(store, hashes) | orphans)
 
 
 def lineage_violations(store: Store, shards: dict[int, str], hashes: set[str]) -> list[str]:

@@ -442,16 +442,6 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
     assert_tensors_equal(adapter_tensors(store, after[shard]), load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors"), f"resumed after {crash_at}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG pipelines/forget.py _steps: the exact version is mirrored to MLflow (track_version) only "
-        "right after the retrain commits it; when that logging fails, resume() skips step 6 (versions "
-        "already holds 'exact') and never logs it, while the purge deletes the registered version the "
-        "alias was on. The request completes with the store serving the exact version and MLflow "
-        "holding no registered version for it and no `serving` alias."
-    ),
-)
 def test_resume_after_a_tracking_failure_registers_the_exact_version_and_moves_the_alias(tmp_path, monkeypatch):
     from sisa.tracking import Tracker
 
