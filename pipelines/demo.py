@@ -50,10 +50,11 @@ def _banner(text: str) -> None:
 
 def _fresh_store(cfg: SisaConfig) -> None:
     uri = cfg.store.uri
-    if Store.exists(uri):
-        marker = os.path.join(uri, DEMO_MARKER)
-        if "://" in uri or not os.path.exists(marker):
-            raise StoreError(f"{uri} holds a store the demo did not create; point store.uri at a new folder")
+    if "://" in uri:
+        raise StoreError("the demo runs on a local store; set store.uri to a local folder")
+    if os.path.exists(uri) and os.listdir(uri):
+        if not os.path.exists(os.path.join(uri, DEMO_MARKER)):
+            raise StoreError(f"{uri} is not empty and the demo did not create it; point store.uri at a new folder")
         shutil.rmtree(uri)
 
 
@@ -79,8 +80,9 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     rows = make_people(people, seed=cfg.store.seed, facts_per_person=facts)
     unseen = make_people(strangers, seed=cfg.store.seed, facts_per_person=facts, start=people)
     table = pa.Table.from_pylist(rows)
+    os.makedirs(cfg.store.uri, exist_ok=True)
+    open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()  # before anything: a re-run may wipe it
     res = ingest_run(cfg, [from_table(table, "demo-people")])[0]
-    open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()
     print(f"ingested {res.records} records about {people} people into {cfg.sharding.num_shards} shards (ingest {res.ingest_id}); {strangers} strangers kept aside")
     store = Store.open(cfg.store.uri)
     print_table([{"shard_id": k, "records": v} for k, v in sorted(res.shards.items())], ["shard_id", "records"])
