@@ -1,0 +1,57 @@
+"""The house rules that keep the code base navigable, checked on the source.
+
+Imports point one way (pipelines → sisa → storage), and each heavy library has one home.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("storage", "sisa", "pipelines")
+LAYER = {"storage": 0, "sisa": 1, "pipelines": 2}
+# library → the only module allowed to import it
+HOMES = {
+    "transformers": {"sisa/model.py"},
+    "peft": {"sisa/adapters.py"},
+    "ray": {"sisa/scheduler.py"},
+    "mlflow": {"sisa/tracking.py"},
+    "datasets": {"sisa/sources.py"},
+    "matplotlib": {"sisa/report.py"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+    return out
+
+
+def _sources() -> list[Path]:
+    return sorted(p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_one_way(path: Path) -> None:
+    own = LAYER[path.relative_to(ROOT).parts[0]]
+    upward = [m for m in _imports(path) if m.split(".")[0] in LAYER and LAYER[m.split(".")[0]] > own]
+    assert not upward, f"{path.relative_to(ROOT)} imports {upward}: imports must point pipelines → sisa → storage"
+
+
+def test_storage_knows_no_torch() -> None:
+    for path in (ROOT / "storage").rglob("*.py"):
+        assert not {m for m in _imports(path) if m.split(".")[0] == "torch"}, f"{path} imports torch"
+
+
+@pytest.mark.parametrize("library", sorted(HOMES))
+def test_one_home_per_heavy_library(library: str) -> None:
+    users = {str(p.relative_to(ROOT)) for p in _sources() if any(m.split(".")[0] == library for m in _imports(p))}
+    assert users <= HOMES[library], f"{library} is imported by {sorted(users - HOMES[library])}; only {sorted(HOMES[library])} may"
