@@ -1,0 +1,112 @@
+"""What the training and forgetting benchmarks share: the offline environment, the two models'
+configs, synthetic people, shard sizes, the machine's load and a table printer.
+
+Import this module first: it sets the environment before torch, transformers, Ray or MLflow load.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+for _k, _v in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_k, _v)
+
+# transformers deprecations that peft triggers on every adapter; they bury the tables.
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+# Ray workers start in the driver's working directory with it first on their path; from inside
+# benchmarks/ they would import benchmarks/storage.py as the `storage` package.
+os.chdir(REPO)
+
+from pipelines.common import print_table  # noqa: E402
+from sisa.config import SisaConfig, build_config, load_config  # noqa: E402
+from sisa.sharding import assign_shards  # noqa: E402
+from sisa.synthetic import make_people, write_jsonl  # noqa: E402
+
+CPUS = os.cpu_count() or 1
+
+# Per model: the shipped config and what the benchmarks change in it. SmolLM2 keeps the demo's
+# LoRA (r=16 on every linear projection) but trains short records, few epochs, so a run takes
+# minutes; the tiny model keeps configs/tiny.yaml.
+MODELS = {
+    "tiny": ("configs/tiny.yaml", []),
+    "smollm2": ("configs/demo.yaml", ["training.max_length=32", f"model.cache_dir={REPO / '.cache' / 'models'}"]),
+}
+
+# A few hundred short records keep SmolLM2 to minutes; the tiny model needs more for its training,
+# not the fixed costs of a job (process, base model, checkpoints), to dominate.
+DEFAULT_RECORDS = {"tiny": 1200, "smollm2": 300}
+
+
+def model_config(model: str, store_uri: str, overrides: list[str]) -> SisaConfig:
+    path, own = MODELS[model]
+    return load_config(REPO / path, [f"store.uri={store_uri}", *own, *overrides])
+
+
+def with_store(cfg: SisaConfig, store_uri: str) -> SisaConfig:
+    """The same config pointing at another store."""
+    data = cfg.to_dict()
+    data["store"]["uri"] = store_uri
+    return build_config(data)
+
+
+def people(records: int, facts: int = 2, seed: int = 0) -> list[dict]:
+    """`records` one-sentence facts about ceil(records / facts) fictitious people (cut to size)."""
+    return make_people(math.ceil(records / facts), seed=seed, facts_per_person=facts)[:records]
+
+
+def write_people(rows: list[dict], folder: str) -> str:
+    return str(write_jsonl(rows, Path(folder) / "people.jsonl"))
+
+
+def shard_sizes(rows: list[dict], num_shards: int, seed: int) -> list[int]:
+    """Records per shard as ingest will assign them (by subject), before anything is written."""
+    ids = [r["record_id"] for r in rows]
+    subjects = [r.get("subject_id") for r in rows]
+    shards = assign_shards(seed, ids, subjects, num_shards)
+    return [int((shards == s).sum()) for s in range(num_shards)]
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min) / {five:.2f} (5 min) on {CPUS} CPUs"
+
+
+@contextmanager
+def timer() -> Iterator[list[float]]:
+    """`with timer() as t: ...` then `t[0]` is the elapsed wall time in seconds."""
+    out = [0.0]
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out[0] = time.perf_counter() - start
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.2f}x"
+
+
+def fmt_s(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def table(rows: list[dict], columns: list[str]) -> None:
+    print_table(rows, columns)
+    sys.stdout.flush()
