@@ -35,3 +35,5 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/storage.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/forget.py

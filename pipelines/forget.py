@@ -123,14 +123,16 @@ def _texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
 
 
 def _retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> list[str]:
+    """Up to `limit` of the shard's remaining records, newest slices first (what the adapter
+    learned last is what an unlearning step disturbs most); reads only the slices it needs."""
     out: list[str] = []
-    for sl in store.slices(shard_id):
+    for sl in reversed(store.slices(shard_id)):
         t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
         if t is None:
             continue
-        for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True):
-            if rid not in exclude:
-                out.append(text)
+        out.extend(text for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True) if rid not in exclude)
+        if len(out) >= limit:
+            break
     return out[:limit]
 
 
@@ -191,7 +193,7 @@ def run(
             raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
         plan = make_plan(store, cfg, sel)
         if sel.rows.num_rows == 0:
-            return {"noop": True, "already_deleted": sel.already_deleted and len(sel.already_deleted), "missing": len(sel.missing), "plan": plan.to_dict()}
+            return {"noop": True, "already_deleted": len(sel.already_deleted), "missing": len(sel.missing), "plan": plan.to_dict()}
         if dry_run:
             return {"dry_run": True, "plan": plan.to_dict()}
         mode = "fast" if fast else "isolate" if isolate else "exact"
@@ -290,7 +292,10 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
             entry = versions.commit_version(store, shards, "forget", cfg.training_fingerprint(), cfg.model.name, request_id=req["request_id"])
             req["versions"]["exact"] = entry["model_version"]
             req["timings"]["retrain_s"] = time.perf_counter() - t0
-            req["retrained"] = [{"shard_id": r.shard_id, "slices": [s.slice_idx for s in r.slices], "wall_s": r.wall_s} for r in results]
+            req["retrained"] = [
+                {"shard_id": r.shard_id, "slices": [s.slice_idx for s in r.slices], "steps": sum(s.steps for s in r.slices), "tokens": r.tokens, "wall_s": r.wall_s}
+                for r in results
+            ]
             ledgers.write_request(store.fs, req)
             track_version(store, cfg, entry, results, req["timings"]["retrain_s"])
             _log(quiet, f"exact version {entry['model_version']} serves (retrained shard(s) {[r.shard_id for r in results]} in {req['timings']['retrain_s']:.1f}s)")

@@ -13,6 +13,8 @@ it and the purge deletes it.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 
@@ -41,7 +43,8 @@ def unlearn_adapter(
 ):
     """Load a shard checkpoint, run `cfg.unlearning.steps` steps, return (peft model, optimizer, losses)."""
     uc = cfg.unlearning
-    previous = configure_torch(cfg.scheduler.threads_per_task)
+    # The fast path runs alone in the driver before the retrain starts: every core is free.
+    previous = configure_torch(max(cfg.scheduler.threads_per_task, os.cpu_count() or 1))
     try:
         base, tokenizer = load_base_model(cfg.model)
         model = adapters.attach_lora(base, cfg.lora)
