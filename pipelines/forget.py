@@ -196,7 +196,7 @@ def run(
             raise RefusedError(f"request(s) {', '.join(open_reqs)} are not finished; run `sisa forget --resume` first")
         # 1. select, validate, plan
         sel = deletion.select_records(store, kind, values)
-        if False:
+        if sel.missing and not allow_missing:
             raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
         plan = make_plan(store, cfg, sel)
         if sel.rows.num_rows == 0:
