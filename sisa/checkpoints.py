@@ -172,7 +172,10 @@ def read_manifest(store: Store, shard_id: int, checkpoint_id: str) -> dict[str, 
     rel = f"{layout.checkpoint_dir(shard_id, checkpoint_id)}/{MANIFEST}"
     if not store.fs.exists(rel):
         raise NotFoundError(f"checkpoint {checkpoint_id} of shard {shard_id} is missing from the store (purged or never written)")
-    return store.fs.read_json(rel)
+    try:
+        return store.fs.read_json(rel)
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError: the manifest itself is damaged
+        raise IntegrityError(f"checkpoint {checkpoint_id}: file {MANIFEST} is damaged (not valid JSON); restore it or retrain the shard") from None
 
 
 def shard_of(checkpoint_id: str) -> int:

@@ -25,6 +25,7 @@ from sisa.sharding import assign_shards, assign_slices
 from sisa.sources import Source
 from storage import ledgers, records
 from storage.errors import ValidationError, list_some
+from storage.faults import maybe_die
 from storage.fs import StoreFS
 from storage.index import RecordIndex
 from storage.layout import index_part
@@ -240,6 +241,7 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(write, groups))
+    maybe_die("ingest-after-parts")
     shards: dict[int, int] = {}
     slices: dict[str, int] = {}
     for shard, sl, a, b in groups:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage import layout
-from storage.errors import NotFoundError
+from storage.errors import NotFoundError, ValidationError
 from storage.fs import StoreFS
 
 
@@ -72,6 +72,9 @@ def list_requests(fs: StoreFS) -> list[dict[str, Any]]:
 
 
 def read_request(fs: StoreFS, request_id: str) -> dict[str, Any]:
+    if not request_id or request_id.startswith(".") or any(c in request_id for c in "/\\\x00"):
+        # A request id names one file in requests/; a path must never reach outside it.
+        raise ValidationError(f"{request_id!r} is not a deletion request id (see `sisa requests`)")
     rel = layout.request_entry(request_id)
     if not fs.exists(rel):
         raise NotFoundError(f"deletion request {request_id} does not exist (see `sisa requests`)")
