@@ -27,12 +27,13 @@ def list_parts(fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str]) 
     return [fs.rel(i.path) for i in infos if i.path.endswith(".parquet") and _ingest_of(i.path) in committed]
 
 
-def list_slices(fs: StoreFS, shard_id: int) -> list[int]:
-    """Slice numbers that have a folder under the shard (including emptied ones)."""
+def list_slices(fs: StoreFS, shard_id: int, committed: set[str]) -> list[int]:
+    """Slice numbers holding at least one committed part. A folder holding only a crashed
+    ingest's parts is not a slice: nothing in it was ever ingested."""
     out = []
     for info in fs.list(layout.shard_dir(shard_id)):
         name = info.path.rsplit("/", 1)[-1]
-        if name.startswith("slice="):
+        if name.startswith("slice=") and list_parts(fs, shard_id, int(name.split("=")[1]), committed):
             out.append(int(name.split("=")[1]))
     return sorted(out)
 

@@ -110,7 +110,10 @@ class Store:
         return [self.fs.rel(i.path) for i in self.fs.list(layout.INDEX) if i.path.endswith(".parquet") and records._ingest_of(i.path) in committed]
 
     def slices(self, shard_id: int) -> list[int]:
-        return records.list_slices(self.fs, shard_id)
+        """The shard's slices: those with committed records, and those a checkpoint trained
+        (a slice emptied by a deletion stays a slice: its checkpoint exists and seals it)."""
+        trained = {checkpoint_slice(c) for c in self.checkpoint_ids(shard_id)}
+        return sorted(set(records.list_slices(self.fs, shard_id, self.committed_ingests)) | trained)
 
     def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None) -> pa.Table | None:
         return records.read_slice(self.fs, shard_id, slice_idx, self.committed_ingests, columns)

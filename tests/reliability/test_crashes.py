@@ -129,11 +129,6 @@ def test_killed_ingest_is_invisible_gc_removes_its_parts_and_it_can_be_redone(tr
     assert_exact(root)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="storage/records.list_slices counts a slice folder that holds only the uncommitted "
-    "parts of a killed ingest, so `sisa train` trains (and seals) a slice with no committed records",
-)
 def test_a_killed_ingest_leaves_no_slice_for_train_to_pick_up(trained_store, tmp_path):
     root = trained_store
     store = Store.open(str(root))
