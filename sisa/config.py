@@ -54,6 +54,7 @@ class IngestConfig:
     text_field: str = _f("text", "Input column holding the record text.")
     subject_field: str = _f("subject_id", "Input column holding the data subject (optional in the data).")
     source: str = _f("", "Provenance `source` for ingested records; empty means the input file name.")
+    allow_forgotten: bool = _f(False, "Accept records or subjects that a completed deletion request removed (e.g. after renewed consent).")
 
 
 @dataclass(frozen=True)

@@ -181,9 +181,35 @@ def prepare_batches(store: Store | None, sources: list[Source], cfg: SisaConfig)
         already = pc.is_in(b.table["record_id"], value_set=found["record_id"])
         b.skipped = int(pc.sum(already.cast(pa.int64())).as_py() or 0)
         b.table = b.table.filter(pc.invert(already))
+    if store is not None and not cfg.ingest.allow_forgotten:
+        problems.extend(_forgotten_problems(store, batches))
     if problems:
         raise ValidationError("nothing was ingested:\n" + "\n".join(f"  - {p}" for p in problems))
     return batches
+
+
+def _forgotten_problems(store: Store, batches: list[Batch]) -> list[str]:
+    """Records or subjects a completed deletion request removed must not come back unnoticed
+    (a re-import from an old export or backup would undo the deletion)."""
+    from sisa.deletion import forgotten_hashes, forgotten_selector_hashes, selector_hashes
+
+    ids_gone = forgotten_hashes(store, include_open=False)
+    subjects_gone = forgotten_selector_hashes(store)
+    if not ids_gone and not subjects_gone:
+        return []
+    out = []
+    for b in batches:
+        ids = b.table["record_id"].to_pylist()
+        back = [r for r, h in zip(ids, store.hash_ids(ids), strict=True) if h in ids_gone]
+        subjects = sorted({s for s in b.table["subject_id"].to_pylist() if s})
+        back_subjects = [s for s, h in zip(subjects, selector_hashes(store, "subject", subjects), strict=True) if h in subjects_gone]
+        if back:
+            out.append(f"{b.source.name}: {len(back)} record id(s) were forgotten by a deletion request: {list_some(back)}")
+        if back_subjects:
+            out.append(f"{b.source.name}: {len(back_subjects)} subject(s) were forgotten by a deletion request: {list_some(back_subjects)}")
+    if out:
+        out.append("re-ingesting them would undo the deletion; remove them from the input, or set ingest.allow_forgotten=true if they consented again")
+    return out
 
 
 def _open_slices(store: Store, slice_size: int) -> dict[int, tuple[int, int]]:
