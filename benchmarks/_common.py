@@ -15,21 +15,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-for _k, _v in {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}.items():
-    os.environ.setdefault(_k, _v)
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from sisa import offline  # noqa: E402  (light: sets the environment before heavy imports)
+
+offline.apply()
 
 # transformers deprecations that peft triggers on every adapter; they bury the tables.
 warnings.filterwarnings("ignore", category=FutureWarning)
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 # Ray workers start in the driver's working directory with it first on their path; from inside
 # benchmarks/ they would import benchmarks/storage.py as the `storage` package.
 os.chdir(REPO)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import re
 import sys
 import warnings
 
+from sisa import offline
 from storage.errors import SisaError
 
 # verb → (module, one-line help)
@@ -35,17 +35,6 @@ VERBS: dict[str, tuple[str, str]] = {
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
 }
-
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser; given `verb`, only that verb's module is imported.
@@ -84,8 +73,7 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for k, v in OFFLINE_ENV.items():
-        os.environ.setdefault(k, v)
+    offline.apply()
     # Library deprecation chatter is not for our users; our own messages go through print.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

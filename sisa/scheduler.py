@@ -26,6 +26,7 @@ from ray.exceptions import RayError, RayTaskError
 from tqdm import tqdm
 
 from sisa.config import SchedulerConfig
+from sisa.offline import OFFLINE_ENV
 from storage.errors import ConfigError, ShardJobError, SisaError
 
 T = TypeVar("T")
@@ -33,14 +34,7 @@ R = TypeVar("R")
 
 _MIB = 1024 * 1024
 # Workers must never reach a hub, phone home or oversubscribe the cores Ray reserved for them.
-_WORKER_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+_WORKER_ENV = dict(OFFLINE_ENV)
 
 _session_dir: str | None = None
 
