@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 from pipelines import ingest, train
-from pipelines.cli import OFFLINE_ENV, main
+from pipelines.cli import main
 from sisa.config import SisaConfig, load_config
+from sisa.offline import OFFLINE_ENV
 from sisa.synthetic import make_people, write_jsonl
 from storage.store import Store
 
