@@ -20,8 +20,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
@@ -29,7 +27,8 @@ from typing import Any
 
 from pipelines.common import open_store, print_json, print_table
 from pipelines.train import ensure_tracked, track_version
-from sisa import adapters, checkpoints, deletion, scheduler, serving, versions
+from sisa import checkpoints, deletion, scheduler, serving, unlearning, versions
+from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
 from sisa.planner import DeletionPlan, plan_deletion
 from sisa.trainer import ShardTask, train_shard
@@ -99,78 +98,6 @@ def _set_status(store: Store, req: dict[str, Any], status: str, **extra: Any) ->
     ledgers.write_request(store.fs, req)
 
 
-# -- 3. evidence -------------------------------------------------------------------------------
-def measure(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
-    """Mean loss of the records under a version's ensemble, and under each shard."""
-    if not shards or not texts:
-        return {}
-    ens = serving.load_ensemble(store, cfg, shards)
-    ensemble, per = serving.score_records(ens, texts, prompts, cfg.training.max_length)
-    return {"ensemble": serving.mean(ensemble), "per_shard": {str(k): serving.mean(v) for k, v in per.items()}}
-
-
-def _texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
-    """The records' text (and prompt column, when the data has one), read into memory only."""
-    texts: list[str] = []
-    prompts: list[str | None] = []
-    has_prompt = False
-    wanted = set(rows["record_id"].to_pylist())
-    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
-    for shard, sl in pairs:
-        t = store.read_slice(shard, sl)
-        if t is None:
-            continue
-        has_prompt = has_prompt or "prompt" in t.column_names
-        ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
-        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
-            if rid in wanted:
-                texts.append(text)
-                prompts.append(p)
-    return texts, (prompts if has_prompt else None)
-
-
-def _retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> list[str]:
-    """Up to `limit` of the shard's remaining records, newest slices first (what the adapter
-    learned last is what an unlearning step disturbs most); reads only the slices it needs."""
-    out: list[str] = []
-    for sl in reversed(store.slices(shard_id)):
-        t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
-        if t is None:
-            continue
-        out.extend(text for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True) if rid not in exclude)
-        if len(out) >= limit:
-            break
-    return out[:limit]
-
-
-# -- 4. fast paths -----------------------------------------------------------------------------
-def fast_unlearn(store: Store, cfg: SisaConfig, req: dict, rows, serving_shards: dict[int, str]) -> dict[str, Any]:
-    """Approximate unlearning in this process (the texts never leave it), committed as a version."""
-    from sisa import unlearning
-
-    deleted = set(rows["record_id"].to_pylist())
-    new_shards = dict(serving_shards)
-    affected = sorted({int(s) for s in rows["shard_id"].to_pylist()} & set(serving_shards))
-    for shard in affected:
-        shard_rows = rows.filter(rows["shard_id"].to_numpy() == shard) if rows.num_rows else rows
-        texts, _ = _texts(store, shard_rows)
-        retain = _retain_texts(store, shard, deleted)
-        parent = serving_shards[shard]
-        model, optimizer, history = unlearning.unlearn_adapter(store, cfg, parent, texts, retain, req["request_id"])
-        pman = checkpoints.read_manifest(store, shard, parent)
-        cid = f"s{shard:05d}-l{checkpoint_slice(parent):06d}-approx{secrets.token_hex(5)}"
-        manifest = {
-            **{k: pman[k] for k in ("shard_id", "slice_idx", "lineage_digest", "training_fingerprint", "config_fingerprint", "base_model", "base_model_fingerprint")},
-            "parent_checkpoint_id": parent,
-            "approximate": True,
-            "unlearning": {"method": cfg.unlearning.method, "steps": cfg.unlearning.steps, "final_loss": history[-1] if history else None},
-            "request_id": req["request_id"],
-        }
-        checkpoints.write_checkpoint(store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, [])
-        new_shards[shard] = cid
-    return new_shards
-
-
 # -- the recipe --------------------------------------------------------------------------------
 def run(
     cfg: SisaConfig,
@@ -215,7 +142,7 @@ def run(
         maybe_die("forget-after-ledger")
         _log(quiet, f"request {req['request_id']}: {req['records']} record(s) in shard(s) {[s.shard_id for s in plan.shards]} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
         started = time.perf_counter()
-        texts, prompts = _texts(store, sel.rows) if evidence else ([], None)
+        texts, prompts = deletion.read_texts(store, sel.rows) if evidence else ([], None)
         return _carry_out(store, cfg, req, sel.rows, texts, prompts, started, quiet, on_version)
 
 
@@ -236,7 +163,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
     ev = req["evidence"]
     # 3. evidence under the serving model, and a stranger baseline: shards that never held them
     if texts and before_shards and req["status"] == "received" and "loss_before" not in ev:
-        m = measure(store, cfg, before_shards, texts, prompts)
+        m = serving.measure_records(store, cfg, before_shards, texts, prompts)
         ev["loss_before"] = m.get("ensemble")
         unaffected = {s: c for s, c in before_shards.items() if s not in affected}
         if unaffected:
@@ -248,7 +175,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
     if req["status"] == "received" and before_shards and req["mode"] in ("fast", "isolate") and "approximate" not in req["versions"] and "isolate" not in req["versions"]:
         t0 = time.perf_counter()
         if req["mode"] == "fast":
-            shards = fast_unlearn(store, cfg, req, rows, before_shards)
+            shards = unlearning.unlearn_shards(store, cfg, req["request_id"], rows, before_shards)
             entry = versions.commit_version(store, shards, "forget-fast", cfg.training_fingerprint(), cfg.model.name, approximate=True, request_id=req["request_id"])
             req["versions"]["approximate"] = entry["model_version"]
             label = "approximate"
@@ -263,7 +190,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
         _log(quiet, f"{label} version {entry['model_version']} serves after {time.perf_counter() - started:.1f}s")
         on_version(label, entry)
         if texts and req["mode"] == "fast":
-            ev["loss_fast_path"] = measure(store, cfg, shards, texts, prompts).get("ensemble")
+            ev["loss_fast_path"] = serving.measure_records(store, cfg, shards, texts, prompts).get("ensemble")
             ledgers.write_request(store.fs, req)
 
     # 5. delete the data
@@ -311,7 +238,7 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
             req["versions"]["exact"] = None
             ledgers.write_request(store.fs, req)
         if texts and req["versions"].get("exact"):
-            ev["loss_after"] = measure(store, cfg, versions.shard_checkpoints(versions.current(store)), texts, prompts).get("ensemble")
+            ev["loss_after"] = serving.measure_records(store, cfg, versions.shard_checkpoints(versions.current(store)), texts, prompts).get("ensemble")
             ledgers.write_request(store.fs, req)
 
     # 7. purge and certify. First make MLflow match the ledger: a version committed before a crash
@@ -324,36 +251,10 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
     req["timings"]["purge_s"] = time.perf_counter() - t0
     req["timings"]["total_s"] = time.perf_counter() - started
     req["purge"] = report
-    req["certificate"] = certify(store, req, before_shards)
+    req["certificate"] = make_certificate(store, req, before_shards)
     _set_status(store, req, "completed", completed_at=now_iso())
     _log(quiet, f"purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} version(s); request {req['request_id']} completed")
     return {"request_id": req["request_id"], "request": req}
-
-
-def certify(store: Store, req: dict, before_shards: dict[int, str]) -> dict[str, Any]:
-    """What can be checked now: the lineage of what serves, and that the purged files are gone."""
-    current = versions.current(store)
-    after_shards = versions.shard_checkpoints(current)
-    hashes = set(req["id_hashes"])
-
-    def describe(shards: dict[int, str]) -> list[dict]:
-        out = []
-        for s, cid in sorted(shards.items()):
-            man = checkpoints.read_manifest(store, s, cid)
-            out.append({"shard_id": s, "checkpoint_id": cid, "adapter_sha256": man["files"]["adapter_model.safetensors"]})
-        return out
-
-    violations = deletion.lineage_violations(store, after_shards, hashes)
-    still_there = [c for c in req["purge"]["checkpoints"] if store.fs.exists(f"checkpoints/shard={checkpoints.shard_of(c):05d}/{c}")]
-    digest = hashlib.sha256(json.dumps({k: req[k] for k in ("request_id", "selector", "id_hashes", "received_at")}, sort_keys=True).encode()).hexdigest()
-    return {
-        "request_sha256": digest,
-        "serving_version": current["model_version"] if current else None,
-        "checkpoints_before": req.get("checkpoints_before", [{"shard_id": s, "checkpoint_id": c} for s, c in sorted(before_shards.items())]),
-        "checkpoints_after": describe(after_shards),
-        "lineage_check": {"passed": not violations, "violations": violations},
-        "purge_check": {"passed": not still_there, "remaining": still_there},
-    }
 
 
 def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
@@ -366,7 +267,7 @@ def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
                 continue
             _log(quiet, f"resuming {req['request_id']} from status {req['status']}")
             rows = deletion.find_live_by_hashes(store, set(req["id_hashes"])) if req["status"] == "received" else None
-            texts, prompts = _texts(store, rows) if rows is not None and rows.num_rows else ([], None)
+            texts, prompts = deletion.read_texts(store, rows) if rows is not None and rows.num_rows else ([], None)
             out.append(_carry_out(store, cfg, req, rows if rows is not None else _empty_rows(store), texts, prompts, time.perf_counter(), quiet))
     return out
 

@@ -124,6 +124,40 @@ def remove_records(store: Store, rows: pa.Table) -> int:
     return removed
 
 
+def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
+    """The records' text (and prompt column, when the data has one), read into memory only."""
+    texts: list[str] = []
+    prompts: list[str | None] = []
+    has_prompt = False
+    wanted = set(rows["record_id"].to_pylist())
+    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
+    for shard, sl in pairs:
+        t = store.read_slice(shard, sl)
+        if t is None:
+            continue
+        has_prompt = has_prompt or "prompt" in t.column_names
+        ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
+        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
+            if rid in wanted:
+                texts.append(text)
+                prompts.append(p)
+    return texts, (prompts if has_prompt else None)
+
+
+def retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> list[str]:
+    """Up to `limit` of the shard's remaining records, newest slices first (what the adapter
+    learned last is what an unlearning step disturbs most); reads only the slices it needs."""
+    out: list[str] = []
+    for sl in reversed(store.slices(shard_id)):
+        t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
+        if t is None:
+            continue
+        out.extend(text for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True) if rid not in exclude)
+        if len(out) >= limit:
+            break
+    return out[:limit]
+
+
 # -- checkpoints and lineage -------------------------------------------------------------------
 def checkpoint_parents(store: Store) -> dict[str, str | None]:
     out: dict[str, str | None] = {}

@@ -9,6 +9,7 @@ an unfamiliar name would inflate the loss of the whole sentence for trained and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -79,3 +80,12 @@ def score_records(
 
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
+
+
+def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
+    """Mean loss of the records under a version's ensemble, and under each shard."""
+    if not shards or not texts:
+        return {}
+    ens = load_ensemble(store, cfg, shards)
+    ensemble, per = score_records(ens, texts, prompts, cfg.training.max_length)
+    return {"ensemble": mean(ensemble), "per_shard": {str(k): mean(v) for k, v in per.items()}}

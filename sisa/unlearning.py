@@ -14,16 +14,18 @@ it and the purge deletes it.
 from __future__ import annotations
 
 import os
+import secrets
 
 import torch
 import torch.nn.functional as F
 
 from sisa import adapters, checkpoints
 from sisa.config import SisaConfig
+from sisa.deletion import read_texts, retain_texts
 from sisa.model import encode_texts, load_base_model, token_logprobs
 from sisa.sharding import derive_seed
 from sisa.trainer import configure_torch, make_optimizer
-from storage.store import Store
+from storage.store import Store, checkpoint_slice
 
 
 def _seq_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -85,3 +87,31 @@ def unlearn_adapter(
         return model, optimizer, history
     finally:
         torch.set_num_threads(previous)
+
+
+def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving_shards: dict[int, str]) -> dict[int, str]:
+    """Unlearn the selected records from every affected shard's serving adapter, in this process
+    (the texts never leave it), and save each result as an approximate checkpoint whose parent is
+    the serving one: it descends from a tainted checkpoint, so the purge removes it too.
+    Returns the new {shard_id: checkpoint_id} map."""
+    deleted = set(rows["record_id"].to_pylist())
+    new_shards = dict(serving_shards)
+    affected = sorted({int(s) for s in rows["shard_id"].to_pylist()} & set(serving_shards))
+    for shard in affected:
+        shard_rows = rows.filter(rows["shard_id"].to_numpy() == shard) if rows.num_rows else rows
+        texts, _ = read_texts(store, shard_rows)
+        retain = retain_texts(store, shard, deleted)
+        parent = serving_shards[shard]
+        model, optimizer, history = unlearn_adapter(store, cfg, parent, texts, retain, request_id)
+        pman = checkpoints.read_manifest(store, shard, parent)
+        cid = f"s{shard:05d}-l{checkpoint_slice(parent):06d}-approx{secrets.token_hex(5)}"
+        manifest = {
+            **{k: pman[k] for k in ("shard_id", "slice_idx", "lineage_digest", "training_fingerprint", "config_fingerprint", "base_model", "base_model_fingerprint")},
+            "parent_checkpoint_id": parent,
+            "approximate": True,
+            "unlearning": {"method": cfg.unlearning.method, "steps": cfg.unlearning.steps, "final_loss": history[-1] if history else None},
+            "request_id": request_id,
+        }
+        checkpoints.write_checkpoint(store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, [])
+        new_shards[shard] = cid
+    return new_shards
