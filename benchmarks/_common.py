@@ -104,3 +104,26 @@ def fmt_s(x: float | None) -> str:
 def table(rows: list[dict], columns: list[str]) -> None:
     print_table(rows, columns)
     sys.stdout.flush()
+
+
+def parse_args(description: str, repeat_help: str):
+    """The flags both model benchmarks take."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
+    p.add_argument("--records", type=int, default=None, help="records, two facts per person (default: tiny 1200, SmolLM2 300)")
+    p.add_argument("--shards", type=int, default=CPUS, help="S (default: one per CPU)")
+    p.add_argument("--slices", type=int, default=4, help="R: slices in the largest shard")
+    p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny.yaml's 1; SmolLM2 1)")
+    p.add_argument("--repeat", type=int, default=0, help=repeat_help)
+    return p.parse_args()
+
+
+def run_models(bench_model, report, args) -> None:
+    """Benchmark each chosen model, print the report and the wall time."""
+    models = ["tiny", "smollm2"] if args.model == "both" else [args.model]
+    started = time.perf_counter()
+    results = [bench_model(m, args) for m in models]
+    report(results, args)
+    print(f"benchmark wall time {time.perf_counter() - started:.0f} s")

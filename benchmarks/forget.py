@@ -302,19 +302,8 @@ def _jobs(walls: list[float]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
-    p.add_argument("--records", type=int, default=None, help="records, two facts per person (default: tiny 1200, SmolLM2 300)")
-    p.add_argument("--shards", type=int, default=C.CPUS, help="S (default: one per CPU)")
-    p.add_argument("--slices", type=int, default=4, help="R: slices in the largest shard")
-    p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny.yaml's 1; SmolLM2 1)")
-    p.add_argument("--repeat", type=int, default=0, help="full retrains and deletions (of other subjects in the same slice) per case, best kept (default: tiny 3, SmolLM2 1)")
-    args = p.parse_args()
-    models = ["tiny", "smollm2"] if args.model == "both" else [args.model]
-    started = time.perf_counter()
-    results = [bench_model(m, args) for m in models]
-    report(results, args)
-    print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
+    args = C.parse_args(__doc__.split("\n")[0], "full retrains and deletions (of other subjects in the same slice) per case, best kept (default: tiny 3, SmolLM2 1)")
+    C.run_models(bench_model, report, args)
 
 
 if __name__ == "__main__":
