@@ -1,0 +1,89 @@
+"""Using a trained model through the CLI: generate, eval, export, versions, requests."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import torch
+from safetensors.torch import load_file
+
+from pipelines import train
+from pipelines.cli import main
+from sisa import adapters, versions
+from sisa.model import load_base_model
+from sisa.serving import load_ensemble
+from sisa.synthetic import make_people, write_jsonl
+from storage import ledgers
+from storage.store import Store
+from tests.pipelines.conftest import cli_args, ingest_rows, make_cfg
+
+
+def _trained(tmp_path):
+    cfg = make_cfg(tmp_path / "s")
+    ingest_rows(cfg, make_people(10, seed=5), tmp_path / "people.jsonl")
+    train.run(cfg)
+    return cfg
+
+
+def test_generate_is_deterministic_and_eval_reports_every_shard(tmp_path, capsys):
+    cfg = _trained(tmp_path)
+    args = cli_args(tmp_path / "s")
+    assert main(["generate", *args, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["generate", *args, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+    assert first["model_version"] == 1 and first["shards"] == [0, 1]
+
+    heldout = write_jsonl(make_people(3, seed=5, start=50), tmp_path / "heldout.jsonl")
+    assert main(["eval", *args, "--file", str(heldout), "--answer-only", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["answer_only"] and res["records"] == 6
+    assert [r["model"] for r in res["results"]] == ["ensemble", "shard 0", "shard 1"]
+    assert all(r["loss"] > 0 for r in res["results"])
+    assert main(["eval", *args, "--file", str(tmp_path / "nope.jsonl")]) == 4
+    assert cfg.store.uri  # the store stays usable
+
+
+def test_export_is_a_peft_folder_equal_to_the_weighted_merge(tmp_path, capsys):
+    from peft import PeftModel
+
+    cfg = _trained(tmp_path)
+    out = tmp_path / "merged"
+    assert main(["export", *cli_args(tmp_path / "s"), "--out", str(out)]) == 0
+    exported = load_file(str(out / "adapter_model.safetensors"))
+    # Loads as a normal PEFT folder.
+    base, _ = load_base_model(cfg.model)
+    PeftModel.from_pretrained(base, str(out))
+    # Equals the merge computed again from the serving checkpoints.
+    store = Store.open(cfg.store.uri)
+    ens = load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store)))
+    again = adapters.merge_adapters(ens.model, ens.adapter_names(), [0.5, 0.5], "again", tmp_path / "again")
+    expected = load_file(str(again / "adapter_model.safetensors"))
+    assert exported.keys() == expected.keys()
+    assert all(torch.equal(exported[k], expected[k]) for k in exported)
+    # A non-empty folder is never overwritten.
+    assert main(["export", *cli_args(tmp_path / "s"), "--out", str(out)]) == 4
+
+
+def test_versions_and_overdue_requests_are_listed(tmp_path, capsys):
+    cfg = _trained(tmp_path)
+    args = cli_args(tmp_path / "s")
+    assert main(["versions", *args, "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert listed["current"] == 1 and [v["status"] for v in listed["versions"]] == ["active"]
+
+    # A request past its deadline and not completed is flagged overdue.
+    store = Store.open(cfg.store.uri)
+    old = datetime.now(UTC) - timedelta(days=40)
+    ledgers.write_request(
+        store.fs,
+        {"request_id": "req-old", "selector": {"kind": "ids", "value_hash": "x", "value_hashes": []}, "id_hashes": [],
+         "records": 0, "mode": "exact", "status": "failed", "received_at": old.isoformat(),
+         "deadline": (old + timedelta(days=30)).isoformat(), "history": [], "versions": {}},
+    )
+    assert main(["requests", *args, "--json"]) == 0
+    reqs = json.loads(capsys.readouterr().out)
+    assert [(r["request_id"], r["overdue"]) for r in reqs] == [("req-old", True)]
+    assert main(["requests", *args]) == 0
+    assert "OVERDUE" in capsys.readouterr().out
