@@ -207,3 +207,37 @@ def test_ray_attaches_to_a_cluster(ray_cluster, monkeypatch):
     assert ray_temp_dir().startswith(temp)
     for a, b, c in zip(serial, via_env, via_cfg, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.slow
+def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypatch, tmp_path):
+    """The whole `sisa train` on a separate Ray head, identical to a serial run in another store."""
+    from safetensors.torch import load_file
+
+    from pipelines import ingest, train
+    from sisa import checkpoints, versions
+    from sisa.config import load_config
+    from sisa.synthetic import make_people, write_jsonl
+    from storage.store import Store
+
+    address, temp = ray_cluster
+    people = write_jsonl(make_people(8, seed=11), tmp_path / "people.jsonl")
+    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+    adapters_by_store = []
+    for name, backend in (("cluster", "ray"), ("serial", "serial")):
+        cfg = load_config(tiny, [f"store.uri={tmp_path / name}", "tracking.enabled=false", f"scheduler.backend={backend}"])
+        ingest.run(cfg, [str(people)])
+        if backend == "ray":
+            monkeypatch.setenv("RAY_ADDRESS", address)
+        assert train.run(cfg).model_version == 1
+        if backend == "ray":
+            assert ray_temp_dir().startswith(temp)
+            shutdown_ray()
+            monkeypatch.delenv("RAY_ADDRESS")
+        store = Store.open(cfg.store.uri)
+        shards = versions.shard_checkpoints(versions.current(store))
+        adapters_by_store.append({s: load_file(f"{checkpoints.open_checkpoint(store, c).path}/adapter_model.safetensors") for s, c in shards.items()})
+    on_cluster, serial = adapters_by_store
+    assert on_cluster.keys() == serial.keys()
+    for s in serial:
+        assert all(torch.equal(on_cluster[s][k], serial[s][k]) for k in serial[s])
