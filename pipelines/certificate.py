@@ -66,4 +66,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         print(f"    approximate fast path    {_f(ev.get('loss_fast_path'))}")
     print(f"    after exact deletion     {_f(ev.get('loss_after'))}")
     print(f"    shards that never saw them (stranger baseline) {_f(ev.get('loss_unseen_shards'))}")
+    if "holdout_before" in ev:
+        print(f"  held-out records no model saw ({ev.get('holdout_records')}): before {_f(ev.get('holdout_before'))}"
+              + (f", fast path {_f(ev.get('holdout_fast_path'))}" if "holdout_fast_path" in ev else "")
+              + f", after {_f(ev.get('holdout_after'))}")
     return 0

@@ -122,7 +122,8 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
         lv = losses[f"v{entry['model_version']} {kind}"]
         print(f"  v{entry['model_version']} ({kind}): forgotten person {lv['forgotten']:.3f}, retained {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
 
-    fr = forget.run(cfg, "subject", [target_subject], fast=True, on_version=on_version)
+    holdout = ([r["text"] for r in unseen], [r["prompt"] for r in unseen])
+    fr = forget.run(cfg, "subject", [target_subject], fast=True, on_version=on_version, holdout=holdout)
     req = fr["request"]
     store.refresh()
     exact_entry = versions.current(store)

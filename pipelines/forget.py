@@ -110,9 +110,11 @@ def run(
     evidence: bool = True,
     quiet: bool = False,
     on_version=None,
+    holdout: str | tuple[list[str], list[str | None] | None] | None = None,
 ) -> dict[str, Any]:
     """`on_version(kind, version_entry)` is called after each commit (approximate/isolate/exact),
-    while the selected texts are still in this process's memory (the demo measures with it)."""
+    while the selected texts are still in this process's memory (the demo measures with it).
+    `holdout`: records no model saw (a file, or (texts, prompts)), scored beside the deleted ones."""
     if fast and isolate:
         raise ValidationError("choose one of --fast and --isolate")
     store = open_store(cfg)
@@ -143,12 +145,28 @@ def run(
         _log(quiet, f"request {req['request_id']}: {req['records']} record(s) in shard(s) {[s.shard_id for s in plan.shards]} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
         started = time.perf_counter()
         texts, prompts = deletion.read_texts(store, sel.rows) if evidence else ([], None)
-        return _carry_out(store, cfg, req, sel.rows, texts, prompts, started, quiet, on_version)
+        held = None
+        if evidence and holdout:
+            held = holdout if isinstance(holdout, tuple) else _read_holdout(cfg, holdout)
+        return _carry_out(store, cfg, req, sel.rows, texts, prompts, started, quiet, on_version, held)
 
 
-def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool, on_version=None) -> dict[str, Any]:
+def _read_holdout(cfg: SisaConfig, path: str) -> tuple[list[str], list[str | None] | None]:
+    """Records no model saw (a file in the ingest formats): the baseline a forgotten record
+    should look like after the exact path. Read into memory only, never stored."""
+    from sisa.ingest import normalise
+    from sisa.sources import read_source
+
+    table, problems = normalise(read_source(path), cfg)
+    if problems:
+        raise ValidationError("--holdout cannot be read:\n" + "\n".join(f"  - {p}" for p in problems))
+    prompts = table["prompt"].to_pylist() if "prompt" in table.column_names else None
+    return table["text"].to_pylist(), prompts
+
+
+def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool, on_version=None, held=None) -> dict[str, Any]:
     try:
-        return _steps(store, cfg, req, rows, texts, prompts, started, quiet, on_version or (lambda kind, entry: None))
+        return _steps(store, cfg, req, rows, texts, prompts, started, quiet, on_version or (lambda kind, entry: None), held)
     except Exception as e:
         # The request stays open and resumable; the serving version is whatever was committed last.
         req.setdefault("errors", []).append({"at": now_iso(), "error": f"{type(e).__name__}: {getattr(e, 'message', '')[:300]}"})
@@ -156,7 +174,7 @@ def _carry_out(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, s
         raise
 
 
-def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool, on_version) -> dict[str, Any]:
+def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, started: float, quiet: bool, on_version, held=None) -> dict[str, Any]:
     before = versions.current(store)
     before_shards = versions.shard_checkpoints(before)
     affected = sorted({int(s) for s in rows["shard_id"].to_pylist()})
@@ -169,6 +187,9 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
         if unaffected:
             ev["loss_unseen_shards"] = serving.mean([m["per_shard"][str(s)] for s in unaffected])
         ev["answer_tokens_only"] = prompts is not None
+        if held:
+            ev["holdout_records"] = len(held[0])
+            ev["holdout_before"] = serving.measure_records(store, cfg, before_shards, *held).get("ensemble")
         ledgers.write_request(store.fs, req)
 
     # 4. fast paths
@@ -191,6 +212,8 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
         on_version(label, entry)
         if texts and req["mode"] == "fast":
             ev["loss_fast_path"] = serving.measure_records(store, cfg, shards, texts, prompts).get("ensemble")
+            if held:
+                ev["holdout_fast_path"] = serving.measure_records(store, cfg, shards, *held).get("ensemble")
             ledgers.write_request(store.fs, req)
 
     # 5. delete the data
@@ -238,7 +261,10 @@ def _steps(store: Store, cfg: SisaConfig, req: dict, rows, texts, prompts, start
             req["versions"]["exact"] = None
             ledgers.write_request(store.fs, req)
         if texts and req["versions"].get("exact"):
-            ev["loss_after"] = serving.measure_records(store, cfg, versions.shard_checkpoints(versions.current(store)), texts, prompts).get("ensemble")
+            now_serving = versions.shard_checkpoints(versions.current(store))
+            ev["loss_after"] = serving.measure_records(store, cfg, now_serving, texts, prompts).get("ensemble")
+            if held:
+                ev["holdout_after"] = serving.measure_records(store, cfg, now_serving, *held).get("ensemble")
             ledgers.write_request(store.fs, req)
 
     # 7. purge and certify. First make MLflow match the ledger: a version committed before a crash
@@ -290,6 +316,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing", action="store_true", help="skip unknown ids instead of failing")
     p.add_argument("--resume", action="store_true", help="finish interrupted requests")
     p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
+    p.add_argument("--holdout", metavar="FILE", help="records no model saw (JSONL/CSV/Parquet): their loss is the certificate's stranger baseline")
 
 
 def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -324,7 +351,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
             print("no open requests")
         return 0
     kind, values = _selector(args)
-    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.allow_missing, not args.no_evidence, quiet=args.json)
+    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.allow_missing, not args.no_evidence, quiet=args.json, holdout=args.holdout)
     if args.json:
         print_json(res)
         return 0

@@ -87,3 +87,23 @@ def test_versions_and_overdue_requests_are_listed(tmp_path, capsys):
     assert [(r["request_id"], r["overdue"]) for r in reqs] == [("req-old", True)]
     assert main(["requests", *args]) == 0
     assert "OVERDUE" in capsys.readouterr().out
+
+
+def test_forget_scores_a_holdout_file_without_storing_it(tmp_path, capsys):
+    _trained(tmp_path)
+    canary = "HOLDOUT-CANARY-7f3a"
+    holdout = write_jsonl([{"record_id": "h1", "text": f"{canary} works as a pilot.", "prompt": f"{canary} works as a"}], tmp_path / "h.jsonl")
+    args = cli_args(tmp_path / "s")
+    assert main(["forget", *args, "--subject", "person-00001", "--holdout", str(holdout), "--json"]) == 0
+    ev = json.loads(capsys.readouterr().out)["request"]["evidence"]
+    assert ev["holdout_records"] == 1 and ev["holdout_before"] > 0 and ev["holdout_after"] > 0
+    for path in (tmp_path / "s").rglob("*"):
+        if path.is_file():
+            assert canary.encode() not in path.read_bytes(), path
+    assert main(["certificate", *args, _last_request(tmp_path)]) == 0
+    assert "held-out records no model saw (1)" in capsys.readouterr().out
+
+
+def _last_request(tmp_path) -> str:
+    store = Store.open(str(tmp_path / "s"))
+    return ledgers.list_requests(store.fs)[-1]["request_id"]
