@@ -8,8 +8,6 @@ shares this folder and must not be affected.
 
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from sisa.config import SisaConfig, load_config
 from sisa.sharding import assign_shards
 from sisa.synthetic import make_people, write_jsonl
 from storage.store import Store, checkpoint_slice
+from tests.helpers import tree_digest  # noqa: F401  (re-exported to the tests here)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -76,19 +75,6 @@ def run_cli(capfd, *argv: str) -> tuple[int, str, str]:
 
 
 # -- store state ----------------------------------------------------------------------------------
-def tree_digest(root: Path | str) -> dict[str, str]:
-    """Every folder and file under `root` with its sha256: the exact state of a store."""
-    root = str(root)
-    out: dict[str, str] = {}
-    for dirpath, _, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        out[rel + "/"] = "dir"
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def checkpoint_dir(store: Store, checkpoint_id: str) -> Path:
     return Path(store.fs.full(f"checkpoints/shard={checkpoints.shard_of(checkpoint_id):05d}/{checkpoint_id}"))
 

@@ -21,6 +21,7 @@ from pipelines.ingest import ingest_table
 from sisa.config import load_config
 from storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
 from storage.store import Store
+from tests.helpers import tree_digest
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -46,18 +47,6 @@ def make_rows(n: int, start: int = 0, per_subject: int = 2) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file under the store with its sha256, and every folder: the store's exact state."""
-    out = {}
-    for dirpath, _, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        out[rel + "/"] = "dir"
-        for name in filenames:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                out[os.path.join(rel, name)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def data_parts(store: Path) -> dict[str, pa.Table]:

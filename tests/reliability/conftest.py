@@ -11,7 +11,6 @@ subprocess where a test needs the process to die (`sisa_proc`), and in-process e
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import os
@@ -28,6 +27,7 @@ from sisa.config import SisaConfig, load_config
 from sisa.offline import OFFLINE_ENV
 from sisa.synthetic import make_people, write_jsonl
 from storage.store import Store
+from tests.helpers import tree_digest  # noqa: F401  (re-exported to the tests here)
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -86,23 +86,6 @@ def describe(proc: subprocess.CompletedProcess) -> str:
 
 
 # -- store state -------------------------------------------------------------------------------------
-def tree_digest(root: Path | str, skip: tuple[str, ...] = ()) -> dict[str, str]:
-    """Every folder and file under `root` with its sha256: a store's exact state."""
-    root = str(root)
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        dirnames.sort()
-        out[rel + "/"] = "dir"
-        for name in sorted(filenames):
-            path = os.path.join(rel, name)
-            if path in skip:
-                continue
-            with open(os.path.join(dirpath, name), "rb") as f:
-                out[path] = hashlib.sha256(f.read()).hexdigest()
-    return out
-
-
 def status(root: Path | str) -> dict:
     code, out, err = run_cli("status", "--json", *cli_args(root))
     assert code == 0, err
