@@ -47,14 +47,13 @@ def _log(quiet: bool, msg: str) -> None:
 def make_plan(store: Store, cfg: SisaConfig, sel: deletion.Selection) -> DeletionPlan:
     rows = sel.rows
     hits = list(zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True))
-    deleted_ids = set(rows["record_id"].to_pylist())
-    counts: dict[int, dict[int, int]] = {}
-    for shard in range(store.num_shards):
-        counts[shard] = dict.fromkeys(store.slices(shard), 0)
-    idx = store.index.table
-    for rid, shard, sl in zip(idx["record_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
-        if rid not in deleted_ids:
-            counts[shard][sl] = counts[shard].get(sl, 0) + 1
+    # Records per slice after the deletion: the index's counts minus the selected rows' (Arrow
+    # group-bys, no Python loop over the index); emptied and checkpoint-only slices stay at 0.
+    counts: dict[int, dict[int, int]] = {shard: dict.fromkeys(store.slices(shard), 0) for shard in range(store.num_shards)}
+    for r in store.index.counts().to_pylist():
+        counts[r["shard_id"]][r["slice_idx"]] = r["records"]
+    for shard, sl in hits:
+        counts[shard][sl] -= 1
     plan = plan_deletion(sel.kind, hits, counts, store.num_shards, cfg.training.epochs, cfg.sharding.slice_mode)
     plan.missing = len(sel.missing)
     plan.already_deleted = len(sel.already_deleted)
