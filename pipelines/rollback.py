@@ -28,10 +28,12 @@ def run(cfg: SisaConfig, model_version: int) -> dict:
                 "it held a checkpoint trained on deleted records, which no longer exists. "
                 "Pick a version that `sisa versions` lists as active."
             )
+        shards = versions.shard_checkpoints(target)
+        lineages = deletion.version_lineages(store, shards)  # read once, checked against every request
         for req in ledgers.list_requests(store.fs):
             if req["status"] not in ("completed", *deletion.OPEN):
                 continue
-            bad = deletion.lineage_violations(store, versions.shard_checkpoints(target), set(req["id_hashes"]))
+            bad = deletion.lineage_violations(store, shards, set(req["id_hashes"]), lineages)
             if bad:
                 raise RefusedError(
                     f"model version {model_version} cannot serve: checkpoint(s) {', '.join(bad)} were trained on "

@@ -20,7 +20,7 @@ from sisa import checkpoints, versions
 from sisa.config import SisaConfig
 from sisa.planner import tainted_checkpoints
 from storage import layout, ledgers, records
-from storage.errors import ValidationError, list_some
+from storage.errors import StoreError, ValidationError, list_some
 from storage.faults import maybe_die
 from storage.schemas import INDEX_SCHEMA
 from storage.store import Store, checkpoint_slice
@@ -190,16 +190,22 @@ def tainted(store: Store, hashes: set[str]) -> set[str]:
     return tainted_checkpoints(parents, checkpoints_holding(store, hashes) | orphans)
 
 
-def lineage_violations(store: Store, shards: dict[int, str], hashes: set[str]) -> list[str]:
-    """Checkpoints of a version whose full lineage holds one of `hashes` (or that are missing)."""
-    bad = []
+def version_lineages(store: Store, shards: dict[int, str]) -> dict[str, set[str] | None]:
+    """checkpoint_id → keyed hashes of every record in its lineage; None when the checkpoint or
+    an ancestor is missing or damaged (purged, or unreadable: tainted by definition)."""
+    out: dict[str, set[str] | None] = {}
     for _, cid in sorted(shards.items()):
         try:
-            if checkpoints.full_lineage(store, cid) & hashes:
-                bad.append(cid)
-        except Exception:  # a missing ancestor means it was purged: tainted by definition
-            bad.append(cid)
-    return bad
+            out[cid] = checkpoints.full_lineage(store, cid)
+        except (StoreError, OSError, pa.ArrowException):
+            out[cid] = None
+    return out
+
+
+def lineage_violations(store: Store, shards: dict[int, str], hashes: set[str], lineages: dict[str, set[str] | None] | None = None) -> list[str]:
+    """Checkpoints of a version whose full lineage holds one of `hashes` (or is unreadable)."""
+    lineages = version_lineages(store, shards) if lineages is None else lineages
+    return [cid for cid, held in lineages.items() if held is None or held & hashes]
 
 
 def retrain_parent(store: Store, serving_ckpt: str | None, earliest_slice: int) -> str | None:
