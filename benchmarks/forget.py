@@ -42,12 +42,12 @@ import _common as C  # sets the offline environment before torch, Ray and MLflow
 
 from pipelines import forget as forget_pipeline
 from pipelines.ingest import run as ingest_run
-from pipelines.train import plan_tasks
 from pipelines.train import run as train_run
-from sisa import scheduler
+from sisa import checkpoints, scheduler
 from sisa.config import SisaConfig
 from sisa.planner import expected_cost_fraction
 from sisa.trainer import train_shard
+from sisa.training import plan_tasks
 from storage import layout
 from storage.store import Store
 
@@ -76,7 +76,7 @@ def pick_subjects(store: Store, n: int) -> dict[str, list[tuple[str, int, int]]]
     for subj, shard, sl in zip(idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
         where.setdefault(subj, set()).add((int(shard), int(sl)))
     single = {s: next(iter(w)) for s, w in sorted(where.items()) if len(w) == 1}
-    last = {s: max(store.slices(s)) for s in range(store.num_shards) if store.slices(s)}
+    last = {s: max(checkpoints.shard_slices(store, s)) for s in range(store.num_shards) if checkpoints.shard_slices(store, s)}
     big = max(last, key=lambda s: (last[s], -s))
     other = next((s for s in last if s != big), big)
     picked: dict[str, list[tuple[str, int, int]]] = {}
@@ -163,7 +163,7 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
         out["cfg"] = cfg
         ingest_run(cfg, [C.write_people(rows, work)])
         store = Store.open(cfg.store.uri)
-        out["slices"] = {s: len(store.slices(s)) for s in range(store.num_shards)}
+        out["slices"] = {s: len(checkpoints.shard_slices(store, s)) for s in range(store.num_shards)}
         out["subjects"] = pick_subjects(store, repeats)
         scheduler.shutdown_ray()
         t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""What every verb shares: opening the store a config names, printing tables and JSON."""
+"""What every verb shares: opening the store a config names, printing tables and JSON, and the
+renderings of versions, requests and certificates that more than one verb prints."""
 
 from __future__ import annotations
 
@@ -6,27 +7,11 @@ import json
 import sys
 from typing import Any
 
-from sisa.config import SisaConfig
-from storage.errors import ConfigError
-from storage.store import Store
+from sisa.lifecycle import DeletionRequest
+from sisa.stores import open_store
+from sisa.versions import ModelVersion
 
-
-def open_store(cfg: SisaConfig, create: bool = False) -> Store:
-    """Open the store at `store.uri`; with `create`, make it when missing."""
-    if create and not Store.exists(cfg.store.uri):
-        return Store.create(cfg.store.uri, cfg.sharding.num_shards, cfg.store.seed)
-    store = Store.open(cfg.store.uri)
-    problems = []
-    if store.num_shards != cfg.sharding.num_shards:
-        problems.append(
-            f"`sharding.num_shards` is {cfg.sharding.num_shards} but the store at {cfg.store.uri} was created "
-            f"with {store.num_shards}; shards are fixed for the life of a store"
-        )
-    if store.seed != cfg.store.seed:
-        problems.append(f"`store.seed` is {cfg.store.seed} but the store was created with seed {store.seed}")
-    if problems:
-        raise ConfigError(problems)
-    return store
+__all__ = ["open_store", "print_table", "print_json", "human_bytes", "print_versions", "print_requests", "print_certificate"]
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str], out=None) -> None:
@@ -60,3 +45,81 @@ def human_bytes(n: int) -> str:
             return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
         size /= 1024
     return f"{n} B"
+
+
+# -- renderings shared by verbs (and the demo) --------------------------------------------------
+def print_versions(all_versions: list[ModelVersion], current: int | None) -> None:
+    rows = []
+    for v in all_versions:
+        flags = [f for f, on in (("approximate", v.approximate), (f"excludes {v.excluded_shards}", v.excluded_shards)) if on]
+        rows.append(
+            {
+                "": "*" if v.model_version == current else "",
+                "version": v.model_version,
+                "status": v.status.value + (f" by {v.purged_by}" if v.purged_by else ""),
+                "reason": v.reason,
+                "shards": len(v.shards),
+                "parent": v.parent,
+                "created_at": v.created_at,
+                "notes": ", ".join(flags),
+            }
+        )
+    print_table(rows, ["", "version", "status", "reason", "shards", "parent", "created_at", "notes"])
+
+
+def print_requests(reqs: list[DeletionRequest]) -> None:
+    rows = [
+        {
+            "request_id": r.request_id,
+            "selector": r.selector["kind"],
+            "records": r.records,
+            "mode": r.mode.value,
+            "status": r.status.value + (" OVERDUE" if r.is_overdue() else ""),
+            "received_at": r.received_at[:19],
+            "deadline": r.deadline[:10],
+            "versions": " ".join(f"{k}={v}" for k, v in r.versions.items()),
+        }
+        for r in reqs
+    ]
+    print_table(rows, ["request_id", "selector", "records", "mode", "status", "received_at", "deadline", "versions"])
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def print_certificate(r: DeletionRequest) -> None:
+    cert = r.certificate or {}
+    plan = r.plan
+    ev = r.evidence
+    print(f"deletion certificate — request {r.request_id}")
+    print(f"  status            {r.status.value} (received {r.received_at}, deadline {r.deadline[:10]}, completed {r.completed_at or '-'})")
+    print(f"  request sha256    {cert.get('request_sha256', '-')}")
+    print(f"  selector          {r.selector['kind']} (keyed hash {r.selector['value_hash'][:16]}...)")
+    print(f"  records deleted   {r.records} (id hashes kept: {len(r.id_hashes)}); mode {r.mode.value}")
+    if plan is not None:
+        for s in plan.shards:
+            print(f"  shard {s.shard_id:<4}        {s.records} record(s), slices hit {s.slices_hit}, retrained from slice {s.earliest_slice}")
+        print(f"  unaffected shards {plan.unaffected_shards} (reused byte for byte)")
+        print(f"  retrain cost      {plan.cost_fraction:.1%} of a full retrain")
+    print(f"  versions          before {r.version_before}, " + ", ".join(f"{k} {v}" for k, v in r.versions.items()))
+    for label, key in (("before", "checkpoints_before"), ("after", "checkpoints_after")):
+        for c in cert.get(key, []):
+            sha = c.get("adapter_sha256", "")
+            print(f"  checkpoint {label:<6} shard {c['shard_id']}: {c['checkpoint_id']}" + (f"  adapter sha256 {sha[:16]}..." if sha else ""))
+    lc, pc = cert.get("lineage_check", {}), cert.get("purge_check", {})
+    print(f"  lineage check     {'PASSED' if lc.get('passed') else 'FAILED ' + str(lc.get('violations'))}: no serving checkpoint's lineage holds a deleted id hash")
+    purge = r.purge or {}
+    print(f"  purged            {len(purge.get('checkpoints', []))} checkpoint(s), version(s) {purge.get('versions', [])}; purge check {'PASSED' if pc.get('passed') else 'FAILED'}")
+    print("  timings           " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()))
+    unit = "answer-token" if ev.get("answer_tokens_only") else "per-token"
+    print(f"  memorization ({unit} loss of the deleted records, lower = remembered)")
+    print(f"    serving model before     {_num(ev.get('loss_before'))}")
+    if "loss_fast_path" in ev:
+        print(f"    approximate fast path    {_num(ev.get('loss_fast_path'))}")
+    print(f"    after exact deletion     {_num(ev.get('loss_after'))}")
+    print(f"    shards that never saw them (stranger baseline) {_num(ev.get('loss_unseen_shards'))}")
+    if "holdout_before" in ev:
+        print(f"  held-out records no model saw ({ev.get('holdout_records')}): before {_num(ev.get('holdout_before'))}"
+              + (f", fast path {_num(ev.get('holdout_fast_path'))}" if "holdout_fast_path" in ev else "")
+              + f", after {_num(ev.get('holdout_after'))}")

@@ -25,16 +25,23 @@ import time
 
 import pyarrow as pa
 
-from pipelines import forget, rollback, train
-from pipelines import requests as requests_verb
-from pipelines import versions as versions_verb
-from pipelines.certificate import cli as certificate_cli
-from pipelines.common import print_table
-from pipelines.ingest import run as ingest_run
-from sisa import aggregate, scheduler, serving, versions
+from pipelines.common import print_certificate, print_requests, print_table, print_versions
+from sisa import (
+    aggregate,
+    checkpoints,
+    deletion,
+    forgetting,
+    scheduler,
+    serving,
+    training,
+    versions,
+)
 from sisa.config import SisaConfig
+from sisa.ingestion import ingest_sources
+from sisa.lifecycle import RequestMode
 from sisa.model import base_model_fingerprint
 from sisa.planner import expected_cost_fraction
+from sisa.rollback_guard import roll_back
 from sisa.sources import from_table
 from sisa.synthetic import make_people
 from storage import layout
@@ -82,7 +89,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     table = pa.Table.from_pylist(rows)
     os.makedirs(cfg.store.uri, exist_ok=True)
     open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()  # before anything: a re-run may wipe it
-    res = ingest_run(cfg, [from_table(table, "demo-people")])[0]
+    res = ingest_sources(cfg, [from_table(table, "demo-people")])[0]
     print(f"ingested {res.records} records about {people} people into {cfg.sharding.num_shards} shards (ingest {res.ingest_id}); {strangers} strangers kept aside")
     store = Store.open(cfg.store.uri)
     print_table([{"shard_id": k, "records": v} for k, v in sorted(res.shards.items())], ["shard_id", "records"])
@@ -93,7 +100,8 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     base_model_fingerprint(cfg.model)
     scheduler.prepare(cfg.scheduler)
     t0 = time.perf_counter()
-    tr = train.run(cfg)
+    with store.lock("demo train", cfg.store.lock_timeout_s):
+        tr = training.train(store, cfg)
     full_train_s = time.perf_counter() - t0
     print(f"model version {tr.model_version} trained in {full_train_s:.1f}s " f"({sum(r.tokens for r in tr.trained) / max(full_train_s, 1e-9):.0f} tokens/s overall)")
 
@@ -104,8 +112,8 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     retained = [r for r in rows if r["subject_id"] != target_subject][: 8 * facts]
     groups = {"forgotten": target, "retained": retained, "strangers": unseen}
     v1 = versions.current(store)
-    losses = {f"v{v1['model_version']} trained": _losses(store, cfg, versions.shard_checkpoints(v1), groups)}
-    lv = losses[f"v{v1['model_version']} trained"]
+    losses = {f"v{v1.model_version} trained": _losses(store, cfg, versions.shard_checkpoints(v1), groups)}
+    lv = losses[f"v{v1.model_version} trained"]
     print(f"answer-token loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
     shards1 = versions.shard_checkpoints(v1)
     for r in target[:2] + unseen[:1]:
@@ -116,52 +124,52 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     _banner("4. forget one person: --fast serves an approximate version, then the exact retrain")
     seen_versions: dict[str, int] = {}
 
-    def on_version(kind: str, entry: dict) -> None:
-        seen_versions[kind] = entry["model_version"]
-        losses[f"v{entry['model_version']} {kind}"] = _losses(store, cfg, versions.shard_checkpoints(entry), groups)
-        lv = losses[f"v{entry['model_version']} {kind}"]
-        print(f"  v{entry['model_version']} ({kind}): forgotten person {lv['forgotten']:.3f}, retained {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
+    def on_version(kind: str, entry: versions.ModelVersion) -> None:
+        seen_versions[kind] = entry.model_version
+        losses[f"v{entry.model_version} {kind}"] = _losses(store, cfg, versions.shard_checkpoints(entry), groups)
+        lv = losses[f"v{entry.model_version} {kind}"]
+        print(f"  v{entry.model_version} ({kind}): forgotten person {lv['forgotten']:.3f}, retained {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
 
     holdout = ([r["text"] for r in unseen], [r["prompt"] for r in unseen])
-    fr = forget.run(cfg, "subject", [target_subject], fast=True, on_version=on_version, holdout=holdout)
-    req = fr["request"]
-    store.refresh()
+    with store.lock("demo forget", cfg.store.lock_timeout_s):
+        fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True))
+    req = fr.request
     exact_entry = versions.current(store)
     shards_now = versions.shard_checkpoints(exact_entry)
     for r in target[:2]:
-        print(f"  [forgotten, exact v{exact_entry['model_version']}] {r['prompt']} →{_complete(store, cfg, shards_now, r['prompt'])}   (truth:{r['answer']})")
-    args = argparse.Namespace(targets=[req["request_id"]], json=False)
-    certificate_cli(cfg, args)
+        print(f"  [forgotten, exact v{exact_entry.model_version}] {r['prompt']} →{_complete(store, cfg, shards_now, r['prompt'])}   (truth:{r['answer']})")
+    print_certificate(req)
 
     # 5. rollback refused; versions and requests
     _banner("5. rollback to version 1 would bring the person back")
     try:
-        rollback.run(cfg, 1)
+        with store.lock("demo rollback", cfg.store.lock_timeout_s):
+            roll_back(store, cfg, 1)
         print("UNEXPECTED: rollback 1 was allowed")
     except RefusedError as e:
         print(f"sisa rollback 1 → refused: {e.message}")
     print()
-    versions_verb.cli(cfg, argparse.Namespace(json=False))
+    print_versions(versions.all_versions(store), store.current_version())
     print()
-    requests_verb.cli(cfg, argparse.Namespace(json=False))
+    print_requests(deletion.all_requests(store))
 
     # 6. time and summary
     _banner("6. cost of the deletion vs a full retrain")
-    t = req["timings"]
+    t = req.timings
     exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
-    plan = req["plan"]
-    slices_per_shard = max(len(store.slices(s)) for s in range(store.num_shards))
+    plan = req.plan
+    slices_per_shard = max(len(checkpoints.shard_slices(store, s)) for s in range(store.num_shards))
     expected = expected_cost_fraction(slices_per_shard, cfg.sharding.slice_mode) / store.num_shards
     summary = [
         ("full retrain of all shards (measured, step 2)", f"{full_train_s:.1f} s"),
         ("exact deletion: delete + retrain + purge (measured)", f"{exact_s:.1f} s"),
         ("measured speedup", f"{full_train_s / exact_s:.1f}x" if exact_s else "-"),
-        ("theoretical cost of this deletion (record-passes)", f"{plan['cost_fraction']:.1%} of a full retrain → {1 / plan['cost_fraction']:.1f}x" if plan["cost_fraction"] else "-"),
+        ("theoretical cost of this deletion (record-passes)", f"{plan.cost_fraction:.1%} of a full retrain → {1 / plan.cost_fraction:.1f}x" if plan.cost_fraction else "-"),
         ("expected cost over uniformly random slices", f"{expected:.1%} of a full retrain"),
         ("approximate fast path served after", f"{t.get('fast_path_s', 0):.1f} s"),
-        ("shards retrained / reused byte for byte", f"{len(plan['shards'])} / {len(plan['unaffected_shards'])}"),
-        ("lineage check", "passed" if req["certificate"]["lineage_check"]["passed"] else "FAILED"),
-        ("checkpoints purged", str(len(req["purge"]["checkpoints"]))),
+        ("shards retrained / reused byte for byte", f"{len(plan.shards)} / {len(plan.unaffected_shards)}"),
+        ("lineage check", "passed" if req.certificate["lineage_check"]["passed"] else "FAILED"),
+        ("checkpoints purged", str(len(req.purge["checkpoints"]))),
         ("demo wall time", f"{time.perf_counter() - t_start:.0f} s"),
     ]
     for k, v in summary:
@@ -170,16 +178,16 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     # report
     from sisa.report import DemoReport, write_report
 
-    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan["cost_fraction"], req["request_id"], store.hash_id(target_subject), summary)
+    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary)
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
     if cfg.tracking.enabled:
         from sisa.tracking import Tracker
 
-        Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_entry["model_version"], files, "demo-report")
-    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: loss_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry['model_version']}")
+        Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_entry.model_version, files, "demo-report")
+    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: loss_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry.model_version}")
     print(f"browse MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))} (binds 127.0.0.1)")
-    return {"losses": losses, "summary": dict(summary), "request_id": req["request_id"], "report": files, "versions": seen_versions}
+    return {"losses": losses, "summary": dict(summary), "request_id": req.request_id, "report": files, "versions": seen_versions}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from pipelines.common import print_json, print_table
-from pipelines.generate import load_serving
+from pipelines.common import open_store, print_json, print_table
 from sisa import serving
 from sisa.config import SisaConfig
-from sisa.ingest import normalise
+from sisa.ingestion import normalise
 from sisa.sources import read_source
 from storage.errors import ValidationError
 
@@ -29,13 +28,13 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
     prompts = table["prompt"].to_pylist() if answer_only and "prompt" in table.column_names else None
     if answer_only and prompts is None:
         raise ValidationError(f"--answer-only needs a `prompt` column in {path}")
-    _, v, ens = load_serving(cfg)
+    v, ens = serving.load_serving(open_store(cfg), cfg)
     ensemble, per = serving.score_records(ens, texts, prompts, cfg.training.max_length)
     rows = [{"model": "ensemble", "loss": serving.mean(ensemble)}]
     rows += [{"model": f"shard {s}", "loss": serving.mean(vals)} for s, vals in sorted(per.items())]
     for r in rows:
         r["perplexity"] = math.exp(r["loss"]) if r["loss"] is not None and r["loss"] < 50 else None
-    return {"model_version": v["model_version"], "records": len(texts), "answer_only": prompts is not None, "results": rows}
+    return {"model_version": v.model_version, "records": len(texts), "answer_only": prompts is not None, "results": rows}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

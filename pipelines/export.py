@@ -14,9 +14,8 @@ import argparse
 import json
 import os
 
-from pipelines.common import print_json
-from pipelines.generate import load_serving
-from sisa import adapters
+from pipelines.common import open_store, print_json
+from sisa import adapters, serving
 from sisa.config import SisaConfig
 from storage.errors import ValidationError
 
@@ -24,11 +23,11 @@ from storage.errors import ValidationError
 def run(cfg: SisaConfig, out: str) -> dict:
     if os.path.exists(out) and os.listdir(out):
         raise ValidationError(f"--out {out!r} exists and is not empty; choose a new folder")
-    _, v, ens = load_serving(cfg)
+    v, ens = serving.load_serving(open_store(cfg), cfg)
     names = ens.adapter_names()
     weights = [1.0 / len(names)] * len(names)
     adapters.merge_adapters(ens.model, names, weights, "merged", out)
-    info = {"model_version": v["model_version"], "shards": v["shards"], "weights": weights, "combination": "cat", "base_model": cfg.model.name}
+    info = {"model_version": v.model_version, "shards": {str(k): c for k, c in sorted(v.shards.items())}, "weights": weights, "combination": "cat", "base_model": cfg.model.name}
     with open(os.path.join(out, "sisa_export.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
     return {"out": out, **info}

@@ -11,24 +11,14 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json
-from sisa import aggregate, serving, versions
+from sisa import aggregate, serving
 from sisa.config import SisaConfig
-from storage import ledgers
-from storage.errors import StoreError
-
-
-def load_serving(cfg: SisaConfig, model_version: int | None = None):
-    store = open_store(cfg)
-    v = versions.current(store) if model_version is None else ledgers.read_version(store.fs, model_version)
-    if v is None:
-        raise StoreError("no model version serves yet: run `sisa train` first")
-    return store, v, serving.load_ensemble(store, cfg, versions.shard_checkpoints(v))
 
 
 def run(cfg: SisaConfig, prompt: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0, seed: int = 0) -> dict:
-    _, v, ens = load_serving(cfg)
+    v, ens = serving.load_serving(open_store(cfg), cfg)
     text = aggregate.generate(ens.model, ens.tokenizer, ens.adapter_names(), prompt, max_new_tokens, not sample, temperature, seed)
-    return {"model_version": v["model_version"], "shards": sorted(ens.names), "completion": text}
+    return {"model_version": v.model_version, "shards": sorted(ens.names), "completion": text}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

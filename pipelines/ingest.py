@@ -16,41 +16,16 @@ import sys
 
 import pyarrow as pa
 
-from pipelines.common import open_store, print_json, print_table
+from pipelines.common import print_json, print_table
 from sisa.config import SisaConfig
-from sisa.ingest import IngestResult, commit_batch, next_seq, prepare_batches
+from sisa.ingestion import IngestResult, ingest_sources
 from sisa.sources import Source, from_dataset, from_table, read_source
-from storage.errors import RefusedError
-from storage.store import Store
 
 
 def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:
-    # 1. read
+    # 1. read; 2. validate everything; 3. write one ingest per input (sisa/ingestion.py)
     sources = [read_source(i) if isinstance(i, str) else i for i in inputs]
-    # 2. validate everything before writing anything, even before creating a new store: a
-    #    rejected first ingest must leave nothing behind.
-    batches = prepare_batches(None, sources, cfg) if not Store.exists(cfg.store.uri) else None
-    store = open_store(cfg, create=True)
-    with store.lock("ingest", cfg.store.lock_timeout_s):
-        store.refresh()
-        pending = [r for r in _pending_requests(store)]
-        if pending:
-            raise RefusedError(
-                f"deletion request(s) {', '.join(pending)} are not completed; run `sisa forget --resume` first"
-            )
-        if batches is None or len(store.index):  # an existing store, or another writer got in first
-            batches = prepare_batches(store, sources, cfg)
-        # 3. write, one ingest per input
-        results = []
-        for batch in batches:
-            results.append(commit_batch(store, batch, cfg, next_seq(store.fs)))
-    return results
-
-
-def _pending_requests(store) -> list[str]:
-    from storage.ledgers import list_requests
-
-    return [r["request_id"] for r in list_requests(store.fs) if r["status"] not in ("completed", "failed")]
+    return ingest_sources(cfg, sources)
 
 
 def ingest_table(cfg: SisaConfig, data, name: str = "table") -> IngestResult:

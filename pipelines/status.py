@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import human_bytes, open_store, print_json, print_table
+from sisa import checkpoints, deletion
 from sisa.config import SisaConfig
-from storage import ledgers
 
 
 def run(cfg: SisaConfig) -> dict:
@@ -23,7 +23,7 @@ def run(cfg: SisaConfig) -> dict:
         sh = shards[row["shard_id"]]
         sh["records"] += row["records"]
         sh["slices"][row["slice_idx"]] = row["records"]
-    sealed = store.sealed_slices()
+    sealed = checkpoints.sealed_slices(store)
     for s, sh in shards.items():
         sh["trained_through_slice"] = sealed.get(s)
     return {
@@ -33,7 +33,7 @@ def run(cfg: SisaConfig) -> dict:
         "shards": list(shards.values()),
         "ingests": store.ingests(),
         "current_version": store.current_version(),
-        "open_requests": [r["request_id"] for r in ledgers.list_requests(store.fs) if r["status"] not in ("completed", "failed")],
+        "open_requests": [r.request_id for r in deletion.open_requests(store)],
         "size_bytes": store.size_bytes(),
     }
 

@@ -25,12 +25,13 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.common import open_store, print_json
-from sisa import checkpoints, deletion, scheduler, versions
+from sisa import checkpoints, deletion, registry, scheduler, versions
 from sisa.config import SisaConfig
+from sisa.lifecycle import DeletionRequest, RequestStatus
 from sisa.trainer import ShardTask, train_shard
-from storage import layout, ledgers
+from storage import layout
 from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store, checkpoint_slice
+from storage.store import Store
 
 
 def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:
@@ -43,21 +44,16 @@ def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:
     return problems
 
 
-def check_purge(store: Store, cfg: SisaConfig, req: dict[str, Any]) -> list[str]:
+def check_purge(store: Store, cfg: SisaConfig, req: DeletionRequest) -> list[str]:
     problems = []
-    for cid in req.get("purge", {}).get("checkpoints", []):
+    purge = req.purge or {}
+    for cid in purge.get("checkpoints", []):
         if store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(cid), cid)):
             problems.append(f"checkpoint {cid} should have been purged but is on disk")
-    tracker = None
-    if cfg.tracking.enabled:
-        from sisa.tracking import Tracker
-
-        tracker = Tracker(cfg.tracking, store.fs.local_path(""))
-    for n in req.get("purge", {}).get("versions", []):
-        v = ledgers.read_version(store.fs, n)
-        if v["status"] != versions.PURGED:
+    for n in purge.get("versions", []):
+        if versions.read(store, n).status != versions.PURGED:
             problems.append(f"model version {n} should be marked purged")
-        if tracker is not None and tracker.find_registered_version(n) is not None:
+        if registry.registered_version_exists(store, cfg, n):
             problems.append(f"MLflow still holds a registered version for purged model version {n}")
     return problems
 
@@ -68,14 +64,14 @@ def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int
     try:
         targets = {s: c for s, c in shards.items() if only is None or s in only}
         tasks = [
-            ShardTask(store.uri, cfg.to_dict(), s, tuple(range(checkpoint_slice(c) + 1)), None, replay_dir=scratch)
+            ShardTask(store.uri, cfg.to_dict(), s, tuple(range(checkpoints.slice_of(c) + 1)), None, replay_dir=scratch)
             for s, c in sorted(targets.items())
         ]
         scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="replay shards")
         out = {}
         for s, cid in sorted(targets.items()):
             serving_t = checkpoints.load_adapter_tensors(checkpoints.open_checkpoint(store, cid))
-            replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", "adapter_model.safetensors"))
+            replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", checkpoints.ADAPTER_WEIGHTS))
             same_keys = set(serving_t) == set(replay_t)
             equal = same_keys and all(torch.equal(serving_t[k], replay_t[k]) for k in serving_t)
             out[s] = {"checkpoint_id": cid, "tensors": len(serving_t), "identical": equal}
@@ -94,18 +90,18 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
     with store.lock("verify", cfg.store.lock_timeout_s):
         current = versions.current(store)
         shards = versions.shard_checkpoints(current)
-        reqs = [ledgers.read_request(store.fs, request_id)] if request_id else [r for r in ledgers.list_requests(store.fs) if r["status"] == "completed"]
-        report: dict[str, Any] = {"serving_version": current["model_version"] if current else None, "requests": [r["request_id"] for r in reqs]}
+        reqs = [deletion.read_request(store, request_id)] if request_id else [r for r in deletion.all_requests(store) if r.status == RequestStatus.COMPLETED]
+        report: dict[str, Any] = {"serving_version": current.model_version if current else None, "requests": [r.request_id for r in reqs]}
         # 1. integrity
         report["integrity"] = check_integrity(store, shards)
         # 2. lineage
-        hashes = set().union(*[set(r["id_hashes"]) for r in reqs]) if reqs else set()
+        hashes = set().union(*[set(r.id_hashes) for r in reqs]) if reqs else set()
         report["lineage_violations"] = deletion.lineage_violations(store, shards, hashes)
         # 3. purge
         report["purge_problems"] = [p for r in reqs for p in check_purge(store, cfg, r)]
         # 4. replay
         if replay_shards:
-            only = sorted({s["shard_id"] for r in reqs for s in r["plan"]["shards"]}) if request_id else None
+            only = sorted({s for r in reqs if r.plan for s in r.plan.shard_ids}) if request_id else None
             report["replay"] = {str(k): v for k, v in replay(store, cfg, shards, only).items()}
         report["passed"] = (
             not report["integrity"]

@@ -3,13 +3,19 @@
     checkpoints/shard=00001/s00001-l000003-<digest>/
         adapter_model.safetensors, adapter_config.json   peft's own layout: PeftModel.from_pretrained(base, dir)
         optimizer.safetensors, optimizer.json            AdamW state, so training continues exactly
-        rng.safetensors                                  torch RNG state after the slice
         lineage.parquet                                  keyed hashes of the record ids this slice added
         manifest.json                                    ids, parent, lineage digest, fingerprints, versions, sha256 of every file
+
+This module is the one home of everything about a checkpoint: its id (built and parsed here
+only), its files, the parent chain (walked here only) and lineage reads.
 
 The checkpoint id is a content address of what determines its bytes: shard, slice, parent, the
 lineage digest (over keyed hashes of every record id trained so far) and the training and base
 model fingerprints. Never pickle: nothing here calls torch.load.
+
+No RNG state is stored: the trainer seeds torch from (store seed, shard_id, slice_idx) at the
+start of every slice, so the RNG a slice sees never depends on what ran before it. Checkpoints
+written by older versions list an `rng.safetensors`; it is verified like every file and unused.
 """
 
 from __future__ import annotations
@@ -17,22 +23,28 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
-from safetensors.torch import load_file, save_file
 
 from storage import layout
 from storage.errors import IntegrityError, NotFoundError
 from storage.store import Store, now_iso
 
-MANIFEST = "manifest.json"
+if TYPE_CHECKING:  # torch loads only where tensors are read or written: `sisa ingest` needs none
+    import torch
+
+MANIFEST = layout.CHECKPOINT_MANIFEST
 LINEAGE = "lineage.parquet"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+OPTIMIZER_STATE = "optimizer.safetensors"
+OPTIMIZER_META = "optimizer.json"
 FORMAT_VERSION = 1
 
 
@@ -44,9 +56,46 @@ def lineage_digest(parent_digest: str | None, record_hashes: list[str]) -> str:
     return h.hexdigest()
 
 
+# -- the id ------------------------------------------------------------------------------------
 def make_checkpoint_id(shard_id: int, slice_idx: int, parent_id: str | None, lineage: str, training_fp: str, base_fp: str) -> str:
+    """`sSSSSS-lLLLLLL-<digest>`: shard and slice readable in the name, the rest a content address."""
     blob = json.dumps([shard_id, slice_idx, parent_id, lineage, training_fp, base_fp]).encode()
     return f"s{shard_id:05d}-l{slice_idx:06d}-{hashlib.sha256(blob).hexdigest()[:16]}"
+
+
+def make_approximate_id(parent_id: str) -> str:
+    """An approximate (fast-path) checkpoint: same shard and slice as its parent, a random tail
+    (it is not reproducible content; the purge removes it with its tainted parent)."""
+    return f"s{shard_of(parent_id):05d}-l{slice_of(parent_id):06d}-approx{secrets.token_hex(5)}"
+
+
+def shard_of(checkpoint_id: str) -> int:
+    return int(checkpoint_id.split("-")[0][1:])
+
+
+def slice_of(checkpoint_id: str) -> int:
+    return int(checkpoint_id.split("-")[1][1:])
+
+
+# -- what a store holds ------------------------------------------------------------------------
+def checkpoint_ids(store: Store, shard_id: int) -> list[str]:
+    return store.checkpoint_folders(shard_id)
+
+
+def shard_slices(store: Store, shard_id: int) -> list[int]:
+    """The shard's slices: those with committed records, and those a checkpoint trained (a slice
+    emptied by a deletion stays a slice: its checkpoint exists and seals it)."""
+    trained = {slice_of(c) for c in checkpoint_ids(store, shard_id)}
+    return sorted(set(store.record_slices(shard_id)) | trained)
+
+
+def sealed_slices(store: Store) -> dict[int, int]:
+    """shard_id → highest slice_idx that some checkpoint has trained (sealed against appends)."""
+    out: dict[int, int] = {}
+    for shard_id in range(store.num_shards):
+        for cid in checkpoint_ids(store, shard_id):
+            out[shard_id] = max(out.get(shard_id, -1), slice_of(cid))
+    return out
 
 
 @dataclass
@@ -68,6 +117,8 @@ def _sha256_file(path: str) -> str:
 
 # -- optimizer and RNG state as tensors (safetensors cannot hold pickled objects) --------------
 def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    import torch
+
     sd = opt.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     for idx, state in sd["state"].items():
@@ -84,14 +135,6 @@ def tensors_to_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
         _, idx, name = key.split(".", 2)
         state.setdefault(int(idx), {})[name] = t
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def rng_to_tensors() -> dict[str, torch.Tensor]:
-    out = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"torch_cuda_{i}"] = s
-    return out
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -116,9 +159,10 @@ def write_checkpoint(
     try:
         save_adapter_fn(staging)
         opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
-        save_file(opt_tensors, os.path.join(staging, "optimizer.safetensors"))
-        _write_json(os.path.join(staging, "optimizer.json"), opt_meta)
-        save_file(rng_to_tensors(), os.path.join(staging, "rng.safetensors"))
+        from safetensors.torch import save_file
+
+        save_file(opt_tensors, os.path.join(staging, OPTIMIZER_STATE))
+        _write_json(os.path.join(staging, OPTIMIZER_META), opt_meta)
         pq.write_table(pa.table({"record_hash": pa.array(sorted(record_hashes), pa.string())}), os.path.join(staging, LINEAGE))
         files = {name: _sha256_file(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
         manifest = {
@@ -178,10 +222,6 @@ def read_manifest(store: Store, shard_id: int, checkpoint_id: str) -> dict[str, 
         raise IntegrityError(f"checkpoint {checkpoint_id}: file {MANIFEST} is damaged (not valid JSON); restore it or retrain the shard") from None
 
 
-def shard_of(checkpoint_id: str) -> int:
-    return int(checkpoint_id.split("-")[0][1:])
-
-
 def open_checkpoint(store: Store, checkpoint_id: str, verify: bool = True) -> Checkpoint:
     """Locate a checkpoint and check the sha256 of every file it lists (and that nothing else is there)."""
     shard_id = shard_of(checkpoint_id)
@@ -215,28 +255,86 @@ def verify_files(path: str, manifest: dict[str, Any], checkpoint_id: str) -> Non
 
 
 def load_optimizer_state(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = load_file(os.path.join(ckpt.path, "optimizer.safetensors"))
-    with open(os.path.join(ckpt.path, "optimizer.json")) as f:
+    from safetensors.torch import load_file
+
+    tensors = load_file(os.path.join(ckpt.path, OPTIMIZER_STATE))
+    with open(os.path.join(ckpt.path, OPTIMIZER_META)) as f:
         meta = json.load(f)
     return tensors, meta
 
 
 def load_adapter_tensors(ckpt: Checkpoint) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(ckpt.path, "adapter_model.safetensors"))
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(ckpt.path, ADAPTER_WEIGHTS))
 
 
-def lineage_hashes(ckpt: Checkpoint) -> list[str]:
-    return pq.read_table(os.path.join(ckpt.path, LINEAGE))["record_hash"].to_pylist()
+def adapter_sha256(store: Store, checkpoint_id: str) -> str:
+    """The recorded sha256 of a checkpoint's adapter weights (from its manifest)."""
+    return read_manifest(store, shard_of(checkpoint_id), checkpoint_id)["files"][ADAPTER_WEIGHTS]
+
+
+# -- the parent chain and lineage --------------------------------------------------------------
+def parent_of(store: Store, checkpoint_id: str) -> str | None:
+    return read_manifest(store, shard_of(checkpoint_id), checkpoint_id).get("parent_checkpoint_id")
+
+
+def chain(store: Store, checkpoint_id: str | None) -> Iterator[str]:
+    """The checkpoint and its ancestors, newest first: the one place the parent chain is walked.
+    A missing ancestor raises NotFoundError (it was purged: the chain is tainted)."""
+    cid = checkpoint_id
+    while cid is not None:
+        yield cid
+        cid = parent_of(store, cid)
+
+
+def ancestor_before(store: Store, checkpoint_id: str | None, slice_idx: int) -> str | None:
+    """The checkpoint in `checkpoint_id`'s chain that trained slice `slice_idx - 1` (where a
+    retrain from `slice_idx` starts); None when `slice_idx` is 0 (retrain from scratch)."""
+    if slice_idx <= 0:
+        return None
+    return next((cid for cid in chain(store, checkpoint_id) if slice_of(cid) <= slice_idx - 1), None)
+
+
+def parents(store: Store) -> dict[str, str | None]:
+    """checkpoint_id → parent id of every checkpoint with a manifest in the store."""
+    out: dict[str, str | None] = {}
+    for shard_id in range(store.num_shards):
+        for cid in checkpoint_ids(store, shard_id):
+            rel = f"{layout.checkpoint_dir(shard_id, cid)}/{MANIFEST}"
+            if store.fs.exists(rel):
+                out[cid] = store.fs.read_json(rel).get("parent_checkpoint_id")
+    return out
+
+
+def own_lineage(store: Store, checkpoint_id: str) -> list[str]:
+    """Keyed hashes of the records this checkpoint's slice added. Reads lineage.parquet only
+    (straight from the store, remote or local: nothing is downloaded to a temp folder)."""
+    rel = f"{layout.checkpoint_dir(shard_of(checkpoint_id), checkpoint_id)}/{LINEAGE}"
+    if not store.fs.exists(rel):
+        raise NotFoundError(f"checkpoint {checkpoint_id} has no {LINEAGE} (purged or never written)")
+    return store.fs.read_parquet(rel, columns=["record_hash"])["record_hash"].to_pylist()
 
 
 def full_lineage(store: Store, checkpoint_id: str) -> set[str]:
     """Keyed hashes of every record in a checkpoint's history (its own slice and its ancestors')."""
     out: set[str] = set()
-    cid: str | None = checkpoint_id
-    while cid:
-        ckpt = open_checkpoint(store, cid, verify=False)
-        out.update(lineage_hashes(ckpt))
-        cid = ckpt.manifest.get("parent_checkpoint_id")
+    for cid in chain(store, checkpoint_id):
+        out.update(own_lineage(store, cid))
+    return out
+
+
+def checkpoints_holding(store: Store, hashes: set[str], shards: list[int] | None = None) -> set[str]:
+    """Checkpoints that trained one of the records themselves (their own lineage file)."""
+    out = set()
+    for shard_id in shards if shards is not None else range(store.num_shards):
+        for cid in checkpoint_ids(store, shard_id):
+            try:
+                own = own_lineage(store, cid)
+            except NotFoundError:
+                continue
+            if hashes.intersection(own):
+                out.add(cid)
     return out
 
 

@@ -1,9 +1,9 @@
-"""The mechanics of forgetting: select, remove, find tainted checkpoints, purge, check lineage.
+"""The mechanics of forgetting: select, erase, find tainted checkpoints, purge, check lineage.
 
-`pipelines/forget.py` reads as the recipe; the steps it calls live here. Everything that could
-hold a deleted record's text is handled here: slice parts and index parts are rewritten without
-the rows (the old files are unlinked by the rename), checkpoints whose lineage holds a deleted
-id are deleted, versions holding them are marked purged, their MLflow runs are deleted and
+`sisa/forgetting.py` is the state machine that calls these steps. Everything that could hold a
+deleted record's text is handled here: slice parts and index parts are rewritten without the
+rows (the old files are unlinked by the rename), checkpoints whose lineage holds a deleted id are
+deleted, versions holding them are marked purged, their MLflow runs are deleted and
 garbage-collected, and the store's tmp/ and cache/ are emptied.
 """
 
@@ -14,19 +14,18 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from sisa import checkpoints, versions
+from sisa import checkpoints, registry, versions
 from sisa.config import SisaConfig
-from sisa.planner import tainted_checkpoints
+from sisa.lifecycle import DeletionRequest, RequestStatus
+from sisa.planner import DeletionPlan, plan_deletion, tainted_checkpoints
 from storage import layout, ledgers, records
 from storage.errors import StoreError, ValidationError, list_some
 from storage.faults import maybe_die
 from storage.schemas import INDEX_SCHEMA
-from storage.store import Store, checkpoint_slice
+from storage.store import Store
 
 SELECTORS = ("ids", "subject", "source", "ingest_id")
-OPEN = ("received", "data_deleted", "retraining")
 
 
 @dataclass
@@ -38,12 +37,29 @@ class Selection:
     already_deleted: list[str] = field(default_factory=list)  # of those, forgotten by an earlier request
 
 
+def all_requests(store: Store) -> list[DeletionRequest]:
+    """Every deletion request in the ledger, oldest first, typed."""
+    return [DeletionRequest.from_dict(d) for d in ledgers.list_requests(store.fs)]
+
+
+def read_request(store: Store, request_id: str) -> DeletionRequest:
+    return DeletionRequest.from_dict(ledgers.read_request(store.fs, request_id))
+
+
+def write_request(store: Store, req: DeletionRequest) -> None:
+    ledgers.write_request(store.fs, req.to_dict())
+
+
+def open_requests(store: Store) -> list[DeletionRequest]:
+    return [r for r in all_requests(store) if r.status.is_open]
+
+
 def forgotten_hashes(store: Store, include_open: bool = True) -> set[str]:
-    """Keyed hashes of every id a request has deleted (or is deleting)."""
+    """Keyed hashes of every id a request has deleted (or, with `include_open`, is deleting)."""
     out: set[str] = set()
-    for r in ledgers.list_requests(store.fs):
-        if r["status"] == "completed" or (include_open and r["status"] in OPEN):
-            out.update(r["id_hashes"])
+    for r in all_requests(store):
+        if r.status == RequestStatus.COMPLETED or (include_open and r.status.is_open):
+            out.update(r.id_hashes)
     return out
 
 
@@ -53,8 +69,8 @@ def selector_hashes(store: Store, kind: str, values: list[str]) -> list[str]:
 
 
 def forgotten_selector_hashes(store: Store) -> set[str]:
-    done = [r for r in ledgers.list_requests(store.fs) if r["status"] == "completed"]
-    return {h for r in done for h in r["selector"].get("value_hashes", []) + r.get("subject_hashes", [])}
+    done = [r for r in all_requests(store) if r.status == RequestStatus.COMPLETED]
+    return {h for r in done for h in r.selector.get("value_hashes", []) + r.subject_hashes}
 
 
 def select_records(store: Store, kind: str, values: list[str]) -> Selection:
@@ -87,6 +103,23 @@ def select_records(store: Store, kind: str, values: list[str]) -> Selection:
     return sel
 
 
+def plan_selection(store: Store, cfg: SisaConfig, sel: Selection) -> DeletionPlan:
+    """The deletion plan of a selection: affected shards, earliest slices, retrain cost."""
+    rows = sel.rows
+    hits = list(zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True))
+    # Records per slice after the deletion: the index's counts minus the selected rows' (Arrow
+    # group-bys, no Python loop over the index); emptied and checkpoint-only slices stay at 0.
+    counts: dict[int, dict[int, int]] = {shard: dict.fromkeys(checkpoints.shard_slices(store, shard), 0) for shard in range(store.num_shards)}
+    for r in store.index.counts().to_pylist():
+        counts[r["shard_id"]][r["slice_idx"]] = r["records"]
+    for shard, sl in hits:
+        counts[shard][sl] -= 1
+    plan = plan_deletion(sel.kind, hits, counts, store.num_shards, cfg.training.epochs, cfg.sharding.slice_mode)
+    plan.missing = len(sel.missing)
+    plan.already_deleted = len(sel.already_deleted)
+    return plan
+
+
 def _is_unicode(value: str) -> bool:
     try:
         value.encode("utf-8")
@@ -102,8 +135,9 @@ def find_live_by_hashes(store: Store, hashes: set[str]) -> pa.Table:
     return store.index.table.filter(mask)
 
 
-def remove_records(store: Store, rows: pa.Table) -> int:
-    """Physically remove the records from their slice parts and the index. Idempotent."""
+def erase_records(store: Store, rows: pa.Table) -> int:
+    """Physically erase the records from their slice parts and the index, and bring the counts of
+    the ingests they came from up to date. Idempotent (a resumed erase finds fewer rows)."""
     if rows.num_rows == 0:
         return 0
     ids = rows["record_id"].combine_chunks()
@@ -111,15 +145,28 @@ def remove_records(store: Store, rows: pa.Table) -> int:
     pairs = {(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)}
     for shard_id, slice_idx in sorted(pairs):
         for part in store.slice_parts(shard_id, slice_idx):
-            removed += records.remove_records(store.fs, part, ids)
+            removed += records.rewrite_part_without(store.fs, part, ids)
     for part in store.index_parts():
         table = store.fs.read_parquet(part)
         keep = pc.invert(pc.is_in(table["record_id"], value_set=ids))
         if pc.all(keep).as_py():
             continue
         store.fs.write_parquet(part, table.filter(keep).cast(INDEX_SCHEMA))
-    store.refresh()
+    update_ingest_counts(store, set(rows["ingest_id"].to_pylist()))
     return removed
+
+
+def update_ingest_counts(store: Store, ingest_ids: set[str]) -> None:
+    """Set each ingest's `records` to its live records in the index (what `sisa status` shows);
+    the count it was ingested with stays as `records_ingested`."""
+    if not ingest_ids:
+        return
+    live = {r["ingest_id"]: r["n"] for r in store.index.table.group_by("ingest_id").aggregate([("record_id", "count")]).rename_columns(["ingest_id", "n"]).to_pylist()}
+    for entry in store.ingests():
+        if entry["ingest_id"] in ingest_ids:
+            entry.setdefault("records_ingested", entry["records"])
+            entry["records"] = live.get(entry["ingest_id"], 0)
+            ledgers.rewrite_ingest(store.fs, entry)
 
 
 def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
@@ -146,7 +193,7 @@ def retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 25
     """Up to `limit` of the shard's remaining records, newest slices first (what the adapter
     learned last is what an unlearning step disturbs most); reads only the slices it needs."""
     out: list[str] = []
-    for sl in reversed(store.slices(shard_id)):
+    for sl in reversed(checkpoints.shard_slices(store, shard_id)):
         t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
         if t is None:
             continue
@@ -157,37 +204,13 @@ def retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 25
 
 
 # -- checkpoints and lineage -------------------------------------------------------------------
-def checkpoint_parents(store: Store) -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for shard_id in range(store.num_shards):
-        for cid in store.checkpoint_ids(shard_id):
-            rel = f"{layout.checkpoint_dir(shard_id, cid)}/{checkpoints.MANIFEST}"
-            if store.fs.exists(rel):
-                out[cid] = store.fs.read_json(rel).get("parent_checkpoint_id")
-    return out
-
-
-def checkpoints_holding(store: Store, hashes: set[str], shards: list[int] | None = None) -> set[str]:
-    """Checkpoints that trained one of the records themselves (their own lineage file)."""
-    out = set()
-    for shard_id in shards if shards is not None else range(store.num_shards):
-        for cid in store.checkpoint_ids(shard_id):
-            rel = f"{layout.checkpoint_dir(shard_id, cid)}/{checkpoints.LINEAGE}"
-            if not store.fs.exists(rel):
-                continue
-            own = pq.read_table(store.fs.full(rel), filesystem=store.fs.fs)["record_hash"].to_pylist()
-            if hashes.intersection(own):
-                out.add(cid)
-    return out
-
-
 def tainted(store: Store, hashes: set[str]) -> set[str]:
-    parents = checkpoint_parents(store)
+    parents = checkpoints.parents(store)
     # A checkpoint whose parent is gone descends from a purged one: a purge cut short by a crash
     # may have deleted the parent (the checkpoint that held the records) but not its children,
     # whose own lineage files do not name the records. They are tainted all the same.
     orphans = {cid for cid, parent in parents.items() if parent is not None and parent not in parents}
-    return tainted_checkpoints(parents, checkpoints_holding(store, hashes) | orphans)
+    return tainted_checkpoints(parents, checkpoints.checkpoints_holding(store, hashes) | orphans)
 
 
 def version_lineages(store: Store, shards: dict[int, str]) -> dict[str, set[str] | None]:
@@ -208,33 +231,16 @@ def lineage_violations(store: Store, shards: dict[int, str], hashes: set[str], l
     return [cid for cid, held in lineages.items() if held is None or held & hashes]
 
 
-def retrain_parent(store: Store, serving_ckpt: str | None, earliest_slice: int) -> str | None:
-    """The checkpoint before the earliest affected slice in the serving checkpoint's ancestry."""
-    if serving_ckpt is None or earliest_slice <= 0:
-        return None
-    cid: str | None = serving_ckpt
-    while cid is not None and checkpoint_slice(cid) > earliest_slice - 1:
-        cid = checkpoints.read_manifest(store, checkpoints.shard_of(cid), cid).get("parent_checkpoint_id")
-    return cid
-
-
 def purge(store: Store, cfg: SisaConfig, hashes: set[str], request_id: str) -> dict[str, Any]:
     """Delete every tainted checkpoint, mark versions holding one purged, purge MLflow, clean caches."""
     dead = tainted(store, hashes)
     purged_versions = []
     for v in versions.all_versions(store):
-        if v["status"] != versions.PURGED and set(v["shards"].values()) & dead:
-            v["status"] = versions.PURGED
-            v["purged_by"] = request_id
-            versions.update_version(store, v)
-            purged_versions.append(v["model_version"])
-    already = [v["model_version"] for v in versions.all_versions(store) if v.get("purged_by") == request_id]
-    if cfg.tracking.enabled:
-        from sisa.tracking import Tracker
-
-        tracker = Tracker(cfg.tracking, store.fs.local_path(""))
-        for n in already:
-            tracker.purge_model_version(n)
+        if v.status != versions.PURGED and set(v.shards.values()) & dead:
+            versions.mark_purged(store, v, request_id)
+            purged_versions.append(v.model_version)
+    already = [v.model_version for v in versions.all_versions(store) if v.purged_by == request_id]
+    registry.purge_versions(store, cfg, already)
     deleted = []
     for cid in sorted(dead):
         rel = layout.checkpoint_dir(checkpoints.shard_of(cid), cid)

@@ -42,6 +42,20 @@ class DeletionPlan:
         d["cost_fraction"] = self.cost_fraction
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> DeletionPlan:
+        """Read back a plan from a ledger entry (derived keys such as cost_fraction are recomputed)."""
+        shards = [ShardPlan(**{k: s[k] for k in ("shard_id", "earliest_slice", "last_slice", "records", "slices_hit")}) for s in d.get("shards", [])]
+        plan = cls(d["selector_kind"], d["records"], shards)
+        for name in ("unaffected_shards", "retrain_cost", "full_cost", "missing", "already_deleted"):
+            if name in d:
+                setattr(plan, name, d[name])
+        return plan
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return [s.shard_id for s in self.shards]
+
 
 def slice_cost(counts: dict[int, int], slice_idx: int, epochs: int, mode: str) -> float:
     """Record-passes of training one slice (counts: slice → records after the deletion)."""
@@ -106,15 +120,3 @@ def tainted_checkpoints(parents: dict[str, str | None], own_hits: set[str]) -> s
         out.add(cid)
         stack.extend(children.get(cid, []))
     return out
-
-
-def ancestor_at(parents: dict[str, str | None], checkpoint_id: str, slice_idx: int, slice_of) -> str | None:
-    """The checkpoint at `slice_idx` in `checkpoint_id`'s ancestry (None when slice_idx < 0)."""
-    if slice_idx < 0:
-        return None
-    cid: str | None = checkpoint_id
-    while cid is not None and slice_of(cid) > slice_idx:
-        cid = parents.get(cid)
-    if cid is None or slice_of(cid) != slice_idx:
-        return None
-    return cid

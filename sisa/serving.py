@@ -13,9 +13,11 @@ from typing import Any
 
 import torch
 
-from sisa import adapters, aggregate, checkpoints
+from sisa import adapters, aggregate, checkpoints, versions
 from sisa.config import SisaConfig
 from sisa.model import encode_texts, load_base_model
+from sisa.versions import ModelVersion
+from storage.errors import StoreError
 from storage.store import Store
 
 
@@ -89,3 +91,11 @@ def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts
     ens = load_ensemble(store, cfg, shards)
     ensemble, per = score_records(ens, texts, prompts, cfg.training.max_length)
     return {"ensemble": mean(ensemble), "per_shard": {str(k): mean(v) for k, v in per.items()}}
+
+
+def load_serving(store: Store, cfg: SisaConfig, model_version: int | None = None) -> tuple[ModelVersion, Ensemble]:
+    """The serving version (or `model_version`) and its loaded ensemble."""
+    v = versions.current(store) if model_version is None else versions.read(store, model_version)
+    if v is None:
+        raise StoreError("no model version serves yet: run `sisa train` first")
+    return v, load_ensemble(store, cfg, versions.shard_checkpoints(v))

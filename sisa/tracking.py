@@ -12,34 +12,29 @@ keep it that way).
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sqlite3
 from pathlib import Path
 
-# Must precede the first mlflow import: telemetry is configured at import time.
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-
-from mlflow.entities import Metric, Param, ViewType  # noqa: E402
-from mlflow.entities.lifecycle_stage import LifecycleStage  # noqa: E402
-from mlflow.exceptions import MlflowException  # noqa: E402
-from mlflow.protos.databricks_pb2 import (  # noqa: E402
+# MLflow reads MLFLOW_DISABLE_TELEMETRY at import time: the entry points (the CLI, Ray workers,
+# tests) set it through sisa.offline before anything imports this module.
+from mlflow.entities import Metric, Param, ViewType
+from mlflow.entities.lifecycle_stage import LifecycleStage
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
     ErrorCode,
 )
-from mlflow.store.artifact.artifact_repository_registry import (  # noqa: E402
+from mlflow.store.artifact.artifact_repository_registry import (
     get_artifact_repository,
 )
-from mlflow.tracking import MlflowClient  # noqa: E402
-from mlflow.utils.time import get_current_time_millis  # noqa: E402
+from mlflow.tracking import MlflowClient
+from mlflow.utils.time import get_current_time_millis
 
-from sisa.config import TrackingConfig  # noqa: E402
-from storage.errors import ConfigError, NotFoundError, RefusedError  # noqa: E402
-
-logging.getLogger("mlflow").setLevel(logging.WARNING)
-logging.getLogger("alembic").setLevel(logging.WARNING)
+from sisa.config import TrackingConfig
+from storage.errors import ConfigError, NotFoundError, RefusedError
 
 MAX_VALUE_CHARS = 500
 _SQLITE = "sqlite:///"

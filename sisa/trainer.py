@@ -17,6 +17,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,20 +112,26 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.o
     return torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay, foreach=False)
 
 
-def configure_torch(threads: int) -> int:
-    previous = torch.get_num_threads()
+@contextmanager
+def deterministic_torch(threads: int) -> Iterator[None]:
+    """Deterministic kernels and a fixed thread count while the block runs; the caller's settings
+    come back afterwards (a serial shard job or the fast path runs in the caller's process)."""
+    threads_before = torch.get_num_threads()
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    warn_only_before = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    return previous
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads_before)
+        torch.use_deterministic_algorithms(deterministic_before, warn_only=warn_only_before)
 
 
 def train_shard(task: ShardTask) -> ShardResult:
     cfg = build_config(task.config)
-    previous_threads = configure_torch(cfg.scheduler.threads_per_task)
-    try:
+    with deterministic_torch(cfg.scheduler.threads_per_task):
         return _train_shard(task, cfg)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:

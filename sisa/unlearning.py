@@ -14,7 +14,6 @@ it and the purge deletes it.
 from __future__ import annotations
 
 import os
-import secrets
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +23,8 @@ from sisa.config import SisaConfig
 from sisa.deletion import read_texts, retain_texts
 from sisa.model import encode_texts, load_base_model, token_logprobs
 from sisa.sharding import derive_seed
-from sisa.trainer import configure_torch, make_optimizer
-from storage.store import Store, checkpoint_slice
+from sisa.trainer import deterministic_torch, make_optimizer
+from storage.store import Store
 
 
 def _seq_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -46,8 +45,7 @@ def unlearn_adapter(
     """Load a shard checkpoint, run `cfg.unlearning.steps` steps, return (peft model, optimizer, losses)."""
     uc = cfg.unlearning
     # The fast path runs alone in the driver before the retrain starts: every core is free.
-    previous = configure_torch(max(cfg.scheduler.threads_per_task, os.cpu_count() or 1))
-    try:
+    with deterministic_torch(max(cfg.scheduler.threads_per_task, os.cpu_count() or 1)):
         base, tokenizer = load_base_model(cfg.model)
         model = adapters.attach_lora(base, cfg.lora)
         ckpt = checkpoints.open_checkpoint(store, checkpoint_id)
@@ -85,8 +83,6 @@ def unlearn_adapter(
             history.append(float(loss.detach()))
         model.eval()
         return model, optimizer, history
-    finally:
-        torch.set_num_threads(previous)
 
 
 def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving_shards: dict[int, str]) -> dict[int, str]:
@@ -104,7 +100,7 @@ def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving
         parent = serving_shards[shard]
         model, optimizer, history = unlearn_adapter(store, cfg, parent, texts, retain, request_id)
         pman = checkpoints.read_manifest(store, shard, parent)
-        cid = f"s{shard:05d}-l{checkpoint_slice(parent):06d}-approx{secrets.token_hex(5)}"
+        cid = checkpoints.make_approximate_id(parent)
         manifest = {
             **{k: pman[k] for k in ("shard_id", "slice_idx", "lineage_digest", "training_fingerprint", "config_fingerprint", "base_model", "base_model_fingerprint")},
             "parent_checkpoint_id": parent,

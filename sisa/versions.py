@@ -1,12 +1,17 @@
 """Model versions: a numbered set {shard_id → checkpoint_id} plus how they are aggregated.
 
-A version is written once (append-only), then becomes current by one atomic pointer write.
-Its `status` only ever moves from `active` to `purged` (a deletion destroyed one of its
-checkpoints); a purged version can never serve again.
+A version entry is created once and becomes current by one atomic pointer write. Afterwards only
+two things about it ever change, each by an atomic rewrite of its one file: its `status` moves
+from `active` to `purged` (a deletion destroyed one of its checkpoints; a purged version can
+never serve again), and it gains its MLflow reference (`mlflow`) once it is tracked. The set of
+checkpoints, the aggregation and the reason never change.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+from dataclasses import dataclass, field
 from typing import Any
 
 from storage import ledgers
@@ -14,19 +19,76 @@ from storage.errors import StoreError
 from storage.faults import maybe_die
 from storage.store import Store, now_iso
 
-ACTIVE = "active"
-PURGED = "purged"
+SCHEMA_VERSION = 1
 
 
-def current(store: Store) -> dict[str, Any] | None:
+class VersionStatus(enum.StrEnum):
+    ACTIVE = "active"
+    PURGED = "purged"
+
+
+ACTIVE = VersionStatus.ACTIVE
+PURGED = VersionStatus.PURGED
+
+
+@dataclass
+class ModelVersion:
+    model_version: int
+    shards: dict[int, str]  # shard_id → checkpoint_id
+    reason: str
+    created_at: str
+    training_fingerprint: str
+    base_model: str
+    aggregation: str = "uniform"
+    parent: int | None = None
+    status: VersionStatus = VersionStatus.ACTIVE
+    approximate: bool = False
+    excluded_shards: list[int] = field(default_factory=list)
+    request_id: str | None = None
+    request_ids: list[str] = field(default_factory=list)  # a batch commits one version for many
+    purged_by: str | None = None
+    mlflow: dict[str, str] | None = None
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer sisa wrote, kept as they are
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "shards":
+                value = {str(k): value[k] for k in sorted(value)}
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelVersion:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs["shards"] = {int(k): v for k, v in d["shards"].items()}
+        kwargs["status"] = VersionStatus(d.get("status", "active"))
+        # Version 1 of sisa wrote "ensemble" for the uniform token-level mean.
+        if kwargs.get("aggregation") == "ensemble":
+            kwargs["aggregation"] = "uniform"
+        kwargs.setdefault("training_fingerprint", "")
+        kwargs.setdefault("base_model", "")
+        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known and k != "extra"})
+
+
+def read(store: Store, model_version: int) -> ModelVersion:
+    return ModelVersion.from_dict(ledgers.read_version(store.fs, model_version))
+
+
+def current(store: Store) -> ModelVersion | None:
     n = ledgers.read_current(store.fs)
-    return None if n is None else ledgers.read_version(store.fs, n)
+    return None if n is None else read(store, n)
 
 
-def shard_checkpoints(version: dict[str, Any] | None) -> dict[int, str]:
-    if version is None:
-        return {}
-    return {int(k): v for k, v in version["shards"].items()}
+def shard_checkpoints(version: ModelVersion | None) -> dict[int, str]:
+    return {} if version is None else dict(version.shards)
 
 
 def commit_version(
@@ -39,37 +101,43 @@ def commit_version(
     excluded_shards: list[int] | None = None,
     request_id: str | None = None,
     make_current: bool = True,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    aggregation: str = "uniform",
+    request_ids: list[str] | None = None,
+) -> ModelVersion:
     """Write a new version entry, then (by default) move the current pointer to it."""
     if not shards:
         raise StoreError("no shard has a checkpoint: ingest records and train first")
-    parent = ledgers.read_current(store.fs)
-    entry = {
-        "model_version": ledgers.next_version_number(store.fs),
-        "shards": {str(k): shards[k] for k in sorted(shards)},
-        "aggregation": "ensemble",
-        "reason": reason,
-        "parent": parent,
-        "created_at": now_iso(),
-        "status": ACTIVE,
-        "approximate": approximate,
-        "excluded_shards": sorted(excluded_shards or []),
-        "request_id": request_id,
-        "training_fingerprint": training_fingerprint,
-        "base_model": base_model,
-        **(extra or {}),
-    }
-    ledgers.write_version(store.fs, entry, new=True)
+    entry = ModelVersion(
+        model_version=ledgers.next_version_number(store.fs),
+        shards=dict(shards),
+        reason=reason,
+        created_at=now_iso(),
+        training_fingerprint=training_fingerprint,
+        base_model=base_model,
+        aggregation=aggregation,
+        parent=ledgers.read_current(store.fs),
+        approximate=approximate,
+        excluded_shards=sorted(excluded_shards or []),
+        request_id=request_id,
+        request_ids=list(request_ids or ([request_id] if request_id else [])),
+    )
+    ledgers.write_version(store.fs, entry.to_dict(), new=True)
     maybe_die("pointer-move")
     if make_current:
-        ledgers.write_current(store.fs, entry["model_version"])
+        ledgers.write_current(store.fs, entry.model_version)
     return entry
 
 
-def update_version(store: Store, entry: dict[str, Any]) -> None:
-    ledgers.write_version(store.fs, entry, new=False)
+def mark_purged(store: Store, entry: ModelVersion, request_id: str) -> None:
+    entry.status = VersionStatus.PURGED
+    entry.purged_by = request_id
+    ledgers.write_version(store.fs, entry.to_dict(), new=False)
 
 
-def all_versions(store: Store) -> list[dict[str, Any]]:
-    return sorted(ledgers.list_versions(store.fs), key=lambda v: v["model_version"])
+def record_tracking(store: Store, entry: ModelVersion, mlflow: dict[str, str]) -> None:
+    entry.mlflow = mlflow
+    ledgers.write_version(store.fs, entry.to_dict(), new=False)
+
+
+def all_versions(store: Store) -> list[ModelVersion]:
+    return sorted((ModelVersion.from_dict(d) for d in ledgers.list_versions(store.fs)), key=lambda v: v.model_version)

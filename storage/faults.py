@@ -12,7 +12,9 @@ prove that every stage leaves the serving version intact and the work resumable.
     forget-during-purge     some tainted checkpoints deleted, not all
     pointer-move            a version entry written, the current pointer not yet moved
 
-`SISA_FAULT_AFTER=n` lets the stage pass n times before dying (e.g. the second slice).
+`SISA_FAULT_AFTER=n` lets the stage pass n times before dying (e.g. the second slice): each
+pass counts it down in this process's environment (only when `SISA_FAULT` names the stage; no
+module state), so the count lives where the setting does.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from __future__ import annotations
 import os
 import signal
 
-_seen: dict[str, int] = {}
-
 
 def maybe_die(stage: str) -> None:
     if os.environ.get("SISA_FAULT") != stage:
         return
-    _seen[stage] = _seen.get(stage, 0) + 1
-    if _seen[stage] > int(os.environ.get("SISA_FAULT_AFTER", "0")):
-        os.kill(os.getpid(), signal.SIGKILL)
+    passes_left = int(os.environ.get("SISA_FAULT_AFTER", "0"))
+    if passes_left > 0:
+        os.environ["SISA_FAULT_AFTER"] = str(passes_left - 1)
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

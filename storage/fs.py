@@ -41,6 +41,9 @@ class StoreFS:
             root = os.path.abspath(uri)
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        # Bumped by every write, move and delete through this object: caches of what the store
+        # holds (the record index) key on it, so this process never reads its own change stale.
+        self.generation = 0
 
     # -- paths ---------------------------------------------------------------------------------
     def full(self, rel: str) -> str:
@@ -120,6 +123,7 @@ class StoreFS:
         if self.is_local:
             _fsync(self.full(tmp))
         self._move_into_place(tmp, rel)
+        self.generation += 1
         return hashlib.sha256(data).hexdigest()
 
     def write_json(self, rel: str, obj: Any) -> str:
@@ -143,6 +147,7 @@ class StoreFS:
 
     def delete(self, rel: str) -> None:
         """Delete a file or a folder; missing is fine (deletion is idempotent)."""
+        self.generation += 1
         info = self.fs.get_file_info(self.full(rel))
         if info.type == pafs.FileType.Directory:
             self.fs.delete_dir(self.full(rel))
@@ -165,6 +170,7 @@ class StoreFS:
     def move_dir(self, src_rel: str, dst_rel: str) -> None:
         """Move a staged folder into place; the destination must not exist."""
         parent = dst_rel.rsplit("/", 1)[0]
+        self.generation += 1
         self.fs.create_dir(self.full(parent), recursive=True)
         if self.is_local:
             os.rename(self.full(src_rel), self.full(dst_rel))

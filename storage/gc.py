@@ -15,15 +15,15 @@ from storage.fs import StoreFS
 def find_orphans(fs: StoreFS, committed_ingests: set[str]) -> list[str]:
     out = [fs.rel(i.path) for i in fs.list(layout.TMP)]
     for info in fs.list(layout.DATA, recursive=True):
-        if info.path.endswith(".parquet") and records._ingest_of(info.path) not in committed_ingests:
+        if info.path.endswith(".parquet") and records.ingest_of_part(info.path) not in committed_ingests:
             out.append(fs.rel(info.path))
     for info in fs.list(layout.INDEX):
-        if info.path.endswith(".parquet") and records._ingest_of(info.path) not in committed_ingests:
+        if info.path.endswith(".parquet") and records.ingest_of_part(info.path) not in committed_ingests:
             out.append(fs.rel(info.path))
     for shard_dir in fs.list(layout.CHECKPOINTS):
         for ckpt in fs.list(fs.rel(shard_dir.path)):
             rel = fs.rel(ckpt.path)
-            if ckpt.type.name == "Directory" and not fs.exists(f"{rel}/manifest.json"):
+            if ckpt.type.name == "Directory" and not fs.exists(f"{rel}/{layout.CHECKPOINT_MANIFEST}"):
                 out.append(rel)
     return sorted(out)
 

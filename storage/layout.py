@@ -31,6 +31,9 @@ TMP = "tmp"
 REPORTS = "reports"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+# A checkpoint folder exists once this file is in it (written last); the other file names and
+# the checkpoint id format belong to sisa/checkpoints.py.
+CHECKPOINT_MANIFEST = "manifest.json"
 
 
 def shard_dir(shard_id: int) -> str:
@@ -57,8 +60,18 @@ def ingest_entry(seq: int, ingest_id: str) -> str:
     return f"{INGESTS}/{seq:06d}-{ingest_id}.json"
 
 
+def ingest_id_of_entry(path: str) -> str:
+    """The ingest id in an ingest entry's file name (`NNNNNN-<ingest_id>.json`)."""
+    name = path.rsplit("/", 1)[-1]
+    return name[len("000000-") : -len(".json")]
+
+
+def checkpoints_of_shard(shard_id: int) -> str:
+    return f"{CHECKPOINTS}/shard={shard_id:05d}"
+
+
 def checkpoint_dir(shard_id: int, checkpoint_id: str) -> str:
-    return f"{CHECKPOINTS}/shard={shard_id:05d}/{checkpoint_id}"
+    return f"{checkpoints_of_shard(shard_id)}/{checkpoint_id}"
 
 
 def version_entry(model_version: int) -> str:

@@ -1,8 +1,11 @@
-"""Append-only ledgers and the current pointer.
+"""Ledgers (ingests, model versions, deletion requests) and the current pointer.
 
 Each ledger entry is its own small JSON file written atomically, so an entry is either wholly
-there or absent, and appending never rewrites history. Deletion requests are the one ledger whose
-entries change (their status moves forward); each change is an atomic rewrite of that one file.
+there or absent. A new entry is created once (`write_new_json` refuses to overwrite); afterwards
+an entry changes only by an atomic rewrite of that one file: a deletion request's status moves
+forward, a model version's status moves from active to purged and gains its MLflow reference,
+an ingest's record count drops when a deletion removes some of its records. This module speaks
+plain JSON dicts; `sisa/` gives them types.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from storage import layout
-from storage.errors import NotFoundError, ValidationError
+from storage.errors import NotFoundError, StoreError, ValidationError
 from storage.fs import StoreFS
 
 
@@ -20,7 +23,9 @@ def list_ingests(fs: StoreFS) -> list[dict[str, Any]]:
 
 
 def write_ingest(fs: StoreFS, entry: dict[str, Any]) -> None:
-    assert fs.write_new_json(layout.ingest_entry(entry["seq"], entry["ingest_id"]), entry)
+    rel = layout.ingest_entry(entry["seq"], entry["ingest_id"])
+    if not fs.write_new_json(rel, entry):
+        raise StoreError(f"ingest entry {rel} exists already; another writer committed the same ingest")
 
 
 def rewrite_ingest(fs: StoreFS, entry: dict[str, Any]) -> None:
@@ -43,7 +48,8 @@ def read_version(fs: StoreFS, model_version: int) -> dict[str, Any]:
 def write_version(fs: StoreFS, entry: dict[str, Any], new: bool = True) -> None:
     rel = layout.version_entry(entry["model_version"])
     if new:
-        assert fs.write_new_json(rel, entry), f"model version {entry['model_version']} exists"
+        if not fs.write_new_json(rel, entry):
+            raise StoreError(f"model version {entry['model_version']} exists already; another writer committed it")
     else:
         fs.write_json(rel, entry)
 

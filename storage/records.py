@@ -16,7 +16,7 @@ from storage import layout
 from storage.fs import StoreFS
 
 
-def _ingest_of(part_path: str) -> str:
+def ingest_of_part(part_path: str) -> str:
     name = part_path.rsplit("/", 1)[-1]
     return name[len("part-000000-") : -len(".parquet")]
 
@@ -24,7 +24,7 @@ def _ingest_of(part_path: str) -> str:
 def list_parts(fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str]) -> list[str]:
     """Committed part paths of one slice, in ingest order."""
     infos = fs.list(layout.slice_dir(shard_id, slice_idx))
-    return [fs.rel(i.path) for i in infos if i.path.endswith(".parquet") and _ingest_of(i.path) in committed]
+    return [fs.rel(i.path) for i in infos if i.path.endswith(".parquet") and ingest_of_part(i.path) in committed]
 
 
 def list_slices(fs: StoreFS, shard_id: int, committed: set[str]) -> list[int]:
@@ -53,7 +53,7 @@ def write_part(fs: StoreFS, shard_id: int, slice_idx: int, seq: int, ingest_id: 
     return rel
 
 
-def remove_records(fs: StoreFS, part_rel: str, record_ids: pa.Array) -> int:
+def rewrite_part_without(fs: StoreFS, part_rel: str, record_ids: pa.Array) -> int:
     """Rewrite one part without the given records; returns how many rows went.
 
     The new file replaces the old one by an atomic rename, so the old bytes are unlinked; an

@@ -7,7 +7,6 @@ It speaks Arrow tables, ids and relative paths; it knows nothing of torch.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 import pyarrow as pa
@@ -26,6 +25,7 @@ class Store:
         self.fs = fs
         self.meta = meta
         self.key = key
+        self._index_cache: tuple[tuple, RecordIndex] | None = None
 
     # -- opening ---------------------------------------------------------------------------------
     @classmethod
@@ -85,35 +85,34 @@ class Store:
     def ingests(self) -> list[dict[str, Any]]:
         return ledgers.list_ingests(self.fs)
 
-    @cached_property
+    @property
     def committed_ingests(self) -> set[str]:
-        return {e["ingest_id"] for e in self.ingests()}
+        """Ingest ids with a ledger entry, read from the folder listing (never cached: another
+        process may commit an ingest at any time)."""
+        return {layout.ingest_id_of_entry(i.path) for i in self.fs.list(layout.INGESTS) if i.path.endswith(".json")}
 
-    def refresh(self) -> None:
-        """Forget cached reads after this process changed the store."""
-        self.__dict__.pop("committed_ingests", None)
-        self.__dict__.pop("index", None)
-
-    @cached_property
+    @property
     def index(self) -> RecordIndex:
+        """The record index of the committed ingests. Always current: the parts are re-read
+        whenever this process wrote to the store, or the listing (names, sizes, modification times)
+        of the committed index parts changed (another process wrote) since the last read."""
         committed = self.committed_ingests
-        parts = [
-            self.fs.read_parquet(self.fs.rel(i.path))
-            for i in self.fs.list(layout.INDEX)
-            if i.path.endswith(".parquet") and records._ingest_of(i.path) in committed
-        ]
-        parts = [p.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA) for p in parts]
-        return RecordIndex(pa.concat_tables(parts) if parts else None)
+        infos = [i for i in self.fs.list(layout.INDEX) if i.path.endswith(".parquet") and records.ingest_of_part(i.path) in committed]
+        key = (self.fs.generation, tuple((i.path, i.size, i.mtime_ns) for i in infos))
+        if self._index_cache is None or self._index_cache[0] != key:
+            parts = [self.fs.read_parquet(self.fs.rel(i.path)) for i in infos]
+            parts = [p.select(INDEX_SCHEMA.names).cast(INDEX_SCHEMA) for p in parts]
+            self._index_cache = (key, RecordIndex(pa.concat_tables(parts) if parts else None))
+        return self._index_cache[1]
 
     def index_parts(self) -> list[str]:
         committed = self.committed_ingests
-        return [self.fs.rel(i.path) for i in self.fs.list(layout.INDEX) if i.path.endswith(".parquet") and records._ingest_of(i.path) in committed]
+        return [self.fs.rel(i.path) for i in self.fs.list(layout.INDEX) if i.path.endswith(".parquet") and records.ingest_of_part(i.path) in committed]
 
-    def slices(self, shard_id: int) -> list[int]:
-        """The shard's slices: those with committed records, and those a checkpoint trained
-        (a slice emptied by a deletion stays a slice: its checkpoint exists and seals it)."""
-        trained = {checkpoint_slice(c) for c in self.checkpoint_ids(shard_id)}
-        return sorted(set(records.list_slices(self.fs, shard_id, self.committed_ingests)) | trained)
+    def record_slices(self, shard_id: int) -> list[int]:
+        """Slices of the shard that hold committed records. A slice a checkpoint trained stays a
+        slice after a deletion empties it: `sisa.checkpoints.shard_slices` adds those."""
+        return records.list_slices(self.fs, shard_id, self.committed_ingests)
 
     def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None) -> pa.Table | None:
         return records.read_slice(self.fs, shard_id, slice_idx, self.committed_ingests, columns)
@@ -121,18 +120,10 @@ class Store:
     def slice_parts(self, shard_id: int, slice_idx: int) -> list[str]:
         return records.list_parts(self.fs, shard_id, slice_idx, self.committed_ingests)
 
-    # -- checkpoints (bytes only; sisa/checkpoints.py writes and reads their contents) -----------
-    def checkpoint_ids(self, shard_id: int) -> list[str]:
-        base = f"{layout.CHECKPOINTS}/shard={shard_id:05d}"
-        return [i.path.rsplit("/", 1)[-1] for i in self.fs.list(base) if i.type.name == "Directory"]
-
-    def sealed_slices(self) -> dict[int, int]:
-        """shard_id → highest slice_idx that some checkpoint has trained (sealed against appends)."""
-        out: dict[int, int] = {}
-        for shard_id in range(self.num_shards):
-            for ckpt in self.checkpoint_ids(shard_id):
-                out[shard_id] = max(out.get(shard_id, -1), checkpoint_slice(ckpt))
-        return out
+    # -- checkpoint folders (names and contents belong to sisa/checkpoints.py) -------------------
+    def checkpoint_folders(self, shard_id: int) -> list[str]:
+        """Names of the shard's checkpoint folders."""
+        return [i.path.rsplit("/", 1)[-1] for i in self.fs.list(layout.checkpoints_of_shard(shard_id)) if i.type.name == "Directory"]
 
     # -- versions --------------------------------------------------------------------------------
     def current_version(self) -> int | None:
@@ -140,11 +131,6 @@ class Store:
 
     def size_bytes(self) -> int:
         return self.fs.size("")
-
-
-def checkpoint_slice(checkpoint_id: str) -> int:
-    """Checkpoint ids read `sSSSSS-lLLLLLL-<digest>`: shard and slice are in the name."""
-    return int(checkpoint_id.split("-")[1][1:])
 
 
 def now_iso() -> str:

@@ -55,3 +55,40 @@ def test_storage_knows_no_torch() -> None:
 def test_one_home_per_heavy_library(library: str) -> None:
     users = {str(p.relative_to(ROOT)) for p in _sources() if any(m.split(".")[0] == library for m in _imports(p))}
     assert users <= HOMES[library], f"{library} is imported by {sorted(users - HOMES[library])}; only {sorted(HOMES[library])} may"
+
+
+SHARED_PIPELINES = {"pipelines.common", "pipelines.cli"}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "pipelines").glob("*.py")), ids=lambda p: p.name)
+def test_verbs_import_no_other_verb(path: Path) -> None:
+    """A verb is a recipe over sisa/; what two verbs share lives in sisa/ or pipelines/common.py."""
+    own = f"pipelines.{path.stem}"
+    others = {m for m in _imports(path) if m.startswith("pipelines") and m not in SHARED_PIPELINES | {own, "pipelines"}}
+    tree = ast.parse(path.read_text())
+    others |= {f"pipelines.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "pipelines" for a in n.names if f"pipelines.{a.name}" not in SHARED_PIPELINES}
+    assert not others, f"{path.name} imports other verbs {sorted(others)}"
+
+
+def test_no_assert_carries_a_side_effect() -> None:
+    """`python -O` drops asserts: an assert in library code may only check, never call anything
+    that writes. Calls inside an assert are allowed only for pure predicates named here."""
+    pure = {"isinstance", "len", "all", "any", "set", "sorted", "callable", "hasattr"}
+    offenders = []
+    for path in _sources():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Assert):
+                calls = [c for c in ast.walk(node.test) if isinstance(c, ast.Call)]
+                names = {c.func.id if isinstance(c.func, ast.Name) else c.func.attr for c in calls}
+                if names - pure:
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {sorted(names - pure)}")
+    assert not offenders, offenders
+
+
+def test_no_module_shadows_a_package() -> None:
+    """A module named like a well-known package (or a sibling package) breaks imports for whoever
+    runs a script next to it; and sisa/ and pipelines/ do not share module names."""
+    shadowed = {"requests", "storage", "sisa", "pipelines", "datasets", "ray", "mlflow", "torch", "peft", "transformers", "yaml", "json", "logging", "types"}
+    modules = [p for d in ("sisa", "pipelines", "storage", "benchmarks") for p in (ROOT / d).glob("*.py")]
+    assert not [str(p.relative_to(ROOT)) for p in modules if p.stem in shadowed]
+    assert not {p.stem for p in (ROOT / "sisa").glob("*.py")} & {p.stem for p in (ROOT / "pipelines").glob("*.py")} - {"__init__"}

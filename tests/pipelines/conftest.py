@@ -20,7 +20,7 @@ from sisa import checkpoints, versions
 from sisa.config import SisaConfig, load_config
 from sisa.sharding import assign_shards
 from sisa.synthetic import make_people, write_jsonl
-from storage.store import Store, checkpoint_slice
+from storage.store import Store
 from tests.helpers import tree_digest  # noqa: F401  (re-exported to the tests here)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def chain(store: Store, checkpoint_id: str) -> dict[int, str]:
     out: dict[int, str] = {}
     cid: str | None = checkpoint_id
     while cid is not None:
-        out[checkpoint_slice(cid)] = cid
+        out[checkpoints.slice_of(cid)] = cid
         cid = checkpoints.read_manifest(store, checkpoints.shard_of(cid), cid).get("parent_checkpoint_id")
     return out
 
@@ -97,8 +97,8 @@ def all_checkpoints(store: Store) -> dict[tuple[int, int], list[str]]:
     """(shard_id, slice_idx) → checkpoint ids on disk."""
     out: dict[tuple[int, int], list[str]] = {}
     for shard in range(store.num_shards):
-        for cid in store.checkpoint_ids(shard):
-            out.setdefault((shard, checkpoint_slice(cid)), []).append(cid)
+        for cid in checkpoints.checkpoint_ids(store, shard):
+            out.setdefault((shard, checkpoints.slice_of(cid)), []).append(cid)
     return out
 
 
@@ -126,7 +126,7 @@ def layout_of(store: Store) -> dict[tuple[int, int], list[str]]:
     """(shard_id, slice_idx) → record ids in the order training reads them."""
     out = {}
     for shard in range(store.num_shards):
-        for sl in store.slices(shard):
+        for sl in checkpoints.shard_slices(store, shard):
             t = store.read_slice(shard, sl, columns=["record_id"])
             out[(shard, sl)] = [] if t is None else t["record_id"].to_pylist()
     return out

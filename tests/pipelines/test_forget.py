@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from pipelines import forget, rollback, train
-from pipelines import versions as versions_pipeline
+from pipelines import list_versions as versions_pipeline
 from sisa import checkpoints, deletion, scheduler, serving, versions
 from sisa.synthetic import make_people
 from sisa.trainer import ShardTask, train_shard
 from storage import ledgers
 from storage.errors import RefusedError, ValidationError
-from storage.store import Store, checkpoint_slice
+from storage.store import Store
 from tests.pipelines.conftest import (
     adapter_tensors,
     all_checkpoints,
@@ -65,7 +65,7 @@ def _subject_in_middle_slice(store: Store) -> tuple[str, int, int]:
     for subject, places in sorted(where.items()):
         if len(places) == 1:
             ((shard, sl),) = places
-            if 0 < sl < max(store.slices(shard)):
+            if 0 < sl < max(checkpoints.shard_slices(store, shard)):
                 candidates.append((subject, shard, sl))
     assert candidates, "the data should give some subject a middle slice"
     return candidates[len(candidates) // 2]
@@ -114,7 +114,7 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
         shard = {r["record_id"]: r["shard_id"] for r in store.index.table.to_pylist()}[rid]
         earliest[shard] = min(earliest.get(shard, 10**9), slice_of[rid])
     before = versions.current(store)
-    before_chains = {s: chain(store, before["shards"][str(s)]) for s in affected}
+    before_chains = {s: chain(store, before.shards[s]) for s in affected}
     before_ckpts = tree_digest(tmp_path / "a" / "s" / "checkpoints")
     layout_before = layout_of(store)
 
@@ -123,9 +123,8 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
     assert req["status"] == "completed" and req["mode"] == "exact"
     assert {p["shard_id"]: p["earliest_slice"] for p in req["plan"]["shards"]} == earliest
     assert req["certificate"]["lineage_check"]["passed"] and req["certificate"]["purge_check"]["passed"]
-    store.refresh()
     after = versions.current(store)
-    assert after["model_version"] == 2 and after["reason"] == "forget" and after["request_id"] == req["request_id"]
+    assert after.model_version == 2 and after.reason == "forget" and after.request_id == req["request_id"]
     assert sorted(r["shard_id"] for r in req["retrained"]) == sorted(affected)
 
     # The records are physically gone from the data, and nothing else moved.
@@ -141,12 +140,12 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
         prefix = f"shard={shard:05d}"
         if shard not in affected:
             # Isolation: every checkpoint of an unaffected shard is byte-identical and reused.
-            assert after["shards"][str(shard)] == before["shards"][str(shard)]
+            assert after.shards[shard] == before.shards[shard]
             assert files_of(after_ckpts, prefix) == files_of(before_ckpts, prefix)
             continue
         # The affected shard restarts from the checkpoint before its earliest hit slice (reused
         # byte for byte); every checkpoint from there on is new and the tainted ones are gone.
-        before_chain, after_chain = before_chains[shard], chain(store, after["shards"][str(shard)])
+        before_chain, after_chain = before_chains[shard], chain(store, after.shards[shard])
         assert sorted(after_chain) == sorted(before_chain)
         for sl in sorted(before_chain):
             if sl < earliest[shard]:
@@ -157,7 +156,7 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
                 assert after_chain[sl] != before_chain[sl]
                 assert not checkpoint_dir(store, before_chain[sl]).exists()
                 assert before_chain[sl] in req["purge"]["checkpoints"]
-    assert versions.all_versions(store)[0]["status"] == "purged"
+    assert versions.all_versions(store)[0].status == "purged"
 
     # THE EXACTNESS CHECK: an independent store trained from scratch on the remaining records
     # holds the same adapter (and optimizer state) in every shard, tensor for tensor.
@@ -167,14 +166,14 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
     got, want = serving_shards(store), serving_shards(scratch)
     assert sorted(got) == sorted(want) == list(range(num_shards))
     for s in sorted(got):
-        assert checkpoint_slice(got[s]) == checkpoint_slice(want[s])
+        assert checkpoints.slice_of(got[s]) == checkpoints.slice_of(want[s])
         assert_tensors_equal(adapter_tensors(store, got[s]), adapter_tensors(scratch, want[s]), f"{mode}: shard {s} adapter")
         assert_tensors_equal(optimizer_tensors(store, got[s]), optimizer_tensors(scratch, want[s]), f"{mode}: shard {s} optimizer")
 
     # And a from-scratch replay inside the first store (one job over every slice) agrees too.
     replay = tmp_path / "replay"
     for shard in sorted(affected):
-        train_shard(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(checkpoint_slice(got[shard]) + 1)), None, replay_dir=str(replay)))
+        train_shard(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(checkpoints.slice_of(got[shard]) + 1)), None, replay_dir=str(replay)))
         replayed = load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors")
         assert_tensors_equal(adapter_tensors(store, got[shard]), replayed, f"{mode}: shard {shard} replay")
 
@@ -295,7 +294,6 @@ def test_unknown_ids_are_named_and_change_nothing(tmp_path, capfd):
     assert code == 0, err
     req = json.loads(out)["request"]
     assert req["status"] == "completed" and req["records"] == 1 and req["missing_skipped"] == 1
-    store.refresh()
     assert known not in store.index.table["record_id"].to_pylist()
 
 
@@ -348,11 +346,10 @@ def test_every_selector_forgets_what_it_names(tmp_path, capfd):
         req = json.loads(out)["request"]
         assert req["status"] == "completed" and req["selector"]["kind"] == kind and req["records"] == len(expect), flags
         assert sorted(req["id_hashes"]) == sorted(store.hash_ids(sorted(expect)))
-        store.refresh()
         assert set(store.index.table["record_id"].to_pylist()) == live_before - expect, flags
         on_disk = set()
         for shard in range(store.num_shards):
-            for sl in store.slices(shard):
+            for sl in checkpoints.shard_slices(store, shard):
                 t = store.read_slice(shard, sl, columns=["record_id"])
                 on_disk |= set() if t is None else set(t["record_id"].to_pylist())
         assert not on_disk & expect, flags
@@ -388,7 +385,7 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
     subject, shard, _ = _subject_in_middle_slice(store)
     gone = {r["record_id"] for r in rows if r["subject_id"] == subject}
     v1 = serving_shards(store)
-    target = {"delete": (deletion, "remove_records"), "retrain": (scheduler, "run_shard_jobs"), "purge": (deletion, "purge")}[crash_at]
+    target = {"delete": (deletion, "erase_records"), "retrain": (scheduler, "run_shard_jobs"), "purge": (deletion, "purge")}[crash_at]
     real = getattr(*target)
     calls = {"n": 0}
 
@@ -407,7 +404,6 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
     # The request was written before anything was destroyed; the ledger holds hashes only.
     assert req["id_hashes"] == sorted(store.hash_ids(sorted(gone)))
     assert not [g for g in gone if g in json.dumps(req)]
-    store.refresh()
     if crash_at == "delete":
         assert gone <= set(store.index.table["record_id"].to_pylist())
     if crash_at in ("delete", "retrain"):
@@ -432,13 +428,12 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
     assert final["status"] == "completed"
     assert final["certificate"]["lineage_check"]["passed"] and final["certificate"]["purge_check"]["passed"]
     assert forget.resume(cfg, quiet=True) == []
-    store.refresh()
     assert not gone & set(store.index.table["record_id"].to_pylist())
     after = serving_shards(store)
     assert {s: c for s, c in after.items() if s != shard} == {s: c for s, c in v1.items() if s != shard}
     # The resumed result is the from-scratch result.
     replay = tmp_path / "replay"
-    train_shard(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(checkpoint_slice(after[shard]) + 1)), None, replay_dir=str(replay)))
+    train_shard(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(checkpoints.slice_of(after[shard]) + 1)), None, replay_dir=str(replay)))
     assert_tensors_equal(adapter_tensors(store, after[shard]), load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors"), f"resumed after {crash_at}")
 
 
@@ -516,10 +511,10 @@ def test_fast_path_serves_an_approximate_version_then_the_exact_one(tmp_path, mo
     req = forget.run(cfg, "subject", [subject], fast=True, quiet=True)["request"]
 
     approx = seen["version"]
-    assert approx["model_version"] == 2 and approx["approximate"] is True and approx["reason"] == "forget-fast"
+    assert approx.model_version == 2 and approx.approximate is True and approx.reason == "forget-fast"
     assert seen["status"] != "completed"
     assert {s: c for s, c in versions.shard_checkpoints(approx).items() if s != shard} == {s: c for s, c in v1.items() if s != shard}
-    approx_ckpt = approx["shards"][str(shard)]
+    approx_ckpt = approx.shards[shard]
     assert approx_ckpt != v1[shard]
     # The approximate step measurably raises the forgotten records' loss; the retained records move less.
     assert seen["forget"] > forget_before
@@ -556,11 +551,11 @@ def test_isolate_serves_the_unaffected_shards_until_the_exact_version(tmp_path, 
     req = forget.run(cfg, "subject", [subject], isolate=True, quiet=True)["request"]
 
     iso = seen["version"]
-    assert iso["model_version"] == 2 and iso["excluded_shards"] == [shard] and iso["approximate"] is False
+    assert iso.model_version == 2 and iso.excluded_shards == [shard] and iso.approximate is False
     assert versions.shard_checkpoints(iso) == {s: c for s, c in v1.items() if s != shard}
     assert req["status"] == "completed" and req["versions"] == {"isolate": 2, "exact": 3}
     exact = versions.current(store)
-    assert exact["model_version"] == 3 and sorted(versions.shard_checkpoints(exact)) == sorted(v1)
+    assert exact.model_version == 3 and sorted(versions.shard_checkpoints(exact)) == sorted(v1)
     # The isolating version never held the records: it stays restorable.
     assert ledgers.read_version(store.fs, 2)["status"] == "active"
     assert ledgers.read_version(store.fs, 1)["status"] == "purged"

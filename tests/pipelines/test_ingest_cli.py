@@ -18,6 +18,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.ingest import ingest_table
+from sisa import checkpoints
 from sisa.config import load_config
 from storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
 from storage.store import Store
@@ -444,7 +445,7 @@ def test_a_second_ingest_appends_slices_and_leaves_existing_parts_alone(tmp_path
     s = Store.open(str(store))
     a_ids = {r["record_id"] for r in a}
     for shard in range(2):
-        for sl in s.slices(shard):
+        for sl in checkpoints.shard_slices(s, shard):
             ids = s.read_slice(shard, sl, columns=["record_id"])["record_id"].to_pylist()
             flags = [i in a_ids for i in ids]
             assert flags == sorted(flags, reverse=True)

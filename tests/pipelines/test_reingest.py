@@ -30,7 +30,6 @@ def test_forgotten_ids_and_subjects_are_refused_on_reingest(tmp_path):
     other = write_jsonl([{"record_id": "new-1", "subject_id": "person-00002", "text": "A new fact."}], tmp_path / "new.jsonl")
     with pytest.raises(ValidationError, match="subject"):
         ingest.run(cfg, [str(other)])
-    store.refresh()
     assert len(store.index) == before
 
     # With renewed consent the records come back.

@@ -14,15 +14,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipelines import forget, train
-from pipelines import versions as versions_pipeline
+from pipelines import list_versions as versions_pipeline
 from sisa import checkpoints, deletion, versions
 from sisa.synthetic import make_people
 from sisa.trainer import ShardTask, train_shard
 from storage import layout, ledgers
 from storage.errors import IntegrityError, RefusedError, ShardJobError
-from storage.store import Store, checkpoint_slice
+from storage.store import Store
 from tests.pipelines.conftest import (
     adapter_tensors,
     all_checkpoints,
@@ -79,14 +80,14 @@ def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
     assert store.current_version() == 1
     assert json.loads((tmp_path / "s" / layout.CURRENT).read_text()) == {"model_version": 1}
     v1 = versions.current(store)
-    assert v1["model_version"] == 1 and v1["status"] == "active" and v1["reason"] == "train"
-    assert v1["parent"] is None and v1["approximate"] is False
-    assert v1["training_fingerprint"] == cfg.training_fingerprint()
+    assert v1.model_version == 1 and v1.status == "active" and v1.reason == "train"
+    assert v1.parent is None and v1.approximate is False
+    assert v1.training_fingerprint == cfg.training_fingerprint()
     # One checkpoint per shard, at the shard's last slice, whose ancestry covers every slice.
     populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
     assert set(serving_shards(store)) == populated
     for shard, cid in serving_shards(store).items():
-        assert checkpoint_slice(cid) == max(store.slices(shard))
+        assert checkpoints.slice_of(cid) == max(checkpoints.shard_slices(store, shard))
         assert checkpoint_dir(store, cid).is_dir()
 
     listed = versions_pipeline.run(cfg)
@@ -97,7 +98,7 @@ def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
     # Nothing new: a second train is a no-op and commits nothing.
     res = train.run(cfg)
     assert res.noop and res.model_version == 1
-    assert [v["model_version"] for v in versions.all_versions(store)] == [1]
+    assert [v.model_version for v in versions.all_versions(store)] == [1]
 
 
 # -- determinism, manifests, lineage -----------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_two_stores_from_the_same_data_hold_identical_tensors(tmp_path):
     rows = make_people(20, seed=2)
     a = _train_store(tmp_path / "a", rows)
     b = _train_store(tmp_path / "b", rows)
-    assert sum(len(a.slices(s)) for s in range(a.num_shards)) >= 4  # several slices were trained
+    assert sum(len(checkpoints.shard_slices(a, s)) for s in range(a.num_shards)) >= 4  # several slices were trained
     _assert_same_checkpoints(a, b)
 
 
@@ -124,7 +125,7 @@ def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path)
         # Every file but the manifest is listed with its sha256, and the hashes match.
         on_disk = set(os.listdir(folder)) - {checkpoints.MANIFEST}
         assert set(manifest["files"]) == on_disk
-        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", "rng.safetensors", checkpoints.LINEAGE} <= on_disk
+        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", checkpoints.LINEAGE} <= on_disk
         for name, sha in manifest["files"].items():
             assert checkpoints._sha256_file(str(folder / name)) == sha, name
         for key in ("config_fingerprint", "training_fingerprint", "base_model_fingerprint", "library_versions", "lineage_digest"):
@@ -203,7 +204,7 @@ def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_pat
     assert mv.run_id == run.info.run_id and mv.tags["model_version"] == "1"
     alias = client.get_model_version_by_alias(cfg.tracking.registered_model, cfg.tracking.alias)
     assert str(alias.version) == reg1 and tracker.serving_version() == 1
-    assert versions.current(store)["mlflow"]["registered_version"] == reg1
+    assert versions.current(store).mlflow["registered_version"] == reg1
     # No alias is "no serving version", not an error (MLflow reports it as a bad parameter).
     client.delete_registered_model_alias(cfg.tracking.registered_model, cfg.tracking.alias)
     assert tracker.serving_version() is None
@@ -213,30 +214,29 @@ def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_pat
     # New people for shard 0 only: shard 0 trains its new slices, shard 1 is reused as is.
     shard1_before = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00001")
     shard0_before = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00000")
-    sealed0 = checkpoint_slice(v1[0])
+    sealed0 = checkpoints.slice_of(v1[0])
     ingest_rows(cfg, people_in_shards(6, 2, {0}, 6, start=500), tmp_path / "input" / "b.jsonl")
-    store.refresh()
-    assert max(store.slices(0)) > sealed0 and max(store.slices(1)) == checkpoint_slice(v1[1])
+    assert max(checkpoints.shard_slices(store, 0)) > sealed0 and max(checkpoints.shard_slices(store, 1)) == checkpoints.slice_of(v1[1])
     r2 = train.run(cfg)
     assert r2.model_version == 2
     assert [r.shard_id for r in r2.trained] == [0]
-    assert [s.slice_idx for s in r2.trained[0].slices] == list(range(sealed0 + 1, max(store.slices(0)) + 1))
+    assert [s.slice_idx for s in r2.trained[0].slices] == list(range(sealed0 + 1, max(checkpoints.shard_slices(store, 0)) + 1))
     assert r2.reused == {1: v1[1]}
     v2 = versions.current(store)
-    assert v2["model_version"] == 2 and v2["parent"] == 1
-    assert v2["shards"]["1"] == v1[1]
+    assert v2.model_version == 2 and v2.parent == 1
+    assert v2.shards[1] == v1[1]
     assert tree_digest(tmp_path / "s" / "checkpoints" / "shard=00001") == shard1_before
     # Shard 0's earlier checkpoints are untouched too; the new chain continues from v1's.
     after0 = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00000")
     assert {k: v for k, v in after0.items() if k in shard0_before} == shard0_before
-    assert checkpoints.read_manifest(store, 0, v2["shards"]["0"])["slice_idx"] == max(store.slices(0))
-    first_new = [c for c in store.checkpoint_ids(0) if checkpoint_slice(c) == sealed0 + 1]
+    assert checkpoints.read_manifest(store, 0, v2.shards[0])["slice_idx"] == max(checkpoints.shard_slices(store, 0))
+    first_new = [c for c in checkpoints.checkpoint_ids(store, 0) if checkpoints.slice_of(c) == sealed0 + 1]
     assert checkpoints.read_manifest(store, 0, first_new[0])["parent_checkpoint_id"] == v1[0]
 
     # Continuing slice by slice gives the bytes of training every slice at once.
     replay = tmp_path / "replay"
-    train_shard(ShardTask(store.uri, cfg.to_dict(), 0, tuple(range(max(store.slices(0)) + 1)), None, replay_dir=str(replay)))
-    assert_tensors_equal(adapter_tensors(store, v2["shards"]["0"]), load_tensors(replay / "shard=00000" / "adapter_model.safetensors"), "incremental vs at once")
+    train_shard(ShardTask(store.uri, cfg.to_dict(), 0, tuple(range(max(checkpoints.shard_slices(store, 0)) + 1)), None, replay_dir=str(replay)))
+    assert_tensors_equal(adapter_tensors(store, v2.shards[0]), load_tensors(replay / "shard=00000" / "adapter_model.safetensors"), "incremental vs at once")
 
     # MLflow: version 2 registered, the alias moved, version 1 still registered.
     reg2 = tracker.find_registered_version(2)
@@ -265,9 +265,8 @@ def test_a_failed_shard_job_names_the_shard_and_commits_nothing(tmp_path, backen
     assert train.run(cfg).model_version == 1
     store = Store.open(cfg.store.uri)
     ingest_rows(cfg, people_in_shards(8, 2, {0, 1}, 8, start=300), tmp_path / "input" / "b.jsonl")
-    store.refresh()
     # Damage the newest slice part of shard 1: its job fails, shard 0's job succeeds.
-    part = store.slice_parts(1, max(store.slices(1)))[-1]
+    part = store.slice_parts(1, max(checkpoints.shard_slices(store, 1)))[-1]
     Path(store.fs.full(part)).write_bytes(b"this is not a parquet file")
     serving_before = tree_digest(tmp_path / "s" / "versions"), (tmp_path / "s" / layout.CURRENT).read_bytes()
 
@@ -278,7 +277,7 @@ def test_a_failed_shard_job_names_the_shard_and_commits_nothing(tmp_path, backen
     # No partial version: the ledger and the pointer are exactly as before.
     assert (tree_digest(tmp_path / "s" / "versions"), (tmp_path / "s" / layout.CURRENT).read_bytes()) == serving_before
     assert store.current_version() == 1
-    assert [v["model_version"] for v in versions.all_versions(store)] == [1]
+    assert [v.model_version for v in versions.all_versions(store)] == [1]
 
 
 def test_train_refuses_while_a_deletion_request_is_open(tmp_path, capfd, monkeypatch):
@@ -294,7 +293,7 @@ def test_train_refuses_while_a_deletion_request_is_open(tmp_path, capfd, monkeyp
         calls["n"] += 1
         raise RuntimeError("simulated crash before the data is deleted")
 
-    monkeypatch.setattr(deletion, "remove_records", crash)
+    monkeypatch.setattr(deletion, "erase_records", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         forget.run(cfg, "subject", [rows[0]["subject_id"]], quiet=True)
     monkeypatch.undo()
@@ -317,3 +316,26 @@ def test_train_refuses_while_a_deletion_request_is_open(tmp_path, capfd, monkeyp
     (done,) = forget.resume(cfg, quiet=True)
     assert done["request"]["status"] == "completed"
     assert train.run(cfg).noop
+
+
+def test_resuming_from_a_checkpoint_is_exact_with_dropout(tmp_path):
+    """Slice by slice from checkpoints equals one run from scratch with LoRA dropout 0.1: every
+    slice reseeds torch from (seed, shard, slice), so no RNG state needs to travel in a checkpoint.
+    Dropout really acts: the same run without it gives other weights."""
+    cfg = make_cfg(tmp_path / "s", "sharding.num_shards=1", "sharding.slice_size=6", "lora.dropout=0.1")
+    ingest_rows(cfg, make_people(9, seed=31), tmp_path / "p.jsonl")
+    store = Store.open(cfg.store.uri)
+    last = max(checkpoints.shard_slices(store, 0))
+    assert last >= 2
+    parent = None
+    for sl in range(last + 1):  # one shard job per slice: each resumes from the previous checkpoint
+        parent = train_shard(ShardTask(store.uri, cfg.to_dict(), 0, (sl,), parent)).last_checkpoint_id
+    at_once = tmp_path / "at-once"
+    train_shard(ShardTask(store.uri, cfg.to_dict(), 0, tuple(range(last + 1)), None, replay_dir=str(at_once)))
+    stepwise = adapter_tensors(store, parent)
+    assert_tensors_equal(stepwise, load_tensors(at_once / "shard=00000" / "adapter_model.safetensors"), "resumed vs at once (dropout 0.1)")
+    no_dropout = make_cfg(tmp_path / "s", "sharding.num_shards=1", "sharding.slice_size=6", "lora.dropout=0.0")
+    plain = tmp_path / "plain"
+    train_shard(ShardTask(store.uri, no_dropout.to_dict(), 0, tuple(range(last + 1)), None, replay_dir=str(plain)))
+    other = load_tensors(plain / "shard=00000" / "adapter_model.safetensors")
+    assert any(not torch.equal(stepwise[k], other[k]) for k in stepwise)

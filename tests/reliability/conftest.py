@@ -23,6 +23,7 @@ import pytest
 
 from pipelines import ingest, train
 from pipelines.cli import main
+from sisa import checkpoints
 from sisa.config import SisaConfig, load_config
 from sisa.offline import OFFLINE_ENV
 from sisa.synthetic import make_people, write_jsonl
@@ -112,7 +113,7 @@ def subject_in_middle(store: Store) -> tuple[str, int, int]:
     for subject, places in sorted(where.items()):
         if len(places) == 1:
             ((shard, sl),) = places
-            if 0 < sl < max(store.slices(shard)):
+            if 0 < sl < max(checkpoints.shard_slices(store, shard)):
                 return subject, shard, sl
     raise AssertionError("the template data should give some subject a middle slice")
 

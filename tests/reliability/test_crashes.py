@@ -24,8 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import train
-from sisa import versions
+from sisa import checkpoints, training, versions
 from storage import layout, ledgers
 from storage.store import Store
 from tests.reliability.conftest import (
@@ -67,7 +66,7 @@ def serving_state(root: Path) -> tuple[int | None, dict[str, str]]:
         rel = layout.checkpoint_dir(shard, cid)
         for name, sha in tree_digest(store.fs.full(rel)).items():
             digest[f"{rel}/{name}"] = sha
-    return (current["model_version"] if current else None), digest
+    return (current.model_version if current else None), digest
 
 
 def assert_serves_and_loads(root: Path) -> None:
@@ -132,11 +131,11 @@ def test_killed_ingest_is_invisible_gc_removes_its_parts_and_it_can_be_redone(tr
 def test_a_killed_ingest_leaves_no_slice_for_train_to_pick_up(trained_store, tmp_path):
     root = trained_store
     store = Store.open(str(root))
-    slices_before = {s: store.slices(s) for s in range(store.num_shards)}
+    slices_before = {s: checkpoints.shard_slices(store, s) for s in range(store.num_shards)}
     assert_killed(sisa_proc("ingest", str(new_people(tmp_path)), *cli_args(root), SISA_FAULT="ingest-after-parts"))
     store = Store.open(str(root))
-    assert {s: store.slices(s) for s in range(store.num_shards)} == slices_before
-    tasks, _ = train.plan_tasks(store, make_cfg(root))
+    assert {s: checkpoints.shard_slices(store, s) for s in range(store.num_shards)} == slices_before
+    tasks, _ = training.plan_tasks(store, make_cfg(root))
     assert tasks == [], f"nothing was committed, so nothing should train; planned {[(t.shard_id, t.slices) for t in tasks]}"
 
 
@@ -182,7 +181,7 @@ def test_killed_training_leaves_the_serving_version_and_training_finishes(traine
         assert tree_digest(root / layout.VERSIONS) == versions_before
     else:
         # The new version entry is written, the pointer never moved to it.
-        assert [v["model_version"] for v in versions.all_versions(store)] == [1, 2]
+        assert [v.model_version for v in versions.all_versions(store)] == [1, 2]
     assert store.current_version() == 1
     assert serving_state(root) == serving_before
     assert_serves_and_loads(root)
@@ -227,7 +226,7 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     gone = {r["record_id"] for r in store.index.table.to_pylist() if r["subject_id"] == subject}
     serving_before = serving_state(root)
     other_shards = {s: c for s, c in versions.shard_checkpoints(versions.current(store)).items() if s != shard}
-    checkpoints_before = set(store.checkpoint_ids(shard))
+    checkpoints_before = set(checkpoints.checkpoint_ids(store, shard))
 
     proc = sisa_proc("forget", "--subject", subject, *cli_args(root), SISA_FAULT=stage)
     assert_killed(proc)
@@ -246,14 +245,14 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     store = Store.open(str(root))
     if stage == "forget-during-purge":
         assert store.current_version() == 2 and req["versions"]["exact"] == 2
-        retrained = set(store.checkpoint_ids(shard)) - checkpoints_before
-        purged_already = checkpoints_before - set(store.checkpoint_ids(shard))
+        retrained = set(checkpoints.checkpoint_ids(store, shard)) - checkpoints_before
+        purged_already = checkpoints_before - set(checkpoints.checkpoint_ids(store, shard))
         assert retrained and len(purged_already) == 1, "killed after the first of several tainted checkpoints"
     else:
         assert "exact" not in req["versions"]
         assert serving_state(root) == serving_before
         if stage == "pointer-move":
-            assert [v["model_version"] for v in versions.all_versions(store)] == [1, 2]
+            assert [v.model_version for v in versions.all_versions(store)] == [1, 2]
             assert store.current_version() == 1
     assert_serves_and_loads(root)
 
@@ -270,7 +269,7 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     after = versions.shard_checkpoints(versions.current(Store.open(str(root))))
     assert {s: c for s, c in after.items() if s != shard} == other_shards  # isolation survives the crash
     # Of the shard's old checkpoints only the clean ancestors of the new one are left.
-    assert checkpoints_before & set(Store.open(str(root)).checkpoint_ids(shard)) <= _ancestors(root, after[shard])
+    assert checkpoints_before & set(checkpoints.checkpoint_ids(Store.open(str(root)), shard)) <= _ancestors(root, after[shard])
     code, out, err = run_cli("forget", "--resume", *cli_args(root))
     assert code == 0 and "no open requests" in out
 

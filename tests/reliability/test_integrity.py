@@ -60,7 +60,7 @@ def assert_refused(result: tuple[int, str, str], *names: str, code: int | None =
         ("optimizer.safetensors", "flip"),
         ("adapter_config.json", "append"),
         ("lineage.parquet", "truncate"),
-        ("rng.safetensors", "flip"),
+        ("optimizer.json", "append"),
     ],
 )
 def test_a_damaged_checkpoint_file_is_named_and_never_served(trained_store, name, how):

@@ -20,7 +20,7 @@ import torch
 from ray.exceptions import RayError
 
 from pipelines import ingest, train
-from sisa import checkpoints, scheduler, versions
+from sisa import checkpoints, scheduler, training, versions
 from sisa.config import SchedulerConfig
 from sisa.trainer import ShardTask, train_shard
 from storage import layout
@@ -128,7 +128,7 @@ def pending_store(trained_store, tmp_path) -> Path:
 
 def test_a_failed_shard_job_commits_nothing_and_a_rerun_commits_once(pending_store, monkeypatch):
     root = pending_store
-    monkeypatch.setattr(train, "train_shard", train_shard_killed_once_mid_job)
+    monkeypatch.setattr(training, "train_shard", train_shard_killed_once_mid_job)
     state = tree_digest(root / layout.VERSIONS), (root / layout.CURRENT).read_bytes()
 
     with pytest.raises(ShardJobError) as info:
@@ -136,11 +136,11 @@ def test_a_failed_shard_job_commits_nothing_and_a_rerun_commits_once(pending_sto
     assert info.value.shard_ids == [1]
     assert (tree_digest(root / layout.VERSIONS), (root / layout.CURRENT).read_bytes()) == state
     store = Store.open(str(root))
-    assert store.current_version() == 1 and [v["model_version"] for v in versions.all_versions(store)] == [1]
+    assert store.current_version() == 1 and [v.model_version for v in versions.all_versions(store)] == [1]
 
     res = train.run(make_cfg(root, "scheduler.max_retries=0", backend="ray"))
     assert res.model_version == 2
-    assert [v["model_version"] for v in versions.all_versions(Store.open(str(root)))] == [1, 2]
+    assert [v.model_version for v in versions.all_versions(Store.open(str(root)))] == [1, 2]
     code, out, err = run_cli("verify", "--replay", *cli_args(root))
     assert code == 0 and "verified" in out, out + err
 
@@ -151,11 +151,11 @@ def test_a_job_retried_after_its_worker_died_mid_job_gives_the_undisturbed_resul
     shutil.copytree(root, serial_root)
     serial = train.run(make_cfg(serial_root))
 
-    monkeypatch.setattr(train, "train_shard", train_shard_killed_once_mid_job)
+    monkeypatch.setattr(training, "train_shard", train_shard_killed_once_mid_job)
     res = train.run(make_cfg(root, "scheduler.max_retries=1", backend="ray"))
     assert (root.parent / "killed-shard-1").exists(), "the first attempt at shard 1 should have died"
     assert res.model_version == serial.model_version == 2
-    assert [v["model_version"] for v in versions.all_versions(Store.open(str(root)))] == [1, 2]
+    assert [v.model_version for v in versions.all_versions(Store.open(str(root)))] == [1, 2]
 
     ours = versions.shard_checkpoints(versions.current(Store.open(str(root))))
     theirs = versions.shard_checkpoints(versions.current(Store.open(str(serial_root))))

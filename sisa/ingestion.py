@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sisa import checkpoints
 from sisa.config import SisaConfig
 from sisa.sharding import assign_shards, assign_slices
 from sisa.sources import Source
 from storage import ledgers, records
-from storage.errors import ValidationError, list_some
+from storage.errors import RefusedError, ValidationError, list_some
 from storage.faults import maybe_die
 from storage.fs import StoreFS
 from storage.index import RecordIndex
@@ -215,10 +216,10 @@ def _forgotten_problems(store: Store, batches: list[Batch]) -> list[str]:
 def _open_slices(store: Store, slice_size: int) -> dict[int, tuple[int, int]]:
     """Per shard: (slice to fill, records already in it). A sealed or full slice is never filled."""
     filled = {(r["shard_id"], r["slice_idx"]): r["records"] for r in store.index.counts().to_pylist()}
-    sealed = store.sealed_slices()
+    sealed = checkpoints.sealed_slices(store)
     out = {}
     for shard in range(store.num_shards):
-        last = max([sl for (sh, sl) in filled if sh == shard] + store.slices(shard), default=-1)
+        last = max([sl for (sh, sl) in filled if sh == shard] + checkpoints.shard_slices(store, shard), default=-1)
         n = filled.get((shard, last), 0)
         if last >= 0 and last > sealed.get(shard, -1) and n < slice_size:
             out[shard] = (last, n)
@@ -288,8 +289,26 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
         "extra_columns": extra,
     }
     ledgers.write_ingest(store.fs, entry)
-    store.refresh()
     return IngestResult(ingest_id, batch.source_name, n, batch.skipped, shards, slices, False)
+
+
+def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]:
+    """Validate every source, then (under the store lock) write one ingest per source.
+
+    Everything is validated before anything is written, even before a new store is created: a
+    rejected first ingest leaves nothing behind."""
+    from sisa.deletion import open_requests
+    from sisa.stores import open_store
+
+    batches = prepare_batches(None, sources, cfg) if not Store.exists(cfg.store.uri) else None
+    store = open_store(cfg, create=True)
+    with store.lock("ingest", cfg.store.lock_timeout_s):
+        pending = [r.request_id for r in open_requests(store)]
+        if pending:
+            raise RefusedError(f"deletion request(s) {', '.join(pending)} are not completed; run `sisa forget --resume` first")
+        if batches is None or len(store.index):  # an existing store, or another writer got in first
+            batches = prepare_batches(store, sources, cfg)
+        return [commit_batch(store, batch, cfg, next_seq(store.fs)) for batch in batches]
 
 
 def next_seq(fs: StoreFS) -> int:

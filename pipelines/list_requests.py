@@ -1,0 +1,30 @@
+"""List deletion requests with their status and deadline; overdue ones are flagged.
+
+    sisa requests --config configs/tiny.yaml [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.common import open_store, print_json, print_requests
+from sisa import deletion
+from sisa.config import SisaConfig
+from sisa.lifecycle import DeletionRequest
+
+
+def run(cfg: SisaConfig) -> list[DeletionRequest]:
+    return deletion.all_requests(open_store(cfg))
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
+    reqs = run(cfg)
+    if args.json:
+        print_json([r.public_dict() | {"overdue": r.is_overdue()} for r in reqs])
+        return 0
+    print_requests(reqs)
+    return 0

@@ -1,0 +1,30 @@
+"""List model versions: which serves, which are purged and by which request.
+
+    sisa versions --config configs/tiny.yaml [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipelines.common import open_store, print_json, print_versions
+from sisa import versions
+from sisa.config import SisaConfig
+
+
+def run(cfg: SisaConfig) -> dict:
+    store = open_store(cfg)
+    return {"current": store.current_version(), "versions": [v.to_dict() for v in versions.all_versions(store)]}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
+    res = run(cfg)
+    if args.json:
+        print_json(res)
+        return 0
+    print_versions([versions.ModelVersion.from_dict(v) for v in res["versions"]], res["current"])
+    return 0

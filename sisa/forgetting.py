@@ -1,0 +1,346 @@
+"""The forgetting state machine: each phase takes a request in one status and leaves it in the next.
+
+    open_request   (select, plan, ledger)      → received      the request is durable before anything is destroyed
+    measure_before (evidence)                  received        loss of the records under the serving version
+    serve_bridge   (relief: --fast/--isolate)  received        a version that serves until the exact one lands
+    delete_data                                → data_deleted  records gone from slice files, index, ingest counts
+    retrain                                    → retraining    affected shards from their last clean checkpoint
+    commit_exact                               retraining      one version, the MLflow alias follows
+    purge_tainted                              retraining      checkpoints, versions, MLflow runs, caches
+    certify                                    → completed     lineage and purge checks, the certificate
+
+Every phase reads what it needs from the request's ledger entry and skips what an earlier run
+already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI
+drives one request through all phases today; a batch processor or a service worker drives the
+same functions. Text is held only in `Work` (memory), never in the request.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from sisa import checkpoints, deletion, registry, scheduler, serving, unlearning, versions
+from sisa.certificate import make_certificate
+from sisa.config import SisaConfig
+from sisa.lifecycle import DeletionRequest, RequestMode, RequestStatus
+from sisa.planner import DeletionPlan
+from sisa.trainer import ShardResult, ShardTask, train_shard
+from sisa.versions import ModelVersion
+from storage.errors import RefusedError, ValidationError
+from storage.faults import maybe_die
+from storage.store import Store, now_iso
+
+Texts = tuple[list[str], list[str | None] | None]
+
+
+@dataclass
+class Work:
+    """What one run of the state machine holds in memory only: the selected rows, their text
+    (for evidence and the fast path), a holdout, and how to report progress."""
+
+    rows: pa.Table
+    texts: list[str] = field(default_factory=list)
+    prompts: list[str | None] | None = None
+    holdout: Texts | None = None
+    on_version: Callable[[str, ModelVersion], None] = lambda kind, entry: None
+    log: Callable[[str], None] = lambda msg: None
+    started: float = field(default_factory=time.perf_counter)
+    retrain_started: float | None = None
+
+
+# -- select and record -------------------------------------------------------------------------
+def new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: RequestMode) -> DeletionRequest:
+    received = datetime.now(UTC)
+    ids = sel.rows["record_id"].to_pylist()
+    serving_version = versions.current(store)
+    req = DeletionRequest(
+        request_id=f"req-{received:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
+        selector={"kind": sel.kind, "value_hashes": deletion.selector_hashes(store, sel.kind, sel.values), "value_hash": store.hash_id("\n".join(sorted(sel.values)))},
+        id_hashes=sorted(store.hash_ids(ids)),
+        # So that a later --subject for a person whose records all went by id is a no-op too.
+        subject_hashes=deletion.selector_hashes(store, "subject", sorted({s for s in sel.rows["subject_id"].to_pylist() if s})),
+        records=len(ids),
+        missing_skipped=len(sel.missing),
+        received_at=received.isoformat(timespec="milliseconds"),
+        deadline=(received + timedelta(days=cfg.unlearning.deadline_days)).isoformat(timespec="milliseconds"),
+        mode=mode,
+        plan=plan,
+        version_before=serving_version.model_version if serving_version else None,
+        # Recorded now: after the purge, the tainted ones among them no longer exist to be read.
+        checkpoints_before=[
+            {"shard_id": s, "checkpoint_id": c, "adapter_sha256": checkpoints.adapter_sha256(store, c)}
+            for s, c in sorted(versions.shard_checkpoints(serving_version).items())
+        ],
+    )
+    req.history.append({"status": req.status.value, "at": now_iso()})
+    return req
+
+
+def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: RequestMode) -> DeletionRequest:
+    """Phase 1: the ledger entry comes first; nothing is destroyed before it is durable."""
+    if mode == RequestMode.ISOLATE:
+        serving_version = versions.current(store)
+        if serving_version is not None and not set(serving_version.shards) - set(plan.shard_ids):
+            raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
+    req = new_request(store, cfg, sel, plan, mode)
+    deletion.write_request(store, req)
+    maybe_die("forget-after-ledger")
+    return req
+
+
+def _before_shards(store: Store, req: DeletionRequest) -> dict[int, str]:
+    return versions.shard_checkpoints(versions.read(store, req.version_before)) if req.version_before else {}
+
+
+def _affected(req: DeletionRequest) -> list[int]:
+    return req.plan.shard_ids if req.plan else []
+
+
+# -- evidence ----------------------------------------------------------------------------------
+def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    """Evidence under the serving model, while the text is in memory, and a stranger baseline:
+    the shards that never held the records."""
+    before = _before_shards(store, req)
+    ev = req.evidence
+    if not work.texts or not before or req.status != RequestStatus.RECEIVED or "loss_before" in ev:
+        return
+    m = serving.measure_records(store, cfg, before, work.texts, work.prompts)
+    ev["loss_before"] = m.get("ensemble")
+    unaffected = [s for s in before if s not in _affected(req)]
+    if unaffected:
+        ev["loss_unseen_shards"] = serving.mean([m["per_shard"][str(s)] for s in unaffected])
+    ev["answer_tokens_only"] = work.prompts is not None
+    if work.holdout:
+        ev["holdout_records"] = len(work.holdout[0])
+        ev["holdout_before"] = serving.measure_records(store, cfg, before, *work.holdout).get("ensemble")
+    deletion.write_request(store, req)
+
+
+# -- relief ------------------------------------------------------------------------------------
+def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    """--fast: an approximate (NPO) version of the affected shards; --isolate: the unaffected
+    shards alone. Either serves until the exact version lands."""
+    before = _before_shards(store, req)
+    if req.status != RequestStatus.RECEIVED or not before or req.mode == RequestMode.EXACT:
+        return
+    if "approximate" in req.versions or "isolate" in req.versions:
+        return
+    t0 = time.perf_counter()
+    affected = _affected(req)
+    if req.mode == RequestMode.FAST:
+        shards = unlearning.unlearn_shards(store, cfg, req.request_id, work.rows, before)
+        entry = versions.commit_version(store, shards, "forget-fast", cfg.training_fingerprint(), cfg.model.name, approximate=True, request_id=req.request_id)
+        req.versions["approximate"] = entry.model_version
+        label = "approximate"
+    else:
+        shards = {s: c for s, c in before.items() if s not in affected}
+        entry = versions.commit_version(store, shards, "forget-isolate", cfg.training_fingerprint(), cfg.model.name, excluded_shards=affected, request_id=req.request_id)
+        req.versions["isolate"] = entry.model_version
+        label = "isolating"
+    req.timings["fast_path_s"] = time.perf_counter() - t0
+    deletion.write_request(store, req)
+    registry.track_version(store, cfg, entry, [], req.timings["fast_path_s"])
+    work.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - work.started:.1f}s")
+    work.on_version(label, entry)
+    if work.texts and req.mode == RequestMode.FAST:
+        req.evidence["loss_fast_path"] = serving.measure_records(store, cfg, shards, work.texts, work.prompts).get("ensemble")
+        if work.holdout:
+            req.evidence["holdout_fast_path"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
+        deletion.write_request(store, req)
+
+
+# -- delete ------------------------------------------------------------------------------------
+def delete_data(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    """received → data_deleted: the records leave the slice files and the index."""
+    if req.status != RequestStatus.RECEIVED:
+        return
+    t0 = time.perf_counter()
+    live = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
+    req.removed = deletion.erase_records(store, live)
+    req.timings["delete_data_s"] = time.perf_counter() - t0
+    req.move_to(RequestStatus.DATA_DELETED)
+    deletion.write_request(store, req)
+    work.log(f"deleted {req.removed} record(s) from the slice files and the index")
+    maybe_die("forget-after-delete")
+
+
+# -- retrain and commit ------------------------------------------------------------------------
+def retrain_tasks(store: Store, cfg: SisaConfig, base: dict[int, str], plan: DeletionPlan) -> list[ShardTask]:
+    """One task per affected shard that trained on the records: from the checkpoint before its
+    earliest affected slice through its last slice. A shard whose serving checkpoint never
+    reached the records needs nothing: deleting the data was enough."""
+    tasks = []
+    for sp in plan.shards:
+        serving_ckpt = base.get(sp.shard_id)
+        if serving_ckpt is None or sp.earliest_slice > checkpoints.slice_of(serving_ckpt):
+            continue
+        parent = checkpoints.ancestor_before(store, serving_ckpt, sp.earliest_slice)
+        last = max(checkpoints.shard_slices(store, sp.shard_id))
+        tasks.append(ShardTask(store.uri, cfg.to_dict(), sp.shard_id, tuple(range(sp.earliest_slice, last + 1)), parent, purpose="forget"))
+    return tasks
+
+
+def retrain(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> list[ShardResult]:
+    """data_deleted → retraining: retrain the affected shards (in parallel, Ray or serial)."""
+    if req.status not in (RequestStatus.DATA_DELETED, RequestStatus.RETRAINING) or "exact" in req.versions:
+        return []
+    if req.status == RequestStatus.DATA_DELETED:
+        req.move_to(RequestStatus.RETRAINING)
+        deletion.write_request(store, req)
+    work.retrain_started = time.perf_counter()
+    tasks = retrain_tasks(store, cfg, _before_shards(store, req), req.plan) if req.plan else []
+    return scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+
+
+def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work, results: list[ShardResult]) -> None:
+    """The exact version: the serving shards with the retrained ones swapped in; MLflow follows."""
+    if req.status != RequestStatus.RETRAINING or "exact" in req.versions:
+        return
+    base = _before_shards(store, req)
+    if not base:  # nothing was trained when the request came: deleting the data was enough
+        req.versions["exact"] = None
+        deletion.write_request(store, req)
+        return
+    shards = dict(base)
+    shards.update({r.shard_id: r.last_checkpoint_id for r in results})
+    entry = versions.commit_version(store, shards, "forget", cfg.training_fingerprint(), cfg.model.name, request_id=req.request_id)
+    req.versions["exact"] = entry.model_version
+    req.timings["retrain_s"] = time.perf_counter() - (work.retrain_started or work.started)
+    req.retrained = [
+        {"shard_id": r.shard_id, "slices": [s.slice_idx for s in r.slices], "steps": sum(s.steps for s in r.slices), "tokens": r.tokens, "wall_s": r.wall_s}
+        for r in results
+    ]
+    deletion.write_request(store, req)
+    registry.track_version(store, cfg, entry, results, req.timings["retrain_s"])
+    work.log(f"exact version {entry.model_version} serves (retrained shard(s) {[r.shard_id for r in results]} in {req.timings['retrain_s']:.1f}s)")
+    work.on_version("exact", entry)
+    if work.texts:
+        now_serving = versions.shard_checkpoints(versions.current(store))
+        req.evidence["loss_after"] = serving.measure_records(store, cfg, now_serving, work.texts, work.prompts).get("ensemble")
+        if work.holdout:
+            req.evidence["holdout_after"] = serving.measure_records(store, cfg, now_serving, *work.holdout).get("ensemble")
+        deletion.write_request(store, req)
+
+
+# -- purge and certify -------------------------------------------------------------------------
+def purge_tainted(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    """Every checkpoint whose lineage holds a deleted record goes, with the versions and MLflow
+    runs that held one. MLflow is first brought in line with the ledger: a version committed
+    before a crash or an MLflow outage is logged now, and the alias follows the serving version,
+    so the purge never leaves the alias on a deleted registered version."""
+    if req.status != RequestStatus.RETRAINING:
+        return
+    registry.ensure_tracked(store, cfg)
+    t0 = time.perf_counter()
+    req.purge = deletion.purge(store, cfg, set(req.id_hashes), req.request_id)
+    req.timings["purge_s"] = time.perf_counter() - t0
+
+
+def certify(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    """retraining → completed, with the certificate of what can be checked now."""
+    if req.status != RequestStatus.RETRAINING or req.purge is None:
+        return
+    req.timings["total_s"] = time.perf_counter() - work.started
+    req.certificate = make_certificate(store, req)
+    req.completed_at = now_iso()
+    req.move_to(RequestStatus.COMPLETED)
+    deletion.write_request(store, req)
+    work.log(f"purged {len(req.purge['checkpoints'])} checkpoint(s) and {len(req.purge['versions'])} version(s); request {req.request_id} completed")
+
+
+def carry_out(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> DeletionRequest:
+    """Run every phase the request has not finished. On an error the request stays open and
+    resumable (the error's type and message, never record text, go into the entry); the serving
+    version is whatever was committed last."""
+    try:
+        measure_before(store, cfg, req, work)
+        serve_bridge(store, cfg, req, work)
+        delete_data(store, cfg, req, work)
+        results = retrain(store, cfg, req, work)
+        commit_exact(store, cfg, req, work, results)
+        purge_tainted(store, cfg, req, work)
+        certify(store, cfg, req, work)
+    except Exception as e:
+        req.errors.append({"at": now_iso(), "error": f"{type(e).__name__}: {getattr(e, 'message', '')[:300]}"})
+        deletion.write_request(store, req)
+        raise
+    return req
+
+
+# -- one request, start to end (the CLI and the demo) ------------------------------------------
+@dataclass
+class ForgetResult:
+    noop: bool = False
+    dry_run: bool = False
+    plan: DeletionPlan | None = None
+    request: DeletionRequest | None = None
+    already_deleted: int = 0
+    missing: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.request is not None:
+            return {"request_id": self.request.request_id, "request": self.request.to_dict()}
+        out: dict[str, Any] = {"plan": self.plan.to_dict() if self.plan else None}
+        if self.noop:
+            out |= {"noop": True, "already_deleted": self.already_deleted, "missing": self.missing}
+        if self.dry_run:
+            out["dry_run"] = True
+        return out
+
+
+def forget(
+    store: Store,
+    cfg: SisaConfig,
+    kind: str,
+    values: list[str],
+    mode: RequestMode = RequestMode.EXACT,
+    dry_run: bool = False,
+    allow_missing: bool = False,
+    evidence: bool = True,
+    holdout: Texts | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ForgetResult:
+    """Select, validate and plan; then (unless a dry run) record the request and carry it out.
+    The caller holds the store lock."""
+    open_reqs = [r.request_id for r in deletion.open_requests(store)]
+    if open_reqs and not dry_run:
+        raise RefusedError(f"request(s) {', '.join(open_reqs)} are not finished; run `sisa forget --resume` first")
+    sel = deletion.select_records(store, kind, values)
+    if sel.missing and not allow_missing:
+        raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
+    plan = deletion.plan_selection(store, cfg, sel)
+    if sel.rows.num_rows == 0:
+        return ForgetResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
+    if dry_run:
+        return ForgetResult(dry_run=True, plan=plan)
+    req = open_request(store, cfg, sel, plan, mode)
+    log = log or (lambda msg: None)
+    log(f"request {req.request_id}: {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
+    work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
+    if evidence:
+        work.texts, work.prompts = deletion.read_texts(store, sel.rows)
+        work.holdout = holdout
+    return ForgetResult(request=carry_out(store, cfg, req, work))
+
+
+def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None) -> list[DeletionRequest]:
+    """Finish every open request from where it stopped (the text may already be gone).
+    The caller holds the store lock."""
+    log = log or (lambda msg: None)
+    out = []
+    for req in deletion.open_requests(store):
+        log(f"resuming {req.request_id} from status {req.status.value}")
+        rows = deletion.find_live_by_hashes(store, set(req.id_hashes)) if req.status == RequestStatus.RECEIVED else store.index.table.slice(0, 0)
+        work = Work(rows, log=log)
+        if rows.num_rows:
+            work.texts, work.prompts = deletion.read_texts(store, rows)
+        out.append(carry_out(store, cfg, req, work))
+    return out

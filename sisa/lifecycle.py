@@ -1,0 +1,130 @@
+"""A deletion request's life: its status, and the typed ledger entry that carries it.
+
+    received ──► data_deleted ──► retraining ──► completed
+       │  (queued: recorded, relief serving, waiting for a batch)
+       └─ evidence and relief are measured/committed while still `received`
+
+`storage/ledgers.py` reads and writes plain JSON; this module gives the entry its types. An entry
+carries `schema_version`; keys this version does not know are kept in `extra` and written back
+unchanged, so an older sisa never drops what a newer one recorded. Statuses older stores used
+are read as their nearest equivalent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sisa.planner import DeletionPlan
+from storage.store import now_iso
+
+SCHEMA_VERSION = 1
+
+
+class RequestStatus(enum.StrEnum):
+    RECEIVED = "received"  # in the ledger; nothing destroyed yet (evidence, relief happen here)
+    QUEUED = "queued"  # recorded and relieved; waits for a batch to delete and retrain
+    DATA_DELETED = "data_deleted"  # records gone from the slice files and the index
+    RETRAINING = "retraining"  # affected shards retrain, the exact version commits, the purge runs
+    COMPLETED = "completed"  # exact version serving, tainted checkpoints purged, certificate written
+    FAILED = "failed"  # given up by an operator; never set by sisa itself
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (RequestStatus.COMPLETED, RequestStatus.FAILED)
+
+    @property
+    def is_open(self) -> bool:
+        """Still owes work: its records may be in the data or in a serving checkpoint."""
+        return not self.is_terminal
+
+    @classmethod
+    def parse(cls, value: str) -> RequestStatus:
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown deletion request status {value!r}; known: {', '.join(s.value for s in cls)}") from None
+
+
+class RequestMode(enum.StrEnum):
+    EXACT = "exact"  # no bridge: the exact version is the first to serve
+    FAST = "fast"  # an approximate (NPO) version serves until the exact one lands
+    ISOLATE = "isolate"  # the unaffected shards serve alone until the exact one lands
+
+
+@dataclass
+class DeletionRequest:
+    """One deletion request as the ledger holds it: keyed hashes and counts, never ids or text."""
+
+    request_id: str
+    selector: dict[str, Any]  # kind, value_hash, value_hashes (keyed)
+    id_hashes: list[str]
+    records: int
+    received_at: str
+    deadline: str
+    status: RequestStatus = RequestStatus.RECEIVED
+    mode: RequestMode = RequestMode.EXACT
+    subject_hashes: list[str] = field(default_factory=list)
+    missing_skipped: int = 0
+    history: list[dict[str, str]] = field(default_factory=list)
+    plan: DeletionPlan | None = None
+    version_before: int | None = None
+    checkpoints_before: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str, int | None] = field(default_factory=dict)  # approximate / isolate / exact → model_version
+    timings: dict[str, float] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+    removed: int | None = None
+    retrained: list[dict[str, Any]] = field(default_factory=list)
+    purge: dict[str, Any] | None = None
+    certificate: dict[str, Any] | None = None
+    completed_at: str | None = None
+    errors: list[dict[str, str]] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer sisa wrote
+
+    def is_overdue(self, now: datetime | None = None) -> bool:
+        """Past its deadline and not completed (a failed request was not honoured either)."""
+        return self.status != RequestStatus.COMPLETED and datetime.fromisoformat(self.deadline) < (now or datetime.now(UTC))
+
+    def move_to(self, status: RequestStatus) -> None:
+        """Record a status change (the caller writes the entry to the ledger)."""
+        self.status = status
+        self.history.append({"status": status.value, "at": now_iso()})
+
+    # -- JSON ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.extra)
+        for f in dataclasses.fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if f.name == "plan":
+                value = value.to_dict() if value is not None else None
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeletionRequest:
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        kwargs = {k: v for k, v in d.items() if k in known}
+        status = d.get("status", "received")
+        # Entries written before the lifecycle was typed: "retraining" is still a status; none
+        # other changed. A status this version does not know is an error, not a guess.
+        kwargs["status"] = RequestStatus.parse(status)
+        kwargs["mode"] = RequestMode(d.get("mode", "exact"))
+        if d.get("plan") is not None:
+            kwargs["plan"] = DeletionPlan.from_dict(d["plan"])
+        for name in ("history", "checkpoints_before", "retrained", "errors", "subject_hashes", "id_hashes"):
+            kwargs[name] = list(d.get(name) or [])
+        for name in ("versions", "timings", "evidence"):
+            kwargs[name] = dict(d.get(name) or {})
+        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known and k != "extra"})
+
+    def public_dict(self) -> dict[str, Any]:
+        """What `sisa requests/certificate --json` print: the entry without the id hashes."""
+        return {k: v for k, v in self.to_dict().items() if k != "id_hashes"} | {"id_hash_count": len(self.id_hashes)}

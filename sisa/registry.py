@@ -1,0 +1,91 @@
+"""Model-version bookkeeping in MLflow: a run and a registered version per committed version,
+and the `serving` alias on the current one. Never text: only counts, fingerprints and timings.
+
+The store's version ledger is the truth; MLflow mirrors it. `ensure_tracked` repairs the mirror
+after a crash or an MLflow outage (a version committed but not yet logged).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sisa.config import SisaConfig
+from sisa.versions import ModelVersion, VersionStatus, all_versions, record_tracking
+from storage.store import Store
+
+if TYPE_CHECKING:
+    from sisa.trainer import ShardResult
+
+
+def _tracker(store: Store, cfg: SisaConfig):
+    from sisa.tracking import Tracker  # MLflow loads only when tracking is on
+
+    return Tracker(cfg.tracking, store.fs.local_path(""))
+
+
+def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: list[ShardResult], wall_s: float) -> None:
+    """Log a committed version to MLflow and move the alias; never record text, only counts."""
+    if not cfg.tracking.enabled:
+        return
+    from sisa.checkpoints import shard_slices
+
+    tracker = _tracker(store, cfg)
+    params = {
+        "config_fingerprint": cfg.fingerprint(),
+        "training_fingerprint": cfg.training_fingerprint(),
+        "num_shards": store.num_shards,
+        "slice_size": cfg.sharding.slice_size,
+        "slice_mode": cfg.sharding.slice_mode,
+        "base_model": cfg.model.name,
+        "lora_r": cfg.lora.r,
+        "epochs": cfg.training.epochs,
+        "lr": cfg.training.lr,
+        "aggregation": entry.aggregation,
+        "slices": sum(len(shard_slices(store, s)) for s in range(store.num_shards)),
+    }
+    metrics: dict[str, float] = {"wall_time_s": wall_s, "shards_trained": float(len(results))}
+    for r in results:
+        if r.mean_loss is not None:
+            metrics[f"shard_{r.shard_id}_loss"] = r.mean_loss
+        metrics[f"shard_{r.shard_id}_tokens_per_s"] = r.tokens_per_s
+        metrics[f"shard_{r.shard_id}_wall_s"] = r.wall_s
+    tags = {"model_version": str(entry.model_version), "reason": entry.reason, "approximate": str(entry.approximate).lower()}
+    if entry.request_id:
+        tags["request_id"] = entry.request_id
+    info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags)
+    if store.current_version() == entry.model_version:
+        tracker.set_serving_alias(entry.model_version)
+    record_tracking(store, entry, {k: str(v) for k, v in info.items()})
+
+
+def ensure_tracked(store: Store, cfg: SisaConfig) -> None:
+    """Log every active version MLflow does not know yet, then point the alias at the current one."""
+    if not cfg.tracking.enabled:
+        return
+    for entry in all_versions(store):
+        if entry.status == VersionStatus.ACTIVE and entry.mlflow is None:
+            track_version(store, cfg, entry, [], 0.0)
+    current = store.current_version()
+    if current is not None:
+        _tracker(store, cfg).set_serving_alias(current)
+
+
+def move_alias(store: Store, cfg: SisaConfig, model_version: int) -> None:
+    if cfg.tracking.enabled:
+        _tracker(store, cfg).set_serving_alias(model_version)
+
+
+def purge_versions(store: Store, cfg: SisaConfig, model_versions: list[int]) -> None:
+    """Delete the MLflow runs and registered versions of purged model versions."""
+    if not cfg.tracking.enabled:
+        return
+    tracker = _tracker(store, cfg)
+    for n in model_versions:
+        tracker.purge_model_version(n)
+
+
+def registered_version_exists(store: Store, cfg: SisaConfig, model_version: int) -> bool | None:
+    """Whether MLflow still holds a registered version (None when tracking is off)."""
+    if not cfg.tracking.enabled:
+        return None
+    return _tracker(store, cfg).find_registered_version(model_version) is not None

@@ -1,0 +1,52 @@
+"""Rollback: serve an earlier model version, unless that would bring deleted data back.
+
+Refused when the version is purged (a deletion destroyed one of its checkpoints), when any of its
+checkpoints' lineage holds a record of a completed or open deletion request (the error names the
+request), or when it is an approximate fast-path version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sisa import deletion, registry, versions
+from sisa.config import SisaConfig
+from storage import ledgers
+from storage.errors import RefusedError
+from storage.store import Store
+
+
+@dataclass
+class RollbackResult:
+    previous: int | None
+    current: int
+
+
+def check_restorable(store: Store, model_version: int) -> versions.ModelVersion:
+    target = versions.read(store, model_version)
+    if target.status == versions.PURGED:
+        raise RefusedError(
+            f"model version {model_version} was purged by deletion request {target.purged_by}: "
+            "it held a checkpoint trained on deleted records, which no longer exists. "
+            "Pick a version that `sisa versions` lists as active."
+        )
+    lineages = deletion.version_lineages(store, target.shards)  # read once, checked against every request
+    for req in deletion.all_requests(store):
+        bad = deletion.lineage_violations(store, target.shards, set(req.id_hashes), lineages)
+        if bad:
+            raise RefusedError(
+                f"model version {model_version} cannot serve: checkpoint(s) {', '.join(bad)} were trained on "
+                f"records deleted by request {req.request_id}"
+            )
+    if target.approximate:
+        raise RefusedError(f"model version {model_version} is an approximate fast-path version; its exact successor replaced it")
+    return target
+
+
+def roll_back(store: Store, cfg: SisaConfig, model_version: int) -> RollbackResult:
+    """Move the serving pointer (one atomic write); the MLflow alias follows. Caller holds the lock."""
+    check_restorable(store, model_version)
+    previous = store.current_version()
+    ledgers.write_current(store.fs, model_version)
+    registry.move_alias(store, cfg, model_version)
+    return RollbackResult(previous, model_version)

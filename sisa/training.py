@@ -1,0 +1,83 @@
+"""Training a store's pending slices into a new model version.
+
+For each shard: the slices after the serving version's checkpoint (all of them the first time,
+or with `from_scratch`). Shards with nothing new keep their checkpoint byte for byte. One job
+per shard with pending slices runs (Ray or serially); only when every job succeeded is the
+version committed (one atomic pointer write) and then mirrored to MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from sisa import checkpoints, deletion, registry, scheduler, versions
+from sisa.config import SisaConfig
+from sisa.model import base_model_fingerprint
+from sisa.trainer import ShardResult, ShardTask, train_shard
+from storage.errors import RefusedError
+from storage.store import Store
+
+
+@dataclass
+class TrainResult:
+    model_version: int | None
+    trained: list[ShardResult] = field(default_factory=list)
+    reused: dict[int, str] = field(default_factory=dict)
+    wall_s: float = 0.0
+    noop: bool = False
+
+
+def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tuple[list[ShardTask], dict[int, str]]:
+    """Per shard: the pending slices and the checkpoint to continue from; plus the shards reused."""
+    serving = {} if from_scratch else versions.shard_checkpoints(versions.current(store))
+    populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
+    tasks, reused = [], {}
+    for shard_id in range(store.num_shards):
+        slices = checkpoints.shard_slices(store, shard_id)
+        if not slices or shard_id not in populated and shard_id not in serving:
+            continue
+        parent = serving.get(shard_id)
+        done = checkpoints.slice_of(parent) if parent else -1
+        if parent:
+            fp = checkpoints.read_manifest(store, shard_id, parent)["training_fingerprint"]
+            if fp != cfg.training_fingerprint():
+                raise RefusedError(
+                    f"shard {shard_id}'s checkpoint {parent} was trained with a different training config "
+                    f"(fingerprint {fp} vs {cfg.training_fingerprint()}); continuing would mix configs. "
+                    "Restore the config, or run `sisa train --from-scratch` to retrain every shard."
+                )
+        pending = tuple(range(done + 1, max(slices) + 1))
+        if pending:
+            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent))
+        elif parent:
+            reused[shard_id] = parent
+    return tasks, reused
+
+
+def refuse_if_requests_open(store: Store, doing: str) -> None:
+    open_reqs = [r.request_id for r in deletion.open_requests(store)]
+    if open_reqs:
+        raise RefusedError(
+            f"deletion request(s) {', '.join(open_reqs)} are still open; {doing} now could bring "
+            "deleted data back. Run `sisa forget --resume --config ...` first."
+        )
+
+
+def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
+    """Train every pending slice and commit a version. The caller holds the store lock."""
+    started = time.perf_counter()
+    refuse_if_requests_open(store, "training")
+    tasks, reused = plan_tasks(store, cfg, from_scratch)
+    if not tasks:
+        return TrainResult(store.current_version(), [], reused, time.perf_counter() - started, noop=True)
+    # A failure raises ShardJobError naming the shards; nothing is committed. The base is
+    # prepared (SmolLM2 converted) once here, not raced by every shard job.
+    base_model_fingerprint(cfg.model)
+    results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="train shards")
+    shards = dict(reused)
+    shards.update({r.shard_id: r.last_checkpoint_id for r in results})
+    entry = versions.commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name)
+    wall = time.perf_counter() - started
+    registry.track_version(store, cfg, entry, results, wall)
+    return TrainResult(entry.model_version, results, reused, wall)
