@@ -117,3 +117,22 @@ def test_store_index_reads_only_committed_ingests(tmp_path):
     assert missing.to_pylist() == ["r000030"]
     ledgers.write_ingest(store.fs, {"seq": 2, "ingest_id": "i2"})
     assert len(store.index) == 50
+
+
+def test_store_index_is_never_stale(tmp_path):
+    """No caller refreshes: a change by this Store object, or by another one (another process),
+    is seen by the next read of `store.index`; an unchanged store is not re-read."""
+    ours = Store.create(str(tmp_path / "s"), num_shards=4, seed=0)
+    theirs = Store.open(str(tmp_path / "s"))
+    table = make_index(30)
+    ours.fs.write_parquet(layout.index_part(1, "i1"), table)
+    ledgers.write_ingest(ours.fs, {"seq": 1, "ingest_id": "i1"})
+    first = ours.index
+    assert len(first) == 30 and ours.index is first  # cached while nothing changed
+    assert len(theirs.index) == 30
+    # Another writer drops rows from the part: both objects see it on their next read.
+    theirs.fs.write_parquet(layout.index_part(1, "i1"), table.slice(0, 20))
+    assert len(theirs.index) == 20
+    assert len(ours.index) == 20
+    ours.fs.write_parquet(layout.index_part(1, "i1"), table.slice(0, 20).cast(INDEX_SCHEMA))
+    assert ours.index.table["record_id"].to_pylist() == table.slice(0, 20)["record_id"].to_pylist()
