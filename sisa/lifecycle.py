@@ -12,12 +12,12 @@ are read as their nearest equivalent.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from sisa.entries import entry_to_dict, split_known
 from sisa.planner import DeletionPlan
 from storage.store import now_iso
 
@@ -96,26 +96,13 @@ class DeletionRequest:
 
     # -- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.extra)
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if f.name == "plan":
-                value = value.to_dict() if value is not None else None
-            elif isinstance(value, enum.Enum):
-                value = value.value
-            out[f.name] = value
-        return out
+        return entry_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DeletionRequest:
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in d.items() if k in known}
-        status = d.get("status", "received")
-        # Entries written before the lifecycle was typed: "retraining" is still a status; none
-        # other changed. A status this version does not know is an error, not a guess.
-        kwargs["status"] = RequestStatus.parse(status)
+        kwargs, extra = split_known(cls, d)
+        # A status this version does not know is an error, not a guess.
+        kwargs["status"] = RequestStatus.parse(d.get("status", "received"))
         kwargs["mode"] = RequestMode(d.get("mode", "exact"))
         if d.get("plan") is not None:
             kwargs["plan"] = DeletionPlan.from_dict(d["plan"])
@@ -123,7 +110,7 @@ class DeletionRequest:
             kwargs[name] = list(d.get(name) or [])
         for name in ("versions", "timings", "evidence"):
             kwargs[name] = dict(d.get(name) or {})
-        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known and k != "extra"})
+        return cls(**kwargs, extra=extra)
 
     def public_dict(self) -> dict[str, Any]:
         """What `sisa requests/certificate --json` print: the entry without the id hashes."""

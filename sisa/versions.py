@@ -9,11 +9,11 @@ checkpoints, the aggregation and the reason never change.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from sisa.entries import entry_to_dict, split_known
 from storage import ledgers
 from storage.errors import StoreError
 from storage.faults import maybe_die
@@ -52,22 +52,11 @@ class ModelVersion:
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer sisa wrote, kept as they are
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.extra)
-        for f in dataclasses.fields(self):
-            if f.name == "extra":
-                continue
-            value = getattr(self, f.name)
-            if f.name == "shards":
-                value = {str(k): value[k] for k in sorted(value)}
-            elif isinstance(value, enum.Enum):
-                value = value.value
-            out[f.name] = value
-        return out
+        return entry_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelVersion:
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in d.items() if k in known}
+        kwargs, extra = split_known(cls, d)
         kwargs["shards"] = {int(k): v for k, v in d["shards"].items()}
         kwargs["status"] = VersionStatus(d.get("status", "active"))
         # Version 1 of sisa wrote "ensemble" for the uniform token-level mean.
@@ -75,7 +64,7 @@ class ModelVersion:
             kwargs["aggregation"] = "uniform"
         kwargs.setdefault("training_fingerprint", "")
         kwargs.setdefault("base_model", "")
-        return cls(**kwargs, extra={k: v for k, v in d.items() if k not in known and k != "extra"})
+        return cls(**kwargs, extra=extra)
 
 
 def read(store: Store, model_version: int) -> ModelVersion:
