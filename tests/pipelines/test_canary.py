@@ -28,7 +28,7 @@ from sisa import scheduler
 from sisa.synthetic import make_people, write_jsonl
 from storage import ledgers
 from storage.store import Store
-from tests.pipelines.conftest import cli_args, run_cli
+from tests.helpers import cli_args, run_cli
 
 CHUNK = 1 << 24
 HARNESS = ("bash_jobs", "bash_tool_")  # the machinery running this session, not sisa's files
@@ -198,7 +198,7 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
     output: list[str] = []
 
     def sisa(*argv: str) -> str:
-        code, out, err = run_cli(capfd, *argv)
+        code, out, err = run_cli(*argv, capfd=capfd)
         output.extend([out, err])
         assert code == 0, f"sisa {argv[0]} failed: {err}"
         return out

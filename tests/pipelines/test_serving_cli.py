@@ -16,7 +16,8 @@ from sisa.serving import load_ensemble
 from sisa.synthetic import make_people, write_jsonl
 from storage import ledgers
 from storage.store import Store
-from tests.pipelines.conftest import cli_args, ingest_rows, make_cfg
+from tests.helpers import cli_args, make_cfg
+from tests.pipelines.helpers import ingest_rows
 
 
 def _trained(tmp_path):

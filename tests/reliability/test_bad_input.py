@@ -27,7 +27,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from storage.store import Store
-from tests.reliability.conftest import cli_args, describe, run_cli, sisa_proc, tree_digest
+from tests.helpers import cli_args, run_cli, tree_digest
+from tests.reliability.helpers import SLICES, describe, sisa_proc
 
 # SISA_FUZZ_EXAMPLES=2000 turns these into a longer fuzzing run.
 SETTINGS = settings(
@@ -278,7 +279,7 @@ def assert_rejected(root: Path, pristine: dict, result: tuple[int, str, str], fr
 def ingest_bytes(inputs: Path, name: str, data: bytes, root: Path) -> tuple[int, str, str]:
     path = inputs / name
     path.write_bytes(data)
-    return run_cli("ingest", str(path), *cli_args(root))
+    return run_cli("ingest", str(path), *cli_args(root, *SLICES))
 
 
 # -- ingest -------------------------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def test_a_deletion_request_with_unknown_ids_names_them_and_changes_nothing(stor
         argv = ["--ids-file", str(path)]
     else:
         argv = ["--ids", ",".join(ids)]
-    code, out, err = run_cli("forget", *argv, *cli_args(store))
+    code, out, err = run_cli("forget", *argv, *cli_args(store, *SLICES))
     assert_rejected(store, pristine, (code, out, err), set(unknown), [], "nothing was changed")
     assert f"{len(set(unknown))} unknown record id(s)" in err
     assert all(u in err for u in unknown)
@@ -339,7 +340,7 @@ def test_a_deletion_request_with_unknown_ids_names_them_and_changes_nothing(stor
 @pytest.mark.parametrize("selector", ["--subject", "--source", "--ingest-id"])
 @pytest.mark.parametrize("value", PATHLIKE[:3] + ["\u202eevil\u202c", "👩\u200d👩\u200d👧"])
 def test_path_like_and_odd_selectors_are_unknown_not_paths(store, pristine, selector, value):
-    code, out, err = run_cli("forget", selector, value, *cli_args(store))
+    code, out, err = run_cli("forget", selector, value, *cli_args(store, *SLICES))
     assert_rejected(store, pristine, (code, out, err), {value}, [], "nothing was changed")
 
 
@@ -356,7 +357,7 @@ def test_an_empty_or_unreadable_deletion_request_is_refused(store, pristine, inp
             (inputs / a).write_bytes(files[a])
         if a in files or a == "MISSING":
             argv[i] = str(inputs / a)
-    code, out, err = run_cli("forget", *argv, *cli_args(store))
+    code, out, err = run_cli("forget", *argv, *cli_args(store, *SLICES))
     assert code == 4, err
     assert "Traceback" not in err
     assert any(w in err for w in ("selects nothing", "exactly one of", "cannot read", "UTF-8")), err
@@ -370,7 +371,7 @@ def test_an_empty_or_unreadable_deletion_request_is_refused(store, pristine, inp
 def test_a_path_like_request_id_reads_nothing_outside_the_ledger(trained_store, verb, request_id):
     (trained_store / "requests").mkdir()  # so that requests/../ resolves
     before = tree_digest(trained_store)
-    code, out, err = run_cli(verb, request_id, *cli_args(trained_store))
+    code, out, err = run_cli(verb, request_id, *cli_args(trained_store, *SLICES))
     assert code in (4, 5), f"exit {code}:\n{err[-2000:]}"
     assert "Traceback" not in err and request_id in err
     assert tree_digest(trained_store) == before
@@ -382,7 +383,7 @@ def test_a_bare_null_line_is_named_not_a_crash(store, pristine, inputs, data):
     so that a regression shows as a dead `sisa ingest`, not a dead test session."""
     path = inputs / "nulls.jsonl"
     path.write_bytes(data)
-    proc = sisa_proc("ingest", str(path), *cli_args(store))
+    proc = sisa_proc("ingest", str(path), *cli_args(store, *SLICES))
     assert proc.returncode == 4, describe(proc)
     assert "not a JSON object" in proc.stderr and "line " in proc.stderr
     assert tree_digest(store) == pristine

@@ -21,7 +21,8 @@ import pytest
 
 from sisa import scheduler
 from sisa.config import SchedulerConfig
-from tests.reliability.conftest import REPO, cli_args, run_cli
+from tests.helpers import REPO, cli_args, run_cli
+from tests.reliability.helpers import SLICES
 
 pytestmark = pytest.mark.slow
 DASHBOARD_PORT = 8265
@@ -107,7 +108,7 @@ def test_embedded_ray_listens_on_loopback_only(embedded_ray):
 def test_sisa_itself_starts_no_server(trained_store):
     scheduler.shutdown_ray()  # a Ray driver listens (its core worker); sisa's own code must not
     before = listening({os.getpid()})
-    args = cli_args(trained_store, tracking=True)
+    args = cli_args(trained_store, *SLICES, tracking=True)
     for argv in (["train", "--from-scratch"], ["generate", "--prompt", "Ada", "--max-new-tokens", "2"], ["status"], ["versions"]):
         code, out, err = run_cli(*argv, *args)
         assert code == 0, out + err

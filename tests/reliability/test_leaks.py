@@ -34,7 +34,8 @@ from pipelines import ingest
 from sisa import scheduler
 from storage.errors import SisaError
 from storage.store import Store
-from tests.reliability.conftest import cli_args, make_cfg, people, run_cli, write_people
+from tests.helpers import cli_args, make_cfg, run_cli
+from tests.reliability.helpers import SLICES, people, write_people
 
 pytestmark = pytest.mark.slow
 MAX_SCANNED_BYTES = 256 * 1024 * 1024
@@ -152,7 +153,7 @@ def test_a_forgotten_record_is_found_nowhere(tmp_path, capfd, leak_env):
     rows = people() + [exact, fast]
     folder = inputs / "people-dataset"
     datasets.Dataset.from_list(rows).save_to_disk(str(folder))
-    args = cli_args(root, tracking=True, backend="ray")
+    args = cli_args(root, *SLICES, tracking=True, backend="ray")
     outputs: list[str] = []
 
     def sisa(*argv: str) -> None:
@@ -256,9 +257,9 @@ def test_errors_about_a_row_never_quote_its_text(trained_store, tmp_path, case):
         write_people(path, [{"record_id": stored, "subject_id": "s", "text": f"changed {canary}"}])
     else:
         path.write_bytes(make(canary))
-    code, out, err = run_cli("ingest", str(path), *cli_args(trained_store))
+    code, out, err = run_cli("ingest", str(path), *cli_args(trained_store, *SLICES))
     assert code == 4, out + err
     assert canary not in out + err, f"the error quotes the row's text:\n{err}"
     with pytest.raises(SisaError) as info:
-        ingest.run(make_cfg(trained_store), [str(path)])
+        ingest.run(make_cfg(trained_store, *SLICES), [str(path)])
     assert canary not in _error_chain(info.value)

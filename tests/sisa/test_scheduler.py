@@ -228,16 +228,15 @@ def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypat
 
     from pipelines import ingest, train
     from sisa import checkpoints, versions
-    from sisa.config import load_config
     from sisa.synthetic import make_people, write_jsonl
     from storage.store import Store
+    from tests.helpers import make_cfg
 
     address, temp = ray_cluster
     people = write_jsonl(make_people(8, seed=11), tmp_path / "people.jsonl")
-    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     adapters_by_store = []
     for name, backend in (("cluster", "ray"), ("serial", "serial")):
-        cfg = load_config(tiny, [f"store.uri={tmp_path / name}", "tracking.enabled=false", f"scheduler.backend={backend}"])
+        cfg = make_cfg(tmp_path / name, backend=backend)
         ingest.run(cfg, [str(people)])
         if backend == "ray":
             monkeypatch.setenv("RAY_ADDRESS", address)
