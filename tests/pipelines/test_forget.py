@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import forget, rollback, train
+from pipelines import verify as verify_pipeline
 from pipelines import versions as versions_pipeline
 from sisa import checkpoints, deletion, scheduler, serving, versions
 from sisa.synthetic import make_people
@@ -36,12 +37,6 @@ from tests.pipelines.helpers import (
 )
 
 SLICES = ["sharding.slice_size=8"]
-
-try:  # `sisa verify` is being written alongside these tests
-    from pipelines import verify as verify_pipeline
-except ImportError:  # pragma: no cover - depends on the state of the tree
-    verify_pipeline = None
-needs_verify = pytest.mark.skipif(verify_pipeline is None, reason="pipelines/verify.py does not exist yet")
 
 
 def _setup(root: Path, rows: list[dict], *extra: str, tracking: bool = False, backend: str = "serial"):
@@ -176,7 +171,6 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
         assert_tensors_equal(adapter_tensors(store, got[shard]), replayed, f"{mode}: shard {shard} replay")
 
 
-@needs_verify
 def test_verify_replay_proves_the_forget_exact(tmp_path, capfd):
     cfg, store = _setup(tmp_path, make_people(24, seed=12))
     subject, _, _ = _subject_in_middle_slice(store)
