@@ -98,3 +98,22 @@ def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tu
         if not names & declared:
             missing[module] = users[:3]
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+# `configs/tiny.yaml`, `sisa/model.py`, `tests/helpers.py` ... and README.md-style root documents.
+CITED_PATH = re.compile(r"(?<![\w./-])((?:sisa|pipelines|storage|tests|benchmarks|configs)/[\w./-]*[\w]|[A-Z]+\.md)\b")
+
+
+def test_docs_cite_files_that_exist() -> None:
+    """Every repository path a docstring, comment or README names exists (a glob may stand in
+    for several)."""
+    files = sorted(p for folder in (*PACKAGES, "tests", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+    files += sorted(ROOT.glob("*.md")) + sorted((ROOT / "benchmarks").glob("*.md")) + sorted((ROOT / "configs").glob("*.yaml"))
+    dead = []
+    for path in files:
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            for cited in CITED_PATH.findall(line):
+                cited = cited.rstrip(".")
+                if not (ROOT / cited).exists() and not list(ROOT.glob(cited)):
+                    dead.append(f"{path.relative_to(ROOT)}:{lineno}: {cited}")
+    assert not dead, "paths that do not exist:\n" + "\n".join(dead)

@@ -1,4 +1,4 @@
-"""Nothing left behind (DESIGN.md contract 3): the bug we fear most.
+"""Nothing left behind (README, "Guarantees and their limits"): the bug we fear most.
 
 A unique canary string is planted in one record's text, a second one in that record's own
 metadata column; the record also has a unique id and subject. The store is trained with real

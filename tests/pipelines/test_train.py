@@ -1,9 +1,10 @@
 """`sisa train` end to end: versions, determinism, manifests and lineage, incremental training,
 Ray vs serial, MLflow, failed shard jobs, and the refusal while a deletion is open.
 
-The contract (DESIGN.md): seeds derive from (store seed, shard_id, slice_idx), so the same data
-and config give the same adapter bytes in any store, on any backend, trained at once or slice
-by slice; a shard with nothing new is reused byte for byte; a failed shard job commits nothing.
+The contract (README, "Guarantees and their limits"): seeds derive from (store seed, shard_id,
+slice_idx), so the same data and config give the same adapter bytes in any store, on any
+backend, trained at once or slice by slice; a shard with nothing new is reused byte for byte; a
+failed shard job commits nothing.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 `SISA_FAULT=<stage>` (storage/faults.py) makes the process kill itself with SIGKILL at that stage:
 no cleanup, no finally blocks, the store lock left behind, exactly like a power cut or the OOM
-killer. Afterwards, each test checks what DESIGN.md promises (invariant 5, durability):
+killer. Afterwards, each test checks what the README promises ("Crashes"):
 - the process really died by SIGKILL (return code -9), at the stage named;
 - the serving version is intact (its checkpoints byte-identical, sha256-verified by
   `sisa verify`) and loads (`sisa generate`);

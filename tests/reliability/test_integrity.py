@@ -1,6 +1,6 @@
 """Tampering and damage: checkpoints are verified by sha256 on load, pickle is never loaded.
 
-DESIGN.md invariant 5: checkpoints are safetensors + JSON, verified by sha256 on load; never
+README, "Crashes": checkpoints are safetensors + JSON, verified by sha256 on load; never
 pickle. Through the real CLI (in-process), a damaged or altered file of a serving checkpoint
 stops `sisa verify` (exit 7), `sisa generate` and a training that continues from it, with a
 message naming the file and the checkpoint. A pickle dropped into a checkpoint folder is refused

@@ -10,8 +10,7 @@ A scan then looks for the canaries (and the forgotten records' raw ids and subje
 - files created or changed in the system temp folder since the test started;
 - everything the CLI printed (fd-level capture) and every log record at DEBUG level.
 The same scan must find the canaries before the deletion, or it proves nothing. Error messages
-about rows that hold a canary must not quote it (DESIGN.md invariant 3, README "Nothing left
-behind").
+about rows that hold a canary must not quote it (README, "Nothing left behind").
 """
 
 from __future__ import annotations
