@@ -163,8 +163,8 @@ def _raise_failures(tasks: list[Any], outcomes: list[tuple[bool, Any]]) -> None:
         f"{len(ids)} of {len(tasks)} shard job(s) failed (shard_id {', '.join(map(str, ids))}); "
         f"first error: {type(first).__name__}: {_message(first)}. Fix the cause and rerun{rest}.",
         shard_ids=ids,
+        errors=failed,
     )
-    err.errors = failed  # type: ignore[attr-defined]
     raise err from first
 
 

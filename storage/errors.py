@@ -82,11 +82,21 @@ class RefusedError(SisaError):
 
 
 class ShardJobError(SisaError):
-    """A shard job failed; carries the failed shard ids."""
+    """Shard jobs failed: `shard_ids` names them, `errors` maps each to the exception it raised.
 
-    def __init__(self, message: str, shard_ids: list[int] | None = None):
+    The map is a constructor argument, so it survives pickling (a Ray task boundary, a process
+    pool) as long as the exceptions in it are picklable themselves.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        shard_ids: list[int] | None = None,
+        errors: dict[int, BaseException] | None = None,
+    ):
         super().__init__(message)
-        self.shard_ids = list(shard_ids or [])
+        self.errors = dict(errors or {})
+        self.shard_ids = list(shard_ids) if shard_ids is not None else list(self.errors)
 
     def __reduce__(self):
-        return (self.__class__, (self.message, self.shard_ids))
+        return (self.__class__, (self.message, self.shard_ids, self.errors))

@@ -1,11 +1,16 @@
 """The house rules that keep the code base navigable, checked on the source.
 
-Imports point one way (pipelines → sisa → storage), and each heavy library has one home.
+Imports point one way (pipelines → sisa → storage), each heavy library has one home, and every
+library the code, the tests or the benchmarks import is declared in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.metadata
+import re
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -92,3 +97,60 @@ def test_no_module_shadows_a_package() -> None:
     modules = [p for d in ("sisa", "pipelines", "storage", "benchmarks") for p in (ROOT / d).glob("*.py")]
     assert not [str(p.relative_to(ROOT)) for p in modules if p.stem in shadowed]
     assert not {p.stem for p in (ROOT / "sisa").glob("*.py")} & {p.stem for p in (ROOT / "pipelines").glob("*.py")} - {"__init__"}
+
+
+def _requirement_names(specs: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~\[; ]", s, maxsplit=1)[0].lower().replace("_", "-") for s in specs}
+
+
+def _third_party_imports(paths: list[Path]) -> dict[str, list[str]]:
+    """Top-level third-party module → the files that import it."""
+    local = set(LAYER) | {"tests", "_common"}
+    out: dict[str, list[str]] = {}
+    for path in paths:
+        for module in _imports(path):
+            top = module.split(".")[0]
+            if top not in sys.stdlib_module_names and top not in local:
+                out.setdefault(top, []).append(str(path.relative_to(ROOT)))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("folders", "extras"),
+    [(PACKAGES, ()), (("tests", "benchmarks"), ("test",))],
+    ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-extra"],
+)
+def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:
+    """A library the code imports is pinned in pyproject.toml itself, not merely pulled in by
+    another package (which may drop it in any release)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = _requirement_names(project["dependencies"])
+    for extra in extras:
+        declared |= _requirement_names(project["optional-dependencies"][extra])
+    distributions = importlib.metadata.packages_distributions()
+    paths = sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
+    missing = {}
+    for module, users in sorted(_third_party_imports(paths).items()):
+        names = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not names & declared:
+            missing[module] = users[:3]
+    assert not missing, f"imported but not declared in pyproject.toml: {missing}"
+
+
+# `configs/tiny.yaml`, `sisa/model.py`, `tests/helpers.py` ... and README.md-style root documents.
+CITED_PATH = re.compile(r"(?<![\w./-])((?:sisa|pipelines|storage|tests|benchmarks|configs)/[\w./-]*[\w]|[A-Z]+\.md)\b")
+
+
+def test_docs_cite_files_that_exist() -> None:
+    """Every repository path a docstring, comment or README names exists (a glob may stand in
+    for several)."""
+    files = sorted(p for folder in (*PACKAGES, "tests", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
+    files += sorted(ROOT.glob("*.md")) + sorted((ROOT / "benchmarks").glob("*.md")) + sorted((ROOT / "configs").glob("*.yaml"))
+    dead = []
+    for path in files:
+        for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+            for cited in CITED_PATH.findall(line):
+                cited = cited.rstrip(".")
+                if not (ROOT / cited).exists() and not list(ROOT.glob(cited)):
+                    dead.append(f"{path.relative_to(ROOT)}:{lineno}: {cited}")
+    assert not dead, "paths that do not exist:\n" + "\n".join(dead)

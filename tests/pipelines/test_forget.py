@@ -15,36 +15,28 @@ import pytest
 
 from pipelines import forget, rollback, train
 from pipelines import list_versions as versions_pipeline
+from pipelines import verify as verify_pipeline
 from sisa import checkpoints, deletion, scheduler, serving, versions
 from sisa.synthetic import make_people
 from sisa.trainer import ShardTask, train_shard
 from storage import ledgers
 from storage.errors import RefusedError, ValidationError
 from storage.store import Store
-from tests.pipelines.conftest import (
+from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
+from tests.pipelines.helpers import (
     adapter_tensors,
     all_checkpoints,
     assert_tensors_equal,
     chain,
     checkpoint_dir,
-    cli_args,
     ingest_rows,
     layout_of,
     load_tensors,
-    make_cfg,
     optimizer_tensors,
-    run_cli,
     serving_shards,
-    tree_digest,
 )
 
 SLICES = ["sharding.slice_size=8"]
-
-try:  # `sisa verify` is being written alongside these tests
-    from pipelines import verify as verify_pipeline
-except ImportError:  # pragma: no cover - depends on the state of the tree
-    verify_pipeline = None
-needs_verify = pytest.mark.skipif(verify_pipeline is None, reason="pipelines/verify.py does not exist yet")
 
 
 def _setup(root: Path, rows: list[dict], *extra: str, tracking: bool = False, backend: str = "serial"):
@@ -178,7 +170,6 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
         assert_tensors_equal(adapter_tensors(store, got[shard]), replayed, f"{mode}: shard {shard} replay")
 
 
-@needs_verify
 def test_verify_replay_proves_the_forget_exact(tmp_path, capfd):
     cfg, store = _setup(tmp_path, make_people(24, seed=12))
     subject, _, _ = _subject_in_middle_slice(store)
@@ -189,7 +180,7 @@ def test_verify_replay_proves_the_forget_exact(tmp_path, capfd):
     full = _verify(cfg, None, True)  # every completed request, every shard replayed
     assert full["passed"] and set(full["replay"]) == {str(s) for s in serving_shards(store)}
     capfd.readouterr()
-    code, out, _ = run_cli(capfd, "verify", req["request_id"], "--replay", *cli_args(tmp_path / "s", *SLICES))
+    code, out, _ = run_cli("verify", req["request_id"], "--replay", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
     assert code == 0 and "verified" in out
 
     # Damage the serving adapter of the affected shard: verify must fail, not shrug.
@@ -210,7 +201,7 @@ def test_rollback_refuses_a_version_trained_on_deleted_records(tmp_path, capfd):
     with pytest.raises(RefusedError, match=req["request_id"]):
         rollback.run(cfg, 1)
     capfd.readouterr()
-    code, _, err = run_cli(capfd, "rollback", "1", *cli_args(tmp_path / "s", *SLICES))
+    code, _, err = run_cli("rollback", "1", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
     assert code == RefusedError.exit_code and req["request_id"] in err
     assert store.current_version() == 2
 
@@ -254,7 +245,7 @@ def test_replaying_a_request_and_deleting_deleted_ids_are_noops(tmp_path, capfd)
     args = cli_args(tmp_path / "s", *SLICES)
     capfd.readouterr()
     for flags in (["--subject", subject], ["--ids", ",".join(ids)]):
-        code, out, _ = run_cli(capfd, "forget", *flags, *args)
+        code, out, _ = run_cli("forget", *flags, *args, capfd=capfd)
         assert code == 0 and "no-op" in out, flags
     assert tree_digest(tmp_path / "s") == state
     assert len(ledgers.list_requests(store.fs)) == 1
@@ -284,13 +275,13 @@ def test_unknown_ids_are_named_and_change_nothing(tmp_path, capfd):
     with pytest.raises(ValidationError, match="no-such-subject"):
         forget.run(cfg, "subject", ["no-such-subject"], quiet=True)
     capfd.readouterr()
-    code, _, err = run_cli(capfd, "forget", "--ids", f"{known},nobody-1", *cli_args(tmp_path / "s", *SLICES))
+    code, _, err = run_cli("forget", "--ids", f"{known},nobody-1", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
     assert code == ValidationError.exit_code and "nobody-1" in err and "--allow-missing" in err
     assert tree_digest(tmp_path / "s") == state
     assert known in store.index.table["record_id"].to_pylist()
 
     # --allow-missing skips them and forgets the rest.
-    code, out, err = run_cli(capfd, "forget", "--ids", f"{known},nobody-1", "--allow-missing", "--json", *cli_args(tmp_path / "s", *SLICES))
+    code, out, err = run_cli("forget", "--ids", f"{known},nobody-1", "--allow-missing", "--json", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
     assert code == 0, err
     req = json.loads(out)["request"]
     assert req["status"] == "completed" and req["records"] == 1 and req["missing_skipped"] == 1
@@ -305,13 +296,13 @@ def test_an_empty_selection_is_an_error(tmp_path, capfd):
             forget.run(cfg, "ids", values, quiet=True)
     args = cli_args(tmp_path / "s", *SLICES)
     capfd.readouterr()
-    code, _, err = run_cli(capfd, "forget", "--ids", ",", *args)
+    code, _, err = run_cli("forget", "--ids", ",", *args, capfd=capfd)
     assert code == ValidationError.exit_code and "selects nothing" in err
-    code, _, err = run_cli(capfd, "forget", *args)
+    code, _, err = run_cli("forget", *args, capfd=capfd)
     assert code == ValidationError.exit_code and "--ids" in err
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
-    code, _, err = run_cli(capfd, "forget", "--ids-file", str(empty), *args)
+    code, _, err = run_cli("forget", "--ids-file", str(empty), *args, capfd=capfd)
     assert code == ValidationError.exit_code and "selects nothing" in err
     assert tree_digest(tmp_path / "s") == state
 
@@ -341,7 +332,7 @@ def test_every_selector_forgets_what_it_names(tmp_path, capfd):
     for flags, kind, expect in cases:
         live_before = set(store.index.table["record_id"].to_pylist())
         assert expect <= live_before
-        code, out, err = run_cli(capfd, "forget", *flags, "--json", *args)
+        code, out, err = run_cli("forget", *flags, "--json", *args, capfd=capfd)
         assert code == 0, (flags, err)
         req = json.loads(out)["request"]
         assert req["status"] == "completed" and req["selector"]["kind"] == kind and req["records"] == len(expect), flags
@@ -354,7 +345,7 @@ def test_every_selector_forgets_what_it_names(tmp_path, capfd):
                 on_disk |= set() if t is None else set(t["record_id"].to_pylist())
         assert not on_disk & expect, flags
     assert len(ledgers.list_requests(store.fs)) == len(cases)
-    code, out, _ = run_cli(capfd, "requests", "--json", *args)
+    code, out, _ = run_cli("requests", "--json", *args, capfd=capfd)
     assert code == 0 and [r["status"] for r in json.loads(out)] == ["completed"] * len(cases)
 
 
@@ -370,7 +361,7 @@ def test_dry_run_changes_nothing_and_predicts_the_plan(tmp_path, capfd):
     assert plan["unaffected_shards"] == [s for s in range(store.num_shards) if s != shard]
     assert 0 < plan["cost_fraction"] < 1
     capfd.readouterr()
-    code, out, _ = run_cli(capfd, "forget", "--subject", subject, "--dry-run", *cli_args(tmp_path / "s", *SLICES))
+    code, out, _ = run_cli("forget", "--subject", subject, "--dry-run", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
     assert code == 0 and "dry run, nothing changed" in out and "retrain cost" in out
     assert tree_digest(tmp_path / "s") == state
     real = forget.run(cfg, "subject", [subject], quiet=True)["request"]
@@ -418,7 +409,7 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
 
     if crash_at == "purge":  # through the CLI once: `sisa forget --resume`
         capfd.readouterr()
-        code, out, err = run_cli(capfd, "forget", "--resume", "--json", *cli_args(tmp_path / "s", *SLICES))
+        code, out, err = run_cli("forget", "--resume", "--json", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
         assert code == 0, err
         assert [r["request_id"] for r in json.loads(out)] == [req["request_id"]]
     else:

@@ -22,10 +22,8 @@ from sisa import checkpoints
 from sisa.config import load_config
 from storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
 from storage.store import Store
-from tests.helpers import tree_digest
+from tests.helpers import REPO, TINY, run_cli, tree_digest
 
-REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / "configs" / "tiny.yaml")
 SISA = str(Path(sys.executable).parent / "sisa")
 SLICE_SIZE = 16  # configs/tiny.yaml
 
@@ -64,13 +62,11 @@ def store(tmp_path) -> Path:
 
 
 @pytest.fixture
-def sisa(store, capsys):
+def sisa(store):
     """Run the real CLI in-process: sisa(verb, *args) -> (exit code, stdout, stderr)."""
 
     def run(verb: str, *args: str, overrides: tuple[str, ...] = ()) -> tuple[int, str, str]:
-        code = main([verb, *args, "--config", TINY, f"store.uri={store}", *overrides])
-        out, err = capsys.readouterr()
-        return code, out, err
+        return run_cli(verb, *args, "--config", TINY, f"store.uri={store}", *overrides)
 
     return run
 
@@ -156,7 +152,10 @@ def test_cli_as_a_subprocess(tmp_path, store, sisa):
     path = write_jsonl(tmp_path / "people.jsonl", rows)
     done = subprocess.run(
         [SISA, "ingest", str(path), "--json", "--config", TINY, f"store.uri={store}"],
-        capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"},
+        capture_output=True, text=True,
+        # The installed entry point, running this checkout's code (not wherever the package
+        # was installed from in editable mode).
+        env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
     )
     assert done.returncode == 0, done.stderr
     (result,) = json.loads(done.stdout)

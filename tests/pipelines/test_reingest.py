@@ -5,18 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pipelines import forget, ingest
-from sisa.config import load_config
 from sisa.synthetic import make_people, write_jsonl
 from storage.errors import ValidationError
 from storage.store import Store
-
-
-def _cfg(tmp_path, *extra):
-    return load_config("configs/tiny.yaml", [f"store.uri={tmp_path / 's'}", "tracking.enabled=false", "scheduler.backend=serial", *extra])
+from tests.helpers import make_cfg
 
 
 def test_forgotten_ids_and_subjects_are_refused_on_reingest(tmp_path):
-    cfg = _cfg(tmp_path)
+    cfg = make_cfg(tmp_path / "s")
     people = write_jsonl(make_people(6, seed=3), tmp_path / "people.jsonl")
     ingest.run(cfg, [str(people)])
     forget.run(cfg, "subject", ["person-00002"], evidence=False, quiet=True)
@@ -33,5 +29,5 @@ def test_forgotten_ids_and_subjects_are_refused_on_reingest(tmp_path):
     assert len(store.index) == before
 
     # With renewed consent the records come back.
-    res = ingest.run(_cfg(tmp_path, "ingest.allow_forgotten=true"), [str(people)])
+    res = ingest.run(make_cfg(tmp_path / "s", "ingest.allow_forgotten=true"), [str(people)])
     assert res[0].records == 2

@@ -1,9 +1,10 @@
 """`sisa train` end to end: versions, determinism, manifests and lineage, incremental training,
 Ray vs serial, MLflow, failed shard jobs, and the refusal while a deletion is open.
 
-The contract (DESIGN.md): seeds derive from (store seed, shard_id, slice_idx), so the same data
-and config give the same adapter bytes in any store, on any backend, trained at once or slice
-by slice; a shard with nothing new is reused byte for byte; a failed shard job commits nothing.
+The contract (README, "Guarantees and their limits"): seeds derive from (store seed, shard_id,
+slice_idx), so the same data and config give the same adapter bytes in any store, on any
+backend, trained at once or slice by slice; a shard with nothing new is reused byte for byte; a
+failed shard job commits nothing.
 """
 
 from __future__ import annotations
@@ -24,20 +25,17 @@ from sisa.trainer import ShardTask, train_shard
 from storage import layout, ledgers
 from storage.errors import IntegrityError, RefusedError, ShardJobError
 from storage.store import Store
-from tests.pipelines.conftest import (
+from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
+from tests.pipelines.helpers import (
     adapter_tensors,
     all_checkpoints,
     assert_tensors_equal,
     checkpoint_dir,
-    cli_args,
     ingest_rows,
     load_tensors,
-    make_cfg,
     optimizer_tensors,
     people_in_shards,
-    run_cli,
     serving_shards,
-    tree_digest,
 )
 
 SLICES = ["sharding.slice_size=8"]  # 40 records → several slices per shard, still seconds
@@ -72,7 +70,7 @@ def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
     ingest_rows(cfg, rows, tmp_path / "input" / "people.jsonl")
     capfd.readouterr()
 
-    code, out, err = run_cli(capfd, "train", *args)
+    code, out, err = run_cli("train", *args, capfd=capfd)
     assert code == 0, err
     assert "committed model version 1" in out
 
@@ -92,7 +90,7 @@ def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
 
     listed = versions_pipeline.run(cfg)
     assert listed["current"] == 1 and [v["model_version"] for v in listed["versions"]] == [1]
-    code, out, _ = run_cli(capfd, "versions", *args)
+    code, out, _ = run_cli("versions", *args, capfd=capfd)
     assert code == 0 and "train" in out
 
     # Nothing new: a second train is a no-op and commits nothing.
@@ -305,7 +303,7 @@ def test_train_refuses_while_a_deletion_request_is_open(tmp_path, capfd, monkeyp
     with pytest.raises(RefusedError, match=req["request_id"]):
         train.run(cfg)
     capfd.readouterr()
-    code, _, err = run_cli(capfd, "train", *cli_args(tmp_path / "s", *SLICES))
+    code, _, err = run_cli("train", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
     assert code == RefusedError.exit_code
     assert req["request_id"] in err and "forget --resume" in err
     with pytest.raises(RefusedError, match=req["request_id"]):

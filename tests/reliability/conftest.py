@@ -1,134 +1,31 @@
-"""Shared helpers for the reliability tests: crashes, worker death, concurrency, tampering, bad
-input, leaks and exposure.
+"""Fixtures for the reliability tests; their helpers are in tests/reliability/helpers.py and
+tests/helpers.py.
 
-Every test runs on configs/tiny.yaml against a real store. Training once per session is enough:
-`trained_store` copies a template store (ingested and trained, serial, untracked) into the
-test's own folder, so a test that breaks its store breaks nobody else's. The real CLI runs in a
-subprocess where a test needs the process to die (`sisa_proc`), and in-process elsewhere
-(`run_cli`), which skips seconds of imports per call.
+Training once per session is enough: `trained_store` copies a template store (ingested and
+trained, serial, untracked) into the test's own folder, so a test that breaks its store breaks
+nobody else's.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from pipelines import ingest, train
-from pipelines.cli import main
-from sisa import checkpoints
-from sisa.config import SisaConfig, load_config
-from sisa.offline import OFFLINE_ENV
-from sisa.synthetic import make_people, write_jsonl
-from storage.store import Store
-from tests.helpers import tree_digest  # noqa: F401  (re-exported to the tests here)
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = str(REPO / "configs" / "tiny.yaml")
-# Slices of 8 give every shard two or three slices from 20 people, so a deletion in a middle
-# slice retrains from a real parent checkpoint.
-SLICES = ("sharding.slice_size=8",)
-PEOPLE = 20
-PEOPLE_SEED = 11
-
-
-# -- configs and the CLI ---------------------------------------------------------------------------
-def overrides(root: Path | str, *extra: str, tracking: bool = False, backend: str = "serial") -> list[str]:
-    return [f"store.uri={root}", f"scheduler.backend={backend}", f"tracking.enabled={str(tracking).lower()}", *SLICES, *extra]
-
-
-def make_cfg(root: Path | str, *extra: str, tracking: bool = False, backend: str = "serial") -> SisaConfig:
-    return load_config(TINY, overrides(root, *extra, tracking=tracking, backend=backend))
-
-
-def cli_args(root: Path | str, *extra: str, tracking: bool = False, backend: str = "serial") -> list[str]:
-    return ["--config", TINY, *overrides(root, *extra, tracking=tracking, backend=backend)]
-
-
-def run_cli(*argv: str) -> tuple[int, str, str]:
-    """`sisa ARGV...` in this process: (exit code, stdout, stderr) as the user would see them."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(argv))
-    return code, out.getvalue(), err.getvalue()
-
-
-def sisa_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SISA_FAULT")}
-    env.update(OFFLINE_ENV)
-    env.update(extra)
-    return env
-
-
-def sisa_proc(*argv: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
-    """The real `sisa` command in a child process (`python -m pipelines.cli`)."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *argv],
-        cwd=REPO, env=sisa_env(**env), capture_output=True, text=True, timeout=timeout,
-    )
-
-
-def sisa_popen(*argv: str, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *argv],
-        cwd=REPO, env=sisa_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-
-
-def describe(proc: subprocess.CompletedProcess) -> str:
-    return f"exit {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}\n--- stderr\n{proc.stderr[-3000:]}"
-
-
-# -- store state -------------------------------------------------------------------------------------
-def status(root: Path | str) -> dict:
-    code, out, err = run_cli("status", "--json", *cli_args(root))
-    assert code == 0, err
-    return json.loads(out)
-
-
-def requests_of(root: Path | str) -> list[dict]:
-    from storage import ledgers
-
-    return ledgers.list_requests(Store.open(str(root)).fs)
-
-
-def live_ids(root: Path | str) -> set[str]:
-    return set(Store.open(str(root)).index.table["record_id"].to_pylist())
-
-
-def subject_in_middle(store: Store) -> tuple[str, int, int]:
-    """A subject whose records all sit in one slice after the first of a shard with a later
-    slice: forgetting it retrains from a parent checkpoint and rewrites at least two slices.
-    Returns (subject_id, shard_id, slice_idx)."""
-    where: dict[str, set[tuple[int, int]]] = {}
-    for r in store.index.table.to_pylist():
-        where.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
-    for subject, places in sorted(where.items()):
-        if len(places) == 1:
-            ((shard, sl),) = places
-            if 0 < sl < max(checkpoints.shard_slices(store, shard)):
-                return subject, shard, sl
-    raise AssertionError("the template data should give some subject a middle slice")
+from sisa.synthetic import write_jsonl
+from tests.helpers import make_cfg
+from tests.reliability.helpers import SLICES, people
 
 
 # -- the template store ------------------------------------------------------------------------------
-def people(n: int = PEOPLE, seed: int = PEOPLE_SEED, start: int = 0) -> list[dict]:
-    return make_people(n, seed=seed, start=start)
-
-
 @pytest.fixture(scope="session")
 def template_store(tmp_path_factory) -> Path:
     """A store with 40 records about 20 people, trained once (serial, untracked): model version 1."""
     base = tmp_path_factory.mktemp("reliability-template")
     root = base / "s"
-    cfg = make_cfg(root)
+    cfg = make_cfg(root, *SLICES)
     path = write_jsonl(people(), base / "people.jsonl")
     ingest.run(cfg, [str(path)])
     assert train.run(cfg).model_version == 1
@@ -141,8 +38,3 @@ def trained_store(template_store, tmp_path) -> Path:
     root = tmp_path / "s"
     shutil.copytree(template_store, root)
     return root
-
-
-def write_people(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_jsonl(rows, path)

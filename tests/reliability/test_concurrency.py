@@ -23,14 +23,13 @@ import pytest
 from pipelines import forget, ingest
 from storage import layout
 from storage.store import Store
-from tests.reliability.conftest import (
-    cli_args,
+from tests.helpers import cli_args, make_cfg, run_cli
+from tests.reliability.helpers import (
+    SLICES,
     describe,
     live_ids,
-    make_cfg,
     people,
     requests_of,
-    run_cli,
     sisa_popen,
     sisa_proc,
     status,
@@ -82,21 +81,21 @@ def test_a_second_forget_fails_or_waits_while_the_first_holds_the_lock(trained_s
     more = people(4, seed=12, start=900)
     more_path = write_people(tmp_path / "input" / "more.jsonl", more)
 
-    first = sisa_popen("forget", "--subject", a, *cli_args(root, "store.lock_timeout_s=120"))
+    first = sisa_popen("forget", "--subject", a, *cli_args(root, *SLICES, "store.lock_timeout_s=120"))
     try:
         wait_for_lock(root, first.pid, first)
         os.kill(first.pid, signal.SIGSTOP)  # frozen while it holds the lock
 
         # A second `sisa forget` that will not wait: refused, naming the holder, nothing written.
-        second = sisa_proc("forget", "--subject", b, *cli_args(root, "store.lock_timeout_s=1"))
+        second = sisa_proc("forget", "--subject", b, *cli_args(root, *SLICES, "store.lock_timeout_s=1"))
         assert second.returncode == 3, describe(second)
         assert f"is locked by PID {first.pid}" in second.stderr and "(forget)" in second.stderr, second.stderr
         hashes_b = set(Store.open(str(root)).hash_ids(sorted(b_ids)))
         assert not any(hashes_b & set(r["id_hashes"]) for r in requests_of(root))
 
         # Its retry and an ingest both wait for the lock instead.
-        retry = Background(forget.run, make_cfg(root, "store.lock_timeout_s=120"), "subject", [b], quiet=True)
-        arrivals = Background(ingest.run, make_cfg(root, "store.lock_timeout_s=120"), [str(more_path)])
+        retry = Background(forget.run, make_cfg(root, *SLICES, "store.lock_timeout_s=120"), "subject", [b], quiet=True)
+        arrivals = Background(ingest.run, make_cfg(root, *SLICES, "store.lock_timeout_s=120"), [str(more_path)])
         retry.start()
         arrivals.start()
         time.sleep(1.5)
@@ -123,7 +122,7 @@ def test_a_second_forget_fails_or_waits_while_the_first_holds_the_lock(trained_s
     st = status(root)
     assert st["open_requests"] == [] and len(st["ingests"]) == 2
     assert not (root / layout.LOCK).exists()
-    code, out, err = run_cli("verify", "--replay", *cli_args(root))
+    code, out, err = run_cli("verify", "--replay", *cli_args(root, *SLICES))
     assert code == 0 and "verified" in out, out + err
 
 
@@ -131,7 +130,7 @@ def test_a_writer_killed_holding_the_lock_leaves_a_stale_lock_the_next_one_takes
     root = trained_store
     (a, a_ids), = subjects(root, 1)
     more = people(4, seed=13, start=950)
-    killed = sisa_proc("ingest", str(write_people(tmp_path / "input" / "more.jsonl", more)), *cli_args(root), SISA_FAULT="ingest-after-parts")
+    killed = sisa_proc("ingest", str(write_people(tmp_path / "input" / "more.jsonl", more)), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts")
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     owner = lock_owner(root)
     assert owner["purpose"] == "ingest"
@@ -140,7 +139,7 @@ def test_a_writer_killed_holding_the_lock_leaves_a_stale_lock_the_next_one_takes
 
     # lock_timeout_s=0: the stale lock is recognised and taken over, not waited out.
     started = time.monotonic()
-    code, out, err = run_cli("forget", "--subject", a, *cli_args(root, "store.lock_timeout_s=0"))
+    code, out, err = run_cli("forget", "--subject", a, *cli_args(root, *SLICES, "store.lock_timeout_s=0"))
     assert code == 0, out + err
     assert time.monotonic() - started < 120
     (req,) = requests_of(root)

@@ -2,7 +2,7 @@
 
 `SISA_FAULT=<stage>` (storage/faults.py) makes the process kill itself with SIGKILL at that stage:
 no cleanup, no finally blocks, the store lock left behind, exactly like a power cut or the OOM
-killer. Afterwards, each test checks what DESIGN.md promises (invariant 5, durability):
+killer. Afterwards, each test checks what the README promises ("Crashes"):
 - the process really died by SIGKILL (return code -9), at the stage named;
 - the serving version is intact (its checkpoints byte-identical, sha256-verified by
   `sisa verify`) and loads (`sisa generate`);
@@ -27,18 +27,16 @@ import pytest
 from sisa import checkpoints, training, versions
 from storage import layout, ledgers
 from storage.store import Store
-from tests.reliability.conftest import (
-    cli_args,
+from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
+from tests.reliability.helpers import (
+    SLICES,
     describe,
     live_ids,
-    make_cfg,
     people,
     requests_of,
-    run_cli,
     sisa_proc,
     status,
     subject_in_middle,
-    tree_digest,
     write_people,
 )
 
@@ -70,14 +68,14 @@ def serving_state(root: Path) -> tuple[int | None, dict[str, str]]:
 
 
 def assert_serves_and_loads(root: Path) -> None:
-    code, out, err = run_cli("verify", *cli_args(root))
+    code, out, err = run_cli("verify", *cli_args(root, *SLICES))
     assert code == 0 and "integrity  ok" in out, out + err
-    code, out, err = run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "3", *cli_args(root))
+    code, out, err = run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "3", *cli_args(root, *SLICES))
     assert code == 0 and out.startswith("Ada Lane works as a"), out + err
 
 
 def assert_exact(root: Path) -> None:
-    code, out, err = run_cli("verify", "--replay", *cli_args(root))
+    code, out, err = run_cli("verify", "--replay", *cli_args(root, *SLICES))
     assert code == 0, out + err
     assert "verified" in out and "identical (torch.equal)" in out, out
 
@@ -94,7 +92,7 @@ def test_killed_ingest_is_invisible_gc_removes_its_parts_and_it_can_be_redone(tr
     serving_before = serving_state(root)
     more = new_people(tmp_path)
 
-    proc = sisa_proc("ingest", str(more), *cli_args(root), SISA_FAULT="ingest-after-parts")
+    proc = sisa_proc("ingest", str(more), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts")
     assert_killed(proc)
     # The killed ingest wrote data parts (the stage is after them) and left its lock behind.
     parts = sorted(str(p.relative_to(root)) for p in (root / layout.DATA).rglob("*.parquet"))
@@ -111,7 +109,7 @@ def test_killed_ingest_is_invisible_gc_removes_its_parts_and_it_can_be_redone(tr
     assert_serves_and_loads(root)
 
     # gc reports exactly the uncommitted parts and removes them (taking over the stale lock).
-    code, out, err = run_cli("gc", "--json", *cli_args(root))
+    code, out, err = run_cli("gc", "--json", *cli_args(root, *SLICES))
     assert code == 0, err
     report = json.loads(out)
     assert report["orphans"] == orphan_parts and report["removed"] and report["bytes_freed"] > 0
@@ -119,11 +117,11 @@ def test_killed_ingest_is_invisible_gc_removes_its_parts_and_it_can_be_redone(tr
     assert not (root / layout.LOCK).exists()
 
     # Re-ingesting the same file works as if the crash never happened.
-    code, out, err = run_cli("ingest", str(more), *cli_args(root))
+    code, out, err = run_cli("ingest", str(more), *cli_args(root, *SLICES))
     assert code == 0 and "ingested 20 record(s)" in out, out + err
     assert status(root)["records"] == before["records"] + 20
     assert {r["record_id"] for r in people(10, seed=3, start=500)} <= live_ids(root)
-    code, out, err = run_cli("train", *cli_args(root))
+    code, out, err = run_cli("train", *cli_args(root, *SLICES))
     assert code == 0 and "committed model version 2" in out, out + err
     assert_exact(root)
 
@@ -132,10 +130,10 @@ def test_a_killed_ingest_leaves_no_slice_for_train_to_pick_up(trained_store, tmp
     root = trained_store
     store = Store.open(str(root))
     slices_before = {s: checkpoints.shard_slices(store, s) for s in range(store.num_shards)}
-    assert_killed(sisa_proc("ingest", str(new_people(tmp_path)), *cli_args(root), SISA_FAULT="ingest-after-parts"))
+    assert_killed(sisa_proc("ingest", str(new_people(tmp_path)), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts"))
     store = Store.open(str(root))
     assert {s: checkpoints.shard_slices(store, s) for s in range(store.num_shards)} == slices_before
-    tasks, _ = training.plan_tasks(store, make_cfg(root))
+    tasks, _ = training.plan_tasks(store, make_cfg(root, *SLICES))
     assert tasks == [], f"nothing was committed, so nothing should train; planned {[(t.shard_id, t.slices) for t in tasks]}"
 
 
@@ -154,13 +152,13 @@ def test_gc_reports_and_removes_what_a_write_cut_short_leaves(trained_store):
     state = serving_state(root)
     assert state[0] == 1  # the half-written pointer is never read
 
-    code, out, err = run_cli("gc", *cli_args(root))
+    code, out, err = run_cli("gc", *cli_args(root, *SLICES))
     assert code == 0, err
     assert f"removed tmp/{staged.name}" in out and "removed tmp/sisa-ckpt-cut-short" in out, out
     assert "2 orphan(s)" in out
     assert not staged.exists() and not staging.exists()
     assert serving_state(root) == state
-    code, out, _ = run_cli("gc", "--dry-run", *cli_args(root))
+    code, out, _ = run_cli("gc", "--dry-run", *cli_args(root, *SLICES))
     assert code == 0 and "0 orphan(s)" in out
 
 
@@ -168,12 +166,12 @@ def test_gc_reports_and_removes_what_a_write_cut_short_leaves(trained_store):
 @pytest.mark.parametrize("stage", ["train-between-slices", "pointer-move"])
 def test_killed_training_leaves_the_serving_version_and_training_finishes(trained_store, tmp_path, stage):
     root = trained_store
-    code, out, err = run_cli("ingest", str(new_people(tmp_path, n=12)), *cli_args(root))
+    code, out, err = run_cli("ingest", str(new_people(tmp_path, n=12)), *cli_args(root, *SLICES))
     assert code == 0, err
     serving_before = serving_state(root)
     versions_before = tree_digest(root / layout.VERSIONS)
 
-    proc = sisa_proc("train", *cli_args(root), SISA_FAULT=stage)
+    proc = sisa_proc("train", *cli_args(root, *SLICES), SISA_FAULT=stage)
     assert_killed(proc)
     store = Store.open(str(root))
     if stage == "train-between-slices":
@@ -187,10 +185,10 @@ def test_killed_training_leaves_the_serving_version_and_training_finishes(traine
     assert_serves_and_loads(root)
     assert status(root)["current_version"] == 1
 
-    code, out, err = run_cli("train", *cli_args(root))
+    code, out, err = run_cli("train", *cli_args(root, *SLICES))
     assert code == 0 and "it now serves" in out, out + err
     assert Store.open(str(root)).current_version() == (2 if stage == "train-between-slices" else 3)
-    code, out, err = run_cli("gc", *cli_args(root))
+    code, out, err = run_cli("gc", *cli_args(root, *SLICES))
     assert code == 0 and "0 orphan(s)" in out, out + err
     assert_exact(root)
 
@@ -228,7 +226,7 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     other_shards = {s: c for s, c in versions.shard_checkpoints(versions.current(store)).items() if s != shard}
     checkpoints_before = set(checkpoints.checkpoint_ids(store, shard))
 
-    proc = sisa_proc("forget", "--subject", subject, *cli_args(root), SISA_FAULT=stage)
+    proc = sisa_proc("forget", "--subject", subject, *cli_args(root, *SLICES), SISA_FAULT=stage)
     assert_killed(proc)
 
     # The request survived the kill: in the ledger, open, naming exactly the records (by hash).
@@ -257,10 +255,10 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     assert_serves_and_loads(root)
 
     # Nothing else may run until the request is finished.
-    code, _, err = run_cli("train", *cli_args(root))
+    code, _, err = run_cli("train", *cli_args(root, *SLICES))
     assert code == 6 and "forget --resume" in err
 
-    code, out, err = run_cli("forget", "--resume", *cli_args(root))
+    code, out, err = run_cli("forget", "--resume", *cli_args(root, *SLICES))
     assert code == 0 and f"resuming {req['request_id']}" in out, out + err
     (done,) = requests_of(root)
     assert done["status"] == "completed"
@@ -270,10 +268,10 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     assert {s: c for s, c in after.items() if s != shard} == other_shards  # isolation survives the crash
     # Of the shard's old checkpoints only the clean ancestors of the new one are left.
     assert checkpoints_before & set(checkpoints.checkpoint_ids(Store.open(str(root)), shard)) <= _ancestors(root, after[shard])
-    code, out, err = run_cli("forget", "--resume", *cli_args(root))
+    code, out, err = run_cli("forget", "--resume", *cli_args(root, *SLICES))
     assert code == 0 and "no open requests" in out
 
-    code, out, err = run_cli("gc", *cli_args(root))
+    code, out, err = run_cli("gc", *cli_args(root, *SLICES))
     assert code == 0 and "0 orphan(s)" in out, out + err
     assert_exact(root)
     assert not os.path.exists(root / layout.LOCK)

@@ -1,6 +1,6 @@
 """Tampering and damage: checkpoints are verified by sha256 on load, pickle is never loaded.
 
-DESIGN.md invariant 5: checkpoints are safetensors + JSON, verified by sha256 on load; never
+README, "Crashes": checkpoints are safetensors + JSON, verified by sha256 on load; never
 pickle. Through the real CLI (in-process), a damaged or altered file of a serving checkpoint
 stops `sisa verify` (exit 7), `sisa generate` and a training that continues from it, with a
 message naming the file and the checkpoint. A pickle dropped into a checkpoint folder is refused
@@ -19,7 +19,8 @@ import pytest
 from sisa import checkpoints, versions
 from storage.errors import IntegrityError
 from storage.store import Store
-from tests.reliability.conftest import REPO, cli_args, people, run_cli, tree_digest, write_people
+from tests.helpers import REPO, cli_args, run_cli, tree_digest
+from tests.reliability.helpers import SLICES, people, write_people
 
 
 def serving_checkpoint(root: Path, shard: int = 1) -> tuple[str, Path]:
@@ -69,9 +70,9 @@ def test_a_damaged_checkpoint_file_is_named_and_never_served(trained_store, name
     damage(folder / name, how)
     before = tree_digest(root)
 
-    text = assert_refused(run_cli("verify", *cli_args(root)), name, cid, code=7)
+    text = assert_refused(run_cli("verify", *cli_args(root, *SLICES)), name, cid, code=7)
     assert "integrity  FAILED" in text and "VERIFICATION FAILED" in text
-    assert_refused(run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root)), name, cid)
+    assert_refused(run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root, *SLICES)), name, cid)
     with pytest.raises(IntegrityError, match=name):
         checkpoints.open_checkpoint(Store.open(str(root)), cid)
     assert tree_digest(root) == before, "a refused load changed the store"
@@ -80,12 +81,12 @@ def test_a_damaged_checkpoint_file_is_named_and_never_served(trained_store, name
 def test_training_refuses_to_continue_from_a_damaged_checkpoint(trained_store, tmp_path):
     root = trained_store
     cid, folder = serving_checkpoint(root, shard=1)
-    code, _, err = run_cli("ingest", str(write_people(tmp_path / "more.jsonl", people(12, seed=5, start=700))), *cli_args(root))
+    code, _, err = run_cli("ingest", str(write_people(tmp_path / "more.jsonl", people(12, seed=5, start=700))), *cli_args(root, *SLICES))
     assert code == 0, err
     damage(folder / "optimizer.safetensors", "flip")
     versions_before = tree_digest(root / "versions"), (root / "CURRENT").read_bytes()
 
-    text = assert_refused(run_cli("train", *cli_args(root)), "shard_id 1", "optimizer.safetensors", cid)
+    text = assert_refused(run_cli("train", *cli_args(root, *SLICES)), "shard_id 1", "optimizer.safetensors", cid)
     assert "IntegrityError" in text
     assert (tree_digest(root / "versions"), (root / "CURRENT").read_bytes()) == versions_before
 
@@ -94,8 +95,8 @@ def test_a_damaged_manifest_is_named(trained_store):
     root = trained_store
     cid, folder = serving_checkpoint(root)
     damage(folder / checkpoints.MANIFEST, "truncate")
-    assert_refused(run_cli("verify", *cli_args(root)), checkpoints.MANIFEST, cid)
-    assert_refused(run_cli("generate", "--prompt", "x", "--max-new-tokens", "1", *cli_args(root)), checkpoints.MANIFEST, cid)
+    assert_refused(run_cli("verify", *cli_args(root, *SLICES)), checkpoints.MANIFEST, cid)
+    assert_refused(run_cli("generate", "--prompt", "x", "--max-new-tokens", "1", *cli_args(root, *SLICES)), checkpoints.MANIFEST, cid)
 
 
 # -- pickles --------------------------------------------------------------------------------------------
@@ -119,8 +120,8 @@ def test_a_pickle_in_a_checkpoint_folder_is_refused_by_name_and_never_loaded(tra
     if mode == "replacing the adapter":  # what peft would fall back to without the safetensors file
         (folder / "adapter_model.safetensors").unlink()
 
-    assert_refused(run_cli("verify", *cli_args(root)), name, cid, code=7)
-    assert_refused(run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root)), name, cid)
+    assert_refused(run_cli("verify", *cli_args(root, *SLICES)), name, cid, code=7)
+    assert_refused(run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root, *SLICES)), name, cid)
     with pytest.raises(IntegrityError, match=name.replace(".", r"\.")):
         checkpoints.open_checkpoint(Store.open(str(root)), cid)
     assert not marker.exists(), f"{name} was unpickled"

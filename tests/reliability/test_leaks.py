@@ -10,8 +10,7 @@ A scan then looks for the canaries (and the forgotten records' raw ids and subje
 - files created or changed in the system temp folder since the test started;
 - everything the CLI printed (fd-level capture) and every log record at DEBUG level.
 The same scan must find the canaries before the deletion, or it proves nothing. Error messages
-about rows that hold a canary must not quote it (DESIGN.md invariant 3, README "Nothing left
-behind").
+about rows that hold a canary must not quote it (README, "Nothing left behind").
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import sqlite3
 import tempfile
 import time
 import uuid
@@ -34,77 +32,13 @@ from pipelines import ingest
 from sisa import scheduler
 from storage.errors import SisaError
 from storage.store import Store
-from tests.reliability.conftest import cli_args, make_cfg, people, run_cli, write_people
+from tests.helpers import canaries_in_text, cli_args, files_under, find_canaries, make_cfg, run_cli
+from tests.reliability.helpers import SLICES, people, write_people
 
 pytestmark = pytest.mark.slow
-MAX_SCANNED_BYTES = 256 * 1024 * 1024
 
 
-# -- scanning -------------------------------------------------------------------------------------------
-def regular_files(root: Path | str, since: float | None = None, exclude: tuple[Path, ...] = ()) -> list[Path]:
-    out = []
-    excluded = [str(p) for p in exclude]
-    for dirpath, dirnames, filenames in os.walk(root, onerror=lambda e: None):
-        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in excluded]
-        for name in filenames:
-            path = os.path.join(dirpath, name)
-            try:
-                st = os.stat(path, follow_symlinks=False)
-            except OSError:
-                continue
-            if not os.path.isfile(path) or os.path.islink(path) or st.st_size > MAX_SCANNED_BYTES:
-                continue
-            if since is not None and st.st_mtime < since and st.st_ctime < since:
-                continue
-            out.append(Path(path))
-    return out
-
-
-def raw_hits(files: list[Path], needles: list[str]) -> dict[str, list[str]]:
-    hits: dict[str, list[str]] = {n: [] for n in needles}
-    for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            continue
-        for n in needles:
-            if n.encode() in data:
-                hits[n].append(str(path))
-    return hits
-
-
-def decoded_hits(files: list[Path], needles: list[str], strict: bool = True) -> dict[str, list[str]]:
-    """Parquet files decompressed and decoded; sqlite databases dumped as SQL."""
-    hits: dict[str, list[str]] = {n: [] for n in needles}
-    for path in files:
-        text = ""
-        try:
-            if path.suffix == ".parquet":
-                text = json.dumps(pq.read_table(path).to_pylist(), default=str, ensure_ascii=False)
-            elif path.suffix == ".db":
-                with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as con:
-                    text = "\n".join(con.iterdump())
-                con.close()
-        except (OSError, pa.ArrowException, sqlite3.Error):
-            if strict:
-                raise
-            continue  # not ours to decode (another test's damaged file); its raw bytes were scanned
-        for n in needles:
-            if n in text:
-                hits[n].append(f"{path} (decoded)")
-    return hits
-
-
-def scan(roots: dict[str, list[Path]], needles: list[str]) -> dict[str, list[str]]:
-    """needle -> every place it was found, over every root's files."""
-    found: dict[str, list[str]] = {n: [] for n in needles}
-    for label, files in roots.items():
-        for hits in (raw_hits(files, needles), decoded_hits(files, needles, strict=label == "store")):
-            for n, where in hits.items():
-                found[n] += [f"{label}: {w}" for w in where]
-    return found
-
-
+# -- logs ---------------------------------------------------------------------------------------------------
 class Everything(logging.Handler):
     """Every log record of every library, formatted, at DEBUG level."""
 
@@ -152,7 +86,7 @@ def test_a_forgotten_record_is_found_nowhere(tmp_path, capfd, leak_env):
     rows = people() + [exact, fast]
     folder = inputs / "people-dataset"
     datasets.Dataset.from_list(rows).save_to_disk(str(folder))
-    args = cli_args(root, tracking=True, backend="ray")
+    args = cli_args(root, *SLICES, tracking=True, backend="ray")
     outputs: list[str] = []
 
     def sisa(*argv: str) -> None:
@@ -165,16 +99,16 @@ def test_a_forgotten_record_is_found_nowhere(tmp_path, capfd, leak_env):
     ray_dir = Path(scheduler.ray_temp_dir())
     hf_cache = Path(os.environ["HF_DATASETS_CACHE"])
 
-    def store_files() -> list[Path]:
-        return regular_files(root)
+    def scan(places: dict, needles: list[str]) -> dict[str, list[str]]:
+        return {n: [str(h) for h in hits] for n, hits in find_canaries(places, needles, strict={"store"}).items()}
 
-    # Before: the scan does find both canaries and the raw ids in the store.
-    found = scan({"store": store_files()}, [canary_exact, canary_fast, exact["record_id"]])
-    assert all(any("(decoded)" in w for w in found[n]) for n in found), found
+    # Before: the scan does find both canaries and the raw ids in the store, decoded too.
+    found = find_canaries({"store": root}, [canary_exact, canary_fast, exact["record_id"]], strict={"store"})
+    assert all(any(h.how in ("parquet", "sqlite") for h in found[n]) for n in found), found
 
     # 1. Exact deletion: gone from the store and MLflow; the other canary still there (control).
     sisa("forget", "--subject", exact["subject_id"], *args)
-    found = scan({"store": store_files()}, [canary_exact, exact["record_id"], exact["subject_id"], canary_fast])
+    found = scan({"store": root}, [canary_exact, exact["record_id"], exact["subject_id"], canary_fast])
     assert found[canary_fast], "the control canary should still be in the store"
     assert found[canary_exact] == [] and found[exact["record_id"]] == [] and found[exact["subject_id"]] == [], found
 
@@ -187,10 +121,12 @@ def test_a_forgotten_record_is_found_nowhere(tmp_path, capfd, leak_env):
     outputs.extend([out, err])
     needles = [canary_exact, canary_fast, exact["record_id"], fast["record_id"], exact["subject_id"], fast["subject_id"]]
     places = {
-        "store": store_files(),
-        "ray session": regular_files(ray_dir),
-        "datasets cache": regular_files(hf_cache) if hf_cache.exists() else [],
-        "system temp (new files)": regular_files(tempfile.gettempdir(), since=started, exclude=(tmp_path, ray_dir)),
+        "store": files_under(root),
+        "ray session": files_under(ray_dir),
+        # sisa keeps the datasets cache in memory or in the store: this folder, if it exists at
+        # all, must hold nothing of the records either way.
+        "datasets cache": files_under(hf_cache),
+        "system temp (new files)": files_under(tempfile.gettempdir(), since=started, exclude=(tmp_path, ray_dir)),
     }
     assert places["store"] and places["ray session"]
     assert (root / "mlflow.db") in places["store"]
@@ -198,7 +134,7 @@ def test_a_forgotten_record_is_found_nowhere(tmp_path, capfd, leak_env):
     assert {n: w for n, w in found.items() if w} == {}, "left behind after forgetting"
     printed = "\n".join(outputs + leak_env.lines)
     assert len(leak_env.lines) > 0
-    leaked = [n for n in needles if n in printed]
+    leaked = sorted(canaries_in_text(printed, needles))
     assert leaked == [], f"printed or logged: {leaked}"
     # The ledger kept keyed hashes of the ids, never the ids.
     reqs = [json.loads(p.read_text()) for p in (root / "requests").glob("*.json")]
@@ -256,9 +192,9 @@ def test_errors_about_a_row_never_quote_its_text(trained_store, tmp_path, case):
         write_people(path, [{"record_id": stored, "subject_id": "s", "text": f"changed {canary}"}])
     else:
         path.write_bytes(make(canary))
-    code, out, err = run_cli("ingest", str(path), *cli_args(trained_store))
+    code, out, err = run_cli("ingest", str(path), *cli_args(trained_store, *SLICES))
     assert code == 4, out + err
     assert canary not in out + err, f"the error quotes the row's text:\n{err}"
     with pytest.raises(SisaError) as info:
-        ingest.run(make_cfg(trained_store), [str(path)])
+        ingest.run(make_cfg(trained_store, *SLICES), [str(path)])
     assert canary not in _error_chain(info.value)

@@ -12,7 +12,8 @@ import pytest
 
 from sisa.synthetic import make_people, write_jsonl
 from storage import layout
-from tests.reliability.conftest import cli_args, describe, sisa_proc
+from tests.helpers import cli_args
+from tests.reliability.helpers import describe, sisa_proc
 
 pytestmark = pytest.mark.slow
 

