@@ -1,7 +1,8 @@
 """Forget records: exact deletion, with an optional approximate or isolating bridge.
 
-    sisa forget --config C --subject person-00003 [--fast | --isolate] [--dry-run] [--json]
+    sisa forget --config C --subject person-00003 [--fast | --isolate | --no-relief] [--dry-run] [--json]
     sisa forget --config C --ids a,b,c | --ids-file F | --source S | --ingest-id I
+    sisa forget --config C --subject person-00003 --queue     # relief now, a batch later (`sisa process`)
     sisa forget --config C --resume
 
 The recipe (each step is a phase of the state machine in sisa/forgetting.py):
@@ -9,8 +10,10 @@ The recipe (each step is a phase of the state machine in sisa/forgetting.py):
    earlier request deleted are a no-op. --dry-run prints the plan and stops.
 2. Ledger: the request (keyed hashes only) is written durably before anything is destroyed.
 3. Evidence, while the text is still in memory: the records' loss under the serving model.
-4. Bridge (optional): --fast unlearns approximately (NPO) on the affected shards' adapters and
-   serves that version at once; --isolate serves the unaffected shards alone.
+4. Relief, exact from the first second (the default, `deletion.relief`): each affected shard
+   serves its last clean checkpoint (none when slice 0 is hit). Or --fast: an approximate (NPO)
+   version; or --isolate: the unaffected shards alone. With --queue the request stops here,
+   its records marked `forgetting`; `sisa process` (or `sisa train`) runs steps 5-7 in a batch.
 5. Delete the records from the slice files and the index.                  → data_deleted
 6. Retrain each affected shard from the checkpoint before its earliest affected slice, all in
    parallel; unaffected shards are reused byte for byte. Commit; the alias follows.  → retraining
@@ -47,6 +50,8 @@ def run(
     fast: bool = False,
     isolate: bool = False,
     dry_run: bool = False,
+    queue: bool = False,
+    relief: bool | None = None,
     allow_missing: bool = False,
     evidence: bool = True,
     quiet: bool = False,
@@ -58,11 +63,12 @@ def run(
     `holdout`: records no model saw (a file, or (texts, prompts)), scored beside the deleted ones."""
     if fast and isolate:
         raise ValidationError("choose one of --fast and --isolate")
-    mode = RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.EXACT
+    relief = cfg.deletion.relief if relief is None else relief
+    mode = RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
     held = (holdout if isinstance(holdout, tuple) else read_holdout(cfg, holdout)) if evidence and holdout else None
     store = open_store(cfg)
     with store.lock("forget", cfg.store.lock_timeout_s):
-        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, allow_missing, evidence, held, on_version, _log(quiet))
+        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, _log(quiet))
     return res.to_dict()
 
 
@@ -94,6 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ingest-id", help="every record of this ingest batch (rolls back a bad ingest)")
     p.add_argument("--fast", action="store_true", help="serve an approximate (NPO) unlearned version at once, then the exact one")
     p.add_argument("--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version")
+    p.add_argument("--no-relief", action="store_true", help="serve nothing new until the exact version (default: the exact relief version serves at once; deletion.relief)")
+    p.add_argument("--queue", action="store_true", help="record the request, serve the relief and return; `sisa process` deletes and retrains in a batch")
     p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
     p.add_argument("--allow-missing", action="store_true", help="skip unknown ids instead of failing")
     p.add_argument("--resume", action="store_true", help="finish interrupted requests")
@@ -133,7 +141,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
             print("no open requests")
         return 0
     kind, values = _selector(args)
-    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.allow_missing, not args.no_evidence, quiet=args.json, holdout=args.holdout)
+    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.queue, False if args.no_relief else None, args.allow_missing, not args.no_evidence, quiet=args.json, holdout=args.holdout)
     if args.json:
         print_json(res)
         return 0
@@ -152,5 +160,10 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         print(f"retrain cost: {plan['cost_fraction']:.1%} of a full retrain; dry run, nothing changed")
         return 0
     req = res["request"]
+    if req["status"] == "queued":
+        serving_now = req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
+        print(f"{req['request_id']}")
+        print(f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for the exact version and the certificate")
+        return 0
     print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if req['certificate']['lineage_check']['passed'] else 'FAILED'})")
     return 0

@@ -113,6 +113,14 @@ class UnlearningConfig:
 
 
 @dataclass(frozen=True)
+class DeletionConfig:
+    relief: bool = _f(True, "Serve the exact relief version at once: each affected shard at its last clean checkpoint (no adapter when slice 0 is hit). Exact, no training.")
+    batch_after_h: float = _f(24.0, "`sisa process --due` runs a batch once the oldest queued request is this many hours old (0 = at once).", min=0.0)
+    batch_max: int = _f(20, "`sisa process --due` runs a batch once this many requests are queued.", min=1)
+    deadline_margin_days: float = _f(7.0, "`sisa process --due` always runs a batch this many days before the earliest queued deadline.", min=0.0)
+
+
+@dataclass(frozen=True)
 class SisaConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
@@ -123,6 +131,7 @@ class SisaConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
+    deletion: DeletionConfig = field(default_factory=DeletionConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ from sisa.planner import DeletionPlan, plan_deletion, tainted_checkpoints
 from storage import layout, ledgers, records
 from storage.errors import StoreError, ValidationError, list_some
 from storage.faults import maybe_die
-from storage.schemas import INDEX_SCHEMA
+from storage.schemas import FORGETTING, INDEX_SCHEMA
 from storage.store import Store
 
 SELECTORS = ("ids", "subject", "source", "ingest_id")
@@ -94,11 +94,19 @@ def select_records(store: Store, kind: str, values: list[str]) -> Selection:
         rows = index.select(column, values)
         present = set(rows[column].to_pylist())
         missing = [v for v in values if v not in present]
+    # Records a queued request is already forgetting are not selected again: the value counts as
+    # already deleted (the queued request completes it), not as unknown.
+    pending = rows.filter(pc.equal(rows["status"], FORGETTING))
+    rows = rows.filter(pc.not_equal(rows["status"], FORGETTING))
     sel = Selection(kind, values, rows, missing)
+    if pending.num_rows:
+        column = "record_id" if kind == "ids" else {"subject": "subject_id", "source": "source", "ingest_id": "ingest_id"}[kind]
+        live_values = set(rows[column].to_pylist())
+        sel.already_deleted = sorted(set(pending[column].to_pylist()) - live_values)
     if missing:
         gone = forgotten_hashes(store) if kind == "ids" else forgotten_selector_hashes(store)
         hashes = store.hash_ids(missing) if kind == "ids" else selector_hashes(store, kind, missing)
-        sel.already_deleted = [m for m, h in zip(missing, hashes, strict=True) if h in gone]
+        sel.already_deleted += [m for m, h in zip(missing, hashes, strict=True) if h in gone]
         sel.missing = [m for m, h in zip(missing, hashes, strict=True) if h not in gone]
     return sel
 
@@ -177,7 +185,7 @@ def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
     wanted = set(rows["record_id"].to_pylist())
     pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
     for shard, sl in pairs:
-        t = store.read_slice(shard, sl)
+        t = store.read_slice(shard, sl, include_forgetting=True)
         if t is None:
             continue
         has_prompt = has_prompt or "prompt" in t.column_names

@@ -2,7 +2,8 @@
 
     open_request   (select, plan, ledger)      → received      the request is durable before anything is destroyed
     measure_before (evidence)                  received        loss of the records under the serving version
-    serve_bridge   (relief: --fast/--isolate)  received        a version that serves until the exact one lands
+    serve_bridge   (relief, --fast, --isolate) received        a version that serves until the exact one lands
+    enqueue        (--queue)                   → queued        records marked `forgetting`; a batch does the rest
     delete_data                                → data_deleted  records gone from slice files, index, ingest counts
     retrain                                    → retraining    affected shards from their last clean checkpoint
     commit_exact                               retraining      one version, the MLflow alias follows
@@ -11,8 +12,8 @@
 
 Every phase reads what it needs from the request's ledger entry and skips what an earlier run
 already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI
-drives one request through all phases today; a batch processor or a service worker drives the
-same functions. Text is held only in `Work` (memory), never in the request.
+drives one request through all phases; `sisa/batches.py` drives queued requests through the
+same delete, retrain, purge and certify steps together, one retrain per shard. Text is held only in `Work` (memory), never in the request.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from sisa.trainer import ShardResult, ShardTask, train_shard
 from sisa.versions import ModelVersion
 from storage.errors import RefusedError, ValidationError
 from storage.faults import maybe_die
+from storage.schemas import FORGETTING
 from storage.store import Store, now_iso
 
 Texts = tuple[list[str], list[str | None] | None]
@@ -83,13 +85,14 @@ def new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: De
     return req
 
 
-def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: RequestMode) -> DeletionRequest:
+def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: RequestMode, queue: bool = False) -> DeletionRequest:
     """Phase 1: the ledger entry comes first; nothing is destroyed before it is durable."""
     if mode == RequestMode.ISOLATE:
         serving_version = versions.current(store)
         if serving_version is not None and not set(serving_version.shards) - set(plan.shard_ids):
             raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
     req = new_request(store, cfg, sel, plan, mode)
+    req.queued = queue
     deletion.write_request(store, req)
     maybe_die("forget-after-ledger")
     return req
@@ -124,13 +127,34 @@ def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wo
 
 
 # -- relief ------------------------------------------------------------------------------------
+def relieved_shards(store: Store, shards: dict[int, str], earliest: dict[int, int]) -> dict[int, str]:
+    """Each shard in `earliest` (shard → earliest slice holding a record to forget) at its last
+    checkpoint before that slice, dropped when that is slice 0; the others as they are. A shard
+    whose checkpoint never reached that slice keeps it (it never saw the records)."""
+    out = {}
+    for shard, cid in shards.items():
+        if shard in earliest and checkpoints.slice_of(cid) >= earliest[shard]:
+            clean = checkpoints.ancestor_before(store, cid, earliest[shard])
+            if clean is not None:
+                out[shard] = clean
+        else:
+            out[shard] = cid
+    return out
+
+
 def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
-    """--fast: an approximate (NPO) version of the affected shards; --isolate: the unaffected
-    shards alone. Either serves until the exact version lands."""
-    before = _before_shards(store, req)
-    if req.status != RequestStatus.RECEIVED or not before or req.mode == RequestMode.EXACT:
+    """What serves until the exact version lands. Relief (the default): the current version with
+    every affected shard at its last clean checkpoint, exact and instant; --fast: an approximate
+    (NPO) version of the affected shards; --isolate: the unaffected shards alone."""
+    if req.status != RequestStatus.RECEIVED or req.mode == RequestMode.EXACT:
         return
-    if "approximate" in req.versions or "isolate" in req.versions:
+    if {"relief", "approximate", "isolate"} & set(req.versions):
+        return
+    if req.mode == RequestMode.RELIEF:
+        serve_relief(store, cfg, req, work)
+        return
+    before = _before_shards(store, req)
+    if not before:
         return
     t0 = time.perf_counter()
     affected = _affected(req)
@@ -154,6 +178,50 @@ def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_fast_path"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+
+
+def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    t0 = time.perf_counter()
+    current = versions.current(store)
+    if current is None or req.plan is None:
+        return
+    earliest = {sp.shard_id: sp.earliest_slice for sp in req.plan.shards}
+    shards = relieved_shards(store, current.shards, earliest)
+    if shards == current.shards:  # no serving checkpoint has seen the records yet
+        req.versions["relief"] = current.model_version
+        deletion.write_request(store, req)
+        return
+    if not shards:
+        # Every shard that serves held the records from slice 0 on: nothing clean is left to
+        # serve. The current version keeps serving until the exact one lands; say so.
+        req.evidence["relief_note"] = "no shard had a clean checkpoint; the previous version served until the exact one"
+        deletion.write_request(store, req)
+        work.log("relief: every serving shard held the records from its first slice; the exact version follows")
+        return
+    entry = versions.commit_version(store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)))
+    req.versions["relief"] = entry.model_version
+    req.timings["relief_s"] = time.perf_counter() - t0
+    deletion.write_request(store, req)
+    registry.track_version(store, cfg, entry, [], req.timings["relief_s"])
+    work.log(f"relief version {entry.model_version} serves after {time.perf_counter() - work.started:.2f}s (exact: affected shard(s) at their last clean checkpoint)")
+    work.on_version("relief", entry)
+    if work.texts:
+        req.evidence["loss_relief"] = serving.measure_records(store, cfg, shards, work.texts, work.prompts).get("ensemble")
+        if work.holdout:
+            req.evidence["holdout_relief"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
+        deletion.write_request(store, req)
+
+
+def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
+    """received → queued: the records are marked `forgetting` (no training reads them from now
+    on) and a batch (`sisa process`) deletes and retrains later."""
+    if req.status != RequestStatus.RECEIVED or not req.queued:
+        return
+    rows = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
+    store.mark_records(rows["record_id"].combine_chunks(), FORGETTING)
+    req.move_to(RequestStatus.QUEUED)
+    deletion.write_request(store, req)
+    work.log(f"request {req.request_id} queued; run `sisa process` (or wait for the batching policy) for the exact version")
 
 
 # -- delete ------------------------------------------------------------------------------------
@@ -262,6 +330,9 @@ def carry_out(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -
     try:
         measure_before(store, cfg, req, work)
         serve_bridge(store, cfg, req, work)
+        enqueue(store, cfg, req, work)
+        if req.queued:
+            return req  # a batch carries out the rest
         delete_data(store, cfg, req, work)
         results = retrain(store, cfg, req, work)
         commit_exact(store, cfg, req, work, results)
@@ -302,17 +373,18 @@ def forget(
     values: list[str],
     mode: RequestMode = RequestMode.EXACT,
     dry_run: bool = False,
+    queue: bool = False,
     allow_missing: bool = False,
     evidence: bool = True,
     holdout: Texts | None = None,
     on_version: Callable[[str, ModelVersion], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> ForgetResult:
-    """Select, validate and plan; then (unless a dry run) record the request and carry it out.
-    The caller holds the store lock."""
-    open_reqs = [r.request_id for r in deletion.open_requests(store)]
-    if open_reqs and not dry_run:
-        raise RefusedError(f"request(s) {', '.join(open_reqs)} are not finished; run `sisa forget --resume` first")
+    """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
+    with `queue` leave it queued for a batch. The caller holds the store lock."""
+    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
+    if in_flight and not dry_run:
+        raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
     sel = deletion.select_records(store, kind, values)
     if sel.missing and not allow_missing:
         raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
@@ -321,7 +393,7 @@ def forget(
         return ForgetResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
     if dry_run:
         return ForgetResult(dry_run=True, plan=plan)
-    req = open_request(store, cfg, sel, plan, mode)
+    req = open_request(store, cfg, sel, plan, mode, queue)
     log = log or (lambda msg: None)
     log(f"request {req.request_id}: {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
     work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
@@ -337,6 +409,8 @@ def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = No
     log = log or (lambda msg: None)
     out = []
     for req in deletion.open_requests(store):
+        if req.queued and req.status != RequestStatus.RECEIVED:
+            continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
         log(f"resuming {req.request_id} from status {req.status.value}")
         rows = deletion.find_live_by_hashes(store, set(req.id_hashes)) if req.status == RequestStatus.RECEIVED else store.index.table.slice(0, 0)
         work = Work(rows, log=log)

@@ -298,12 +298,15 @@ def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]
     Everything is validated before anything is written, even before a new store is created: a
     rejected first ingest leaves nothing behind."""
     from sisa.deletion import open_requests
+    from sisa.lifecycle import RequestStatus
     from sisa.stores import open_store
 
     batches = prepare_batches(None, sources, cfg) if not Store.exists(cfg.store.uri) else None
     store = open_store(cfg, create=True)
     with store.lock("ingest", cfg.store.lock_timeout_s):
-        pending = [r.request_id for r in open_requests(store)]
+        # Queued requests do not hold ingest up (their records are marked; batches run later);
+        # a request in flight (a crash mid-way) must finish first.
+        pending = [r.request_id for r in open_requests(store) if r.status != RequestStatus.QUEUED]
         if pending:
             raise RefusedError(f"deletion request(s) {', '.join(pending)} are not completed; run `sisa forget --resume` first")
         if batches is None or len(store.index):  # an existing store, or another writer got in first

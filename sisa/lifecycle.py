@@ -1,8 +1,10 @@
 """A deletion request's life: its status, and the typed ledger entry that carries it.
 
-    received ──► data_deleted ──► retraining ──► completed
-       │  (queued: recorded, relief serving, waiting for a batch)
-       └─ evidence and relief are measured/committed while still `received`
+    received ──► data_deleted ──► retraining ──► completed      (`sisa forget`)
+    received ──► queued ──► data_deleted ──► retraining ──► completed   (`--queue`, then a batch)
+
+Evidence and the relief version are measured and committed while `received`; a queued request
+has its records marked `forgetting` in the index (no training reads them) and its relief serving.
 
 `storage/ledgers.py` reads and writes plain JSON; this module gives the entry its types. An entry
 carries `schema_version`; keys this version does not know are kept in `extra` and written back
@@ -50,7 +52,10 @@ class RequestStatus(enum.StrEnum):
 
 
 class RequestMode(enum.StrEnum):
+    """What serves between the request and its exact version."""
+
     EXACT = "exact"  # no bridge: the exact version is the first to serve
+    RELIEF = "relief"  # exact at once: affected shards at their last clean checkpoint
     FAST = "fast"  # an approximate (NPO) version serves until the exact one lands
     ISOLATE = "isolate"  # the unaffected shards serve alone until the exact one lands
 
@@ -67,6 +72,8 @@ class DeletionRequest:
     deadline: str
     status: RequestStatus = RequestStatus.RECEIVED
     mode: RequestMode = RequestMode.EXACT
+    queued: bool = False  # filed with --queue: a batch (`sisa process`) deletes and retrains
+    batch_id: str | None = None  # the batch that carries it out
     subject_hashes: list[str] = field(default_factory=list)
     missing_skipped: int = 0
     history: list[dict[str, str]] = field(default_factory=list)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from sisa import checkpoints, deletion, registry, scheduler, versions
 from sisa.config import SisaConfig
+from sisa.lifecycle import RequestStatus
 from sisa.model import base_model_fingerprint
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError
@@ -26,6 +27,7 @@ class TrainResult:
     reused: dict[int, str] = field(default_factory=dict)
     wall_s: float = 0.0
     noop: bool = False
+    batch_id: str | None = None  # queued deletion requests this run carried out first
 
 
 def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tuple[list[ShardTask], dict[int, str]]:
@@ -56,7 +58,8 @@ def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tup
 
 
 def refuse_if_requests_open(store: Store, doing: str) -> None:
-    open_reqs = [r.request_id for r in deletion.open_requests(store)]
+    """Requests in flight (not queued: those wait for a batch) must finish first."""
+    open_reqs = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
     if open_reqs:
         raise RefusedError(
             f"deletion request(s) {', '.join(open_reqs)} are still open; {doing} now could bring "
@@ -68,6 +71,13 @@ def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str
     """Train every pending slice and commit a version. The caller holds the store lock."""
     started = time.perf_counter()
     refuse_if_requests_open(store, "training")
+    from sisa import batches  # batches build on forgetting, which builds on this module's peers
+
+    if batches.queued_requests(store):
+        # Queued deletions go first, and the new slices train in the same shard jobs.
+        batch = batches.process(store, cfg, train_new=not from_scratch)
+        if not from_scratch:
+            return TrainResult(batch.model_version, batch.retrained, {}, time.perf_counter() - started, noop=not batch.retrained, batch_id=batch.batch_id)
     tasks, reused = plan_tasks(store, cfg, from_scratch)
     if not tasks:
         return TrainResult(store.current_version(), [], reused, time.perf_counter() - started, noop=True)

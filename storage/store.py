@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from storage import layout, ledgers, records
 from storage.errors import StoreError
@@ -17,7 +18,7 @@ from storage.fs import StoreFS
 from storage.index import RecordIndex
 from storage.keys import create_key, keyed_hash, keyed_hashes, load_key
 from storage.lock import StoreLock
-from storage.schemas import FORMAT_VERSION, INDEX_SCHEMA
+from storage.schemas import FORGETTING, FORMAT_VERSION, INDEX_SCHEMA
 
 
 class Store:
@@ -114,8 +115,38 @@ class Store:
         slice after a deletion empties it: `sisa.checkpoints.shard_slices` adds those."""
         return records.list_slices(self.fs, shard_id, self.committed_ingests)
 
-    def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None) -> pa.Table | None:
-        return records.read_slice(self.fs, shard_id, slice_idx, self.committed_ingests, columns)
+    def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None, include_forgetting: bool = False) -> pa.Table | None:
+        """The slice's committed records in arrival order. Records a queued deletion request has
+        marked `forgetting` are left out unless asked for: no training path reads them again."""
+        gone = None if include_forgetting else self.forgetting_ids()
+        wanted = columns if gone is None or not len(gone) or columns is None or "record_id" in columns else [*columns, "record_id"]
+        table = records.read_slice(self.fs, shard_id, slice_idx, self.committed_ingests, wanted)
+        if table is None or gone is None or not len(gone):
+            return table
+        table = table.filter(pc.invert(pc.is_in(table["record_id"], value_set=gone)))
+        if columns is not None:
+            table = table.select(columns)
+        return table if table.num_rows else None
+
+    def forgetting_ids(self) -> pa.Array:
+        """Ids of records a queued deletion request has marked `forgetting`."""
+        table = self.index.table
+        return table.filter(pc.equal(table["status"], FORGETTING))["record_id"].combine_chunks()
+
+    def mark_records(self, record_ids: pa.Array, status: str) -> int:
+        """Set the index status of these records (`live` or `forgetting`); returns how many changed.
+        Each index part holding one is rewritten atomically."""
+        changed = 0
+        for part in self.index_parts():
+            table = self.fs.read_parquet(part)
+            hit = pc.and_(pc.is_in(table["record_id"], value_set=record_ids), pc.not_equal(table["status"], status))
+            n = pc.sum(hit).as_py() or 0
+            if not n:
+                continue
+            table = table.set_column(table.schema.get_field_index("status"), "status", pc.if_else(hit, status, table["status"]))
+            self.fs.write_parquet(part, table.cast(INDEX_SCHEMA))
+            changed += n
+        return changed
 
     def slice_parts(self, shard_id: int, slice_idx: int) -> list[str]:
         return records.list_parts(self.fs, shard_id, slice_idx, self.committed_ingests)

@@ -33,8 +33,9 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 # -- configs and the CLI ----------------------------------------------------------------------------
 def overrides(root: Path | str, *extra: str, tracking: bool = False, backend: str = "serial") -> list[str]:
     """Dotted overrides of configs/tiny.yaml: a store at `root`, serial and untracked by default;
-    `extra` comes last, so it wins."""
-    return [f"store.uri={root}", f"scheduler.backend={backend}", f"tracking.enabled={str(tracking).lower()}", *extra]
+    `extra` comes last, so it wins. Relief is off by default here, so a test of the exact path
+    sees the exact version come right after the one before; tests of relief turn it on."""
+    return [f"store.uri={root}", f"scheduler.backend={backend}", f"tracking.enabled={str(tracking).lower()}", "deletion.relief=false", *extra]
 
 
 def make_cfg(root: Path | str, *extra: str, tracking: bool = False, backend: str = "serial") -> SisaConfig:

@@ -1,0 +1,177 @@
+"""Batches: every queued deletion request carried out together, one retrain per shard.
+
+    queued requests ──► delete all their records ──► plan together (per shard: the earliest slice
+    any of them hit) ──► retrain each affected shard once ──► commit one version ──► purge once
+    ──► certify each request on its own
+
+A request is queued by `sisa forget --queue` (recorded, its records marked `forgetting`, the
+relief version serving). `sisa process` runs a batch now; `sisa process --due` only when the
+policy says so (`deletion.batch_after_h`, `deletion.batch_max`, `deletion.deadline_margin_days`);
+`sisa train` runs one first, training the new slices in the same shard jobs.
+
+Crash safety: each request's status moves forward in the ledger as its records go; the batch
+version carries the batch id, so a resumed batch never commits twice; until the batch version
+commits, the relief versions serve. The caller holds the store lock: two batches never run at once.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from sisa import checkpoints, deletion, registry, scheduler, serving, versions
+from sisa.certificate import make_certificate
+from sisa.config import SisaConfig
+from sisa.forgetting import relieved_shards
+from sisa.lifecycle import DeletionRequest, RequestStatus
+from sisa.trainer import ShardResult, ShardTask, train_shard
+from storage.faults import maybe_die
+from storage.store import Store, now_iso
+
+
+@dataclass
+class BatchResult:
+    batch_id: str | None
+    requests: list[DeletionRequest] = field(default_factory=list)
+    model_version: int | None = None
+    retrained: list[ShardResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def queued_requests(store: Store) -> list[DeletionRequest]:
+    """Requests a batch owes work: queued, or in a batch a crash interrupted."""
+    return [r for r in deletion.open_requests(store) if r.queued and r.status != RequestStatus.RECEIVED]
+
+
+def due(cfg: SisaConfig, reqs: list[DeletionRequest], now: datetime | None = None) -> str | None:
+    """Why a batch should run now (None: not yet). The policy in `deletion.*`."""
+    if not reqs:
+        return None
+    now = now or datetime.now(UTC)
+    dc = cfg.deletion
+    if any(r.status != RequestStatus.QUEUED for r in reqs):
+        return "a batch was interrupted"
+    oldest = min(datetime.fromisoformat(r.received_at) for r in reqs)
+    if now - oldest >= timedelta(hours=dc.batch_after_h):
+        return f"the oldest request waited {(now - oldest).total_seconds() / 3600:.1f} h (deletion.batch_after_h={dc.batch_after_h:g})"
+    if len(reqs) >= dc.batch_max:
+        return f"{len(reqs)} requests wait (deletion.batch_max={dc.batch_max})"
+    earliest = min(datetime.fromisoformat(r.deadline) for r in reqs)
+    if now >= earliest - timedelta(days=dc.deadline_margin_days):
+        return f"a deadline is within {dc.deadline_margin_days:g} days (deletion.deadline_margin_days)"
+    return None
+
+
+def earliest_slices(reqs: list[DeletionRequest]) -> dict[int, int]:
+    """Per shard, the earliest slice any of the requests hit: its retrain starts there."""
+    out: dict[int, int] = {}
+    for r in reqs:
+        for sp in r.plan.shards if r.plan else []:
+            out[sp.shard_id] = min(out.get(sp.shard_id, sp.earliest_slice), sp.earliest_slice)
+    return out
+
+
+def plan_batch(store: Store, cfg: SisaConfig, base: dict[int, str], earliest: dict[int, int], train_new: bool) -> tuple[list[ShardTask], dict[int, str]]:
+    """Tasks and reused shards. Affected shards retrain from their last clean checkpoint through
+    the last slice a checkpoint sealed (with `train_new`, through the last slice: the new slices
+    train in the same job); with `train_new`, unaffected shards train their pending slices too."""
+    start = relieved_shards(store, base, earliest)
+    sealed = checkpoints.sealed_slices(store)
+    populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
+    tasks, reused = [], {}
+    for shard in range(store.num_shards):
+        slices = checkpoints.shard_slices(store, shard)
+        if not slices or shard not in populated and shard not in base and shard not in earliest:
+            continue
+        parent = start.get(shard)
+        done = checkpoints.slice_of(parent) if parent else -1
+        if shard in earliest:
+            last = max(slices) if train_new else sealed.get(shard, -1)
+        elif train_new:
+            last = max(slices)
+        else:
+            last = done
+        pending = tuple(range(done + 1, last + 1))
+        if pending:
+            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard, pending, parent, purpose="forget" if shard in earliest else "train"))
+        elif parent:
+            reused[shard] = parent
+    return tasks, reused
+
+
+def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bool = True, log: Callable[[str], None] | None = None) -> BatchResult:
+    """Carry out every queued request in one batch. The caller holds the store lock."""
+    log = log or (lambda msg: None)
+    started = time.perf_counter()
+    reqs = queued_requests(store)
+    if not reqs:
+        return BatchResult(None)
+    batch_id = next((r.batch_id for r in reqs if r.batch_id), None) or f"batch-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    log(f"{batch_id}: {len(reqs)} request(s)")
+
+    # 1. delete every request's records (their text is read into memory first, for the evidence)
+    texts: dict[str, tuple[list[str], list[str | None] | None]] = {}
+    for r in reqs:
+        r.batch_id = batch_id
+        if r.status == RequestStatus.QUEUED:
+            rows = deletion.find_live_by_hashes(store, set(r.id_hashes))
+            if evidence and rows.num_rows:
+                texts[r.request_id] = deletion.read_texts(store, rows)
+            t0 = time.perf_counter()
+            r.removed = deletion.erase_records(store, rows)
+            r.timings["delete_data_s"] = time.perf_counter() - t0
+            r.move_to(RequestStatus.DATA_DELETED)
+        deletion.write_request(store, r)
+    maybe_die("batch-after-delete")
+
+    # 2. plan together, retrain each affected shard once, commit one version
+    entry = next((v for v in versions.all_versions(store) if v.reason == "forget-batch" and v.request_id == batch_id), None)
+    results: list[ShardResult] = []
+    for r in reqs:
+        if r.status == RequestStatus.DATA_DELETED:
+            r.move_to(RequestStatus.RETRAINING)
+            deletion.write_request(store, r)
+    if entry is None:
+        current = versions.current(store)
+        base = versions.shard_checkpoints(current)
+        if base or train_new:
+            t0 = time.perf_counter()
+            tasks, reused = plan_batch(store, cfg, base, earliest_slices(reqs), train_new)
+            results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+            shards = dict(reused)
+            shards.update({r.shard_id: r.last_checkpoint_id for r in results})
+            if shards:
+                entry = versions.commit_version(
+                    store, shards, "forget-batch", cfg.training_fingerprint(), cfg.model.name,
+                    request_id=batch_id, request_ids=[r.request_id for r in reqs],
+                )
+                retrain_s = time.perf_counter() - t0
+                registry.track_version(store, cfg, entry, results, retrain_s)
+                log(f"exact version {entry.model_version} serves (retrained shard(s) {[x.shard_id for x in results]} once for {len(reqs)} request(s) in {retrain_s:.1f}s)")
+                for r in reqs:
+                    r.timings["retrain_s"] = retrain_s
+                    r.retrained = [{"shard_id": x.shard_id, "slices": [s.slice_idx for s in x.slices], "steps": sum(s.steps for s in x.slices), "tokens": x.tokens, "wall_s": x.wall_s} for x in results]
+    maybe_die("batch-after-commit")
+    for r in reqs:
+        r.versions["exact"] = entry.model_version if entry else None
+        if entry and r.request_id in texts:
+            t, p = texts[r.request_id]
+            r.evidence["loss_after"] = serving.measure_records(store, cfg, entry.shards, t, p).get("ensemble")
+        deletion.write_request(store, r)
+
+    # 3. purge once, certify each request on its own
+    registry.ensure_tracked(store, cfg)
+    t0 = time.perf_counter()
+    report = deletion.purge(store, cfg, set().union(*(set(r.id_hashes) for r in reqs)), batch_id)
+    for r in reqs:
+        r.purge = report
+        r.timings["purge_s"] = time.perf_counter() - t0
+        r.certificate = make_certificate(store, r)
+        r.completed_at = now_iso()
+        r.move_to(RequestStatus.COMPLETED)
+        deletion.write_request(store, r)
+    log(f"{batch_id}: purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} version(s); {len(reqs)} request(s) completed")
+    return BatchResult(batch_id, reqs, entry.model_version if entry else None, results, time.perf_counter() - started)
