@@ -86,7 +86,9 @@ def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> T
         # 3. commit, then mirror to MLflow
         shards = dict(reused)
         shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-        entry = versions.commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name)
+        entry = versions.commit_version(
+            store, shards, reason, cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation
+        )
         wall = time.perf_counter() - started
         track_version(store, cfg, entry, results, wall)
     return TrainResult(entry["model_version"], results, reused, wall)

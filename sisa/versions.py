@@ -40,15 +40,18 @@ def commit_version(
     request_id: str | None = None,
     make_current: bool = True,
     extra: dict[str, Any] | None = None,
+    aggregation: str = "posterior",
 ) -> dict[str, Any]:
-    """Write a new version entry, then (by default) move the current pointer to it."""
+    """Write a new version entry, then (by default) move the current pointer to it.
+
+    `aggregation` records how the version is served (the config's `serving.aggregation`)."""
     if not shards:
         raise StoreError("no shard has a checkpoint: ingest records and train first")
     parent = ledgers.read_current(store.fs)
     entry = {
         "model_version": ledgers.next_version_number(store.fs),
         "shards": {str(k): shards[k] for k in sorted(shards)},
-        "aggregation": "ensemble",
+        "aggregation": aggregation,
         "reason": reason,
         "parent": parent,
         "created_at": now_iso(),
