@@ -6,8 +6,8 @@
 1. Make fictitious people (faker, deterministic) as one-sentence facts; ingest them with
    subject_id = the person. Strangers are made the same way and never ingested.
 2. Train S shards with slices (Ray).
-3. Memorization: the ensemble's answer-token loss for trained people vs strangers, and greedy
-   completions.
+3. Memorization: the served mixture's answer-token loss (serving.aggregation; the uniform mean
+   beside it) for trained people vs strangers, and greedy completions.
 4. Forget one person with --fast: an approximate version serves in seconds, then the exact
    retrain replaces it; print the certificate.
 5. `rollback 1` is refused; `versions` and `requests`.
@@ -27,7 +27,6 @@ import pyarrow as pa
 
 from pipelines.common import print_certificate, print_requests, print_table, print_versions
 from sisa import (
-    aggregate,
     checkpoints,
     deletion,
     forgetting,
@@ -65,18 +64,25 @@ def _fresh_store(cfg: SisaConfig) -> None:
         shutil.rmtree(uri)
 
 
-def _losses(store, cfg, shards, groups: dict[str, list[dict]]) -> dict[str, float | None]:
+def _losses_by_aggregation(store, cfg, shards, groups: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
+    """aggregation → group → mean answer-token loss, both aggregations from the same forwards."""
     ens = serving.load_ensemble(store, cfg, shards)
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
     for name, rows in groups.items():
-        e, _ = serving.score_records(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
-        out[name] = serving.mean(e)
+        mixed, _ = serving.score_aggregations(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
+        for aggregation, vals in mixed.items():
+            out.setdefault(aggregation, {})[name] = serving.mean(vals)
     return out
+
+
+def _losses(store, cfg, shards, groups: dict[str, list[dict]]) -> dict[str, float | None]:
+    """group → mean answer-token loss under the served aggregation."""
+    return _losses_by_aggregation(store, cfg, shards, groups)[cfg.serving.aggregation]
 
 
 def _complete(store, cfg, shards, prompt: str) -> str:
     ens = serving.load_ensemble(store, cfg, shards)
-    return aggregate.generate(ens.model, ens.tokenizer, ens.adapter_names(), prompt, max_new_tokens=12)
+    return serving.generate_text(ens, prompt, max_new_tokens=12)
 
 
 def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -> dict:
@@ -112,9 +118,11 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     retained = [r for r in rows if r["subject_id"] != target_subject][: 8 * facts]
     groups = {"forgotten": target, "retained": retained, "strangers": unseen}
     v1 = versions.current(store)
-    losses = {f"v{v1.model_version} trained": _losses(store, cfg, versions.shard_checkpoints(v1), groups)}
-    lv = losses[f"v{v1.model_version} trained"]
-    print(f"answer-token loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
+    both = _losses_by_aggregation(store, cfg, versions.shard_checkpoints(v1), groups)
+    losses = {f"v{v1.model_version} trained": both[cfg.serving.aggregation]}
+    print(f"answer-token loss (served: {cfg.serving.aggregation}):")
+    for aggregation, lv in both.items():
+        print(f"  {aggregation:<9} person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
     shards1 = versions.shard_checkpoints(v1)
     for r in target[:2] + unseen[:1]:
         who = "to be forgotten" if r in target else "stranger"

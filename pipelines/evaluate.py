@@ -2,8 +2,9 @@
 
     sisa eval --config configs/tiny.yaml --file heldout.jsonl [--json]
 
-Reports the ensemble and each shard alone. When the records have a `prompt` column (as
-`sisa synth` writes), --answer-only scores just the tokens after the prompt.
+Reports both aggregations of the shards, the posterior mixture and the uniform mean (the one
+`serving.aggregation` serves is marked), beside each shard alone. When the records have a
+`prompt` column (as `sisa synth` writes), --answer-only scores just the tokens after the prompt.
 """
 
 from __future__ import annotations
@@ -29,12 +30,19 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
     if answer_only and prompts is None:
         raise ValidationError(f"--answer-only needs a `prompt` column in {path}")
     v, ens = serving.load_serving(open_store(cfg), cfg)
-    ensemble, per = serving.score_records(ens, texts, prompts, cfg.training.max_length)
-    rows = [{"model": "ensemble", "loss": serving.mean(ensemble)}]
-    rows += [{"model": f"shard {s}", "loss": serving.mean(vals)} for s, vals in sorted(per.items())]
+    mixed, per = serving.score_aggregations(ens, texts, prompts, cfg.training.max_length)
+    rows = [{"model": a, "loss": serving.mean(vals), "serving": a == ens.aggregation} for a, vals in mixed.items()]
+    rows += [{"model": f"shard {s}", "loss": serving.mean(vals), "serving": False} for s, vals in sorted(per.items())]
     for r in rows:
         r["perplexity"] = math.exp(r["loss"]) if r["loss"] is not None and r["loss"] < 50 else None
-    return {"model_version": v.model_version, "records": len(texts), "answer_only": prompts is not None, "results": rows}
+    return {
+        "model_version": v.model_version,
+        "records": len(texts),
+        "answer_only": prompts is not None,
+        "aggregation": ens.aggregation,
+        "prior": cfg.serving.prior,
+        "results": rows,
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,5 +56,6 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         print_json(res)
         return 0
     print(f"model version {res['model_version']}, {res['records']} records{' (answer tokens only)' if res['answer_only'] else ''}")
-    print_table(res["results"], ["model", "loss", "perplexity"])
+    rows = [{**r, "model": f"{r['model']} (serving)" if r["serving"] else r["model"]} for r in res["results"]]
+    print_table(rows, ["model", "loss", "perplexity"])
     return 0

@@ -1,9 +1,12 @@
-"""Generate text from the serving model version: the ensemble of every shard's adapter.
+"""Generate text from the serving model version: the mixture of every shard's adapter.
 
     sisa generate --config configs/tiny.yaml --prompt "Ada Lane works as a"
+    sisa generate --config configs/tiny.yaml --prompt "..." serving.aggregation=uniform serving.top_shards=1
 
-At each step the next-token distribution is the mean of the shards' distributions, computed in
-one batched forward (peft's per-row adapter_names). Greedy by default; --sample draws with a seed.
+At each step the next-token distribution mixes the shards' distributions as `serving` says:
+`posterior` weighs each shard by how well it explains the prompt and the text so far, `uniform`
+takes the plain mean; all shards run in one batched forward (peft's per-row adapter_names).
+Greedy by default; --sample draws with a seed.
 """
 
 from __future__ import annotations
@@ -11,14 +14,21 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json
-from sisa import aggregate, serving
+from sisa import serving
 from sisa.config import SisaConfig
 
 
 def run(cfg: SisaConfig, prompt: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0, seed: int = 0) -> dict:
     v, ens = serving.load_serving(open_store(cfg), cfg)
-    text = aggregate.generate(ens.model, ens.tokenizer, ens.adapter_names(), prompt, max_new_tokens, not sample, temperature, seed)
-    return {"model_version": v.model_version, "shards": sorted(ens.names), "completion": text}
+    text = serving.generate_text(ens, prompt, max_new_tokens, not sample, temperature, seed)
+    return {
+        "model_version": v.model_version,
+        "shards": sorted(ens.names),
+        "aggregation": ens.aggregation,
+        "prior": cfg.serving.prior,
+        "top_shards": ens.top_shards,
+        "completion": text,
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,10 +1,24 @@
 """Serving over the shard adapters: the SISA aggregation step.
 
-The ensemble's next-token distribution is the mean of the shards' distributions. All shards run
-in one batched forward: the batch is repeated once per adapter and peft's per-row
+The served next-token distribution is a mixture of the shards' distributions,
+
+    p(x_t | x_<t) = sum_k w_k(x_<t) p_k(x_t | x_<t).
+
+`posterior` (the default) weighs each shard by how well it explains the context so far,
+w_k(x_<t) ∝ π_k p_k(x_<t): the Bayesian posterior over "which shard's data is this text like",
+updated token by token. One subject's records share a shard, so the shard that saw a person
+explains a prompt about them best and takes over, where the `uniform` mean (w_k = 1/S, what
+version 1 served) dilutes what only that shard knows by 1/S. The weights depend only on the
+shards' adapters and the query, so a shard retrained without a record brings nothing of it back.
+
+The math is a handful of pure functions over log-probabilities (`log_prior`, `context_loglik`,
+`mixture_weights`, `mix_logprobs`, `mixture_token_logprobs`), all in log space with logsumexp,
+so a context hundreds of tokens long does not underflow. The first token of a sequence has no
+context: there the weights are the prior. Padded positions add nothing to a shard's evidence.
+
+All shards run in one batched forward: the batch is repeated once per adapter and peft's per-row
 `adapter_names` routes each copy through its own LoRA weights, so S shards cost one pass of the
-shared base instead of S. Forgetting a shard's records changes only that shard's adapter, so
-the ensemble never holds anything the shards do not.
+shared base instead of S; the prompt's weights come from the same forward as its logits.
 
 The PeftModel must be in eval mode (as `adapters.load_adapters` returns it): peft refuses
 per-row `adapter_names` during training.
@@ -13,13 +27,87 @@ per-row `adapter_names` during training.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 
 from sisa.model import TextTokenizer, token_logprobs
 from storage.errors import ValidationError
 
+Aggregation = Literal["posterior", "uniform"]
+AGGREGATIONS: tuple[str, ...] = ("posterior", "uniform")
 
+
+# -- the math: pure functions on tensors, shard dimension first --------------------------------
+def log_prior(k: int, counts: Sequence[int] | None = None) -> torch.Tensor:
+    """log π over k shards, shape [k]: uniform, or proportional to `counts` (live records per
+    shard). A shard with no records gets weight 0; all-zero counts fall back to uniform."""
+    if k < 1:
+        raise ValidationError("the ensemble needs at least one adapter name")
+    if counts is not None and len(counts) != k:
+        raise ValidationError(f"the prior needs one record count per shard: {k} shards, got {len(counts)} counts")
+    if counts is not None and any(c < 0 for c in counts):
+        raise ValidationError(f"record counts should be >= 0, got {list(counts)}")
+    if counts is None or sum(counts) == 0:
+        return torch.full((k,), -math.log(k))
+    c = torch.tensor(list(counts), dtype=torch.float64)
+    return (c.log() - math.log(float(c.sum()))).float()
+
+
+def context_loglik(token_logp: torch.Tensor) -> torch.Tensor:
+    """[..., T-1] log p_k(x_{t+1} | x_<=t) → [..., T]: at position t (which predicts x_{t+1}),
+    log p_k(x_1..x_t | x_0), the evidence of the context before it; 0 at t = 0 (no context)."""
+    zero = token_logp.new_zeros(*token_logp.shape[:-1], 1)
+    return torch.cat([zero, token_logp.cumsum(-1)], dim=-1)
+
+
+def mixture_weights(cum_logp: torch.Tensor, log_prior: torch.Tensor) -> torch.Tensor:
+    """log w_k = log π_k + cum_k - logsumexp_j(log π_j + cum_j): the posterior over shards (dim 0).
+
+    cum_logp [k, ...] is each shard's log-likelihood of the context, log_prior [k]."""
+    prior = log_prior.to(cum_logp).view(-1, *([1] * (cum_logp.dim() - 1)))
+    return torch.log_softmax(cum_logp + prior, dim=0)
+
+
+def mix_logprobs(logp: torch.Tensor, log_weights: torch.Tensor) -> torch.Tensor:
+    """log sum_k w_k p_k: logp [k, ..., V] and log_weights [k, ...] → [..., V]."""
+    return torch.logsumexp(logp + log_weights.unsqueeze(-1), dim=0)
+
+
+def uniform_logprobs(logp: torch.Tensor) -> torch.Tensor:
+    """log mean_k p_k over dim 0 (version 1's aggregation, kept bit for bit)."""
+    return torch.logsumexp(logp, dim=0) - math.log(logp.shape[0])
+
+
+def mixture_token_logprobs(token_logp: torch.Tensor, aggregation: str, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+    """[k, B, T-1] each shard's log-prob of the actual next tokens (0 where a token is padding)
+    → [B, T-1] the mixture's log-prob of them. Under `posterior`, the weights at position t
+    come from the tokens before the one predicted there."""
+    check_aggregation(aggregation)
+    if aggregation == "uniform":
+        return uniform_logprobs(token_logp)
+    prior = log_prior if log_prior is not None else torch.full((token_logp.shape[0],), -math.log(token_logp.shape[0]))
+    log_w = mixture_weights(context_loglik(token_logp)[..., :-1], prior)
+    return mix_logprobs(token_logp.unsqueeze(-1), log_w).squeeze(-1)
+
+
+def top_shard_indices(log_posterior: torch.Tensor, m: int) -> torch.Tensor | None:
+    """The m shards of highest posterior weight, in shard order; None when m keeps them all (0 or
+    >= k). Ties go to the lower index, so the choice is deterministic."""
+    k = log_posterior.shape[0]
+    if m <= 0 or m >= k:
+        return None
+    order = torch.sort(log_posterior, descending=True, stable=True).indices
+    return order[:m].sort().values
+
+
+def check_aggregation(aggregation: str) -> None:
+    if aggregation not in AGGREGATIONS:
+        raise ValidationError(f"aggregation should be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+
+# -- the batched forward --------------------------------------------------------------------------
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -44,21 +132,79 @@ def _batched_logits(
     return logits.view(k, b, *logits.shape[1:])
 
 
+def _context_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Every real next token is evidence, prompt included; a pad token, or a token predicted
+    from a pad (left padding), is not."""
+    labels = input_ids.masked_fill(attention_mask == 0, -100)
+    labels[:, 1:] = labels[:, 1:].masked_fill(attention_mask[:, :-1] == 0, -100)
+    return labels
+
+
+def _token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[k, B, T, V] logits → [k, B, T-1] log-prob of each label (0 where the label is -100)."""
+    k, b = logits.shape[:2]
+    logp, _ = token_logprobs(logits.flatten(0, 1), labels.to(logits.device).repeat(k, 1))
+    return logp.view(k, b, -1)
+
+
+def _prior(log_prior_: torch.Tensor | None, k: int) -> torch.Tensor:
+    if log_prior_ is None:
+        return log_prior(k)
+    if log_prior_.shape != (k,):
+        raise ValidationError(f"the prior needs one weight per adapter: {k} adapters, got shape {tuple(log_prior_.shape)}")
+    return log_prior_
+
+
 @torch.no_grad()
 def ensemble_logprobs(
     peft_model: torch.nn.Module,
     adapter_names: list[str],
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    aggregation: str = "posterior",
+    log_prior: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log(mean_k p_k(next token)), shape [batch, seq, vocab], in float32.
+    """The served log-distribution of the next token at every position, [batch, seq, vocab], float32.
 
-    Computed as logsumexp of the log-softmaxes minus log k, which stays finite where a plain
-    mean of probabilities would underflow.
-    """
+    `uniform`: log mean_k p_k; `posterior`: the mixture weighed by each shard's likelihood of the
+    row's tokens up to that position (and `log_prior`, default uniform)."""
+    check_aggregation(aggregation)
     logits = _batched_logits(peft_model, adapter_names, input_ids, attention_mask)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    return torch.logsumexp(logp, dim=0) - math.log(len(adapter_names))
+    if aggregation == "uniform":
+        return uniform_logprobs(logp)
+    labels = _context_labels(input_ids, attention_mask).to(logp.device)
+    tok = logp[:, :, :-1].gather(-1, labels[:, 1:].clamp(min=0).expand(logp.shape[0], -1, -1).unsqueeze(-1)).squeeze(-1)
+    tok = tok.masked_fill(labels[:, 1:] == -100, 0.0)
+    log_w = mixture_weights(context_loglik(tok), _prior(log_prior, len(adapter_names)).to(logp.device))
+    return mix_logprobs(logp, log_w)
+
+
+@torch.no_grad()
+def aggregated_sequence_losses(
+    peft_model: torch.nn.Module,
+    adapter_names: list[str],
+    batch: dict[str, torch.Tensor],
+    log_prior: torch.Tensor | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Per-row mean NLL of the labelled tokens under every aggregation, and under each adapter
+    alone, from one batched forward: ({aggregation: [batch]}, {adapter_name: [batch]}).
+
+    Labels of -100 are not scored but still count as context for the posterior: with an
+    answer-only mask the prompt is what picks the shard. Only the actual tokens' log-probs are
+    kept per adapter, so memory beyond the logits stays small.
+    """
+    input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    scored = labels != -100
+    assert torch.equal(labels[scored], input_ids[scored]), "labels should be the input ids or -100"
+    logits = _batched_logits(peft_model, adapter_names, input_ids, attention_mask)
+    tok = _token_logprobs(logits, _context_labels(input_ids, attention_mask))
+    mask = (labels[:, 1:] != -100).to(tok.device)
+    count = mask.sum(1).clamp(min=1)
+    prior = _prior(log_prior, len(adapter_names)).to(tok.device)
+    mixed = {a: -(mixture_token_logprobs(tok, a, prior) * mask).sum(1) / count for a in AGGREGATIONS}
+    per = {name: -(tok[i] * mask).sum(1) / count for i, name in enumerate(adapter_names)}
+    return mixed, per
 
 
 @torch.no_grad()
@@ -66,21 +212,15 @@ def ensemble_sequence_losses(
     peft_model: torch.nn.Module,
     adapter_names: list[str],
     batch: dict[str, torch.Tensor],
+    aggregation: str = "posterior",
+    log_prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Per-row mean token NLL under the ensemble, and under each adapter alone (for `sisa eval`).
+    """Per-row mean token NLL under the served mixture, and under each adapter alone (for `sisa eval`).
 
-    Returns (ensemble [batch], {adapter_name: [batch]}); labels of -100 are ignored. Only the
-    target tokens' log-probs are kept per adapter, so memory beyond the logits stays small.
-    """
-    k, b = len(adapter_names), batch["input_ids"].shape[0]
-    logits = _batched_logits(peft_model, adapter_names, batch["input_ids"], batch["attention_mask"])
-    labels = batch["labels"].to(logits.device)
-    logp, mask = token_logprobs(logits.flatten(0, 1), labels.repeat(k, 1))
-    logp, mask = logp.view(k, b, -1), mask[:b]
-    count = mask.sum(1).clamp(min=1)
-    ensemble = (torch.logsumexp(logp, dim=0) - math.log(k)) * mask
-    losses = {name: -logp[i].sum(1) / count for i, name in enumerate(adapter_names)}
-    return -ensemble.sum(1) / count, losses
+    Returns (ensemble [batch], {adapter_name: [batch]}); labels of -100 are not scored."""
+    check_aggregation(aggregation)
+    mixed, per = aggregated_sequence_losses(peft_model, adapter_names, batch, log_prior)
+    return mixed[aggregation], per
 
 
 @torch.no_grad()
@@ -93,31 +233,50 @@ def generate(
     greedy: bool = True,
     temperature: float = 1.0,
     seed: int = 0,
+    aggregation: str = "posterior",
+    log_prior: torch.Tensor | None = None,
+    top_shards: int = 0,
 ) -> str:
-    """Decode from the ensemble distribution, one token at a time, with a KV cache.
+    """Decode from the mixture, one token at a time, with a KV cache.
 
-    transformers' `generate` samples from one model's logits; the ensemble needs the mean of
-    the adapters' probabilities at every step, so the loop is ours. Sampling draws from a
-    private generator seeded by `seed`, so the same call returns the same text.
+    transformers' `generate` samples from one model's logits; the mixture needs every adapter's
+    distribution at every step, so the loop is ours. The prompt's forward gives both the first
+    distribution and each shard's evidence; every chosen token adds its log-prob under each shard.
+    `top_shards` m > 0 keeps, after the prompt, only the m shards of highest posterior weight
+    (the others leave the batch and the KV cache, so each step costs m rows), renormalised.
+    Sampling draws from a private generator seeded by `seed`, so the same call returns the same text.
     """
+    check_aggregation(aggregation)
     if not greedy and temperature <= 0:
         raise ValidationError(f"temperature should be > 0 when sampling, got {temperature}")
+    if top_shards < 0:
+        raise ValidationError(f"top_shards should be >= 0, got {top_shards}")
     ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     if not ids:
         raise ValidationError("the prompt encodes to no tokens; give a non-empty prompt")
-    k = len(adapter_names)
+    names = list(adapter_names)
+    k = len(names)
     device = _model_device(peft_model)
+    prior = _prior(log_prior, k).to(device)
     rng = torch.Generator().manual_seed(seed)
     x = torch.tensor([ids] * k, dtype=torch.long, device=device)
-    past = None
+    out = peft_model(input_ids=x, use_cache=True, adapter_names=names)
+    past = out.past_key_values
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # [k, prompt, vocab]
+    evidence = logp[:, :-1].gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)  # [k]
+    last = logp[:, -1]
+    keep = top_shard_indices(prior + evidence, top_shards)
+    if keep is not None:
+        past.batch_select_indices(keep.to(device))
+        names = [names[i] for i in keep.tolist()]
+        prior, evidence, last = prior[keep], evidence[keep], last[keep]
+        k = len(names)
     new: list[int] = []
-    for _ in range(max_new_tokens):
-        out = peft_model(
-            input_ids=x, past_key_values=past, use_cache=True, adapter_names=list(adapter_names)
-        )
-        past = out.past_key_values
-        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-        mixed = torch.logsumexp(logp, dim=0) - math.log(k)
+    for step in range(max_new_tokens):
+        if aggregation == "uniform":
+            mixed = uniform_logprobs(last)
+        else:
+            mixed = mix_logprobs(last, mixture_weights(evidence, prior))
         if greedy:
             token = int(mixed.argmax())
         else:
@@ -126,5 +285,11 @@ def generate(
         if token == tokenizer.eos_token_id:
             break
         new.append(token)
+        if step == max_new_tokens - 1:
+            break
+        evidence = evidence + last[:, token]
         x = torch.full((k, 1), token, dtype=torch.long, device=device)
+        out = peft_model(input_ids=x, past_key_values=past, use_cache=True, adapter_names=names)
+        past = out.past_key_values
+        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     return tokenizer.decode(new, skip_special_tokens=True)

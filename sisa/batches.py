@@ -145,7 +145,7 @@ def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bo
             shards.update({r.shard_id: r.last_checkpoint_id for r in results})
             if shards:
                 entry = versions.commit_version(
-                    store, shards, "forget-batch", cfg.training_fingerprint(), cfg.model.name,
+                    store, shards, "forget-batch", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation,
                     request_id=batch_id, request_ids=[r.request_id for r in reqs],
                 )
                 retrain_s = time.perf_counter() - t0

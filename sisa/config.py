@@ -81,6 +81,30 @@ class TrainingConfig:
     lr: float = _f(1e-3, "AdamW learning rate.", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables.", min=0.0)
+    min_steps_per_slice: int = _f(
+        0,
+        "At least this many optimizer steps per slice (the slice's records are repeated in further seeded "
+        "passes until reached), so small shards still learn; 0 = off.",
+        min=0,
+    )
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    aggregation: Literal["posterior", "uniform"] = _f(
+        "posterior",
+        "How the shard adapters' next-token distributions become the served one. posterior: a mixture weighed "
+        "per query by how well each shard explains the context (w_k ∝ prior_k · p_k(context)); uniform: the plain mean.",
+    )
+    prior: Literal["uniform", "records"] = _f(
+        "uniform", "Prior weight of each shard in the posterior: uniform, or proportional to its live record count."
+    )
+    top_shards: int = _f(
+        0,
+        "Generation only: after the prompt, decode with the m shards of highest posterior weight (renormalised), "
+        "so each step costs m rows instead of S; 0 = all shards. Scoring always mixes every shard.",
+        min=0,
+    )
 
 
 @dataclass(frozen=True)
@@ -128,6 +152,7 @@ class SisaConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
@@ -143,17 +168,25 @@ class SisaConfig:
     def training_fingerprint(self) -> str:
         """Digest of what determines checkpoint bytes: seed, sharding, model, LoRA, training."""
         d = self.to_dict()
+        training = dict(d["training"])
+        # Added after stores existed: left out while off, so their checkpoints keep their
+        # fingerprint (and ids) and continue; any other value changes it.
+        for key, off in _LATER_TRAINING_KEYS.items():
+            if training[key] == off:
+                del training[key]
         keep = {
             "seed": d["store"]["seed"],
             "sharding": d["sharding"],
             "model": {"name": d["model"]["name"], "dtype": d["model"]["dtype"]},
             "lora": d["lora"],
-            "training": d["training"],
+            "training": training,
         }
         return _digest(keep)
 
 
 _SECTION_TYPES = typing.get_type_hints(SisaConfig)
+# training keys added after the first stores, with the value that trains exactly as before
+_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0}
 
 
 def _digest(obj: Any) -> str:

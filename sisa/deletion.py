@@ -122,7 +122,7 @@ def plan_selection(store: Store, cfg: SisaConfig, sel: Selection) -> DeletionPla
         counts[r["shard_id"]][r["slice_idx"]] = r["records"]
     for shard, sl in hits:
         counts[shard][sl] -= 1
-    plan = plan_deletion(sel.kind, hits, counts, store.num_shards, cfg.training.epochs, cfg.sharding.slice_mode)
+    plan = plan_deletion(sel.kind, hits, counts, store.num_shards, cfg.training.epochs, cfg.sharding.slice_mode, batch_size=cfg.training.batch_size, min_steps=cfg.training.min_steps_per_slice)
     plan.missing = len(sel.missing)
     plan.already_deleted = len(sel.already_deleted)
     return plan

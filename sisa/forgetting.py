@@ -160,12 +160,12 @@ def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
     affected = _affected(req)
     if req.mode == RequestMode.FAST:
         shards = unlearning.unlearn_shards(store, cfg, req.request_id, work.rows, before)
-        entry = versions.commit_version(store, shards, "forget-fast", cfg.training_fingerprint(), cfg.model.name, approximate=True, request_id=req.request_id)
+        entry = versions.commit_version(store, shards, "forget-fast", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, approximate=True, request_id=req.request_id)
         req.versions["approximate"] = entry.model_version
         label = "approximate"
     else:
         shards = {s: c for s, c in before.items() if s not in affected}
-        entry = versions.commit_version(store, shards, "forget-isolate", cfg.training_fingerprint(), cfg.model.name, excluded_shards=affected, request_id=req.request_id)
+        entry = versions.commit_version(store, shards, "forget-isolate", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, excluded_shards=affected, request_id=req.request_id)
         req.versions["isolate"] = entry.model_version
         label = "isolating"
     req.timings["fast_path_s"] = time.perf_counter() - t0
@@ -198,7 +198,7 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         deletion.write_request(store, req)
         work.log("relief: every serving shard held the records from its first slice; the exact version follows")
         return
-    entry = versions.commit_version(store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)))
+    entry = versions.commit_version(store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)))
     req.versions["relief"] = entry.model_version
     req.timings["relief_s"] = time.perf_counter() - t0
     deletion.write_request(store, req)
@@ -278,7 +278,7 @@ def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         return
     shards = dict(base)
     shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-    entry = versions.commit_version(store, shards, "forget", cfg.training_fingerprint(), cfg.model.name, request_id=req.request_id)
+    entry = versions.commit_version(store, shards, "forget", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, request_id=req.request_id)
     req.versions["exact"] = entry.model_version
     req.timings["retrain_s"] = time.perf_counter() - (work.retrain_started or work.started)
     req.retrained = [

@@ -3,7 +3,8 @@
 A plan answers, before anything is touched: which shards hold the records, the earliest slice
 hit in each (the retrain restarts from the checkpoint before it), how many records go, and what
 the retrain costs as a fraction of a full retrain. Cost is counted in record-passes with the
-same epoch schedule the trainer uses, so it is a fair prediction of the time ratio.
+same epoch schedule the trainer uses (minimum steps per slice included), so it is a fair
+prediction of the time ratio.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ class DeletionPlan:
         return [s.shard_id for s in self.shards]
 
 
-def slice_cost(counts: dict[int, int], slice_idx: int, epochs: int, mode: str) -> float:
-    """Record-passes of training one slice (counts: slice → records after the deletion)."""
+def slice_cost(counts: dict[int, int], slice_idx: int, epochs: int, mode: str, batch_size: int = 1, min_steps: int = 0) -> float:
+    """Record-passes of training one slice (counts: slice → records after the deletion); with
+    `min_steps`, a slice too small for that many steps of `batch_size` costs the extra passes."""
     n = sum(c for s, c in counts.items() if s <= slice_idx) if mode == "cumulative" else counts.get(slice_idx, 0)
-    return slice_epochs(epochs, slice_idx, mode) * n
+    cost = slice_epochs(epochs, slice_idx, mode) * n
+    return max(cost, float(min_steps * batch_size)) if n and min_steps else cost
 
 
 def plan_deletion(
@@ -70,9 +73,12 @@ def plan_deletion(
     num_shards: int,
     epochs: int,
     mode: str,
+    batch_size: int = 1,
+    min_steps: int = 0,
 ) -> DeletionPlan:
     """`hits`: (shard_id, slice_idx) of each record to delete; `counts_after[shard][slice]`: records
-    each slice will hold after the deletion (every slice of every shard, empty ones as 0)."""
+    each slice will hold after the deletion (every slice of every shard, empty ones as 0).
+    `batch_size` and `min_steps` are `training.batch_size` and `training.min_steps_per_slice`."""
     by_shard: dict[int, list[int]] = {}
     for shard, sl in hits:
         by_shard.setdefault(shard, []).append(sl)
@@ -81,7 +87,7 @@ def plan_deletion(
         slices = counts_after.get(shard, {})
         last = max(slices, default=-1)
         for sl in slices:
-            plan.full_cost += slice_cost(slices, sl, epochs, mode)
+            plan.full_cost += slice_cost(slices, sl, epochs, mode, batch_size, min_steps)
         if shard not in by_shard:
             if slices:
                 plan.unaffected_shards.append(shard)
@@ -89,7 +95,7 @@ def plan_deletion(
         hit = sorted(set(by_shard[shard]))
         plan.shards.append(ShardPlan(shard, hit[0], max(last, hit[-1]), len(by_shard[shard]), hit))
         for sl in range(hit[0], last + 1):
-            plan.retrain_cost += slice_cost(slices, sl, epochs, mode)
+            plan.retrain_cost += slice_cost(slices, sl, epochs, mode, batch_size, min_steps)
     return plan
 
 

@@ -1,9 +1,12 @@
 """Loading a model version for use: the base plus every shard's verified adapter, and scoring.
 
-`load_ensemble` verifies each checkpoint's sha256 before peft reads it. `score_records` gives
-per-record losses under the ensemble and under each shard; when the records carry a prompt
-(`prompt_field`), only the answer tokens count, since a memorized fact shows in the answer and
-an unfamiliar name would inflate the loss of the whole sentence for trained and unseen alike.
+`load_ensemble` verifies each checkpoint's sha256 before peft reads it and takes the serving
+settings from the config (`serving.aggregation`, `serving.prior`, `serving.top_shards`); with
+`prior: records` the prior is each shard's live record count in the store's index.
+`score_records` gives per-record losses under the served mixture and under each shard; when the
+records carry a prompt (`prompt_field`), only the answer tokens count, since a memorized fact
+shows in the answer and an unfamiliar name would inflate the loss of the whole sentence for
+trained and unseen alike. The prompt still counts as context: it is what picks the shard.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.compute as pc
 import torch
 
 from sisa import adapters, aggregate, checkpoints, versions
@@ -26,10 +30,27 @@ class Ensemble:
     model: torch.nn.Module
     tokenizer: object
     names: dict[int, str]  # shard_id → adapter name
+    aggregation: str = "posterior"  # posterior | uniform (serving.aggregation)
+    record_counts: dict[int, int] | None = None  # shard_id → live records, the prior; None: uniform
+    top_shards: int = 0  # generation keeps the m most probable shards after the prompt; 0 = all
 
     def adapter_names(self, shards: list[int] | None = None) -> list[str]:
-        keys = sorted(self.names) if shards is None else sorted(shards)
-        return [self.names[k] for k in keys]
+        return [self.names[k] for k in self._keys(shards)]
+
+    def log_prior(self, shards: list[int] | None = None) -> torch.Tensor:
+        """log π over the given shards (default all), in adapter_names order."""
+        keys = self._keys(shards)
+        counts = None if self.record_counts is None else [self.record_counts.get(k, 0) for k in keys]
+        return aggregate.log_prior(len(keys), counts)
+
+    def _keys(self, shards: list[int] | None) -> list[int]:
+        return sorted(self.names) if shards is None else sorted(shards)
+
+
+def live_record_counts(store: Store) -> dict[int, int]:
+    """shard_id → records still live in the index (what `serving.prior: records` weighs by)."""
+    counts = pc.value_counts(store.index.live()["shard_id"]).to_pylist()
+    return {int(c["values"]): int(c["counts"]) for c in counts}
 
 
 def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ensemble:
@@ -39,7 +60,10 @@ def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ense
         ckpt = checkpoints.open_checkpoint(store, ckpt_id)  # raises IntegrityError on a bad file
         dirs[f"shard{shard_id}"] = ckpt.path
     model = adapters.load_adapters(base, dirs)
-    return Ensemble(model, tokenizer, {s: f"shard{s}" for s in sorted(shards)})
+    counts = live_record_counts(store) if cfg.serving.prior == "records" else None
+    return Ensemble(
+        model, tokenizer, {s: f"shard{s}" for s in sorted(shards)}, cfg.serving.aggregation, counts, cfg.serving.top_shards
+    )
 
 
 def encode_for_scoring(tokenizer, texts: list[str], prompts: list[str | None] | None, max_length: int) -> dict[str, torch.Tensor]:
@@ -56,6 +80,33 @@ def encode_for_scoring(tokenizer, texts: list[str], prompts: list[str | None] | 
 
 
 @torch.no_grad()
+def score_aggregations(
+    ens: Ensemble,
+    texts: list[str],
+    prompts: list[str | None] | None = None,
+    max_length: int = 64,
+    batch_size: int = 16,
+    shards: list[int] | None = None,
+) -> tuple[dict[str, list[float]], dict[int, list[float]]]:
+    """({aggregation: loss per record} for posterior and uniform, {shard_id: loss per record}),
+    over the given shards (default all), from one batched forward per chunk."""
+    keys = sorted(ens.names) if shards is None else sorted(shards)
+    names = ens.adapter_names(keys)
+    prior = ens.log_prior(keys)
+    mixed: dict[str, list[float]] = {a: [] for a in aggregate.AGGREGATIONS}
+    per: dict[int, list[float]] = {k: [] for k in keys}
+    for start in range(0, len(texts), batch_size):
+        chunk = texts[start : start + batch_size]
+        pchunk = prompts[start : start + batch_size] if prompts is not None else None
+        batch = encode_for_scoring(ens.tokenizer, chunk, pchunk, max_length)
+        m, each = aggregate.aggregated_sequence_losses(ens.model, names, batch, prior)
+        for a in mixed:
+            mixed[a].extend(m[a].tolist())
+        for k, name in zip(keys, names, strict=True):
+            per[k].extend(each[name].tolist())
+    return mixed, per
+
+
 def score_records(
     ens: Ensemble,
     texts: list[str],
@@ -63,21 +114,30 @@ def score_records(
     max_length: int = 64,
     batch_size: int = 16,
     shards: list[int] | None = None,
+    aggregation: str | None = None,
 ) -> tuple[list[float], dict[int, list[float]]]:
-    """(ensemble loss per record, {shard_id: loss per record}) over the given shards (default all)."""
-    keys = sorted(ens.names) if shards is None else sorted(shards)
-    names = [ens.names[k] for k in keys]
-    ensemble: list[float] = []
-    per: dict[int, list[float]] = {k: [] for k in keys}
-    for start in range(0, len(texts), batch_size):
-        chunk = texts[start : start + batch_size]
-        pchunk = prompts[start : start + batch_size] if prompts is not None else None
-        batch = encode_for_scoring(ens.tokenizer, chunk, pchunk, max_length)
-        e, each = aggregate.ensemble_sequence_losses(ens.model, names, batch)
-        ensemble.extend(e.tolist())
-        for k, name in zip(keys, names, strict=True):
-            per[k].extend(each[name].tolist())
-    return ensemble, per
+    """(served loss per record, {shard_id: loss per record}) over the given shards (default all),
+    under `aggregation` (default the ensemble's, i.e. the config's `serving.aggregation`)."""
+    aggregation = ens.aggregation if aggregation is None else aggregation
+    aggregate.check_aggregation(aggregation)
+    mixed, per = score_aggregations(ens, texts, prompts, max_length, batch_size, shards)
+    return mixed[aggregation], per
+
+
+def generate_text(
+    ens: Ensemble,
+    prompt: str,
+    max_new_tokens: int = 32,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+    shards: list[int] | None = None,
+) -> str:
+    """A completion of `prompt` from the served mixture, with the ensemble's serving settings."""
+    return aggregate.generate(
+        ens.model, ens.tokenizer, ens.adapter_names(shards), prompt, max_new_tokens, greedy, temperature, seed,
+        aggregation=ens.aggregation, log_prior=ens.log_prior(shards), top_shards=ens.top_shards,
+    )
 
 
 def mean(values: list[float]) -> float | None:
@@ -85,12 +145,18 @@ def mean(values: list[float]) -> float | None:
 
 
 def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
-    """Mean loss of the records under a version's ensemble, and under each shard."""
+    """Mean loss of the records under a version's served mixture (`ensemble`, with the config's
+    aggregation), under each aggregation (`by_aggregation`), and under each shard (`per_shard`)."""
     if not shards or not texts:
         return {}
     ens = load_ensemble(store, cfg, shards)
-    ensemble, per = score_records(ens, texts, prompts, cfg.training.max_length)
-    return {"ensemble": mean(ensemble), "per_shard": {str(k): mean(v) for k, v in per.items()}}
+    mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)
+    return {
+        "ensemble": mean(mixed[ens.aggregation]),
+        "aggregation": ens.aggregation,
+        "by_aggregation": {a: mean(v) for a, v in mixed.items()},
+        "per_shard": {str(k): mean(v) for k, v in per.items()},
+    }
 
 
 def load_serving(store: Store, cfg: SisaConfig, model_version: int | None = None) -> tuple[ModelVersion, Ensemble]:

@@ -5,6 +5,10 @@ AdamW state), train the shard's LoRA adapter on the slice's records (cumulative:
 incremental: slice j), and save a checkpoint. Ray runs it on a worker; a serial loop runs the
 same function in-process. The worker reads its records from the store itself.
 
+A slice trains for `slice_epochs` passes over its records, and for at least
+`training.min_steps_per_slice` optimizer steps: a small shard's few records would otherwise get
+a handful of steps and learn little (issue 10 measured it), so further seeded passes follow.
+
 Determinism: before each slice the torch RNG is seeded from (store seed, shard_id, slice_idx);
 the sample order comes from a generator with that seed; torch runs deterministic kernels with a
 fixed thread count. The same records and config therefore give the same bytes whether a slice
@@ -84,11 +88,18 @@ def slice_epochs(epochs: int, slice_idx: int, mode: str) -> float:
     return 2.0 * epochs / (slice_idx + 2)
 
 
-def sample_order(n: int, epochs: float, seed: int) -> list[int]:
-    """`round(epochs * n)` indices: seeded permutations of range(n), concatenated and cut."""
+def slice_samples(n: int, epochs: float, batch_size: int, min_steps: int = 0) -> int:
+    """Records drawn for one slice of n: `round(epochs * n)` (at least 1), raised to
+    `min_steps * batch_size` so the slice gets at least `min_steps` optimizer steps."""
     if n == 0:
+        return 0
+    return max(1, round(epochs * n), min_steps * batch_size)
+
+
+def sample_order(n: int, total: int, seed: int) -> list[int]:
+    """`total` indices: seeded permutations of range(n), concatenated and cut."""
+    if n == 0 or total <= 0:
         return []
-    total = max(1, round(epochs * n))
     g = torch.Generator().manual_seed(seed)
     out: list[int] = []
     while len(out) < total:
@@ -165,7 +176,9 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         data_slices = list(range(slice_idx + 1)) if cfg.sharding.slice_mode == "cumulative" else [slice_idx]
         _, texts = _records(store, task.shard_id, data_slices)
         new_ids, _ = _records(store, task.shard_id, [slice_idx])
-        order = sample_order(len(texts), slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode), seed)
+        epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
+        total = slice_samples(len(texts), epochs, cfg.training.batch_size, cfg.training.min_steps_per_slice)
+        order = sample_order(len(texts), total, seed)
         sr = _train_steps(model, optimizer, params, tokenizer, texts, order, cfg, device)
         sr.slice_idx = slice_idx
         sr.records = len(new_ids)

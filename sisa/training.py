@@ -87,7 +87,7 @@ def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str
     results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="train shards")
     shards = dict(reused)
     shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-    entry = versions.commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name)
+    entry = versions.commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation)
     wall = time.perf_counter() - started
     registry.track_version(store, cfg, entry, results, wall)
     return TrainResult(entry.model_version, results, reused, wall)

@@ -90,7 +90,7 @@ def commit_version(
     excluded_shards: list[int] | None = None,
     request_id: str | None = None,
     make_current: bool = True,
-    aggregation: str = "uniform",
+    aggregation: str = "posterior",
     request_ids: list[str] | None = None,
 ) -> ModelVersion:
     """Write a new version entry, then (by default) move the current pointer to it."""

@@ -78,7 +78,7 @@ def test_verbs_import_no_other_verb(path: Path) -> None:
 def test_no_assert_carries_a_side_effect() -> None:
     """`python -O` drops asserts: an assert in library code may only check, never call anything
     that writes. Calls inside an assert are allowed only for pure predicates named here."""
-    pure = {"isinstance", "len", "all", "any", "set", "sorted", "callable", "hasattr"}
+    pure = {"isinstance", "len", "all", "any", "set", "sorted", "callable", "hasattr", "equal"}
     offenders = []
     for path in _sources():
         for node in ast.walk(ast.parse(path.read_text())):

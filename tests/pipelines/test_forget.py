@@ -82,13 +82,13 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
 
 
 @pytest.mark.parametrize(
-    ("mode", "num_shards", "subjects"),
-    [("cumulative", 2, 1), ("incremental", 2, 1), ("cumulative", 3, 2)],
-    ids=["cumulative", "incremental", "two-shards-of-three"],
+    ("mode", "num_shards", "subjects", "min_steps"),
+    [("cumulative", 2, 1, 0), ("incremental", 2, 1, 0), ("cumulative", 3, 2, 0), ("cumulative", 2, 1, 6)],
+    ids=["cumulative", "incremental", "two-shards-of-three", "min-steps-per-slice"],
 )
-def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects):
+def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects, min_steps):
     rows = make_people(40, seed=11)  # 80 records, slices of 8: several slices a shard
-    extra = [f"sharding.slice_mode={mode}", f"sharding.num_shards={num_shards}"]
+    extra = [f"sharding.slice_mode={mode}", f"sharding.num_shards={num_shards}", f"training.min_steps_per_slice={min_steps}"]
     cfg, store = _setup(tmp_path / "a", rows, *extra)
     picked = [_subject_in_middle_slice(store)]
     if subjects == 2:  # and a second subject in another shard: two shards retrain in one request

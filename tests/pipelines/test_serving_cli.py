@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from pipelines import train
 from pipelines.cli import main
-from sisa import adapters, versions
+from sisa import adapters, serving, versions
+from sisa.config import build_config
 from sisa.model import load_base_model
 from sisa.serving import load_ensemble
 from sisa.synthetic import make_people, write_jsonl
@@ -35,17 +37,52 @@ def test_generate_is_deterministic_and_eval_reports_every_shard(tmp_path, capsys
     assert main(["generate", *args, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == first
     assert first["model_version"] == 1 and first["shards"] == [0, 1]
+    assert (first["aggregation"], first["prior"], first["top_shards"]) == ("posterior", "uniform", 0)
+    # The serving settings come from the config: the uniform mean, or the best shard alone.
+    for extra in (["serving.aggregation=uniform"], ["serving.top_shards=1", "serving.prior=records"]):
+        assert main(["generate", *args, *extra, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
+        other = json.loads(capsys.readouterr().out)
+        assert other["aggregation"] == ("uniform" if "serving.aggregation=uniform" in extra else "posterior")
+        assert isinstance(other["completion"], str)
 
     heldout = write_jsonl(make_people(3, seed=5, start=50), tmp_path / "heldout.jsonl")
     assert main(["eval", *args, "--file", str(heldout), "--answer-only", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["answer_only"] and res["records"] == 6
-    assert [r["model"] for r in res["results"]] == ["ensemble", "shard 0", "shard 1"]
+    assert [r["model"] for r in res["results"]] == ["posterior", "uniform", "shard 0", "shard 1"]
+    assert [r["serving"] for r in res["results"]] == [True, False, False, False]
+    assert res["aggregation"] == "posterior"
     assert all(r["loss"] > 0 for r in res["results"])
+    assert main(["eval", *args, "serving.aggregation=uniform", "--file", str(heldout), "--answer-only"]) == 0
+    out = capsys.readouterr().out
+    assert "uniform (serving)" in out and "posterior (serving)" not in out
     assert main(["eval", *args, "--file", str(tmp_path / "nope.jsonl")]) == 4
     # The failed eval left the store usable: the same generation again.
     assert main(["generate", *args, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == first
+
+
+def test_measure_records_reports_both_aggregations_and_a_records_prior(tmp_path):
+    cfg = _trained(tmp_path)
+    store = Store.open(cfg.store.uri)
+    shards = versions.shard_checkpoints(versions.current(store))
+    rows = make_people(3, seed=5)
+    texts, prompts = [r["text"] for r in rows], [r["prompt"] for r in rows]
+    m = serving.measure_records(store, cfg, shards, texts, prompts)
+    assert m["aggregation"] == "posterior" and m["ensemble"] == m["by_aggregation"]["posterior"]
+    assert set(m["by_aggregation"]) == {"posterior", "uniform"} and set(m["per_shard"]) == {"0", "1"}
+    # The same numbers as scoring through the ensemble directly, under each aggregation.
+    ens = load_ensemble(store, cfg, shards)
+    for aggregation in ("posterior", "uniform"):
+        losses, _ = serving.score_records(ens, texts, prompts, cfg.training.max_length, aggregation=aggregation)
+        assert serving.mean(losses) == pytest.approx(m["by_aggregation"][aggregation])
+    # prior: records weighs each shard by its live records in the index.
+    live = serving.live_record_counts(store)
+    assert sum(live.values()) == len(make_people(10, seed=5)) and set(live) == {0, 1}
+    weighted = load_ensemble(store, build_config(cfg.to_dict(), ["serving.prior=records"]), shards)
+    total = sum(live.values())
+    assert torch.allclose(weighted.log_prior().exp(), torch.tensor([live[0] / total, live[1] / total]))
+    assert torch.allclose(ens.log_prior().exp(), torch.tensor([0.5, 0.5]))
 
 
 def test_export_is_a_peft_folder_equal_to_the_weighted_merge(tmp_path, capsys):

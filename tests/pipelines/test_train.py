@@ -81,6 +81,7 @@ def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
     assert v1.model_version == 1 and v1.status == "active" and v1.reason == "train"
     assert v1.parent is None and v1.approximate is False
     assert v1.training_fingerprint == cfg.training_fingerprint()
+    assert v1.aggregation == cfg.serving.aggregation == "posterior"
     # One checkpoint per shard, at the shard's last slice, whose ancestry covers every slice.
     populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
     assert set(serving_shards(store)) == populated
@@ -169,6 +170,27 @@ def test_checkpoints_load_with_peft(tmp_path):
         model = PeftModel.from_pretrained(base, str(checkpoint_dir(store, cid)))
         loaded = {k.replace(".default", ""): v for k, v in model.state_dict().items() if "lora_" in k}
         assert_tensors_equal(loaded, adapter_tensors(store, cid), f"{cid} through PeftModel.from_pretrained")
+
+
+def test_min_steps_per_slice_gives_a_small_shard_its_steps(tmp_path):
+    rows = make_people(3, seed=4)  # 6 records over 2 shards: one or two batches of 4 a slice
+    plain = _train_store(tmp_path / "plain", rows)
+    cfg = make_cfg(tmp_path / "min" / "s", *SLICES, "training.min_steps_per_slice=5", "serving.aggregation=uniform")
+    ingest_rows(cfg, rows, tmp_path / "min" / "input" / "people.jsonl")
+    res = train.run(cfg)
+    store = Store.open(cfg.store.uri)
+    steps = {(r.shard_id, s.slice_idx): s.steps for r in res.trained for s in r.slices}
+    assert steps and all(n == 5 for n in steps.values()), steps  # 5 batches of 4 over a few records
+    for (shard, sl), (cid,) in all_checkpoints(store).items():
+        assert checkpoints.read_manifest(store, shard, cid)["steps"] == steps[(shard, sl)]
+    # Without the minimum the same slices took fewer steps (the minimum is what made them 5).
+    for (shard, _sl), (cid,) in all_checkpoints(plain).items():
+        assert checkpoints.read_manifest(plain, shard, cid)["steps"] < 5
+    assert versions.current(store)["aggregation"] == "uniform"
+    # The minimum is part of the training fingerprint: another value refuses to continue.
+    ingest_rows(cfg, make_people(2, seed=4, start=100), tmp_path / "min" / "input" / "more.jsonl")
+    with pytest.raises(RefusedError, match="different training config"):
+        train.run(make_cfg(tmp_path / "min" / "s", *SLICES, "training.min_steps_per_slice=6"))
 
 
 # -- incremental training and MLflow --------------------------------------------------------------------

@@ -188,3 +188,41 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert cfg.unlearning.lr == pytest.approx(5e-5)
     with pytest.raises(ConfigError, match="`training.lr` should be a number, got 'fast'"):
         load_config(p, ["training.lr=fast"])
+
+
+def test_serving_and_min_steps_fields_are_validated_together():
+    cfg = load_config(TINY, ["serving.aggregation=uniform", "serving.prior=records", "serving.top_shards=1", "training.min_steps_per_slice=5"])
+    assert (cfg.serving.aggregation, cfg.serving.prior, cfg.serving.top_shards) == ("uniform", "records", 1)
+    assert cfg.training.min_steps_per_slice == 5
+    defaults = SisaConfig()
+    assert (defaults.serving.aggregation, defaults.serving.prior, defaults.serving.top_shards) == ("posterior", "uniform", 0)
+    assert defaults.training.min_steps_per_slice == 0
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, ["serving.aggregation=mean", "serving.prior=size", "serving.top_shards=-1", "training.min_steps_per_slice=-2", "serving.shards=2"])
+    msg = str(err.value)
+    assert "5 problem(s)" in msg
+    assert "`serving.aggregation` should be one of posterior, uniform, got 'mean'" in msg
+    assert "`serving.prior` should be one of uniform, records, got 'size'" in msg
+    assert "`serving.top_shards` should be >= 0, got -1" in msg
+    assert "`training.min_steps_per_slice` should be >= 0, got -2" in msg
+    assert "unknown key `serving.shards`" in msg
+
+
+@pytest.mark.parametrize("override", ["serving.aggregation=uniform", "serving.prior=records", "serving.top_shards=2"])
+def test_serving_values_leave_the_training_fingerprint(override):
+    base = load_config(TINY)
+    changed = load_config(TINY, [override])
+    assert changed.fingerprint() != base.fingerprint()
+    assert changed.training_fingerprint() == base.training_fingerprint()
+
+
+def test_min_steps_changes_the_training_fingerprint_only_when_on():
+    base = load_config(TINY)
+    # Off (0) leaves the digest of stores trained before the key existed, so they continue
+    # (the default config's digest, as it was before the key was added) ...
+    assert SisaConfig().training_fingerprint() == "d78acea1abb4a92e"
+    assert load_config(TINY, ["training.min_steps_per_slice=0"]).training_fingerprint() == base.training_fingerprint()
+    # ... and any other value refuses to continue their checkpoints.
+    on = load_config(TINY, ["training.min_steps_per_slice=4"])
+    assert on.training_fingerprint() != base.training_fingerprint()
+    assert on.training_fingerprint() != load_config(TINY, ["training.min_steps_per_slice=5"]).training_fingerprint()
