@@ -108,6 +108,18 @@ def check_aggregation(aggregation: str) -> None:
 
 
 # -- the batched forward --------------------------------------------------------------------------
+# A version may serve no adapter at all (a relief version whose every shard held the records
+# from slice 0): its "ensemble" is the frozen base alone, under this one name.
+BASE = "__base__"
+
+
+def _forward(model: torch.nn.Module, names: list[str], **kw):
+    """The model's forward with per-row adapters; a plain base model (no peft) takes none."""
+    if not hasattr(model, "peft_config"):
+        return model(**kw)
+    return model(**kw, adapter_names=names)
+
+
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -124,10 +136,10 @@ def _batched_logits(
     k, b = len(adapter_names), input_ids.shape[0]
     device = _model_device(peft_model)
     rows = [name for name in adapter_names for _ in range(b)]  # adapter-major, matches repeat()
-    logits = peft_model(
+    logits = _forward(
+        peft_model, rows,
         input_ids=input_ids.to(device).repeat(k, 1),
         attention_mask=attention_mask.to(device).repeat(k, 1),
-        adapter_names=rows,
     ).logits
     return logits.view(k, b, *logits.shape[1:])
 
@@ -260,7 +272,7 @@ def generate(
     prior = _prior(log_prior, k).to(device)
     rng = torch.Generator().manual_seed(seed)
     x = torch.tensor([ids] * k, dtype=torch.long, device=device)
-    out = peft_model(input_ids=x, use_cache=True, adapter_names=names)
+    out = _forward(peft_model, names, input_ids=x, use_cache=True)
     past = out.past_key_values
     logp = torch.log_softmax(out.logits.float(), dim=-1)  # [k, prompt, vocab]
     evidence = logp[:, :-1].gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1).sum(-1)  # [k]
@@ -289,7 +301,7 @@ def generate(
             break
         evidence = evidence + last[:, token]
         x = torch.full((k, 1), token, dtype=torch.long, device=device)
-        out = peft_model(input_ids=x, past_key_values=past, use_cache=True, adapter_names=names)
+        out = _forward(peft_model, names, input_ids=x, past_key_values=past, use_cache=True)
         past = out.past_key_values
         last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     return tokenizer.decode(new, skip_special_tokens=True)

@@ -137,7 +137,7 @@ def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bo
     if entry is None:
         current = versions.current(store)
         base = versions.shard_checkpoints(current)
-        if base or train_new:
+        if current is not None or train_new:
             t0 = time.perf_counter()
             tasks, reused = plan_batch(store, cfg, base, earliest_slices(reqs), train_new)
             results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []

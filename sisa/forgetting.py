@@ -191,14 +191,11 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         req.versions["relief"] = current.model_version
         deletion.write_request(store, req)
         return
-    if not shards:
-        # Every shard that serves held the records from slice 0 on: nothing clean is left to
-        # serve. The current version keeps serving until the exact one lands; say so.
-        req.evidence["relief_note"] = "no shard had a clean checkpoint; the previous version served until the exact one"
-        deletion.write_request(store, req)
-        work.log("relief: every serving shard held the records from its first slice; the exact version follows")
-        return
-    entry = versions.commit_version(store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)))
+    # With no clean shard left the relief serves the base model alone: exact, if plain.
+    entry = versions.commit_version(
+        store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation,
+        request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)), allow_empty=True,
+    )
     req.versions["relief"] = entry.model_version
     req.timings["relief_s"] = time.perf_counter() - t0
     deletion.write_request(store, req)

@@ -47,6 +47,9 @@ class Ensemble:
         return sorted(self.names) if shards is None else sorted(shards)
 
 
+BASE_SHARD = -1  # the key of the base model in an ensemble of no adapters
+
+
 def live_record_counts(store: Store) -> dict[int, int]:
     """shard_id → records still live in the index (what `serving.prior: records` weighs by)."""
     counts = pc.value_counts(store.index.live()["shard_id"]).to_pylist()
@@ -55,6 +58,10 @@ def live_record_counts(store: Store) -> dict[int, int]:
 
 def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ensemble:
     base, tokenizer = load_base_model(cfg.model)
+    if not shards:  # a version that serves the base alone (see aggregate.BASE)
+        base.requires_grad_(False)
+        base.eval()
+        return Ensemble(base, tokenizer, {BASE_SHARD: aggregate.BASE}, cfg.serving.aggregation, None, 0)
     dirs = {}
     for shard_id, ckpt_id in sorted(shards.items()):
         ckpt = checkpoints.open_checkpoint(store, ckpt_id)  # raises IntegrityError on a bad file
@@ -147,7 +154,7 @@ def mean(values: list[float]) -> float | None:
 def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
     """Mean loss of the records under a version's served mixture (`ensemble`, with the config's
     aggregation), under each aggregation (`by_aggregation`), and under each shard (`per_shard`)."""
-    if not shards or not texts:
+    if not texts:  # no shards: the base model alone serves (a relief of every shard)
         return {}
     ens = load_ensemble(store, cfg, shards)
     mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)

@@ -92,9 +92,12 @@ def commit_version(
     make_current: bool = True,
     aggregation: str = "posterior",
     request_ids: list[str] | None = None,
+    allow_empty: bool = False,
 ) -> ModelVersion:
-    """Write a new version entry, then (by default) move the current pointer to it."""
-    if not shards:
+    """Write a new version entry, then (by default) move the current pointer to it. A version
+    of no shard (`allow_empty`: relief when every shard held the records from slice 0) serves
+    the base model alone."""
+    if not shards and not allow_empty:
         raise StoreError("no shard has a checkpoint: ingest records and train first")
     entry = ModelVersion(
         model_version=ledgers.next_version_number(store.fs),
