@@ -102,6 +102,22 @@ def plan_batch(store: Store, cfg: SisaConfig, base: dict[int, str], earliest: di
     return tasks, reused
 
 
+def measure_queued(store: Store, cfg: SisaConfig, r: DeletionRequest, texts: list[str], prompts: list[str | None] | None) -> None:
+    """The evidence `sisa forget` measures at once, measured for a queued request by its batch:
+    the records' loss under the version that served when it came, and under its relief."""
+    if "loss_before" not in r.evidence and r.version_before is not None:
+        before = versions.read(store, r.version_before).shards
+        m = serving.measure_records(store, cfg, before, texts, prompts)
+        r.evidence["loss_before"] = m.get("ensemble")
+        unaffected = [s for s in before if r.plan and s not in r.plan.shard_ids]
+        if unaffected and m.get("per_shard"):
+            r.evidence["loss_unseen_shards"] = serving.mean([m["per_shard"][str(s)] for s in unaffected])
+        r.evidence["answer_tokens_only"] = prompts is not None
+    relief = r.versions.get("relief")
+    if relief is not None and "loss_relief" not in r.evidence:
+        r.evidence["loss_relief"] = serving.measure_records(store, cfg, versions.read(store, relief).shards, texts, prompts).get("ensemble")
+
+
 def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bool = True, log: Callable[[str], None] | None = None) -> BatchResult:
     """Carry out every queued request in one batch. The caller holds the store lock."""
     log = log or (lambda msg: None)
@@ -120,6 +136,7 @@ def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bo
             rows = deletion.find_live_by_hashes(store, set(r.id_hashes))
             if evidence and rows.num_rows:
                 texts[r.request_id] = deletion.read_texts(store, rows)
+                measure_queued(store, cfg, r, *texts[r.request_id])
             t0 = time.perf_counter()
             r.removed = deletion.erase_records(store, rows)
             r.timings["delete_data_s"] = time.perf_counter() - t0

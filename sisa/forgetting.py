@@ -394,7 +394,9 @@ def forget(
     log = log or (lambda msg: None)
     log(f"request {req.request_id}: {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
     work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
-    if evidence:
+    # A queued request returns at once: its evidence is measured by the batch, while the text is
+    # still in the store and the versions before and relief still exist.
+    if evidence and not queue:
         work.texts, work.prompts = deletion.read_texts(store, sel.rows)
         work.holdout = holdout
     return ForgetResult(request=carry_out(store, cfg, req, work))
