@@ -136,9 +136,12 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
     assert "committed model version" in "".join(output)  # the capture works
 
     # Nothing anywhere.
+    # Every experiment that holds runs keeps its artifacts inside the store (scanned with it);
+    # MLflow's unused Default experiment points at ./mlruns/0, scanned when it exists.
     artifacts = mlflow_artifact_dirs(store_dir)
-    assert artifacts and all(a.is_dir() for a in artifacts), f"MLflow's artifact folders should exist: {artifacts}"
-    places = {"store": store_dir, **{f"mlflow artifacts {a}": a for a in artifacts}, "temp": new_temp_files(temp_before, inputs)}
+    assert any(store_dir.resolve() in a.resolve().parents for a in artifacts), f"no experiment keeps its artifacts in the store: {artifacts}"
+    present = [a for a in artifacts if a.is_dir()]
+    places = {"store": store_dir, **{f"mlflow artifacts {a}": a for a in present}, "temp": new_temp_files(temp_before, inputs)}
     leaks = {k: [str(h) for h in v] for k, v in find_canaries(places, needles, strict={"store"}).items() if v}
     for k in canaries_in_text("".join(output), needles):
         leaks.setdefault(k, []).append("CLI output")

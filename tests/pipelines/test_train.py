@@ -186,7 +186,7 @@ def test_min_steps_per_slice_gives_a_small_shard_its_steps(tmp_path):
     # Without the minimum the same slices took fewer steps (the minimum is what made them 5).
     for (shard, _sl), (cid,) in all_checkpoints(plain).items():
         assert checkpoints.read_manifest(plain, shard, cid)["steps"] < 5
-    assert versions.current(store)["aggregation"] == "uniform"
+    assert versions.current(store).aggregation == "uniform"
     # The minimum is part of the training fingerprint: another value refuses to continue.
     ingest_rows(cfg, make_people(2, seed=4, start=100), tmp_path / "min" / "input" / "more.jsonl")
     with pytest.raises(RefusedError, match="different training config"):
