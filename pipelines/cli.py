@@ -32,6 +32,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("pipelines.export", "export the serving version as one merged PEFT adapter folder"),
     "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
     "gc": ("pipelines.gc", "remove temp files and half-written leftovers of crashes"),
+    "serve": ("pipelines.serve", "HTTP service: deletion requests with roles, OpenAI-compatible completions, the audit page"),
+    "token": ("pipelines.token", "create, list or revoke the bearer tokens of `sisa serve`"),
     "demo": ("pipelines.demo", "the whole story: train on people, forget one, prove it, write a report"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),

@@ -145,6 +145,15 @@ class DeletionConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    host: str = _f("127.0.0.1", "Address `sisa serve` binds; loopback by default (put a TLS proxy in front to expose it).")
+    port: int = _f(8750, "Port `sisa serve` listens on.", min=1, max=65535)
+    tokens_file: str = _f("", "Where token hashes live; empty: service/tokens.json under a local store.")
+    worker_interval_s: float = _f(30.0, "How often the service's worker checks the batching policy (deletion.*).", min=0.1)
+    max_tokens: int = _f(256, "Largest `max_tokens` a completion may ask for.", min=1)
+
+
+@dataclass(frozen=True)
 class SisaConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     sharding: ShardingConfig = field(default_factory=ShardingConfig)
@@ -157,6 +166,7 @@ class SisaConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     deletion: DeletionConfig = field(default_factory=DeletionConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

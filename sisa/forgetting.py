@@ -85,7 +85,7 @@ def new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: De
     return req
 
 
-def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: RequestMode, queue: bool = False) -> DeletionRequest:
+def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: DeletionPlan, mode: RequestMode, queue: bool = False, idempotency_key_hash: str | None = None) -> DeletionRequest:
     """Phase 1: the ledger entry comes first; nothing is destroyed before it is durable."""
     if mode == RequestMode.ISOLATE:
         serving_version = versions.current(store)
@@ -93,6 +93,7 @@ def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: D
             raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
     req = new_request(store, cfg, sel, plan, mode)
     req.queued = queue
+    req.idempotency_key_hash = idempotency_key_hash
     deletion.write_request(store, req)
     maybe_die("forget-after-ledger")
     return req
@@ -351,6 +352,7 @@ class ForgetResult:
     request: DeletionRequest | None = None
     already_deleted: int = 0
     missing: int = 0
+    replayed: bool = False  # an idempotency key named an earlier request: this is that one
 
     def to_dict(self) -> dict[str, Any]:
         if self.request is not None:
@@ -376,9 +378,16 @@ def forget(
     holdout: Texts | None = None,
     on_version: Callable[[str, ModelVersion], None] | None = None,
     log: Callable[[str], None] | None = None,
+    idempotency_key: str | None = None,
 ) -> ForgetResult:
     """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
-    with `queue` leave it queued for a batch. The caller holds the store lock."""
+    with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
+    again with the same `idempotency_key` returns the first one, whatever became of it."""
+    key_hash = store.hash_id(f"idempotency\x00{idempotency_key}") if idempotency_key else None
+    if key_hash is not None:
+        earlier = next((r for r in deletion.all_requests(store) if r.idempotency_key_hash == key_hash), None)
+        if earlier is not None:
+            return ForgetResult(request=earlier, replayed=True)
     in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
     if in_flight and not dry_run:
         raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
@@ -390,7 +399,7 @@ def forget(
         return ForgetResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
     if dry_run:
         return ForgetResult(dry_run=True, plan=plan)
-    req = open_request(store, cfg, sel, plan, mode, queue)
+    req = open_request(store, cfg, sel, plan, mode, queue, key_hash)
     log = log or (lambda msg: None)
     log(f"request {req.request_id}: {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
     work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)

@@ -74,6 +74,7 @@ class DeletionRequest:
     mode: RequestMode = RequestMode.EXACT
     queued: bool = False  # filed with --queue: a batch (`sisa process`) deletes and retrains
     batch_id: str | None = None  # the batch that carries it out
+    idempotency_key_hash: str | None = None  # keyed hash of the client's idempotency key (HTTP API)
     subject_hashes: list[str] = field(default_factory=list)
     missing_skipped: int = 0
     history: list[dict[str, str]] = field(default_factory=list)

@@ -12,6 +12,7 @@
     requests/<request_id>.json                    deletion ledger
     mlflow.db, mlartifacts/                       MLflow (sqlite backend) when tracked under the store
     cache/, tmp/, reports/                        derived data; purged with the records they derive from
+    service/tokens.json, service/audit/*.jsonl    `sisa serve`: token hashes, the append-only audit log
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ REQUESTS = "requests"
 CACHE = "cache"
 TMP = "tmp"
 REPORTS = "reports"
+SERVICE = "service"
+SERVICE_TOKENS = f"{SERVICE}/tokens.json"
+SERVICE_AUDIT = f"{SERVICE}/audit"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 # A checkpoint folder exists once this file is in it (written last); the other file names and

@@ -26,6 +26,8 @@ HOMES = {
     "mlflow": {"sisa/tracking.py"},
     "datasets": {"sisa/sources.py"},
     "matplotlib": {"sisa/report.py"},
+    "fastapi": {"sisa/service.py"},
+    "uvicorn": {"pipelines/serve.py"},
 }
 
 

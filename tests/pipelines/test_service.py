@@ -1,0 +1,202 @@
+"""`sisa serve` as its users meet it: a real uvicorn server on an ephemeral loopback port, real
+tokens from `sisa token create`, httpx and the `openai` client, a real store on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sisa import deletion
+from sisa.lifecycle import RequestStatus
+from sisa.synthetic import make_people
+from storage.store import Store
+from tests.helpers import REPO, cli_args, make_cfg, run_cli
+from tests.pipelines.helpers import ingest_rows
+from tests.reliability.helpers import sisa_env
+
+pytestmark = pytest.mark.slow
+ROLES = ("requester", "auditor", "client", "admin")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, root: Path, *extra: str):
+        self.port = _free_port()
+        self.args = [*cli_args(root, *extra), f"service.port={self.port}"]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", *self.args], cwd=REPO, env=sisa_env(),
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sisa serve exited {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        raise AssertionError("sisa serve did not answer /healthz within 180 s")
+
+    def stop(self, sig: int = signal.SIGINT) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+
+def _trained(root: Path) -> Path:
+    cfg = make_cfg(root / "s", "sharding.slice_size=8")
+    ingest_rows(cfg, make_people(16, seed=51), root / "people.jsonl")
+    from pipelines import train
+
+    train.run(cfg)
+    return root / "s"
+
+
+def _token(store_dir: Path, role: str, name: str) -> str:
+    code, out, err = run_cli("token", "create", "--role", role, "--name", name, "--json", *cli_args(store_dir))
+    assert code == 0, err
+    return json.loads(out)["token"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    store_dir = _trained(root)
+    tokens = {role: _token(store_dir, role, f"{role}-1") for role in ROLES}
+    server = Server(store_dir, "sharding.slice_size=8", "deletion.relief=true", "store.lock_timeout_s=600").start()
+    yield server, store_dir, tokens
+    server.stop()
+
+
+def _h(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def test_every_role_against_every_endpoint(served):
+    server, store_dir, tokens = served
+    subject = Store.open(str(store_dir)).index.table["subject_id"][0].as_py()
+    calls = {
+        "file": ("POST", "/v1/deletion-requests", {"subject": "no-such-subject"}),
+        "list": ("GET", "/v1/deletion-requests", None),
+        "versions": ("GET", "/v1/versions", None),
+        "complete": ("POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 2}),
+    }
+    may = {"file": {"requester", "admin"}, "list": {"requester", "auditor", "admin"}, "versions": {"auditor", "admin"}, "complete": {"client", "admin"}}
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        for name, (method, path, body) in calls.items():
+            assert c.request(method, path, json=body).status_code == 401, name
+            assert c.request(method, path, json=body, headers=_h("sisa_not-a-token")).status_code == 401, name
+            for role in ROLES:
+                r = c.request(method, path, json=body, headers=_h(tokens[role]))
+                ok = {"file": 422, "list": 200, "versions": 200, "complete": 200}[name]  # file: an unknown subject
+                assert r.status_code == (ok if role in may[name] else 403), (name, role, r.status_code, r.text)
+        r = c.get("/audit", headers=_h(tokens["client"]))
+        assert r.status_code == 403
+        assert "deletion requests" in c.get("/audit", headers=_h(tokens["auditor"])).text
+    assert subject  # the store has people to forget
+
+
+def test_bad_selectors_are_refused_and_nothing_is_recorded(served):
+    server, store_dir, tokens = served
+    store = Store.open(str(store_dir))
+    before = [r.request_id for r in deletion.all_requests(store)]
+    with httpx.Client(base_url=server.url, timeout=120, headers=_h(tokens["requester"])) as c:
+        r = c.post("/v1/deletion-requests", json={"ids": ["nobody-1", "nobody-2"]})
+        assert r.status_code == 422 and "nobody-1" in r.json()["detail"] and "nobody-2" in r.json()["detail"]
+        assert c.post("/v1/deletion-requests", json={"subject": "a", "source": "b"}).status_code == 422
+        assert c.post("/v1/deletion-requests", json={}).status_code == 422
+        assert c.post("/v1/deletion-requests", json={"ids": "not-a-list"}).status_code == 422
+    assert [r.request_id for r in deletion.all_requests(store)] == before
+
+
+def test_concurrent_requests_with_idempotency_keys_are_none_lost_none_doubled(served):
+    server, store_dir, tokens = served
+    store = Store.open(str(store_dir))
+    known = {r.request_id for r in deletion.all_requests(store)}
+    ids = sorted(store.index.table["record_id"].to_pylist())[-10:]
+    jobs = [(rid, f"key-{rid}") for rid in ids for _ in range(2)]  # every id filed twice, same key
+
+    def post(job):
+        rid, key = job
+        r = httpx.post(f"{server.url}/v1/deletion-requests", json={"ids": [rid], "idempotency_key": key}, headers=_h(tokens["requester"]), timeout=600)
+        return rid, r.status_code, r.json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(post, jobs))
+    assert all(code == 202 for _, code, _ in results), [(rid, code, body) for rid, code, body in results if code != 202]
+    by_id: dict[str, set[str]] = {}
+    for rid, _, body in results:
+        by_id.setdefault(rid, set()).add(body["request_id"])
+    assert all(len(v) == 1 for v in by_id.values()), by_id  # the same key, the same request
+    new = [r for r in deletion.all_requests(store) if r.request_id not in known]
+    assert len(new) == len(ids) and sorted(r.request_id for r in new) == sorted(x for v in by_id.values() for x in v)
+    assert all(r.status == RequestStatus.QUEUED and r.records == 1 for r in new)
+
+
+def test_completions_follow_the_version_that_commits(served):
+    from openai import OpenAI
+
+    server, store_dir, tokens = served
+    client = OpenAI(base_url=f"{server.url}/v1", api_key=tokens["client"], timeout=300, max_retries=0)
+    first = client.completions.create(model="sisa", prompt="Hello", max_tokens=3)
+    store = Store.open(str(store_dir))
+    assert first.model == f"sisa-model@v{store.current_version()}" and isinstance(first.choices[0].text, str)
+    subject = sorted(set(store.index.live()["subject_id"].to_pylist()))[0]
+    r = httpx.post(f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(tokens["admin"]), timeout=600)
+    assert r.status_code == 202, r.text
+    now = r.json()["serving_version"]
+    after = client.completions.create(model="sisa", prompt="Hello", max_tokens=3)
+    assert after.model == f"sisa-model@v{now}"
+
+
+def test_a_killed_server_loses_no_acknowledged_request(tmp_path):
+    store_dir = _trained(tmp_path)
+    token = _token(store_dir, "requester", "desk")
+    store = Store.open(str(store_dir))
+    subject = store.index.table["subject_id"][0].as_py()
+    server = Server(store_dir, "sharding.slice_size=8", "deletion.relief=true").start()  # batches wait 24 h
+    r = httpx.post(f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(token), timeout=600)
+    assert r.status_code == 202, r.text
+    request_id = r.json()["request_id"]
+    server.stop(signal.SIGKILL)
+    (req,) = deletion.all_requests(store)
+    assert req.request_id == request_id and req.status == RequestStatus.QUEUED
+    # Restarted with a policy that is due at once, the worker completes it.
+    again = Server(store_dir, "sharding.slice_size=8", "deletion.batch_after_h=0", "service.worker_interval_s=0.5").start()
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and deletion.read_request(store, request_id).status != RequestStatus.COMPLETED:
+            time.sleep(1)
+        assert deletion.read_request(store, request_id).status == RequestStatus.COMPLETED
+        cert = httpx.get(f"{again.url}/v1/deletion-requests/{request_id}/certificate", headers=_h(_token(store_dir, "auditor", "aud")), timeout=60)
+        assert cert.status_code == 200 and cert.json()["certificate"]["lineage_check"]["passed"]
+    finally:
+        assert again.stop() == 0  # Ctrl-C stops cleanly
+    audit = "".join(p.read_text() for p in (store_dir / "service" / "audit").glob("*.jsonl"))
+    assert request_id in audit and subject not in audit  # who, what, outcome; never the subject
+    assert os.path.exists(store_dir / "service" / "tokens.json") and token not in (store_dir / "service" / "tokens.json").read_text()
