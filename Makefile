@@ -27,7 +27,13 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(VENV)/bin/sisa demo --config configs/demo.yaml
 
-test: $(STAMP)
+# The audit page's browser test drives Debian's chromium (Playwright launches it; it downloads no
+# browser of its own).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -37,3 +43,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/storage.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/forget.py
+	$(PY) benchmarks/serve.py

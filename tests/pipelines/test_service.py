@@ -26,6 +26,7 @@ from tests.reliability.helpers import sisa_env
 
 pytestmark = pytest.mark.slow
 ROLES = ("requester", "auditor", "client", "admin")
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _free_port() -> int:
@@ -200,3 +201,40 @@ def test_a_killed_server_loses_no_acknowledged_request(tmp_path):
     audit = "".join(p.read_text() for p in (store_dir / "service" / "audit").glob("*.jsonl"))
     assert request_id in audit and subject not in audit  # who, what, outcome; never the subject
     assert os.path.exists(store_dir / "service" / "tokens.json") and token not in (store_dir / "service" / "tokens.json").read_text()
+
+
+def test_the_audit_page_in_a_real_browser(served, tmp_path):
+    """Debian's chromium, driven by Playwright: sign in with an auditor token, see the requests
+    with their deadlines and the certificate checks, save a screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    server, store_dir, tokens = served
+    live = Store.open(str(store_dir)).index.live()
+    subject = sorted(set(live["subject_id"].to_pylist()))[-1]
+    r = httpx.post(f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(tokens["requester"]), timeout=600)
+    assert r.status_code == 202, r.text
+    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium (see the Makefile)"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{server.url}/audit", timeout=120_000)
+            assert page.url.endswith("/login")  # no session yet
+            page.fill("input[name=token]", tokens["client"])
+            page.click("button")
+            assert "may not open the audit page" in page.content()
+            page.goto(f"{server.url}/login")
+            page.fill("input[name=token]", tokens["auditor"])
+            page.click("button")
+            page.wait_for_url("**/audit", timeout=120_000)
+            text = page.inner_text("body")
+            assert "deletion requests" in text and "lineage check" in text and "serving: version" in text
+            reqs = deletion.all_requests(Store.open(str(store_dir)))
+            assert reqs and all(r.request_id in text for r in reqs)
+            cookie = next(c for c in page.context.cookies() if c["name"] == "sisa_session")
+            assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+            shot = tmp_path / "audit.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 1000
+        finally:
+            browser.close()
