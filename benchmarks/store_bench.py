@@ -1,7 +1,10 @@
 """Storage benchmark: ingest 1M records, then look up 10k ids among them; ours beside pandas.
 
-    .venv/bin/python benchmarks/storage.py                 # 1M records, 10k lookups (~2 min here)
-    .venv/bin/python benchmarks/storage.py --records 100000
+    .venv/bin/python -m benchmarks.store_bench                     # 1M records, 10k lookups (~2 min here)
+    .venv/bin/python -m benchmarks.store_bench --records 100000
+
+Run it from the repository root: `-m` puts the root first on sys.path, so this checkout's
+`storage`, `sisa` and `pipelines` are measured whichever environment's python runs it.
 
 Both sides do the same work on the same JSONL file (record_id, subject_id, ~300 bytes of text):
   ours    `pipelines.ingest.run`: read, validate (ids, text, duplicates), content_sha256, keyed
@@ -26,7 +29,6 @@ import hashlib
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,12 +36,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipelines.ingest import run as ingest  # noqa: E402
-from sisa.config import build_config  # noqa: E402
-from sisa.sharding import shard_key  # noqa: E402
-from storage.store import Store  # noqa: E402
+from pipelines.ingest import run as ingest
+from sisa.config import build_config
+from sisa.sharding import shard_key
+from storage.store import Store
 
 NUM_SHARDS = 8
 SLICE_SIZE = 4096
