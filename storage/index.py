@@ -3,9 +3,9 @@
 Held in memory as one Arrow table (1M records ≈ 100 MB of strings). Lookups take a batch of ids
 and answer with Arrow compute kernels and numpy; no Python loop per id. The first lookup is one
 pass over the index column against the (small) hashed query set. An index asked again (a
-service, a benchmark) builds a sorted 64-bit hash of its ids once (~1 s per 5M ids here) and
+service, a benchmark) builds a sorted 64-bit hash of its ids once (2-4 s at 10M ids here) and
 then answers a small batch in time that grows with the batch, not with the index: at 10M
-records a pass over the column alone is ~150 ms, against a 50 ms budget for 10k ids.
+records a pass over the column alone takes 200-300 ms, against a 50 ms budget for 10k ids.
 """
 
 from __future__ import annotations
