@@ -40,7 +40,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks
 
 bench: $(STAMP)
-	$(PY) benchmarks/storage.py
+	$(PY) -m benchmarks.store_bench
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/forget.py
 	$(PY) benchmarks/serve.py

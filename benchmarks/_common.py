@@ -24,9 +24,6 @@ offline.apply()
 
 # transformers deprecations that peft triggers on every adapter; they bury the tables.
 warnings.filterwarnings("ignore", category=FutureWarning)
-# Ray workers start in the driver's working directory with it first on their path; from inside
-# benchmarks/ they would import benchmarks/storage.py as the `storage` package.
-os.chdir(REPO)
 
 from pipelines.common import print_table  # noqa: E402
 from sisa.config import SisaConfig, build_config, load_config  # noqa: E402

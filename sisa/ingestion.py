@@ -61,19 +61,21 @@ class IngestResult:
         return self.__dict__.copy()
 
 
-def _string_column(source: Source, table: pa.Table, field_name: str, role: str, problems: list[str], required: bool) -> pa.Array | None:
+def _string_column(source: Source, table: pa.Table, field_name: str, role: str, problems: list[str], required: bool) -> pa.ChunkedArray | None:
     if field_name not in table.column_names:
         if required:
             problems.append(f"{source.name}: no `{field_name}` column for the {role} (columns: {', '.join(table.column_names)}); set --{role.replace('_', '-')}-field")
         return None
-    col = table[field_name].combine_chunks()
+    # Kept in the reader's chunks: combining them would copy the whole text column, and the
+    # source table stays alive beside it for error positions.
+    col = table[field_name]
     t = col.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         return col.cast(pa.string())
     if pa.types.is_integer(t) and role != "text":  # integer ids are common; integer text is a mistake
         return pc.cast(col, pa.string())
     if pa.types.is_null(t):
-        return pa.nulls(len(col), pa.string())
+        return pa.chunked_array([pa.nulls(len(col), pa.string())])
     problems.append(f"{source.name}: column `{field_name}` ({role}) should hold strings, got {t}")
     return None
 
@@ -133,10 +135,21 @@ def _blank(col: pa.Array) -> pa.Array:
     return pc.or_kleene(pc.is_null(col), empty)
 
 
-def content_sha256(texts: pa.Array) -> pa.Array:
+HASH_BLOCK = 1 << 16
+
+
+def content_sha256(texts: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    """Hex sha256 of each text. A block of rows at a time: the Python bytes objects that hashlib
+    needs exist for one block, not for the whole column at once."""
     # Binary values come out as bytes: no str objects, no .encode() per row.
     sha = hashlib.sha256
-    return pa.array([sha(b).hexdigest() for b in texts.cast(pa.binary()).to_pylist()], pa.string())
+    chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
+    out = [
+        pa.array([sha(b).hexdigest() for b in chunk.slice(start, HASH_BLOCK).cast(pa.binary()).to_pylist()], pa.string())
+        for chunk in chunks
+        for start in range(0, len(chunk), HASH_BLOCK)
+    ]
+    return pa.chunked_array(out, pa.string())
 
 
 def prepare_batches(store: Store | None, sources: list[Source], cfg: SisaConfig) -> list[Batch]:
@@ -262,9 +275,11 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
     bounds = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1], True])
     groups = [(int(shard_ids[order[a]]), int(slice_idx[order[a]]), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
+    take = _ChunkwiseTake(full)
+
     def write(group: tuple[int, int, int, int]) -> None:
         shard, sl, a, b = group
-        records.write_part(store.fs, shard, sl, seq, ingest_id, full.take(pa.array(order[a:b])))
+        records.write_part(store.fs, shard, sl, seq, ingest_id, take(order[a:b]))
 
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         list(pool.map(write, groups))
@@ -312,6 +327,32 @@ def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]
         if batches is None or len(store.index):  # an existing store, or another writer got in first
             batches = prepare_batches(store, sources, cfg)
         return [commit_batch(store, batch, cfg, next_seq(store.fs)) for batch in batches]
+
+
+class _ChunkwiseTake:
+    """`table.take(rows)` for ascending rows, one chunk at a time.
+
+    The columns keep the reader's blocks (hundreds of chunks for a large file); Arrow's take on
+    a chunked column concatenates all of its chunks first, which per (shard, slice) group would
+    copy the whole text column again and again. Taking from each chunk the rows that fall in it
+    copies only the rows taken.
+    """
+
+    def __init__(self, table: pa.Table):
+        self.table = table
+        self.starts = [np.cumsum([0] + [len(c) for c in col.chunks]) for col in table.columns]
+
+    def __call__(self, rows: np.ndarray) -> pa.Table:
+        columns = []
+        for col, starts in zip(self.table.columns, self.starts, strict=True):
+            cut = np.searchsorted(rows, starts)
+            pieces = [
+                chunk.take(pa.array(rows[a:b] - start))
+                for chunk, start, a, b in zip(col.chunks, starts[:-1], cut[:-1], cut[1:], strict=True)
+                if b > a
+            ]
+            columns.append(pa.chunked_array(pieces, col.type))
+        return pa.Table.from_arrays(columns, schema=self.table.schema)
 
 
 def next_seq(fs: StoreFS) -> int:

@@ -136,3 +136,92 @@ def test_store_index_is_never_stale(tmp_path):
     assert len(ours.index) == 20
     ours.fs.write_parquet(layout.index_part(1, "i1"), table.slice(0, 20).cast(INDEX_SCHEMA))
     assert ours.index.table["record_id"].to_pylist() == table.slice(0, 20)["record_id"].to_pylist()
+
+
+# -- lookups through the id hashes (an index asked more than once) ---------------------------------
+def _hashed(table: pa.Table) -> RecordIndex:
+    idx = RecordIndex(table)
+    idx.lookup(["warm-up"])  # a first lookup scans; later small ones use the id hashes
+    return idx
+
+
+ODD_IDS = ["", " ", "a", "é", "日本語", "ключ", "a" * 600, "r000001\x00", "emoji-🙂", "r00000", "r0000010"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        ["r000003", "r150000", "nope-1", "r199999", "nope-2"],
+        ["r000001", "r000001", "x", "x"],
+        ODD_IDS,
+        [f"r{i:06d}" for i in range(5, 12_000, 7)],
+        [],
+    ],
+    ids=["mixed", "repeated", "odd", "many", "empty"],
+)
+def test_hashed_lookups_answer_as_the_scan_does(query):
+    table = pa.concat_tables([make_index(2_000), make_index(200_000).slice(2_000)])  # two chunks
+    for kind in ("list", "array", "chunked", "sliced"):
+        ids = {
+            "list": query,
+            "array": pa.array(query, pa.string()),
+            "chunked": pa.chunked_array([query[:1], query[1:]], pa.string()),
+            "sliced": pa.array(["pad", *query], pa.string()).slice(1),
+        }[kind]
+        scanned, scan_missing = RecordIndex(table).lookup(ids)
+        index = _hashed(table)
+        hashed, hash_missing = index.lookup(ids)
+        assert index._sorted is not None  # the answer came through the id hashes
+        assert hashed.equals(scanned), kind
+        assert hash_missing.to_pylist() == scan_missing.to_pylist(), kind
+
+
+def test_hashed_lookups_find_odd_ids_and_only_them():
+    ids = ODD_IDS + [f"other-{i}" for i in range(1_000)]
+    table = pa.table(
+        {
+            "record_id": ids,
+            "subject_id": pa.nulls(len(ids), pa.string()),
+            "shard_id": pa.array([0] * len(ids), pa.int32()),
+            "slice_idx": pa.array([0] * len(ids), pa.int32()),
+            "source": ["s"] * len(ids),
+            "ingest_id": ["i"] * len(ids),
+            "content_sha256": ["0" * 64] * len(ids),
+            "status": [LIVE] * len(ids),
+        },
+        schema=INDEX_SCHEMA,
+    )
+    found, missing = _hashed(table).lookup(ODD_IDS + ["a" * 599, "日本", None])
+    assert found["record_id"].to_pylist() == ODD_IDS
+    assert missing.to_pylist() == ["a" * 599, "日本", None]
+
+
+def test_colliding_hashes_cost_time_not_answers(monkeypatch):
+    """Equal hashes are only candidates: with a hash that maps every id to one of 3 values, the
+    answers stay exact."""
+    from storage import index as index_module
+
+    real = index_module.id_hashes
+    monkeypatch.setattr(index_module, "id_hashes", lambda ids: real(ids) % 3)
+    table = make_index(5_000)
+    query = ["r000010", "r004999", "r000010", "nope", "r005000"]
+    index = _hashed(table)
+    found, missing = index.lookup(query)
+    assert index._sorted is not None
+    assert found["record_id"].to_pylist() == ["r000010", "r004999"]
+    assert missing.to_pylist() == ["nope", "r005000"]
+
+
+def test_id_hashes_depend_on_the_bytes_only(monkeypatch):
+    from storage import index as index_module
+    from storage.index import id_hashes
+
+    monkeypatch.setattr(index_module, "_HASH_BYTES", 4096)  # many numpy steps per chunk
+    values = ODD_IDS + [f"r{i:06d}" for i in range(10_000)]
+    whole = id_hashes(pa.array(values))
+    assert whole.dtype.name == "uint64" and len(whole) == len(values)
+    chunked = id_hashes(pa.chunked_array([values[:3], values[3:5000], values[5000:]]))
+    sliced = id_hashes(pa.array(["x", *values, "y"]).slice(1, len(values)))
+    large = id_hashes(pa.array(values, pa.large_string()))
+    assert (whole == chunked).all() and (whole == sliced).all() and (whole == large).all()
+    assert len(set(whole.tolist())) == len(values)  # no collisions among these
