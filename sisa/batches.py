@@ -74,6 +74,24 @@ def earliest_slices(reqs: list[DeletionRequest]) -> dict[int, int]:
     return out
 
 
+def batch_base(store: Store, serving: dict[int, str], reqs: list[DeletionRequest], earliest: dict[int, int]) -> dict[int, str]:
+    """The checkpoints a batch traces each shard's last clean checkpoint from: the serving ones,
+    except where a bridge changed an affected shard. An --isolate bridge left it out: take the
+    checkpoint its request saw serving (else the shard would retrain from slice 0). A --fast
+    bridge serves an approximate checkpoint computed from the text being forgotten: take the
+    exact one under it (else, when the records' slice was not trained yet, it would be kept)."""
+    base = dict(serving)
+    for r in reqs:
+        for c in r.checkpoints_before:
+            shard = c["shard_id"]
+            if shard in earliest and shard not in base and c["checkpoint_id"] in checkpoints.checkpoint_ids(store, shard):
+                base[shard] = c["checkpoint_id"]
+    for shard in earliest:
+        while shard in base and checkpoints.is_approximate(base[shard]):
+            base[shard] = checkpoints.parent_of(store, base[shard])
+    return base
+
+
 def plan_batch(store: Store, cfg: SisaConfig, base: dict[int, str], earliest: dict[int, int], train_new: bool) -> tuple[list[ShardTask], dict[int, str]]:
     """Tasks and reused shards. Affected shards retrain from their last clean checkpoint through
     the last slice a checkpoint sealed (with `train_new`, through the last slice: the new slices
@@ -156,7 +174,8 @@ def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bo
         base = versions.shard_checkpoints(current)
         if current is not None or train_new:
             t0 = time.perf_counter()
-            tasks, reused = plan_batch(store, cfg, base, earliest_slices(reqs), train_new)
+            earliest = earliest_slices(reqs)
+            tasks, reused = plan_batch(store, cfg, batch_base(store, base, reqs, earliest), earliest, train_new)
             results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
             shards = dict(reused)
             shards.update({r.shard_id: r.last_checkpoint_id for r in results})

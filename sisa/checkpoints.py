@@ -69,6 +69,11 @@ def make_approximate_id(parent_id: str) -> str:
     return f"s{shard_of(parent_id):05d}-l{slice_of(parent_id):06d}-approx{secrets.token_hex(5)}"
 
 
+def is_approximate(checkpoint_id: str) -> bool:
+    """A fast-path checkpoint: computed from the text being forgotten, never a clean start."""
+    return "-approx" in checkpoint_id
+
+
 def shard_of(checkpoint_id: str) -> int:
     return int(checkpoint_id.split("-")[0][1:])
 

@@ -1,0 +1,66 @@
+"""Batches after a bridge: each affected shard retrains once from its last clean checkpoint,
+and never from a checkpoint the bridge computed from the text being forgotten."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipelines import forget as forget_pipeline
+from pipelines.ingest import run as ingest_run
+from pipelines.train import run as train_run
+from sisa import batches, checkpoints, versions
+from sisa.synthetic import make_people, write_jsonl
+from storage.store import Store
+from tests.helpers import make_cfg
+
+pytestmark = pytest.mark.slow  # trains the tiny model
+
+
+def _trained(tmp_path: Path, people: int):
+    cfg = make_cfg(tmp_path / "store", "deletion.relief=true")
+    ingest_run(cfg, [str(write_jsonl(make_people(people, facts_per_person=2), tmp_path / "people.jsonl"))])
+    train_run(cfg)
+    return cfg, Store.open(cfg.store.uri)
+
+
+def _process(store: Store, cfg) -> batches.BatchResult:
+    with store.lock("test process", cfg.store.lock_timeout_s):
+        return batches.process(store, cfg, evidence=False)
+
+
+def test_a_batch_after_isolate_retrains_from_the_checkpoint_before_the_hit_not_from_scratch(tmp_path: Path) -> None:
+    cfg, store = _trained(tmp_path, 64)
+    idx = store.index.table.to_pylist()
+    subject = next(r["subject_id"] for r in idx if r["slice_idx"] == 2)
+    req = forget_pipeline.run(cfg, "subject", [subject], isolate=True, queue=True, evidence=False, quiet=True)["request"]
+    (shard_plan,) = req["plan"]["shards"]
+    assert shard_plan["shard_id"] not in versions.current(store).shards  # the isolating version leaves it out
+
+    res = _process(store, cfg)
+    (job,) = res.retrained
+    assert job.shard_id == shard_plan["shard_id"]
+    assert [s.slice_idx for s in job.slices][0] == shard_plan["earliest_slice"] == 2
+
+
+@pytest.mark.parametrize("run", ["process", "train"])
+def test_a_batch_after_fast_never_keeps_the_approximate_checkpoint(tmp_path: Path, run: str) -> None:
+    # Records ingested after the last training: the fast path unlearns them from a checkpoint
+    # that never trained them, so its approximate checkpoint sits below the hit slice.
+    cfg, store = _trained(tmp_path, 32)
+    late = make_people(16, facts_per_person=2, start=32)
+    ingest_run(cfg, [str(write_jsonl(late, tmp_path / "late.jsonl"))])
+    before = dict(versions.current(store).shards)
+    forget_pipeline.run(cfg, "subject", [late[0]["subject_id"]], fast=True, queue=True, evidence=False, quiet=True)
+    assert versions.current(store).approximate
+
+    if run == "process":
+        _process(store, cfg)
+    else:  # `sisa train` runs the batch and trains the new slices in the same shard jobs
+        train_run(cfg)
+    exact = versions.current(store)
+    assert not exact.approximate
+    assert not [a for c in exact.shards.values() for a in checkpoints.chain(store, c) if checkpoints.is_approximate(a)]
+    if run == "process":  # nothing that served had trained the records: the version before serves again
+        assert exact.shards == before
