@@ -29,7 +29,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "versions": ("pipelines.list_versions", "list model versions"),
     "generate": ("pipelines.generate", "generate text with the serving version (mixture of shard adapters)"),
     "eval": ("pipelines.evaluate", "loss and perplexity of both aggregations and of each shard on a file"),
-    "export": ("pipelines.export", "export the serving version as one merged PEFT adapter folder"),
+    "export": ("pipelines.export", "export the serving version: one merged PEFT adapter, or --format ensemble (every shard adapter + manifest)"),
     "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
     "gc": ("pipelines.gc", "remove temp files and half-written leftovers of crashes"),
     "serve": ("pipelines.serve", "HTTP service: deletion requests with roles, OpenAI-compatible completions, the audit page"),

@@ -6,13 +6,16 @@
 1. Make fictitious people (faker, deterministic) as one-sentence facts; ingest them with
    subject_id = the person. Strangers are made the same way and never ingested.
 2. Train S shards with slices (Ray).
-3. Memorization: the served mixture's answer-token loss (serving.aggregation; the uniform mean
-   beside it) for trained people vs strangers, and greedy completions.
+3. Memorization under the served mixture (serving.aggregation, the posterior by default): facts
+   recalled exactly (the greedy completion starts with the answer) beside the answer-token loss,
+   for the person to be forgotten, other trained people and strangers; the uniform mean's loss
+   beside it, and greedy completions.
 4. Forget one person with --fast: an approximate version serves in seconds, then the exact
-   retrain replaces it; print the certificate.
+   retrain replaces it; recall and loss at every version; print the certificate.
 5. `rollback 1` is refused; `versions` and `requests`.
-6. Time of the exact deletion beside the full retrain; a summary; a report with plots under
-   <store>/reports/, logged to the MLflow run of the exact version.
+6. Time of the exact deletion beside the full retrain; a summary; a report with plots (recall and
+   loss by version, deletion time) under <store>/reports/, logged to the MLflow run of the exact
+   version.
 The demo store is wiped and rebuilt on every run (only a store the demo itself created).
 """
 
@@ -48,6 +51,7 @@ from storage.errors import RefusedError, StoreError
 from storage.store import Store
 
 DEMO_MARKER = "DEMO_STORE"
+ANSWER_TOKENS = 12  # greedy tokens per printed completion: more than any fact's answer needs
 
 
 def _banner(text: str) -> None:
@@ -64,25 +68,29 @@ def _fresh_store(cfg: SisaConfig) -> None:
         shutil.rmtree(uri)
 
 
-def _losses_by_aggregation(store, cfg, shards, groups: dict[str, list[dict]]) -> dict[str, dict[str, float | None]]:
-    """aggregation → group → mean answer-token loss, both aggregations from the same forwards."""
+def _measure(store, cfg, shards, groups: dict[str, list[dict]]) -> dict:
+    """Per group: mean answer-token loss under each aggregation (one batched forward) and, under
+    the served one, recall: facts whose greedy completion starts with the answer."""
     ens = serving.load_ensemble(store, cfg, shards)
-    out: dict[str, dict[str, float | None]] = {}
+    loss: dict[str, dict[str, float | None]] = {}
+    recalled: dict[str, tuple[int, int]] = {}
     for name, rows in groups.items():
         mixed, _ = serving.score_aggregations(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
         for aggregation, vals in mixed.items():
-            out.setdefault(aggregation, {})[name] = serving.mean(vals)
-    return out
+            loss.setdefault(aggregation, {})[name] = serving.mean(vals)
+        recalled[name] = (sum(_recalls(ens, r) for r in rows), len(rows))
+    return {"loss": loss, "recall": recalled, "ensemble": ens}
 
 
-def _losses(store, cfg, shards, groups: dict[str, list[dict]]) -> dict[str, float | None]:
-    """group → mean answer-token loss under the served aggregation."""
-    return _losses_by_aggregation(store, cfg, shards, groups)[cfg.serving.aggregation]
+def _recalls(ens, row: dict) -> bool:
+    """Whether the greedy completion starts with the answer (decoding only as far as that needs)."""
+    needed = len(ens.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]) + 2
+    completion = serving.generate_text(ens, row["prompt"], max_new_tokens=needed)
+    return completion.strip().startswith(row["answer"].strip())
 
 
-def _complete(store, cfg, shards, prompt: str) -> str:
-    ens = serving.load_ensemble(store, cfg, shards)
-    return serving.generate_text(ens, prompt, max_new_tokens=12)
+def _frac(x: tuple[int, int] | None) -> str:
+    return "-" if x is None else f"{x[0]}/{x[1]}"
 
 
 def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -> dict:
@@ -118,15 +126,22 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     retained = [r for r in rows if r["subject_id"] != target_subject][: 8 * facts]
     groups = {"forgotten": target, "retained": retained, "strangers": unseen}
     v1 = versions.current(store)
-    both = _losses_by_aggregation(store, cfg, versions.shard_checkpoints(v1), groups)
-    losses = {f"v{v1.model_version} trained": both[cfg.serving.aggregation]}
-    print(f"answer-token loss (served: {cfg.serving.aggregation}):")
-    for aggregation, lv in both.items():
-        print(f"  {aggregation:<9} person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
-    shards1 = versions.shard_checkpoints(v1)
+    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), groups)
+    served = cfg.serving.aggregation
+    label = f"v{v1.model_version} trained"
+    losses, recalls = {label: m1["loss"][served]}, {label: m1["recall"]}
+    print(f"facts recalled exactly (greedy completion starts with the answer) under the served {served} mixture, and mean answer-token loss:")
+    print(f"  {served:<9} person to be forgotten {_frac(m1['recall']['forgotten'])} recalled, loss {m1['loss'][served]['forgotten']:.3f}; "
+          f"other trained people {_frac(m1['recall']['retained'])}, loss {m1['loss'][served]['retained']:.3f}; "
+          f"strangers {_frac(m1['recall']['strangers'])}, loss {m1['loss'][served]['strangers']:.3f}")
+    for aggregation, lv in m1["loss"].items():
+        if aggregation != served:
+            print(f"  {aggregation:<9} (not served) loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
     for r in target[:2] + unseen[:1]:
         who = "to be forgotten" if r in target else "stranger"
-        print(f"  [{who}] {r['prompt']!s} →{_complete(store, cfg, shards1, r['prompt'])!s}   (truth:{r['answer']})")
+        completion = serving.generate_text(m1["ensemble"], r["prompt"], max_new_tokens=ANSWER_TOKENS)
+        print(f"  [{who}] {r['prompt']!s} →{completion!s}   (truth:{r['answer']})")
+    del m1
 
     # 4. forget with the fast path
     _banner("4. forget one person: --fast serves an approximate version, then the exact retrain")
@@ -134,18 +149,22 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
 
     def on_version(kind: str, entry: versions.ModelVersion) -> None:
         seen_versions[kind] = entry.model_version
-        losses[f"v{entry.model_version} {kind}"] = _losses(store, cfg, versions.shard_checkpoints(entry), groups)
-        lv = losses[f"v{entry.model_version} {kind}"]
-        print(f"  v{entry.model_version} ({kind}): forgotten person {lv['forgotten']:.3f}, retained {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
+        m = _measure(store, cfg, versions.shard_checkpoints(entry), groups)
+        label = f"v{entry.model_version} {kind}"
+        losses[label], recalls[label] = m["loss"][served], m["recall"]
+        print(f"  v{entry.model_version} ({kind}): forgotten person {_frac(m['recall']['forgotten'])} recalled, loss {losses[label]['forgotten']:.3f}; "
+              f"retained {_frac(m['recall']['retained'])}, loss {losses[label]['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {losses[label]['strangers']:.3f}")
 
     holdout = ([r["text"] for r in unseen], [r["prompt"] for r in unseen])
     with store.lock("demo forget", cfg.store.lock_timeout_s):
         fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True))
     req = fr.request
     exact_entry = versions.current(store)
-    shards_now = versions.shard_checkpoints(exact_entry)
+    ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
     for r in target[:2]:
-        print(f"  [forgotten, exact v{exact_entry.model_version}] {r['prompt']} →{_complete(store, cfg, shards_now, r['prompt'])}   (truth:{r['answer']})")
+        completion = serving.generate_text(ens_now, r["prompt"], max_new_tokens=ANSWER_TOKENS)
+        print(f"  [forgotten, exact v{exact_entry.model_version}] {r['prompt']} →{completion}   (truth:{r['answer']})")
+    del ens_now
     print_certificate(req)
 
     # 5. rollback refused; versions and requests
@@ -186,16 +205,20 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     # report
     from sisa.report import DemoReport, write_report
 
-    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary)
+    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, recalls, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary)
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
     if cfg.tracking.enabled:
         from sisa.tracking import Tracker
 
         Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_entry.model_version, files, "demo-report")
-    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: loss_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry.model_version}")
-    print(f"browse MLflow: .venv/bin/mlflow ui --backend-store-uri sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))} (binds 127.0.0.1)")
-    return {"losses": losses, "summary": dict(summary), "request_id": req.request_id, "report": files, "versions": seen_versions}
+    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry.model_version}")
+    db = f"sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))}"
+    print(f"browse MLflow: .venv/bin/mlflow ui --backend-store-uri {db} (binds 127.0.0.1)")
+    if cfg.tracking.enabled:
+        model_uri = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
+        print(f"serve v{exact_entry.model_version} over HTTP: MLFLOW_TRACKING_URI={db} .venv/bin/mlflow models serve -m {model_uri} --env-manager local -h 127.0.0.1 -p 5001")
+    return {"losses": losses, "recall": recalls, "summary": dict(summary), "request_id": req.request_id, "report": files, "versions": seen_versions}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

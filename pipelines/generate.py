@@ -6,7 +6,8 @@
 At each step the next-token distribution mixes the shards' distributions as `serving` says:
 `posterior` weighs each shard by how well it explains the prompt and the text so far, `uniform`
 takes the plain mean; all shards run in one batched forward (peft's per-row adapter_names).
-Greedy by default; --sample draws with a seed.
+Greedy by default; --sample draws with a seed. `--bundle DIR` serves a folder written by
+`sisa export --format ensemble` instead of the store (it needs no store).
 """
 
 from __future__ import annotations
@@ -14,18 +15,25 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json
-from sisa import serving
+from sisa import bundle, serving
 from sisa.config import SisaConfig
 
 
-def run(cfg: SisaConfig, prompt: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0, seed: int = 0) -> dict:
-    v, ens = serving.load_serving(open_store(cfg), cfg)
+def run(
+    cfg: SisaConfig, prompt: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0, seed: int = 0, bundle_dir: str | None = None
+) -> dict:
+    if bundle_dir is not None:
+        manifest, ens = bundle.load_bundle(bundle_dir)
+        model_version, prior = manifest["model_version"], manifest["serving"]["prior"]
+    else:
+        v, ens = serving.load_serving(open_store(cfg), cfg)
+        model_version, prior = v.model_version, cfg.serving.prior
     text = serving.generate_text(ens, prompt, max_new_tokens, not sample, temperature, seed)
     return {
-        "model_version": v.model_version,
+        "model_version": model_version,
         "shards": sorted(ens.names),
         "aggregation": ens.aggregation,
-        "prior": cfg.serving.prior,
+        "prior": prior,
         "top_shards": ens.top_shards,
         "completion": text,
     }
@@ -37,10 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bundle", default=None, metavar="DIR", help="serve a folder from `sisa export --format ensemble` instead of the store")
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    res = run(cfg, args.prompt, args.max_new_tokens, args.sample, args.temperature, args.seed)
+    res = run(cfg, args.prompt, args.max_new_tokens, args.sample, args.temperature, args.seed, args.bundle)
     if args.json:
         print_json(res)
     else:

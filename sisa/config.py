@@ -124,6 +124,11 @@ class TrackingConfig:
     experiment: str = _f("sisa", "MLflow experiment name.")
     registered_model: str = _f("sisa-model", "MLflow registered model name.")
     alias: str = _f("serving", "MLflow alias that follows the current model version.")
+    log_base_model: bool = _f(
+        False,
+        "Copy the base model's folder into every logged MLflow model, so it loads where that folder is missing; "
+        "off: the model names the local folder (or tiny/smollm2) and loads the base from there.",
+    )
 
 
 @dataclass(frozen=True)

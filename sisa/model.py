@@ -131,6 +131,12 @@ def _model_folder(cfg: ModelConfig) -> str:
     return str(folder)
 
 
+def base_model_folder(cfg: ModelConfig) -> str | None:
+    """The HF folder the base loads from (converting SmolLM2 on first use); None for `tiny`,
+    which is built in memory."""
+    return None if cfg.name == "tiny" else _model_folder(cfg)
+
+
 # -- tiny --------------------------------------------------------------------------------------
 def _build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level: every byte is a token, so any text encodes and no vocabulary file is needed."""
@@ -269,7 +275,8 @@ def base_model_fingerprint(cfg: ModelConfig) -> str:
         model, _ = _build_tiny()
         return _state_dict_digest(model)
     folder = Path(_model_folder(cfg))
-    if cfg.name == "smollm2":
+    if (folder / FINGERPRINT_FILE).is_file():
+        # SmolLM2 as converted here, or a copy of that folder (an MLflow model's base_model).
         return json.loads((folder / FINGERPRINT_FILE).read_text())["fingerprint"]
     return _folder_digest(folder, Path(cfg.cache_dir))
 

@@ -1,5 +1,6 @@
-"""Model-version bookkeeping in MLflow: a run and a registered version per committed version,
-and the `serving` alias on the current one. Never text: only counts, fingerprints and timings.
+"""Model-version bookkeeping in MLflow: a run, a loadable logged model and a registered version
+per committed version, and the `serving` alias on the current one. Never text: only counts,
+fingerprints, timings, and the model's shard adapters with their manifest (sisa/bundle.py).
 
 The store's version ledger is the truth; MLflow mirrors it. `ensure_tracked` repairs the mirror
 after a crash or an MLflow outage (a version committed but not yet logged).
@@ -52,7 +53,17 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: l
     tags = {"model_version": str(entry.model_version), "reason": entry.reason, "approximate": str(entry.approximate).lower()}
     if entry.request_id:
         tags["request_id"] = entry.request_id
-    info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags)
+    if tracker.find_registered_version(entry.model_version) is not None:  # a repeated call
+        info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags)
+    else:
+        from sisa import bundle  # torch loads only when a model is logged
+        from sisa.model import base_model_folder
+
+        base_dir = base_model_folder(cfg.model) if cfg.tracking.log_base_model else None
+        with bundle.staged_bundle(store, cfg, entry) as folder:
+            info = tracker.log_model_version(
+                entry.model_version, entry.reason, params, metrics, tags, model_artifacts=bundle.model_artifacts(folder, base_dir)
+            )
     if store.current_version() == entry.model_version:
         tracker.set_serving_alias(entry.model_version)
     record_tracking(store, entry, {k: str(v) for k, v in info.items()})

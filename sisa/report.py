@@ -23,6 +23,8 @@ class DemoReport:
     records: int
     # version label → {"forgotten": loss, "retained": loss, "strangers": loss}
     losses: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    # version label → {"forgotten": (facts recalled exactly, facts), ...}
+    recall: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     times: dict[str, float] = field(default_factory=dict)  # seconds: full_train, fast_path, exact_delete, ...
     theoretical_fraction: float = 0.0
     request_id: str = ""
@@ -30,27 +32,45 @@ class DemoReport:
     summary_rows: list[tuple[str, str]] = field(default_factory=list)
 
 
-def plot_losses(rep: DemoReport, path: str) -> str:
-    labels = list(rep.losses)
-    groups = ("forgotten", "retained", "strangers")
-    names = {"forgotten": "forgotten person", "retained": "people still in the data", "strangers": "strangers (never trained on)"}
-    colors = {"forgotten": "#d62728", "retained": "#1f77b4", "strangers": "#7f7f7f"}
-    fig, ax = plt.subplots(figsize=(7.5, 4.2), dpi=120)
+GROUPS = ("forgotten", "retained", "strangers")
+_NAMES = {"forgotten": "forgotten person", "retained": "people still in the data", "strangers": "strangers (never trained on)"}
+_COLORS = {"forgotten": "#d62728", "retained": "#1f77b4", "strangers": "#7f7f7f"}
+
+
+def _bars(ax, labels: list[str], values: dict[str, list[float]], fmt: str) -> None:
     width = 0.26
-    for i, g in enumerate(groups):
-        ys = [rep.losses[lab].get(g) or 0.0 for lab in labels]
+    for i, g in enumerate(GROUPS):
         xs = [j + (i - 1) * width for j in range(len(labels))]
-        bars = ax.bar(xs, ys, width, label=names[g], color=colors[g])
-        ax.bar_label(bars, fmt="%.2f", fontsize=7, padding=1)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylabel("mean answer-token loss (nats)\nlower = remembered")
-    ax.set_title(f"Memorization across model versions ({rep.model}, {rep.num_shards} shards)")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncols=3, frameon=False)
+        bars = ax.bar(xs, values[g], width, label=_NAMES[g], color=_COLORS[g])
+        ax.bar_label(bars, fmt=fmt, fontsize=7, padding=1)
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
+
+
+def plot_memorization(rep: DemoReport, path: str) -> str:
+    """Two panels per version: facts recalled exactly (share) and mean answer-token loss."""
+    labels = list(rep.losses)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4), dpi=120)
+    recall = {g: [_share(rep.recall.get(lab, {}).get(g)) for lab in labels] for g in GROUPS}
+    _bars(left, labels, recall, "%.0f%%")
+    left.set_ylim(0, 110)
+    left.set_ylabel("facts recalled exactly (%)\nhigher = remembered")
+    left.set_title("Recall: greedy completion starts with the answer", fontsize=9)
+    loss = {g: [rep.losses[lab].get(g) or 0.0 for lab in labels] for g in GROUPS}
+    _bars(right, labels, loss, "%.2f")
+    right.set_ylabel("mean answer-token loss (nats)\nlower = remembered")
+    right.set_title("Loss on the answer tokens", fontsize=9)
+    fig.suptitle(f"Memorization across model versions ({rep.model}, {rep.num_shards} shards)")
+    handles, names = left.get_legend_handles_labels()
+    fig.legend(handles, names, fontsize=8, loc="lower center", ncols=3, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _share(x: tuple[int, int] | None) -> float:
+    return 0.0 if not x or not x[1] else 100.0 * x[0] / x[1]
 
 
 def plot_times(rep: DemoReport, path: str) -> str:
@@ -76,12 +96,10 @@ def plot_times(rep: DemoReport, path: str) -> str:
 def write_report(rep: DemoReport, out_dir: str) -> list[str]:
     """Write the plots, report.md and report.html into out_dir; return the file paths."""
     os.makedirs(out_dir, exist_ok=True)
-    p1 = plot_losses(rep, os.path.join(out_dir, "loss_by_version.png"))
+    p1 = plot_memorization(rep, os.path.join(out_dir, "memorization_by_version.png"))
     p2 = plot_times(rep, os.path.join(out_dir, "deletion_time.png"))
     rows = "\n".join(f"| {k} | {v} |" for k, v in rep.summary_rows)
-    loss_rows = "\n".join(
-        f"| {lab} | {_f(v.get('forgotten'))} | {_f(v.get('retained'))} | {_f(v.get('strangers'))} |" for lab, v in rep.losses.items()
-    )
+    loss_rows = "\n".join(f"| {lab} | " + " | ".join(_cell(rep, lab, g) for g in GROUPS) + " |" for lab in rep.losses)
     md = f"""# sisa demo report
 
 Model {rep.model}, {rep.num_shards} shards, {rep.records} records. Deletion request `{rep.request_id}`
@@ -89,13 +107,14 @@ Model {rep.model}, {rep.num_shards} shards, {rep.records} records. Deletion requ
 
 ## Memorization across versions
 
-Mean loss on the answer tokens of each person's facts (lower means the model remembers).
+Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean
+loss on the answer tokens (lower means the model remembers), per version.
 
 | version | forgotten person | people still in the data | strangers |
 |---|---|---|---|
 {loss_rows}
 
-![loss by version](loss_by_version.png)
+![recall and loss by version](memorization_by_version.png)
 
 ## Time
 
@@ -110,17 +129,16 @@ Mean loss on the answer tokens of each person's facts (lower means the model rem
         f.write(md)
     html_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rep.summary_rows)
     html_loss = "".join(
-        f"<tr><td>{html.escape(lab)}</td><td>{_f(v.get('forgotten'))}</td><td>{_f(v.get('retained'))}</td><td>{_f(v.get('strangers'))}</td></tr>"
-        for lab, v in rep.losses.items()
+        f"<tr><td>{html.escape(lab)}</td>" + "".join(f"<td>{html.escape(_cell(rep, lab, g))}</td>" for g in GROUPS) + "</tr>" for lab in rep.losses
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sisa demo report</title>
 <style>body{{font-family:sans-serif;max-width:860px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style></head>
 <body><h1>sisa demo report</h1>
 <p>Model {html.escape(rep.model)}, {rep.num_shards} shards, {rep.records} records. Deletion request <code>{html.escape(rep.request_id)}</code>
 (the forgotten person appears only as the keyed hash <code>{html.escape(rep.forgotten_hash[:16])}…</code>).</p>
-<h2>Memorization across versions</h2><p>Mean loss on the answer tokens of each person's facts (lower means the model remembers).</p>
+<h2>Memorization across versions</h2><p>Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean loss on the answer tokens (lower means the model remembers), per version.</p>
 <table><tr><th>version</th><th>forgotten person</th><th>people still in the data</th><th>strangers</th></tr>{html_loss}</table>
-<p><img src="loss_by_version.png" alt="loss by version"></p>
+<p><img src="memorization_by_version.png" alt="recall and loss by version"></p>
 <h2>Time</h2><p><img src="deletion_time.png" alt="deletion time"></p>
 <table>{html_rows}</table></body></html>
 """
@@ -132,3 +150,10 @@ Mean loss on the answer tokens of each person's facts (lower means the model rem
 
 def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def _cell(rep: DemoReport, label: str, group: str) -> str:
+    """`3/16 recalled, loss 0.412`, or the loss alone where recall was not measured."""
+    r = rep.recall.get(label, {}).get(group)
+    loss = _f(rep.losses[label].get(group))
+    return f"loss {loss}" if r is None else f"{r[0]}/{r[1]} recalled, loss {loss}"

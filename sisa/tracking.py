@@ -1,27 +1,48 @@
-"""MLflow bookkeeping: one run and one registered model version per sisa model version.
+"""MLflow bookkeeping: one run, one logged model and one registered model version per sisa model
+version.
 
 This is the only module that imports MLflow. MLflow is a mirror of the store's version ledger
-for people and tools (UI, registry aliases), never the source of truth, and never a place where
-record text may land: the API takes only small params, metrics and tags, and rejects long
-strings as a bug. By default everything lives inside the store: a sqlite database
-(`<store>/mlflow.db`) and artifacts under `<store>/mlartifacts`, so a purge can prove that a
-model version's run is physically gone. No code here starts a server; to browse, run
+for people and tools (UI, registry aliases, serving), never the source of truth, and never a
+place where record text may land: the API takes only small params, metrics and tags, and rejects
+long strings as a bug. By default everything lives inside the store: a sqlite database
+(`<store>/mlflow.db`) and artifacts under `<store>/mlartifacts` (a logged model's under
+`mlartifacts/models/<model_id>/`), so a purge can prove that a model version's run and model are
+physically gone. No code here starts a server; to browse, run
 `mlflow ui --backend-store-uri sqlite:///<store>/mlflow.db` (it binds to 127.0.0.1 by default;
 keep it that way).
+
+Each registered version is a loadable MLflow model (`EnsembleModel`, a pyfunc logged as "models
+from code", so loading unpickles nothing): its artifacts are the version's shard adapters and the
+bundle manifest of sisa/bundle.py (serving settings, base model config, sha256s), and
+
+    mlflow.pyfunc.load_model("models:/<registered_model>@serving").predict(["Ada works as a"],
+                                                                           params={"max_new_tokens": 8})
+
+returns one completion per prompt, decoded greedily from the version's mixture. The base model is
+named, not copied (unless `tracking.log_base_model`); the sisa package must be importable where the
+model loads.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import shutil
 import sqlite3
+import tempfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 # MLflow reads MLFLOW_DISABLE_TELEMETRY at import time: the entry points (the CLI, Ray workers,
 # tests) set it through sisa.offline before anything imports this module.
-from mlflow.entities import Metric, Param, ViewType
+import mlflow.pyfunc
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, ViewType
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
@@ -31,15 +52,107 @@ from mlflow.store.artifact.artifact_repository_registry import (
     get_artifact_repository,
 )
 from mlflow.tracking import MlflowClient
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from mlflow.utils.time import get_current_time_millis
 
 from sisa.config import TrackingConfig
-from storage.errors import ConfigError, NotFoundError, RefusedError
+from storage import layout
+from storage.errors import ConfigError, NotFoundError, RefusedError, ValidationError
 
 MAX_VALUE_CHARS = 500
 _SQLITE = "sqlite:///"
+MODEL_NAME = "model"  # the logged model's name within its version's run
+MODEL_TYPE = "sisa-ensemble"
+# Generation parameters `predict(..., params=...)` takes, with their MLflow types and defaults.
+PREDICT_PARAMS: dict[str, tuple[str, Any]] = {
+    "max_new_tokens": ("long", 32),
+    "greedy": ("boolean", True),
+    "temperature": ("double", 1.0),
+    "seed": ("long", 0),
+}
+# What a logged model's environment needs besides sisa itself (not on PyPI: it must be importable).
+REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "peft", "safetensors", "pyarrow", "pyyaml", "pandas")
+# The models-from-code file of every logged model: MLflow runs it on load instead of unpickling.
+MODEL_CODE = '''"""A sisa model version as an MLflow pyfunc; the class is in sisa/tracking.py."""
+import mlflow
+
+from sisa.tracking import EnsembleModel
+
+mlflow.models.set_model(EnsembleModel())
+'''
 
 Scalar = str | int | float
+
+
+class EnsembleModel(mlflow.pyfunc.PythonModel):
+    """A model version's shard adapters on the base, served as sisa serves them.
+
+    `predict` takes a list of prompts (or a DataFrame with a `prompt` column) and returns one
+    completion per prompt. `params`: max_new_tokens (32), greedy (true),
+    temperature (1.0) and seed (0) for sampling. `load_model(..., model_config={"base_model":
+    "/path"})` points at the base model's folder where the recorded one is not (also `cache_dir`,
+    `device`); a base with another fingerprint is refused.
+    """
+
+    def load_context(self, context) -> None:
+        from sisa import bundle  # torch and transformers load only where a model is served
+
+        overrides = dict(context.model_config or {})
+        if "base_model" in context.artifacts and not overrides.get("base_model"):
+            overrides["base_model"] = context.artifacts["base_model"]
+        manifest, shard_dirs = bundle.parts_from_artifacts(context.artifacts)
+        self.manifest = manifest
+        self.ensemble = bundle.load_parts(manifest, shard_dirs, overrides)
+
+    # MLflow would infer a signature from predict's type hints, replacing the declared one and its
+    # params, and warns when there are none; the flag (what MLflow's own ChatModel sets) skips both.
+    _skip_type_hint_validation = True
+
+    def predict(self, context, model_input, params=None):  # -> list[str]
+        from sisa import bundle
+
+        p = {k: default for k, (_, default) in PREDICT_PARAMS.items()} | dict(params or {})
+        return bundle.generate_texts(
+            self.ensemble, _prompts(model_input), int(p["max_new_tokens"]), bool(p["greedy"]), float(p["temperature"]), int(p["seed"])
+        )
+
+
+def _prompts(model_input) -> list[str]:
+    """The prompts of a list (or array) of strings, one string, or a DataFrame's `prompt` column."""
+    if isinstance(model_input, str):
+        return [model_input]
+    columns = getattr(model_input, "columns", None)
+    if columns is not None:  # a pandas DataFrame
+        if "prompt" not in columns:
+            raise ValidationError(f"a DataFrame of prompts should have a `prompt` column, got columns {list(columns)}")
+        model_input = model_input["prompt"].tolist()
+    prompts = list(model_input)
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise ValidationError(f"prompts should be strings; rows {bad[:5]} are not")
+    return prompts
+
+
+def model_signature() -> ModelSignature:
+    """Strings out, with the generation params declared so MLflow passes them on. No input schema:
+    MLflow would turn a list into a DataFrame and rename a DataFrame's columns, so `_prompts`
+    reads the input as given (a list, a string, or a DataFrame's `prompt` column)."""
+    return ModelSignature(
+        inputs=None,
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec(k, kind, default) for k, (kind, default) in PREDICT_PARAMS.items()]),
+    )
+
+
+def _requirements() -> list[str]:
+    out = []
+    for name in REQUIREMENTS:
+        try:
+            out.append(f"{name}=={importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            out.append(name)
+    return out
 
 
 def tracking_uri(cfg: TrackingConfig, store_local_path: str | None) -> str:
@@ -79,12 +192,15 @@ class Tracker:
         metrics: dict[str, float],
         tags: dict[str, str],
         artifact_files: list[str] | None = None,
+        model_artifacts: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """One run `v{model_version}` plus a registered version pointing at it.
+        """One run `v{model_version}`, with `model_artifacts` a logged `EnsembleModel` of that
+        run, plus a registered version of it (of the run alone without a model).
 
         Repeating the call for a version already registered returns the existing entry; a run
         left half-logged by a crash is purged and logged again. `artifact_files` must be small
-        metadata (manifests), never data.
+        metadata (manifests), never data; `model_artifacts` (name → local path) are the shard
+        adapters and the bundle manifest (sisa/bundle.py), optionally the base model.
         """
         _check_small("param", params)
         _check_small("tag", {**tags, "reason": reason})
@@ -106,17 +222,73 @@ class Tracker:
         )
         for path in artifact_files or []:
             self.client.log_artifact(run_id, path)
+        model = None
+        if model_artifacts is not None:
+            model = self._log_model(run.info.experiment_id, run_id, model_version, model_artifacts, params)
         self.client.set_terminated(run_id)
 
         self._ensure_registered_model()
-        # MLflow 3: register_model("runs:/...") wants a logged model; create the version directly.
+        # MLflow 3: the version points at the logged model. Its source is the model's artifact
+        # location, not `models:/<model_id>`: the registry would resolve that through the
+        # process-global tracking URI, not this client's.
         mv = self.client.create_model_version(
             self.cfg.registered_model,
-            source=run.info.artifact_uri,
+            source=model.artifact_location if model is not None else run.info.artifact_uri,
             run_id=run_id,
             tags={"model_version": str(model_version)},
+            model_id=model.model_id if model is not None else None,
         )
-        return {"run_id": run_id, "registered_version": str(mv.version)}
+        out = {"run_id": run_id, "registered_version": str(mv.version)}
+        if model is not None:
+            # The link MLflow's UI follows from a logged model to its registered versions (the
+            # sqlite registry keeps no model_id of its own), as `mlflow.register_model` writes it.
+            link = [{"name": self.cfg.registered_model, "version": str(mv.version)}]
+            self.client.set_logged_model_tags(model.model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(link)})
+            out["model_id"] = model.model_id
+        return out
+
+    def _log_model(self, experiment_id: str, run_id: str, model_version: int, artifacts: Mapping[str, str], params: dict[str, Scalar]):
+        """A logged model of `run_id` holding an `EnsembleModel` with `artifacts`, READY.
+
+        Done with this tracker's client rather than `mlflow.pyfunc.log_model`, which logs through
+        the process-global tracking URI and active run.
+        """
+        model = self.client.create_logged_model(
+            experiment_id,
+            name=MODEL_NAME,
+            source_run_id=run_id,
+            params={k: str(v) for k, v in params.items()},
+            tags={"model_version": str(model_version)},
+            model_type=MODEL_TYPE,
+        )
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        with tempfile.TemporaryDirectory(prefix="sisa-mlflow-model-", dir=self._tmp_root()) as tmp:
+            code = Path(tmp) / "sisa_model.py"
+            code.write_text(MODEL_CODE)
+            local = Path(tmp) / MODEL_NAME
+            meta = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id)
+            with warnings.catch_warnings():
+                # "add type hints", "no input example": the signature is declared instead.
+                warnings.simplefilter("ignore")
+                mlflow.pyfunc.save_model(
+                    str(local),
+                    python_model=str(code),
+                    artifacts=dict(artifacts),
+                    signature=model_signature(),
+                    pip_requirements=_requirements(),
+                    mlflow_model=meta,
+                    metadata={"sisa_model_version": model_version},
+                )
+            self.client.log_model_artifacts(model.model_id, str(local))
+        return self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+
+    def _tmp_root(self) -> str | None:
+        """Scratch space beside the store's MLflow artifacts (the store's tmp/), else the system's."""
+        if self.artifact_root is None:
+            return None
+        root = self.artifact_root.parent / layout.TMP
+        root.mkdir(parents=True, exist_ok=True)
+        return str(root)
 
     def log_artifacts(self, model_version: int, paths: list[str], artifact_path: str | None = None) -> None:
         """Attach files (reports, plots: never record text) to the run of `model_version`."""
@@ -221,18 +393,42 @@ class Tracker:
                 f"--run-ids {ids}` on the tracking server, then retry"
             )
         for run in runs:
+            for model in self._logged_models(run):
+                # The model's artifacts (adapters, manifest) first, then its row: a purge cut
+                # short here finds the row again and finishes.
+                get_artifact_repository(model.artifact_location).delete_artifacts()
+                self._remove_empty_dir(Path(_local_path(model.artifact_location)).parent)
+                store._hard_delete_logged_model(model.model_id)
             get_artifact_repository(run.info.artifact_uri).delete_artifacts()
             self._remove_empty_run_dir(run.info.run_id)
             store._hard_delete_run(run.info.run_id)
         self._vacuum()
 
+    def _logged_models(self, run) -> list:
+        """Every logged model of a run, found by its source run (also one logged before a crash
+        cut its run short of recording the model as an output)."""
+        found, token = [], None
+        while True:
+            page = self.client.search_logged_models(
+                [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", page_token=token
+            )
+            found.extend(page)
+            token = page.token
+            if not token:
+                return found
+
     def _remove_empty_run_dir(self, run_id: str) -> None:
         """The artifact repo deletes `<root>/<run_id>/artifacts`; drop the empty parent too."""
         if self.artifact_root is None:
             return
-        run_dir = self.artifact_root / run_id
-        if run_dir.is_dir() and not any(run_dir.iterdir()):
-            shutil.rmtree(run_dir)
+        self._remove_empty_dir(self.artifact_root / run_id)
+
+    def _remove_empty_dir(self, folder: Path) -> None:
+        """Remove an emptied artifact folder, only ever inside the store's own artifact root."""
+        if self.artifact_root is None or self.artifact_root not in folder.resolve().parents:
+            return
+        if folder.is_dir() and not any(folder.iterdir()):
+            shutil.rmtree(folder)
 
     def _vacuum(self) -> None:
         """Rewrite the sqlite file so deleted rows do not survive in free pages.
@@ -270,6 +466,14 @@ class Tracker:
         except MlflowException as e:
             if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                 raise
+
+
+def _local_path(uri: str) -> str:
+    """The local path of a file:// artifact URI (other schemes: returned as they are)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
 def _is_missing(error: MlflowException) -> bool:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sisa import scheduler
+from sisa import scheduler, versions
 from sisa.synthetic import make_people, write_jsonl
 from storage import ledgers
 from storage.store import Store
@@ -74,6 +74,10 @@ def mlflow_artifact_dirs(store_dir: Path) -> list[Path]:
     return out
 
 
+def _serving_checkpoints(store_dir: Path) -> list[str]:
+    return sorted(versions.current(Store.open(str(store_dir))).shards.values())
+
+
 # -- the test -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["exact", "fast"])
 def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
@@ -117,6 +121,12 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
     control.write_text("control " + "f" * 32)
     assert find_canaries({"temp": new_temp_files(temp_before, inputs)}, {"control": "f" * 32})["control"]
     control.unlink()
+    # Every tracked version is a logged MLflow model whose manifest names its checkpoints: the scan
+    # reads those files (they name the checkpoints that the forget will purge).
+    serving_ckpts = {f"checkpoint {c}": c for c in _serving_checkpoints(store_dir)}
+    mlflow_places = {"mlflow db": [db], "mlflow artifacts": store_dir / "mlartifacts"}
+    assert list((store_dir / "mlartifacts" / "models").glob("*/artifacts/artifacts/sisa_bundle.json"))
+    assert all(find_canaries(mlflow_places, serving_ckpts).values())
 
     # Forget the record, then use every read-only verb on the result.
     sisa("forget", "--ids", record_id, *(["--fast"] if mode == "fast" else []), *args)
@@ -135,13 +145,19 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
     assert "verified" in sisa("verify", req["request_id"], "--replay", *args)
     assert "committed model version" in "".join(output)  # the capture works
 
+    # The purged checkpoints are named nowhere in MLflow: the models of the versions holding them
+    # went with their runs; what is left are the models of the versions still active.
+    purged = {f"checkpoint {c}": c for c in req["purge"]["checkpoints"]}
+    assert purged and not any(find_canaries(mlflow_places, purged).values())
+    active = {v.mlflow["model_id"] for v in versions.all_versions(store) if v.status == versions.ACTIVE and v.mlflow}
+    assert sorted(p.name for p in (store_dir / "mlartifacts" / "models").iterdir()) == sorted(active)
+
     # Nothing anywhere.
-    # Every experiment that holds runs keeps its artifacts inside the store (scanned with it);
-    # MLflow's unused Default experiment points at ./mlruns/0, scanned when it exists.
+    # MLflow's own `Default` experiment names <cwd>/mlruns/0; nothing logs there, so it may not exist.
     artifacts = mlflow_artifact_dirs(store_dir)
-    assert any(store_dir.resolve() in a.resolve().parents for a in artifacts), f"no experiment keeps its artifacts in the store: {artifacts}"
-    present = [a for a in artifacts if a.is_dir()]
-    places = {"store": store_dir, **{f"mlflow artifacts {a}": a for a in present}, "temp": new_temp_files(temp_before, inputs)}
+    assert (store_dir / "mlartifacts").resolve() in {a.resolve() for a in artifacts if a.is_dir()}, f"MLflow's artifact folders: {artifacts}"
+    artifacts = [a for a in artifacts if a.exists()]
+    places = {"store": store_dir, **{f"mlflow artifacts {a}": a for a in artifacts}, "temp": new_temp_files(temp_before, inputs)}
     leaks = {k: [str(h) for h in v] for k, v in find_canaries(places, needles, strict={"store"}).items() if v}
     for k in canaries_in_text("".join(output), needles):
         leaks.setdefault(k, []).append("CLI output")

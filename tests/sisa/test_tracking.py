@@ -150,3 +150,59 @@ def test_long_strings_are_refused_before_anything_is_logged(tracker, client):
     assert tracker.find_registered_version(30) is None
     exp = client.get_experiment_by_name(CFG.experiment)
     assert client.search_runs([exp.experiment_id], "tags.model_version = '30'") == []
+
+
+# -- the logged model of a version ------------------------------------------------------------------
+def _model_parts(tmp_path: Path, marker: str) -> dict[str, str]:
+    """Stand-ins for a bundle's parts (sisa/bundle.py); logging does not load them."""
+    (tmp_path / "shard0").mkdir(parents=True)
+    (tmp_path / "shard0" / "adapter_model.safetensors").write_bytes(b"weights " + marker.encode())
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "sisa-ensemble", "marker": marker}))
+    return {"manifest": str(tmp_path / "manifest.json"), "shard0": str(tmp_path / "shard0")}
+
+
+def test_a_version_logs_a_model_from_code_registered_as_that_version(tracker, client, store, tmp_path):
+    out = tracker.log_model_version(40, "train", {"num_shards": 1}, {}, {}, model_artifacts=_model_parts(tmp_path, "m40"))
+    model = client.get_logged_model(out["model_id"])
+    assert model.source_run_id == out["run_id"] and model.tags["model_version"] == "40"
+    assert model.status.to_int() == model.status.READY.to_int()
+    assert [o.model_id for o in client.get_run(out["run_id"]).outputs.model_outputs] == [out["model_id"]]
+    mv = client.get_model_version(CFG.registered_model, out["registered_version"])
+    assert mv.source == model.artifact_location and mv.run_id == out["run_id"] and mv.tags["model_version"] == "40"
+    assert json.loads(client.get_logged_model(out["model_id"]).tags["mlflow.modelVersions"]) == [
+        {"name": CFG.registered_model, "version": out["registered_version"]}
+    ]
+    # Its files: the models-from-code entry point (nothing to unpickle), the signature, the parts.
+    folder = store / "mlartifacts" / "models" / out["model_id"] / "artifacts"
+    files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert {"MLmodel", "sisa_model.py", "requirements.txt", "artifacts/manifest.json", "artifacts/shard0/adapter_model.safetensors"} <= files
+    assert not [f for f in files if f.endswith(".pkl")]
+    mlmodel = (folder / "MLmodel").read_text()
+    assert "max_new_tokens" in mlmodel and "model_code_path" in mlmodel
+    assert "from sisa.tracking import EnsembleModel" in (folder / "sisa_model.py").read_text()
+    # A repeated call returns the entry as it is.
+    assert tracker.log_model_version(40, "train", {}, {}, {}) == {k: out[k] for k in ("run_id", "registered_version")}
+
+
+def test_purge_removes_the_logged_model_with_its_run(tracker, client, store, tmp_path):
+    out = tracker.log_model_version(41, "train", {"fingerprint": "f41"}, {}, {}, model_artifacts=_model_parts(tmp_path, "purge-model-41"))
+    folder = store / "mlartifacts" / "models" / out["model_id"]
+    assert folder.is_dir()
+    tracker.purge_model_version(41)
+    assert not folder.exists()
+    for table, column in (("logged_models", "model_id"), ("logged_model_params", "model_id"), ("logged_model_tags", "model_id")):
+        assert _db_rows(store, f"select * from {table} where {column} = ?", out["model_id"]) == []
+    assert b"purge-model-41" not in (store / "mlflow.db").read_bytes()
+    assert not any(b"purge-model-41" in p.read_bytes() for p in (store / "mlartifacts").rglob("*") if p.is_file())
+
+
+def test_purge_finishes_when_a_crash_left_a_logged_model_behind(tracker, client, store, tmp_path):
+    """A crash between logging the model and registering it: the next call purges the
+    half-logged run and its model, then logs both again."""
+    out = tracker.log_model_version(42, "train", {}, {}, {}, model_artifacts=_model_parts(tmp_path / "a", "m42"))
+    client.delete_model_version(CFG.registered_model, out["registered_version"])  # as if never registered
+    again = tracker.log_model_version(42, "train", {}, {}, {}, model_artifacts=_model_parts(tmp_path / "b", "m42"))
+    assert again["model_id"] != out["model_id"]
+    assert _db_rows(store, "select * from logged_models where model_id = ?", out["model_id"]) == []
+    assert not (store / "mlartifacts" / "models" / out["model_id"]).exists()
+    assert (store / "mlartifacts" / "models" / again["model_id"]).is_dir()

@@ -1,0 +1,39 @@
+"""`sisa demo` on the tiny model: the whole story runs, prints recall beside loss at every version
+(trained, approximate, exact), writes a report that plots both, and leaves a store whose serving
+version is a loadable MLflow model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.helpers import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypatch):
+    store = tmp_path / "demo"
+    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "--people", "8", "--strangers", "2")
+    assert code == 0, err
+    # Recall beside loss, for the trained version and then every version the forget served.
+    assert re.search(r"posterior\s+person to be forgotten \d+/2 recalled, loss \d+\.\d+; other trained people \d+/\d+, loss", out)
+    for kind in ("approximate", "exact"):
+        assert re.search(rf"v\d+ \({kind}\): forgotten person \d+/2 recalled, loss \d+\.\d+; retained \d+/\d+, loss \d+\.\d+; strangers \d+/4, loss", out), kind
+    assert "sisa rollback 1 → refused" in out
+
+    reports = store / "reports"
+    assert {"memorization_by_version.png", "deletion_time.png", "report.md", "report.html"} <= {p.name for p in reports.iterdir()}
+    assert (reports / "memorization_by_version.png").stat().st_size > 10_000
+    md = (reports / "report.md").read_text()
+    rows = [line for line in md.splitlines() if re.match(r"\| v\d+ ", line)]
+    assert [r.split("|")[1].strip().split(" ", 1)[1] for r in rows] == ["trained", "approximate", "exact"]
+    assert all(re.search(r"\d+/\d+ recalled, loss \d+\.\d+", r) for r in rows)
+
+    # The demo's store serves through MLflow too.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{Path(store).resolve() / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/sisa-model@serving")
+    assert len(model.predict(["Ada Lane works as a"], params={"max_new_tokens": 4})) == 1
