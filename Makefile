@@ -37,3 +37,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/storage.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/forget.py
+	$(PY) benchmarks/deletion_requests.py
