@@ -4,8 +4,8 @@
     .venv/bin/python benchmarks/deletion_requests.py --quick     # one calibration round (~1 min)
     .venv/bin/python benchmarks/deletion_requests.py --rate 100 --records 1000000,100000000 --shards 4 --slices 16 --days 365
 
-(Issue 11 asked for `benchmarks/requests.py`; that name would shadow the `requests` package MLflow
-imports for anyone running a script from benchmarks/, and tests/test_architecture.py refuses it.)
+(Issue 11 named it requests.py; in benchmarks/ that name would shadow the `requests` package
+MLflow imports for anyone running a script from there, and tests/test_architecture.py refuses it.)
 
 1. Calibrate on this machine, in this run: a tiny-config store trained with the real trainer
    (serial backend, one thread), shard jobs shaped like retrains (from slice 0, 1/4, 1/2, 3/4 of
