@@ -44,3 +44,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/forget.py
 	$(PY) benchmarks/serve.py
+	$(PY) benchmarks/deletion_requests.py

@@ -103,8 +103,8 @@ def table(rows: list[dict], columns: list[str]) -> None:
     sys.stdout.flush()
 
 
-def parse_args(description: str, repeat_help: str):
-    """The flags both model benchmarks take."""
+def parse_args(description: str, repeat_help: str, extra=None):
+    """The flags both model benchmarks take; `extra(parser)` adds a script's own."""
     import argparse
 
     p = argparse.ArgumentParser(description=description)
@@ -114,6 +114,8 @@ def parse_args(description: str, repeat_help: str):
     p.add_argument("--slices", type=int, default=4, help="R: slices in the largest shard")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny.yaml's 1; SmolLM2 1)")
     p.add_argument("--repeat", type=int, default=0, help=repeat_help)
+    if extra is not None:
+        extra(p)
     return p.parse_args()
 
 

@@ -27,25 +27,41 @@ Speedup = full retrain / deletion, three ways, labelled in the output:
 Targets (issue 4, section 10): measured speedup >= 80% of the theoretical one (judged on job-s,
 the quantity the theory counts); fast path >= 10x faster than the exact path of the same request
 (delete + retrain + purge).
+
+Relief (issue 11, section 1; `--only relief`): what each bridge keeps while the exact retrain is
+pending. One store per model with the demo's shape (S=4 shards, slices of 8 records, 10 epochs,
+64 people x 2 facts: about 4 slices a shard), a subject forgotten from a middle slice with
+`forget --queue` in each mode on its own copy of the trained store: relief (the default: the
+affected shard at its last clean checkpoint), --fast (NPO), --isolate (the affected shard left
+out); the exact version comes from `sisa process` on the relief copy. Every version is scored with
+sisa.serving: greedy recall (the completion of the prompt starts with the answer) and the
+answer-token loss, of the retained people of the affected shard, of a sample of the other shards'
+people, of the forgotten subject, and the loss of strangers no shard saw. The relief's own wall
+time is the version commit (`relief_s`, best of several fresh copies), timed apart from
+`forget --queue` end to end and from any scoring. Target: relief well under 1 s (tiny config).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
+import torch
 
 from pipelines import forget as forget_pipeline
+from pipelines import process as process_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa import checkpoints, scheduler
+from sisa import checkpoints, scheduler, serving, versions
 from sisa.config import SisaConfig
 from sisa.planner import expected_cost_fraction
+from sisa.synthetic import make_people
 from sisa.trainer import train_shard
 from sisa.training import plan_tasks
 from storage import layout
@@ -301,9 +317,228 @@ def _jobs(walls: list[float]) -> str:
     return ", ".join(C.fmt_s(w) for w in walls) or "-"
 
 
+# -- relief: what each bridge keeps (issue 11, section 1) ----------------------------------------
+RELIEF_PEOPLE = 64  # x 2 facts: 128 records, ~32 a shard at S=4, ~4 slices of 8
+RELIEF_STRANGERS = 8  # people no shard saw (x 2 facts): the baseline of a forgotten record
+RELIEF_DECODE = {"tiny": 16, "smollm2": 6}  # records per group whose recall is decoded (all are scored for loss)
+RELIEF_MODES = ("relief", "fast", "isolate")
+RELIEF_TIMINGS = {"tiny": 5, "smollm2": 2}  # fresh copies whose relief commit is timed
+
+
+def relief_overrides(model: str, epochs: int | None) -> list[str]:
+    """The demo's shape for both models (configs/demo.yaml: 4 shards, slices of 8, 10 epochs)."""
+    return [
+        "sharding.num_shards=4",
+        "sharding.slice_size=8",
+        f"training.epochs={epochs or 10}",
+        "scheduler.backend=ray",
+        "scheduler.threads_per_task=1",
+    ]
+
+
+def copy_store(src: str, dst: str) -> None:
+    """A copy that shares the checkpoint files (hard links: a checkpoint is written once, to a
+    temporary name then renamed, and only ever deleted whole); everything else is copied, since
+    the MLflow database is written in place."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        if f"{os.sep}checkpoints{os.sep}" in a:
+            os.link(a, b)
+        else:
+            shutil.copy2(a, b)
+
+    shutil.copytree(src, dst, copy_function=link_or_copy)
+
+
+def pick_relief_subject(store: Store) -> tuple[str, int, int, int]:
+    """(subject, shard, slice, slices in the shard): a subject wholly in the middle slice of the
+    shard with the most slices, so the relief keeps the slices before it."""
+    last = {s: max(checkpoints.shard_slices(store, s)) for s in range(store.num_shards) if checkpoints.shard_slices(store, s)}
+    shard = max(last, key=lambda s: (last[s], -s))
+    target = (last[shard] + 1) // 2
+    idx = store.index.table
+    where: dict[str, set[tuple[int, int]]] = {}
+    for subj, sh, sl in zip(idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
+        where.setdefault(subj, set()).add((int(sh), int(sl)))
+    subject = next(s for s, w in sorted(where.items()) if w == {(shard, target)})
+    return subject, shard, target, last[shard] + 1
+
+
+def score_version(store: Store, cfg: SisaConfig, shards: dict[int, str], groups: dict[str, list[dict]], decode: int) -> dict[str, dict]:
+    """group → mean answer-token loss under the served mixture (every record), and greedy recall
+    (the completion starts with the answer) over `decode` records of each group, spread evenly.
+    One torch thread: on this shared 2-core machine two threads decoded 8-15x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ens = serving.load_ensemble(store, cfg, shards)
+        out = {}
+        for name, rows in groups.items():
+            losses, _ = serving.score_records(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
+            sample = rows[:: max(1, len(rows) // decode)][:decode] if name != "strangers" else []
+            hits = 0
+            for r in sample:
+                n_answer = len(ens.tokenizer(r["answer"], add_special_tokens=False)["input_ids"])
+                completion = serving.generate_text(ens, r["prompt"], max_new_tokens=n_answer + 1)
+                hits += completion.strip().startswith(r["answer"].strip())
+            out[name] = {"loss": serving.mean(losses), "n": len(rows), "recall": hits, "decoded": len(sample)}
+        return out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def bench_relief(model: str, args: argparse.Namespace) -> dict:
+    rows = C.people(2 * RELIEF_PEOPLE, seed=0)
+    strangers = make_people(RELIEF_STRANGERS, seed=0, facts_per_person=2, start=RELIEF_PEOPLE)
+    work = tempfile.mkdtemp(prefix=f"sisa-bench-relief-{model}-")
+    out: dict = {"model": model, "load": [C.load()]}
+    try:
+        cfg = C.model_config(model, f"{work}/store", relief_overrides(model, args.epochs))
+        out["cfg"] = cfg
+        ingest_run(cfg, [C.write_people(rows, work)])
+        t0 = time.perf_counter()
+        train_run(cfg)
+        out["train_s"] = time.perf_counter() - t0
+        store = Store.open(cfg.store.uri)
+        subject, shard, hit, n_slices = pick_relief_subject(store)
+        out["subject"] = (subject, shard, hit, n_slices)
+        idx = store.index.table
+        where = {rid: (int(sh), int(sl)) for rid, sh, sl in zip(idx["record_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True)}
+        groups = {
+            "forgotten": [r for r in rows if r["subject_id"] == subject],
+            "kept slices": [r for r in rows if r["subject_id"] != subject and where[r["record_id"]][0] == shard and where[r["record_id"]][1] < hit],
+            "later slices": [r for r in rows if r["subject_id"] != subject and where[r["record_id"]][0] == shard and where[r["record_id"]][1] >= hit],
+            "other shards": [r for r in rows if where[r["record_id"]][0] != shard],
+            "strangers": strangers,
+        }
+        decode = RELIEF_DECODE[model]
+        out["groups"] = {k: len(v) for k, v in groups.items()}
+        scores = {"before": score_version(store, cfg, versions.shard_checkpoints(versions.current(store)), groups, decode)}
+        timings: dict[str, list[dict]] = {m: [] for m in RELIEF_MODES}
+        for mode in RELIEF_MODES:
+            copies = RELIEF_TIMINGS[model] if mode == "relief" else 1
+            for k in range(copies):
+                ccfg = C.with_store(cfg, f"{work}/{mode}-{k}")
+                copy_store(cfg.store.uri, ccfg.store.uri)
+                t0 = time.perf_counter()
+                res = forget_pipeline.run(ccfg, "subject", [subject], fast=mode == "fast", isolate=mode == "isolate", queue=True, evidence=False, quiet=True)
+                req = res["request"]
+                timings[mode].append({"queue_e2e_s": time.perf_counter() - t0, **req["timings"], "version": next(iter(req["versions"].values()), None)})
+                cstore = Store.open(ccfg.store.uri)
+                if k == 0:
+                    scores[mode] = score_version(cstore, ccfg, versions.shard_checkpoints(versions.current(cstore)), groups, decode)
+                    if mode == "relief":
+                        t0 = time.perf_counter()
+                        batch = process_pipeline.run(ccfg, evidence=False, quiet=True)
+                        out["exact_s"] = time.perf_counter() - t0
+                        out["exact_shards"] = batch["retrained_shards"]
+                        scores["exact"] = score_version(cstore, ccfg, versions.shard_checkpoints(versions.current(cstore)), groups, decode)
+                        out["relief_shards"] = versions.shard_checkpoints(versions.read(cstore, req["versions"]["relief"]))
+                if k > 0 or mode != "relief":
+                    shutil.rmtree(ccfg.store.uri, ignore_errors=True)
+        out["scores"], out["timings"] = scores, timings
+        out["load"].append(C.load())
+    finally:
+        scheduler.shutdown_ray()
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+RETAINED = ("kept slices", "later slices", "other shards")
+AFFECTED = ("kept slices", "later slices")
+
+
+def _recall(s: dict, groups: tuple[str, ...] = RETAINED) -> float:
+    """Recall over the groups' records: each group's decoded sample weighed by the group's size."""
+    n = sum(s[g]["n"] for g in groups)
+    return sum(s[g]["n"] * s[g]["recall"] / s[g]["decoded"] for g in groups if s[g]["decoded"]) / n
+
+
+def _retained_loss(s: dict) -> float:
+    """Mean answer loss over every retained record (the affected shard's and the other shards')."""
+    return sum(s[g]["loss"] * s[g]["n"] for g in RETAINED) / sum(s[g]["n"] for g in RETAINED)
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b else None
+
+
+def report_relief(results: list[dict], args: argparse.Namespace) -> None:
+    ratios, detail, times = [], [], []
+    for r in results:
+        sc = r["scores"]
+        before, ex = sc["before"], sc["exact"]
+        for v in (*RELIEF_MODES, "exact"):
+            s = sc[v]
+            moved = _ratio(s["forgotten"]["loss"] - before["forgotten"]["loss"], ex["forgotten"]["loss"] - before["forgotten"]["loss"])
+            ratios.append(
+                {
+                    "model": r["model"],
+                    "version": v,
+                    "retained recall / exact": C.fmt_ratio(_ratio(_recall(s), _recall(ex))),
+                    "affected shard recall / exact": C.fmt_ratio(_ratio(_recall(s, AFFECTED), _recall(ex, AFFECTED))),
+                    "forgotten loss moved / exact's": C.fmt_ratio(moved),
+                    "retained recall": f"{_recall(s):.0%}",
+                    "affected shard recall": f"{_recall(s, AFFECTED):.0%}",
+                    "retained loss": f"{_retained_loss(s):.3f}",
+                    "forgotten loss": f"{s['forgotten']['loss']:.3f}",
+                }
+            )
+        for v in ("before", *RELIEF_MODES, "exact"):
+            s = sc[v]
+            cell = {g: f"{s[g]['recall']}/{s[g]['decoded']}  {s[g]['loss']:.3f}" for g in ("forgotten", *RETAINED)}
+            detail.append({"model": r["model"], "version": v, **cell, "strangers loss": f"{s['strangers']['loss']:.3f}"})
+        for mode in RELIEF_MODES:
+            ts = r["timings"][mode]
+            key = "relief_s" if mode == "relief" else "fast_path_s"
+            commits = [t[key] for t in ts if key in t]
+            times.append(
+                {
+                    "model": r["model"],
+                    "mode": mode,
+                    "commit s (best)": f"{min(commits):.3f}" if commits else "-",
+                    "commit s (all)": ", ".join(f"{c:.3f}" for c in commits) or "-",
+                    "forget --queue e2e s (best)": C.fmt_s(min(t["queue_e2e_s"] for t in ts)),
+                    "runs": len(ts),
+                }
+            )
+    print("\n== relief: what each bridge keeps while the exact retrain is pending (issue 11) ==")
+    C.table(ratios, list(ratios[0]))
+    print("recall = the greedy completion of the prompt starts with the answer, decoded on a sample of each group and weighed by the group's size;")
+    print("retained = every other person's records (the affected shard's and the other shards'); loss = mean answer-token loss under the served mixture;")
+    print("forgotten loss moved = (version - before) / (exact - before): 1.00x moves the forgotten subject as far as the exact version.")
+    print()
+    C.table(detail, list(detail[0]))
+    print("cells: recall hits/decoded  mean answer loss (all the group's records). kept slices = the affected shard's slices before the hit")
+    print("(the relief keeps them); later slices = the hit slice and after (relief and isolate lose them until the exact retrain).")
+    for r in results:
+        print(f"{r['model']}: records per group {r['groups']}")
+    print()
+    C.table(times, list(times[0]))
+    print("commit s = the request's relief_s (relieved shards + version commit) or fast_path_s (NPO + commit; the isolating commit);")
+    print("forget --queue e2e = the whole `forget --queue` call with evidence off: lock, select, plan, ledger, bridge, MLflow, records marked forgetting.")
+    for r in results:
+        cfg = r["cfg"]
+        subj, shard, hit, n = r["subject"]
+        print(
+            f"{r['model']}: {RELIEF_PEOPLE} people x 2 facts, S={cfg.sharding.num_shards}, slices of {cfg.sharding.slice_size} ({cfg.sharding.slice_mode}), epochs {cfg.training.epochs}, "
+            f"LoRA r={cfg.lora.r}, aggregation {cfg.serving.aggregation}; forgot {subj} from shard {shard} slice {hit} of {n}; "
+            f"train {r['train_s']:.0f} s, exact batch {r['exact_s']:.0f} s (retrained shards {r['exact_shards']}); {r['load'][0]} before, {r['load'][-1]} after"
+        )
+        best = min((t["relief_s"] for t in r["timings"]["relief"] if "relief_s" in t), default=None)
+        if best is not None and r["model"] == "tiny":
+            print(f"target relief commit < 1 s (tiny): {best:.3f} s -> {'met' if best < 1 else 'NOT met'}")
+
+
 def main() -> None:
-    args = C.parse_args(__doc__.split("\n")[0], "full retrains and deletions (of other subjects in the same slice) per case, best kept (default: tiny 3, SmolLM2 1)")
-    C.run_models(bench_model, report, args)
+    def extra(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--only", choices=["speed", "relief"], default=None, help="only the speedup/fast-path part, or only the relief part (default: both)")
+
+    args = C.parse_args(__doc__.split("\n")[0], "full retrains and deletions (of other subjects in the same slice) per case, best kept (default: tiny 3, SmolLM2 1)", extra)
+    if args.only != "relief":
+        C.run_models(bench_model, report, args)
+    if args.only != "speed":
+        C.run_models(bench_relief, report_relief, args)
 
 
 if __name__ == "__main__":

@@ -107,7 +107,7 @@ def _requirement_names(specs: list[str]) -> set[str]:
 
 def _third_party_imports(paths: list[Path]) -> dict[str, list[str]]:
     """Top-level third-party module → the files that import it."""
-    local = set(LAYER) | {"tests", "_common"}
+    local = set(LAYER) | {"tests", "benchmarks", "_common"}
     out: dict[str, list[str]] = {}
     for path in paths:
         for module in _imports(path):
