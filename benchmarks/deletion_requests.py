@@ -1,7 +1,7 @@
 """A year of deletion requests: one at a time (as `sisa forget` runs them) vs batches (`sisa process --due`).
 
-    .venv/bin/python benchmarks/deletion_requests.py             # calibrate here (~4 min), then 1M and 100M records
-    .venv/bin/python benchmarks/deletion_requests.py --quick     # one calibration round (~1 min)
+    .venv/bin/python benchmarks/deletion_requests.py             # calibrate here (~4.5 min), then 1M and 100M records
+    .venv/bin/python benchmarks/deletion_requests.py --quick     # one calibration and validation round (~1.5 min)
     .venv/bin/python benchmarks/deletion_requests.py --rate 100 --records 1000000,100000000 --shards 4 --slices 16 --days 365
 
 (Issue 11 named it requests.py; in benchmarks/ that name would shadow the `requests` package

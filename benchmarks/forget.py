@@ -1,8 +1,9 @@
 """Forgetting benchmark: an exact deletion of one subject vs a full retrain; the fast path.
 
-    .venv/bin/python benchmarks/forget.py                 # tiny, then SmolLM2 (~5 min here)
+    .venv/bin/python benchmarks/forget.py                 # tiny, then SmolLM2; then the relief part (~25 min here)
     .venv/bin/python benchmarks/forget.py --model tiny    # well under a minute on an idle machine
     .venv/bin/python benchmarks/forget.py --model smollm2 --shards 2 --slices 4
+    .venv/bin/python benchmarks/forget.py --model smollm2 --only relief     # what each bridge keeps (~16 min here)
 
 One store per model: S shards, R slices in the largest shard (fictitious people, two facts each,
 so a subject's records share one shard and one slice). In one run:

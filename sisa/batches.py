@@ -28,6 +28,7 @@ from sisa.config import SisaConfig
 from sisa.forgetting import relieved_shards
 from sisa.lifecycle import DeletionRequest, RequestStatus
 from sisa.trainer import ShardResult, ShardTask, train_shard
+from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store, now_iso
 
@@ -143,6 +144,12 @@ def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bo
     reqs = queued_requests(store)
     if not reqs:
         return BatchResult(None)
+    # A request cut short before it was queued, or carried out alone, may serve an approximate
+    # checkpoint now, and commits from the version it started from when it resumes: it goes first.
+    batched = {r.request_id for r in reqs}
+    unfinished = [r.request_id for r in deletion.open_requests(store) if r.request_id not in batched]
+    if unfinished:
+        raise RefusedError(f"request(s) {', '.join(unfinished)} are not finished; run `sisa forget --resume` first, then `sisa process`")
     batch_id = next((r.batch_id for r in reqs if r.batch_id), None) or f"batch-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     log(f"{batch_id}: {len(reqs)} request(s)")
 

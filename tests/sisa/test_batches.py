@@ -1,5 +1,6 @@
 """Batches after a bridge: each affected shard retrains once from its last clean checkpoint,
-and never from a checkpoint the bridge computed from the text being forgotten."""
+never from a checkpoint the bridge computed from the text being forgotten, and no batch runs
+while a request carried out alone is unfinished."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from pipelines import forget as forget_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa import batches, checkpoints, versions
+from sisa import batches, checkpoints, deletion, forgetting, versions
+from sisa.lifecycle import RequestMode
 from sisa.synthetic import make_people, write_jsonl
+from storage.errors import RefusedError
 from storage.store import Store
 from tests.helpers import make_cfg
 
@@ -64,3 +67,29 @@ def test_a_batch_after_fast_never_keeps_the_approximate_checkpoint(tmp_path: Pat
     assert not [a for c in exact.shards.values() for a in checkpoints.chain(store, c) if checkpoints.is_approximate(a)]
     if run == "process":  # nothing that served had trained the records: the version before serves again
         assert exact.shards == before
+
+
+def test_a_batch_waits_for_a_request_that_is_carried_out_alone(tmp_path: Path) -> None:
+    # A queued request, then a `forget --fast` that died after its bridge and its delete (what
+    # SISA_FAULT=forget-after-delete leaves): the approximate version serves, the request is open.
+    cfg, store = _trained(tmp_path, 64)
+    by_shard: dict[int, list[str]] = {}
+    for r in store.index.table.to_pylist():
+        if r["slice_idx"] == 2:
+            by_shard.setdefault(r["shard_id"], []).append(r["subject_id"])
+    forget_pipeline.run(cfg, "subject", [by_shard[0][0]], queue=True, evidence=False, quiet=True)
+    with store.lock("test forget", cfg.store.lock_timeout_s):
+        sel = deletion.select_records(store, "subject", [by_shard[1][0]])
+        req = forgetting.open_request(store, cfg, sel, deletion.plan_selection(store, cfg, sel), RequestMode.FAST)
+        work = forgetting.Work(sel.rows)
+        work.texts, work.prompts = deletion.read_texts(store, sel.rows)
+        forgetting.serve_bridge(store, cfg, req, work)
+        forgetting.delete_data(store, cfg, req, work)
+    serving = versions.current(store)
+    assert serving.approximate
+
+    # Otherwise the batch commits the approximate checkpoint as part of an exact version, and the
+    # resumed request then commits over the batch from the version it started from.
+    with pytest.raises(RefusedError, match=req.request_id):
+        _process(store, cfg)
+    assert versions.current(store).model_version == serving.model_version
