@@ -78,15 +78,8 @@ def _measure(store, cfg, shards, groups: dict[str, list[dict]]) -> dict:
         mixed, _ = serving.score_aggregations(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
         for aggregation, vals in mixed.items():
             loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-        recalled[name] = (sum(_recalls(ens, r) for r in rows), len(rows))
+        recalled[name] = (sum(serving.recalls(ens, [r["prompt"] for r in rows], [r["answer"] for r in rows])), len(rows))
     return {"loss": loss, "recall": recalled, "ensemble": ens}
-
-
-def _recalls(ens, row: dict) -> bool:
-    """Whether the greedy completion starts with the answer (decoding only as far as that needs)."""
-    needed = len(ens.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]) + 2
-    completion = serving.generate_text(ens, row["prompt"], max_new_tokens=needed)
-    return completion.strip().startswith(row["answer"].strip())
 
 
 def _frac(x: tuple[int, int] | None) -> str:

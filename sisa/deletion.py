@@ -197,18 +197,23 @@ def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
     return texts, (prompts if has_prompt else None)
 
 
-def retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> list[str]:
-    """Up to `limit` of the shard's remaining records, newest slices first (what the adapter
-    learned last is what an unlearning step disturbs most); reads only the slices it needs."""
-    out: list[str] = []
+def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[str]]:
+    """(record ids, texts) of up to `limit` of the shard's remaining records, newest slices first
+    (what the adapter learned last is what an unlearning step disturbs most); reads only the
+    slices it needs."""
+    ids: list[str] = []
+    texts: list[str] = []
     for sl in reversed(checkpoints.shard_slices(store, shard_id)):
         t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
         if t is None:
             continue
-        out.extend(text for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True) if rid not in exclude)
-        if len(out) >= limit:
+        for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True):
+            if rid not in exclude:
+                ids.append(rid)
+                texts.append(text)
+        if len(ids) >= limit:
             break
-    return out[:limit]
+    return ids[:limit], texts[:limit]
 
 
 # -- checkpoints and lineage -------------------------------------------------------------------
