@@ -18,7 +18,7 @@ training.min_steps_per_slice so small shards still train), then served five ways
     merged       `sisa export`'s one merged adapter (add_weighted_adapter "cat", 1/S each)
 
 Measured (tokens/s timed in interleaved rounds beside one shard adapter decoding alone): exact recall of the trained facts (the greedy completion of the prompt starts with the
-answer; checked teacher-forced by serving.recall_answers, which is what greedy decoding emits),
+answer, decoded as `sisa generate` decodes: serving.recalls),
 the mean answer-token loss of trained facts and of strangers' facts, the perplexity of the
 generic text (its final eos not scored; the base model's beside it) and generation tokens/s
 (greedy decoding of a fixed number of tokens from a few fact prompts). Top-m only changes
@@ -151,18 +151,18 @@ def perplexity(losses: list[float], counts: list[int]) -> float:
 
 
 def recall(ens: serving.Ensemble, facts: list[dict]) -> int:
-    """Facts whose greedy completion under `ens` starts with the answer (serving.recall_answers:
-    teacher-forced, as generate_text would decode, top_shards included)."""
-    return sum(serving.recall_answers(ens, [r["prompt"] for r in facts], [r["answer"] for r in facts]))
+    """Facts whose greedy completion under `ens` starts with the answer (serving.recalls: what
+    `sisa generate` decodes, top_shards included)."""
+    return sum(serving.recalls(ens, [r["prompt"] for r in facts], [r["answer"] for r in facts]))
 
 
 def speed(ens: serving.Ensemble, prompts: list[str], new_tokens: int) -> tuple[float, float]:
     """(generated tokens/s, seconds): greedy decoding of exactly `new_tokens` per prompt (past
     eos, so every way of serving decodes the same number of tokens)."""
-    aggregate.generate_ids(ens.model, ens.tokenizer, ens.adapter_names(), prompts[0], 2, aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards)  # warm-up
+    aggregate.generate(ens.model, ens.tokenizer, ens.adapter_names(), prompts[0], 2, aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards)  # warm-up
     started = time.perf_counter()
     for p in prompts:
-        aggregate.generate_ids(
+        aggregate.generate(
             ens.model, ens.tokenizer, ens.adapter_names(), p, new_tokens,
             aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards, ignore_eos=True,
         )
