@@ -115,10 +115,11 @@ def plan_selection(store: Store, cfg: SisaConfig, sel: Selection) -> DeletionPla
     """The deletion plan of a selection: affected shards, earliest slices, retrain cost."""
     rows = sel.rows
     hits = list(zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True))
-    # Records per slice after the deletion: the index's counts minus the selected rows' (Arrow
-    # group-bys, no Python loop over the index); emptied and checkpoint-only slices stay at 0.
+    # Records per slice after the deletion: the index's live counts (queued deletions' records
+    # will not train again) minus the selected rows' (Arrow group-bys, no Python loop over the
+    # index); emptied and checkpoint-only slices stay at 0.
     counts: dict[int, dict[int, int]] = {shard: dict.fromkeys(checkpoints.shard_slices(store, shard), 0) for shard in range(store.num_shards)}
-    for r in store.index.counts().to_pylist():
+    for r in store.index.counts(live_only=True).to_pylist():
         counts[r["shard_id"]][r["slice_idx"]] = r["records"]
     for shard, sl in hits:
         counts[shard][sl] -= 1
