@@ -195,7 +195,8 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
     # With no clean shard left the relief serves the base model alone: exact, if plain.
     entry = versions.commit_version(
         store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation,
-        request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)), allow_empty=True,
+        # Shards an earlier relief already left out stay out (and say so)
+        request_id=req.request_id, excluded_shards=sorted((set(current.shards) | set(current.excluded_shards)) - set(shards)), allow_empty=True,
     )
     req.versions["relief"] = entry.model_version
     req.timings["relief_s"] = time.perf_counter() - t0

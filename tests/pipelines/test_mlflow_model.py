@@ -213,6 +213,7 @@ def test_a_relief_of_every_shard_is_logged_as_the_base_model_alone(tmp_path, mon
         forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
     relief = versions.current(store)
     assert relief.shards == {} and relief.mlflow.get("registered_version")
+    assert relief.excluded_shards == list(range(store.num_shards))
     model = mlflow.pyfunc.load_model(MODEL_URI)
     assert model.metadata.metadata["sisa_model_version"] == relief.model_version
     assert model.predict(PROMPTS, params={"max_new_tokens": 6}) == _served(cfg, 6)
