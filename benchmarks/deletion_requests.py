@@ -265,9 +265,10 @@ def batched(w: Workload, cost: CostModel, reqs: Requests, policy: Policy, tick_h
         if not queue:  # nothing waits: the next cron run that can see the next arrival
             t = max(t, math.ceil(reqs.arrival_h[nxt] / tick_h) * tick_h)
         while nxt < n and reqs.arrival_h[nxt] <= t:
-            # `forget --queue` takes the lock when it is free: at arrival, or when the batch
-            # that held it during the arrival ended.
-            recorded = max(float(reqs.arrival_h[nxt]), free)
+            # `forget --queue` needs the writer lock only, which a batch lets go of while its
+            # shard jobs train: the request is recorded and relieved at arrival, batch or not
+            # (the batch's version keeps it relieved; the next batch takes it).
+            recorded = float(reqs.arrival_h[nxt])
             res.relief_h[nxt] = recorded + cost.relief_s / HOUR - reqs.arrival_h[nxt]
             received = EPOCH + timedelta(hours=recorded)
             entries.append(
@@ -771,7 +772,7 @@ def main() -> None:
     print("work cut = one at a time's record-passes / the policy's; = full retrains: record-passes / those of training every shard from scratch;")
     print("job h = summed shard-job hours through the cost model (the compute bill); busy h = hours the store lock was held by retrains")
     print(f"(a batch's jobs side by side on {cost.workers} worker(s)); runs = retrains (one at a time) or batches; relief and exact: request to relief serving,")
-    print("request to completed, p50 / p95 / max; a request waits for the lock while a retrain or a batch holds it (`forget --queue` too).")
+    print("request to completed, p50 / p95 / max; `sisa forget` alone waits for the jobs lock while a retrain holds it; `forget --queue` is relieved at arrival, during a batch too (the batch lets go of the writer lock); served: time-mean share of the shards' slices the served model holds (relief serves a hit shard at its checkpoint before the hit).")
     print(f"cron runs `sisa process --due` every hour; the policy decision is sisa.batches.due. {load[0]} before calibration, {load[-1]} after.")
     for w, vs in verdicts:
         if w.rate != 100:

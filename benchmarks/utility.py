@@ -338,6 +338,9 @@ def main() -> None:
                     f"scheduler.threads_per_task={max(1, C.CPUS // shards)}",
                     "tracking.enabled=false",
                     "deletion.relief=false",
+                    # In this process, not Ray's workers (niced to 15: on a shared machine they
+                    # starve); what is measured here is serving, not scheduling.
+                    "scheduler.backend=serial",
                 ]
                 if args.epochs:
                     extra.append(f"training.epochs={args.epochs}")
