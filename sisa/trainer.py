@@ -162,11 +162,11 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     parent_id = task.parent_checkpoint_id
     parent_lineage: str | None = None
     if parent_id is not None:
-        parent = checkpoints.open_checkpoint(store, parent_id)
-        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
-        opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
-        checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
-        parent_lineage = parent.manifest["lineage_digest"]
+        with checkpoints.open_checkpoint(store, parent_id) as parent:
+            adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
+            opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
+            checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
+            parent_lineage = parent.manifest["lineage_digest"]
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
     bar = tqdm(task.slices, desc=f"shard {task.shard_id} slices", unit="slice", leave=False, disable=not sys.stderr.isatty())

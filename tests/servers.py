@@ -1,0 +1,180 @@
+"""Real servers on loopback for the scale-out tests: an S3-compatible server (moto's standalone
+`moto_server`) and an MLflow tracking server (`mlflow server`), each a subprocess on 127.0.0.1 with
+an ephemeral port, each stopped by the fixture that started it (tests/conftest.py).
+
+The commands are the ones the README's "Scaling out" section shows.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+# Credentials for the loopback S3 server only (moto accepts any); the usual AWS variables, as a
+# user's real ones would be given.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "sisa-test", "AWS_SECRET_ACCESS_KEY": "sisa-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, proc: subprocess.Popen, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before answering at {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError as e:  # refused while starting; an HTTP error status means it answers
+            if getattr(e, "code", None) is not None:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout_s:g}s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@contextmanager
+def aws_env() -> Iterator[None]:
+    """The S3 credentials in os.environ for the block (Ray workers started inside inherit them)."""
+    saved = {k: os.environ.get(k) for k in S3_ENV}
+    os.environ.update(S3_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@dataclass
+class S3Server:
+    port: int
+    log: Path
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def store_uri(self, bucket: str, prefix: str) -> str:
+        return f"s3://{bucket}/{prefix}?endpoint_override=127.0.0.1:{self.port}&scheme=http"
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=S3_ENV["AWS_DEFAULT_REGION"])
+
+    def create_bucket(self, bucket: str) -> None:
+        self.client().create_bucket(Bucket=bucket)
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        out, client = [], self.client()
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            out.extend(o["Key"] for o in page.get("Contents", []))
+        return sorted(out)
+
+    def mirror(self, bucket: str, dest: Path) -> list[Path]:
+        """Every object of the bucket downloaded under `dest` (the test's own tmp_path), for the
+        leak scanner, which reads files."""
+        client, out = self.client(), []
+        for key in self.keys(bucket):
+            path = dest / bucket / key.rstrip("/")
+            if key.endswith("/"):  # a folder marker pyarrow writes
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+            out.append(path)
+        return out
+
+
+@contextmanager
+def s3_server(workdir: Path) -> Iterator[S3Server]:
+    """`moto_server -H 127.0.0.1 -p PORT`: an S3-compatible server held in memory."""
+    port = free_port()
+    log = workdir / "moto.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, "moto_server")
+        yield S3Server(port, log)
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class MlflowServer:
+    port: int
+    backend: Path
+    artifacts: Path
+    log: Path
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def backend_uri(self) -> str:
+        return f"sqlite:///{self.backend}"
+
+
+@contextmanager
+def mlflow_server(workdir: Path) -> Iterator[MlflowServer]:
+    """`mlflow server --host 127.0.0.1 --port PORT --backend-store-uri sqlite:///... 
+    --artifacts-destination ...`: one worker, its own database and artifact root under `workdir`."""
+    port = free_port()
+    root = workdir / "mlflow-server"
+    root.mkdir(parents=True, exist_ok=True)
+    server = MlflowServer(port, root / "mlflow.db", root / "artifacts", workdir / "mlflow-server.log")
+    cmd = [
+        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--backend-store-uri", server.backend_uri, "--artifacts-destination", str(server.artifacts),
+        "--workers", "1",
+    ]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    with open(server.log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=root, start_new_session=True)
+    try:
+        _wait_http(f"{server.uri}/health", proc, "mlflow server", timeout_s=120)
+        yield server
+    finally:
+        _stop_group(proc)
+        shutil.rmtree(root / "mlruns", ignore_errors=True)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """mlflow server runs its workers as children: stop the whole session it leads."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=20)
+        except ProcessLookupError:
+            pass
