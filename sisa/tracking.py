@@ -385,13 +385,7 @@ class Tracker:
             if run.info.lifecycle_stage != LifecycleStage.DELETED:
                 self.client.delete_run(run.info.run_id)
         if not hasattr(store, "_hard_delete_run"):
-            # A tracking server (http) cannot hard-delete for us; fail closed and say how.
-            ids = ",".join(r.info.run_id for r in runs)
-            raise RefusedError(
-                f"MLflow at {self.uri} only soft-deleted the runs of model_version "
-                f"{model_version}; run `mlflow gc --backend-store-uri <its database> "
-                f"--run-ids {ids}` on the tracking server, then retry"
-            )
+            self._purge_through_server(model_version, runs)
         for run in runs:
             for model in self._logged_models(run):
                 # The model's artifacts (adapters, manifest) first, then its row: a purge cut
@@ -403,6 +397,26 @@ class Tracker:
             self._remove_empty_run_dir(run.info.run_id)
             store._hard_delete_run(run.info.run_id)
         self._vacuum()
+
+    def _purge_through_server(self, model_version: int, runs: list) -> None:
+        """A tracking server (http) lets a client delete artifacts (served through its proxy)
+        and soft-delete runs and logged models, not hard-delete rows: do all of that, then fail
+        closed with the `mlflow gc` command that removes the rest on the server."""
+        model_ids = []
+        for run in runs:
+            for model in self._logged_models(run):
+                _delete_artifacts(model.artifact_location)
+                self.client.delete_logged_model(model.model_id)
+                model_ids.append(model.model_id)
+            _delete_artifacts(run.info.artifact_uri)
+        cmd = f"mlflow gc --backend-store-uri <the server's backend store> --run-ids {','.join(r.info.run_id for r in runs)}"
+        if model_ids:
+            cmd += f" --logged-model-ids {','.join(model_ids)}"
+        raise RefusedError(
+            f"MLflow at {self.uri} deleted the artifacts of model_version {model_version} and "
+            f"soft-deleted its run(s) and model(s); a server keeps their rows until `mlflow gc`. "
+            f"Run on the tracking server:\n  {cmd}\nthen `sisa forget --resume`"
+        )
 
     def _logged_models(self, run) -> list:
         """Every logged model of a run, found by its source run (also one logged before a crash
@@ -474,6 +488,17 @@ def _local_path(uri: str) -> str:
 
     parsed = urlparse(uri)
     return unquote(parsed.path) if parsed.scheme == "file" else uri
+
+
+def _delete_artifacts(uri: str) -> None:
+    """Delete everything under an artifact URI; already gone is fine (a retried purge)."""
+    try:
+        get_artifact_repository(uri).delete_artifacts()
+    except MlflowException as e:
+        if not _is_missing(e):
+            raise
+    except FileNotFoundError:
+        pass
 
 
 def _is_missing(error: MlflowException) -> bool:
