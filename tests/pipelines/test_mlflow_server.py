@@ -84,6 +84,11 @@ def test_runs_versions_alias_and_model_through_a_server_and_a_purge_that_fails_c
     assert _rows(server.backend, f"SELECT count(*) FROM runs WHERE run_uuid = '{v1.run_id}'") == [(1,)]
     (req,) = ledgers.list_requests(cfg_store.fs)
     assert req["status"] != "completed"  # fails closed: the request stays open
+    # ...after deleting the artifacts through the server: v1's model (naming the tainted
+    # checkpoints) is gone from the artifact root already.
+    exact = versions.read(cfg_store, cfg_store.current_version()).shards.values()
+    tainted = {k: c for k, c in v1_ckpts.items() if c not in exact}
+    assert tainted and not any(find_canaries({"server artifacts": server.artifacts}, tainted).values())
 
     # The operator runs the printed command on the server, then resumes.
     gc = [str(BIN / "mlflow"), "gc", "--backend-store-uri", server.backend_uri, *match.group(1).split()]
