@@ -64,6 +64,7 @@ class ShardResult:
     slices: list[SliceResult] = field(default_factory=list)
     wall_s: float = 0.0
     tokens: int = 0
+    node: str = ""  # where the job ran: the Ray node id, or "local" (set by sisa/scheduler.py)
 
     @property
     def last_checkpoint_id(self) -> str | None:
