@@ -7,6 +7,8 @@ The commands are the ones the README's "Scaling out" section shows.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import socket
@@ -178,3 +180,110 @@ def _stop_group(proc: subprocess.Popen) -> None:
             proc.wait(timeout=20)
         except ProcessLookupError:
             pass
+
+
+# -- a Ray cluster of two nodes on this machine -------------------------------------------------------
+# `ray start` turns token authentication on for a new cluster; the driver (sisa) connects without
+# a token, so the loopback test cluster runs with it off (a real cluster keeps its token and gives
+# it to the driver through RAY_AUTH_TOKEN or ~/.ray/auth_token).
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclass
+class RayNode:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+    def kill(self) -> None:
+        """SIGKILL the node: `ray start --block` and every process it started (raylet, workers)."""
+        import signal
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@dataclass
+class RayCluster:
+    address: str
+    temp_dir: Path
+    nodes: dict[str, RayNode]
+    env: dict[str, str]
+
+    def start_worker(self) -> RayNode:
+        """`ray start --address=HEAD --num-cpus=1 --resources='{"node_worker": 1}' --block`."""
+        node = _ray_node("worker", ["--address", self.address], self.env, self.temp_dir)
+        self.nodes["worker"] = node
+        _wait_nodes(self.address, 2)
+        return node
+
+    def node_ids(self) -> dict[str, str]:
+        """name → Ray node id of the live nodes (read from the cluster, as a driver would)."""
+        out = subprocess.run(
+            [sys.executable, "-c", _LIST_NODES, self.address], capture_output=True, text=True, timeout=120, env={**os.environ, **RAY_ENV}
+        )
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_LIST_NODES = """
+import json, sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
+print(json.dumps({("head" if "node_head" in n["Resources"] else "worker"): n["NodeID"] for n in ray.nodes() if n["Alive"]}))
+"""
+
+
+def _ray_node(name: str, where: list[str], env: dict[str, str], temp_dir: Path) -> RayNode:
+    log = temp_dir.parent / f"ray-{name}.log"
+    cmd = [
+        str(BIN / "ray"), "start", *where, "--num-cpus=1", f'--resources={{"node_{name}": 1}}',
+        "--object-store-memory=100000000", "--disable-usage-stats", "--block",
+    ]
+    if name == "head":
+        cmd += ["--include-dashboard=false", f"--temp-dir={temp_dir}"]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return RayNode(name, proc, log)
+
+
+def _wait_nodes(address: str, count: int, timeout_s: float = 120) -> None:
+    code = f"""
+import sys, time, ray
+ray.init(address={address!r}, logging_level="ERROR", log_to_driver=False)
+deadline = time.monotonic() + {timeout_s}
+while sum(n["Alive"] for n in ray.nodes()) < {count}:
+    if time.monotonic() > deadline:
+        sys.exit(f"only {{sum(n['Alive'] for n in ray.nodes())}} of {count} Ray nodes came up")
+    time.sleep(0.5)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s + 60, env={**os.environ, **RAY_ENV})
+    assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-500:]
+
+
+@contextmanager
+def ray_cluster(extra_env: dict[str, str]) -> Iterator[RayCluster]:
+    """A head and a worker node, one CPU each (so two shard jobs run one on each), started as
+    `ray start --head --port=PORT ...` and `ray start --address=127.0.0.1:PORT ...`. Their
+    environment carries `extra_env` (the repository on PYTHONPATH, the S3 credentials), as a
+    real cluster's nodes would be set up. Every node is SIGKILLed at the end."""
+    import tempfile
+
+    # A short folder: Ray's unix sockets live under it (107 characters at most).
+    temp_dir = Path(tempfile.mkdtemp(prefix="sisa-ray-", dir="/tmp")) / "r"
+    temp_dir.mkdir()
+    port = free_port()
+    env = {**os.environ, **RAY_ENV, **extra_env}
+    address = f"127.0.0.1:{port}"
+    cluster = RayCluster(address, temp_dir, {}, env)
+    try:
+        cluster.nodes["head"] = _ray_node("head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"], {**env, "SISA_TEST_NODE": "head"}, temp_dir)
+        _wait_nodes(address, 1)
+        cluster.env = {**env, "SISA_TEST_NODE": "worker"}
+        cluster.start_worker()
+        yield cluster
+    finally:
+        for node in reversed(list(cluster.nodes.values())):
+            node.kill()
+        shutil.rmtree(temp_dir.parent, ignore_errors=True)
