@@ -405,10 +405,10 @@ class Tracker:
         model_ids = []
         for run in runs:
             for model in self._logged_models(run):
-                _delete_artifacts(model.artifact_location)
+                _delete_artifacts(model.artifact_location, self.uri)
                 self.client.delete_logged_model(model.model_id)
                 model_ids.append(model.model_id)
-            _delete_artifacts(run.info.artifact_uri)
+            _delete_artifacts(run.info.artifact_uri, self.uri)
         cmd = f"mlflow gc --backend-store-uri <the server's backend store> --run-ids {','.join(r.info.run_id for r in runs)}"
         if model_ids:
             cmd += f" --logged-model-ids {','.join(model_ids)}"
@@ -490,10 +490,11 @@ def _local_path(uri: str) -> str:
     return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
-def _delete_artifacts(uri: str) -> None:
-    """Delete everything under an artifact URI; already gone is fine (a retried purge)."""
+def _delete_artifacts(uri: str, tracking_uri: str) -> None:
+    """Delete everything under an artifact URI (through this tracker's server, never the
+    process-global tracking URI); already gone is fine (a retried purge)."""
     try:
-        get_artifact_repository(uri).delete_artifacts()
+        get_artifact_repository(uri, tracking_uri=tracking_uri).delete_artifacts()
     except MlflowException as e:
         if not _is_missing(e):
             raise

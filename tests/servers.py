@@ -187,6 +187,10 @@ def _stop_group(proc: subprocess.Popen) -> None:
 # a token, so the loopback test cluster runs with it off (a real cluster keeps its token and gives
 # it to the driver through RAY_AUTH_TOKEN or ~/.ray/auth_token).
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+# A 2-core machine shared with other work can starve a raylet for seconds: the head's GCS gives a
+# node 30 s per health check and 10 misses before it declares the node dead (a node that is
+# killed is noticed at once through its dead workers all the same).
+RAY_HEAD_ENV = {"RAY_health_check_timeout_ms": "30000", "RAY_health_check_failure_threshold": "10"}
 
 
 @dataclass
@@ -211,6 +215,8 @@ class RayCluster:
     temp_dir: Path
     nodes: dict[str, RayNode]
     env: dict[str, str]
+    markers: Path | None = None  # set by the fixture: see tests/conftest.py
+    node_tmp: Path | None = None
 
     def start_worker(self) -> RayNode:
         """`ray start --address=HEAD --num-cpus=1 --resources='{"node_worker": 1}' --block`."""
@@ -278,7 +284,7 @@ def ray_cluster(extra_env: dict[str, str]) -> Iterator[RayCluster]:
     address = f"127.0.0.1:{port}"
     cluster = RayCluster(address, temp_dir, {}, env)
     try:
-        cluster.nodes["head"] = _ray_node("head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"], {**env, "SISA_TEST_NODE": "head"}, temp_dir)
+        cluster.nodes["head"] = _ray_node("head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"], {**env, **RAY_HEAD_ENV, "SISA_TEST_NODE": "head"}, temp_dir)
         _wait_nodes(address, 1)
         cluster.env = {**env, "SISA_TEST_NODE": "worker"}
         cluster.start_worker()

@@ -24,16 +24,15 @@ from storage import ledgers
 from storage.errors import RefusedError
 from storage.store import Store
 from tests.helpers import TINY, find_canaries, run_cli
-from tests.servers import BIN, mlflow_server
+from tests.servers import BIN
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Ada Lane works as a"]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow")) as srv:
-        yield srv
+@pytest.fixture
+def server(mlflow_tracking):
+    return mlflow_tracking
 
 
 def _rows(db, sql: str) -> list[tuple]:
@@ -72,6 +71,8 @@ def test_runs_versions_alias_and_model_through_a_server_and_a_purge_that_fails_c
     cfg = load_config(TINY, args[2:])
     _, ens = serving.load_serving(cfg_store, cfg)
     assert model.predict(PROMPTS, params={"max_new_tokens": 5}) == [serving.generate_text(ens, PROMPTS[0], 5)]
+    # sisa itself never relies on the process-wide URI (the forget below runs without it).
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     v1_ckpts = {f"checkpoint {c}": c for c in versions.read(cfg_store, 1).shards.values()}
     assert all(find_canaries({"server artifacts": server.artifacts}, v1_ckpts).values())  # positive control
 

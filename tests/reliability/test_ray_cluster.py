@@ -24,9 +24,8 @@ from sisa.synthetic import make_people
 from sisa.trainer import ShardTask, train_shard
 from storage.errors import ShardJobError
 from storage.store import Store
-from tests.helpers import REPO, make_cfg
+from tests.helpers import make_cfg
 from tests.pipelines.helpers import ingest_rows
-from tests.servers import ray_cluster
 
 pytestmark = pytest.mark.slow
 # 12 people, 24 records: each of the 2 shards gets 3 slices of 4 or more, so a job killed after
@@ -47,20 +46,20 @@ def train_shard_hanging_on_the_worker_node(task: ShardTask):
     return train_shard(task)
 
 
-@pytest.fixture(scope="module")
-def markers(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("markers")
-
-
-@pytest.fixture(scope="module")
-def cluster(s3, markers):
-    """Two nodes whose processes import this repository and reach the S3 server (the AWS
-    variables are in the environment: the `s3` fixture set them)."""
+@pytest.fixture
+def cluster(ray_two_nodes, monkeypatch):
+    """The session's two-node cluster (tests/conftest.py), with both nodes up."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     scheduler.shutdown_ray()
-    pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-    with ray_cluster({"PYTHONPATH": pythonpath, "SISA_TEST_MARKERS": str(markers)}) as c:
-        yield c
-        scheduler.shutdown_ray()
+    if ray_two_nodes.nodes["worker"].proc.poll() is not None:
+        ray_two_nodes.start_worker()
+    yield ray_two_nodes
+    scheduler.shutdown_ray()
+
+
+@pytest.fixture
+def markers(cluster) -> Path:
+    return cluster.markers
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +95,6 @@ def _committed(store: Store) -> dict[str, str]:
 
 
 def test_shard_jobs_run_on_both_nodes_and_write_the_serial_bytes(cluster, s3_store, serial, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     _, _, uri = s3_store
     cfg = _cluster_cfg(cluster, uri, retries=1)
     ingest_rows(cfg, ROWS, tmp_path / "people.jsonl")
@@ -130,7 +128,6 @@ def _train_and_kill_the_worker(cluster, cfg, markers: Path) -> tuple[object, Bas
 
 
 def test_a_job_on_a_killed_node_is_retried_on_the_other_and_committed_once(cluster, s3_store, serial, markers, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setattr(training, "train_shard", train_shard_hanging_on_the_worker_node)
     _, _, uri = s3_store
     cfg = _cluster_cfg(cluster, uri, retries=1)
@@ -148,12 +145,9 @@ def test_a_job_on_a_killed_node_is_retried_on_the_other_and_committed_once(clust
     finally:
         for m in markers.glob("hanging-shard-*"):
             m.unlink()
-        scheduler.shutdown_ray()
-        cluster.start_worker()
 
 
 def test_without_retries_a_killed_node_fails_naming_the_shard_and_commits_nothing(cluster, s3_store, markers, tmp_path, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setattr(training, "train_shard", train_shard_hanging_on_the_worker_node)
     _, _, uri = s3_store
     cfg = _cluster_cfg(cluster, uri, retries=0)
@@ -169,4 +163,3 @@ def test_without_retries_a_killed_node_fails_naming_the_shard_and_commits_nothin
     finally:
         for m in markers.glob("hanging-shard-*"):
             m.unlink()
-        scheduler.shutdown_ray()
