@@ -207,7 +207,7 @@ class Tracker:
         existing = self._registered(model_version)
         if existing is not None:
             return {"run_id": existing.run_id, "registered_version": str(existing.version)}
-        self._purge_runs(model_version)
+        self._refuse_soft_deleted(self._purge_runs(model_version))
 
         run_tags = {**tags, "model_version": str(model_version), "reason": reason}
         run = self.client.create_run(
@@ -331,6 +331,17 @@ class Tracker:
         return None if tag is None else int(tag)
 
     def purge_model_version(self, model_version: int) -> None:
+        self.purge_model_versions([model_version])
+
+    def purge_model_versions(self, model_versions: list[int]) -> None:
+        """Purge each version (below); on a tracking server, one refusal at the end naming the
+        one `mlflow gc` command that finishes all of them."""
+        pending: list[tuple[list[str], list[str]]] = []
+        for n in model_versions:
+            pending.extend(self._purge_model_version(n))
+        self._refuse_soft_deleted(pending)
+
+    def _purge_model_version(self, model_version: int) -> list[tuple[list[str], list[str]]]:
         """Delete the registered version and physically remove its run and artifacts.
 
         Deleting in MLflow is soft: a registered version becomes a tombstone (MLflow keeps the
@@ -351,7 +362,7 @@ class Tracker:
             versions.update(v.version for v in found)
         for version in sorted(versions, key=int):
             self.client.delete_model_version(self.cfg.registered_model, str(version))
-        self._purge_runs(model_version)
+        return self._purge_runs(model_version)
 
     def _registered(self, model_version: int):
         try:
@@ -374,10 +385,12 @@ class Tracker:
             run_view_type=ViewType.ALL,
         )
 
-    def _purge_runs(self, model_version: int) -> None:
+    def _purge_runs(self, model_version: int) -> list[tuple[list[str], list[str]]]:
+        """Hard-delete the version's runs and models; on a tracking server, what is left
+        soft-deleted for `mlflow gc`: [(run ids, logged model ids)]."""
         runs = self._runs(model_version)
         if not runs:
-            return
+            return []
         # The store's hard delete is what `mlflow gc` calls; the CLI itself would also reset
         # this process's global tracking URI and print to stdout.
         store = self.client._tracking_client.store
@@ -385,7 +398,7 @@ class Tracker:
             if run.info.lifecycle_stage != LifecycleStage.DELETED:
                 self.client.delete_run(run.info.run_id)
         if not hasattr(store, "_hard_delete_run"):
-            self._purge_through_server(model_version, runs)
+            return [self._purge_through_server(runs)]
         for run in runs:
             for model in self._logged_models(run):
                 # The model's artifacts (adapters, manifest) first, then its row: a purge cut
@@ -397,11 +410,12 @@ class Tracker:
             self._remove_empty_run_dir(run.info.run_id)
             store._hard_delete_run(run.info.run_id)
         self._vacuum()
+        return []
 
-    def _purge_through_server(self, model_version: int, runs: list) -> None:
+    def _purge_through_server(self, runs: list) -> tuple[list[str], list[str]]:
         """A tracking server (http) lets a client delete artifacts (served through its proxy)
-        and soft-delete runs and logged models, not hard-delete rows: do all of that, then fail
-        closed with the `mlflow gc` command that removes the rest on the server."""
+        and soft-delete runs and logged models, not hard-delete rows: do all of that and return
+        what `mlflow gc` must remove on the server (run ids, logged model ids)."""
         model_ids = []
         for run in runs:
             for model in self._logged_models(run):
@@ -409,13 +423,23 @@ class Tracker:
                 self.client.delete_logged_model(model.model_id)
                 model_ids.append(model.model_id)
             _delete_artifacts(run.info.artifact_uri, self.uri)
-        cmd = f"mlflow gc --backend-store-uri <the server's backend store> --run-ids {','.join(r.info.run_id for r in runs)}"
+        return [r.info.run_id for r in runs], model_ids
+
+    def _refuse_soft_deleted(self, pending: list[tuple[list[str], list[str]]]) -> None:
+        """Fail closed while a tracking server still holds soft-deleted rows, naming the
+        `mlflow gc` command that removes them."""
+        run_ids = [r for runs, _ in pending for r in runs]
+        if not run_ids:
+            return
+        model_ids = [m for _, models in pending for m in models]
+        cmd = f"mlflow gc --backend-store-uri <the server's backend store> --run-ids {','.join(run_ids)}"
         if model_ids:
             cmd += f" --logged-model-ids {','.join(model_ids)}"
         raise RefusedError(
-            f"MLflow at {self.uri} deleted the artifacts of model_version {model_version} and "
-            f"soft-deleted its run(s) and model(s); a server keeps their rows until `mlflow gc`. "
-            f"Run on the tracking server:\n  {cmd}\nthen `sisa forget --resume`"
+            f"MLflow at {self.uri} deleted the artifacts of {len(run_ids)} purged run(s) and "
+            "soft-deleted the runs and their models; a tracking server keeps their rows until "
+            f"`mlflow gc`. Run on the tracking server:\n  {cmd}\nthen rerun this command "
+            "(`sisa forget --resume`, `sisa process`)"
         )
 
     def _logged_models(self, run) -> list:
