@@ -12,6 +12,8 @@ import json
 import tempfile
 import uuid
 
+import pytest
+
 from sisa.synthetic import make_people, write_jsonl
 from storage import layout, ledgers
 from storage.errors import RefusedError
@@ -75,3 +77,21 @@ def test_every_verb_runs_on_an_s3_store_and_leaves_nothing_behind(s3_store, tmp_
     for k in canaries_in_text("".join(output), needles):
         leaks.setdefault(k, []).append("CLI output")
     assert not leaks, f"deleted data survives in the bucket: {json.dumps(leaks, indent=1)[:3000]}"
+
+
+def test_on_s3_objects_go_to_their_key_and_a_checkpoint_exists_only_by_its_manifest(s3_store):
+    """No temporary copies in the bucket; a checkpoint whose writer died before its manifest
+    (written last) is never read as a checkpoint."""
+    from sisa import checkpoints
+    from storage.errors import NotFoundError
+
+    server, bucket, uri = s3_store
+    store = Store.create(uri, num_shards=2, seed=0)
+    store.fs.write_json("versions/v000001.json", {"model_version": 1})
+    objects = [k for k in server.keys(bucket) if not k.endswith("/")]  # less pyarrow's folder markers
+    assert objects == ["store/secret.key", "store/store.json", "store/versions/v000001.json"]
+    cid = checkpoints.make_checkpoint_id(0, 0, None, "lineage", "training", "base")
+    store.fs.write_bytes(f"{layout.checkpoint_dir(0, cid)}/{checkpoints.ADAPTER_WEIGHTS}", b"half of a checkpoint")
+    with pytest.raises(NotFoundError):
+        checkpoints.open_checkpoint(store, cid)
+    assert checkpoints.parents(store) == {}
