@@ -38,7 +38,7 @@ def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:
     problems = []
     for _, cid in sorted(shards.items()):
         try:
-            checkpoints.open_checkpoint(store, cid, verify=True)
+            checkpoints.open_checkpoint(store, cid, verify=True).close()
         except (IntegrityError, NotFoundError) as e:
             problems.append(e.message)
     return problems
@@ -70,7 +70,8 @@ def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int
         scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="replay shards")
         out = {}
         for s, cid in sorted(targets.items()):
-            serving_t = checkpoints.load_adapter_tensors(checkpoints.open_checkpoint(store, cid))
+            with checkpoints.open_checkpoint(store, cid) as ckpt:
+                serving_t = checkpoints.load_adapter_tensors(ckpt)
             replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", checkpoints.ADAPTER_WEIGHTS))
             same_keys = set(serving_t) == set(replay_t)
             equal = same_keys and all(torch.equal(serving_t[k], replay_t[k]) for k in serving_t)

@@ -123,11 +123,11 @@ def write_bundle(store: Store, cfg: SisaConfig, version: ModelVersion, out: str 
     try:
         tmp.mkdir()
         for key, shard in manifest["shards"].items():
-            ckpt = checkpoints.open_checkpoint(store, shard["checkpoint_id"])  # sha256 of every file
             dst = tmp / shard_name(int(key))
             dst.mkdir()
-            for name in ADAPTER_FILES:
-                shutil.copyfile(os.path.join(ckpt.path, name), dst / name)
+            with checkpoints.open_checkpoint(store, shard["checkpoint_id"]) as ckpt:  # sha256 of every file
+                for name in ADAPTER_FILES:
+                    shutil.copyfile(os.path.join(ckpt.path, name), dst / name)
         verify_adapters(manifest, {int(k): tmp / shard_name(int(k)) for k in manifest["shards"]})
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         if out.exists():

@@ -105,11 +105,27 @@ def sealed_slices(store: Store) -> dict[int, int]:
 
 @dataclass
 class Checkpoint:
-    """A checkpoint that is present and verified; `path` is a local folder holding its files."""
+    """A checkpoint that is present and verified; `path` is a local folder holding its files.
+
+    On a local store `path` is the checkpoint's own folder. On an object store it is a download
+    in the system temp dir, removed by `close()`: open it with `with open_checkpoint(...) as c:`
+    so nothing is left behind (adapter weights are derived from record text).
+    """
 
     checkpoint_id: str
     manifest: dict[str, Any]
     path: str
+    downloaded: bool = False
+
+    def close(self) -> None:
+        if self.downloaded:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Checkpoint:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _sha256_file(path: str) -> str:
@@ -228,20 +244,26 @@ def read_manifest(store: Store, shard_id: int, checkpoint_id: str) -> dict[str, 
 
 
 def open_checkpoint(store: Store, checkpoint_id: str, verify: bool = True) -> Checkpoint:
-    """Locate a checkpoint and check the sha256 of every file it lists (and that nothing else is there)."""
+    """Locate a checkpoint and check the sha256 of every file it lists (and that nothing else is
+    there). Close it when done (a `with` block): on an object store its files were downloaded."""
     shard_id = shard_of(checkpoint_id)
     manifest = read_manifest(store, shard_id, checkpoint_id)
     rel = layout.checkpoint_dir(shard_id, checkpoint_id)
     if store.fs.is_local:
-        path = store.fs.full(rel)
+        ckpt = Checkpoint(checkpoint_id, manifest, store.fs.full(rel))
     else:
-        path = tempfile.mkdtemp(prefix="sisa-ckpt-")
-        for name in manifest["files"]:
-            with open(os.path.join(path, name), "wb") as f:
-                f.write(store.fs.read_bytes(f"{rel}/{name}"))
-    if verify:
-        verify_files(path, manifest, checkpoint_id)
-    return Checkpoint(checkpoint_id, manifest, path)
+        ckpt = Checkpoint(checkpoint_id, manifest, tempfile.mkdtemp(prefix="sisa-ckpt-"), downloaded=True)
+    try:
+        if ckpt.downloaded:
+            for name in manifest["files"]:
+                with open(os.path.join(ckpt.path, name), "wb") as f:
+                    f.write(store.fs.read_bytes(f"{rel}/{name}"))
+        if verify:
+            verify_files(ckpt.path, manifest, checkpoint_id)
+    except BaseException:
+        ckpt.close()
+        raise
+    return ckpt
 
 
 def verify_files(path: str, manifest: dict[str, Any], checkpoint_id: str) -> None:

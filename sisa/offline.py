@@ -16,6 +16,8 @@ OFFLINE_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "DO_NOT_TRACK": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # MLflow draws its own progress bars on a tracking server's artifact transfers, terminal or not.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 

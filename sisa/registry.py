@@ -90,9 +90,7 @@ def purge_versions(store: Store, cfg: SisaConfig, model_versions: list[int]) -> 
     """Delete the MLflow runs and registered versions of purged model versions."""
     if not cfg.tracking.enabled:
         return
-    tracker = _tracker(store, cfg)
-    for n in model_versions:
-        tracker.purge_model_version(n)
+    _tracker(store, cfg).purge_model_versions(model_versions)
 
 
 def registered_version_exists(store: Store, cfg: SisaConfig, model_version: int) -> bool | None:

@@ -93,9 +93,12 @@ def _call_with_threads(fn: Callable[[T], R], task: T, threads: int) -> R:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return fn(task)
+        out = fn(task)
     finally:
         torch.set_num_threads(before)
+    if hasattr(out, "node"):  # a result that records where it ran
+        out.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    return out
 
 
 def _run_serial(

@@ -11,6 +11,7 @@ trained and unseen alike. The prompt still counts as context: it is what picks t
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,11 +63,13 @@ def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ense
         base.requires_grad_(False)
         base.eval()
         return Ensemble(base, tokenizer, {BASE_SHARD: aggregate.BASE}, cfg.serving.aggregation, None, 0)
-    dirs = {}
-    for shard_id, ckpt_id in sorted(shards.items()):
-        ckpt = checkpoints.open_checkpoint(store, ckpt_id)  # raises IntegrityError on a bad file
-        dirs[f"shard{shard_id}"] = ckpt.path
-    model = adapters.load_adapters(base, dirs)
+    # The adapters are read into memory; downloads of a remote store's checkpoints go at the end.
+    with ExitStack() as opened:
+        dirs = {}
+        for shard_id, ckpt_id in sorted(shards.items()):
+            ckpt = opened.enter_context(checkpoints.open_checkpoint(store, ckpt_id))  # raises IntegrityError on a bad file
+            dirs[f"shard{shard_id}"] = ckpt.path
+        model = adapters.load_adapters(base, dirs)
     counts = live_record_counts(store) if cfg.serving.prior == "records" else None
     return Ensemble(
         model, tokenizer, {s: f"shard{s}" for s in sorted(shards)}, cfg.serving.aggregation, counts, cfg.serving.top_shards

@@ -32,8 +32,7 @@ import shutil
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -169,22 +168,6 @@ def tracking_uri(cfg: TrackingConfig, store_local_path: str | None) -> str:
     return _SQLITE + str(Path(store_local_path).resolve() / "mlflow.db")
 
 
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """MLflow draws a progress bar per artifact it copies while logging a model; a `sisa forget`
-    would print a dozen. Off for the block, the caller's setting back after."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
 class Tracker:
     """Logs, registers, aliases and purges sisa model versions in one MLflow backend.
 
@@ -224,7 +207,7 @@ class Tracker:
         existing = self._registered(model_version)
         if existing is not None:
             return {"run_id": existing.run_id, "registered_version": str(existing.version)}
-        self._purge_runs(model_version)
+        self._refuse_soft_deleted(self._purge_runs(model_version))
 
         run_tags = {**tags, "model_version": str(model_version), "reason": reason}
         run = self.client.create_run(
@@ -241,8 +224,7 @@ class Tracker:
             self.client.log_artifact(run_id, path)
         model = None
         if model_artifacts is not None:
-            with _no_progress_bars():
-                model = self._log_model(run.info.experiment_id, run_id, model_version, model_artifacts, params)
+            model = self._log_model(run.info.experiment_id, run_id, model_version, model_artifacts, params)
         self.client.set_terminated(run_id)
 
         self._ensure_registered_model()
@@ -349,6 +331,17 @@ class Tracker:
         return None if tag is None else int(tag)
 
     def purge_model_version(self, model_version: int) -> None:
+        self.purge_model_versions([model_version])
+
+    def purge_model_versions(self, model_versions: list[int]) -> None:
+        """Purge each version (below); on a tracking server, one refusal at the end naming the
+        one `mlflow gc` command that finishes all of them."""
+        pending: list[tuple[list[str], list[str]]] = []
+        for n in model_versions:
+            pending.extend(self._purge_model_version(n))
+        self._refuse_soft_deleted(pending)
+
+    def _purge_model_version(self, model_version: int) -> list[tuple[list[str], list[str]]]:
         """Delete the registered version and physically remove its run and artifacts.
 
         Deleting in MLflow is soft: a registered version becomes a tombstone (MLflow keeps the
@@ -369,7 +362,7 @@ class Tracker:
             versions.update(v.version for v in found)
         for version in sorted(versions, key=int):
             self.client.delete_model_version(self.cfg.registered_model, str(version))
-        self._purge_runs(model_version)
+        return self._purge_runs(model_version)
 
     def _registered(self, model_version: int):
         try:
@@ -392,10 +385,12 @@ class Tracker:
             run_view_type=ViewType.ALL,
         )
 
-    def _purge_runs(self, model_version: int) -> None:
+    def _purge_runs(self, model_version: int) -> list[tuple[list[str], list[str]]]:
+        """Hard-delete the version's runs and models; on a tracking server, what is left
+        soft-deleted for `mlflow gc`: [(run ids, logged model ids)]."""
         runs = self._runs(model_version)
         if not runs:
-            return
+            return []
         # The store's hard delete is what `mlflow gc` calls; the CLI itself would also reset
         # this process's global tracking URI and print to stdout.
         store = self.client._tracking_client.store
@@ -403,13 +398,7 @@ class Tracker:
             if run.info.lifecycle_stage != LifecycleStage.DELETED:
                 self.client.delete_run(run.info.run_id)
         if not hasattr(store, "_hard_delete_run"):
-            # A tracking server (http) cannot hard-delete for us; fail closed and say how.
-            ids = ",".join(r.info.run_id for r in runs)
-            raise RefusedError(
-                f"MLflow at {self.uri} only soft-deleted the runs of model_version "
-                f"{model_version}; run `mlflow gc --backend-store-uri <its database> "
-                f"--run-ids {ids}` on the tracking server, then retry"
-            )
+            return [self._purge_through_server(runs)]
         for run in runs:
             for model in self._logged_models(run):
                 # The model's artifacts (adapters, manifest) first, then its row: a purge cut
@@ -421,6 +410,37 @@ class Tracker:
             self._remove_empty_run_dir(run.info.run_id)
             store._hard_delete_run(run.info.run_id)
         self._vacuum()
+        return []
+
+    def _purge_through_server(self, runs: list) -> tuple[list[str], list[str]]:
+        """A tracking server (http) lets a client delete artifacts (served through its proxy)
+        and soft-delete runs and logged models, not hard-delete rows: do all of that and return
+        what `mlflow gc` must remove on the server (run ids, logged model ids)."""
+        model_ids = []
+        for run in runs:
+            for model in self._logged_models(run):
+                _delete_artifacts(model.artifact_location, self.uri)
+                self.client.delete_logged_model(model.model_id)
+                model_ids.append(model.model_id)
+            _delete_artifacts(run.info.artifact_uri, self.uri)
+        return [r.info.run_id for r in runs], model_ids
+
+    def _refuse_soft_deleted(self, pending: list[tuple[list[str], list[str]]]) -> None:
+        """Fail closed while a tracking server still holds soft-deleted rows, naming the
+        `mlflow gc` command that removes them."""
+        run_ids = [r for runs, _ in pending for r in runs]
+        if not run_ids:
+            return
+        model_ids = [m for _, models in pending for m in models]
+        cmd = f"mlflow gc --backend-store-uri <the server's backend store> --run-ids {','.join(run_ids)}"
+        if model_ids:
+            cmd += f" --logged-model-ids {','.join(model_ids)}"
+        raise RefusedError(
+            f"MLflow at {self.uri} deleted the artifacts of {len(run_ids)} purged run(s) and "
+            "soft-deleted the runs and their models; a tracking server keeps their rows until "
+            f"`mlflow gc`. Run on the tracking server:\n  {cmd}\nthen rerun this command "
+            "(`sisa forget --resume`, `sisa process`)"
+        )
 
     def _logged_models(self, run) -> list:
         """Every logged model of a run, found by its source run (also one logged before a crash
@@ -492,6 +512,18 @@ def _local_path(uri: str) -> str:
 
     parsed = urlparse(uri)
     return unquote(parsed.path) if parsed.scheme == "file" else uri
+
+
+def _delete_artifacts(uri: str, tracking_uri: str) -> None:
+    """Delete everything under an artifact URI (through this tracker's server, never the
+    process-global tracking URI); already gone is fine (a retried purge)."""
+    try:
+        get_artifact_repository(uri, tracking_uri=tracking_uri).delete_artifacts()
+    except MlflowException as e:
+        if not _is_missing(e):
+            raise
+    except FileNotFoundError:
+        pass
 
 
 def _is_missing(error: MlflowException) -> bool:

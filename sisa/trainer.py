@@ -64,6 +64,7 @@ class ShardResult:
     slices: list[SliceResult] = field(default_factory=list)
     wall_s: float = 0.0
     tokens: int = 0
+    node: str = ""  # where the job ran: the Ray node id, or "local" (set by sisa/scheduler.py)
 
     @property
     def last_checkpoint_id(self) -> str | None:
@@ -162,11 +163,11 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     parent_id = task.parent_checkpoint_id
     parent_lineage: str | None = None
     if parent_id is not None:
-        parent = checkpoints.open_checkpoint(store, parent_id)
-        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
-        opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
-        checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
-        parent_lineage = parent.manifest["lineage_digest"]
+        with checkpoints.open_checkpoint(store, parent_id) as parent:
+            adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
+            opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
+            checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
+            parent_lineage = parent.manifest["lineage_digest"]
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
     bar = tqdm(task.slices, desc=f"shard {task.shard_id} slices", unit="slice", leave=False, disable=not sys.stderr.isatty())

@@ -48,8 +48,8 @@ def unlearn_adapter(
     with deterministic_torch(max(cfg.scheduler.threads_per_task, os.cpu_count() or 1)):
         base, tokenizer = load_base_model(cfg.model)
         model = adapters.attach_lora(base, cfg.lora)
-        ckpt = checkpoints.open_checkpoint(store, checkpoint_id)
-        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(ckpt))
+        with checkpoints.open_checkpoint(store, checkpoint_id) as ckpt:
+            adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(ckpt))
         params = adapters.trainable_parameters(model)
         optimizer = make_optimizer(params, cfg)
         for group in optimizer.param_groups:

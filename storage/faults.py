@@ -15,12 +15,16 @@ prove that every stage leaves the serving version intact and the work resumable.
 `SISA_FAULT_AFTER=n` lets the stage pass n times before dying (e.g. the second slice): each
 pass counts it down in this process's environment (only when `SISA_FAULT` names the stage; no
 module state), so the count lives where the setting does.
+
+`SISA_FAULT_HANG=<file>` makes the stage hang instead of dying, after writing its pid to that
+file: a test then kills what it chooses around the process (a whole Ray node) mid-job.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 
 def maybe_die(stage: str) -> None:
@@ -30,4 +34,10 @@ def maybe_die(stage: str) -> None:
     if passes_left > 0:
         os.environ["SISA_FAULT_AFTER"] = str(passes_left - 1)
         return
+    hang = os.environ.get("SISA_FAULT_HANG")
+    if hang:
+        with open(hang, "w") as f:
+            f.write(str(os.getpid()))
+        while True:
+            time.sleep(1)
     os.kill(os.getpid(), signal.SIGKILL)

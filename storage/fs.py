@@ -1,9 +1,13 @@
 """Bytes at rest: a pyarrow filesystem rooted at the store, with atomic writes.
 
-A store is a local path or any URI pyarrow.fs understands (s3://, gs://, hdfs://). Every write
-goes to a temporary name under `tmp/` and is then moved into place, so a reader never sees a
-half-written file; on a local disk the move is an atomic rename. Object stores have no atomic
-rename; there a copy-then-delete is the best pyarrow offers, and the README says so.
+A store is a local path or any URI pyarrow.fs understands (s3://, gs://, hdfs://). A reader
+never sees a half-written file. On a local disk (and any filesystem but S3) every write goes to a
+temporary name under `tmp/` and is then moved into place by an atomic rename. On S3 there is no
+rename (pyarrow's move is copy-then-delete), but an object becomes visible only when its PUT (or
+multipart upload) completes, whole: there each object is written straight to its key, which leaves
+no temporary copy of record text in the bucket if a writer dies. What consists of several objects
+(a checkpoint folder, a version) is published by writing the object that makes it exist last (the
+checkpoint's manifest, the CURRENT pointer).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ class StoreFS:
             root = os.path.abspath(uri)
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        # An S3 PUT is atomic: objects go straight to their key (see the module docstring).
+        self.atomic_put = isinstance(self.fs, pafs.S3FileSystem)
         # Bumped by every write, move and delete through this object: caches of what the store
         # holds (the record index) key on it, so this process never reads its own change stale.
         self.generation = 0
@@ -116,6 +122,11 @@ class StoreFS:
 
     def write_bytes(self, rel: str, data: bytes | pa.Buffer) -> str:
         """Write atomically; returns the sha256 of the bytes."""
+        if self.atomic_put:
+            with self.fs.open_output_stream(self.full(rel)) as f:
+                f.write(data)
+            self.generation += 1
+            return hashlib.sha256(data).hexdigest()
         self.fs.create_dir(self.full(TMP_DIR), recursive=True)
         tmp = self._tmp_name(rel)
         with self.fs.open_output_stream(self.full(tmp)) as f:

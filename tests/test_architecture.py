@@ -28,6 +28,8 @@ HOMES = {
     "matplotlib": {"sisa/report.py"},
     "fastapi": {"sisa/service.py"},
     "uvicorn": {"pipelines/serve.py"},
+    "boto3": {"storage/s3.py"},
+    "botocore": {"storage/s3.py"},
 }
 
 
