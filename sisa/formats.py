@@ -140,3 +140,9 @@ def decode_rows(texts: list[str], record_formats: list[str | None] | None) -> li
 
 def contents(item: Item) -> list[str]:
     return [item] if isinstance(item, str) else item.contents()
+
+
+def table_items(table) -> list[Item]:
+    """The records of a normalised or stored Arrow table (`text` and, when present, `record_format`)."""
+    kinds = table[FORMAT_COLUMN].to_pylist() if FORMAT_COLUMN in table.column_names else None
+    return decode_rows(table["text"].to_pylist(), kinds)

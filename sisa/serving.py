@@ -19,6 +19,7 @@ import torch
 
 from sisa import adapters, aggregate, checkpoints, versions
 from sisa.config import SisaConfig
+from sisa.formats import Item
 from sisa.model import encode_texts, load_base_model
 from sisa.versions import ModelVersion
 from storage.errors import StoreError
@@ -73,13 +74,15 @@ def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ense
     )
 
 
-def encode_for_scoring(tokenizer, texts: list[str], prompts: list[str | None] | None, max_length: int) -> dict[str, torch.Tensor]:
-    batch = encode_texts(tokenizer, texts, max_length)
+def encode_for_scoring(tokenizer, texts: list[Item], prompts: list[str | None] | None, max_length: int) -> dict[str, torch.Tensor]:
+    """Prompt-completion and chat records are always scored on their completion / assistant
+    tokens (what the model would say); a text record on every token, or after its `prompt`."""
+    batch = encode_texts(tokenizer, texts, max_length, "completion")
     if prompts is None:
         return batch
     labels = batch["labels"].clone()
     for i, prompt in enumerate(prompts):
-        if prompt and texts[i].startswith(prompt):
+        if prompt and isinstance(texts[i], str) and texts[i].startswith(prompt):
             n = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
             labels[i, :n] = -100
     batch["labels"] = labels
