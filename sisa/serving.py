@@ -20,7 +20,7 @@ import torch
 from sisa import adapters, aggregate, checkpoints, versions
 from sisa.config import SisaConfig
 from sisa.formats import Item
-from sisa.model import encode_texts, load_base_model
+from sisa.model import encode_texts, load_base_model, render_chat_prompt
 from sisa.versions import ModelVersion
 from storage.errors import StoreError
 from storage.store import Store
@@ -142,12 +142,33 @@ def generate_text(
     temperature: float = 1.0,
     seed: int = 0,
     shards: list[int] | None = None,
+    add_special_tokens: bool = True,
 ) -> str:
     """A completion of `prompt` from the served mixture, with the ensemble's serving settings."""
     return aggregate.generate(
         ens.model, ens.tokenizer, ens.adapter_names(shards), prompt, max_new_tokens, greedy, temperature, seed,
         aggregation=ens.aggregation, log_prior=ens.log_prior(shards), top_shards=ens.top_shards,
+        add_special_tokens=add_special_tokens,
     )
+
+
+def chat_prompt(ens: Ensemble, messages: list[tuple[str, str]]) -> str:
+    """The conversation rendered with the base model's chat template, as training renders chat
+    records, ending in the template's generation prompt (the assistant's turn to speak)."""
+    return render_chat_prompt(ens.tokenizer, messages)
+
+
+def generate_chat(
+    ens: Ensemble,
+    messages: list[tuple[str, str]],
+    max_new_tokens: int = 32,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """The assistant's reply to a conversation, from the served mixture."""
+    prompt = chat_prompt(ens, messages)
+    return generate_text(ens, prompt, max_new_tokens, greedy, temperature, seed, add_special_tokens=False)
 
 
 def mean(values: list[float]) -> float | None:
