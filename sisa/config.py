@@ -75,7 +75,11 @@ class LoraConfig:
     r: int = _f(8, "LoRA rank.", min=1)
     alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).", min=1)
     dropout: float = _f(0.0, "LoRA dropout; 0 keeps CPU training bit-for-bit deterministic.", min=0.0, max=1.0)
-    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
+    target_modules: list[str] = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "Module names that get LoRA adapters; all-linear: every linear layer but the output head (any architecture); "
+        "[]: peft's default for the base model's architecture.",
+    )
 
 
 @dataclass(frozen=True)
