@@ -56,6 +56,7 @@ class IngestResult:
     shards: dict[int, int]
     slices: dict[str, int]
     noop: bool
+    record_format: str | None = None  # text | prompt-completion | chat
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -167,7 +168,7 @@ def structured_text(source: Source, table: pa.Table, record_format: str, text_fi
             out.append(None if problem else formats.encode_pair(prompt, completion))
     for problem, rows in by_kind.items():
         where = source.where(rows)
-        problems.append(f"{source.name}: {record_format} record(s) with {problem} at {len(where)} {source.unit}(s): {list_some(where)}")
+        problems.append(f"{source.name}: {len(where)} {record_format} record(s) at {list_some(where)}: {problem}")
     return pa.chunked_array([pa.array(out, pa.string())]), consumed
 
 
@@ -349,8 +350,10 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
         "shards": {str(k): v for k, v in sorted(shards.items())},
         "extra_columns": extra,
     }
+    record_format = table[formats.FORMAT_COLUMN][0].as_py()
+    entry["record_format"] = record_format
     ledgers.write_ingest(store.fs, entry)
-    return IngestResult(ingest_id, batch.source_name, n, batch.skipped, shards, slices, False)
+    return IngestResult(ingest_id, batch.source_name, n, batch.skipped, shards, slices, False, record_format)
 
 
 def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]:

@@ -110,10 +110,10 @@ def test_malformed_conversations_are_refused_naming_their_lines_and_nothing_chan
     secret = rows[2]["messages"][1]["content"]
     code, out, err = run_cli("ingest", str(write_jsonl(tmp_path / "bad.jsonl", rows)), *cli_args(root))
     assert code == 4
-    assert "unknown role 'customer'" in err and "line 1" in err
-    assert "empty content at 1 line(s): line 2" in err
-    assert "no assistant turn" in err and "line(s): line 3" in err
-    assert "line 5" in err and "line 4" not in err
+    assert "1 chat record(s) at line 1: turn 2 has an unknown role 'customer'" in err
+    assert "1 chat record(s) at line 2: turn 3 has empty content" in err
+    assert "1 chat record(s) at line 3: no assistant turn" in err
+    assert "1 chat record(s) at line 5: not a non-empty list of turns" in err and "line 4" not in err
     assert secret not in err and "Town" not in err and "Customer" not in err
     assert tree_digest(root) == before
 
@@ -124,7 +124,7 @@ def test_wrong_types_and_mixed_columns_are_refused(tmp_path):
     rows[1]["completion"] = ""
     rows[2]["prompt"] = None
     code, _, err = run_cli("ingest", str(write_jsonl(tmp_path / "bad.jsonl", rows)), *cli_args(root))
-    assert code == 4 and "empty completion at 1 line(s): line 2" in err and "missing prompt at 1 line(s): line 3" in err
+    assert code == 4 and "prompt-completion record(s) at line 2: empty completion" in err and "at line 3: missing prompt" in err
     assert not root.exists()
     # A message whose content is a number cannot even form one column: the reader names the lines.
     rows = chat_rows(3)
