@@ -99,3 +99,26 @@ def test_decode_round_trips_the_canonical_forms():
     pair = formats.decode(formats.PROMPT_COMPLETION, formats.encode_pair("p", " c"))
     assert (pair.prompt, pair.completion) == ("p", " c")
     assert "q é" not in repr(item) and " c" not in repr(pair)  # an Example never prints its content
+
+
+# A ChatML-style template with a default system turn, as Qwen2 and SmolLM2 ship (written here):
+# the assistant's span must still be its content and end-of-turn marker only.
+CHATML = (
+    "{% if messages and messages[0]['role'] != 'system' %}<|im_start|>system\nYou are helpful.<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_a_template_with_a_default_system_turn(tokenizer):
+    tokenizer = load_base_model(ModelConfig())[1]
+    tokenizer.chat_template = CHATML
+    ex = Example(formats.CHAT, messages=(("user", "Where?"), ("assistant", "Here."), ("user", "Why?"), ("assistant", "Because.")))
+    text, spans = render_chat(tokenizer, ex.messages)
+    assert text.startswith("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhere?")
+    assert [text[a:b] for a, b in spans] == ["Here.<|im_end|>\n", "Because.<|im_end|>\n"]
+    assert _labelled(tokenizer, encode_texts(tokenizer, [ex], 256), 0) == "Here.<|im_end|>\nBecause.<|im_end|>\n"
+    # Too long for the window: the system turn goes first, both answers stay.
+    short = encode_texts(tokenizer, [ex], 100)
+    assert _labelled(tokenizer, short, 0) == "Here.<|im_end|>\nBecause.<|im_end|>\n"
+    assert "You are helpful" not in tokenizer.decode(short["input_ids"][0])
