@@ -30,6 +30,8 @@ def test_chat_records_end_to_end(tmp_path, capfd):
 
     code, out, err = run_cli("ingest", str(tmp_path / "chats.jsonl"), *args)
     assert code == 0 and "ingested 24 chat record(s)" in out, err
+    code, out, err = run_cli("status", *args)
+    assert code == 0 and "record_format" in out and " chat " in out, err
     code, out, err = run_cli("train", *args)
     assert code == 0 and "committed model version 1" in out, err
     code, out, err = run_cli("generate", "--chat", "--prompt", "Where does Ada Lane live?", "--max-new-tokens", "8", "--json", *args)
