@@ -92,7 +92,7 @@ def encode_for_scoring(tokenizer, texts: list[Item], prompts: list[str | None] |
 @torch.no_grad()
 def score_aggregations(
     ens: Ensemble,
-    texts: list[str],
+    texts: list[Item],
     prompts: list[str | None] | None = None,
     max_length: int = 64,
     batch_size: int = 16,
@@ -119,7 +119,7 @@ def score_aggregations(
 
 def score_records(
     ens: Ensemble,
-    texts: list[str],
+    texts: list[Item],
     prompts: list[str | None] | None = None,
     max_length: int = 64,
     batch_size: int = 16,
@@ -175,7 +175,7 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
+def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[Item], prompts: list[str | None] | None) -> dict[str, Any]:
     """Mean loss of the records under a version's served mixture (`ensemble`, with the config's
     aggregation), under each aggregation (`by_aggregation`), and under each shard (`per_shard`)."""
     if not texts:  # no shards: the base model alone serves (a relief of every shard)
