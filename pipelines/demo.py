@@ -145,7 +145,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     base_model_fingerprint(cfg.model)
     scheduler.prepare(cfg.scheduler)
     t0 = time.perf_counter()
-    with store.lock("demo train", cfg.store.lock_timeout_s):
+    with store.job("demo train", cfg.store.lock_timeout_s):
         tr = training.train(store, cfg)
     full_train_s = time.perf_counter() - t0
     print(f"model version {tr.model_version} trained in {full_train_s:.1f}s " f"({sum(r.tokens for r in tr.trained) / max(full_train_s, 1e-9):.0f} tokens/s overall)")
@@ -188,7 +188,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
               f"retained {_frac(m['recall']['retained'])}, loss {losses[label]['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {losses[label]['strangers']:.3f}")
 
     holdout = shape.items(unseen)
-    with store.lock("demo forget", cfg.store.lock_timeout_s):
+    with store.job("demo forget", cfg.store.lock_timeout_s):
         fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True))
     req = fr.request
     exact_entry = versions.current(store)
@@ -202,7 +202,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     # 5. rollback refused; versions and requests
     _banner("5. rollback to version 1 would bring the person back")
     try:
-        with store.lock("demo rollback", cfg.store.lock_timeout_s):
+        with store.job("demo rollback", cfg.store.lock_timeout_s):
             roll_back(store, cfg, 1)
         print("UNEXPECTED: rollback 1 was allowed")
     except RefusedError as e:
