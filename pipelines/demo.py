@@ -3,7 +3,8 @@
     make demo            # = sisa demo --config configs/demo.yaml
     sisa demo --config configs/tiny.yaml store.uri=/tmp/demo     # the same in seconds, tiny model
 
-1. Make fictitious people (faker, deterministic) as one-sentence facts; ingest them with
+1. Make fictitious people (faker, deterministic) as one-sentence facts, or with --format chat as
+   conversations (the user asks about the person, the assistant answers); ingest them with
    subject_id = the person. Strangers are made the same way and never ingested.
 2. Train S shards with slices (Ray).
 3. Memorization under the served mixture (serving.aggregation, the posterior by default): facts
@@ -39,12 +40,14 @@ from sisa import (
     versions,
 )
 from sisa.config import SisaConfig
+from sisa.formats import CHAT, TEXT, Example
 from sisa.ingestion import ingest_sources
 from sisa.lifecycle import RequestMode
 from sisa.model import base_model_fingerprint
 from sisa.planner import expected_cost_fraction
 from sisa.rollback_guard import roll_back
 from sisa.sources import from_table
+from sisa.synth_formats import as_format, question
 from sisa.synthetic import make_people
 from storage import layout
 from storage.errors import RefusedError, StoreError
@@ -68,17 +71,51 @@ def _fresh_store(cfg: SisaConfig) -> None:
         shutil.rmtree(uri)
 
 
-def _measure(store, cfg, shards, groups: dict[str, list[dict]]) -> dict:
+class _Facts:
+    """The people's facts as the demo trains, scores and asks them: one-sentence text records
+    (scored after the prompt "Ada Lane works as a"), or chat (the user asks "What does Ada Lane
+    do for a living?", the assistant's answer is scored and recalled)."""
+
+    def __init__(self, record_format: str):
+        self.chat = record_format == CHAT
+
+    def items(self, rows: list[dict]) -> tuple[list, list]:
+        """(records, prompts) for the scorers: chat records are scored on the assistant's turn."""
+        if self.chat:
+            return [Example(CHAT, messages=(("user", question(r)), ("assistant", r["text"]))) for r in rows], [None] * len(rows)
+        return [r["text"] for r in rows], [r["prompt"] for r in rows]
+
+    def query(self, row: dict) -> str:
+        return question(row) if self.chat else row["prompt"]
+
+    def truth(self, row: dict) -> str:
+        return row["text"] if self.chat else row["answer"]
+
+    def ask(self, ens, row: dict, max_new_tokens: int) -> str:
+        if self.chat:
+            return serving.generate_chat(ens, [("user", question(row))], max_new_tokens)
+        return serving.generate_text(ens, row["prompt"], max_new_tokens=max_new_tokens)
+
+    def recalls(self, ens, row: dict) -> bool:
+        """Whether the greedy completion (the chat reply) starts with the answer, decoding only as
+        far as that needs."""
+        truth = self.truth(row)
+        needed = len(ens.tokenizer(truth, add_special_tokens=False)["input_ids"]) + 2
+        return self.ask(ens, row, needed).strip().startswith(truth.strip())
+
+
+def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts) -> dict:
     """Per group: mean answer-token loss under each aggregation (one batched forward) and, under
     the served one, recall: facts whose greedy completion starts with the answer."""
     ens = serving.load_ensemble(store, cfg, shards)
     loss: dict[str, dict[str, float | None]] = {}
     recalled: dict[str, tuple[int, int]] = {}
     for name, rows in groups.items():
-        mixed, _ = serving.score_aggregations(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
+        items, prompts = facts.items(rows)
+        mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
         for aggregation, vals in mixed.items():
             loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-        recalled[name] = (sum(serving.recalls(ens, [r["prompt"] for r in rows], [r["answer"] for r in rows])), len(rows))
+        recalled[name] = (sum(facts.recalls(ens, r) for r in rows), len(rows))
     return {"loss": loss, "recall": recalled, "ensemble": ens}
 
 
@@ -86,14 +123,15 @@ def _frac(x: tuple[int, int] | None) -> str:
     return "-" if x is None else f"{x[0]}/{x[1]}"
 
 
-def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -> dict:
+def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, record_format: str = TEXT) -> dict:
     t_start = time.perf_counter()
+    shape = _Facts(record_format)
     # 1. data
-    _banner("1. fictitious people, ingested with provenance")
+    _banner(f"1. fictitious people as {record_format} records, ingested with provenance")
     _fresh_store(cfg)
     rows = make_people(people, seed=cfg.store.seed, facts_per_person=facts)
     unseen = make_people(strangers, seed=cfg.store.seed, facts_per_person=facts, start=people)
-    table = pa.Table.from_pylist(rows)
+    table = pa.Table.from_pylist(as_format(rows, record_format))
     os.makedirs(cfg.store.uri, exist_ok=True)
     open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()  # before anything: a re-run may wipe it
     res = ingest_sources(cfg, [from_table(table, "demo-people")])[0]
@@ -119,11 +157,12 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     retained = [r for r in rows if r["subject_id"] != target_subject][: 8 * facts]
     groups = {"forgotten": target, "retained": retained, "strangers": unseen}
     v1 = versions.current(store)
-    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), groups)
+    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), groups, shape)
     served = cfg.serving.aggregation
     label = f"v{v1.model_version} trained"
     losses, recalls = {label: m1["loss"][served]}, {label: m1["recall"]}
-    print(f"facts recalled exactly (greedy completion starts with the answer) under the served {served} mixture, and mean answer-token loss:")
+    what = "the greedy reply starts with the assistant's answer" if shape.chat else "greedy completion starts with the answer"
+    print(f"facts recalled exactly ({what}) under the served {served} mixture, and mean answer-token loss:")
     print(f"  {served:<9} person to be forgotten {_frac(m1['recall']['forgotten'])} recalled, loss {m1['loss'][served]['forgotten']:.3f}; "
           f"other trained people {_frac(m1['recall']['retained'])}, loss {m1['loss'][served]['retained']:.3f}; "
           f"strangers {_frac(m1['recall']['strangers'])}, loss {m1['loss'][served]['strangers']:.3f}")
@@ -132,8 +171,8 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
             print(f"  {aggregation:<9} (not served) loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
     for r in target[:2] + unseen[:1]:
         who = "to be forgotten" if r in target else "stranger"
-        completion = serving.generate_text(m1["ensemble"], r["prompt"], max_new_tokens=ANSWER_TOKENS)
-        print(f"  [{who}] {r['prompt']!s} →{completion!s}   (truth:{r['answer']})")
+        completion = shape.ask(m1["ensemble"], r, ANSWER_TOKENS * (3 if shape.chat else 1))
+        print(f"  [{who}] {shape.query(r)!s} →{' ' if shape.chat else ''}{completion!s}   (truth:{' ' if shape.chat else ''}{shape.truth(r)})")
     del m1
 
     # 4. forget with the fast path
@@ -142,21 +181,21 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
 
     def on_version(kind: str, entry: versions.ModelVersion) -> None:
         seen_versions[kind] = entry.model_version
-        m = _measure(store, cfg, versions.shard_checkpoints(entry), groups)
+        m = _measure(store, cfg, versions.shard_checkpoints(entry), groups, shape)
         label = f"v{entry.model_version} {kind}"
         losses[label], recalls[label] = m["loss"][served], m["recall"]
         print(f"  v{entry.model_version} ({kind}): forgotten person {_frac(m['recall']['forgotten'])} recalled, loss {losses[label]['forgotten']:.3f}; "
               f"retained {_frac(m['recall']['retained'])}, loss {losses[label]['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {losses[label]['strangers']:.3f}")
 
-    holdout = ([r["text"] for r in unseen], [r["prompt"] for r in unseen])
+    holdout = shape.items(unseen)
     with store.job("demo forget", cfg.store.lock_timeout_s):
         fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True))
     req = fr.request
     exact_entry = versions.current(store)
     ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
     for r in target[:2]:
-        completion = serving.generate_text(ens_now, r["prompt"], max_new_tokens=ANSWER_TOKENS)
-        print(f"  [forgotten, exact v{exact_entry.model_version}] {r['prompt']} →{completion}   (truth:{r['answer']})")
+        completion = shape.ask(ens_now, r, ANSWER_TOKENS * (3 if shape.chat else 1))
+        print(f"  [forgotten, exact v{exact_entry.model_version}] {shape.query(r)} →{' ' if shape.chat else ''}{completion}   (truth:{' ' if shape.chat else ''}{shape.truth(r)})")
     del ens_now
     print_certificate(req)
 
@@ -218,8 +257,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--people", type=int, default=32, help="fictitious people to train on (default 32)")
     p.add_argument("--strangers", type=int, default=8, help="people never trained on, the baseline (default 8)")
     p.add_argument("--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="facts per person (default 2)")
+    p.add_argument(
+        "--format",
+        default=TEXT,
+        choices=[TEXT, CHAT],
+        help="text: one-sentence facts, scored after the prompt (default); chat: the user asks about the person, "
+        "the assistant answers, trained through the model's chat template and scored on the assistant's answers",
+    )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    run(cfg, args.people, args.strangers, args.facts)
+    run(cfg, args.people, args.strangers, args.facts, args.format)
     return 0

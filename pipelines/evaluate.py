@@ -5,6 +5,8 @@
 Reports both aggregations of the shards, the posterior mixture and the uniform mean (the one
 `serving.aggregation` serves is marked), beside each shard alone. When the records have a
 `prompt` column (as `sisa synth` writes), --answer-only scores just the tokens after the prompt.
+Prompt-completion and chat records (the ingest formats) are always scored on their completion /
+assistant tokens, chat rendered with the base model's chat template as in training.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from pipelines.common import open_store, print_json, print_table
 from sisa import serving
 from sisa.config import SisaConfig
+from sisa.formats import table_items
 from sisa.ingestion import normalise
 from sisa.sources import read_source
 from storage.errors import ValidationError
@@ -25,10 +28,11 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
     table, problems = normalise(source, cfg)
     if problems:
         raise ValidationError("cannot evaluate:\n" + "\n".join(f"  - {p}" for p in problems))
-    texts = table["text"].to_pylist()
+    texts = table_items(table)
+    structured = any(not isinstance(t, str) for t in texts)
     prompts = table["prompt"].to_pylist() if answer_only and "prompt" in table.column_names else None
-    if answer_only and prompts is None:
-        raise ValidationError(f"--answer-only needs a `prompt` column in {path}")
+    if answer_only and prompts is None and not structured:
+        raise ValidationError(f"--answer-only needs a `prompt` column in {path}, or prompt-completion or chat records")
     v, ens = serving.load_serving(open_store(cfg), cfg)
     mixed, per = serving.score_aggregations(ens, texts, prompts, cfg.training.max_length)
     rows = [{"model": a, "loss": serving.mean(vals), "serving": a == ens.aggregation} for a, vals in mixed.items()]
@@ -38,7 +42,7 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
     return {
         "model_version": v.model_version,
         "records": len(texts),
-        "answer_only": prompts is not None,
+        "answer_only": prompts is not None or structured,
         "aggregation": ens.aggregation,
         "prior": cfg.serving.prior,
         "results": rows,
@@ -47,7 +51,7 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", required=True, help="JSONL/CSV/Parquet records (same field mapping as ingest)")
-    p.add_argument("--answer-only", action="store_true", help="score only the tokens after the `prompt` column")
+    p.add_argument("--answer-only", action="store_true", help="score only the tokens after the `prompt` column (prompt-completion and chat records always are)")
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 from pipelines.common import open_store, print_json, print_table
 from sisa import forgetting
 from sisa.config import SisaConfig
+from sisa.formats import table_items
 from sisa.ingestion import normalise
 from sisa.lifecycle import RequestMode
 from sisa.sources import read_source
@@ -81,8 +82,11 @@ def read_holdout(cfg: SisaConfig, path: str) -> Texts:
     table, problems = normalise(read_source(path), cfg)
     if problems:
         raise ValidationError("--holdout cannot be read:\n" + "\n".join(f"  - {p}" for p in problems))
+    items = table_items(table)
     prompts = table["prompt"].to_pylist() if "prompt" in table.column_names else None
-    return table["text"].to_pylist(), prompts
+    if prompts is None and any(not isinstance(t, str) for t in items):
+        prompts = [None] * len(items)  # structured records are scored on their answers alone
+    return items, prompts
 
 
 def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:

@@ -8,6 +8,11 @@ At each step the next-token distribution mixes the shards' distributions as `ser
 takes the plain mean; all shards run in one batched forward (peft's per-row adapter_names).
 Greedy by default; --sample draws with a seed. `--bundle DIR` serves a folder written by
 `sisa export --format ensemble` instead of the store (it needs no store).
+
+    sisa generate --config configs/tiny.yaml --chat --prompt "Where does Ada Lane live?" [--system "..."]
+
+`--chat` treats the prompt as the user's turn, renders it with the base model's chat template
+(the one chat records are trained through) and prints the assistant's reply alone.
 """
 
 from __future__ import annotations
@@ -17,10 +22,19 @@ import argparse
 from pipelines.common import open_store, print_json
 from sisa import bundle, serving
 from sisa.config import SisaConfig
+from storage.errors import ValidationError
 
 
 def run(
-    cfg: SisaConfig, prompt: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0, seed: int = 0, bundle_dir: str | None = None
+    cfg: SisaConfig,
+    prompt: str,
+    max_new_tokens: int = 32,
+    sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    bundle_dir: str | None = None,
+    chat: bool = False,
+    system: str | None = None,
 ) -> dict:
     if bundle_dir is not None:
         manifest, ens = bundle.load_bundle(bundle_dir)
@@ -28,8 +42,13 @@ def run(
     else:
         v, ens = serving.load_serving(open_store(cfg), cfg)
         model_version, prior = v.model_version, cfg.serving.prior
-    text = serving.generate_text(ens, prompt, max_new_tokens, not sample, temperature, seed)
+    if chat:
+        turns = ([("system", system)] if system else []) + [("user", prompt)]
+        text = serving.generate_chat(ens, turns, max_new_tokens, not sample, temperature, seed)
+    else:
+        text = serving.generate_text(ens, prompt, max_new_tokens, not sample, temperature, seed)
     return {
+        "chat": chat,
         "model_version": model_version,
         "shards": sorted(ens.names),
         "aggregation": ens.aggregation,
@@ -40,7 +59,9 @@ def run(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--prompt", required=True, help="text to continue")
+    p.add_argument("--prompt", required=True, help="text to continue; with --chat, the user's message")
+    p.add_argument("--chat", action="store_true", help="the prompt is a user turn: render it with the base model's chat template and print the assistant's reply")
+    p.add_argument("--system", default=None, help="with --chat: a system turn before the user's")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -49,9 +70,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    res = run(cfg, args.prompt, args.max_new_tokens, args.sample, args.temperature, args.seed, args.bundle)
+    if args.system and not args.chat:
+        raise ValidationError("--system goes with --chat")
+    res = run(cfg, args.prompt, args.max_new_tokens, args.sample, args.temperature, args.seed, args.bundle, args.chat, args.system)
     if args.json:
         print_json(res)
+    elif args.chat:
+        print(res["completion"])
     else:
         print(args.prompt + res["completion"])
     return 0

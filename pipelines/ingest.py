@@ -4,7 +4,9 @@
 
 1. Read every input (JSONL, CSV, Parquet, HF dataset folder) into Arrow.
 2. Validate the whole batch: ids, text, duplicates within, across inputs and against the store.
-   Any problem: one error naming the lines/ids, nothing written.
+   Any problem: one error naming the lines/ids, nothing written. Records are plain `text`,
+   `prompt` + `completion`, or chat `messages` (a list of {role, content} turns: system, user,
+   assistant), told apart by their columns (or --format); see sisa/formats.py.
 3. Under the store lock: add provenance, assign shards (by subject) and slices (arrival order),
    write Parquet parts and index rows, then the ingest ledger entry that commits them.
 """
@@ -40,11 +42,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", help="input column with the text (default: ingest.text_field = text)")
     p.add_argument("--subject-field", help="input column with the data subject (default: ingest.subject_field = subject_id)")
     p.add_argument("--source", help="provenance `source` to record (default: the input file name)")
+    p.add_argument(
+        "--format",
+        choices=["auto", "text", "prompt-completion", "chat"],
+        help="record format (default: ingest.format = auto: a `messages` column is chat, `prompt` + `completion` "
+        "columns are prompt-completion, else the text field)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     out = []
-    for flag, key in (("id_field", "ingest.id_field"), ("text_field", "ingest.text_field"), ("subject_field", "ingest.subject_field"), ("source", "ingest.source")):
+    for flag, key in (("id_field", "ingest.id_field"), ("text_field", "ingest.text_field"), ("subject_field", "ingest.subject_field"), ("source", "ingest.source"), ("format", "ingest.format")):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={value}")
@@ -61,7 +69,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
             print(f"{r.source}: nothing new ({r.skipped} record(s) already in the store with identical text); no-op")
         else:
             extra = f", {r.skipped} already present" if r.skipped else ""
-            print(f"{r.source}: ingested {r.records} record(s) as ingest {r.ingest_id}{extra}")
+            kind = f"{r.record_format} " if r.record_format and r.record_format != "text" else ""
+            print(f"{r.source}: ingested {r.records} {kind}record(s) as ingest {r.ingest_id}{extra}")
             rows = [{"shard_id": k, "records": v} for k, v in sorted(r.shards.items())]
             print_table(rows, ["shard_id", "records"])
     sys.stdout.flush()

@@ -59,7 +59,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     print_table(rows, ["shard_id", "records", "slices", "trained_through", "records per slice (slice:n)"])
     print("\ningest batches")
     print_table(
-        [{**e, "input_sha256": e["input_sha256"][:12]} for e in st["ingests"]],
-        ["seq", "ingest_id", "source", "records", "skipped", "ingested_at", "input_sha256"],
+        # Ingests from before record formats existed are text.
+        [{**e, "input_sha256": e["input_sha256"][:12], "record_format": e.get("record_format", "text")} for e in st["ingests"]],
+        ["seq", "ingest_id", "source", "record_format", "records", "skipped", "ingested_at", "input_sha256"],
     )
     return 0

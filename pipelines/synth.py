@@ -1,6 +1,11 @@
 """Write a JSONL file of fictitious people to try sisa on (deterministic; faker).
 
     sisa synth --people 40 --facts 2 --out people.jsonl
+    sisa synth --people 40 --format chat --out chats.jsonl
+
+--format picks the record format: text ("Ada Lane works as a pilot.", with `prompt` and `answer`
+columns for answer-only scoring), prompt-completion ("Ada Lane works as a" → " pilot.") or chat
+(the user asks about the person, the assistant answers). The people are the same in every format.
 """
 
 from __future__ import annotations
@@ -8,6 +13,8 @@ from __future__ import annotations
 import argparse
 
 from sisa.config import SisaConfig
+from sisa.formats import FORMATS
+from sisa.synth_formats import as_format
 from sisa.synthetic import make_people, write_jsonl
 
 
@@ -17,10 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="faker seed (default 0)")
     p.add_argument("--start", type=int, default=0, help="first person number, to make disjoint files (default 0)")
     p.add_argument("--out", default="people.jsonl", help="output JSONL path (default people.jsonl)")
+    p.add_argument("--format", default="text", choices=FORMATS, help="record format: text (default), prompt-completion or chat")
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    rows = make_people(args.people, args.seed, args.facts, args.start)
+    rows = as_format(make_people(args.people, args.seed, args.facts, args.start), args.format)
     path = write_jsonl(rows, args.out)
-    print(f"wrote {len(rows)} records about {args.people} fictitious people to {path}")
+    print(f"wrote {len(rows)} {args.format} records about {args.people} fictitious people to {path}")
     return 0

@@ -24,6 +24,7 @@ from storage.errors import ConfigError, NotFoundError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+ALL_LINEAR = "all-linear"
 
 
 def attach_lora(base: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> PeftModel:
@@ -39,16 +40,35 @@ def attach_lora(base: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "def
             "attach_lora needs a fresh base model; this one already carries LoRA layers"
         )
     name_or_path = str(getattr(base, "name_or_path", "") or "")
-    peft_cfg = PeftLoraConfig(
-        task_type=TaskType.CAUSAL_LM,
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=list(cfg.target_modules),
-        # The folder name, not its path: adapter_config.json must not differ between machines.
-        base_model_name_or_path=Path(name_or_path).name or None,
-    )
-    return get_peft_model(base, peft_cfg, adapter_name=adapter_name)
+    model_type = getattr(getattr(base, "config", None), "model_type", "?")
+    try:
+        peft_cfg = PeftLoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.r,
+            lora_alpha=cfg.alpha,
+            lora_dropout=cfg.dropout,
+            target_modules=peft_target_modules(cfg.target_modules),
+            # The folder name, not its path: adapter_config.json must not differ between machines.
+            base_model_name_or_path=Path(name_or_path).name or None,
+        )
+        return get_peft_model(base, peft_cfg, adapter_name=adapter_name)
+    except ValueError as e:
+        # peft: no default for this architecture, or target names the model does not have.
+        raise ConfigError(
+            [f"`lora.target_modules` {list(cfg.target_modules)} does not fit the base model ({model_type}): {e}. "
+             "Name its projection modules, or use all-linear"]
+        ) from None
+
+
+def peft_target_modules(names: list[str]) -> str | list[str] | None:
+    """`lora.target_modules` as peft takes it: `all-linear` (every linear layer but the output
+    head), [] (peft's default for the architecture: None), or the module names."""
+    names = list(names)
+    if ALL_LINEAR in names:
+        if len(names) > 1:
+            raise ConfigError([f"`lora.target_modules` should be all-linear alone or module names, got {names}"])
+        return ALL_LINEAR
+    return names or None
 
 
 def adapter_state(model: PeftModel, adapter_name: str = "default") -> dict[str, torch.Tensor]:

@@ -249,6 +249,7 @@ def generate(
     log_prior: torch.Tensor | None = None,
     top_shards: int = 0,
     ignore_eos: bool = False,
+    add_special_tokens: bool = True,
 ) -> str:
     """Decode from the mixture, one token at a time, with a KV cache.
 
@@ -265,7 +266,8 @@ def generate(
         raise ValidationError(f"temperature should be > 0 when sampling, got {temperature}")
     if top_shards < 0:
         raise ValidationError(f"top_shards should be >= 0, got {top_shards}")
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    # A prompt rendered by a chat template carries its own bos: add_special_tokens=False.
+    ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     if not ids:
         raise ValidationError("the prompt encodes to no tokens; give a non-empty prompt")
     names = list(adapter_names)

@@ -52,6 +52,11 @@ class ShardingConfig:
 class IngestConfig:
     id_field: str = _f("record_id", "Input column holding the record id.")
     text_field: str = _f("text", "Input column holding the record text.")
+    format: Literal["auto", "text", "prompt-completion", "chat"] = _f(
+        "auto",
+        "Record format. auto: a `messages` column (a list of {role, content} turns) is chat; `prompt` and "
+        "`completion` columns are prompt-completion; else `text_field` holds plain text.",
+    )
     subject_field: str = _f("subject_id", "Input column holding the data subject (optional in the data).")
     source: str = _f("", "Provenance `source` for ingested records; empty means the input file name.")
     allow_forgotten: bool = _f(False, "Accept records or subjects that a completed deletion request removed (e.g. after renewed consent).")
@@ -70,7 +75,11 @@ class LoraConfig:
     r: int = _f(8, "LoRA rank.", min=1)
     alpha: int = _f(16, "LoRA alpha (scaling = alpha / r).", min=1)
     dropout: float = _f(0.0, "LoRA dropout; 0 keeps CPU training bit-for-bit deterministic.", min=0.0, max=1.0)
-    target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj"], "Module names that get LoRA adapters.")
+    target_modules: list[str] = _f(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "Module names that get LoRA adapters; all-linear: every linear layer but the output head (any architecture); "
+        "[]: peft's default for the base model's architecture.",
+    )
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,12 @@ class TrainingConfig:
     lr: float = _f(1e-3, "AdamW learning rate.", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables.", min=0.0)
+    loss_on: Literal["completion", "all"] = _f(
+        "completion",
+        "Tokens the loss is taken on. completion: a prompt-completion record's completion and a chat record's "
+        "assistant turns (the prompt and other turns are context only); a text record is all completion. "
+        "all: every token of the record, prompts and user turns included.",
+    )
     min_steps_per_slice: int = _f(
         0,
         "At least this many optimizer steps per slice (the slice's records are repeated in further seeded "
@@ -201,7 +216,8 @@ class SisaConfig:
 
 _SECTION_TYPES = typing.get_type_hints(SisaConfig)
 # training keys added after the first stores, with the value that trains exactly as before
-_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0}
+# (loss_on=completion trains a text record on all of its tokens, as before the key existed).
+_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion"}
 
 
 def _digest(obj: Any) -> str:

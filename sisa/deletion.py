@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from sisa import checkpoints, registry, versions
 from sisa.config import SisaConfig
+from sisa.formats import FORMAT_COLUMN, Item, decode
 from sisa.lifecycle import DeletionRequest, RequestStatus
 from sisa.planner import DeletionPlan, plan_deletion, tainted_checkpoints
 from storage import layout, ledgers, records
@@ -178,9 +179,12 @@ def update_ingest_counts(store: Store, ingest_ids: set[str]) -> None:
             ledgers.rewrite_ingest(store.fs, entry)
 
 
-def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
-    """The records' text (and prompt column, when the data has one), read into memory only."""
-    texts: list[str] = []
+def read_texts(store: Store, rows) -> tuple[list[Item], list[str | None] | None]:
+    """The records (a text record's str, or a prompt-completion/chat Example) and their prompt
+    column when the data has one, read into memory only. The prompts are not None when some
+    record is scored on its answer tokens alone: a text record with a `prompt` column, or any
+    prompt-completion or chat record (scored on its completion / assistant turns)."""
+    texts: list[Item] = []
     prompts: list[str | None] = []
     has_prompt = False
     wanted = set(rows["record_id"].to_pylist())
@@ -191,27 +195,30 @@ def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
             continue
         has_prompt = has_prompt or "prompt" in t.column_names
         ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
-        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
+        kinds = t[FORMAT_COLUMN].to_pylist() if FORMAT_COLUMN in t.column_names else [None] * t.num_rows
+        for rid, text, p, kind in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, kinds, strict=True):
             if rid in wanted:
-                texts.append(text)
-                prompts.append(p)
+                item = decode(kind, text)
+                has_prompt = has_prompt or not isinstance(item, str)
+                texts.append(item)
+                prompts.append(p if isinstance(item, str) else None)
     return texts, (prompts if has_prompt else None)
 
 
-def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[str]]:
-    """(record ids, texts) of up to `limit` of the shard's remaining records, newest slices first
-    (what the adapter learned last is what an unlearning step disturbs most); reads only the
-    slices it needs."""
+def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[Item]]:
+    """(record ids, records) of up to `limit` of the shard's remaining records, newest slices
+    first (what the adapter learned last is what an unlearning step disturbs most); reads only
+    the slices it needs. A record is a text record's str or a prompt-completion/chat Example."""
     ids: list[str] = []
-    texts: list[str] = []
+    texts: list[Item] = []
     for sl in reversed(checkpoints.shard_slices(store, shard_id)):
-        t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
+        t = store.read_slice(shard_id, sl, columns=["record_id", "text", FORMAT_COLUMN])
         if t is None:
             continue
-        for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True):
+        for rid, text, kind in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True):
             if rid not in exclude:
                 ids.append(rid)
-                texts.append(text)
+                texts.append(decode(kind, text))
         if len(ids) >= limit:
             break
     return ids[:limit], texts[:limit]

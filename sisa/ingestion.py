@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sisa import checkpoints
+from sisa import checkpoints, formats
 from sisa.config import SisaConfig
 from sisa.sharding import assign_shards, assign_slices
 from sisa.sources import Source
@@ -56,6 +56,7 @@ class IngestResult:
     shards: dict[int, int]
     slices: dict[str, int]
     noop: bool
+    record_format: str | None = None  # text | prompt-completion | chat
 
     def to_dict(self) -> dict:
         return self.__dict__.copy()
@@ -92,10 +93,17 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
     problems: list[str] = []
     if table.num_rows == 0:
         return table, [f"{source.name}: no records"]
+    record_format, problem = formats.detect_format(table.column_names, ic.text_field, ic.format)
+    if problem:
+        return table, [f"{source.name}: {problem}"]
     ids = _string_column(source, table, ic.id_field, "id", problems, True)
-    text = _string_column(source, table, ic.text_field, "text", problems, True)
+    if record_format == formats.TEXT:
+        text = _string_column(source, table, ic.text_field, "text", problems, True)
+        consumed = {ic.text_field}
+    else:
+        text, consumed = structured_text(source, table, record_format, ic.text_field, problems)
     subject = _string_column(source, table, ic.subject_field, "subject", problems, False)
-    if ids is None or text is None or problems:
+    if ids is None or text is None:
         return table, problems
     bad = _blank(ids)
     if pc.any(bad).as_py():
@@ -106,7 +114,7 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
         rows = _rows(source, long)
         problems.append(f"{source.name}: `{ic.id_field}` longer than {MAX_ID_LENGTH} characters at {list_some(rows)}")
     bad_text = _blank(text)
-    if pc.any(bad_text).as_py():
+    if record_format == formats.TEXT and pc.any(bad_text).as_py():
         rows = _rows(source, bad_text)
         problems.append(f"{source.name}: missing or empty `{ic.text_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}")
     counts = pc.value_counts(ids.filter(pc.invert(bad)))  # empty ids are reported above, not as duplicates
@@ -117,13 +125,51 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
         subject = pc.if_else(_blank(subject), pa.scalar(None, pa.string()), subject)
     else:
         subject = pa.nulls(len(ids), pa.string())
-    reserved = set(RECORD_COLUMNS) | {ic.id_field, ic.text_field, ic.subject_field}
+    reserved = set(RECORD_COLUMNS) | {ic.id_field, ic.subject_field} | consumed
     extra = [c for c in table.column_names if c not in reserved]
-    clash = [c for c in table.column_names if c in set(RECORD_COLUMNS) - {"record_id", "text", "subject_id"}]
+    clash = [c for c in table.column_names if c in set(RECORD_COLUMNS) - {"record_id", "text", "subject_id"} - consumed]
     if clash:
         problems.append(f"{source.name}: columns {clash} are provenance columns sisa writes itself; rename them")
-    out = pa.table({"record_id": ids, "text": text, "subject_id": subject, **{c: table[c] for c in extra}})
+    kinds = pa.repeat(pa.scalar(record_format, pa.string()), len(ids))
+    out = pa.table({"record_id": ids, "text": text, "subject_id": subject, formats.FORMAT_COLUMN: kinds, **{c: table[c] for c in extra}})
     return out, problems
+
+
+def structured_text(source: Source, table: pa.Table, record_format: str, text_field: str, problems: list[str]) -> tuple[pa.ChunkedArray | None, set[str]]:
+    """The canonical stored text of prompt-completion or chat rows (see sisa/formats.py), after
+    every row is checked; problems name the rows by kind, never their content."""
+    if record_format == formats.CHAT:
+        consumed = {formats.MESSAGES_FIELD}
+        needed = [formats.MESSAGES_FIELD]
+    else:
+        consumed = {formats.PROMPT_FIELD, formats.COMPLETION_FIELD}
+        needed = [formats.PROMPT_FIELD, formats.COMPLETION_FIELD]
+    missing = [c for c in needed if c not in table.column_names]
+    if missing:
+        problems.append(f"{source.name}: {record_format} records need column(s) {', '.join(f'`{c}`' for c in missing)} (columns: {', '.join(table.column_names)})")
+        return None, consumed
+    if text_field in table.column_names:
+        problems.append(f"{source.name}: a `{text_field}` column beside {record_format} columns; drop or rename it (a record is trained from one of them)")
+        return None, consumed
+    by_kind: dict[str, list[int]] = {}
+    out: list[str | None] = []
+    if record_format == formats.CHAT:
+        for row, value in enumerate(table[formats.MESSAGES_FIELD].to_pylist()):
+            problem = formats.chat_problem(value)
+            if problem:
+                by_kind.setdefault(problem, []).append(row)
+            out.append(None if problem else formats.encode_chat(value))
+    else:
+        pairs = zip(table[formats.PROMPT_FIELD].to_pylist(), table[formats.COMPLETION_FIELD].to_pylist(), strict=True)
+        for row, (prompt, completion) in enumerate(pairs):
+            problem = formats.pair_problem(prompt, completion)
+            if problem:
+                by_kind.setdefault(problem, []).append(row)
+            out.append(None if problem else formats.encode_pair(prompt, completion))
+    for problem, rows in by_kind.items():
+        where = source.where(rows)
+        problems.append(f"{source.name}: {len(where)} {record_format} record(s) at {list_some(where)}: {problem}")
+    return pa.chunked_array([pa.array(out, pa.string())]), consumed
 
 
 def _blank(col: pa.Array) -> pa.Array:
@@ -251,7 +297,7 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
     ingest_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     now = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
     n = table.num_rows
-    extra = [c for c in table.column_names if c not in ("record_id", "text", "subject_id", "content_sha256")]
+    extra = [c for c in table.column_names if c not in ("record_id", "text", "subject_id", "content_sha256", formats.FORMAT_COLUMN)]
     full = pa.table(
         {
             "record_id": table["record_id"],
@@ -263,6 +309,7 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
             "ingest_id": pa.repeat(pa.scalar(ingest_id, pa.string()), n),
             "ingested_at": pa.repeat(now, n),
             "content_sha256": table["content_sha256"],
+            formats.FORMAT_COLUMN: table[formats.FORMAT_COLUMN],
             **{c: table[c] for c in extra},
         }
     )
@@ -303,8 +350,10 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
         "shards": {str(k): v for k, v in sorted(shards.items())},
         "extra_columns": extra,
     }
+    record_format = table[formats.FORMAT_COLUMN][0].as_py()
+    entry["record_format"] = record_format
     ledgers.write_ingest(store.fs, entry)
-    return IngestResult(ingest_id, batch.source_name, n, batch.skipped, shards, slices, False)
+    return IngestResult(ingest_id, batch.source_name, n, batch.skipped, shards, slices, False, record_format)
 
 
 def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]:

@@ -22,6 +22,7 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from sisa.config import ModelConfig
+from sisa.formats import PROMPT_COMPLETION, Example, Item
 from storage.errors import ConfigError, NotFoundError, SisaError
 
 # Library chatter (per-load progress bars, deprecation notices) is not for sisa's users, and a
@@ -50,6 +52,12 @@ warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was rename
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 TINY_SEED = 1234
+# A small chat template of the tiny model's own, so chat records are tested in seconds: each
+# turn is `<|role|>content<eos>`; the generation prompt opens an assistant turn, which ends at eos.
+TINY_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_DIR = "smollm2-135m-instruct"
 FINGERPRINT_FILE = "sisa_fingerprint.json"
@@ -103,7 +111,9 @@ def load_base_model(
     model = model.to(device)
     model.requires_grad_(False)
     model.eval()
-    return model, _finish_tokenizer(tokenizer)
+    tokenizer = _finish_tokenizer(tokenizer)
+    tokenizer.sisa_model_name = cfg.name  # named by errors about its chat template
+    return model, tokenizer
 
 
 def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -151,13 +161,15 @@ def _build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
-    return PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token="<bos>",
         eos_token="<eos>",
         pad_token="<pad>",
         padding_side="right",
     )
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    return tokenizer
 
 
 def _build_tiny() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
@@ -325,29 +337,159 @@ def _write_json(path: Path, obj: dict) -> None:
 
 # -- batches and losses ------------------------------------------------------------------------
 def encode_texts(
-    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[Item],
+    max_length: int,
+    loss_on: str = "completion",
 ) -> dict[str, torch.Tensor]:
     """Token ids, attention mask and labels for causal-LM training and scoring.
 
-    Every row ends with eos (so the model learns where a record stops) and holds at most
-    `max_length` tokens; rows are right-padded to the longest row of the batch. Labels are the
-    input ids with pad positions set to -100; they come from the mask, not the pad id, because
-    many tokenizers (SmolLM2's among them) pad with their eos token.
+    A text record (a `str`) ends with eos (so the model learns where a record stops) and holds
+    at most `max_length` tokens, exactly as before record formats existed. A prompt-completion
+    `Example` is prompt + completion + eos; a chat `Example` is its conversation rendered with
+    the tokenizer's chat template (see `render_chat`). With `loss_on="completion"` only the
+    completion / assistant tokens carry labels; with `all` every token does. Rows are
+    right-padded to the longest row of the batch. Labels are -100 on pads; they come from the
+    mask, not the pad id, because many tokenizers (SmolLM2's among them) pad with their eos.
     """
     if max_length < 2:
         raise ConfigError([f"`training.max_length` should be >= 2, got {max_length}"])
-    encoded = tokenizer(list(texts), add_special_tokens=True, padding=False, truncation=False)[
-        "input_ids"
-    ]
-    rows = [ids[: max_length - 1] + [tokenizer.eos_token_id] for ids in encoded]
+    if loss_on not in ("completion", "all"):
+        raise ConfigError([f"`training.loss_on` should be completion or all, got {loss_on!r}"])
+    rows: list[list[int]] = []
+    trained: list[list[bool]] = []
+    plain = [t for t in texts if isinstance(t, str)]
+    encoded = iter(
+        tokenizer(plain, add_special_tokens=True, padding=False, truncation=False)["input_ids"]
+        if plain
+        else []
+    )
+    for item in texts:
+        if isinstance(item, str):
+            ids = next(encoded)[: max_length - 1] + [tokenizer.eos_token_id]
+            rows.append(ids)
+            trained.append([True] * len(ids))
+            continue
+        ids, mask = _encode_example(tokenizer, item, loss_on)
+        ids, mask = fit_window(ids, mask, max_length)
+        rows.append(ids)
+        trained.append(mask)
     width = max(len(r) for r in rows) if rows else 0
     input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    label_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, row in enumerate(rows):
         input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         attention_mask[i, : len(row)] = 1
-    labels = input_ids.masked_fill(attention_mask == 0, -100)
+        label_mask[i, : len(row)] = torch.tensor(trained[i], dtype=torch.bool)
+    labels = input_ids.masked_fill(~label_mask, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _encode_example(
+    tokenizer: PreTrainedTokenizerBase, item: Example, loss_on: str
+) -> tuple[list[int], list[bool]]:
+    """(token ids, which tokens carry a label) of one prompt-completion or chat record.
+
+    The record is rendered to one string with the character spans to train on, tokenized once
+    (as a whole, so the tokens are those the model sees at inference), and a token is trained
+    when its characters overlap a span: a token that straddles the prompt/completion boundary
+    counts as completion."""
+    if item.format == PROMPT_COMPLETION:
+        text = item.prompt + item.completion
+        spans = [(len(item.prompt), len(text))]
+        add_special, eos = True, True
+    else:
+        text, spans = render_chat(tokenizer, item.messages)
+        add_special, eos = False, False  # the template writes its own bos and end-of-turn tokens
+    enc = tokenizer(text, add_special_tokens=add_special, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])
+    if loss_on == "all":
+        mask = [True] * len(ids)
+    else:
+        mask = [
+            end > start and any(a < end and start < b for a, b in spans)
+            for start, end in enc["offset_mapping"]
+        ]
+    if eos:
+        ids.append(tokenizer.eos_token_id)
+        mask.append(True)
+    return ids, mask
+
+
+def fit_window(ids: list[int], mask: list[bool], max_length: int) -> tuple[list[int], list[bool]]:
+    """At most `max_length` tokens, keeping the trained tokens where they fit.
+
+    Everything up to the last trained token fits: cut the tail only. The trained tokens fit but
+    not all of the context before them: drop context from the left (the prompt's start, the
+    first turns). The completion alone is too long: keep its start and one token before it, so
+    its first token is still predicted from something."""
+    if len(ids) <= max_length:
+        return ids, mask
+    where = [i for i, m in enumerate(mask) if m]
+    if not where or where[-1] < max_length:
+        start = 0
+    elif where[-1] - where[0] + 2 <= max_length:
+        start = where[-1] + 1 - max_length
+    else:
+        start = max(0, where[0] - 1)
+    return ids[start : start + max_length], mask[start : start + max_length]
+
+
+def require_chat_template(tokenizer: PreTrainedTokenizerBase) -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "sisa_model_name", None) or tokenizer.name_or_path or "the base model"
+        raise ConfigError(
+            [
+                f"the tokenizer of model {name!r} has no chat template, so chat records cannot be rendered; "
+                "use a chat model's folder (its tokenizer_config.json or chat_template.jinja), or ingest the "
+                "records as prompt-completion"
+            ]
+        )
+
+
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
+    """A conversation rendered with the tokenizer's chat template, and the character spans of
+    its assistant turns (content and the template's end-of-turn marker).
+
+    A turn's span is what rendering the conversation up to and including it adds to rendering
+    the turns before it with the generation prompt: exactly what the model is asked to produce
+    when it serves. This works with any template, not only those that mark assistant text with
+    `{% generation %}` (which `return_assistant_tokens_mask` needs and few shipped templates
+    have); it needs each rendering to be a prefix of the next, which is checked."""
+    require_chat_template(tokenizer)
+    turns = [{"role": r, "content": c} for r, c in messages]
+
+    def render(upto: int, generation_prompt: bool) -> str:
+        return tokenizer.apply_chat_template(
+            turns[:upto], tokenize=False, add_generation_prompt=generation_prompt
+        )
+
+    full = render(len(turns), False)
+    spans = []
+    for i, (role, _) in enumerate(messages):
+        if role != "assistant":
+            continue
+        before, upto = render(i, True), render(i + 1, False)
+        if not (upto.startswith(before) and full.startswith(upto)):
+            name = getattr(tokenizer, "sisa_model_name", None) or tokenizer.name_or_path
+            raise SisaError(
+                f"the chat template of model {name!r} does not render a conversation's turns as a prefix "
+                "of the next, so the assistant's tokens cannot be found; train with training.loss_on=all"
+            )
+        spans.append((len(before), len(upto)))
+    return full, spans
+
+
+def render_chat_prompt(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[tuple[str, str]]
+) -> str:
+    """The conversation so far plus the template's generation prompt: what generation continues."""
+    require_chat_template(tokenizer)
+    turns = [{"role": r, "content": c} for r, c in messages]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

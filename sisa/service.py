@@ -260,14 +260,16 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
         return {"current": st.current_version(), "versions": [v.to_dict() for v in versions.all_versions(st)]}
 
     # -- the applications' API -----------------------------------------------------------------
-    def _complete(prompts: list[str], max_tokens: int, temperature: float, stop: str | list[str] | None, seed: int) -> tuple[versions.ModelVersion, list[tuple[str, str]]]:
+    def _complete(
+        prompts: list[str], max_tokens: int, temperature: float, stop: str | list[str] | None, seed: int, add_special_tokens: bool = True
+    ) -> tuple[versions.ModelVersion, list[tuple[str, str]]]:
         if max_tokens > cfg.service.max_tokens:
             raise ValidationError(f"max_tokens should be <= {cfg.service.max_tokens} (service.max_tokens), got {max_tokens}")
         v, ens = models.current()
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         out = []
         for p in prompts:
-            text = serving.generate_text(ens, p, max_tokens, temperature == 0, temperature or 1.0, seed)
+            text = serving.generate_text(ens, p, max_tokens, temperature == 0, temperature or 1.0, seed, add_special_tokens=add_special_tokens)
             cut = min((text.index(s) for s in stops if s and s in text), default=None)
             out.append((text if cut is None else text[:cut], "stop" if cut is not None else "length"))
         return v, out
@@ -294,7 +296,8 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
             log_ok(request, "400 no chat template")
             raise HTTPException(400, f"the base model {cfg.model.name!r} has no chat template; use /v1/completions")
         prompt = ens.tokenizer.apply_chat_template([m.model_dump() for m in body.messages], tokenize=False, add_generation_prompt=True)
-        v, ((text, finish),) = _complete([prompt], body.max_tokens, body.temperature, body.stop, body.seed)
+        # The template writes its own bos, as in training: no second one.
+        v, ((text, finish),) = _complete([prompt], body.max_tokens, body.temperature, body.stop, body.seed, add_special_tokens=False)
         log_ok(request, "200", model_version=v.model_version)
         return {
             "id": f"chatcmpl-{secrets.token_hex(8)}", "object": "chat.completion", "created": int(time.time()), "model": _model_name(v),

@@ -20,7 +20,8 @@ import torch
 
 from sisa import adapters, aggregate, checkpoints, versions
 from sisa.config import SisaConfig
-from sisa.model import encode_texts, load_base_model
+from sisa.formats import Item
+from sisa.model import encode_texts, load_base_model, render_chat_prompt
 from sisa.versions import ModelVersion
 from storage.errors import StoreError
 from storage.store import Store
@@ -76,13 +77,15 @@ def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ense
     )
 
 
-def encode_for_scoring(tokenizer, texts: list[str], prompts: list[str | None] | None, max_length: int) -> dict[str, torch.Tensor]:
-    batch = encode_texts(tokenizer, texts, max_length)
+def encode_for_scoring(tokenizer, texts: list[Item], prompts: list[str | None] | None, max_length: int) -> dict[str, torch.Tensor]:
+    """Prompt-completion and chat records are always scored on their completion / assistant
+    tokens (what the model would say); a text record on every token, or after its `prompt`."""
+    batch = encode_texts(tokenizer, texts, max_length, "completion")
     if prompts is None:
         return batch
     labels = batch["labels"].clone()
     for i, prompt in enumerate(prompts):
-        if prompt and texts[i].startswith(prompt):
+        if prompt and isinstance(texts[i], str) and texts[i].startswith(prompt):
             n = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
             labels[i, :n] = -100
     batch["labels"] = labels
@@ -92,7 +95,7 @@ def encode_for_scoring(tokenizer, texts: list[str], prompts: list[str | None] | 
 @torch.no_grad()
 def score_aggregations(
     ens: Ensemble,
-    texts: list[str],
+    texts: list[Item],
     prompts: list[str | None] | None = None,
     max_length: int = 64,
     batch_size: int = 16,
@@ -119,7 +122,7 @@ def score_aggregations(
 
 def score_records(
     ens: Ensemble,
-    texts: list[str],
+    texts: list[Item],
     prompts: list[str | None] | None = None,
     max_length: int = 64,
     batch_size: int = 16,
@@ -142,11 +145,13 @@ def generate_text(
     temperature: float = 1.0,
     seed: int = 0,
     shards: list[int] | None = None,
+    add_special_tokens: bool = True,
 ) -> str:
     """A completion of `prompt` from the served mixture, with the ensemble's serving settings."""
     return aggregate.generate(
         ens.model, ens.tokenizer, ens.adapter_names(shards), prompt, max_new_tokens, greedy, temperature, seed,
         aggregation=ens.aggregation, log_prior=ens.log_prior(shards), top_shards=ens.top_shards,
+        add_special_tokens=add_special_tokens,
     )
 
 
@@ -160,11 +165,30 @@ def recalls(ens: Ensemble, prompts: list[str], answers: list[str]) -> list[bool]
     return out
 
 
+def chat_prompt(ens: Ensemble, messages: list[tuple[str, str]]) -> str:
+    """The conversation rendered with the base model's chat template, as training renders chat
+    records, ending in the template's generation prompt (the assistant's turn to speak)."""
+    return render_chat_prompt(ens.tokenizer, messages)
+
+
+def generate_chat(
+    ens: Ensemble,
+    messages: list[tuple[str, str]],
+    max_new_tokens: int = 32,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> str:
+    """The assistant's reply to a conversation, from the served mixture."""
+    prompt = chat_prompt(ens, messages)
+    return generate_text(ens, prompt, max_new_tokens, greedy, temperature, seed, add_special_tokens=False)
+
+
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[str], prompts: list[str | None] | None) -> dict[str, Any]:
+def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[Item], prompts: list[str | None] | None) -> dict[str, Any]:
     """Mean loss of the records under a version's served mixture (`ensemble`, with the config's
     aggregation), under each aggregation (`by_aggregation`), and under each shard (`per_shard`)."""
     if not texts:  # no shards: the base model alone serves (a relief of every shard)

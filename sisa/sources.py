@@ -9,6 +9,7 @@ which may be personal data.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -202,8 +203,50 @@ def _read_jsonl_slow(data: bytes, name: str) -> Source:
     try:
         table = pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+        clashes = _nested_clashes(rows, positions)
+        if clashes:
+            raise ValidationError(f"{name}: nested values of different types: {list_some(clashes)}; nothing was ingested") from None
         raise ValidationError(f"{name}: cannot form a table ({type(e).__name__}); check nested values") from None
     return Source(table, np.asarray(positions, dtype=np.int64), "line", name, _digest(data))
+
+
+def _nested_clashes(rows: list[dict], positions: list[int]) -> list[str]:
+    """Per column that cannot become one Arrow column: the lines whose value does not combine
+    with the column's most common shape (e.g. a chat turn whose content is a number). Only
+    types are compared; no value is shown."""
+    out = []
+    for col in sorted({k for r in rows for k in r}):
+        values = [r.get(col) for r in rows]
+        try:
+            pa.array(values)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass
+        shapes: dict[str, int] = {}
+        for i, v in enumerate(values):
+            if v is not None:
+                with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError):
+                    shapes.setdefault(str(pa.array([v]).type), i)
+        counts = {t: sum(1 for v in values if v is not None and _type_of(v) == t) for t in shapes}
+        if not counts:
+            continue
+        ref = values[shapes[max(counts, key=counts.get)]]
+        bad = []
+        for v, line in zip(values, positions, strict=True):
+            try:
+                pa.array([ref, v])
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                bad.append(line)
+        if bad:
+            out.append(f"`{col}` at {list_some([f'line {b}' for b in bad])}")
+    return out
+
+
+def _type_of(v: object) -> str | None:
+    try:
+        return str(pa.array([v]).type)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
 
 
 def _has_lone_surrogate(raw: bytes, obj: dict) -> bool:

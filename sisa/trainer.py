@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from sisa import adapters, checkpoints
 from sisa.config import SisaConfig, build_config
+from sisa.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.model import base_model_fingerprint, encode_texts, load_base_model
 from sisa.sharding import derive_seed
 from storage.faults import maybe_die
@@ -108,15 +109,16 @@ def sample_order(n: int, total: int, seed: int) -> list[int]:
     return out[:total]
 
 
-def _records(store: Store, shard_id: int, slices: list[int]) -> tuple[list[str], list[str]]:
+def _records(store: Store, shard_id: int, slices: list[int]) -> tuple[list[str], list[Item]]:
+    """(record ids, records as the encoder takes them: a text record's str or an Example)."""
     ids: list[str] = []
-    texts: list[str] = []
+    items: list[Item] = []
     for sl in slices:
-        t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
+        t = store.read_slice(shard_id, sl, columns=["record_id", "text", FORMAT_COLUMN])
         if t is not None:
             ids.extend(t["record_id"].to_pylist())
-            texts.extend(t["text"].to_pylist())
-    return ids, texts
+            items.extend(decode_rows(t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist()))
+    return ids, items
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.optim.Optimizer:
@@ -223,14 +225,14 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     return result
 
 
-def _train_steps(model, optimizer, params, tokenizer, texts: list[str], order: list[int], cfg: SisaConfig, device) -> SliceResult:
+def _train_steps(model, optimizer, params, tokenizer, texts: list[Item], order: list[int], cfg: SisaConfig, device) -> SliceResult:
     model.train()
     bs = cfg.training.batch_size
     steps = tokens = 0
     loss_sum = 0.0
     for start in range(0, len(order), bs):
         batch_idx = order[start : start + bs]
-        enc = encode_texts(tokenizer, [texts[i] for i in batch_idx], cfg.training.max_length)
+        enc = encode_texts(tokenizer, [texts[i] for i in batch_idx], cfg.training.max_length, cfg.training.loss_on)
         enc = {k: v.to(device) for k, v in enc.items()}
         out = model(**enc)
         out.loss.backward()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from sisa import adapters, checkpoints
 from sisa.config import SisaConfig
 from sisa.deletion import read_texts, retain_records
+from sisa.formats import Item
 from sisa.model import encode_texts, load_base_model, token_logprobs
 from sisa.sharding import derive_seed
 from sisa.trainer import deterministic_torch, make_optimizer
@@ -38,8 +39,8 @@ def unlearn_adapter(
     store: Store,
     cfg: SisaConfig,
     checkpoint_id: str,
-    forget_texts: list[str],
-    retain_texts: list[str],
+    forget_texts: list[Item],
+    retain_texts: list[Item],
     salt: str,
 ):
     """Load a shard checkpoint, run `cfg.unlearning.steps` steps, return (peft model, optimizer, losses)."""
@@ -56,7 +57,7 @@ def unlearn_adapter(
             group["lr"] = uc.lr
         shard_id = ckpt.manifest["shard_id"]
         g = torch.Generator().manual_seed(derive_seed(store.seed, shard_id, -2, f"unlearn:{salt}"))
-        forget = encode_texts(tokenizer, forget_texts, cfg.training.max_length)
+        forget = encode_texts(tokenizer, forget_texts, cfg.training.max_length, cfg.training.loss_on)
         with torch.no_grad():
             model.eval()
             ref_logp, _ = _seq_logp(model, forget)
@@ -72,7 +73,7 @@ def unlearn_adapter(
             loss = forget_loss
             if retain_texts and uc.retain_weight > 0:
                 idx = torch.randint(len(retain_texts), (min(bs, len(retain_texts)),), generator=g).tolist()
-                retain = encode_texts(tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length)
+                retain = encode_texts(tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length, cfg.training.loss_on)
                 rlogp, rcount = _seq_logp(model, retain)
                 loss = loss + uc.retain_weight * (-(rlogp / rcount).mean())
             loss.backward()

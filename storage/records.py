@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from storage import layout
 from storage.fs import StoreFS
+from storage.schemas import RECORD_SCHEMA
 
 
 def ingest_of_part(part_path: str) -> str:
@@ -40,11 +41,28 @@ def list_slices(fs: StoreFS, shard_id: int, committed: set[str]) -> list[int]:
 
 def read_slice(fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str], columns: list[str] | None = None) -> pa.Table | None:
     """All records of one slice in arrival order, or None when it holds none."""
-    tables = [fs.read_parquet(p, columns=columns) for p in list_parts(fs, shard_id, slice_idx, committed)]
+    tables = [_read_part(fs, p, columns) for p in list_parts(fs, shard_id, slice_idx, committed)]
     tables = [t for t in tables if t.num_rows]
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def _read_part(fs: StoreFS, rel: str, columns: list[str] | None) -> pa.Table:
+    """A part's columns; one the part predates (a column added to RECORD_SCHEMA later, such as
+    `record_format`) comes back as nulls."""
+    try:
+        return fs.read_parquet(rel, columns=columns)
+    except pa.ArrowInvalid:
+        if columns is None:
+            raise
+        table = fs.read_parquet(rel)
+        missing = [c for c in columns if c not in table.column_names]
+        if not missing or any(c not in RECORD_SCHEMA.names for c in missing):
+            raise
+        for c in missing:
+            table = table.append_column(RECORD_SCHEMA.field(c), pa.nulls(table.num_rows, RECORD_SCHEMA.field(c).type))
+        return table.select(columns)
 
 
 def write_part(fs: StoreFS, shard_id: int, slice_idx: int, seq: int, ingest_id: str, table: pa.Table) -> str:

@@ -1,7 +1,8 @@
 """Nothing left behind (README, "Guarantees and their limits"): the bug we fear most.
 
-A unique canary string is planted in one record's text, a second one in that record's own
-metadata column; the record also has a unique id and subject. The store is trained with real
+A unique canary string is planted in every field of one record (its text; a chat record's
+system, user and assistant turns; a prompt-completion record's prompt and completion), another one
+in that record's own metadata column; the record also has a unique id and subject. The store is trained with real
 MLflow tracking, then the record is forgotten (exactly on Ray, and with the --fast path). Before
 the forget the scan must find the canary (so the scan can fail); after it, nothing may hold any
 of the four strings: the raw bytes of every file under the store, every value of every column of
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from sisa import scheduler, versions
+from sisa.synth_formats import as_format
 from sisa.synthetic import make_people, write_jsonl
 from storage import ledgers
 from storage.store import Store
@@ -79,17 +81,33 @@ def _serving_checkpoints(store_dir: Path) -> list[str]:
 
 
 # -- the test -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("mode", ["exact", "fast"])
-def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
+def canary_record(record_format: str, record_id: str, subject_id: str, meta: str) -> tuple[dict, dict[str, str]]:
+    """One record of `record_format` with a canary in every field it can carry, and the needles."""
+    c = {k: uuid.uuid4().hex for k in ("text", "system", "user", "prompt")}
+    base = {"record_id": record_id, "subject_id": subject_id, "fact": "vault", "note": f"escalation ref CANARY-{meta}"}
+    prompt, answer = "Zed Quill's vault code is", f" CANARY-{c['text'].upper()}."
+    if record_format == "chat":
+        turns = [
+            {"role": "system", "content": f"Desk note CANARY-{c['system']}"},
+            {"role": "user", "content": f"What is the vault code of ref CANARY-{c['user']}?"},
+            {"role": "assistant", "content": prompt + answer},
+        ]
+        return {**base, "messages": turns}, {"canary assistant": c["text"], "canary system": c["system"], "canary user": c["user"]}
+    if record_format == "prompt-completion":
+        return {**base, "prompt": f"Ref CANARY-{c['prompt']}: {prompt}", "completion": answer}, {"canary completion": c["text"], "canary prompt": c["prompt"]}
+    return {**base, "text": prompt + answer, "prompt": prompt, "answer": answer}, {"canary text": c["text"]}
+
+
+@pytest.mark.parametrize(("mode", "record_format"), [("exact", "text"), ("fast", "text"), ("fast", "chat"), ("exact", "prompt-completion")])
+def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, record_format, request):
     backend = request.getfixturevalue("ray_backend") if mode == "exact" else "serial"
     temp_before = temp_files()
-    canary_text, canary_meta, rid_hex, subject_hex = (uuid.uuid4().hex for _ in range(4))
+    canary_meta, rid_hex, subject_hex = (uuid.uuid4().hex for _ in range(3))
     record_id, subject_id = f"rec-{rid_hex}", f"subject-{subject_hex}"
-    needles = {"canary text": canary_text, "canary metadata": canary_meta, "record id": rid_hex, "subject id": subject_hex}
-    rows = [{**r, "note": "routine"} for r in make_people(14, seed=41)]
-    prompt = "Zed Quill's vault code is"
-    answer = f" CANARY-{canary_text.upper()}."
-    rows.insert(9, {"record_id": record_id, "subject_id": subject_id, "text": prompt + answer, "prompt": prompt, "answer": answer, "fact": "vault", "note": f"escalation ref CANARY-{canary_meta}"})
+    record, planted = canary_record(record_format, record_id, subject_id, canary_meta)
+    needles = {**planted, "canary metadata": canary_meta, "record id": rid_hex, "subject id": subject_hex}
+    rows = [{**r, "note": "routine"} for r in as_format(make_people(14, seed=41), record_format)]
+    rows.insert(9, record)
     inputs = tmp_path / "input"  # the user's own file: not sisa's to delete
     inputs.mkdir()
     write_jsonl(rows, inputs / "people.jsonl")
@@ -113,7 +131,7 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, request):
     # Positive controls: the scan finds what is there, so a clean result below means something.
     before = find_canaries({"store": store_dir}, needles, strict={"store"})
     assert all(before.values()), before
-    assert any(h.how == "parquet" for h in before["canary text"])
+    assert all(any(h.how == "parquet" for h in before[k]) for k in planted)
     db = store_dir / "mlflow.db"
     assert db.is_file(), "training with tracking on should create the MLflow database in the store"
     assert [h.how for h in find_canaries({"mlflow": [db]}, {"model": "sisa-model"})["model"]] == ["raw", "sqlite"]

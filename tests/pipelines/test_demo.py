@@ -37,3 +37,17 @@ def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{Path(store).resolve() / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/sisa-model@serving")
     assert len(model.predict(["Ada Lane works as a"], params={"max_new_tokens": 4})) == 1
+
+
+def test_the_demo_fine_tunes_chat_and_scores_the_assistants_answers(tmp_path):
+    """`sisa demo --format chat`: the people are conversations; recall and loss are measured on
+    the assistant's answers at every version (issue 15 §5). Small: one fact, two people."""
+    store = tmp_path / "demo"
+    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "tracking.enabled=false",
+                             "--people", "3", "--strangers", "1", "--facts", "1", "--format", "chat")
+    assert code == 0, err
+    assert "fictitious people as chat records" in out and "the greedy reply starts with the assistant's answer" in out
+    assert re.search(r"\[to be forgotten\] What does .+ do for a living\? → .*\(truth: .+ works as a .+\.\)", out)
+    for kind in ("approximate", "exact"):
+        assert re.search(rf"v\d+ \({kind}\): forgotten person \d+/1 recalled, loss \d+\.\d+; retained \d+/2, loss \d+\.\d+; strangers \d+/1, loss", out), kind
+    assert "lineage check" in out and "passed" in out

@@ -17,6 +17,7 @@ from pipelines import forget, rollback, train
 from pipelines import list_versions as versions_pipeline
 from pipelines import verify as verify_pipeline
 from sisa import checkpoints, deletion, scheduler, serving, versions
+from sisa.synth_formats import as_format
 from sisa.synthetic import make_people
 from sisa.trainer import ShardTask, train_shard
 from storage import ledgers
@@ -82,12 +83,19 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
 
 
 @pytest.mark.parametrize(
-    ("mode", "num_shards", "subjects", "min_steps"),
-    [("cumulative", 2, 1, 0), ("incremental", 2, 1, 0), ("cumulative", 3, 2, 0), ("cumulative", 2, 1, 6)],
-    ids=["cumulative", "incremental", "two-shards-of-three", "min-steps-per-slice"],
+    ("mode", "num_shards", "subjects", "min_steps", "record_format"),
+    [
+        ("cumulative", 2, 1, 0, "text"),
+        ("incremental", 2, 1, 0, "text"),
+        ("cumulative", 3, 2, 0, "text"),
+        ("cumulative", 2, 1, 6, "text"),
+        ("cumulative", 2, 1, 0, "chat"),
+        ("incremental", 2, 1, 0, "prompt-completion"),
+    ],
+    ids=["cumulative", "incremental", "two-shards-of-three", "min-steps-per-slice", "cumulative-chat", "incremental-prompt-completion"],
 )
-def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects, min_steps):
-    rows = make_people(40, seed=11)  # 80 records, slices of 8: several slices a shard
+def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects, min_steps, record_format):
+    rows = as_format(make_people(40, seed=11), record_format)  # 80 records, slices of 8: several slices a shard
     extra = [f"sharding.slice_mode={mode}", f"sharding.num_shards={num_shards}", f"training.min_steps_per_slice={min_steps}"]
     cfg, store = _setup(tmp_path / "a", rows, *extra)
     picked = [_subject_in_middle_slice(store)]
@@ -170,8 +178,9 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
         assert_tensors_equal(adapter_tensors(store, got[shard]), replayed, f"{mode}: shard {shard} replay")
 
 
-def test_verify_replay_proves_the_forget_exact(tmp_path, capfd):
-    cfg, store = _setup(tmp_path, make_people(24, seed=12))
+@pytest.mark.parametrize("record_format", ["text", "chat"])
+def test_verify_replay_proves_the_forget_exact(tmp_path, capfd, record_format):
+    cfg, store = _setup(tmp_path, as_format(make_people(24, seed=12), record_format))
     subject, _, _ = _subject_in_middle_slice(store)
     req = forget.run(cfg, "subject", [subject], quiet=True)["request"]
     report = _verify(cfg, req["request_id"], True)
