@@ -10,6 +10,10 @@
     purge_tainted                              retraining      checkpoints, versions, MLflow runs, caches
     certify                                    → completed     lineage and purge checks, the certificate
 
+A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases:
+its delete_data rewrites the records' text in place (sisa/corrections.py) instead of erasing them,
+and what it forgets, purges and certifies is the records' old content.
+
 Every phase reads what it needs from the request's ledger entry and skips what an earlier run
 already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI
 drives one request through all phases; `sisa/batches.py` drives queued requests through the
@@ -27,10 +31,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from sisa import checkpoints, deletion, registry, scheduler, serving, unlearning, versions
+from sisa import (
+    checkpoints,
+    corrections,
+    deletion,
+    registry,
+    scheduler,
+    serving,
+    unlearning,
+    versions,
+)
 from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
-from sisa.lifecycle import DeletionRequest, RequestMode, RequestStatus
+from sisa.lifecycle import DeletionRequest, RequestKind, RequestMode, RequestStatus
 from sisa.planner import DeletionPlan
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from sisa.versions import ModelVersion
@@ -215,6 +228,7 @@ def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
     on) and a batch (`sisa process`) deletes and retrains later."""
     if req.status != RequestStatus.RECEIVED or not req.queued:
         return
+    assert req.kind == RequestKind.FORGET, "a rectification is never queued"
     rows = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
     store.mark_records(rows["record_id"].combine_chunks(), FORGETTING)
     req.move_to(RequestStatus.QUEUED)
@@ -224,16 +238,24 @@ def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
 
 # -- delete ------------------------------------------------------------------------------------
 def delete_data(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
-    """received → data_deleted: the records leave the slice files and the index."""
+    """received → data_deleted: the records leave the slice files and the index (a
+    rectification: their text is replaced in place by the staged new text)."""
     if req.status != RequestStatus.RECEIVED:
         return
     t0 = time.perf_counter()
-    live = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
-    req.removed = deletion.erase_records(store, live)
+    live = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.target_hashes))
+    if req.kind == RequestKind.RECTIFY:
+        req.removed = corrections.apply(store, req.request_id, live)
+    else:
+        req.removed = deletion.erase_records(store, live)
     req.timings["delete_data_s"] = time.perf_counter() - t0
     req.move_to(RequestStatus.DATA_DELETED)
     deletion.write_request(store, req)
-    work.log(f"deleted {req.removed} record(s) from the slice files and the index")
+    if req.kind == RequestKind.RECTIFY:
+        corrections.unstage(store, req.request_id)
+        work.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
+    else:
+        work.log(f"deleted {req.removed} record(s) from the slice files and the index")
     maybe_die("forget-after-delete")
 
 
@@ -305,7 +327,10 @@ def purge_tainted(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wor
         return
     registry.ensure_tracked(store, cfg)
     t0 = time.perf_counter()
-    req.purge = deletion.purge(store, cfg, set(req.id_hashes), req.request_id)
+    # Checkpoints older than content lineage that trained a rectified record: which text they saw
+    # is unknown, so they go as if they held the old one (fail closed).
+    legacy = checkpoints.legacy_holding(store, set(req.record_hashes)) if req.kind == RequestKind.RECTIFY else set()
+    req.purge = deletion.purge(store, cfg, set(req.id_hashes), req.request_id, legacy)
     req.timings["purge_s"] = time.perf_counter() - t0
 
 
@@ -411,6 +436,49 @@ def forget(
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 
+def rectify(
+    store: Store,
+    cfg: SisaConfig,
+    fix_table: pa.Table,
+    problems: list[str] | None = None,
+    mode: RequestMode = RequestMode.EXACT,
+    dry_run: bool = False,
+    evidence: bool = True,
+    holdout: Texts | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> ForgetResult:
+    """Correct records' text exactly: validate every correction first (one error naming every
+    bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
+    the request (kind `rectify`) and carry it out. The caller holds the store lock."""
+    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
+    if in_flight and not dry_run:
+        raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
+    fix = corrections.validate(store, fix_table, problems)
+    sel = deletion.Selection("ids", fix.ids, fix.rows)
+    plan = deletion.plan_selection(store, cfg, sel, removes=False)
+    if dry_run:
+        return ForgetResult(dry_run=True, plan=plan)
+    req = new_request(store, cfg, sel, plan, mode)
+    req.kind = RequestKind.RECTIFY
+    req.record_hashes = req.id_hashes
+    req.rectified = fix.content_hashes(store)
+    req.id_hashes = sorted(c["old"] for c in req.rectified)  # what is forgotten: the old content
+    req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
+    if mode == RequestMode.ISOLATE and versions.current(store) is not None and not set(versions.current(store).shards) - set(plan.shard_ids):
+        raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
+    corrections.stage(store, req.request_id, fix)  # before the ledger: a resumed request finds it
+    deletion.write_request(store, req)
+    maybe_die("forget-after-ledger")
+    log = log or (lambda msg: None)
+    log(f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
+    work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
+    if evidence:
+        work.texts, work.prompts = deletion.read_texts(store, sel.rows)  # the old text, in memory only
+        work.holdout = holdout
+    return ForgetResult(request=carry_out(store, cfg, req, work))
+
+
 def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None) -> list[DeletionRequest]:
     """Finish every open request from where it stopped (the text may already be gone).
     The caller holds the store lock."""
@@ -420,7 +488,7 @@ def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = No
         if req.queued and req.status != RequestStatus.RECEIVED:
             continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
         log(f"resuming {req.request_id} from status {req.status.value}")
-        rows = deletion.find_live_by_hashes(store, set(req.id_hashes)) if req.status == RequestStatus.RECEIVED else store.index.table.slice(0, 0)
+        rows = deletion.find_live_by_hashes(store, set(req.target_hashes)) if req.status == RequestStatus.RECEIVED else store.index.table.slice(0, 0)
         work = Work(rows, log=log)
         if rows.num_rows:
             work.texts, work.prompts = deletion.read_texts(store, rows)
