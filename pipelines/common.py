@@ -133,3 +133,37 @@ def print_certificate(r: DeletionRequest) -> None:
         print(f"  held-out records no model saw ({ev.get('holdout_records')}): before {_num(ev.get('holdout_before'))}"
               + (f", fast path {_num(ev.get('holdout_fast_path'))}" if "holdout_fast_path" in ev else "")
               + f", after {_num(ev.get('holdout_after'))}")
+    print_evidence(ev.get("versions") or {}, rectify)
+
+
+def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:
+    """The trio, leak@k and membership inference of every version a request created (--probes,
+    --holdout); README.md says what each number means and what it does not prove."""
+    if not by_version:
+        return
+    old = "old" if rectify else "forgotten"
+
+    def pct(block: dict | None, key: str) -> str:
+        if not block or block.get(key) is None:
+            return "-"
+        n = block.get(key.replace("recall", "n"), block.get("n"))
+        return f"{block[key]:.0%} of {n}"
+
+    rows = []
+    order = ["before", "relief", "approximate", "isolate", "exact"]
+    for label, v in sorted(by_version.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        rel, gen, loc, leak, mia = (v.get(k) or {} for k in ("reliability", "generalization", "locality", "leak_at_k", "membership"))
+        rows.append({
+            "version": f"{label} (v{v.get('model_version')})",
+            f"{old} recalled": pct(rel, "forbidden_recall"),
+            **({"new recalled": pct(rel, "expected_recall")} if rectify else {}),
+            f"paraphrase/related {old}": pct(gen, "forbidden_recall"),
+            **({"paraphrase/related new": pct(gen, "expected_recall")} if rectify else {}),
+            "locality unchanged": "-" if loc.get("unchanged_tokens") is None else f"{loc['unchanged_tokens']:.1%}",
+            "locality recall": pct(loc, "recall"),
+            "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
+            "MIA AUC": "-" if mia.get("auc") is None else f"{mia['auc']:.2f} ({mia['members']} vs {mia['holdout']})",
+            "privleak vs exact": "-" if mia.get("privleak_vs_exact") is None else f"{mia['privleak_vs_exact']:+.1f}%",
+        })
+    print("  evidence per version (greedy recall of answers, leak@k sampled at temperature 1, Min-k% (40%) MIA)")
+    print_table(rows, list(rows[0]))

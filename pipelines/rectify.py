@@ -1,6 +1,7 @@
 """Correct records exactly (GDPR Art. 16): the old text forgotten by construction, the new one trained.
 
     sisa rectify --config C --file corrections.jsonl [--fast | --isolate | --no-relief] [--dry-run] [--json]
+    sisa rectify --config C --file corrections.jsonl --probes probes.jsonl --holdout strangers.jsonl
 
 corrections.jsonl (any ingest format: JSONL, CSV, Parquet) names live records and their new text:
 
@@ -36,6 +37,7 @@ from sisa import forgetting
 from sisa.config import SisaConfig
 from sisa.ingestion import normalise
 from sisa.lifecycle import RequestMode
+from sisa.probes import read_probes
 from sisa.sources import read_source
 from storage.errors import ValidationError
 
@@ -50,6 +52,7 @@ def run(
     evidence: bool = True,
     holdout: str | None = None,
     quiet: bool = False,
+    probes: str | None = None,
 ) -> dict[str, Any]:
     if fast and isolate:
         raise ValidationError("choose one of --fast and --isolate")
@@ -57,10 +60,11 @@ def run(
     mode = RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
     table, problems = normalise(read_source(path), cfg)
     held = _read_holdout(cfg, holdout) if evidence and holdout else None
+    probe_list = read_probes(probes) if evidence and probes else None
     store = open_store(cfg)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     with store.lock("rectify", cfg.store.lock_timeout_s):
-        res = forgetting.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=log)
+        res = forgetting.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=log, probes=probe_list)
     return res.to_dict()
 
 
@@ -78,11 +82,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-relief", action="store_true", help="serve nothing new until the exact version (default: the exact relief version serves at once; deletion.relief)")
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan and change nothing")
     p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
-    p.add_argument("--holdout", metavar="FILE", help="records no model saw: their loss is the certificate's stranger baseline")
+    p.add_argument("--holdout", metavar="FILE", help="records no model saw: their loss is the certificate's stranger baseline, and the non-members of the Min-k%% membership inference")
+    p.add_argument("--probes", metavar="FILE", help="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id, old_answer): new answer recalled, old one not, locality, leak@k per version")
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    res = run(cfg, args.file, args.fast, args.isolate, args.dry_run, False if args.no_relief else None, not args.no_evidence, args.holdout, quiet=args.json)
+    res = run(cfg, args.file, args.fast, args.isolate, args.dry_run, False if args.no_relief else None, not args.no_evidence, args.holdout, quiet=args.json, probes=args.probes)
     if args.json:
         print_json(res)
         return 0

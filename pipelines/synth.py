@@ -1,6 +1,9 @@
 """Write a JSONL file of fictitious people to try sisa on (deterministic; faker).
 
-    sisa synth --people 40 --facts 2 --out people.jsonl
+    sisa synth --people 40 --facts 2 --out people.jsonl [--probes probes.jsonl]
+
+--probes also writes, for every fact, two paraphrases and a question (`paraphrase`, `related`)
+and the fact's own prompt (`locality`): the evidence file of `sisa forget/rectify --probes`.
 """
 
 from __future__ import annotations
@@ -8,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from sisa.config import SisaConfig
-from sisa.synthetic import make_people, write_jsonl
+from sisa.synthetic import make_people, make_probes, write_jsonl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,10 +20,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="faker seed (default 0)")
     p.add_argument("--start", type=int, default=0, help="first person number, to make disjoint files (default 0)")
     p.add_argument("--out", default="people.jsonl", help="output JSONL path (default people.jsonl)")
+    p.add_argument("--probes", metavar="PATH", help="also write probes for these people (paraphrase, related, locality) to PATH")
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     rows = make_people(args.people, args.seed, args.facts, args.start)
     path = write_jsonl(rows, args.out)
     print(f"wrote {len(rows)} records about {args.people} fictitious people to {path}")
+    if args.probes:
+        probes = make_probes(rows)
+        write_jsonl(probes, args.probes)
+        print(f"wrote {len(probes)} probes (paraphrase, related, locality) to {args.probes}")
     return 0

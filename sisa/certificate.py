@@ -39,6 +39,8 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
         ],
         "lineage_check": {"passed": not violations, "violations": violations},
         "purge_check": {"passed": not still_there, "remaining": still_there},
+        # The trio, leak@k and membership inference per version, numbers and sample sizes only.
+        "evidence": req.evidence.get("versions", {}),
     }
     if req.kind == RequestKind.RECTIFY:
         # Keyed hashes of (record id, content): the old content is in no serving lineage (the

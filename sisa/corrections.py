@@ -91,6 +91,26 @@ def _error(problems: list[str]) -> ValidationError:
     return ValidationError("the corrections cannot be applied; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
+def old_and_new(store: Store, fix: Corrections) -> tuple[list[str], list[str | None], list[tuple[str, str | None]]]:
+    """In memory only, in `fix.ids` order: the records' old text and prompt, and their new
+    (text, prompt) (the old prompt when the correction gives none)."""
+    old: dict[str, tuple[str, str | None]] = {}
+    wanted = set(fix.ids)
+    pairs = sorted({(int(a), int(b)) for a, b in zip(fix.rows["shard_id"].to_pylist(), fix.rows["slice_idx"].to_pylist(), strict=True)})
+    for shard, sl in pairs:
+        t = store.read_slice(shard, sl)
+        if t is None:
+            continue
+        ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
+        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
+            if rid in wanted:
+                old[rid] = (text, p)
+    new_prompts = fix.new["prompt"].to_pylist() if "prompt" in fix.new.column_names else [None] * fix.new.num_rows
+    new = {rid: (text, p) for rid, text, p in zip(fix.ids, fix.new["text"].to_pylist(), new_prompts, strict=True)}
+    ids = [i for i in fix.ids if i in old]
+    return [old[i][0] for i in ids], [old[i][1] for i in ids], [(new[i][0], new[i][1] or old[i][1]) for i in ids]
+
+
 # -- staging and applying ------------------------------------------------------------------------
 def stage(store: Store, request_id: str, fix: Corrections) -> None:
     store.fs.write_parquet(layout.correction_file(request_id), fix.new)

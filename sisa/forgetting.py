@@ -35,6 +35,7 @@ from sisa import (
     checkpoints,
     corrections,
     deletion,
+    evidence,
     registry,
     scheduler,
     serving,
@@ -45,6 +46,7 @@ from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
 from sisa.lifecycle import DeletionRequest, RequestKind, RequestMode, RequestStatus
 from sisa.planner import DeletionPlan
+from sisa.probes import Probe
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from sisa.versions import ModelVersion
 from storage.errors import RefusedError, ValidationError
@@ -64,6 +66,8 @@ class Work:
     texts: list[str] = field(default_factory=list)
     prompts: list[str | None] | None = None
     holdout: Texts | None = None
+    targets: evidence.Targets | None = None  # questions for the trio, leak@k and MIA (--probes, --holdout)
+    locality_before: list[list[int]] | None = None  # the version before's locality predictions
     on_version: Callable[[str, ModelVersion], None] = lambda kind, entry: None
     log: Callable[[str], None] = lambda msg: None
     started: float = field(default_factory=time.perf_counter)
@@ -121,6 +125,24 @@ def _affected(req: DeletionRequest) -> list[int]:
 
 
 # -- evidence ----------------------------------------------------------------------------------
+def measure_targets(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work, label: str, shards: dict[int, str]) -> None:
+    """The trio, leak@k and membership inference of one version (sisa/evidence.py), as numbers
+    under `evidence.versions.<label>`; relief, fast and exact get their privacy leak relative to
+    the exact version once it is measured."""
+    if not work.targets:
+        return
+    ens = serving.load_ensemble(store, cfg, shards)
+    numbers, preds = evidence.measure(ens, work.targets, cfg.training.max_length, work.locality_before)
+    if label == "before":
+        work.locality_before = preds
+    numbers["model_version"] = req.version_before if label == "before" else req.versions.get(label)
+    by_version = req.evidence.setdefault("versions", {})
+    by_version[label] = numbers
+    if "exact" in by_version:
+        evidence.add_privleak(by_version)
+    deletion.write_request(store, req)
+
+
 def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
     """Evidence under the serving model, while the text is in memory, and a stranger baseline:
     the shards that never held the records."""
@@ -138,6 +160,7 @@ def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wo
         ev["holdout_records"] = len(work.holdout[0])
         ev["holdout_before"] = serving.measure_records(store, cfg, before, *work.holdout).get("ensemble")
     deletion.write_request(store, req)
+    measure_targets(store, cfg, req, work, "before", before)
 
 
 # -- relief ------------------------------------------------------------------------------------
@@ -192,6 +215,7 @@ def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_fast_path"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+    measure_targets(store, cfg, req, work, "approximate" if req.mode == RequestMode.FAST else "isolate", shards)
 
 
 def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
@@ -221,6 +245,7 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_relief"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+    measure_targets(store, cfg, req, work, "relief", shards)
 
 
 def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
@@ -315,6 +340,7 @@ def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_after"] = serving.measure_records(store, cfg, now_serving, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+        measure_targets(store, cfg, req, work, "exact", now_serving)
 
 
 # -- purge and certify -------------------------------------------------------------------------
@@ -404,6 +430,7 @@ def forget(
     on_version: Callable[[str, ModelVersion], None] | None = None,
     log: Callable[[str], None] | None = None,
     idempotency_key: str | None = None,
+    probes: list[Probe] | None = None,
 ) -> ForgetResult:
     """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
     with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
@@ -433,7 +460,15 @@ def forget(
     if evidence and not queue:
         work.texts, work.prompts = deletion.read_texts(store, sel.rows)
         work.holdout = holdout
+        work.targets = _targets(sel.rows, work, probes)
     return ForgetResult(request=carry_out(store, cfg, req, work))
+
+
+def _targets(rows: pa.Table, work: Work, probes: list[Probe] | None, new: list[tuple[str, str | None]] | None = None) -> evidence.Targets:
+    """The trio and leak@k with --probes; membership inference with a holdout."""
+    subjects = {s for s in rows["subject_id"].to_pylist() if s}
+    holdout = work.holdout[0] if work.holdout else None
+    return evidence.build_targets(work.texts, work.prompts, probes or [], subjects, holdout, new, with_trio=probes is not None)
 
 
 def rectify(
@@ -447,6 +482,7 @@ def rectify(
     holdout: Texts | None = None,
     on_version: Callable[[str, ModelVersion], None] | None = None,
     log: Callable[[str], None] | None = None,
+    probes: list[Probe] | None = None,
 ) -> ForgetResult:
     """Correct records' text exactly: validate every correction first (one error naming every
     bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
@@ -474,8 +510,9 @@ def rectify(
     log(f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
     work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
     if evidence:
-        work.texts, work.prompts = deletion.read_texts(store, sel.rows)  # the old text, in memory only
+        work.texts, work.prompts, new = corrections.old_and_new(store, fix)  # in memory only
         work.holdout = holdout
+        work.targets = _targets(sel.rows, work, probes, new)
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 

@@ -13,7 +13,13 @@ from sisa import checkpoints, deletion, versions
 from storage import layout
 from storage.store import Store
 from tests.helpers import cli_args, run_cli
-from tests.reliability.helpers import SLICES, requests_of, sisa_proc, subject_in_middle, write_people
+from tests.reliability.helpers import (
+    SLICES,
+    requests_of,
+    sisa_proc,
+    subject_in_middle,
+    write_people,
+)
 
 STAGES = {"forget-after-ledger": "received", "forget-after-delete": "data_deleted", "forget-during-purge": "retraining"}
 
