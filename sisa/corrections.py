@@ -82,6 +82,12 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
         moved = sorted(r for r, s in zip(stored["record_id"].to_pylist(), stored["subject_id"].to_pylist(), strict=True) if given.get(r) is not None and given[r] != s)
         if moved:
             problems.append(f"{len(moved)} correction(s) change the record's subject_id, which a rectification keeps (forget the record and ingest it anew): {list_some(moved)}")
+    # Text a rectification removed may not come back through another one: the old request's
+    # lineage checks (verify, rollback) would then fail on the serving version.
+    gone = deletion.forgotten_hashes(store)
+    again = sorted(rid for rid, h in zip(ids, checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist()), strict=True) if h in gone)
+    if again:
+        problems.append(f"{len(again)} correction(s) give a text an earlier rectification removed from the record: {list_some(again)}")
     if problems:
         raise _error(problems)
     return Corrections(new, sel.rows)

@@ -168,3 +168,10 @@ def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
     assert req.status.value == "completed" and req.removed == 1
     found = [t for s in range(store.num_shards) for sl in store.record_slices(s) for t in store.read_slice(s, sl)["text"].to_pylist()]
     assert "corrected text" in found and rows[1]["text"] not in found
+    # The removed text may not come back through another rectification.
+    back = inputs / "back.jsonl"
+    write_jsonl([{"record_id": rows[1]["record_id"], "text": rows[1]["text"]}], back)
+    state = tree_digest(tmp_path / "s")
+    code, out, err = run_cli("rectify", "--file", str(back), *args)
+    assert code != 0 and "earlier rectification removed" in err and rows[1]["record_id"] in err and rows[1]["text"] not in err + out
+    assert tree_digest(tmp_path / "s") == state
