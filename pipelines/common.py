@@ -127,7 +127,7 @@ def print_certificate(r: DeletionRequest) -> None:
     print(f"    serving model before     {_num(ev.get('loss_before'))}")
     if "loss_fast_path" in ev:
         print(f"    approximate fast path    {_num(ev.get('loss_fast_path'))}")
-    print(f"    after exact deletion     {_num(ev.get('loss_after'))}")
+    print(f"    after the exact {'rectification' if rectify else 'deletion'}  {_num(ev.get('loss_after'))}")
     print(f"    shards that never saw them (stranger baseline) {_num(ev.get('loss_unseen_shards'))}")
     if "holdout_before" in ev:
         print(f"  held-out records no model saw ({ev.get('holdout_records')}): before {_num(ev.get('holdout_before'))}"

@@ -131,12 +131,16 @@ def measure_targets(store: Store, cfg: SisaConfig, req: DeletionRequest, work: W
     the exact version once it is measured."""
     if not work.targets:
         return
+    by_version = req.evidence.setdefault("versions", {})
+    if label != "before" and "before" not in by_version and req.version_before is not None:
+        # Measured once the first new version serves, not before it: the relief must not wait
+        # for the evidence. The version before stays on disk until the purge.
+        measure_targets(store, cfg, req, work, "before", _before_shards(store, req))
     ens = serving.load_ensemble(store, cfg, shards)
     numbers, preds = evidence.measure(ens, work.targets, cfg.training.max_length, work.locality_before)
     if label == "before":
         work.locality_before = preds
     numbers["model_version"] = req.version_before if label == "before" else req.versions.get(label)
-    by_version = req.evidence.setdefault("versions", {})
     by_version[label] = numbers
     if "exact" in by_version:
         evidence.add_privleak(by_version)
@@ -160,7 +164,6 @@ def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wo
         ev["holdout_records"] = len(work.holdout[0])
         ev["holdout_before"] = serving.measure_records(store, cfg, before, *work.holdout).get("ensemble")
     deletion.write_request(store, req)
-    measure_targets(store, cfg, req, work, "before", before)
 
 
 # -- relief ------------------------------------------------------------------------------------
