@@ -79,15 +79,8 @@ def _measure(store, cfg, shards, groups: dict[str, list[dict]]) -> dict:
         mixed, _ = serving.score_aggregations(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
         for aggregation, vals in mixed.items():
             loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-        recalled[name] = (sum(_recalls(ens, r) for r in rows), len(rows))
+        recalled[name] = (sum(serving.recalls(ens, [r["prompt"] for r in rows], [r["answer"] for r in rows])), len(rows))
     return {"loss": loss, "recall": recalled, "ensemble": ens}
-
-
-def _recalls(ens, row: dict) -> bool:
-    """Whether the greedy completion starts with the answer (decoding only as far as that needs)."""
-    needed = len(ens.tokenizer(row["answer"], add_special_tokens=False)["input_ids"]) + 2
-    completion = serving.generate_text(ens, row["prompt"], max_new_tokens=needed)
-    return completion.strip().startswith(row["answer"].strip())
 
 
 def _frac(x: tuple[int, int] | None) -> str:
@@ -115,7 +108,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     base_model_fingerprint(cfg.model)
     scheduler.prepare(cfg.scheduler)
     t0 = time.perf_counter()
-    with store.lock("demo train", cfg.store.lock_timeout_s):
+    with store.job("demo train", cfg.store.lock_timeout_s):
         tr = training.train(store, cfg)
     full_train_s = time.perf_counter() - t0
     print(f"model version {tr.model_version} trained in {full_train_s:.1f}s " f"({sum(r.tokens for r in tr.trained) / max(full_train_s, 1e-9):.0f} tokens/s overall)")
@@ -161,7 +154,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     # other people's facts for locality; the certificate shows the trio, leak@k and the MIA AUC.
     probes = [Probe(**p) for p in make_probes(target) if p["kind"] != "locality"]
     probes += [Probe(**p) for p in make_probes(retained[: 2 * facts]) if p["kind"] == "locality"]
-    with store.lock("demo forget", cfg.store.lock_timeout_s):
+    with store.job("demo forget", cfg.store.lock_timeout_s):
         fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
     req = fr.request
     exact_entry = versions.current(store)
@@ -175,7 +168,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2) -
     # 5. rollback refused; versions and requests
     _banner("5. rollback to version 1 would bring the person back")
     try:
-        with store.lock("demo rollback", cfg.store.lock_timeout_s):
+        with store.job("demo rollback", cfg.store.lock_timeout_s):
             roll_back(store, cfg, 1)
         print("UNEXPECTED: rollback 1 was allowed")
     except RefusedError as e:

@@ -71,7 +71,10 @@ def run(
     held = (holdout if isinstance(holdout, tuple) else read_holdout(cfg, holdout)) if evidence and holdout else None
     probe_list = (read_probes(probes) if isinstance(probes, str) else probes) if evidence and probes else None
     store = open_store(cfg)
-    with store.lock("forget", cfg.store.lock_timeout_s):
+    # Queued (or a dry run): metadata and a relief commit only, beside a running batch; carried
+    # out now: a retrain, one job at a time.
+    lock = store.lock if queue or dry_run else store.job
+    with lock("forget", cfg.store.lock_timeout_s):
         res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, _log(quiet), probes=probe_list)
     return res.to_dict()
 
@@ -89,7 +92,7 @@ def read_holdout(cfg: SisaConfig, path: str) -> Texts:
 def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Finish every open request from where it stopped (the text may already be gone)."""
     store = open_store(cfg)
-    with store.lock("forget --resume", cfg.store.lock_timeout_s):
+    with store.job("forget --resume", cfg.store.lock_timeout_s):
         done = forgetting.resume(store, cfg, _log(quiet))
     return [{"request_id": r.request_id, "request": r.to_dict()} for r in done]
 

@@ -16,7 +16,7 @@ from storage import gc
 
 def run(cfg: SisaConfig, dry_run: bool = False) -> dict:
     store = open_store(cfg)
-    with store.lock("gc", cfg.store.lock_timeout_s):
+    with store.job("gc", cfg.store.lock_timeout_s):
         orphans = gc.find_orphans(store.fs, store.committed_ingests)
         freed = 0 if dry_run else gc.remove(store.fs, orphans)
     return {"orphans": orphans, "removed": not dry_run, "bytes_freed": freed}

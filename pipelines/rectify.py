@@ -63,7 +63,9 @@ def run(
     probe_list = read_probes(probes) if evidence and probes else None
     store = open_store(cfg)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
-    with store.lock("rectify", cfg.store.lock_timeout_s):
+    # A dry run only reads; a rectification retrains: one job at a time (the jobs lock first).
+    lock = store.lock if dry_run else store.job
+    with lock("rectify", cfg.store.lock_timeout_s):
         res = forgetting.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=log, probes=probe_list)
     return res.to_dict()
 

@@ -19,7 +19,7 @@ from storage.errors import ValidationError
 
 def run(cfg: SisaConfig, model_version: int) -> dict:
     store = open_store(cfg)
-    with store.lock("rollback", cfg.store.lock_timeout_s):
+    with store.job("rollback", cfg.store.lock_timeout_s):
         res = roll_back(store, cfg, model_version)
     return {"previous": res.previous, "current": res.current}
 

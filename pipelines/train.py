@@ -21,7 +21,7 @@ from sisa.training import TrainResult, train
 
 def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
     store = open_store(cfg)
-    with store.lock("train", cfg.store.lock_timeout_s):
+    with store.job("train", cfg.store.lock_timeout_s):
         return train(store, cfg, from_scratch, reason)
 
 

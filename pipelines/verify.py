@@ -87,7 +87,7 @@ def _ensure(store: Store) -> bool:
 
 def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = False) -> dict[str, Any]:
     store = open_store(cfg)
-    with store.lock("verify", cfg.store.lock_timeout_s):
+    with store.job("verify", cfg.store.lock_timeout_s):
         current = versions.current(store)
         shards = versions.shard_checkpoints(current)
         reqs = [deletion.read_request(store, request_id)] if request_id else [r for r in deletion.all_requests(store) if r.status == RequestStatus.COMPLETED]

@@ -248,6 +248,7 @@ def generate(
     aggregation: str = "posterior",
     log_prior: torch.Tensor | None = None,
     top_shards: int = 0,
+    ignore_eos: bool = False,
 ) -> str:
     """Decode from the mixture, one token at a time, with a KV cache.
 
@@ -257,6 +258,7 @@ def generate(
     `top_shards` m > 0 keeps, after the prompt, only the m shards of highest posterior weight
     (the others leave the batch and the KV cache, so each step costs m rows), renormalised.
     Sampling draws from a private generator seeded by `seed`, so the same call returns the same text.
+    `ignore_eos` decodes exactly `max_new_tokens` (benchmarks time a fixed amount of work).
     """
     check_aggregation(aggregation)
     if not greedy and temperature <= 0:
@@ -294,7 +296,7 @@ def generate(
         else:
             probs = torch.softmax(mixed / temperature, dim=-1).cpu()
             token = int(torch.multinomial(probs, 1, generator=rng))
-        if token == tokenizer.eos_token_id:
+        if token == tokenizer.eos_token_id and not ignore_eos:
             break
         new.append(token)
         if step == max_new_tokens - 1:

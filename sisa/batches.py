@@ -19,6 +19,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -137,8 +138,18 @@ def measure_queued(store: Store, cfg: SisaConfig, r: DeletionRequest, texts: lis
         r.evidence["loss_relief"] = serving.measure_records(store, cfg, versions.read(store, relief).shards, texts, prompts).get("ensemble")
 
 
-def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bool = True, log: Callable[[str], None] | None = None) -> BatchResult:
-    """Carry out every queued request in one batch. The caller holds the store lock."""
+def process(
+    store: Store,
+    cfg: SisaConfig,
+    train_new: bool = False,
+    evidence: bool = True,
+    log: Callable[[str], None] | None = None,
+    unlocked: Callable[[], AbstractContextManager] | None = None,
+) -> BatchResult:
+    """Carry out every queued request in one batch. The caller holds the jobs lock and the
+    writer lock; `unlocked()` (e.g. `StoreLock.released`) lets go of the writer lock while the
+    shard jobs train, so requests filed meanwhile are queued with their relief at once. The
+    batch's version then keeps their shards relieved too."""
     log = log or (lambda msg: None)
     started = time.perf_counter()
     reqs = queued_requests(store)
@@ -183,13 +194,21 @@ def process(store: Store, cfg: SisaConfig, train_new: bool = False, evidence: bo
             t0 = time.perf_counter()
             earliest = earliest_slices(reqs)
             tasks, reused = plan_batch(store, cfg, batch_base(store, base, reqs, earliest), earliest, train_new)
-            results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
-            shards = dict(reused)
-            shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-            if shards:
+            with unlocked() if unlocked is not None and tasks else nullcontext():
+                results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+            trained = dict(reused)
+            trained.update({r.shard_id: r.last_checkpoint_id for r in results})
+            if trained:
+                # Requests filed while the writer lock was free have their relief serving: the
+                # batch's version keeps each shard they hit at its checkpoint before the hit.
+                late = [r for r in deletion.open_requests(store) if r.request_id not in batched]
+                shards = relieved_shards(store, trained, earliest_slices(late))
+                if late:
+                    log(f"{batch_id}: {len(late)} request(s) filed during the batch stay relieved: {', '.join(r.request_id for r in late)}")
                 entry = versions.commit_version(
                     store, shards, "forget-batch", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation,
-                    request_id=batch_id, request_ids=[r.request_id for r in reqs],
+                    request_id=batch_id, request_ids=[r.request_id for r in reqs], allow_empty=True,
+                    excluded_shards=sorted(set(trained) - set(shards)),
                 )
                 retrain_s = time.perf_counter() - t0
                 registry.track_version(store, cfg, entry, results, retrain_s)

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sisa import adapters, checkpoints, serving
+from sisa import adapters, aggregate, checkpoints, serving
 from sisa.config import SisaConfig, build_config
 from sisa.model import base_model_fingerprint, load_base_model
 from sisa.versions import ModelVersion
@@ -78,6 +78,8 @@ def build_manifest(store: Store, cfg: SisaConfig, version: ModelVersion) -> dict
             raise IntegrityError(f"checkpoint {ckpt_id} lists no {', '.join(missing)}; it cannot be served")
         shards[str(shard_id)] = {"checkpoint_id": ckpt_id, "files": {n: man["files"][n] for n in ADAPTER_FILES}}
         base_fps.add(man.get("base_model_fingerprint", ""))
+    if not shards:  # a relief of every shard: the base model alone serves (exact)
+        base_fps.add(base_model_fingerprint(cfg.model))
     if len(base_fps) != 1:
         raise IntegrityError(f"model version {version.model_version}'s checkpoints were trained on different base models")
     counts = None
@@ -174,8 +176,6 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("serving", "model", "shards"):
         if not isinstance(manifest.get(key), dict):
             problems.append(f"`{key}` should be a mapping")
-    if not problems and not manifest["shards"]:
-        problems.append("`shards` should name at least one shard adapter")
     if problems:
         raise ConfigError([f"{str(path)!r}: {p}" for p in problems])
     return manifest
@@ -224,8 +224,12 @@ def load_parts(
             f"model {cfg.model.name!r} is {fingerprint[:12]}...; pass overrides={{'base_model': <the folder it was trained on>}}"
         )
     base, tokenizer = load_base_model(cfg.model)
-    model = adapters.load_adapters(base, {shard_name(k): str(d) for k, d in sorted(shard_dirs.items())})
     s = manifest["serving"]
+    if not shard_dirs:  # no adapter: the base model alone, as serving.load_ensemble serves it
+        base.requires_grad_(False)
+        base.eval()
+        return serving.Ensemble(base, tokenizer, {serving.BASE_SHARD: aggregate.BASE}, s["aggregation"], None, 0)
+    model = adapters.load_adapters(base, {shard_name(k): str(d) for k, d in sorted(shard_dirs.items())})
     counts = None if s.get("record_counts") is None else {int(k): int(v) for k, v in s["record_counts"].items()}
     return serving.Ensemble(model, tokenizer, {k: shard_name(k) for k in sorted(shard_dirs)}, s["aggregation"], counts, int(s.get("top_shards", 0)))
 

@@ -73,7 +73,7 @@ def make_checkpoint_id(shard_id: int, slice_idx: int, parent_id: str | None, lin
 
 def make_approximate_id(parent_id: str) -> str:
     """An approximate (fast-path) checkpoint: same shard and slice as its parent, a random tail
-    (it is not reproducible content; the purge removes it with its tainted parent)."""
+    (it is not reproducible content; its own lineage names the records it read, so the purge finds it)."""
     return f"s{shard_of(parent_id):05d}-l{slice_of(parent_id):06d}-approx{secrets.token_hex(5)}"
 
 

@@ -116,10 +116,11 @@ def plan_selection(store: Store, cfg: SisaConfig, sel: Selection, removes: bool 
     `removes=False` (a rectification): the records stay in their slices, with new text."""
     rows = sel.rows
     hits = list(zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True))
-    # Records per slice after the deletion: the index's counts minus the selected rows' (Arrow
-    # group-bys, no Python loop over the index); emptied and checkpoint-only slices stay at 0.
+    # Records per slice after the deletion: the index's live counts (queued deletions' records
+    # will not train again) minus the selected rows' (Arrow group-bys, no Python loop over the
+    # index); emptied and checkpoint-only slices stay at 0.
     counts: dict[int, dict[int, int]] = {shard: dict.fromkeys(checkpoints.shard_slices(store, shard), 0) for shard in range(store.num_shards)}
-    for r in store.index.counts().to_pylist():
+    for r in store.index.counts(live_only=True).to_pylist():
         counts[r["shard_id"]][r["slice_idx"]] = r["records"]
     for shard, sl in hits if removes else []:
         counts[shard][sl] -= 1
@@ -198,18 +199,23 @@ def read_texts(store: Store, rows) -> tuple[list[str], list[str | None] | None]:
     return texts, (prompts if has_prompt else None)
 
 
-def retain_texts(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> list[str]:
-    """Up to `limit` of the shard's remaining records, newest slices first (what the adapter
-    learned last is what an unlearning step disturbs most); reads only the slices it needs."""
-    out: list[str] = []
+def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[str]]:
+    """(record ids, texts) of up to `limit` of the shard's remaining records, newest slices first
+    (what the adapter learned last is what an unlearning step disturbs most); reads only the
+    slices it needs."""
+    ids: list[str] = []
+    texts: list[str] = []
     for sl in reversed(checkpoints.shard_slices(store, shard_id)):
         t = store.read_slice(shard_id, sl, columns=["record_id", "text"])
         if t is None:
             continue
-        out.extend(text for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True) if rid not in exclude)
-        if len(out) >= limit:
+        for rid, text in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), strict=True):
+            if rid not in exclude:
+                ids.append(rid)
+                texts.append(text)
+        if len(ids) >= limit:
             break
-    return out[:limit]
+    return ids[:limit], texts[:limit]
 
 
 # -- checkpoints and lineage -------------------------------------------------------------------

@@ -235,7 +235,8 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
     # With no clean shard left the relief serves the base model alone: exact, if plain.
     entry = versions.commit_version(
         store, shards, "forget-relief", cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation,
-        request_id=req.request_id, excluded_shards=sorted(set(current.shards) - set(shards)), allow_empty=True,
+        # Shards an earlier relief already left out stay out (and say so)
+        request_id=req.request_id, excluded_shards=sorted((set(current.shards) | set(current.excluded_shards)) - set(shards)), allow_empty=True,
     )
     req.versions["relief"] = entry.model_version
     req.timings["relief_s"] = time.perf_counter() - t0
@@ -443,7 +444,12 @@ def forget(
         earlier = next((r for r in deletion.all_requests(store) if r.idempotency_key_hash == key_hash), None)
         if earlier is not None:
             return ForgetResult(request=earlier, replayed=True)
-    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
+    # Queued requests wait for a batch; a request queued now may also join while a batch runs
+    # (or was cut short): the batch's version keeps it relieved, or the resumed batch takes it.
+    in_flight = [
+        r.request_id for r in deletion.open_requests(store)
+        if r.status != RequestStatus.QUEUED and not (queue and r.queued and r.status != RequestStatus.RECEIVED)
+    ]
     if in_flight and not dry_run:
         raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
     sel = deletion.select_records(store, kind, values)

@@ -15,17 +15,18 @@ outcome; never record text). Bearer tokens carry roles (`sisa/tokens.py`).
 from __future__ import annotations
 
 import html
+import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
 from sisa import batches, deletion, forgetting, serving, versions
@@ -33,6 +34,7 @@ from sisa.config import SisaConfig
 from sisa.lifecycle import RequestMode, RequestStatus
 from sisa.stores import open_store
 from sisa.tokens import TokenEntry, TokenStore, allowed
+from storage import layout
 from storage.audit import AuditLog
 from storage.errors import SisaError, StoreLockedError, ValidationError
 
@@ -148,14 +150,28 @@ class Worker:
         store = open_store(self.cfg)
         if batches.due(self.cfg, batches.queued_requests(store)) is None:
             return False
-        with self.write_lock, store.lock("serve: batch", self.cfg.store.lock_timeout_s):
+        timeout = self.cfg.store.lock_timeout_s
+        with store.jobs_lock("serve: batch", timeout), self.write_lock, store.lock("serve: batch", timeout) as writer:
             waiting = batches.queued_requests(store)
             if batches.due(self.cfg, waiting) is None:
                 return False
-            res = batches.process(store, self.cfg)
+            # While the shard jobs train, requests are filed (and relieved) as at any time.
+            res = batches.process(store, self.cfg, unlocked=lambda: _released(self.write_lock, writer))
         self.audit.append({"who": "worker", "what": "process", "outcome": "completed", "batch_id": res.batch_id,
                            "requests": [r.request_id for r in res.requests], "model_version": res.model_version})
         return True
+
+
+@contextmanager
+def _released(thread_lock: threading.Lock, writer) -> Iterator[None]:
+    """Both of a batch's write locks let go for the block, taken again after in the order a
+    request takes them (this process's lock, then the store's)."""
+    with writer.released():
+        thread_lock.release()
+        try:
+            yield
+        finally:
+            thread_lock.acquire()
 
 
 def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
@@ -317,6 +333,20 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
         audit.append({"who": who.name, "role": who.role, "what": "GET /audit", "outcome": "200"})
         return _audit_html(cfg, audit)
 
+    @app.get("/audit/reports/{name}")
+    def report_plot(name: str, request: Request):
+        """A plot of the latest report (`sisa demo` writes them under the store's reports/)."""
+        who = caller(request)
+        if who is None:
+            raise HTTPException(401, "sign in at /login, or send a bearer token")
+        if not allowed(who.role, "read_evidence"):
+            audit.append({"who": who.name, "role": who.role, "what": "GET /audit/reports", "outcome": "403"})
+            raise HTTPException(403, f"role {who.role!r} may not read the audit page")
+        if name not in _report_plots(open_store(cfg)):
+            raise HTTPException(404, "no such plot in the latest report")
+        audit.append({"who": who.name, "role": who.role, "what": f"GET /audit/reports/{name}", "outcome": "200"})
+        return Response(open_store(cfg).fs.read_bytes(f"{layout.REPORTS}/{name}"), media_type="image/png")
+
     return app
 
 
@@ -353,14 +383,25 @@ def _audit_html(cfg: SisaConfig, audit: AuditLog) -> str:
         f"<tr><td>{esc(e.get('at', ''))}</td><td>{esc(str(e.get('who')))}</td><td>{esc(str(e.get('what')))}</td><td>{esc(str(e.get('outcome')))}</td></tr>"
         for e in audit.read(50)
     )
+    plots = "".join(f'<p><img src="/audit/reports/{esc(n)}" alt="{esc(n)}" style="max-width:100%"></p>' for n in _report_plots(store))
+    plots = f"<h2>latest report</h2>{plots}" if plots else ""
     serving_line = f"version {current.model_version} ({esc(current.reason)}, {len(current.shards)} shard(s), {esc(current.aggregation)})" if current else "none yet"
     body = (
         f"<p>serving: <b>{serving_line}</b>; lineage check {lineage}</p>"
         f"<h2>deletion requests</h2><table><tr><th>request</th><th>status</th><th>mode</th><th>records</th><th>deadline</th><th></th><th>versions</th><th>certificate</th></tr>{rows}</table>"
-        f"<h2>latest calls</h2><table><tr><th>at</th><th>who</th><th>what</th><th>outcome</th></tr>{events}</table>"
+        f"{plots}<h2>latest calls</h2><table><tr><th>at</th><th>who</th><th>what</th><th>outcome</th></tr>{events}</table>"
         f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')}</p>"
     )
     return _page("audit", body)
+
+
+def _report_plots(store) -> list[str]:
+    """PNG files of the latest report (plain names only: nothing outside reports/ is served)."""
+    names = [i.path.rsplit("/", 1)[-1] for i in store.fs.list(layout.REPORTS)]
+    return sorted(n for n in names if _PLOT_NAME.fullmatch(n))
+
+
+_PLOT_NAME = re.compile(r"[A-Za-z0-9_.-]+\.png")
 
 
 def _cert_cell(r) -> str:

@@ -147,6 +147,16 @@ def generate_text(
     )
 
 
+def recalls(ens: Ensemble, prompts: list[str], answers: list[str]) -> list[bool]:
+    """Per fact: whether the served mixture's greedy completion of the prompt starts with the
+    answer (decoding only as far as that needs)."""
+    out = []
+    for prompt, answer in zip(prompts, answers, strict=True):
+        needed = len(ens.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 2
+        out.append(generate_text(ens, prompt, max_new_tokens=needed).strip().startswith(answer.strip()))
+    return out
+
+
 def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 

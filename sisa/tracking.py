@@ -32,7 +32,8 @@ import shutil
 import sqlite3
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +169,22 @@ def tracking_uri(cfg: TrackingConfig, store_local_path: str | None) -> str:
     return _SQLITE + str(Path(store_local_path).resolve() / "mlflow.db")
 
 
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per artifact it copies while logging a model; a `sisa forget`
+    would print a dozen. Off for the block, the caller's setting back after."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 class Tracker:
     """Logs, registers, aliases and purges sisa model versions in one MLflow backend.
 
@@ -224,7 +241,8 @@ class Tracker:
             self.client.log_artifact(run_id, path)
         model = None
         if model_artifacts is not None:
-            model = self._log_model(run.info.experiment_id, run_id, model_version, model_artifacts, params)
+            with _no_progress_bars():
+                model = self._log_model(run.info.experiment_id, run_id, model_version, model_artifacts, params)
         self.client.set_terminated(run_id)
 
         self._ensure_registered_model()

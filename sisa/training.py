@@ -58,8 +58,9 @@ def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tup
 
 
 def refuse_if_requests_open(store: Store, doing: str) -> None:
-    """Requests in flight (not queued: those wait for a batch) must finish first."""
-    open_reqs = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
+    """Requests in flight must finish first; queued ones, and those of a batch a crash
+    interrupted, are the batch's (training runs it first)."""
+    open_reqs = [r.request_id for r in deletion.open_requests(store) if not (r.queued and r.status != RequestStatus.RECEIVED)]
     if open_reqs:
         raise RefusedError(
             f"deletion request(s) {', '.join(open_reqs)} are still open; {doing} now could bring "

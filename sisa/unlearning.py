@@ -7,8 +7,8 @@ on the forget set plus descent on retained data. Both add a retain term on the s
 records so the rest of what the shard learned moves little.
 
 This is approximate: it proves nothing. The forget texts live in memory only, in this process,
-and the resulting adapter is tainted (its parent saw the records): the exact retrain supersedes
-it and the purge deletes it.
+and the resulting adapter is tainted (its own lineage names the records it read, forgotten and
+retained): the exact retrain supersedes it and the purge deletes it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from sisa import adapters, checkpoints
 from sisa.config import SisaConfig
-from sisa.deletion import read_texts, retain_texts
+from sisa.deletion import read_texts, retain_records
 from sisa.model import encode_texts, load_base_model, token_logprobs
 from sisa.sharding import derive_seed
 from sisa.trainer import deterministic_torch, make_optimizer
@@ -88,7 +88,7 @@ def unlearn_adapter(
 def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving_shards: dict[int, str]) -> dict[int, str]:
     """Unlearn the selected records from every affected shard's serving adapter, in this process
     (the texts never leave it), and save each result as an approximate checkpoint whose parent is
-    the serving one: it descends from a tainted checkpoint, so the purge removes it too.
+    the serving one and whose own lineage names every record it read, so the purge removes it.
     Returns the new {shard_id: checkpoint_id} map."""
     deleted = set(rows["record_id"].to_pylist())
     new_shards = dict(serving_shards)
@@ -96,7 +96,7 @@ def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving
     for shard in affected:
         shard_rows = rows.filter(rows["shard_id"].to_numpy() == shard) if rows.num_rows else rows
         texts, _ = read_texts(store, shard_rows)
-        retain = retain_texts(store, shard, deleted)
+        retain_ids, retain = retain_records(store, shard, deleted)
         parent = serving_shards[shard]
         model, optimizer, history = unlearn_adapter(store, cfg, parent, texts, retain, request_id)
         pman = checkpoints.read_manifest(store, shard, parent)
@@ -108,6 +108,11 @@ def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving
             "unlearning": {"method": cfg.unlearning.method, "steps": cfg.unlearning.steps, "final_loss": history[-1] if history else None},
             "request_id": request_id,
         }
-        checkpoints.write_checkpoint(store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, [])
+        # Its own lineage names every record whose text the unlearning read, the forgotten ones
+        # included: gradient ascent on a text is influence of that text. The purge of this request
+        # (or of any later one) finds it by its own lineage even when its parent never saw the
+        # records (a relief checkpoint serving, or records not trained yet).
+        read = store.hash_ids(shard_rows["record_id"].to_pylist() + retain_ids)
+        checkpoints.write_checkpoint(store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, read)
         new_shards[shard] = cid
     return new_shards

@@ -81,11 +81,13 @@ class RecordIndex:
     def live(self) -> pa.Table:
         return self.table.filter(pc.equal(self.table["status"], LIVE))
 
-    def counts(self) -> pa.Table:
-        """Records per (shard_id, slice_idx), sorted."""
-        if self.table.num_rows == 0:
+    def counts(self, live_only: bool = False) -> pa.Table:
+        """Records per (shard_id, slice_idx), sorted; `live_only` leaves out those a queued
+        deletion marked `forgetting` (no training reads them again)."""
+        table = self.live() if live_only else self.table
+        if table.num_rows == 0:
             return pa.table({"shard_id": pa.array([], pa.int32()), "slice_idx": pa.array([], pa.int32()), "records": pa.array([], pa.int64())})
-        g = self.table.group_by(["shard_id", "slice_idx"]).aggregate([("record_id", "count")])
+        g = table.group_by(["shard_id", "slice_idx"]).aggregate([("record_id", "count")])
         g = g.rename_columns(["shard_id", "slice_idx", "records"])
         return g.sort_by([("shard_id", "ascending"), ("slice_idx", "ascending")])
 

@@ -2,7 +2,8 @@
 
     store.json                                    format, num_shards, seed, created_at
     secret.key                                    salt of every keyed hash (never leaves the store)
-    LOCK                                          the writer lock
+    LOCK                                          the writer lock (short: metadata, ledgers, versions)
+    JOBS.LOCK                                     the jobs lock (long: training, retrains, purges, verify)
     CURRENT                                       pointer to the serving model version
     data/shard=SSSSS/slice=LLLLLL/part-NNNNNN-<ingest_id>.parquet   records of one ingest in one slice
     index/part-NNNNNN-<ingest_id>.parquet         record index rows of one ingest
@@ -21,6 +22,7 @@ from __future__ import annotations
 STORE_META = "store.json"
 SECRET_KEY = "secret.key"
 LOCK = "LOCK"
+JOBS_LOCK = "JOBS.LOCK"
 CURRENT = "CURRENT"
 DATA = "data"
 INDEX = "index"

@@ -1,4 +1,10 @@
-"""A store-level writer lock, so two writers never interleave.
+"""Store-level locks, so two writers never interleave.
+
+Two of them, always taken in this order: the jobs lock (`JOBS.LOCK`), held by long work that
+trains, retrains, purges or verifies (train, forget, process, rollback, gc, verify), so two of
+those never run at once; and the writer lock (`LOCK`), held by every write of metadata (ingest,
+a queued request and its relief, a version commit). A batch (`sisa process`) lets go of the
+writer lock while its shard jobs train, so a request queued then gets its relief at once.
 
 The lock is a file created with O_EXCL holding the owner's pid, host and start time. A second
 writer waits up to `timeout_s`, then fails naming the owner. A lock whose owner process is dead
@@ -12,6 +18,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from storage.errors import StoreLockedError
@@ -30,15 +38,16 @@ def _pid_alive(pid: int) -> bool:
 
 
 class StoreLock:
-    def __init__(self, fs: StoreFS, timeout_s: float = 30.0, purpose: str = ""):
+    def __init__(self, fs: StoreFS, timeout_s: float = 30.0, purpose: str = "", path: str = LOCK):
         self.fs = fs
+        self.path = path
         self.timeout_s = timeout_s
         self.purpose = purpose
         self.held = False
 
     def _owner(self) -> dict:
         try:
-            return json.loads(self.fs.read_bytes(LOCK))
+            return json.loads(self.fs.read_bytes(self.path))
         except Exception:
             return {}
 
@@ -53,7 +62,7 @@ class StoreLock:
         ).encode()
         if self.fs.is_local:
             try:
-                fd = os.open(self.fs.full(LOCK), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.fs.full(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 return False
             with os.fdopen(fd, "wb") as f:
@@ -61,23 +70,23 @@ class StoreLock:
                 f.flush()
                 os.fsync(f.fileno())
             return True
-        if self.fs.exists(LOCK):
+        if self.fs.exists(self.path):
             return False
-        self.fs.write_bytes(LOCK, body)
+        self.fs.write_bytes(self.path, body)
         return True
 
     def _clear_if_stale(self) -> bool:
         owner = self._owner()
         pid, host = owner.get("pid"), owner.get("host")
-        if pid is None and self.fs.exists(LOCK):
+        if pid is None and self.fs.exists(self.path):
             # Unreadable lock file (a writer died between create and write): stale after a grace.
-            info = self.fs.fs.get_file_info(self.fs.full(LOCK))
+            info = self.fs.fs.get_file_info(self.fs.full(self.path))
             if info.mtime and time.time() - info.mtime.timestamp() > 5:
-                self.fs.delete(LOCK)
+                self.fs.delete(self.path)
                 return True
             return False
         if host == socket.gethostname() and pid is not None and not _pid_alive(int(pid)):
-            self.fs.delete(LOCK)
+            self.fs.delete(self.path)
             return True
         return False
 
@@ -91,8 +100,9 @@ class StoreLock:
                 continue
             if time.monotonic() >= deadline:
                 o = self._owner()
+                which = "" if self.path == LOCK else f" ({self.path})"
                 raise StoreLockedError(
-                    f"store {self.fs.uri} is locked by PID {o.get('pid', '?')} on {o.get('host', '?')} "
+                    f"store {self.fs.uri}{which} is locked by PID {o.get('pid', '?')} on {o.get('host', '?')} "
                     f"since {o.get('since', '?')} ({o.get('purpose') or 'unknown work'}); waited "
                     f"{self.timeout_s:g}s. Wait for it to finish, or raise store.lock_timeout_s."
                 )
@@ -102,8 +112,17 @@ class StoreLock:
         if self.held:
             owner = self._owner()
             if owner.get("pid") == os.getpid():
-                self.fs.delete(LOCK)
+                self.fs.delete(self.path)
             self.held = False
+
+    @contextmanager
+    def released(self) -> Iterator[None]:
+        """Let go for the block, take it again after (waiting up to the timeout)."""
+        self.release()
+        try:
+            yield
+        finally:
+            self.acquire()
 
     def __enter__(self) -> StoreLock:
         self.acquire()

@@ -6,6 +6,8 @@ It speaks Arrow tables, ids and relative paths; it knows nothing of torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,7 +75,20 @@ class Store:
         return int(self.meta["seed"])
 
     def lock(self, purpose: str, timeout_s: float = 30.0) -> StoreLock:
+        """The writer lock: held for every write of metadata (storage/lock.py)."""
         return StoreLock(self.fs, timeout_s, purpose)
+
+    def jobs_lock(self, purpose: str, timeout_s: float = 30.0) -> StoreLock:
+        """The jobs lock: long work (training, retrains, purges, verify) one at a time; taken
+        before the writer lock."""
+        return StoreLock(self.fs, timeout_s, purpose, layout.JOBS_LOCK)
+
+    @contextmanager
+    def job(self, purpose: str, timeout_s: float = 30.0) -> Iterator[StoreLock]:
+        """Both locks, in order, for long work; yields the writer lock (a batch lets go of it
+        while its shard jobs train)."""
+        with self.jobs_lock(purpose, timeout_s), self.lock(purpose, timeout_s) as writer:
+            yield writer
 
     # -- keyed hashes ----------------------------------------------------------------------------
     def hash_id(self, value: str) -> str:

@@ -10,6 +10,8 @@ from benchmarks.deletion_requests import (
     POLICIES,
     CostModel,
     Policy,
+    Requests,
+    SimResult,
     Workload,
     batched,
     full_passes,
@@ -17,6 +19,7 @@ from benchmarks.deletion_requests import (
     make_requests,
     one_at_a_time,
     retrain_passes,
+    served_share,
 )
 from sisa.config import SisaConfig
 
@@ -71,3 +74,25 @@ def test_waiting_longer_batches_more(year) -> None:
 def test_the_default_policy_misses_no_deadline(year) -> None:
     _, _, _, runs = year
     assert runs[0].name == DEFAULT.label and runs[0].missed == 0
+
+
+def test_served_share_is_the_time_mean_of_what_relieved_shards_still_serve() -> None:
+    w = Workload(records=1000, shards=2, slices=4, days=10)
+    # Shard 0: a request at slice 1 relieved for 24 h, one at slice 2 overlapping it for 48 h
+    # (the shard serves 1/4 of its slices while both wait); shard 1 untouched.
+    reqs = Requests(arrival_h=np.array([0.0, 12.0]), shard=np.array([0, 0]), slice=np.array([1, 2]), records=np.array([2, 2]))
+    res = SimResult("hand", relief_h=np.array([0.0, 0.0]), exact_h=np.array([24.0, 48.0]))
+    lost = 24 * (1 - 1 / 4) + 36 * (1 - 2 / 4)  # hours 0-24 at 1/4, hours 24-60 at 2/4
+    assert served_share(w, reqs, res) == pytest.approx(1 - lost / (240 * 2))
+    # Never relieved, never done: nothing is lost; a longer wait loses more.
+    assert served_share(w, reqs, SimResult("none", relief_h=np.full(2, np.nan), exact_h=np.full(2, np.nan))) == 1.0
+    longer = SimResult("longer", relief_h=np.array([0.0, 0.0]), exact_h=np.array([48.0, 72.0]))
+    assert served_share(w, reqs, longer) < served_share(w, reqs, res)
+
+
+def test_a_longer_wait_cuts_work_but_serves_less(year) -> None:
+    w, reqs, one, runs = year
+    by = {r.name: r for r in runs}
+    quick, slow = by[Policy(0, 20, 7).label], by[Policy(720, 1000, 7).label]
+    assert slow.passes < quick.passes
+    assert served_share(w, reqs, slow) < served_share(w, reqs, quick) <= 1.0

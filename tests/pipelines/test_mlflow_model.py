@@ -26,7 +26,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import forget, train
-from sisa import bundle, serving, versions
+from sisa import bundle, deletion, serving, versions
 from sisa.synthetic import make_people
 from storage.errors import NotFoundError
 from storage.store import Store
@@ -195,3 +195,33 @@ def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, monkeypatch
         bundle.load_bundle(tmp_path / "b")
     _, ens = bundle.load_bundle(tmp_path / "b", {"base_model": str(moved)})
     assert bundle.generate_texts(ens, PROMPTS, 6) == expected
+
+
+def test_a_relief_of_every_shard_is_logged_as_the_base_model_alone(tmp_path, monkeypatch):
+    """Queued requests that hit slice 0 of every shard: the relief serves no adapter. That
+    version is logged, registered and loadable like any other (it once failed after its commit,
+    leaving the request half done), and the batch after it completes the requests."""
+    cfg = _train(tmp_path, "deletion.relief=true", "sharding.slice_size=4")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", _uri(cfg))
+    store = Store.open(cfg.store.uri)
+    first = {}
+    for r in store.index.table.to_pylist():
+        if r["slice_idx"] == 0:
+            first.setdefault(r["shard_id"], r["subject_id"])
+    assert sorted(first) == list(range(store.num_shards))
+    for subject in first.values():
+        forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
+    relief = versions.current(store)
+    assert relief.shards == {} and relief.mlflow.get("registered_version")
+    assert relief.excluded_shards == list(range(store.num_shards))
+    model = mlflow.pyfunc.load_model(MODEL_URI)
+    assert model.metadata.metadata["sisa_model_version"] == relief.model_version
+    assert model.predict(PROMPTS, params={"max_new_tokens": 6}) == _served(cfg, 6)
+    code, _, err = run_cli("export", "--format", "ensemble", "--out", str(tmp_path / "b"), *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True))
+    assert code == 0, err
+    manifest, ens = bundle.load_bundle(tmp_path / "b")
+    assert manifest["shards"] == {} and bundle.generate_texts(ens, PROMPTS, 6) == _served(cfg, 6)
+
+    code, _, err = run_cli("process", *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True))
+    assert code == 0, err
+    assert all(r.status.name == "COMPLETED" for r in deletion.all_requests(store))

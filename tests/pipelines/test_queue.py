@@ -158,8 +158,9 @@ def test_a_relief_with_no_clean_shard_serves_the_base_model_and_the_batch_retrai
     assert res["retrained_shards"] == [0] and versions.current(store).shards
 
 
-@pytest.mark.parametrize("stage", ["batch-after-delete", "batch-after-commit"])
-def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage):
+@pytest.mark.parametrize(("stage", "resume"), [("batch-after-delete", "process"), ("batch-after-commit", "process"), ("batch-after-delete", "train")])
+def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage, resume):
+    # `sisa train` carries queued deletions first, so it finishes an interrupted batch itself.
     from tests.reliability.helpers import describe, sisa_proc
 
     cfg, store = _store(tmp_path, make_people(14, seed=47))
@@ -173,7 +174,7 @@ def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage)
     assert all(r.status.is_open for r in deletion.all_requests(store))
     if stage == "batch-after-delete":
         assert store.current_version() == relief  # the relief still serves
-    p = sisa_proc("process", *args)
+    p = sisa_proc(resume, *args)
     assert p.returncode == 0, describe(p)
     batch_versions = [v for v in versions.all_versions(store) if v.reason == "forget-batch"]
     assert len(batch_versions) == 1 and store.current_version() == batch_versions[0].model_version
@@ -181,3 +182,50 @@ def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage)
     p = sisa_proc("verify", "--replay", *args)
     assert p.returncode == 0, describe(p)
     assert not (tmp_path / "s" / layout.TMP).exists() or not list((tmp_path / "s" / layout.TMP).iterdir())
+
+
+def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(tmp_path, monkeypatch):
+    """The batch lets go of the writer lock while its shard jobs train (it keeps the jobs lock):
+    a request queued then gets its relief at once, no second batch or training can start, and the
+    batch's version keeps the new request's shard at its checkpoint before the hit."""
+    from storage.errors import StoreLockedError
+
+    cfg, store = _store(tmp_path, make_people(24, seed=53), "store.lock_timeout_s=2")
+    places: dict[str, set[tuple[int, int]]] = {}
+    for r in store.index.table.to_pylist():
+        places.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
+    single = sorted((s, next(iter(p))) for s, p in places.items() if len(p) == 1 and next(iter(p))[1] >= 1)
+    (first, (shard, _)) = single[0]
+    second = next(s for s, (sh, _) in single[1:] if sh == shard)  # the shard the batch retrains
+    forget.run(cfg, "subject", [first], queue=True, evidence=False, quiet=True)
+
+    real = batches.scheduler.run_shard_jobs
+    during: dict = {}
+
+    def jobs_while_a_request_arrives(*args, **kwargs):
+        results = real(*args, **kwargs)  # the jobs have read the slices: they trained on `second`
+        during["request"] = forget.run(cfg, "subject", [second], queue=True, evidence=False, quiet=True)["request"]
+        during["serving"] = versions.current(store)
+        with pytest.raises(StoreLockedError, match="JOBS.LOCK"):
+            train.run(cfg)
+        return results
+
+    monkeypatch.setattr(batches.scheduler, "run_shard_jobs", jobs_while_a_request_arrives)
+    res = process.run(cfg, quiet=True)
+    monkeypatch.setattr(batches.scheduler, "run_shard_jobs", real)
+
+    late = deletion.read_request(store, during["request"]["request_id"])
+    assert late.status == RequestStatus.QUEUED and late.versions["relief"] == during["serving"].model_version
+    assert res["requests"] != [] and late.request_id not in res["requests"]
+    batch_version = versions.current(store)
+    assert batch_version.model_version == res["model_version"]
+    assert deletion.lineage_violations(store, batch_version.shards, set(late.id_hashes)) == []
+    # Its records were never erased: the exact version of the batch did not forget them by chance.
+    assert store.index.select("subject_id", [second]).num_rows > 0
+
+    res2 = process.run(cfg, quiet=True)
+    assert res2["requests"] == [late.request_id]
+    assert all(r.status == RequestStatus.COMPLETED for r in deletion.all_requests(store))
+    code, out, err = run_cli("verify", "--replay", *cli_args(tmp_path / "s", *RELIEF))
+    assert code == 0, out + err
+    assert not (tmp_path / "s" / layout.JOBS_LOCK).exists() and not (tmp_path / "s" / layout.LOCK).exists()

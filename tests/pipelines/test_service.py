@@ -238,3 +238,21 @@ def test_the_audit_page_in_a_real_browser(served, tmp_path):
             assert shot.stat().st_size > 1000
         finally:
             browser.close()
+
+
+def test_the_audit_page_shows_the_latest_reports_plots_to_auditors_only(served):
+    server, store_dir, tokens = served
+    reports = store_dir / "reports"
+    reports.mkdir(exist_ok=True)
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64  # the bytes are served as they are
+    (reports / "memorization_by_version.png").write_bytes(png)
+    (reports / "report.md").write_text("not a plot")
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        page = c.get("/audit", headers=_h(tokens["auditor"])).text
+        assert '<img src="/audit/reports/memorization_by_version.png"' in page and "report.md" not in page
+        r = c.get("/audit/reports/memorization_by_version.png", headers=_h(tokens["auditor"]))
+        assert r.status_code == 200 and r.content == png and r.headers["content-type"] == "image/png"
+        assert c.get("/audit/reports/memorization_by_version.png").status_code == 401
+        assert c.get("/audit/reports/memorization_by_version.png", headers=_h(tokens["client"])).status_code == 403
+        for name in ("report.md", "..%2Fsecret.key", "missing.png"):
+            assert c.get(f"/audit/reports/{name}", headers=_h(tokens["admin"])).status_code == 404, name

@@ -14,6 +14,7 @@ from pipelines.train import run as train_run
 from sisa import batches, checkpoints, deletion, forgetting, versions
 from sisa.lifecycle import RequestMode
 from sisa.synthetic import make_people, write_jsonl
+from storage import layout
 from storage.errors import RefusedError
 from storage.store import Store
 from tests.helpers import make_cfg
@@ -57,6 +58,8 @@ def test_a_batch_after_fast_never_keeps_the_approximate_checkpoint(tmp_path: Pat
     before = dict(versions.current(store).shards)
     forget_pipeline.run(cfg, "subject", [late[0]["subject_id"]], fast=True, queue=True, evidence=False, quiet=True)
     assert versions.current(store).approximate
+    approx = [c for c in versions.current(store).shards.values() if checkpoints.is_approximate(c)]
+    assert approx
 
     if run == "process":
         _process(store, cfg)
@@ -67,6 +70,10 @@ def test_a_batch_after_fast_never_keeps_the_approximate_checkpoint(tmp_path: Pat
     assert not [a for c in exact.shards.values() for a in checkpoints.chain(store, c) if checkpoints.is_approximate(a)]
     if run == "process":  # nothing that served had trained the records: the version before serves again
         assert exact.shards == before
+    # Its parent never saw the records, but it read their text: the purge deletes it all the same.
+    assert checkpoints.checkpoints_holding(store, set(store.hash_ids([late[0]["record_id"]]))) == set()
+    for cid in approx:
+        assert not store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(cid), cid)), cid
 
 
 def test_a_batch_waits_for_a_request_that_is_carried_out_alone(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from storage import layout, ledgers
@@ -102,6 +103,17 @@ def test_counts_per_shard_and_slice():
     assert sum(r["records"] for r in counts) == 100
     assert [(r["shard_id"], r["slice_idx"]) for r in counts] == sorted((r["shard_id"], r["slice_idx"]) for r in counts)
     assert RecordIndex().counts().num_rows == 0
+    assert RecordIndex().counts(live_only=True).num_rows == 0
+
+
+def test_live_counts_leave_out_records_being_forgotten():
+    idx = RecordIndex(make_index(100, num_shards=2, slice_size=10))
+    (gone,) = idx.table.filter(pc.equal(idx.table["status"], FORGETTING)).to_pylist()
+    every = {(r["shard_id"], r["slice_idx"]): r["records"] for r in idx.counts().to_pylist()}
+    live = {(r["shard_id"], r["slice_idx"]): r["records"] for r in idx.counts(live_only=True).to_pylist()}
+    where = (gone["shard_id"], gone["slice_idx"])
+    assert live[where] == every[where] - 1
+    assert {k: v for k, v in live.items() if k != where} == {k: v for k, v in every.items() if k != where}
 
 
 def test_store_index_reads_only_committed_ingests(tmp_path):
