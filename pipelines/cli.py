@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "status": ("pipelines.status", "records per shard and slice, ingest batches, store size"),
     "train": ("pipelines.train", "train pending slices of every shard (Ray) and commit a model version"),
     "forget": ("pipelines.forget", "forget records exactly (by id, subject, source or ingest), with optional fast path"),
+    "rectify": ("pipelines.rectify", "correct records' text exactly: old content forgotten, new content trained, certificate"),
     "process": ("pipelines.process", "carry out every queued deletion request in one batch (--due: only when the policy says so)"),
     "requests": ("pipelines.list_requests", "list deletion requests, their status and deadlines"),
     "certificate": ("pipelines.show_certificate", "print the evidence of one completed deletion request"),

@@ -71,7 +71,7 @@ def print_requests(reqs: list[DeletionRequest]) -> None:
     rows = [
         {
             "request_id": r.request_id,
-            "selector": r.selector["kind"],
+            "selector": r.selector["kind"] + (" (rectify)" if r.kind.value == "rectify" else ""),
             "records": r.records,
             "mode": r.mode.value,
             "status": r.status.value + (" OVERDUE" if r.is_overdue() else ""),
@@ -92,11 +92,17 @@ def print_certificate(r: DeletionRequest) -> None:
     cert = r.certificate or {}
     plan = r.plan
     ev = r.evidence
-    print(f"deletion certificate — request {r.request_id}")
+    rectify = r.kind.value == "rectify"
+    print(f"{'rectification' if rectify else 'deletion'} certificate — request {r.request_id}")
     print(f"  status            {r.status.value} (received {r.received_at}, deadline {r.deadline[:10]}, completed {r.completed_at or '-'})")
     print(f"  request sha256    {cert.get('request_sha256', '-')}")
     print(f"  selector          {r.selector['kind']} (keyed hash {r.selector['value_hash'][:16]}...)")
-    print(f"  records deleted   {r.records} (id hashes kept: {len(r.id_hashes)}); mode {r.mode.value}")
+    if rectify:
+        print(f"  records corrected {r.records} (same ids, shards and slices); mode {r.mode.value}")
+        for c in r.rectified:
+            print(f"    content hash    old {c['old'][:16]}... → new {c['new'][:16]}... (keyed)")
+    else:
+        print(f"  records deleted   {r.records} (id hashes kept: {len(r.id_hashes)}); mode {r.mode.value}")
     if plan is not None:
         for s in plan.shards:
             print(f"  shard {s.shard_id:<4}        {s.records} record(s), slices hit {s.slices_hit}, retrained from slice {s.earliest_slice}")
@@ -108,18 +114,56 @@ def print_certificate(r: DeletionRequest) -> None:
             sha = c.get("adapter_sha256", "")
             print(f"  checkpoint {label:<6} shard {c['shard_id']}: {c['checkpoint_id']}" + (f"  adapter sha256 {sha[:16]}..." if sha else ""))
     lc, pc = cert.get("lineage_check", {}), cert.get("purge_check", {})
-    print(f"  lineage check     {'PASSED' if lc.get('passed') else 'FAILED ' + str(lc.get('violations'))}: no serving checkpoint's lineage holds a deleted id hash")
+    what = "an old content hash" if rectify else "a deleted id hash"
+    print(f"  lineage check     {'PASSED' if lc.get('passed') else 'FAILED ' + str(lc.get('violations'))}: no serving checkpoint's lineage holds {what}")
+    if rectify:
+        nc = cert.get("rectification", {}).get("new_content_check", {})
+        print(f"  new content check {'PASSED' if nc.get('passed') else 'FAILED'}: the serving lineage holds every new content hash")
     purge = r.purge or {}
     print(f"  purged            {len(purge.get('checkpoints', []))} checkpoint(s), version(s) {purge.get('versions', [])}; purge check {'PASSED' if pc.get('passed') else 'FAILED'}")
     print("  timings           " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()))
     unit = "answer-token" if ev.get("answer_tokens_only") else "per-token"
-    print(f"  memorization ({unit} loss of the deleted records, lower = remembered)")
+    print(f"  memorization ({unit} loss of the {'old text of the corrected' if rectify else 'deleted'} records, lower = remembered)")
     print(f"    serving model before     {_num(ev.get('loss_before'))}")
     if "loss_fast_path" in ev:
         print(f"    approximate fast path    {_num(ev.get('loss_fast_path'))}")
-    print(f"    after exact deletion     {_num(ev.get('loss_after'))}")
+    print(f"    after the exact {'rectification' if rectify else 'deletion'}  {_num(ev.get('loss_after'))}")
     print(f"    shards that never saw them (stranger baseline) {_num(ev.get('loss_unseen_shards'))}")
     if "holdout_before" in ev:
         print(f"  held-out records no model saw ({ev.get('holdout_records')}): before {_num(ev.get('holdout_before'))}"
               + (f", fast path {_num(ev.get('holdout_fast_path'))}" if "holdout_fast_path" in ev else "")
               + f", after {_num(ev.get('holdout_after'))}")
+    print_evidence(ev.get("versions") or {}, rectify)
+
+
+def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:
+    """The trio, leak@k and membership inference of every version a request created (--probes,
+    --holdout); README.md says what each number means and what it does not prove."""
+    if not by_version:
+        return
+    old = "old" if rectify else "forgotten"
+
+    def pct(block: dict | None, key: str) -> str:
+        if not block or block.get(key) is None:
+            return "-"
+        n = block.get(key.replace("recall", "n"), block.get("n"))
+        return f"{block[key]:.0%} of {n}"
+
+    rows = []
+    order = ["before", "relief", "approximate", "isolate", "exact"]
+    for label, v in sorted(by_version.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
+        rel, gen, loc, leak, mia = (v.get(k) or {} for k in ("reliability", "generalization", "locality", "leak_at_k", "membership"))
+        rows.append({
+            "version": f"{label} (v{v.get('model_version')})",
+            f"{old} recalled": pct(rel, "forbidden_recall"),
+            **({"new recalled": pct(rel, "expected_recall")} if rectify else {}),
+            f"paraphrase/related {old}": pct(gen, "forbidden_recall"),
+            **({"paraphrase/related new": pct(gen, "expected_recall")} if rectify else {}),
+            "locality unchanged": "-" if loc.get("unchanged_tokens") is None else f"{loc['unchanged_tokens']:.1%}",
+            "locality recall": pct(loc, "recall"),
+            "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
+            "MIA AUC": "-" if mia.get("auc") is None else f"{mia['auc']:.2f} ({mia['members']} vs {mia['holdout']})",
+            "privleak vs exact": "-" if mia.get("privleak_vs_exact") is None else f"{mia['privleak_vs_exact']:+.1f}%",
+        })
+    print("  evidence per version (greedy recall of answers, leak@k sampled at temperature 1, Min-k% (40%) MIA)")
+    print_table(rows, list(rows[0]))

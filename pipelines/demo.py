@@ -45,10 +45,11 @@ from sisa.ingestion import ingest_sources
 from sisa.lifecycle import RequestMode
 from sisa.model import base_model_fingerprint
 from sisa.planner import expected_cost_fraction
+from sisa.probes import Probe
 from sisa.rollback_guard import roll_back
 from sisa.sources import from_table
 from sisa.synth_formats import as_format, question
-from sisa.synthetic import make_people
+from sisa.synthetic import make_people, make_probes
 from storage import layout
 from storage.errors import RefusedError, StoreError
 from storage.store import Store
@@ -188,8 +189,12 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
               f"retained {_frac(m['recall']['retained'])}, loss {losses[label]['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {losses[label]['strangers']:.3f}")
 
     holdout = shape.items(unseen)
+    # Probes (`sisa synth --probes`): the person's facts reworded and asked as questions, and two
+    # other people's facts for locality; the certificate shows the trio, leak@k and the MIA AUC.
+    probes = [Probe(**p) for p in make_probes(target) if p["kind"] != "locality"]
+    probes += [Probe(**p) for p in make_probes(retained[: 2 * facts]) if p["kind"] == "locality"]
     with store.job("demo forget", cfg.store.lock_timeout_s):
-        fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True))
+        fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
     req = fr.request
     exact_entry = versions.current(store)
     ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))

@@ -4,6 +4,7 @@
     sisa forget --config C --ids a,b,c | --ids-file F | --source S | --ingest-id I
     sisa forget --config C --subject person-00003 --queue     # relief now, a batch later (`sisa process`)
     sisa forget --config C --resume
+    sisa forget --config C --subject person-00003 --probes probes.jsonl --holdout strangers.jsonl   # evidence
 
 The recipe (each step is a phase of the state machine in sisa/forgetting.py):
 1. Select and validate: unknown ids are an error (or skipped with --allow-missing); ids an
@@ -33,6 +34,7 @@ from sisa.config import SisaConfig
 from sisa.formats import table_items
 from sisa.ingestion import normalise
 from sisa.lifecycle import RequestMode
+from sisa.probes import Probe, read_probes
 from sisa.sources import read_source
 from sisa.versions import ModelVersion
 from storage.errors import ValidationError
@@ -58,6 +60,7 @@ def run(
     quiet: bool = False,
     on_version: Callable[[str, ModelVersion], None] | None = None,
     holdout: str | Texts | None = None,
+    probes: str | list[Probe] | None = None,
 ) -> dict[str, Any]:
     """`on_version(kind, version)` is called after each commit (approximate/isolate/exact),
     while the selected texts are still in this process's memory (the demo measures with it).
@@ -67,12 +70,13 @@ def run(
     relief = cfg.deletion.relief if relief is None else relief
     mode = RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
     held = (holdout if isinstance(holdout, tuple) else read_holdout(cfg, holdout)) if evidence and holdout else None
+    probe_list = (read_probes(probes) if isinstance(probes, str) else probes) if evidence and probes else None
     store = open_store(cfg)
     # Queued (or a dry run): metadata and a relief commit only, beside a running batch; carried
     # out now: a retrain, one job at a time.
     lock = store.lock if queue or dry_run else store.job
     with lock("forget", cfg.store.lock_timeout_s):
-        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, _log(quiet))
+        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, _log(quiet), probes=probe_list)
     return res.to_dict()
 
 
@@ -113,7 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-missing", action="store_true", help="skip unknown ids instead of failing")
     p.add_argument("--resume", action="store_true", help="finish interrupted requests")
     p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
-    p.add_argument("--holdout", metavar="FILE", help="records no model saw (JSONL/CSV/Parquet): their loss is the certificate's stranger baseline")
+    p.add_argument("--holdout", metavar="FILE", help="records no model saw (JSONL/CSV/Parquet): their loss is the certificate's stranger baseline, and the non-members of the Min-k%% membership inference")
+    p.add_argument("--probes", metavar="FILE", help="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id; `sisa synth --probes`): reliability, generalization, locality and leak@k of every version, kept as numbers")
 
 
 def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -148,7 +153,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
             print("no open requests")
         return 0
     kind, values = _selector(args)
-    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.queue, False if args.no_relief else None, args.allow_missing, not args.no_evidence, quiet=args.json, holdout=args.holdout)
+    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.queue, False if args.no_relief else None, args.allow_missing, not args.no_evidence, quiet=args.json, holdout=args.holdout, probes=args.probes)
     if args.json:
         print_json(res)
         return 0

@@ -1,9 +1,10 @@
-"""The certificate of a completed deletion: what can be checked at the moment it completes.
+"""The certificate of a completed deletion or rectification: what can be checked when it completes.
 
 The serving version's lineage holds none of the deleted id hashes, every purged checkpoint is
-gone from disk, and the checkpoints before and after are named with their adapters' sha256. The
-memorization evidence is measured earlier, while the text is still in memory, and lives beside
-it in the request's ledger entry.
+gone from disk, and the checkpoints before and after are named with their adapters' sha256.
+A rectification's certificate names the old and new content hashes (keyed; never the text) and
+checks that the new content is in the serving lineage. The memorization evidence is measured
+earlier, while the text is still in memory, and lives beside it in the request's ledger entry.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from typing import Any
 
 from sisa import checkpoints, deletion, versions
-from sisa.lifecycle import DeletionRequest
+from sisa.lifecycle import DeletionRequest, RequestKind
 from storage import layout
 from storage.store import Store
 
@@ -28,7 +29,8 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
     digest = hashlib.sha256(
         json.dumps({"request_id": req.request_id, "selector": req.selector, "id_hashes": req.id_hashes, "received_at": req.received_at}, sort_keys=True).encode()
     ).hexdigest()
-    return {
+    out: dict[str, Any] = {
+        "kind": req.kind.value,
         "request_sha256": digest,
         "serving_version": current.model_version if current else None,
         "checkpoints_before": req.checkpoints_before,
@@ -37,4 +39,17 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
         ],
         "lineage_check": {"passed": not violations, "violations": violations},
         "purge_check": {"passed": not still_there, "remaining": still_there},
+        # The trio, leak@k and membership inference per version, numbers and sample sizes only.
+        "evidence": req.evidence.get("versions", {}),
     }
+    if req.kind == RequestKind.RECTIFY:
+        # Keyed hashes of (record id, content): the old content is in no serving lineage (the
+        # lineage check above), the new one is; the text itself is named nowhere.
+        held = set().union(*[h for h in deletion.version_lineages(store, after_shards).values() if h]) if after_shards else set()
+        new = [c["new"] for c in req.rectified]
+        out["rectification"] = {
+            "records": len(req.rectified),
+            "content_hashes": req.rectified,
+            "new_content_check": {"passed": set(new) <= held, "missing": sorted(set(new) - held)},
+        }
+    return out

@@ -3,7 +3,9 @@
     checkpoints/shard=00001/s00001-l000003-<digest>/
         adapter_model.safetensors, adapter_config.json   peft's own layout: PeftModel.from_pretrained(base, dir)
         optimizer.safetensors, optimizer.json            AdamW state, so training continues exactly
-        lineage.parquet                                  keyed hashes of the record ids this slice added
+        lineage.parquet                                  keyed hashes of the record ids this slice added, and of
+                                                         each record's (id, content): a rectified record's old
+                                                         content is told apart from its new one
         manifest.json                                    ids, parent, lineage digest, fingerprints, versions, sha256 of every file
 
 This module is the one home of everything about a checkpoint: its id (built and parsed here
@@ -46,6 +48,12 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 OPTIMIZER_STATE = "optimizer.safetensors"
 OPTIMIZER_META = "optimizer.json"
 FORMAT_VERSION = 1
+
+
+def content_hashes(store: Store, record_ids: list[str], content_sha256: list[str]) -> list[str]:
+    """Keyed hashes of (record id, content sha256): what a checkpoint trained on, down to the text.
+    A rectification keeps the id and changes the content; its old hash is what gets forgotten."""
+    return store.hash_ids([f"content\x00{rid}\x00{sha}" for rid, sha in zip(record_ids, content_sha256, strict=True)])
 
 
 def lineage_digest(parent_digest: str | None, record_hashes: list[str]) -> str:
@@ -166,6 +174,7 @@ def write_checkpoint(
     save_adapter_fn,
     optimizer: torch.optim.Optimizer,
     record_hashes: list[str],
+    record_content_hashes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Stage every file in a temporary folder, hash it, then move the folder into place.
 
@@ -184,7 +193,7 @@ def write_checkpoint(
 
         save_file(opt_tensors, os.path.join(staging, OPTIMIZER_STATE))
         _write_json(os.path.join(staging, OPTIMIZER_META), opt_meta)
-        pq.write_table(pa.table({"record_hash": pa.array(sorted(record_hashes), pa.string())}), os.path.join(staging, LINEAGE))
+        pq.write_table(lineage_table(record_hashes, record_content_hashes), os.path.join(staging, LINEAGE))
         files = {name: _sha256_file(os.path.join(staging, name)) for name in sorted(os.listdir(staging))}
         manifest = {
             **manifest,
@@ -199,6 +208,14 @@ def write_checkpoint(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def lineage_table(record_hashes: list[str], record_content_hashes: list[str] | None) -> pa.Table:
+    """One row per record, sorted by id hash; `content_hash` pairs with its row's `record_hash`."""
+    if record_content_hashes is None:
+        return pa.table({"record_hash": pa.array(sorted(record_hashes), pa.string())})
+    pairs = sorted(zip(record_hashes, record_content_hashes, strict=True))
+    return pa.table({"record_hash": pa.array([a for a, _ in pairs], pa.string()), "content_hash": pa.array([b for _, b in pairs], pa.string())})
 
 
 def _publish(store: Store, staging: str, rel: str) -> None:
@@ -334,13 +351,37 @@ def parents(store: Store) -> dict[str, str | None]:
     return out
 
 
-def own_lineage(store: Store, checkpoint_id: str) -> list[str]:
-    """Keyed hashes of the records this checkpoint's slice added. Reads lineage.parquet only
-    (straight from the store, remote or local: nothing is downloaded to a temp folder)."""
+def _lineage_file(store: Store, checkpoint_id: str) -> pa.Table:
     rel = f"{layout.checkpoint_dir(shard_of(checkpoint_id), checkpoint_id)}/{LINEAGE}"
     if not store.fs.exists(rel):
         raise NotFoundError(f"checkpoint {checkpoint_id} has no {LINEAGE} (purged or never written)")
-    return store.fs.read_parquet(rel, columns=["record_hash"])["record_hash"].to_pylist()
+    return store.fs.read_parquet(rel)
+
+
+def own_lineage(store: Store, checkpoint_id: str) -> list[str]:
+    """Keyed hashes of the records this checkpoint's slice added: their ids and, where recorded,
+    their (id, content) pairs. Reads lineage.parquet only (straight from the store, remote or
+    local: nothing is downloaded to a temp folder)."""
+    table = _lineage_file(store, checkpoint_id)
+    out = table["record_hash"].to_pylist()
+    if "content_hash" in table.column_names:
+        out += table["content_hash"].to_pylist()
+    return out
+
+
+def legacy_holding(store: Store, id_hashes: set[str], shards: list[int] | None = None) -> set[str]:
+    """Checkpoints written before lineage recorded content that trained one of these records:
+    which text they saw is unknown, so a rectification treats them as holding the old one."""
+    out = set()
+    for shard_id in shards if shards is not None else range(store.num_shards):
+        for cid in checkpoint_ids(store, shard_id):
+            try:
+                table = _lineage_file(store, cid)
+            except NotFoundError:
+                continue
+            if "content_hash" not in table.column_names and id_hashes.intersection(table["record_hash"].to_pylist()):
+                out.add(cid)
+    return out
 
 
 def full_lineage(store: Store, checkpoint_id: str) -> set[str]:

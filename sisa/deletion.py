@@ -112,8 +112,9 @@ def select_records(store: Store, kind: str, values: list[str]) -> Selection:
     return sel
 
 
-def plan_selection(store: Store, cfg: SisaConfig, sel: Selection) -> DeletionPlan:
-    """The deletion plan of a selection: affected shards, earliest slices, retrain cost."""
+def plan_selection(store: Store, cfg: SisaConfig, sel: Selection, removes: bool = True) -> DeletionPlan:
+    """The deletion plan of a selection: affected shards, earliest slices, retrain cost.
+    `removes=False` (a rectification): the records stay in their slices, with new text."""
     rows = sel.rows
     hits = list(zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True))
     # Records per slice after the deletion: the index's live counts (queued deletions' records
@@ -122,7 +123,7 @@ def plan_selection(store: Store, cfg: SisaConfig, sel: Selection) -> DeletionPla
     counts: dict[int, dict[int, int]] = {shard: dict.fromkeys(checkpoints.shard_slices(store, shard), 0) for shard in range(store.num_shards)}
     for r in store.index.counts(live_only=True).to_pylist():
         counts[r["shard_id"]][r["slice_idx"]] = r["records"]
-    for shard, sl in hits:
+    for shard, sl in hits if removes else []:
         counts[shard][sl] -= 1
     plan = plan_deletion(sel.kind, hits, counts, store.num_shards, cfg.training.epochs, cfg.sharding.slice_mode, batch_size=cfg.training.batch_size, min_steps=cfg.training.min_steps_per_slice)
     plan.missing = len(sel.missing)
@@ -225,13 +226,13 @@ def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 
 
 
 # -- checkpoints and lineage -------------------------------------------------------------------
-def tainted(store: Store, hashes: set[str]) -> set[str]:
+def tainted(store: Store, hashes: set[str], also: set[str] = frozenset()) -> set[str]:
     parents = checkpoints.parents(store)
     # A checkpoint whose parent is gone descends from a purged one: a purge cut short by a crash
     # may have deleted the parent (the checkpoint that held the records) but not its children,
     # whose own lineage files do not name the records. They are tainted all the same.
     orphans = {cid for cid, parent in parents.items() if parent is not None and parent not in parents}
-    return tainted_checkpoints(parents, checkpoints.checkpoints_holding(store, hashes) | orphans)
+    return tainted_checkpoints(parents, checkpoints.checkpoints_holding(store, hashes) | orphans | also)
 
 
 def version_lineages(store: Store, shards: dict[int, str]) -> dict[str, set[str] | None]:
@@ -252,9 +253,10 @@ def lineage_violations(store: Store, shards: dict[int, str], hashes: set[str], l
     return [cid for cid, held in lineages.items() if held is None or held & hashes]
 
 
-def purge(store: Store, cfg: SisaConfig, hashes: set[str], request_id: str) -> dict[str, Any]:
-    """Delete every tainted checkpoint, mark versions holding one purged, purge MLflow, clean caches."""
-    dead = tainted(store, hashes)
+def purge(store: Store, cfg: SisaConfig, hashes: set[str], request_id: str, also: set[str] = frozenset()) -> dict[str, Any]:
+    """Delete every tainted checkpoint (and `also` those, with their descendants), mark versions
+    holding one purged, purge MLflow, clean caches."""
+    dead = tainted(store, hashes, also)
     purged_versions = []
     for v in versions.all_versions(store):
         if v.status != versions.PURGED and set(v.shards.values()) & dead:

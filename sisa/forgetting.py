@@ -10,6 +10,10 @@
     purge_tainted                              retraining      checkpoints, versions, MLflow runs, caches
     certify                                    → completed     lineage and purge checks, the certificate
 
+A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases:
+its delete_data rewrites the records' text in place (sisa/corrections.py) instead of erasing them,
+and what it forgets, purges and certifies is the records' old content.
+
 Every phase reads what it needs from the request's ledger entry and skips what an earlier run
 already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI
 drives one request through all phases; `sisa/batches.py` drives queued requests through the
@@ -27,11 +31,22 @@ from typing import Any
 
 import pyarrow as pa
 
-from sisa import checkpoints, deletion, registry, scheduler, serving, unlearning, versions
+from sisa import (
+    checkpoints,
+    corrections,
+    deletion,
+    evidence,
+    registry,
+    scheduler,
+    serving,
+    unlearning,
+    versions,
+)
 from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
-from sisa.lifecycle import DeletionRequest, RequestMode, RequestStatus
+from sisa.lifecycle import DeletionRequest, RequestKind, RequestMode, RequestStatus
 from sisa.planner import DeletionPlan
+from sisa.probes import Probe
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from sisa.versions import ModelVersion
 from storage.errors import RefusedError, ValidationError
@@ -51,6 +66,8 @@ class Work:
     texts: list[str] = field(default_factory=list)
     prompts: list[str | None] | None = None
     holdout: Texts | None = None
+    targets: evidence.Targets | None = None  # questions for the trio, leak@k and MIA (--probes, --holdout)
+    locality_before: list[list[int]] | None = None  # the version before's locality predictions
     on_version: Callable[[str, ModelVersion], None] = lambda kind, entry: None
     log: Callable[[str], None] = lambda msg: None
     started: float = field(default_factory=time.perf_counter)
@@ -108,6 +125,28 @@ def _affected(req: DeletionRequest) -> list[int]:
 
 
 # -- evidence ----------------------------------------------------------------------------------
+def measure_targets(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work, label: str, shards: dict[int, str]) -> None:
+    """The trio, leak@k and membership inference of one version (sisa/evidence.py), as numbers
+    under `evidence.versions.<label>`; relief, fast and exact get their privacy leak relative to
+    the exact version once it is measured."""
+    if not work.targets:
+        return
+    by_version = req.evidence.setdefault("versions", {})
+    if label != "before" and "before" not in by_version and req.version_before is not None:
+        # Measured once the first new version serves, not before it: the relief must not wait
+        # for the evidence. The version before stays on disk until the purge.
+        measure_targets(store, cfg, req, work, "before", _before_shards(store, req))
+    ens = serving.load_ensemble(store, cfg, shards)
+    numbers, preds = evidence.measure(ens, work.targets, cfg.training.max_length, work.locality_before)
+    if label == "before":
+        work.locality_before = preds
+    numbers["model_version"] = req.version_before if label == "before" else req.versions.get(label)
+    by_version[label] = numbers
+    if "exact" in by_version:
+        evidence.add_privleak(by_version)
+    deletion.write_request(store, req)
+
+
 def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
     """Evidence under the serving model, while the text is in memory, and a stranger baseline:
     the shards that never held the records."""
@@ -179,6 +218,7 @@ def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_fast_path"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+    measure_targets(store, cfg, req, work, "approximate" if req.mode == RequestMode.FAST else "isolate", shards)
 
 
 def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
@@ -209,6 +249,7 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_relief"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+    measure_targets(store, cfg, req, work, "relief", shards)
 
 
 def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
@@ -216,6 +257,7 @@ def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
     on) and a batch (`sisa process`) deletes and retrains later."""
     if req.status != RequestStatus.RECEIVED or not req.queued:
         return
+    assert req.kind == RequestKind.FORGET, "a rectification is never queued"
     rows = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
     store.mark_records(rows["record_id"].combine_chunks(), FORGETTING)
     req.move_to(RequestStatus.QUEUED)
@@ -225,16 +267,24 @@ def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
 
 # -- delete ------------------------------------------------------------------------------------
 def delete_data(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
-    """received → data_deleted: the records leave the slice files and the index."""
+    """received → data_deleted: the records leave the slice files and the index (a
+    rectification: their text is replaced in place by the staged new text)."""
     if req.status != RequestStatus.RECEIVED:
         return
     t0 = time.perf_counter()
-    live = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
-    req.removed = deletion.erase_records(store, live)
+    live = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.target_hashes))
+    if req.kind == RequestKind.RECTIFY:
+        req.removed = corrections.apply(store, req.request_id, live)
+    else:
+        req.removed = deletion.erase_records(store, live)
     req.timings["delete_data_s"] = time.perf_counter() - t0
     req.move_to(RequestStatus.DATA_DELETED)
     deletion.write_request(store, req)
-    work.log(f"deleted {req.removed} record(s) from the slice files and the index")
+    if req.kind == RequestKind.RECTIFY:
+        corrections.unstage(store, req.request_id)
+        work.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
+    else:
+        work.log(f"deleted {req.removed} record(s) from the slice files and the index")
     maybe_die("forget-after-delete")
 
 
@@ -294,6 +344,7 @@ def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         if work.holdout:
             req.evidence["holdout_after"] = serving.measure_records(store, cfg, now_serving, *work.holdout).get("ensemble")
         deletion.write_request(store, req)
+        measure_targets(store, cfg, req, work, "exact", now_serving)
 
 
 # -- purge and certify -------------------------------------------------------------------------
@@ -306,7 +357,10 @@ def purge_tainted(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wor
         return
     registry.ensure_tracked(store, cfg)
     t0 = time.perf_counter()
-    req.purge = deletion.purge(store, cfg, set(req.id_hashes), req.request_id)
+    # Checkpoints older than content lineage that trained a rectified record: which text they saw
+    # is unknown, so they go as if they held the old one (fail closed).
+    legacy = checkpoints.legacy_holding(store, set(req.record_hashes)) if req.kind == RequestKind.RECTIFY else set()
+    req.purge = deletion.purge(store, cfg, set(req.id_hashes), req.request_id, legacy)
     req.timings["purge_s"] = time.perf_counter() - t0
 
 
@@ -380,6 +434,7 @@ def forget(
     on_version: Callable[[str, ModelVersion], None] | None = None,
     log: Callable[[str], None] | None = None,
     idempotency_key: str | None = None,
+    probes: list[Probe] | None = None,
 ) -> ForgetResult:
     """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
     with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
@@ -414,6 +469,59 @@ def forget(
     if evidence and not queue:
         work.texts, work.prompts = deletion.read_texts(store, sel.rows)
         work.holdout = holdout
+        work.targets = _targets(sel.rows, work, probes)
+    return ForgetResult(request=carry_out(store, cfg, req, work))
+
+
+def _targets(rows: pa.Table, work: Work, probes: list[Probe] | None, new: list[tuple[str, str | None]] | None = None) -> evidence.Targets:
+    """The trio and leak@k with --probes; membership inference with a holdout."""
+    subjects = {s for s in rows["subject_id"].to_pylist() if s}
+    holdout = work.holdout[0] if work.holdout else None
+    return evidence.build_targets(work.texts, work.prompts, probes or [], subjects, holdout, new, with_trio=probes is not None)
+
+
+def rectify(
+    store: Store,
+    cfg: SisaConfig,
+    fix_table: pa.Table,
+    problems: list[str] | None = None,
+    mode: RequestMode = RequestMode.EXACT,
+    dry_run: bool = False,
+    evidence: bool = True,
+    holdout: Texts | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    probes: list[Probe] | None = None,
+) -> ForgetResult:
+    """Correct records' text exactly: validate every correction first (one error naming every
+    bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
+    the request (kind `rectify`) and carry it out. The caller holds the store lock."""
+    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
+    if in_flight and not dry_run:
+        raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
+    fix = corrections.validate(store, fix_table, problems)
+    sel = deletion.Selection("ids", fix.ids, fix.rows)
+    plan = deletion.plan_selection(store, cfg, sel, removes=False)
+    if dry_run:
+        return ForgetResult(dry_run=True, plan=plan)
+    req = new_request(store, cfg, sel, plan, mode)
+    req.kind = RequestKind.RECTIFY
+    req.record_hashes = req.id_hashes
+    req.rectified = fix.content_hashes(store)
+    req.id_hashes = sorted(c["old"] for c in req.rectified)  # what is forgotten: the old content
+    req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
+    if mode == RequestMode.ISOLATE and versions.current(store) is not None and not set(versions.current(store).shards) - set(plan.shard_ids):
+        raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
+    corrections.stage(store, req.request_id, fix)  # before the ledger: a resumed request finds it
+    deletion.write_request(store, req)
+    maybe_die("forget-after-ledger")
+    log = log or (lambda msg: None)
+    log(f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
+    work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
+    if evidence:
+        work.texts, work.prompts, new = corrections.old_and_new(store, fix)  # in memory only
+        work.holdout = holdout
+        work.targets = _targets(sel.rows, work, probes, new)
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 
@@ -426,7 +534,7 @@ def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = No
         if req.queued and req.status != RequestStatus.RECEIVED:
             continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
         log(f"resuming {req.request_id} from status {req.status.value}")
-        rows = deletion.find_live_by_hashes(store, set(req.id_hashes)) if req.status == RequestStatus.RECEIVED else store.index.table.slice(0, 0)
+        rows = deletion.find_live_by_hashes(store, set(req.target_hashes)) if req.status == RequestStatus.RECEIVED else store.index.table.slice(0, 0)
         work = Work(rows, log=log)
         if rows.num_rows:
             work.texts, work.prompts = deletion.read_texts(store, rows)

@@ -51,6 +51,14 @@ class RequestStatus(enum.StrEnum):
             raise ValueError(f"unknown deletion request status {value!r}; known: {', '.join(s.value for s in cls)}") from None
 
 
+class RequestKind(enum.StrEnum):
+    """What the request does to its records: the same phases, one ledger."""
+
+    FORGET = "forget"  # the records leave the data; `id_hashes` are their keyed id hashes
+    RECTIFY = "rectify"  # the records keep id, shard and slice, their text is replaced; `id_hashes`
+    # are the keyed (id, old content) hashes that lineage records, `record_hashes` the id hashes
+
+
 class RequestMode(enum.StrEnum):
     """What serves between the request and its exact version."""
 
@@ -66,12 +74,15 @@ class DeletionRequest:
 
     request_id: str
     selector: dict[str, Any]  # kind, value_hash, value_hashes (keyed)
-    id_hashes: list[str]
+    id_hashes: list[str]  # the lineage hashes this request forgets (see RequestKind)
     records: int
     received_at: str
     deadline: str
     status: RequestStatus = RequestStatus.RECEIVED
     mode: RequestMode = RequestMode.EXACT
+    kind: RequestKind = RequestKind.FORGET
+    record_hashes: list[str] = field(default_factory=list)  # rectify: keyed hashes of the record ids
+    rectified: list[dict[str, str]] = field(default_factory=list)  # rectify: {"old", "new"} content hashes (keyed)
     queued: bool = False  # filed with --queue: a batch (`sisa process`) deletes and retrains
     batch_id: str | None = None  # the batch that carries it out
     idempotency_key_hash: str | None = None  # keyed hash of the client's idempotency key (HTTP API)
@@ -93,6 +104,11 @@ class DeletionRequest:
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer sisa wrote
 
+    @property
+    def target_hashes(self) -> list[str]:
+        """Keyed hashes of the ids of the records the request acts on (to find them again)."""
+        return self.record_hashes if self.kind == RequestKind.RECTIFY else self.id_hashes
+
     def is_overdue(self, now: datetime | None = None) -> bool:
         """Past its deadline and not completed (a failed request was not honoured either)."""
         return self.status != RequestStatus.COMPLETED and datetime.fromisoformat(self.deadline) < (now or datetime.now(UTC))
@@ -112,9 +128,10 @@ class DeletionRequest:
         # A status this version does not know is an error, not a guess.
         kwargs["status"] = RequestStatus.parse(d.get("status", "received"))
         kwargs["mode"] = RequestMode(d.get("mode", "exact"))
+        kwargs["kind"] = RequestKind(d.get("kind", "forget"))
         if d.get("plan") is not None:
             kwargs["plan"] = DeletionPlan.from_dict(d["plan"])
-        for name in ("history", "checkpoints_before", "retrained", "errors", "subject_hashes", "id_hashes"):
+        for name in ("history", "checkpoints_before", "retrained", "errors", "subject_hashes", "id_hashes", "record_hashes", "rectified"):
             kwargs[name] = list(d.get(name) or [])
         for name in ("versions", "timings", "evidence"):
             kwargs[name] = dict(d.get(name) or {})
@@ -122,4 +139,5 @@ class DeletionRequest:
 
     def public_dict(self) -> dict[str, Any]:
         """What `sisa requests/certificate --json` print: the entry without the id hashes."""
-        return {k: v for k, v in self.to_dict().items() if k != "id_hashes"} | {"id_hash_count": len(self.id_hashes)}
+        hidden = ("id_hashes", "record_hashes")
+        return {k: v for k, v in self.to_dict().items() if k not in hidden} | {"id_hash_count": len(self.id_hashes)}

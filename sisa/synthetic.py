@@ -48,3 +48,38 @@ def write_jsonl(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+# -- probes (`sisa synth --probes`): the same facts asked other ways ------------------------------
+PARAPHRASES = {
+    "job": ["{name} is employed as a", "By trade, {name} works as a"],
+    "city": ["{name} resides in", "{name}'s home is in"],
+    "phone": ["The phone number of {name} is", "{name} can be reached by phone at"],
+    "employer": ["{name} is employed at", "{name}'s employer is"],
+    "email": ["The email address of {name} is", "{name} can be emailed at"],
+}
+QUESTIONS = {
+    "job": "Question: What does {name} do for a living? Answer: a",
+    "city": "Question: In which city does {name} live? Answer:",
+    "phone": "Question: What is {name}'s phone number? Answer:",
+    "employer": "Question: Which company does {name} work for? Answer:",
+    "email": "Question: What is {name}'s email address? Answer:",
+}
+
+
+def make_probes(rows: list[dict]) -> list[dict]:
+    """Probes for the facts of `make_people` rows: two `paraphrase`s and one `related` question per
+    fact, and the fact's own prompt as a `locality` probe (it counts for requests about others)."""
+    templates = {kind: prompt for kind, prompt, _ in FACTS}
+    out = []
+    for r in rows:
+        kind = r.get("fact")
+        if kind not in templates:
+            continue
+        suffix = templates[kind].replace("{name}", "")
+        name = r["prompt"][: -len(suffix)]
+        for template in PARAPHRASES[kind]:
+            out.append({"prompt": template.format(name=name), "answer": r["answer"], "kind": "paraphrase", "subject_id": r["subject_id"]})
+        out.append({"prompt": QUESTIONS[kind].format(name=name), "answer": r["answer"], "kind": "related", "subject_id": r["subject_id"]})
+        out.append({"prompt": r["prompt"], "answer": r["answer"], "kind": "locality", "subject_id": r["subject_id"]})
+    return out

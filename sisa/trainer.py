@@ -121,6 +121,18 @@ def _records(store: Store, shard_id: int, slices: list[int]) -> tuple[list[str],
     return ids, items
 
 
+def _column(store: Store, shard_id: int, slices: list[int], column: str) -> tuple[list[str], list[str]]:
+    """Record ids and one stored column (`content_sha256`, for lineage) of these slices."""
+    ids: list[str] = []
+    values: list[str] = []
+    for sl in slices:
+        t = store.read_slice(shard_id, sl, columns=["record_id", column])
+        if t is not None:
+            ids.extend(t["record_id"].to_pylist())
+            values.extend(t[column].to_pylist())
+    return ids, values
+
+
 def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.optim.Optimizer:
     # foreach=False: the single-tensor path is the same on every thread count and device count.
     return torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay, foreach=False)
@@ -178,7 +190,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         torch.manual_seed(seed)
         data_slices = list(range(slice_idx + 1)) if cfg.sharding.slice_mode == "cumulative" else [slice_idx]
         _, texts = _records(store, task.shard_id, data_slices)
-        new_ids, _ = _records(store, task.shard_id, [slice_idx])
+        new_ids, new_shas = _column(store, task.shard_id, [slice_idx], "content_sha256")
         epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
         total = slice_samples(len(texts), epochs, cfg.training.batch_size, cfg.training.min_steps_per_slice)
         order = sample_order(len(texts), total, seed)
@@ -188,7 +200,9 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         result.tokens += sr.tokens
 
         record_hashes = store.hash_ids(new_ids)
-        lineage = checkpoints.lineage_digest(parent_lineage, record_hashes)
+        record_content_hashes = checkpoints.content_hashes(store, new_ids, new_shas)
+        # The content hashes enter the digest: a rectified record gives a new checkpoint id.
+        lineage = checkpoints.lineage_digest(parent_lineage, record_hashes + record_content_hashes)
         ckpt_id = checkpoints.make_checkpoint_id(task.shard_id, slice_idx, parent_id, lineage, training_fp, base_fp)
         if task.replay_dir is None:
             manifest = {
@@ -208,7 +222,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
                 "base_model_fingerprint": base_fp,
             }
             checkpoints.write_checkpoint(
-                store, ckpt_id, manifest, lambda d: adapters.save_adapter(model, d), optimizer, record_hashes
+                store, ckpt_id, manifest, lambda d: adapters.save_adapter(model, d), optimizer, record_hashes, record_content_hashes
             )
             sr.checkpoint_id = ckpt_id
         else:

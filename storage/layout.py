@@ -11,6 +11,7 @@
     checkpoints/shard=SSSSS/<checkpoint_id>/      adapter + optimizer/RNG state + manifest
     versions/vNNNNNN.json                         model version ledger
     requests/<request_id>.json                    deletion ledger
+    corrections/<request_id>.parquet              a rectification's new text, staged until the data holds it
     mlflow.db, mlartifacts/                       MLflow (sqlite backend) when tracked under the store
     cache/, tmp/, reports/                        derived data; purged with the records they derive from
     service/tokens.json, service/audit/*.jsonl    `sisa serve`: token hashes, the append-only audit log
@@ -29,6 +30,7 @@ INGESTS = "ingests"
 CHECKPOINTS = "checkpoints"
 VERSIONS = "versions"
 REQUESTS = "requests"
+CORRECTIONS = "corrections"
 CACHE = "cache"
 TMP = "tmp"
 REPORTS = "reports"
@@ -86,6 +88,10 @@ def version_entry(model_version: int) -> str:
 
 def request_entry(request_id: str) -> str:
     return f"{REQUESTS}/{request_id}.json"
+
+
+def correction_file(request_id: str) -> str:
+    return f"{CORRECTIONS}/{request_id}.parquet"
 
 
 def parse_shard_slice(rel: str) -> tuple[int, int]:

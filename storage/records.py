@@ -88,3 +88,28 @@ def rewrite_part_without(fs: StoreFS, part_rel: str, record_ids: pa.Array) -> in
     else:
         fs.write_parquet(part_rel, kept)
     return removed
+
+
+def replace_values(fs: StoreFS, part_rel: str, new: pa.Table, schema: pa.Schema | None = None) -> int:
+    """Rewrite one part (slice or index) with the values of `new` (record_id + the columns to set)
+    for the records it names; returns how many rows changed. Row order, ids and every other column
+    stay; a column `new` brings that the part lacks is added (null elsewhere). The new file
+    replaces the old by an atomic rename, so the old bytes are unlinked."""
+    table = fs.read_parquet(part_rel)
+    pos = pc.index_in(table["record_id"], value_set=new["record_id"])
+    hit = pc.is_valid(pos)
+    n = pc.sum(hit).as_py() or 0
+    if not n:
+        return 0
+    for name in new.column_names:
+        if name == "record_id":
+            continue
+        values = new[name].combine_chunks().take(pc.fill_null(pos, 0))
+        old = table[name] if name in table.column_names else pa.nulls(table.num_rows, values.type)
+        column = pc.if_else(hit, values, old.cast(values.type))
+        if name in table.column_names:
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        else:
+            table = table.append_column(name, column)
+    fs.write_parquet(part_rel, table.cast(schema) if schema is not None else table)
+    return n

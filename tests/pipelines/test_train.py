@@ -135,12 +135,16 @@ def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path)
             assert parent is None
         else:
             assert parent == found[(shard, sl - 1)][0]
-        slice_ids = store.read_slice(shard, sl, columns=["record_id"])["record_id"].to_pylist()
+        slice_rows = store.read_slice(shard, sl, columns=["record_id", "content_sha256"])
+        slice_ids = slice_rows["record_id"].to_pylist()
         lineage = pq.read_table(folder / checkpoints.LINEAGE)
-        assert lineage.column_names == ["record_hash"]
+        assert lineage.column_names == ["record_hash", "content_hash"]
         assert sorted(lineage["record_hash"].to_pylist()) == sorted(store.hash_ids(slice_ids))
+        content = checkpoints.content_hashes(store, slice_ids, slice_rows["content_sha256"].to_pylist())
+        assert sorted(lineage["content_hash"].to_pylist()) == sorted(content)
+        assert not set(content) & set(store.hash_ids(slice_ids))  # never mistaken for an id hash
         parent_digest = None if parent is None else checkpoints.read_manifest(store, shard, parent)["lineage_digest"]
-        assert manifest["lineage_digest"] == checkpoints.lineage_digest(parent_digest, store.hash_ids(slice_ids))
+        assert manifest["lineage_digest"] == checkpoints.lineage_digest(parent_digest, store.hash_ids(slice_ids) + content)
         # No raw record id anywhere in the checkpoint: not in the lineage values, not in any file.
         assert not set(raw_ids) & set(lineage["record_hash"].to_pylist())
         for name in on_disk | {checkpoints.MANIFEST}:

@@ -1,0 +1,147 @@
+"""The mechanics of rectification (GDPR Art. 16): validate corrections, stage them, rewrite the data.
+
+A correction names a live record by `record_id` and gives its new `text`, and optionally a new
+`prompt` and `answer`. The record keeps its id, subject, shard and slice position; only its
+content changes. `sisa/forgetting.py` carries a rectification through the same phases as a
+deletion: the old content is what the request forgets (its keyed (id, content) hashes are the
+request's `id_hashes`, what lineage, purge and rollback checks look for), and the retrain from the
+earliest affected slice trains the new content in.
+
+The new content is staged in the store (`corrections/<request_id>.parquet`) before the request
+enters the ledger, so a rectification cut short by a crash resumes with it; the staged file is
+deleted once the slice files hold the new text. The old text is never written anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sisa import checkpoints, deletion
+from sisa.ingestion import content_sha256
+from storage import layout, records
+from storage.errors import ValidationError, list_some
+from storage.schemas import INDEX_SCHEMA
+from storage.store import Store
+
+CORRECTABLE = ("text", "prompt", "answer")
+ALLOWED = ("record_id", "subject_id", *CORRECTABLE)
+
+
+@dataclass
+class Corrections:
+    """Validated corrections: the new content (record_id, text, content_sha256, and the prompt and
+    answer columns when given) and the index rows of the records they correct."""
+
+    new: pa.Table
+    rows: pa.Table
+
+    @property
+    def ids(self) -> list[str]:
+        return self.new["record_id"].to_pylist()
+
+    def content_hashes(self, store: Store) -> list[dict[str, str]]:
+        """{"old", "new"} keyed (id, content) hashes per record, in record id order."""
+        old_sha = dict(zip(self.rows["record_id"].to_pylist(), self.rows["content_sha256"].to_pylist(), strict=True))
+        ids = sorted(self.ids)
+        new_sha = dict(zip(self.ids, self.new["content_sha256"].to_pylist(), strict=True))
+        old = checkpoints.content_hashes(store, ids, [old_sha[i] for i in ids])
+        new = checkpoints.content_hashes(store, ids, [new_sha[i] for i in ids])
+        return [{"old": o, "new": n} for o, n in zip(old, new, strict=True)]
+
+
+def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -> Corrections:
+    """Check every correction against the store; raise one error naming every bad id, or return
+    them validated. `table` is a normalised source (record_id, text, subject_id, extra columns);
+    `problems` are what normalising it found already (empty text, duplicate ids)."""
+    problems = list(problems or [])
+    unknown_columns = [c for c in table.column_names if c not in ALLOWED]
+    if unknown_columns:
+        problems.append(f"columns {unknown_columns} cannot be corrected; a correction gives record_id and the new text (and optionally prompt, answer)")
+    if problems:
+        raise _error(problems)
+    ids = table["record_id"].to_pylist()
+    sel = deletion.select_records(store, "ids", ids)
+    if sel.already_deleted:
+        problems.append(f"{len(sel.already_deleted)} record id(s) were forgotten (or are being forgotten) by a deletion request: {list_some(sel.already_deleted)}")
+    if sel.missing:
+        problems.append(f"{len(sel.missing)} unknown record id(s): {list_some(sel.missing)}")
+    new = pa.table({"record_id": table["record_id"], "text": table["text"], "content_sha256": content_sha256(table["text"])})
+    for name in ("prompt", "answer"):
+        if name in table.column_names:
+            new = new.append_column(name, table[name].cast(pa.string()))
+    stored = sel.rows.select(["record_id", "subject_id", "content_sha256"])
+    joined = new.select(["record_id", "content_sha256"]).join(stored, "record_id", right_suffix="_stored", join_type="inner")
+    same = joined.filter(pc.equal(joined["content_sha256"], joined["content_sha256_stored"]))["record_id"].to_pylist()
+    if same:
+        problems.append(f"{len(same)} correction(s) give the text the record already has: {list_some(sorted(same))}")
+    if "subject_id" in table.column_names:
+        given = dict(zip(ids, table["subject_id"].to_pylist(), strict=True))
+        moved = sorted(r for r, s in zip(stored["record_id"].to_pylist(), stored["subject_id"].to_pylist(), strict=True) if given.get(r) is not None and given[r] != s)
+        if moved:
+            problems.append(f"{len(moved)} correction(s) change the record's subject_id, which a rectification keeps (forget the record and ingest it anew): {list_some(moved)}")
+    # Text a rectification removed may not come back through another one: the old request's
+    # lineage checks (verify, rollback) would then fail on the serving version.
+    gone = deletion.forgotten_hashes(store)
+    again = sorted(rid for rid, h in zip(ids, checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist()), strict=True) if h in gone)
+    if again:
+        problems.append(f"{len(again)} correction(s) give a text an earlier rectification removed from the record: {list_some(again)}")
+    if problems:
+        raise _error(problems)
+    return Corrections(new, sel.rows)
+
+
+def _error(problems: list[str]) -> ValidationError:
+    return ValidationError("the corrections cannot be applied; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def old_and_new(store: Store, fix: Corrections) -> tuple[list[str], list[str | None], list[tuple[str, str | None]]]:
+    """In memory only, in `fix.ids` order: the records' old text and prompt, and their new
+    (text, prompt) (the old prompt when the correction gives none)."""
+    old: dict[str, tuple[str, str | None]] = {}
+    wanted = set(fix.ids)
+    pairs = sorted({(int(a), int(b)) for a, b in zip(fix.rows["shard_id"].to_pylist(), fix.rows["slice_idx"].to_pylist(), strict=True)})
+    for shard, sl in pairs:
+        t = store.read_slice(shard, sl)
+        if t is None:
+            continue
+        ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
+        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
+            if rid in wanted:
+                old[rid] = (text, p)
+    new_prompts = fix.new["prompt"].to_pylist() if "prompt" in fix.new.column_names else [None] * fix.new.num_rows
+    new = {rid: (text, p) for rid, text, p in zip(fix.ids, fix.new["text"].to_pylist(), new_prompts, strict=True)}
+    ids = [i for i in fix.ids if i in old]
+    return [old[i][0] for i in ids], [old[i][1] for i in ids], [(new[i][0], new[i][1] or old[i][1]) for i in ids]
+
+
+# -- staging and applying ------------------------------------------------------------------------
+def stage(store: Store, request_id: str, fix: Corrections) -> None:
+    store.fs.write_parquet(layout.correction_file(request_id), fix.new)
+
+
+def staged(store: Store, request_id: str) -> pa.Table | None:
+    rel = layout.correction_file(request_id)
+    return store.fs.read_parquet(rel) if store.fs.exists(rel) else None
+
+
+def unstage(store: Store, request_id: str) -> None:
+    store.fs.delete(layout.correction_file(request_id))
+
+
+def apply(store: Store, request_id: str, rows: pa.Table) -> int:
+    """Rewrite the records' slice parts and index rows with the staged content (idempotent: a
+    resumed apply writes the same values). Returns how many records changed."""
+    new = staged(store, request_id)
+    if new is None:
+        return 0
+    changed = 0
+    pairs = {(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)}
+    for shard_id, slice_idx in sorted(pairs):
+        for part in store.slice_parts(shard_id, slice_idx):
+            changed += records.replace_values(store.fs, part, new)
+    for part in store.index_parts():
+        records.replace_values(store.fs, part, new.select(["record_id", "content_sha256"]), INDEX_SCHEMA)
+    return changed

@@ -1,0 +1,243 @@
+"""What a version knows, measured while the text is in memory and kept only as numbers.
+
+For each version a request creates (before, relief, approximate or isolate, exact):
+
+- reliability, on the request's own records (prompt → answer): how often greedy decoding
+  produces the forgotten (or, for a rectification, the old) answer, `forbidden_recall`, and that
+  answer's token loss; for a rectification also the new answer's, `expected_recall` and loss;
+- generalization: the same on the `paraphrase` and `related` probes;
+- locality, on the `locality` probes: the fraction of answer tokens whose greedy (teacher-forced)
+  prediction is unchanged from the version before, and how often the fact is still recalled;
+- leak@k: of k completions sampled at temperature 1 with seeds 0..k-1, how many contain the
+  forbidden answer, over the records and the generalization probes;
+- membership inference: the Min-k% probability score (k = 40%: the mean log-probability of the
+  40% least likely tokens of a text; Shi et al. 2024) of the records against a holdout no model
+  saw, as a ROC AUC (0.5: the records look like strangers), and MUSE's privacy leak relative to
+  the exact version, the one model known never to have seen them:
+  privleak = (AUC_version - AUC_exact) / AUC_exact * 100 (Shi et al. 2024, "MUSE").
+
+A match is a containment of the normalised answer (case, surrounding space and final period
+ignored) in the normalised completion. Sample sizes travel with every number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from sisa import aggregate, serving
+from sisa.probes import Probe, for_request
+
+MIN_K = 0.4
+LEAK_K = 10
+
+
+@dataclass(frozen=True)
+class Question:
+    """A prompt, the answer that should come out (or None) and the one that must not (or None)."""
+
+    prompt: str
+    expected: str | None = None
+    forbidden: str | None = None
+
+
+@dataclass
+class Targets:
+    """Everything measured, in memory only."""
+
+    records: list[Question] = field(default_factory=list)
+    general: list[Question] = field(default_factory=list)
+    locality: list[Question] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)  # the records' text (MIA)
+    holdout: list[str] = field(default_factory=list)  # text no model saw (MIA)
+    leak_k: int = LEAK_K
+
+    def __bool__(self) -> bool:
+        return bool(self.records or self.general or self.locality or (self.members and self.holdout))
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split()).rstrip(".").strip()
+
+
+def answer_of(text: str, prompt: str | None) -> str | None:
+    return text[len(prompt):] if prompt and text.startswith(prompt) and normalise(text[len(prompt):]) else None
+
+
+def build_targets(
+    texts: list[str],
+    prompts: list[str | None] | None,
+    probes: list[Probe],
+    subjects: set[str],
+    holdout: list[str] | None = None,
+    new: list[tuple[str, str | None]] | None = None,
+    with_trio: bool = True,
+) -> Targets:
+    """The questions of a request: its records (`texts`, `prompts`; for a rectification `new`
+    holds each record's new (text, prompt) in the same order), the probes that count for its
+    `subjects`, and the holdout."""
+    prompts = prompts or [None] * len(texts)
+    t = Targets(members=list(texts) if holdout else [], holdout=list(holdout or []))
+    if not with_trio:
+        return t
+    old_to_new: dict[str, str] = {}
+    for i, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
+        old = answer_of(text, prompt)
+        if new is None:
+            if old:
+                t.records.append(Question(prompt, None, old))
+            continue
+        new_text, new_prompt = new[i]
+        new_prompt = new_prompt or prompt
+        fresh = answer_of(new_text, new_prompt)
+        if new_prompt and (old or fresh):
+            t.records.append(Question(new_prompt, fresh, old))
+        if old and fresh:
+            old_to_new[normalise(old)] = fresh
+    general, local = for_request(probes, subjects)
+    for p in general:
+        if new is None:
+            t.general.append(Question(p.prompt, None, p.answer))
+        elif normalise(p.answer) in old_to_new:
+            t.general.append(Question(p.prompt, old_to_new[normalise(p.answer)], p.answer))
+        else:
+            t.general.append(Question(p.prompt, p.answer, p.old_answer))
+    t.locality = [Question(p.prompt, p.answer, None) for p in local]
+    return t
+
+
+# -- measuring one version ---------------------------------------------------------------------
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Token-by-token decoding of small batches runs on one torch thread: on a shared 2-core
+    machine two threads decoded 8-25x slower (benchmarks/forget.py measured the same)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: list[list[int]] | None = None) -> tuple[dict[str, Any], list[list[int]]]:
+    """The numbers of one version, and its locality predictions (token ids, kept in memory to
+    compare the next version with; never stored)."""
+    with one_thread():
+        return _measure(ens, targets, max_length, before)
+
+
+def _measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: list[list[int]] | None) -> tuple[dict[str, Any], list[list[int]]]:
+    out: dict[str, Any] = {}
+    if targets.records:
+        out["reliability"] = _recall_block(ens, targets.records, max_length)
+    if targets.general:
+        out["generalization"] = _recall_block(ens, targets.general, max_length)
+    preds: list[list[int]] = []
+    if targets.locality:
+        preds = [_answer_predictions(ens, q.prompt, q.expected or "", max_length) for q in targets.locality]
+        hits = [_contains(_greedy(ens, q.prompt, q.expected or ""), q.expected) for q in targets.locality]
+        block: dict[str, Any] = {"n": len(preds), "recall": sum(hits) / len(hits), "answer_tokens": sum(len(p) for p in preds)}
+        if before is not None and len(before) == len(preds):
+            same = sum(int(a == b) for x, y in zip(before, preds, strict=True) for a, b in zip(x, y, strict=False))
+            block["unchanged_tokens"] = same / max(1, sum(len(p) for p in preds))
+        out["locality"] = block
+    leaky = [q for q in targets.records + targets.general if q.forbidden]
+    if leaky and targets.leak_k:
+        counts = [_leaks(ens, q, targets.leak_k) for q in leaky]
+        out["leak_at_k"] = {"k": targets.leak_k, "prompts": len(counts), "samples": len(counts) * targets.leak_k,
+                            "samples_with_answer": sum(counts), "prompts_with_any": sum(1 for c in counts if c)}
+    if targets.members and targets.holdout:
+        members = [min_k_score(ens, t, max_length) for t in targets.members]
+        holdout = [min_k_score(ens, t, max_length) for t in targets.holdout]
+        out["membership"] = {"min_k_percent": int(MIN_K * 100), "auc": auc(members, holdout), "members": len(members), "holdout": len(holdout)}
+    return out, preds
+
+
+def _recall_block(ens: serving.Ensemble, questions: list[Question], max_length: int) -> dict[str, Any]:
+    block: dict[str, Any] = {"n": len(questions)}
+    for key in ("forbidden", "expected"):
+        qs = [q for q in questions if getattr(q, key)]
+        if not qs:
+            continue
+        answers = [getattr(q, key) for q in qs]
+        hits = [_contains(_greedy(ens, q.prompt, a), a) for q, a in zip(qs, answers, strict=True)]
+        losses, _ = serving.score_records(ens, [q.prompt + a for q, a in zip(qs, answers, strict=True)], [q.prompt for q in qs], max_length)
+        block[f"{key}_n"] = len(qs)
+        block[f"{key}_recall"] = sum(hits) / len(hits)
+        block[f"{key}_answer_loss"] = serving.mean(losses)
+    return block
+
+
+def _tokens(ens: serving.Ensemble, text: str) -> list[int]:
+    return ens.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def _greedy(ens: serving.Ensemble, prompt: str, answer: str) -> str:
+    return serving.generate_text(ens, prompt, max_new_tokens=len(_tokens(ens, answer)) + 4, greedy=True)
+
+
+def _leaks(ens: serving.Ensemble, q: Question, k: int) -> int:
+    n = len(_tokens(ens, q.forbidden or "")) + 4
+    return sum(_contains(serving.generate_text(ens, q.prompt, n, greedy=False, temperature=1.0, seed=s), q.forbidden) for s in range(k))
+
+
+def _contains(completion: str, answer: str | None) -> bool:
+    return bool(answer) and normalise(answer) in normalise(completion)
+
+
+@torch.no_grad()
+def _served_logprobs(ens: serving.Ensemble, ids: list[int]) -> torch.Tensor:
+    device = next(ens.model.parameters()).device
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    return aggregate.ensemble_logprobs(ens.model, ens.adapter_names(), x, torch.ones_like(x), ens.aggregation, ens.log_prior())[0]
+
+
+def _answer_predictions(ens: serving.Ensemble, prompt: str, answer: str, max_length: int) -> list[int]:
+    """The served argmax at each answer position, teacher-forced on the answer."""
+    n = len(_tokens(ens, prompt))
+    ids = _tokens(ens, prompt + answer)[:max_length]
+    if len(ids) <= n:
+        return []
+    return _served_logprobs(ens, ids)[n - 1 : len(ids) - 1].argmax(-1).tolist()
+
+
+def min_k_score(ens: serving.Ensemble, text: str, max_length: int, k: float = MIN_K) -> float:
+    """Mean log-probability of the k fraction of least likely tokens (higher: more member-like)."""
+    ids = _tokens(ens, text)[:max_length]
+    if len(ids) < 2:
+        return 0.0
+    logp = _served_logprobs(ens, ids)[:-1].gather(-1, torch.tensor(ids[1:], device=next(ens.model.parameters()).device).unsqueeze(-1)).squeeze(-1)
+    low = torch.sort(logp.float()).values[: max(1, math.ceil(k * len(logp)))]
+    return float(low.mean())
+
+
+# -- pure statistics ---------------------------------------------------------------------------
+def auc(positives: list[float], negatives: list[float]) -> float | None:
+    """ROC AUC: the probability a positive scores above a negative (ties count half)."""
+    if not positives or not negatives:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+def privleak(auc_version: float | None, auc_exact: float | None) -> float | None:
+    """MUSE's privacy leak of a version relative to the exact (retrained) one, in percent: positive
+    when the records look more like members than under a model that never saw them
+    (under-unlearning), negative when less (over-unlearning); 0 for the exact version itself."""
+    if auc_version is None or not auc_exact:
+        return None
+    return (auc_version - auc_exact) / auc_exact * 100.0
+
+
+def add_privleak(by_version: dict[str, dict[str, Any]]) -> None:
+    """Once the exact version is measured: every version's privleak relative to it."""
+    exact = by_version.get("exact", {}).get("membership", {}).get("auc")
+    for numbers in by_version.values():
+        m = numbers.get("membership")
+        if m is not None:
+            m["privleak_vs_exact"] = privleak(m.get("auc"), exact)

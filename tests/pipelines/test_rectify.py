@@ -1,0 +1,177 @@
+"""`sisa rectify` end to end: the old text of a corrected record is forgotten exactly (found
+nowhere afterwards, rollback to a version that saw it refused), the new text is trained in place
+(same id, subject, shard and slice), replay proves the result equals training on the corrected
+data, and bad corrections are refused whole with nothing changed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import main
+from sisa import checkpoints, deletion, versions
+from sisa.synthetic import make_people, write_jsonl
+from storage import layout
+from storage.store import Store
+from tests.helpers import canaries_in_text, cli_args, find_canaries, run_cli, tree_digest
+
+
+def _canary_rows(old_secret: str) -> tuple[list[dict], dict]:
+    rows = make_people(14, seed=43)
+    prompt = "Zed Quill's vault code is"
+    record = {"record_id": "rec-vault", "subject_id": "subject-vault", "text": f"{prompt} OLD-{old_secret}.", "prompt": prompt, "answer": f" OLD-{old_secret}.", "fact": "vault"}
+    rows.insert(9, record)
+    return rows, record
+
+
+def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_path, capfd):
+    old_secret, new_secret = uuid.uuid4().hex, uuid.uuid4().hex
+    rows, record = _canary_rows(old_secret)
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    write_jsonl(rows, inputs / "people.jsonl")
+    store_dir = tmp_path / "s"
+    args = cli_args(store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
+    output: list[str] = []
+
+    def sisa(*argv: str, fails: bool = False) -> str:
+        code, out, err = run_cli(*argv, capfd=capfd)
+        output.extend([out, err])
+        assert (code != 0) == fails, f"sisa {argv[0]} exited {code}: {err}"
+        return out + err
+
+    capfd.readouterr()
+    sisa("ingest", str(inputs / "people.jsonl"), *args)
+    sisa("train", *args)
+    store = Store.open(str(store_dir))
+    (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    old = {"old text": old_secret}
+    # Positive controls: the lineage of version 1 holds the old content (so the guard can refuse
+    # it), and the scan finds the old text (so it can fail).
+    old_hash = checkpoints.content_hashes(store, ["rec-vault"], [before["content_sha256"]])[0]
+    assert deletion.lineage_violations(store, versions.read(store, 1).shards, {old_hash})
+    assert find_canaries({"store": store_dir}, old, strict={"store"})["old text"]  # the scan can fail
+
+    prompt = record["prompt"]
+    fix = inputs / "corrections.jsonl"
+    write_jsonl([{"record_id": "rec-vault", "text": f"{prompt} NEW-{new_secret}.", "prompt": prompt, "answer": f" NEW-{new_secret}."}], fix)
+    assert "dry run, nothing changed" in sisa("rectify", "--file", str(fix), "--dry-run", *args)
+    sisa("rectify", "--file", str(fix), *args)
+
+    # The record keeps its id, subject, shard and slice; only its content changed.
+    store = Store.open(str(store_dir))
+    (after,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    assert {k: after[k] for k in ("subject_id", "shard_id", "slice_idx", "status")} == {k: before[k] for k in ("subject_id", "shard_id", "slice_idx", "status")}
+    assert after["content_sha256"] != before["content_sha256"]
+    data = store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist()
+    (row,) = [r for r in data if r["record_id"] == "rec-vault"]
+    assert new_secret in row["text"] and new_secret in row["answer"] and row["fact"] == "vault"
+
+    # One request of kind rectify: relief, then one exact version; the certificate names content
+    # hashes (keyed), never text; the serving lineage holds the new content and not the old.
+    (req,) = deletion.all_requests(store)
+    assert (req.kind.value, req.status.value, req.mode.value, req.records) == ("rectify", "completed", "relief", 1)
+    new_hash = checkpoints.content_hashes(store, ["rec-vault"], [after["content_sha256"]])[0]
+    assert req.rectified == [{"old": old_hash, "new": new_hash}] and req.id_hashes == [old_hash]
+    assert req.record_hashes == [store.hash_id("rec-vault")]
+    cert = req.certificate
+    assert cert["kind"] == "rectify" and cert["lineage_check"]["passed"] and cert["purge_check"]["passed"]
+    assert cert["rectification"]["new_content_check"]["passed"]
+    assert {"relief", "exact"} <= set(req.versions) and req.versions["exact"] == store.current_version()
+    serving = versions.current(store)
+    held = set().union(*(checkpoints.full_lineage(store, c) for c in serving.shards.values()))
+    assert new_hash in held and old_hash not in held and store.hash_id("rec-vault") in held
+    assert not store.fs.exists(layout.correction_file(req.request_id))  # the staged new text went once applied
+
+    text = sisa("certificate", req.request_id, *args)
+    assert "rectification certificate" in text and old_hash[:16] in text and new_hash[:16] in text
+    cert_json = json.loads(sisa("certificate", req.request_id, "--json", *args))
+    assert cert_json["kind"] == "rectify"
+    sisa("requests", *args)
+    assert "verified" in sisa("verify", "--replay", *args)  # the serving version == training on the corrected data
+
+    # Rollback to the version trained on the old text is refused; nothing changes.
+    refused = sisa("rollback", "1", *args, fails=True)
+    assert "purged" in refused
+    assert store.current_version() == req.versions["exact"]
+
+    # The old text is nowhere: store (data, index, checkpoints, ledgers), MLflow, CLI output.
+    # The new text is in the data (a positive control on the same scan).
+    places = {"store": store_dir}
+    assert find_canaries(places, {"new text": new_secret}, strict={"store"})["new text"]
+    leaks = [str(h) for h in find_canaries(places, old, strict={"store"})["old text"]]
+    leaks += ["CLI output"] * bool(canaries_in_text("".join(output), old))
+    leaks += ["CLI output (new text)"] * bool(canaries_in_text("".join(output), {"new": new_secret}))
+    assert not leaks, f"the old text survives the rectification (or text was printed): {leaks}"
+
+
+def test_bad_corrections_are_refused_whole_and_change_nothing(tmp_path, capfd):
+    rows = make_people(6, seed=44)
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    write_jsonl(rows, inputs / "people.jsonl")
+    store_dir = tmp_path / "s"
+    args = cli_args(store_dir)
+    assert run_cli("ingest", str(inputs / "people.jsonl"), *args)[0] == 0
+    gone = rows[0]["record_id"]
+    assert run_cli("forget", "--ids", gone, *args)[0] == 0
+    fix = inputs / "corrections.jsonl"
+    same, good = rows[2], rows[3]
+    write_jsonl(
+        [
+            {"record_id": "no-such-record", "text": "x works as a y."},
+            {"record_id": gone, "text": "a new text for a forgotten record."},
+            {"record_id": same["record_id"], "text": same["text"]},
+            {"record_id": good["record_id"], "text": "a perfectly fine correction."},
+            {"record_id": rows[4]["record_id"], "text": "moved.", "subject_id": "someone-else"},
+        ],
+        fix,
+    )
+    state = tree_digest(store_dir)
+    code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code != 0 and "nothing was changed" in err
+    for name in ("no-such-record", gone, same["record_id"], rows[4]["record_id"]):
+        assert name in err, name
+    assert good["record_id"] not in err  # only the bad ones are named
+    assert same["text"] not in err + out  # never the text
+    assert tree_digest(store_dir) == state
+
+    write_jsonl([{"record_id": good["record_id"], "text": "  "}], fix)
+    code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code != 0 and "empty" in err and tree_digest(store_dir) == state
+
+
+def test_rectify_help_explains_the_file(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["rectify", "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "record_id" in out and "--file" in out and "rollback" in out
+
+
+def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
+    rows = make_people(4, seed=45)
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    write_jsonl(rows, inputs / "people.jsonl")
+    args = cli_args(tmp_path / "s")
+    assert run_cli("ingest", str(inputs / "people.jsonl"), *args)[0] == 0
+    fix = inputs / "fix.csv"
+    Path(fix).write_text(f"record_id,text\n{rows[1]['record_id']},corrected text\n")
+    code, _, err = run_cli("rectify", "--file", str(fix), *args)
+    assert code == 0, err
+    store = Store.open(str(tmp_path / "s"))
+    (req,) = deletion.all_requests(store)
+    assert req.status.value == "completed" and req.removed == 1
+    found = [t for s in range(store.num_shards) for sl in store.record_slices(s) for t in store.read_slice(s, sl)["text"].to_pylist()]
+    assert "corrected text" in found and rows[1]["text"] not in found
+    # The removed text may not come back through another rectification.
+    back = inputs / "back.jsonl"
+    write_jsonl([{"record_id": rows[1]["record_id"], "text": rows[1]["text"]}], back)
+    state = tree_digest(tmp_path / "s")
+    code, out, err = run_cli("rectify", "--file", str(back), *args)
+    assert code != 0 and "earlier rectification removed" in err and rows[1]["record_id"] in err and rows[1]["text"] not in err + out
+    assert tree_digest(tmp_path / "s") == state
