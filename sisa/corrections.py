@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sisa import checkpoints, deletion
+from sisa.formats import FORMAT_COLUMN, TEXT
 from sisa.ingestion import content_sha256
 from storage import layout, records
 from storage.errors import ValidationError, list_some
@@ -57,6 +58,11 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     them validated. `table` is a normalised source (record_id, text, subject_id, extra columns);
     `problems` are what normalising it found already (empty text, duplicate ids)."""
     problems = list(problems or [])
+    if FORMAT_COLUMN in table.column_names:  # what normalising adds; a correction is text
+        kinds = set(table[FORMAT_COLUMN].to_pylist()) - {None, TEXT}
+        if kinds:
+            problems.append(f"corrections are text records; got {sorted(kinds)} records (correct a prompt-completion or chat record by forgetting it and ingesting the new one)")
+        table = table.drop_columns([FORMAT_COLUMN])
     unknown_columns = [c for c in table.column_names if c not in ALLOWED]
     if unknown_columns:
         problems.append(f"columns {unknown_columns} cannot be corrected; a correction gives record_id and the new text (and optionally prompt, answer)")

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from sisa import aggregate, serving
+from sisa.formats import CHAT
 from sisa.probes import Probe, for_request
 
 MIN_K = 0.4
@@ -69,6 +70,21 @@ def answer_of(text: str, prompt: str | None) -> str | None:
     return text[len(prompt):] if prompt and text.startswith(prompt) and normalise(text[len(prompt):]) else None
 
 
+def as_text(item, prompt: str | None) -> tuple[str, str | None]:
+    """(text, prompt) of a record as these measures read it: a text record as it is; a
+    prompt-completion record as its prompt followed by its completion; a chat record as its
+    turns, one `role: content` line each, the last assistant turn the answer. Members and holdout
+    are read the same way, so the membership score compares like with like."""
+    if isinstance(item, str):
+        return item, prompt
+    if item.format == CHAT:
+        turns = list(item.messages)
+        last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=len(turns) - 1)
+        head = "".join(f"{role}: {content}\n" for role, content in turns[:last]) + "assistant: "
+        return head + turns[last][1], head
+    return item.prompt + item.completion, item.prompt
+
+
 def build_targets(
     texts: list[str],
     prompts: list[str | None] | None,
@@ -82,6 +98,8 @@ def build_targets(
     holds each record's new (text, prompt) in the same order), the probes that count for its
     `subjects`, and the holdout."""
     prompts = prompts or [None] * len(texts)
+    texts, prompts = map(list, zip(*(as_text(x, p) for x, p in zip(texts, prompts, strict=True)), strict=True)) if texts else ([], [])
+    holdout = [as_text(h, None)[0] for h in holdout] if holdout else holdout
     t = Targets(members=list(texts) if holdout else [], holdout=list(holdout or []))
     if not with_trio:
         return t

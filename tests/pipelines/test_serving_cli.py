@@ -37,7 +37,7 @@ def test_generate_is_deterministic_and_eval_reports_every_shard(tmp_path, capsys
     assert main(["generate", *args, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == first
     assert first["model_version"] == 1 and first["shards"] == [0, 1]
-    assert (first["aggregation"], first["prior"], first["top_shards"]) == ("posterior", "uniform", 0)
+    assert (first["aggregation"], first["prior"], first["top_shards"]) == ("posterior", "uniform", 2)
     # The serving settings come from the config: the uniform mean, or the best shard alone.
     for extra in (["serving.aggregation=uniform"], ["serving.top_shards=1", "serving.prior=records"]):
         assert main(["generate", *args, *extra, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0

@@ -71,7 +71,7 @@ def test_a_bundle_holds_adapters_and_settings_only(exported):
     files = sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file())
     assert files == ["shard0/adapter_config.json", "shard0/adapter_model.safetensors", "shard1/adapter_config.json", "shard1/adapter_model.safetensors", bundle.MANIFEST]
     assert manifest["format"] == bundle.FORMAT and manifest["model"]["name"] == "tiny"
-    assert manifest["serving"] == {"aggregation": "posterior", "prior": "uniform", "record_counts": None, "top_shards": 0}
+    assert manifest["serving"] == {"aggregation": "posterior", "prior": "uniform", "record_counts": None, "top_shards": 2}
     assert Path(manifest["model"]["cache_dir"]).is_absolute()
     for key, shard in manifest["shards"].items():
         assert set(shard["files"]) == set(bundle.ADAPTER_FILES) and shard["checkpoint_id"].startswith(f"s{int(key):05d}-")

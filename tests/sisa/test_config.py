@@ -195,7 +195,7 @@ def test_serving_and_min_steps_fields_are_validated_together():
     assert (cfg.serving.aggregation, cfg.serving.prior, cfg.serving.top_shards) == ("uniform", "records", 1)
     assert cfg.training.min_steps_per_slice == 5
     defaults = SisaConfig()
-    assert (defaults.serving.aggregation, defaults.serving.prior, defaults.serving.top_shards) == ("posterior", "uniform", 0)
+    assert (defaults.serving.aggregation, defaults.serving.prior, defaults.serving.top_shards) == ("posterior", "uniform", 2)
     assert defaults.training.min_steps_per_slice == 0
     with pytest.raises(ConfigError) as err:
         load_config(TINY, ["serving.aggregation=mean", "serving.prior=size", "serving.top_shards=-1", "training.min_steps_per_slice=-2", "serving.shards=2"])
@@ -208,7 +208,7 @@ def test_serving_and_min_steps_fields_are_validated_together():
     assert "unknown key `serving.shards`" in msg
 
 
-@pytest.mark.parametrize("override", ["serving.aggregation=uniform", "serving.prior=records", "serving.top_shards=2"])
+@pytest.mark.parametrize("override", ["serving.aggregation=uniform", "serving.prior=records", "serving.top_shards=0"])
 def test_serving_values_leave_the_training_fingerprint(override):
     base = load_config(TINY)
     changed = load_config(TINY, [override])
