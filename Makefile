@@ -45,3 +45,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/forget.py
 	$(PY) benchmarks/serve.py
 	$(PY) benchmarks/deletion_requests.py
+	$(PY) benchmarks/utility.py --model tiny

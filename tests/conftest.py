@@ -62,3 +62,13 @@ def ray_two_nodes(s3, tmp_path_factory):
         cluster.markers, cluster.node_tmp = markers, node_tmp
         yield cluster
         shutdown_ray()
+
+
+@pytest.fixture
+def ray_auth_off():
+    """This driver without Ray token auth for the test (the loopback cluster runs without it);
+    Ray's cached mode is read again afterwards (tests/servers.py: ray_auth_disabled)."""
+    from tests.servers import ray_auth_disabled
+
+    with ray_auth_disabled():
+        yield

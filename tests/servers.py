@@ -187,6 +187,26 @@ def _stop_group(proc: subprocess.Popen) -> None:
 # a token, so the loopback test cluster runs with it off (a real cluster keeps its token and gives
 # it to the driver through RAY_AUTH_TOKEN or ~/.ray/auth_token).
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@contextlib.contextmanager
+def ray_auth_disabled() -> Iterator[None]:
+    """This driver talks to the loopback test cluster without token auth for the block. Ray
+    caches the mode it read in its config when it starts; afterwards the config is read again
+    from the environment, or every later embedded Ray of this process (which turns token auth on)
+    would be refused with "RAY_AUTH_MODE is currently 'disabled'"."""
+    from ray._raylet import Config
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+        Config.initialize("")
 # A 2-core machine shared with other work can starve a raylet for seconds: the head's GCS gives a
 # node 30 s per health check and 10 misses before it declares the node dead (a node that is
 # killed is noticed at once through its dead workers all the same).

@@ -33,10 +33,9 @@ from tests.servers import BIN
 pytestmark = [pytest.mark.slow, pytest.mark.scaleout]
 
 
-def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes, mlflow_tracking, tmp_path, capfd, monkeypatch):
+def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes, mlflow_tracking, ray_auth_off, tmp_path, capfd, monkeypatch):
     server, bucket, uri = s3_store
     cluster, mlflow = ray_two_nodes, mlflow_tracking
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     systemp = tmp_path / "systemp"
     systemp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(systemp))

@@ -26,6 +26,7 @@ from storage.errors import ShardJobError
 from storage.store import Store
 from tests.helpers import make_cfg
 from tests.pipelines.helpers import ingest_rows
+from tests.servers import ray_auth_disabled
 
 pytestmark = pytest.mark.slow
 # 12 people, 24 records: each of the 2 shards gets 3 slices of 4 or more, so a job killed after
@@ -47,14 +48,14 @@ def train_shard_hanging_on_the_worker_node(task: ShardTask):
 
 
 @pytest.fixture
-def cluster(ray_two_nodes, monkeypatch):
+def cluster(ray_two_nodes):
     """The session's two-node cluster (tests/conftest.py), with both nodes up."""
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    scheduler.shutdown_ray()
-    if ray_two_nodes.nodes["worker"].proc.poll() is not None:
-        ray_two_nodes.start_worker()
-    yield ray_two_nodes
-    scheduler.shutdown_ray()
+    with ray_auth_disabled():
+        scheduler.shutdown_ray()
+        if ray_two_nodes.nodes["worker"].proc.poll() is not None:
+            ray_two_nodes.start_worker()
+        yield ray_two_nodes
+        scheduler.shutdown_ray()
 
 
 @pytest.fixture
