@@ -64,6 +64,15 @@ def run_cli(*argv: str, capfd=None) -> tuple[int, str, str]:
     return code, stdout, stderr
 
 
+def one_slice_subjects(store) -> dict[str, tuple[int, int]]:
+    """subject_id → (shard_id, slice_idx) of every subject whose records all sit in one slice
+    (sorted by subject: the same pick every run)."""
+    where: dict[str, set[tuple[int, int]]] = {}
+    for r in store.index.table.to_pylist():
+        where.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
+    return {s: next(iter(p)) for s, p in sorted(where.items()) if len(p) == 1}
+
+
 # -- store state --------------------------------------------------------------------------------------
 def tree_digest(root: Path | str, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """Every folder and file under `root` with its sha256 (files in `skip`, relative paths, left

@@ -21,7 +21,7 @@ from sisa.synthetic import make_people
 from storage import layout, ledgers
 from storage.schemas import FORGETTING
 from storage.store import Store
-from tests.helpers import cli_args, find_canaries, make_cfg, run_cli
+from tests.helpers import cli_args, find_canaries, make_cfg, one_slice_subjects, run_cli
 from tests.pipelines.helpers import ingest_rows, serving_shards
 
 pytestmark = pytest.mark.slow
@@ -37,14 +37,9 @@ def _store(tmp_path: Path, rows: list[dict], *extra: str):
 
 def _subject_at(store: Store, want_slice_above: int = 0) -> tuple[str, int, int]:
     """A subject whose records sit in one slice > `want_slice_above - 1` of some shard."""
-    where: dict[str, set[tuple[int, int]]] = {}
-    for r in store.index.table.to_pylist():
-        where.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
-    for subject, places in sorted(where.items()):
-        if len(places) == 1:
-            ((shard, sl),) = places
-            if sl >= want_slice_above:
-                return subject, shard, sl
+    for subject, (shard, sl) in one_slice_subjects(store).items():
+        if sl >= want_slice_above:
+            return subject, shard, sl
     raise AssertionError("no such subject in the test data")
 
 
@@ -191,10 +186,7 @@ def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(t
     from storage.errors import StoreLockedError
 
     cfg, store = _store(tmp_path, make_people(24, seed=53), "store.lock_timeout_s=2")
-    places: dict[str, set[tuple[int, int]]] = {}
-    for r in store.index.table.to_pylist():
-        places.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
-    single = sorted((s, next(iter(p))) for s, p in places.items() if len(p) == 1 and next(iter(p))[1] >= 1)
+    single = [(s, place) for s, place in one_slice_subjects(store).items() if place[1] >= 1]
     (first, (shard, _)) = single[0]
     second = next(s for s, (sh, _) in single[1:] if sh == shard)  # the shard the batch retrains
     forget.run(cfg, "subject", [first], queue=True, evidence=False, quiet=True)

@@ -19,7 +19,7 @@ from sisa import checkpoints
 from sisa.offline import OFFLINE_ENV
 from sisa.synthetic import make_people, write_jsonl
 from storage.store import Store
-from tests.helpers import REPO, cli_args, run_cli
+from tests.helpers import REPO, cli_args, one_slice_subjects, run_cli
 
 # Slices of 8 give every shard two or three slices from 20 people, so a deletion in a middle
 # slice retrains from a real parent checkpoint.
@@ -76,14 +76,9 @@ def subject_in_middle(store: Store) -> tuple[str, int, int]:
     """A subject whose records all sit in one slice after the first of a shard with a later
     slice: forgetting it retrains from a parent checkpoint and rewrites at least two slices.
     Returns (subject_id, shard_id, slice_idx)."""
-    where: dict[str, set[tuple[int, int]]] = {}
-    for r in store.index.table.to_pylist():
-        where.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
-    for subject, places in sorted(where.items()):
-        if len(places) == 1:
-            ((shard, sl),) = places
-            if 0 < sl < max(checkpoints.shard_slices(store, shard)):
-                return subject, shard, sl
+    for subject, (shard, sl) in one_slice_subjects(store).items():
+        if 0 < sl < max(checkpoints.shard_slices(store, shard)):
+            return subject, shard, sl
     raise AssertionError("the template data should give some subject a middle slice")
 
 
