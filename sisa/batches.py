@@ -45,7 +45,7 @@ class BatchResult:
 
 def queued_requests(store: Store) -> list[DeletionRequest]:
     """Requests a batch owes work: queued, or in a batch a crash interrupted."""
-    return [r for r in deletion.open_requests(store) if r.queued and r.status != RequestStatus.RECEIVED]
+    return [r for r in deletion.open_requests(store) if r.batch_owned]
 
 
 def due(cfg: SisaConfig, reqs: list[DeletionRequest], now: datetime | None = None) -> str | None:

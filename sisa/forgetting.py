@@ -448,7 +448,7 @@ def forget(
     # (or was cut short): the batch's version keeps it relieved, or the resumed batch takes it.
     in_flight = [
         r.request_id for r in deletion.open_requests(store)
-        if r.status != RequestStatus.QUEUED and not (queue and r.queued and r.status != RequestStatus.RECEIVED)
+        if r.status != RequestStatus.QUEUED and not (queue and r.batch_owned)
     ]
     if in_flight and not dry_run:
         raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")

@@ -109,6 +109,12 @@ class DeletionRequest:
         """Keyed hashes of the ids of the records the request acts on (to find them again)."""
         return self.record_hashes if self.kind == RequestKind.RECTIFY else self.id_hashes
 
+    @property
+    def batch_owned(self) -> bool:
+        """Open work a batch owes: queued, or in a batch a crash interrupted (not one cut short
+        before it was queued)."""
+        return self.queued and self.status != RequestStatus.RECEIVED
+
     def is_overdue(self, now: datetime | None = None) -> bool:
         """Past its deadline and not completed (a failed request was not honoured either)."""
         return self.status != RequestStatus.COMPLETED and datetime.fromisoformat(self.deadline) < (now or datetime.now(UTC))

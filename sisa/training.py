@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from sisa import checkpoints, deletion, registry, scheduler, versions
 from sisa.config import SisaConfig
-from sisa.lifecycle import RequestStatus
 from sisa.model import base_model_fingerprint
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError
@@ -60,7 +59,7 @@ def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tup
 def refuse_if_requests_open(store: Store, doing: str) -> None:
     """Requests in flight must finish first; queued ones, and those of a batch a crash
     interrupted, are the batch's (training runs it first)."""
-    open_reqs = [r.request_id for r in deletion.open_requests(store) if not (r.queued and r.status != RequestStatus.RECEIVED)]
+    open_reqs = [r.request_id for r in deletion.open_requests(store) if not r.batch_owned]
     if open_reqs:
         raise RefusedError(
             f"deletion request(s) {', '.join(open_reqs)} are still open; {doing} now could bring "
