@@ -127,6 +127,9 @@ class ServingConfig:
 class SchedulerConfig:
     backend: Literal["ray", "serial"] = _f("ray", "ray: shard jobs as Ray tasks; serial: one after another in this process (debugging).")
     address: str = _f("", "Ray cluster address; empty uses RAY_ADDRESS if set, else an embedded local Ray.")
+    connect_timeout_s: float = _f(
+        30.0, "Seconds to reach the Ray cluster at `address` before giving up with an error naming it (Ray itself retries for minutes).", min=1
+    )
     num_cpus: int = _f(0, "CPUs for embedded Ray; 0 means all cores.", min=0)
     threads_per_task: int = _f(1, "torch threads per shard job (and CPUs reserved per Ray task).", min=1)
     object_store_mb: int = _f(256, "Object store size for embedded Ray, MiB.", min=64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -195,6 +196,7 @@ def _ensure_ray(cfg: SchedulerConfig) -> None:
         }
         address = cfg.address or os.environ.get("RAY_ADDRESS", "")
         if address:
+            _check_reachable(address, cfg.connect_timeout_s)
             ray.init(address=address, **common)
         else:
             # "local", not None: None would attach to whatever `ray start` cluster another
@@ -215,6 +217,26 @@ def _ensure_ray(cfg: SchedulerConfig) -> None:
                 f"got {cfg.threads_per_task}; a shard job asking for more would never be scheduled"
             ]
         )
+
+
+def _check_reachable(address: str, timeout_s: float) -> None:
+    """Fail fast, naming the address, when nothing answers there: `ray.init` on an unreachable
+    address retries for many minutes with only log lines to show for it. "auto" (the cluster a
+    `ray start` on this machine recorded) is left to Ray."""
+    hostport = address.removeprefix("ray://")
+    if hostport == "auto" or "://" in hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError([f"`scheduler.address` (or RAY_ADDRESS) should be host:port, ray://host:port or auto, got {address!r}"])
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise SisaError(
+            f"cannot reach the Ray cluster at {address} within {timeout_s:g} s ({e.strerror or e}); "
+            "check that `ray start --head` runs there and the port is open, or unset scheduler.address and RAY_ADDRESS "
+            "to use the embedded Ray"
+        ) from None
 
 
 def _remember_session_dir() -> None:

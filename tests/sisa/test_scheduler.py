@@ -252,3 +252,24 @@ def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypat
     assert on_cluster.keys() == serial.keys()
     for s in serial:
         assert all(torch.equal(on_cluster[s][k], serial[s][k]) for k in serial[s])
+
+
+def test_an_unreachable_cluster_address_fails_fast_naming_it():
+    """ray.init on an address where nothing listens retries for many minutes; sisa names it."""
+    from storage.errors import SisaError
+
+    shutdown_ray()  # a Ray already up in this process would be reused, not connected to
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    started = time.monotonic()
+    with pytest.raises(SisaError, match=f"cannot reach the Ray cluster at {address}"):
+        run_shard_jobs(seeded_matmul, TASKS, SchedulerConfig(backend="ray", address=address, connect_timeout_s=2))
+    assert time.monotonic() - started < 60
+
+
+def test_a_malformed_cluster_address_is_a_config_error():
+    shutdown_ray()
+    with pytest.raises(ConfigError, match="host:port"):
+        run_shard_jobs(seeded_matmul, TASKS, SchedulerConfig(backend="ray", address="no-port-here"))
