@@ -293,6 +293,21 @@ def base_model_fingerprint(cfg: ModelConfig) -> str:
     return _folder_digest(folder, Path(cfg.cache_dir))
 
 
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A sha256 of what turns a record into token ids: the vocabulary and its rules, the special
+    tokens and the chat template. The base fingerprint names the weights only; a checkpoint records
+    this one too, so training never continues from a checkpoint whose records were tokenized or
+    rendered differently (a replaced chat template, an edited tokenizer.json)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    rules = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    special = {name: getattr(tokenizer, name, None) for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    h = hashlib.sha256()
+    for part in (rules, json.dumps(special, sort_keys=True), json.dumps(getattr(tokenizer, "chat_template", None), sort_keys=True)):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
 def _state_dict_digest(model: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):

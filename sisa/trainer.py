@@ -32,8 +32,9 @@ from tqdm import tqdm
 from sisa import adapters, checkpoints
 from sisa.config import SisaConfig, build_config
 from sisa.formats import FORMAT_COLUMN, Item, decode_rows
-from sisa.model import base_model_fingerprint, encode_texts, load_base_model
+from sisa.model import base_model_fingerprint, encode_texts, load_base_model, tokenizer_fingerprint
 from sisa.sharding import derive_seed
+from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store
 
@@ -167,6 +168,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     base, tokenizer = load_base_model(cfg.model)
     device = next(base.parameters()).device
     base_fp = base_model_fingerprint(cfg.model)
+    tokenizer_fp = tokenizer_fingerprint(tokenizer)
     training_fp = cfg.training_fingerprint()
 
     # Start: the parent checkpoint, or a fresh adapter whose init is seeded by (seed, shard).
@@ -182,6 +184,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
             opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
             checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
             parent_lineage = parent.manifest["lineage_digest"]
+            _check_tokenizer(parent.manifest, tokenizer_fp, task.shard_id, parent_id, cfg.model.name)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
     bar = tqdm(task.slices, desc=f"shard {task.shard_id} slices", unit="slice", leave=False, disable=not sys.stderr.isatty())
@@ -220,6 +223,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
                 "config_fingerprint": cfg.fingerprint(),
                 "base_model": cfg.model.name,
                 "base_model_fingerprint": base_fp,
+                "tokenizer_fingerprint": tokenizer_fp,
             }
             checkpoints.write_checkpoint(
                 store, ckpt_id, manifest, lambda d: adapters.save_adapter(model, d), optimizer, record_hashes, record_content_hashes
@@ -237,6 +241,19 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         adapters.save_adapter(model, out)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, parent_id: str, model_name: str) -> None:
+    """Refuse to continue from a checkpoint whose records were tokenized or rendered with another
+    tokenizer or chat template: the adapter would mix two renderings of the data, and a replay
+    could never reproduce it. Checkpoints written before the fingerprint existed carry none."""
+    recorded = parent_manifest.get("tokenizer_fingerprint")
+    if recorded is not None and recorded != tokenizer_fp:
+        raise RefusedError(
+            f"shard {shard_id}'s checkpoint {parent_id} was trained with another tokenizer or chat template than "
+            f"model {model_name!r} has now (tokenizer fingerprint {recorded[:12]}... vs {tokenizer_fp[:12]}...); "
+            "restore the model folder's tokenizer files, or run `sisa train --from-scratch`"
+        )
 
 
 def _train_steps(model, optimizer, params, tokenizer, texts: list[Item], order: list[int], cfg: SisaConfig, device) -> SliceResult:

@@ -197,6 +197,28 @@ def test_min_steps_per_slice_gives_a_small_shard_its_steps(tmp_path):
         train.run(make_cfg(tmp_path / "min" / "s", *SLICES, "training.min_steps_per_slice=6"))
 
 
+def test_a_changed_chat_template_refuses_to_continue_training(tmp_path, monkeypatch):
+    """Records already trained were rendered with the old template: continuing with a new one
+    would mix two renderings in one adapter, which no replay reproduces."""
+    from sisa import model as model_module
+
+    cfg = make_cfg(tmp_path / "s", *SLICES)
+    ingest_rows(cfg, make_people(5, seed=2), tmp_path / "input" / "a.jsonl")
+    train.run(cfg)
+    store = Store.open(cfg.store.uri)
+    (shard, _), (cid,) = next(iter(all_checkpoints(store).items()))
+    recorded = checkpoints.read_manifest(store, shard, cid)["tokenizer_fingerprint"]
+    ingest_rows(cfg, make_people(3, seed=2, start=50), tmp_path / "input" / "b.jsonl")
+    before = store.current_version()
+    monkeypatch.setattr(model_module, "TINY_CHAT_TEMPLATE", model_module.TINY_CHAT_TEMPLATE.replace("<|", "<<|"))
+    with pytest.raises(ShardJobError, match="another tokenizer or chat template") as err:
+        train.run(cfg)
+    assert recorded[:12] in err.value.message
+    assert Store.open(cfg.store.uri).current_version() == before  # nothing committed
+    monkeypatch.undo()
+    assert train.run(cfg).model_version == before + 1  # the template restored, training goes on
+
+
 # -- incremental training and MLflow --------------------------------------------------------------------
 def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_path):
     from sisa.tracking import Tracker
