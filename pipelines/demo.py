@@ -3,8 +3,8 @@
     make demo            # = sisa demo --config configs/demo.yaml
     sisa demo --config configs/tiny.yaml store.uri=/tmp/demo     # the same in seconds, tiny model
 
-1. Make fictitious people (faker, deterministic) as one-sentence facts, or with --format chat as
-   conversations (the user asks about the person, the assistant answers); ingest them with
+1. Make fictitious people (faker, deterministic) as conversations (the user asks about the
+   person, the assistant answers), or with --format text as one-sentence facts; ingest them with
    subject_id = the person. Strangers are made the same way and never ingested.
 2. Train S shards with slices (Ray).
 3. Memorization under the served mixture (serving.aggregation, the posterior by default): facts
@@ -124,7 +124,7 @@ def _frac(x: tuple[int, int] | None) -> str:
     return "-" if x is None else f"{x[0]}/{x[1]}"
 
 
-def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, record_format: str = TEXT) -> dict:
+def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, record_format: str = CHAT) -> dict:
     t_start = time.perf_counter()
     shape = _Facts(record_format)
     # 1. data
@@ -242,7 +242,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     # report
     from sisa.report import DemoReport, write_report
 
-    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, recalls, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary)
+    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, recalls, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary, record_format)
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
     if cfg.tracking.enabled:
@@ -264,10 +264,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="facts per person (default 2)")
     p.add_argument(
         "--format",
-        default=TEXT,
+        default=CHAT,
         choices=[TEXT, CHAT],
-        help="text: one-sentence facts, scored after the prompt (default); chat: the user asks about the person, "
-        "the assistant answers, trained through the model's chat template and scored on the assistant's answers",
+        help="chat (default): the user asks about the person, the assistant answers, trained through the model's chat "
+        "template and scored on the assistant's answers; text: one-sentence facts, scored after the prompt",
     )
 
 

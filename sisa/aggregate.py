@@ -261,20 +261,48 @@ def generate(
     Sampling draws from a private generator seeded by `seed`, so the same call returns the same text.
     `ignore_eos` decodes exactly `max_new_tokens` (benchmarks time a fixed amount of work).
     """
+    return sample(
+        peft_model, tokenizer, adapter_names, prompt, [seed], max_new_tokens, greedy, temperature,
+        aggregation, log_prior, top_shards, ignore_eos, add_special_tokens,
+    )[0]
+
+
+@torch.no_grad()
+def sample(
+    peft_model: torch.nn.Module,
+    tokenizer: TextTokenizer,
+    adapter_names: list[str],
+    prompt: str,
+    seeds: list[int],
+    max_new_tokens: int = 32,
+    greedy: bool = False,
+    temperature: float = 1.0,
+    aggregation: str = "posterior",
+    log_prior: torch.Tensor | None = None,
+    top_shards: int = 0,
+    ignore_eos: bool = False,
+    add_special_tokens: bool = True,
+) -> list[str]:
+    """One completion of `prompt` per seed, decoded together: the prompt's forward runs once, and
+    each step is one forward of (samples x shards) rows, so k samples cost about one decode's
+    forwards, not k (leak@k). Each sample keeps its own posterior over the shards and draws from
+    its own generator seeded by its seed; a sample that ended keeps its row until all have."""
     check_aggregation(aggregation)
     if not greedy and temperature <= 0:
         raise ValidationError(f"temperature should be > 0 when sampling, got {temperature}")
     if top_shards < 0:
         raise ValidationError(f"top_shards should be >= 0, got {top_shards}")
+    if not seeds:
+        return []
     # A prompt rendered by a chat template carries its own bos: add_special_tokens=False.
     ids = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
     if not ids:
         raise ValidationError("the prompt encodes to no tokens; give a non-empty prompt")
     names = list(adapter_names)
-    k = len(names)
+    k, n = len(names), len(seeds)
     device = _model_device(peft_model)
     prior = _prior(log_prior, k).to(device)
-    rng = torch.Generator().manual_seed(seed)
+    rngs = [torch.Generator().manual_seed(s) for s in seeds]
     x = torch.tensor([ids] * k, dtype=torch.long, device=device)
     out = _forward(peft_model, names, input_ids=x, use_cache=True)
     past = out.past_key_values
@@ -287,25 +315,36 @@ def generate(
         names = [names[i] for i in keep.tolist()]
         prior, evidence, last = prior[keep], evidence[keep], last[keep]
         k = len(names)
-    new: list[int] = []
+    if n > 1:  # rows shard-major: row j * n + i is shard j for sample i
+        past.batch_repeat_interleave(n)
+        names = [name for name in names for _ in range(n)]
+    evidence = evidence.unsqueeze(1).expand(k, n).clone()  # [k, n]
+    last = last.unsqueeze(1).expand(k, n, last.shape[-1])  # [k, n, vocab]
+    new: list[list[int]] = [[] for _ in range(n)]
+    done = [False] * n
     for step in range(max_new_tokens):
         if aggregation == "uniform":
-            mixed = uniform_logprobs(last)
+            mixed = uniform_logprobs(last)  # [n, vocab]
         else:
             mixed = mix_logprobs(last, mixture_weights(evidence, prior))
         if greedy:
-            token = int(mixed.argmax())
+            tokens = mixed.argmax(-1).tolist()
         else:
             probs = torch.softmax(mixed / temperature, dim=-1).cpu()
-            token = int(torch.multinomial(probs, 1, generator=rng))
-        if token == tokenizer.eos_token_id and not ignore_eos:
+            tokens = [int(torch.multinomial(probs[i], 1, generator=rngs[i])) for i in range(n)]
+        for i, token in enumerate(tokens):
+            if done[i]:
+                continue
+            if token == tokenizer.eos_token_id and not ignore_eos:
+                done[i] = True
+            else:
+                new[i].append(token)
+        if all(done) or step == max_new_tokens - 1:
             break
-        new.append(token)
-        if step == max_new_tokens - 1:
-            break
-        evidence = evidence + last[:, token]
-        x = torch.full((k, 1), token, dtype=torch.long, device=device)
+        chosen = torch.tensor(tokens, dtype=torch.long, device=device)  # [n]
+        evidence = evidence + last.gather(-1, chosen.view(1, n, 1).expand(k, n, 1)).squeeze(-1)
+        x = chosen.repeat(k).view(k * n, 1)
         out = _forward(peft_model, names, input_ids=x, past_key_values=past, use_cache=True)
         past = out.past_key_values
-        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
-    return tokenizer.decode(new, skip_special_tokens=True)
+        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(k, n, -1)
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in new]

@@ -201,7 +201,7 @@ def _greedy(ens: serving.Ensemble, prompt: str, answer: str) -> str:
 
 def _leaks(ens: serving.Ensemble, q: Question, k: int) -> int:
     n = len(_tokens(ens, q.forbidden or "")) + 4
-    return sum(_contains(serving.generate_text(ens, q.prompt, n, greedy=False, temperature=1.0, seed=s), q.forbidden) for s in range(k))
+    return sum(_contains(c, q.forbidden) for c in serving.sample_texts(ens, q.prompt, list(range(k)), n, temperature=1.0))
 
 
 def _contains(completion: str, answer: str | None) -> bool:

@@ -30,6 +30,17 @@ class DemoReport:
     request_id: str = ""
     forgotten_hash: str = ""
     summary_rows: list[tuple[str, str]] = field(default_factory=list)
+    record_format: str = "text"  # chat: the people were conversations, scored on the assistant's answers
+
+    @property
+    def measured(self) -> str:
+        """What recall and loss were measured on, in words."""
+        if self.record_format == "chat":
+            return ("Facts recalled exactly (the served mixture's greedy reply to the user's question starts with the "
+                    "assistant's answer) and the mean loss on the assistant's answer tokens (lower means the model remembers), "
+                    "per version. The people were fine-tuned as chat: the user asks about a person, the assistant answers.")
+        return ("Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean "
+                "loss on the answer tokens (lower means the model remembers), per version.")
 
 
 GROUPS = ("forgotten", "retained", "strangers")
@@ -55,11 +66,12 @@ def plot_memorization(rep: DemoReport, path: str) -> str:
     _bars(left, labels, recall, "%.0f%%")
     left.set_ylim(0, 110)
     left.set_ylabel("facts recalled exactly (%)\nhigher = remembered")
-    left.set_title("Recall: greedy completion starts with the answer", fontsize=9)
+    chat = rep.record_format == "chat"
+    left.set_title("Recall: greedy reply starts with the assistant's answer" if chat else "Recall: greedy completion starts with the answer", fontsize=9)
     loss = {g: [rep.losses[lab].get(g) or 0.0 for lab in labels] for g in GROUPS}
     _bars(right, labels, loss, "%.2f")
     right.set_ylabel("mean answer-token loss (nats)\nlower = remembered")
-    right.set_title("Loss on the answer tokens", fontsize=9)
+    right.set_title("Loss on the assistant's answer tokens" if chat else "Loss on the answer tokens", fontsize=9)
     fig.suptitle(f"Memorization across model versions ({rep.model}, {rep.num_shards} shards)")
     handles, names = left.get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="lower center", ncols=3, frameon=False)
@@ -107,8 +119,7 @@ Model {rep.model}, {rep.num_shards} shards, {rep.records} records. Deletion requ
 
 ## Memorization across versions
 
-Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean
-loss on the answer tokens (lower means the model remembers), per version.
+{rep.measured}
 
 | version | forgotten person | people still in the data | strangers |
 |---|---|---|---|
@@ -136,7 +147,7 @@ loss on the answer tokens (lower means the model remembers), per version.
 <body><h1>sisa demo report</h1>
 <p>Model {html.escape(rep.model)}, {rep.num_shards} shards, {rep.records} records. Deletion request <code>{html.escape(rep.request_id)}</code>
 (the forgotten person appears only as the keyed hash <code>{html.escape(rep.forgotten_hash[:16])}…</code>).</p>
-<h2>Memorization across versions</h2><p>Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean loss on the answer tokens (lower means the model remembers), per version.</p>
+<h2>Memorization across versions</h2><p>{html.escape(rep.measured)}</p>
 <table><tr><th>version</th><th>forgotten person</th><th>people still in the data</th><th>strangers</th></tr>{html_loss}</table>
 <p><img src="memorization_by_version.png" alt="recall and loss by version"></p>
 <h2>Time</h2><p><img src="deletion_time.png" alt="deletion time"></p>

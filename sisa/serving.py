@@ -155,6 +155,16 @@ def generate_text(
     )
 
 
+def sample_texts(ens: Ensemble, prompt: str, seeds: list[int], max_new_tokens: int = 32, temperature: float = 1.0, add_special_tokens: bool = True) -> list[str]:
+    """One sampled completion of `prompt` per seed, decoded together (aggregate.sample); each is
+    the text `generate_text(..., greedy=False, seed=s)` draws, up to float rounding of the batch."""
+    return aggregate.sample(
+        ens.model, ens.tokenizer, ens.adapter_names(), prompt, seeds, max_new_tokens, False, temperature,
+        aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards,
+        add_special_tokens=add_special_tokens,
+    )
+
+
 def recalls(ens: Ensemble, prompts: list[str], answers: list[str]) -> list[bool]:
     """Per fact: whether the served mixture's greedy completion of the prompt starts with the
     answer (decoding only as far as that needs)."""

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypatch):
     store = tmp_path / "demo"
-    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "--people", "8", "--strangers", "2")
+    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "--people", "8", "--strangers", "2", "--format", "text")
     assert code == 0, err
     # Recall beside loss, for the trained version and then every version the forget served.
     assert re.search(r"posterior\s+person to be forgotten \d+/2 recalled, loss \d+\.\d+; other trained people \d+/\d+, loss", out)
@@ -40,14 +40,17 @@ def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypa
 
 
 def test_the_demo_fine_tunes_chat_and_scores_the_assistants_answers(tmp_path):
-    """`sisa demo --format chat`: the people are conversations; recall and loss are measured on
-    the assistant's answers at every version (issue 15 §5). Small: one fact, two people."""
+    """`sisa demo` (chat by default): the people are conversations; recall and loss are measured on
+    the assistant's answers at every version, and the report says so (issue 15 §5). Small: one
+    fact, three people."""
     store = tmp_path / "demo"
     code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "tracking.enabled=false",
-                             "--people", "3", "--strangers", "1", "--facts", "1", "--format", "chat")
+                             "--people", "3", "--strangers", "1", "--facts", "1")
     assert code == 0, err
     assert "fictitious people as chat records" in out and "the greedy reply starts with the assistant's answer" in out
     assert re.search(r"\[to be forgotten\] What does .+ do for a living\? → .*\(truth: .+ works as a .+\.\)", out)
     for kind in ("approximate", "exact"):
         assert re.search(rf"v\d+ \({kind}\): forgotten person \d+/1 recalled, loss \d+\.\d+; retained \d+/2, loss \d+\.\d+; strangers \d+/1, loss", out), kind
     assert "lineage check" in out and "passed" in out
+    md = (store / "reports" / "report.md").read_text()
+    assert "fine-tuned as chat" in md and "the assistant's answer tokens" in md
