@@ -10,7 +10,8 @@ corrections.jsonl (any ingest format: JSONL, CSV, Parquet) names live records an
 
 The recipe (the phases of a deletion, sisa/forgetting.py; mechanics in sisa/corrections.py):
 1. Validate every correction first: unknown ids, ids a deletion forgot, empty text, text identical
-   to what the record holds, a changed subject_id: one error naming them all; nothing changes.
+   to what the record holds, a changed subject_id, a record stored as prompt-completion or chat
+   (a correction is text): one error naming them all; nothing changes.
    --dry-run prints the plan and stops.
 2. Stage the new text in the store; write the request (kind `rectify`) to the deletion ledger:
    keyed hashes of the ids and of the old and new content, never text.

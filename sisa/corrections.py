@@ -78,6 +78,9 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     for name in ("prompt", "answer"):
         if name in table.column_names:
             new = new.append_column(name, table[name].cast(pa.string()))
+    structured = _structured(store, sel.rows)
+    if structured:
+        problems.append(f"{len(structured)} record(s) are stored as prompt-completion or chat records, which a text correction cannot replace (forget them and ingest the corrected records): {list_some(structured)}")
     stored = sel.rows.select(["record_id", "subject_id", "content_sha256"])
     joined = new.select(["record_id", "content_sha256"]).join(stored, "record_id", right_suffix="_stored", join_type="inner")
     same = joined.filter(pc.equal(joined["content_sha256"], joined["content_sha256_stored"]))["record_id"].to_pylist()
@@ -97,6 +100,21 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     if problems:
         raise _error(problems)
     return Corrections(new, sel.rows)
+
+
+def _structured(store: Store, rows: pa.Table) -> list[str]:
+    """Ids of the records whose stored `record_format` is not text (the index does not carry the
+    format; their slice parts do, null in parts older than formats: text)."""
+    wanted = pa.array(rows["record_id"].to_pylist(), pa.string())
+    out: list[str] = []
+    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
+    for shard, sl in pairs:
+        t = store.read_slice(shard, sl, columns=["record_id", FORMAT_COLUMN])
+        if t is None:
+            continue
+        t = t.filter(pc.is_in(t["record_id"], value_set=wanted))
+        out += [rid for rid, kind in zip(t["record_id"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True) if kind not in (None, TEXT)]
+    return sorted(out)
 
 
 def _error(problems: list[str]) -> ValidationError:

@@ -175,3 +175,39 @@ def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
     code, out, err = run_cli("rectify", "--file", str(back), *args)
     assert code != 0 and "earlier rectification removed" in err and rows[1]["record_id"] in err and rows[1]["text"] not in err + out
     assert tree_digest(tmp_path / "s") == state
+
+
+def test_a_text_correction_of_a_stored_chat_or_prompt_completion_record_is_refused(tmp_path, capfd):
+    """The correction file is text, but the record it names is stored as a chat or
+    prompt-completion record: replacing its canonical JSON by plain text would change its format
+    behind the trainer's back. Refused whole, naming those ids; nothing changed."""
+    from tests.pipelines.test_ingest_formats import chat_rows, pair_rows
+    from tests.pipelines.test_ingest_formats import write_jsonl as write_rows
+
+    args = cli_args(tmp_path / "s")
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    people = make_people(4, seed=46)
+    write_jsonl(people, inputs / "people.jsonl")
+    for path in (inputs / "people.jsonl", write_rows(inputs / "chats.jsonl", chat_rows(3)), write_rows(inputs / "pairs.jsonl", pair_rows(3))):
+        code, _, err = run_cli("ingest", str(path), *args, capfd=capfd)
+        assert code == 0, err
+    fix = inputs / "fix.jsonl"
+    write_jsonl(
+        [
+            {"record_id": "c-001", "text": "Customer 1 lives in Newtown."},
+            {"record_id": "p-002", "text": "Customer 2 works as a baker."},
+            {"record_id": people[0]["record_id"], "text": "a fine correction of a text record."},
+        ],
+        fix,
+    )
+    state = tree_digest(tmp_path / "s")
+    code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code != 0 and "nothing was changed" in err and "prompt-completion or chat" in err
+    assert "c-001" in err and "p-002" in err and people[0]["record_id"] not in err
+    assert "Newtown" not in out + err and "Town1" not in out + err  # never the text, new or stored
+    assert tree_digest(tmp_path / "s") == state
+    # The text record alone is corrected.
+    write_jsonl([{"record_id": people[0]["record_id"], "text": "a fine correction of a text record."}], fix)
+    code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code == 0, err
