@@ -469,15 +469,15 @@ def forget(
     if evidence and not queue:
         work.texts, work.prompts = deletion.read_texts(store, sel.rows)
         work.holdout = holdout
-        work.targets = _targets(sel.rows, work, probes)
+        work.targets = _targets(cfg, sel.rows, work, probes)
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 
-def _targets(rows: pa.Table, work: Work, probes: list[Probe] | None, new: list[tuple[str, str | None]] | None = None) -> evidence.Targets:
-    """The trio and leak@k with --probes; membership inference with a holdout."""
+def _targets(cfg: SisaConfig, rows: pa.Table, work: Work, probes: list[Probe] | None, new: list[tuple[str, str | None]] | None = None) -> evidence.Targets:
+    """The trio and leak@k (k: `evidence.leak_k`) with --probes; membership inference with a holdout."""
     subjects = {s for s in rows["subject_id"].to_pylist() if s}
     holdout = work.holdout[0] if work.holdout else None
-    return evidence.build_targets(work.texts, work.prompts, probes or [], subjects, holdout, new, with_trio=probes is not None)
+    return evidence.build_targets(work.texts, work.prompts, probes or [], subjects, holdout, new, with_trio=probes is not None, leak_k=cfg.evidence.leak_k)
 
 
 def rectify(
@@ -521,7 +521,7 @@ def rectify(
     if evidence:
         work.texts, work.prompts, new = corrections.old_and_new(store, fix)  # in memory only
         work.holdout = holdout
-        work.targets = _targets(sel.rows, work, probes, new)
+        work.targets = _targets(cfg, sel.rows, work, probes, new)
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 
