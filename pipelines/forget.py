@@ -28,7 +28,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.common import open_store, print_json, print_table
+from pipelines.common import open_store, print_json, print_queued, print_table
 from sisa import forgetting
 from sisa.config import SisaConfig
 from sisa.formats import table_items
@@ -173,9 +173,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         return 0
     req = res["request"]
     if req["status"] == "queued":
-        serving_now = req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
-        print(f"{req['request_id']}")
-        print(f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for the exact version and the certificate")
+        print_queued(req)
         return 0
     print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if req['certificate']['lineage_check']['passed'] else 'FAILED'})")
     return 0

@@ -1,6 +1,7 @@
 """Correct records exactly (GDPR Art. 16): the old text forgotten by construction, the new one trained.
 
     sisa rectify --config C --file corrections.jsonl [--fast | --isolate | --no-relief] [--dry-run] [--json]
+    sisa rectify --config C --file corrections.jsonl --queue    # relief now, a batch later (`sisa process`)
     sisa rectify --config C --file corrections.jsonl --probes probes.jsonl --holdout strangers.jsonl
 
 corrections.jsonl (any ingest format: JSONL, CSV, Parquet) names live records and their new text:
@@ -33,7 +34,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines.common import open_store, print_json, print_table
+from pipelines.common import open_store, print_json, print_queued, print_table
 from sisa import forgetting
 from sisa.config import SisaConfig
 from sisa.ingestion import normalise
@@ -54,9 +55,13 @@ def run(
     holdout: str | None = None,
     quiet: bool = False,
     probes: str | None = None,
+    queue: bool = False,
 ) -> dict[str, Any]:
     if fast and isolate:
         raise ValidationError("choose one of --fast and --isolate")
+    if queue and (holdout or probes):
+        # The batch measures only the old text's loss; probes and a holdout need the request carried out at once.
+        raise ValidationError("--probes and --holdout are measured when a rectification is carried out at once, not with --queue")
     relief = cfg.deletion.relief if relief is None else relief
     mode = RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
     table, problems = normalise(read_source(path), cfg)
@@ -64,10 +69,11 @@ def run(
     probe_list = read_probes(probes) if evidence and probes else None
     store = open_store(cfg)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
-    # A dry run only reads; a rectification retrains: one job at a time (the jobs lock first).
-    lock = store.lock if dry_run else store.job
+    # A dry run only reads, a queued one stages, records and commits the relief (beside a running
+    # batch); carried out now, a rectification retrains: one job at a time (the jobs lock first).
+    lock = store.lock if dry_run or queue else store.job
     with lock("rectify", cfg.store.lock_timeout_s):
-        res = forgetting.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=log, probes=probe_list)
+        res = forgetting.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=log, probes=probe_list, queue=queue)
     return res.to_dict()
 
 
@@ -83,6 +89,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fast", action="store_true", help="serve an approximate (NPO) version without the old text at once, then the exact one")
     p.add_argument("--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version")
     p.add_argument("--no-relief", action="store_true", help="serve nothing new until the exact version (default: the exact relief version serves at once; deletion.relief)")
+    p.add_argument("--queue", action="store_true", help="stage the new text, record the request, serve the relief and return; `sisa process` replaces the text and retrains in a batch")
     p.add_argument("--dry-run", action="store_true", help="validate, print the plan and change nothing")
     p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
     p.add_argument("--holdout", metavar="FILE", help="records no model saw: their loss is the certificate's stranger baseline, and the non-members of the Min-k%% membership inference")
@@ -90,7 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    res = run(cfg, args.file, args.fast, args.isolate, args.dry_run, False if args.no_relief else None, not args.no_evidence, args.holdout, quiet=args.json, probes=args.probes)
+    res = run(cfg, args.file, args.fast, args.isolate, args.dry_run, False if args.no_relief else None, not args.no_evidence, args.holdout, quiet=args.json, probes=args.probes, queue=args.queue)
     if args.json:
         print_json(res)
         return 0
@@ -105,6 +112,9 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         print(f"retrain cost: {plan['cost_fraction']:.1%} of a full retrain; dry run, nothing changed")
         return 0
     req = res["request"]
+    if req["status"] == "queued":
+        print_queued(req)
+        return 0
     cert = req["certificate"] or {}
     print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if cert.get('lineage_check', {}).get('passed') else 'FAILED'})")
     return 0

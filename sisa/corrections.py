@@ -74,6 +74,8 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
         problems.append(f"{len(sel.already_deleted)} record id(s) were forgotten (or are being forgotten) by a deletion request: {list_some(sel.already_deleted)}")
     if sel.missing:
         problems.append(f"{len(sel.missing)} unknown record id(s): {list_some(sel.missing)}")
+    if sel.rectifying:
+        problems.append(deletion.describe_rectifying(sel))
     new = pa.table({"record_id": table["record_id"], "text": table["text"], "content_sha256": content_sha256(table["text"])})
     for name in ("prompt", "answer"):
         if name in table.column_names:

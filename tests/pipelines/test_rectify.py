@@ -131,13 +131,14 @@ def test_bad_corrections_are_refused_whole_and_change_nothing(tmp_path, capfd):
         fix,
     )
     state = tree_digest(store_dir)
-    code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
-    assert code != 0 and "nothing was changed" in err
-    for name in ("no-such-record", gone, same["record_id"], rows[4]["record_id"]):
-        assert name in err, name
-    assert good["record_id"] not in err  # only the bad ones are named
-    assert same["text"] not in err + out  # never the text
-    assert tree_digest(store_dir) == state
+    for queue in ([], ["--queue"]):  # queued or not, validated whole first
+        code, out, err = run_cli("rectify", "--file", str(fix), *queue, *args, capfd=capfd)
+        assert code != 0 and "nothing was changed" in err
+        for name in ("no-such-record", gone, same["record_id"], rows[4]["record_id"]):
+            assert name in err, name
+        assert good["record_id"] not in err  # only the bad ones are named
+        assert same["text"] not in err + out  # never the text
+        assert tree_digest(store_dir) == state
 
     write_jsonl([{"record_id": good["record_id"], "text": "  "}], fix)
     code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
@@ -211,3 +212,89 @@ def test_a_text_correction_of_a_stored_chat_or_prompt_completion_record_is_refus
     write_jsonl([{"record_id": people[0]["record_id"], "text": "a fine correction of a text record."}], fix)
     code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
     assert code == 0, err
+
+
+def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_retrains_each_shard_once(tmp_path, capfd):
+    """`rectify --queue`: the new text is staged, the relief serves at once (no serving lineage
+    holds the old content), no training reads the record until `sisa process`; the batch, which
+    also holds a deletion in the same shard, replaces the text and retrains that shard once."""
+    from storage.schemas import LIVE, RECTIFYING
+
+    old_secret, new_secret = uuid.uuid4().hex, uuid.uuid4().hex
+    rows, record = _canary_rows(old_secret)
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    write_jsonl(rows, inputs / "people.jsonl")
+    store_dir = tmp_path / "s"
+    args = cli_args(store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
+    output: list[str] = []
+
+    def sisa(*argv: str, fails: bool = False) -> str:
+        code, out, err = run_cli(*argv, capfd=capfd)
+        output.extend([out, err])
+        assert (code != 0) == fails, f"sisa {argv[0]} exited {code}: {err}"
+        return out + err
+
+    capfd.readouterr()
+    sisa("ingest", str(inputs / "people.jsonl"), *args)
+    sisa("train", *args)
+    store = Store.open(str(store_dir))
+    (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    old_hash = checkpoints.content_hashes(store, ["rec-vault"], [before["content_sha256"]])[0]
+    # A person in the same shard, forgotten in the same batch.
+    other = next(r for r in store.index.table.to_pylist() if r["shard_id"] == before["shard_id"] and r["subject_id"] != "subject-vault")
+    gone = {r["record_id"]: r["text"] for r in rows if r["subject_id"] == other["subject_id"]}
+    sisa("forget", "--subject", other["subject_id"], "--queue", "--no-evidence", *args)
+
+    prompt = record["prompt"]
+    fix = inputs / "corrections.jsonl"
+    write_jsonl([{"record_id": "rec-vault", "text": f"{prompt} NEW-{new_secret}.", "prompt": prompt, "answer": f" NEW-{new_secret}."}], fix)
+    assert "--probes and --holdout" in sisa("rectify", "--file", str(fix), "--queue", "--probes", str(fix), *args, fails=True)
+    out = sisa("rectify", "--file", str(fix), "--queue", *args)
+    assert "queued; version" in out
+    store = Store.open(str(store_dir))
+    req = next(r for r in deletion.all_requests(store) if r.kind.value == "rectify")
+    assert (req.status.value, req.queued, req.id_hashes) == ("queued", True, [old_hash])
+    # Relieved at once; the old text still in the data, held from training; the new one staged.
+    relief = versions.current(store)
+    assert relief.model_version == req.versions["relief"]
+    assert not deletion.lineage_violations(store, relief.shards, {old_hash})
+    (held,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    assert held["status"] == RECTIFYING and held["content_sha256"] == before["content_sha256"]
+    training_reads = store.read_slice(before["shard_id"], before["slice_idx"], columns=["record_id"])
+    assert training_reads is None or "rec-vault" not in training_reads["record_id"].to_pylist()
+    assert store.fs.exists(layout.correction_file(req.request_id))
+
+    # While it waits: forgetting or correcting the record again is refused, naming it; nothing changes.
+    state = tree_digest(store_dir)
+    refused = sisa("forget", "--ids", "rec-vault", *args, fails=True)
+    assert "rec-vault" in refused and "queued rectification" in refused
+    assert "queued rectification" in sisa("forget", "--subject", "subject-vault", "--queue", *args, fails=True)
+    write_jsonl([{"record_id": "rec-vault", "text": "yet another text."}], inputs / "again.jsonl")
+    refused = sisa("rectify", "--file", str(inputs / "again.jsonl"), "--queue", *args, fails=True)
+    assert "rec-vault" in refused and "queued rectification" in refused and "nothing was changed" in refused
+    assert tree_digest(store_dir) == state
+
+    res = json.loads(sisa("process", "--json", *args))
+    assert res["ran"] and sorted(res["requests"]) == sorted(r.request_id for r in deletion.all_requests(store))
+    assert res["retrained_shards"] == [before["shard_id"]]  # once, for the deletion and the rectification
+    store = Store.open(str(store_dir))
+    (after,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    assert after["status"] == LIVE and (after["shard_id"], after["slice_idx"]) == (before["shard_id"], before["slice_idx"])
+    (row,) = [r for r in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if r["record_id"] == "rec-vault"]
+    assert new_secret in row["text"] and new_secret in row["answer"]
+    assert not set(gone) & set(store.index.table["record_id"].to_pylist())
+    for r in deletion.all_requests(store):
+        assert r.status.value == "completed" and r.versions["exact"] == res["model_version"] == store.current_version()
+        assert r.certificate["lineage_check"]["passed"] and r.certificate["purge_check"]["passed"]
+    req = deletion.read_request(store, req.request_id)
+    assert req.certificate["rectification"]["new_content_check"]["passed"] and "loss_before" in req.evidence
+    assert not store.fs.exists(layout.correction_file(req.request_id))
+    assert "verified" in sisa("verify", "--replay", *args)
+    assert "purged" in sisa("rollback", "1", *args, fails=True)
+
+    places = {"store": store_dir}
+    assert find_canaries(places, {"new text": new_secret}, strict={"store"})["new text"]
+    found = find_canaries(places, {"old text": old_secret, **gone}, strict={"store"})
+    assert not any(found.values()), f"left behind: {found}"
+    assert not canaries_in_text("".join(output), {"old": old_secret, "new": new_secret, **gone})
