@@ -20,8 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sisa import checkpoints, deletion
+from sisa.config import SisaConfig
 from sisa.formats import FORMAT_COLUMN, TEXT
-from sisa.ingestion import content_sha256
+from sisa.ingestion import content_sha256, normalise
+from sisa.sources import from_table
 from storage import layout, records
 from storage.errors import ValidationError, list_some
 from storage.schemas import INDEX_SCHEMA
@@ -51,6 +53,18 @@ class Corrections:
         old = checkpoints.content_hashes(store, ids, [old_sha[i] for i in ids])
         new = checkpoints.content_hashes(store, ids, [new_sha[i] for i in ids])
         return [{"old": o, "new": n} for o, n in zip(old, new, strict=True)]
+
+
+def from_rows(rows: list[dict[str, str | None]], cfg: SisaConfig, name: str = "request body") -> tuple[pa.Table, list[str]]:
+    """Corrections given as rows (record_id, text, optional prompt and answer; the service's JSON
+    body), normalised as a corrections file is: (table, problems) for `validate`."""
+    ic = cfg.ingest
+    columns = {ic.id_field: [r.get("record_id") for r in rows], ic.text_field: [r.get("text") for r in rows]}
+    for column in ("prompt", "answer"):
+        if any(r.get(column) is not None for r in rows):
+            columns[column] = [r.get(column) for r in rows]
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
+    return normalise(from_table(table, name), cfg)
 
 
 def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -> Corrections:
