@@ -11,7 +11,7 @@ from sisa.lifecycle import DeletionRequest
 from sisa.stores import open_store
 from sisa.versions import ModelVersion
 
-__all__ = ["open_store", "print_table", "print_json", "human_bytes", "print_versions", "print_requests", "print_certificate", "print_queued"]
+__all__ = ["open_store", "print_table", "print_json", "human_bytes", "print_versions", "print_requests", "print_certificate"]
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str], out=None) -> None:
@@ -82,13 +82,6 @@ def print_requests(reqs: list[DeletionRequest]) -> None:
         for r in reqs
     ]
     print_table(rows, ["request_id", "selector", "records", "mode", "status", "received_at", "deadline", "versions"])
-
-
-def print_queued(req: dict[str, Any]) -> None:
-    """A queued request (`forget --queue`, `rectify --queue`): its id, and what serves until its batch."""
-    serving_now = req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
-    print(f"{req['request_id']}")
-    print(f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for the exact version and the certificate")
 
 
 def _num(x: Any) -> str:

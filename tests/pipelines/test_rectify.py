@@ -27,25 +27,35 @@ def _canary_rows(old_secret: str) -> tuple[list[dict], dict]:
     return rows, record
 
 
-def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_path, capfd):
-    old_secret, new_secret = uuid.uuid4().hex, uuid.uuid4().hex
-    rows, record = _canary_rows(old_secret)
-    inputs = tmp_path / "input"
-    inputs.mkdir()
-    write_jsonl(rows, inputs / "people.jsonl")
-    store_dir = tmp_path / "s"
-    args = cli_args(store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
-    output: list[str] = []
+class _Canary:
+    """A trained store (relief on, MLflow tracked) holding `rec-vault`, whose text carries a
+    random old secret; `sisa(...)` runs a verb and keeps its output, to scan it for text."""
 
-    def sisa(*argv: str, fails: bool = False) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
+    def __init__(self, tmp_path, capfd):
+        self.capfd = capfd
+        self.old_secret = uuid.uuid4().hex
+        self.rows, self.record = _canary_rows(self.old_secret)
+        self.inputs = tmp_path / "input"
+        self.inputs.mkdir()
+        write_jsonl(self.rows, self.inputs / "people.jsonl")
+        self.store_dir = tmp_path / "s"
+        self.args = cli_args(self.store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
+        self.output: list[str] = []
+        capfd.readouterr()
+        self.sisa("ingest", str(self.inputs / "people.jsonl"), *self.args)
+        self.sisa("train", *self.args)
+
+    def sisa(self, *argv: str, fails: bool = False) -> str:
+        code, out, err = run_cli(*argv, capfd=self.capfd)
+        self.output.extend([out, err])
         assert (code != 0) == fails, f"sisa {argv[0]} exited {code}: {err}"
         return out + err
 
-    capfd.readouterr()
-    sisa("ingest", str(inputs / "people.jsonl"), *args)
-    sisa("train", *args)
+
+def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_path, capfd):
+    c = _Canary(tmp_path, capfd)
+    sisa, args, store_dir, inputs, output = c.sisa, c.args, c.store_dir, c.inputs, c.output
+    record, old_secret, new_secret = c.record, c.old_secret, uuid.uuid4().hex
     store = Store.open(str(store_dir))
     (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
     old = {"old text": old_secret}
@@ -220,24 +230,9 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     also holds a deletion in the same shard, replaces the text and retrains that shard once."""
     from storage.schemas import LIVE, RECTIFYING
 
-    old_secret, new_secret = uuid.uuid4().hex, uuid.uuid4().hex
-    rows, record = _canary_rows(old_secret)
-    inputs = tmp_path / "input"
-    inputs.mkdir()
-    write_jsonl(rows, inputs / "people.jsonl")
-    store_dir = tmp_path / "s"
-    args = cli_args(store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
-    output: list[str] = []
-
-    def sisa(*argv: str, fails: bool = False) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
-        assert (code != 0) == fails, f"sisa {argv[0]} exited {code}: {err}"
-        return out + err
-
-    capfd.readouterr()
-    sisa("ingest", str(inputs / "people.jsonl"), *args)
-    sisa("train", *args)
+    c = _Canary(tmp_path, capfd)
+    sisa, args, store_dir, inputs, output = c.sisa, c.args, c.store_dir, c.inputs, c.output
+    rows, record, old_secret, new_secret = c.rows, c.record, c.old_secret, uuid.uuid4().hex
     store = Store.open(str(store_dir))
     (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
     old_hash = checkpoints.content_hashes(store, ["rec-vault"], [before["content_sha256"]])[0]
