@@ -16,9 +16,13 @@ The recipe (the phases of a deletion, sisa/forgetting.py; mechanics in sisa/corr
    --dry-run prints the plan and stops.
 2. Stage the new text in the store; write the request (kind `rectify`) to the deletion ledger:
    keyed hashes of the ids and of the old and new content, never text.
-3. Evidence: the old text's loss under the serving model, while it is in memory.
+3. Evidence: the old text's loss under the serving model, while it is in memory (queued: measured
+   by the batch; --probes and --holdout need the request carried out at once).
 4. Relief, exact at once (as for a deletion): each affected shard serves its last checkpoint
-   before the corrected records' slices. Or --fast (approximate) or --isolate.
+   before the corrected records' slices. Or --fast (approximate) or --isolate. With --queue the
+   request stops here, its records marked `rectifying` (no training reads them); `sisa process`
+   (or `sisa train`, or the service's worker) runs steps 5-7 in a batch with the other queued
+   requests, one retrain per shard.
 5. Replace the records' text in their slice files and the index: same id, subject, shard and
    slice position.
 6. Retrain each affected shard from the checkpoint before its earliest corrected slice: the new

@@ -7,9 +7,12 @@ deletion: the old content is what the request forgets (its keyed (id, content) h
 request's `id_hashes`, what lineage, purge and rollback checks look for), and the retrain from the
 earliest affected slice trains the new content in.
 
-The new content is staged in the store (`corrections/<request_id>.parquet`) before the request
-enters the ledger, so a rectification cut short by a crash resumes with it; the staged file is
-deleted once the slice files hold the new text. The old text is never written anywhere.
+Corrections come from a file (`sisa rectify --file`) or from rows (`from_rows`: the service's
+POST /v1/rectifications body), and are validated the same way. The new content is staged in the
+store (`corrections/<request_id>.parquet`) before the request enters the ledger, so a
+rectification cut short by a crash, or queued for a batch (`--queue`), resumes with it; the
+staged file is deleted once the slice files hold the new text. The old text is never written
+anywhere, and neither text goes into an error message.
 """
 
 from __future__ import annotations

@@ -3,16 +3,17 @@
     open_request   (select, plan, ledger)      → received      the request is durable before anything is destroyed
     measure_before (evidence)                  received        loss of the records under the serving version
     serve_bridge   (relief, --fast, --isolate) received        a version that serves until the exact one lands
-    enqueue        (--queue)                   → queued        records marked `forgetting`; a batch does the rest
+    enqueue        (--queue)                   → queued        records marked `forgetting` (`rectifying`); a batch does the rest
     delete_data                                → data_deleted  records gone from slice files, index, ingest counts
     retrain                                    → retraining    affected shards from their last clean checkpoint
     commit_exact                               retraining      one version, the MLflow alias follows
     purge_tainted                              retraining      checkpoints, versions, MLflow runs, caches
     certify                                    → completed     lineage and purge checks, the certificate
 
-A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases:
-its delete_data rewrites the records' text in place (sisa/corrections.py) instead of erasing them,
-and what it forgets, purges and certifies is the records' old content.
+A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases,
+queued or not: its delete_data (`remove_data`, which a batch calls too) rewrites the records' text
+in place with the staged new text (sisa/corrections.py) instead of erasing them, and what it
+forgets, purges and certifies is the records' old content.
 
 Every phase reads what it needs from the request's ledger entry and skips what an earlier run
 already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI

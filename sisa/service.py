@@ -206,7 +206,7 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
         bg.stop.set()
 
     app = FastAPI(title="sisa", version="1", lifespan=lifespan,
-                  description="Exact machine unlearning: deletion requests with evidence, and completions from the current model version.")
+                  description="Exact machine unlearning: deletion requests and rectifications with evidence, and completions from the current model version.")
     app.state.worker = bg
 
     app.state.tokens, app.state.audit, app.state.sessions = tokens, audit, sessions
