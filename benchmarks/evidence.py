@@ -116,14 +116,15 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
                     "new recall": _pct(rel, "expected_recall"),
                     "paraphrase forbidden": _pct(gen, "forbidden_recall"), "paraphrase new": _pct(gen, "expected_recall"),
                     "locality unchanged": _pct(loc, "unchanged_tokens"), "locality recall": _pct(loc, "recall"),
-                    "leak@k": f"{leak['samples_with_answer']}/{leak['samples']}" if leak else "-",
+                    "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
                     "MIA AUC": C.fmt_s(mia.get("auc")), "privleak %": C.fmt_s(mia.get("privleak_vs_exact")),
                 })
         C.table(rows, list(rows[0]))
         exact = r["forget (relief)"]["evidence"]["exact"]
         auc, leaked = exact.get("membership", {}).get("auc"), exact.get("leak_at_k", {}).get("samples_with_answer")
+        k = exact.get("leak_at_k", {}).get("k", "k")  # evidence.leak_k (default 10)
         print(f"target: exact deletion MIA AUC within 0.05 of 0.5: {C.fmt_s(auc)} → {'met' if auc is not None and abs(auc - 0.5) <= 0.05 else 'NOT met'}")
-        print(f"target: exact deletion leak@10 = 0: {leaked} → {'met' if leaked == 0 else 'NOT met'}")
+        print(f"target: exact deletion leak@{k} = 0: {leaked} → {'met' if leaked == 0 else 'NOT met'}")
         rx = r["rectify one job"]["evidence"]["exact"]
         new = [rx.get("reliability", {}).get("expected_recall"), rx.get("generalization", {}).get("expected_recall")]
         old = [rx.get("reliability", {}).get("forbidden_recall"), rx.get("generalization", {}).get("forbidden_recall")]

@@ -28,22 +28,14 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.common import open_store, print_json, print_table
+from pipelines import request_options
+from pipelines.common import open_store, print_json
+from pipelines.request_options import Texts
 from sisa import forgetting
 from sisa.config import SisaConfig
-from sisa.formats import table_items
-from sisa.ingestion import normalise
-from sisa.lifecycle import RequestMode
-from sisa.probes import Probe, read_probes
-from sisa.sources import read_source
+from sisa.probes import Probe
 from sisa.versions import ModelVersion
 from storage.errors import ValidationError
-
-Texts = tuple[list[str], list[str | None] | None]
-
-
-def _log(quiet: bool) -> Callable[[str], None]:
-    return (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
 
 
 def run(
@@ -65,39 +57,22 @@ def run(
     """`on_version(kind, version)` is called after each commit (approximate/isolate/exact),
     while the selected texts are still in this process's memory (the demo measures with it).
     `holdout`: records no model saw (a file, or (texts, prompts)), scored beside the deleted ones."""
-    if fast and isolate:
-        raise ValidationError("choose one of --fast and --isolate")
-    relief = cfg.deletion.relief if relief is None else relief
-    mode = RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
-    held = (holdout if isinstance(holdout, tuple) else read_holdout(cfg, holdout)) if evidence and holdout else None
-    probe_list = (read_probes(probes) if isinstance(probes, str) else probes) if evidence and probes else None
+    mode = request_options.request_mode(cfg, fast, isolate, relief)
+    held, probe_list = request_options.read_evidence_inputs(cfg, evidence, holdout, probes)
     store = open_store(cfg)
     # Queued (or a dry run): metadata and a relief commit only, beside a running batch; carried
     # out now: a retrain, one job at a time.
     lock = store.lock if queue or dry_run else store.job
     with lock("forget", cfg.store.lock_timeout_s):
-        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, _log(quiet), probes=probe_list)
+        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, request_options.progress(quiet), probes=probe_list)
     return res.to_dict()
-
-
-def read_holdout(cfg: SisaConfig, path: str) -> Texts:
-    """Records no model saw (a file in the ingest formats): the baseline a forgotten record
-    should look like after the exact path. Read into memory only, never stored."""
-    table, problems = normalise(read_source(path), cfg)
-    if problems:
-        raise ValidationError("--holdout cannot be read:\n" + "\n".join(f"  - {p}" for p in problems))
-    items = table_items(table)
-    prompts = table["prompt"].to_pylist() if "prompt" in table.column_names else None
-    if prompts is None and any(not isinstance(t, str) for t in items):
-        prompts = [None] * len(items)  # structured records are scored on their answers alone
-    return items, prompts
 
 
 def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Finish every open request from where it stopped (the text may already be gone)."""
     store = open_store(cfg)
     with store.job("forget --resume", cfg.store.lock_timeout_s):
-        done = forgetting.resume(store, cfg, _log(quiet))
+        done = forgetting.resume(store, cfg, request_options.progress(quiet))
     return [{"request_id": r.request_id, "request": r.to_dict()} for r in done]
 
 
@@ -109,16 +84,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--subject", help="every record of this data subject (subject_id)")
     g.add_argument("--source", help="every record ingested from this source")
     g.add_argument("--ingest-id", help="every record of this ingest batch (rolls back a bad ingest)")
-    p.add_argument("--fast", action="store_true", help="serve an approximate (NPO) unlearned version at once, then the exact one")
-    p.add_argument("--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version")
-    p.add_argument("--no-relief", action="store_true", help="serve nothing new until the exact version (default: the exact relief version serves at once; deletion.relief)")
-    p.add_argument("--queue", action="store_true", help="record the request, serve the relief and return; `sisa process` deletes and retrains in a batch")
-    p.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    request_options.add_request_arguments(
+        p,
+        fast="serve an approximate (NPO) unlearned version at once, then the exact one",
+        queue="record the request, serve the relief and return; `sisa process` deletes and retrains in a batch",
+        dry_run="print the plan and change nothing",
+        probes="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id; `sisa synth --probes`): reliability, generalization, locality and leak@k of every version, kept as numbers",
+    )
     p.add_argument("--allow-missing", action="store_true", help="skip unknown ids instead of failing")
     p.add_argument("--resume", action="store_true", help="finish interrupted requests")
-    p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
-    p.add_argument("--holdout", metavar="FILE", help="records no model saw (JSONL/CSV/Parquet): their loss is the certificate's stranger baseline, and the non-members of the Min-k%% membership inference")
-    p.add_argument("--probes", metavar="FILE", help="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id; `sisa synth --probes`): reliability, generalization, locality and leak@k of every version, kept as numbers")
 
 
 def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
@@ -161,21 +135,5 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         n = res.get("already_deleted") or 0
         print(f"nothing to forget: {n} already deleted by an earlier request, {res['missing']} unknown skipped; no-op")
         return 0
-    plan = res["plan"] if "plan" in res else res["request"]["plan"]
-    if res.get("dry_run"):
-        print(f"plan: forget {plan['records']} record(s) selected by {plan['selector_kind']}")
-        print_table(
-            [{"shard_id": s["shard_id"], "records": s["records"], "earliest_slice": s["earliest_slice"], "retrain_slices": f"{s['earliest_slice']}..{s['last_slice']}"} for s in plan["shards"]],
-            ["shard_id", "records", "earliest_slice", "retrain_slices"],
-        )
-        print(f"unaffected shards (reused byte for byte): {plan['unaffected_shards']}")
-        print(f"retrain cost: {plan['cost_fraction']:.1%} of a full retrain; dry run, nothing changed")
-        return 0
-    req = res["request"]
-    if req["status"] == "queued":
-        serving_now = req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
-        print(f"{req['request_id']}")
-        print(f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for the exact version and the certificate")
-        return 0
-    print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if req['certificate']['lineage_check']['passed'] else 'FAILED'})")
+    request_options.print_outcome(res, lambda plan: f"plan: forget {plan['records']} record(s) selected by {plan['selector_kind']}")
     return 0

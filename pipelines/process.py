@@ -1,10 +1,11 @@
-"""Carry out every queued deletion request in one batch: one retrain per affected shard.
+"""Carry out every queued request (deletions and rectifications) in one batch: one retrain per affected shard.
 
     sisa process --config configs/tiny.yaml          # now
     sisa process --config configs/tiny.yaml --due    # only when the batching policy says so (cron)
 
-1. Every request queued with `sisa forget --queue` joins the batch (and any batch a crash cut
-   short); their records leave the slice files and the index.
+1. Every request queued with `sisa forget --queue` or `sisa rectify --queue` (or the service)
+   joins the batch (and any batch a crash cut short); their records leave the slice files and the
+   index, or have their text replaced with the staged one.
 2. Per shard: the earliest slice any of them hit. Each affected shard retrains once from its
    last clean checkpoint; every other shard is reused byte for byte. One version commits.
 3. One purge for the whole batch; each request gets its own certificate.

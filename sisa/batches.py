@@ -1,13 +1,15 @@
-"""Batches: every queued deletion request carried out together, one retrain per shard.
+"""Batches: every queued request, deletions and rectifications, carried out together, one retrain per shard.
 
-    queued requests ──► delete all their records ──► plan together (per shard: the earliest slice
-    any of them hit) ──► retrain each affected shard once ──► commit one version ──► purge once
-    ──► certify each request on its own
+    queued requests ──► delete all their records (a rectification: replace their text with the
+    staged new text) ──► plan together (per shard: the earliest slice any of them hit) ──► retrain
+    each affected shard once ──► commit one version ──► purge once ──► certify each request on its own
 
-A request is queued by `sisa forget --queue` (recorded, its records marked `forgetting`, the
-relief version serving). `sisa process` runs a batch now; `sisa process --due` only when the
-policy says so (`deletion.batch_after_h`, `deletion.batch_max`, `deletion.deadline_margin_days`);
-`sisa train` runs one first, training the new slices in the same shard jobs.
+A request is queued by `sisa forget --queue` or `sisa rectify --queue` (or the service's POST
+/v1/deletion-requests and /v1/rectifications): recorded, its records marked `forgetting` (a
+rectification's `rectifying`, its new text staged in the store), the relief version serving.
+`sisa process` runs a batch now; `sisa process --due` only when the policy says so
+(`deletion.batch_after_h`, `deletion.batch_max`, `deletion.deadline_margin_days`); `sisa train`
+runs one first, training the new slices in the same shard jobs.
 
 Crash safety: each request's status moves forward in the ledger as its records go; the batch
 version carries the batch id, so a resumed batch never commits twice; until the batch version
@@ -26,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from sisa import checkpoints, deletion, registry, scheduler, serving, versions
 from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
-from sisa.forgetting import relieved_shards
+from sisa.forgetting import purge_targets, relieved_shards, remove_data
 from sisa.lifecycle import DeletionRequest, RequestStatus
 from sisa.trainer import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError
@@ -164,17 +166,18 @@ def process(
     batch_id = next((r.batch_id for r in reqs if r.batch_id), None) or f"batch-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     log(f"{batch_id}: {len(reqs)} request(s)")
 
-    # 1. delete every request's records (their text is read into memory first, for the evidence)
+    # 1. delete every request's records, or replace a rectification's text with the staged one
+    #    (the old text is read into memory first, for the evidence)
     texts: dict[str, tuple[list[str], list[str | None] | None]] = {}
     for r in reqs:
         r.batch_id = batch_id
         if r.status == RequestStatus.QUEUED:
-            rows = deletion.find_live_by_hashes(store, set(r.id_hashes))
+            rows = deletion.find_live_by_hashes(store, set(r.target_hashes))
             if evidence and rows.num_rows:
                 texts[r.request_id] = deletion.read_texts(store, rows)
                 measure_queued(store, cfg, r, *texts[r.request_id])
             t0 = time.perf_counter()
-            r.removed = deletion.erase_records(store, rows)
+            r.removed = remove_data(store, r, rows)
             r.timings["delete_data_s"] = time.perf_counter() - t0
             r.move_to(RequestStatus.DATA_DELETED)
         deletion.write_request(store, r)
@@ -227,7 +230,8 @@ def process(
     # 3. purge once, certify each request on its own
     registry.ensure_tracked(store, cfg)
     t0 = time.perf_counter()
-    report = deletion.purge(store, cfg, set().union(*(set(r.id_hashes) for r in reqs)), batch_id)
+    hashes, legacy = purge_targets(store, reqs)
+    report = deletion.purge(store, cfg, hashes, batch_id, legacy)
     for r in reqs:
         r.purge = report
         r.timings["purge_s"] = time.perf_counter() - t0

@@ -169,6 +169,17 @@ class DeletionConfig:
 
 
 @dataclass(frozen=True)
+class EvidenceConfig:
+    leak_k: int = _f(
+        10,
+        "leak@k: completions sampled (temperature 1, seeds 0..k-1) per forgotten or old answer of a request with "
+        "--probes; the certificate reports k beside the count. More: a tighter bound, k generations per answer and "
+        "version; 0 = no sampling.",
+        min=0,
+    )
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     host: str = _f("127.0.0.1", "Address `sisa serve` binds; loopback by default (put a TLS proxy in front to expose it).")
     port: int = _f(8750, "Port `sisa serve` listens on.", min=1, max=65535)
@@ -190,6 +201,7 @@ class SisaConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     unlearning: UnlearningConfig = field(default_factory=UnlearningConfig)
     deletion: DeletionConfig = field(default_factory=DeletionConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
 
     def to_dict(self) -> dict[str, Any]:

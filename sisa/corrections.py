@@ -7,9 +7,12 @@ deletion: the old content is what the request forgets (its keyed (id, content) h
 request's `id_hashes`, what lineage, purge and rollback checks look for), and the retrain from the
 earliest affected slice trains the new content in.
 
-The new content is staged in the store (`corrections/<request_id>.parquet`) before the request
-enters the ledger, so a rectification cut short by a crash resumes with it; the staged file is
-deleted once the slice files hold the new text. The old text is never written anywhere.
+Corrections come from a file (`sisa rectify --file`) or from rows (`from_rows`: the service's
+POST /v1/rectifications body), and are validated the same way. The new content is staged in the
+store (`corrections/<request_id>.parquet`) before the request enters the ledger, so a
+rectification cut short by a crash, or queued for a batch (`--queue`), resumes with it; the
+staged file is deleted once the slice files hold the new text. The old text is never written
+anywhere, and neither text goes into an error message.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sisa import checkpoints, deletion
+from sisa.config import SisaConfig
 from sisa.formats import FORMAT_COLUMN, TEXT
-from sisa.ingestion import content_sha256
+from sisa.ingestion import content_sha256, normalise
+from sisa.sources import from_table
 from storage import layout, records
 from storage.errors import ValidationError, list_some
 from storage.schemas import INDEX_SCHEMA
@@ -53,6 +58,18 @@ class Corrections:
         return [{"old": o, "new": n} for o, n in zip(old, new, strict=True)]
 
 
+def from_rows(rows: list[dict[str, str | None]], cfg: SisaConfig, name: str = "request body") -> tuple[pa.Table, list[str]]:
+    """Corrections given as rows (record_id, text, optional prompt and answer; the service's JSON
+    body), normalised as a corrections file is: (table, problems) for `validate`."""
+    ic = cfg.ingest
+    columns = {ic.id_field: [r.get("record_id") for r in rows], ic.text_field: [r.get("text") for r in rows]}
+    for column in ("prompt", "answer"):
+        if any(r.get(column) is not None for r in rows):
+            columns[column] = [r.get(column) for r in rows]
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
+    return normalise(from_table(table, name), cfg)
+
+
 def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -> Corrections:
     """Check every correction against the store; raise one error naming every bad id, or return
     them validated. `table` is a normalised source (record_id, text, subject_id, extra columns);
@@ -74,10 +91,15 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
         problems.append(f"{len(sel.already_deleted)} record id(s) were forgotten (or are being forgotten) by a deletion request: {list_some(sel.already_deleted)}")
     if sel.missing:
         problems.append(f"{len(sel.missing)} unknown record id(s): {list_some(sel.missing)}")
+    if sel.rectifying:
+        problems.append(deletion.describe_rectifying(sel))
     new = pa.table({"record_id": table["record_id"], "text": table["text"], "content_sha256": content_sha256(table["text"])})
     for name in ("prompt", "answer"):
         if name in table.column_names:
             new = new.append_column(name, table[name].cast(pa.string()))
+    structured = _structured(store, sel.rows)
+    if structured:
+        problems.append(f"{len(structured)} record(s) are stored as prompt-completion or chat records, which a text correction cannot replace (forget them and ingest the corrected records): {list_some(structured)}")
     stored = sel.rows.select(["record_id", "subject_id", "content_sha256"])
     joined = new.select(["record_id", "content_sha256"]).join(stored, "record_id", right_suffix="_stored", join_type="inner")
     same = joined.filter(pc.equal(joined["content_sha256"], joined["content_sha256_stored"]))["record_id"].to_pylist()
@@ -97,6 +119,21 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     if problems:
         raise _error(problems)
     return Corrections(new, sel.rows)
+
+
+def _structured(store: Store, rows: pa.Table) -> list[str]:
+    """Ids of the records whose stored `record_format` is not text (the index does not carry the
+    format; their slice parts do, null in parts older than formats: text)."""
+    wanted = pa.array(rows["record_id"].to_pylist(), pa.string())
+    out: list[str] = []
+    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
+    for shard, sl in pairs:
+        t = store.read_slice(shard, sl, columns=["record_id", FORMAT_COLUMN])
+        if t is None:
+            continue
+        t = t.filter(pc.is_in(t["record_id"], value_set=wanted))
+        out += [rid for rid, kind in zip(t["record_id"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True) if kind not in (None, TEXT)]
+    return sorted(out)
 
 
 def _error(problems: list[str]) -> ValidationError:

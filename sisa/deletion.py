@@ -23,7 +23,7 @@ from sisa.planner import DeletionPlan, plan_deletion, tainted_checkpoints
 from storage import layout, ledgers, records
 from storage.errors import StoreError, ValidationError, list_some
 from storage.faults import maybe_die
-from storage.schemas import FORGETTING, INDEX_SCHEMA
+from storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE, RECTIFYING
 from storage.store import Store
 
 SELECTORS = ("ids", "subject", "source", "ingest_id")
@@ -36,6 +36,7 @@ class Selection:
     rows: pa.Table  # index rows of the live records selected
     missing: list[str] = field(default_factory=list)  # ids/values that match nothing live
     already_deleted: list[str] = field(default_factory=list)  # of those, forgotten by an earlier request
+    rectifying: list[str] = field(default_factory=list)  # record ids a queued rectification holds (not in rows)
 
 
 def all_requests(store: Store) -> list[DeletionRequest]:
@@ -96,10 +97,12 @@ def select_records(store: Store, kind: str, values: list[str]) -> Selection:
         present = set(rows[column].to_pylist())
         missing = [v for v in values if v not in present]
     # Records a queued request is already forgetting are not selected again: the value counts as
-    # already deleted (the queued request completes it), not as unknown.
+    # already deleted (the queued request completes it), not as unknown. Records a queued
+    # rectification holds stay live with new text: they are named apart, for the caller to refuse.
     pending = rows.filter(pc.equal(rows["status"], FORGETTING))
-    rows = rows.filter(pc.not_equal(rows["status"], FORGETTING))
-    sel = Selection(kind, values, rows, missing)
+    held = rows.filter(pc.equal(rows["status"], RECTIFYING))
+    rows = rows.filter(pc.equal(rows["status"], LIVE))
+    sel = Selection(kind, values, rows, missing, rectifying=sorted(held["record_id"].to_pylist()))
     if pending.num_rows:
         column = "record_id" if kind == "ids" else {"subject": "subject_id", "source": "source", "ingest_id": "ingest_id"}[kind]
         live_values = set(rows[column].to_pylist())
@@ -274,6 +277,10 @@ def purge(store: Store, cfg: SisaConfig, hashes: set[str], request_id: str, also
     for rel in (layout.TMP, layout.CACHE):
         store.fs.delete(rel)
     return {"checkpoints": sorted(dead), "versions": sorted(already), "newly_purged_versions": purged_versions, "deleted_now": deleted}
+
+
+def describe_rectifying(sel: Selection) -> str:
+    return f"{len(sel.rectifying)} record(s) have a queued rectification: {list_some(sel.rectifying)}; run `sisa process` first"
 
 
 def describe_missing(sel: Selection) -> str:

@@ -9,7 +9,7 @@ For each version a request creates (before, relief, approximate or isolate, exac
 - locality, on the `locality` probes: the fraction of answer tokens whose greedy (teacher-forced)
   prediction is unchanged from the version before, and how often the fact is still recalled;
 - leak@k: of k completions sampled at temperature 1 with seeds 0..k-1, how many contain the
-  forbidden answer, over the records and the generalization probes;
+  forbidden answer, over the records and the generalization probes (k: `evidence.leak_k`);
 - membership inference: the Min-k% probability score (k = 40%: the mean log-probability of the
   40% least likely tokens of a text; Shi et al. 2024) of the records against a holdout no model
   saw, as a ROC AUC (0.5: the records look like strangers), and MUSE's privacy leak relative to
@@ -35,7 +35,7 @@ from sisa.formats import CHAT
 from sisa.probes import Probe, for_request
 
 MIN_K = 0.4
-LEAK_K = 10
+LEAK_K = 10  # the default of `evidence.leak_k`
 
 
 @dataclass(frozen=True)
@@ -93,14 +93,15 @@ def build_targets(
     holdout: list[str] | None = None,
     new: list[tuple[str, str | None]] | None = None,
     with_trio: bool = True,
+    leak_k: int = LEAK_K,
 ) -> Targets:
     """The questions of a request: its records (`texts`, `prompts`; for a rectification `new`
     holds each record's new (text, prompt) in the same order), the probes that count for its
-    `subjects`, and the holdout."""
+    `subjects`, and the holdout; `leak_k` completions are sampled per forbidden answer."""
     prompts = prompts or [None] * len(texts)
     texts, prompts = map(list, zip(*(as_text(x, p) for x, p in zip(texts, prompts, strict=True)), strict=True)) if texts else ([], [])
     holdout = [as_text(h, None)[0] for h in holdout] if holdout else holdout
-    t = Targets(members=list(texts) if holdout else [], holdout=list(holdout or []))
+    t = Targets(members=list(texts) if holdout else [], holdout=list(holdout or []), leak_k=leak_k)
     if not with_trio:
         return t
     old_to_new: dict[str, str] = {}

@@ -3,16 +3,17 @@
     open_request   (select, plan, ledger)      → received      the request is durable before anything is destroyed
     measure_before (evidence)                  received        loss of the records under the serving version
     serve_bridge   (relief, --fast, --isolate) received        a version that serves until the exact one lands
-    enqueue        (--queue)                   → queued        records marked `forgetting`; a batch does the rest
+    enqueue        (--queue)                   → queued        records marked `forgetting` (`rectifying`); a batch does the rest
     delete_data                                → data_deleted  records gone from slice files, index, ingest counts
     retrain                                    → retraining    affected shards from their last clean checkpoint
     commit_exact                               retraining      one version, the MLflow alias follows
     purge_tainted                              retraining      checkpoints, versions, MLflow runs, caches
     certify                                    → completed     lineage and purge checks, the certificate
 
-A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases:
-its delete_data rewrites the records' text in place (sisa/corrections.py) instead of erasing them,
-and what it forgets, purges and certifies is the records' old content.
+A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases,
+queued or not: its delete_data (`remove_data`, which a batch calls too) rewrites the records' text
+in place with the staged new text (sisa/corrections.py) instead of erasing them, and what it
+forgets, purges and certifies is the records' old content.
 
 Every phase reads what it needs from the request's ledger entry and skips what an earlier run
 already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI
@@ -51,7 +52,7 @@ from sisa.trainer import ShardResult, ShardTask, train_shard
 from sisa.versions import ModelVersion
 from storage.errors import RefusedError, ValidationError
 from storage.faults import maybe_die
-from storage.schemas import FORGETTING
+from storage.schemas import FORGETTING, LIVE, RECTIFYING
 from storage.store import Store, now_iso
 
 Texts = tuple[list[str], list[str | None] | None]
@@ -253,13 +254,13 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
 
 
 def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
-    """received → queued: the records are marked `forgetting` (no training reads them from now
-    on) and a batch (`sisa process`) deletes and retrains later."""
+    """received → queued: the records are marked `forgetting` (a rectification's `rectifying`):
+    no training reads them from now on, and a batch (`sisa process`) deletes them (replaces
+    their text with the staged one) and retrains later."""
     if req.status != RequestStatus.RECEIVED or not req.queued:
         return
-    assert req.kind == RequestKind.FORGET, "a rectification is never queued"
-    rows = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.id_hashes))
-    store.mark_records(rows["record_id"].combine_chunks(), FORGETTING)
+    rows = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.target_hashes))
+    store.mark_records(rows["record_id"].combine_chunks(), RECTIFYING if req.kind == RequestKind.RECTIFY else FORGETTING)
     req.move_to(RequestStatus.QUEUED)
     deletion.write_request(store, req)
     work.log(f"request {req.request_id} queued; run `sisa process` (or wait for the batching policy) for the exact version")
@@ -273,19 +274,29 @@ def delete_data(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work)
         return
     t0 = time.perf_counter()
     live = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.target_hashes))
-    if req.kind == RequestKind.RECTIFY:
-        req.removed = corrections.apply(store, req.request_id, live)
-    else:
-        req.removed = deletion.erase_records(store, live)
+    req.removed = remove_data(store, req, live)
     req.timings["delete_data_s"] = time.perf_counter() - t0
     req.move_to(RequestStatus.DATA_DELETED)
     deletion.write_request(store, req)
     if req.kind == RequestKind.RECTIFY:
-        corrections.unstage(store, req.request_id)
         work.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
     else:
         work.log(f"deleted {req.removed} record(s) from the slice files and the index")
     maybe_die("forget-after-delete")
+
+
+def remove_data(store: Store, req: DeletionRequest, rows: pa.Table) -> int:
+    """The old content leaves the data (here and in a batch): a deletion erases the records; a
+    rectification rewrites their text and content hash with the staged new text, drops the
+    staged copy and gives the records back to training (`live`). Idempotent: a resumed call
+    finds nothing left to change. Returns how many records changed."""
+    if req.kind != RequestKind.RECTIFY:
+        return deletion.erase_records(store, rows)
+    changed = corrections.apply(store, req.request_id, rows)
+    corrections.unstage(store, req.request_id)
+    if rows.num_rows:
+        store.mark_records(rows["record_id"].combine_chunks(), LIVE)
+    return changed
 
 
 # -- retrain and commit ------------------------------------------------------------------------
@@ -357,11 +368,18 @@ def purge_tainted(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wor
         return
     registry.ensure_tracked(store, cfg)
     t0 = time.perf_counter()
-    # Checkpoints older than content lineage that trained a rectified record: which text they saw
-    # is unknown, so they go as if they held the old one (fail closed).
-    legacy = checkpoints.legacy_holding(store, set(req.record_hashes)) if req.kind == RequestKind.RECTIFY else set()
-    req.purge = deletion.purge(store, cfg, set(req.id_hashes), req.request_id, legacy)
+    hashes, legacy = purge_targets(store, [req])
+    req.purge = deletion.purge(store, cfg, hashes, req.request_id, legacy)
     req.timings["purge_s"] = time.perf_counter() - t0
+
+
+def purge_targets(store: Store, reqs: list[DeletionRequest]) -> tuple[set[str], set[str]]:
+    """What the purge of these requests looks for: the lineage hashes they forget, and the
+    checkpoints older than content lineage that trained a rectified record (which text they saw
+    is unknown, so they go as if they held the old one: fail closed)."""
+    hashes = set().union(*(set(r.id_hashes) for r in reqs))
+    rectified = set().union(*(set(r.record_hashes) for r in reqs if r.kind == RequestKind.RECTIFY))
+    return hashes, checkpoints.legacy_holding(store, rectified) if rectified else set()
 
 
 def certify(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
@@ -439,22 +457,16 @@ def forget(
     """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
     with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
     again with the same `idempotency_key` returns the first one, whatever became of it."""
-    key_hash = store.hash_id(f"idempotency\x00{idempotency_key}") if idempotency_key else None
-    if key_hash is not None:
-        earlier = next((r for r in deletion.all_requests(store) if r.idempotency_key_hash == key_hash), None)
-        if earlier is not None:
-            return ForgetResult(request=earlier, replayed=True)
-    # Queued requests wait for a batch; a request queued now may also join while a batch runs
-    # (or was cut short): the batch's version keeps it relieved, or the resumed batch takes it.
-    in_flight = [
-        r.request_id for r in deletion.open_requests(store)
-        if r.status != RequestStatus.QUEUED and not (queue and r.batch_owned)
-    ]
-    if in_flight and not dry_run:
-        raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
+    key_hash, earlier = _replay(store, idempotency_key)
+    if earlier is not None:
+        return ForgetResult(request=earlier, replayed=True)
+    if not dry_run:
+        refuse_unfinished(store, queue)
     sel = deletion.select_records(store, kind, values)
     if sel.missing and not allow_missing:
         raise ValidationError(f"{deletion.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)")
+    if sel.rectifying:
+        raise RefusedError(f"{deletion.describe_rectifying(sel)} (it keeps the records, with new text), then forget them; nothing was changed")
     plan = deletion.plan_selection(store, cfg, sel)
     if sel.rows.num_rows == 0:
         return ForgetResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
@@ -469,15 +481,32 @@ def forget(
     if evidence and not queue:
         work.texts, work.prompts = deletion.read_texts(store, sel.rows)
         work.holdout = holdout
-        work.targets = _targets(sel.rows, work, probes)
+        work.targets = _targets(cfg, sel.rows, work, probes)
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 
-def _targets(rows: pa.Table, work: Work, probes: list[Probe] | None, new: list[tuple[str, str | None]] | None = None) -> evidence.Targets:
-    """The trio and leak@k with --probes; membership inference with a holdout."""
+def _replay(store: Store, idempotency_key: str | None) -> tuple[str | None, DeletionRequest | None]:
+    """The keyed hash of a client's idempotency key, and the request filed with it before (if any)."""
+    if not idempotency_key:
+        return None, None
+    key_hash = store.hash_id(f"idempotency\x00{idempotency_key}")
+    return key_hash, next((r for r in deletion.all_requests(store) if r.idempotency_key_hash == key_hash), None)
+
+
+def refuse_unfinished(store: Store, queue: bool) -> None:
+    """A request carried out at once waits for no other; one filed for a batch (`queue`) may also
+    join while a batch runs (or was cut short): the batch's version keeps it relieved, or the
+    resumed batch takes it. Requests cut short otherwise go first."""
+    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED and not (queue and r.batch_owned)]
+    if in_flight:
+        raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
+
+
+def _targets(cfg: SisaConfig, rows: pa.Table, work: Work, probes: list[Probe] | None, new: list[tuple[str, str | None]] | None = None) -> evidence.Targets:
+    """The trio and leak@k (k: `evidence.leak_k`) with --probes; membership inference with a holdout."""
     subjects = {s for s in rows["subject_id"].to_pylist() if s}
     holdout = work.holdout[0] if work.holdout else None
-    return evidence.build_targets(work.texts, work.prompts, probes or [], subjects, holdout, new, with_trio=probes is not None)
+    return evidence.build_targets(work.texts, work.prompts, probes or [], subjects, holdout, new, with_trio=probes is not None, leak_k=cfg.evidence.leak_k)
 
 
 def rectify(
@@ -492,19 +521,27 @@ def rectify(
     on_version: Callable[[str, ModelVersion], None] | None = None,
     log: Callable[[str], None] | None = None,
     probes: list[Probe] | None = None,
+    queue: bool = False,
+    idempotency_key: str | None = None,
 ) -> ForgetResult:
     """Correct records' text exactly: validate every correction first (one error naming every
     bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
-    the request (kind `rectify`) and carry it out. The caller holds the store lock."""
-    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED]
-    if in_flight and not dry_run:
-        raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
+    the request (kind `rectify`) and carry it out, or with `queue` leave it queued for a batch
+    (relief serving; the records `rectifying`). The caller holds the store lock. A request filed
+    again with the same `idempotency_key` returns the first one."""
+    key_hash, earlier = _replay(store, idempotency_key)
+    if earlier is not None:
+        return ForgetResult(request=earlier, replayed=True)
+    if not dry_run:
+        refuse_unfinished(store, queue)
     fix = corrections.validate(store, fix_table, problems)
     sel = deletion.Selection("ids", fix.ids, fix.rows)
     plan = deletion.plan_selection(store, cfg, sel, removes=False)
     if dry_run:
         return ForgetResult(dry_run=True, plan=plan)
     req = new_request(store, cfg, sel, plan, mode)
+    req.queued = queue
+    req.idempotency_key_hash = key_hash
     req.kind = RequestKind.RECTIFY
     req.record_hashes = req.id_hashes
     req.rectified = fix.content_hashes(store)
@@ -518,10 +555,11 @@ def rectify(
     log = log or (lambda msg: None)
     log(f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
     work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
-    if evidence:
+    # Queued: the batch measures the old text's loss (sisa/batches.py measure_queued).
+    if evidence and not queue:
         work.texts, work.prompts, new = corrections.old_and_new(store, fix)  # in memory only
         work.holdout = holdout
-        work.targets = _targets(sel.rows, work, probes, new)
+        work.targets = _targets(cfg, sel.rows, work, probes, new)
     return ForgetResult(request=carry_out(store, cfg, req, work))
 
 

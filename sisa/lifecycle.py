@@ -1,10 +1,12 @@
 """A deletion request's life: its status, and the typed ledger entry that carries it.
 
-    received ──► data_deleted ──► retraining ──► completed      (`sisa forget`)
+    received ──► data_deleted ──► retraining ──► completed      (`sisa forget`, `sisa rectify`)
     received ──► queued ──► data_deleted ──► retraining ──► completed   (`--queue`, then a batch)
 
-Evidence and the relief version are measured and committed while `received`; a queued request
-has its records marked `forgetting` in the index (no training reads them) and its relief serving.
+A rectification (kind `rectify`) is a request on the same ledger and goes the same way; its
+`data_deleted` means the records' text was replaced. Evidence and the relief version are measured
+and committed while `received`; a queued request has its records marked in the index
+(`forgetting`, a rectification's `rectifying`: no training reads them) and its relief serving.
 
 `storage/ledgers.py` reads and writes plain JSON; this module gives the entry its types. An entry
 carries `schema_version`; keys this version does not know are kept in `extra` and written back

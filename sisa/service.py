@@ -1,12 +1,14 @@
 """`sisa serve`: one HTTP app for the privacy team and the applications (the home of FastAPI).
 
     privacy team   POST /v1/deletion-requests  (exactly one of ids | subject | source | ingest_id)
+                   POST /v1/rectifications     (corrections: record_id + new text, optional prompt, answer)
                    GET  /v1/deletion-requests[/{id}[/certificate]]   GET /v1/versions   GET /audit
     applications   POST /v1/completions, POST /v1/chat/completions  (OpenAI-compatible)
 
-A request is acknowledged (202) only once it is in the ledger, with its relief version serving;
-a background worker runs batches by the policy (`deletion.*`), one at a time under the store
-lock. Completions are served from the current version: when a version commits (relief, exact,
+A request is acknowledged (202) only once it is in the ledger, with its relief version serving
+(a rectification's new text staged in the store: the only place it is written before its batch
+puts it in the data; never in the audit log, an error or a response); a background worker runs
+batches of both kinds by the policy (`deletion.*`), one at a time under the store lock. Completions are served from the current version: when a version commits (relief, exact,
 rollback) the next request loads it; a request already running finishes on the version it
 started with. Every call and every refusal goes to the append-only audit log (who, what, when,
 outcome; never record text). Bearer tokens carry roles (`sisa/tokens.py`).
@@ -26,10 +28,11 @@ from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from sisa import batches, deletion, forgetting, serving, versions
+from sisa import batches, corrections, deletion, forgetting, serving, versions
 from sisa.config import SisaConfig
 from sisa.lifecycle import RequestMode, RequestStatus
 from sisa.stores import open_store
@@ -46,6 +49,18 @@ class DeletionRequestIn(BaseModel):
     subject: str | None = None
     source: str | None = None
     ingest_id: str | None = None
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+class CorrectionIn(BaseModel):
+    record_id: str
+    text: str
+    prompt: str | None = None
+    answer: str | None = None
+
+
+class RectificationIn(BaseModel):
+    corrections: list[CorrectionIn] = Field(min_length=1)
     idempotency_key: str | None = Field(default=None, max_length=200)
 
 
@@ -191,7 +206,7 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
         bg.stop.set()
 
     app = FastAPI(title="sisa", version="1", lifespan=lifespan,
-                  description="Exact machine unlearning: deletion requests with evidence, and completions from the current model version.")
+                  description="Exact machine unlearning: deletion requests and rectifications with evidence, and completions from the current model version.")
     app.state.worker = bg
 
     app.state.tokens, app.state.audit, app.state.sessions = tokens, audit, sessions
@@ -200,6 +215,13 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
     def log_ok(request: Request, outcome: str, **extra: Any) -> None:
         who = request.state.who
         audit.append({"who": who.name, "role": who.role, "what": f"{request.method} {request.url.path}", "outcome": outcome, **extra})
+
+    @app.exception_handler(RequestValidationError)
+    async def body_error(request: Request, exc: RequestValidationError):
+        # FastAPI's default answer echoes each bad field's input: a body may carry record text.
+        who = getattr(request.state, "who", None)
+        audit.append({"who": who.name if who else None, "what": f"{request.method} {request.url.path}", "outcome": "422"})
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]}, status_code=422)
 
     @app.exception_handler(SisaError)
     async def sisa_error(request: Request, exc: SisaError):
@@ -228,9 +250,24 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
         if res.noop:
             log_ok(request, "200 noop")
             return JSONResponse({"noop": True, "already_deleted": res.already_deleted, "missing": res.missing, "serving_version": current}, status_code=200)
+        return _acknowledge(request, res, current)
+
+    @app.post("/v1/rectifications", status_code=202)
+    def file_rectification(body: RectificationIn, request: Request, who: Filer):
+        # The new text lives in this body, the staged corrections file and (after the batch) the
+        # data; errors name record ids only.
+        table, problems = corrections.from_rows([c.model_dump() for c in body.corrections], cfg)
+        st = open_store(cfg)
+        mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
+        with write_lock, st.lock("serve: file rectification", cfg.store.lock_timeout_s):
+            res = forgetting.rectify(st, cfg, table, problems, mode, evidence=False, queue=True, idempotency_key=body.idempotency_key)
+            current = st.current_version()
+        return _acknowledge(request, res, current)
+
+    def _acknowledge(request: Request, res: forgetting.ForgetResult, current: int | None) -> dict[str, Any]:
         req = res.request
-        log_ok(request, "202" + (" replayed" if res.replayed else ""), request_id=req.request_id)
-        return {"request_id": req.request_id, "status": req.status.value, "deadline": req.deadline, "serving_version": current, "replayed": res.replayed}
+        log_ok(request, "202" + (" replayed" if res.replayed else ""), request_id=req.request_id, kind=req.kind.value)
+        return {"request_id": req.request_id, "kind": req.kind.value, "status": req.status.value, "deadline": req.deadline, "serving_version": current, "replayed": res.replayed}
 
     @app.get("/v1/deletion-requests")
     def list_requests(request: Request, who: Reader):
@@ -354,7 +391,7 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
 
 
 def _summary(r) -> dict[str, Any]:
-    return {"request_id": r.request_id, "status": r.status.value, "mode": r.mode.value, "records": r.records,
+    return {"request_id": r.request_id, "kind": r.kind.value, "status": r.status.value, "mode": r.mode.value, "records": r.records,
             "received_at": r.received_at, "deadline": r.deadline, "overdue": r.is_overdue(), "versions": r.versions}
 
 

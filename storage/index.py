@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.schemas import INDEX_SCHEMA, LIVE
+from storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE
 
 # A query of at least 1/16 of the index is answered by one pass: hashing that many ids and
 # binary-searching them costs more than probing every row once.
@@ -83,8 +83,9 @@ class RecordIndex:
 
     def counts(self, live_only: bool = False) -> pa.Table:
         """Records per (shard_id, slice_idx), sorted; `live_only` leaves out those a queued
-        deletion marked `forgetting` (no training reads them again)."""
-        table = self.live() if live_only else self.table
+        deletion marked `forgetting` (they will not train again; a queued rectification's records,
+        `rectifying`, will, with their new text, and are counted)."""
+        table = self.table.filter(pc.not_equal(self.table["status"], FORGETTING)) if live_only else self.table
         if table.num_rows == 0:
             return pa.table({"shard_id": pa.array([], pa.int32()), "slice_idx": pa.array([], pa.int32()), "records": pa.array([], pa.int64())})
         g = table.group_by(["shard_id", "slice_idx"]).aggregate([("record_id", "count")])

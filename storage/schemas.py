@@ -41,6 +41,9 @@ INDEX_SCHEMA = pa.schema(
 )
 INDEX_COLUMNS = INDEX_SCHEMA.names
 
-# Record status in the index. Records of a pending deletion are marked before they are removed.
+# Record status in the index. Records of a queued request are marked when it is queued: no
+# training reads them until its batch has removed them (`forgetting`) or replaced their text
+# (`rectifying`, then `live` again).
 LIVE = "live"
 FORGETTING = "forgetting"
+RECTIFYING = "rectifying"

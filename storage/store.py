@@ -20,7 +20,7 @@ from storage.fs import StoreFS
 from storage.index import RecordIndex
 from storage.keys import create_key, keyed_hash, keyed_hashes, load_key
 from storage.lock import StoreLock
-from storage.schemas import FORGETTING, FORMAT_VERSION, INDEX_SCHEMA
+from storage.schemas import FORMAT_VERSION, INDEX_SCHEMA, LIVE
 
 
 class Store:
@@ -131,9 +131,10 @@ class Store:
         return records.list_slices(self.fs, shard_id, self.committed_ingests)
 
     def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None, include_forgetting: bool = False) -> pa.Table | None:
-        """The slice's committed records in arrival order. Records a queued deletion request has
-        marked `forgetting` are left out unless asked for: no training path reads them again."""
-        gone = None if include_forgetting else self.forgetting_ids()
+        """The slice's committed records in arrival order. Records a queued request holds (marked
+        `forgetting` or `rectifying`) are left out unless asked for: no training path reads them
+        (nor, for a rectification, their old text) again."""
+        gone = None if include_forgetting else self.held_ids()
         wanted = columns if gone is None or not len(gone) or columns is None or "record_id" in columns else [*columns, "record_id"]
         table = records.read_slice(self.fs, shard_id, slice_idx, self.committed_ingests, wanted)
         if table is None or gone is None or not len(gone):
@@ -143,13 +144,14 @@ class Store:
             table = table.select(columns)
         return table if table.num_rows else None
 
-    def forgetting_ids(self) -> pa.Array:
-        """Ids of records a queued deletion request has marked `forgetting`."""
+    def held_ids(self) -> pa.Array:
+        """Ids of records a queued request holds: a deletion (`forgetting`) or a rectification
+        (`rectifying`)."""
         table = self.index.table
-        return table.filter(pc.equal(table["status"], FORGETTING))["record_id"].combine_chunks()
+        return table.filter(pc.not_equal(table["status"], LIVE))["record_id"].combine_chunks()
 
     def mark_records(self, record_ids: pa.Array, status: str) -> int:
-        """Set the index status of these records (`live` or `forgetting`); returns how many changed.
+        """Set the index status of these records (`live`, `forgetting` or `rectifying`); returns how many changed.
         Each index part holding one is rewritten atomically."""
         changed = 0
         for part in self.index_parts():

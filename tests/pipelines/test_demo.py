@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 
 def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypatch):
     store = tmp_path / "demo"
-    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "--people", "8", "--strangers", "2", "--format", "text")
+    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "evidence.leak_k=2", "--people", "8", "--strangers", "2", "--format", "text")
     assert code == 0, err
+    assert "(k=2)" in out and "(k=10)" not in out  # leak@k samples `evidence.leak_k` completions
     # Recall beside loss, for the trained version and then every version the forget served.
     assert re.search(r"posterior\s+person to be forgotten \d+/2 recalled, loss \d+\.\d+; other trained people \d+/\d+, loss", out)
     for kind in ("approximate", "exact"):

@@ -15,8 +15,8 @@ from storage.store import Store
 from tests.helpers import canaries_in_text, cli_args, find_canaries, make_cfg, run_cli
 
 
-@pytest.mark.parametrize("verb", ["forget-fast", "rectify-relief"])
-def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, verb):
+@pytest.mark.parametrize(("verb", "leak_k"), [("forget-fast", 3), ("rectify-relief", 2)])
+def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, verb, leak_k):
     rows = make_people(8, seed=47)
     secret = uuid.uuid4().hex
     inputs = tmp_path / "input"
@@ -33,7 +33,9 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
     strangers[0]["text"] = f"Stranger {secret} lives far away."
     write_jsonl(strangers, inputs / "strangers.jsonl")
     store_dir = tmp_path / "s"
-    args = cli_args(store_dir, "sharding.slice_size=4", "deletion.relief=true", tracking=True)
+    # k (`evidence.leak_k`, default evidence.LEAK_K) is what the certificate reports
+    assert leak_k != evidence.LEAK_K
+    args = cli_args(store_dir, "sharding.slice_size=4", "deletion.relief=true", f"evidence.leak_k={leak_k}", tracking=True)
     output: list[str] = []
 
     def sisa(*argv: str) -> str:
@@ -72,7 +74,7 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
         # leak@k: every question with a forbidden answer; a rectification forbids only the
         # corrected fact's old answer (its probes), the subject's other facts stay expected.
         forbidden = n_records + (general if verb == "forget-fast" else general // 2)
-        assert leak["k"] == evidence.LEAK_K and leak["samples"] == leak["prompts"] * leak["k"] and leak["prompts"] == forbidden
+        assert leak["k"] == leak_k and leak["samples"] == leak["prompts"] * leak["k"] and leak["prompts"] == forbidden
         assert v["membership"]["members"] == n_records and v["membership"]["holdout"] == len(strangers)
         assert 0 <= v["membership"]["auc"] <= 1
         if verb == "rectify-relief":
@@ -83,7 +85,8 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
 
     shown = json.loads(sisa("certificate", req.request_id, "--json", *args))
     assert shown["evidence"]["versions"] == by
-    assert "evidence per version" in sisa("certificate", req.request_id, *args)
+    text = sisa("certificate", req.request_id, *args)
+    assert "evidence per version" in text and f"(k={leak_k})" in text
     # Numbers only: the probe and holdout text are in no file of the store (ledger, MLflow) and
     # were never printed.
     assert not any(find_canaries({"store": store_dir}, {"probe/holdout text": secret}, strict={"store"}).values())

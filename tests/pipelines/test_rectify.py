@@ -27,25 +27,35 @@ def _canary_rows(old_secret: str) -> tuple[list[dict], dict]:
     return rows, record
 
 
-def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_path, capfd):
-    old_secret, new_secret = uuid.uuid4().hex, uuid.uuid4().hex
-    rows, record = _canary_rows(old_secret)
-    inputs = tmp_path / "input"
-    inputs.mkdir()
-    write_jsonl(rows, inputs / "people.jsonl")
-    store_dir = tmp_path / "s"
-    args = cli_args(store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
-    output: list[str] = []
+class _Canary:
+    """A trained store (relief on, MLflow tracked) holding `rec-vault`, whose text carries a
+    random old secret; `sisa(...)` runs a verb and keeps its output, to scan it for text."""
 
-    def sisa(*argv: str, fails: bool = False) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
+    def __init__(self, tmp_path, capfd):
+        self.capfd = capfd
+        self.old_secret = uuid.uuid4().hex
+        self.rows, self.record = _canary_rows(self.old_secret)
+        self.inputs = tmp_path / "input"
+        self.inputs.mkdir()
+        write_jsonl(self.rows, self.inputs / "people.jsonl")
+        self.store_dir = tmp_path / "s"
+        self.args = cli_args(self.store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
+        self.output: list[str] = []
+        capfd.readouterr()
+        self.sisa("ingest", str(self.inputs / "people.jsonl"), *self.args)
+        self.sisa("train", *self.args)
+
+    def sisa(self, *argv: str, fails: bool = False) -> str:
+        code, out, err = run_cli(*argv, capfd=self.capfd)
+        self.output.extend([out, err])
         assert (code != 0) == fails, f"sisa {argv[0]} exited {code}: {err}"
         return out + err
 
-    capfd.readouterr()
-    sisa("ingest", str(inputs / "people.jsonl"), *args)
-    sisa("train", *args)
+
+def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_path, capfd):
+    c = _Canary(tmp_path, capfd)
+    sisa, args, store_dir, inputs, output = c.sisa, c.args, c.store_dir, c.inputs, c.output
+    record, old_secret, new_secret = c.record, c.old_secret, uuid.uuid4().hex
     store = Store.open(str(store_dir))
     (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
     old = {"old text": old_secret}
@@ -131,13 +141,14 @@ def test_bad_corrections_are_refused_whole_and_change_nothing(tmp_path, capfd):
         fix,
     )
     state = tree_digest(store_dir)
-    code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
-    assert code != 0 and "nothing was changed" in err
-    for name in ("no-such-record", gone, same["record_id"], rows[4]["record_id"]):
-        assert name in err, name
-    assert good["record_id"] not in err  # only the bad ones are named
-    assert same["text"] not in err + out  # never the text
-    assert tree_digest(store_dir) == state
+    for queue in ([], ["--queue"]):  # queued or not, validated whole first
+        code, out, err = run_cli("rectify", "--file", str(fix), *queue, *args, capfd=capfd)
+        assert code != 0 and "nothing was changed" in err
+        for name in ("no-such-record", gone, same["record_id"], rows[4]["record_id"]):
+            assert name in err, name
+        assert good["record_id"] not in err  # only the bad ones are named
+        assert same["text"] not in err + out  # never the text
+        assert tree_digest(store_dir) == state
 
     write_jsonl([{"record_id": good["record_id"], "text": "  "}], fix)
     code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
@@ -175,3 +186,110 @@ def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
     code, out, err = run_cli("rectify", "--file", str(back), *args)
     assert code != 0 and "earlier rectification removed" in err and rows[1]["record_id"] in err and rows[1]["text"] not in err + out
     assert tree_digest(tmp_path / "s") == state
+
+
+def test_a_text_correction_of_a_stored_chat_or_prompt_completion_record_is_refused(tmp_path, capfd):
+    """The correction file is text, but the record it names is stored as a chat or
+    prompt-completion record: replacing its canonical JSON by plain text would change its format
+    behind the trainer's back. Refused whole, naming those ids; nothing changed."""
+    from tests.pipelines.test_ingest_formats import chat_rows, pair_rows
+    from tests.pipelines.test_ingest_formats import write_jsonl as write_rows
+
+    args = cli_args(tmp_path / "s")
+    inputs = tmp_path / "input"
+    inputs.mkdir()
+    people = make_people(4, seed=46)
+    write_jsonl(people, inputs / "people.jsonl")
+    for path in (inputs / "people.jsonl", write_rows(inputs / "chats.jsonl", chat_rows(3)), write_rows(inputs / "pairs.jsonl", pair_rows(3))):
+        code, _, err = run_cli("ingest", str(path), *args, capfd=capfd)
+        assert code == 0, err
+    fix = inputs / "fix.jsonl"
+    write_jsonl(
+        [
+            {"record_id": "c-001", "text": "Customer 1 lives in Newtown."},
+            {"record_id": "p-002", "text": "Customer 2 works as a baker."},
+            {"record_id": people[0]["record_id"], "text": "a fine correction of a text record."},
+        ],
+        fix,
+    )
+    state = tree_digest(tmp_path / "s")
+    code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code != 0 and "nothing was changed" in err and "prompt-completion or chat" in err
+    assert "c-001" in err and "p-002" in err and people[0]["record_id"] not in err
+    assert "Newtown" not in out + err and "Town1" not in out + err  # never the text, new or stored
+    assert tree_digest(tmp_path / "s") == state
+    # The text record alone is corrected.
+    write_jsonl([{"record_id": people[0]["record_id"], "text": "a fine correction of a text record."}], fix)
+    code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code == 0, err
+
+
+def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_retrains_each_shard_once(tmp_path, capfd):
+    """`rectify --queue`: the new text is staged, the relief serves at once (no serving lineage
+    holds the old content), no training reads the record until `sisa process`; the batch, which
+    also holds a deletion in the same shard, replaces the text and retrains that shard once."""
+    from storage.schemas import LIVE, RECTIFYING
+
+    c = _Canary(tmp_path, capfd)
+    sisa, args, store_dir, inputs, output = c.sisa, c.args, c.store_dir, c.inputs, c.output
+    rows, record, old_secret, new_secret = c.rows, c.record, c.old_secret, uuid.uuid4().hex
+    store = Store.open(str(store_dir))
+    (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    old_hash = checkpoints.content_hashes(store, ["rec-vault"], [before["content_sha256"]])[0]
+    # A person in the same shard, forgotten in the same batch.
+    other = next(r for r in store.index.table.to_pylist() if r["shard_id"] == before["shard_id"] and r["subject_id"] != "subject-vault")
+    gone = {r["record_id"]: r["text"] for r in rows if r["subject_id"] == other["subject_id"]}
+    sisa("forget", "--subject", other["subject_id"], "--queue", "--no-evidence", *args)
+
+    prompt = record["prompt"]
+    fix = inputs / "corrections.jsonl"
+    write_jsonl([{"record_id": "rec-vault", "text": f"{prompt} NEW-{new_secret}.", "prompt": prompt, "answer": f" NEW-{new_secret}."}], fix)
+    assert "--probes and --holdout" in sisa("rectify", "--file", str(fix), "--queue", "--probes", str(fix), *args, fails=True)
+    out = sisa("rectify", "--file", str(fix), "--queue", *args)
+    assert "queued; version" in out
+    store = Store.open(str(store_dir))
+    req = next(r for r in deletion.all_requests(store) if r.kind.value == "rectify")
+    assert (req.status.value, req.queued, req.id_hashes) == ("queued", True, [old_hash])
+    # Relieved at once; the old text still in the data, held from training; the new one staged.
+    relief = versions.current(store)
+    assert relief.model_version == req.versions["relief"]
+    assert not deletion.lineage_violations(store, relief.shards, {old_hash})
+    (held,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    assert held["status"] == RECTIFYING and held["content_sha256"] == before["content_sha256"]
+    training_reads = store.read_slice(before["shard_id"], before["slice_idx"], columns=["record_id"])
+    assert training_reads is None or "rec-vault" not in training_reads["record_id"].to_pylist()
+    assert store.fs.exists(layout.correction_file(req.request_id))
+
+    # While it waits: forgetting or correcting the record again is refused, naming it; nothing changes.
+    state = tree_digest(store_dir)
+    refused = sisa("forget", "--ids", "rec-vault", *args, fails=True)
+    assert "rec-vault" in refused and "queued rectification" in refused
+    assert "queued rectification" in sisa("forget", "--subject", "subject-vault", "--queue", *args, fails=True)
+    write_jsonl([{"record_id": "rec-vault", "text": "yet another text."}], inputs / "again.jsonl")
+    refused = sisa("rectify", "--file", str(inputs / "again.jsonl"), "--queue", *args, fails=True)
+    assert "rec-vault" in refused and "queued rectification" in refused and "nothing was changed" in refused
+    assert tree_digest(store_dir) == state
+
+    res = json.loads(sisa("process", "--json", *args))
+    assert res["ran"] and sorted(res["requests"]) == sorted(r.request_id for r in deletion.all_requests(store))
+    assert res["retrained_shards"] == [before["shard_id"]]  # once, for the deletion and the rectification
+    store = Store.open(str(store_dir))
+    (after,) = store.index.lookup(["rec-vault"])[0].to_pylist()
+    assert after["status"] == LIVE and (after["shard_id"], after["slice_idx"]) == (before["shard_id"], before["slice_idx"])
+    (row,) = [r for r in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if r["record_id"] == "rec-vault"]
+    assert new_secret in row["text"] and new_secret in row["answer"]
+    assert not set(gone) & set(store.index.table["record_id"].to_pylist())
+    for r in deletion.all_requests(store):
+        assert r.status.value == "completed" and r.versions["exact"] == res["model_version"] == store.current_version()
+        assert r.certificate["lineage_check"]["passed"] and r.certificate["purge_check"]["passed"]
+    req = deletion.read_request(store, req.request_id)
+    assert req.certificate["rectification"]["new_content_check"]["passed"] and "loss_before" in req.evidence
+    assert not store.fs.exists(layout.correction_file(req.request_id))
+    assert "verified" in sisa("verify", "--replay", *args)
+    assert "purged" in sisa("rollback", "1", *args, fails=True)
+
+    places = {"store": store_dir}
+    assert find_canaries(places, {"new text": new_secret}, strict={"store"})["new text"]
+    found = find_canaries(places, {"old text": old_secret, **gone}, strict={"store"})
+    assert not any(found.values()), f"left behind: {found}"
+    assert not canaries_in_text("".join(output), {"old": old_secret, "new": new_secret, **gone})

@@ -94,6 +94,13 @@ def served(tmp_path_factory):
     server.stop()
 
 
+def _store_state(store_dir: Path) -> dict[str, str]:
+    """The store's files and their digests, but the service's own (audit log, tokens)."""
+    from tests.helpers import tree_digest
+
+    return {k: v for k, v in tree_digest(store_dir).items() if not k.startswith("service")}
+
+
 def _h(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
@@ -258,3 +265,103 @@ def test_the_audit_page_shows_the_latest_reports_plots_to_auditors_only(served):
         assert c.get("/audit/reports/memorization_by_version.png", headers=_h(tokens["client"])).status_code == 403
         for name in ("report.md", "..%2Fsecret.key", "missing.png"):
             assert c.get(f"/audit/reports/{name}", headers=_h(tokens["admin"])).status_code == 404, name
+
+
+def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_deletion(tmp_path):
+    """POST /v1/rectifications: the roles of filing a deletion request; bad corrections refused
+    naming the ids with nothing recorded; a good one queued with its relief serving, carried out
+    by the worker's batch together with a deletion of the same shard (one retrain); afterwards the
+    record has the new text, replay verifies, rollback to a version that saw the old text is
+    refused, and neither the old text nor the new one is anywhere but in the data (the new)."""
+    import uuid
+
+    from sisa import checkpoints, versions
+    from tests.helpers import canaries_in_text, find_canaries
+
+    root = tmp_path
+    cfg = make_cfg(root / "s", "sharding.slice_size=8", tracking=True)
+    rows = make_people(16, seed=51)
+    ingest_rows(cfg, rows, root / "people.jsonl")
+    from pipelines import train
+
+    train.run(cfg)
+    store_dir = root / "s"
+    tokens = {role: _token(store_dir, role, f"{role}-1") for role in ROLES}
+    store = Store.open(str(store_dir))
+    texts = {r["record_id"]: r for r in rows}
+    target = next(r for r in store.index.table.to_pylist() if texts[r["record_id"]].get("prompt"))
+    old = texts[target["record_id"]]
+    other = next(r for r in store.index.table.to_pylist() if r["shard_id"] == target["shard_id"] and r["subject_id"] != target["subject_id"])
+    gone = {r["record_id"]: r["text"] for r in rows if r["subject_id"] == other["subject_id"]}
+    old_hash = checkpoints.content_hashes(store, [target["record_id"]], [target["content_sha256"]])[0]
+    secret = uuid.uuid4().hex
+    fix = {"record_id": target["record_id"], "text": f"{old['prompt']} NEW-{secret}.", "prompt": old["prompt"], "answer": f" NEW-{secret}."}
+    # Batches are due once two requests wait: the rectification waits for the deletion.
+    server = Server(store_dir, "sharding.slice_size=8", "deletion.relief=true", "deletion.batch_max=2", "service.worker_interval_s=0.5", "tracking.enabled=true").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            state = _store_state(store_dir)
+            unknown = {"corrections": [{"record_id": "nobody-1", "text": f"x {secret}"}, {"record_id": "nobody-2", "text": f"y {secret}"}]}
+            assert c.post("/v1/rectifications", json=unknown).status_code == 401
+            for role in ROLES:
+                r = c.post("/v1/rectifications", json=unknown, headers=_h(tokens[role]))
+                assert r.status_code == (422 if role in {"requester", "admin"} else 403), (role, r.status_code, r.text)
+                if r.status_code == 422:
+                    assert "nobody-1" in r.json()["detail"] and "nobody-2" in r.json()["detail"] and secret not in r.text
+            h = _h(tokens["requester"])
+            for body in ({"corrections": []}, {"corrections": [{"record_id": target["record_id"]}]}, {"corrections": [{"record_id": target["record_id"], "text": "  "}]},
+                         {"corrections": [{"record_id": target["record_id"], "text": 7}]}):
+                r = c.post("/v1/rectifications", json=body, headers=h)
+                assert r.status_code == 422, (body, r.text)
+            r = c.post("/v1/rectifications", json={"corrections": [{"record_id": target["record_id"], "text": {"nested": secret}}]}, headers=h)
+            assert r.status_code == 422 and secret not in r.text  # the body's input is not echoed
+            assert deletion.all_requests(store) == [] and _store_state(store_dir) == state
+
+            r = c.post("/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h)
+            assert r.status_code == 202, r.text
+            ack = r.json()
+            assert ack["kind"] == "rectify" and ack["status"] == "queued"
+            req = deletion.read_request(store, ack["request_id"])
+            assert req.versions["relief"] == ack["serving_version"] == store.current_version()
+            assert not deletion.lineage_violations(store, versions.current(store).shards, {old_hash})
+            again = c.post("/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h).json()
+            assert again["request_id"] == ack["request_id"] and again["replayed"]
+            r = c.post("/v1/deletion-requests", json={"subject": other["subject_id"]}, headers=h)
+            assert r.status_code == 202, r.text
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not all(x.status == RequestStatus.COMPLETED for x in deletion.all_requests(store)):
+                time.sleep(1)
+            reqs = deletion.all_requests(store)
+            assert len(reqs) == 2 and all(x.status == RequestStatus.COMPLETED for x in reqs), [(x.request_id, x.status, x.errors) for x in reqs]
+            assert reqs[0].batch_id == reqs[1].batch_id and [x["shard_id"] for x in reqs[0].retrained] == [target["shard_id"]]
+
+            # A forgotten id now, and an unknown one: refused naming both; nothing recorded.
+            forgotten = next(iter(gone))
+            state = _store_state(store_dir)
+            r = c.post("/v1/rectifications", json={"corrections": [{"record_id": forgotten, "text": f"z {secret}"}, {"record_id": "nobody-3", "text": "w"}]}, headers=h)
+            assert r.status_code == 422 and forgotten in r.json()["detail"] and "nobody-3" in r.json()["detail"] and secret not in r.text
+            assert len(deletion.all_requests(store)) == 2 and _store_state(store_dir) == state
+            listed = {x["request_id"]: x["kind"] for x in c.get("/v1/deletion-requests", headers=h).json()}
+            assert listed[ack["request_id"]] == "rectify"
+            cert = c.get(f"/v1/deletion-requests/{ack['request_id']}/certificate", headers=_h(tokens["auditor"])).json()["certificate"]
+            assert cert["lineage_check"]["passed"] and cert["rectification"]["new_content_check"]["passed"]
+    finally:
+        assert server.stop() == 0
+    server_output = server.proc.stdout.read()
+
+    store = Store.open(str(store_dir))
+    (after,) = store.index.lookup([target["record_id"]])[0].to_pylist()
+    assert (after["status"], after["shard_id"], after["slice_idx"]) == ("live", target["shard_id"], target["slice_idx"])
+    (row,) = [x for x in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if x["record_id"] == target["record_id"]]
+    assert secret in row["text"]
+    args = cli_args(store_dir, "sharding.slice_size=8", tracking=True)
+    code, out, err = run_cli("verify", "--replay", *args)
+    assert code == 0 and "verified" in out, out + err
+    code, out, err = run_cli("rollback", "1", *args)
+    assert code != 0 and "purged" in out + err
+    # The old text (and the deleted person's) nowhere; the new text only in the data.
+    found = find_canaries({"store": store_dir}, {"old text": old["text"], **gone}, strict={"store"})
+    assert not any(found.values()), found
+    new_hits = find_canaries({"store": store_dir}, {"new text": secret}, strict={"store"})["new text"]
+    assert new_hits and all("/data/" in h.path for h in new_hits), [str(h) for h in new_hits]
+    assert not canaries_in_text(server_output, {"old": old["text"], "new": secret})

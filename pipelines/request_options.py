@@ -1,0 +1,100 @@
+"""What the two verbs that file a request share (`sisa forget`, `sisa rectify`): the flags that
+choose what serves until the exact version and what evidence is measured, the mode those flags
+make, the holdout file they read, and how a request's outcome is printed."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from pipelines.common import print_table
+from sisa.config import SisaConfig
+from sisa.formats import table_items
+from sisa.ingestion import normalise
+from sisa.lifecycle import RequestMode
+from sisa.probes import Probe, read_probes
+from sisa.sources import read_source
+from storage.errors import ValidationError
+
+Texts = tuple[list[Any], list[str | None] | None]
+
+
+def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry_run: str, probes: str) -> None:
+    """--fast, --isolate, --no-relief, --queue, --dry-run, --no-evidence, --holdout, --probes;
+    the help of the four that differ between the verbs is the verb's own."""
+    p.add_argument("--fast", action="store_true", help=fast)
+    p.add_argument("--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version")
+    p.add_argument("--no-relief", action="store_true", help="serve nothing new until the exact version (default: the exact relief version serves at once; deletion.relief)")
+    p.add_argument("--queue", action="store_true", help=queue)
+    p.add_argument("--dry-run", action="store_true", help=dry_run)
+    p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
+    p.add_argument("--holdout", metavar="FILE", help="records no model saw (JSONL/CSV/Parquet): their loss is the certificate's stranger baseline, and the non-members of the Min-k%% membership inference")
+    p.add_argument("--probes", metavar="FILE", help=probes)
+
+
+def request_mode(cfg: SisaConfig, fast: bool, isolate: bool, relief: bool | None) -> RequestMode:
+    """What serves between the request and its exact version; `relief` None: `deletion.relief`."""
+    if fast and isolate:
+        raise ValidationError("choose one of --fast and --isolate")
+    relief = cfg.deletion.relief if relief is None else relief
+    return RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
+
+
+def progress(quiet: bool) -> Callable[[str], None]:
+    return (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+
+
+def read_evidence_inputs(cfg: SisaConfig, evidence: bool, holdout: str | Texts | None, probes: str | list[Probe] | None) -> tuple[Texts | None, list[Probe] | None]:
+    """--holdout and --probes read into memory (each a file, or already read), or None without
+    evidence; read before the store is touched, so a bad file changes nothing."""
+    if not evidence:
+        return None, None
+    held = (holdout if isinstance(holdout, tuple) else read_holdout(cfg, holdout)) if holdout else None
+    probe_list = (read_probes(probes) if isinstance(probes, str) else probes) if probes else None
+    return held, probe_list
+
+
+def read_holdout(cfg: SisaConfig, path: str) -> Texts:
+    """Records no model saw (a file in the ingest formats): the baseline a forgotten record
+    should look like after the exact path. Read into memory only, never stored."""
+    table, problems = normalise(read_source(path), cfg)
+    if problems:
+        raise ValidationError("--holdout cannot be read:\n" + "\n".join(f"  - {p}" for p in problems))
+    items = table_items(table)
+    prompts = table["prompt"].to_pylist() if "prompt" in table.column_names else None
+    if prompts is None and any(not isinstance(t, str) for t in items):
+        prompts = [None] * len(items)  # structured records are scored on their answers alone
+    return items, prompts
+
+
+def print_outcome(res: dict[str, Any], headline: Callable[[dict[str, Any]], str]) -> None:
+    """What `forget` and `rectify` print without --json: a dry run's plan (under
+    `headline(plan)`), or the request filed."""
+    if res.get("dry_run"):
+        print_plan(res["plan"], headline(res["plan"]))
+    else:
+        print_request(res["request"])
+
+
+def print_plan(plan: dict[str, Any], headline: str) -> None:
+    """A dry run's plan: `headline`, the affected shards, the unaffected ones and the cost."""
+    print(headline)
+    print_table(
+        [{"shard_id": s["shard_id"], "records": s["records"], "earliest_slice": s["earliest_slice"], "retrain_slices": f"{s['earliest_slice']}..{s['last_slice']}"} for s in plan["shards"]],
+        ["shard_id", "records", "earliest_slice", "retrain_slices"],
+    )
+    print(f"unaffected shards (reused byte for byte): {plan['unaffected_shards']}")
+    print(f"retrain cost: {plan['cost_fraction']:.1%} of a full retrain; dry run, nothing changed")
+
+
+def print_request(req: dict[str, Any]) -> None:
+    """A filed request: queued (its id and what serves until its batch), or completed (where its
+    certificate is)."""
+    if req["status"] == "queued":
+        serving_now = req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
+        print(f"{req['request_id']}")
+        print(f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for the exact version and the certificate")
+        return
+    cert = req["certificate"] or {}
+    print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if cert.get('lineage_check', {}).get('passed') else 'FAILED'})")
