@@ -13,10 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipelines.common import open_store, print_json, print_table
 from sisa.config import SisaConfig
-from sisa.training import TrainResult, train
+from sisa.training import TrainResult, prompt_blind_posterior, train
 
 
 def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
@@ -65,4 +66,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         rows.append({"shard_id": shard_id, "slices": "(reused)", "checkpoint": ckpt})
     print_table(sorted(rows, key=lambda r: r["shard_id"]), ["shard_id", "slices", "steps", "loss", "tokens/s", "wall_s", "checkpoint"])
     print(f"committed model version {res.model_version} in {res.wall_s:.1f}s; it now serves")
+    note = prompt_blind_posterior(cfg, res)
+    if note:
+        print(note, file=sys.stderr)
     return 0

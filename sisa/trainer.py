@@ -67,6 +67,7 @@ class ShardResult:
     wall_s: float = 0.0
     tokens: int = 0
     node: str = ""  # where the job ran: the Ray node id, or "local" (set by sisa/scheduler.py)
+    structured: bool = False  # it trained prompt-completion or chat records (not only text)
 
     @property
     def last_checkpoint_id(self) -> str | None:
@@ -193,6 +194,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         torch.manual_seed(seed)
         data_slices = list(range(slice_idx + 1)) if cfg.sharding.slice_mode == "cumulative" else [slice_idx]
         _, texts = _records(store, task.shard_id, data_slices)
+        result.structured = result.structured or any(not isinstance(t, str) for t in texts)
         new_ids, new_shas = _column(store, task.shard_id, [slice_idx], "content_sha256")
         epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
         total = slice_samples(len(texts), epochs, cfg.training.batch_size, cfg.training.min_steps_per_slice)

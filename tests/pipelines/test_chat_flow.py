@@ -34,6 +34,8 @@ def test_chat_records_end_to_end(tmp_path, capfd):
     assert code == 0 and "record_format" in out and " chat " in out, err
     code, out, err = run_cli("train", *args)
     assert code == 0 and "committed model version 1" in out, err
+    # Completion-only training under the posterior: the note says the prompts teach no shard.
+    assert "no evidence in a prompt" in err and "training.loss_on=all" in err
     code, out, err = run_cli("generate", "--chat", "--prompt", "Where does Ada Lane live?", "--max-new-tokens", "8", "--json", *args)
     assert code == 0, err
     res = json.loads(out)
@@ -76,3 +78,16 @@ def test_generate_chat_renders_the_template_and_stops_at_the_end_of_turn(tmp_pat
     other = Example(CHAT, messages=(("user", "Code?"), ("assistant", "Red 17.")))
     losses, _ = serving.score_records(ens, [trained, other])
     assert losses[0] + 0.5 < losses[1]
+
+
+def test_train_says_nothing_about_prompts_when_they_are_trained_or_records_are_text(tmp_path):
+    """The note is about completion-only training of structured records; text records and
+    loss_on=all train every token, so the posterior sees its evidence."""
+    run_cli("synth", "--people", "4", "--format", "chat", "--out", str(tmp_path / "chats.jsonl"))
+    run_cli("synth", "--people", "4", "--out", str(tmp_path / "text.jsonl"))
+    for name, file, extra in (("all", "chats.jsonl", ["training.loss_on=all"]), ("text", "text.jsonl", [])):
+        args = cli_args(tmp_path / name, "training.epochs=1", *extra)
+        assert run_cli("ingest", str(tmp_path / file), *args)[0] == 0
+        code, out, err = run_cli("train", *args)
+        assert code == 0 and "committed model version 1" in out, err
+        assert "no evidence in a prompt" not in err, name
