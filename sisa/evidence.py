@@ -31,20 +31,28 @@ from typing import Any
 import torch
 
 from sisa import aggregate, serving
-from sisa.formats import CHAT
+from sisa.formats import CHAT, Example
+from sisa.model import render_chat
 from sisa.probes import Probe, for_request
 
 MIN_K = 0.4
 LEAK_K = 10  # the default of `evidence.leak_k`
 
 
+Turns = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True)
 class Question:
-    """A prompt, the answer that should come out (or None) and the one that must not (or None)."""
+    """A prompt, the answer that should come out (or None) and the one that must not (or None).
+    `turns` set: the question is a conversation (the turns before the assistant's reply), asked
+    through the base model's chat template, as a chat model is served; `prompt` is then only its
+    plain-text reading."""
 
     prompt: str
     expected: str | None = None
     forbidden: str | None = None
+    turns: Turns | None = None
 
 
 @dataclass
@@ -54,8 +62,8 @@ class Targets:
     records: list[Question] = field(default_factory=list)
     general: list[Question] = field(default_factory=list)
     locality: list[Question] = field(default_factory=list)
-    members: list[str] = field(default_factory=list)  # the records' text (MIA)
-    holdout: list[str] = field(default_factory=list)  # text no model saw (MIA)
+    members: list[str | Turns] = field(default_factory=list)  # the records' text, or a chat record's turns (MIA)
+    holdout: list[str | Turns] = field(default_factory=list)  # what no model saw, read the same way (MIA)
     leak_k: int = LEAK_K
 
     def __bool__(self) -> bool:
@@ -85,48 +93,69 @@ def as_text(item, prompt: str | None) -> tuple[str, str | None]:
     return item.prompt + item.completion, item.prompt
 
 
+def _turns(item) -> Turns | None:
+    return tuple(item.messages) if not isinstance(item, str) and item.format == CHAT else None
+
+
 def build_targets(
-    texts: list[str],
+    texts: list,
     prompts: list[str | None] | None,
     probes: list[Probe],
     subjects: set[str],
-    holdout: list[str] | None = None,
+    holdout: list | None = None,
     new: list[tuple[str, str | None]] | None = None,
     with_trio: bool = True,
     leak_k: int = LEAK_K,
 ) -> Targets:
     """The questions of a request: its records (`texts`, `prompts`; for a rectification `new`
     holds each record's new (text, prompt) in the same order), the probes that count for its
-    `subjects`, and the holdout; `leak_k` completions are sampled per forbidden answer."""
+    `subjects`, and the holdout; `leak_k` completions are sampled per forbidden answer.
+
+    When the records are chat, the model was trained on conversations: a record is asked as its
+    turns up to the last assistant reply, a probe's prompt as the user's turn, both through the
+    chat template, and the membership score reads members and holdout as rendered conversations."""
     prompts = prompts or [None] * len(texts)
+    turns = [_turns(x) for x in texts]
+    chat = any(t is not None for t in turns)
     texts, prompts = map(list, zip(*(as_text(x, p) for x, p in zip(texts, prompts, strict=True)), strict=True)) if texts else ([], [])
-    holdout = [as_text(h, None)[0] for h in holdout] if holdout else holdout
-    t = Targets(members=list(texts) if holdout else [], holdout=list(holdout or []), leak_k=leak_k)
+    members = [tt if tt is not None else x for x, tt in zip(texts, turns, strict=True)]
+    held = [(_turns(h) or as_text(h, None)[0]) for h in holdout] if holdout else holdout
+    t = Targets(members=members if holdout else [], holdout=list(held or []), leak_k=leak_k)
     if not with_trio:
         return t
+
+    def context(i: int) -> Turns | None:
+        if turns[i] is None:
+            return None
+        last = max((j for j, (role, _) in enumerate(turns[i]) if role == "assistant"), default=len(turns[i]))
+        return turns[i][:last]
+
+    def asked(prompt: str) -> Turns | None:
+        return (("user", prompt.strip()),) if chat else None
+
     old_to_new: dict[str, str] = {}
     for i, (text, prompt) in enumerate(zip(texts, prompts, strict=True)):
         old = answer_of(text, prompt)
         if new is None:
             if old:
-                t.records.append(Question(prompt, None, old))
+                t.records.append(Question(prompt, None, old, context(i)))
             continue
         new_text, new_prompt = new[i]
         new_prompt = new_prompt or prompt
         fresh = answer_of(new_text, new_prompt)
         if new_prompt and (old or fresh):
-            t.records.append(Question(new_prompt, fresh, old))
+            t.records.append(Question(new_prompt, fresh, old, context(i)))
         if old and fresh:
             old_to_new[normalise(old)] = fresh
     general, local = for_request(probes, subjects)
     for p in general:
         if new is None:
-            t.general.append(Question(p.prompt, None, p.answer))
+            t.general.append(Question(p.prompt, None, p.answer, asked(p.prompt)))
         elif normalise(p.answer) in old_to_new:
-            t.general.append(Question(p.prompt, old_to_new[normalise(p.answer)], p.answer))
+            t.general.append(Question(p.prompt, old_to_new[normalise(p.answer)], p.answer, asked(p.prompt)))
         else:
-            t.general.append(Question(p.prompt, p.answer, p.old_answer))
-    t.locality = [Question(p.prompt, p.answer, None) for p in local]
+            t.general.append(Question(p.prompt, p.answer, p.old_answer, asked(p.prompt)))
+    t.locality = [Question(p.prompt, p.answer, None, asked(p.prompt)) for p in local]
     return t
 
 
@@ -158,8 +187,8 @@ def _measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: l
         out["generalization"] = _recall_block(ens, targets.general, max_length)
     preds: list[list[int]] = []
     if targets.locality:
-        preds = [_answer_predictions(ens, q.prompt, q.expected or "", max_length) for q in targets.locality]
-        hits = [_contains(_greedy(ens, q.prompt, q.expected or ""), q.expected) for q in targets.locality]
+        preds = [_answer_predictions(ens, q, q.expected or "", max_length) for q in targets.locality]
+        hits = [_contains(_greedy(ens, q, q.expected or ""), q.expected) for q in targets.locality]
         block: dict[str, Any] = {"n": len(preds), "recall": sum(hits) / len(hits), "answer_tokens": sum(len(p) for p in preds)}
         if before is not None and len(before) == len(preds):
             same = sum(int(a == b) for x, y in zip(before, preds, strict=True) for a, b in zip(x, y, strict=False))
@@ -184,25 +213,41 @@ def _recall_block(ens: serving.Ensemble, questions: list[Question], max_length: 
         if not qs:
             continue
         answers = [getattr(q, key) for q in qs]
-        hits = [_contains(_greedy(ens, q.prompt, a), a) for q, a in zip(qs, answers, strict=True)]
-        losses, _ = serving.score_records(ens, [q.prompt + a for q, a in zip(qs, answers, strict=True)], [q.prompt for q in qs], max_length)
+        hits = [_contains(_greedy(ens, q, a), a) for q, a in zip(qs, answers, strict=True)]
+        items = [Example(CHAT, messages=(*q.turns, ("assistant", a.strip()))) if q.turns is not None else q.prompt + a for q, a in zip(qs, answers, strict=True)]
+        losses, _ = serving.score_records(ens, items, [None if q.turns is not None else q.prompt for q in qs], max_length)
         block[f"{key}_n"] = len(qs)
         block[f"{key}_recall"] = sum(hits) / len(hits)
         block[f"{key}_answer_loss"] = serving.mean(losses)
     return block
 
 
-def _tokens(ens: serving.Ensemble, text: str) -> list[int]:
-    return ens.tokenizer(text, add_special_tokens=True)["input_ids"]
+def _tokens(ens: serving.Ensemble, text: str, special: bool = True) -> list[int]:
+    return ens.tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
-def _greedy(ens: serving.Ensemble, prompt: str, answer: str) -> str:
-    return serving.generate_text(ens, prompt, max_new_tokens=len(_tokens(ens, answer)) + 4, greedy=True)
+# A chat reply restates the question's subject before the answer ("Ada Lane works as a ..."):
+# the tokens a reply may take beyond the answer's own.
+CHAT_REPLY_EXTRA = 24
+
+
+def _asked(ens: serving.Ensemble, q: Question) -> tuple[str, bool, int]:
+    """(the prompt as the model reads it, whether the tokenizer adds its special tokens, tokens
+    the reply may take beyond the answer). A rendered template carries its own special tokens."""
+    if q.turns is None:
+        return q.prompt, True, 4
+    return serving.chat_prompt(ens, list(q.turns)), False, CHAT_REPLY_EXTRA
+
+
+def _greedy(ens: serving.Ensemble, q: Question, answer: str) -> str:
+    prompt, special, extra = _asked(ens, q)
+    return serving.generate_text(ens, prompt, max_new_tokens=len(_tokens(ens, answer, special)) + extra, greedy=True, add_special_tokens=special)
 
 
 def _leaks(ens: serving.Ensemble, q: Question, k: int) -> int:
-    n = len(_tokens(ens, q.forbidden or "")) + 4
-    return sum(_contains(c, q.forbidden) for c in serving.sample_texts(ens, q.prompt, list(range(k)), n, temperature=1.0))
+    prompt, special, extra = _asked(ens, q)
+    n = len(_tokens(ens, q.forbidden or "", special)) + extra
+    return sum(_contains(c, q.forbidden) for c in serving.sample_texts(ens, prompt, list(range(k)), n, temperature=1.0, add_special_tokens=special))
 
 
 def _contains(completion: str, answer: str | None) -> bool:
@@ -216,18 +261,26 @@ def _served_logprobs(ens: serving.Ensemble, ids: list[int]) -> torch.Tensor:
     return aggregate.ensemble_logprobs(ens.model, ens.adapter_names(), x, torch.ones_like(x), ens.aggregation, ens.log_prior())[0]
 
 
-def _answer_predictions(ens: serving.Ensemble, prompt: str, answer: str, max_length: int) -> list[int]:
-    """The served argmax at each answer position, teacher-forced on the answer."""
-    n = len(_tokens(ens, prompt))
-    ids = _tokens(ens, prompt + answer)[:max_length]
+def _answer_predictions(ens: serving.Ensemble, q: Question, answer: str, max_length: int) -> list[int]:
+    """The served argmax at each answer position, teacher-forced on the answer (for a chat
+    question, the answer as the start of the assistant's reply)."""
+    prompt, special, _ = _asked(ens, q)
+    if q.turns is not None:
+        answer = answer.strip()
+    n = len(_tokens(ens, prompt, special))
+    ids = _tokens(ens, prompt + answer, special)[:max_length]
     if len(ids) <= n:
         return []
     return _served_logprobs(ens, ids)[n - 1 : len(ids) - 1].argmax(-1).tolist()
 
 
-def min_k_score(ens: serving.Ensemble, text: str, max_length: int, k: float = MIN_K) -> float:
-    """Mean log-probability of the k fraction of least likely tokens (higher: more member-like)."""
-    ids = _tokens(ens, text)[:max_length]
+def min_k_score(ens: serving.Ensemble, text: str | Turns, max_length: int, k: float = MIN_K) -> float:
+    """Mean log-probability of the k fraction of least likely tokens (higher: more member-like);
+    a conversation (turns) is read as the chat template renders it."""
+    if isinstance(text, str):
+        ids = _tokens(ens, text)[:max_length]
+    else:
+        ids = _tokens(ens, render_chat(ens.tokenizer, list(text))[0], False)[:max_length]
     if len(ids) < 2:
         return 0.0
     logp = _served_logprobs(ens, ids)[:-1].gather(-1, torch.tensor(ids[1:], device=next(ens.model.parameters()).device).unsqueeze(-1)).squeeze(-1)

@@ -86,3 +86,35 @@ def test_synth_probes_ask_every_fact_three_ways_and_keep_it_as_locality(tmp_path
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in probes))
     assert len(read_probes(str(path))) == len(probes)
+
+
+def test_chat_records_and_their_probes_are_asked_through_the_chat_template():
+    """A chat model is served conversations: its evidence must ask the records' turns and the
+    probes as user turns through the template, not a plain-text reading of them (the demo's
+    chat people recalled 0 of 4 locality facts asked as plain text, before any deletion)."""
+    from types import SimpleNamespace
+
+    from sisa.config import load_config
+    from sisa.formats import CHAT, Example
+    from sisa.model import load_base_model
+    from tests.helpers import TINY
+
+    record = Example(CHAT, messages=(("system", "Be brief."), ("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a pilot.")))
+    stranger = Example(CHAT, messages=(("user", "Where does Bo Li live?"), ("assistant", "Bo Li lives in Lyon.")))
+    probes = [Probe("Ada Lane is employed as a", " pilot.", "paraphrase", "p1"), Probe("Bo Li lives in", " Lyon.", "locality", "p2")]
+    t = evidence.build_targets([record], None, probes, {"p1"}, holdout=[stranger])
+    (q,) = t.records
+    assert q.turns == (("system", "Be brief."), ("user", "What does Ada Lane do?")) and q.forbidden == "Ada Lane works as a pilot."
+    assert t.general[0].turns == (("user", "Ada Lane is employed as a"),) and t.general[0].forbidden == " pilot."
+    assert t.locality[0].turns == (("user", "Bo Li lives in"),)
+    assert t.members == [record.messages] and t.holdout == [stranger.messages]  # read as rendered conversations
+
+    _, tokenizer = load_base_model(load_config(TINY).model)
+    ens = SimpleNamespace(tokenizer=tokenizer)
+    prompt, special, extra = evidence._asked(ens, q)
+    assert prompt.endswith("<|user|>What does Ada Lane do?<eos><|assistant|>") and "<|system|>Be brief." in prompt
+    assert special is False and extra == evidence.CHAT_REPLY_EXTRA  # the template carries its own bos
+    # Text records and their probes stay plain text.
+    t = evidence.build_targets(["Ada Lane works as a pilot."], ["Ada Lane works as a"], probes, {"p1"})
+    assert t.records[0].turns is None and t.general[0].turns is None
+    assert evidence._asked(ens, t.records[0]) == ("Ada Lane works as a", True, 4)
