@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from sisa import checkpoints, deletion
 from sisa.config import SisaConfig
-from sisa.formats import FORMAT_COLUMN, TEXT
+from sisa.formats import FORMAT_COLUMN, TEXT, Item, decode
 from sisa.ingestion import content_sha256, normalise
 from sisa.sources import from_table
 from storage import layout, records
@@ -75,10 +75,11 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     them validated. `table` is a normalised source (record_id, text, subject_id, extra columns);
     `problems` are what normalising it found already (empty text, duplicate ids)."""
     problems = list(problems or [])
-    if FORMAT_COLUMN in table.column_names:  # what normalising adds; a correction is text
-        kinds = set(table[FORMAT_COLUMN].to_pylist()) - {None, TEXT}
-        if kinds:
-            problems.append(f"corrections are text records; got {sorted(kinds)} records (correct a prompt-completion or chat record by forgetting it and ingesting the new one)")
+    # What normalising adds: a correction given as `messages` or `prompt` + `completion` is
+    # stored as canonical JSON in `text`, as ingest stores such a record.
+    kinds = table[FORMAT_COLUMN].to_pylist() if FORMAT_COLUMN in table.column_names else [None] * table.num_rows
+    given_formats = dict(zip(table["record_id"].to_pylist(), (k or TEXT for k in kinds), strict=True))
+    if FORMAT_COLUMN in table.column_names:
         table = table.drop_columns([FORMAT_COLUMN])
     unknown_columns = [c for c in table.column_names if c not in ALLOWED]
     if unknown_columns:
@@ -97,9 +98,13 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     for name in ("prompt", "answer"):
         if name in table.column_names:
             new = new.append_column(name, table[name].cast(pa.string()))
-    structured = _structured(store, sel.rows)
-    if structured:
-        problems.append(f"{len(structured)} record(s) are stored as prompt-completion or chat records, which a text correction cannot replace (forget them and ingest the corrected records): {list_some(structured)}")
+    stored_formats = formats(store, sel.rows)
+    other = sorted(rid for rid, kind in stored_formats.items() if given_formats.get(rid, TEXT) != kind)
+    if other:
+        problems.append(
+            f"{len(other)} correction(s) are not in the format the record is stored in (a text record is corrected with `text`, "
+            f"a prompt-completion record with `prompt` + `completion`, a chat record with `messages`): {list_some(other)}"
+        )
     stored = sel.rows.select(["record_id", "subject_id", "content_sha256"])
     joined = new.select(["record_id", "content_sha256"]).join(stored, "record_id", right_suffix="_stored", join_type="inner")
     same = joined.filter(pc.equal(joined["content_sha256"], joined["content_sha256_stored"]))["record_id"].to_pylist()
@@ -121,29 +126,30 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     return Corrections(new, sel.rows)
 
 
-def _structured(store: Store, rows: pa.Table) -> list[str]:
-    """Ids of the records whose stored `record_format` is not text (the index does not carry the
+def formats(store: Store, rows: pa.Table) -> dict[str, str]:
+    """{record_id: stored record_format} of these index rows (the index does not carry the
     format; their slice parts do, null in parts older than formats: text)."""
     wanted = pa.array(rows["record_id"].to_pylist(), pa.string())
-    out: list[str] = []
+    out: dict[str, str] = {}
     pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
     for shard, sl in pairs:
         t = store.read_slice(shard, sl, columns=["record_id", FORMAT_COLUMN])
         if t is None:
             continue
         t = t.filter(pc.is_in(t["record_id"], value_set=wanted))
-        out += [rid for rid, kind in zip(t["record_id"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True) if kind not in (None, TEXT)]
-    return sorted(out)
+        out.update((rid, kind or TEXT) for rid, kind in zip(t["record_id"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True))
+    return out
 
 
 def _error(problems: list[str]) -> ValidationError:
     return ValidationError("the corrections cannot be applied; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-def old_and_new(store: Store, fix: Corrections) -> tuple[list[str], list[str | None], list[tuple[str, str | None]]]:
-    """In memory only, in `fix.ids` order: the records' old text and prompt, and their new
-    (text, prompt) (the old prompt when the correction gives none)."""
-    old: dict[str, tuple[str, str | None]] = {}
+def old_and_new(store: Store, fix: Corrections) -> tuple[list[Item], list[str | None], list[tuple[Item, str | None]]]:
+    """In memory only, in `fix.ids` order: the records' old content and prompt, and their new
+    (content, prompt) (the old prompt when the correction gives none); a prompt-completion or
+    chat record's content as its Example, decoded in the format it is stored in."""
+    old: dict[str, tuple[Item, str | None, str | None]] = {}
     wanted = set(fix.ids)
     pairs = sorted({(int(a), int(b)) for a, b in zip(fix.rows["shard_id"].to_pylist(), fix.rows["slice_idx"].to_pylist(), strict=True)})
     for shard, sl in pairs:
@@ -151,13 +157,14 @@ def old_and_new(store: Store, fix: Corrections) -> tuple[list[str], list[str | N
         if t is None:
             continue
         ps = t["prompt"].to_pylist() if "prompt" in t.column_names else [None] * t.num_rows
-        for rid, text, p in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, strict=True):
+        kinds = t[FORMAT_COLUMN].to_pylist() if FORMAT_COLUMN in t.column_names else [None] * t.num_rows
+        for rid, text, p, kind in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), ps, kinds, strict=True):
             if rid in wanted:
-                old[rid] = (text, p)
+                old[rid] = (decode(kind, text), p, kind)
     new_prompts = fix.new["prompt"].to_pylist() if "prompt" in fix.new.column_names else [None] * fix.new.num_rows
     new = {rid: (text, p) for rid, text, p in zip(fix.ids, fix.new["text"].to_pylist(), new_prompts, strict=True)}
     ids = [i for i in fix.ids if i in old]
-    return [old[i][0] for i in ids], [old[i][1] for i in ids], [(new[i][0], new[i][1] or old[i][1]) for i in ids]
+    return [old[i][0] for i in ids], [old[i][1] for i in ids], [(decode(old[i][2], new[i][0]), new[i][1] or old[i][1]) for i in ids]
 
 
 # -- staging and applying ------------------------------------------------------------------------

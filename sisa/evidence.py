@@ -97,6 +97,19 @@ def _turns(item) -> Turns | None:
     return tuple(item.messages) if not isinstance(item, str) and item.format == CHAT else None
 
 
+def _corrected(answer: str, old_to_new: dict[str, str]) -> str | None:
+    """The new answer of the correction a probe's answer belongs to: the same answer, or one
+    contained in a corrected record's old answer that its new answer lacks (a chat reply
+    "Ada Lane works as a pilot." holds a probe's " pilot.")."""
+    key = normalise(answer)
+    if key in old_to_new:
+        return old_to_new[key]
+    for old, new in old_to_new.items():
+        if key and key in old and key not in normalise(new):
+            return new
+    return None
+
+
 def build_targets(
     texts: list,
     prompts: list[str | None] | None,
@@ -140,19 +153,24 @@ def build_targets(
             if old:
                 t.records.append(Question(prompt, None, old, context(i)))
             continue
-        new_text, new_prompt = new[i]
-        new_prompt = new_prompt or prompt
+        new_item, new_prompt = new[i]
+        new_turns = _turns(new_item)
+        if not isinstance(new_item, str):  # a structured correction: read as the record is
+            new_text, new_prompt = as_text(new_item, None)
+        else:
+            new_text, new_prompt = new_item, new_prompt or prompt
         fresh = answer_of(new_text, new_prompt)
         if new_prompt and (old or fresh):
-            t.records.append(Question(new_prompt, fresh, old, context(i)))
+            asked_in = context(i) if new_turns is None else new_turns[: max(j for j, (role, _) in enumerate(new_turns) if role == "assistant")]
+            t.records.append(Question(new_prompt, fresh, old, asked_in))
         if old and fresh:
             old_to_new[normalise(old)] = fresh
     general, local = for_request(probes, subjects)
     for p in general:
         if new is None:
             t.general.append(Question(p.prompt, None, p.answer, asked(p.prompt)))
-        elif normalise(p.answer) in old_to_new:
-            t.general.append(Question(p.prompt, old_to_new[normalise(p.answer)], p.answer, asked(p.prompt)))
+        elif (fresh := _corrected(p.answer, old_to_new)) is not None:
+            t.general.append(Question(p.prompt, fresh, p.answer, asked(p.prompt)))
         else:
             t.general.append(Question(p.prompt, p.answer, p.old_answer, asked(p.prompt)))
     t.locality = [Question(p.prompt, p.answer, None, asked(p.prompt)) for p in local]

@@ -188,10 +188,10 @@ def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
     assert tree_digest(tmp_path / "s") == state
 
 
-def test_a_text_correction_of_a_stored_chat_or_prompt_completion_record_is_refused(tmp_path, capfd):
-    """The correction file is text, but the record it names is stored as a chat or
-    prompt-completion record: replacing its canonical JSON by plain text would change its format
-    behind the trainer's back. Refused whole, naming those ids; nothing changed."""
+def test_a_correction_in_another_format_than_the_stored_record_is_refused(tmp_path, capfd):
+    """A text correction of a record stored as chat or prompt-completion (or a chat correction of
+    a text record) would change its format behind the trainer's back: refused whole, naming those
+    ids, nothing changed; corrections in the stored formats go through."""
     from tests.pipelines.test_ingest_formats import chat_rows, pair_rows
     from tests.pipelines.test_ingest_formats import write_jsonl as write_rows
 
@@ -203,6 +203,9 @@ def test_a_text_correction_of_a_stored_chat_or_prompt_completion_record_is_refus
     for path in (inputs / "people.jsonl", write_rows(inputs / "chats.jsonl", chat_rows(3)), write_rows(inputs / "pairs.jsonl", pair_rows(3))):
         code, _, err = run_cli("ingest", str(path), *args, capfd=capfd)
         assert code == 0, err
+    code, _, err = run_cli("train", *args, capfd=capfd)
+    assert code == 0, err
+    chat_fix = {"record_id": "c-001", "messages": [{"role": "user", "content": "Where does customer 1 live?"}, {"role": "assistant", "content": "Customer 1 lives in Oldham."}]}
     fix = inputs / "fix.jsonl"
     write_jsonl(
         [
@@ -214,14 +217,31 @@ def test_a_text_correction_of_a_stored_chat_or_prompt_completion_record_is_refus
     )
     state = tree_digest(tmp_path / "s")
     code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
-    assert code != 0 and "nothing was changed" in err and "prompt-completion or chat" in err
+    assert code != 0 and "nothing was changed" in err and "not in the format the record is stored in" in err
     assert "c-001" in err and "p-002" in err and people[0]["record_id"] not in err
     assert "Newtown" not in out + err and "Town1" not in out + err  # never the text, new or stored
+    write_jsonl([dict(chat_fix, record_id=people[1]["record_id"])], fix)  # a conversation for a text record
+    code, out, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+    assert code != 0 and "not in the format the record is stored in" in err and people[1]["record_id"] in err
+    assert "Oldham" not in out + err
     assert tree_digest(tmp_path / "s") == state
-    # The text record alone is corrected.
-    write_jsonl([{"record_id": people[0]["record_id"], "text": "a fine correction of a text record."}], fix)
-    code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
-    assert code == 0, err
+    # In their stored formats, a text, a chat and a prompt-completion correction go through.
+    for row in ({"record_id": people[0]["record_id"], "text": "a fine correction of a text record."}, chat_fix,
+                {"record_id": "p-002", "prompt": "Customer 2 works as a", "completion": " baker."}):
+        write_jsonl([row], fix)
+        code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
+        assert code == 0, err
+    store = Store.open(str(tmp_path / "s"))
+    from sisa import deletion as deletion_module
+
+    rows = store.index.lookup(["c-001", "p-002"])[0]
+    texts, _ = deletion_module.read_texts(store, rows)  # decoded in their stored formats
+    chat = next(t for t in texts if getattr(t, "format", "") == "chat")
+    pair = next(t for t in texts if getattr(t, "format", "") == "prompt-completion")
+    assert chat.messages[-1] == ("assistant", "Customer 1 lives in Oldham.") and pair.completion == " baker."
+    code, out, err = run_cli("verify", "--replay", *args, capfd=capfd)
+    assert code == 0 and "verified" in out, err
+    assert Store.open(str(tmp_path / "s")).current_version() == 4  # trained, then one version per correction
 
 
 def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_retrains_each_shard_once(tmp_path, capfd):

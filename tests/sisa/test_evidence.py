@@ -118,3 +118,18 @@ def test_chat_records_and_their_probes_are_asked_through_the_chat_template():
     t = evidence.build_targets(["Ada Lane works as a pilot."], ["Ada Lane works as a"], probes, {"p1"})
     assert t.records[0].turns is None and t.general[0].turns is None
     assert evidence._asked(ens, t.records[0]) == ("Ada Lane works as a", True, 4)
+
+
+def test_a_chat_rectification_expects_the_new_reply_and_maps_probes_of_the_old_fact():
+    from sisa.formats import CHAT, Example
+
+    old = Example(CHAT, messages=(("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a pilot.")))
+    new = Example(CHAT, messages=(("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a baker.")))
+    probes = [Probe("Ada Lane is employed as a", " pilot.", "paraphrase", "p1"), Probe("Where does Ada Lane live?", " Lyon.", "related", "p1")]
+    t = evidence.build_targets([old], None, probes, {"p1"}, new=[(new, None)])
+    (q,) = t.records
+    assert (q.expected, q.forbidden, q.turns) == ("Ada Lane works as a baker.", "Ada Lane works as a pilot.", (("user", "What does Ada Lane do?"),))
+    # The paraphrase of the corrected fact now expects the new reply and forbids the old answer;
+    # the probe of another fact keeps its own answer.
+    assert (t.general[0].expected, t.general[0].forbidden) == ("Ada Lane works as a baker.", " pilot.")
+    assert (t.general[1].expected, t.general[1].forbidden) == (" Lyon.", None)
