@@ -58,16 +58,19 @@ class Corrections:
         return [{"old": o, "new": n} for o, n in zip(old, new, strict=True)]
 
 
-def from_rows(rows: list[dict[str, str | None]], cfg: SisaConfig, name: str = "request body") -> tuple[pa.Table, list[str]]:
-    """Corrections given as rows (record_id, text, optional prompt and answer; the service's JSON
-    body), normalised as a corrections file is: (table, problems) for `validate`."""
+def from_rows(rows: list[dict], cfg: SisaConfig, name: str = "request body") -> tuple[pa.Table, list[str]]:
+    """Corrections given as rows (the service's JSON body: record_id and the new content in the
+    record's format: text with optional prompt and answer, prompt + completion, or messages),
+    normalised as a corrections file is: (table, problems) for `validate`."""
     ic = cfg.ingest
-    columns = {ic.id_field: [r.get("record_id") for r in rows], ic.text_field: [r.get("text") for r in rows]}
-    for column in ("prompt", "answer"):
+    columns: dict[str, pa.Array] = {ic.id_field: pa.array([r.get("record_id") for r in rows], pa.string())}
+    for column, field_name in (("text", ic.text_field), ("prompt", "prompt"), ("answer", "answer"), ("completion", "completion")):
         if any(r.get(column) is not None for r in rows):
-            columns[column] = [r.get(column) for r in rows]
-    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
-    return normalise(from_table(table, name), cfg)
+            columns[field_name] = pa.array([r.get(column) for r in rows], pa.string())
+    if any(r.get("messages") is not None for r in rows):
+        turn = pa.struct([("role", pa.string()), ("content", pa.string())])
+        columns["messages"] = pa.array([r.get("messages") for r in rows], pa.list_(turn))
+    return normalise(from_table(pa.table(columns), name), cfg)
 
 
 def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -> Corrections:

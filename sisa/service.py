@@ -52,18 +52,6 @@ class DeletionRequestIn(BaseModel):
     idempotency_key: str | None = Field(default=None, max_length=200)
 
 
-class CorrectionIn(BaseModel):
-    record_id: str
-    text: str
-    prompt: str | None = None
-    answer: str | None = None
-
-
-class RectificationIn(BaseModel):
-    corrections: list[CorrectionIn] = Field(min_length=1)
-    idempotency_key: str | None = Field(default=None, max_length=200)
-
-
 class CompletionIn(BaseModel):
     model: str | None = None
     prompt: str | list[str]
@@ -76,6 +64,23 @@ class CompletionIn(BaseModel):
 class ChatMessage(BaseModel):
     role: str
     content: str
+
+
+class CorrectionIn(BaseModel):
+    """A correction in the format its record is stored in: `text` (optionally `prompt`, `answer`),
+    `prompt` + `completion`, or `messages`."""
+
+    record_id: str
+    text: str | None = None
+    prompt: str | None = None
+    answer: str | None = None
+    completion: str | None = None
+    messages: list[ChatMessage] | None = None
+
+
+class RectificationIn(BaseModel):
+    corrections: list[CorrectionIn] = Field(min_length=1)
+    idempotency_key: str | None = Field(default=None, max_length=200)
 
 
 class ChatCompletionIn(BaseModel):
@@ -256,7 +261,7 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
     def file_rectification(body: RectificationIn, request: Request, who: Filer):
         # The new text lives in this body, the staged corrections file and (after the batch) the
         # data; errors name record ids only.
-        table, problems = corrections.from_rows([c.model_dump() for c in body.corrections], cfg)
+        table, problems = corrections.from_rows([c.model_dump(exclude_none=True) for c in body.corrections], cfg)
         st = open_store(cfg)
         mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
         with write_lock, st.lock("serve: file rectification", cfg.store.lock_timeout_s):

@@ -313,3 +313,21 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     found = find_canaries(places, {"old text": old_secret, **gone}, strict={"store"})
     assert not any(found.values()), f"left behind: {found}"
     assert not canaries_in_text("".join(output), {"old": old_secret, "new": new_secret, **gone})
+
+
+def test_corrections_given_as_rows_take_every_format(tmp_path):
+    """The service's body (corrections.from_rows) reads text, prompt-completion and chat
+    corrections as a corrections file of that format is read."""
+    from sisa import corrections
+    from sisa.formats import FORMAT_COLUMN
+    from tests.helpers import make_cfg
+
+    cfg = make_cfg(tmp_path / "s")
+    chat = [{"record_id": "c-1", "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}]
+    pair = [{"record_id": "p-1", "prompt": "P", "completion": " C."}]
+    text = [{"record_id": "t-1", "text": "T.", "prompt": "T"}]
+    for rows, kind in ((chat, "chat"), (pair, "prompt-completion"), (text, "text")):
+        table, problems = corrections.from_rows(rows, cfg)
+        assert problems == [] and table[FORMAT_COLUMN].to_pylist() == [kind], (kind, problems)
+    table, problems = corrections.from_rows([{"record_id": "c-2", "messages": [{"role": "user", "content": "Q?"}]}], cfg)
+    assert any("no assistant turn" in p for p in problems)  # validated as ingest validates chat
