@@ -4,15 +4,19 @@
     sisa rectify --config C --file corrections.jsonl --queue    # relief now, a batch later (`sisa process`)
     sisa rectify --config C --file corrections.jsonl --probes probes.jsonl --holdout strangers.jsonl
 
-corrections.jsonl (any ingest format: JSONL, CSV, Parquet) names live records and their new text:
+corrections.jsonl (JSONL, CSV, Parquet) names live records and their new content, in the format
+each record is stored in (one format per file, as for ingest):
 
     {"record_id": "person-00003-job", "text": "Norma Fisher works as a pilot.",
      "prompt": "Norma Fisher works as a", "answer": " pilot."}        # prompt, answer: optional
+    {"record_id": "qa-7", "prompt": "Norma Fisher works as a", "completion": " pilot."}
+    {"record_id": "chat-3", "messages": [{"role": "user", "content": "What does Norma Fisher do?"},
+                                         {"role": "assistant", "content": "Norma Fisher works as a pilot."}]}
 
 The recipe (the phases of a deletion, sisa/forgetting.py; mechanics in sisa/corrections.py):
 1. Validate every correction first: unknown ids, ids a deletion forgot, empty text, text identical
-   to what the record holds, a changed subject_id, a record stored as prompt-completion or chat
-   (a correction is text): one error naming them all; nothing changes.
+   to what the record holds, a changed subject_id, a correction in another format than the
+   stored record: one error naming them all; nothing changes.
    --dry-run prints the plan and stops.
 2. Stage the new text in the store; write the request (kind `rectify`) to the deletion ledger:
    keyed hashes of the ids and of the old and new content, never text.
@@ -76,7 +80,8 @@ def run(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--file", required=True, metavar="FILE", help="corrections: record_id + new text (optional prompt, answer) per row; JSONL, CSV or Parquet")
+    p.add_argument("--file", required=True, metavar="FILE", help="corrections: record_id + the new content in the record's stored format per row (text, optional prompt and answer; "
+        "prompt + completion; or messages); JSONL, CSV or Parquet")
     request_options.add_request_arguments(
         p,
         fast="serve an approximate (NPO) version without the old text at once, then the exact one",

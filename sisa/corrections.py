@@ -1,7 +1,9 @@
 """The mechanics of rectification (GDPR Art. 16): validate corrections, stage them, rewrite the data.
 
-A correction names a live record by `record_id` and gives its new `text`, and optionally a new
-`prompt` and `answer`. The record keeps its id, subject, shard and slice position; only its
+A correction names a live record by `record_id` and gives its new content in the format the
+record is stored in: a new `text` (optionally a new `prompt` and `answer`), a `prompt` +
+`completion`, or `messages`, normalised to canonical JSON in `text` as ingest stores such a
+record. The record keeps its id, subject, shard and slice position; only its
 content changes. `sisa/forgetting.py` carries a rectification through the same phases as a
 deletion: the old content is what the request forgets (its keyed (id, content) hashes are the
 request's `id_hashes`, what lineage, purge and rollback checks look for), and the retrain from the
