@@ -64,6 +64,22 @@ def run_cli(*argv: str, capfd=None) -> tuple[int, str, str]:
     return code, stdout, stderr
 
 
+class RecordingCli:
+    """`sisa` verbs run in this process (`run_cli`), everything they printed kept in `output` for
+    a test's leak scan. A call asserts its exit code (`expect`, 0 by default) and returns stdout,
+    or stdout and stderr when it was expected to fail (where the error is)."""
+
+    def __init__(self, capfd=None):
+        self.capfd = capfd
+        self.output: list[str] = []
+
+    def __call__(self, *argv: str, expect: int = 0) -> str:
+        code, out, err = run_cli(*argv, capfd=self.capfd)
+        self.output.extend([out, err])
+        assert code == expect, f"sisa {argv[0]} exited {code}: {err[-2000:]}"
+        return out if expect == 0 else out + err
+
+
 def one_slice_subjects(store) -> dict[str, tuple[int, int]]:
     """subject_id → (shard_id, slice_idx) of every subject whose records all sit in one slice
     (sorted by subject: the same pick every run)."""

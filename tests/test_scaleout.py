@@ -27,7 +27,7 @@ from sisa.synthetic import make_people, write_jsonl
 from storage import ledgers
 from storage.errors import RefusedError
 from storage.store import Store
-from tests.helpers import TINY, canaries_in_text, find_canaries, run_cli
+from tests.helpers import TINY, RecordingCli, canaries_in_text, find_canaries
 from tests.servers import BIN
 
 pytestmark = [pytest.mark.slow, pytest.mark.scaleout]
@@ -55,13 +55,8 @@ def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes
         "tracking.enabled=true", f"tracking.uri={mlflow.uri}", "tracking.experiment=sisa-scaleout",
         "tracking.registered_model=sisa-scaleout",
     ]
-    output: list[str] = []
-
-    def sisa(*argv: str, expect: int = 0) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
-        assert code == expect, f"sisa {argv[0]} exited {code}: {err[-2000:]}"
-        return out + err
+    sisa = RecordingCli(capfd)
+    output = sisa.output
 
     capfd.readouterr()
     try:

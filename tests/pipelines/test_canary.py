@@ -26,7 +26,7 @@ from sisa.synth_formats import as_format
 from sisa.synthetic import make_people, write_jsonl
 from storage import ledgers
 from storage.store import Store
-from tests.helpers import canaries_in_text, cli_args, find_canaries, run_cli
+from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries
 
 HARNESS = ("bash_jobs", "bash_tool_")  # the machinery running this session, not sisa's files
 
@@ -113,13 +113,8 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, record_forma
     write_jsonl(rows, inputs / "people.jsonl")
     store_dir = tmp_path / "s"
     args = cli_args(store_dir, "sharding.slice_size=4", "training.epochs=2", tracking=True, backend=backend)
-    output: list[str] = []
-
-    def sisa(*argv: str) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
-        assert code == 0, f"sisa {argv[0]} failed: {err}"
-        return out
+    sisa = RecordingCli(capfd)
+    output = sisa.output
 
     capfd.readouterr()
     sisa("ingest", str(inputs / "people.jsonl"), *args)

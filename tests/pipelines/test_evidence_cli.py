@@ -12,7 +12,7 @@ import pytest
 from sisa import deletion, evidence, serving, versions
 from sisa.synthetic import make_people, make_probes, write_jsonl
 from storage.store import Store
-from tests.helpers import canaries_in_text, cli_args, find_canaries, make_cfg, run_cli
+from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries, make_cfg
 
 
 @pytest.mark.parametrize(("verb", "leak_k"), [("forget-fast", 3), ("rectify-relief", 2)])
@@ -36,13 +36,8 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
     # k (`evidence.leak_k`, default evidence.LEAK_K) is what the certificate reports
     assert leak_k != evidence.LEAK_K
     args = cli_args(store_dir, "sharding.slice_size=4", "deletion.relief=true", f"evidence.leak_k={leak_k}", tracking=True)
-    output: list[str] = []
-
-    def sisa(*argv: str) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
-        assert code == 0, f"sisa {argv[0]} failed: {err}"
-        return out
+    sisa = RecordingCli(capfd)
+    output = sisa.output
 
     sisa("ingest", str(inputs / "people.jsonl"), *args)
     sisa("train", *args)

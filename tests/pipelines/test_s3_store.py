@@ -18,7 +18,7 @@ from sisa.synthetic import make_people, write_jsonl
 from storage import layout, ledgers
 from storage.errors import RefusedError
 from storage.store import Store
-from tests.helpers import TINY, canaries_in_text, find_canaries, run_cli
+from tests.helpers import TINY, RecordingCli, canaries_in_text, find_canaries
 
 
 def test_every_verb_runs_on_an_s3_store_and_leaves_nothing_behind(s3_store, tmp_path, capfd, monkeypatch):
@@ -38,13 +38,8 @@ def test_every_verb_runs_on_an_s3_store_and_leaves_nothing_behind(s3_store, tmp_
     args = ["--config", TINY, f"store.uri={uri}", "scheduler.backend=serial", "tracking.enabled=false",
             "deletion.relief=false", "sharding.slice_size=4"]
     needles = {"canary": canary, "record id": rid_hex}
-    output: list[str] = []
-
-    def sisa(*argv: str, expect: int = 0) -> str:
-        code, out, err = run_cli(*argv, capfd=capfd)
-        output.extend([out, err])
-        assert code == expect, f"sisa {argv[0]} exited {code}: {err[-2000:]}"
-        return out + err
+    sisa = RecordingCli(capfd)
+    output = sisa.output
 
     capfd.readouterr()
     sisa("ingest", str(inputs / "people.jsonl"), *args)
