@@ -362,26 +362,34 @@ def own_lineage(store: Store, checkpoint_id: str) -> list[str]:
     """Keyed hashes of the records this checkpoint's slice added: their ids and, where recorded,
     their (id, content) pairs. Reads lineage.parquet only (straight from the store, remote or
     local: nothing is downloaded to a temp folder)."""
-    table = _lineage_file(store, checkpoint_id)
-    out = table["record_hash"].to_pylist()
-    if "content_hash" in table.column_names:
-        out += table["content_hash"].to_pylist()
+    return _hashes(_lineage_file(store, checkpoint_id))
+
+
+def _hashes(lineage: pa.Table) -> list[str]:
+    out = lineage["record_hash"].to_pylist()
+    if "content_hash" in lineage.column_names:
+        out += lineage["content_hash"].to_pylist()
     return out
+
+
+def _lineage_tables(store: Store, shards: list[int] | None) -> Iterator[tuple[str, pa.Table]]:
+    """(checkpoint id, its own lineage table) of every checkpoint of these shards (default all)
+    that still has one."""
+    for shard_id in shards if shards is not None else range(store.num_shards):
+        for cid in checkpoint_ids(store, shard_id):
+            try:
+                yield cid, _lineage_file(store, cid)
+            except NotFoundError:
+                continue
 
 
 def legacy_holding(store: Store, id_hashes: set[str], shards: list[int] | None = None) -> set[str]:
     """Checkpoints written before lineage recorded content that trained one of these records:
     which text they saw is unknown, so a rectification treats them as holding the old one."""
-    out = set()
-    for shard_id in shards if shards is not None else range(store.num_shards):
-        for cid in checkpoint_ids(store, shard_id):
-            try:
-                table = _lineage_file(store, cid)
-            except NotFoundError:
-                continue
-            if "content_hash" not in table.column_names and id_hashes.intersection(table["record_hash"].to_pylist()):
-                out.add(cid)
-    return out
+    return {
+        cid for cid, table in _lineage_tables(store, shards)
+        if "content_hash" not in table.column_names and id_hashes.intersection(table["record_hash"].to_pylist())
+    }
 
 
 def full_lineage(store: Store, checkpoint_id: str) -> set[str]:
@@ -393,17 +401,9 @@ def full_lineage(store: Store, checkpoint_id: str) -> set[str]:
 
 
 def checkpoints_holding(store: Store, hashes: set[str], shards: list[int] | None = None) -> set[str]:
-    """Checkpoints that trained one of the records themselves (their own lineage file)."""
-    out = set()
-    for shard_id in shards if shards is not None else range(store.num_shards):
-        for cid in checkpoint_ids(store, shard_id):
-            try:
-                own = own_lineage(store, cid)
-            except NotFoundError:
-                continue
-            if hashes.intersection(own):
-                out.add(cid)
-    return out
+    """Checkpoints that trained one of the records themselves (their own lineage file: the
+    records' id hashes and, where recorded, their (id, content) hashes)."""
+    return {cid for cid, table in _lineage_tables(store, shards) if hashes.intersection(_hashes(table))}
 
 
 def library_versions() -> dict[str, str]:

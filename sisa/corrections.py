@@ -136,8 +136,7 @@ def formats(store: Store, rows: pa.Table) -> dict[str, str]:
     format; their slice parts do, null in parts older than formats: text)."""
     wanted = pa.array(rows["record_id"].to_pylist(), pa.string())
     out: dict[str, str] = {}
-    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
-    for shard, sl in pairs:
+    for shard, sl in deletion.row_slices(rows):
         t = store.read_slice(shard, sl, columns=["record_id", FORMAT_COLUMN])
         if t is None:
             continue
@@ -156,8 +155,7 @@ def old_and_new(store: Store, fix: Corrections) -> tuple[list[Item], list[str | 
     chat record's content as its Example, decoded in the format it is stored in."""
     old: dict[str, tuple[Item, str | None, str | None]] = {}
     wanted = set(fix.ids)
-    pairs = sorted({(int(a), int(b)) for a, b in zip(fix.rows["shard_id"].to_pylist(), fix.rows["slice_idx"].to_pylist(), strict=True)})
-    for shard, sl in pairs:
+    for shard, sl in deletion.row_slices(fix.rows):
         t = store.read_slice(shard, sl)
         if t is None:
             continue
@@ -193,8 +191,7 @@ def apply(store: Store, request_id: str, rows: pa.Table) -> int:
     if new is None:
         return 0
     changed = 0
-    pairs = {(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)}
-    for shard_id, slice_idx in sorted(pairs):
+    for shard_id, slice_idx in deletion.row_slices(rows):
         for part in store.slice_parts(shard_id, slice_idx):
             changed += records.replace_values(store.fs, part, new)
     for part in store.index_parts():

@@ -149,6 +149,11 @@ def find_live_by_hashes(store: Store, hashes: set[str]) -> pa.Table:
     return store.index.table.filter(mask)
 
 
+def row_slices(rows: pa.Table) -> list[tuple[int, int]]:
+    """The (shard_id, slice_idx) of the slices that hold these index rows, in order."""
+    return sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
+
+
 def erase_records(store: Store, rows: pa.Table) -> int:
     """Physically erase the records from their slice parts and the index, and bring the counts of
     the ingests they came from up to date. Idempotent (a resumed erase finds fewer rows)."""
@@ -156,8 +161,7 @@ def erase_records(store: Store, rows: pa.Table) -> int:
         return 0
     ids = rows["record_id"].combine_chunks()
     removed = 0
-    pairs = {(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)}
-    for shard_id, slice_idx in sorted(pairs):
+    for shard_id, slice_idx in row_slices(rows):
         for part in store.slice_parts(shard_id, slice_idx):
             removed += records.rewrite_part_without(store.fs, part, ids)
     for part in store.index_parts():
@@ -192,8 +196,7 @@ def read_texts(store: Store, rows) -> tuple[list[Item], list[str | None] | None]
     prompts: list[str | None] = []
     has_prompt = False
     wanted = set(rows["record_id"].to_pylist())
-    pairs = sorted({(int(a), int(b)) for a, b in zip(rows["shard_id"].to_pylist(), rows["slice_idx"].to_pylist(), strict=True)})
-    for shard, sl in pairs:
+    for shard, sl in row_slices(rows):
         t = store.read_slice(shard, sl, include_forgetting=True)
         if t is None:
             continue

@@ -97,6 +97,14 @@ def _turns(item) -> Turns | None:
     return tuple(item.messages) if not isinstance(item, str) and item.format == CHAT else None
 
 
+def _before_reply(turns: Turns | None) -> Turns | None:
+    """A conversation's turns before its last assistant reply: what the reply answers."""
+    if turns is None:
+        return None
+    last = max((j for j, (role, _) in enumerate(turns) if role == "assistant"), default=len(turns))
+    return turns[:last]
+
+
 def _corrected(answer: str, old_to_new: dict[str, str]) -> str | None:
     """The new answer of the correction a probe's answer belongs to: the same answer, or one
     contained in a corrected record's old answer that its new answer lacks (a chat reply
@@ -116,12 +124,13 @@ def build_targets(
     probes: list[Probe],
     subjects: set[str],
     holdout: list | None = None,
-    new: list[tuple[str, str | None]] | None = None,
+    new: list[tuple[Any, str | None]] | None = None,
     with_trio: bool = True,
     leak_k: int = LEAK_K,
 ) -> Targets:
     """The questions of a request: its records (`texts`, `prompts`; for a rectification `new`
-    holds each record's new (text, prompt) in the same order), the probes that count for its
+    holds each record's new (content, prompt) in the same order: a text or, for a structured
+    record, its Example), the probes that count for its
     `subjects`, and the holdout; `leak_k` completions are sampled per forbidden answer.
 
     When the records are chat, the model was trained on conversations: a record is asked as its
@@ -137,12 +146,6 @@ def build_targets(
     if not with_trio:
         return t
 
-    def context(i: int) -> Turns | None:
-        if turns[i] is None:
-            return None
-        last = max((j for j, (role, _) in enumerate(turns[i]) if role == "assistant"), default=len(turns[i]))
-        return turns[i][:last]
-
     def asked(prompt: str) -> Turns | None:
         return (("user", prompt.strip()),) if chat else None
 
@@ -151,7 +154,7 @@ def build_targets(
         old = answer_of(text, prompt)
         if new is None:
             if old:
-                t.records.append(Question(prompt, None, old, context(i)))
+                t.records.append(Question(prompt, None, old, _before_reply(turns[i])))
             continue
         new_item, new_prompt = new[i]
         new_turns = _turns(new_item)
@@ -161,8 +164,7 @@ def build_targets(
             new_text, new_prompt = new_item, new_prompt or prompt
         fresh = answer_of(new_text, new_prompt)
         if new_prompt and (old or fresh):
-            asked_in = context(i) if new_turns is None else new_turns[: max(j for j, (role, _) in enumerate(new_turns) if role == "assistant")]
-            t.records.append(Question(new_prompt, fresh, old, asked_in))
+            t.records.append(Question(new_prompt, fresh, old, _before_reply(new_turns if new_turns is not None else turns[i])))
         if old and fresh:
             old_to_new[normalise(old)] = fresh
     general, local = for_request(probes, subjects)
