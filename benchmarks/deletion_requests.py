@@ -12,7 +12,7 @@ MLflow imports for anyone running a script from there, and tests/test_architectu
    the way and the last slice through the end) at 1 and 3 epochs, best of interleaved rounds; a
    non-negative least-squares fit (of the relative error) of
        job seconds = job_s + slice_s * slices + pass_s * record-passes
-   with record-passes counted by `sisa.planner.slice_cost`, the function deletion plans use.
+   with record-passes counted by `sisa.forgetting.planner.slice_cost`, the function deletion plans use.
    Job seconds are CPU seconds: on this shared machine a job's wall time swings with other
    people's load and its CPU time barely does; the model is one unloaded core per shard job.
 2. Validate on a small case: four requests (two in one shard) queued with `forget --queue` (the
@@ -30,7 +30,7 @@ MLflow imports for anyone running a script from there, and tests/test_architectu
                     `sisa forget` does; a later request waits for the lock, relief included.
      batches        `forget --queue` records the request and serves its relief (waiting for the
                     lock while a batch holds it); a cron runs `sisa process --due` every hour:
-                    `sisa.batches.due` (the real policy code) decides; a batch retrains each
+                    `sisa.forgetting.batches.due` (the real policy code) decides; a batch retrains each
                     affected shard once from the earliest slice any of its requests hit, on
                     --workers parallel workers, then completes every request in it.
    Work = record-passes (and job seconds through the cost model); time to relief (request to
@@ -55,10 +55,10 @@ import numpy as np
 if __name__ == "__main__":
     import _common as C  # first: the offline environment and the repository on sys.path
 
-from sisa.batches import due  # noqa: E402
 from sisa.config import SisaConfig, build_config  # noqa: E402
-from sisa.lifecycle import DeletionRequest, RequestStatus  # noqa: E402
-from sisa.planner import slice_cost  # noqa: E402
+from sisa.forgetting.batches import due  # noqa: E402
+from sisa.forgetting.planner import slice_cost  # noqa: E402
+from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus  # noqa: E402
 
 HOUR = 3600.0
 EPOCH = datetime(2027, 1, 1, tzinfo=UTC)  # simulated time 0
@@ -335,7 +335,7 @@ def parse_policies(text: str) -> list[Policy]:
 
 # -- calibration and validation on this machine (tiny config, real trainer) --------------------
 def _counts(store) -> dict[int, dict[int, int]]:
-    from sisa import checkpoints
+    from sisa.lineage import checkpoints
 
     out = {s: dict.fromkeys(checkpoints.shard_slices(store, s), 0) for s in range(store.num_shards)}
     for r in store.index.counts().to_pylist():
@@ -353,7 +353,8 @@ def job_cpu_probe() -> Iterator[list[dict]]:
     """Each shard job's CPU seconds, recorded around the trainer's entry point where the
     forgetting and batch code call it (serial backend: the job runs in this process). On this
     shared machine a job's wall time swings with other people's load; its CPU time barely does."""
-    from sisa import batches, forgetting
+    from sisa.forgetting import batches
+    from sisa.forgetting import flow as forgetting
 
     jobs: list[dict] = []
     real = forgetting.train_shard
@@ -385,8 +386,8 @@ def calibration(work: str, records: int) -> tuple[Callable[[], None], Callable[[
     import shutil
 
     from pipelines.ingest import run as ingest_run
-    from sisa import scheduler
-    from sisa.trainer import ShardTask, train_shard
+    from sisa.training import scheduler
+    from sisa.training.shard_job import ShardTask, train_shard
     from storage import layout
     from storage.store import Store
 
@@ -459,7 +460,8 @@ def validation(work: str, records: int) -> tuple[Callable[[int], None], Callable
     from pipelines import forget as forget_pipeline
     from pipelines.ingest import run as ingest_run
     from pipelines.train import run as train_run
-    from sisa import batches, checkpoints
+    from sisa.forgetting import batches
+    from sisa.lineage import checkpoints
     from storage.store import Store
 
     rows = C.people(records, seed=2)
@@ -661,7 +663,7 @@ def main() -> None:
     import shutil
     import tempfile
 
-    from sisa import scheduler
+    from sisa.training import scheduler
 
     started = time.perf_counter()
     rounds = 1 if args.quick else 3
@@ -773,7 +775,7 @@ def main() -> None:
     print("job h = summed shard-job hours through the cost model (the compute bill); busy h = hours the store lock was held by retrains")
     print(f"(a batch's jobs side by side on {cost.workers} worker(s)); runs = retrains (one at a time) or batches; relief and exact: request to relief serving,")
     print("request to completed, p50 / p95 / max; `sisa forget` alone waits for the jobs lock while a retrain holds it; `forget --queue` is relieved at arrival, during a batch too (the batch lets go of the writer lock); served: time-mean share of the shards' slices the served model holds (relief serves a hit shard at its checkpoint before the hit).")
-    print(f"cron runs `sisa process --due` every hour; the policy decision is sisa.batches.due. {load[0]} before calibration, {load[-1]} after.")
+    print(f"cron runs `sisa process --due` every hour; the policy decision is sisa.forgetting.batches.due. {load[0]} before calibration, {load[-1]} after.")
     for w, vs in verdicts:
         if w.rate != 100:
             continue

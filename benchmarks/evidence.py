@@ -34,9 +34,9 @@ from pipelines import forget as forget_pipeline
 from pipelines import rectify as rectify_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa import scheduler
-from sisa.probes import read_probes
-from sisa.synthetic import make_people, make_probes, write_jsonl
+from sisa.data.synthetic import make_people, make_probes, write_jsonl
+from sisa.evidence.probes import read_probes
+from sisa.training import scheduler
 from storage.store import Store
 
 SHAPE = ["sharding.num_shards=4", "sharding.slice_size=8", "scheduler.backend=ray", "scheduler.threads_per_task=1"]

@@ -35,7 +35,7 @@ pending. One store per model with the demo's shape (S=4 shards, slices of 8 reco
 `forget --queue` in each mode on its own copy of the trained store: relief (the default: the
 affected shard at its last clean checkpoint), --fast (NPO), --isolate (the affected shard left
 out); the exact version comes from `sisa process` on the relief copy. Every version is scored with
-sisa.serving: greedy recall (the completion of the prompt starts with the answer) and the
+sisa.serving.engine: greedy recall (the completion of the prompt starts with the answer) and the
 answer-token loss, of the retained people of the affected shard, of a sample of the other shards'
 people, of the forgotten subject, and the loss of strangers no shard saw. The relief's own wall
 time is the version commit (`relief_s`, best of several fresh copies), timed apart from
@@ -59,12 +59,14 @@ from pipelines import forget as forget_pipeline
 from pipelines import process as process_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa import checkpoints, scheduler, serving, versions
 from sisa.config import SisaConfig
-from sisa.planner import expected_cost_fraction
-from sisa.synthetic import make_people
-from sisa.trainer import train_shard
-from sisa.training import plan_tasks
+from sisa.data.synthetic import make_people
+from sisa.forgetting.planner import expected_cost_fraction
+from sisa.lineage import checkpoints, versions
+from sisa.serving import engine as serving
+from sisa.training import scheduler
+from sisa.training.run import plan_tasks
+from sisa.training.shard_job import train_shard
 from storage import layout
 from storage.store import Store
 

@@ -9,7 +9,7 @@ Without CUDA it says so and exits 0 (there is nothing to measure).
 
 Per model, two stores get the same records:
   cuda  scheduler.backend=ray, model.device=cuda, model.dtype=bfloat16: every shard job asks Ray
-        for one GPU (sisa/scheduler.py), so S jobs share the machine's GPUs one each.
+        for one GPU (sisa/training/scheduler.py), so S jobs share the machine's GPUs one each.
         CUBLAS_WORKSPACE_CONFIG=:4096:8 is set before torch loads and the trainer turns on
         torch.use_deterministic_algorithms (warn_only: an op without a deterministic kernel
         warns in the worker's log instead of failing; the replay below is the measurement).
@@ -71,7 +71,7 @@ def overrides(device: str, shards: int, args: argparse.Namespace, model: str) ->
 def train_store(model: str, device: str, shards: int, rows: list[dict], args, root: str) -> tuple[object, dict]:
     from pipelines.ingest import run as ingest_run
     from pipelines.train import run as train_run
-    from sisa import scheduler
+    from sisa.training import scheduler
 
     cfg = C.model_config(model, os.path.join(root, f"{model}-{device}"), overrides(device, shards, args, model))
     ingest_run(cfg, [C.write_people(rows, root)])
@@ -119,7 +119,7 @@ def forget_and_verify(cfg, rows: list[dict]) -> dict:
 
 
 def bench_model(model: str, args, gpus: int) -> dict:
-    from sisa import scheduler
+    from sisa.training import scheduler
 
     shards = args.shards or max(2, gpus)
     records = args.records or C.DEFAULT_RECORDS[model]

@@ -39,9 +39,10 @@ import torch
 
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa import adapters, scheduler
 from sisa.config import SisaConfig
-from sisa.model import encode_texts, load_base_model
+from sisa.model import adapters
+from sisa.model.base import encode_texts, load_base_model
+from sisa.training import scheduler
 
 PLAIN_THREADS = 2
 

@@ -4,7 +4,7 @@ mode and way of serving, beside one adapter trained on all the data.
     .venv/bin/python benchmarks/utility.py --model tiny                      # ~3 min
     .venv/bin/python benchmarks/utility.py --model smollm2 --modes cumulative   # ~20 min on 2 cores
 
-Data: fictitious people (sisa/synthetic.py, two one-sentence facts each: "<name> works as a",
+Data: fictitious people (sisa/data/synthetic.py, two one-sentence facts each: "<name> works as a",
 "<name> lives in"), strangers made the same way and never trained on, and a few hundred generic
 sentences the base model should keep (written here; nothing is downloaded).
 
@@ -43,13 +43,19 @@ import _common as C  # sets the offline environment before torch, Ray and MLflow
 import pyarrow as pa
 import torch
 
-from sisa import adapters, aggregate, forgetting, scheduler, serving, training, versions
 from sisa.config import SisaConfig
-from sisa.ingestion import ingest_sources
-from sisa.lifecycle import RequestMode
-from sisa.model import encode_texts, load_base_model, sequence_losses
-from sisa.sources import from_table
-from sisa.synthetic import make_people
+from sisa.data.ingestion import ingest_sources
+from sisa.data.sources import from_table
+from sisa.data.synthetic import make_people
+from sisa.forgetting import flow as forgetting
+from sisa.lineage import versions
+from sisa.lineage.requests_ledger import RequestMode
+from sisa.model import adapters
+from sisa.model import mixture as aggregate
+from sisa.model.base import encode_texts, load_base_model, sequence_losses
+from sisa.serving import engine as serving
+from sisa.training import run as training
+from sisa.training import scheduler
 from storage.store import Store
 
 TARGETS = {

@@ -7,9 +7,9 @@ import json
 import sys
 from typing import Any
 
-from sisa.lifecycle import DeletionRequest
-from sisa.stores import open_store
-from sisa.versions import ModelVersion
+from sisa.data.opening import open_store
+from sisa.lineage.requests_ledger import DeletionRequest
+from sisa.lineage.versions import ModelVersion
 
 __all__ = ["open_store", "print_table", "print_json", "human_bytes", "print_versions", "print_requests", "print_certificate"]
 

@@ -30,26 +30,22 @@ import time
 import pyarrow as pa
 
 from pipelines.common import print_certificate, print_requests, print_table, print_versions
-from sisa import (
-    checkpoints,
-    deletion,
-    forgetting,
-    scheduler,
-    serving,
-    training,
-    versions,
-)
 from sisa.config import SisaConfig
-from sisa.formats import CHAT, TEXT, Example
-from sisa.ingestion import ingest_sources
-from sisa.lifecycle import RequestMode
-from sisa.model import base_model_fingerprint
-from sisa.planner import expected_cost_fraction
-from sisa.probes import Probe
-from sisa.rollback_guard import roll_back
-from sisa.sources import from_table
-from sisa.synth_formats import as_format, question
-from sisa.synthetic import make_people, make_probes
+from sisa.data.formats import CHAT, TEXT, Example
+from sisa.data.ingestion import ingest_sources
+from sisa.data.sources import from_table
+from sisa.data.synthetic import make_people, make_probes
+from sisa.data.synthetic_formats import as_format, question
+from sisa.evidence.probes import Probe
+from sisa.forgetting import flow as forgetting
+from sisa.forgetting.planner import expected_cost_fraction
+from sisa.forgetting.rollback import roll_back
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import RequestMode
+from sisa.model.base import base_model_fingerprint
+from sisa.serving import engine as serving
+from sisa.training import run as training
+from sisa.training import scheduler
 from storage import layout
 from storage.errors import RefusedError, StoreError
 from storage.store import Store
@@ -215,7 +211,7 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     print()
     print_versions(versions.all_versions(store), store.current_version())
     print()
-    print_requests(deletion.all_requests(store))
+    print_requests(requests_ledger.all_requests(store))
 
     # 6. time and summary
     _banner("6. cost of the deletion vs a full retrain")
@@ -240,13 +236,13 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
         print(f"  {k:<52} {v}")
 
     # report
-    from sisa.report import DemoReport, write_report
+    from sisa.evidence.report import DemoReport, write_report
 
     rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, recalls, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary, record_format)
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
     if cfg.tracking.enabled:
-        from sisa.tracking import Tracker
+        from sisa.serving.tracking import Tracker
 
         Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_entry.model_version, files, "demo-report")
     print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry.model_version}")

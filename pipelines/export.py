@@ -13,9 +13,9 @@ where one adapter is required.
 
 `ensemble` writes what `sisa generate` serves: every shard adapter (peft folders), the manifest with
 their sha256s, the aggregation settings and the base model's config and fingerprint
-(sisa/bundle.py). It loads without the store:
+(sisa/serving/bundle.py). It loads without the store:
 
-    from sisa import bundle
+    from sisa.serving import bundle
     manifest, ens = bundle.load_bundle("served-v3/")
     bundle.generate_texts(ens, ["Ada Lane works as a"], max_new_tokens=8)
 
@@ -29,8 +29,11 @@ import json
 import os
 
 from pipelines.common import open_store, print_json
-from sisa import adapters, bundle, serving, versions
 from sisa.config import SisaConfig
+from sisa.lineage import versions
+from sisa.model import adapters
+from sisa.serving import bundle
+from sisa.serving import engine as serving
 from storage.errors import StoreError, ValidationError
 
 FORMATS = ("merged", "ensemble")

@@ -6,7 +6,7 @@
     sisa forget --config C --resume
     sisa forget --config C --subject person-00003 --probes probes.jsonl --holdout strangers.jsonl   # evidence
 
-The recipe (each step is a phase of the state machine in sisa/forgetting.py):
+The recipe (each step is a phase of the state machine in sisa/forgetting/flow.py):
 1. Select and validate: unknown ids are an error (or skipped with --allow-missing); ids an
    earlier request deleted are a no-op. --dry-run prints the plan and stops.
 2. Ledger: the request (keyed hashes only) is written durably before anything is destroyed.
@@ -31,10 +31,10 @@ from typing import Any
 from pipelines import request_options
 from pipelines.common import open_store, print_json
 from pipelines.request_options import Texts
-from sisa import forgetting
 from sisa.config import SisaConfig
-from sisa.probes import Probe
-from sisa.versions import ModelVersion
+from sisa.evidence.probes import Probe
+from sisa.forgetting import flow as forgetting
+from sisa.lineage.versions import ModelVersion
 from storage.errors import ValidationError
 
 

@@ -20,8 +20,9 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json
-from sisa import bundle, serving
 from sisa.config import SisaConfig
+from sisa.serving import bundle
+from sisa.serving import engine as serving
 from storage.errors import ValidationError
 
 

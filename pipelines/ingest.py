@@ -6,7 +6,7 @@
 2. Validate the whole batch: ids, text, duplicates within, across inputs and against the store.
    Any problem: one error naming the lines/ids, nothing written. Records are plain `text`,
    `prompt` + `completion`, or chat `messages` (a list of {role, content} turns: system, user,
-   assistant), told apart by their columns (or --format); see sisa/formats.py.
+   assistant), told apart by their columns (or --format); see sisa/data/formats.py.
 3. Under the store lock: add provenance, assign shards (by subject) and slices (arrival order),
    write Parquet parts and index rows, then the ingest ledger entry that commits them.
 """
@@ -20,12 +20,12 @@ import pyarrow as pa
 
 from pipelines.common import print_json, print_table
 from sisa.config import SisaConfig
-from sisa.ingestion import IngestResult, ingest_sources
-from sisa.sources import Source, from_dataset, from_table, read_source
+from sisa.data.ingestion import IngestResult, ingest_sources
+from sisa.data.sources import Source, from_dataset, from_table, read_source
 
 
 def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:
-    # 1. read; 2. validate everything; 3. write one ingest per input (sisa/ingestion.py)
+    # 1. read; 2. validate everything; 3. write one ingest per input (sisa/data/ingestion.py)
     sources = [read_source(i) if isinstance(i, str) else i for i in inputs]
     return ingest_sources(cfg, sources)
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json, print_requests
-from sisa import deletion
 from sisa.config import SisaConfig
-from sisa.lifecycle import DeletionRequest
+from sisa.lineage import requests_ledger
+from sisa.lineage.requests_ledger import DeletionRequest
 
 
 def run(cfg: SisaConfig) -> list[DeletionRequest]:
-    return deletion.all_requests(open_store(cfg))
+    return requests_ledger.all_requests(open_store(cfg))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

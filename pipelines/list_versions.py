@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json, print_versions
-from sisa import versions
 from sisa.config import SisaConfig
+from sisa.lineage import versions
 
 
 def run(cfg: SisaConfig) -> dict:

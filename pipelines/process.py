@@ -20,8 +20,8 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json
-from sisa import batches
 from sisa.config import SisaConfig
+from sisa.forgetting import batches
 
 
 def run(cfg: SisaConfig, only_due: bool = False, evidence: bool = True, quiet: bool = False) -> dict:

@@ -13,7 +13,7 @@ each record is stored in (one format per file, as for ingest):
     {"record_id": "chat-3", "messages": [{"role": "user", "content": "What does Norma Fisher do?"},
                                          {"role": "assistant", "content": "Norma Fisher works as a pilot."}]}
 
-The recipe (the phases of a deletion, sisa/forgetting.py; mechanics in sisa/corrections.py):
+The recipe (the phases of a deletion, sisa/forgetting/flow.py; mechanics in sisa/forgetting/corrections.py):
 1. Validate every correction first: unknown ids, ids a deletion forgot, empty text, text identical
    to what the record holds, a changed subject_id, a correction in another format than the
    stored record: one error naming them all; nothing changes.
@@ -44,10 +44,10 @@ from typing import Any
 
 from pipelines import request_options
 from pipelines.common import open_store, print_json
-from sisa import forgetting
 from sisa.config import SisaConfig
-from sisa.ingestion import normalise
-from sisa.sources import read_source
+from sisa.data.ingestion import normalise
+from sisa.data.sources import read_source
+from sisa.forgetting import flow as forgetting
 from storage.errors import ValidationError
 
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from pipelines.common import print_table
 from sisa.config import SisaConfig
-from sisa.formats import table_items
-from sisa.ingestion import normalise
-from sisa.lifecycle import RequestMode
-from sisa.probes import Probe, read_probes
-from sisa.sources import read_source
+from sisa.data.formats import table_items
+from sisa.data.ingestion import normalise
+from sisa.data.sources import read_source
+from sisa.evidence.probes import Probe, read_probes
+from sisa.lineage.requests_ledger import RequestMode
 from storage.errors import ValidationError
 
 Texts = tuple[list[Any], list[str | None] | None]

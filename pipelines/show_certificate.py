@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_certificate, print_json
-from sisa import deletion
 from sisa.config import SisaConfig
+from sisa.lineage import requests_ledger
 
 
 def run(cfg: SisaConfig, request_id: str) -> dict:
-    return deletion.read_request(open_store(cfg), request_id).public_dict()
+    return requests_ledger.read_request(open_store(cfg), request_id).public_dict()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    req = deletion.read_request(open_store(cfg), args.targets[0])
+    req = requests_ledger.read_request(open_store(cfg), args.targets[0])
     if args.json:
         print_json(req.public_dict())
         return 0

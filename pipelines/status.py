@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import human_bytes, open_store, print_json, print_table
-from sisa import checkpoints, deletion
 from sisa.config import SisaConfig
+from sisa.lineage import checkpoints, requests_ledger
 
 
 def run(cfg: SisaConfig) -> dict:
@@ -33,7 +33,7 @@ def run(cfg: SisaConfig) -> dict:
         "shards": list(shards.values()),
         "ingests": store.ingests(),
         "current_version": store.current_version(),
-        "open_requests": [r.request_id for r in deletion.open_requests(store)],
+        "open_requests": [r.request_id for r in requests_ledger.open_requests(store)],
         "size_bytes": store.size_bytes(),
     }
 

@@ -17,13 +17,14 @@ import sys
 
 from pipelines.common import open_store, print_json, print_table
 from sisa.config import SisaConfig
-from sisa.training import TrainResult, prompt_blind_posterior, train
+from sisa.forgetting.batches import train_store
+from sisa.training.run import TrainResult, prompt_blind_posterior
 
 
 def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
     store = open_store(cfg)
     with store.job("train", cfg.store.lock_timeout_s):
-        return train(store, cfg, from_scratch, reason)
+        return train_store(store, cfg, from_scratch, reason)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,10 +25,13 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines.common import open_store, print_json
-from sisa import checkpoints, deletion, registry, scheduler, versions
 from sisa.config import SisaConfig
-from sisa.lifecycle import DeletionRequest, RequestStatus
-from sisa.trainer import ShardTask, train_shard
+from sisa.forgetting import deletion
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
+from sisa.serving import mirror as registry
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardTask, train_shard
 from storage import layout
 from storage.errors import IntegrityError, NotFoundError
 from storage.store import Store
@@ -91,7 +94,7 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
     with store.job("verify", cfg.store.lock_timeout_s):
         current = versions.current(store)
         shards = versions.shard_checkpoints(current)
-        reqs = [deletion.read_request(store, request_id)] if request_id else [r for r in deletion.all_requests(store) if r.status == RequestStatus.COMPLETED]
+        reqs = [requests_ledger.read_request(store, request_id)] if request_id else [r for r in requests_ledger.all_requests(store) if r.status == RequestStatus.COMPLETED]
         report: dict[str, Any] = {"serving_version": current.model_version if current else None, "requests": [r.request_id for r in reqs]}
         # 1. integrity
         report["integrity"] = check_integrity(store, shards)

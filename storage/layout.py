@@ -40,7 +40,7 @@ SERVICE_AUDIT = f"{SERVICE}/audit"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 # A checkpoint folder exists once this file is in it (written last); the other file names and
-# the checkpoint id format belong to sisa/checkpoints.py.
+# the checkpoint id format belong to sisa/lineage/checkpoints.py.
 CHECKPOINT_MANIFEST = "manifest.json"
 
 

@@ -17,7 +17,7 @@ RECORD_FIELDS = [
     pa.field("ingest_id", pa.string(), nullable=False),
     pa.field("ingested_at", pa.timestamp("ms", tz="UTC"), nullable=False),
     pa.field("content_sha256", pa.string(), nullable=False),
-    # text | prompt-completion | chat (sisa/formats.py); absent in parts written before it existed
+    # text | prompt-completion | chat (sisa/data/formats.py); absent in parts written before it existed
     pa.field("record_format", pa.string()),
 ]
 RECORD_SCHEMA = pa.schema(RECORD_FIELDS)

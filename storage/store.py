@@ -127,7 +127,7 @@ class Store:
 
     def record_slices(self, shard_id: int) -> list[int]:
         """Slices of the shard that hold committed records. A slice a checkpoint trained stays a
-        slice after a deletion empties it: `sisa.checkpoints.shard_slices` adds those."""
+        slice after a deletion empties it: `sisa.lineage.checkpoints.shard_slices` adds those."""
         return records.list_slices(self.fs, shard_id, self.committed_ingests)
 
     def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None, include_forgetting: bool = False) -> pa.Table | None:
@@ -168,7 +168,7 @@ class Store:
     def slice_parts(self, shard_id: int, slice_idx: int) -> list[str]:
         return records.list_parts(self.fs, shard_id, slice_idx, self.committed_ingests)
 
-    # -- checkpoint folders (names and contents belong to sisa/checkpoints.py) -------------------
+    # -- checkpoint folders (names and contents belong to sisa/lineage/checkpoints.py) -------------------
     def checkpoint_folders(self, shard_id: int) -> list[str]:
         """Names of the shard's checkpoint folders."""
         return [i.path.rsplit("/", 1)[-1] for i in self.fs.list(layout.checkpoints_of_shard(shard_id)) if i.type.name == "Directory"]

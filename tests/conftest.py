@@ -51,7 +51,7 @@ def ray_two_nodes(s3, tmp_path_factory):
     processes import this repository, reach the S3 server (the `s3` fixture set the AWS
     variables) and use their own temp folder (`cluster.node_tmp`, scanned for leaks).
     `SISA_TEST_MARKERS` is where a test's shard job marks that it hangs."""
-    from sisa.scheduler import shutdown_ray
+    from sisa.training.scheduler import shutdown_ray
     from tests.helpers import REPO
     from tests.servers import ray_cluster
 

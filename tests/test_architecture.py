@@ -20,13 +20,13 @@ PACKAGES = ("storage", "sisa", "pipelines")
 LAYER = {"storage": 0, "sisa": 1, "pipelines": 2}
 # library → the only module allowed to import it
 HOMES = {
-    "transformers": {"sisa/model.py"},
-    "peft": {"sisa/adapters.py"},
-    "ray": {"sisa/scheduler.py"},
-    "mlflow": {"sisa/tracking.py"},
-    "datasets": {"sisa/sources.py"},
-    "matplotlib": {"sisa/report.py"},
-    "fastapi": {"sisa/service.py"},
+    "transformers": {"sisa/model/base.py"},
+    "peft": {"sisa/model/adapters.py"},
+    "ray": {"sisa/training/scheduler.py"},
+    "mlflow": {"sisa/serving/tracking.py"},
+    "datasets": {"sisa/data/sources.py"},
+    "matplotlib": {"sisa/evidence/report.py"},
+    "fastapi": {"sisa/service/app.py"},
     "uvicorn": {"pipelines/serve.py"},
     "boto3": {"storage/s3.py"},
     "botocore": {"storage/s3.py"},
@@ -53,6 +53,56 @@ def test_imports_point_one_way(path: Path) -> None:
     own = LAYER[path.relative_to(ROOT).parts[0]]
     upward = [m for m in _imports(path) if m.split(".")[0] in LAYER and LAYER[m.split(".")[0]] > own]
     assert not upward, f"{path.relative_to(ROOT)} imports {upward}: imports must point pipelines → sisa → storage"
+
+
+# sisa's subpackages, bottom to top: a module imports only from its own subpackage or one below.
+# config.py and offline.py sit under all of them.
+SISA_LAYERS = ("lineage", "data", "model", "serving", "training", "evidence", "forgetting", "service")
+SISA_FOUNDATION = {"sisa.config", "sisa.offline", "sisa"}
+
+
+def _sisa_level(module: str) -> int:
+    if module in SISA_FOUNDATION:
+        return -1
+    return SISA_LAYERS.index(module.split(".")[1])
+
+
+def _import_nodes(path: Path) -> list[tuple[str, bool]]:
+    """(module, imported inside a function) for every `sisa.*` import of a file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+    out = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] if node.module != "sisa" else [f"sisa.{a.name}" for a in node.names]
+        out += [(n, id(node) in local) for n in names if n.split(".")[0] == "sisa"]
+    return out
+
+
+def test_sisa_has_no_flat_modules() -> None:
+    """Every module of sisa/ lives in the subpackage of its concern, but the foundation."""
+    flat = {f"sisa.{p.stem}" for p in (ROOT / "sisa").glob("*.py")} - SISA_FOUNDATION - {"sisa.__init__"}
+    assert not flat, f"modules outside a subpackage: {sorted(flat)}"
+    packages = {p.name for p in (ROOT / "sisa").iterdir() if (p / "__init__.py").exists()}
+    assert packages == set(SISA_LAYERS), f"subpackages {sorted(packages)} vs the layer table {SISA_LAYERS}"
+
+
+SISA_MODULES = sorted((ROOT / "sisa").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SISA_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_sisa_subpackages_import_downward(path: Path) -> None:
+    """lineage < data < model < serving < training < evidence < forgetting < service; an import
+    inside a function follows the same order (it may defer a heavy library, never dodge a layer)."""
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if len(parts) < 3:
+        return
+    own = SISA_LAYERS.index(parts[1])
+    upward = [f"{m}{' (in a function)' if local else ''}" for m, local in _import_nodes(path) if _sisa_level(m) > own]
+    assert not upward, f"{path.relative_to(ROOT)} imports {upward} from a subpackage above its own ({parts[1]})"
 
 
 def test_storage_knows_no_torch() -> None:
@@ -142,7 +192,7 @@ def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tu
     assert not missing, f"imported but not declared in pyproject.toml: {missing}"
 
 
-# `configs/tiny.yaml`, `sisa/model.py`, `tests/helpers.py` ... and README.md-style root documents.
+# `configs/tiny.yaml`, `sisa/model/base.py`, `tests/helpers.py` ... and README.md-style root documents.
 CITED_PATH = re.compile(r"(?<![\w./-])((?:sisa|pipelines|storage|tests|benchmarks|configs)/[\w./-]*[\w]|[A-Z]+\.md)\b")
 
 

@@ -22,8 +22,8 @@ import uuid
 
 import pytest
 
-from sisa import scheduler
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.training import scheduler
 from storage import ledgers
 from storage.errors import RefusedError
 from storage.store import Store

@@ -15,7 +15,7 @@ import pytest
 def ray_backend():
     """Real embedded Ray for the tests of one module (started lazily by the first shard job),
     shut down when the module is done so no other module inherits it."""
-    from sisa.scheduler import shutdown_ray
+    from sisa.training.scheduler import shutdown_ray
 
     shutdown_ray()
     yield "ray"

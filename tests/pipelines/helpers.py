@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines import ingest
-from sisa import checkpoints, versions
 from sisa.config import SisaConfig
-from sisa.sharding import assign_shards
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.sharding import assign_shards
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.lineage import checkpoints, versions
 from storage.store import Store
 
 

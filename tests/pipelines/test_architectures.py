@@ -17,9 +17,9 @@ import torch
 import transformers
 
 from sisa.config import ModelConfig
-from sisa.model import _build_tiny_tokenizer, load_base_model
-from sisa.synth_formats import as_format
-from sisa.synthetic import make_people
+from sisa.data.synthetic import make_people
+from sisa.data.synthetic_formats import as_format
+from sisa.model.base import _build_tiny_tokenizer, load_base_model
 from tests.helpers import cli_args, run_cli
 
 VOCAB = len(_build_tiny_tokenizer())
@@ -73,8 +73,8 @@ def test_every_family_trains_forgets_and_replays_exactly(tmp_path, family_dirs, 
 
 @pytest.mark.parametrize(("kind", "expected"), [("gpt2", {"c_attn"}), ("phi", {"q_proj", "v_proj", "fc1", "fc2"}), ("qwen2", {"q_proj", "v_proj"})])
 def test_target_modules_peft_default_and_all_linear(family_dirs, kind, expected):
-    from sisa import adapters
     from sisa.config import LoraConfig
+    from sisa.model import adapters
 
     base, _ = load_base_model(ModelConfig(name=str(family_dirs[kind])))
     model = adapters.attach_lora(base, LoraConfig(target_modules=[]))
@@ -86,8 +86,8 @@ def test_target_modules_peft_default_and_all_linear(family_dirs, kind, expected)
 
 
 def test_target_modules_the_model_lacks_are_a_config_error(family_dirs):
-    from sisa import adapters
     from sisa.config import LoraConfig
+    from sisa.model import adapters
     from storage.errors import ConfigError
 
     base, _ = load_base_model(ModelConfig(name=str(family_dirs["gpt2"])))

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from sisa import scheduler, versions
-from sisa.synth_formats import as_format
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.data.synthetic_formats import as_format
+from sisa.lineage import versions
+from sisa.training import scheduler
 from storage import ledgers
 from storage.store import Store
 from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries
@@ -63,7 +64,7 @@ def new_temp_files(before: dict[str, int], exclude: Path) -> list[Path]:
 
 def mlflow_artifact_dirs(store_dir: Path) -> list[Path]:
     """Artifact locations MLflow knows for its experiments (the store's own by default)."""
-    from sisa.tracking import MlflowClient  # MLflow lives behind sisa.tracking
+    from sisa.serving.tracking import MlflowClient  # MLflow lives behind sisa.serving.tracking
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store_dir / 'mlflow.db'}")
     out = []

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 
-from sisa import serving
 from sisa.config import load_config
-from sisa.formats import CHAT, Example
+from sisa.data.formats import CHAT, Example
+from sisa.serving import engine as serving
 from storage import ledgers
 from storage.store import Store
 from tests.helpers import TINY, cli_args, overrides, run_cli

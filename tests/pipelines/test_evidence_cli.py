@@ -9,8 +9,10 @@ import uuid
 
 import pytest
 
-from sisa import deletion, evidence, serving, versions
-from sisa.synthetic import make_people, make_probes, write_jsonl
+from sisa.data.synthetic import make_people, make_probes, write_jsonl
+from sisa.evidence import measures as evidence
+from sisa.lineage import requests_ledger, versions
+from sisa.serving import engine as serving
 from storage.store import Store
 from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries, make_cfg
 
@@ -52,7 +54,7 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
         sisa("rectify", "--file", str(inputs / "fix.jsonl"), *extra, *args)
         labels = ["before", "relief", "exact"]
     store = Store.open(str(store_dir))
-    (req,) = deletion.all_requests(store)
+    (req,) = requests_ledger.all_requests(store)
     by = req.evidence["versions"]
     assert set(by) == set(labels)  # the ledger writes keys sorted
     n_records = len(mine) if verb == "forget-fast" else 1

@@ -16,10 +16,13 @@ import pytest
 from pipelines import forget, rollback, train
 from pipelines import list_versions as versions_pipeline
 from pipelines import verify as verify_pipeline
-from sisa import checkpoints, deletion, scheduler, serving, versions
-from sisa.synth_formats import as_format
-from sisa.synthetic import make_people
-from sisa.trainer import ShardTask, train_shard
+from sisa.data.synthetic import make_people
+from sisa.data.synthetic_formats import as_format
+from sisa.forgetting import deletion
+from sisa.lineage import checkpoints, versions
+from sisa.serving import engine as serving
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardTask, train_shard
 from storage import ledgers
 from storage.errors import RefusedError, ValidationError
 from storage.store import Store
@@ -216,7 +219,7 @@ def test_rollback_refuses_a_version_trained_on_deleted_records(tmp_path, capfd):
 
 
 def test_rollback_to_a_clean_version_moves_pointer_and_alias(tmp_path):
-    from sisa.tracking import Tracker
+    from sisa.serving.tracking import Tracker
 
     cfg, store = _setup(tmp_path, make_people(10, seed=14), tracking=True)
     later = make_people(6, seed=14, start=100)
@@ -438,7 +441,7 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
 
 
 def test_resume_after_a_tracking_failure_registers_the_exact_version_and_moves_the_alias(tmp_path, monkeypatch):
-    from sisa.tracking import Tracker
+    from sisa.serving.tracking import Tracker
 
     rows = make_people(12, seed=22)
     cfg, store = _setup(tmp_path, rows, tracking=True)

@@ -18,8 +18,8 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.ingest import ingest_table
-from sisa import checkpoints
 from sisa.config import load_config
+from sisa.lineage import checkpoints
 from storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
 from storage.store import Store
 from tests.helpers import REPO, TINY, run_cli, tree_digest
@@ -168,7 +168,7 @@ def test_cli_as_a_subprocess(tmp_path, store, sisa):
     # The same subjects land in the same shards here as in that process (hash seed does not matter).
     by_subject = {r["subject_id"]: r["shard_id"] for r in all_records(store).to_pylist()}
     cfg = load_config(TINY, [f"store.uri={store}"])
-    from sisa.sharding import assign_shards
+    from sisa.data.sharding import assign_shards
 
     expected = assign_shards(cfg.store.seed, list(by_subject), list(by_subject), cfg.sharding.num_shards)
     assert list(by_subject.values()) == expected.tolist()

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from sisa import formats
+from sisa.data import formats
 from storage.store import Store
 from tests.helpers import cli_args, run_cli, tree_digest
 

@@ -26,8 +26,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines import forget, train
-from sisa import bundle, deletion, serving, versions
-from sisa.synthetic import make_people
+from sisa.data.synthetic import make_people
+from sisa.lineage import requests_ledger, versions
+from sisa.serving import bundle
+from sisa.serving import engine as serving
 from storage.errors import NotFoundError
 from storage.store import Store
 from tests.helpers import REPO, cli_args, make_cfg, run_cli
@@ -173,7 +175,7 @@ def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, monkeypatch
     """A base loaded from a local folder: by default the model names the folder (and a bundle
     finds a moved one by override); with tracking.log_base_model the MLflow model carries it."""
     from sisa.config import ModelConfig
-    from sisa.model import load_base_model
+    from sisa.model.base import load_base_model
 
     folder = tmp_path / "base"
     base, tok = load_base_model(ModelConfig(name="tiny", device="cpu"))
@@ -224,4 +226,4 @@ def test_a_relief_of_every_shard_is_logged_as_the_base_model_alone(tmp_path, mon
 
     code, _, err = run_cli("process", *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True))
     assert code == 0, err
-    assert all(r.status.name == "COMPLETED" for r in deletion.all_requests(store))
+    assert all(r.status.name == "COMPLETED" for r in requests_ledger.all_requests(store))

@@ -18,8 +18,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sisa import serving, versions
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.lineage import versions
+from sisa.serving import engine as serving
 from storage import ledgers
 from storage.errors import RefusedError
 from storage.store import Store

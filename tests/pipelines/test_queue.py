@@ -15,9 +15,10 @@ import pyarrow.compute as pc
 import pytest
 
 from pipelines import forget, process, train
-from sisa import batches, checkpoints, deletion, versions
-from sisa.lifecycle import RequestStatus
-from sisa.synthetic import make_people
+from sisa.data.synthetic import make_people
+from sisa.forgetting import batches, deletion
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import RequestStatus
 from storage import layout, ledgers
 from storage.schemas import FORGETTING
 from storage.store import Store
@@ -79,7 +80,7 @@ def test_three_queued_requests_make_one_batch_that_retrains_each_shard_once(tmp_
         assert code == 0, err
         request_ids.append(out.strip().splitlines()[-2])
         assert "queued; version" in out
-    reqs = deletion.all_requests(store)
+    reqs = requests_ledger.all_requests(store)
     assert [r.request_id for r in reqs] == request_ids and all(r.status == RequestStatus.QUEUED for r in reqs)
     # Marked forgetting: no training path reads them; the relief serves without them.
     marked = store.index.table.filter(pc.equal(store.index.table["status"], FORGETTING))["record_id"].to_pylist()
@@ -102,7 +103,7 @@ def test_three_queued_requests_make_one_batch_that_retrains_each_shard_once(tmp_
     assert sorted(res["retrained_shards"]) == [0, 1]  # once each, for three requests
     exact = versions.current(store)
     assert exact.reason == "forget-batch" and sorted(exact.request_ids) == sorted(request_ids)
-    for r in deletion.all_requests(store):
+    for r in requests_ledger.all_requests(store):
         assert r.status == RequestStatus.COMPLETED and r.versions["exact"] == exact.model_version
         assert r.certificate["lineage_check"]["passed"] and r.certificate["purge_check"]["passed"]
     assert not set(canaries) & set(store.index.table["record_id"].to_pylist())
@@ -119,7 +120,7 @@ def test_ingest_goes_on_while_requests_wait_and_train_carries_the_deletions(tmp_
     ingest_rows(cfg, make_people(6, seed=44, start=100), tmp_path / "in" / "more.jsonl")
     res = train.run(cfg)
     assert res.batch_id is not None
-    (req,) = deletion.all_requests(store)
+    (req,) = requests_ledger.all_requests(store)
     assert req.status == RequestStatus.COMPLETED and req.versions["exact"] == res.model_version
     # The new slices trained in the same run: nothing is left pending.
     again = train.run(cfg)
@@ -166,14 +167,14 @@ def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage,
     args = cli_args(tmp_path / "s", *RELIEF)
     p = sisa_proc("process", *args, SISA_FAULT=stage)
     assert p.returncode == -9, describe(p)
-    assert all(r.status.is_open for r in deletion.all_requests(store))
+    assert all(r.status.is_open for r in requests_ledger.all_requests(store))
     if stage == "batch-after-delete":
         assert store.current_version() == relief  # the relief still serves
     p = sisa_proc(resume, *args)
     assert p.returncode == 0, describe(p)
     batch_versions = [v for v in versions.all_versions(store) if v.reason == "forget-batch"]
     assert len(batch_versions) == 1 and store.current_version() == batch_versions[0].model_version
-    assert all(r.status == RequestStatus.COMPLETED for r in deletion.all_requests(store))
+    assert all(r.status == RequestStatus.COMPLETED for r in requests_ledger.all_requests(store))
     p = sisa_proc("verify", "--replay", *args)
     assert p.returncode == 0, describe(p)
     assert not (tmp_path / "s" / layout.TMP).exists() or not list((tmp_path / "s" / layout.TMP).iterdir())
@@ -206,7 +207,7 @@ def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(t
     res = process.run(cfg, quiet=True)
     monkeypatch.setattr(batches.scheduler, "run_shard_jobs", real)
 
-    late = deletion.read_request(store, during["request"]["request_id"])
+    late = requests_ledger.read_request(store, during["request"]["request_id"])
     assert late.status == RequestStatus.QUEUED and late.versions["relief"] == during["serving"].model_version
     assert res["requests"] != [] and late.request_id not in res["requests"]
     batch_version = versions.current(store)
@@ -217,7 +218,7 @@ def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(t
 
     res2 = process.run(cfg, quiet=True)
     assert res2["requests"] == [late.request_id]
-    assert all(r.status == RequestStatus.COMPLETED for r in deletion.all_requests(store))
+    assert all(r.status == RequestStatus.COMPLETED for r in requests_ledger.all_requests(store))
     code, out, err = run_cli("verify", "--replay", *cli_args(tmp_path / "s", *RELIEF))
     assert code == 0, out + err
     assert not (tmp_path / "s" / layout.JOBS_LOCK).exists() and not (tmp_path / "s" / layout.LOCK).exists()

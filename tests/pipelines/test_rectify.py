@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import main
-from sisa import checkpoints, deletion, versions
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.forgetting import deletion
+from sisa.lineage import checkpoints, requests_ledger, versions
 from storage import layout
 from storage.store import Store
 from tests.helpers import canaries_in_text, cli_args, find_canaries, run_cli, tree_digest
@@ -82,7 +83,7 @@ def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_pa
 
     # One request of kind rectify: relief, then one exact version; the certificate names content
     # hashes (keyed), never text; the serving lineage holds the new content and not the old.
-    (req,) = deletion.all_requests(store)
+    (req,) = requests_ledger.all_requests(store)
     assert (req.kind.value, req.status.value, req.mode.value, req.records) == ("rectify", "completed", "relief", 1)
     new_hash = checkpoints.content_hashes(store, ["rec-vault"], [after["content_sha256"]])[0]
     assert req.rectified == [{"old": old_hash, "new": new_hash}] and req.id_hashes == [old_hash]
@@ -175,7 +176,7 @@ def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
     code, _, err = run_cli("rectify", "--file", str(fix), *args)
     assert code == 0, err
     store = Store.open(str(tmp_path / "s"))
-    (req,) = deletion.all_requests(store)
+    (req,) = requests_ledger.all_requests(store)
     assert req.status.value == "completed" and req.removed == 1
     found = [t for s in range(store.num_shards) for sl in store.record_slices(s) for t in store.read_slice(s, sl)["text"].to_pylist()]
     assert "corrected text" in found and rows[1]["text"] not in found
@@ -232,7 +233,7 @@ def test_a_correction_in_another_format_than_the_stored_record_is_refused(tmp_pa
         code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
         assert code == 0, err
     store = Store.open(str(tmp_path / "s"))
-    from sisa import deletion as deletion_module
+    from sisa.forgetting import deletion as deletion_module
 
     rows = store.index.lookup(["c-001", "p-002"])[0]
     texts, _ = deletion_module.read_texts(store, rows)  # decoded in their stored formats
@@ -268,7 +269,7 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     out = sisa("rectify", "--file", str(fix), "--queue", *args)
     assert "queued; version" in out
     store = Store.open(str(store_dir))
-    req = next(r for r in deletion.all_requests(store) if r.kind.value == "rectify")
+    req = next(r for r in requests_ledger.all_requests(store) if r.kind.value == "rectify")
     assert (req.status.value, req.queued, req.id_hashes) == ("queued", True, [old_hash])
     # Relieved at once; the old text still in the data, held from training; the new one staged.
     relief = versions.current(store)
@@ -291,7 +292,7 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     assert tree_digest(store_dir) == state
 
     res = json.loads(sisa("process", "--json", *args))
-    assert res["ran"] and sorted(res["requests"]) == sorted(r.request_id for r in deletion.all_requests(store))
+    assert res["ran"] and sorted(res["requests"]) == sorted(r.request_id for r in requests_ledger.all_requests(store))
     assert res["retrained_shards"] == [before["shard_id"]]  # once, for the deletion and the rectification
     store = Store.open(str(store_dir))
     (after,) = store.index.lookup(["rec-vault"])[0].to_pylist()
@@ -299,10 +300,10 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     (row,) = [r for r in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if r["record_id"] == "rec-vault"]
     assert new_secret in row["text"] and new_secret in row["answer"]
     assert not set(gone) & set(store.index.table["record_id"].to_pylist())
-    for r in deletion.all_requests(store):
+    for r in requests_ledger.all_requests(store):
         assert r.status.value == "completed" and r.versions["exact"] == res["model_version"] == store.current_version()
         assert r.certificate["lineage_check"]["passed"] and r.certificate["purge_check"]["passed"]
-    req = deletion.read_request(store, req.request_id)
+    req = requests_ledger.read_request(store, req.request_id)
     assert req.certificate["rectification"]["new_content_check"]["passed"] and "loss_before" in req.evidence
     assert not store.fs.exists(layout.correction_file(req.request_id))
     assert "verified" in sisa("verify", "--replay", *args)
@@ -318,8 +319,8 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
 def test_corrections_given_as_rows_take_every_format(tmp_path):
     """The service's body (corrections.from_rows) reads text, prompt-completion and chat
     corrections as a corrections file of that format is read."""
-    from sisa import corrections
-    from sisa.formats import FORMAT_COLUMN
+    from sisa.data.formats import FORMAT_COLUMN
+    from sisa.forgetting import corrections
     from tests.helpers import make_cfg
 
     cfg = make_cfg(tmp_path / "s")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines import forget, ingest
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
 from storage.errors import ValidationError
 from storage.store import Store
 from tests.helpers import make_cfg

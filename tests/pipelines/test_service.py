@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sisa import deletion
-from sisa.lifecycle import RequestStatus
-from sisa.synthetic import make_people
+from sisa.data.synthetic import make_people
+from sisa.forgetting import deletion
+from sisa.lineage import requests_ledger
+from sisa.lineage.requests_ledger import RequestStatus
 from storage.store import Store
 from tests.helpers import REPO, cli_args, make_cfg, run_cli
 from tests.pipelines.helpers import ingest_rows
@@ -134,20 +135,20 @@ def test_every_role_against_every_endpoint(served):
 def test_bad_selectors_are_refused_and_nothing_is_recorded(served):
     server, store_dir, tokens = served
     store = Store.open(str(store_dir))
-    before = [r.request_id for r in deletion.all_requests(store)]
+    before = [r.request_id for r in requests_ledger.all_requests(store)]
     with httpx.Client(base_url=server.url, timeout=120, headers=_h(tokens["requester"])) as c:
         r = c.post("/v1/deletion-requests", json={"ids": ["nobody-1", "nobody-2"]})
         assert r.status_code == 422 and "nobody-1" in r.json()["detail"] and "nobody-2" in r.json()["detail"]
         assert c.post("/v1/deletion-requests", json={"subject": "a", "source": "b"}).status_code == 422
         assert c.post("/v1/deletion-requests", json={}).status_code == 422
         assert c.post("/v1/deletion-requests", json={"ids": "not-a-list"}).status_code == 422
-    assert [r.request_id for r in deletion.all_requests(store)] == before
+    assert [r.request_id for r in requests_ledger.all_requests(store)] == before
 
 
 def test_concurrent_requests_with_idempotency_keys_are_none_lost_none_doubled(served):
     server, store_dir, tokens = served
     store = Store.open(str(store_dir))
-    known = {r.request_id for r in deletion.all_requests(store)}
+    known = {r.request_id for r in requests_ledger.all_requests(store)}
     ids = sorted(store.index.table["record_id"].to_pylist())[-10:]
     jobs = [(rid, f"key-{rid}") for rid in ids for _ in range(2)]  # every id filed twice, same key
 
@@ -163,7 +164,7 @@ def test_concurrent_requests_with_idempotency_keys_are_none_lost_none_doubled(se
     for rid, _, body in results:
         by_id.setdefault(rid, set()).add(body["request_id"])
     assert all(len(v) == 1 for v in by_id.values()), by_id  # the same key, the same request
-    new = [r for r in deletion.all_requests(store) if r.request_id not in known]
+    new = [r for r in requests_ledger.all_requests(store) if r.request_id not in known]
     assert len(new) == len(ids) and sorted(r.request_id for r in new) == sorted(x for v in by_id.values() for x in v)
     assert all(r.status == RequestStatus.QUEUED and r.records == 1 for r in new)
 
@@ -194,15 +195,15 @@ def test_a_killed_server_loses_no_acknowledged_request(tmp_path):
     assert r.status_code == 202, r.text
     request_id = r.json()["request_id"]
     server.stop(signal.SIGKILL)
-    (req,) = deletion.all_requests(store)
+    (req,) = requests_ledger.all_requests(store)
     assert req.request_id == request_id and req.status == RequestStatus.QUEUED
     # Restarted with a policy that is due at once, the worker completes it.
     again = Server(store_dir, "sharding.slice_size=8", "deletion.batch_after_h=0", "service.worker_interval_s=0.5").start()
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and deletion.read_request(store, request_id).status != RequestStatus.COMPLETED:
+        while time.monotonic() < deadline and requests_ledger.read_request(store, request_id).status != RequestStatus.COMPLETED:
             time.sleep(1)
-        assert deletion.read_request(store, request_id).status == RequestStatus.COMPLETED
+        assert requests_ledger.read_request(store, request_id).status == RequestStatus.COMPLETED
         cert = httpx.get(f"{again.url}/v1/deletion-requests/{request_id}/certificate", headers=_h(_token(store_dir, "auditor", "aud")), timeout=60)
         assert cert.status_code == 200 and cert.json()["certificate"]["lineage_check"]["passed"]
     finally:
@@ -238,7 +239,7 @@ def test_the_audit_page_in_a_real_browser(served, tmp_path):
             page.wait_for_url("**/audit", timeout=120_000)
             text = page.inner_text("body")
             assert "deletion requests" in text and "lineage check" in text and "serving: version" in text
-            reqs = deletion.all_requests(Store.open(str(store_dir)))
+            reqs = requests_ledger.all_requests(Store.open(str(store_dir)))
             assert reqs and all(r.request_id in text for r in reqs)
             cookie = next(c for c in page.context.cookies() if c["name"] == "sisa_session")
             assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
@@ -275,7 +276,7 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
     refused, and neither the old text nor the new one is anywhere but in the data (the new)."""
     import uuid
 
-    from sisa import checkpoints, versions
+    from sisa.lineage import checkpoints, versions
     from tests.helpers import canaries_in_text, find_canaries
 
     root = tmp_path
@@ -315,13 +316,13 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
                 assert r.status_code == 422, (body, r.text)
             r = c.post("/v1/rectifications", json={"corrections": [{"record_id": target["record_id"], "text": {"nested": secret}}]}, headers=h)
             assert r.status_code == 422 and secret not in r.text  # the body's input is not echoed
-            assert deletion.all_requests(store) == [] and _store_state(store_dir) == state
+            assert requests_ledger.all_requests(store) == [] and _store_state(store_dir) == state
 
             r = c.post("/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h)
             assert r.status_code == 202, r.text
             ack = r.json()
             assert ack["kind"] == "rectify" and ack["status"] == "queued"
-            req = deletion.read_request(store, ack["request_id"])
+            req = requests_ledger.read_request(store, ack["request_id"])
             assert req.versions["relief"] == ack["serving_version"] == store.current_version()
             assert not deletion.lineage_violations(store, versions.current(store).shards, {old_hash})
             again = c.post("/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h).json()
@@ -329,9 +330,9 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
             r = c.post("/v1/deletion-requests", json={"subject": other["subject_id"]}, headers=h)
             assert r.status_code == 202, r.text
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and not all(x.status == RequestStatus.COMPLETED for x in deletion.all_requests(store)):
+            while time.monotonic() < deadline and not all(x.status == RequestStatus.COMPLETED for x in requests_ledger.all_requests(store)):
                 time.sleep(1)
-            reqs = deletion.all_requests(store)
+            reqs = requests_ledger.all_requests(store)
             assert len(reqs) == 2 and all(x.status == RequestStatus.COMPLETED for x in reqs), [(x.request_id, x.status, x.errors) for x in reqs]
             assert reqs[0].batch_id == reqs[1].batch_id and [x["shard_id"] for x in reqs[0].retrained] == [target["shard_id"]]
 
@@ -340,7 +341,7 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
             state = _store_state(store_dir)
             r = c.post("/v1/rectifications", json={"corrections": [{"record_id": forgotten, "text": f"z {secret}"}, {"record_id": "nobody-3", "text": "w"}]}, headers=h)
             assert r.status_code == 422 and forgotten in r.json()["detail"] and "nobody-3" in r.json()["detail"] and secret not in r.text
-            assert len(deletion.all_requests(store)) == 2 and _store_state(store_dir) == state
+            assert len(requests_ledger.all_requests(store)) == 2 and _store_state(store_dir) == state
             listed = {x["request_id"]: x["kind"] for x in c.get("/v1/deletion-requests", headers=h).json()}
             assert listed[ack["request_id"]] == "rectify"
             cert = c.get(f"/v1/deletion-requests/{ack['request_id']}/certificate", headers=_h(tokens["auditor"])).json()["certificate"]

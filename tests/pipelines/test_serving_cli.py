@@ -11,11 +11,13 @@ from safetensors.torch import load_file
 
 from pipelines import train
 from pipelines.cli import main
-from sisa import adapters, serving, versions
 from sisa.config import build_config
-from sisa.model import load_base_model
-from sisa.serving import load_ensemble
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.lineage import versions
+from sisa.model import adapters
+from sisa.model.base import load_base_model
+from sisa.serving import engine as serving
+from sisa.serving.engine import load_ensemble
 from storage import ledgers
 from storage.store import Store
 from tests.helpers import cli_args, make_cfg

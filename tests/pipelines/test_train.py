@@ -19,9 +19,10 @@ import torch
 
 from pipelines import forget, train
 from pipelines import list_versions as versions_pipeline
-from sisa import checkpoints, deletion, versions
-from sisa.synthetic import make_people
-from sisa.trainer import ShardTask, train_shard
+from sisa.data.synthetic import make_people
+from sisa.forgetting import deletion
+from sisa.lineage import checkpoints, versions
+from sisa.training.shard_job import ShardTask, train_shard
 from storage import layout, ledgers
 from storage.errors import IntegrityError, RefusedError, ShardJobError
 from storage.store import Store
@@ -165,7 +166,7 @@ def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path)
 def test_checkpoints_load_with_peft(tmp_path):
     from peft import PeftModel
 
-    from sisa.model import load_base_model
+    from sisa.model.base import load_base_model
 
     cfg = make_cfg(tmp_path / "s", *SLICES)
     store = _train_store(tmp_path, make_people(6, seed=4))
@@ -200,7 +201,7 @@ def test_min_steps_per_slice_gives_a_small_shard_its_steps(tmp_path):
 def test_a_changed_chat_template_refuses_to_continue_training(tmp_path, monkeypatch):
     """Records already trained were rendered with the old template: continuing with a new one
     would mix two renderings in one adapter, which no replay reproduces."""
-    from sisa import model as model_module
+    from sisa.model import base as model_module
 
     cfg = make_cfg(tmp_path / "s", *SLICES)
     ingest_rows(cfg, make_people(5, seed=2), tmp_path / "input" / "a.jsonl")
@@ -221,7 +222,7 @@ def test_a_changed_chat_template_refuses_to_continue_training(tmp_path, monkeypa
 
 # -- incremental training and MLflow --------------------------------------------------------------------
 def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_path):
-    from sisa.tracking import Tracker
+    from sisa.serving.tracking import Tracker
 
     cfg = make_cfg(tmp_path / "s", *SLICES, tracking=True)
     ingest_rows(cfg, people_in_shards(5, 2, {0, 1}, 16, start=0), tmp_path / "input" / "a.jsonl")

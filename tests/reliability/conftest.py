@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import ingest, train
-from sisa.synthetic import write_jsonl
+from sisa.data.synthetic import write_jsonl
 from tests.helpers import make_cfg
 from tests.reliability.helpers import SLICES, people
 

@@ -15,9 +15,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sisa import checkpoints
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.lineage import checkpoints
 from sisa.offline import OFFLINE_ENV
-from sisa.synthetic import make_people, write_jsonl
 from storage.store import Store
 from tests.helpers import REPO, cli_args, one_slice_subjects, run_cli
 

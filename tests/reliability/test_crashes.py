@@ -24,7 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from sisa import checkpoints, training, versions
+from sisa.lineage import checkpoints, versions
+from sisa.training import run as training
 from storage import layout, ledgers
 from storage.store import Store
 from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
@@ -194,7 +195,7 @@ def test_killed_training_leaves_the_serving_version_and_training_finishes(traine
 
 
 def _ancestors(root: Path, checkpoint_id: str) -> set[str]:
-    from sisa import checkpoints
+    from sisa.lineage import checkpoints
 
     store = Store.open(str(root))
     out = set()

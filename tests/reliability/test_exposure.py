@@ -18,8 +18,8 @@ import re
 import psutil
 import pytest
 
-from sisa import scheduler
 from sisa.config import SchedulerConfig
+from sisa.training import scheduler
 from tests.helpers import REPO, cli_args, run_cli
 from tests.reliability.helpers import SLICES
 
@@ -128,9 +128,9 @@ SERVER_CALLS = re.compile(
 )
 
 
-# `sisa serve` is the one server of ours: the app (sisa/service.py), the verb that runs it, and the
+# `sisa serve` is the one server of ours: the app (sisa/service/app.py), the verb that runs it, and the
 # benchmark that starts it on a free loopback port to load it.
-SERVER_HOMES = {"sisa/service.py", "pipelines/serve.py", "benchmarks/serve.py"}
+SERVER_HOMES = {"sisa/service/app.py", "pipelines/serve.py", "benchmarks/serve.py"}
 
 
 def test_no_source_file_starts_a_server():
@@ -156,7 +156,7 @@ def test_no_source_file_starts_a_server():
 
 def test_default_tracking_is_a_file_in_the_store_and_opens_no_socket(tmp_path, monkeypatch):
     from sisa.config import TrackingConfig
-    from sisa.tracking import Tracker
+    from sisa.serving.tracking import Tracker
 
     def ours() -> set[int]:
         return {os.getpid()} | {p.pid for p in psutil.Process().children(recursive=True)}

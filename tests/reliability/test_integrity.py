@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sisa import checkpoints, versions
+from sisa.lineage import checkpoints, versions
 from storage.errors import IntegrityError
 from storage.store import Store
 from tests.helpers import REPO, cli_args, run_cli, tree_digest

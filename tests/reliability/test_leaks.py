@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import ingest
-from sisa import scheduler
+from sisa.training import scheduler
 from storage.errors import SisaError
 from storage.store import Store
 from tests.helpers import canaries_in_text, cli_args, files_under, find_canaries, make_cfg, run_cli

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
 from storage import layout
 from tests.helpers import cli_args
 from tests.reliability.helpers import describe, sisa_proc

@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 
 from pipelines import train
-from sisa import checkpoints, scheduler, training, versions
-from sisa.synthetic import make_people
-from sisa.trainer import ShardTask, train_shard
+from sisa.data.synthetic import make_people
+from sisa.lineage import checkpoints, versions
+from sisa.training import run as training
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardTask, train_shard
 from storage.errors import ShardJobError
 from storage.store import Store
 from tests.helpers import make_cfg

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from sisa import checkpoints, deletion, versions
+from sisa.lineage import checkpoints, requests_ledger, versions
 from storage import layout
 from storage.store import Store
 from tests.helpers import cli_args, run_cli
@@ -45,7 +45,7 @@ def test_killed_rectify_resumes_to_the_corrected_exact_result(trained_store, tmp
     code, out, err = run_cli("forget", "--resume", *cli_args(root, *SLICES))
     assert code == 0 and f"resuming {req['request_id']}" in out, out + err
     store = Store.open(str(root))
-    (done,) = deletion.all_requests(store)
+    (done,) = requests_ledger.all_requests(store)
     assert done.status.value == "completed" and done.certificate["lineage_check"]["passed"]
     assert done.certificate["rectification"]["new_content_check"]["passed"]
     serving = versions.current(store)

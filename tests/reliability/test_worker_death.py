@@ -20,9 +20,11 @@ import torch
 from ray.exceptions import RayError
 
 from pipelines import ingest, train
-from sisa import checkpoints, scheduler, training, versions
 from sisa.config import SchedulerConfig
-from sisa.trainer import ShardTask, train_shard
+from sisa.lineage import checkpoints, versions
+from sisa.training import run as training
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardTask, train_shard
 from storage import layout
 from storage.errors import ShardJobError
 from storage.store import Store

@@ -12,7 +12,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from sisa.adapters import (
+from sisa.config import LoraConfig, ModelConfig
+from sisa.model.adapters import (
     adapter_state,
     attach_lora,
     load_adapter_state,
@@ -21,8 +22,7 @@ from sisa.adapters import (
     save_adapter,
     trainable_parameters,
 )
-from sisa.config import LoraConfig, ModelConfig
-from sisa.model import load_base_model
+from sisa.model.base import load_base_model
 from storage.errors import ConfigError, NotFoundError
 
 TINY = ModelConfig(name="tiny", device="cpu")
@@ -135,9 +135,9 @@ def test_merged_adapter_is_the_weighted_sum_and_loads_with_peft(tmp_path):
 
 _CHILD = """
 import hashlib, sys, torch
-from sisa.adapters import attach_lora, save_adapter
+from sisa.model.adapters import attach_lora, save_adapter
 from sisa.config import LoraConfig, ModelConfig
-from sisa.model import base_model_fingerprint, load_base_model
+from sisa.model.base import base_model_fingerprint, load_base_model
 
 def main(out_dir):
     cfg = ModelConfig(name="tiny", device="cpu")

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from sisa.adapters import attach_lora, load_adapters, save_adapter
-from sisa.aggregate import (
+from sisa.config import LoraConfig, ModelConfig
+from sisa.model.adapters import attach_lora, load_adapters, save_adapter
+from sisa.model.base import encode_texts, load_base_model, sequence_losses
+from sisa.model.mixture import (
     aggregated_sequence_losses,
     context_loglik,
     ensemble_logprobs,
@@ -21,9 +23,7 @@ from sisa.aggregate import (
     mixture_weights,
     top_shard_indices,
 )
-from sisa.config import LoraConfig, ModelConfig
-from sisa.model import encode_texts, load_base_model, sequence_losses
-from sisa.serving import encode_for_scoring
+from sisa.serving.engine import encode_for_scoring
 from storage.errors import ValidationError
 
 TINY = ModelConfig(name="tiny", device="cpu")

@@ -11,9 +11,11 @@ import pytest
 from pipelines import forget as forget_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa import batches, checkpoints, deletion, forgetting, versions
-from sisa.lifecycle import RequestMode
-from sisa.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people, write_jsonl
+from sisa.forgetting import batches, deletion
+from sisa.forgetting import flow as forgetting
+from sisa.lineage import checkpoints, versions
+from sisa.lineage.requests_ledger import RequestMode
 from storage import layout
 from storage.errors import RefusedError
 from storage.store import Store

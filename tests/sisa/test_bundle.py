@@ -1,4 +1,4 @@
-"""A serving version as a folder (sisa/bundle.py): written from a store by `sisa export --format
+"""A serving version as a folder (sisa/serving/bundle.py): written from a store by `sisa export --format
 ensemble`, loaded without it, verified by sha256, generating what the store's version generates."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from pipelines import train
-from sisa import bundle, serving, versions
-from sisa.synthetic import make_people
+from sisa.data.synthetic import make_people
+from sisa.lineage import versions
+from sisa.serving import bundle
+from sisa.serving import engine as serving
 from storage.errors import ConfigError, IntegrityError, NotFoundError
 from storage.store import Store
 from tests.helpers import cli_args, make_cfg, run_cli
@@ -101,7 +103,7 @@ def test_damage_and_mismatch_are_refused(exported, tmp_path):
     # Another base (a folder of other weights) is refused before any adapter is loaded onto it.
     other = tmp_path / "other-base"
     from sisa.config import ModelConfig
-    from sisa.model import load_base_model
+    from sisa.model.base import load_base_model
 
     base, tok = load_base_model(ModelConfig(name="tiny", device="cpu"))
     base.save_pretrained(other)

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from sisa import evidence
-from sisa.probes import Probe, for_request, read_probes
-from sisa.synthetic import make_people, make_probes
+from sisa.data.synthetic import make_people, make_probes
+from sisa.evidence import measures as evidence
+from sisa.evidence.probes import Probe, for_request, read_probes
 from storage.errors import ValidationError
 
 
@@ -95,8 +95,8 @@ def test_chat_records_and_their_probes_are_asked_through_the_chat_template():
     from types import SimpleNamespace
 
     from sisa.config import load_config
-    from sisa.formats import CHAT, Example
-    from sisa.model import load_base_model
+    from sisa.data.formats import CHAT, Example
+    from sisa.model.base import load_base_model
     from tests.helpers import TINY
 
     record = Example(CHAT, messages=(("system", "Be brief."), ("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a pilot.")))
@@ -121,7 +121,7 @@ def test_chat_records_and_their_probes_are_asked_through_the_chat_template():
 
 
 def test_a_chat_rectification_expects_the_new_reply_and_maps_probes_of_the_old_fact():
-    from sisa.formats import CHAT, Example
+    from sisa.data.formats import CHAT, Example
 
     old = Example(CHAT, messages=(("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a pilot.")))
     new = Example(CHAT, messages=(("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a baker.")))

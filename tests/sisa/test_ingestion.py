@@ -11,10 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from sisa import checkpoints, ingestion, sources
 from sisa.config import load_config
-from sisa.ingestion import _ChunkwiseTake, commit_batch, content_sha256, prepare_batches
-from sisa.sources import read_source
+from sisa.data import ingestion, sources
+from sisa.data.ingestion import _ChunkwiseTake, commit_batch, content_sha256, prepare_batches
+from sisa.data.sources import read_source
+from sisa.lineage import checkpoints
 from storage.store import Store
 
 TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")

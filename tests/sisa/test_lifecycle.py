@@ -6,9 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sisa.lifecycle import SCHEMA_VERSION, DeletionRequest, RequestMode, RequestStatus
-from sisa.planner import DeletionPlan, ShardPlan
-from sisa.versions import ModelVersion, VersionStatus
+from sisa.lineage.requests_ledger import (
+    SCHEMA_VERSION,
+    DeletionPlan,
+    DeletionRequest,
+    RequestMode,
+    RequestStatus,
+    ShardPlan,
+)
+from sisa.lineage.versions import ModelVersion, VersionStatus
 
 
 def _request(**kw) -> DeletionRequest:

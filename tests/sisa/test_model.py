@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sisa.config import ModelConfig
-from sisa.model import (
+from sisa.model.base import (
     base_model_fingerprint,
     encode_texts,
     load_base_model,

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sisa import formats
 from sisa.config import ModelConfig, load_config
-from sisa.formats import Example
-from sisa.model import encode_texts, fit_window, load_base_model, render_chat
+from sisa.data import formats
+from sisa.data.formats import Example
+from sisa.model.base import encode_texts, fit_window, load_base_model, render_chat
 from storage.errors import ConfigError, SisaError
 from tests.helpers import TINY
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from sisa.planner import plan_deletion, slice_cost
-from sisa.trainer import sample_order, slice_epochs, slice_samples
+from sisa.forgetting.planner import plan_deletion, slice_cost
+from sisa.training.shard_job import sample_order, slice_epochs, slice_samples
 
 
 def test_slice_samples_round_the_epochs_then_reach_the_minimum_steps():

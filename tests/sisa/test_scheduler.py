@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from sisa.config import SchedulerConfig
-from sisa.scheduler import ray_temp_dir, run_shard_jobs, shutdown_ray
+from sisa.training.scheduler import ray_temp_dir, run_shard_jobs, shutdown_ray
 from storage.errors import ConfigError, ShardJobError, ValidationError
 
 RAY_BIN = Path(sys.executable).parent / "ray"
@@ -227,8 +227,8 @@ def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypat
     from safetensors.torch import load_file
 
     from pipelines import ingest, train
-    from sisa import checkpoints, versions
-    from sisa.synthetic import make_people, write_jsonl
+    from sisa.data.synthetic import make_people, write_jsonl
+    from sisa.lineage import checkpoints, versions
     from storage.store import Store
     from tests.helpers import make_cfg
 

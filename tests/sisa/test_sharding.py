@@ -12,7 +12,7 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sisa.sharding import assign_shards, assign_slices, derive_seed
+from sisa.data.sharding import assign_shards, assign_slices, derive_seed
 
 ids_st = st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=60, unique=True)
 subjects_st = st.sampled_from([None, "", "alice", "bob", "carol", "dan", "erin", "frank"])
@@ -33,7 +33,7 @@ def test_shard_assignment_is_pinned():
 
 SHARDS_IN_CHILD = """
 import json, sys
-from sisa.sharding import assign_shards
+from sisa.data.sharding import assign_shards
 ids = [f"rec-{i}" for i in range(5000)]
 subjects = [f"person-{i % 700}" if i % 3 else None for i in range(5000)]
 print(json.dumps({s: assign_shards(s, ids, subjects, n).tolist() for s, n in ((0, 8), (42, 5), (9, 1))}))
@@ -211,7 +211,7 @@ def test_seeds_fit_63_bits_and_change_with_every_input(seed, shard, sl, purpose)
 
 SEEDS_IN_CHILD = """
 import json
-from sisa.sharding import derive_seed
+from sisa.data.sharding import derive_seed
 print(json.dumps([derive_seed(s, sh, sl) for s in (0, 5) for sh in range(8) for sl in range(8)]))
 """
 

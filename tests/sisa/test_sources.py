@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sisa import sources
-from sisa.sources import (
+from sisa.data import sources
+from sisa.data.sources import (
     _BARE_NULL_LINE,
     _scan_jsonl,
     read_jsonl_bytes,

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from sisa.config import TrackingConfig
-from sisa.tracking import Tracker, tracking_uri
+from sisa.serving.tracking import Tracker, tracking_uri
 from storage.errors import ConfigError, NotFoundError
 
 pytestmark = pytest.mark.slow
@@ -154,7 +154,7 @@ def test_long_strings_are_refused_before_anything_is_logged(tracker, client):
 
 # -- the logged model of a version ------------------------------------------------------------------
 def _model_parts(tmp_path: Path, marker: str) -> dict[str, str]:
-    """Stand-ins for a bundle's parts (sisa/bundle.py); logging does not load them."""
+    """Stand-ins for a bundle's parts (sisa/serving/bundle.py); logging does not load them."""
     (tmp_path / "shard0").mkdir(parents=True)
     (tmp_path / "shard0" / "adapter_model.safetensors").write_bytes(b"weights " + marker.encode())
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "sisa-ensemble", "marker": marker}))
@@ -179,7 +179,7 @@ def test_a_version_logs_a_model_from_code_registered_as_that_version(tracker, cl
     assert not [f for f in files if f.endswith(".pkl")]
     mlmodel = (folder / "MLmodel").read_text()
     assert "max_new_tokens" in mlmodel and "model_code_path" in mlmodel
-    assert "from sisa.tracking import EnsembleModel" in (folder / "sisa_model.py").read_text()
+    assert "from sisa.serving.tracking import EnsembleModel" in (folder / "sisa_model.py").read_text()
     # A repeated call returns the entry as it is.
     assert tracker.log_model_version(40, "train", {}, {}, {}) == {k: out[k] for k in ("run_id", "registered_version")}
 

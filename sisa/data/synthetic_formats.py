@@ -11,8 +11,8 @@ Built on `synthetic.make_people`'s rows, so the people and facts are the same in
 
 from __future__ import annotations
 
-from sisa.formats import CHAT, FORMATS, PROMPT_COMPLETION, TEXT
-from sisa.synthetic import FACTS
+from sisa.data.formats import CHAT, FORMATS, PROMPT_COMPLETION, TEXT
+from sisa.data.synthetic import FACTS
 
 QUESTIONS = {
     "job": "What does {name} do for a living?",

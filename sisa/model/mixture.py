@@ -32,7 +32,7 @@ from typing import Literal
 
 import torch
 
-from sisa.model import TextTokenizer, token_logprobs
+from sisa.model.base import TextTokenizer, token_logprobs
 from storage.errors import ValidationError
 
 Aggregation = Literal["posterior", "uniform"]

@@ -18,13 +18,14 @@ import os
 import torch
 import torch.nn.functional as F
 
-from sisa import adapters, checkpoints
 from sisa.config import SisaConfig
-from sisa.deletion import read_texts, retain_records
-from sisa.formats import Item
-from sisa.model import encode_texts, load_base_model, token_logprobs
-from sisa.sharding import derive_seed
-from sisa.trainer import deterministic_torch, make_optimizer
+from sisa.data.formats import Item
+from sisa.data.sharding import derive_seed
+from sisa.forgetting.deletion import read_texts, retain_records
+from sisa.lineage import checkpoints
+from sisa.model import adapters
+from sisa.model.base import encode_texts, load_base_model, token_logprobs
+from sisa.training.shard_job import deterministic_torch, make_optimizer
 from storage.store import Store
 
 

@@ -17,15 +17,59 @@ are read as their nearest equivalent.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sisa.entries import entry_to_dict, split_known
-from sisa.planner import DeletionPlan
-from storage.store import now_iso
+from sisa.lineage.entries import entry_to_dict, split_known
+from storage import ledgers
+from storage.store import Store, now_iso
 
 SCHEMA_VERSION = 1
+
+
+@dataclass
+class ShardPlan:
+    shard_id: int
+    earliest_slice: int
+    last_slice: int
+    records: int  # records deleted from this shard
+    slices_hit: list[int]
+
+
+@dataclass
+class DeletionPlan:
+    selector_kind: str
+    records: int
+    shards: list[ShardPlan] = field(default_factory=list)
+    unaffected_shards: list[int] = field(default_factory=list)
+    retrain_cost: float = 0.0  # record-passes the retrain will do
+    full_cost: float = 0.0  # record-passes of a full retrain of every shard
+    missing: int = 0
+    already_deleted: int = 0
+
+    @property
+    def cost_fraction(self) -> float:
+        return self.retrain_cost / self.full_cost if self.full_cost else 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["cost_fraction"] = self.cost_fraction
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DeletionPlan:
+        """Read back a plan from a ledger entry (derived keys such as cost_fraction are recomputed)."""
+        shards = [ShardPlan(**{k: s[k] for k in ("shard_id", "earliest_slice", "last_slice", "records", "slices_hit")}) for s in d.get("shards", [])]
+        plan = cls(d["selector_kind"], d["records"], shards)
+        for name in ("unaffected_shards", "retrain_cost", "full_cost", "missing", "already_deleted"):
+            if name in d:
+                setattr(plan, name, d[name])
+        return plan
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return [s.shard_id for s in self.shards]
 
 
 class RequestStatus(enum.StrEnum):
@@ -149,3 +193,40 @@ class DeletionRequest:
         """What `sisa requests/certificate --json` print: the entry without the id hashes."""
         hidden = ("id_hashes", "record_hashes")
         return {k: v for k, v in self.to_dict().items() if k not in hidden} | {"id_hash_count": len(self.id_hashes)}
+
+
+# -- the ledger ---------------------------------------------------------------------------------
+def all_requests(store: Store) -> list[DeletionRequest]:
+    """Every deletion request in the ledger, oldest first, typed."""
+    return [DeletionRequest.from_dict(d) for d in ledgers.list_requests(store.fs)]
+
+
+def read_request(store: Store, request_id: str) -> DeletionRequest:
+    return DeletionRequest.from_dict(ledgers.read_request(store.fs, request_id))
+
+
+def write_request(store: Store, req: DeletionRequest) -> None:
+    ledgers.write_request(store.fs, req.to_dict())
+
+
+def open_requests(store: Store) -> list[DeletionRequest]:
+    return [r for r in all_requests(store) if r.status.is_open]
+
+
+def forgotten_hashes(store: Store, include_open: bool = True) -> set[str]:
+    """Keyed hashes of every id a request has deleted (or, with `include_open`, is deleting)."""
+    out: set[str] = set()
+    for r in all_requests(store):
+        if r.status == RequestStatus.COMPLETED or (include_open and r.status.is_open):
+            out.update(r.id_hashes)
+    return out
+
+
+def selector_hashes(store: Store, kind: str, values: list[str]) -> list[str]:
+    """Keyed hashes of selector values, by kind: a source named like a subject is another value."""
+    return store.hash_ids([f"{kind}\x00{v}" for v in values])
+
+
+def forgotten_selector_hashes(store: Store) -> set[str]:
+    done = [r for r in all_requests(store) if r.status == RequestStatus.COMPLETED]
+    return {h for r in done for h in r.selector.get("value_hashes", []) + r.subject_hashes}

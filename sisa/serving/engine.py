@@ -18,11 +18,13 @@ from typing import Any
 import pyarrow.compute as pc
 import torch
 
-from sisa import adapters, aggregate, checkpoints, versions
 from sisa.config import SisaConfig
-from sisa.formats import Item
-from sisa.model import encode_texts, load_base_model, render_chat_prompt
-from sisa.versions import ModelVersion
+from sisa.data.formats import Item
+from sisa.lineage import checkpoints, versions
+from sisa.lineage.versions import ModelVersion
+from sisa.model import adapters
+from sisa.model import mixture as aggregate
+from sisa.model.base import encode_texts, load_base_model, render_chat_prompt
 from storage.errors import StoreError
 from storage.store import Store
 

@@ -12,12 +12,12 @@
 
 A rectification (`rectify`, kind `rectify` on the same ledger) goes through the same phases,
 queued or not: its delete_data (`remove_data`, which a batch calls too) rewrites the records' text
-in place with the staged new text (sisa/corrections.py) instead of erasing them, and what it
+in place with the staged new text (sisa/forgetting/corrections.py) instead of erasing them, and what it
 forgets, purges and certifies is the records' old content.
 
 Every phase reads what it needs from the request's ledger entry and skips what an earlier run
 already recorded, so `carry_out` resumes a request from wherever a crash stopped it. The CLI
-drives one request through all phases; `sisa/batches.py` drives queued requests through the
+drives one request through all phases; `sisa/forgetting/batches.py` drives queued requests through the
 same delete, retrain, purge and certify steps together, one retrain per shard. Text is held only in `Work` (memory), never in the request.
 """
 
@@ -32,24 +32,24 @@ from typing import Any
 
 import pyarrow as pa
 
-from sisa import (
-    checkpoints,
-    corrections,
-    deletion,
-    evidence,
-    registry,
-    scheduler,
-    serving,
-    unlearning,
-    versions,
-)
-from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
-from sisa.lifecycle import DeletionRequest, RequestKind, RequestMode, RequestStatus
-from sisa.planner import DeletionPlan
-from sisa.probes import Probe
-from sisa.trainer import ShardResult, ShardTask, train_shard
-from sisa.versions import ModelVersion
+from sisa.evidence import measures as evidence
+from sisa.evidence.probes import Probe
+from sisa.forgetting import corrections, deletion, unlearning
+from sisa.forgetting.certificate import make_certificate
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import (
+    DeletionPlan,
+    DeletionRequest,
+    RequestKind,
+    RequestMode,
+    RequestStatus,
+)
+from sisa.lineage.versions import ModelVersion
+from sisa.serving import engine as serving
+from sisa.serving import mirror as registry
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError, ValidationError
 from storage.faults import maybe_die
 from storage.schemas import FORGETTING, LIVE, RECTIFYING
@@ -82,10 +82,10 @@ def new_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: De
     serving_version = versions.current(store)
     req = DeletionRequest(
         request_id=f"req-{received:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
-        selector={"kind": sel.kind, "value_hashes": deletion.selector_hashes(store, sel.kind, sel.values), "value_hash": store.hash_id("\n".join(sorted(sel.values)))},
+        selector={"kind": sel.kind, "value_hashes": requests_ledger.selector_hashes(store, sel.kind, sel.values), "value_hash": store.hash_id("\n".join(sorted(sel.values)))},
         id_hashes=sorted(store.hash_ids(ids)),
         # So that a later --subject for a person whose records all went by id is a no-op too.
-        subject_hashes=deletion.selector_hashes(store, "subject", sorted({s for s in sel.rows["subject_id"].to_pylist() if s})),
+        subject_hashes=requests_ledger.selector_hashes(store, "subject", sorted({s for s in sel.rows["subject_id"].to_pylist() if s})),
         records=len(ids),
         missing_skipped=len(sel.missing),
         received_at=received.isoformat(timespec="milliseconds"),
@@ -112,7 +112,7 @@ def open_request(store: Store, cfg: SisaConfig, sel: deletion.Selection, plan: D
     req = new_request(store, cfg, sel, plan, mode)
     req.queued = queue
     req.idempotency_key_hash = idempotency_key_hash
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     maybe_die("forget-after-ledger")
     return req
 
@@ -127,7 +127,7 @@ def _affected(req: DeletionRequest) -> list[int]:
 
 # -- evidence ----------------------------------------------------------------------------------
 def measure_targets(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work, label: str, shards: dict[int, str]) -> None:
-    """The trio, leak@k and membership inference of one version (sisa/evidence.py), as numbers
+    """The trio, leak@k and membership inference of one version (sisa/evidence/measures.py), as numbers
     under `evidence.versions.<label>`; relief, fast and exact get their privacy leak relative to
     the exact version once it is measured."""
     if not work.targets:
@@ -145,7 +145,7 @@ def measure_targets(store: Store, cfg: SisaConfig, req: DeletionRequest, work: W
     by_version[label] = numbers
     if "exact" in by_version:
         evidence.add_privleak(by_version)
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
 
 
 def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> None:
@@ -164,7 +164,7 @@ def measure_before(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Wo
     if work.holdout:
         ev["holdout_records"] = len(work.holdout[0])
         ev["holdout_before"] = serving.measure_records(store, cfg, before, *work.holdout).get("ensemble")
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
 
 
 # -- relief ------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         req.versions["isolate"] = entry.model_version
         label = "isolating"
     req.timings["fast_path_s"] = time.perf_counter() - t0
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     registry.track_version(store, cfg, entry, [], req.timings["fast_path_s"])
     work.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - work.started:.1f}s")
     work.on_version(label, entry)
@@ -218,7 +218,7 @@ def serve_bridge(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         req.evidence["loss_fast_path"] = serving.measure_records(store, cfg, shards, work.texts, work.prompts).get("ensemble")
         if work.holdout:
             req.evidence["holdout_fast_path"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
     measure_targets(store, cfg, req, work, "approximate" if req.mode == RequestMode.FAST else "isolate", shards)
 
 
@@ -231,7 +231,7 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
     shards = relieved_shards(store, current.shards, earliest)
     if shards == current.shards:  # no serving checkpoint has seen the records yet
         req.versions["relief"] = current.model_version
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
         return
     # With no clean shard left the relief serves the base model alone: exact, if plain.
     entry = versions.commit_version(
@@ -241,7 +241,7 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
     )
     req.versions["relief"] = entry.model_version
     req.timings["relief_s"] = time.perf_counter() - t0
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     registry.track_version(store, cfg, entry, [], req.timings["relief_s"])
     work.log(f"relief version {entry.model_version} serves after {time.perf_counter() - work.started:.2f}s (exact: affected shard(s) at their last clean checkpoint)")
     work.on_version("relief", entry)
@@ -249,7 +249,7 @@ def serve_relief(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         req.evidence["loss_relief"] = serving.measure_records(store, cfg, shards, work.texts, work.prompts).get("ensemble")
         if work.holdout:
             req.evidence["holdout_relief"] = serving.measure_records(store, cfg, shards, *work.holdout).get("ensemble")
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
     measure_targets(store, cfg, req, work, "relief", shards)
 
 
@@ -262,7 +262,7 @@ def enqueue(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
     rows = work.rows if work.rows.num_rows else deletion.find_live_by_hashes(store, set(req.target_hashes))
     store.mark_records(rows["record_id"].combine_chunks(), RECTIFYING if req.kind == RequestKind.RECTIFY else FORGETTING)
     req.move_to(RequestStatus.QUEUED)
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     work.log(f"request {req.request_id} queued; run `sisa process` (or wait for the batching policy) for the exact version")
 
 
@@ -277,7 +277,7 @@ def delete_data(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work)
     req.removed = remove_data(store, req, live)
     req.timings["delete_data_s"] = time.perf_counter() - t0
     req.move_to(RequestStatus.DATA_DELETED)
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     if req.kind == RequestKind.RECTIFY:
         work.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
     else:
@@ -321,7 +321,7 @@ def retrain(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
         return []
     if req.status == RequestStatus.DATA_DELETED:
         req.move_to(RequestStatus.RETRAINING)
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
     work.retrain_started = time.perf_counter()
     tasks = retrain_tasks(store, cfg, _before_shards(store, req), req.plan) if req.plan else []
     return scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
@@ -334,7 +334,7 @@ def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
     base = _before_shards(store, req)
     if not base:  # nothing was trained when the request came: deleting the data was enough
         req.versions["exact"] = None
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
         return
     shards = dict(base)
     shards.update({r.shard_id: r.last_checkpoint_id for r in results})
@@ -345,7 +345,7 @@ def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         {"shard_id": r.shard_id, "slices": [s.slice_idx for s in r.slices], "steps": sum(s.steps for s in r.slices), "tokens": r.tokens, "wall_s": r.wall_s}
         for r in results
     ]
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     registry.track_version(store, cfg, entry, results, req.timings["retrain_s"])
     work.log(f"exact version {entry.model_version} serves (retrained shard(s) {[r.shard_id for r in results]} in {req.timings['retrain_s']:.1f}s)")
     work.on_version("exact", entry)
@@ -354,7 +354,7 @@ def commit_exact(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work
         req.evidence["loss_after"] = serving.measure_records(store, cfg, now_serving, work.texts, work.prompts).get("ensemble")
         if work.holdout:
             req.evidence["holdout_after"] = serving.measure_records(store, cfg, now_serving, *work.holdout).get("ensemble")
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
         measure_targets(store, cfg, req, work, "exact", now_serving)
 
 
@@ -390,7 +390,7 @@ def certify(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -> 
     req.certificate = make_certificate(store, req)
     req.completed_at = now_iso()
     req.move_to(RequestStatus.COMPLETED)
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     work.log(f"purged {len(req.purge['checkpoints'])} checkpoint(s) and {len(req.purge['versions'])} version(s); request {req.request_id} completed")
 
 
@@ -411,7 +411,7 @@ def carry_out(store: Store, cfg: SisaConfig, req: DeletionRequest, work: Work) -
         certify(store, cfg, req, work)
     except Exception as e:
         req.errors.append({"at": now_iso(), "error": f"{type(e).__name__}: {getattr(e, 'message', '')[:300]}"})
-        deletion.write_request(store, req)
+        requests_ledger.write_request(store, req)
         raise
     return req
 
@@ -490,14 +490,14 @@ def _replay(store: Store, idempotency_key: str | None) -> tuple[str | None, Dele
     if not idempotency_key:
         return None, None
     key_hash = store.hash_id(f"idempotency\x00{idempotency_key}")
-    return key_hash, next((r for r in deletion.all_requests(store) if r.idempotency_key_hash == key_hash), None)
+    return key_hash, next((r for r in requests_ledger.all_requests(store) if r.idempotency_key_hash == key_hash), None)
 
 
 def refuse_unfinished(store: Store, queue: bool) -> None:
     """A request carried out at once waits for no other; one filed for a batch (`queue`) may also
     join while a batch runs (or was cut short): the batch's version keeps it relieved, or the
     resumed batch takes it. Requests cut short otherwise go first."""
-    in_flight = [r.request_id for r in deletion.open_requests(store) if r.status != RequestStatus.QUEUED and not (queue and r.batch_owned)]
+    in_flight = [r.request_id for r in requests_ledger.open_requests(store) if r.status != RequestStatus.QUEUED and not (queue and r.batch_owned)]
     if in_flight:
         raise RefusedError(f"request(s) {', '.join(in_flight)} are not finished; run `sisa forget --resume` (or `sisa process` for queued ones) first")
 
@@ -550,12 +550,12 @@ def rectify(
     if mode == RequestMode.ISOLATE and versions.current(store) is not None and not set(versions.current(store).shards) - set(plan.shard_ids):
         raise RefusedError("--isolate needs at least one unaffected shard to serve; every shard holds some of these records")
     corrections.stage(store, req.request_id, fix)  # before the ledger: a resumed request finds it
-    deletion.write_request(store, req)
+    requests_ledger.write_request(store, req)
     maybe_die("forget-after-ledger")
     log = log or (lambda msg: None)
     log(f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} (retrain cost {plan.cost_fraction:.1%} of a full retrain)")
     work = Work(sel.rows, on_version=on_version or (lambda kind, entry: None), log=log)
-    # Queued: the batch measures the old text's loss (sisa/batches.py measure_queued).
+    # Queued: the batch measures the old text's loss (sisa/forgetting/batches.py measure_queued).
     if evidence and not queue:
         work.texts, work.prompts, new = corrections.old_and_new(store, fix)  # in memory only
         work.holdout = holdout
@@ -568,7 +568,7 @@ def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = No
     The caller holds the store lock."""
     log = log or (lambda msg: None)
     out = []
-    for req in deletion.open_requests(store):
+    for req in requests_ledger.open_requests(store):
         if req.queued and req.status != RequestStatus.RECEIVED:
             continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
         log(f"resuming {req.request_id} from status {req.status.value}")

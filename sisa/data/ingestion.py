@@ -20,10 +20,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sisa import checkpoints, formats
 from sisa.config import SisaConfig
-from sisa.sharding import assign_shards, assign_slices
-from sisa.sources import Source
+from sisa.data import formats
+from sisa.data.opening import open_store
+from sisa.data.sharding import assign_shards, assign_slices
+from sisa.data.sources import Source
+from sisa.lineage import checkpoints
+from sisa.lineage.requests_ledger import (
+    RequestStatus,
+    forgotten_hashes,
+    forgotten_selector_hashes,
+    open_requests,
+    selector_hashes,
+)
 from storage import ledgers, records
 from storage.errors import RefusedError, ValidationError, list_some
 from storage.faults import maybe_die
@@ -136,7 +145,7 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
 
 
 def structured_text(source: Source, table: pa.Table, record_format: str, text_field: str, problems: list[str]) -> tuple[pa.ChunkedArray | None, set[str]]:
-    """The canonical stored text of prompt-completion or chat rows (see sisa/formats.py), after
+    """The canonical stored text of prompt-completion or chat rows (see sisa/data/formats.py), after
     every row is checked; problems name the rows by kind, never their content."""
     if record_format == formats.CHAT:
         consumed = {formats.MESSAGES_FIELD}
@@ -251,8 +260,6 @@ def prepare_batches(store: Store | None, sources: list[Source], cfg: SisaConfig)
 def _forgotten_problems(store: Store, batches: list[Batch]) -> list[str]:
     """Records or subjects a completed deletion request removed must not come back unnoticed
     (a re-import from an old export or backup would undo the deletion)."""
-    from sisa.deletion import forgotten_hashes, forgotten_selector_hashes, selector_hashes
-
     ids_gone = forgotten_hashes(store, include_open=False)
     subjects_gone = forgotten_selector_hashes(store)
     if not ids_gone and not subjects_gone:
@@ -361,10 +368,6 @@ def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]
 
     Everything is validated before anything is written, even before a new store is created: a
     rejected first ingest leaves nothing behind."""
-    from sisa.deletion import open_requests
-    from sisa.lifecycle import RequestStatus
-    from sisa.stores import open_store
-
     batches = prepare_batches(None, sources, cfg) if not Store.exists(cfg.store.uri) else None
     store = open_store(cfg, create=True)
     with store.lock("ingest", cfg.store.lock_timeout_s):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from sisa import checkpoints, deletion, registry, scheduler, versions
 from sisa.config import SisaConfig
-from sisa.model import base_model_fingerprint
-from sisa.trainer import ShardResult, ShardTask, train_shard
+from sisa.lineage import checkpoints, versions
+from sisa.model.base import base_model_fingerprint
+from sisa.serving import mirror as registry
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError
 from storage.store import Store
 
@@ -73,28 +75,11 @@ def prompt_blind_posterior(cfg: SisaConfig, result: TrainResult) -> str | None:
     )
 
 
-def refuse_if_requests_open(store: Store, doing: str) -> None:
-    """Requests in flight must finish first; queued ones, and those of a batch a crash
-    interrupted, are the batch's (training runs it first)."""
-    open_reqs = [r.request_id for r in deletion.open_requests(store) if not r.batch_owned]
-    if open_reqs:
-        raise RefusedError(
-            f"deletion request(s) {', '.join(open_reqs)} are still open; {doing} now could bring "
-            "deleted data back. Run `sisa forget --resume --config ...` first."
-        )
-
-
 def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
-    """Train every pending slice and commit a version. The caller holds the store lock."""
+    """Train every pending slice and commit a version. The caller holds the store lock and has
+    checked that no request owes work (`sisa.forgetting.train_store` does both, and carries out
+    a queued batch first)."""
     started = time.perf_counter()
-    refuse_if_requests_open(store, "training")
-    from sisa import batches  # batches build on forgetting, which builds on this module's peers
-
-    if batches.queued_requests(store):
-        # Queued deletions go first, and the new slices train in the same shard jobs.
-        batch = batches.process(store, cfg, train_new=not from_scratch)
-        if not from_scratch:
-            return TrainResult(batch.model_version, batch.retrained, {}, time.perf_counter() - started, noop=not batch.retrained, batch_id=batch.batch_id)
     tasks, reused = plan_tasks(store, cfg, from_scratch)
     if not tasks:
         return TrainResult(store.current_version(), [], reused, time.perf_counter() - started, noop=True)

@@ -13,7 +13,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from sisa.entries import entry_to_dict, split_known
+from sisa.lineage.entries import entry_to_dict, split_known
 from storage import ledgers
 from storage.errors import StoreError
 from storage.faults import maybe_die

@@ -25,12 +25,17 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from sisa import checkpoints, deletion, registry, scheduler, serving, versions
-from sisa.certificate import make_certificate
 from sisa.config import SisaConfig
-from sisa.forgetting import purge_targets, relieved_shards, remove_data
-from sisa.lifecycle import DeletionRequest, RequestStatus
-from sisa.trainer import ShardResult, ShardTask, train_shard
+from sisa.forgetting import deletion
+from sisa.forgetting.certificate import make_certificate
+from sisa.forgetting.flow import purge_targets, relieved_shards, remove_data
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
+from sisa.serving import engine as serving
+from sisa.serving import mirror as registry
+from sisa.training import run as training
+from sisa.training import scheduler
+from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store, now_iso
@@ -47,7 +52,7 @@ class BatchResult:
 
 def queued_requests(store: Store) -> list[DeletionRequest]:
     """Requests a batch owes work: queued, or in a batch a crash interrupted."""
-    return [r for r in deletion.open_requests(store) if r.batch_owned]
+    return [r for r in requests_ledger.open_requests(store) if r.batch_owned]
 
 
 def due(cfg: SisaConfig, reqs: list[DeletionRequest], now: datetime | None = None) -> str | None:
@@ -160,7 +165,7 @@ def process(
     # A request cut short before it was queued, or carried out alone, may serve an approximate
     # checkpoint now, and commits from the version it started from when it resumes: it goes first.
     batched = {r.request_id for r in reqs}
-    unfinished = [r.request_id for r in deletion.open_requests(store) if r.request_id not in batched]
+    unfinished = [r.request_id for r in requests_ledger.open_requests(store) if r.request_id not in batched]
     if unfinished:
         raise RefusedError(f"request(s) {', '.join(unfinished)} are not finished; run `sisa forget --resume` first, then `sisa process`")
     batch_id = next((r.batch_id for r in reqs if r.batch_id), None) or f"batch-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
@@ -180,7 +185,7 @@ def process(
             r.removed = remove_data(store, r, rows)
             r.timings["delete_data_s"] = time.perf_counter() - t0
             r.move_to(RequestStatus.DATA_DELETED)
-        deletion.write_request(store, r)
+        requests_ledger.write_request(store, r)
     maybe_die("batch-after-delete")
 
     # 2. plan together, retrain each affected shard once, commit one version
@@ -189,7 +194,7 @@ def process(
     for r in reqs:
         if r.status == RequestStatus.DATA_DELETED:
             r.move_to(RequestStatus.RETRAINING)
-            deletion.write_request(store, r)
+            requests_ledger.write_request(store, r)
     if entry is None:
         current = versions.current(store)
         base = versions.shard_checkpoints(current)
@@ -204,7 +209,7 @@ def process(
             if trained:
                 # Requests filed while the writer lock was free have their relief serving: the
                 # batch's version keeps each shard they hit at its checkpoint before the hit.
-                late = [r for r in deletion.open_requests(store) if r.request_id not in batched]
+                late = [r for r in requests_ledger.open_requests(store) if r.request_id not in batched]
                 shards = relieved_shards(store, trained, earliest_slices(late))
                 if late:
                     log(f"{batch_id}: {len(late)} request(s) filed during the batch stay relieved: {', '.join(r.request_id for r in late)}")
@@ -225,7 +230,7 @@ def process(
         if entry and r.request_id in texts:
             t, p = texts[r.request_id]
             r.evidence["loss_after"] = serving.measure_records(store, cfg, entry.shards, t, p).get("ensemble")
-        deletion.write_request(store, r)
+        requests_ledger.write_request(store, r)
 
     # 3. purge once, certify each request on its own
     registry.ensure_tracked(store, cfg)
@@ -238,6 +243,30 @@ def process(
         r.certificate = make_certificate(store, r)
         r.completed_at = now_iso()
         r.move_to(RequestStatus.COMPLETED)
-        deletion.write_request(store, r)
+        requests_ledger.write_request(store, r)
     log(f"{batch_id}: purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} version(s); {len(reqs)} request(s) completed")
     return BatchResult(batch_id, reqs, entry.model_version if entry else None, results, time.perf_counter() - started)
+
+
+def refuse_if_requests_open(store: Store, doing: str) -> None:
+    """Requests in flight must finish first; queued ones, and those of a batch a crash
+    interrupted, are the batch's (training runs it first)."""
+    open_reqs = [r.request_id for r in requests_ledger.open_requests(store) if not r.batch_owned]
+    if open_reqs:
+        raise RefusedError(
+            f"deletion request(s) {', '.join(open_reqs)} are still open; {doing} now could bring "
+            "deleted data back. Run `sisa forget --resume --config ...` first."
+        )
+
+
+def train_store(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> training.TrainResult:
+    """`sisa train`: requests in flight refuse it; a queued batch is carried out first, with the
+    new slices trained in the same shard jobs; then every pending slice trains."""
+    started = time.perf_counter()
+    refuse_if_requests_open(store, "training")
+    if queued_requests(store):
+        batch = process(store, cfg, train_new=not from_scratch)
+        if not from_scratch:
+            wall = time.perf_counter() - started
+            return training.TrainResult(batch.model_version, batch.retrained, {}, wall, noop=not batch.retrained, batch_id=batch.batch_id)
+    return training.train(store, cfg, from_scratch, reason)

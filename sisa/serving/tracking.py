@@ -13,7 +13,7 @@ keep it that way).
 
 Each registered version is a loadable MLflow model (`EnsembleModel`, a pyfunc logged as "models
 from code", so loading unpickles nothing): its artifacts are the version's shard adapters and the
-bundle manifest of sisa/bundle.py (serving settings, base model config, sha256s), and
+bundle manifest of sisa/serving/bundle.py (serving settings, base model config, sha256s), and
 
     mlflow.pyfunc.load_model("models:/<registered_model>@serving").predict(["Ada works as a"],
                                                                            params={"max_new_tokens": 8})
@@ -74,10 +74,10 @@ PREDICT_PARAMS: dict[str, tuple[str, Any]] = {
 # What a logged model's environment needs besides sisa itself (not on PyPI: it must be importable).
 REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "peft", "safetensors", "pyarrow", "pyyaml", "pandas")
 # The models-from-code file of every logged model: MLflow runs it on load instead of unpickling.
-MODEL_CODE = '''"""A sisa model version as an MLflow pyfunc; the class is in sisa/tracking.py."""
+MODEL_CODE = '''"""A sisa model version as an MLflow pyfunc; the class is in sisa/serving/tracking.py."""
 import mlflow
 
-from sisa.tracking import EnsembleModel
+from sisa.serving.tracking import EnsembleModel
 
 mlflow.models.set_model(EnsembleModel())
 '''
@@ -96,7 +96,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     """
 
     def load_context(self, context) -> None:
-        from sisa import bundle  # torch and transformers load only where a model is served
+        from sisa.serving import bundle  # torch and transformers load only where a model is served
 
         overrides = dict(context.model_config or {})
         if "base_model" in context.artifacts and not overrides.get("base_model"):
@@ -110,7 +110,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
     _skip_type_hint_validation = True
 
     def predict(self, context, model_input, params=None):  # -> list[str]
-        from sisa import bundle
+        from sisa.serving import bundle
 
         p = {k: default for k, (_, default) in PREDICT_PARAMS.items()} | dict(params or {})
         return bundle.generate_texts(
@@ -200,7 +200,7 @@ class Tracker:
         Repeating the call for a version already registered returns the existing entry; a run
         left half-logged by a crash is purged and logged again. `artifact_files` must be small
         metadata (manifests), never data; `model_artifacts` (name → local path) are the shard
-        adapters and the bundle manifest (sisa/bundle.py), optionally the base model.
+        adapters and the bundle manifest (sisa/serving/bundle.py), optionally the base model.
         """
         _check_small("param", params)
         _check_small("tag", {**tags, "reason": reason})

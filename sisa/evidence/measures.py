@@ -30,10 +30,11 @@ from typing import Any
 
 import torch
 
-from sisa import aggregate, serving
-from sisa.formats import CHAT, Example
-from sisa.model import render_chat
-from sisa.probes import Probe, for_request
+from sisa.data.formats import CHAT, Example
+from sisa.evidence.probes import Probe, for_request
+from sisa.model import mixture as aggregate
+from sisa.model.base import render_chat
+from sisa.serving import engine as serving
 
 MIN_K = 0.4
 LEAK_K = 10  # the default of `evidence.leak_k`

@@ -1,6 +1,6 @@
 """The mechanics of forgetting: select, erase, find tainted checkpoints, purge, check lineage.
 
-`sisa/forgetting.py` is the state machine that calls these steps. Everything that could hold a
+`sisa/forgetting/flow.py` is the state machine that calls these steps. Everything that could hold a
 deleted record's text is handled here: slice parts and index parts are rewritten without the
 rows (the old files are unlinked by the rename), checkpoints whose lineage holds a deleted id are
 deleted, versions holding them are marked purged, their MLflow runs are deleted and
@@ -15,11 +15,17 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sisa import checkpoints, registry, versions
 from sisa.config import SisaConfig
-from sisa.formats import FORMAT_COLUMN, Item, decode
-from sisa.lifecycle import DeletionRequest, RequestStatus
-from sisa.planner import DeletionPlan, plan_deletion, tainted_checkpoints
+from sisa.data.formats import FORMAT_COLUMN, Item, decode
+from sisa.forgetting.planner import plan_deletion, tainted_checkpoints
+from sisa.lineage import checkpoints, versions
+from sisa.lineage.requests_ledger import (
+    DeletionPlan,
+    forgotten_hashes,
+    forgotten_selector_hashes,
+    selector_hashes,
+)
+from sisa.serving import mirror as registry
 from storage import layout, ledgers, records
 from storage.errors import StoreError, ValidationError, list_some
 from storage.faults import maybe_die
@@ -37,42 +43,6 @@ class Selection:
     missing: list[str] = field(default_factory=list)  # ids/values that match nothing live
     already_deleted: list[str] = field(default_factory=list)  # of those, forgotten by an earlier request
     rectifying: list[str] = field(default_factory=list)  # record ids a queued rectification holds (not in rows)
-
-
-def all_requests(store: Store) -> list[DeletionRequest]:
-    """Every deletion request in the ledger, oldest first, typed."""
-    return [DeletionRequest.from_dict(d) for d in ledgers.list_requests(store.fs)]
-
-
-def read_request(store: Store, request_id: str) -> DeletionRequest:
-    return DeletionRequest.from_dict(ledgers.read_request(store.fs, request_id))
-
-
-def write_request(store: Store, req: DeletionRequest) -> None:
-    ledgers.write_request(store.fs, req.to_dict())
-
-
-def open_requests(store: Store) -> list[DeletionRequest]:
-    return [r for r in all_requests(store) if r.status.is_open]
-
-
-def forgotten_hashes(store: Store, include_open: bool = True) -> set[str]:
-    """Keyed hashes of every id a request has deleted (or, with `include_open`, is deleting)."""
-    out: set[str] = set()
-    for r in all_requests(store):
-        if r.status == RequestStatus.COMPLETED or (include_open and r.status.is_open):
-            out.update(r.id_hashes)
-    return out
-
-
-def selector_hashes(store: Store, kind: str, values: list[str]) -> list[str]:
-    """Keyed hashes of selector values, by kind: a source named like a subject is another value."""
-    return store.hash_ids([f"{kind}\x00{v}" for v in values])
-
-
-def forgotten_selector_hashes(store: Store) -> set[str]:
-    done = [r for r in all_requests(store) if r.status == RequestStatus.COMPLETED]
-    return {h for r in done for h in r.selector.get("value_hashes", []) + r.subject_hashes}
 
 
 def select_records(store: Store, kind: str, values: list[str]) -> Selection:

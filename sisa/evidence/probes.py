@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sisa.sources import read_source
+from sisa.data.sources import read_source
 from storage.errors import ValidationError, list_some
 
 KINDS = ("paraphrase", "related", "locality")

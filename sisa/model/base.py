@@ -41,7 +41,7 @@ from transformers import (
 from transformers.utils import logging as transformers_logging
 
 from sisa.config import ModelConfig
-from sisa.formats import PROMPT_COMPLETION, Example, Item
+from sisa.data.formats import PROMPT_COMPLETION, Example, Item
 from storage.errors import ConfigError, NotFoundError, SisaError
 
 # Library chatter (per-load progress bars, deprecation notices) is not for sisa's users, and a

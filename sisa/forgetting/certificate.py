@@ -13,8 +13,9 @@ import hashlib
 import json
 from typing import Any
 
-from sisa import checkpoints, deletion, versions
-from sisa.lifecycle import DeletionRequest, RequestKind
+from sisa.forgetting import deletion
+from sisa.lineage import checkpoints, versions
+from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
 from storage import layout
 from storage.store import Store
 

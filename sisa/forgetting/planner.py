@@ -9,53 +9,8 @@ prediction of the time ratio.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-
-from sisa.trainer import slice_epochs
-
-
-@dataclass
-class ShardPlan:
-    shard_id: int
-    earliest_slice: int
-    last_slice: int
-    records: int  # records deleted from this shard
-    slices_hit: list[int]
-
-
-@dataclass
-class DeletionPlan:
-    selector_kind: str
-    records: int
-    shards: list[ShardPlan] = field(default_factory=list)
-    unaffected_shards: list[int] = field(default_factory=list)
-    retrain_cost: float = 0.0  # record-passes the retrain will do
-    full_cost: float = 0.0  # record-passes of a full retrain of every shard
-    missing: int = 0
-    already_deleted: int = 0
-
-    @property
-    def cost_fraction(self) -> float:
-        return self.retrain_cost / self.full_cost if self.full_cost else 0.0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["cost_fraction"] = self.cost_fraction
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DeletionPlan:
-        """Read back a plan from a ledger entry (derived keys such as cost_fraction are recomputed)."""
-        shards = [ShardPlan(**{k: s[k] for k in ("shard_id", "earliest_slice", "last_slice", "records", "slices_hit")}) for s in d.get("shards", [])]
-        plan = cls(d["selector_kind"], d["records"], shards)
-        for name in ("unaffected_shards", "retrain_cost", "full_cost", "missing", "already_deleted"):
-            if name in d:
-                setattr(plan, name, d[name])
-        return plan
-
-    @property
-    def shard_ids(self) -> list[int]:
-        return [s.shard_id for s in self.shards]
+from sisa.lineage.requests_ledger import DeletionPlan, ShardPlan
+from sisa.training.shard_job import slice_epochs
 
 
 def slice_cost(counts: dict[int, int], slice_idx: int, epochs: int, mode: str, batch_size: int = 1, min_steps: int = 0) -> float:

@@ -11,7 +11,7 @@ puts it in the data; never in the audit log, an error or a response); a backgrou
 batches of both kinds by the policy (`deletion.*`), one at a time under the store lock. Completions are served from the current version: when a version commits (relief, exact,
 rollback) the next request loads it; a request already running finishes on the version it
 started with. Every call and every refusal goes to the append-only audit log (who, what, when,
-outcome; never record text). Bearer tokens carry roles (`sisa/tokens.py`).
+outcome; never record text). Bearer tokens carry roles (`sisa/service/tokens.py`).
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
-from sisa import batches, corrections, deletion, forgetting, serving, versions
 from sisa.config import SisaConfig
-from sisa.lifecycle import RequestMode, RequestStatus
-from sisa.stores import open_store
-from sisa.tokens import TokenEntry, TokenStore, allowed
+from sisa.data.opening import open_store
+from sisa.forgetting import batches, corrections, deletion
+from sisa.forgetting import flow as forgetting
+from sisa.lineage import requests_ledger, versions
+from sisa.lineage.requests_ledger import RequestMode, RequestStatus
+from sisa.service.tokens import TokenEntry, TokenStore, allowed
+from sisa.serving import engine as serving
 from storage import layout
 from storage.audit import AuditLog
 from storage.errors import SisaError, StoreLockedError, ValidationError
@@ -276,19 +279,19 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
 
     @app.get("/v1/deletion-requests")
     def list_requests(request: Request, who: Reader):
-        reqs = deletion.all_requests(open_store(cfg))
+        reqs = requests_ledger.all_requests(open_store(cfg))
         log_ok(request, "200")
         return [_summary(r) for r in reqs]
 
     @app.get("/v1/deletion-requests/{request_id}")
     def get_request(request_id: str, request: Request, who: Reader):
-        r = deletion.read_request(open_store(cfg), request_id)
+        r = requests_ledger.read_request(open_store(cfg), request_id)
         log_ok(request, "200", request_id=request_id)
         return r.public_dict() | {"overdue": r.is_overdue()}
 
     @app.get("/v1/deletion-requests/{request_id}/certificate")
     def get_certificate(request_id: str, request: Request, who: Auditor):
-        r = deletion.read_request(open_store(cfg), request_id)
+        r = requests_ledger.read_request(open_store(cfg), request_id)
         if r.status != RequestStatus.COMPLETED:
             log_ok(request, "409", request_id=request_id)
             raise HTTPException(409, f"request {request_id} is {r.status.value}; its certificate comes when it completes")
@@ -412,7 +415,7 @@ def _page(title: str, body: str) -> str:
 def _audit_html(cfg: SisaConfig, audit: AuditLog) -> str:
     store = open_store(cfg)
     current = versions.current(store)
-    reqs = deletion.all_requests(store)
+    reqs = requests_ledger.all_requests(store)
     hashes = set().union(*(set(r.id_hashes) for r in reqs)) if reqs else set()
     violations = deletion.lineage_violations(store, current.shards, hashes) if current else []
     esc = html.escape

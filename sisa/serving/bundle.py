@@ -11,7 +11,7 @@ The manifest names the version, how it is served (aggregation, prior, top_shards
 checkpoint id and the sha256 of each adapter file, checked before peft reads a byte. It holds
 ids, settings, counts and digests, never record text; a checkpoint's optimizer state and lineage
 stay in the store. `sisa export --format ensemble` writes one (`write_bundle`); the MLflow model
-of every tracked version (sisa/tracking.py) carries the same parts as its artifacts and loads
+of every tracked version (sisa/serving/tracking.py) carries the same parts as its artifacts and loads
 them with `load_parts`. `load_bundle` + `generate_texts` serve it like `sisa generate` does.
 
 The base model is referenced, not copied: `model.name` as configured (`tiny`, `smollm2`, or a
@@ -31,10 +31,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sisa import adapters, aggregate, checkpoints, serving
 from sisa.config import SisaConfig, build_config
-from sisa.model import base_model_fingerprint, load_base_model
-from sisa.versions import ModelVersion
+from sisa.lineage import checkpoints
+from sisa.lineage.versions import ModelVersion
+from sisa.model import adapters
+from sisa.model import mixture as aggregate
+from sisa.model.base import base_model_fingerprint, load_base_model
+from sisa.serving import engine as serving
 from storage import layout
 from storage.errors import ConfigError, IntegrityError, NotFoundError, ValidationError
 from storage.store import Store

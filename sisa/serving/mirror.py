@@ -1,6 +1,6 @@
 """Model-version bookkeeping in MLflow: a run, a loadable logged model and a registered version
 per committed version, and the `serving` alias on the current one. Never text: only counts,
-fingerprints, timings, and the model's shard adapters with their manifest (sisa/bundle.py).
+fingerprints, timings, and the model's shard adapters with their manifest (sisa/serving/bundle.py).
 
 The store's version ledger is the truth; MLflow mirrors it. `ensure_tracked` repairs the mirror
 after a crash or an MLflow outage (a version committed but not yet logged).
@@ -8,28 +8,25 @@ after a crash or an MLflow outage (a version committed but not yet logged).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import Any
 
 from sisa.config import SisaConfig
-from sisa.versions import ModelVersion, VersionStatus, all_versions, record_tracking
+from sisa.lineage.checkpoints import shard_slices
+from sisa.lineage.versions import ModelVersion, VersionStatus, all_versions, record_tracking
 from storage.store import Store
-
-if TYPE_CHECKING:
-    from sisa.trainer import ShardResult
 
 
 def _tracker(store: Store, cfg: SisaConfig):
-    from sisa.tracking import Tracker  # MLflow loads only when tracking is on
+    from sisa.serving.tracking import Tracker  # MLflow loads only when tracking is on
 
     return Tracker(cfg.tracking, store.fs.local_path(""))
 
 
-def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: list[ShardResult], wall_s: float) -> None:
+def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: Sequence[Any], wall_s: float) -> None:
     """Log a committed version to MLflow and move the alias; never record text, only counts."""
     if not cfg.tracking.enabled:
         return
-    from sisa.checkpoints import shard_slices
-
     tracker = _tracker(store, cfg)
     params = {
         "config_fingerprint": cfg.fingerprint(),
@@ -56,8 +53,8 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: l
     if tracker.find_registered_version(entry.model_version) is not None:  # a repeated call
         info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags)
     else:
-        from sisa import bundle  # torch loads only when a model is logged
-        from sisa.model import base_model_folder
+        from sisa.model.base import base_model_folder
+        from sisa.serving import bundle  # torch loads only when a model is logged
 
         base_dir = base_model_folder(cfg.model) if cfg.tracking.log_base_model else None
         with bundle.staged_bundle(store, cfg, entry) as folder:

@@ -29,11 +29,17 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sisa import adapters, checkpoints
 from sisa.config import SisaConfig, build_config
-from sisa.formats import FORMAT_COLUMN, Item, decode_rows
-from sisa.model import base_model_fingerprint, encode_texts, load_base_model, tokenizer_fingerprint
-from sisa.sharding import derive_seed
+from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
+from sisa.data.sharding import derive_seed
+from sisa.lineage import checkpoints
+from sisa.model import adapters
+from sisa.model.base import (
+    base_model_fingerprint,
+    encode_texts,
+    load_base_model,
+    tokenizer_fingerprint,
+)
 from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store
@@ -66,7 +72,7 @@ class ShardResult:
     slices: list[SliceResult] = field(default_factory=list)
     wall_s: float = 0.0
     tokens: int = 0
-    node: str = ""  # where the job ran: the Ray node id, or "local" (set by sisa/scheduler.py)
+    node: str = ""  # where the job ran: the Ray node id, or "local" (set by sisa/training/scheduler.py)
     structured: bool = False  # it trained prompt-completion or chat records (not only text)
 
     @property

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sisa import deletion, registry, versions
 from sisa.config import SisaConfig
+from sisa.forgetting import deletion
+from sisa.lineage import requests_ledger, versions
+from sisa.serving import mirror as registry
 from storage import ledgers
 from storage.errors import RefusedError
 from storage.store import Store
@@ -31,7 +33,7 @@ def check_restorable(store: Store, model_version: int) -> versions.ModelVersion:
             "Pick a version that `sisa versions` lists as active."
         )
     lineages = deletion.version_lineages(store, target.shards)  # read once, checked against every request
-    for req in deletion.all_requests(store):
+    for req in requests_ledger.all_requests(store):
         bad = deletion.lineage_violations(store, target.shards, set(req.id_hashes), lineages)
         if bad:
             raise RefusedError(

@@ -4,7 +4,7 @@ A correction names a live record by `record_id` and gives its new content in the
 record is stored in: a new `text` (optionally a new `prompt` and `answer`), a `prompt` +
 `completion`, or `messages`, normalised to canonical JSON in `text` as ingest stores such a
 record. The record keeps its id, subject, shard and slice position; only its
-content changes. `sisa/forgetting.py` carries a rectification through the same phases as a
+content changes. `sisa/forgetting/flow.py` carries a rectification through the same phases as a
 deletion: the old content is what the request forgets (its keyed (id, content) hashes are the
 request's `id_hashes`, what lineage, purge and rollback checks look for), and the retrain from the
 earliest affected slice trains the new content in.
@@ -24,11 +24,12 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sisa import checkpoints, deletion
 from sisa.config import SisaConfig
-from sisa.formats import FORMAT_COLUMN, TEXT, Item, decode
-from sisa.ingestion import content_sha256, normalise
-from sisa.sources import from_table
+from sisa.data.formats import FORMAT_COLUMN, TEXT, Item, decode
+from sisa.data.ingestion import content_sha256, normalise
+from sisa.data.sources import from_table
+from sisa.forgetting import deletion
+from sisa.lineage import checkpoints, requests_ledger
 from storage import layout, records
 from storage.errors import ValidationError, list_some
 from storage.schemas import INDEX_SCHEMA
@@ -122,7 +123,7 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
             problems.append(f"{len(moved)} correction(s) change the record's subject_id, which a rectification keeps (forget the record and ingest it anew): {list_some(moved)}")
     # Text a rectification removed may not come back through another one: the old request's
     # lineage checks (verify, rollback) would then fail on the serving version.
-    gone = deletion.forgotten_hashes(store)
+    gone = requests_ledger.forgotten_hashes(store)
     again = sorted(rid for rid, h in zip(ids, checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist()), strict=True) if h in gone)
     if again:
         problems.append(f"{len(again)} correction(s) give a text an earlier rectification removed from the record: {list_some(again)}")

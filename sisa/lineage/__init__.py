@@ -1,0 +1,7 @@
+"""What was trained on what, and what was asked to be forgotten: the typed ledgers.
+
+`checkpoints` (one saved adapter state with its lineage: the keyed hashes of every record it
+read), `versions` (which checkpoints serve together, and whether a version may serve again),
+`requests_ledger` (deletion and rectification requests, their plans and statuses) and
+`entries` (the JSON of those entries). Knows no torch; speaks Arrow, ids and hashes.
+"""

@@ -1,0 +1,3 @@
+"""Training shards: one shard's job (task in, result out), the scheduler that runs the jobs on Ray
+or serially, and a training run that plans, trains and commits a version.
+"""
