@@ -26,6 +26,7 @@ import argparse
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -37,6 +38,7 @@ from sisa.data.sources import from_table
 from sisa.data.synthetic import make_people, make_probes
 from sisa.data.synthetic_formats import as_format, question
 from sisa.evidence.probes import Probe
+from sisa.evidence.report import DemoReport, write_report
 from sisa.forgetting import flow as forgetting
 from sisa.forgetting.planner import expected_cost_fraction
 from sisa.forgetting.rollback import roll_back
@@ -44,6 +46,7 @@ from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestMode
 from sisa.model.base import base_model_fingerprint
 from sisa.serving import engine as serving
+from sisa.serving.tracking import Tracker
 from sisa.training import run as training
 from sisa.training import scheduler
 from storage import layout
@@ -74,6 +77,7 @@ class _Facts:
     do for a living?", the assistant's answer is scored and recalled)."""
 
     def __init__(self, record_format: str):
+        self.record_format = record_format
         self.chat = record_format == CHAT
 
     def items(self, rows: list[dict]) -> tuple[list, list]:
@@ -120,23 +124,61 @@ def _frac(x: tuple[int, int] | None) -> str:
     return "-" if x is None else f"{x[0]}/{x[1]}"
 
 
-def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, record_format: str = CHAT) -> dict:
-    t_start = time.perf_counter()
-    shape = _Facts(record_format)
-    # 1. data
-    _banner(f"1. fictitious people as {record_format} records, ingested with provenance")
+@dataclass
+class _Demo:
+    """What the demo's steps share: the store, the people, and the figures of every version."""
+
+    cfg: SisaConfig
+    shape: _Facts
+    rows: list[dict]
+    unseen: list[dict]
+    facts: int
+    store: Store | None = None
+    full_train_s: float = 0.0
+    losses: dict[str, dict] = field(default_factory=dict)
+    recalls: dict[str, dict] = field(default_factory=dict)
+    seen_versions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def target_subject(self) -> str:
+        return self.rows[0]["subject_id"]
+
+    @property
+    def target(self) -> list[dict]:
+        return [r for r in self.rows if r["subject_id"] == self.target_subject]
+
+    @property
+    def retained(self) -> list[dict]:
+        return [r for r in self.rows if r["subject_id"] != self.target_subject][: 8 * self.facts]
+
+    @property
+    def groups(self) -> dict[str, list[dict]]:
+        return {"forgotten": self.target, "retained": self.retained, "strangers": self.unseen}
+
+    def record(self, label: str, m: dict) -> None:
+        self.losses[label], self.recalls[label] = m["loss"][self.cfg.serving.aggregation], m["recall"]
+
+    def show(self, ens, who: str, r: dict) -> None:
+        completion = self.shape.ask(ens, r, ANSWER_TOKENS * (3 if self.shape.chat else 1))
+        gap = " " if self.shape.chat else ""
+        print(f"  [{who}] {self.shape.query(r)!s} →{gap}{completion!s}   (truth:{gap}{self.shape.truth(r)})")
+
+
+def _ingest(d: _Demo, people: int, strangers: int) -> None:
+    cfg = d.cfg
+    _banner(f"1. fictitious people as {d.shape.record_format} records, ingested with provenance")
     _fresh_store(cfg)
-    rows = make_people(people, seed=cfg.store.seed, facts_per_person=facts)
-    unseen = make_people(strangers, seed=cfg.store.seed, facts_per_person=facts, start=people)
-    table = pa.Table.from_pylist(as_format(rows, record_format))
+    table = pa.Table.from_pylist(as_format(d.rows, d.shape.record_format))
     os.makedirs(cfg.store.uri, exist_ok=True)
     open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()  # before anything: a re-run may wipe it
     res = ingest_sources(cfg, [from_table(table, "demo-people")])[0]
     print(f"ingested {res.records} records about {people} people into {cfg.sharding.num_shards} shards (ingest {res.ingest_id}); {strangers} strangers kept aside")
-    store = Store.open(cfg.store.uri)
+    d.store = Store.open(cfg.store.uri)
     print_table([{"shard_id": k, "records": v} for k, v in sorted(res.shards.items())], ["shard_id", "records"])
 
-    # 2. train
+
+def _train(d: _Demo) -> None:
+    cfg, store = d.cfg, d.store
     _banner(f"2. train {cfg.sharding.num_shards} shard adapters over slices of {cfg.sharding.slice_size} ({cfg.model.name})")
     # The base model conversion (first run) and the Ray start are one-off costs, not training.
     base_model_fingerprint(cfg.model)
@@ -144,20 +186,17 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     t0 = time.perf_counter()
     with store.job("demo train", cfg.store.lock_timeout_s):
         tr = training.train(store, cfg)
-    full_train_s = time.perf_counter() - t0
-    print(f"model version {tr.model_version} trained in {full_train_s:.1f}s " f"({sum(r.tokens for r in tr.trained) / max(full_train_s, 1e-9):.0f} tokens/s overall)")
+    d.full_train_s = time.perf_counter() - t0
+    print(f"model version {tr.model_version} trained in {d.full_train_s:.1f}s ({sum(r.tokens for r in tr.trained) / max(d.full_train_s, 1e-9):.0f} tokens/s overall)")
 
-    # 3. memorization
+
+def _memorization(d: _Demo) -> None:
+    cfg, store, shape = d.cfg, d.store, d.shape
     _banner("3. what the model remembers")
-    target_subject = rows[0]["subject_id"]
-    target = [r for r in rows if r["subject_id"] == target_subject]
-    retained = [r for r in rows if r["subject_id"] != target_subject][: 8 * facts]
-    groups = {"forgotten": target, "retained": retained, "strangers": unseen}
     v1 = versions.current(store)
-    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), groups, shape)
+    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), d.groups, shape)
     served = cfg.serving.aggregation
-    label = f"v{v1.model_version} trained"
-    losses, recalls = {label: m1["loss"][served]}, {label: m1["recall"]}
+    d.record(f"v{v1.model_version} trained", m1)
     what = "the greedy reply starts with the assistant's answer" if shape.chat else "greedy completion starts with the answer"
     print(f"facts recalled exactly ({what}) under the served {served} mixture, and mean answer-token loss:")
     print(f"  {served:<9} person to be forgotten {_frac(m1['recall']['forgotten'])} recalled, loss {m1['loss'][served]['forgotten']:.3f}; "
@@ -166,41 +205,40 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     for aggregation, lv in m1["loss"].items():
         if aggregation != served:
             print(f"  {aggregation:<9} (not served) loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
-    for r in target[:2] + unseen[:1]:
-        who = "to be forgotten" if r in target else "stranger"
-        completion = shape.ask(m1["ensemble"], r, ANSWER_TOKENS * (3 if shape.chat else 1))
-        print(f"  [{who}] {shape.query(r)!s} →{' ' if shape.chat else ''}{completion!s}   (truth:{' ' if shape.chat else ''}{shape.truth(r)})")
-    del m1
+    for r in d.target[:2] + d.unseen[:1]:
+        d.show(m1["ensemble"], "to be forgotten" if r in d.target else "stranger", r)
 
-    # 4. forget with the fast path
+
+def _forget(d: _Demo):
+    cfg, store = d.cfg, d.store
     _banner("4. forget one person: --fast serves an approximate version, then the exact retrain")
-    seen_versions: dict[str, int] = {}
 
     def on_version(kind: str, entry: versions.ModelVersion) -> None:
-        seen_versions[kind] = entry.model_version
-        m = _measure(store, cfg, versions.shard_checkpoints(entry), groups, shape)
+        d.seen_versions[kind] = entry.model_version
+        m = _measure(store, cfg, versions.shard_checkpoints(entry), d.groups, d.shape)
         label = f"v{entry.model_version} {kind}"
-        losses[label], recalls[label] = m["loss"][served], m["recall"]
-        print(f"  v{entry.model_version} ({kind}): forgotten person {_frac(m['recall']['forgotten'])} recalled, loss {losses[label]['forgotten']:.3f}; "
-              f"retained {_frac(m['recall']['retained'])}, loss {losses[label]['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {losses[label]['strangers']:.3f}")
+        d.record(label, m)
+        lv = d.losses[label]
+        print(f"  v{entry.model_version} ({kind}): forgotten person {_frac(m['recall']['forgotten'])} recalled, loss {lv['forgotten']:.3f}; "
+              f"retained {_frac(m['recall']['retained'])}, loss {lv['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {lv['strangers']:.3f}")
 
-    holdout = shape.items(unseen)
+    holdout = d.shape.items(d.unseen)
     # Probes (`sisa synth --probes`): the person's facts reworded and asked as questions, and two
     # other people's facts for locality; the certificate shows the trio, leak@k and the MIA AUC.
-    probes = [Probe(**p) for p in make_probes(target) if p["kind"] != "locality"]
-    probes += [Probe(**p) for p in make_probes(retained[: 2 * facts]) if p["kind"] == "locality"]
+    probes = [Probe(**p) for p in make_probes(d.target) if p["kind"] != "locality"]
+    probes += [Probe(**p) for p in make_probes(d.retained[: 2 * d.facts]) if p["kind"] == "locality"]
     with store.job("demo forget", cfg.store.lock_timeout_s):
-        fr = forgetting.forget(store, cfg, "subject", [target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
-    req = fr.request
+        fr = forgetting.forget(store, cfg, "subject", [d.target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
     exact_entry = versions.current(store)
     ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
-    for r in target[:2]:
-        completion = shape.ask(ens_now, r, ANSWER_TOKENS * (3 if shape.chat else 1))
-        print(f"  [forgotten, exact v{exact_entry.model_version}] {shape.query(r)} →{' ' if shape.chat else ''}{completion}   (truth:{' ' if shape.chat else ''}{shape.truth(r)})")
-    del ens_now
-    print_certificate(req)
+    for r in d.target[:2]:
+        d.show(ens_now, f"forgotten, exact v{exact_entry.model_version}", r)
+    print_certificate(fr.request)
+    return fr.request
 
-    # 5. rollback refused; versions and requests
+
+def _rollback_refused(d: _Demo) -> None:
+    cfg, store = d.cfg, d.store
     _banner("5. rollback to version 1 would bring the person back")
     try:
         with store.job("demo rollback", cfg.store.lock_timeout_s):
@@ -213,7 +251,9 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     print()
     print_requests(requests_ledger.all_requests(store))
 
-    # 6. time and summary
+
+def _cost(d: _Demo, req, t_start: float) -> list[tuple[str, str]]:
+    cfg, store = d.cfg, d.store
     _banner("6. cost of the deletion vs a full retrain")
     t = req.timings
     exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
@@ -221,9 +261,9 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     slices_per_shard = max(len(checkpoints.shard_slices(store, s)) for s in range(store.num_shards))
     expected = expected_cost_fraction(slices_per_shard, cfg.sharding.slice_mode) / store.num_shards
     summary = [
-        ("full retrain of all shards (measured, step 2)", f"{full_train_s:.1f} s"),
+        ("full retrain of all shards (measured, step 2)", f"{d.full_train_s:.1f} s"),
         ("exact deletion: delete + retrain + purge (measured)", f"{exact_s:.1f} s"),
-        ("measured speedup", f"{full_train_s / exact_s:.1f}x" if exact_s else "-"),
+        ("measured speedup", f"{d.full_train_s / exact_s:.1f}x" if exact_s else "-"),
         ("theoretical cost of this deletion (record-passes)", f"{plan.cost_fraction:.1%} of a full retrain → {1 / plan.cost_fraction:.1f}x" if plan.cost_fraction else "-"),
         ("expected cost over uniformly random slices", f"{expected:.1%} of a full retrain"),
         ("approximate fast path served after", f"{t.get('fast_path_s', 0):.1f} s"),
@@ -234,24 +274,42 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     ]
     for k, v in summary:
         print(f"  {k:<52} {v}")
+    return summary
 
-    # report
-    from sisa.evidence.report import DemoReport, write_report
 
-    rep = DemoReport(cfg.model.name, store.num_shards, len(rows), losses, recalls, {"full_train": full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}, plan.cost_fraction, req.request_id, store.hash_id(target_subject), summary, record_format)
+def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
+    cfg, store = d.cfg, d.store
+    t = req.timings
+    exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
+    times = {"full_train": d.full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}
+    rep = DemoReport(cfg.model.name, store.num_shards, len(d.rows), d.losses, d.recalls, times, req.plan.cost_fraction, req.request_id, store.hash_id(d.target_subject), summary, d.shape.record_format)
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
+    exact_version = store.current_version()
     if cfg.tracking.enabled:
-        from sisa.serving.tracking import Tracker
-
-        Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_entry.model_version, files, "demo-report")
-    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); logged to MLflow run v{exact_entry.model_version}")
+        Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_version, files, "demo-report")
+    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); logged to MLflow run v{exact_version}")
     db = f"sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))}"
     print(f"browse MLflow: .venv/bin/mlflow ui --backend-store-uri {db} (binds 127.0.0.1)")
     if cfg.tracking.enabled:
         model_uri = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
-        print(f"serve v{exact_entry.model_version} over HTTP: MLFLOW_TRACKING_URI={db} .venv/bin/mlflow models serve -m {model_uri} --env-manager local -h 127.0.0.1 -p 5001")
-    return {"losses": losses, "recall": recalls, "summary": dict(summary), "request_id": req.request_id, "report": files, "versions": seen_versions}
+        print(f"serve v{exact_version} over HTTP: MLFLOW_TRACKING_URI={db} .venv/bin/mlflow models serve -m {model_uri} --env-manager local -h 127.0.0.1 -p 5001")
+    return files
+
+
+def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, record_format: str = CHAT) -> dict:
+    t_start = time.perf_counter()
+    rows = make_people(people, seed=cfg.store.seed, facts_per_person=facts)
+    unseen = make_people(strangers, seed=cfg.store.seed, facts_per_person=facts, start=people)
+    d = _Demo(cfg, _Facts(record_format), rows, unseen, facts)
+    _ingest(d, people, strangers)  # 1. data
+    _train(d)  # 2. train
+    _memorization(d)  # 3. what the model remembers
+    req = _forget(d)  # 4. forget with the fast path
+    _rollback_refused(d)  # 5. rollback refused; versions and requests
+    summary = _cost(d, req, t_start)  # 6. time and summary
+    files = _report(d, req, summary)
+    return {"losses": d.losses, "recall": d.recalls, "summary": dict(summary), "request_id": req.request_id, "report": files, "versions": d.seen_versions}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
