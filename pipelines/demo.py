@@ -97,12 +97,13 @@ class _Facts:
             return serving.generate_chat(ens, [("user", question(row))], max_new_tokens)
         return serving.generate_text(ens, row["prompt"], max_new_tokens=max_new_tokens)
 
-    def recalls(self, ens, row: dict) -> bool:
-        """Whether the greedy completion (the chat reply) starts with the answer, decoding only as
-        far as that needs."""
-        truth = self.truth(row)
-        needed = len(ens.tokenizer(truth, add_special_tokens=False)["input_ids"]) + 2
-        return self.ask(ens, row, needed).strip().startswith(truth.strip())
+    def recalled(self, ens, rows: list[dict]) -> int:
+        """How many greedy completions (chat replies) start with their answer, decoded together
+        and only as far as each needs."""
+        if not rows:
+            return 0
+        prompts = [serving.chat_prompt(ens, [("user", question(r))]) if self.chat else r["prompt"] for r in rows]
+        return sum(serving.recalls(ens, prompts, [self.truth(r) for r in rows], add_special_tokens=not self.chat))
 
 
 def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts) -> dict:
@@ -116,7 +117,7 @@ def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts) -
         mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
         for aggregation, vals in mixed.items():
             loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-        recalled[name] = (sum(facts.recalls(ens, r) for r in rows), len(rows))
+        recalled[name] = (facts.recalled(ens, rows), len(rows))
     return {"loss": loss, "recall": recalled, "ensemble": ens}
 
 

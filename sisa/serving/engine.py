@@ -22,7 +22,7 @@ from sisa.config import SisaConfig
 from sisa.data.formats import Item
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.versions import ModelVersion
-from sisa.model import adapters
+from sisa.model import adapters, decoding
 from sisa.model import mixture as aggregate
 from sisa.model.base import encode_texts, load_base_model, render_chat_prompt
 from storage.errors import StoreError
@@ -167,14 +167,24 @@ def sample_texts(ens: Ensemble, prompt: str, seeds: list[int], max_new_tokens: i
     )
 
 
-def recalls(ens: Ensemble, prompts: list[str], answers: list[str]) -> list[bool]:
+def generate_many(ens: Ensemble, prompts: list[str], max_new_tokens: list[int], add_special_tokens: bool = True) -> list[str]:
+    """Greedy completions of many prompts, decoded together in one running batch (each with its
+    own length): the texts `generate_text` gives each prompt alone, up to float rounding."""
+    tok = ens.tokenizer
+    reqs = [
+        decoding.DecodeRequest(tok(p, add_special_tokens=add_special_tokens)["input_ids"], n, top_shards=ens.top_shards)
+        for p, n in zip(prompts, max_new_tokens, strict=True)
+    ]
+    out = decoding.decode_all(ens.model, tok, ens.adapter_names(), reqs, ens.aggregation, ens.log_prior())
+    return [d.completions[0].text for d in out]
+
+
+def recalls(ens: Ensemble, prompts: list[str], answers: list[str], add_special_tokens: bool = True) -> list[bool]:
     """Per fact: whether the served mixture's greedy completion of the prompt starts with the
-    answer (decoding only as far as that needs)."""
-    out = []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        needed = len(ens.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 2
-        out.append(generate_text(ens, prompt, max_new_tokens=needed).strip().startswith(answer.strip()))
-    return out
+    answer (decoding only as far as that needs; every fact decoded together)."""
+    needed = [len(ens.tokenizer(a, add_special_tokens=False)["input_ids"]) + 2 for a in answers]
+    texts = generate_many(ens, prompts, needed, add_special_tokens)
+    return [text.strip().startswith(a.strip()) for text, a in zip(texts, answers, strict=True)]
 
 
 def chat_prompt(ens: Ensemble, messages: list[tuple[str, str]]) -> str:
