@@ -186,6 +186,12 @@ class ServiceConfig:
     tokens_file: str = _f("", "Where token hashes live; empty: service/tokens.json under a local store.")
     worker_interval_s: float = _f(30.0, "How often the service's worker checks the batching policy (deletion.*).", min=0.1)
     max_tokens: int = _f(256, "Largest `max_tokens` a completion may ask for.", min=1)
+    max_prompt_tokens: int = _f(
+        4096, "Longest prompt a completion may send, in tokens (the model's context caps it too); longer: 400 before any work.", min=1
+    )
+    request_timeout_s: float = _f(120.0, "A completion's deadline: its decoding stops when it passes (or its client goes away).", min=0.1)
+    max_batch: int = _f(32, "Completions decoded together at most; the others wait for a place at the next step.", min=1)
+    shutdown_timeout_s: float = _f(10.0, "On SIGTERM, how long running requests may take before they are cut off.", min=0.0)
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ class Batcher:
         self.ens, self.max_batch = ens, max_batch
         self.inbox: queue.Queue[Ticket | None] = queue.Queue()
         self.closing = threading.Event()
+        self.cancel_on_close = True
         self.thread = threading.Thread(target=self._loop, name="sisa-batcher", daemon=True)
         self.thread.start()
 
@@ -82,11 +83,15 @@ class Batcher:
         self.inbox.put(ticket)
         return ticket
 
-    def close(self, timeout_s: float = 5.0) -> bool:
-        """Take no more requests; cancel what decodes; True when the thread ended in time."""
+    def close(self, timeout_s: float = 5.0, cancel: bool = True) -> bool:
+        """Take no more requests; cancel what decodes (or, with `cancel=False`, let it finish:
+        a version that stopped serving ends the requests it began); True when the thread ended
+        within `timeout_s` (0: do not wait)."""
+        self.cancel_on_close = cancel
         self.closing.set()
         self.inbox.put(None)
-        self.thread.join(timeout_s)
+        if timeout_s:
+            self.thread.join(timeout_s)
         return not self.thread.is_alive()
 
     # -- the thread ------------------------------------------------------------------------------
@@ -98,7 +103,7 @@ class Batcher:
                 self._refuse_waiting()
                 return
             newcomers = self._take(block=not live)
-            if self.closing.is_set():
+            if self.closing.is_set() and self.cancel_on_close:
                 for t in live:
                     t.cancel()
             if newcomers:

@@ -135,3 +135,18 @@ def test_a_bad_request_is_answered_and_the_others_go_on(ens):
         assert good.done.completions[0].text == expected
     finally:
         assert batcher.close()
+
+
+def test_a_retired_batcher_finishes_what_it_began(ens):
+    """A version that stops serving ends the requests it began (close with cancel=False)."""
+    expected = generate_text(ens, "alice works as", 30)
+    batcher = Batcher(ens)
+    c = Collector()
+    ticket = batcher.submit(request(ens, "alice works as", max_new_tokens=30), c)
+    for _ in range(600):  # until it has joined the batch
+        if ticket.decoding is not None:
+            break
+        time.sleep(0.05)
+    batcher.close(timeout_s=0, cancel=False)
+    assert c.done.completions[0].text == expected
+    assert batcher.close(timeout_s=30)
