@@ -3,8 +3,9 @@
     sisa token create --role admin --name ops --config configs/tiny.yaml      # once
     sisa serve --config configs/tiny.yaml                                      # 127.0.0.1:8750
 
-The app and its routes live in sisa/service/app.py. A background worker runs a batch whenever the
-policy (`deletion.*`) says one is due. Ctrl-C stops it cleanly; a request acknowledged with 202
+The app is sisa/service/app.py, with one router per audience beside it (privacy.py,
+completions.py, audit_page.py). A background worker runs a batch whenever the policy
+(`deletion.*`) says one is due. Ctrl-C stops it cleanly; a request acknowledged with 202
 is already in the ledger, so a killed server loses none.
 """
 
@@ -19,7 +20,7 @@ from sisa.data.opening import open_store
 def run(cfg: SisaConfig) -> None:
     import uvicorn  # the ASGI server; only this verb needs it
 
-    from sisa.service.app import create_app
+    from sisa.service import create_app  # FastAPI and the model stack: only this verb needs them
 
     open_store(cfg)  # fail early, with the usual message, when there is no store
     print(f"sisa serve: http://{cfg.service.host}:{cfg.service.port}  (audit page: /audit; API: /docs)", flush=True)

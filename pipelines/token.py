@@ -14,7 +14,7 @@ import argparse
 
 from pipelines.common import open_store, print_json, print_table
 from sisa.config import SisaConfig
-from sisa.service.tokens import ROLES, TokenStore
+from sisa.service import ROLES, TokenStore
 from storage.errors import ValidationError
 
 

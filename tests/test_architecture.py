@@ -26,7 +26,9 @@ HOMES = {
     "mlflow": {"sisa/serving/tracking.py"},
     "datasets": {"sisa/data/sources.py"},
     "matplotlib": {"sisa/evidence/report.py"},
-    "fastapi": {"sisa/service/app.py"},
+    "fastapi": {
+        f"sisa/service/{m}.py" for m in ("app", "auth", "context", "model_cache", "privacy", "completions", "audit_page")
+    },
     "uvicorn": {"pipelines/serve.py"},
     "boto3": {"storage/s3.py"},
     "botocore": {"storage/s3.py"},

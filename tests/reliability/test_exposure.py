@@ -128,9 +128,12 @@ SERVER_CALLS = re.compile(
 )
 
 
-# `sisa serve` is the one server of ours: the app (sisa/service/app.py), the verb that runs it, and the
-# benchmark that starts it on a free loopback port to load it.
-SERVER_HOMES = {"sisa/service/app.py", "pipelines/serve.py", "benchmarks/serve.py"}
+# `sisa serve` is the one server of ours: the app's package (sisa/service/app.py and its routers), the verb
+# that runs it, and the benchmark that starts it on a free loopback port to load it.
+SERVER_HOMES = {str(p.relative_to(REPO)) for p in (REPO / "sisa" / "service").glob("*.py")} | {
+    "pipelines/serve.py",
+    "benchmarks/serve.py",
+}
 
 
 def test_no_source_file_starts_a_server():
