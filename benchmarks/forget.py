@@ -59,11 +59,11 @@ from pipelines import forget as forget_pipeline
 from pipelines import process as process_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
+from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data.synthetic import make_people
 from sisa.forgetting.planner import expected_cost_fraction
 from sisa.lineage import checkpoints, versions
-from sisa.serving import engine as serving
 from sisa.training import scheduler
 from sisa.training.run import plan_tasks
 from sisa.training.shard_job import train_shard

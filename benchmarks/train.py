@@ -40,8 +40,7 @@ import torch
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
 from sisa.config import SisaConfig
-from sisa.model import adapters
-from sisa.model.base import encode_texts, load_base_model
+from sisa.model import attach_lora, encode_texts, load_base_model, trainable_parameters
 from sisa.training import scheduler
 
 PLAIN_THREADS = 2
@@ -94,8 +93,8 @@ def run_plain(cfg: SisaConfig, data_path: str, total_steps: int, threads: int = 
         t1 = time.perf_counter()
         base, tokenizer = load_base_model(cfg.model)
         torch.manual_seed(cfg.store.seed)
-        model = adapters.attach_lora(base, cfg.lora)
-        params = adapters.trainable_parameters(model)
+        model = attach_lora(base, cfg.lora)
+        params = trainable_parameters(model)
         optimizer = torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay)
         model.train()
         t2 = time.perf_counter()

@@ -43,6 +43,7 @@ import _common as C  # sets the offline environment before torch, Ray and MLflow
 import pyarrow as pa
 import torch
 
+from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data.ingestion import ingest_sources
 from sisa.data.sources import from_table
@@ -50,10 +51,14 @@ from sisa.data.synthetic import make_people
 from sisa.forgetting import flow as forgetting
 from sisa.lineage import versions
 from sisa.lineage.requests_ledger import RequestMode
-from sisa.model import adapters
-from sisa.model import mixture as aggregate
-from sisa.model.base import encode_texts, load_base_model, sequence_losses
-from sisa.serving import engine as serving
+from sisa.model import (
+    aggregated_sequence_losses,
+    encode_texts,
+    generate,
+    load_base_model,
+    merge_adapters,
+    sequence_losses,
+)
 from sisa.training import run as training
 from sisa.training import scheduler
 from storage.store import Store
@@ -145,7 +150,7 @@ def generic_losses(ens: serving.Ensemble, texts: list[str], max_length: int, bat
     counts: list[int] = []
     for i in range(0, len(texts), batch_size):
         batch = generic_batch(ens.tokenizer, texts[i : i + batch_size], max_length)
-        mixed, _ = aggregate.aggregated_sequence_losses(ens.model, names, batch, prior)
+        mixed, _ = aggregated_sequence_losses(ens.model, names, batch, prior)
         for a, v in mixed.items():
             out.setdefault(a, []).extend(v.tolist())
         counts += scored_tokens(batch)
@@ -165,10 +170,10 @@ def recall(ens: serving.Ensemble, facts: list[dict]) -> int:
 def speed(ens: serving.Ensemble, prompts: list[str], new_tokens: int) -> tuple[float, float]:
     """(generated tokens/s, seconds): greedy decoding of exactly `new_tokens` per prompt (past
     eos, so every way of serving decodes the same number of tokens)."""
-    aggregate.generate(ens.model, ens.tokenizer, ens.adapter_names(), prompts[0], 2, aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards)  # warm-up
+    generate(ens.model, ens.tokenizer, ens.adapter_names(), prompts[0], 2, aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards)  # warm-up
     started = time.perf_counter()
     for p in prompts:
-        aggregate.generate(
+        generate(
             ens.model, ens.tokenizer, ens.adapter_names(), p, new_tokens,
             aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards, ignore_eos=True,
         )
@@ -244,7 +249,7 @@ def measure_store(
         merged_dir = tempfile.mkdtemp(prefix="sisa-utility-merged-")
         try:
             names = ens.adapter_names()
-            adapters.merge_adapters(ens.model, names, [1.0 / len(names)] * len(names), "merged", merged_dir)
+            merge_adapters(ens.model, names, [1.0 / len(names)] * len(names), "merged", merged_dir)
         finally:
             shutil.rmtree(merged_dir, ignore_errors=True)
         merged = serving.Ensemble(ens.model, tok, {0: "merged"}, "posterior", None, 0)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from pipelines.common import print_certificate, print_requests, print_table, print_versions
+from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data.formats import CHAT, TEXT, Example
 from sisa.data.ingestion import ingest_sources
@@ -44,9 +45,7 @@ from sisa.forgetting.planner import expected_cost_fraction
 from sisa.forgetting.rollback import roll_back
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestMode
-from sisa.model.base import base_model_fingerprint
-from sisa.serving import engine as serving
-from sisa.serving.tracking import Tracker
+from sisa.model import base_model_fingerprint
 from sisa.training import run as training
 from sisa.training import scheduler
 from storage import layout
@@ -288,6 +287,8 @@ def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
     files = write_report(rep, out_dir)
     exact_version = store.current_version()
     if cfg.tracking.enabled:
+        from sisa.serving import Tracker
+
         Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_version, files, "demo-report")
     print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); logged to MLflow run v{exact_version}")
     db = f"sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))}"

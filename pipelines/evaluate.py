@@ -15,11 +15,11 @@ import argparse
 import math
 
 from pipelines.common import open_store, print_json, print_table
+from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data.formats import table_items
 from sisa.data.ingestion import normalise
 from sisa.data.sources import read_source
-from sisa.serving import engine as serving
 from storage.errors import ValidationError
 
 

@@ -15,9 +15,9 @@ where one adapter is required.
 their sha256s, the aggregation settings and the base model's config and fingerprint
 (sisa/serving/bundle.py). It loads without the store:
 
-    from sisa.serving import bundle
-    manifest, ens = bundle.load_bundle("served-v3/")
-    bundle.generate_texts(ens, ["Ada Lane works as a"], max_new_tokens=8)
+    from sisa.serving import generate_texts, load_bundle
+    manifest, ens = load_bundle("served-v3/")
+    generate_texts(ens, ["Ada Lane works as a"], max_new_tokens=8)
 
 or `sisa generate --bundle served-v3/ --prompt "..."`.
 """
@@ -29,11 +29,10 @@ import json
 import os
 
 from pipelines.common import open_store, print_json
+from sisa import serving
 from sisa.config import SisaConfig
 from sisa.lineage import versions
-from sisa.model import adapters
-from sisa.serving import bundle
-from sisa.serving import engine as serving
+from sisa.model import merge_adapters
 from storage.errors import StoreError, ValidationError
 
 FORMATS = ("merged", "ensemble")
@@ -49,7 +48,7 @@ def run(cfg: SisaConfig, out: str, fmt: str = "merged") -> dict:
     v, ens = serving.load_serving(open_store(cfg), cfg)
     names = ens.adapter_names()
     weights = [1.0 / len(names)] * len(names)
-    adapters.merge_adapters(ens.model, names, weights, "merged", out)
+    merge_adapters(ens.model, names, weights, "merged", out)
     info = {"format": "merged", "model_version": v.model_version, "shards": {str(k): c for k, c in sorted(v.shards.items())}, "weights": weights, "combination": "cat", "base_model": cfg.model.name}
     with open(os.path.join(out, "sisa_export.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
@@ -61,8 +60,8 @@ def _export_ensemble(cfg: SisaConfig, out: str) -> dict:
     v = versions.current(store)
     if v is None:
         raise StoreError("no model version serves yet: run `sisa train` first")
-    bundle.write_bundle(store, cfg, v, out)
-    manifest = bundle.read_manifest(out)
+    serving.write_bundle(store, cfg, v, out)
+    manifest = serving.read_manifest(out)
     return {
         "out": out,
         "format": "ensemble",

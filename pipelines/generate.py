@@ -20,9 +20,8 @@ from __future__ import annotations
 import argparse
 
 from pipelines.common import open_store, print_json
+from sisa import serving
 from sisa.config import SisaConfig
-from sisa.serving import bundle
-from sisa.serving import engine as serving
 from storage.errors import ValidationError
 
 
@@ -38,7 +37,7 @@ def run(
     system: str | None = None,
 ) -> dict:
     if bundle_dir is not None:
-        manifest, ens = bundle.load_bundle(bundle_dir)
+        manifest, ens = serving.load_bundle(bundle_dir)
         model_version, prior = manifest["model_version"], manifest["serving"]["prior"]
     else:
         v, ens = serving.load_serving(open_store(cfg), cfg)

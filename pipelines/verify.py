@@ -29,7 +29,7 @@ from sisa.config import SisaConfig
 from sisa.forgetting import deletion
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
-from sisa.serving import mirror as registry
+from sisa.serving import registered_version_exists
 from sisa.training import scheduler
 from sisa.training.shard_job import ShardTask, train_shard
 from storage import layout
@@ -56,7 +56,7 @@ def check_purge(store: Store, cfg: SisaConfig, req: DeletionRequest) -> list[str
     for n in purge.get("versions", []):
         if versions.read(store, n).status != versions.PURGED:
             problems.append(f"model version {n} should be marked purged")
-        if registry.registered_version_exists(store, cfg, n):
+        if registered_version_exists(store, cfg, n):
             problems.append(f"MLflow still holds a registered version for purged model version {n}")
     return problems
 

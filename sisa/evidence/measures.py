@@ -33,7 +33,7 @@ import torch
 from sisa.data.formats import CHAT, Example
 from sisa.evidence.probes import Probe, for_request
 from sisa.model import mixture as aggregate
-from sisa.model.base import render_chat
+from sisa.model.chat import render_chat
 from sisa.serving import engine as serving
 
 MIN_K = 0.4

@@ -24,7 +24,8 @@ from sisa.data.sharding import derive_seed
 from sisa.forgetting.deletion import read_texts, retain_records
 from sisa.lineage import checkpoints
 from sisa.model import adapters
-from sisa.model.base import encode_texts, load_base_model, token_logprobs
+from sisa.model.base import load_base_model
+from sisa.model.loss import encode_texts, token_logprobs
 from sisa.training.shard_job import deterministic_torch, make_optimizer
 from storage.store import Store
 

@@ -1,3 +1,41 @@
-"""The frozen base model (loading, the GGUF conversion, fingerprints, chat rendering, the loss),
-the shards' LoRA adapters (peft), and the mixture that serves them as one distribution.
+"""The model side of SISA: the frozen base, the shards' LoRA adapters, and their mixture.
+
+`base` loads the base model and its tokenizer (tiny, SmolLM2 or a local HF folder) and names it
+(`base_model_fingerprint`); `gguf` converts SmolLM2's GGUF file into a plain HF model;
+`fingerprints` holds the digests of weights, weight folders and tokenizers; `chat` renders chat
+records with the tokenizer's template; `loss` turns records into token batches and computes
+their losses; `adapters` attaches, saves, loads and merges the LoRA adapters (peft);
+`mixture` serves the shards' adapters as one distribution (the SISA aggregation).
 """
+
+from __future__ import annotations
+
+from sisa.model.adapters import attach_lora, merge_adapters, trainable_parameters
+from sisa.model.base import (
+    TextTokenizer,
+    base_model_fingerprint,
+    base_model_folder,
+    load_base_model,
+)
+from sisa.model.chat import render_chat, render_chat_prompt
+from sisa.model.fingerprints import tokenizer_fingerprint
+from sisa.model.loss import encode_texts, sequence_losses, token_logprobs
+from sisa.model.mixture import aggregated_sequence_losses, generate
+
+__all__ = [
+    "TextTokenizer",
+    "aggregated_sequence_losses",
+    "attach_lora",
+    "base_model_fingerprint",
+    "base_model_folder",
+    "encode_texts",
+    "generate",
+    "load_base_model",
+    "merge_adapters",
+    "render_chat",
+    "render_chat_prompt",
+    "sequence_losses",
+    "token_logprobs",
+    "tokenizer_fingerprint",
+    "trainable_parameters",
+]

@@ -32,7 +32,8 @@ from typing import Literal
 
 import torch
 
-from sisa.model.base import TextTokenizer, token_logprobs
+from sisa.model.base import TextTokenizer
+from sisa.model.loss import token_logprobs
 from storage.errors import ValidationError
 
 Aggregation = Literal["posterior", "uniform"]

@@ -1,3 +1,57 @@
-"""Serving a model version: the engine that decodes with the shard mixture, the exported bundle,
-and MLflow (the tracking client, the pyfunc model, the mirror of the version ledger).
+"""Serving a model version: `engine` loads a version's shard adapters on the base and decodes
+and scores with their mixture; `bundle` exports a version as a folder that loads without the
+store; `mirror` keeps MLflow in step with the version ledger, through `tracking` (the MLflow
+client) and `mlflow_model` (the pyfunc each version is logged as).
+
+Importing this package does not import MLflow: `Tracker` loads on first use, and the mirror
+calls the tracking client only when `tracking.enabled`.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sisa.serving.bundle import generate_texts, load_bundle, read_manifest, write_bundle
+from sisa.serving.engine import (
+    Ensemble,
+    encode_for_scoring,
+    generate_chat,
+    generate_text,
+    load_ensemble,
+    load_serving,
+    mean,
+    recalls,
+    score_aggregations,
+    score_records,
+)
+from sisa.serving.mirror import registered_version_exists
+
+if TYPE_CHECKING:
+    from sisa.serving.tracking import Tracker
+
+__all__ = [
+    "Ensemble",
+    "Tracker",
+    "encode_for_scoring",
+    "generate_chat",
+    "generate_text",
+    "generate_texts",
+    "load_bundle",
+    "load_ensemble",
+    "load_serving",
+    "mean",
+    "read_manifest",
+    "recalls",
+    "registered_version_exists",
+    "score_aggregations",
+    "score_records",
+    "write_bundle",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Tracker":
+        from sisa.serving.tracking import Tracker  # MLflow loads only where tracking is used
+
+        return Tracker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,9 @@ from sisa.lineage import checkpoints, versions
 from sisa.lineage.versions import ModelVersion
 from sisa.model import adapters, decoding
 from sisa.model import mixture as aggregate
-from sisa.model.base import encode_texts, load_base_model, render_chat_prompt
+from sisa.model.base import load_base_model
+from sisa.model.chat import render_chat_prompt
+from sisa.model.loss import encode_texts
 from storage.errors import StoreError
 from storage.store import Store
 

@@ -14,6 +14,8 @@ from typing import Any
 from sisa.config import SisaConfig
 from sisa.lineage.checkpoints import shard_slices
 from sisa.lineage.versions import ModelVersion, VersionStatus, all_versions, record_tracking
+from sisa.model.base import base_model_folder
+from sisa.serving import bundle
 from storage.store import Store
 
 
@@ -53,9 +55,6 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
     if tracker.find_registered_version(entry.model_version) is not None:  # a repeated call
         info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags)
     else:
-        from sisa.model.base import base_model_folder
-        from sisa.serving import bundle  # torch loads only when a model is logged
-
         base_dir = base_model_folder(cfg.model) if cfg.tracking.log_base_model else None
         with bundle.staged_bundle(store, cfg, entry) as folder:
             info = tracker.log_model_version(

@@ -1,48 +1,32 @@
 """MLflow bookkeeping: one run, one logged model and one registered model version per sisa model
-version.
+version, through one MLflow client (`Tracker`).
 
-This is the only module that imports MLflow. MLflow is a mirror of the store's version ledger
-for people and tools (UI, registry aliases, serving), never the source of truth, and never a
-place where record text may land: the API takes only small params, metrics and tags, and rejects
-long strings as a bug. By default everything lives inside the store: a sqlite database
-(`<store>/mlflow.db`) and artifacts under `<store>/mlartifacts` (a logged model's under
-`mlartifacts/models/<model_id>/`), so a purge can prove that a model version's run and model are
-physically gone. No code here starts a server; to browse, run
-`mlflow ui --backend-store-uri sqlite:///<store>/mlflow.db` (it binds to 127.0.0.1 by default;
-keep it that way).
-
-Each registered version is a loadable MLflow model (`EnsembleModel`, a pyfunc logged as "models
-from code", so loading unpickles nothing): its artifacts are the version's shard adapters and the
-bundle manifest of sisa/serving/bundle.py (serving settings, base model config, sha256s), and
-
-    mlflow.pyfunc.load_model("models:/<registered_model>@serving").predict(["Ada works as a"],
-                                                                           params={"max_new_tokens": 8})
-
-returns one completion per prompt, decoded greedily from the version's mixture. The base model is
-named, not copied (unless `tracking.log_base_model`); the sisa package must be importable where the
-model loads.
+MLflow is imported here and in sisa/serving/mlflow_model.py (the pyfunc model each version is
+logged as), nowhere else. MLflow is a mirror of the store's version ledger for people and tools
+(UI, registry aliases, serving), never the source of truth, and never a place where record text
+may land: the API takes only small params, metrics and tags, and rejects long strings as a bug.
+By default everything lives inside the store: a sqlite database (`<store>/mlflow.db`) and
+artifacts under `<store>/mlartifacts` (a logged model's under `mlartifacts/models/<model_id>/`),
+so a purge can prove that a model version's run and model are physically gone. No code here
+starts a server; to browse, run `mlflow ui --backend-store-uri sqlite:///<store>/mlflow.db` (it
+binds to 127.0.0.1 by default; keep it that way).
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import shutil
 import sqlite3
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 # MLflow reads MLFLOW_DISABLE_TELEMETRY at import time: the entry points (the CLI, Ray workers,
 # tests) set it through sisa.offline before anything imports this module.
-import mlflow.pyfunc
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric, Param, ViewType
 from mlflow.entities.lifecycle_stage import LifecycleStage
 from mlflow.exceptions import MlflowException
-from mlflow.models import Model, ModelSignature
 from mlflow.protos.databricks_pb2 import (
     RESOURCE_ALREADY_EXISTS,
     RESOURCE_DOES_NOT_EXIST,
@@ -52,107 +36,17 @@ from mlflow.store.artifact.artifact_repository_registry import (
     get_artifact_repository,
 )
 from mlflow.tracking import MlflowClient
-from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 from mlflow.utils.time import get_current_time_millis
 
 from sisa.config import TrackingConfig
+from sisa.serving.mlflow_model import MODEL_NAME, MODEL_TYPE, save_model
 from storage import layout
-from storage.errors import ConfigError, NotFoundError, RefusedError, ValidationError
+from storage.errors import ConfigError, NotFoundError, RefusedError
 
 MAX_VALUE_CHARS = 500
 _SQLITE = "sqlite:///"
-MODEL_NAME = "model"  # the logged model's name within its version's run
-MODEL_TYPE = "sisa-ensemble"
-# Generation parameters `predict(..., params=...)` takes, with their MLflow types and defaults.
-PREDICT_PARAMS: dict[str, tuple[str, Any]] = {
-    "max_new_tokens": ("long", 32),
-    "greedy": ("boolean", True),
-    "temperature": ("double", 1.0),
-    "seed": ("long", 0),
-}
-# What a logged model's environment needs besides sisa itself (not on PyPI: it must be importable).
-REQUIREMENTS = ("mlflow", "torch", "transformers", "tokenizers", "peft", "safetensors", "pyarrow", "pyyaml", "pandas")
-# The models-from-code file of every logged model: MLflow runs it on load instead of unpickling.
-MODEL_CODE = '''"""A sisa model version as an MLflow pyfunc; the class is in sisa/serving/tracking.py."""
-import mlflow
-
-from sisa.serving.tracking import EnsembleModel
-
-mlflow.models.set_model(EnsembleModel())
-'''
-
 Scalar = str | int | float
-
-
-class EnsembleModel(mlflow.pyfunc.PythonModel):
-    """A model version's shard adapters on the base, served as sisa serves them.
-
-    `predict` takes a list of prompts (or a DataFrame with a `prompt` column) and returns one
-    completion per prompt. `params`: max_new_tokens (32), greedy (true),
-    temperature (1.0) and seed (0) for sampling. `load_model(..., model_config={"base_model":
-    "/path"})` points at the base model's folder where the recorded one is not (also `cache_dir`,
-    `device`); a base with another fingerprint is refused.
-    """
-
-    def load_context(self, context) -> None:
-        from sisa.serving import bundle  # torch and transformers load only where a model is served
-
-        overrides = dict(context.model_config or {})
-        if "base_model" in context.artifacts and not overrides.get("base_model"):
-            overrides["base_model"] = context.artifacts["base_model"]
-        manifest, shard_dirs = bundle.parts_from_artifacts(context.artifacts)
-        self.manifest = manifest
-        self.ensemble = bundle.load_parts(manifest, shard_dirs, overrides)
-
-    # MLflow would infer a signature from predict's type hints, replacing the declared one and its
-    # params, and warns when there are none; the flag (what MLflow's own ChatModel sets) skips both.
-    _skip_type_hint_validation = True
-
-    def predict(self, context, model_input, params=None):  # -> list[str]
-        from sisa.serving import bundle
-
-        p = {k: default for k, (_, default) in PREDICT_PARAMS.items()} | dict(params or {})
-        return bundle.generate_texts(
-            self.ensemble, _prompts(model_input), int(p["max_new_tokens"]), bool(p["greedy"]), float(p["temperature"]), int(p["seed"])
-        )
-
-
-def _prompts(model_input) -> list[str]:
-    """The prompts of a list (or array) of strings, one string, or a DataFrame's `prompt` column."""
-    if isinstance(model_input, str):
-        return [model_input]
-    columns = getattr(model_input, "columns", None)
-    if columns is not None:  # a pandas DataFrame
-        if "prompt" not in columns:
-            raise ValidationError(f"a DataFrame of prompts should have a `prompt` column, got columns {list(columns)}")
-        model_input = model_input["prompt"].tolist()
-    prompts = list(model_input)
-    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
-    if bad:
-        raise ValidationError(f"prompts should be strings; rows {bad[:5]} are not")
-    return prompts
-
-
-def model_signature() -> ModelSignature:
-    """Strings out, with the generation params declared so MLflow passes them on. No input schema:
-    MLflow would turn a list into a DataFrame and rename a DataFrame's columns, so `_prompts`
-    reads the input as given (a list, a string, or a DataFrame's `prompt` column)."""
-    return ModelSignature(
-        inputs=None,
-        outputs=Schema([ColSpec("string")]),
-        params=ParamSchema([ParamSpec(k, kind, default) for k, (kind, default) in PREDICT_PARAMS.items()]),
-    )
-
-
-def _requirements() -> list[str]:
-    out = []
-    for name in REQUIREMENTS:
-        try:
-            out.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            out.append(name)
-    return out
 
 
 def tracking_uri(cfg: TrackingConfig, store_local_path: str | None) -> str:
@@ -247,7 +141,14 @@ class Tracker:
             out["model_id"] = model.model_id
         return out
 
-    def _log_model(self, experiment_id: str, run_id: str, model_version: int, artifacts: Mapping[str, str], params: dict[str, Scalar]):
+    def _log_model(
+        self,
+        experiment_id: str,
+        run_id: str,
+        model_version: int,
+        artifacts: Mapping[str, str],
+        params: dict[str, Scalar],
+    ):
         """A logged model of `run_id` holding an `EnsembleModel` with `artifacts`, READY.
 
         Done with this tracker's client rather than `mlflow.pyfunc.log_model`, which logs through
@@ -263,22 +164,7 @@ class Tracker:
         )
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
         with tempfile.TemporaryDirectory(prefix="sisa-mlflow-model-", dir=self._tmp_root()) as tmp:
-            code = Path(tmp) / "sisa_model.py"
-            code.write_text(MODEL_CODE)
-            local = Path(tmp) / MODEL_NAME
-            meta = Model(artifact_path=model.artifact_location, model_uuid=model.model_id, run_id=run_id, model_id=model.model_id)
-            with warnings.catch_warnings():
-                # "add type hints", "no input example": the signature is declared instead.
-                warnings.simplefilter("ignore")
-                mlflow.pyfunc.save_model(
-                    str(local),
-                    python_model=str(code),
-                    artifacts=dict(artifacts),
-                    signature=model_signature(),
-                    pip_requirements=_requirements(),
-                    mlflow_model=meta,
-                    metadata={"sisa_model_version": model_version},
-                )
+            local = save_model(Path(tmp), artifacts, model.artifact_location, model.model_id, run_id, model_version)
             self.client.log_model_artifacts(model.model_id, str(local))
         return self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
 

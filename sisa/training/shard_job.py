@@ -34,12 +34,9 @@ from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.data.sharding import derive_seed
 from sisa.lineage import checkpoints
 from sisa.model import adapters
-from sisa.model.base import (
-    base_model_fingerprint,
-    encode_texts,
-    load_base_model,
-    tokenizer_fingerprint,
-)
+from sisa.model.base import base_model_fingerprint, load_base_model
+from sisa.model.fingerprints import tokenizer_fingerprint
+from sisa.model.loss import encode_texts
 from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sisa.config import LoraConfig, ModelConfig
+from sisa.model import encode_texts, load_base_model, sequence_losses
 from sisa.model.adapters import attach_lora, load_adapters, save_adapter
-from sisa.model.base import encode_texts, load_base_model, sequence_losses
 from sisa.model.mixture import (
     aggregated_sequence_losses,
     context_loglik,

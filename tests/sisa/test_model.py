@@ -10,14 +10,8 @@ import pytest
 import torch
 
 from sisa.config import ModelConfig
-from sisa.model.base import (
-    base_model_fingerprint,
-    encode_texts,
-    load_base_model,
-    select_device,
-    select_dtype,
-    sequence_losses,
-)
+from sisa.model import base_model_fingerprint, encode_texts, load_base_model, sequence_losses
+from sisa.model.base import select_device, select_dtype
 from storage.errors import NotFoundError
 
 TINY = ModelConfig(name="tiny", device="cpu")

@@ -9,7 +9,8 @@ import torch
 from sisa.config import ModelConfig, load_config
 from sisa.data import formats
 from sisa.data.formats import Example
-from sisa.model.base import encode_texts, fit_window, load_base_model, render_chat
+from sisa.model import encode_texts, load_base_model, render_chat
+from sisa.model.loss import fit_window
 from storage.errors import ConfigError, SisaError
 from tests.helpers import TINY
 

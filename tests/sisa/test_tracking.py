@@ -179,7 +179,7 @@ def test_a_version_logs_a_model_from_code_registered_as_that_version(tracker, cl
     assert not [f for f in files if f.endswith(".pkl")]
     mlmodel = (folder / "MLmodel").read_text()
     assert "max_new_tokens" in mlmodel and "model_code_path" in mlmodel
-    assert "from sisa.serving.tracking import EnsembleModel" in (folder / "sisa_model.py").read_text()
+    assert "from sisa.serving.mlflow_model import EnsembleModel" in (folder / "sisa_model.py").read_text()
     # A repeated call returns the entry as it is.
     assert tracker.log_model_version(40, "train", {}, {}, {}) == {k: out[k] for k in ("run_id", "registered_version")}
 
