@@ -11,8 +11,8 @@ The manifest names the version, how it is served (aggregation, prior, top_shards
 checkpoint id and the sha256 of each adapter file, checked before peft reads a byte. It holds
 ids, settings, counts and digests, never record text; a checkpoint's optimizer state and lineage
 stay in the store. `sisa export --format ensemble` writes one (`write_bundle`); the MLflow model
-of every tracked version (sisa/serving/tracking.py) carries the same parts as its artifacts and loads
-them with `load_parts`. `load_bundle` + `generate_texts` serve it like `sisa generate` does.
+of every tracked version (sisa/serving/mlflow_model.py) carries the same parts as its artifacts and
+loads them with `load_parts`. `load_bundle` + `generate_texts` serve it like `sisa generate` does.
 
 The base model is referenced, not copied: `model.name` as configured (`tiny`, `smollm2`, or a
 local folder, made absolute), with `cache_dir` made absolute too. On another machine, pass

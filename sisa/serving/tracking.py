@@ -88,8 +88,9 @@ class Tracker:
         artifact_files: list[str] | None = None,
         model_artifacts: Mapping[str, str] | None = None,
     ) -> dict[str, str]:
-        """One run `v{model_version}`, with `model_artifacts` a logged `EnsembleModel` of that
-        run, plus a registered version of it (of the run alone without a model).
+        """One run `v{model_version}`, with `model_artifacts` a logged `EnsembleModel` of that run
+        (sisa/serving/mlflow_model.py), plus a registered version of it (of the run alone without a
+        model).
 
         Repeating the call for a version already registered returns the existing entry; a run
         left half-logged by a crash is purged and logged again. `artifact_files` must be small
