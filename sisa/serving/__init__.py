@@ -1,6 +1,6 @@
 """Serving a model version: `engine` loads a version's shard adapters on the base and decodes
-and scores with their mixture; `bundle` exports a version as a folder that loads without the
-store; `mirror` keeps MLflow in step with the version ledger, through `tracking` (the MLflow
+and scores with their mixture; `batcher` decodes concurrent requests together on one thread;
+`bundle` exports a version as a folder that loads without the store; `mirror` keeps MLflow in step with the version ledger, through `tracking` (the MLflow
 client) and `mlflow_model` (the pyfunc each version is logged as).
 
 Importing this package does not import MLflow: `Tracker` loads on first use, and the mirror
@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sisa.serving.batcher import Batcher
 from sisa.serving.bundle import generate_texts, load_bundle, read_manifest, write_bundle
 from sisa.serving.engine import (
     Ensemble,
+    chat_prompt,
     encode_for_scoring,
     generate_chat,
+    generate_many,
     generate_text,
     load_ensemble,
     load_serving,
@@ -30,10 +33,13 @@ if TYPE_CHECKING:
     from sisa.serving.tracking import Tracker
 
 __all__ = [
+    "Batcher",
     "Ensemble",
     "Tracker",
+    "chat_prompt",
     "encode_for_scoring",
     "generate_chat",
+    "generate_many",
     "generate_text",
     "generate_texts",
     "load_bundle",
