@@ -24,7 +24,12 @@ def run(cfg: SisaConfig) -> None:
 
     open_store(cfg)  # fail early, with the usual message, when there is no store
     print(f"sisa serve: http://{cfg.service.host}:{cfg.service.port}  (audit page: /audit; API: /docs)", flush=True)
-    uvicorn.run(create_app(cfg), host=cfg.service.host, port=cfg.service.port, log_level="warning", access_log=False)
+    # SIGTERM or Ctrl-C: running requests get service.shutdown_timeout_s, then they are cut
+    # off (a stream's end cancels its decoding) and the app's shutdown stops the threads.
+    uvicorn.run(
+        create_app(cfg), host=cfg.service.host, port=cfg.service.port, log_level="warning", access_log=False,
+        timeout_graceful_shutdown=max(1, round(cfg.service.shutdown_timeout_s)),
+    )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ HOMES = {
     "uvicorn": {"pipelines/serve.py"},
     "boto3": {"storage/s3.py"},
     "botocore": {"storage/s3.py"},
+    "starlette": {"sisa/service/app.py"},
 }
 
 

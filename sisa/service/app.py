@@ -26,8 +26,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sisa.config import SisaConfig
 from sisa.data.opening import open_store
@@ -35,6 +37,7 @@ from sisa.service.audit_page import router as audit_router
 from sisa.service.completions import router as completions_router
 from sisa.service.context import ServiceContext, context
 from sisa.service.model_cache import ModelCache
+from sisa.service.openai_api import OPENAI_PATHS, error_body
 from sisa.service.privacy import router as privacy_router
 from sisa.service.tokens import TokenStore
 from sisa.service.worker import Worker
@@ -59,11 +62,15 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
             bg.thread.start()
         yield
         bg.stop.set()
+        # Streams still open were cut by the server's graceful-shutdown timeout: what decodes
+        # is cancelled, and the decoding thread ends.
+        ctx.models.close(cfg.service.shutdown_timeout_s)
 
     app = FastAPI(title="sisa", version="1", lifespan=lifespan, description=DESCRIPTION)
     app.state.sisa = ctx
     app.add_exception_handler(RequestValidationError, _body_error)
     app.add_exception_handler(SisaError, _sisa_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_api_route("/healthz", healthz, methods=["GET"])
     for router in (privacy_router, completions_router, audit_router):
         app.include_router(router)
@@ -77,14 +84,29 @@ def healthz(request: Request) -> dict:
 
 async def _body_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     # FastAPI's default answer echoes each bad field's input: a body may carry record text.
-    _audit_refusal(request, "422")
     detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    if request.url.path in OPENAI_PATHS:  # the applications' clients read OpenAI's error shape
+        _audit_refusal(request, "400")
+        first = detail[0] if detail else {"loc": [], "msg": "invalid body"}
+        param = ".".join(str(x) for x in first["loc"][1:]) or None
+        return JSONResponse(error_body(f"{param or 'body'}: {first['msg']}", param=param), status_code=400)
+    _audit_refusal(request, "422")
     return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own answer ({"detail"}), but OpenAI's error shape on the applications' routes."""
+    if request.url.path in OPENAI_PATHS:
+        kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(exc.status_code, "invalid_request_error")
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers)
+    return await http_exception_handler(request, exc)
 
 
 async def _sisa_error(request: Request, exc: SisaError) -> JSONResponse:
     status = 422 if isinstance(exc, ValidationError) else 503 if isinstance(exc, StoreLockedError) else 409
     _audit_refusal(request, str(status))
+    if request.url.path in OPENAI_PATHS:
+        return JSONResponse(error_body(exc.message), status_code=400 if status == 422 else status)
     return JSONResponse({"detail": exc.message}, status_code=status)
 
 

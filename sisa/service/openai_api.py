@@ -16,11 +16,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sisa.model.decoding import Completion, DecodeRequest
+from sisa.service.schemas import ChatMessage
 
-
-class ChatMessage(BaseModel):
-    role: str
-    content: str
+# The routes whose errors take OpenAI's shape, {"error": {"message", "type", "param", "code"}}.
+OPENAI_PATHS = frozenset({"/v1/completions", "/v1/chat/completions", "/v1/models"})
 
 
 class StreamOptions(BaseModel):

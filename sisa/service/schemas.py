@@ -34,21 +34,3 @@ class CorrectionIn(BaseModel):
 class RectificationIn(BaseModel):
     corrections: list[CorrectionIn] = Field(min_length=1)
     idempotency_key: str | None = Field(default=None, max_length=200)
-
-
-class CompletionIn(BaseModel):
-    model: str | None = None
-    prompt: str | list[str]
-    max_tokens: int = Field(default=16, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
-    stop: str | list[str] | None = None
-    seed: int = 0
-
-
-class ChatCompletionIn(BaseModel):
-    model: str | None = None
-    messages: list[ChatMessage]
-    max_tokens: int = Field(default=16, ge=1)
-    temperature: float = Field(default=0.0, ge=0.0)
-    stop: str | list[str] | None = None
-    seed: int = 0
