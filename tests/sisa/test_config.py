@@ -226,3 +226,12 @@ def test_min_steps_changes_the_training_fingerprint_only_when_on():
     on = load_config(TINY, ["training.min_steps_per_slice=4"])
     assert on.training_fingerprint() != base.training_fingerprint()
     assert on.training_fingerprint() != load_config(TINY, ["training.min_steps_per_slice=5"]).training_fingerprint()
+
+
+def test_loss_on_keeps_old_fingerprints_at_its_default():
+    base = load_config(TINY)
+    assert base.training.loss_on == "completion"
+    assert load_config(TINY, ["training.loss_on=completion"]).training_fingerprint() == base.training_fingerprint()
+    assert load_config(TINY, ["training.loss_on=all"]).training_fingerprint() != base.training_fingerprint()
+    with pytest.raises(ConfigError, match="loss_on"):
+        load_config(TINY, ["training.loss_on=prompt"])

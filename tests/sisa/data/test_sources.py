@@ -1,4 +1,4 @@
-"""JSONL read from a file in blocks gives what reading its bytes whole gives: the same table,
+"""JSONL read from a file in blocks gives what reading it in one block gives: the same table,
 line numbers, digest and bare-`null` guard, however the blocks fall."""
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from sisa.data import sources
 from sisa.data.sources import (
     _BARE_NULL_LINE,
     _scan_jsonl,
-    read_jsonl_bytes,
     read_jsonl_file,
     read_source,
 )
@@ -76,7 +75,7 @@ SCHEMA_CHANGES = {
 
 
 @pytest.mark.parametrize("case", list(SCHEMA_CHANGES))
-def test_a_file_read_in_blocks_gives_the_table_read_json_gives(tmp_path, small_blocks, case):
+def test_a_file_read_in_blocks_gives_the_table_read_json_gives(tmp_path, small_blocks, monkeypatch, case):
     data = _jsonl(SCHEMA_CHANGES[case])
     path = tmp_path / "in.jsonl"
     path.write_bytes(data)
@@ -86,8 +85,9 @@ def test_a_file_read_in_blocks_gives_the_table_read_json_gives(tmp_path, small_b
     assert got.table.select(expected.column_names).equals(expected) and got.table.schema.names == expected.schema.names
     assert got.positions.tolist() == list(range(1, len(SCHEMA_CHANGES[case]) + 1))
     assert got.sha256 == hashlib.sha256(data).hexdigest()
-    from_bytes = read_jsonl_bytes(data, "in.jsonl")
-    assert from_bytes.table.equals(got.table) and from_bytes.sha256 == got.sha256
+    monkeypatch.setattr(sources, "_READ_BLOCK", len(data) + 1)  # the whole file in one block
+    whole = read_jsonl_file(str(path), "in.jsonl")
+    assert whole.table.equals(got.table) and whole.sha256 == got.sha256
 
 
 def test_blank_lines_keep_their_line_numbers_when_read_in_blocks(tmp_path, small_blocks):

@@ -1,16 +1,13 @@
-"""The pure parts of the evidence: AUC, MUSE's privacy leak, answer matching, which probes count
-for a request, the questions of a rectification, probe files and `sisa synth --probes`."""
+"""The pure parts of the evidence (sisa/evidence/measures.py): AUC, MUSE's privacy leak, answer
+matching, the questions of a forget and of a rectification, chat records asked through the template.
+Probe files and which probes count are in tests/sisa/evidence/test_probes.py."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from sisa.data.synthetic import make_people, make_probes
 from sisa.evidence import measures as evidence
-from sisa.evidence.probes import Probe, for_request, read_probes
-from storage.errors import ValidationError
+from sisa.evidence.probes import Probe
 
 
 def test_auc_counts_pairs_and_ties():
@@ -40,18 +37,6 @@ def test_answers_match_by_normalised_containment():
     assert evidence.answer_of("Ada works as a pilot.", "Bob works as a") is None
 
 
-def test_probes_count_for_their_subjects_and_locality_for_the_others():
-    probes = [
-        Probe("p1", " a.", "paraphrase", "s1"),
-        Probe("p2", " b.", "related", "s2"),
-        Probe("p3", " c.", "paraphrase"),
-        Probe("l1", " d.", "locality", "s1"),
-        Probe("l2", " e.", "locality", "s2"),
-    ]
-    general, local = for_request(probes, {"s1"})
-    assert [p.prompt for p in general] == ["p1", "p3"] and [p.prompt for p in local] == ["l2"]
-
-
 def test_a_rectification_expects_the_new_answer_and_forbids_the_old():
     texts, prompts = ["Ada works as a pilot."], ["Ada works as a"]
     probes = [Probe("Ada is employed as a", " pilot.", "paraphrase", "s1"), Probe("Q: Ada's job? A:", " baker.", "related", "s1", old_answer=" pilot.")]
@@ -61,31 +46,6 @@ def test_a_rectification_expects_the_new_answer_and_forbids_the_old():
     forget = evidence.build_targets(texts, prompts, probes[:1], {"s1"})
     assert forget.records == [evidence.Question("Ada works as a", None, " pilot.")] and not forget.members
     assert not evidence.build_targets(texts, prompts, [], {"s1"}, with_trio=False)  # nothing to measure
-
-
-def test_bad_probe_files_are_refused_naming_rows(tmp_path):
-    path = tmp_path / "probes.jsonl"
-    path.write_text(json.dumps({"prompt": "a", "answer": "b", "kind": "paraphrase"}) + "\n" + json.dumps({"prompt": "a", "answer": " ", "kind": "sideways"}) + "\n")
-    with pytest.raises(ValidationError) as e:
-        read_probes(str(path))
-    assert "kind other than" in e.value.message and "empty prompt or answer" in e.value.message and "2" in e.value.message
-    path.write_text(json.dumps({"prompt": "a", "answer": "b"}) + "\n")
-    with pytest.raises(ValidationError, match="kind"):
-        read_probes(str(path))
-
-
-def test_synth_probes_ask_every_fact_three_ways_and_keep_it_as_locality(tmp_path):
-    rows = make_people(3, seed=5, facts_per_person=5)
-    probes = make_probes(rows)
-    assert len(probes) == 4 * len(rows)
-    for r in rows:
-        mine = [p for p in probes if p["subject_id"] == r["subject_id"] and p["answer"] == r["answer"]]
-        assert sorted(p["kind"] for p in mine) == ["locality", "paraphrase", "paraphrase", "related"]
-        name = r["prompt"].split(" works")[0].split("'s ")[0].split(" lives")[0]
-        assert all(name in p["prompt"] for p in mine) and r["prompt"] in {p["prompt"] for p in mine}
-    path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in probes))
-    assert len(read_probes(str(path))) == len(probes)
 
 
 def test_chat_records_and_their_probes_are_asked_through_the_chat_template():

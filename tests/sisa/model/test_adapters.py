@@ -6,15 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from peft import PeftModel
+from peft.utils import get_peft_model_state_dict
 
 from sisa.config import LoraConfig, ModelConfig
 from sisa.model.adapters import (
-    adapter_state,
     attach_lora,
     load_adapter_state,
     load_adapters,
@@ -24,10 +23,17 @@ from sisa.model.adapters import (
 )
 from sisa.model.base import load_base_model
 from storage.errors import ConfigError, NotFoundError
+from tests.helpers import REPO
 
 TINY = ModelConfig(name="tiny", device="cpu")
 LORA = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj"])
-REPO = Path(__file__).resolve().parents[2]
+
+
+def adapter_state(model: PeftModel, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """A CPU copy of the adapter's tensors, keyed as in adapter_model.safetensors (what
+    save_adapter writes and load_adapter_state takes)."""
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def fresh_base():

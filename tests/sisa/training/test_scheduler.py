@@ -71,7 +71,7 @@ RAY = SchedulerConfig(backend="ray", num_cpus=2, threads_per_task=1, max_retries
 
 def _worker_pythonpath() -> str:
     """Ray workers import the jobs below by this module's name, as pytest imported it
-    (`test_scheduler` or `tests.sisa.test_scheduler`), so they need its root on their path;
+    (`test_scheduler` or `tests.sisa.training.test_scheduler`), so they need its root on their path;
     Ray itself adds only the driver's cwd."""
     root = Path(__file__).resolve().parent
     for _ in range(__name__.count(".")):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -17,8 +16,7 @@ from sisa.data.ingestion import _ChunkwiseTake, commit_batch, content_sha256, pr
 from sisa.data.sources import read_source
 from sisa.lineage import checkpoints
 from storage.store import Store
-
-TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tiny.yaml")
+from tests.helpers import TINY
 
 
 def test_content_sha256_per_row_across_chunks_and_blocks(monkeypatch):
