@@ -92,9 +92,3 @@ def request_entry(request_id: str) -> str:
 
 def correction_file(request_id: str) -> str:
     return f"{CORRECTIONS}/{request_id}.parquet"
-
-
-def parse_shard_slice(rel: str) -> tuple[int, int]:
-    """(shard_id, slice_idx) of a path under data/."""
-    parts = rel.split("/")
-    return int(parts[1].split("=")[1]), int(parts[2].split("=")[1])

@@ -16,7 +16,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,56 +107,43 @@ def _scan_jsonl(blocks: Iterable[bytes]) -> tuple[str, int, bool]:
 
 
 def read_jsonl_file(path: str, name: str) -> Source:
-    """A JSONL file, read in blocks: the raw bytes never sit in memory beside the table."""
-    return _read_jsonl(path, name)
-
-
-def read_jsonl_bytes(data: bytes, name: str) -> Source:
-    return _read_jsonl(data, name)
-
-
-def _read_jsonl(data_or_path: bytes | str, name: str) -> Source:
-    """Fast path with pyarrow; on any failure, a line-by-line parse that names every bad line."""
-    is_path = isinstance(data_or_path, str)
-    digest, lines, bare_null = _scan_jsonl(_blocks(data_or_path) if is_path else [data_or_path])
+    """A JSONL file, read in blocks: the raw bytes never sit in memory beside the table. Fast path
+    with pyarrow; on any failure, a line-by-line parse that names every bad line."""
+    digest, lines, bare_null = _scan_jsonl(_blocks(path))
     if bare_null:
-        return _read_jsonl_slow(_read_all(data_or_path), name)
+        return _read_jsonl_slow(_read_all(path), name)
     try:
-        table = _parse_jsonl(lambda: data_or_path if is_path else io.BytesIO(data_or_path))
+        table = _parse_jsonl(path)
         # The JSON reader does not check that strings are UTF-8; invalid bytes would surface
         # later as an unexplained Arrow error. The slow path names the lines.
         table.validate(full=True)
         # Usually one record per line and no blank lines: then row i is line i+1, no need to split.
         if lines == table.num_rows:
             positions = np.arange(1, lines + 1, dtype=np.int64)
-        elif is_path:
-            with open(data_or_path, "rb") as f:
-                positions = _nonblank_lines(f)
         else:
-            positions = _nonblank_lines(data_or_path.split(b"\n"))
+            with open(path, "rb") as f:
+                positions = _nonblank_lines(f)
         if len(positions) == table.num_rows:
             return Source(table, positions, "line", name, digest)
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         pass
-    return _read_jsonl_slow(_read_all(data_or_path), name)
+    return _read_jsonl_slow(_read_all(path), name)
 
 
-def _parse_jsonl(open_input: Callable[[], str | io.BytesIO]) -> pa.Table:
+def _parse_jsonl(path: str) -> pa.Table:
     """pyarrow's streaming reader converts each block as it reads it; `read_json` keeps every
     block unconverted until the end (~2.4x the table at peak, against ~1.4x, and slower). The
     streaming reader takes its schema from the first block, so input whose later blocks bring
     new fields or other types is read again by `read_json`, which infers over all blocks."""
     options = pajson.ReadOptions(block_size=_READ_BLOCK)
     try:
-        return pajson.open_json(open_input(), read_options=options).read_all()
+        return pajson.open_json(path, read_options=options).read_all()
     except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pajson.read_json(open_input(), read_options=options)
+        return pajson.read_json(path, read_options=options)
 
 
-def _read_all(data_or_path: bytes | str) -> bytes:
-    if isinstance(data_or_path, bytes):
-        return data_or_path
-    with open(data_or_path, "rb") as f:
+def _read_all(path: str) -> bytes:
+    with open(path, "rb") as f:
         return f.read()
 
 

@@ -10,8 +10,8 @@ and committed while `received`; a queued request has its records marked in the i
 
 `storage/ledgers.py` reads and writes plain JSON; this module gives the entry its types. An entry
 carries `schema_version`; keys this version does not know are kept in `extra` and written back
-unchanged, so an older sisa never drops what a newer one recorded. Statuses older stores used
-are read as their nearest equivalent.
+unchanged, so an older sisa never drops what a newer one recorded. A status this version does not
+know is refused (`RequestStatus.parse`), never guessed: a request's status decides what may run.
 """
 
 from __future__ import annotations

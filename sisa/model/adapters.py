@@ -71,12 +71,6 @@ def peft_target_modules(names: list[str]) -> str | list[str] | None:
     return names or None
 
 
-def adapter_state(model: PeftModel, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-    """A CPU copy of the adapter's tensors, keyed as in adapter_model.safetensors."""
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
-
-
 def load_adapter_state(
     model: PeftModel, state: dict[str, torch.Tensor], adapter_name: str = "default"
 ) -> None:
