@@ -1,6 +1,7 @@
 """The `sisa` command: `sisa <verb> --config FILE [key.sub=value ...]`.
 
-Each verb lives in its own pipeline module with `add_arguments(parser)` and `cli(cfg, args)`.
+Each verb lives in its own pipeline module, named as the verb (`requests` is list_requests.py: a
+module named `requests` would shadow the HTTP library), with `add_arguments(parser)` and `cli(cfg, args)`.
 Errors a user can cause print one clear message and exit non-zero; tracebacks are for our bugs.
 """
 
@@ -25,11 +26,11 @@ VERBS: dict[str, tuple[str, str]] = {
     "rectify": ("pipelines.rectify", "correct records' text exactly: old content forgotten, new content trained, certificate"),
     "process": ("pipelines.process", "carry out every queued request (deletions, rectifications) in one batch (--due: only when the policy says so)"),
     "requests": ("pipelines.list_requests", "list deletion requests, their status and deadlines"),
-    "certificate": ("pipelines.show_certificate", "print the evidence of one completed deletion request"),
+    "certificate": ("pipelines.certificate", "print the evidence of one completed deletion request"),
     "rollback": ("pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
-    "versions": ("pipelines.list_versions", "list model versions"),
+    "versions": ("pipelines.versions", "list model versions"),
     "generate": ("pipelines.generate", "generate text with the serving version (mixture of shard adapters)"),
-    "eval": ("pipelines.evaluate", "loss and perplexity of both aggregations and of each shard on a file"),
+    "eval": ("pipelines.eval", "loss and perplexity of both aggregations and of each shard on a file"),
     "export": ("pipelines.export", "export the serving version: one merged PEFT adapter, or --format ensemble (every shard adapter + manifest)"),
     "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
     "gc": ("pipelines.gc", "remove temp files and half-written leftovers of crashes"),
@@ -37,7 +38,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "token": ("pipelines.token", "create, list or revoke the bearer tokens of `sisa serve`"),
     "demo": ("pipelines.demo", "the whole story: train on people, forget one, prove it, write a report"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
-    "config": ("pipelines.show_config", "print the effective config, its fingerprint, or every key with its help"),
+    "config": ("pipelines.config", "print the effective config, its fingerprint, or every key with its help"),
 }
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:

@@ -150,11 +150,44 @@ def test_no_assert_carries_a_side_effect() -> None:
 
 def test_no_module_shadows_a_package() -> None:
     """A module named like a well-known package (or a sibling package) breaks imports for whoever
-    runs a script next to it; and sisa/ and pipelines/ do not share module names."""
+    runs a script next to it; no two modules of sisa/ share a name across its subpackages; and a
+    module of pipelines/ shares its name with one of sisa/ only when it is a verb's module, named
+    by its verb (`pipelines/versions.py` lists what `sisa/lineage/versions.py` keeps): the helpers
+    beside the verbs do not borrow sisa's names."""
     shadowed = {"requests", "storage", "sisa", "pipelines", "datasets", "ray", "mlflow", "torch", "peft", "transformers", "yaml", "json", "logging", "types"}
-    modules = [p for d in ("sisa", "pipelines", "storage", "benchmarks") for p in (ROOT / d).glob("*.py")]
+    modules = [p for d in ("sisa", "pipelines", "storage", "benchmarks") for p in (ROOT / d).rglob("*.py")]
     assert not [str(p.relative_to(ROOT)) for p in modules if p.stem in shadowed]
-    assert not {p.stem for p in (ROOT / "sisa").glob("*.py")} & {p.stem for p in (ROOT / "pipelines").glob("*.py")} - {"__init__"}
+    sisa_stems: dict[str, list[str]] = {}
+    for p in (ROOT / "sisa").rglob("*.py"):
+        if p.stem != "__init__":
+            sisa_stems.setdefault(p.stem, []).append(str(p.relative_to(ROOT)))
+    assert not {s: ps for s, ps in sisa_stems.items() if len(ps) > 1}, "sisa modules that share a name"
+    from pipelines.cli import VERBS
+
+    verb_modules = {module.split(".")[-1] for module, _ in VERBS.values()}
+    shared = {p.stem for p in (ROOT / "pipelines").glob("*.py")} & set(sisa_stems)
+    assert shared <= verb_modules, f"pipelines modules named like sisa modules, not verbs: {sorted(shared - verb_modules)}"
+
+
+# verb → (its module when not pipelines/<verb>.py, why)
+VERB_MODULE_EXCEPTIONS = {
+    "requests": ("pipelines.list_requests", "a module named `requests` shadows the HTTP library for a script run beside it"),
+}
+
+
+def test_every_verb_lives_in_the_module_of_its_name() -> None:
+    """One module per verb, named as the verb (`sisa forget` is pipelines/forget.py), but the
+    exceptions above, each with its reason; every other module of pipelines/ is shared by verbs."""
+    from pipelines.cli import VERBS
+
+    expected = {verb: VERB_MODULE_EXCEPTIONS.get(verb, (f"pipelines.{verb}", ""))[0] for verb in VERBS}
+    assert {verb: module for verb, (module, _) in VERBS.items()} == expected
+    assert set(VERB_MODULE_EXCEPTIONS) <= set(VERBS), "an exception for a verb that does not exist"
+    assert all(why for _, why in VERB_MODULE_EXCEPTIONS.values())
+    for module in expected.values():
+        assert (ROOT / f"{module.replace('.', '/')}.py").is_file(), module
+    modules = {f"pipelines.{p.stem}" for p in (ROOT / "pipelines").glob("*.py")} - {"pipelines.__init__"}
+    assert modules - set(expected.values()) == SHARED_PIPELINES, "pipelines modules that are neither a verb nor shared"
 
 
 def _requirement_names(specs: list[str]) -> set[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import forget, rollback, train
-from pipelines import list_versions as versions_pipeline
+from pipelines import versions as versions_pipeline
 from pipelines import verify as verify_pipeline
 from sisa.data.synthetic import make_people
 from sisa.data.synthetic_formats import as_format

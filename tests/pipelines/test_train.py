@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from pipelines import forget, train
-from pipelines import list_versions as versions_pipeline
+from pipelines import versions as versions_pipeline
 from sisa.data.synthetic import make_people
 from sisa.forgetting import deletion
 from sisa.lineage import checkpoints, versions
