@@ -1,4 +1,5 @@
-"""Test-wide settings: offline by construction, small thread counts, stores under tmp_path."""
+"""Test-wide settings: offline by construction, small thread counts, stores under tmp_path; the
+trained store most tests start from; real servers on loopback."""
 
 from __future__ import annotations
 
@@ -14,6 +15,20 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 # -- real servers on loopback (tests/servers.py) ----------------------------------------------------
 import pytest  # noqa: E402
+
+
+# -- a trained store (tests/helpers.py: train_store) ---------------------------------------------------
+@pytest.fixture
+def make_trained_store(tmp_path):
+    """`make_trained_store(rows, *overrides, tracking=False, backend="serial")`: tests/helpers.py's
+    `train_store` under this test's tmp_path (the store at tmp_path/s, model version 1), returning
+    its (cfg, store). The reliability tests train one template store with `train_store` and copy
+    it for each test (tests/reliability/conftest.py: `trained_store`)."""
+    from functools import partial
+
+    from tests.helpers import train_store
+
+    return partial(train_store, tmp_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Helpers shared by the test folders: the tiny config, the CLI in-process, a store's digest,
-the leak scanner.
+"""Helpers shared by the test folders: the tiny config, the CLI in-process, a trained store, a
+store's digest, the leak scanner.
 
 Plain functions, imported by name (`from tests.helpers import make_cfg`); the fixtures live in
 the conftest files, which pytest loads itself and which are not imported as modules.
@@ -25,6 +25,8 @@ import pyarrow.parquet as pq
 
 from pipelines.cli import main
 from sisa.config import SisaConfig, load_config
+from sisa.data.synthetic import write_jsonl
+from storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -87,6 +89,42 @@ def one_slice_subjects(store) -> dict[str, tuple[int, int]]:
     for r in store.index.table.to_pylist():
         where.setdefault(r["subject_id"], set()).add((r["shard_id"], r["slice_idx"]))
     return {s: next(iter(p)) for s, p in sorted(where.items()) if len(p) == 1}
+
+
+# -- a trained store -------------------------------------------------------------------------------
+def ingest_rows(cfg: SisaConfig, rows: list[dict], path: Path) -> str:
+    """Write rows as JSONL at `path` and ingest them; returns the ingest_id."""
+    from pipelines import ingest
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(rows, path)
+    res = ingest.run(cfg, [str(path)])
+    assert len(res) == 1 and not res[0].noop
+    return res[0].ingest_id
+
+
+class Trained(NamedTuple):
+    """A store ingested and trained once: its config and the store, opened afterwards."""
+
+    cfg: SisaConfig
+    store: Store
+
+
+def train_store(
+    root: Path | str, rows: list[dict], *extra: str, tracking: bool = False, backend: str = "serial"
+) -> Trained:
+    """The trained store most tests start from: `rows` written to root/input/people.jsonl, ingested
+    into a store at root/s (configs/tiny.yaml with `extra`, as `make_cfg`) and trained into model
+    version 1. Each call trains its own store (own secret key, own checkpoints); the
+    `make_trained_store` fixture of tests/conftest.py calls it under the test's tmp_path."""
+    from pipelines import train  # torch and peft: only the tests that train pay for them
+
+    root = Path(root)
+    cfg = make_cfg(root / "s", *extra, tracking=tracking, backend=backend)
+    ingest_rows(cfg, rows, root / "input" / "people.jsonl")
+    res = train.run(cfg)
+    assert res.model_version == 1 and not res.noop
+    return Trained(cfg, Store.open(cfg.store.uri))
 
 
 # -- store state --------------------------------------------------------------------------------------

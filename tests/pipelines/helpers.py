@@ -2,7 +2,7 @@
 
 Everything runs on configs/tiny.yaml (a random 2-layer Llama built in memory) against a real
 store under tmp_path, real Parquet, and real MLflow (sqlite) where a test turns tracking on. The
-config and CLI helpers shared with tests/reliability/ are in tests/helpers.py.
+config, CLI and trained-store helpers shared with tests/reliability/ are in tests/helpers.py.
 """
 
 from __future__ import annotations
@@ -12,24 +12,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from pipelines import ingest
-from sisa.config import SisaConfig
 from sisa.data.sharding import assign_shards
-from sisa.data.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints, versions
 from storage.store import Store
 
 
 # -- data -----------------------------------------------------------------------------------------
-def ingest_rows(cfg: SisaConfig, rows: list[dict], path: Path) -> str:
-    """Write rows as JSONL at `path` and ingest them; returns the ingest_id."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(rows, path)
-    res = ingest.run(cfg, [str(path)])
-    assert len(res) == 1 and not res[0].noop
-    return res[0].ingest_id
-
-
 def people_in_shards(seed: int, num_shards: int, want: set[int], n: int, start: int, store_seed: int = 0) -> list[dict]:
     """Records of `n` fictitious people whose subject lands in one of the shards `want`."""
     rows: list[dict] = []

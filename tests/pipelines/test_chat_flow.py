@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 
-from sisa.config import load_config
 from sisa.data.formats import CHAT, Example
+from sisa.data.synthetic import write_jsonl
 from sisa.serving import engine as serving
 from storage import ledgers
 from storage.store import Store
-from tests.helpers import TINY, cli_args, overrides, run_cli
+from tests.helpers import cli_args, run_cli
 
 
 def test_chat_records_end_to_end(tmp_path, capfd):
@@ -23,7 +23,7 @@ def test_chat_records_end_to_end(tmp_path, capfd):
 
     # A malformed conversation in a second file: refused, naming its line, nothing written.
     bad = [dict(first, record_id="bad-1"), dict(first, record_id="bad-2", messages=[{"role": "user", "content": "Hello?"}])]
-    (tmp_path / "bad.jsonl").write_text("".join(json.dumps(r) + "\n" for r in bad))
+    write_jsonl(bad, tmp_path / "bad.jsonl")
     code, _, err = run_cli("ingest", str(tmp_path / "bad.jsonl"), *args)
     assert code == 4 and "no assistant turn" in err and "line 2" in err and "line 1" not in err
     assert not (tmp_path / "s").exists()
@@ -60,16 +60,13 @@ def test_chat_records_end_to_end(tmp_path, capfd):
     assert ev["loss_before"] < ev["loss_after"], ev
 
 
-def test_generate_chat_renders_the_template_and_stops_at_the_end_of_turn(tmp_path):
+def test_generate_chat_renders_the_template_and_stops_at_the_end_of_turn(make_trained_store):
     """The reply is what training taught: one conversation trained many times comes back."""
-    cfg = load_config(TINY, overrides(tmp_path / "s", "sharding.num_shards=1", "training.min_steps_per_slice=150", "training.lr=0.01", "lora.r=8"))
     row = {"record_id": "c1", "messages": [{"role": "user", "content": "Code?"}, {"role": "assistant", "content": "Blue 42."}]}
-    (tmp_path / "one.jsonl").write_text(json.dumps(row) + "\n")
-    from pipelines import ingest, train
-
-    ingest.run(cfg, [str(tmp_path / "one.jsonl")])
-    train.run(cfg)
-    _, ens = serving.load_serving(Store.open(cfg.store.uri), cfg)
+    cfg, store = make_trained_store(
+        [row], "sharding.num_shards=1", "training.min_steps_per_slice=150", "training.lr=0.01", "lora.r=8"
+    )
+    _, ens = serving.load_serving(store, cfg)
     assert serving.chat_prompt(ens, [("user", "Code?")]) == "<bos><|user|>Code?<eos><|assistant|>"
     assert serving.generate_chat(ens, [("user", "Code?")], max_new_tokens=12) == "Blue 42."
     # Scoring the assistant turn: the trained answer is likelier than another one (the tiny random

@@ -14,7 +14,7 @@ from sisa.evidence import measures as evidence
 from sisa.lineage import requests_ledger, versions
 from sisa.serving import engine as serving
 from storage.store import Store
-from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries, make_cfg
+from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries
 
 
 @pytest.mark.parametrize(("verb", "leak_k"), [("forget-fast", 3), ("rectify-relief", 2)])
@@ -90,15 +90,9 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
     assert not canaries_in_text("".join(output), {"probe/holdout text": secret})
 
 
-def test_a_version_compared_with_itself_changes_no_locality_token(tmp_path):
+def test_a_version_compared_with_itself_changes_no_locality_token(make_trained_store):
     rows = make_people(6, seed=49)
-    cfg = make_cfg(tmp_path / "s", "sharding.slice_size=4")
-    from pipelines import ingest, train
-
-    write_jsonl(rows, tmp_path / "people.jsonl")
-    ingest.run(cfg, [str(tmp_path / "people.jsonl")])
-    train.run(cfg)
-    store = Store.open(cfg.store.uri)
+    cfg, store = make_trained_store(rows, "sharding.slice_size=4")
     ens = serving.load_ensemble(store, cfg, versions.current(store).shards)
     targets = evidence.Targets(locality=[evidence.Question(r["prompt"], r["answer"]) for r in rows])
     first, preds = evidence.measure(ens, targets, cfg.training.max_length)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import forget, rollback, train
-from pipelines import versions as versions_pipeline
 from pipelines import verify as verify_pipeline
+from pipelines import versions as versions_pipeline
 from sisa.data.synthetic import make_people
 from sisa.data.synthetic_formats import as_format
 from sisa.forgetting import deletion
@@ -26,14 +26,13 @@ from sisa.training.shard_job import ShardTask, train_shard
 from storage import ledgers
 from storage.errors import RefusedError, ValidationError
 from storage.store import Store
-from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
+from tests.helpers import cli_args, ingest_rows, make_cfg, run_cli, train_store, tree_digest
 from tests.pipelines.helpers import (
     adapter_tensors,
     all_checkpoints,
     assert_tensors_equal,
     chain,
     checkpoint_dir,
-    ingest_rows,
     layout_of,
     load_tensors,
     optimizer_tensors,
@@ -41,13 +40,6 @@ from tests.pipelines.helpers import (
 )
 
 SLICES = ["sharding.slice_size=8"]
-
-
-def _setup(root: Path, rows: list[dict], *extra: str, tracking: bool = False, backend: str = "serial"):
-    cfg = make_cfg(root / "s", *SLICES, *extra, tracking=tracking, backend=backend)
-    ingest_rows(cfg, rows, root / "input" / "people.jsonl")
-    assert train.run(cfg).model_version == 1
-    return cfg, Store.open(cfg.store.uri)
 
 
 def _subject_in_middle_slice(store: Store) -> tuple[str, int, int]:
@@ -100,7 +92,7 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
 def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects, min_steps, record_format):
     rows = as_format(make_people(40, seed=11), record_format)  # 80 records, slices of 8: several slices a shard
     extra = [f"sharding.slice_mode={mode}", f"sharding.num_shards={num_shards}", f"training.min_steps_per_slice={min_steps}"]
-    cfg, store = _setup(tmp_path / "a", rows, *extra)
+    cfg, store = train_store(tmp_path / "a", rows, *SLICES, *extra)
     picked = [_subject_in_middle_slice(store)]
     if subjects == 2:  # and a second subject in another shard: two shards retrain in one request
         other = sorted({(r["shard_id"], r["subject_id"]) for r in store.index.table.to_pylist()} - {(picked[0][1], picked[0][0])})
@@ -182,8 +174,8 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
 
 
 @pytest.mark.parametrize("record_format", ["text", "chat"])
-def test_verify_replay_proves_the_forget_exact(tmp_path, capfd, record_format):
-    cfg, store = _setup(tmp_path, as_format(make_people(24, seed=12), record_format))
+def test_verify_replay_proves_the_forget_exact(tmp_path, make_trained_store, capfd, record_format):
+    cfg, store = make_trained_store(as_format(make_people(24, seed=12), record_format), *SLICES)
     subject, _, _ = _subject_in_middle_slice(store)
     req = forget.run(cfg, "subject", [subject], quiet=True)["request"]
     report = _verify(cfg, req["request_id"], True)
@@ -205,9 +197,9 @@ def test_verify_replay_proves_the_forget_exact(tmp_path, capfd, record_format):
 
 
 # -- rollback --------------------------------------------------------------------------------------------
-def test_rollback_refuses_a_version_trained_on_deleted_records(tmp_path, capfd):
+def test_rollback_refuses_a_version_trained_on_deleted_records(tmp_path, make_trained_store, capfd):
     rows = make_people(12, seed=13)
-    cfg, store = _setup(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *SLICES)
     req = forget.run(cfg, "subject", [rows[0]["subject_id"]], quiet=True)["request"]
     assert store.current_version() == 2
     with pytest.raises(RefusedError, match=req["request_id"]):
@@ -218,10 +210,10 @@ def test_rollback_refuses_a_version_trained_on_deleted_records(tmp_path, capfd):
     assert store.current_version() == 2
 
 
-def test_rollback_to_a_clean_version_moves_pointer_and_alias(tmp_path):
+def test_rollback_to_a_clean_version_moves_pointer_and_alias(tmp_path, make_trained_store):
     from sisa.serving.tracking import Tracker
 
-    cfg, store = _setup(tmp_path, make_people(10, seed=14), tracking=True)
+    cfg, store = make_trained_store(make_people(10, seed=14), *SLICES, tracking=True)
     later = make_people(6, seed=14, start=100)
     ingest_rows(cfg, later, tmp_path / "input" / "later.jsonl")
     assert train.run(cfg).model_version == 2
@@ -240,9 +232,9 @@ def test_rollback_to_a_clean_version_moves_pointer_and_alias(tmp_path):
 
 
 # -- idempotency and validation -----------------------------------------------------------------------------
-def test_replaying_a_request_and_deleting_deleted_ids_are_noops(tmp_path, capfd):
+def test_replaying_a_request_and_deleting_deleted_ids_are_noops(tmp_path, make_trained_store, capfd):
     rows = make_people(12, seed=15)
-    cfg, store = _setup(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *SLICES)
     subject = rows[0]["subject_id"]
     ids = [r["record_id"] for r in rows if r["subject_id"] == subject]
     first = forget.run(cfg, "subject", [subject], quiet=True)["request"]
@@ -269,9 +261,9 @@ def test_replaying_a_request_and_deleting_deleted_ids_are_noops(tmp_path, capfd)
     assert mixed["id_hashes"] == [store.hash_id(live)]
 
 
-def test_unknown_ids_are_named_and_change_nothing(tmp_path, capfd):
+def test_unknown_ids_are_named_and_change_nothing(tmp_path, make_trained_store, capfd):
     rows = make_people(12, seed=16)
-    cfg, store = _setup(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *SLICES)
     known = rows[0]["record_id"]
     state = tree_digest(tmp_path / "s")
 
@@ -300,8 +292,8 @@ def test_unknown_ids_are_named_and_change_nothing(tmp_path, capfd):
     assert known not in store.index.table["record_id"].to_pylist()
 
 
-def test_an_empty_selection_is_an_error(tmp_path, capfd):
-    cfg, _ = _setup(tmp_path, make_people(6, seed=17))
+def test_an_empty_selection_is_an_error(tmp_path, make_trained_store, capfd):
+    cfg, _ = make_trained_store(make_people(6, seed=17), *SLICES)
     state = tree_digest(tmp_path / "s")
     for values in ([], [""], ["  ", ""]):
         with pytest.raises(ValidationError, match="selects nothing"):
@@ -361,9 +353,9 @@ def test_every_selector_forgets_what_it_names(tmp_path, capfd):
     assert code == 0 and [r["status"] for r in json.loads(out)] == ["completed"] * len(cases)
 
 
-def test_dry_run_changes_nothing_and_predicts_the_plan(tmp_path, capfd):
+def test_dry_run_changes_nothing_and_predicts_the_plan(tmp_path, make_trained_store, capfd):
     rows = make_people(30, seed=19)
-    cfg, store = _setup(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *SLICES)
     subject, shard, sl = _subject_in_middle_slice(store)
     state = tree_digest(tmp_path / "s")
     dry = forget.run(cfg, "subject", [subject], dry_run=True, quiet=True)
@@ -382,9 +374,11 @@ def test_dry_run_changes_nothing_and_predicts_the_plan(tmp_path, capfd):
 
 # -- crash and resume ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("crash_at", ["delete", "retrain", "purge"])
-def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypatch, capfd, crash_at):
+def test_an_interrupted_request_resumes_and_completes_exactly(
+    tmp_path, make_trained_store, monkeypatch, capfd, crash_at
+):
     rows = make_people(24, seed=20)
-    cfg, store = _setup(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *SLICES)
     subject, shard, _ = _subject_in_middle_slice(store)
     gone = {r["record_id"] for r in rows if r["subject_id"] == subject}
     v1 = serving_shards(store)
@@ -440,11 +434,13 @@ def test_an_interrupted_request_resumes_and_completes_exactly(tmp_path, monkeypa
     assert_tensors_equal(adapter_tensors(store, after[shard]), load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors"), f"resumed after {crash_at}")
 
 
-def test_resume_after_a_tracking_failure_registers_the_exact_version_and_moves_the_alias(tmp_path, monkeypatch):
+def test_resume_after_a_tracking_failure_registers_the_exact_version_and_moves_the_alias(
+    tmp_path, make_trained_store, monkeypatch
+):
     from sisa.serving.tracking import Tracker
 
     rows = make_people(12, seed=22)
-    cfg, store = _setup(tmp_path, rows, tracking=True)
+    cfg, store = make_trained_store(rows, *SLICES, tracking=True)
     real = Tracker.log_model_version
     calls = {"n": 0}
 
@@ -537,9 +533,9 @@ def test_fast_path_serves_an_approximate_version_then_the_exact_one(tmp_path, mo
         rollback.run(cfg, 2)
 
 
-def test_isolate_serves_the_unaffected_shards_until_the_exact_version(tmp_path, monkeypatch):
+def test_isolate_serves_the_unaffected_shards_until_the_exact_version(tmp_path, make_trained_store, monkeypatch):
     rows = make_people(12, seed=21)
-    cfg, store = _setup(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *SLICES)
     subject = rows[0]["subject_id"]
     shard = {r["record_id"]: r["shard_id"] for r in store.index.table.to_pylist()}[rows[0]["record_id"]]
     v1 = serving_shards(store)

@@ -19,6 +19,7 @@ import pytest
 from pipelines.cli import main
 from pipelines.ingest import ingest_table
 from sisa.config import load_config
+from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints
 from storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
 from storage.store import Store
@@ -41,11 +42,6 @@ def make_rows(n: int, start: int = 0, per_subject: int = 2) -> list[dict]:
         }
         for i in range(start, start + n)
     ]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def data_parts(store: Path) -> dict[str, pa.Table]:
@@ -95,7 +91,7 @@ def assert_rejected(code: int, out: str, err: str, rows: list[dict], *fragments:
 # -- formats ------------------------------------------------------------------------------------
 def test_jsonl_ingest_writes_parts_with_provenance_and_status_counts(tmp_path, store, sisa):
     rows = make_rows(40)
-    path = write_jsonl(tmp_path / "people.jsonl", rows)
+    path = write_jsonl(rows, tmp_path / "people.jsonl")
     code, out, err = sisa("ingest", str(path))
     assert code == 0, err
     assert "ingested 40 record(s)" in out
@@ -149,7 +145,7 @@ def test_jsonl_ingest_writes_parts_with_provenance_and_status_counts(tmp_path, s
 
 def test_cli_as_a_subprocess(tmp_path, store, sisa):
     rows = make_rows(30)
-    path = write_jsonl(tmp_path / "people.jsonl", rows)
+    path = write_jsonl(rows, tmp_path / "people.jsonl")
     done = subprocess.run(
         [SISA, "ingest", str(path), "--json", "--config", TINY, f"store.uri={store}"],
         capture_output=True, text=True,
@@ -247,7 +243,7 @@ def test_python_api_with_a_table_and_a_dataset(store):
 
 # -- validation: nothing written, every offender named, no text echoed -------------------------
 def test_one_bad_line_ingests_nothing_and_leaves_the_store_byte_identical(tmp_path, store, sisa):
-    assert sisa("ingest", str(write_jsonl(tmp_path / "first.jsonl", make_rows(20))))[0] == 0
+    assert sisa("ingest", str(write_jsonl(make_rows(20), tmp_path / "first.jsonl")))[0] == 0
     before = tree_digest(store)
     rows = make_rows(10, start=100)
     lines = [json.dumps(r) for r in rows]
@@ -265,7 +261,7 @@ def test_one_bad_line_ingests_nothing_and_leaves_the_store_byte_identical(tmp_pa
 def test_a_rejected_first_ingest_creates_no_store(tmp_path, store, sisa):
     rows = make_rows(5)
     rows[2]["record_id"] = ""
-    code, out, err = sisa("ingest", str(write_jsonl(tmp_path / "x.jsonl", rows)))
+    code, out, err = sisa("ingest", str(write_jsonl(rows, tmp_path / "x.jsonl")))
     assert_rejected(code, out, err, rows, "line 3")
     assert not store.exists()
 
@@ -327,12 +323,12 @@ def _case_number_text(rows):
     ids=lambda f: f.__name__.removeprefix("_case_"),
 )
 def test_each_bad_input_is_named_and_changes_nothing(tmp_path, store, sisa, case):
-    assert sisa("ingest", str(write_jsonl(tmp_path / "first.jsonl", make_rows(10, start=500))))[0] == 0
+    assert sisa("ingest", str(write_jsonl(make_rows(10, start=500), tmp_path / "first.jsonl")))[0] == 0
     before = tree_digest(store)
     rows = make_rows(8)
     original = [dict(r) for r in rows]
     fragments = case(rows)
-    code, out, err = sisa("ingest", str(write_jsonl(tmp_path / "bad.jsonl", rows)))
+    code, out, err = sisa("ingest", str(write_jsonl(rows, tmp_path / "bad.jsonl")))
     assert_rejected(code, out, err, original, *fragments)
     assert tree_digest(store) == before
 
@@ -343,25 +339,25 @@ def test_every_problem_is_reported_at_once(tmp_path, store, sisa):
         rows[i]["record_id"] = ""  # 25 lines: the first 20 are listed, then a count
     del rows[26]["text"]
     rows[28]["record_id"] = rows[27]["record_id"]
-    code, out, err = sisa("ingest", str(write_jsonl(tmp_path / "bad.jsonl", rows)))
+    code, out, err = sisa("ingest", str(write_jsonl(rows, tmp_path / "bad.jsonl")))
     assert_rejected(code, out, err, make_rows(30), "at 25 line(s)", "line 20 (and 5 more)", "line 27", f"1 duplicate id(s) within the file: {rows[27]['record_id']}")
     assert "line 21" not in err
 
 
 def test_duplicate_against_the_store_with_different_text(tmp_path, store, sisa):
-    assert sisa("ingest", str(write_jsonl(tmp_path / "a.jsonl", make_rows(10))))[0] == 0
+    assert sisa("ingest", str(write_jsonl(make_rows(10), tmp_path / "a.jsonl")))[0] == 0
     before = tree_digest(store)
     rows = make_rows(10, start=5)  # r-00005..r-00009 exist already
     rows[2]["text"] = "Edited: the customer Ingrid Holm asked for a refund."  # r-00007
-    code, out, err = sisa("ingest", str(write_jsonl(tmp_path / "b.jsonl", rows)))
+    code, out, err = sisa("ingest", str(write_jsonl(rows, tmp_path / "b.jsonl")))
     assert_rejected(code, out, err, rows, "1 id(s) already in the store with different text", "r-00007")
     assert "r-00006" not in err  # identical re-sends are not conflicts
     assert tree_digest(store) == before
 
 
 def test_duplicates_across_inputs_of_one_call(tmp_path, store, sisa):
-    a = write_jsonl(tmp_path / "a.jsonl", make_rows(5))
-    b = write_jsonl(tmp_path / "b.jsonl", make_rows(5, start=4))
+    a = write_jsonl(make_rows(5), tmp_path / "a.jsonl")
+    b = write_jsonl(make_rows(5, start=4), tmp_path / "b.jsonl")
     code, out, err = sisa("ingest", str(a), str(b))
     assert code == 4 and "r-00004 (a.jsonl and b.jsonl)" in err
     assert not store.exists()
@@ -377,24 +373,24 @@ def test_unknown_and_missing_inputs(tmp_path, store, sisa):
 
 
 def test_a_config_that_disagrees_with_the_store_is_refused(tmp_path, store, sisa):
-    assert sisa("ingest", str(write_jsonl(tmp_path / "a.jsonl", make_rows(4))))[0] == 0
-    code, _, err = sisa("ingest", str(write_jsonl(tmp_path / "b.jsonl", make_rows(4, 10))), overrides=("sharding.num_shards=3",))
+    assert sisa("ingest", str(write_jsonl(make_rows(4), tmp_path / "a.jsonl")))[0] == 0
+    code, _, err = sisa("ingest", str(write_jsonl(make_rows(4, 10), tmp_path / "b.jsonl")), overrides=("sharding.num_shards=3",))
     assert code == 2 and "sharding.num_shards" in err
 
 
 def test_a_locked_store_fails_naming_the_holder(tmp_path, store, sisa):
-    assert sisa("ingest", str(write_jsonl(tmp_path / "a.jsonl", make_rows(4))))[0] == 0
+    assert sisa("ingest", str(write_jsonl(make_rows(4), tmp_path / "a.jsonl")))[0] == 0
     import socket
 
     (store / "LOCK").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": "train"}))
-    code, _, err = sisa("ingest", str(write_jsonl(tmp_path / "b.jsonl", make_rows(4, 10))), overrides=("store.lock_timeout_s=0",))
+    code, _, err = sisa("ingest", str(write_jsonl(make_rows(4, 10), tmp_path / "b.jsonl")), overrides=("store.lock_timeout_s=0",))
     assert code == 3 and f"PID {os.getpid()}" in err and "train" in err
     (store / "LOCK").unlink()
 
 
 # -- re-ingest and append ------------------------------------------------------------------------
 def test_the_same_file_twice_is_a_noop(tmp_path, store, sisa):
-    path = write_jsonl(tmp_path / "people.jsonl", make_rows(40))
+    path = write_jsonl(make_rows(40), tmp_path / "people.jsonl")
     assert sisa("ingest", str(path))[0] == 0
     before = tree_digest(store)
     code, out, err = sisa("ingest", str(path))
@@ -407,8 +403,8 @@ def test_the_same_file_twice_is_a_noop(tmp_path, store, sisa):
 
 
 def test_overlapping_file_ingests_only_the_new_records(tmp_path, store, sisa):
-    assert sisa("ingest", str(write_jsonl(tmp_path / "a.jsonl", make_rows(20))))[0] == 0
-    code, out, err = sisa("ingest", str(write_jsonl(tmp_path / "b.jsonl", make_rows(20, start=10))))
+    assert sisa("ingest", str(write_jsonl(make_rows(20), tmp_path / "a.jsonl")))[0] == 0
+    code, out, err = sisa("ingest", str(write_jsonl(make_rows(20, start=10), tmp_path / "b.jsonl")))
     assert code == 0, err
     assert "ingested 10 record(s)" in out and "10 already present" in out
     st = status(sisa)
@@ -419,10 +415,10 @@ def test_overlapping_file_ingests_only_the_new_records(tmp_path, store, sisa):
 
 def test_a_second_ingest_appends_slices_and_leaves_existing_parts_alone(tmp_path, store, sisa):
     a, b = make_rows(40), make_rows(50, start=40)
-    assert sisa("ingest", str(write_jsonl(tmp_path / "a.jsonl", a)))[0] == 0
+    assert sisa("ingest", str(write_jsonl(a, tmp_path / "a.jsonl")))[0] == 0
     first_parts = {k: v for k, v in tree_digest(store).items() if k.startswith("data/")}
     first_counts = slice_counts(status(sisa))
-    assert sisa("ingest", str(write_jsonl(tmp_path / "b.jsonl", b)))[0] == 0
+    assert sisa("ingest", str(write_jsonl(b, tmp_path / "b.jsonl")))[0] == 0
     after = tree_digest(store)
     assert {k: after[k] for k in first_parts} == first_parts  # not one byte of the old parts moved
     new_parts = [k for k in after if k.startswith("data/") and k.endswith(".parquet") and k not in first_parts]
@@ -453,9 +449,9 @@ def test_a_second_ingest_appends_slices_and_leaves_existing_parts_alone(tmp_path
 def test_ingesting_in_two_batches_places_records_as_one_batch_would(tmp_path, capsys):
     rows = make_rows(70)
     one, two = tmp_path / "one", tmp_path / "two"
-    assert main(["ingest", str(write_jsonl(tmp_path / "all.jsonl", rows)), "--config", TINY, f"store.uri={one}"]) == 0
-    assert main(["ingest", str(write_jsonl(tmp_path / "p1.jsonl", rows[:23])), "--config", TINY, f"store.uri={two}"]) == 0
-    assert main(["ingest", str(write_jsonl(tmp_path / "p2.jsonl", rows[23:])), "--config", TINY, f"store.uri={two}"]) == 0
+    assert main(["ingest", str(write_jsonl(rows, tmp_path / "all.jsonl")), "--config", TINY, f"store.uri={one}"]) == 0
+    assert main(["ingest", str(write_jsonl(rows[:23], tmp_path / "p1.jsonl")), "--config", TINY, f"store.uri={two}"]) == 0
+    assert main(["ingest", str(write_jsonl(rows[23:], tmp_path / "p2.jsonl")), "--config", TINY, f"store.uri={two}"]) == 0
     capsys.readouterr()
 
     def placement(path: Path) -> dict:

@@ -4,7 +4,6 @@ the whole batch validated first, bad rows named, nothing written; hashes, subjec
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import datasets
@@ -13,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sisa.data import formats
+from sisa.data.synthetic import write_jsonl
 from storage.store import Store
 from tests.helpers import cli_args, run_cli, tree_digest
 
@@ -39,14 +39,9 @@ def pair_rows(n: int = 6) -> list[dict]:
     ]
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def write_as(kind: str, tmp_path: Path, rows: list[dict]) -> Path:
     if kind == "jsonl":
-        return write_jsonl(tmp_path / "in.jsonl", rows)
+        return write_jsonl(rows, tmp_path / "in.jsonl")
     if kind == "parquet":
         pq.write_table(pa.Table.from_pylist(rows), tmp_path / "in.parquet")
         return tmp_path / "in.parquet"
@@ -94,13 +89,13 @@ def test_structured_records_ingest_from_every_input(tmp_path, kind, make):
         changed[0]["messages"] = [*changed[0]["messages"][:2], {"role": "assistant", "content": "Somewhere else."}]
     else:
         changed[0]["completion"] = " baker."
-    code, _, err = run_cli("ingest", str(write_jsonl(tmp_path / "changed.jsonl", changed)), *cli_args(root))
+    code, _, err = run_cli("ingest", str(write_jsonl(changed, tmp_path / "changed.jsonl")), *cli_args(root))
     assert code == 4 and "different text" in err and changed[0]["record_id"] in err
 
 
 def test_malformed_conversations_are_refused_naming_their_lines_and_nothing_changes(tmp_path):
     root = tmp_path / "s"
-    assert run_cli("ingest", str(write_jsonl(tmp_path / "ok.jsonl", chat_rows(4))), *cli_args(root))[0] == 0
+    assert run_cli("ingest", str(write_jsonl(chat_rows(4), tmp_path / "ok.jsonl")), *cli_args(root))[0] == 0
     before = tree_digest(root)
     rows = chat_rows(9)[4:]  # lines 1..5
     rows[0]["messages"][1]["role"] = "customer"  # line 1: unknown role
@@ -108,7 +103,7 @@ def test_malformed_conversations_are_refused_naming_their_lines_and_nothing_chan
     rows[2]["messages"] = rows[2]["messages"][:2]  # line 3: no assistant turn
     rows[4]["messages"] = []  # line 5: empty conversation
     secret = rows[2]["messages"][1]["content"]
-    code, out, err = run_cli("ingest", str(write_jsonl(tmp_path / "bad.jsonl", rows)), *cli_args(root))
+    code, out, err = run_cli("ingest", str(write_jsonl(rows, tmp_path / "bad.jsonl")), *cli_args(root))
     assert code == 4
     assert "1 chat record(s) at line 1: turn 2 has an unknown role 'customer'" in err
     assert "1 chat record(s) at line 2: turn 3 has empty content" in err
@@ -123,21 +118,21 @@ def test_wrong_types_and_mixed_columns_are_refused(tmp_path):
     rows = pair_rows(3)
     rows[1]["completion"] = ""
     rows[2]["prompt"] = None
-    code, _, err = run_cli("ingest", str(write_jsonl(tmp_path / "bad.jsonl", rows)), *cli_args(root))
+    code, _, err = run_cli("ingest", str(write_jsonl(rows, tmp_path / "bad.jsonl")), *cli_args(root))
     assert code == 4 and "prompt-completion record(s) at line 2: empty completion" in err and "at line 3: missing prompt" in err
     assert not root.exists()
     # A message whose content is a number cannot even form one column: the reader names the lines.
     rows = chat_rows(3)
     rows[1]["messages"][1]["content"] = 42
-    code, _, err = run_cli("ingest", str(write_jsonl(tmp_path / "types.jsonl", rows)), *cli_args(root))
+    code, _, err = run_cli("ingest", str(write_jsonl(rows, tmp_path / "types.jsonl")), *cli_args(root))
     assert code == 4 and "line 2" in err
     # messages as a string (JSON in a column) is a wrong type, per row.
     rows = [{"record_id": "x", "messages": "[]"}]
-    code, _, err = run_cli("ingest", str(write_jsonl(tmp_path / "str.jsonl", rows)), *cli_args(root))
+    code, _, err = run_cli("ingest", str(write_jsonl(rows, tmp_path / "str.jsonl")), *cli_args(root))
     assert code == 4 and "not a non-empty list of turns" in err
     # Two formats in one file is ambiguous until ingest.format says which.
     rows = [{**r, "text": "plain"} for r in pair_rows(2)]
-    code, _, err = run_cli("ingest", str(write_jsonl(tmp_path / "both.jsonl", rows)), *cli_args(root))
+    code, _, err = run_cli("ingest", str(write_jsonl(rows, tmp_path / "both.jsonl")), *cli_args(root))
     assert code == 4 and "more than one record format" in err
     code, _, err = run_cli("ingest", str(tmp_path / "both.jsonl"), *cli_args(root, "ingest.format=text"))
     assert code == 0, err
@@ -147,7 +142,7 @@ def test_wrong_types_and_mixed_columns_are_refused(tmp_path):
 def test_a_text_record_with_a_prompt_column_stays_text(tmp_path):
     root = tmp_path / "s"
     rows = [{"record_id": "t1", "text": "Ada works as a pilot.", "prompt": "Ada works as a"}]
-    assert run_cli("ingest", str(write_jsonl(tmp_path / "t.jsonl", rows)), *cli_args(root))[0] == 0
+    assert run_cli("ingest", str(write_jsonl(rows, tmp_path / "t.jsonl")), *cli_args(root))[0] == 0
     t = stored(root)
     assert t["record_format"].to_pylist() == ["text"] and t["text"].to_pylist() == ["Ada works as a pilot."]
     assert t["prompt"].to_pylist() == ["Ada works as a"]

@@ -25,27 +25,20 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipelines import forget, train
+from pipelines import forget
 from sisa.data.synthetic import make_people
 from sisa.lineage import requests_ledger, versions
 from sisa.serving import bundle
 from sisa.serving import engine as serving
 from storage.errors import NotFoundError
 from storage.store import Store
-from tests.helpers import REPO, cli_args, make_cfg, run_cli
-from tests.pipelines.helpers import ingest_rows
+from tests.helpers import REPO, cli_args, run_cli, train_store
 
 pytestmark = pytest.mark.slow
 MODEL_URI = "models:/sisa-model@serving"
 PROMPTS = ["Ada Lane works as a", "Bo Reed lives in"]
 ROWS = make_people(10, seed=5)
-
-
-def _train(root: Path, *extra: str):
-    cfg = make_cfg(root / "s", "training.epochs=2", *extra, tracking=True)
-    ingest_rows(cfg, ROWS, root / "people.jsonl")
-    train.run(cfg)
-    return cfg
+TRAINING = ("training.epochs=2",)
 
 
 def _uri(cfg) -> str:
@@ -60,7 +53,7 @@ def _served(cfg, max_new_tokens: int, prompts: list[str] = PROMPTS) -> list[str]
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory):
-    return _train(tmp_path_factory.mktemp("mlmodel"))
+    return train_store(tmp_path_factory.mktemp("mlmodel"), ROWS, *TRAINING, tracking=True).cfg
 
 
 @pytest.fixture
@@ -146,8 +139,8 @@ def test_mlflow_models_serve_answers_on_loopback(tracked, tmp_path):
         log.close()
 
 
-def test_a_forget_moves_the_alias_to_a_loadable_model_and_purges_the_old_one(tmp_path, monkeypatch):
-    cfg = _train(tmp_path)
+def test_a_forget_moves_the_alias_to_a_loadable_model_and_purges_the_old_one(tmp_path, make_trained_store, monkeypatch):
+    cfg = make_trained_store(ROWS, *TRAINING, tracking=True).cfg
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _uri(cfg))
     client = MlflowClient(_uri(cfg), _uri(cfg))
     store = Store.open(cfg.store.uri)
@@ -171,7 +164,7 @@ def test_a_forget_moves_the_alias_to_a_loadable_model_and_purges_the_old_one(tmp
     assert models == [new.mlflow["model_id"]]
 
 
-def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, monkeypatch):
+def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, make_trained_store, monkeypatch):
     """A base loaded from a local folder: by default the model names the folder (and a bundle
     finds a moved one by override); with tracking.log_base_model the MLflow model carries it."""
     from sisa.config import ModelConfig
@@ -181,7 +174,8 @@ def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, monkeypatch
     base, tok = load_base_model(ModelConfig(name="tiny", device="cpu"))
     base.save_pretrained(folder)
     tok.save_pretrained(folder)
-    cfg = _train(tmp_path, f"model.name={folder}", f"model.cache_dir={tmp_path / 'cache'}", "tracking.log_base_model=true")
+    extra = (f"model.name={folder}", f"model.cache_dir={tmp_path / 'cache'}", "tracking.log_base_model=true")
+    cfg = make_trained_store(ROWS, *TRAINING, *extra, tracking=True).cfg
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _uri(cfg))
     expected = _served(cfg, 6)
     code, _, err = run_cli("export", "--format", "ensemble", "--out", str(tmp_path / "b"), *cli_args(tmp_path / "s", f"model.name={folder}", f"model.cache_dir={tmp_path / 'cache'}"))
@@ -199,11 +193,11 @@ def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, monkeypatch
     assert bundle.generate_texts(ens, PROMPTS, 6) == expected
 
 
-def test_a_relief_of_every_shard_is_logged_as_the_base_model_alone(tmp_path, monkeypatch):
+def test_a_relief_of_every_shard_is_logged_as_the_base_model_alone(tmp_path, make_trained_store, monkeypatch):
     """Queued requests that hit slice 0 of every shard: the relief serves no adapter. That
     version is logged, registered and loadable like any other (it once failed after its commit,
     leaving the request half done), and the batch after it completes the requests."""
-    cfg = _train(tmp_path, "deletion.relief=true", "sharding.slice_size=4")
+    cfg = make_trained_store(ROWS, *TRAINING, "deletion.relief=true", "sharding.slice_size=4", tracking=True).cfg
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _uri(cfg))
     store = Store.open(cfg.store.uri)
     first = {}

@@ -9,7 +9,6 @@ vs Phi's dense/fc1/fc2), norms, rotary vs learned positions, tied embeddings."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torch
 import transformers
 
 from sisa.config import ModelConfig
-from sisa.data.synthetic import make_people
+from sisa.data.synthetic import make_people, write_jsonl
 from sisa.data.synthetic_formats import as_format
 from sisa.model.base import _build_tiny_tokenizer, load_base_model
 from tests.helpers import cli_args, run_cli
@@ -58,7 +57,7 @@ def family_dirs(tmp_path_factory) -> dict[str, Path]:
 def test_every_family_trains_forgets_and_replays_exactly(tmp_path, family_dirs, kind):
     rows = as_format(make_people(6, seed=3), "chat")
     path = tmp_path / "chats.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(rows, path)
     args = cli_args(tmp_path / "s", f"model.name={family_dirs[kind]}", "lora.target_modules=all-linear", "sharding.slice_size=4", "training.max_length=96")
     for argv in (("ingest", str(path)), ("train",)):
         code, out, err = run_cli(*argv, *args)

@@ -9,7 +9,6 @@ half done, and a deleted record's text left anywhere.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
@@ -22,18 +21,18 @@ from sisa.lineage.requests_ledger import RequestStatus
 from storage import layout, ledgers
 from storage.schemas import FORGETTING
 from storage.store import Store
-from tests.helpers import cli_args, find_canaries, make_cfg, one_slice_subjects, run_cli
-from tests.pipelines.helpers import ingest_rows, serving_shards
+from tests.helpers import (
+    cli_args,
+    find_canaries,
+    ingest_rows,
+    make_cfg,
+    one_slice_subjects,
+    run_cli,
+)
+from tests.pipelines.helpers import serving_shards
 
 pytestmark = pytest.mark.slow
 RELIEF = ("deletion.relief=true", "sharding.slice_size=8")
-
-
-def _store(tmp_path: Path, rows: list[dict], *extra: str):
-    cfg = make_cfg(tmp_path / "s", *RELIEF, *extra)
-    ingest_rows(cfg, rows, tmp_path / "in" / "people.jsonl")
-    train.run(cfg)
-    return cfg, Store.open(cfg.store.uri)
 
 
 def _subject_at(store: Store, want_slice_above: int = 0) -> tuple[str, int, int]:
@@ -44,8 +43,8 @@ def _subject_at(store: Store, want_slice_above: int = 0) -> tuple[str, int, int]
     raise AssertionError("no such subject in the test data")
 
 
-def test_relief_serves_each_affected_shard_at_its_last_clean_checkpoint(tmp_path):
-    cfg, store = _store(tmp_path, make_people(20, seed=41))
+def test_relief_serves_each_affected_shard_at_its_last_clean_checkpoint(tmp_path, make_trained_store):
+    cfg, store = make_trained_store(make_people(20, seed=41), *RELIEF)
     subject, shard, sl = _subject_at(store, want_slice_above=1)
     before = serving_shards(store)
     clean = checkpoints.ancestor_before(store, before[shard], sl)  # read now: the purge removes its descendants
@@ -65,9 +64,9 @@ def test_relief_serves_each_affected_shard_at_its_last_clean_checkpoint(tmp_path
     assert req["timings"]["relief_s"] < 5  # generous; the benchmark measures it
 
 
-def test_three_queued_requests_make_one_batch_that_retrains_each_shard_once(tmp_path, capfd):
+def test_three_queued_requests_make_one_batch_that_retrains_each_shard_once(tmp_path, make_trained_store, capfd):
     rows = make_people(16, seed=42)
-    cfg, store = _store(tmp_path, rows)
+    cfg, store = make_trained_store(rows, *RELIEF)
     args = cli_args(tmp_path / "s", *RELIEF)
     by_shard: dict[int, list[str]] = {}
     for r in store.index.table.to_pylist():
@@ -113,8 +112,8 @@ def test_three_queued_requests_make_one_batch_that_retrains_each_shard_once(tmp_
     assert not any(hits.values()), hits
 
 
-def test_ingest_goes_on_while_requests_wait_and_train_carries_the_deletions(tmp_path):
-    cfg, store = _store(tmp_path, make_people(14, seed=43))
+def test_ingest_goes_on_while_requests_wait_and_train_carries_the_deletions(tmp_path, make_trained_store):
+    cfg, store = make_trained_store(make_people(14, seed=43), *RELIEF)
     subject, shard, _ = _subject_at(store)
     forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
     ingest_rows(cfg, make_people(6, seed=44, start=100), tmp_path / "in" / "more.jsonl")
@@ -129,8 +128,8 @@ def test_ingest_goes_on_while_requests_wait_and_train_carries_the_deletions(tmp_
     assert all(sealed[s] == max(checkpoints.shard_slices(store, s)) for s in sealed)
 
 
-def test_the_policy_says_when_a_batch_is_due(tmp_path):
-    cfg, store = _store(tmp_path, make_people(10, seed=45))
+def test_the_policy_says_when_a_batch_is_due(tmp_path, make_trained_store):
+    cfg, store = make_trained_store(make_people(10, seed=45), *RELIEF)
     subject, _, _ = _subject_at(store)
     forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
     waiting = batches.queued_requests(store)
@@ -142,8 +141,8 @@ def test_the_policy_says_when_a_batch_is_due(tmp_path):
     assert process.run(make_cfg(tmp_path / "s", *RELIEF, "deletion.batch_max=1"), only_due=True, quiet=True)["ran"]
 
 
-def test_a_relief_with_no_clean_shard_serves_the_base_model_and_the_batch_retrains(tmp_path, capfd):
-    cfg, store = _store(tmp_path, make_people(8, seed=46), "sharding.num_shards=1")
+def test_a_relief_with_no_clean_shard_serves_the_base_model_and_the_batch_retrains(tmp_path, make_trained_store, capfd):
+    cfg, store = make_trained_store(make_people(8, seed=46), *RELIEF, "sharding.num_shards=1")
     subject = store.index.table.filter(pc.equal(store.index.table["slice_idx"], 0))["subject_id"][0].as_py()
     forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
     relief = versions.current(store)
@@ -155,11 +154,11 @@ def test_a_relief_with_no_clean_shard_serves_the_base_model_and_the_batch_retrai
 
 
 @pytest.mark.parametrize(("stage", "resume"), [("batch-after-delete", "process"), ("batch-after-commit", "process"), ("batch-after-delete", "train")])
-def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage, resume):
+def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, make_trained_store, stage, resume):
     # `sisa train` carries queued deletions first, so it finishes an interrupted batch itself.
     from tests.reliability.helpers import describe, sisa_proc
 
-    cfg, store = _store(tmp_path, make_people(14, seed=47))
+    cfg, store = make_trained_store(make_people(14, seed=47), *RELIEF)
     subjects = sorted({r["subject_id"] for r in store.index.table.to_pylist()})[:2]
     for s in subjects:
         forget.run(cfg, "subject", [s], queue=True, evidence=False, quiet=True)
@@ -180,13 +179,15 @@ def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, stage,
     assert not (tmp_path / "s" / layout.TMP).exists() or not list((tmp_path / "s" / layout.TMP).iterdir())
 
 
-def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(tmp_path, monkeypatch):
+def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(
+    tmp_path, make_trained_store, monkeypatch
+):
     """The batch lets go of the writer lock while its shard jobs train (it keeps the jobs lock):
     a request queued then gets its relief at once, no second batch or training can start, and the
     batch's version keeps the new request's shard at its checkpoint before the hit."""
     from storage.errors import StoreLockedError
 
-    cfg, store = _store(tmp_path, make_people(24, seed=53), "store.lock_timeout_s=2")
+    cfg, store = make_trained_store(make_people(24, seed=53), *RELIEF, "store.lock_timeout_s=2")
     single = [(s, place) for s, place in one_slice_subjects(store).items() if place[1] >= 1]
     (first, (shard, _)) = single[0]
     second = next(s for s, (sh, _) in single[1:] if sh == shard)  # the shard the batch retrains

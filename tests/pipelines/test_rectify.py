@@ -194,14 +194,13 @@ def test_a_correction_in_another_format_than_the_stored_record_is_refused(tmp_pa
     a text record) would change its format behind the trainer's back: refused whole, naming those
     ids, nothing changed; corrections in the stored formats go through."""
     from tests.pipelines.test_ingest_formats import chat_rows, pair_rows
-    from tests.pipelines.test_ingest_formats import write_jsonl as write_rows
 
     args = cli_args(tmp_path / "s")
     inputs = tmp_path / "input"
     inputs.mkdir()
     people = make_people(4, seed=46)
     write_jsonl(people, inputs / "people.jsonl")
-    for path in (inputs / "people.jsonl", write_rows(inputs / "chats.jsonl", chat_rows(3)), write_rows(inputs / "pairs.jsonl", pair_rows(3))):
+    for path in (inputs / "people.jsonl", write_jsonl(chat_rows(3), inputs / "chats.jsonl"), write_jsonl(pair_rows(3), inputs / "pairs.jsonl")):
         code, _, err = run_cli("ingest", str(path), *args, capfd=capfd)
         assert code == 0, err
     code, _, err = run_cli("train", *args, capfd=capfd)

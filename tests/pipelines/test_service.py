@@ -21,11 +21,12 @@ from sisa.forgetting import deletion
 from sisa.lineage import requests_ledger
 from sisa.lineage.requests_ledger import RequestStatus
 from storage.store import Store
-from tests.helpers import REPO, cli_args, make_cfg, run_cli
-from tests.pipelines.helpers import ingest_rows
+from tests.helpers import REPO, cli_args, run_cli, train_store
 from tests.reliability.helpers import sisa_env
 
 pytestmark = pytest.mark.slow
+ROWS = make_people(16, seed=51)
+SLICES = ("sharding.slice_size=8",)
 ROLES = ("requester", "auditor", "client", "admin")
 CHROMIUM = "/usr/bin/chromium"
 
@@ -70,15 +71,6 @@ class Server:
                 self.proc.kill()
 
 
-def _trained(root: Path) -> Path:
-    cfg = make_cfg(root / "s", "sharding.slice_size=8")
-    ingest_rows(cfg, make_people(16, seed=51), root / "people.jsonl")
-    from pipelines import train
-
-    train.run(cfg)
-    return root / "s"
-
-
 def _token(store_dir: Path, role: str, name: str) -> str:
     code, out, err = run_cli("token", "create", "--role", role, "--name", name, "--json", *cli_args(store_dir))
     assert code == 0, err
@@ -88,7 +80,8 @@ def _token(store_dir: Path, role: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    store_dir = _trained(root)
+    train_store(root, ROWS, *SLICES)
+    store_dir = root / "s"
     tokens = {role: _token(store_dir, role, f"{role}-1") for role in ROLES}
     server = Server(store_dir, "sharding.slice_size=8", "deletion.relief=true", "store.lock_timeout_s=600").start()
     yield server, store_dir, tokens
@@ -185,8 +178,9 @@ def test_completions_follow_the_version_that_commits(served):
     assert after.model == f"sisa-model@v{now}"
 
 
-def test_a_killed_server_loses_no_acknowledged_request(tmp_path):
-    store_dir = _trained(tmp_path)
+def test_a_killed_server_loses_no_acknowledged_request(tmp_path, make_trained_store):
+    make_trained_store(ROWS, *SLICES)
+    store_dir = tmp_path / "s"
     token = _token(store_dir, "requester", "desk")
     store = Store.open(str(store_dir))
     subject = store.index.table["subject_id"][0].as_py()
@@ -280,12 +274,8 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
     from tests.helpers import canaries_in_text, find_canaries
 
     root = tmp_path
-    cfg = make_cfg(root / "s", "sharding.slice_size=8", tracking=True)
-    rows = make_people(16, seed=51)
-    ingest_rows(cfg, rows, root / "people.jsonl")
-    from pipelines import train
-
-    train.run(cfg)
+    rows = ROWS
+    train_store(root, rows, *SLICES, tracking=True)
     store_dir = root / "s"
     tokens = {role: _token(store_dir, role, f"{role}-1") for role in ROLES}
     store = Store.open(str(store_dir))

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipelines import train
 from pipelines.cli import main
 from sisa.config import build_config
 from sisa.data.synthetic import make_people, write_jsonl
@@ -20,19 +19,13 @@ from sisa.serving import engine as serving
 from sisa.serving.engine import load_ensemble
 from storage import ledgers
 from storage.store import Store
-from tests.helpers import cli_args, make_cfg
-from tests.pipelines.helpers import ingest_rows
+from tests.helpers import cli_args
+
+ROWS = make_people(10, seed=5)
 
 
-def _trained(tmp_path):
-    cfg = make_cfg(tmp_path / "s")
-    ingest_rows(cfg, make_people(10, seed=5), tmp_path / "people.jsonl")
-    train.run(cfg)
-    return cfg
-
-
-def test_generate_is_deterministic_and_eval_reports_every_shard(tmp_path, capsys):
-    _trained(tmp_path)
+def test_generate_is_deterministic_and_eval_reports_every_shard(tmp_path, make_trained_store, capsys):
+    make_trained_store(ROWS)
     args = cli_args(tmp_path / "s")
     assert main(["generate", *args, "--prompt", "Ada works as a", "--max-new-tokens", "8", "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
@@ -64,8 +57,8 @@ def test_generate_is_deterministic_and_eval_reports_every_shard(tmp_path, capsys
     assert json.loads(capsys.readouterr().out) == first
 
 
-def test_measure_records_reports_both_aggregations_and_a_records_prior(tmp_path):
-    cfg = _trained(tmp_path)
+def test_measure_records_reports_both_aggregations_and_a_records_prior(tmp_path, make_trained_store):
+    cfg = make_trained_store(ROWS).cfg
     store = Store.open(cfg.store.uri)
     shards = versions.shard_checkpoints(versions.current(store))
     rows = make_people(3, seed=5)
@@ -87,10 +80,10 @@ def test_measure_records_reports_both_aggregations_and_a_records_prior(tmp_path)
     assert torch.allclose(ens.log_prior().exp(), torch.tensor([0.5, 0.5]))
 
 
-def test_export_is_a_peft_folder_equal_to_the_weighted_merge(tmp_path, capsys):
+def test_export_is_a_peft_folder_equal_to_the_weighted_merge(tmp_path, make_trained_store, capsys):
     from peft import PeftModel
 
-    cfg = _trained(tmp_path)
+    cfg = make_trained_store(ROWS).cfg
     out = tmp_path / "merged"
     assert main(["export", *cli_args(tmp_path / "s"), "--out", str(out)]) == 0
     exported = load_file(str(out / "adapter_model.safetensors"))
@@ -108,8 +101,8 @@ def test_export_is_a_peft_folder_equal_to_the_weighted_merge(tmp_path, capsys):
     assert main(["export", *cli_args(tmp_path / "s"), "--out", str(out)]) == 4
 
 
-def test_versions_and_overdue_requests_are_listed(tmp_path, capsys):
-    cfg = _trained(tmp_path)
+def test_versions_and_overdue_requests_are_listed(tmp_path, make_trained_store, capsys):
+    cfg = make_trained_store(ROWS).cfg
     args = cli_args(tmp_path / "s")
     assert main(["versions", *args, "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
@@ -131,8 +124,8 @@ def test_versions_and_overdue_requests_are_listed(tmp_path, capsys):
     assert "OVERDUE" in capsys.readouterr().out
 
 
-def test_forget_scores_a_holdout_file_without_storing_it(tmp_path, capsys):
-    _trained(tmp_path)
+def test_forget_scores_a_holdout_file_without_storing_it(tmp_path, make_trained_store, capsys):
+    make_trained_store(ROWS)
     canary = "HOLDOUT-CANARY-7f3a"
     holdout = write_jsonl([{"record_id": "h1", "text": f"{canary} works as a pilot.", "prompt": f"{canary} works as a"}], tmp_path / "h.jsonl")
     args = cli_args(tmp_path / "s")

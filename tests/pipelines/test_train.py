@@ -26,13 +26,12 @@ from sisa.training.shard_job import ShardTask, train_shard
 from storage import layout, ledgers
 from storage.errors import IntegrityError, RefusedError, ShardJobError
 from storage.store import Store
-from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
+from tests.helpers import cli_args, ingest_rows, make_cfg, run_cli, train_store, tree_digest
 from tests.pipelines.helpers import (
     adapter_tensors,
     all_checkpoints,
     assert_tensors_equal,
     checkpoint_dir,
-    ingest_rows,
     load_tensors,
     optimizer_tensors,
     people_in_shards,
@@ -40,14 +39,6 @@ from tests.pipelines.helpers import (
 )
 
 SLICES = ["sharding.slice_size=8"]  # 40 records → several slices per shard, still seconds
-
-
-def _train_store(root: Path, rows: list[dict], *extra: str, backend: str = "serial") -> Store:
-    cfg = make_cfg(root / "s", *SLICES, *extra, backend=backend)
-    ingest_rows(cfg, rows, root / "input" / "people.jsonl")
-    res = train.run(cfg)
-    assert res.model_version == 1 and not res.noop
-    return Store.open(cfg.store.uri)
 
 
 def _assert_same_checkpoints(a: Store, b: Store) -> None:
@@ -104,15 +95,15 @@ def test_train_commits_version_one_and_moves_the_pointer(tmp_path, capfd):
 # -- determinism, manifests, lineage -----------------------------------------------------------------
 def test_two_stores_from_the_same_data_hold_identical_tensors(tmp_path):
     rows = make_people(20, seed=2)
-    a = _train_store(tmp_path / "a", rows)
-    b = _train_store(tmp_path / "b", rows)
+    a = train_store(tmp_path / "a", rows, *SLICES).store
+    b = train_store(tmp_path / "b", rows, *SLICES).store
     assert sum(len(checkpoints.shard_slices(a, s)) for s in range(a.num_shards)) >= 4  # several slices were trained
     _assert_same_checkpoints(a, b)
 
 
-def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path):
+def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path, make_trained_store):
     rows = make_people(20, seed=3)
-    store = _train_store(tmp_path, rows)
+    store = make_trained_store(rows, *SLICES).store
     raw_ids = [r["record_id"] for r in rows]
     found = all_checkpoints(store)
     assert found
@@ -163,13 +154,13 @@ def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path)
         checkpoints.open_checkpoint(store, cid)
 
 
-def test_checkpoints_load_with_peft(tmp_path):
+def test_checkpoints_load_with_peft(tmp_path, make_trained_store):
     from peft import PeftModel
 
     from sisa.model.base import load_base_model
 
     cfg = make_cfg(tmp_path / "s", *SLICES)
-    store = _train_store(tmp_path, make_people(6, seed=4))
+    store = make_trained_store(make_people(6, seed=4), *SLICES).store
     for cid in serving_shards(store).values():
         base, _ = load_base_model(cfg.model)
         model = PeftModel.from_pretrained(base, str(checkpoint_dir(store, cid)))
@@ -179,7 +170,7 @@ def test_checkpoints_load_with_peft(tmp_path):
 
 def test_min_steps_per_slice_gives_a_small_shard_its_steps(tmp_path):
     rows = make_people(3, seed=4)  # 6 records over 2 shards: one or two batches of 4 a slice
-    plain = _train_store(tmp_path / "plain", rows)
+    plain = train_store(tmp_path / "plain", rows, *SLICES).store
     cfg = make_cfg(tmp_path / "min" / "s", *SLICES, "training.min_steps_per_slice=5", "serving.aggregation=uniform")
     ingest_rows(cfg, rows, tmp_path / "min" / "input" / "people.jsonl")
     res = train.run(cfg)
@@ -297,8 +288,8 @@ def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_pat
 # -- Ray ---------------------------------------------------------------------------------------------
 def test_ray_and_serial_backends_give_identical_tensors(tmp_path, ray_backend):
     rows = make_people(20, seed=6)
-    on_ray = _train_store(tmp_path / "ray", rows, backend=ray_backend)
-    serial = _train_store(tmp_path / "serial", rows, backend="serial")
+    on_ray = train_store(tmp_path / "ray", rows, *SLICES, backend=ray_backend).store
+    serial = train_store(tmp_path / "serial", rows, *SLICES, backend="serial").store
     _assert_same_checkpoints(on_ray, serial)
 
 

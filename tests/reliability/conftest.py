@@ -2,8 +2,8 @@
 tests/helpers.py.
 
 Training once per session is enough: `trained_store` copies a template store (ingested and
-trained, serial, untracked) into the test's own folder, so a test that breaks its store breaks
-nobody else's.
+trained, serial, untracked, by tests/helpers.py's `train_store`) into the test's own folder, so a
+test that breaks its store breaks nobody else's.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import ingest, train
-from sisa.data.synthetic import write_jsonl
-from tests.helpers import make_cfg
+from tests.helpers import train_store
 from tests.reliability.helpers import SLICES, people
 
 
@@ -24,12 +22,8 @@ from tests.reliability.helpers import SLICES, people
 def template_store(tmp_path_factory) -> Path:
     """A store with 40 records about 20 people, trained once (serial, untracked): model version 1."""
     base = tmp_path_factory.mktemp("reliability-template")
-    root = base / "s"
-    cfg = make_cfg(root, *SLICES)
-    path = write_jsonl(people(), base / "people.jsonl")
-    ingest.run(cfg, [str(path)])
-    assert train.run(cfg).model_version == 1
-    return root
+    train_store(base, people(), *SLICES)
+    return base / "s"
 
 
 @pytest.fixture

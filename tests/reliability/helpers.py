@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sisa.data.synthetic import make_people, write_jsonl
+from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints
 from sisa.offline import OFFLINE_ENV
 from storage.store import Store
@@ -87,6 +87,3 @@ def people(n: int = PEOPLE, seed: int = PEOPLE_SEED, start: int = 0) -> list[dic
     return make_people(n, seed=seed, start=start)
 
 
-def write_people(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_jsonl(rows, path)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import forget, ingest
+from sisa.data.synthetic import write_jsonl
 from storage import layout
 from storage.store import Store
 from tests.helpers import cli_args, make_cfg, run_cli
@@ -33,7 +34,6 @@ from tests.reliability.helpers import (
     sisa_popen,
     sisa_proc,
     status,
-    write_people,
 )
 
 
@@ -79,7 +79,7 @@ def test_a_second_forget_fails_or_waits_while_the_first_holds_the_lock(trained_s
     root = trained_store
     (a, a_ids), (b, b_ids) = subjects(root, 2)
     more = people(4, seed=12, start=900)
-    more_path = write_people(tmp_path / "input" / "more.jsonl", more)
+    more_path = write_jsonl(more, tmp_path / "more.jsonl")
 
     first = sisa_popen("forget", "--subject", a, *cli_args(root, *SLICES, "store.lock_timeout_s=120"))
     try:
@@ -130,7 +130,7 @@ def test_a_writer_killed_holding_the_lock_leaves_a_stale_lock_the_next_one_takes
     root = trained_store
     (a, a_ids), = subjects(root, 1)
     more = people(4, seed=13, start=950)
-    killed = sisa_proc("ingest", str(write_people(tmp_path / "input" / "more.jsonl", more)), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts")
+    killed = sisa_proc("ingest", str(write_jsonl(more, tmp_path / "more.jsonl")), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts")
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     owner = lock_owner(root)
     assert owner["purpose"] == "ingest"

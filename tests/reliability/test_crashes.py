@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, versions
 from sisa.training import run as training
 from storage import layout, ledgers
@@ -38,7 +39,6 @@ from tests.reliability.helpers import (
     sisa_proc,
     status,
     subject_in_middle,
-    write_people,
 )
 
 KILLED = -signal.SIGKILL
@@ -83,7 +83,7 @@ def assert_exact(root: Path) -> None:
 
 def new_people(tmp_path: Path, n: int = 10, start: int = 500) -> Path:
     """Records of people the template store has never seen."""
-    return write_people(tmp_path / "input" / f"more-{start}.jsonl", people(n, seed=3, start=start))
+    return write_jsonl(people(n, seed=3, start=start), tmp_path / f"more-{start}.jsonl")
 
 
 # -- ingest ---------------------------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, versions
 from storage.errors import IntegrityError
 from storage.store import Store
 from tests.helpers import REPO, cli_args, run_cli, tree_digest
-from tests.reliability.helpers import SLICES, people, write_people
+from tests.reliability.helpers import SLICES, people
 
 
 def serving_checkpoint(root: Path, shard: int = 1) -> tuple[str, Path]:
@@ -81,7 +82,7 @@ def test_a_damaged_checkpoint_file_is_named_and_never_served(trained_store, name
 def test_training_refuses_to_continue_from_a_damaged_checkpoint(trained_store, tmp_path):
     root = trained_store
     cid, folder = serving_checkpoint(root, shard=1)
-    code, _, err = run_cli("ingest", str(write_people(tmp_path / "more.jsonl", people(12, seed=5, start=700))), *cli_args(root, *SLICES))
+    code, _, err = run_cli("ingest", str(write_jsonl(people(12, seed=5, start=700), tmp_path / "more.jsonl")), *cli_args(root, *SLICES))
     assert code == 0, err
     damage(folder / "optimizer.safetensors", "flip")
     versions_before = tree_digest(root / "versions"), (root / "CURRENT").read_bytes()

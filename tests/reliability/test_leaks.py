@@ -29,11 +29,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import ingest
+from sisa.data.synthetic import write_jsonl
 from sisa.training import scheduler
 from storage.errors import SisaError
 from storage.store import Store
 from tests.helpers import canaries_in_text, cli_args, files_under, find_canaries, make_cfg, run_cli
-from tests.reliability.helpers import SLICES, people, write_people
+from tests.reliability.helpers import SLICES, people
 
 pytestmark = pytest.mark.slow
 
@@ -189,7 +190,7 @@ def test_errors_about_a_row_never_quote_its_text(trained_store, tmp_path, case):
     path = tmp_path / name
     if make is None:  # an id already in the store, with other text
         stored = Store.open(str(trained_store)).index.table["record_id"][0].as_py()
-        write_people(path, [{"record_id": stored, "subject_id": "s", "text": f"changed {canary}"}])
+        write_jsonl([{"record_id": stored, "subject_id": "s", "text": f"changed {canary}"}], path)
     else:
         path.write_bytes(make(canary))
     code, out, err = run_cli("ingest", str(path), *cli_args(trained_store, *SLICES))

@@ -26,8 +26,7 @@ from sisa.training import scheduler
 from sisa.training.shard_job import ShardTask, train_shard
 from storage.errors import ShardJobError
 from storage.store import Store
-from tests.helpers import make_cfg
-from tests.pipelines.helpers import ingest_rows
+from tests.helpers import ingest_rows, make_cfg, train_store
 from tests.servers import ray_auth_disabled
 
 pytestmark = pytest.mark.slow
@@ -69,11 +68,7 @@ def markers(cluster) -> Path:
 def serial(tmp_path_factory) -> dict[int, str]:
     """What a serial run on a local store commits: shard_id → the sha256 of its adapter bytes
     (checkpoint ids differ between stores: each store keys its lineage hashes itself)."""
-    root = tmp_path_factory.mktemp("serial")
-    cfg = make_cfg(root / "s", SLICES)
-    ingest_rows(cfg, ROWS, root / "people.jsonl")
-    train.run(cfg)
-    store = Store.open(str(root / "s"))
+    _, store = train_store(tmp_path_factory.mktemp("serial"), ROWS, SLICES)
     shards = versions.shard_checkpoints(versions.current(store))
     return {shard: _adapter_sha(store, cid) for shard, cid in shards.items()}
 

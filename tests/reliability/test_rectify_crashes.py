@@ -9,6 +9,7 @@ import signal
 
 import pytest
 
+from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, requests_ledger, versions
 from storage import layout
 from storage.store import Store
@@ -18,7 +19,6 @@ from tests.reliability.helpers import (
     requests_of,
     sisa_proc,
     subject_in_middle,
-    write_people,
 )
 
 STAGES = {"forget-after-ledger": "received", "forget-after-delete": "data_deleted", "forget-during-purge": "retraining"}
@@ -31,7 +31,7 @@ def test_killed_rectify_resumes_to_the_corrected_exact_result(trained_store, tmp
     subject, shard, _ = subject_in_middle(store)
     (row, *_) = [r for r in store.index.table.to_pylist() if r["subject_id"] == subject]
     old_hash = checkpoints.content_hashes(store, [row["record_id"]], [row["content_sha256"]])[0]
-    fix = write_people(tmp_path / "fix.jsonl", [{"record_id": row["record_id"], "text": "Corrected Person works as a baker."}])
+    fix = write_jsonl([{"record_id": row["record_id"], "text": "Corrected Person works as a baker."}], tmp_path / "fix.jsonl")
 
     proc = sisa_proc("rectify", "--file", str(fix), *cli_args(root, *SLICES), SISA_FAULT=stage)
     assert proc.returncode == -signal.SIGKILL, proc.stderr

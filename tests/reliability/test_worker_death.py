@@ -21,6 +21,7 @@ from ray.exceptions import RayError
 
 from pipelines import ingest, train
 from sisa.config import SchedulerConfig
+from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, versions
 from sisa.training import run as training
 from sisa.training import scheduler
@@ -29,7 +30,7 @@ from storage import layout
 from storage.errors import ShardJobError
 from storage.store import Store
 from tests.helpers import REPO, cli_args, make_cfg, run_cli, tree_digest
-from tests.reliability.helpers import SLICES, people, write_people
+from tests.reliability.helpers import SLICES, people
 
 pytestmark = pytest.mark.slow
 
@@ -117,7 +118,7 @@ def test_retries_are_bounded_by_the_config(tmp_path):
 def pending_store(trained_store, tmp_path) -> Path:
     """The template store (version 1) plus new records: every shard has slices to train."""
     rows = people(16, seed=9, start=800)
-    ingest.run(make_cfg(trained_store, *SLICES), [str(write_people(tmp_path / "input" / "more.jsonl", rows))])
+    ingest.run(make_cfg(trained_store, *SLICES), [str(write_jsonl(rows, tmp_path / "more.jsonl"))])
     return trained_store
 
 

@@ -4,7 +4,6 @@ single-chunk table writes; its per-row hashing runs a block at a time."""
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +13,7 @@ from sisa.config import load_config
 from sisa.data import ingestion, sources
 from sisa.data.ingestion import _ChunkwiseTake, commit_batch, content_sha256, prepare_batches
 from sisa.data.sources import read_source
+from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints
 from storage.store import Store
 from tests.helpers import TINY
@@ -58,7 +58,7 @@ def _placed(uri: str) -> tuple[dict, pa.Table]:
 def test_a_file_read_in_many_chunks_is_written_as_from_one(tmp_path, monkeypatch):
     rows = [{"record_id": f"r{i:04d}", "subject_id": f"p{i // 3}" if i % 7 else None, "text": f"note {i}: {'x' * (i % 40)}", "team": f"t{i % 4}"} for i in range(300)]
     path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(rows, path)
     placed = []
     for block in (None, 1024):
         if block is not None:
@@ -85,7 +85,7 @@ def test_problems_are_found_in_any_chunk(tmp_path, monkeypatch, field):
     rows = [{"record_id": f"r{i}", "text": f"note {i}"} for i in range(100)]
     rows[80][field] = "  "
     path = tmp_path / "in.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(rows, path)
     source = read_source(str(path))
     assert source.table[field].num_chunks > 3
     cfg = load_config(TINY, [f"store.uri={tmp_path / 's'}"])

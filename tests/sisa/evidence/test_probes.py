@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from sisa.data.synthetic import make_people, make_probes
+from sisa.data.synthetic import make_people, make_probes, write_jsonl
 from sisa.evidence.probes import Probe, for_request, read_probes
 from storage.errors import ValidationError
 
@@ -45,5 +45,5 @@ def test_synth_probes_ask_every_fact_three_ways_and_keep_it_as_locality(tmp_path
         name = r["prompt"].split(" works")[0].split("'s ")[0].split(" lives")[0]
         assert all(name in p["prompt"] for p in mine) and r["prompt"] in {p["prompt"] for p in mine}
     path = tmp_path / "p.jsonl"
-    path.write_text("".join(json.dumps(p) + "\n" for p in probes))
+    write_jsonl(probes, path)
     assert len(read_probes(str(path))) == len(probes)

@@ -10,40 +10,32 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import train
 from sisa.data.synthetic import make_people
 from sisa.lineage import versions
 from sisa.serving import bundle
 from sisa.serving import engine as serving
 from storage.errors import ConfigError, IntegrityError, NotFoundError
 from storage.store import Store
-from tests.helpers import cli_args, make_cfg, run_cli
-from tests.pipelines.helpers import ingest_rows
+from tests.helpers import cli_args, run_cli, train_store
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Ada Lane works as a", "Bo lives in"]
 ROWS = make_people(10, seed=5)
-
-
-def _trained(root: Path, *extra: str):
-    cfg = make_cfg(root / "s", "training.epochs=2", *extra)
-    ingest_rows(cfg, ROWS, root / "people.jsonl")
-    train.run(cfg)
-    return cfg
+TRAINING = ("training.epochs=2",)
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
     """A bundle of a trained tiny store (the store stays; tests copy the bundle to damage it)."""
     root = tmp_path_factory.mktemp("bundle")
-    _trained(root)
+    train_store(root, ROWS, *TRAINING)
     code, _, err = run_cli("export", "--format", "ensemble", "--out", str(root / "b"), *cli_args(root / "s"))
     assert code == 0, err
     return root / "b"
 
 
-def test_export_delete_the_store_load_and_generate_the_same_text(tmp_path):
-    cfg = _trained(tmp_path, "serving.prior=records", "serving.top_shards=1")
+def test_export_delete_the_store_load_and_generate_the_same_text(tmp_path, make_trained_store):
+    cfg = make_trained_store(ROWS, *TRAINING, "serving.prior=records", "serving.top_shards=1").cfg
     store = Store.open(cfg.store.uri)
     v, ens = serving.load_serving(store, cfg)
     served = [serving.generate_text(ens, p, 10) for p in PROMPTS]
