@@ -1,0 +1,106 @@
+"""Loading a model version for use (sisa/serving/engine.py): the base plus each shard's verified
+adapter, served with the config's settings; what it generates is what the mixture itself
+generates from the same adapters (sisa/model/mixture.py), and a damaged adapter never loads.
+
+One tiny store trained once for the module (tests/helpers.py: train_store)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from sisa.config import SisaConfig
+from sisa.data.synthetic import make_people
+from sisa.lineage import checkpoints, versions
+from sisa.model import adapters, mixture
+from sisa.model.base import load_base_model
+from sisa.serving import engine
+from storage import layout
+from storage.errors import IntegrityError, StoreError
+from storage.store import Store
+from tests.helpers import make_cfg, train_store
+
+PROMPT = "Ada Lane works as a"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_store(tmp_path_factory.mktemp("engine"), make_people(8, seed=21))
+
+
+def _mixture_of(store: Store, cfg: SisaConfig) -> tuple[torch.nn.Module, object, list[str]]:
+    """The serving version's adapters loaded straight from their checkpoint folders."""
+    base, tokenizer = load_base_model(cfg.model)
+    shards = versions.shard_checkpoints(versions.current(store))
+    dirs = {f"shard{s}": checkpoints.open_checkpoint(store, cid).path for s, cid in sorted(shards.items())}
+    return adapters.load_adapters(base, dirs), tokenizer, list(dirs)
+
+
+def test_the_serving_version_generates_what_the_mixture_generates(trained):
+    cfg, store = trained
+    version, ens = engine.load_serving(store, cfg)
+    assert version == versions.current(store) and version.model_version == 1
+    assert ens.names == {0: "shard0", 1: "shard1"} and ens.adapter_names() == ["shard0", "shard1"]
+    assert (ens.aggregation, ens.top_shards) == (cfg.serving.aggregation, cfg.serving.top_shards)
+    assert ens.record_counts is None  # serving.prior: uniform
+    model, tokenizer, names = _mixture_of(store, cfg)
+    want = mixture.generate(
+        model, tokenizer, names, PROMPT, 8, True, 1.0, 0,
+        aggregation=cfg.serving.aggregation, log_prior=mixture.log_prior(len(names)), top_shards=cfg.serving.top_shards,
+    )
+    assert engine.generate_text(ens, PROMPT, max_new_tokens=8) == want
+    assert torch.equal(ens.log_prior(), mixture.log_prior(2))
+
+
+def test_the_serving_settings_come_from_the_config(trained):
+    cfg, store = trained
+    model, tokenizer, names = _mixture_of(store, cfg)
+    uniform = make_cfg(Path(store.uri), "serving.aggregation=uniform", "serving.top_shards=0")
+    _, ens = engine.load_serving(store, uniform)
+    want = mixture.generate(model, tokenizer, names, PROMPT, 6, aggregation="uniform", top_shards=0)
+    assert ens.aggregation == "uniform" and engine.generate_text(ens, PROMPT, max_new_tokens=6) == want
+    # prior: records weighs each shard by its live records in the index.
+    by_records = make_cfg(Path(store.uri), "serving.prior=records")
+    _, ens = engine.load_serving(store, by_records)
+    counts = engine.live_record_counts(store)
+    assert sum(counts.values()) == store.index.live().num_rows and set(counts) == {0, 1}
+    assert ens.record_counts == counts
+    assert torch.equal(ens.log_prior(), mixture.log_prior(2, [counts[0], counts[1]]))
+    prior = mixture.log_prior(2, [counts[0], counts[1]])
+    want = mixture.generate(
+        model, tokenizer, names, PROMPT, 6,
+        aggregation=cfg.serving.aggregation, log_prior=prior, top_shards=cfg.serving.top_shards,
+    )
+    assert engine.generate_text(ens, PROMPT, max_new_tokens=6) == want
+
+
+def test_a_version_of_no_shard_serves_the_base_model_alone(trained):
+    cfg, store = trained
+    ens = engine.load_ensemble(store, cfg, {})
+    assert ens.names == {engine.BASE_SHARD: mixture.BASE} and not any(p.requires_grad for p in ens.model.parameters())
+    base, tokenizer = load_base_model(cfg.model)
+    want = mixture.generate(base, tokenizer, [mixture.BASE], PROMPT, 6, aggregation=cfg.serving.aggregation)
+    assert engine.generate_text(ens, PROMPT, max_new_tokens=6) == want
+
+
+def test_a_damaged_adapter_is_refused_before_it_loads(trained, tmp_path):
+    cfg, store = trained
+    copy = tmp_path / "s"
+    shutil.copytree(store.uri, copy)
+    damaged = Store.open(str(copy))
+    shard, cid = sorted(versions.current(damaged).shards.items())[0]
+    weights = copy / layout.checkpoint_dir(shard, cid) / checkpoints.ADAPTER_WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=f"{cid}: file {checkpoints.ADAPTER_WEIGHTS} is damaged"):
+        engine.load_serving(damaged, make_cfg(copy))
+
+
+def test_no_version_yet_says_to_train_first(tmp_path):
+    store = Store.create(str(tmp_path / "s"), num_shards=2, seed=0)
+    with pytest.raises(StoreError, match="run `sisa train` first"):
+        engine.load_serving(store, make_cfg(tmp_path / "s"))
