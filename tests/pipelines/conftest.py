@@ -2,7 +2,7 @@
 tests/pipelines/helpers.py and tests/helpers.py.
 
 Real Ray where a test asks for the `ray_backend` fixture. Nothing here is autouse:
-test_ingest_cli.py shares this folder and must not be affected.
+test_ingest.py shares this folder and must not be affected.
 """
 
 from __future__ import annotations
