@@ -13,7 +13,6 @@ os.environ.pop("RAY_ADDRESS", None)
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-# -- real servers on loopback (tests/servers.py) ----------------------------------------------------
 import pytest  # noqa: E402
 
 
@@ -31,6 +30,7 @@ def make_trained_store(tmp_path):
     return partial(train_store, tmp_path)
 
 
+# -- real servers on loopback (tests/servers.py) ----------------------------------------------------
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 for the whole session, with the AWS credential variables set;
