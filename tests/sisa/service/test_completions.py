@@ -13,29 +13,18 @@ import httpx
 import pytest
 
 from sisa.data.synthetic import make_people
-from tests.helpers import cli_args, make_cfg, run_cli
-from tests.pipelines.helpers import ingest_rows
-from tests.pipelines.test_service import Server
+from tests.helpers import train_store
+from tests.pipelines.test_service import Server, _token
 
 pytestmark = pytest.mark.slow
-
-
-def _token(store_dir, role: str, name: str) -> str:
-    code, out, err = run_cli("token", "create", "--role", role, "--name", name, "--json", *cli_args(store_dir))
-    assert code == 0, err
-    return json.loads(out)["token"]
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     from openai import OpenAI
 
-    from pipelines import train
-
     root = tmp_path_factory.mktemp("openai")
-    cfg = make_cfg(root / "s", "sharding.slice_size=8")
-    ingest_rows(cfg, make_people(12, seed=7), root / "people.jsonl")
-    train.run(cfg)
+    train_store(root, make_people(12, seed=7), "sharding.slice_size=8")
     token = _token(root / "s", "client", "app")
     server = Server(root / "s", "sharding.slice_size=8", "service.max_prompt_tokens=200", "service.max_tokens=64").start()
     client = OpenAI(base_url=f"{server.url}/v1", api_key=token, timeout=300, max_retries=0)
@@ -127,12 +116,8 @@ def test_concurrent_clients_get_the_answers_each_gets_alone(api):
     assert together == alone
 
 
-def test_sigterm_ends_an_open_stream_within_the_shutdown_bound(tmp_path):
-    from pipelines import train
-
-    cfg = make_cfg(tmp_path / "s", "sharding.slice_size=8")
-    ingest_rows(cfg, make_people(4, seed=9), tmp_path / "people.jsonl")
-    train.run(cfg)
+def test_sigterm_ends_an_open_stream_within_the_shutdown_bound(make_trained_store, tmp_path):
+    make_trained_store(make_people(4, seed=9), "sharding.slice_size=8")
     token = _token(tmp_path / "s", "client", "app")
     server = Server(tmp_path / "s", "sharding.slice_size=8", "service.shutdown_timeout_s=2", "service.max_tokens=100000").start()
     body = {"prompt": "Hello", "max_tokens": 100000, "stream": True}
