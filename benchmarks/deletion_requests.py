@@ -16,7 +16,7 @@ MLflow imports for anyone running a script from there, and tests/test_architectu
    Job seconds are CPU seconds: on this shared machine a job's wall time swings with other
    people's load and its CPU time barely does; the model is one unloaded core per shard job.
 2. Validate on a small case: four requests (two in one shard) queued with `forget --queue` (the
-   relief commit and the whole call timed), then one `batches.process`, against the same four
+   relief commit and the whole call timed), then one `runner.process`, against the same four
    requests one at a time (`forget`: relief, delete, retrain, commit, purge, certify) on a copy of
    the same trained store. Record-passes of the model against the requests' plans, job CPU
    seconds predicted against measured (a probe around the trainer's entry point); the fixed
@@ -30,7 +30,7 @@ MLflow imports for anyone running a script from there, and tests/test_architectu
                     `sisa forget` does; a later request waits for the lock, relief included.
      batches        `forget --queue` records the request and serves its relief (waiting for the
                     lock while a batch holds it); a cron runs `sisa process --due` every hour:
-                    `sisa.forgetting.batches.due` (the real policy code) decides; a batch retrains each
+                    `sisa.forgetting.runner.due` (the real policy code) decides; a batch retrains each
                     affected shard once from the earliest slice any of its requests hit, on
                     --workers parallel workers, then completes every request in it.
    Work = record-passes (and job seconds through the cost model); time to relief (request to
@@ -56,8 +56,8 @@ if __name__ == "__main__":
     import _common as C  # first: the offline environment and the repository on sys.path
 
 from sisa.config import SisaConfig, build_config  # noqa: E402
-from sisa.forgetting.batches import due  # noqa: E402
 from sisa.forgetting.planner import slice_cost  # noqa: E402
+from sisa.forgetting.runner import due  # noqa: E402
 from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus  # noqa: E402
 
 HOUR = 3600.0
@@ -353,12 +353,10 @@ def job_cpu_probe() -> Iterator[list[dict]]:
     """Each shard job's CPU seconds, recorded around the trainer's entry point where the
     forgetting and batch code call it (serial backend: the job runs in this process). On this
     shared machine a job's wall time swings with other people's load; its CPU time barely does."""
-    from sisa.forgetting import batches
-    from sisa.forgetting import flow as forgetting
+    from sisa.forgetting import phases
 
     jobs: list[dict] = []
-    real = forgetting.train_shard
-    assert batches.train_shard is real
+    real = phases.train_shard
 
     def timed(task):
         t0 = time.process_time()
@@ -366,11 +364,11 @@ def job_cpu_probe() -> Iterator[list[dict]]:
         jobs.append({"shard_id": task.shard_id, "slices": len(task.slices), "cpu_s": time.process_time() - t0, "wall_s": out.wall_s})
         return out
 
-    forgetting.train_shard = batches.train_shard = timed
+    phases.train_shard = timed
     try:
         yield jobs
     finally:
-        forgetting.train_shard = batches.train_shard = real
+        phases.train_shard = real
 
 
 def _tiny_cfg(store_uri: str, overrides: list[str]):
@@ -460,7 +458,7 @@ def validation(work: str, records: int) -> tuple[Callable[[int], None], Callable
     from pipelines import forget as forget_pipeline
     from pipelines.ingest import run as ingest_run
     from pipelines.train import run as train_run
-    from sisa.forgetting import batches
+    from sisa.forgetting import runner
     from sisa.lineage import checkpoints
     from storage.store import Store
 
@@ -513,7 +511,7 @@ def validation(work: str, records: int) -> tuple[Callable[[int], None], Callable
         bstore = Store.open(bcfg.store.uri)
         t0 = time.perf_counter()
         with bstore.lock("bench process", bcfg.store.lock_timeout_s), job_cpu_probe() as jobs:
-            res = batches.process(bstore, bcfg, evidence=False)
+            res = runner.process(bstore, bcfg, evidence=False)
         e2e = time.perf_counter() - t0
         best_job = batch.setdefault("job_cpu_best", {})  # per shard job, as per request one at a time
         for j in jobs:
@@ -763,7 +761,7 @@ def main() -> None:
         },
     ]
     C.table(vrows, list(vrows[0]))
-    print(f"batch jobs (shard, slices): {bat['jobs']}; e2e = the four `forget` calls, or the four `forget --queue` calls + `batches.process`")
+    print(f"batch jobs (shard, slices): {bat['jobs']}; e2e = the four `forget` calls, or the four `forget --queue` calls + `runner.process`")
     commits = [f"{q['relief_s'] * 1000:.1f} ms" if q["relief_s"] is not None else "-" for q in v["queue"]]
     print(f"relief commits (relief_s) of the queued requests: {', '.join(commits)}")
 
@@ -775,7 +773,7 @@ def main() -> None:
     print("job h = summed shard-job hours through the cost model (the compute bill); busy h = hours the store lock was held by retrains")
     print(f"(a batch's jobs side by side on {cost.workers} worker(s)); runs = retrains (one at a time) or batches; relief and exact: request to relief serving,")
     print("request to completed, p50 / p95 / max; `sisa forget` alone waits for the jobs lock while a retrain holds it; `forget --queue` is relieved at arrival, during a batch too (the batch lets go of the writer lock); served: time-mean share of the shards' slices the served model holds (relief serves a hit shard at its checkpoint before the hit).")
-    print(f"cron runs `sisa process --due` every hour; the policy decision is sisa.forgetting.batches.due. {load[0]} before calibration, {load[-1]} after.")
+    print(f"cron runs `sisa process --due` every hour; the policy decision is sisa.forgetting.runner.due. {load[0]} before calibration, {load[-1]} after.")
     for w, vs in verdicts:
         if w.rate != 100:
             continue

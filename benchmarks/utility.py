@@ -48,7 +48,7 @@ from sisa.config import SisaConfig
 from sisa.data.ingestion import ingest_sources
 from sisa.data.sources import from_table
 from sisa.data.synthetic import make_people
-from sisa.forgetting import flow as forgetting
+from sisa.forgetting import runner
 from sisa.lineage import versions
 from sisa.lineage.requests_ledger import RequestMode
 from sisa.model import (
@@ -278,7 +278,7 @@ def forget_one(store: Store, cfg: SisaConfig, person: list[dict], strangers: lis
     max_length = cfg.training.max_length
     before = serving.mean(score(serving.load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store))), person, max_length)["posterior"])
     with store.lock("utility benchmark forget", cfg.store.lock_timeout_s), C.timer() as t:
-        forgetting.forget(store, cfg, "subject", [person[0]["subject_id"]], RequestMode.EXACT, evidence=False, log=lambda _msg: None)
+        runner.forget(store, cfg, "subject", [person[0]["subject_id"]], RequestMode.EXACT, evidence=False, log=lambda _msg: None)
     ens = serving.load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store)))
     after = serving.mean(score(ens, person, max_length)["posterior"])
     strangers_after = serving.mean(score(ens, strangers, max_length)["posterior"])

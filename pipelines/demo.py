@@ -40,7 +40,7 @@ from sisa.data.synthetic import make_people, make_probes
 from sisa.data.synthetic_formats import as_format, question
 from sisa.evidence.probes import Probe
 from sisa.evidence.report import DemoReport, write_report
-from sisa.forgetting import flow as forgetting
+from sisa.forgetting import runner
 from sisa.forgetting.planner import expected_cost_fraction
 from sisa.forgetting.rollback import roll_back
 from sisa.lineage import checkpoints, requests_ledger, versions
@@ -228,7 +228,7 @@ def _forget(d: _Demo):
     probes = [Probe(**p) for p in make_probes(d.target) if p["kind"] != "locality"]
     probes += [Probe(**p) for p in make_probes(d.retained[: 2 * d.facts]) if p["kind"] == "locality"]
     with store.job("demo forget", cfg.store.lock_timeout_s):
-        fr = forgetting.forget(store, cfg, "subject", [d.target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
+        fr = runner.forget(store, cfg, "subject", [d.target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
     exact_entry = versions.current(store)
     ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
     for r in d.target[:2]:

@@ -6,7 +6,7 @@
     sisa forget --config C --resume
     sisa forget --config C --subject person-00003 --probes probes.jsonl --holdout strangers.jsonl   # evidence
 
-The recipe (each step is a phase of the state machine in sisa/forgetting/flow.py):
+The recipe (each step is a phase of the request runner, sisa/forgetting/runner.py):
 1. Select and validate: unknown ids are an error (or skipped with --allow-missing); ids an
    earlier request deleted are a no-op. --dry-run prints the plan and stops.
 2. Ledger: the request (keyed hashes only) is written durably before anything is destroyed.
@@ -33,7 +33,7 @@ from pipelines.common import open_store, print_json
 from pipelines.request_options import Texts
 from sisa.config import SisaConfig
 from sisa.evidence.probes import Probe
-from sisa.forgetting import flow as forgetting
+from sisa.forgetting import runner
 from sisa.lineage.versions import ModelVersion
 from storage.errors import ValidationError
 
@@ -64,7 +64,7 @@ def run(
     # out now: a retrain, one job at a time.
     lock = store.lock if queue or dry_run else store.job
     with lock("forget", cfg.store.lock_timeout_s):
-        res = forgetting.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, request_options.progress(quiet), probes=probe_list)
+        res = runner.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, request_options.progress(quiet), probes=probe_list)
     return res.to_dict()
 
 
@@ -72,7 +72,7 @@ def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Finish every open request from where it stopped (the text may already be gone)."""
     store = open_store(cfg)
     with store.job("forget --resume", cfg.store.lock_timeout_s):
-        done = forgetting.resume(store, cfg, request_options.progress(quiet))
+        done = runner.resume(store, cfg, request_options.progress(quiet))
     return [{"request_id": r.request_id, "request": r.to_dict()} for r in done]
 
 

@@ -21,18 +21,18 @@ import argparse
 
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
-from sisa.forgetting import batches
+from sisa.forgetting import runner
 
 
 def run(cfg: SisaConfig, only_due: bool = False, evidence: bool = True, quiet: bool = False) -> dict:
     store = open_store(cfg)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     with store.job("process", cfg.store.lock_timeout_s) as writer:
-        waiting = batches.queued_requests(store)
-        reason = batches.due(cfg, waiting)
+        waiting = runner.queued_requests(store)
+        reason = runner.due(cfg, waiting)
         if only_due and reason is None:
             return {"ran": False, "queued": len(waiting), "reason": "not due (see deletion.* in the config)"}
-        res = batches.process(store, cfg, evidence=evidence, log=log, unlocked=writer.released)
+        res = runner.process(store, cfg, evidence=evidence, log=log, unlocked=writer.released)
     return {
         "ran": res.batch_id is not None,
         "queued": len(waiting),

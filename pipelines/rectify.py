@@ -13,7 +13,7 @@ each record is stored in (one format per file, as for ingest):
     {"record_id": "chat-3", "messages": [{"role": "user", "content": "What does Norma Fisher do?"},
                                          {"role": "assistant", "content": "Norma Fisher works as a pilot."}]}
 
-The recipe (the phases of a deletion, sisa/forgetting/flow.py; mechanics in sisa/forgetting/corrections.py):
+The recipe (the phases of a deletion, sisa/forgetting/runner.py; mechanics in sisa/forgetting/corrections.py):
 1. Validate every correction first: unknown ids, ids a deletion forgot, empty text, text identical
    to what the record holds, a changed subject_id, a correction in another format than the
    stored record: one error naming them all; nothing changes.
@@ -47,7 +47,7 @@ from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
 from sisa.data.ingestion import normalise
 from sisa.data.sources import read_source
-from sisa.forgetting import flow as forgetting
+from sisa.forgetting import runner
 from storage.errors import ValidationError
 
 
@@ -75,7 +75,7 @@ def run(
     # batch); carried out now, a rectification retrains: one job at a time (the jobs lock first).
     lock = store.lock if dry_run or queue else store.job
     with lock("rectify", cfg.store.lock_timeout_s):
-        res = forgetting.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=request_options.progress(quiet), probes=probe_list, queue=queue)
+        res = runner.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=request_options.progress(quiet), probes=probe_list, queue=queue)
     return res.to_dict()
 
 

@@ -17,7 +17,7 @@ import sys
 
 from pipelines.common import open_store, print_json, print_table
 from sisa.config import SisaConfig
-from sisa.forgetting.batches import train_store
+from sisa.forgetting.runner import train_store
 from sisa.training.run import TrainResult, prompt_blind_posterior
 
 

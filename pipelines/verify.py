@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
-from sisa.forgetting import deletion
+from sisa.forgetting import lineage_check
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
 from sisa.serving import registered_version_exists
@@ -100,7 +100,7 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
         report["integrity"] = check_integrity(store, shards)
         # 2. lineage
         hashes = set().union(*[set(r.id_hashes) for r in reqs]) if reqs else set()
-        report["lineage_violations"] = deletion.lineage_violations(store, shards, hashes)
+        report["lineage_violations"] = lineage_check.lineage_violations(store, shards, hashes)
         # 3. purge
         report["purge_problems"] = [p for r in reqs for p in check_purge(store, cfg, r)]
         # 4. replay

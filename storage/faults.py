@@ -11,6 +11,8 @@ prove that every stage leaves the serving version intact and the work resumable.
     forget-during-retrain   inside a retraining shard job
     forget-during-purge     some tainted checkpoints deleted, not all
     pointer-move            a version entry written, the current pointer not yet moved
+    forget-after-<phase>    a request carried out at once, written to the ledger after that phase of
+    batch-after-<phase>     the request runner (sisa/forgetting/runner.py: ledger, delete, commit, ...)
 
 `SISA_FAULT_AFTER=n` lets the stage pass n times before dying (e.g. the second slice): each
 pass counts it down in this process's environment (only when `SISA_FAULT` names the stage; no

@@ -27,14 +27,13 @@ from sisa.data.sharding import assign_shards, assign_slices
 from sisa.data.sources import Source
 from sisa.lineage import checkpoints
 from sisa.lineage.requests_ledger import (
-    RequestStatus,
     forgotten_hashes,
     forgotten_selector_hashes,
-    open_requests,
+    refuse_unfinished,
     selector_hashes,
 )
 from storage import ledgers, records
-from storage.errors import RefusedError, ValidationError, list_some
+from storage.errors import ValidationError, list_some
 from storage.faults import maybe_die
 from storage.fs import StoreFS
 from storage.index import RecordIndex
@@ -373,9 +372,7 @@ def ingest_sources(cfg: SisaConfig, sources: list[Source]) -> list[IngestResult]
     with store.lock("ingest", cfg.store.lock_timeout_s):
         # Queued requests do not hold ingest up (their records are marked; batches run later);
         # a request in flight (a crash mid-way) must finish first.
-        pending = [r.request_id for r in open_requests(store) if r.status != RequestStatus.QUEUED]
-        if pending:
-            raise RefusedError(f"deletion request(s) {', '.join(pending)} are not completed; run `sisa forget --resume` first")
+        refuse_unfinished(store, "ingest")
         if batches is None or len(store.index):  # an existing store, or another writer got in first
             batches = prepare_batches(store, sources, cfg)
         return [commit_batch(store, batch, cfg, next_seq(store.fs)) for batch in batches]

@@ -13,7 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from sisa.forgetting import deletion
+from sisa.forgetting import lineage_check
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
 from storage import layout
@@ -24,7 +24,7 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
     """What can be checked now: the lineage of what serves, and that the purged files are gone."""
     current = versions.current(store)
     after_shards = versions.shard_checkpoints(current)
-    violations = deletion.lineage_violations(store, after_shards, set(req.id_hashes))
+    violations = lineage_check.lineage_violations(store, after_shards, set(req.id_hashes))
     purged = (req.purge or {}).get("checkpoints", [])
     still_there = [c for c in purged if store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(c), c))]
     digest = hashlib.sha256(
@@ -46,7 +46,7 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
     if req.kind == RequestKind.RECTIFY:
         # Keyed hashes of (record id, content): the old content is in no serving lineage (the
         # lineage check above), the new one is; the text itself is named nowhere.
-        held = set().union(*[h for h in deletion.version_lineages(store, after_shards).values() if h]) if after_shards else set()
+        held = set().union(*[h for h in lineage_check.version_lineages(store, after_shards).values() if h]) if after_shards else set()
         new = [c["new"] for c in req.rectified]
         out["rectification"] = {
             "records": len(req.rectified),

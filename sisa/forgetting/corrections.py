@@ -4,7 +4,7 @@ A correction names a live record by `record_id` and gives its new content in the
 record is stored in: a new `text` (optionally a new `prompt` and `answer`), a `prompt` +
 `completion`, or `messages`, normalised to canonical JSON in `text` as ingest stores such a
 record. The record keeps its id, subject, shard and slice position; only its
-content changes. `sisa/forgetting/flow.py` carries a rectification through the same phases as a
+content changes. `sisa/forgetting/runner.py` carries a rectification through the same phases as a
 deletion: the old content is what the request forgets (its keyed (id, content) hashes are the
 request's `id_hashes`, what lineage, purge and rollback checks look for), and the retrain from the
 earliest affected slice trains the new content in.
@@ -28,7 +28,8 @@ from sisa.config import SisaConfig
 from sisa.data.formats import FORMAT_COLUMN, TEXT, Item, decode
 from sisa.data.ingestion import content_sha256, normalise
 from sisa.data.sources import from_table
-from sisa.forgetting import deletion
+from sisa.forgetting import selection
+from sisa.forgetting.record_texts import row_slices
 from sisa.lineage import checkpoints, requests_ledger
 from storage import layout, records
 from storage.errors import ValidationError, list_some
@@ -93,13 +94,13 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     if problems:
         raise _error(problems)
     ids = table["record_id"].to_pylist()
-    sel = deletion.select_records(store, "ids", ids)
+    sel = selection.select_records(store, "ids", ids)
     if sel.already_deleted:
         problems.append(f"{len(sel.already_deleted)} record id(s) were forgotten (or are being forgotten) by a deletion request: {list_some(sel.already_deleted)}")
     if sel.missing:
         problems.append(f"{len(sel.missing)} unknown record id(s): {list_some(sel.missing)}")
     if sel.rectifying:
-        problems.append(deletion.describe_rectifying(sel))
+        problems.append(selection.describe_rectifying(sel))
     new = pa.table({"record_id": table["record_id"], "text": table["text"], "content_sha256": content_sha256(table["text"])})
     for name in ("prompt", "answer"):
         if name in table.column_names:
@@ -137,7 +138,7 @@ def formats(store: Store, rows: pa.Table) -> dict[str, str]:
     format; their slice parts do, null in parts older than formats: text)."""
     wanted = pa.array(rows["record_id"].to_pylist(), pa.string())
     out: dict[str, str] = {}
-    for shard, sl in deletion.row_slices(rows):
+    for shard, sl in row_slices(rows):
         t = store.read_slice(shard, sl, columns=["record_id", FORMAT_COLUMN])
         if t is None:
             continue
@@ -156,7 +157,7 @@ def old_and_new(store: Store, fix: Corrections) -> tuple[list[Item], list[str | 
     chat record's content as its Example, decoded in the format it is stored in."""
     old: dict[str, tuple[Item, str | None, str | None]] = {}
     wanted = set(fix.ids)
-    for shard, sl in deletion.row_slices(fix.rows):
+    for shard, sl in row_slices(fix.rows):
         t = store.read_slice(shard, sl)
         if t is None:
             continue
@@ -192,7 +193,7 @@ def apply(store: Store, request_id: str, rows: pa.Table) -> int:
     if new is None:
         return 0
     changed = 0
-    for shard_id, slice_idx in deletion.row_slices(rows):
+    for shard_id, slice_idx in row_slices(rows):
         for part in store.slice_parts(shard_id, slice_idx):
             changed += records.replace_values(store.fs, part, new)
     for part in store.index_parts():

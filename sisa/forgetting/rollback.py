@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sisa.config import SisaConfig
-from sisa.forgetting import deletion
+from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger, versions
 from sisa.serving import mirror as registry
 from storage import ledgers
@@ -32,9 +32,9 @@ def check_restorable(store: Store, model_version: int) -> versions.ModelVersion:
             "it held a checkpoint trained on deleted records, which no longer exists. "
             "Pick a version that `sisa versions` lists as active."
         )
-    lineages = deletion.version_lineages(store, target.shards)  # read once, checked against every request
+    lineages = lineage_check.version_lineages(store, target.shards)  # read once, checked against every request
     for req in requests_ledger.all_requests(store):
-        bad = deletion.lineage_violations(store, target.shards, set(req.id_hashes), lineages)
+        bad = lineage_check.lineage_violations(store, target.shards, set(req.id_hashes), lineages)
         if bad:
             raise RefusedError(
                 f"model version {model_version} cannot serve: checkpoint(s) {', '.join(bad)} were trained on "

@@ -19,15 +19,34 @@ import torch
 import torch.nn.functional as F
 
 from sisa.config import SisaConfig
-from sisa.data.formats import Item
+from sisa.data.formats import FORMAT_COLUMN, Item, decode
 from sisa.data.sharding import derive_seed
-from sisa.forgetting.deletion import read_texts, retain_records
+from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import load_base_model
 from sisa.model.loss import encode_texts, token_logprobs
 from sisa.training.shard_job import deterministic_torch, make_optimizer
 from storage.store import Store
+
+
+def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[Item]]:
+    """(record ids, records) of up to `limit` of the shard's remaining records, newest slices
+    first (what the adapter learned last is what an unlearning step disturbs most); reads only
+    the slices it needs. A record is a text record's str or a prompt-completion/chat Example."""
+    ids: list[str] = []
+    texts: list[Item] = []
+    for sl in reversed(checkpoints.shard_slices(store, shard_id)):
+        t = store.read_slice(shard_id, sl, columns=["record_id", "text", FORMAT_COLUMN])
+        if t is None:
+            continue
+        for rid, text, kind in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True):
+            if rid not in exclude:
+                ids.append(rid)
+                texts.append(decode(kind, text))
+        if len(ids) >= limit:
+            break
+    return ids[:limit], texts[:limit]
 
 
 def _seq_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

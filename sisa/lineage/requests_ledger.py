@@ -7,6 +7,8 @@ A rectification (kind `rectify`) is a request on the same ledger and goes the sa
 `data_deleted` means the records' text was replaced. Evidence and the relief version are measured
 and committed while `received`; a queued request has its records marked in the index
 (`forgetting`, a rectification's `rectifying`: no training reads them) and its relief serving.
+`sisa/forgetting/runner.py` moves a request through these statuses and is the only writer of
+its entry; `unfinished_requests` here is what every writer of the store waits for.
 
 `storage/ledgers.py` reads and writes plain JSON; this module gives the entry its types. An entry
 carries `schema_version`; keys this version does not know are kept in `extra` and written back
@@ -23,6 +25,7 @@ from typing import Any
 
 from sisa.lineage.entries import entry_to_dict, split_known
 from storage import ledgers
+from storage.errors import RefusedError
 from storage.store import Store, now_iso
 
 SCHEMA_VERSION = 1
@@ -211,6 +214,28 @@ def write_request(store: Store, req: DeletionRequest) -> None:
 
 def open_requests(store: Store) -> list[DeletionRequest]:
     return [r for r in all_requests(store) if r.status.is_open]
+
+
+def unfinished_requests(store: Store, with_batch: bool = False) -> list[DeletionRequest]:
+    """The open requests that new work must wait for: the one place that says what "unfinished
+    work blocks me" means. A request waiting in the queue (`queued`) never blocks: its records are
+    marked and its relief serves. A request in flight (carried out alone, or cut short before it
+    was queued) always does: it commits from the version it started from when it resumes. The
+    requests of a batch a crash cut short block too, unless the new work is `with_batch`: a
+    request filed for the batch (the resumed batch takes it, or the batch's version keeps it
+    relieved) or the batch itself (`sisa process`, `sisa train` carry it out)."""
+    return [r for r in open_requests(store) if r.status != RequestStatus.QUEUED and not (with_batch and r.batch_owned)]
+
+
+def refuse_unfinished(store: Store, doing: str, with_batch: bool = False) -> None:
+    """Raise RefusedError naming the `unfinished_requests` and how to finish them, before `doing`."""
+    blocking = unfinished_requests(store, with_batch)
+    if blocking:
+        how = "`sisa forget --resume`" + (", and `sisa process` for a batch a crash cut short," if any(r.batch_owned for r in blocking) else "")
+        raise RefusedError(
+            f"deletion request(s) {', '.join(r.request_id for r in blocking)} are not finished; {doing} now could bring "
+            f"deleted data back or commit over them. Run {how} first."
+        )
 
 
 def forgotten_hashes(store: Store, include_open: bool = True) -> set[str]:

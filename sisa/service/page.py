@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from sisa.config import SisaConfig
 from sisa.data.opening import open_store
-from sisa.forgetting import deletion
+from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest
 from storage import layout
@@ -48,7 +48,7 @@ def audit_html(cfg: SisaConfig, audit: AuditLog) -> str:
     current = versions.current(store)
     reqs = requests_ledger.all_requests(store)
     hashes = set().union(*(set(r.id_hashes) for r in reqs)) if reqs else set()
-    violations = deletion.lineage_violations(store, current.shards, hashes) if current else []
+    violations = lineage_check.lineage_violations(store, current.shards, hashes) if current else []
     rows = "".join(_request_row(r) for r in reversed(reqs))
     if not violations:
         lineage = "<span class=ok>passed: no serving checkpoint holds a deleted record</span>"

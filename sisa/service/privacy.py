@@ -15,8 +15,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
 from sisa.data.opening import open_store
-from sisa.forgetting import corrections
-from sisa.forgetting import flow as forgetting
+from sisa.forgetting import corrections, runner
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestMode, RequestStatus
 from sisa.service.auth import Auditor, Filer, Reader, record_call
@@ -40,7 +39,7 @@ def file_request(body: DeletionRequestIn, request: Request, who: Filer):
     mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
     key = body.idempotency_key
     with write_lock, st.lock("serve: file request", cfg.store.lock_timeout_s):
-        res = forgetting.forget(st, cfg, kind, values, mode, queue=True, evidence=False, idempotency_key=key)
+        res = runner.forget(st, cfg, kind, values, mode, queue=True, evidence=False, idempotency_key=key)
         current = st.current_version()
     if res.noop:
         record_call(request, "200 noop")
@@ -57,12 +56,12 @@ def file_rectification(body: RectificationIn, request: Request, who: Filer):
     mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
     key = body.idempotency_key
     with write_lock, st.lock("serve: file rectification", cfg.store.lock_timeout_s):
-        res = forgetting.rectify(st, cfg, table, problems, mode, evidence=False, queue=True, idempotency_key=key)
+        res = runner.rectify(st, cfg, table, problems, mode, evidence=False, queue=True, idempotency_key=key)
         current = st.current_version()
     return _acknowledge(request, res, current)
 
 
-def _acknowledge(request: Request, res: forgetting.ForgetResult, current: int | None) -> dict[str, Any]:
+def _acknowledge(request: Request, res: runner.RequestResult, current: int | None) -> dict[str, Any]:
     req = res.request
     record_call(request, "202" + (" replayed" if res.replayed else ""), request_id=req.request_id, kind=req.kind.value)
     return {"request_id": req.request_id, "kind": req.kind.value, "status": req.status.value, "deadline": req.deadline,

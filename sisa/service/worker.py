@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from sisa.config import SisaConfig
 from sisa.data.opening import open_store
-from sisa.forgetting import batches
+from sisa.forgetting import runner
 from storage.audit import AuditLog
 
 
@@ -35,7 +35,7 @@ class Worker:
 
     def run_once(self) -> bool:
         store = open_store(self.cfg)
-        if batches.due(self.cfg, batches.queued_requests(store)) is None:
+        if runner.due(self.cfg, runner.queued_requests(store)) is None:
             return False
         timeout = self.cfg.store.lock_timeout_s
         with (
@@ -43,11 +43,11 @@ class Worker:
             self.write_lock,
             store.lock("serve: batch", timeout) as writer,
         ):
-            waiting = batches.queued_requests(store)
-            if batches.due(self.cfg, waiting) is None:
+            waiting = runner.queued_requests(store)
+            if runner.due(self.cfg, waiting) is None:
                 return False
             # While the shard jobs train, requests are filed (and relieved) as at any time.
-            res = batches.process(store, self.cfg, unlocked=lambda: _released(self.write_lock, writer))
+            res = runner.process(store, self.cfg, unlocked=lambda: _released(self.write_lock, writer))
         self.audit.append({"who": "worker", "what": "process", "outcome": "completed", "batch_id": res.batch_id,
                            "requests": [r.request_id for r in res.requests], "model_version": res.model_version})
         return True

@@ -2,18 +2,20 @@
 per committed version, and the `serving` alias on the current one. Never text: only counts,
 fingerprints, timings, and the model's shard adapters with their manifest (sisa/serving/bundle.py).
 
-The store's version ledger is the truth; MLflow mirrors it. `ensure_tracked` repairs the mirror
-after a crash or an MLflow outage (a version committed but not yet logged).
+The store's version ledger is the truth; MLflow mirrors it. `publish_version` is how every
+version is made (training, a request's relief, bridge or exact version, a batch's): committed to
+the ledger, then logged. `ensure_tracked` repairs the mirror after a crash or an MLflow outage (a
+version committed but not yet logged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sisa.config import SisaConfig
 from sisa.lineage.checkpoints import shard_slices
-from sisa.lineage.versions import ModelVersion, VersionStatus, all_versions, record_tracking
+from sisa.lineage.versions import ModelVersion, VersionStatus, all_versions, commit_version, record_tracking
 from sisa.model.base import base_model_folder
 from sisa.serving import bundle
 from storage.store import Store
@@ -23,6 +25,27 @@ def _tracker(store: Store, cfg: SisaConfig):
     from sisa.serving.tracking import Tracker  # MLflow loads only when tracking is on
 
     return Tracker(cfg.tracking, store.fs.local_path(""))
+
+
+def publish_version(
+    store: Store,
+    cfg: SisaConfig,
+    shards: dict[int, str],
+    reason: str,
+    results: Sequence[Any] = (),
+    wall_s: float = 0.0,
+    committed: Callable[[ModelVersion], None] | None = None,
+    **commit: Any,
+) -> ModelVersion:
+    """Commit a version of these shard checkpoints under this config's training fingerprint, base
+    model and aggregation (`commit`: the other arguments of `versions.commit_version`), then log it
+    to MLflow. `committed(entry)` runs between the two: what a caller must remember of the version
+    is kept before MLflow is asked, so an MLflow outage loses nothing (`ensure_tracked` logs it later)."""
+    entry = commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, **commit)
+    if committed is not None:
+        committed(entry)
+    track_version(store, cfg, entry, results, wall_s)
+    return entry
 
 
 def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: Sequence[Any], wall_s: float) -> None:

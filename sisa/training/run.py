@@ -9,12 +9,13 @@ version committed (one atomic pointer write) and then mirrored to MLflow.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sisa.config import SisaConfig
 from sisa.lineage import checkpoints, versions
 from sisa.model.base import base_model_fingerprint
-from sisa.serving import mirror as registry
+from sisa.serving import mirror
 from sisa.training import scheduler
 from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 from storage.errors import RefusedError
@@ -32,27 +33,46 @@ class TrainResult:
 
 
 def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tuple[list[ShardTask], dict[int, str]]:
-    """Per shard: the pending slices and the checkpoint to continue from; plus the shards reused."""
+    """`sisa train`'s plan: per shard, the pending slices after the serving checkpoint (all of them
+    with `from_scratch`); plus the shards reused. Refused when a serving checkpoint was trained
+    with another training config."""
     serving = {} if from_scratch else versions.shard_checkpoints(versions.current(store))
+    for shard_id, parent in sorted(serving.items()):
+        fp = checkpoints.read_manifest(store, shard_id, parent)["training_fingerprint"]
+        if fp != cfg.training_fingerprint():
+            raise RefusedError(
+                f"shard {shard_id}'s checkpoint {parent} was trained with a different training config "
+                f"(fingerprint {fp} vs {cfg.training_fingerprint()}); continuing would mix configs. "
+                "Restore the config, or run `sisa train --from-scratch` to retrain every shard."
+            )
+    return plan_shard_tasks(store, cfg, serving)
+
+
+def plan_shard_tasks(
+    store: Store, cfg: SisaConfig, start: dict[int, str], affected: Collection[int] = (), through_last: bool = True, train_others: bool = True
+) -> tuple[list[ShardTask], dict[int, str]]:
+    """The one shard-task planner (training, a request's retrain, a batch's): per shard, the task
+    that continues from its checkpoint in `start` (none there: from slice 0), and the shards
+    reused as they are. An `affected` shard (one a request hit; `start` holds its last clean
+    checkpoint) retrains through its last slice, or with `through_last` False through the last
+    slice a checkpoint sealed; every other shard trains its pending slices when `train_others`,
+    else is reused. Shards with no slice, or with no record and no checkpoint, are left out."""
+    sealed = {} if through_last else checkpoints.sealed_slices(store)
     populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
     tasks, reused = [], {}
     for shard_id in range(store.num_shards):
         slices = checkpoints.shard_slices(store, shard_id)
-        if not slices or shard_id not in populated and shard_id not in serving:
+        if not slices or shard_id not in populated and shard_id not in start and shard_id not in affected:
             continue
-        parent = serving.get(shard_id)
+        parent = start.get(shard_id)
         done = checkpoints.slice_of(parent) if parent else -1
-        if parent:
-            fp = checkpoints.read_manifest(store, shard_id, parent)["training_fingerprint"]
-            if fp != cfg.training_fingerprint():
-                raise RefusedError(
-                    f"shard {shard_id}'s checkpoint {parent} was trained with a different training config "
-                    f"(fingerprint {fp} vs {cfg.training_fingerprint()}); continuing would mix configs. "
-                    "Restore the config, or run `sisa train --from-scratch` to retrain every shard."
-                )
-        pending = tuple(range(done + 1, max(slices) + 1))
+        if shard_id in affected:
+            last = max(slices) if through_last else sealed.get(shard_id, -1)
+        else:
+            last = max(slices) if train_others else done
+        pending = tuple(range(done + 1, last + 1))
         if pending:
-            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent))
+            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent, purpose="forget" if shard_id in affected else "train"))
         elif parent:
             reused[shard_id] = parent
     return tasks, reused
@@ -77,8 +97,8 @@ def prompt_blind_posterior(cfg: SisaConfig, result: TrainResult) -> str | None:
 
 def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
     """Train every pending slice and commit a version. The caller holds the store lock and has
-    checked that no request owes work (`sisa.forgetting.train_store` does both, and carries out
-    a queued batch first)."""
+    checked that no request owes work (`sisa.forgetting.runner.train_store` does both, and
+    carries out a queued batch first)."""
     started = time.perf_counter()
     tasks, reused = plan_tasks(store, cfg, from_scratch)
     if not tasks:
@@ -89,7 +109,5 @@ def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str
     results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="train shards")
     shards = dict(reused)
     shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-    entry = versions.commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation)
-    wall = time.perf_counter() - started
-    registry.track_version(store, cfg, entry, results, wall)
-    return TrainResult(entry.model_version, results, reused, wall)
+    entry = mirror.publish_version(store, cfg, shards, reason, results, time.perf_counter() - started)
+    return TrainResult(entry.model_version, results, reused, time.perf_counter() - started)

@@ -18,7 +18,7 @@ from pipelines import verify as verify_pipeline
 from pipelines import versions as versions_pipeline
 from sisa.data.synthetic import make_people
 from sisa.data.synthetic_formats import as_format
-from sisa.forgetting import deletion
+from sisa.forgetting import erasure, purge
 from sisa.lineage import checkpoints, versions
 from sisa.serving import engine as serving
 from sisa.training import scheduler
@@ -382,7 +382,7 @@ def test_an_interrupted_request_resumes_and_completes_exactly(
     subject, shard, _ = _subject_in_middle_slice(store)
     gone = {r["record_id"] for r in rows if r["subject_id"] == subject}
     v1 = serving_shards(store)
-    target = {"delete": (deletion, "erase_records"), "retrain": (scheduler, "run_shard_jobs"), "purge": (deletion, "purge")}[crash_at]
+    target = {"delete": (erasure, "erase_records"), "retrain": (scheduler, "run_shard_jobs"), "purge": (purge, "purge")}[crash_at]
     real = getattr(*target)
     calls = {"n": 0}
 

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines import forget, process, train
 from sisa.data.synthetic import make_people
-from sisa.forgetting import batches, deletion
+from sisa.forgetting import lineage_check, phases, runner
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestStatus
 from storage import layout, ledgers
@@ -60,7 +60,7 @@ def test_relief_serves_each_affected_shard_at_its_last_clean_checkpoint(tmp_path
     assert {s: c for s, c in relief.shards.items() if s != shard} == {s: c for s, c in before.items() if s != shard}
     # The relief holds no deleted record, so the purge leaves it restorable.
     assert ledgers.read_version(store.fs, 2)["status"] == "active"
-    assert not deletion.lineage_violations(store, versions.read(store, 2).shards, set(store.hash_ids(sorted(ids))))
+    assert not lineage_check.lineage_violations(store, versions.read(store, 2).shards, set(store.hash_ids(sorted(ids))))
     assert req["timings"]["relief_s"] < 5  # generous; the benchmark measures it
 
 
@@ -90,7 +90,7 @@ def test_three_queued_requests_make_one_batch_that_retrains_each_shard_once(tmp_
             assert t is None or not set(t["record_id"].to_pylist()) & set(canaries)
     current = versions.current(store)
     hashes = set(store.hash_ids(sorted(canaries)))
-    assert not deletion.lineage_violations(store, current.shards, hashes), "the relief must already be exact"
+    assert not lineage_check.lineage_violations(store, current.shards, hashes), "the relief must already be exact"
     # Asking again for a queued person is a no-op, not a second request.
     res = forget.run(cfg, "subject", [chosen[0]], quiet=True)
     assert res.get("noop") and res["already_deleted"] == 1
@@ -132,11 +132,11 @@ def test_the_policy_says_when_a_batch_is_due(tmp_path, make_trained_store):
     cfg, store = make_trained_store(make_people(10, seed=45), *RELIEF)
     subject, _, _ = _subject_at(store)
     forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
-    waiting = batches.queued_requests(store)
-    assert batches.due(cfg, waiting) is None
-    assert "batch_max" in batches.due(make_cfg(tmp_path / "s", "deletion.batch_max=1"), waiting)
-    assert "batch_after_h" in batches.due(make_cfg(tmp_path / "s", "deletion.batch_after_h=0"), waiting)
-    assert "deadline" in batches.due(make_cfg(tmp_path / "s", "deletion.deadline_margin_days=31"), waiting)
+    waiting = runner.queued_requests(store)
+    assert runner.due(cfg, waiting) is None
+    assert "batch_max" in runner.due(make_cfg(tmp_path / "s", "deletion.batch_max=1"), waiting)
+    assert "batch_after_h" in runner.due(make_cfg(tmp_path / "s", "deletion.batch_after_h=0"), waiting)
+    assert "deadline" in runner.due(make_cfg(tmp_path / "s", "deletion.deadline_margin_days=31"), waiting)
     assert not process.run(cfg, only_due=True, quiet=True)["ran"]
     assert process.run(make_cfg(tmp_path / "s", *RELIEF, "deletion.batch_max=1"), only_due=True, quiet=True)["ran"]
 
@@ -193,7 +193,7 @@ def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(
     second = next(s for s, (sh, _) in single[1:] if sh == shard)  # the shard the batch retrains
     forget.run(cfg, "subject", [first], queue=True, evidence=False, quiet=True)
 
-    real = batches.scheduler.run_shard_jobs
+    real = phases.scheduler.run_shard_jobs
     during: dict = {}
 
     def jobs_while_a_request_arrives(*args, **kwargs):
@@ -204,16 +204,16 @@ def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(
             train.run(cfg)
         return results
 
-    monkeypatch.setattr(batches.scheduler, "run_shard_jobs", jobs_while_a_request_arrives)
+    monkeypatch.setattr(phases.scheduler, "run_shard_jobs", jobs_while_a_request_arrives)
     res = process.run(cfg, quiet=True)
-    monkeypatch.setattr(batches.scheduler, "run_shard_jobs", real)
+    monkeypatch.setattr(phases.scheduler, "run_shard_jobs", real)
 
     late = requests_ledger.read_request(store, during["request"]["request_id"])
     assert late.status == RequestStatus.QUEUED and late.versions["relief"] == during["serving"].model_version
     assert res["requests"] != [] and late.request_id not in res["requests"]
     batch_version = versions.current(store)
     assert batch_version.model_version == res["model_version"]
-    assert deletion.lineage_violations(store, batch_version.shards, set(late.id_hashes)) == []
+    assert lineage_check.lineage_violations(store, batch_version.shards, set(late.id_hashes)) == []
     # Its records were never erased: the exact version of the batch did not forget them by chance.
     assert store.index.select("subject_id", [second]).num_rows > 0
 

@@ -13,7 +13,7 @@ import pytest
 
 from pipelines.cli import main
 from sisa.data.synthetic import make_people, write_jsonl
-from sisa.forgetting import deletion
+from sisa.forgetting import lineage_check
 from sisa.lineage import checkpoints, requests_ledger, versions
 from storage import layout
 from storage.store import Store
@@ -63,7 +63,7 @@ def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_pa
     # Positive controls: the lineage of version 1 holds the old content (so the guard can refuse
     # it), and the scan finds the old text (so it can fail).
     old_hash = checkpoints.content_hashes(store, ["rec-vault"], [before["content_sha256"]])[0]
-    assert deletion.lineage_violations(store, versions.read(store, 1).shards, {old_hash})
+    assert lineage_check.lineage_violations(store, versions.read(store, 1).shards, {old_hash})
     assert find_canaries({"store": store_dir}, old, strict={"store"})["old text"]  # the scan can fail
 
     prompt = record["prompt"]
@@ -232,10 +232,10 @@ def test_a_correction_in_another_format_than_the_stored_record_is_refused(tmp_pa
         code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
         assert code == 0, err
     store = Store.open(str(tmp_path / "s"))
-    from sisa.forgetting import deletion as deletion_module
+    from sisa.forgetting import record_texts
 
     rows = store.index.lookup(["c-001", "p-002"])[0]
-    texts, _ = deletion_module.read_texts(store, rows)  # decoded in their stored formats
+    texts, _ = record_texts.read_texts(store, rows)  # decoded in their stored formats
     chat = next(t for t in texts if getattr(t, "format", "") == "chat")
     pair = next(t for t in texts if getattr(t, "format", "") == "prompt-completion")
     assert chat.messages[-1] == ("assistant", "Customer 1 lives in Oldham.") and pair.completion == " baker."
@@ -273,7 +273,7 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     # Relieved at once; the old text still in the data, held from training; the new one staged.
     relief = versions.current(store)
     assert relief.model_version == req.versions["relief"]
-    assert not deletion.lineage_violations(store, relief.shards, {old_hash})
+    assert not lineage_check.lineage_violations(store, relief.shards, {old_hash})
     (held,) = store.index.lookup(["rec-vault"])[0].to_pylist()
     assert held["status"] == RECTIFYING and held["content_sha256"] == before["content_sha256"]
     training_reads = store.read_slice(before["shard_id"], before["slice_idx"], columns=["record_id"])

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from sisa.data.synthetic import make_people
-from sisa.forgetting import deletion
+from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger
 from sisa.lineage.requests_ledger import RequestStatus
 from storage.store import Store
@@ -314,7 +314,7 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
             assert ack["kind"] == "rectify" and ack["status"] == "queued"
             req = requests_ledger.read_request(store, ack["request_id"])
             assert req.versions["relief"] == ack["serving_version"] == store.current_version()
-            assert not deletion.lineage_violations(store, versions.current(store).shards, {old_hash})
+            assert not lineage_check.lineage_violations(store, versions.current(store).shards, {old_hash})
             again = c.post("/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h).json()
             assert again["request_id"] == ack["request_id"] and again["replayed"]
             r = c.post("/v1/deletion-requests", json={"subject": other["subject_id"]}, headers=h)

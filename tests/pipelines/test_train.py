@@ -20,7 +20,7 @@ import torch
 from pipelines import forget, train
 from pipelines import versions as versions_pipeline
 from sisa.data.synthetic import make_people
-from sisa.forgetting import deletion
+from sisa.forgetting import erasure
 from sisa.lineage import checkpoints, versions
 from sisa.training.shard_job import ShardTask, train_shard
 from storage import layout, ledgers
@@ -331,7 +331,7 @@ def test_train_refuses_while_a_deletion_request_is_open(tmp_path, capfd, monkeyp
         calls["n"] += 1
         raise RuntimeError("simulated crash before the data is deleted")
 
-    monkeypatch.setattr(deletion, "erase_records", crash)
+    monkeypatch.setattr(erasure, "erase_records", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         forget.run(cfg, "subject", [rows[0]["subject_id"]], quiet=True)
     monkeypatch.undo()

@@ -12,8 +12,9 @@ from pipelines import forget as forget_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
 from sisa.data.synthetic import make_people, write_jsonl
-from sisa.forgetting import batches, deletion
-from sisa.forgetting import flow as forgetting
+from sisa.forgetting import runner, selection
+from sisa.forgetting.phases import InFlight
+from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import RequestMode
 from storage import layout
@@ -31,9 +32,9 @@ def _trained(tmp_path: Path, people: int):
     return cfg, Store.open(cfg.store.uri)
 
 
-def _process(store: Store, cfg) -> batches.BatchResult:
+def _process(store: Store, cfg) -> runner.BatchResult:
     with store.lock("test process", cfg.store.lock_timeout_s):
-        return batches.process(store, cfg, evidence=False)
+        return runner.process(store, cfg, evidence=False)
 
 
 def test_a_batch_after_isolate_retrains_from_the_checkpoint_before_the_hit_not_from_scratch(tmp_path: Path) -> None:
@@ -88,12 +89,11 @@ def test_a_batch_waits_for_a_request_that_is_carried_out_alone(tmp_path: Path) -
             by_shard.setdefault(r["shard_id"], []).append(r["subject_id"])
     forget_pipeline.run(cfg, "subject", [by_shard[0][0]], queue=True, evidence=False, quiet=True)
     with store.lock("test forget", cfg.store.lock_timeout_s):
-        sel = deletion.select_records(store, "subject", [by_shard[1][0]])
-        req = forgetting.open_request(store, cfg, sel, deletion.plan_selection(store, cfg, sel), RequestMode.FAST)
-        work = forgetting.Work(sel.rows)
-        work.texts, work.prompts = deletion.read_texts(store, sel.rows)
-        forgetting.serve_bridge(store, cfg, req, work)
-        forgetting.delete_data(store, cfg, req, work)
+        sel = selection.select_records(store, "subject", [by_shard[1][0]])
+        req = runner.new_request(store, cfg, sel, selection.plan_selection(store, cfg, sel), RequestMode.FAST, False, None)
+        item = InFlight(req, sel.rows, new=True)
+        item.texts, item.prompts = read_texts(store, sel.rows)
+        runner.carry_out(store, cfg, runner.new_run(store), [item], until="delete")
     serving = versions.current(store)
     assert serving.approximate
 

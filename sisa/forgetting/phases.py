@@ -1,0 +1,543 @@
+"""The phases of a request's life: what each does to the requests a run carries.
+
+`sisa/forgetting/runner.py` holds the table (which phase takes a request in which status and
+leaves it in which) and drives requests through it; the functions here do the work of one phase
+for a group of requests and never write the ledger: the runner writes each request after each
+phase. Every function skips what an earlier run already recorded in the request, so a run
+resumed after a crash picks up where the last one stopped. A run is either a request carried
+out at once (a batch of one: its own versions, from the version it saw) or a batch of queued
+requests (one retrain per affected shard, one version, one purge). Text lives only in
+`InFlight` (memory), never in the request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from sisa.config import SisaConfig
+from sisa.data.formats import Item
+from sisa.evidence import measures as evidence
+from sisa.forgetting import corrections, purge, unlearning
+from sisa.forgetting.certificate import make_certificate
+from sisa.forgetting.erasure import remove_data
+from sisa.forgetting.selection import find_live_by_hashes
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMode, RequestStatus
+from sisa.lineage.versions import ModelVersion
+from sisa.serving import engine, mirror
+from sisa.training import scheduler
+from sisa.training.run import plan_shard_tasks
+from sisa.training.shard_job import ShardResult, train_shard
+from storage.schemas import FORGETTING, RECTIFYING
+from storage.store import Store, now_iso
+
+Texts = tuple[list[Item], list[str | None] | None]
+
+
+@dataclass
+class InFlight:
+    """One request a run carries, with what the run holds of it in memory only: the selected index
+    rows, their text (for the evidence and the fast path), a holdout and the evidence targets."""
+
+    request: DeletionRequest
+    rows: pa.Table
+    texts: list[Item] = field(default_factory=list)
+    prompts: list[str | None] | None = None
+    holdout: Texts | None = None
+    targets: evidence.Targets | None = None  # questions for the trio, leak@k and MIA (--probes, --holdout)
+    locality_before: list[list[int]] | None = None  # the version before's locality predictions
+    new: bool = False  # not in the ledger yet: the ledger phase records it
+    fix: corrections.Corrections | None = None  # a new rectification's corrections, staged before the ledger
+    bridge: tuple[str, dict[int, str]] | None = None  # (evidence label, shards) of a bridge this run committed
+
+
+@dataclass
+class Run:
+    """What the requests of one run share: the batch (None: a request carried out at once), what
+    to report progress to, and what the retrain produced."""
+
+    save: Callable[[InFlight], None]  # the runner's ledger write, for a version just committed
+    batch_id: str | None = None
+    train_new: bool = False  # a batch run by `sisa train`: the new slices train in the same shard jobs
+    unlocked: Callable[[], AbstractContextManager] | None = None  # lets go of the writer lock while shard jobs train
+    on_version: Callable[[str, ModelVersion], None] = lambda kind, entry: None
+    log: Callable[[str], None] = lambda msg: None
+    started: float = field(default_factory=time.perf_counter)
+    version: ModelVersion | None = None  # the batch's exact version
+    results: list[ShardResult] = field(default_factory=list)  # the batch's shard jobs
+
+
+def before_shards(store: Store, req: DeletionRequest) -> dict[int, str]:
+    """The shard checkpoints of the version that served when the request came."""
+    return versions.shard_checkpoints(versions.read(store, req.version_before)) if req.version_before else {}
+
+
+def affected(req: DeletionRequest) -> list[int]:
+    return req.plan.shard_ids if req.plan else []
+
+
+# -- ledger ------------------------------------------------------------------------------------
+def record(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """A new request enters the ledger (the runner writes it) before anything is destroyed; a
+    rectification's new text is staged first, so a resumed request finds it."""
+    for it in items:
+        if it.new and it.fix is not None:
+            corrections.stage(store, it.request.request_id, it.fix)
+        it.new = False
+
+
+# -- evidence ----------------------------------------------------------------------------------
+def measure_before(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """Evidence under the version that served when the request came, while the text is in
+    memory, and a stranger baseline: the shards that never held the records. A queued request's
+    is measured by its batch, with its relief's."""
+    for it in items:
+        if it.request.status == RequestStatus.QUEUED:
+            _measure_queued(store, cfg, it)
+        else:
+            _measure_received(store, cfg, it)
+
+
+def _measure_received(store: Store, cfg: SisaConfig, it: InFlight) -> None:
+    req, ev = it.request, it.request.evidence
+    before = before_shards(store, req)
+    if not it.texts or not before or "loss_before" in ev:
+        return
+    m = engine.measure_records(store, cfg, before, it.texts, it.prompts)
+    ev["loss_before"] = m.get("ensemble")
+    unaffected = [s for s in before if s not in affected(req)]
+    if unaffected:
+        ev["loss_unseen_shards"] = engine.mean([m["per_shard"][str(s)] for s in unaffected])
+    ev["answer_tokens_only"] = it.prompts is not None
+    if it.holdout:
+        ev["holdout_records"] = len(it.holdout[0])
+        ev["holdout_before"] = engine.measure_records(store, cfg, before, *it.holdout).get("ensemble")
+
+
+def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight) -> None:
+    """What `sisa forget` measures at once, for a queued request: the records' loss under the
+    version that served when it came, and under its relief."""
+    r = it.request
+    if not it.texts:
+        return
+    if "loss_before" not in r.evidence and r.version_before is not None:
+        before = versions.read(store, r.version_before).shards
+        m = engine.measure_records(store, cfg, before, it.texts, it.prompts)
+        r.evidence["loss_before"] = m.get("ensemble")
+        unaffected = [s for s in before if r.plan and s not in r.plan.shard_ids]
+        if unaffected and m.get("per_shard"):
+            r.evidence["loss_unseen_shards"] = engine.mean([m["per_shard"][str(s)] for s in unaffected])
+        r.evidence["answer_tokens_only"] = it.prompts is not None
+    relief = r.versions.get("relief")
+    if relief is not None and "loss_relief" not in r.evidence:
+        r.evidence["loss_relief"] = engine.measure_records(
+            store, cfg, versions.read(store, relief).shards, it.texts, it.prompts
+        ).get("ensemble")
+
+
+def measure_targets(store: Store, cfg: SisaConfig, it: InFlight, label: str, shards: dict[int, str]) -> None:
+    """The trio, leak@k and membership inference of one version (sisa/evidence/measures.py), as
+    numbers under `evidence.versions.<label>`; relief, fast and exact get their privacy leak
+    relative to the exact version once it is measured."""
+    req = it.request
+    if not it.targets:
+        return
+    by_version = req.evidence.setdefault("versions", {})
+    if label != "before" and "before" not in by_version and req.version_before is not None:
+        # Measured once the first new version serves, not before it: the relief must not wait
+        # for the evidence. The version before stays on disk until the purge.
+        measure_targets(store, cfg, it, "before", before_shards(store, req))
+    ens = engine.load_ensemble(store, cfg, shards)
+    numbers, preds = evidence.measure(ens, it.targets, cfg.training.max_length, it.locality_before)
+    if label == "before":
+        it.locality_before = preds
+    numbers["model_version"] = req.version_before if label == "before" else req.versions.get(label)
+    by_version[label] = numbers
+    if "exact" in by_version:
+        evidence.add_privleak(by_version)
+
+
+def _loss(store: Store, cfg: SisaConfig, it: InFlight, shards: dict[int, str], name: str) -> None:
+    """The records' loss (and the holdout's) under these shards, as `loss_<name>` (`holdout_<name>`)."""
+    ev = it.request.evidence
+    ev[f"loss_{name}"] = engine.measure_records(store, cfg, shards, it.texts, it.prompts).get("ensemble")
+    if it.holdout:
+        ev[f"holdout_{name}"] = engine.measure_records(store, cfg, shards, *it.holdout).get("ensemble")
+
+
+# -- what serves until the exact version -------------------------------------------------------
+def relieved_shards(store: Store, shards: dict[int, str], earliest: dict[int, int]) -> dict[int, str]:
+    """Each shard in `earliest` (shard → earliest slice holding a record to forget) at its last
+    checkpoint before that slice, dropped when that is slice 0; the others as they are. A shard
+    whose checkpoint never reached that slice keeps it (it never saw the records)."""
+    out = {}
+    for shard, cid in shards.items():
+        if shard in earliest and checkpoints.slice_of(cid) >= earliest[shard]:
+            clean = checkpoints.ancestor_before(store, cid, earliest[shard])
+            if clean is not None:
+                out[shard] = clean
+        else:
+            out[shard] = cid
+    return out
+
+
+def bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """What serves until the exact version lands. Relief (the default): the current version with
+    every affected shard at its last clean checkpoint, exact and instant; --fast: an approximate
+    (NPO) version of the affected shards; --isolate: the unaffected shards alone."""
+    for it in items:
+        req = it.request
+        if req.mode == RequestMode.EXACT or {"relief", "approximate", "isolate"} & set(req.versions):
+            continue
+        if req.mode == RequestMode.RELIEF:
+            _relief(store, cfg, run, it)
+            continue
+        before = before_shards(store, req)
+        if before:
+            _fast_or_isolate(store, cfg, run, it, before)
+
+
+def _relief(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None:
+    req = it.request
+    t0 = time.perf_counter()
+    current = versions.current(store)
+    if current is None or req.plan is None:
+        return
+    shards = relieved_shards(store, current.shards, {sp.shard_id: sp.earliest_slice for sp in req.plan.shards})
+    if shards == current.shards:  # no serving checkpoint has seen the records yet
+        req.versions["relief"] = current.model_version
+        return
+
+    def committed(entry: ModelVersion) -> None:
+        req.versions["relief"] = entry.model_version
+        req.timings["relief_s"] = time.perf_counter() - t0
+        run.save(it)
+
+    # With no clean shard left the relief serves the base model alone: exact, if plain. Shards an
+    # earlier relief already left out stay out (and say so).
+    excluded = sorted((set(current.shards) | set(current.excluded_shards)) - set(shards))
+    entry = mirror.publish_version(
+        store,
+        cfg,
+        shards,
+        "forget-relief",
+        (),
+        time.perf_counter() - t0,
+        committed,
+        request_id=req.request_id,
+        excluded_shards=excluded,
+        allow_empty=True,
+    )
+    run.log(
+        f"relief version {entry.model_version} serves after {time.perf_counter() - run.started:.2f}s "
+        "(exact: affected shard(s) at their last clean checkpoint)"
+    )
+    run.on_version("relief", entry)
+    it.bridge = ("relief", shards)
+
+
+def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, before: dict[int, str]) -> None:
+    req = it.request
+    t0 = time.perf_counter()
+    fast = req.mode == RequestMode.FAST
+    label, key = ("approximate", "approximate") if fast else ("isolating", "isolate")
+
+    def committed(entry: ModelVersion) -> None:
+        req.versions[key] = entry.model_version
+        req.timings["fast_path_s"] = time.perf_counter() - t0
+        run.save(it)
+
+    if fast:
+        shards = unlearning.unlearn_shards(store, cfg, req.request_id, it.rows, before)
+        commit: dict[str, Any] = {"approximate": True}
+    else:
+        shards = {s: c for s, c in before.items() if s not in affected(req)}
+        commit = {"excluded_shards": affected(req)}
+    entry = mirror.publish_version(
+        store,
+        cfg,
+        shards,
+        "forget-fast" if fast else "forget-isolate",
+        (),
+        time.perf_counter() - t0,
+        committed,
+        request_id=req.request_id,
+        **commit,
+    )
+    run.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - run.started:.1f}s")
+    run.on_version(label, entry)
+    it.bridge = (key, shards)
+
+
+def measure_bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """The records' loss under the relief or the approximate version, and every version's
+    evidence targets, once it serves (the isolating version's targets only)."""
+    for it in items:
+        if it.bridge is None:
+            continue
+        key, shards = it.bridge
+        if it.texts and key != "isolate":
+            _loss(store, cfg, it, shards, "relief" if key == "relief" else "fast_path")
+        measure_targets(store, cfg, it, key, shards)
+
+
+def enqueue(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """received → queued: the records are marked `forgetting` (a rectification's `rectifying`):
+    no training reads them from now on, and a batch (`sisa process`) deletes them (replaces
+    their text with the staged one) and retrains later."""
+    for it in items:
+        req = it.request
+        rows = it.rows if it.rows.num_rows else find_live_by_hashes(store, set(req.target_hashes))
+        store.mark_records(
+            rows["record_id"].combine_chunks(), RECTIFYING if req.kind == RequestKind.RECTIFY else FORGETTING
+        )
+        run.log(
+            f"request {req.request_id} queued; "
+            "run `sisa process` (or wait for the batching policy) for the exact version"
+        )
+
+
+# -- delete ------------------------------------------------------------------------------------
+def delete(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """→ data_deleted: the records leave the slice files and the index (a rectification: their
+    text is replaced in place by the staged new text)."""
+    for it in items:
+        req = it.request
+        t0 = time.perf_counter()
+        live = it.rows if it.rows.num_rows else find_live_by_hashes(store, set(req.target_hashes))
+        req.removed = remove_data(store, req, live)
+        req.timings["delete_data_s"] = time.perf_counter() - t0
+        if run.batch_id is not None:
+            continue
+        if req.kind == RequestKind.RECTIFY:
+            run.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
+        else:
+            run.log(f"deleted {req.removed} record(s) from the slice files and the index")
+
+
+# -- retrain and commit ------------------------------------------------------------------------
+def retrained(results: list[ShardResult]) -> list[dict[str, Any]]:
+    """What a request records of the shard jobs that retrained for it."""
+    return [
+        {
+            "shard_id": r.shard_id,
+            "slices": [s.slice_idx for s in r.slices],
+            "steps": sum(s.steps for s in r.slices),
+            "tokens": r.tokens,
+            "wall_s": r.wall_s,
+        }
+        for r in results
+    ]
+
+
+def commit(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """retraining: the affected shards retrain from their last clean checkpoint (in parallel, Ray
+    or serial) and the exact version commits; MLflow follows."""
+    if run.batch_id is not None:
+        _commit_batch(store, cfg, run, items)
+        return
+    for it in items:
+        if "exact" not in it.request.versions:
+            _commit_alone(store, cfg, run, it)
+
+
+def _commit_alone(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None:
+    """A request carried out at once: the version it saw, its retrained shards swapped in. A shard
+    whose serving checkpoint never reached the records needs nothing: deleting the data was enough."""
+    req = it.request
+    started = time.perf_counter()
+    base = before_shards(store, req)
+    reached = {
+        sp.shard_id: sp.earliest_slice
+        for sp in (req.plan.shards if req.plan else [])
+        if sp.shard_id in base and sp.earliest_slice <= checkpoints.slice_of(base[sp.shard_id])
+    }
+    tasks, _ = plan_shard_tasks(
+        store, cfg, relieved_shards(store, base, reached), reached, through_last=True, train_others=False
+    )
+    results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+    if not base:  # nothing was trained when the request came: deleting the data was enough
+        req.versions["exact"] = None
+        return
+    shards = dict(base)
+    shards.update({r.shard_id: r.last_checkpoint_id for r in results})
+
+    def committed(entry: ModelVersion) -> None:
+        req.versions["exact"] = entry.model_version
+        req.timings["retrain_s"] = time.perf_counter() - started
+        req.retrained = retrained(results)
+        run.save(it)
+
+    entry = mirror.publish_version(
+        store, cfg, shards, "forget", results, time.perf_counter() - started, committed, request_id=req.request_id
+    )
+    run.log(
+        f"exact version {entry.model_version} serves "
+        f"(retrained shard(s) {[r.shard_id for r in results]} in {req.timings['retrain_s']:.1f}s)"
+    )
+    run.on_version("exact", entry)
+
+
+def earliest_slices(reqs: list[DeletionRequest]) -> dict[int, int]:
+    """Per shard, the earliest slice any of the requests hit: its retrain starts there."""
+    out: dict[int, int] = {}
+    for r in reqs:
+        for sp in r.plan.shards if r.plan else []:
+            out[sp.shard_id] = min(out.get(sp.shard_id, sp.earliest_slice), sp.earliest_slice)
+    return out
+
+
+def batch_base(
+    store: Store, serving_shards: dict[int, str], reqs: list[DeletionRequest], earliest: dict[int, int]
+) -> dict[int, str]:
+    """The checkpoints a batch traces each shard's last clean checkpoint from: the serving ones,
+    except where a bridge changed an affected shard. An --isolate bridge left it out: take the
+    checkpoint its request saw serving (else the shard would retrain from slice 0). A --fast
+    bridge serves an approximate checkpoint computed from the text being forgotten: take the
+    exact one under it (else, when the records' slice was not trained yet, it would be kept)."""
+    base = dict(serving_shards)
+    for r in reqs:
+        for c in r.checkpoints_before:
+            shard = c["shard_id"]
+            if (
+                shard in earliest
+                and shard not in base
+                and c["checkpoint_id"] in checkpoints.checkpoint_ids(store, shard)
+            ):
+                base[shard] = c["checkpoint_id"]
+    for shard in earliest:
+        while shard in base and checkpoints.is_approximate(base[shard]):
+            base[shard] = checkpoints.parent_of(store, base[shard])
+    return base
+
+
+def _commit_batch(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """A batch: per shard the earliest slice any request hit, each affected shard retrained once
+    (with `train_new`, the new slices of every shard in the same jobs), one version. The version
+    carries the batch id, so a resumed batch never commits twice."""
+    reqs = [it.request for it in items]
+    run.version = next(
+        (v for v in versions.all_versions(store) if v.reason == "forget-batch" and v.request_id == run.batch_id), None
+    )
+    current = versions.current(store)
+    if run.version is None and (current is not None or run.train_new):
+        t0 = time.perf_counter()
+        earliest = earliest_slices(reqs)
+        start = relieved_shards(store, batch_base(store, versions.shard_checkpoints(current), reqs, earliest), earliest)
+        tasks, reused = plan_shard_tasks(
+            store, cfg, start, earliest, through_last=run.train_new, train_others=run.train_new
+        )
+        with run.unlocked() if run.unlocked is not None and tasks else nullcontext():
+            run.results = (
+                scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+            )
+        trained = dict(reused)
+        trained.update({r.shard_id: r.last_checkpoint_id for r in run.results})
+        if trained:
+            run.version = _publish_batch(store, cfg, run, items, trained, earliest, t0)
+    for it in items:
+        it.request.versions["exact"] = run.version.model_version if run.version else None
+
+
+def _publish_batch(
+    store: Store,
+    cfg: SisaConfig,
+    run: Run,
+    items: list[InFlight],
+    trained: dict[int, str],
+    earliest: dict[int, int],
+    t0: float,
+) -> ModelVersion:
+    # Requests filed while the writer lock was free have their relief serving: the batch's
+    # version keeps each shard they hit at its checkpoint before the hit.
+    batched = {it.request.request_id for it in items}
+    late = [r for r in requests_ledger.open_requests(store) if r.request_id not in batched]
+    shards = relieved_shards(store, trained, earliest_slices(late))
+    if late:
+        run.log(
+            f"{run.batch_id}: {len(late)} request(s) filed during the batch stay relieved: "
+            f"{', '.join(r.request_id for r in late)}"
+        )
+
+    def committed(entry: ModelVersion) -> None:
+        for it in items:
+            it.request.versions["exact"] = entry.model_version
+            it.request.timings["retrain_s"] = time.perf_counter() - t0
+            it.request.retrained = retrained(run.results)
+            run.save(it)
+
+    entry = mirror.publish_version(
+        store,
+        cfg,
+        shards,
+        "forget-batch",
+        run.results,
+        time.perf_counter() - t0,
+        committed,
+        request_id=run.batch_id,
+        request_ids=[it.request.request_id for it in items],
+        allow_empty=True,
+        excluded_shards=sorted(set(trained) - set(shards)),
+    )
+    run.log(
+        f"exact version {entry.model_version} serves (retrained shard(s) {[x.shard_id for x in run.results]} "
+        f"once for {len(items)} request(s) in {time.perf_counter() - t0:.1f}s)"
+    )
+    return entry
+
+
+def measure_after(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """The records' loss (and the holdout's, and the evidence targets) under the exact version,
+    while this run still holds their text."""
+    for it in items:
+        exact = it.request.versions.get("exact")
+        if not it.texts or exact is None or "loss_after" in it.request.evidence:
+            continue
+        shards = versions.read(store, exact).shards
+        _loss(store, cfg, it, shards, "after")
+        measure_targets(store, cfg, it, "exact", shards)
+
+
+# -- purge and certify -------------------------------------------------------------------------
+def purge_tainted(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """Every checkpoint whose lineage holds a forgotten record goes, with the versions and MLflow
+    runs that held one (a batch: one purge for all its requests). MLflow is first brought in line
+    with the ledger: a version committed before a crash or an MLflow outage is logged now, and the
+    alias follows the serving version, so the purge never leaves the alias on a deleted version."""
+    mirror.ensure_tracked(store, cfg)
+    groups = [items] if run.batch_id is not None else [[it] for it in items]
+    for group in groups:
+        t0 = time.perf_counter()
+        reqs = [it.request for it in group]
+        hashes, legacy = purge.purge_targets(store, reqs)
+        report = purge.purge(store, cfg, hashes, run.batch_id or reqs[0].request_id, legacy)
+        for r in reqs:
+            r.purge = report
+            r.timings["purge_s"] = time.perf_counter() - t0
+
+
+def certify(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """→ completed, with the certificate of what can be checked now."""
+    for it in items:
+        req = it.request
+        if run.batch_id is None:
+            req.timings["total_s"] = time.perf_counter() - run.started
+        req.certificate = make_certificate(store, req)
+        req.completed_at = now_iso()
+        if run.batch_id is None:
+            run.log(
+                f"purged {len(req.purge['checkpoints'])} checkpoint(s) and {len(req.purge['versions'])} version(s); "
+                f"request {req.request_id} completed"
+            )
+    if run.batch_id is not None:
+        report = items[0].request.purge
+        run.log(
+            f"{run.batch_id}: purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} "
+            f"version(s); {len(items)} request(s) completed"
+        )

@@ -1,0 +1,64 @@
+"""The purge: every checkpoint whose lineage holds a forgotten record is deleted, with its
+descendants; the versions that held one are marked purged and their MLflow runs deleted and
+garbage-collected; the store's tmp/ and cache/ are emptied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sisa.config import SisaConfig
+from sisa.forgetting.planner import tainted_checkpoints
+from sisa.lineage import checkpoints, versions
+from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
+from sisa.serving import mirror
+from storage import layout
+from storage.faults import maybe_die
+from storage.store import Store
+
+
+def purge_targets(store: Store, reqs: list[DeletionRequest]) -> tuple[set[str], set[str]]:
+    """What the purge of these requests looks for: the lineage hashes they forget, and the
+    checkpoints older than content lineage that trained a rectified record (which text they saw
+    is unknown, so they go as if they held the old one: fail closed)."""
+    hashes = set().union(*(set(r.id_hashes) for r in reqs))
+    rectified = set().union(*(set(r.record_hashes) for r in reqs if r.kind == RequestKind.RECTIFY))
+    return hashes, checkpoints.legacy_holding(store, rectified) if rectified else set()
+
+
+def tainted(store: Store, hashes: set[str], also: set[str] = frozenset()) -> set[str]:
+    parents = checkpoints.parents(store)
+    # A checkpoint whose parent is gone descends from a purged one: a purge cut short by a crash
+    # may have deleted the parent (the checkpoint that held the records) but not its children,
+    # whose own lineage files do not name the records. They are tainted all the same.
+    orphans = {cid for cid, parent in parents.items() if parent is not None and parent not in parents}
+    return tainted_checkpoints(parents, checkpoints.checkpoints_holding(store, hashes) | orphans | also)
+
+
+def purge(
+    store: Store, cfg: SisaConfig, hashes: set[str], request_id: str, also: set[str] = frozenset()
+) -> dict[str, Any]:
+    """Delete every tainted checkpoint (and `also` those, with their descendants), mark versions
+    holding one purged, purge MLflow, clean caches."""
+    dead = tainted(store, hashes, also)
+    purged_versions = []
+    for v in versions.all_versions(store):
+        if v.status != versions.PURGED and set(v.shards.values()) & dead:
+            versions.mark_purged(store, v, request_id)
+            purged_versions.append(v.model_version)
+    already = [v.model_version for v in versions.all_versions(store) if v.purged_by == request_id]
+    mirror.purge_versions(store, cfg, already)
+    deleted = []
+    for cid in sorted(dead):
+        rel = layout.checkpoint_dir(checkpoints.shard_of(cid), cid)
+        if store.fs.exists(rel):
+            store.fs.delete(rel)
+            deleted.append(cid)
+            maybe_die("forget-during-purge")
+    for rel in (layout.TMP, layout.CACHE):
+        store.fs.delete(rel)
+    return {
+        "checkpoints": sorted(dead),
+        "versions": sorted(already),
+        "newly_purged_versions": purged_versions,
+        "deleted_now": deleted,
+    }

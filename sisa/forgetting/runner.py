@@ -1,0 +1,451 @@
+"""The request runner: one table of phases, one loop that drives any number of requests through it.
+
+    phase           takes a request in     leaves it in   what it does (sisa/forgetting/phases.py)
+    ledger          received (a new one)   received       durable before anything is destroyed
+    measure-before  received, queued       (same)         evidence under the version that served when it came
+    bridge          received (not exact)   received       relief, --fast or --isolate serves until the exact version
+    measure-bridge  received (a bridge)    received       the records' loss and the evidence under the bridge
+    queue           received (--queue)     queued         records marked `forgetting` (`rectifying`); a batch goes on
+    delete          received, queued       data_deleted   records erased (a rectification: text replaced)
+    start-retrain   data_deleted           retraining     durable before the shard jobs start
+    commit          retraining             retraining     affected shards retrain; the exact version; MLflow follows
+    measure-after   retraining             retraining     evidence under the exact version
+    purge           retraining             retraining     tainted checkpoints, versions, MLflow runs, caches
+    certify         retraining             completed      lineage and purge checks, the certificate
+
+Deletions and rectifications (a request's `kind`) go the same way. `forget` and `rectify` carry a
+new request out at once: a batch of one, whose versions are its own (committed from the version
+it saw); with `queue` it stops once queued. `process` carries out every queued request as one
+batch (one retrain per affected shard, one version, one purge, a certificate each): `sisa
+process`, `sisa train` (`train_store`) and the service's worker run it. `resume` finishes what a
+crash cut short. The runner is the only writer of a request's ledger entry: after each phase,
+and the moment a phase commits a version (before MLflow is told). After each phase that did
+something it passes the crash-injection hook `<forget|batch>-after-<phase>` (storage/faults.py).
+What blocks new work is `requests_ledger.unfinished_requests`, asked by every writer.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from sisa.config import SisaConfig
+from sisa.evidence import measures as evidence
+from sisa.evidence.probes import Probe
+from sisa.forgetting import corrections, phases, selection
+from sisa.forgetting.phases import InFlight, Run, Texts
+from sisa.forgetting.record_texts import read_texts
+from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage.requests_ledger import (
+    DeletionPlan,
+    DeletionRequest,
+    RequestKind,
+    RequestMode,
+    RequestStatus,
+)
+from sisa.lineage.versions import ModelVersion
+from sisa.training import run as training
+from sisa.training.shard_job import ShardResult
+from storage.errors import RefusedError, ValidationError
+from storage.faults import maybe_die
+from storage.store import Store, now_iso
+
+S = RequestStatus
+PhaseFn = Callable[[Store, SisaConfig, Run, list[InFlight]], None]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    before: tuple[RequestStatus, ...]  # the statuses it takes a request in
+    after: RequestStatus | None  # the status it leaves it in (None: as it was)
+    run: PhaseFn | None  # None: only the status moves
+    takes: Callable[[InFlight], bool] = lambda it: True  # which of those requests it takes
+
+
+PHASES: tuple[Phase, ...] = (
+    Phase("ledger", (S.RECEIVED,), S.RECEIVED, phases.record, lambda it: it.new),
+    Phase("measure-before", (S.RECEIVED, S.QUEUED), None, phases.measure_before),
+    Phase("bridge", (S.RECEIVED,), S.RECEIVED, phases.bridge, lambda it: it.request.mode != RequestMode.EXACT),
+    Phase("measure-bridge", (S.RECEIVED,), S.RECEIVED, phases.measure_bridge, lambda it: it.bridge is not None),
+    Phase("queue", (S.RECEIVED,), S.QUEUED, phases.enqueue, lambda it: it.request.queued),
+    Phase("delete", (S.RECEIVED, S.QUEUED), S.DATA_DELETED, phases.delete),
+    Phase("start-retrain", (S.DATA_DELETED,), S.RETRAINING, None),
+    Phase("commit", (S.RETRAINING,), S.RETRAINING, phases.commit),
+    Phase("measure-after", (S.RETRAINING,), S.RETRAINING, phases.measure_after),
+    Phase("purge", (S.RETRAINING,), S.RETRAINING, phases.purge_tainted),
+    Phase("certify", (S.RETRAINING,), S.COMPLETED, phases.certify),
+)
+
+
+def carry_out(
+    store: Store, cfg: SisaConfig, run: Run, items: list[InFlight], until: str | None = None
+) -> list[DeletionRequest]:
+    """Drive the requests through every phase they have not finished (with `until`, no further
+    than that phase), writing each to the ledger after each phase. Outside a batch a request stops
+    once queued. On an error the requests stay open and resumable (the error's type and message,
+    never record text, go into each entry); the serving version is whatever was committed last."""
+    carried = list(items)
+    try:
+        for phase in PHASES[: [p.name for p in PHASES].index(until) + 1] if until else PHASES:
+            group = [it for it in carried if it.request.status in phase.before and phase.takes(it)]
+            if not group:
+                continue
+            if phase.run is not None:
+                phase.run(store, cfg, run, group)
+            for it in group:
+                if phase.after is not None and it.request.status != phase.after:
+                    it.request.move_to(phase.after)
+                _save(store, it)
+            maybe_die(f"{'batch' if run.batch_id else 'forget'}-after-{phase.name}")
+            if run.batch_id is None:
+                carried = [it for it in carried if it.request.status != S.QUEUED]  # a batch does the rest
+    except Exception as e:
+        for it in carried:
+            if not it.new:
+                it.request.errors.append(
+                    {"at": now_iso(), "error": f"{type(e).__name__}: {getattr(e, 'message', '')[:300]}"}
+                )
+                _save(store, it)
+        raise
+    return [it.request for it in items]
+
+
+def _save(store: Store, it: InFlight) -> None:
+    requests_ledger.write_request(store, it.request)
+
+
+def new_run(store: Store, **kw: Any) -> Run:
+    """A run whose phases save a request through the runner (see `phases.Run`)."""
+    return Run(save=lambda it: _save(store, it), **kw)
+
+
+# -- a request filed and carried out at once (the CLI, the service, the demo) ------------------
+@dataclass
+class RequestResult:
+    """What filing a deletion or a rectification gave: the request, or a no-op / dry run's plan."""
+
+    noop: bool = False
+    dry_run: bool = False
+    plan: DeletionPlan | None = None
+    request: DeletionRequest | None = None
+    already_deleted: int = 0
+    missing: int = 0
+    replayed: bool = False  # an idempotency key named an earlier request: this is that one
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.request is not None:
+            return {"request_id": self.request.request_id, "request": self.request.to_dict()}
+        out: dict[str, Any] = {"plan": self.plan.to_dict() if self.plan else None}
+        if self.noop:
+            out |= {"noop": True, "already_deleted": self.already_deleted, "missing": self.missing}
+        if self.dry_run:
+            out["dry_run"] = True
+        return out
+
+
+def new_request(
+    store: Store,
+    cfg: SisaConfig,
+    sel: selection.Selection,
+    plan: DeletionPlan,
+    mode: RequestMode,
+    queue: bool,
+    key_hash: str | None,
+) -> DeletionRequest:
+    """A deletion request for the selected records (not in the ledger yet)."""
+    if mode == RequestMode.ISOLATE:
+        serving_version = versions.current(store)
+        if serving_version is not None and not set(serving_version.shards) - set(plan.shard_ids):
+            raise RefusedError(
+                "--isolate needs at least one unaffected shard to serve; every shard holds some of these records"
+            )
+    received = datetime.now(UTC)
+    ids = sel.rows["record_id"].to_pylist()
+    serving_version = versions.current(store)
+    req = DeletionRequest(
+        request_id=f"req-{received:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
+        selector={
+            "kind": sel.kind,
+            "value_hashes": requests_ledger.selector_hashes(store, sel.kind, sel.values),
+            "value_hash": store.hash_id("\n".join(sorted(sel.values))),
+        },
+        id_hashes=sorted(store.hash_ids(ids)),
+        # So that a later --subject for a person whose records all went by id is a no-op too.
+        subject_hashes=requests_ledger.selector_hashes(
+            store, "subject", sorted({s for s in sel.rows["subject_id"].to_pylist() if s})
+        ),
+        records=len(ids),
+        missing_skipped=len(sel.missing),
+        received_at=received.isoformat(timespec="milliseconds"),
+        deadline=(received + timedelta(days=cfg.unlearning.deadline_days)).isoformat(timespec="milliseconds"),
+        mode=mode,
+        plan=plan,
+        version_before=serving_version.model_version if serving_version else None,
+        # Recorded now: after the purge, the tainted ones among them no longer exist to be read.
+        checkpoints_before=[
+            {"shard_id": s, "checkpoint_id": c, "adapter_sha256": checkpoints.adapter_sha256(store, c)}
+            for s, c in sorted(versions.shard_checkpoints(serving_version).items())
+        ],
+        queued=queue,
+        idempotency_key_hash=key_hash,
+    )
+    req.history.append({"status": req.status.value, "at": now_iso()})
+    return req
+
+
+def forget(
+    store: Store,
+    cfg: SisaConfig,
+    kind: str,
+    values: list[str],
+    mode: RequestMode = RequestMode.EXACT,
+    dry_run: bool = False,
+    queue: bool = False,
+    allow_missing: bool = False,
+    evidence: bool = True,
+    holdout: Texts | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    idempotency_key: str | None = None,
+    probes: list[Probe] | None = None,
+) -> RequestResult:
+    """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
+    with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
+    again with the same `idempotency_key` returns the first one, whatever became of it."""
+    key_hash, earlier = _replay(store, idempotency_key)
+    if earlier is not None:
+        return RequestResult(request=earlier, replayed=True)
+    if not dry_run:
+        requests_ledger.refuse_unfinished(store, "a new request", with_batch=queue)
+    sel = selection.select_records(store, kind, values)
+    if sel.missing and not allow_missing:
+        raise ValidationError(
+            f"{selection.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)"
+        )
+    if sel.rectifying:
+        raise RefusedError(
+            f"{selection.describe_rectifying(sel)} (it keeps the records, with new text), then forget them; "
+            "nothing was changed"
+        )
+    plan = selection.plan_selection(store, cfg, sel)
+    if sel.rows.num_rows == 0:
+        return RequestResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
+    if dry_run:
+        return RequestResult(dry_run=True, plan=plan)
+    req = new_request(store, cfg, sel, plan, mode, queue, key_hash)
+    log = log or (lambda msg: None)
+    log(
+        f"request {req.request_id}: {req.records} record(s) in shard(s) {plan.shard_ids} "
+        f"(retrain cost {plan.cost_fraction:.1%} of a full retrain)"
+    )
+    item = InFlight(req, sel.rows, new=True)
+    # A queued request returns at once: its evidence is measured by the batch, while the text is
+    # still in the store and the versions before and relief still exist.
+    if evidence and not queue:
+        item.texts, item.prompts = read_texts(store, sel.rows)
+        item.holdout = holdout
+        item.targets = _targets(cfg, item, probes)
+    carry_out(store, cfg, new_run(store, on_version=on_version or (lambda kind, entry: None), log=log), [item])
+    return RequestResult(request=req)
+
+
+def rectify(
+    store: Store,
+    cfg: SisaConfig,
+    fix_table: pa.Table,
+    problems: list[str] | None = None,
+    mode: RequestMode = RequestMode.EXACT,
+    dry_run: bool = False,
+    evidence: bool = True,
+    holdout: Texts | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
+    log: Callable[[str], None] | None = None,
+    probes: list[Probe] | None = None,
+    queue: bool = False,
+    idempotency_key: str | None = None,
+) -> RequestResult:
+    """Correct records' text exactly: validate every correction first (one error naming every
+    bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
+    the request (kind `rectify`) and carry it out, or with `queue` leave it queued for a batch
+    (relief serving; the records `rectifying`). The caller holds the store lock. A request filed
+    again with the same `idempotency_key` returns the first one."""
+    key_hash, earlier = _replay(store, idempotency_key)
+    if earlier is not None:
+        return RequestResult(request=earlier, replayed=True)
+    if not dry_run:
+        requests_ledger.refuse_unfinished(store, "a new request", with_batch=queue)
+    fix = corrections.validate(store, fix_table, problems)
+    sel = selection.Selection("ids", fix.ids, fix.rows)
+    plan = selection.plan_selection(store, cfg, sel, removes=False)
+    if dry_run:
+        return RequestResult(dry_run=True, plan=plan)
+    req = new_request(store, cfg, sel, plan, mode, queue, key_hash)
+    req.kind = RequestKind.RECTIFY
+    req.record_hashes = req.id_hashes
+    req.rectified = fix.content_hashes(store)
+    req.id_hashes = sorted(c["old"] for c in req.rectified)  # what is forgotten: the old content
+    req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
+    log = log or (lambda msg: None)
+    log(
+        f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} "
+        f"(retrain cost {plan.cost_fraction:.1%} of a full retrain)"
+    )
+    item = InFlight(req, sel.rows, new=True, fix=fix)
+    # Queued: the batch measures the old text's loss (the measure-before phase).
+    if evidence and not queue:
+        item.texts, item.prompts, new = corrections.old_and_new(store, fix)  # in memory only
+        item.holdout = holdout
+        item.targets = _targets(cfg, item, probes, new)
+    carry_out(store, cfg, new_run(store, on_version=on_version or (lambda kind, entry: None), log=log), [item])
+    return RequestResult(request=req)
+
+
+def _replay(store: Store, idempotency_key: str | None) -> tuple[str | None, DeletionRequest | None]:
+    """The keyed hash of a client's idempotency key, and the request filed with it before (if any)."""
+    if not idempotency_key:
+        return None, None
+    key_hash = store.hash_id(f"idempotency\x00{idempotency_key}")
+    return key_hash, next((r for r in requests_ledger.all_requests(store) if r.idempotency_key_hash == key_hash), None)
+
+
+def _targets(
+    cfg: SisaConfig, item: InFlight, probes: list[Probe] | None, new: list[tuple[Any, str | None]] | None = None
+) -> evidence.Targets:
+    """The trio and leak@k (k: `evidence.leak_k`) with --probes; membership inference with a holdout."""
+    subjects = {s for s in item.rows["subject_id"].to_pylist() if s}
+    holdout = item.holdout[0] if item.holdout else None
+    return evidence.build_targets(
+        item.texts,
+        item.prompts,
+        probes or [],
+        subjects,
+        holdout,
+        new,
+        with_trio=probes is not None,
+        leak_k=cfg.evidence.leak_k,
+    )
+
+
+def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None) -> list[DeletionRequest]:
+    """Finish every open request from where it stopped (the text may already be gone), each a
+    batch of one. The caller holds the store lock."""
+    log = log or (lambda msg: None)
+    out = []
+    for req in requests_ledger.open_requests(store):
+        if req.batch_owned:
+            continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
+        log(f"resuming {req.request_id} from status {req.status.value}")
+        rows = (
+            selection.find_live_by_hashes(store, set(req.target_hashes))
+            if req.status == S.RECEIVED
+            else store.index.table.slice(0, 0)
+        )
+        item = InFlight(req, rows)
+        if rows.num_rows:
+            item.texts, item.prompts = read_texts(store, rows)
+        out += carry_out(store, cfg, new_run(store, log=log), [item])
+    return out
+
+
+# -- batches of queued requests (`sisa process`, `sisa train`, the service's worker) -----------
+@dataclass
+class BatchResult:
+    batch_id: str | None
+    requests: list[DeletionRequest] = field(default_factory=list)
+    model_version: int | None = None
+    retrained: list[ShardResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def queued_requests(store: Store) -> list[DeletionRequest]:
+    """Requests a batch owes work: queued, or in a batch a crash interrupted."""
+    return [r for r in requests_ledger.open_requests(store) if r.batch_owned]
+
+
+def due(cfg: SisaConfig, reqs: list[DeletionRequest], now: datetime | None = None) -> str | None:
+    """Why a batch should run now (None: not yet). The policy in `deletion.*`."""
+    if not reqs:
+        return None
+    now = now or datetime.now(UTC)
+    dc = cfg.deletion
+    if any(r.status != S.QUEUED for r in reqs):
+        return "a batch was interrupted"
+    oldest = min(datetime.fromisoformat(r.received_at) for r in reqs)
+    if now - oldest >= timedelta(hours=dc.batch_after_h):
+        waited = (now - oldest).total_seconds() / 3600
+        return f"the oldest request waited {waited:.1f} h (deletion.batch_after_h={dc.batch_after_h:g})"
+    if len(reqs) >= dc.batch_max:
+        return f"{len(reqs)} requests wait (deletion.batch_max={dc.batch_max})"
+    earliest = min(datetime.fromisoformat(r.deadline) for r in reqs)
+    if now >= earliest - timedelta(days=dc.deadline_margin_days):
+        return f"a deadline is within {dc.deadline_margin_days:g} days (deletion.deadline_margin_days)"
+    return None
+
+
+def process(
+    store: Store,
+    cfg: SisaConfig,
+    train_new: bool = False,
+    evidence: bool = True,
+    log: Callable[[str], None] | None = None,
+    unlocked: Callable[[], AbstractContextManager] | None = None,
+) -> BatchResult:
+    """Carry out every queued request in one batch (and a batch a crash cut short). The caller
+    holds the jobs lock and the writer lock; `unlocked()` (e.g. `StoreLock.released`) lets go of
+    the writer lock while the shard jobs train, so requests filed meanwhile are queued with their
+    relief at once. The batch's version then keeps their shards relieved too."""
+    log = log or (lambda msg: None)
+    started = time.perf_counter()
+    reqs = queued_requests(store)
+    if not reqs:
+        return BatchResult(None)
+    # A request cut short before it was queued, or carried out alone, may serve an approximate
+    # checkpoint now, and commits from the version it started from when it resumes: it goes first.
+    requests_ledger.refuse_unfinished(store, "a batch", with_batch=True)
+    batch_id = (
+        next((r.batch_id for r in reqs if r.batch_id), None)
+        or f"batch-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    )
+    log(f"{batch_id}: {len(reqs)} request(s)")
+    items = []
+    for r in reqs:
+        r.batch_id = batch_id
+        rows = (
+            selection.find_live_by_hashes(store, set(r.target_hashes))
+            if r.status == S.QUEUED
+            else store.index.table.slice(0, 0)
+        )
+        item = InFlight(r, rows)
+        if evidence and rows.num_rows:  # the old text, read into memory before it goes, for the evidence
+            item.texts, item.prompts = read_texts(store, rows)
+        items.append(item)
+    run = new_run(store, batch_id=batch_id, train_new=train_new, unlocked=unlocked, log=log)
+    carry_out(store, cfg, run, items)
+    return BatchResult(
+        batch_id, reqs, run.version.model_version if run.version else None, run.results, time.perf_counter() - started
+    )
+
+
+def train_store(
+    store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str = "train"
+) -> training.TrainResult:
+    """`sisa train`: requests in flight refuse it; a queued batch is carried out first, with the
+    new slices trained in the same shard jobs; then every pending slice trains."""
+    started = time.perf_counter()
+    requests_ledger.refuse_unfinished(store, "training", with_batch=True)
+    if queued_requests(store):
+        batch = process(store, cfg, train_new=not from_scratch)
+        if not from_scratch:
+            wall = time.perf_counter() - started
+            return training.TrainResult(
+                batch.model_version, batch.retrained, {}, wall, noop=not batch.retrained, batch_id=batch.batch_id
+            )
+    return training.train(store, cfg, from_scratch, reason)

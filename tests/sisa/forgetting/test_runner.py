@@ -1,0 +1,212 @@
+"""The request runner (sisa/forgetting/runner.py) at its own level: the phase table, a resume after
+an interruption at each phase, and a batch of one and a batch of many giving the versions and
+certificates the CLI gives."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines import ingest, train
+from sisa.data.synthetic import write_jsonl
+from sisa.forgetting import runner
+from sisa.lineage import requests_ledger, versions
+from sisa.lineage.requests_ledger import RequestMode, RequestStatus
+from storage.store import Store
+from tests.helpers import cli_args, make_cfg, one_slice_subjects, run_cli
+from tests.reliability.helpers import SLICES, people, subject_in_middle
+
+S = RequestStatus
+ORDER = [S.RECEIVED, S.QUEUED, S.DATA_DELETED, S.RETRAINING, S.COMPLETED]
+RELIEF = (*SLICES, "deletion.relief=true")
+
+
+# -- the table -------------------------------------------------------------------------------------
+def test_the_phase_table_reaches_every_status_in_order() -> None:
+    names = [p.name for p in runner.PHASES]
+    assert len(set(names)) == len(names)
+    assert names[0] == "ledger" and names[-1] == "certify"
+    assert (
+        names.index("bridge")
+        < names.index("queue")
+        < names.index("delete")
+        < names.index("commit")
+        < names.index("purge")
+    )
+    # Every status sisa sets is reached (failed is an operator's), each from one reached before it.
+    reached = {S.RECEIVED}
+    for p in runner.PHASES:
+        assert reached & set(p.before), f"{p.name} takes a status no earlier phase leaves"
+        if p.after is not None:
+            assert all(ORDER.index(p.after) >= ORDER.index(b) for b in p.before), f"{p.name} moves a request back"
+            reached.add(p.after)
+    assert reached == set(S) - {S.FAILED}
+    assert runner.PHASES[-1].after == S.COMPLETED
+    assert {p.name for p in runner.PHASES if p.run is None} == {
+        "start-retrain"
+    }  # a status move, made durable before the jobs
+
+
+# -- stores ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """40 records about 20 people in slices of 8, trained once (serial, untracked): version 1."""
+    base = tmp_path_factory.mktemp("runner-template")
+    cfg = make_cfg(base / "s", *RELIEF)
+    ingest.run(cfg, [str(write_jsonl(people(), base / "people.jsonl"))])
+    assert train.run(cfg).model_version == 1
+    return base / "s"
+
+
+def _copy(template: Path, to: Path):
+    shutil.copytree(template, to)
+    return make_cfg(to, *RELIEF), Store.open(str(to))
+
+
+class Killed(BaseException):
+    """What the crash hook raises here instead of SIGKILL: no `except Exception` sees it, so
+    nothing is written after it, as after a kill."""
+
+
+def _kill_at(monkeypatch, stage: str) -> None:
+    def maybe_die(at: str) -> None:
+        if at == stage:
+            raise Killed(at)
+
+    monkeypatch.setattr(runner, "maybe_die", maybe_die)
+
+
+def _forget(store: Store, cfg, subject: str, **kw) -> runner.RequestResult:
+    with store.job("test forget", cfg.store.lock_timeout_s):
+        return runner.forget(store, cfg, "subject", [subject], RequestMode.RELIEF, **kw)
+
+
+def _exact(store: Store, req) -> dict[int, str]:
+    return versions.read(store, req.versions["exact"]).shards
+
+
+def _same_certificate(a: dict, b: dict) -> None:
+    """Two certificates of the same work in two copies of a store (the request's own id and time aside)."""
+    keys = ("kind", "serving_version", "checkpoints_before", "checkpoints_after", "lineage_check", "purge_check")
+    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    assert a["lineage_check"]["passed"] and a["purge_check"]["passed"]
+
+
+# -- a resume after an interruption at each phase ------------------------------------------------------
+ALONE = [p.name for p in runner.PHASES if p.name != "queue"]  # a request carried out at once skips queuing
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(template, tmp_path_factory) -> dict[int, str]:
+    cfg, store = _copy(template, tmp_path_factory.mktemp("runner-whole") / "s")
+    subject, _, _ = subject_in_middle(store)
+    req = _forget(store, cfg, subject, evidence=False).request
+    assert req.status == S.COMPLETED and req.versions["relief"] != req.versions["exact"]
+    return _exact(store, req)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", ALONE)
+def test_a_request_interrupted_after_each_phase_resumes_to_the_same_exact_version(
+    template, uninterrupted, tmp_path, monkeypatch, phase
+) -> None:
+    cfg, store = _copy(template, tmp_path / "s")
+    subject, _, _ = subject_in_middle(store)
+    _kill_at(monkeypatch, f"forget-after-{phase}")
+    with pytest.raises(Killed):
+        _forget(store, cfg, subject, evidence=False)
+    monkeypatch.undo()
+    (req,) = requests_ledger.all_requests(store)
+    after = next(p.after for p in runner.PHASES if p.name == phase) or S.RECEIVED
+    assert req.status == after and req.errors == []  # written after the phase, nothing after it
+    with store.job("test resume", cfg.store.lock_timeout_s):
+        resumed = runner.resume(store, cfg)
+    assert [r.request_id for r in resumed] == ([] if after == S.COMPLETED else [req.request_id])
+    (done,) = requests_ledger.all_requests(store)
+    assert (
+        done.status == S.COMPLETED
+        and done.certificate["lineage_check"]["passed"]
+        and done.certificate["purge_check"]["passed"]
+    )
+    assert _exact(store, done) == uninterrupted and store.current_version() == done.versions["exact"]
+
+
+BATCH = ["measure-before", "delete", "start-retrain", "commit", "measure-after", "purge", "certify"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("phase", BATCH)
+def test_a_batch_interrupted_after_each_phase_resumes_without_committing_twice(
+    template, tmp_path, monkeypatch, phase
+) -> None:
+    cfg, store = _copy(template, tmp_path / "s")
+    for subject in sorted(one_slice_subjects(store))[:2]:
+        _forget(store, cfg, subject, queue=True, evidence=False)
+    _kill_at(monkeypatch, f"batch-after-{phase}")
+    with store.job("test process", cfg.store.lock_timeout_s), pytest.raises(Killed):
+        runner.process(store, cfg, evidence=False)
+    monkeypatch.undo()
+    after = next(p.after for p in runner.PHASES if p.name == phase) or S.QUEUED
+    assert {r.status for r in requests_ledger.all_requests(store)} == {after}
+    with store.job("test process", cfg.store.lock_timeout_s):
+        res = runner.process(store, cfg, evidence=False)
+    assert (res.batch_id is None) == (after == S.COMPLETED)
+    batch_versions = [v for v in versions.all_versions(store) if v.reason == "forget-batch"]
+    assert len(batch_versions) == 1 and store.current_version() == batch_versions[0].model_version
+    assert all(
+        r.status == S.COMPLETED and r.certificate["lineage_check"]["passed"]
+        for r in requests_ledger.all_requests(store)
+    )
+
+
+# -- a batch of one, a batch of many: what the CLI gives -------------------------------------------------
+@pytest.mark.slow
+def test_a_batch_of_one_gives_the_version_and_certificate_sisa_forget_gives(template, tmp_path) -> None:
+    cfg, store = _copy(template, tmp_path / "runner")
+    _, cli_store = _copy(template, tmp_path / "cli")
+    subject, _, _ = subject_in_middle(store)
+    req = _forget(store, cfg, subject).request
+    code, _, err = run_cli("forget", "--subject", subject, *cli_args(tmp_path / "cli", *RELIEF))
+    assert code == 0, err
+    (cli_req,) = requests_ledger.all_requests(cli_store)
+    assert req.versions == cli_req.versions
+    for n in req.versions.values():
+        mine, theirs = versions.read(store, n), versions.read(cli_store, n)
+        assert (mine.shards, mine.reason, mine.excluded_shards) == (
+            theirs.shards,
+            theirs.reason,
+            theirs.excluded_shards,
+        )
+    _same_certificate(req.certificate, cli_req.certificate)
+    assert req.purge["checkpoints"] == cli_req.purge["checkpoints"] and sorted(req.evidence) == sorted(cli_req.evidence)
+
+
+@pytest.mark.slow
+def test_a_batch_of_many_gives_the_version_and_certificates_sisa_process_gives(template, tmp_path) -> None:
+    cfg, store = _copy(template, tmp_path / "runner")
+    _, cli_store = _copy(template, tmp_path / "cli")
+    subjects = sorted(one_slice_subjects(store))[:3]
+    for subject in subjects:
+        _forget(store, cfg, subject, queue=True, evidence=False)
+        code, _, err = run_cli("forget", "--subject", subject, "--queue", *cli_args(tmp_path / "cli", *RELIEF))
+        assert code == 0, err
+    with store.job("test process", cfg.store.lock_timeout_s):
+        res = runner.process(store, cfg)
+    code, _, err = run_cli("process", *cli_args(tmp_path / "cli", *RELIEF))
+    assert code == 0, err
+    assert len(res.requests) == len(subjects) and all(r.status == S.COMPLETED for r in res.requests)
+    mine, theirs = versions.read(store, res.model_version), versions.current(cli_store)
+    assert (mine.model_version, mine.shards, mine.reason, mine.excluded_shards) == (
+        theirs.model_version,
+        theirs.shards,
+        theirs.reason,
+        theirs.excluded_shards,
+    )
+    by_records = {tuple(r.id_hashes): r for r in requests_ledger.all_requests(cli_store)}
+    for r in res.requests:
+        cli_req = by_records[tuple(r.id_hashes)]
+        assert r.versions == cli_req.versions
+        _same_certificate(r.certificate, cli_req.certificate)
+        assert sorted(r.evidence) == sorted(cli_req.evidence)
