@@ -14,10 +14,9 @@ from sisa.data.formats import table_items
 from sisa.data.ingestion import normalise
 from sisa.data.sources import read_source
 from sisa.evidence.probes import Probe, read_probes
+from sisa.forgetting.phases import Texts
 from sisa.lineage.requests_ledger import RequestMode
 from storage.errors import ValidationError
-
-Texts = tuple[list[Any], list[str | None] | None]
 
 
 def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry_run: str, probes: str) -> None:

@@ -220,11 +220,9 @@ def forget(
     """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
     with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
     again with the same `idempotency_key` returns the first one, whatever became of it."""
-    key_hash, earlier = _replay(store, idempotency_key)
-    if earlier is not None:
-        return RequestResult(request=earlier, replayed=True)
-    if not dry_run:
-        requests_ledger.refuse_unfinished(store, "a new request", with_batch=queue)
+    key_hash, replayed = _admit(store, idempotency_key, dry_run, queue)
+    if replayed is not None:
+        return replayed
     sel = selection.select_records(store, kind, values)
     if sel.missing and not allow_missing:
         raise ValidationError(
@@ -241,11 +239,6 @@ def forget(
     if dry_run:
         return RequestResult(dry_run=True, plan=plan)
     req = new_request(store, cfg, sel, plan, mode, queue, key_hash)
-    log = log or (lambda msg: None)
-    log(
-        f"request {req.request_id}: {req.records} record(s) in shard(s) {plan.shard_ids} "
-        f"(retrain cost {plan.cost_fraction:.1%} of a full retrain)"
-    )
     item = InFlight(req, sel.rows, new=True)
     # A queued request returns at once: its evidence is measured by the batch, while the text is
     # still in the store and the versions before and relief still exist.
@@ -253,8 +246,7 @@ def forget(
         item.texts, item.prompts = read_texts(store, sel.rows)
         item.holdout = holdout
         item.targets = _targets(cfg, item, probes)
-    carry_out(store, cfg, new_run(store, on_version=on_version or (lambda kind, entry: None), log=log), [item])
-    return RequestResult(request=req)
+    return _carry_new(store, cfg, item, on_version, log)
 
 
 def rectify(
@@ -277,11 +269,9 @@ def rectify(
     the request (kind `rectify`) and carry it out, or with `queue` leave it queued for a batch
     (relief serving; the records `rectifying`). The caller holds the store lock. A request filed
     again with the same `idempotency_key` returns the first one."""
-    key_hash, earlier = _replay(store, idempotency_key)
-    if earlier is not None:
-        return RequestResult(request=earlier, replayed=True)
-    if not dry_run:
-        requests_ledger.refuse_unfinished(store, "a new request", with_batch=queue)
+    key_hash, replayed = _admit(store, idempotency_key, dry_run, queue)
+    if replayed is not None:
+        return replayed
     fix = corrections.validate(store, fix_table, problems)
     sel = selection.Selection("ids", fix.ids, fix.rows)
     plan = selection.plan_selection(store, cfg, sel, removes=False)
@@ -293,17 +283,42 @@ def rectify(
     req.rectified = fix.content_hashes(store)
     req.id_hashes = sorted(c["old"] for c in req.rectified)  # what is forgotten: the old content
     req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
-    log = log or (lambda msg: None)
-    log(
-        f"request {req.request_id} (rectify): {req.records} record(s) in shard(s) {plan.shard_ids} "
-        f"(retrain cost {plan.cost_fraction:.1%} of a full retrain)"
-    )
     item = InFlight(req, sel.rows, new=True, fix=fix)
     # Queued: the batch measures the old text's loss (the measure-before phase).
     if evidence and not queue:
         item.texts, item.prompts, new = corrections.old_and_new(store, fix)  # in memory only
         item.holdout = holdout
         item.targets = _targets(cfg, item, probes, new)
+    return _carry_new(store, cfg, item, on_version, log)
+
+
+def _admit(
+    store: Store, idempotency_key: str | None, dry_run: bool, queue: bool
+) -> tuple[str | None, RequestResult | None]:
+    """The keyed hash of the idempotency key, and what to answer at once when it names an earlier
+    request; refused while unfinished work blocks a new request."""
+    key_hash, earlier = _replay(store, idempotency_key)
+    if earlier is not None:
+        return key_hash, RequestResult(request=earlier, replayed=True)
+    if not dry_run:
+        requests_ledger.refuse_unfinished(store, "a new request", with_batch=queue)
+    return key_hash, None
+
+
+def _carry_new(
+    store: Store,
+    cfg: SisaConfig,
+    item: InFlight,
+    on_version: Callable[[str, ModelVersion], None] | None,
+    log: Callable[[str], None] | None,
+) -> RequestResult:
+    """A new request, a batch of one, through the phases (with `queue`, until it is queued)."""
+    req, log = item.request, log or (lambda msg: None)
+    kind = " (rectify)" if req.kind == RequestKind.RECTIFY else ""
+    shards = req.plan.shard_ids if req.plan else []
+    cost = req.plan.cost_fraction if req.plan else 0.0
+    where = f"{req.records} record(s) in shard(s) {shards}"
+    log(f"request {req.request_id}{kind}: {where} (retrain cost {cost:.1%} of a full retrain)")
     carry_out(store, cfg, new_run(store, on_version=on_version or (lambda kind, entry: None), log=log), [item])
     return RequestResult(request=req)
 
