@@ -231,10 +231,11 @@ def refuse_unfinished(store: Store, doing: str, with_batch: bool = False) -> Non
     """Raise RefusedError naming the `unfinished_requests` and how to finish them, before `doing`."""
     blocking = unfinished_requests(store, with_batch)
     if blocking:
-        how = "`sisa forget --resume`" + (", and `sisa process` for a batch a crash cut short," if any(r.batch_owned for r in blocking) else "")
+        batch = any(r.batch_owned for r in blocking)
+        how = "`sisa forget --resume`" + (", and `sisa process` for a batch a crash cut short," if batch else "")
         raise RefusedError(
-            f"deletion request(s) {', '.join(r.request_id for r in blocking)} are not finished; {doing} now could bring "
-            f"deleted data back or commit over them. Run {how} first."
+            f"deletion request(s) {', '.join(r.request_id for r in blocking)} are not finished; {doing} now could "
+            f"bring deleted data back or commit over them. Run {how} first."
         )
 
 

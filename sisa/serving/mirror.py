@@ -41,7 +41,8 @@ def publish_version(
     model and aggregation (`commit`: the other arguments of `versions.commit_version`), then log it
     to MLflow. `committed(entry)` runs between the two: what a caller must remember of the version
     is kept before MLflow is asked, so an MLflow outage loses nothing (`ensure_tracked` logs it later)."""
-    entry = commit_version(store, shards, reason, cfg.training_fingerprint(), cfg.model.name, aggregation=cfg.serving.aggregation, **commit)
+    fingerprint, aggregation = cfg.training_fingerprint(), cfg.serving.aggregation
+    entry = commit_version(store, shards, reason, fingerprint, cfg.model.name, aggregation=aggregation, **commit)
     if committed is not None:
         committed(entry)
     track_version(store, cfg, entry, results, wall_s)

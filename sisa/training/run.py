@@ -49,7 +49,12 @@ def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tup
 
 
 def plan_shard_tasks(
-    store: Store, cfg: SisaConfig, start: dict[int, str], affected: Collection[int] = (), through_last: bool = True, train_others: bool = True
+    store: Store,
+    cfg: SisaConfig,
+    start: dict[int, str],
+    affected: Collection[int] = (),
+    through_last: bool = True,
+    train_others: bool = True,
 ) -> tuple[list[ShardTask], dict[int, str]]:
     """The one shard-task planner (training, a request's retrain, a batch's): per shard, the task
     that continues from its checkpoint in `start` (none there: from slice 0), and the shards
@@ -72,7 +77,8 @@ def plan_shard_tasks(
             last = max(slices) if train_others else done
         pending = tuple(range(done + 1, last + 1))
         if pending:
-            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent, purpose="forget" if shard_id in affected else "train"))
+            purpose = "forget" if shard_id in affected else "train"
+            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent, purpose=purpose))
         elif parent:
             reused[shard_id] = parent
     return tasks, reused
