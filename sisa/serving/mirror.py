@@ -15,7 +15,13 @@ from typing import Any
 
 from sisa.config import SisaConfig
 from sisa.lineage.checkpoints import shard_slices
-from sisa.lineage.versions import ModelVersion, VersionStatus, all_versions, commit_version, record_tracking
+from sisa.lineage.versions import (
+    ModelVersion,
+    VersionStatus,
+    all_versions,
+    commit_version,
+    record_tracking,
+)
 from sisa.model.base import base_model_folder
 from sisa.serving import bundle
 from storage.store import Store
