@@ -27,8 +27,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 
 from pipelines.common import print_table  # noqa: E402
 from sisa.config import SisaConfig, build_config, load_config  # noqa: E402
-from sisa.data.sharding import assign_shards  # noqa: E402
-from sisa.data.synthetic import make_people, write_jsonl  # noqa: E402
+from sisa.data import (  # noqa: E402
+    assign_shards,  # noqa: E402
+    make_people,
+    write_jsonl,
+)
 
 CPUS = os.cpu_count() or 1
 

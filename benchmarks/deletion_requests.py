@@ -56,9 +56,11 @@ if __name__ == "__main__":
     import _common as C  # first: the offline environment and the repository on sys.path
 
 from sisa.config import SisaConfig, build_config  # noqa: E402
-from sisa.forgetting.planner import slice_cost  # noqa: E402
-from sisa.forgetting.runner import due  # noqa: E402
-from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus  # noqa: E402
+from sisa.forgetting import (
+    due,  # noqa: E402
+    slice_cost,  # noqa: E402
+)
+from sisa.lineage import DeletionRequest, RequestStatus  # noqa: E402
 
 HOUR = 3600.0
 EPOCH = datetime(2027, 1, 1, tzinfo=UTC)  # simulated time 0
@@ -385,7 +387,7 @@ def calibration(work: str, records: int) -> tuple[Callable[[], None], Callable[[
 
     from pipelines.ingest import run as ingest_run
     from sisa.training import scheduler
-    from sisa.training.shard_job import ShardTask, train_shard
+    from sisa.training import ShardTask, train_shard
     from storage import layout
     from storage.store import Store
 

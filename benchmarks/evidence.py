@@ -34,8 +34,8 @@ from pipelines import forget as forget_pipeline
 from pipelines import rectify as rectify_pipeline
 from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
-from sisa.data.synthetic import make_people, make_probes, write_jsonl
-from sisa.evidence.probes import read_probes
+from sisa.data import make_people, make_probes, write_jsonl
+from sisa.evidence import read_probes
 from sisa.training import scheduler
 from storage.store import Store
 

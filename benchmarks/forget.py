@@ -61,12 +61,10 @@ from pipelines.ingest import run as ingest_run
 from pipelines.train import run as train_run
 from sisa import serving
 from sisa.config import SisaConfig
-from sisa.data.synthetic import make_people
-from sisa.forgetting.planner import expected_cost_fraction
+from sisa.data import make_people
+from sisa.forgetting import expected_cost_fraction
 from sisa.lineage import checkpoints, versions
-from sisa.training import scheduler
-from sisa.training.run import plan_tasks
-from sisa.training.shard_job import train_shard
+from sisa.training import plan_tasks, scheduler, train_shard
 from storage import layout
 from storage.store import Store
 

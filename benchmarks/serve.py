@@ -36,7 +36,7 @@ from sisa import offline  # noqa: E402
 
 offline.apply()
 
-from sisa.data.synthetic import make_people, write_jsonl  # noqa: E402
+from sisa.data import make_people, write_jsonl  # noqa: E402
 
 TINY = str(REPO / "configs" / "tiny.yaml")
 

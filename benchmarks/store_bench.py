@@ -51,7 +51,7 @@ import pyarrow as pa
 
 from pipelines.ingest import run as ingest
 from sisa.config import build_config
-from sisa.data.sharding import shard_key
+from sisa.data import shard_key
 from storage.store import Store
 
 NUM_SHARDS = 8

@@ -45,12 +45,9 @@ import torch
 
 from sisa import serving
 from sisa.config import SisaConfig
-from sisa.data.ingestion import ingest_sources
-from sisa.data.sources import from_table
-from sisa.data.synthetic import make_people
+from sisa.data import from_table, ingest_sources, make_people
 from sisa.forgetting import runner
-from sisa.lineage import versions
-from sisa.lineage.requests_ledger import RequestMode
+from sisa.lineage import RequestMode, versions
 from sisa.model import (
     aggregated_sequence_losses,
     encode_texts,

@@ -7,9 +7,8 @@ import json
 import sys
 from typing import Any
 
-from sisa.data.opening import open_store
-from sisa.lineage.requests_ledger import DeletionRequest
-from sisa.lineage.versions import ModelVersion
+from sisa.data import open_store
+from sisa.lineage import DeletionRequest, ModelVersion
 
 __all__ = ["open_store", "print_table", "print_json", "human_bytes", "print_versions", "print_requests", "print_certificate"]
 

@@ -33,18 +33,21 @@ import pyarrow as pa
 from pipelines.common import print_certificate, print_requests, print_table, print_versions
 from sisa import serving
 from sisa.config import SisaConfig
-from sisa.data.formats import CHAT, TEXT, Example
-from sisa.data.ingestion import ingest_sources
-from sisa.data.sources import from_table
-from sisa.data.synthetic import make_people, make_probes
-from sisa.data.synthetic_formats import as_format, question
-from sisa.evidence.probes import Probe
+from sisa.data import (
+    CHAT,
+    TEXT,
+    Example,
+    as_format,
+    from_table,
+    ingest_sources,
+    make_people,
+    make_probes,
+    question,
+)
+from sisa.evidence import Probe
 from sisa.evidence.report import DemoReport, write_report
-from sisa.forgetting import runner
-from sisa.forgetting.planner import expected_cost_fraction
-from sisa.forgetting.rollback import roll_back
-from sisa.lineage import checkpoints, requests_ledger, versions
-from sisa.lineage.requests_ledger import RequestMode
+from sisa.forgetting import expected_cost_fraction, roll_back, runner
+from sisa.lineage import RequestMode, checkpoints, requests_ledger, versions
 from sisa.model import base_model_fingerprint
 from sisa.training import run as training
 from sisa.training import scheduler

@@ -17,9 +17,7 @@ import math
 from pipelines.common import open_store, print_json, print_table
 from sisa import serving
 from sisa.config import SisaConfig
-from sisa.data.formats import table_items
-from sisa.data.ingestion import normalise
-from sisa.data.sources import read_source
+from sisa.data import normalise, read_source, table_items
 from storage.errors import ValidationError
 
 

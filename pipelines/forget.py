@@ -32,9 +32,9 @@ from pipelines import request_options
 from pipelines.common import open_store, print_json
 from pipelines.request_options import Texts
 from sisa.config import SisaConfig
-from sisa.evidence.probes import Probe
+from sisa.evidence import Probe
 from sisa.forgetting import runner
-from sisa.lineage.versions import ModelVersion
+from sisa.lineage import ModelVersion
 from storage.errors import ValidationError
 
 

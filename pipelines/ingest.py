@@ -20,8 +20,7 @@ import pyarrow as pa
 
 from pipelines.common import print_json, print_table
 from sisa.config import SisaConfig
-from sisa.data.ingestion import IngestResult, ingest_sources
-from sisa.data.sources import Source, from_dataset, from_table, read_source
+from sisa.data import IngestResult, Source, from_dataset, from_table, ingest_sources, read_source
 
 
 def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:

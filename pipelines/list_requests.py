@@ -9,8 +9,7 @@ import argparse
 
 from pipelines.common import open_store, print_json, print_requests
 from sisa.config import SisaConfig
-from sisa.lineage import requests_ledger
-from sisa.lineage.requests_ledger import DeletionRequest
+from sisa.lineage import DeletionRequest, requests_ledger
 
 
 def run(cfg: SisaConfig) -> list[DeletionRequest]:

@@ -45,8 +45,7 @@ from typing import Any
 from pipelines import request_options
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
-from sisa.data.ingestion import normalise
-from sisa.data.sources import read_source
+from sisa.data import normalise, read_source
 from sisa.forgetting import runner
 from storage.errors import ValidationError
 

@@ -10,12 +10,10 @@ from typing import Any
 
 from pipelines.common import print_table
 from sisa.config import SisaConfig
-from sisa.data.formats import table_items
-from sisa.data.ingestion import normalise
-from sisa.data.sources import read_source
-from sisa.evidence.probes import Probe, read_probes
-from sisa.forgetting.phases import Texts
-from sisa.lineage.requests_ledger import RequestMode
+from sisa.data import normalise, read_source, table_items
+from sisa.evidence import Probe, read_probes
+from sisa.forgetting import Texts
+from sisa.lineage import RequestMode
 from storage.errors import ValidationError
 
 

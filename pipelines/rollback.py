@@ -13,7 +13,7 @@ import argparse
 
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
-from sisa.forgetting.rollback import roll_back
+from sisa.forgetting import roll_back
 from storage.errors import ValidationError
 
 

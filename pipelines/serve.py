@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from sisa.config import SisaConfig
-from sisa.data.opening import open_store
+from sisa.data import open_store
 
 
 def run(cfg: SisaConfig) -> None:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 
 from sisa.config import SisaConfig
-from sisa.data.formats import FORMATS
-from sisa.data.synthetic import make_people, make_probes, write_jsonl
-from sisa.data.synthetic_formats import as_format
+from sisa.data import FORMATS, as_format, make_people, make_probes, write_jsonl
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,8 +17,8 @@ import sys
 
 from pipelines.common import open_store, print_json, print_table
 from sisa.config import SisaConfig
-from sisa.forgetting.runner import train_store
-from sisa.training.run import TrainResult, prompt_blind_posterior
+from sisa.forgetting import train_store
+from sisa.training import TrainResult, prompt_blind_posterior
 
 
 def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:

@@ -27,11 +27,9 @@ from safetensors.torch import load_file
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
 from sisa.forgetting import lineage_check
-from sisa.lineage import checkpoints, requests_ledger, versions
-from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
+from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
 from sisa.serving import registered_version_exists
-from sisa.training import scheduler
-from sisa.training.shard_job import ShardTask, train_shard
+from sisa.training import ShardTask, scheduler, train_shard
 from storage import layout
 from storage.errors import IntegrityError, NotFoundError
 from storage.store import Store

@@ -245,3 +245,32 @@ def test_docs_cite_files_that_exist() -> None:
                 if not (ROOT / cited).exists() and not list(ROOT.glob(cited)):
                     dead.append(f"{path.relative_to(ROOT)}:{lineno}: {cited}")
     assert not dead, "paths that do not exist:\n" + "\n".join(dead)
+
+
+# Modules a verb may import from directly rather than through its subpackage's exports, and why.
+DIRECT_IMPORTS = {"sisa.evidence.report": "matplotlib loads only where a report is drawn (sisa demo)"}
+
+
+@pytest.mark.parametrize("path", sorted([*(ROOT / "pipelines").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]), ids=lambda p: p.name)
+def test_callers_use_the_subpackages_exports(path: Path) -> None:
+    """pipelines/ and benchmarks/ take names from `sisa.<subpackage>` (its `__init__` exports
+    them), or a subpackage's module as a whole; they do not reach into a module for a name."""
+    reach = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            parts = node.module.split(".")
+            if parts[0] == "sisa" and len(parts) > 2 and node.module not in DIRECT_IMPORTS:
+                reach.append(f"{node.module}: {', '.join(a.name for a in node.names)}")
+    assert not reach, f"{path.relative_to(ROOT)} reaches into modules: {reach}; import the names from the subpackage"
+
+
+@pytest.mark.parametrize("package", SISA_LAYERS)
+def test_every_subpackage_says_what_it_owns_and_exports(package: str) -> None:
+    import importlib
+
+    module = importlib.import_module(f"sisa.{package}")
+    assert (module.__doc__ or "").strip(), f"sisa/{package}/__init__.py has no docstring saying what it owns"
+    exported = getattr(module, "__all__", None)
+    assert exported, f"sisa/{package}/__init__.py exports nothing (__all__)"
+    missing = [name for name in exported if not hasattr(module, name)]  # a lazy export loads here
+    assert not missing, f"sisa.{package}.__all__ names what it does not define: {missing}"

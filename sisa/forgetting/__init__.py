@@ -6,3 +6,28 @@ approximate fast path, `purge` deletes what held a forgotten record, `lineage_ch
 `certificate` check what serves, `rollback` serves an earlier version unless that brings
 forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers.
 """
+
+from sisa.forgetting import lineage_check, phases, planner, rollback, runner
+from sisa.forgetting.phases import Texts
+from sisa.forgetting.planner import expected_cost_fraction, slice_cost
+from sisa.forgetting.rollback import roll_back
+from sisa.forgetting.runner import RequestResult, due, forget, process, rectify, resume, train_store
+
+__all__ = [
+    "RequestResult",
+    "Texts",
+    "due",
+    "expected_cost_fraction",
+    "forget",
+    "lineage_check",
+    "phases",
+    "planner",
+    "process",
+    "rectify",
+    "resume",
+    "roll_back",
+    "rollback",
+    "runner",
+    "slice_cost",
+    "train_store",
+]

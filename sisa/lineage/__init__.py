@@ -5,3 +5,21 @@ read), `versions` (which checkpoints serve together, and whether a version may s
 `requests_ledger` (deletion and rectification requests, their plans and statuses) and
 `entries` (the JSON of those entries). Knows no torch; speaks Arrow, ids and hashes.
 """
+
+from sisa.lineage import checkpoints, entries, requests_ledger, versions
+from sisa.lineage.requests_ledger import DeletionPlan, DeletionRequest, RequestKind, RequestMode, RequestStatus
+from sisa.lineage.versions import ModelVersion, VersionStatus
+
+__all__ = [
+    "DeletionPlan",
+    "DeletionRequest",
+    "ModelVersion",
+    "RequestKind",
+    "RequestMode",
+    "RequestStatus",
+    "VersionStatus",
+    "checkpoints",
+    "entries",
+    "requests_ledger",
+    "versions",
+]

@@ -1,3 +1,20 @@
 """Training shards: one shard's job (task in, result out), the scheduler that runs the jobs on Ray
 or serially, and a training run that plans, trains and commits a version.
 """
+
+from sisa.training import run, scheduler, shard_job
+from sisa.training.run import TrainResult, plan_tasks, prompt_blind_posterior, train
+from sisa.training.shard_job import ShardResult, ShardTask, train_shard
+
+__all__ = [
+    "ShardResult",
+    "ShardTask",
+    "TrainResult",
+    "plan_tasks",
+    "prompt_blind_posterior",
+    "run",
+    "scheduler",
+    "shard_job",
+    "train",
+    "train_shard",
+]
