@@ -127,6 +127,32 @@ def train_store(
     return Trained(cfg, Store.open(cfg.store.uri))
 
 
+# -- adapters ---------------------------------------------------------------------------------------
+def random_adapters(root: Path, names: list[str]):
+    """(a PeftModel of the tiny random base with one adapter per name, its tokenizer): each
+    adapter's LoRA B weights drawn from N(0, 0.5) under its own seed (its index), so the shards'
+    distributions differ; the serving and mixture tests decode and score over them."""
+    import torch  # only the tests that need adapters pay for torch and peft
+
+    from sisa.config import LoraConfig, ModelConfig
+    from sisa.model.adapters import attach_lora, load_adapters, save_adapter
+    from sisa.model.base import load_base_model
+
+    tiny = ModelConfig(name="tiny", device="cpu")
+    lora = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    dirs = {}
+    for i, name in enumerate(names):
+        torch.manual_seed(i)
+        model = attach_lora(load_base_model(tiny)[0], lora)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0.0, 0.5)
+        dirs[name] = str(save_adapter(model, Path(root) / name))
+    base, tokenizer = load_base_model(tiny)
+    return load_adapters(base, dirs), tokenizer
+
+
 # -- store state --------------------------------------------------------------------------------------
 def tree_digest(root: Path | str, skip: tuple[str, ...] = ()) -> dict[str, str]:
     """Every folder and file under `root` with its sha256 (files in `skip`, relative paths, left

@@ -4,14 +4,12 @@ together give the texts `mixture.sample` gives each alone, whatever joins or lea
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sisa.config import LoraConfig, ModelConfig
-from sisa.model.adapters import attach_lora, load_adapters, save_adapter
-from sisa.model.base import load_base_model
 from sisa.model.decoding import DecodeRequest, MixtureBatch, decode_all
 from sisa.model.mixture import log_prior, sample
 from storage.errors import ValidationError
+from tests.helpers import random_adapters
 
 TINY = ModelConfig(name="tiny", device="cpu")
 LORA = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -22,18 +20,7 @@ PROMPTS = ["alice works as", "bob", "carol's phone number is 555", "a much longe
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Three adapters with distinct non-zero weights, loaded into one PeftModel."""
-    root = tmp_path_factory.mktemp("adapters")
-    dirs = {}
-    for i, name in enumerate(NAMES):
-        torch.manual_seed(i)
-        model = attach_lora(load_base_model(TINY)[0], LORA)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0.0, 0.5)
-        dirs[name] = str(save_adapter(model, root / name))
-    base, tokenizer = load_base_model(TINY)
-    return load_adapters(base, dirs), tokenizer
+    return random_adapters(tmp_path_factory.mktemp("adapters"), NAMES)
 
 
 def alone(model, tok, prompt: str, **kw) -> list[str]:

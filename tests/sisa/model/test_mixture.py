@@ -25,6 +25,7 @@ from sisa.model.mixture import (
 )
 from sisa.serving.engine import encode_for_scoring
 from storage.errors import ValidationError
+from tests.helpers import random_adapters
 
 TINY = ModelConfig(name="tiny", device="cpu")
 LORA = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -113,18 +114,7 @@ def test_top_shard_indices():
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """Three adapters with distinct non-zero weights, loaded into one PeftModel."""
-    root = tmp_path_factory.mktemp("adapters")
-    dirs = {}
-    for i, name in enumerate(NAMES):
-        torch.manual_seed(i)
-        model = attach_lora(load_base_model(TINY)[0], LORA)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0.0, 0.5)
-        dirs[name] = str(save_adapter(model, root / name))
-    base, tokenizer = load_base_model(TINY)
-    return load_adapters(base, dirs), tokenizer
+    return random_adapters(tmp_path_factory.mktemp("adapters"), NAMES)
 
 
 def loop_logprobs(model, names, batch) -> torch.Tensor:

@@ -7,15 +7,13 @@ import threading
 import time
 
 import pytest
-import torch
 
 from sisa.config import LoraConfig, ModelConfig
-from sisa.model.adapters import attach_lora, load_adapters, save_adapter
-from sisa.model.base import load_base_model
 from sisa.model.decoding import DecodeRequest
 from sisa.serving.batcher import Batcher, Delta, Done, Error
 from sisa.serving.engine import Ensemble, generate_text
 from storage.errors import RefusedError
+from tests.helpers import random_adapters
 
 TINY = ModelConfig(name="tiny", device="cpu")
 LORA = LoraConfig(r=4, alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -24,18 +22,8 @@ PROMPTS = ["alice works as", "bob", "carol's phone number is 555", "a much longe
 
 @pytest.fixture(scope="module")
 def ens(tmp_path_factory):
-    root = tmp_path_factory.mktemp("adapters")
-    dirs = {}
-    for i in range(3):
-        torch.manual_seed(i)
-        model = attach_lora(load_base_model(TINY)[0], LORA)
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if "lora_B" in n:
-                    p.normal_(0.0, 0.5)
-        dirs[f"shard{i}"] = str(save_adapter(model, root / f"shard{i}"))
-    base, tokenizer = load_base_model(TINY)
-    return Ensemble(load_adapters(base, dirs), tokenizer, {i: f"shard{i}" for i in range(3)}, "posterior", None, 2)
+    model, tokenizer = random_adapters(tmp_path_factory.mktemp("adapters"), [f"shard{i}" for i in range(3)])
+    return Ensemble(model, tokenizer, {i: f"shard{i}" for i in range(3)}, "posterior", None, 2)
 
 
 class Collector:
