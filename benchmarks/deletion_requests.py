@@ -78,7 +78,7 @@ class Workload:
     epochs: int = 1
     slice_mode: str = "cumulative"
     batch_size: int = 4
-    min_steps: int = 0
+    min_steps: int | str = 0  # training.min_steps_per_slice: a number or auto
     deadline_days: float = 30.0
     seed: int = 0
 
@@ -173,7 +173,10 @@ def retrain_passes(w: Workload, row: np.ndarray, first: int) -> float:
     """Record-passes of retraining one shard (its per-slice counts `row`) from slice `first`
     through the last, as the trainer counts them."""
     counts = {j: int(c) for j, c in enumerate(row)}
-    return sum(slice_cost(counts, j, w.epochs, w.slice_mode, w.batch_size, w.min_steps) for j in range(first, w.slices))
+    size = -(-w.records // (w.shards * w.slices))  # a full slice, for min_steps `auto`
+    return sum(
+        slice_cost(counts, j, w.epochs, w.slice_mode, w.batch_size, w.min_steps, size) for j in range(first, w.slices)
+    )
 
 
 def full_passes(w: Workload) -> float:
@@ -347,7 +350,8 @@ def _counts(store) -> dict[int, dict[int, int]]:
 
 def _passes(cfg, counts: dict[int, int], slices) -> float:
     t = cfg.training
-    return sum(slice_cost(counts, j, t.epochs, cfg.sharding.slice_mode, t.batch_size, t.min_steps_per_slice) for j in slices)
+    mode, size = cfg.sharding.slice_mode, cfg.sharding.slice_size
+    return sum(slice_cost(counts, j, t.epochs, mode, t.batch_size, t.min_steps_per_slice, size) for j in slices)
 
 
 @contextmanager
@@ -386,8 +390,7 @@ def calibration(work: str, records: int) -> tuple[Callable[[], None], Callable[[
     import shutil
 
     from pipelines.ingest import run as ingest_run
-    from sisa.training import scheduler
-    from sisa.training import ShardTask, train_shard
+    from sisa.training import ShardTask, scheduler, train_shard
     from storage import layout
     from storage.store import Store
 

@@ -8,8 +8,8 @@ Data: fictitious people (sisa/data/synthetic.py, two one-sentence facts each: "<
 "<name> lives in"), strangers made the same way and never trained on, and a few hundred generic
 sentences the base model should keep (written here; nothing is downloaded).
 
-For each slice mode and S in {1, 4, 8} a store is trained (Ray, the model's config plus
-training.min_steps_per_slice so small shards still train), then served five ways:
+For each slice mode and S in {1, 4, 8} (or --shards) a store is trained (serially, the model's
+config with its default training.min_steps_per_slice, `auto`, or --min-steps), then served five ways:
 
     one adapter  S=1: one adapter on all the data, the baseline of every ratio
     uniform      the plain mean of the shards' next-token distributions
@@ -20,9 +20,11 @@ training.min_steps_per_slice so small shards still train), then served five ways
 Measured (tokens/s timed in interleaved rounds beside one shard adapter decoding alone): exact recall of the trained facts (the greedy completion of the prompt starts with the
 answer, decoded as `sisa generate` decodes: serving.recalls),
 the mean answer-token loss of trained facts and of strangers' facts, the perplexity of the
-generic text (its final eos not scored; the base model's beside it) and generation tokens/s
-(greedy decoding of a fixed number of tokens from a few fact prompts). Top-m only changes
-decoding, so its losses are the posterior's. Then one person is forgotten at the largest S
+generic text (its final eos not scored; the base model's beside it), generation tokens/s
+(greedy decoding of a fixed number of tokens from a few fact prompts) and the optimizer steps the
+store trained (the training cost, against one adapter's). Top-m's answer losses are those of what
+top-m decoding mixes: the posterior over the m shards of highest weight after each prompt; its
+strangers' and generic losses are the posterior's. Then one person is forgotten at the largest S
 (exact deletion) and their facts' answer loss under the posterior mixture is compared with the
 strangers' (the base model's ratio for the same people beside it: some people are harder than
 others before any training). Ratios to the one-adapter baseline come first.
@@ -54,6 +56,7 @@ from sisa.model import (
     generate,
     load_base_model,
     merge_adapters,
+    mixture,
     sequence_losses,
 )
 from sisa.training import run as training
@@ -61,7 +64,7 @@ from sisa.training import scheduler
 from storage.store import Store
 
 TARGETS = {
-    "posterior recall at the largest S": ">= 95% of one adapter's",
+    "recall": ">= 95% of one adapter's at every S (posterior and top-1)",
     "posterior top-m generation tokens/s": ">= 50% of one adapter's",
     "forgotten person's loss": "within ±10% of strangers'",
     "generic perplexity": "within 5% of one adapter's",
@@ -121,6 +124,7 @@ class Served:
     generic_ppl: float
     tokens_per_s: float
     train_s: float
+    steps: int  # optimizer steps the store trained, all shards together
     extra: dict = field(default_factory=dict)
 
 
@@ -212,16 +216,46 @@ def base_losses(cfg: SisaConfig, facts: list[dict], strangers: list[dict], gener
     }
 
 
-def train_store(cfg: SisaConfig, rows: list[dict]) -> tuple[Store, float]:
+def routed_losses(ens: serving.Ensemble, rows: list[dict], max_length: int, m: int) -> list[float]:
+    """Per record: the answer loss under the posterior over only the m shards of highest weight
+    after its prompt (renormalised), i.e. what top-m decoding mixes while it decodes the answer."""
+    keys = sorted(ens.names)
+    prompts = [r["prompt"] for r in rows]
+    evidence = []  # [k, rows]: log prior + log-likelihood of the prompt, per shard
+    with torch.no_grad():
+        for i in range(0, len(prompts), 16):
+            batch = generic_batch(ens.tokenizer, prompts[i : i + 16], max_length)  # the prompt's tokens, no eos
+            _, per = mixture.aggregated_sequence_losses(
+                ens.model, ens.adapter_names(keys), batch, ens.log_prior(keys)
+            )
+            counts = torch.tensor(scored_tokens(batch), dtype=torch.float32)
+            evidence.append(torch.stack([-per[name].float().cpu() * counts for name in ens.adapter_names(keys)]))
+    log_post = torch.cat(evidence, dim=1) + ens.log_prior(keys).float().view(-1, 1)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(len(rows)):
+        top = mixture.top_shard_indices(log_post[:, i], m)
+        groups.setdefault(tuple(keys) if top is None else tuple(keys[j] for j in top.tolist()), []).append(i)
+    out = [0.0] * len(rows)
+    for shards, idx in groups.items():
+        mixed, _ = serving.score_aggregations(
+            ens, [rows[i]["text"] for i in idx], [prompts[i] for i in idx], max_length, shards=list(shards)
+        )
+        for i, loss in zip(idx, mixed["posterior"], strict=True):
+            out[i] = loss
+    return out
+
+
+def train_store(cfg: SisaConfig, rows: list[dict]) -> tuple[Store, float, int]:
+    """(store, training seconds, optimizer steps of all shards together)."""
     ingest_sources(cfg, [from_table(pa.Table.from_pylist(rows), "people")])
     store = Store.open(cfg.store.uri)
     with store.lock("utility benchmark", cfg.store.lock_timeout_s), C.timer() as t:
-        training.train(store, cfg)
-    return store, t[0]
+        res = training.train(store, cfg)
+    return store, t[0], sum(s.steps for r in res.trained for s in r.slices)
 
 
 def measure_store(
-    store: Store, cfg: SisaConfig, mode: str, shards: int, train_s: float, facts: list[dict], strangers: list[dict], generic: list[str], top_ms: list[int], timing: tuple[int, int, int]
+    store: Store, cfg: SisaConfig, mode: str, shards: int, trained: tuple[float, int], facts: list[dict], strangers: list[dict], generic: list[str], top_ms: list[int], timing: tuple[int, int, int]
 ) -> list[Served]:
     """Every way of serving this store, from one PeftModel holding every adapter (and the merge).
 
@@ -242,7 +276,9 @@ def measure_store(
     else:
         variants.append(("uniform", serving.Ensemble(ens.model, tok, ens.names, "uniform", None, 0), losses("uniform")))
         variants.append(("posterior", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior")))
-        variants += [(f"top-{m}", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, m), losses("posterior")) for m in top_ms if m < shards]
+        for m in [m for m in top_ms if m < shards]:
+            top = serving.Ensemble(ens.model, tok, ens.names, "posterior", None, m)
+            variants.append((f"top-{m}", top, (routed_losses(top, facts, max_length, m), stranger_l["posterior"], generic_l["posterior"])))
         merged_dir = tempfile.mkdtemp(prefix="sisa-utility-merged-")
         try:
             names = ens.adapter_names()
@@ -264,7 +300,7 @@ def measure_store(
     out = []
     for name, e, (f, s, g) in variants:
         right = recall(e, facts)
-        r = Served(mode, shards, name, right, len(facts), serving.mean(f), serving.mean(s), perplexity(g, counts), best[name], train_s, {"speed_ratio": best[name] / best["one adapter (speed)"]})
+        r = Served(mode, shards, name, right, len(facts), serving.mean(f), serving.mean(s), perplexity(g, counts), best[name], *trained, {"speed_ratio": best[name] / best["one adapter (speed)"]})
         out.append(r)
         print(f"  {mode:<11} S={shards:<2} {name:<12} recall {right}/{len(facts)}  answer loss {r.answer_loss:.3f}  strangers {r.strangers_loss:.3f}  generic ppl {r.generic_ppl:.2f}  {r.tokens_per_s:.1f} tok/s ({r.extra['speed_ratio']:.2f}x one adapter)", flush=True)
     return out
@@ -305,12 +341,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", default="cumulative,incremental", help="slice modes (default both)")
     p.add_argument("--slice-size", type=int, default=16, help="sharding.slice_size (default 16)")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny 30, SmolLM2 the demo's 10)")
-    p.add_argument("--min-steps", type=int, default=20, help="training.min_steps_per_slice (default 20)")
+    p.add_argument("--min-steps", default="", help="training.min_steps_per_slice (default: the config's, auto)")
     p.add_argument("--top-m", default="1,2", help="top_shards values measured (default 1,2)")
     p.add_argument("--timed-prompts", type=int, default=3, help="prompts decoded for tokens/s (default 3)")
     p.add_argument("--timed-tokens", type=int, default=16, help="tokens decoded per timed prompt (default 16)")
     p.add_argument("--timed-rounds", type=int, default=2, help="interleaved timing rounds, best kept (default 2)")
     p.add_argument("--no-forget", action="store_true", help="skip the deletion at the largest S")
+    p.add_argument(
+        "--threads", type=int, default=C.CPUS,
+        help="torch threads (default: every core); 1 on a machine others share: threads that wait for each other spin",
+    )
     args = p.parse_args()
     args.shards = [int(s) for s in args.shards.split(",")]
     args.modes = [m for m in args.modes.split(",") if m]
@@ -323,7 +363,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    torch.set_num_threads(C.CPUS)
+    torch.set_num_threads(args.threads)
     people = args.people or DEFAULT_PEOPLE[args.model]
     facts = make_people(people, seed=0, facts_per_person=2)
     strangers = make_people(args.strangers, seed=0, facts_per_person=2, start=people)
@@ -341,9 +381,8 @@ def main() -> None:
                     f"sharding.num_shards={shards}",
                     f"sharding.slice_mode={mode}",
                     f"sharding.slice_size={args.slice_size}",
-                    f"training.min_steps_per_slice={args.min_steps}",
                     # one job's threads: every core when one shard trains alone
-                    f"scheduler.threads_per_task={max(1, C.CPUS // shards)}",
+                    f"scheduler.threads_per_task={max(1, args.threads // shards)}",
                     "tracking.enabled=false",
                     "deletion.relief=false",
                     # In this process, not Ray's workers (niced to 15: on a shared machine they
@@ -352,14 +391,16 @@ def main() -> None:
                 ]
                 if args.epochs:
                     extra.append(f"training.epochs={args.epochs}")
+                if args.min_steps:
+                    extra.append(f"training.min_steps_per_slice={args.min_steps}")
                 cfg = C.model_config(args.model, f"{root}/{mode}-s{shards}", extra)
                 if base is None:
                     base = base_losses(cfg, facts, strangers, generic) | {"facts": facts}
                     print(f"  base model: answer loss {base['answer_loss']:.3f}, strangers {base['strangers_loss']:.3f}, generic ppl {base['generic_ppl']:.2f}", flush=True)
                 scheduler.prepare(cfg.scheduler)
-                store, train_s = train_store(cfg, facts)
-                print(f"  {mode:<11} S={shards:<2} trained in {train_s:.0f} s", flush=True)
-                results += measure_store(store, cfg, mode, shards, train_s, facts, strangers, generic, args.top_m, (args.timed_prompts, args.timed_tokens, args.timed_rounds))
+                store, train_s, steps = train_store(cfg, facts)
+                print(f"  {mode:<11} S={shards:<2} trained in {train_s:.0f} s, {steps} optimizer steps", flush=True)
+                results += measure_store(store, cfg, mode, shards, (train_s, steps), facts, strangers, generic, args.top_m, (args.timed_prompts, args.timed_tokens, args.timed_rounds))
                 if shards == args.shards[-1] and forgot is None and not args.no_forget and shards > 1:
                     person = [r for r in facts if r["subject_id"] == facts[0]["subject_id"]]
                     forgot = forget_one(store, cfg, person, strangers, base) | {"mode": mode, "shards": shards}
@@ -384,17 +425,17 @@ def report(args, results: list[Served], base: dict, forgot: dict | None) -> None
             "tokens/s": C.fmt_ratio(r.extra["speed_ratio"]),
             "generic ppl": C.fmt_ratio(r.generic_ppl / one.generic_ppl),
             "answer loss": C.fmt_ratio(r.answer_loss / one.answer_loss if one.answer_loss else None),
+            "train steps": C.fmt_ratio(r.steps / one.steps if one.steps else None),
         })
-    C.table(rows, ["mode", "S", "serving", "recall", "tokens/s", "generic ppl", "answer loss"])
+    C.table(rows, ["mode", "S", "serving", "recall", "tokens/s", "generic ppl", "answer loss", "train steps"])
 
     print("\n== targets ==")
-    largest = max(r.shards for r in results)
     checks = []
     for mode, one in baseline.items():
-        post = [r for r in results if r.mode == mode and r.shards == largest and r.variant == "posterior"]
-        if post and one.recall:
-            x = post[0].recall / one.recall
-            checks.append((f"posterior recall at S={largest} ({mode})", f"{x:.0%} of one adapter's", TARGETS["posterior recall at the largest S"], x >= 0.95))
+        for r in results:
+            if r.mode == mode and r.variant in ("posterior", "top-1") and one.recall:
+                x = r.recall / one.recall
+                checks.append((f"{r.variant} recall at S={r.shards} ({mode})", f"{x:.0%} of one adapter's", TARGETS["recall"], x >= 0.95))
         for r in results:
             if r.mode == mode and r.variant.startswith("top-"):
                 x = r.extra["speed_ratio"]
@@ -415,8 +456,9 @@ def report(args, results: list[Served], base: dict, forgot: dict | None) -> None
             "mode": r.mode, "S": r.shards, "serving": r.variant, "recall": f"{r.recall}/{r.facts}",
             "answer loss": f"{r.answer_loss:.3f}", "strangers loss": f"{r.strangers_loss:.3f}",
             "generic ppl": f"{r.generic_ppl:.2f}", "tok/s": f"{r.tokens_per_s:.1f}", "train s": f"{r.train_s:.0f}",
+            "train steps": str(r.steps),
         } for r in results],
-        ["mode", "S", "serving", "recall", "answer loss", "strangers loss", "generic ppl", "tok/s", "train s"],
+        ["mode", "S", "serving", "recall", "answer loss", "strangers loss", "generic ppl", "tok/s", "train s", "train steps"],
     )
     if forgot:
         print(f"\n== forget one person ({forgot['facts']} facts) at S={forgot['shards']}, {forgot['mode']}, exact, in {forgot['forget_s']:.0f} s ==")

@@ -82,6 +82,12 @@ class LoraConfig:
     )
 
 
+# `training.min_steps_per_slice: auto`'s optimizer steps per pass over a slice, at the least. 3: at
+# the demo's 10 epochs 8 SmolLM2 shards of 6 records recalled 36/48 facts with the 10 steps their
+# epochs gave and 48/48 with 30 (one adapter: 46/48). Part of the training fingerprint.
+AUTO_STEPS_PER_EPOCH = 3
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     epochs: int = _f(1, "Epochs per slice (rescaled in cumulative mode as in the SISA paper).", min=1)
@@ -96,10 +102,13 @@ class TrainingConfig:
         "assistant turns (the prompt and other turns are context only); a text record is all completion. "
         "all: every token of the record, prompts and user turns included.",
     )
-    min_steps_per_slice: int = _f(
-        0,
+    min_steps_per_slice: int | Literal["auto"] = _f(
+        "auto",
         "At least this many optimizer steps per slice (the slice's records are repeated in further seeded "
-        "passes until reached), so small shards still learn; 0 = off.",
+        "passes until reached), so small shards still learn whatever S is. auto: the steps a full slice "
+        f"(sharding.slice_size records) would take, and at least {AUTO_STEPS_PER_EPOCH} a pass "
+        "(epochs rescaled as the slice's); "
+        "a function of the config alone, so a deletion or replay trains every slice as before. 0 = off.",
         min=0,
     )
 
@@ -226,6 +235,9 @@ class SisaConfig:
         for key, off in _LATER_TRAINING_KEYS.items():
             if training[key] == off:
                 del training[key]
+        if training.get("min_steps_per_slice") == "auto":
+            # the rule, not just its name: a checkpoint trained under another rule is not continued
+            training["min_steps_per_slice"] = {"auto": {"steps_per_epoch": AUTO_STEPS_PER_EPOCH, "full_slice": True}}
         keep = {
             "seed": d["store"]["seed"],
             "sharding": d["sharding"],
@@ -250,6 +262,16 @@ def _digest(obj: Any) -> str:
 def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str | None]:
     """Coerce `value` to `hint`; return (value, problem or None)."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        # int | Literal["auto"]: a word is checked against the literal, anything else as the int
+        literal, other = sorted(typing.get_args(hint), key=lambda h: typing.get_origin(h) is not Literal)
+        if isinstance(value, str) and not value.lstrip("-").isdigit():
+            words = typing.get_args(literal)
+            if value in words:
+                return value, None
+            kind = "a number" if other is float else "an integer"
+            return value, f"`{path}` should be {' or '.join(words)} or {kind}, got {value!r}"
+        return _check_value(path, int(value) if isinstance(value, str) else value, other, meta)
     if origin is Literal:
         choices = typing.get_args(hint)
         if value not in choices:

@@ -10,15 +10,25 @@ prediction of the time ratio.
 from __future__ import annotations
 
 from sisa.lineage.requests_ledger import DeletionPlan, ShardPlan
-from sisa.training.shard_job import slice_epochs
+from sisa.training.shard_job import min_slice_steps, slice_epochs
 
 
-def slice_cost(counts: dict[int, int], slice_idx: int, epochs: int, mode: str, batch_size: int = 1, min_steps: int = 0) -> float:
+def slice_cost(
+    counts: dict[int, int],
+    slice_idx: int,
+    epochs: int,
+    mode: str,
+    batch_size: int = 1,
+    min_steps: int | str = 0,
+    slice_size: int = 0,
+) -> float:
     """Record-passes of training one slice (counts: slice → records after the deletion); with
-    `min_steps`, a slice too small for that many steps of `batch_size` costs the extra passes."""
+    `min_steps` (`training.min_steps_per_slice`: a number, or `auto` with `slice_size`, as the
+    trainer reads it), a slice too small for that many steps of `batch_size` costs the extra passes."""
     n = sum(c for s, c in counts.items() if s <= slice_idx) if mode == "cumulative" else counts.get(slice_idx, 0)
     cost = slice_epochs(epochs, slice_idx, mode) * n
-    return max(cost, float(min_steps * batch_size)) if n and min_steps else cost
+    steps = min_slice_steps(min_steps, slice_idx, epochs, mode, batch_size, slice_size)
+    return max(cost, float(steps * batch_size)) if n and steps else cost
 
 
 def plan_deletion(
@@ -29,11 +39,13 @@ def plan_deletion(
     epochs: int,
     mode: str,
     batch_size: int = 1,
-    min_steps: int = 0,
+    min_steps: int | str = 0,
+    slice_size: int = 0,
 ) -> DeletionPlan:
     """`hits`: (shard_id, slice_idx) of each record to delete; `counts_after[shard][slice]`: records
     each slice will hold after the deletion (every slice of every shard, empty ones as 0).
-    `batch_size` and `min_steps` are `training.batch_size` and `training.min_steps_per_slice`."""
+    `batch_size`, `min_steps` and `slice_size` are `training.batch_size`,
+    `training.min_steps_per_slice` and `sharding.slice_size`."""
     by_shard: dict[int, list[int]] = {}
     for shard, sl in hits:
         by_shard.setdefault(shard, []).append(sl)
@@ -42,7 +54,7 @@ def plan_deletion(
         slices = counts_after.get(shard, {})
         last = max(slices, default=-1)
         for sl in slices:
-            plan.full_cost += slice_cost(slices, sl, epochs, mode, batch_size, min_steps)
+            plan.full_cost += slice_cost(slices, sl, epochs, mode, batch_size, min_steps, slice_size)
         if shard not in by_shard:
             if slices:
                 plan.unaffected_shards.append(shard)
@@ -50,7 +62,7 @@ def plan_deletion(
         hit = sorted(set(by_shard[shard]))
         plan.shards.append(ShardPlan(shard, hit[0], max(last, hit[-1]), len(by_shard[shard]), hit))
         for sl in range(hit[0], last + 1):
-            plan.retrain_cost += slice_cost(slices, sl, epochs, mode, batch_size, min_steps)
+            plan.retrain_cost += slice_cost(slices, sl, epochs, mode, batch_size, min_steps, slice_size)
     return plan
 
 

@@ -109,6 +109,7 @@ def plan_selection(store: Store, cfg: SisaConfig, sel: Selection, removes: bool 
         cfg.sharding.slice_mode,
         batch_size=cfg.training.batch_size,
         min_steps=cfg.training.min_steps_per_slice,
+        slice_size=cfg.sharding.slice_size,
     )
     plan.missing = len(sel.missing)
     plan.already_deleted = len(sel.already_deleted)

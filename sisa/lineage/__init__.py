@@ -7,7 +7,13 @@ read), `versions` (which checkpoints serve together, and whether a version may s
 """
 
 from sisa.lineage import checkpoints, entries, requests_ledger, versions
-from sisa.lineage.requests_ledger import DeletionPlan, DeletionRequest, RequestKind, RequestMode, RequestStatus
+from sisa.lineage.requests_ledger import (
+    DeletionPlan,
+    DeletionRequest,
+    RequestKind,
+    RequestMode,
+    RequestStatus,
+)
 from sisa.lineage.versions import ModelVersion, VersionStatus
 
 __all__ = [

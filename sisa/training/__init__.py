@@ -3,13 +3,21 @@ or serially, and a training run that plans, trains and commits a version.
 """
 
 from sisa.training import run, scheduler, shard_job
-from sisa.training.run import TrainResult, plan_tasks, prompt_blind_posterior, train
+from sisa.training.run import (
+    TrainingCost,
+    TrainResult,
+    plan_tasks,
+    prompt_blind_posterior,
+    train,
+    training_cost,
+)
 from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 
 __all__ = [
     "ShardResult",
     "ShardTask",
     "TrainResult",
+    "TrainingCost",
     "plan_tasks",
     "prompt_blind_posterior",
     "run",
@@ -17,4 +25,5 @@ __all__ = [
     "shard_job",
     "train",
     "train_shard",
+    "training_cost",
 ]

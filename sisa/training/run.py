@@ -8,6 +8,7 @@ version committed (one atomic pointer write) and then mirrored to MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -17,7 +18,14 @@ from sisa.lineage import checkpoints, versions
 from sisa.model.base import base_model_fingerprint
 from sisa.serving import mirror
 from sisa.training import scheduler
-from sisa.training.shard_job import ShardResult, ShardTask, train_shard
+from sisa.training.shard_job import (
+    ShardResult,
+    ShardTask,
+    pass_steps,
+    slice_epochs,
+    slice_steps,
+    train_shard,
+)
 from storage.errors import RefusedError
 from storage.store import Store
 
@@ -82,6 +90,74 @@ def plan_shard_tasks(
         elif parent:
             reused[shard_id] = parent
     return tasks, reused
+
+
+@dataclass
+class TrainingCost:
+    """Optimizer steps of training every shard from scratch on the store's live records, beside
+    one adapter trained on the same records with the same config (slices of `sharding.slice_size`),
+    both counted with the trainer's schedule (epochs, `training.min_steps_per_slice`)."""
+
+    records: int
+    steps: int
+    one_adapter_steps: int
+    # shards with a slice under AUTO_STEPS_PER_EPOCH steps a pass (the setting is the user's own):
+    # shard_id → (its steps, its fewest steps a pass); and what `auto` would train instead
+    short: dict[int, tuple[int, float]] = field(default_factory=dict)
+    auto_steps: int | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.steps / self.one_adapter_steps if self.one_adapter_steps else None
+
+    def to_dict(self) -> dict:
+        short = [{"shard_id": k, "steps": v[0], "fewest_steps_per_pass": v[1]} for k, v in sorted(self.short.items())]
+        return {
+            "records": self.records,
+            "optimizer_steps": self.steps,
+            "one_adapter_steps": self.one_adapter_steps,
+            "ratio": self.ratio,
+            "too_few_steps": short,
+            "auto_steps": self.auto_steps,
+        }
+
+
+def _slices_steps(cfg: SisaConfig, counts: dict[int, int]) -> list[tuple[int, int, float]]:
+    """(slice, steps, steps a pass) of each slice of one shard (slice → records) trained from scratch."""
+    mode = cfg.sharding.slice_mode
+    out = []
+    for j in sorted(counts):
+        n = sum(c for s, c in counts.items() if s <= j) if mode == "cumulative" else counts[j]
+        if n:
+            steps = slice_steps(n, j, cfg)
+            out.append((j, steps, steps / slice_epochs(cfg.training.epochs, j, mode)))
+    return out
+
+
+def training_cost(store: Store, cfg: SisaConfig) -> TrainingCost:
+    """What `sisa train --from-scratch` costs under `cfg`, against one adapter; with a
+    `min_steps_per_slice` of the user's own, the shards it leaves under `auto`'s steps a pass."""
+    shards: dict[int, dict[int, int]] = {}
+    for r in store.index.counts(live_only=True).to_pylist():
+        shards.setdefault(r["shard_id"], {})[r["slice_idx"]] = r["records"]
+    records = sum(sum(c.values()) for c in shards.values())
+    size = cfg.sharding.slice_size
+    one = {j: min(size, records - j * size) for j in range(-(-records // size))}
+    per_shard = {k: _slices_steps(cfg, c) for k, c in shards.items()}
+    cost = TrainingCost(
+        records, sum(s for v in per_shard.values() for _, s, _ in v), sum(s for _, s, _ in _slices_steps(cfg, one))
+    )
+    if cfg.training.min_steps_per_slice == "auto":
+        return cost
+    mode, epochs = cfg.sharding.slice_mode, cfg.training.epochs
+    for k, slices in per_shard.items():
+        # under auto's floor a pass: fewer than AUTO_STEPS_PER_EPOCH steps for each pass over a slice
+        if any(steps < pass_steps(epochs, j, mode) for j, steps, _ in slices):
+            cost.short[k] = (sum(s for _, s, _ in slices), min(p for _, _, p in slices))
+    if cost.short:
+        auto = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, min_steps_per_slice="auto"))
+        cost.auto_steps = sum(s for c in shards.values() for _, s, _ in _slices_steps(auto, c))
+    return cost
 
 
 def prompt_blind_posterior(cfg: SisaConfig, result: TrainResult) -> str | None:

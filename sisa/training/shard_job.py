@@ -5,9 +5,12 @@ AdamW state), train the shard's LoRA adapter on the slice's records (cumulative:
 incremental: slice j), and save a checkpoint. Ray runs it on a worker; a serial loop runs the
 same function in-process. The worker reads its records from the store itself.
 
-A slice trains for `slice_epochs` passes over its records, and for at least
-`training.min_steps_per_slice` optimizer steps: a small shard's few records would otherwise get
-a handful of steps and learn little (issue 10 measured it), so further seeded passes follow.
+A slice trains for `slice_epochs` passes over its records, and for at least `min_slice_steps`
+optimizer steps: a small shard's few records would otherwise get a handful of steps and learn
+little (issues 10 and 22 measured it), so further seeded passes follow. The default (`auto`) is a
+function of the config and the slice index alone, never of how many records a shard holds: a
+deletion then never changes how an earlier slice trained, and a replay from scratch takes the
+same steps as the first training did.
 
 Determinism: before each slice the torch RNG is seeded from (store seed, shard_id, slice_idx);
 the sample order comes from a generator with that seed; torch runs deterministic kernels with a
@@ -29,7 +32,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from sisa.config import SisaConfig, build_config
+from sisa.config import AUTO_STEPS_PER_EPOCH, SisaConfig, build_config
 from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.data.sharding import derive_seed
 from sisa.lineage import checkpoints
@@ -101,6 +104,44 @@ def slice_samples(n: int, epochs: float, batch_size: int, min_steps: int = 0) ->
     if n == 0:
         return 0
     return max(1, round(epochs * n), min_steps * batch_size)
+
+
+def pass_steps(epochs: int, slice_idx: int, mode: str) -> int:
+    """AUTO_STEPS_PER_EPOCH steps for each of slice j's passes, rounded up: ceil(K * e_j), in
+    integers (e_j is 2 * epochs / (j + 2) in cumulative mode; in floats 3 * 20/3 is 20.000...04)."""
+    if mode == "incremental":
+        return AUTO_STEPS_PER_EPOCH * epochs
+    return -(-2 * AUTO_STEPS_PER_EPOCH * epochs // (slice_idx + 2))
+
+
+def min_slice_steps(
+    setting: int | str, slice_idx: int, epochs: int, mode: str, batch_size: int, slice_size: int
+) -> int:
+    """The fewest optimizer steps slice j trains (`training.min_steps_per_slice`). An int is itself;
+    `auto` is the steps a full slice j would take (`slice_size` records a slice), and at least
+    `pass_steps`: so a shard smaller than a slice trains as long as a full one whatever S is, and a
+    slice no larger than a batch still gets several steps a pass.
+
+    Only the config and j enter, never the shard's records: a deletion changes a shard's counts,
+    and an earlier slice's steps (kept in its checkpoint) must stay what a replay computes."""
+    if setting != "auto":
+        return int(setting)
+    full = slice_size * (slice_idx + 1 if mode == "cumulative" else 1)
+    full_steps = -(-slice_samples(full, slice_epochs(epochs, slice_idx, mode), batch_size) // batch_size)
+    return max(full_steps, pass_steps(epochs, slice_idx, mode))
+
+
+def config_min_steps(cfg: SisaConfig, slice_idx: int) -> int:
+    """`min_slice_steps` under this config: what the trainer trains and the planner charges."""
+    t, s = cfg.training, cfg.sharding
+    return min_slice_steps(t.min_steps_per_slice, slice_idx, t.epochs, s.slice_mode, t.batch_size, s.slice_size)
+
+
+def slice_steps(n: int, slice_idx: int, cfg: SisaConfig) -> int:
+    """Optimizer steps of training slice j on n records under this config (the trainer's count)."""
+    epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
+    bs = cfg.training.batch_size
+    return -(-slice_samples(n, epochs, bs, config_min_steps(cfg, slice_idx)) // bs)
 
 
 def sample_order(n: int, total: int, seed: int) -> list[int]:
@@ -200,7 +241,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         result.structured = result.structured or any(not isinstance(t, str) for t in texts)
         new_ids, new_shas = _column(store, task.shard_id, [slice_idx], "content_sha256")
         epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
-        total = slice_samples(len(texts), epochs, cfg.training.batch_size, cfg.training.min_steps_per_slice)
+        total = slice_samples(len(texts), epochs, cfg.training.batch_size, config_min_steps(cfg, slice_idx))
         order = sample_order(len(texts), total, seed)
         sr = _train_steps(model, optimizer, params, tokenizer, texts, order, cfg, device)
         sr.slice_idx = slice_idx

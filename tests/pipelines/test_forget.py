@@ -84,10 +84,15 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
         ("incremental", 2, 1, 0, "text"),
         ("cumulative", 3, 2, 0, "text"),
         ("cumulative", 2, 1, 6, "text"),
+        ("cumulative", 2, 1, "auto", "text"),
+        ("incremental", 3, 2, "auto", "text"),
         ("cumulative", 2, 1, 0, "chat"),
         ("incremental", 2, 1, 0, "prompt-completion"),
     ],
-    ids=["cumulative", "incremental", "two-shards-of-three", "min-steps-per-slice", "cumulative-chat", "incremental-prompt-completion"],
+    ids=[
+        "cumulative", "incremental", "two-shards-of-three", "min-steps-per-slice", "min-steps-auto",
+        "incremental-auto-two-shards", "cumulative-chat", "incremental-prompt-completion",
+    ],
 )
 def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects, min_steps, record_format):
     rows = as_format(make_people(40, seed=11), record_format)  # 80 records, slices of 8: several slices a shard

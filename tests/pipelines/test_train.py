@@ -168,6 +168,70 @@ def test_checkpoints_load_with_peft(tmp_path, make_trained_store):
         assert_tensors_equal(loaded, adapter_tensors(store, cid), f"{cid} through PeftModel.from_pretrained")
 
 
+def test_train_says_what_its_shards_cost_against_one_adapter(tmp_path, capfd):
+    rows = make_people(10, seed=4)  # 20 records: 4 shards of a few records, one adapter of 3 slices
+    extra = [*SLICES, "sharding.num_shards=4", "training.min_steps_per_slice=auto"]  # the default (tiny.yaml: 0)
+    sharded = cli_args(tmp_path / "four", *extra)
+    ingest_rows(make_cfg(tmp_path / "four", *extra), rows, tmp_path / "input" / "people.jsonl")
+    capfd.readouterr()
+    code, out, err = run_cli("train", "--json", *sharded, capfd=capfd)
+    assert code == 0, err
+    report = json.loads(out)
+    trained = sum(s["steps"] for r in report["trained"] for s in r["slices"])
+    cost = report["cost"]
+    # auto leaves no shard short, so nothing is said on stderr.
+    assert cost["too_few_steps"] == [] and "warning" not in err
+    assert cost["records"] == 20 and cost["optimizer_steps"] == trained  # a first training is from scratch
+
+    # One adapter trained on the same records takes the steps the sharded store predicted for it.
+    one_extra = [*SLICES, "sharding.num_shards=1", "training.min_steps_per_slice=auto"]
+    one_cfg = make_cfg(tmp_path / "one", *one_extra)
+    ingest_rows(one_cfg, rows, tmp_path / "input" / "one.jsonl")
+    capfd.readouterr()
+    code, out, err = run_cli("train", *cli_args(tmp_path / "one", *one_extra), capfd=capfd)
+    assert code == 0, err
+    one = Store.open(one_cfg.store.uri)
+    one_steps = sum(
+        checkpoints.read_manifest(one, shard, cid)["steps"] for (shard, _), (cid,) in all_checkpoints(one).items()
+    )
+    assert cost["one_adapter_steps"] == one_steps
+    assert cost["ratio"] == pytest.approx(trained / one_steps) and trained > one_steps  # small shards, each its floor
+    # The text output says it after the table, with the numbers.
+    lines = out.splitlines()
+    assert lines[-1] == (
+        f"training cost: {one_steps} optimizer steps over every shard from scratch; "
+        f"one adapter on the same 20 records: {one_steps} (1.00x its cost)"
+    )
+    assert "committed model version 1" in lines[-2]
+
+
+def test_train_warns_when_its_own_min_steps_leave_shards_short(tmp_path, capfd):
+    rows = make_people(10, seed=4)  # 4 shards of about 5 records: 2 steps of 4 a pass, under auto's 3
+    extra = [*SLICES, "sharding.num_shards=4", "training.min_steps_per_slice=0"]
+    ingest_rows(make_cfg(tmp_path / "s", *extra), rows, tmp_path / "input" / "people.jsonl")
+    capfd.readouterr()
+    code, out, err = run_cli("train", "--json", *cli_args(tmp_path / "s", *extra), capfd=capfd)
+    assert code == 0, err
+    cost = json.loads(out)["cost"]
+    short = cost["too_few_steps"]
+    trained = {r["shard_id"]: sum(s["steps"] for s in r["slices"]) for r in json.loads(out)["trained"]}
+    assert short and all(s["fewest_steps_per_pass"] < 3 and s["steps"] == trained[s["shard_id"]] for s in short)
+    assert cost["auto_steps"] > cost["optimizer_steps"]
+    fewest = min(short, key=lambda s: s["fewest_steps_per_pass"])
+    assert (
+        f"warning: with training.min_steps_per_slice=0, {len(short)} of 4 shards train fewer than 3 "
+        f"optimizer steps a pass over a slice (shard {fewest['shard_id']}: {fewest['steps']} steps, "
+        f"{fewest['fewest_steps_per_pass']:.1f} a pass)"
+    ) in err
+    assert f"training.min_steps_per_slice=auto would train {cost['auto_steps']} steps" in err
+    # A minimum of the user's own that gives every slice its steps is not warned about.
+    enough = [*SLICES, "sharding.num_shards=4", "training.min_steps_per_slice=3"]
+    ingest_rows(make_cfg(tmp_path / "t", *enough), rows, tmp_path / "input" / "again.jsonl")
+    capfd.readouterr()
+    code, out, err = run_cli("train", *cli_args(tmp_path / "t", *enough), capfd=capfd)
+    assert code == 0 and "warning" not in err, err
+
+
 def test_min_steps_per_slice_gives_a_small_shard_its_steps(tmp_path):
     rows = make_people(3, seed=4)  # 6 records over 2 shards: one or two batches of 4 a slice
     plain = train_store(tmp_path / "plain", rows, *SLICES).store

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from sisa.config import SisaConfig, build_config, describe_config, load_config
+from sisa import config as config_module
+from sisa.config import SisaConfig, TrainingConfig, build_config, describe_config, load_config
 from storage.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -196,7 +197,8 @@ def test_serving_and_min_steps_fields_are_validated_together():
     assert cfg.training.min_steps_per_slice == 5
     defaults = SisaConfig()
     assert (defaults.serving.aggregation, defaults.serving.prior, defaults.serving.top_shards) == ("posterior", "uniform", 2)
-    assert defaults.training.min_steps_per_slice == 0
+    assert defaults.training.min_steps_per_slice == "auto"
+    assert load_config(TINY, ["training.min_steps_per_slice=auto"]).training.min_steps_per_slice == "auto"
     with pytest.raises(ConfigError) as err:
         load_config(TINY, ["serving.aggregation=mean", "serving.prior=size", "serving.top_shards=-1", "training.min_steps_per_slice=-2", "serving.shards=2"])
     msg = str(err.value)
@@ -216,16 +218,39 @@ def test_serving_values_leave_the_training_fingerprint(override):
     assert changed.training_fingerprint() == base.training_fingerprint()
 
 
-def test_min_steps_changes_the_training_fingerprint_only_when_on():
-    base = load_config(TINY)
+def test_min_steps_changes_the_training_fingerprint_only_when_on(monkeypatch):
+    base = load_config(TINY)  # tiny.yaml: 0
     # Off (0) leaves the digest of stores trained before the key existed, so they continue
     # (the default config's digest, as it was before the key was added) ...
-    assert SisaConfig().training_fingerprint() == "d78acea1abb4a92e"
+    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0))
+    assert off.training_fingerprint() == "d78acea1abb4a92e"
     assert load_config(TINY, ["training.min_steps_per_slice=0"]).training_fingerprint() == base.training_fingerprint()
     # ... and any other value refuses to continue their checkpoints.
     on = load_config(TINY, ["training.min_steps_per_slice=4"])
     assert on.training_fingerprint() != base.training_fingerprint()
     assert on.training_fingerprint() != load_config(TINY, ["training.min_steps_per_slice=5"]).training_fingerprint()
+    # The default, auto, is on: stores trained with the key off (the old default) are not continued
+    # under it, nor under another version of its rule (its constant is in the digest).
+    assert SisaConfig().training.min_steps_per_slice == "auto"
+    assert SisaConfig().training_fingerprint() != off.training_fingerprint()
+    auto = load_config(TINY, ["training.min_steps_per_slice=auto"])
+    assert auto.training_fingerprint() not in {base.training_fingerprint(), on.training_fingerprint()}
+    digest = auto.training_fingerprint()
+    monkeypatch.setattr(config_module, "AUTO_STEPS_PER_EPOCH", 4)
+    assert load_config(TINY, ["training.min_steps_per_slice=auto"]).training_fingerprint() != digest
+
+
+def test_min_steps_per_slice_takes_auto_or_a_number_and_says_so():
+    assert load_config(TINY, ["training.min_steps_per_slice=12"]).training.min_steps_per_slice == 12
+    for bad, problem in [
+        ("fast", "should be auto or an integer, got 'fast'"),
+        ("2.5", "should be an integer, got 2.5"),
+        ("-1", "should be >= 0, got -1"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(TINY, [f"training.min_steps_per_slice={bad}", "training.epochs=0"])
+        assert "2 problem(s)" in str(err.value)  # reported beside the other problems
+        assert f"`training.min_steps_per_slice` {problem}" in str(err.value)
 
 
 def test_loss_on_keeps_old_fingerprints_at_its_default():

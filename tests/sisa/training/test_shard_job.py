@@ -5,7 +5,18 @@ from __future__ import annotations
 
 import math
 
-from sisa.training.shard_job import sample_order, slice_samples
+import pytest
+
+from sisa.config import build_config
+from sisa.forgetting.planner import plan_deletion, slice_cost
+from sisa.training.shard_job import (
+    config_min_steps,
+    min_slice_steps,
+    sample_order,
+    slice_epochs,
+    slice_samples,
+    slice_steps,
+)
 
 
 def test_slice_samples_round_the_epochs_then_reach_the_minimum_steps():
@@ -26,3 +37,38 @@ def test_sample_order_repeats_seeded_passes_and_only_extends():
     assert all(sorted(long[i : i + 3]) == [0, 1, 2] for i in range(0, 18, 3))  # whole passes
     assert sample_order(3, 20, seed=7) == long and sample_order(3, 20, seed=8) != long
     assert sample_order(0, 5, seed=7) == []
+
+
+def test_auto_min_steps_is_a_full_slice_and_three_a_pass_from_the_config_alone():
+    # The demo's shape (slices of 8, batch 8, 10 epochs): a pass over slice j is one batch, so
+    # 3 steps a pass decide (30 at j=0), until the full cumulative slice takes more (j >= 3).
+    assert [min_slice_steps("auto", j, 10, "cumulative", 8, 8) for j in range(6)] == [30, 20, 15, 16, 17, 18]
+    assert min_slice_steps("auto", 4, 10, "incremental", 8, 8) == 30
+    # Large slices: a full slice's own steps, so a full shard trains as if there were no minimum.
+    assert [min_slice_steps("auto", j, 1, "cumulative", 8, 256) for j in range(3)] == [32, 43, 48]
+    full = slice_samples(3 * 256, slice_epochs(1, 2, "cumulative"), 8)
+    assert (
+        math.ceil(full / 8) == 48
+        and math.ceil(slice_samples(3 * 256, slice_epochs(1, 2, "cumulative"), 8, 48) / 8) == 48
+    )
+    # A number is itself; 0 is off.
+    assert min_slice_steps(7, 3, 10, "cumulative", 8, 8) == 7 and min_slice_steps(0, 0, 1, "incremental", 4, 16) == 0
+    # ceil(3 * 2e/(j+2)) in integers: 20 epochs at j=1 is 40 steps, not the float's 41.
+    assert min_slice_steps("auto", 1, 20, "cumulative", 64, 1) == 40
+
+
+@pytest.mark.parametrize("mode", ["cumulative", "incremental"])
+def test_auto_min_steps_costs_in_the_plan_what_the_trainer_trains(mode):
+    cfg = build_config({"sharding": {"slice_size": 8, "slice_mode": mode}, "training": {"epochs": 10, "batch_size": 8}})
+    assert cfg.training.min_steps_per_slice == "auto"
+    counts = {0: 6, 1: 2, 2: 0, 3: 8}  # a deletion left slices of 6, 2 and none
+    for sl in counts:
+        n = sum(c for s, c in counts.items() if s <= sl) if mode == "cumulative" else counts[sl]
+        trained = slice_samples(n, slice_epochs(10, sl, mode), 8, config_min_steps(cfg, sl))
+        assert slice_cost(counts, sl, 10, mode, 8, "auto", 8) == pytest.approx(
+            max(slice_epochs(10, sl, mode) * n, trained) if n else 0.0
+        )
+        assert slice_steps(n, sl, cfg) == math.ceil(trained / 8)
+    assert config_min_steps(cfg, 0) == 30  # whatever slice 0 holds
+    plan = plan_deletion("ids", [(0, 1)], {0: counts, 1: {0: 8}}, 2, 10, mode, 8, "auto", 8)
+    assert plan.retrain_cost == pytest.approx(sum(slice_cost(counts, j, 10, mode, 8, "auto", 8) for j in range(1, 4)))
