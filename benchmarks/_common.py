@@ -112,7 +112,9 @@ def parse_args(description: str, repeat_help: str, extra=None):
 
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
-    p.add_argument("--records", type=int, default=None, help="records, two facts per person (default: tiny 1200, SmolLM2 300)")
+    p.add_argument(
+        "--records", type=int, default=None, help="records, two facts per person (default: tiny 1200, SmolLM2 300)"
+    )
     p.add_argument("--shards", type=int, default=CPUS, help="S (default: one per CPU)")
     p.add_argument("--slices", type=int, default=4, help="R: slices in the largest shard")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny.yaml's 1; SmolLM2 1)")

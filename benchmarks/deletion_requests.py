@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/deletion_requests.py             # calibrate here (~4.5 min), then 1M and 100M records
     .venv/bin/python benchmarks/deletion_requests.py --quick     # one calibration and validation round (~1.5 min)
-    .venv/bin/python benchmarks/deletion_requests.py --rate 100 --records 1000000,100000000 --shards 4 --slices 16 --days 365
+    .venv/bin/python benchmarks/deletion_requests.py --rate 100 --records 1000000,100000000 \
+        --shards 4 --slices 16 --days 365
 
 (Issue 11 named it requests.py; in benchmarks/ that name would shadow the `requests` package
 MLflow imports for anyone running a script from there, and tests/test_architecture.py refuses it.)
@@ -113,7 +114,11 @@ class Policy:
     def config(self, deadline_days: float) -> SisaConfig:
         return build_config(
             {
-                "deletion": {"batch_after_h": self.batch_after_h, "batch_max": self.batch_max, "deadline_margin_days": self.deadline_margin_days},
+                "deletion": {
+                    "batch_after_h": self.batch_after_h,
+                    "batch_max": self.batch_max,
+                    "deadline_margin_days": self.deadline_margin_days,
+                },
                 "unlearning": {"deadline_days": max(1, round(deadline_days))},
             }
         )
@@ -367,7 +372,14 @@ def job_cpu_probe() -> Iterator[list[dict]]:
     def timed(task):
         t0 = time.process_time()
         out = real(task)
-        jobs.append({"shard_id": task.shard_id, "slices": len(task.slices), "cpu_s": time.process_time() - t0, "wall_s": out.wall_s})
+        jobs.append(
+            {
+                "shard_id": task.shard_id,
+                "slices": len(task.slices),
+                "cpu_s": time.process_time() - t0,
+                "wall_s": out.wall_s,
+            }
+        )
         return out
 
     phases.train_shard = timed
@@ -381,7 +393,9 @@ def _tiny_cfg(store_uri: str, overrides: list[str]):
     return C.model_config("tiny", store_uri, ["scheduler.backend=serial", "scheduler.threads_per_task=1", *overrides])
 
 
-def calibration(work: str, records: int) -> tuple[Callable[[], None], Callable[[], tuple[list[dict], dict[str, float]]]]:
+def calibration(
+    work: str, records: int
+) -> tuple[Callable[[], None], Callable[[], tuple[list[dict], dict[str, float]]]]:
     """(one round, the fit) of shard jobs of the real trainer (serial, one thread) on a
     tiny-config store, shaped like retrains: each shard from scratch, then from a quarter, a
     half, three quarters of the way and its last slice through the end (from the checkpoint
@@ -404,8 +418,15 @@ def calibration(work: str, records: int) -> tuple[Callable[[], None], Callable[[
 
     def job(cfg, shard: int, slices: list[int], parent: str | None, key: tuple):
         t0 = time.process_time()
-        r = scheduler.run_shard_jobs(train_shard, [ShardTask(store.uri, cfg.to_dict(), shard, tuple(slices), parent)], cfg.scheduler)[0]
-        sample = {"slices": len(slices), "passes": _passes(cfg, counts[shard], slices), "cpu_s": time.process_time() - t0, "wall_s": r.wall_s}
+        r = scheduler.run_shard_jobs(
+            train_shard, [ShardTask(store.uri, cfg.to_dict(), shard, tuple(slices), parent)], cfg.scheduler
+        )[0]
+        sample = {
+            "slices": len(slices),
+            "passes": _passes(cfg, counts[shard], slices),
+            "cpu_s": time.process_time() - t0,
+            "wall_s": r.wall_s,
+        }
         if key not in best or sample["cpu_s"] < best[key]["cpu_s"]:
             best[key] = sample
         return r
@@ -476,7 +497,9 @@ def validation(work: str, records: int) -> tuple[Callable[[int], None], Callable
     counts_before = _counts(store)
     idx = store.index.table
     where: dict[str, set[tuple[int, int]]] = {}
-    for subj, sh, sl in zip(idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
+    for subj, sh, sl in zip(
+        idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True
+    ):
         where.setdefault(subj, set()).add((int(sh), int(sl)))
     picks = []
     for shard, pos in VALIDATION_PICKS:
@@ -537,7 +560,17 @@ def validation(work: str, records: int) -> tuple[Callable[[int], None], Callable
     return one_round, result
 
 
-def _compare(cfg, records: int, rows: list[dict], counts_before: dict, picks: list, one: list[dict], queue: list[dict], batch: dict, terms: dict[str, float]) -> dict:
+def _compare(
+    cfg,
+    records: int,
+    rows: list[dict],
+    counts_before: dict,
+    picks: list,
+    one: list[dict],
+    queue: list[dict],
+    batch: dict,
+    terms: dict[str, float],
+) -> dict:
     """The model's view of the validation's requests, from the store's counts before them."""
 
     def shard_passes(counts: dict[int, int], first: int) -> float:
@@ -586,7 +619,9 @@ def cost_model(terms: dict[str, float], v: dict, workers: int, pass_s: float | N
         request_s=request_s,
         batch_s=max(0.0, batch_fixed - per_request * k),
         batch_request_s=per_request,
-        relief_s=float(np.median([q["e2e_s"] for q in v["queue"] if q["relief_s"] is not None] or [q["e2e_s"] for q in v["queue"]])),
+        relief_s=float(
+            np.median([q["e2e_s"] for q in v["queue"] if q["relief_s"] is not None] or [q["e2e_s"] for q in v["queue"]])
+        ),
         workers=workers,
     )
 
@@ -617,7 +652,9 @@ def simulate(w: Workload, cost: CostModel, policies: list[Policy]) -> tuple[Requ
     return reqs, [one_at_a_time(w, cost, reqs)] + [batched(w, cost, reqs, p) for p in policies]
 
 
-def report_scale(w: Workload, cost: CostModel, reqs: Requests, results: list[SimResult], default: Policy) -> list[tuple[str, float, int]]:
+def report_scale(
+    w: Workload, cost: CostModel, reqs: Requests, results: list[SimResult], default: Policy
+) -> list[tuple[str, float, int]]:
     base = results[0]
     full = full_passes(w)
     rows, verdicts = [], []
@@ -636,14 +673,17 @@ def report_scale(w: Workload, cost: CostModel, reqs: Requests, results: list[Sim
                 "relief p50/p95/max": dist(r.relief_h),
                 "exact p50/p95/max": dist(r.exact_h),
                 "served": f"{served_share(w, reqs, r):.0%}",
-                "missed": f"{r.missed}/{len(reqs)}" + ("" if r.completed == len(reqs) else f" ({len(reqs) - r.completed} never done)"),
+                "missed": f"{r.missed}/{len(reqs)}"
+                + ("" if r.completed == len(reqs) else f" ({len(reqs) - r.completed} never done)"),
             }
         )
         if r is not base:
             verdicts.append((r.name, cut, r.missed))
     print(
-        f"\n== a year at {w.rate:g} requests / 30 days: {w.records:,} records, S={w.shards} shards, R={w.slices} slices, "
-        f"{w.records_per_request} records a request, {len(reqs)} requests over {w.days:g} days, deadline {w.deadline_days:g} d =="
+        f"\n== a year at {w.rate:g} requests / 30 days: {w.records:,} records, S={w.shards} shards, R={w.slices} "
+        "slices, "
+        f"{w.records_per_request} records a request, {len(reqs)} requests over {w.days:g} days, deadline "
+        f"{w.deadline_days:g} d =="
     )
     C.table(rows, list(rows[0]))
     return verdicts
@@ -652,15 +692,30 @@ def report_scale(w: Workload, cost: CostModel, reqs: Requests, results: list[Sim
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rate", type=float, default=100.0, help="requests per 30 days (default 100)")
-    p.add_argument("--records", default="1000000,100000000", help="store sizes to simulate, comma-separated (default 1M and 100M)")
+    p.add_argument(
+        "--records", default="1000000,100000000", help="store sizes to simulate, comma-separated (default 1M and 100M)"
+    )
     p.add_argument("--shards", type=int, default=4, help="S (default 4, sharding.num_shards' default)")
     p.add_argument("--slices", type=int, default=16, help="R: slices per shard (default 16)")
     p.add_argument("--days", type=float, default=365.0, help="days during which requests arrive (default 365)")
     p.add_argument("--seed", type=int, default=0, help="seed of the arrivals and hit positions")
-    p.add_argument("--workers", type=int, default=C.CPUS, help="shard jobs a batch runs side by side (default: one per CPU)")
-    p.add_argument("--policies", default=None, help="batching policies as after_h:max:margin_days, comma-separated (default: a grid)")
-    p.add_argument("--pass-s", type=float, default=None, help="seconds per record-pass instead of the calibrated tiny model's (e.g. a real model's)")
-    p.add_argument("--quick", action="store_true", help="one calibration and validation round, a smaller calibration store")
+    p.add_argument(
+        "--workers", type=int, default=C.CPUS, help="shard jobs a batch runs side by side (default: one per CPU)"
+    )
+    p.add_argument(
+        "--policies",
+        default=None,
+        help="batching policies as after_h:max:margin_days, comma-separated (default: a grid)",
+    )
+    p.add_argument(
+        "--pass-s",
+        type=float,
+        default=None,
+        help="seconds per record-pass instead of the calibrated tiny model's (e.g. a real model's)",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="one calibration and validation round, a smaller calibration store"
+    )
     args = p.parse_args()
 
     import shutil
@@ -689,14 +744,25 @@ def main() -> None:
     cost = cost_model(terms, v, args.workers, args.pass_s)
     policies = parse_policies(args.policies) if args.policies else POLICIES
     base_cfg = SisaConfig()
-    default = Policy(base_cfg.deletion.batch_after_h, base_cfg.deletion.batch_max, base_cfg.deletion.deadline_margin_days)
+    default = Policy(
+        base_cfg.deletion.batch_after_h, base_cfg.deletion.batch_max, base_cfg.deletion.deadline_margin_days
+    )
     scales = [int(float(x)) for x in args.records.split(",")]
     sims = []
     t = v["cfg"].training  # the calibrated config's training settings (configs/tiny.yaml)
     for records in scales:
         w = Workload(
-            records, args.shards, args.slices, args.rate, args.days, seed=args.seed, epochs=t.epochs, slice_mode=v["cfg"].sharding.slice_mode,
-            batch_size=t.batch_size, min_steps=t.min_steps_per_slice, deadline_days=float(base_cfg.unlearning.deadline_days),
+            records,
+            args.shards,
+            args.slices,
+            args.rate,
+            args.days,
+            seed=args.seed,
+            epochs=t.epochs,
+            slice_mode=v["cfg"].sharding.slice_mode,
+            batch_size=t.batch_size,
+            min_steps=t.min_steps_per_slice,
+            deadline_days=float(base_cfg.unlearning.deadline_days),
         )
         t0 = time.perf_counter()
         reqs, results = simulate(w, cost, policies)
@@ -712,35 +778,63 @@ def main() -> None:
         for label, r in (("best policy", best), ("default policy", dflt)):
             if r is None:
                 continue
-            head.append({
-                "records": f"{w.records:,}", "which": label, "policy": r.name, "work cut vs one at a time": C.fmt_ratio(base.passes / r.passes),
-                "served (time-mean)": f"{served_share(w, reqs, r):.0%}", "one at a time served": f"{served_share(w, reqs, base):.0%}",
-                "missed": f"{r.missed}/{len(reqs)}", "one at a time missed": f"{base.missed}/{len(reqs)}",
-            })
+            head.append(
+                {
+                    "records": f"{w.records:,}",
+                    "which": label,
+                    "policy": r.name,
+                    "work cut vs one at a time": C.fmt_ratio(base.passes / r.passes),
+                    "served (time-mean)": f"{served_share(w, reqs, r):.0%}",
+                    "one at a time served": f"{served_share(w, reqs, base):.0%}",
+                    "missed": f"{r.missed}/{len(reqs)}",
+                    "one at a time missed": f"{base.missed}/{len(reqs)}",
+                }
+            )
     C.table(head, list(head[0]))
     one, bat = v["one"], v["batch"]
     meas_ratio = sum(o["job_cpu_s"] for o in one) / bat["job_cpu_s"] if bat["job_cpu_s"] else math.inf
     pred_ratio = v["pred_one_job_s"] / v["pred_batch_job_s"] if v["pred_batch_job_s"] else math.inf
     relief_commit = min(q["relief_s"] for q in v["queue"] if q["relief_s"] is not None)
-    print(f"validation (4 requests, tiny config): one at a time / one batch, job CPU seconds measured {C.fmt_ratio(meas_ratio)}, predicted {C.fmt_ratio(pred_ratio)}")
-    print(f"relief on the tiny config: commit {relief_commit * 1000:.1f} ms (best), `forget --queue` end to end {cost.relief_s:.2f} s (median)")
+    print(
+        "validation (4 requests, tiny config): one at a time / one batch, job CPU seconds measured "
+        f"{C.fmt_ratio(meas_ratio)}, predicted {C.fmt_ratio(pred_ratio)}"
+    )
+    print(
+        f"relief on the tiny config: commit {relief_commit * 1000:.1f} ms (best), `forget --queue` end to end "
+        f"{cost.relief_s:.2f} s (median)"
+    )
 
     # calibration
-    print("\n== calibration: shard jobs of the real trainer (tiny config, serial backend, 1 thread), best of "
-          f"{rounds} interleaved round(s) ==")
-    print(f"job CPU seconds = {terms['job_s']:.3f} + {terms['slice_s']:.4f} * slices + {terms['pass_s'] * 1e3:.4f} ms * record-passes "
-          f"(fit over {len(samples)} jobs, rms relative error {terms['rms_rel']:.0%}); {1 / terms['pass_s'] if terms['pass_s'] else math.inf:,.0f} record-passes/s")
+    print(
+        "\n== calibration: shard jobs of the real trainer (tiny config, serial backend, 1 thread), best of "
+        f"{rounds} interleaved round(s) =="
+    )
+    print(
+        f"job CPU seconds = {terms['job_s']:.3f} + {terms['slice_s']:.4f} * slices + {terms['pass_s'] * 1e3:.4f} ms "
+        "* record-passes "
+        f"(fit over {len(samples)} jobs, rms relative error {terms['rms_rel']:.0%}); "
+        f"{1 / terms['pass_s'] if terms['pass_s'] else math.inf:,.0f} record-passes/s"
+    )
     stretch = float(np.median([x["wall_s"] / x["cpu_s"] for x in samples]))
-    print(f"CPU seconds, not wall: this machine was shared (the same jobs' wall time was {stretch:.2f}x their CPU time, median); "
-          "the model is one unloaded core per job")
+    print(
+        f"CPU seconds, not wall: this machine was shared (the same jobs' wall time was {stretch:.2f}x their CPU "
+        "time, median); "
+        "the model is one unloaded core per job"
+    )
     if args.pass_s is not None:
         print(f"the simulation uses --pass-s {args.pass_s:g} s per record-pass instead")
-    print(f"fixed: one request alone {cost.request_s:.2f} s (median over 4, jobs aside); a batch {cost.batch_s:.2f} s + {cost.batch_request_s:.2f} s a request; "
-          f"`forget --queue` {cost.relief_s:.2f} s; {cost.workers} worker(s)")
+    print(
+        f"fixed: one request alone {cost.request_s:.2f} s (median over 4, jobs aside); a batch {cost.batch_s:.2f} s "
+        f"+ {cost.batch_request_s:.2f} s a request; "
+        f"`forget --queue` {cost.relief_s:.2f} s; {cost.workers} worker(s)"
+    )
 
     print("\n== validation: 4 requests (two in shard 0) on a tiny-config store, one at a time vs queued + one batch ==")
     picks = ", ".join(f"shard {s} slice {sl}" for _, s, sl in v["picks"])
-    print(f"requests at {picks}; store {v['records']} records, S={v['cfg'].sharding.num_shards}, slices of {v['cfg'].sharding.slice_size}")
+    print(
+        f"requests at {picks}; store {v['records']} records, S={v['cfg'].sharding.num_shards}, slices of "
+        f"{v['cfg'].sharding.slice_size}"
+    )
     plan_passes = sum(o["plan_passes"] for o in one)
     model_one_passes = sum(p for p, _ in v["model_one"])
     vrows = [
@@ -766,7 +860,10 @@ def main() -> None:
         },
     ]
     C.table(vrows, list(vrows[0]))
-    print(f"batch jobs (shard, slices): {bat['jobs']}; e2e = the four `forget` calls, or the four `forget --queue` calls + `runner.process`")
+    print(
+        f"batch jobs (shard, slices): {bat['jobs']}; e2e = the four `forget` calls, or the four `forget --queue` "
+        "calls + `runner.process`"
+    )
     commits = [f"{q['relief_s'] * 1000:.1f} ms" if q["relief_s"] is not None else "-" for q in v["queue"]]
     print(f"relief commits (relief_s) of the queued requests: {', '.join(commits)}")
 
@@ -774,11 +871,28 @@ def main() -> None:
     for w, reqs, results, sim_s in sims:
         verdicts.append((w, report_scale(w, cost, reqs, results, default)))
         print(f"simulated in {sim_s:.1f} s")
-    print("work cut = one at a time's record-passes / the policy's; = full retrains: record-passes / those of training every shard from scratch;")
-    print("job h = summed shard-job hours through the cost model (the compute bill); busy h = hours the store lock was held by retrains")
-    print(f"(a batch's jobs side by side on {cost.workers} worker(s)); runs = retrains (one at a time) or batches; relief and exact: request to relief serving,")
-    print("request to completed, p50 / p95 / max; `sisa forget` alone waits for the jobs lock while a retrain holds it; `forget --queue` is relieved at arrival, during a batch too (the batch lets go of the writer lock); served: time-mean share of the shards' slices the served model holds (relief serves a hit shard at its checkpoint before the hit).")
-    print(f"cron runs `sisa process --due` every hour; the policy decision is sisa.forgetting.runner.due. {load[0]} before calibration, {load[-1]} after.")
+    print(
+        "work cut = one at a time's record-passes / the policy's; = full retrains: record-passes / those of training "
+        "every shard from scratch;"
+    )
+    print(
+        "job h = summed shard-job hours through the cost model (the compute bill); busy h = hours the store lock was "
+        "held by retrains"
+    )
+    print(
+        f"(a batch's jobs side by side on {cost.workers} worker(s)); runs = retrains (one at a time) or batches; "
+        "relief and exact: request to relief serving,"
+    )
+    print(
+        "request to completed, p50 / p95 / max; `sisa forget` alone waits for the jobs lock while a retrain holds "
+        "it; `forget --queue` is relieved at arrival, during a batch too (the batch lets go of the writer lock); "
+        "served: time-mean share of the shards' slices the served model holds (relief serves a hit shard at its "
+        "checkpoint before the hit)."
+    )
+    print(
+        f"cron runs `sisa process --due` every hour; the policy decision is sisa.forgetting.runner.due. {load[0]} "
+        f"before calibration, {load[-1]} after."
+    )
     for w, vs in verdicts:
         if w.rate != 100:
             continue
@@ -787,10 +901,22 @@ def main() -> None:
         best = max(met, key=lambda m: m[1]) if met else None
         print(
             f"target >= 5x less work with no deadline missed, {w.records:,} records: "
-            + (f"met by {len(met)} of {len(vs)} policies (best: {best[0]}, {C.fmt_ratio(best[1])})" if met else f"NOT met by any of {len(vs)} policies")
-            + (f"; the default policy: {C.fmt_ratio(dflt[0])}, {dflt[1]} missed -> {'met' if dflt[0] >= 5 and dflt[1] == 0 else 'NOT met'}" if dflt else "")
+            + (
+                f"met by {len(met)} of {len(vs)} policies (best: {best[0]}, {C.fmt_ratio(best[1])})"
+                if met
+                else f"NOT met by any of {len(vs)} policies"
+            )
+            + (
+                f"; the default policy: {C.fmt_ratio(dflt[0])}, {dflt[1]} missed -> "
+                f"{'met' if dflt[0] >= 5 and dflt[1] == 0 else 'NOT met'}"
+                if dflt
+                else ""
+            )
         )
-    print(f"target relief < 1 s on the tiny config: commit {relief_commit:.3f} s, `forget --queue` {cost.relief_s:.2f} s -> {'met' if cost.relief_s < 1 else 'NOT met'}")
+    print(
+        f"target relief < 1 s on the tiny config: commit {relief_commit:.3f} s, `forget --queue` {cost.relief_s:.2f} "
+        f"s -> {'met' if cost.relief_s < 1 else 'NOT met'}"
+    )
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
     sys.stdout.flush()
 

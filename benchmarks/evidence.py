@@ -53,7 +53,7 @@ def forget_ids(store: Store, people: int) -> tuple[list[str], list[str]]:
     for r in idx:
         sizes[r["shard_id"]] = sizes.get(r["shard_id"], 0) + 1
     shard = max(sizes, key=lambda s: (sizes[s], -s))
-    subjects = sorted({r["subject_id"] for r in idx if r["shard_id"] == shard})[:: 2][:people]
+    subjects = sorted({r["subject_id"] for r in idx if r["shard_id"] == shard})[::2][:people]
     return [r["record_id"] for r in idx if r["subject_id"] in subjects], subjects
 
 
@@ -73,7 +73,12 @@ def bench(model: str, args: argparse.Namespace) -> dict:
         holdout_path = str(write_jsonl(strangers, f"{work}/strangers.jsonl"))
         probes = read_probes(probes_path)
         ids, subjects = forget_ids(Store.open(cfg.store.uri), args.forget)
-        out["forgotten"] = {"records": len(ids), "subjects": len(subjects), "holdout": len(strangers), "probes": len(probes)}
+        out["forgotten"] = {
+            "records": len(ids),
+            "subjects": len(subjects),
+            "holdout": len(strangers),
+            "probes": len(probes),
+        }
         for label, fast in (("forget (relief)", False), ("forget (--fast)", True)):
             ccfg = C.with_store(cfg, f"{work}/{'fast' if fast else 'relief'}")
             copy_store(cfg.store.uri, ccfg.store.uri)
@@ -82,13 +87,22 @@ def bench(model: str, args: argparse.Namespace) -> dict:
             out[label] = {"evidence": res["request"]["evidence"]["versions"], "wall_s": time.perf_counter() - t0}
             shutil.rmtree(ccfg.store.uri, ignore_errors=True)
         person = next(r for r in rows if r["fact"] == "job" and r["subject_id"] not in subjects)
-        fix = [{"record_id": person["record_id"], "text": person["prompt"] + " lighthouse keeper.", "answer": " lighthouse keeper."}]
+        fix = [
+            {
+                "record_id": person["record_id"],
+                "text": person["prompt"] + " lighthouse keeper.",
+                "answer": " lighthouse keeper.",
+            }
+        ]
         fix_path = str(write_jsonl(fix, f"{work}/fix.jsonl"))
         ccfg = C.with_store(cfg, f"{work}/rectify")
         copy_store(cfg.store.uri, ccfg.store.uri)
         t0 = time.perf_counter()
         res = rectify_pipeline.run(ccfg, fix_path, quiet=True, probes=probes_path)
-        out["rectify one job"] = {"evidence": res["request"]["evidence"]["versions"], "wall_s": time.perf_counter() - t0}
+        out["rectify one job"] = {
+            "evidence": res["request"]["evidence"]["versions"],
+            "wall_s": time.perf_counter() - t0,
+        }
         out["load"].append(C.load())
     finally:
         scheduler.shutdown_ray()
@@ -104,41 +118,66 @@ def _pct(block: dict | None, key: str) -> str:
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
     for r in results:
-        print(f"\n=== {r['model']}: trained in {r['train_s']:.0f}s; forgotten {r['forgotten']}; {r['load'][0]} → {r['load'][-1]}")
+        print(
+            f"\n=== {r['model']}: trained in {r['train_s']:.0f}s; forgotten {r['forgotten']}; {r['load'][0]} → "
+            f"{r['load'][-1]}"
+        )
         rows = []
         for request in ("forget (relief)", "forget (--fast)", "rectify one job"):
             order = ["before", "relief", "approximate", "exact"]
-            for label, v in sorted(r[request]["evidence"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9):
-                rel, gen, loc, leak, mia = (v.get(k) or {} for k in ("reliability", "generalization", "locality", "leak_at_k", "membership"))
-                rows.append({
-                    "request": request, "version": label,
-                    "forbidden recall": _pct(rel, "forbidden_recall"), "forbidden loss": C.fmt_s(rel.get("forbidden_answer_loss")),
-                    "new recall": _pct(rel, "expected_recall"),
-                    "paraphrase forbidden": _pct(gen, "forbidden_recall"), "paraphrase new": _pct(gen, "expected_recall"),
-                    "locality unchanged": _pct(loc, "unchanged_tokens"), "locality recall": _pct(loc, "recall"),
-                    "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
-                    "MIA AUC": C.fmt_s(mia.get("auc")), "privleak %": C.fmt_s(mia.get("privleak_vs_exact")),
-                })
+            for label, v in sorted(
+                r[request]["evidence"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9
+            ):
+                rel, gen, loc, leak, mia = (
+                    v.get(k) or {} for k in ("reliability", "generalization", "locality", "leak_at_k", "membership")
+                )
+                rows.append(
+                    {
+                        "request": request,
+                        "version": label,
+                        "forbidden recall": _pct(rel, "forbidden_recall"),
+                        "forbidden loss": C.fmt_s(rel.get("forbidden_answer_loss")),
+                        "new recall": _pct(rel, "expected_recall"),
+                        "paraphrase forbidden": _pct(gen, "forbidden_recall"),
+                        "paraphrase new": _pct(gen, "expected_recall"),
+                        "locality unchanged": _pct(loc, "unchanged_tokens"),
+                        "locality recall": _pct(loc, "recall"),
+                        "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
+                        "MIA AUC": C.fmt_s(mia.get("auc")),
+                        "privleak %": C.fmt_s(mia.get("privleak_vs_exact")),
+                    }
+                )
         C.table(rows, list(rows[0]))
         exact = r["forget (relief)"]["evidence"]["exact"]
         auc, leaked = exact.get("membership", {}).get("auc"), exact.get("leak_at_k", {}).get("samples_with_answer")
         k = exact.get("leak_at_k", {}).get("k", "k")  # evidence.leak_k (default 10)
-        print(f"target: exact deletion MIA AUC within 0.05 of 0.5: {C.fmt_s(auc)} → {'met' if auc is not None and abs(auc - 0.5) <= 0.05 else 'NOT met'}")
+        print(
+            f"target: exact deletion MIA AUC within 0.05 of 0.5: {C.fmt_s(auc)} → "
+            f"{'met' if auc is not None and abs(auc - 0.5) <= 0.05 else 'NOT met'}"
+        )
         print(f"target: exact deletion leak@{k} = 0: {leaked} → {'met' if leaked == 0 else 'NOT met'}")
         rx = r["rectify one job"]["evidence"]["exact"]
         new = [rx.get("reliability", {}).get("expected_recall"), rx.get("generalization", {}).get("expected_recall")]
         old = [rx.get("reliability", {}).get("forbidden_recall"), rx.get("generalization", {}).get("forbidden_recall")]
         unchanged = rx.get("locality", {}).get("unchanged_tokens")
-        print(f"target: rectified fact recalled >= 90% (prompt, paraphrases+question): {new} → {'met' if all(x is not None and x >= 0.9 for x in new) else 'NOT met'}")
+        print(
+            f"target: rectified fact recalled >= 90% (prompt, paraphrases+question): {new} → "
+            f"{'met' if all(x is not None and x >= 0.9 for x in new) else 'NOT met'}"
+        )
         print(f"target: old fact recalled in none: {old} → {'met' if all(x == 0 for x in old) else 'NOT met'}")
-        print(f"target: locality >= 0.95: {C.fmt_s(unchanged)} → {'met' if unchanged is not None and unchanged >= 0.95 else 'NOT met'}")
+        print(
+            f"target: locality >= 0.95: {C.fmt_s(unchanged)} → "
+            f"{'met' if unchanged is not None and unchanged >= 0.95 else 'NOT met'}"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="tiny")
     p.add_argument("--people", type=int, default=32, help="people, two facts each (default 32, as the demo)")
-    p.add_argument("--strangers", type=int, default=8, help="people no shard sees: the MIA holdout (default 8: 16 records)")
+    p.add_argument(
+        "--strangers", type=int, default=8, help="people no shard sees: the MIA holdout (default 8: 16 records)"
+    )
     p.add_argument("--forget", type=int, default=4, help="people forgotten, from one shard (default 4: 8 records)")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default 10, as the demo)")
     args = p.parse_args()

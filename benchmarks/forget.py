@@ -18,7 +18,8 @@ so a subject's records share one shard and one slice). In one run:
      path, beside the loss under shards that never saw it (a stranger baseline).
 Speedup = full retrain / deletion, three ways, labelled in the output:
   training (job-s)   the shard jobs' summed wall time (compute: what the plan's record-passes
-                     predict), the full retrain's jobs run one at a time like a deletion's. Theory: 1 / plan.cost_fraction for the slice hit, and
+                     predict), the full retrain's jobs run one at a time like a deletion's.
+                     Theory: 1 / plan.cost_fraction for the slice hit, and
                      S / expected_cost_fraction(R, mode) over uniformly random slices.
   training (wall)    the full retrain's longest job (its jobs run side by side) vs the deletion's
                      retrain step (retrain_s: dispatch, the jobs, the commit). With S jobs on P
@@ -90,17 +91,26 @@ def pick_subjects(store: Store, n: int) -> dict[str, list[tuple[str, int, int]]]
     slice of the shard with the most slices, and a middle slice (of another shard if any)."""
     idx = store.index.table
     where: dict[str, set[tuple[int, int]]] = {}
-    for subj, shard, sl in zip(idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
+    for subj, shard, sl in zip(
+        idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True
+    ):
         where.setdefault(subj, set()).add((int(shard), int(sl)))
     single = {s: next(iter(w)) for s, w in sorted(where.items()) if len(w) == 1}
-    last = {s: max(checkpoints.shard_slices(store, s)) for s in range(store.num_shards) if checkpoints.shard_slices(store, s)}
+    last = {
+        s: max(checkpoints.shard_slices(store, s))
+        for s in range(store.num_shards)
+        if checkpoints.shard_slices(store, s)
+    }
     big = max(last, key=lambda s: (last[s], -s))
     other = next((s for s in last if s != big), big)
     picked: dict[str, list[tuple[str, int, int]]] = {}
     for case, shard, sl in (("best", big, last[big]), ("worst", big, 0), ("fast", other, last[other] // 2)):
         subjects = [subj for subj, where_ in single.items() if where_ == (shard, sl)][:n]
         if len(subjects) < n:
-            raise SystemExit(f"fewer than {n} subjects with all records in shard {shard} slice {sl}; change --records, --slices or --repeat")
+            raise SystemExit(
+                f"fewer than {n} subjects with all records in shard {shard} slice {sl}; change --records, "
+                "--slices or --repeat"
+            )
         picked[case] = [(subj, shard, sl) for subj in subjects]
     return picked
 
@@ -264,17 +274,46 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
         )
         if fast_s:
             verdicts.append((r["model"], "fast", fa["exact_s"] / fast_s))
-        details.append({"model": r["model"], "run": "initial train (cold: Ray + MLflow start)", "e2e s": C.fmt_s(r["initial"]["e2e_s"]), "jobs s": _jobs(r["initial"]["job_s"]), "notes": ""})
-        details.append({"model": r["model"], "run": "full retrain from scratch (copy, warm)", "e2e s": C.fmt_s(full["e2e_s"]), "jobs s": _jobs(full["job_s"]), "notes": f"{full['tokens']} tokens; jobs side by side"})
-        details.append({"model": r["model"], "run": "full retrain, the same jobs one at a time", "e2e s": "-", "jobs s": _jobs(full["alone_s"]), "notes": "the job-s reference"})
+        details.append(
+            {
+                "model": r["model"],
+                "run": "initial train (cold: Ray + MLflow start)",
+                "e2e s": C.fmt_s(r["initial"]["e2e_s"]),
+                "jobs s": _jobs(r["initial"]["job_s"]),
+                "notes": "",
+            }
+        )
+        details.append(
+            {
+                "model": r["model"],
+                "run": "full retrain from scratch (copy, warm)",
+                "e2e s": C.fmt_s(full["e2e_s"]),
+                "jobs s": _jobs(full["job_s"]),
+                "notes": f"{full['tokens']} tokens; jobs side by side",
+            }
+        )
+        details.append(
+            {
+                "model": r["model"],
+                "run": "full retrain, the same jobs one at a time",
+                "e2e s": "-",
+                "jobs s": _jobs(full["alone_s"]),
+                "notes": "the job-s reference",
+            }
+        )
         for case in ("best", "worst", "fast"):
             f, (subj, shard, sl) = r[case], r["subjects"][case][0]
             if len(r["subjects"][case]) > 1:
                 subj += f" (+{len(r['subjects'][case]) - 1} more)"
             t = f["timings"]
-            notes = f"delete {C.fmt_s(t.get('delete_data_s'))} s, retrain_s {C.fmt_s(t.get('retrain_s'))} s, purge {C.fmt_s(t.get('purge_s'))} s"
+            notes = (
+                f"delete {C.fmt_s(t.get('delete_data_s'))} s, retrain_s {C.fmt_s(t.get('retrain_s'))} s, "
+                f"purge {C.fmt_s(t.get('purge_s'))} s"
+            )
             if case == "fast":
-                notes = f"fast_path_s {C.fmt_s(t.get('fast_path_s'))} s, " + notes + "; e2e includes 3 loss measurements"
+                notes = (
+                    f"fast_path_s {C.fmt_s(t.get('fast_path_s'))} s, " + notes + "; e2e includes 3 loss measurements"
+                )
             details.append(
                 {
                     "model": r["model"],
@@ -284,34 +323,61 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
                     "notes": notes + ("" if f["lineage_ok"] else "; LINEAGE CHECK FAILED"),
                 }
             )
-    print(f"\n== forgetting: exact deletion of one subject vs a full retrain from scratch ({C.CPUS} CPUs, 1 thread per shard job) ==")
+    print(
+        f"\n== forgetting: exact deletion of one subject vs a full retrain from scratch ({C.CPUS} CPUs, 1 thread per "
+        "shard job) =="
+    )
     C.table(ratios, list(ratios[0]))
     print("theory = 1 / plan.cost_fraction (record-passes; expected: S / expected_cost_fraction(R, mode));")
-    print("training job-s = summed shard-job seconds, full (jobs one at a time) / deletion: what the theory counts, fixed per-job costs included;")
-    print("theory wall = ceil(S/P) / (S * cost_fraction) on P cores; training wall = full retrain's longest job / the deletion's retrain_s;")
+    print(
+        "training job-s = summed shard-job seconds, full (jobs one at a time) / deletion: what the theory counts, "
+        "fixed per-job costs included;"
+    )
+    print(
+        "theory wall = ceil(S/P) / (S * cost_fraction) on P cores; training wall = full retrain's longest job / the "
+        "deletion's retrain_s;"
+    )
     print("end to end = train.run(from_scratch) / forget.run(exact, evidence off), Ray and MLflow already up.")
     repeats = ", ".join(f"{r['repeats']} ({r['model']})" for r in results)
-    print(f"every time is the best of {repeats} run(s) (deletions of different subjects in the same slice): other work on this machine only slows a run.")
+    print(
+        f"every time is the best of {repeats} run(s) (deletions of different subjects in the same slice): other work "
+        "on this machine only slows a run."
+    )
     print("\n== fast path (--fast, NPO on the affected shard's adapter) vs the exact path of the same request ==")
     C.table(fast_rows, list(fast_rows[0]))
-    print("exact path s = delete_data_s + retrain_s + purge_s of the same request; losses: the subject's mean loss under the ensemble")
-    print("(answer tokens only when the data has prompts), unseen shards = under shards that never held it (a stranger baseline).")
+    print(
+        "exact path s = delete_data_s + retrain_s + purge_s of the same request; losses: the subject's mean loss "
+        "under the ensemble"
+    )
+    print(
+        "(answer tokens only when the data has prompts), unseen shards = under shards that never held it (a stranger "
+        "baseline)."
+    )
     print()
     C.table(details, ["model", "run", "e2e s", "jobs s", "notes"])
     print()
     for r in results:
         cfg = r["cfg"]
         print(
-            f"{r['model']}: {r['records']} records, S={cfg.sharding.num_shards}, slices/shard {list(r['slices'].values())} of {cfg.sharding.slice_size} "
-            f"(records/shard {r['shard_sizes']}), {cfg.sharding.slice_mode}, epochs {cfg.training.epochs}, batch {cfg.training.batch_size}, "
-            f"max_length {cfg.training.max_length}, LoRA r={cfg.lora.r} on {len(cfg.lora.target_modules)} module kinds, "
+            f"{r['model']}: {r['records']} records, S={cfg.sharding.num_shards}, slices/shard "
+            f"{list(r['slices'].values())} of {cfg.sharding.slice_size} "
+            f"(records/shard {r['shard_sizes']}), {cfg.sharding.slice_mode}, epochs {cfg.training.epochs}, batch "
+            f"{cfg.training.batch_size}, "
+            f"max_length {cfg.training.max_length}, LoRA r={cfg.lora.r} on {len(cfg.lora.target_modules)} module "
+            "kinds, "
             f"unlearning {cfg.unlearning.method} x{cfg.unlearning.steps}; {r['load'][0]} before, {r['load'][-1]} after"
         )
     for model, case, value in verdicts:
         if case == "fast":
-            print(f"target fast path >= 10x faster than the exact path: {model} {C.fmt_ratio(value)} -> {'met' if value >= 10 else 'NOT met'}")
+            print(
+                f"target fast path >= 10x faster than the exact path: {model} {C.fmt_ratio(value)} -> "
+                f"{'met' if value >= 10 else 'NOT met'}"
+            )
         else:
-            print(f"target measured >= 80% of theory (job-s), {case} case: {model} {value:.0%} -> {'met' if value >= 0.8 else 'NOT met'}")
+            print(
+                f"target measured >= 80% of theory (job-s), {case} case: {model} {value:.0%} -> "
+                f"{'met' if value >= 0.8 else 'NOT met'}"
+            )
 
 
 def _jobs(walls: list[float]) -> str:
@@ -354,18 +420,26 @@ def copy_store(src: str, dst: str) -> None:
 def pick_relief_subject(store: Store) -> tuple[str, int, int, int]:
     """(subject, shard, slice, slices in the shard): a subject wholly in the middle slice of the
     shard with the most slices, so the relief keeps the slices before it."""
-    last = {s: max(checkpoints.shard_slices(store, s)) for s in range(store.num_shards) if checkpoints.shard_slices(store, s)}
+    last = {
+        s: max(checkpoints.shard_slices(store, s))
+        for s in range(store.num_shards)
+        if checkpoints.shard_slices(store, s)
+    }
     shard = max(last, key=lambda s: (last[s], -s))
     target = (last[shard] + 1) // 2
     idx = store.index.table
     where: dict[str, set[tuple[int, int]]] = {}
-    for subj, sh, sl in zip(idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True):
+    for subj, sh, sl in zip(
+        idx["subject_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True
+    ):
         where.setdefault(subj, set()).add((int(sh), int(sl)))
     subject = next(s for s, w in sorted(where.items()) if w == {(shard, target)})
     return subject, shard, target, last[shard] + 1
 
 
-def score_version(store: Store, cfg: SisaConfig, shards: dict[int, str], groups: dict[str, list[dict]], decode: int) -> dict[str, dict]:
+def score_version(
+    store: Store, cfg: SisaConfig, shards: dict[int, str], groups: dict[str, list[dict]], decode: int
+) -> dict[str, dict]:
     """group → mean answer-token loss under the served mixture (every record), and greedy recall
     (the completion starts with the answer) over `decode` records of each group, spread evenly.
     One torch thread: on this shared 2-core machine two threads decoded 8-15x slower."""
@@ -375,7 +449,9 @@ def score_version(store: Store, cfg: SisaConfig, shards: dict[int, str], groups:
         ens = serving.load_ensemble(store, cfg, shards)
         out = {}
         for name, rows in groups.items():
-            losses, _ = serving.score_records(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
+            losses, _ = serving.score_records(
+                ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length
+            )
             sample = rows[:: max(1, len(rows) // decode)][:decode] if name != "strangers" else []
             hits = 0
             for r in sample:
@@ -404,17 +480,32 @@ def bench_relief(model: str, args: argparse.Namespace) -> dict:
         subject, shard, hit, n_slices = pick_relief_subject(store)
         out["subject"] = (subject, shard, hit, n_slices)
         idx = store.index.table
-        where = {rid: (int(sh), int(sl)) for rid, sh, sl in zip(idx["record_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True)}
+        where = {
+            rid: (int(sh), int(sl))
+            for rid, sh, sl in zip(
+                idx["record_id"].to_pylist(), idx["shard_id"].to_pylist(), idx["slice_idx"].to_pylist(), strict=True
+            )
+        }
         groups = {
             "forgotten": [r for r in rows if r["subject_id"] == subject],
-            "kept slices": [r for r in rows if r["subject_id"] != subject and where[r["record_id"]][0] == shard and where[r["record_id"]][1] < hit],
-            "later slices": [r for r in rows if r["subject_id"] != subject and where[r["record_id"]][0] == shard and where[r["record_id"]][1] >= hit],
+            "kept slices": [
+                r
+                for r in rows
+                if r["subject_id"] != subject and where[r["record_id"]][0] == shard and where[r["record_id"]][1] < hit
+            ],
+            "later slices": [
+                r
+                for r in rows
+                if r["subject_id"] != subject and where[r["record_id"]][0] == shard and where[r["record_id"]][1] >= hit
+            ],
             "other shards": [r for r in rows if where[r["record_id"]][0] != shard],
             "strangers": strangers,
         }
         decode = RELIEF_DECODE[model]
         out["groups"] = {k: len(v) for k, v in groups.items()}
-        scores = {"before": score_version(store, cfg, versions.shard_checkpoints(versions.current(store)), groups, decode)}
+        scores = {
+            "before": score_version(store, cfg, versions.shard_checkpoints(versions.current(store)), groups, decode)
+        }
         timings: dict[str, list[dict]] = {m: [] for m in RELIEF_MODES}
         for mode in RELIEF_MODES:
             copies = RELIEF_TIMINGS[model] if mode == "relief" else 1
@@ -422,19 +513,40 @@ def bench_relief(model: str, args: argparse.Namespace) -> dict:
                 ccfg = C.with_store(cfg, f"{work}/{mode}-{k}")
                 copy_store(cfg.store.uri, ccfg.store.uri)
                 t0 = time.perf_counter()
-                res = forget_pipeline.run(ccfg, "subject", [subject], fast=mode == "fast", isolate=mode == "isolate", queue=True, evidence=False, quiet=True)
+                res = forget_pipeline.run(
+                    ccfg,
+                    "subject",
+                    [subject],
+                    fast=mode == "fast",
+                    isolate=mode == "isolate",
+                    queue=True,
+                    evidence=False,
+                    quiet=True,
+                )
                 req = res["request"]
-                timings[mode].append({"queue_e2e_s": time.perf_counter() - t0, **req["timings"], "version": next(iter(req["versions"].values()), None)})
+                timings[mode].append(
+                    {
+                        "queue_e2e_s": time.perf_counter() - t0,
+                        **req["timings"],
+                        "version": next(iter(req["versions"].values()), None),
+                    }
+                )
                 cstore = Store.open(ccfg.store.uri)
                 if k == 0:
-                    scores[mode] = score_version(cstore, ccfg, versions.shard_checkpoints(versions.current(cstore)), groups, decode)
+                    scores[mode] = score_version(
+                        cstore, ccfg, versions.shard_checkpoints(versions.current(cstore)), groups, decode
+                    )
                     if mode == "relief":
                         t0 = time.perf_counter()
                         batch = process_pipeline.run(ccfg, evidence=False, quiet=True)
                         out["exact_s"] = time.perf_counter() - t0
                         out["exact_shards"] = batch["retrained_shards"]
-                        scores["exact"] = score_version(cstore, ccfg, versions.shard_checkpoints(versions.current(cstore)), groups, decode)
-                        out["relief_shards"] = versions.shard_checkpoints(versions.read(cstore, req["versions"]["relief"]))
+                        scores["exact"] = score_version(
+                            cstore, ccfg, versions.shard_checkpoints(versions.current(cstore)), groups, decode
+                        )
+                        out["relief_shards"] = versions.shard_checkpoints(
+                            versions.read(cstore, req["versions"]["relief"])
+                        )
                 if k > 0 or mode != "relief":
                     shutil.rmtree(ccfg.store.uri, ignore_errors=True)
         out["scores"], out["timings"] = scores, timings
@@ -471,7 +583,10 @@ def report_relief(results: list[dict], args: argparse.Namespace) -> None:
         before, ex = sc["before"], sc["exact"]
         for v in (*RELIEF_MODES, "exact"):
             s = sc[v]
-            moved = _ratio(s["forgotten"]["loss"] - before["forgotten"]["loss"], ex["forgotten"]["loss"] - before["forgotten"]["loss"])
+            moved = _ratio(
+                s["forgotten"]["loss"] - before["forgotten"]["loss"],
+                ex["forgotten"]["loss"] - before["forgotten"]["loss"],
+            )
             ratios.append(
                 {
                     "model": r["model"],
@@ -488,7 +603,9 @@ def report_relief(results: list[dict], args: argparse.Namespace) -> None:
         for v in ("before", *RELIEF_MODES, "exact"):
             s = sc[v]
             cell = {g: f"{s[g]['recall']}/{s[g]['decoded']}  {s[g]['loss']:.3f}" for g in ("forgotten", *RETAINED)}
-            detail.append({"model": r["model"], "version": v, **cell, "strangers loss": f"{s['strangers']['loss']:.3f}"})
+            detail.append(
+                {"model": r["model"], "version": v, **cell, "strangers loss": f"{s['strangers']['loss']:.3f}"}
+            )
         for mode in RELIEF_MODES:
             ts = r["timings"][mode]
             key = "relief_s" if mode == "relief" else "fast_path_s"
@@ -505,26 +622,50 @@ def report_relief(results: list[dict], args: argparse.Namespace) -> None:
             )
     print("\n== relief: what each bridge keeps while the exact retrain is pending (issue 11) ==")
     C.table(ratios, list(ratios[0]))
-    print("recall = the greedy completion of the prompt starts with the answer, decoded on a sample of each group and weighed by the group's size;")
-    print("retained = every other person's records (the affected shard's and the other shards'); loss = mean answer-token loss under the served mixture;")
-    print("forgotten loss moved = (version - before) / (exact - before): 1.00x moves the forgotten subject as far as the exact version.")
+    print(
+        "recall = the greedy completion of the prompt starts with the answer, decoded on a sample of each group and "
+        "weighed by the group's size;"
+    )
+    print(
+        "retained = every other person's records (the affected shard's and the other shards'); loss = mean "
+        "answer-token loss under the served mixture;"
+    )
+    print(
+        "forgotten loss moved = (version - before) / (exact - before): 1.00x moves the forgotten subject as far as "
+        "the exact version."
+    )
     print()
     C.table(detail, list(detail[0]))
-    print("cells: recall hits/decoded  mean answer loss (all the group's records). kept slices = the affected shard's slices before the hit")
-    print("(the relief keeps them); later slices = the hit slice and after (relief and isolate lose them until the exact retrain).")
+    print(
+        "cells: recall hits/decoded  mean answer loss (all the group's records). kept slices = the affected shard's "
+        "slices before the hit"
+    )
+    print(
+        "(the relief keeps them); later slices = the hit slice and after (relief and isolate lose them until the "
+        "exact retrain)."
+    )
     for r in results:
         print(f"{r['model']}: records per group {r['groups']}")
     print()
     C.table(times, list(times[0]))
-    print("commit s = the request's relief_s (relieved shards + version commit) or fast_path_s (NPO + commit; the isolating commit);")
-    print("forget --queue e2e = the whole `forget --queue` call with evidence off: lock, select, plan, ledger, bridge, MLflow, records marked forgetting.")
+    print(
+        "commit s = the request's relief_s (relieved shards + version commit) or fast_path_s (NPO + commit; the "
+        "isolating commit);"
+    )
+    print(
+        "forget --queue e2e = the whole `forget --queue` call with evidence off: lock, select, plan, ledger, bridge, "
+        "MLflow, records marked forgetting."
+    )
     for r in results:
         cfg = r["cfg"]
         subj, shard, hit, n = r["subject"]
         print(
-            f"{r['model']}: {RELIEF_PEOPLE} people x 2 facts, S={cfg.sharding.num_shards}, slices of {cfg.sharding.slice_size} ({cfg.sharding.slice_mode}), epochs {cfg.training.epochs}, "
-            f"LoRA r={cfg.lora.r}, aggregation {cfg.serving.aggregation}; forgot {subj} from shard {shard} slice {hit} of {n}; "
-            f"train {r['train_s']:.0f} s, exact batch {r['exact_s']:.0f} s (retrained shards {r['exact_shards']}); {r['load'][0]} before, {r['load'][-1]} after"
+            f"{r['model']}: {RELIEF_PEOPLE} people x 2 facts, S={cfg.sharding.num_shards}, slices of "
+            f"{cfg.sharding.slice_size} ({cfg.sharding.slice_mode}), epochs {cfg.training.epochs}, "
+            f"LoRA r={cfg.lora.r}, aggregation {cfg.serving.aggregation}; forgot {subj} from shard {shard} slice {hit} "
+            f"of {n}; "
+            f"train {r['train_s']:.0f} s, exact batch {r['exact_s']:.0f} s (retrained shards {r['exact_shards']}); "
+            f"{r['load'][0]} before, {r['load'][-1]} after"
         )
         best = min((t["relief_s"] for t in r["timings"]["relief"] if "relief_s" in t), default=None)
         if best is not None and r["model"] == "tiny":
@@ -533,9 +674,19 @@ def report_relief(results: list[dict], args: argparse.Namespace) -> None:
 
 def main() -> None:
     def extra(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--only", choices=["speed", "relief"], default=None, help="only the speedup/fast-path part, or only the relief part (default: both)")
+        p.add_argument(
+            "--only",
+            choices=["speed", "relief"],
+            default=None,
+            help="only the speedup/fast-path part, or only the relief part (default: both)",
+        )
 
-    args = C.parse_args(__doc__.split("\n")[0], "full retrains and deletions (of other subjects in the same slice) per case, best kept (default: tiny 3, SmolLM2 1)", extra)
+    args = C.parse_args(
+        __doc__.split("\n")[0],
+        "full retrains and deletions (of other subjects in the same slice) per "
+        "case, best kept (default: tiny 3, SmolLM2 1)",
+        extra,
+    )
     if args.only != "relief":
         C.run_models(bench_model, report, args)
     if args.only != "speed":

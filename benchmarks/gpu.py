@@ -42,7 +42,9 @@ import torch  # noqa: E402
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["tiny", "smollm2", "both"], default="both")
-    p.add_argument("--records", type=int, default=None, help="records, two facts per person (default: tiny 1200, SmolLM2 300)")
+    p.add_argument(
+        "--records", type=int, default=None, help="records, two facts per person (default: tiny 1200, SmolLM2 300)"
+    )
     p.add_argument("--shards", type=int, default=None, help="S (default: one per GPU, at least 2)")
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--skip-cpu", action="store_true", help="no CPU comparison (SmolLM2 on CPU takes minutes)")
@@ -144,17 +146,32 @@ def report(results: list[dict], args) -> None:
             if m is None:
                 continue
             speedup = m["tokens_per_s"] / r["cpu"]["tokens_per_s"] if side == "cuda" and r["cpu"] else None
-            rows.append({
-                "model": r["model"], "device": side, "dtype": m["dtype"], "shards": m["shards"], "tokens": m["tokens"],
-                "train s": C.fmt_s(m["train_s"]), "tokens/s": f"{m['tokens_per_s']:.0f}", "vs cpu": C.fmt_ratio(speedup),
-            })
+            rows.append(
+                {
+                    "model": r["model"],
+                    "device": side,
+                    "dtype": m["dtype"],
+                    "shards": m["shards"],
+                    "tokens": m["tokens"],
+                    "train s": C.fmt_s(m["train_s"]),
+                    "tokens/s": f"{m['tokens_per_s']:.0f}",
+                    "vs cpu": C.fmt_ratio(speedup),
+                }
+            )
     C.table(rows, ["model", "device", "dtype", "shards", "tokens", "train s", "tokens/s", "vs cpu"])
     print()
-    checks = [{
-        "model": r["model"], "forget s": C.fmt_s(r["forget_s"]), "affected": ",".join(map(str, r["affected_shards"])),
-        "lineage": "clean" if r["lineage_clean"] else "VIOLATED", "rollback": "refused" if r["rollback_refused"] else "ALLOWED",
-        "replay": "bit-exact" if r["replay_bit_exact"] else "DIFFERS", "verify s": C.fmt_s(r["verify_s"]),
-    } for r in results]
+    checks = [
+        {
+            "model": r["model"],
+            "forget s": C.fmt_s(r["forget_s"]),
+            "affected": ",".join(map(str, r["affected_shards"])),
+            "lineage": "clean" if r["lineage_clean"] else "VIOLATED",
+            "rollback": "refused" if r["rollback_refused"] else "ALLOWED",
+            "replay": "bit-exact" if r["replay_bit_exact"] else "DIFFERS",
+            "verify s": C.fmt_s(r["verify_s"]),
+        }
+        for r in results
+    ]
     C.table(checks, ["model", "forget s", "affected", "lineage", "rollback", "replay", "verify s"])
     if args.json:
         print(json.dumps(results, indent=2))
@@ -163,11 +180,17 @@ def report(results: list[dict], args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
-        print("no CUDA device here (torch.cuda.is_available() is False): benchmarks/gpu.py measures a GPU run; nothing to do")
+        print(
+            "no CUDA device here (torch.cuda.is_available() is False): benchmarks/gpu.py measures a GPU run; nothing "
+            "to do"
+        )
         return 0
     gpus = torch.cuda.device_count()
-    print(f"{gpus} CUDA device(s): {torch.cuda.get_device_name(0)}; torch {torch.__version__}, CUDA {torch.version.cuda}; "
-          f"CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']}; {C.load()}")
+    print(
+        f"{gpus} CUDA device(s): {torch.cuda.get_device_name(0)}; torch {torch.__version__}, CUDA "
+        f"{torch.version.cuda}; "
+        f"CUBLAS_WORKSPACE_CONFIG={os.environ['CUBLAS_WORKSPACE_CONFIG']}; {C.load()}"
+    )
     models = ["tiny", "smollm2"] if args.model == "both" else [args.model]
     started = time.perf_counter()
     results = [bench_model(m, args, gpus) for m in models]

@@ -42,12 +42,23 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipelines.cli", *argv], cwd=REPO, capture_output=True, text=True, check=True)
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *argv], cwd=REPO, capture_output=True, text=True, check=True
+    )
 
 
 def _args(store: Path, port: int = 8750) -> list[str]:
-    return ["--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "tracking.enabled=false", "sharding.slice_size=8",
-            f"service.port={port}", "store.lock_timeout_s=600", "service.worker_interval_s=3600"]
+    return [
+        "--config",
+        TINY,
+        f"store.uri={store}",
+        "scheduler.backend=serial",
+        "tracking.enabled=false",
+        "sharding.slice_size=8",
+        f"service.port={port}",
+        "store.lock_timeout_s=600",
+        "service.worker_interval_s=3600",
+    ]
 
 
 def _free_port() -> int:
@@ -66,8 +77,12 @@ def _template(work: Path, people: int) -> Path:
 
 def _serve(store: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", *_args(store, port)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "serve", *_args(store, port)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(360):
         try:
@@ -128,18 +143,45 @@ def main() -> None:
             token = _cli("token", "create", "--role", "admin", "--name", "bench", *_args(store)).stdout.splitlines()[0]
             proc, url = _serve(store)
             try:
-                wall, lat = _load(url, "/v1/deletion-requests", [{"ids": [rid]} for rid in ids[: args.requests]], token, clients)
-                rows.append(("POST /v1/deletion-requests", clients, args.requests / wall, _pct(lat, 50), _pct(lat, 99), args.requests / wall / cli_forget))
-                wall, lat = _load(url, "/v1/completions", [{"prompt": "Hello", "max_tokens": 8}] * args.requests, token, clients)
-                rows.append(("POST /v1/completions", clients, args.requests / wall, _pct(lat, 50), _pct(lat, 99), args.requests / wall / cli_gen))
+                wall, lat = _load(
+                    url, "/v1/deletion-requests", [{"ids": [rid]} for rid in ids[: args.requests]], token, clients
+                )
+                rows.append(
+                    (
+                        "POST /v1/deletion-requests",
+                        clients,
+                        args.requests / wall,
+                        _pct(lat, 50),
+                        _pct(lat, 99),
+                        args.requests / wall / cli_forget,
+                    )
+                )
+                wall, lat = _load(
+                    url, "/v1/completions", [{"prompt": "Hello", "max_tokens": 8}] * args.requests, token, clients
+                )
+                rows.append(
+                    (
+                        "POST /v1/completions",
+                        clients,
+                        args.requests / wall,
+                        _pct(lat, 50),
+                        _pct(lat, 99),
+                        args.requests / wall / cli_gen,
+                    )
+                )
             finally:
                 proc.send_signal(signal.SIGINT)
                 try:
                     proc.wait(60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-        print(f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f} (2 cores); tiny config; {args.requests} requests per row")
-        print(f"baseline: sisa forget --queue {cli_forget:.2f}/s, sisa generate {cli_gen:.2f}/s (a process per request)")
+        print(
+            f"load average {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f} (2 cores); "
+            f"tiny config; {args.requests} requests per row"
+        )
+        print(
+            f"baseline: sisa forget --queue {cli_forget:.2f}/s, sisa generate {cli_gen:.2f}/s (a process per request)"
+        )
         print(f"{'endpoint':<28} {'clients':>7} {'vs CLI':>7} {'req/s':>7} {'p50 s':>7} {'p99 s':>7}")
         for name, clients, rps, p50, p99, ratio in rows:
             print(f"{name:<28} {clients:>7} {ratio:>6.1f}x {rps:>7.2f} {p50:>7.3f} {p99:>7.3f}")

@@ -57,7 +57,40 @@ from storage.store import Store
 NUM_SHARDS = 8
 SLICE_SIZE = 4096
 PANDAS_CHUNK = 1_000_000
-WORDS = ["customer", "called", "about", "the", "invoice", "refund", "delivery", "account", "password", "order", "ticket", "agent", "replied", "escalated", "resolved", "warranty", "shipment", "address", "payment", "card", "subscription", "renewal", "complaint", "feedback", "manager", "discount", "voucher", "credit", "balance", "overdue", "reminder", "contract"]
+WORDS = [
+    "customer",
+    "called",
+    "about",
+    "the",
+    "invoice",
+    "refund",
+    "delivery",
+    "account",
+    "password",
+    "order",
+    "ticket",
+    "agent",
+    "replied",
+    "escalated",
+    "resolved",
+    "warranty",
+    "shipment",
+    "address",
+    "payment",
+    "card",
+    "subscription",
+    "renewal",
+    "complaint",
+    "feedback",
+    "manager",
+    "discount",
+    "voucher",
+    "credit",
+    "balance",
+    "overdue",
+    "reminder",
+    "contract",
+]
 
 
 def write_records(path: Path, n: int) -> int:
@@ -101,7 +134,11 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> tuple[Any, int, int]
 # -- ours -----------------------------------------------------------------------------------------
 def ingest_ours(path: Path, uri: str) -> float:
     cfg = build_config(
-        {"store": {"uri": uri}, "sharding": {"num_shards": NUM_SHARDS, "slice_size": SLICE_SIZE}, "tracking": {"enabled": False}}
+        {
+            "store": {"uri": uri},
+            "sharding": {"num_shards": NUM_SHARDS, "slice_size": SLICE_SIZE},
+            "tracking": {"enabled": False},
+        }
     )
     t = time.perf_counter()
     (result,) = ingest(cfg, [str(path)])
@@ -142,7 +179,9 @@ def ingest_pandas(path: Path, out: Path, seed: int = 0) -> tuple[float, dict]:
     filled = pd.Series(0, index=range(NUM_SHARDS))  # records per shard so far
     now = pd.Timestamp.now(tz="UTC")
     index_parts, counts = [], {}
-    with pd.read_json(path, lines=True, dtype={"record_id": str, "subject_id": str, "text": str}, chunksize=PANDAS_CHUNK) as reader:
+    with pd.read_json(
+        path, lines=True, dtype={"record_id": str, "subject_id": str, "text": str}, chunksize=PANDAS_CHUNK
+    ) as reader:
         for part, df in enumerate(reader, start=1):
             ids = df["record_id"]
             bad = ids.isna() | (ids.str.strip() == "") | df["text"].isna() | (df["text"].str.strip() == "")
@@ -150,9 +189,13 @@ def ingest_pandas(path: Path, out: Path, seed: int = 0) -> tuple[float, dict]:
                 raise ValueError("bad rows")
             subject = df["subject_id"].where(df["subject_id"].notna() & (df["subject_id"] != ""), ids)
             df["shard_id"] = subject.map(
-                lambda s: int.from_bytes(hashlib.blake2b(s.encode(), key=key, digest_size=8).digest(), "big") % NUM_SHARDS
+                lambda s: (
+                    int.from_bytes(hashlib.blake2b(s.encode(), key=key, digest_size=8).digest(), "big") % NUM_SHARDS
+                )
             ).astype("int32")
-            df["slice_idx"] = ((df.groupby("shard_id").cumcount() + df["shard_id"].map(filled)) // SLICE_SIZE).astype("int32")
+            df["slice_idx"] = ((df.groupby("shard_id").cumcount() + df["shard_id"].map(filled)) // SLICE_SIZE).astype(
+                "int32"
+            )
             filled = filled.add(df["shard_id"].value_counts(), fill_value=0).astype("int64")
             df["source"] = path.name
             df["ingest_id"] = "pandas"
@@ -163,7 +206,11 @@ def ingest_pandas(path: Path, out: Path, seed: int = 0) -> tuple[float, dict]:
                 folder.mkdir(parents=True, exist_ok=True)
                 group.to_parquet(folder / f"part-{part:06d}-pandas.parquet", index=False)
                 counts[(shard, sl)] = counts.get((shard, sl), 0) + len(group)
-            index_parts.append(df[["record_id", "subject_id", "shard_id", "slice_idx", "source", "ingest_id", "content_sha256"]].assign(status="live"))
+            index_parts.append(
+                df[
+                    ["record_id", "subject_id", "shard_id", "slice_idx", "source", "ingest_id", "content_sha256"]
+                ].assign(status="live")
+            )
             del df, ids, bad, subject
     index = pd.concat(index_parts, ignore_index=True)
     if index["record_id"].duplicated().any():
@@ -194,7 +241,12 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--lookups", type=int, default=10_000)
     ap.add_argument("--ingest-runs", type=int, default=3, help="each ingest runs this many times; the best is shown")
-    ap.add_argument("--repeats", type=int, default=9, help="lookups are timed this many times; the best is shown (ours: of those after the first two)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=9,
+        help="lookups are timed this many times; the best is shown (ours: of those after the first two)",
+    )
     ap.add_argument("--tmp", help="folder for the input and the stores (default: the system's temp folder)")
     args = ap.parse_args()
     n = args.records
@@ -204,7 +256,10 @@ def main() -> None:
         path = tmp / "records.jsonl"
         t = time.perf_counter()
         size = write_records(path, n)
-        print(f"wrote {n:,} records ({size / 1e6:.0f} MB, {size / n:.0f} B/record) in {time.perf_counter() - t:.1f}s", flush=True)
+        print(
+            f"wrote {n:,} records ({size / 1e6:.0f} MB, {size / n:.0f} B/record) in {time.perf_counter() - t:.1f}s",
+            flush=True,
+        )
 
         ours_runs, pandas_runs, ours_rss, pandas_rss = [], [], [], []
         for run in range(args.ingest_runs):
@@ -213,11 +268,17 @@ def main() -> None:
             t, rss, base = in_fresh_process(ingest_ours, path, uri)
             ours_runs.append(t)
             ours_rss.append(rss)
-            print(f"ours    ingest {t:6.1f}s  {n / t:>10,.0f} records/s  peak RSS {gib(rss)} (libraries {gib(base)})", flush=True)
+            print(
+                f"ours    ingest {t:6.1f}s  {n / t:>10,.0f} records/s  peak RSS {gib(rss)} (libraries {gib(base)})",
+                flush=True,
+            )
             (t, pandas_counts), rss, base = in_fresh_process(ingest_pandas, path, tmp / f"pandas-{run}")
             pandas_runs.append(t)
             pandas_rss.append(rss)
-            print(f"pandas  ingest {t:6.1f}s  {n / t:>10,.0f} records/s  peak RSS {gib(rss)} (libraries {gib(base)})", flush=True)
+            print(
+                f"pandas  ingest {t:6.1f}s  {n / t:>10,.0f} records/s  peak RSS {gib(rss)} (libraries {gib(base)})",
+                flush=True,
+            )
             if not last:  # keep the disk small: only the last run's outputs are looked up
                 shutil.rmtree(uri)
                 shutil.rmtree(tmp / f"pandas-{run}")
@@ -227,8 +288,12 @@ def main() -> None:
         known = [f"rec-{i:07d}" for i in rng.sample(range(n), args.lookups - args.lookups // 100)]
         ids = known + [f"unknown-{i}" for i in range(args.lookups // 100)]
         rng.shuffle(ids)
-        (ours_load, ours_times, ours_found, ours_counts), ours_lookup_rss, _ = in_fresh_process(lookup_ours, uri, ids, args.repeats)
-        (pd_load, pd_times, pd_found), pd_lookup_rss, _ = in_fresh_process(lookup_pandas, Path(uri) / "index", ids, args.repeats)
+        (ours_load, ours_times, ours_found, ours_counts), ours_lookup_rss, _ = in_fresh_process(
+            lookup_ours, uri, ids, args.repeats
+        )
+        (pd_load, pd_times, pd_found), pd_lookup_rss, _ = in_fresh_process(
+            lookup_pandas, Path(uri) / "index", ids, args.repeats
+        )
         # Same work: both put the same number of records in every (shard, slice).
         assert ours_counts == pandas_counts, "ours and pandas placed records differently"
         assert ours_found == pd_found == len(known)
@@ -245,10 +310,20 @@ def main() -> None:
         ("ingest peak RSS, pandas / ours", f"{max(pandas_rss) / max(ours_rss):.2f}x", "", None),
         ("ingest ours", f"{n / ours_s:,.0f} rec/s", f"{ours_s:.1f} s (best of {args.ingest_runs})", None),
         ("ingest pandas", f"{n / pandas_s:,.0f} rec/s", f"{pandas_s:.1f} s (best of {args.ingest_runs})", None),
-        (f"lookup ours ({args.lookups:,} of {n:,})", f"{ours_lookup * 1e3:.1f} ms", f"best of {max(1, args.repeats - 2)} after the first two; target < 50 ms", ours_lookup < 0.05),
+        (
+            f"lookup ours ({args.lookups:,} of {n:,})",
+            f"{ours_lookup * 1e3:.1f} ms",
+            f"best of {max(1, args.repeats - 2)} after the first two; target < 50 ms",
+            ours_lookup < 0.05,
+        ),
         (f"lookup pandas ({args.lookups:,} of {n:,})", f"{pd_lookup * 1e3:.1f} ms", f"best of {args.repeats}", None),
         ("first lookup ours", f"{ours_times[0] * 1e3:.1f} ms", "one pass over the index", None),
-        ("second lookup ours", f"{ours_times[1] * 1e3:.0f} ms" if len(ours_times) > 1 else "-", "builds the id hashes (index >= 16x the ids)", None),
+        (
+            "second lookup ours",
+            f"{ours_times[1] * 1e3:.0f} ms" if len(ours_times) > 1 else "-",
+            "builds the id hashes (index >= 16x the ids)",
+            None,
+        ),
         ("first lookup pandas", f"{pd_times[0] * 1e3:.1f} ms", "", None),
         ("index load ours", f"{ours_load * 1e3:.0f} ms", "", None),
         ("index load pandas", f"{pd_load * 1e3:.0f} ms", "", None),
@@ -257,7 +332,10 @@ def main() -> None:
         ("peak RSS index load + lookups ours", gib(ours_lookup_rss), "", None),
         ("peak RSS index load + lookups pandas", gib(pd_lookup_rss), "", None),
     ]
-    print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other work on this machine slows both sides)")
+    print(
+        f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end (other work on this machine "
+        "slows both sides)"
+    )
     w = max(len(r[0]) for r in rows)
     for name, value, note, ok in rows:
         mark = "" if ok is None else ("  ok" if ok else "  MISSED")

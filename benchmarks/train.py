@@ -157,7 +157,10 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
     finally:
         scheduler.shutdown_ray()
         shutil.rmtree(work, ignore_errors=True)
-    per_repeat = [(s["tokens"] / s["train_s"]) / (p["tokens"] / p["train_s"]) for s, p in zip(sharded_runs, plain_runs, strict=True)]
+    per_repeat = [
+        (s["tokens"] / s["train_s"]) / (p["tokens"] / p["train_s"])
+        for s, p in zip(sharded_runs, plain_runs, strict=True)
+    ]
     return {
         "model": model,
         "records": records,
@@ -172,7 +175,10 @@ def bench_model(model: str, args: argparse.Namespace) -> dict:
 
 
 def report(results: list[dict], args: argparse.Namespace) -> None:
-    print(f"\n== training: {args.shards} shard jobs on Ray (1 thread each) vs one plain peft + torch loop ({PLAIN_THREADS} threads), same steps ==")
+    print(
+        f"\n== training: {args.shards} shard jobs on Ray (1 thread each) vs one plain peft + torch loop "
+        f"({PLAIN_THREADS} threads), same steps =="
+    )
     ratios, details = [], []
     for r in results:
         s, p = r["sharded"], r["plain"]
@@ -204,8 +210,10 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
                 "tokens": s["tokens"],
                 "training s": C.fmt_s(s["train_s"]),
                 "e2e s": C.fmt_s(s["e2e_s"]),
-                "notes": f"{s['train_note']}; e2e - training {s['e2e_s'] - s['train_s']:.2f} s (Ray start, worker start + imports, scheduling, commit); jobs {', '.join(C.fmt_s(w) for w in s['job_s'])} s; "
-                f"records/shard {r['shard_sizes']}; slices/shard {list(s['slices'].values())} of {cfg.sharding.slice_size}",
+                "notes": f"{s['train_note']}; e2e - training {s['e2e_s'] - s['train_s']:.2f} s (Ray start, worker "
+                f"start + imports, scheduling, commit); jobs {', '.join(C.fmt_s(w) for w in s['job_s'])} s; "
+                f"records/shard {r['shard_sizes']}; slices/shard {list(s['slices'].values())} of "
+                f"{cfg.sharding.slice_size}",
             }
         )
         details.append(
@@ -227,17 +235,25 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
     for r in results:
         cfg = r["cfg"]
         print(
-            f"{r['model']}: {r['records']} records, batch {cfg.training.batch_size}, max_length {cfg.training.max_length}, "
-            f"epochs {cfg.training.epochs} ({cfg.sharding.slice_mode} slices), LoRA r={cfg.lora.r} on {','.join(cfg.lora.target_modules)}, "
+            f"{r['model']}: {r['records']} records, batch {cfg.training.batch_size}, max_length "
+            f"{cfg.training.max_length}, "
+            f"epochs {cfg.training.epochs} ({cfg.sharding.slice_mode} slices), LoRA r={cfg.lora.r} on "
+            f"{','.join(cfg.lora.target_modules)}, "
             f"lr {cfg.training.lr:g}; {r['load'][0]} before, {r['load'][1]} after"
         )
     repeats = ", ".join(f"{r['repeats']} ({r['model']})" for r in results)
     print(f"times are the best of {repeats} repeat(s): other work on this machine only slows a run down.")
     print("training = the jobs' own time (sharded: longest job incl. base load and checkpoints; plain: load + loop);")
-    print("end to end = sharded `train.run` incl. Ray start, worker start and imports, version commit; plain: read data + load + loop.")
+    print(
+        "end to end = sharded `train.run` incl. Ray start, worker start and imports, version commit; plain: read "
+        "data + load + loop."
+    )
     for r in results:
         verdict = "met" if r["ratio_train"] >= 1.0 else "NOT met"
-        print(f"target (sharded no slower than the plain loop, training tokens/s): {r['model']} {C.fmt_ratio(r['ratio_train'])} -> {verdict}")
+        print(
+            f"target (sharded no slower than the plain loop, training tokens/s): {r['model']} "
+            f"{C.fmt_ratio(r['ratio_train'])} -> {verdict}"
+        )
 
 
 def main() -> None:

@@ -22,24 +22,40 @@ VERBS: dict[str, tuple[str, str]] = {
     "ingest": ("pipelines.ingest", "validate and ingest records (JSONL, CSV, Parquet, HF dataset folders)"),
     "status": ("pipelines.status", "records per shard and slice, ingest batches, store size"),
     "train": ("pipelines.train", "train pending slices of every shard (Ray) and commit a model version"),
-    "forget": ("pipelines.forget", "forget records exactly (by id, subject, source or ingest), with optional fast path"),
-    "rectify": ("pipelines.rectify", "correct records' text exactly: old content forgotten, new content trained, certificate"),
-    "process": ("pipelines.process", "carry out every queued request (deletions, rectifications) in one batch (--due: only when the policy says so)"),
+    "forget": (
+        "pipelines.forget",
+        "forget records exactly (by id, subject, source or ingest), with optional fast path",
+    ),
+    "rectify": (
+        "pipelines.rectify",
+        "correct records' text exactly: old content forgotten, new content trained, certificate",
+    ),
+    "process": (
+        "pipelines.process",
+        "carry out every queued request (deletions, rectifications) in one batch (--due: only when the policy says so)",
+    ),
     "requests": ("pipelines.list_requests", "list deletion requests, their status and deadlines"),
     "certificate": ("pipelines.certificate", "print the evidence of one completed deletion request"),
     "rollback": ("pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
     "versions": ("pipelines.versions", "list model versions"),
     "generate": ("pipelines.generate", "generate text with the serving version (mixture of shard adapters)"),
     "eval": ("pipelines.eval", "loss and perplexity of both aggregations and of each shard on a file"),
-    "export": ("pipelines.export", "export the serving version: one merged PEFT adapter, or --format ensemble (every shard adapter + manifest)"),
+    "export": (
+        "pipelines.export",
+        "export the serving version: one merged PEFT adapter, or --format ensemble (every shard adapter + manifest)",
+    ),
     "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
     "gc": ("pipelines.gc", "remove temp files and half-written leftovers of crashes"),
-    "serve": ("pipelines.serve", "HTTP service: deletion requests and rectifications with roles, OpenAI-compatible completions, the audit page"),
+    "serve": (
+        "pipelines.serve",
+        "HTTP service: deletion requests and rectifications with roles, OpenAI-compatible completions, the audit page",
+    ),
     "token": ("pipelines.token", "create, list or revoke the bearer tokens of `sisa serve`"),
     "demo": ("pipelines.demo", "the whole story: train on people, forget one, prove it, write a report"),
     "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
     "config": ("pipelines.config", "print the effective config, its fingerprint, or every key with its help"),
 }
+
 
 def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The parser; given `verb`, only that verb's module is imported.
@@ -61,7 +77,12 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             sub.add_parser(name, help=help_text, description=help_text)
             continue
         mod = importlib.import_module(module)
-        p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=(mod.__doc__ or help_text).strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         mod.add_arguments(p)

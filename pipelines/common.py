@@ -10,7 +10,15 @@ from typing import Any
 from sisa.data import open_store
 from sisa.lineage import DeletionRequest, ModelVersion
 
-__all__ = ["open_store", "print_table", "print_json", "human_bytes", "print_versions", "print_requests", "print_certificate"]
+__all__ = [
+    "open_store",
+    "print_table",
+    "print_json",
+    "human_bytes",
+    "print_versions",
+    "print_requests",
+    "print_certificate",
+]
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str], out=None) -> None:
@@ -50,7 +58,9 @@ def human_bytes(n: int) -> str:
 def print_versions(all_versions: list[ModelVersion], current: int | None) -> None:
     rows = []
     for v in all_versions:
-        flags = [f for f, on in (("approximate", v.approximate), (f"excludes {v.excluded_shards}", v.excluded_shards)) if on]
+        flags = [
+            f for f, on in (("approximate", v.approximate), (f"excludes {v.excluded_shards}", v.excluded_shards)) if on
+        ]
         rows.append(
             {
                 "": "*" if v.model_version == current else "",
@@ -93,7 +103,10 @@ def print_certificate(r: DeletionRequest) -> None:
     ev = r.evidence
     rectify = r.kind.value == "rectify"
     print(f"{'rectification' if rectify else 'deletion'} certificate — request {r.request_id}")
-    print(f"  status            {r.status.value} (received {r.received_at}, deadline {r.deadline[:10]}, completed {r.completed_at or '-'})")
+    print(
+        f"  status            {r.status.value} (received {r.received_at}, deadline {r.deadline[:10]}, completed "
+        f"{r.completed_at or '-'})"
+    )
     print(f"  request sha256    {cert.get('request_sha256', '-')}")
     print(f"  selector          {r.selector['kind']} (keyed hash {r.selector['value_hash'][:16]}...)")
     if rectify:
@@ -104,34 +117,54 @@ def print_certificate(r: DeletionRequest) -> None:
         print(f"  records deleted   {r.records} (id hashes kept: {len(r.id_hashes)}); mode {r.mode.value}")
     if plan is not None:
         for s in plan.shards:
-            print(f"  shard {s.shard_id:<4}        {s.records} record(s), slices hit {s.slices_hit}, retrained from slice {s.earliest_slice}")
+            print(
+                f"  shard {s.shard_id:<4}        {s.records} record(s), slices hit {s.slices_hit}, retrained from "
+                f"slice {s.earliest_slice}"
+            )
         print(f"  unaffected shards {plan.unaffected_shards} (reused byte for byte)")
         print(f"  retrain cost      {plan.cost_fraction:.1%} of a full retrain")
     print(f"  versions          before {r.version_before}, " + ", ".join(f"{k} {v}" for k, v in r.versions.items()))
     for label, key in (("before", "checkpoints_before"), ("after", "checkpoints_after")):
         for c in cert.get(key, []):
             sha = c.get("adapter_sha256", "")
-            print(f"  checkpoint {label:<6} shard {c['shard_id']}: {c['checkpoint_id']}" + (f"  adapter sha256 {sha[:16]}..." if sha else ""))
+            print(
+                f"  checkpoint {label:<6} shard {c['shard_id']}: {c['checkpoint_id']}"
+                + (f"  adapter sha256 {sha[:16]}..." if sha else "")
+            )
     lc, pc = cert.get("lineage_check", {}), cert.get("purge_check", {})
     what = "an old content hash" if rectify else "a deleted id hash"
-    print(f"  lineage check     {'PASSED' if lc.get('passed') else 'FAILED ' + str(lc.get('violations'))}: no serving checkpoint's lineage holds {what}")
+    print(
+        f"  lineage check     {'PASSED' if lc.get('passed') else 'FAILED ' + str(lc.get('violations'))}: no serving "
+        f"checkpoint's lineage holds {what}"
+    )
     if rectify:
         nc = cert.get("rectification", {}).get("new_content_check", {})
-        print(f"  new content check {'PASSED' if nc.get('passed') else 'FAILED'}: the serving lineage holds every new content hash")
+        print(
+            f"  new content check {'PASSED' if nc.get('passed') else 'FAILED'}: the serving lineage holds every new "
+            "content hash"
+        )
     purge = r.purge or {}
-    print(f"  purged            {len(purge.get('checkpoints', []))} checkpoint(s), version(s) {purge.get('versions', [])}; purge check {'PASSED' if pc.get('passed') else 'FAILED'}")
+    print(
+        f"  purged            {len(purge.get('checkpoints', []))} checkpoint(s), version(s) "
+        f"{purge.get('versions', [])}; purge check {'PASSED' if pc.get('passed') else 'FAILED'}"
+    )
     print("  timings           " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()))
     unit = "answer-token" if ev.get("answer_tokens_only") else "per-token"
-    print(f"  memorization ({unit} loss of the {'old text of the corrected' if rectify else 'deleted'} records, lower = remembered)")
+    print(
+        f"  memorization ({unit} loss of the {'old text of the corrected' if rectify else 'deleted'} records, lower "
+        "= remembered)"
+    )
     print(f"    serving model before     {_num(ev.get('loss_before'))}")
     if "loss_fast_path" in ev:
         print(f"    approximate fast path    {_num(ev.get('loss_fast_path'))}")
     print(f"    after the exact {'rectification' if rectify else 'deletion'}  {_num(ev.get('loss_after'))}")
     print(f"    shards that never saw them (stranger baseline) {_num(ev.get('loss_unseen_shards'))}")
     if "holdout_before" in ev:
-        print(f"  held-out records no model saw ({ev.get('holdout_records')}): before {_num(ev.get('holdout_before'))}"
-              + (f", fast path {_num(ev.get('holdout_fast_path'))}" if "holdout_fast_path" in ev else "")
-              + f", after {_num(ev.get('holdout_after'))}")
+        print(
+            f"  held-out records no model saw ({ev.get('holdout_records')}): before {_num(ev.get('holdout_before'))}"
+            + (f", fast path {_num(ev.get('holdout_fast_path'))}" if "holdout_fast_path" in ev else "")
+            + f", after {_num(ev.get('holdout_after'))}"
+        )
     print_evidence(ev.get("versions") or {}, rectify)
 
 
@@ -151,18 +184,26 @@ def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:
     rows = []
     order = ["before", "relief", "approximate", "isolate", "exact"]
     for label, v in sorted(by_version.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)):
-        rel, gen, loc, leak, mia = (v.get(k) or {} for k in ("reliability", "generalization", "locality", "leak_at_k", "membership"))
-        rows.append({
-            "version": f"{label} (v{v.get('model_version')})",
-            f"{old} recalled": pct(rel, "forbidden_recall"),
-            **({"new recalled": pct(rel, "expected_recall")} if rectify else {}),
-            f"paraphrase/related {old}": pct(gen, "forbidden_recall"),
-            **({"paraphrase/related new": pct(gen, "expected_recall")} if rectify else {}),
-            "locality unchanged": "-" if loc.get("unchanged_tokens") is None else f"{loc['unchanged_tokens']:.1%}",
-            "locality recall": pct(loc, "recall"),
-            "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
-            "MIA AUC": "-" if mia.get("auc") is None else f"{mia['auc']:.2f} ({mia['members']} vs {mia['holdout']})",
-            "privleak vs exact": "-" if mia.get("privleak_vs_exact") is None else f"{mia['privleak_vs_exact']:+.1f}%",
-        })
+        rel, gen, loc, leak, mia = (
+            v.get(k) or {} for k in ("reliability", "generalization", "locality", "leak_at_k", "membership")
+        )
+        rows.append(
+            {
+                "version": f"{label} (v{v.get('model_version')})",
+                f"{old} recalled": pct(rel, "forbidden_recall"),
+                **({"new recalled": pct(rel, "expected_recall")} if rectify else {}),
+                f"paraphrase/related {old}": pct(gen, "forbidden_recall"),
+                **({"paraphrase/related new": pct(gen, "expected_recall")} if rectify else {}),
+                "locality unchanged": "-" if loc.get("unchanged_tokens") is None else f"{loc['unchanged_tokens']:.1%}",
+                "locality recall": pct(loc, "recall"),
+                "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
+                "MIA AUC": "-"
+                if mia.get("auc") is None
+                else f"{mia['auc']:.2f} ({mia['members']} vs {mia['holdout']})",
+                "privleak vs exact": "-"
+                if mia.get("privleak_vs_exact") is None
+                else f"{mia['privleak_vs_exact']:+.1f}%",
+            }
+        )
     print("  evidence per version (greedy recall of answers, leak@k sampled at temperature 1, Min-k% (40%) MIA)")
     print_table(rows, list(rows[0]))

@@ -1,7 +1,7 @@
 """Print the effective configuration.
 
-    sisa config --config configs/tiny.yaml store.uri=/tmp/s          # effective YAML + fingerprints
-    sisa config --describe                                         # every key, default and help
+sisa config --config configs/tiny.yaml store.uri=/tmp/s          # effective YAML + fingerprints
+sisa config --describe                                         # every key, default and help
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     if args.describe:
         print(describe_config())
         return 0
-    out = {"config": cfg.to_dict(), "fingerprint": cfg.fingerprint(), "training_fingerprint": cfg.training_fingerprint()}
+    out = {
+        "config": cfg.to_dict(),
+        "fingerprint": cfg.fingerprint(),
+        "training_fingerprint": cfg.training_fingerprint(),
+    }
     if args.json:
         print_json(out)
     else:

@@ -85,7 +85,9 @@ class _Facts:
     def items(self, rows: list[dict]) -> tuple[list, list]:
         """(records, prompts) for the scorers: chat records are scored on the assistant's turn."""
         if self.chat:
-            return [Example(CHAT, messages=(("user", question(r)), ("assistant", r["text"]))) for r in rows], [None] * len(rows)
+            return [Example(CHAT, messages=(("user", question(r)), ("assistant", r["text"]))) for r in rows], [
+                None
+            ] * len(rows)
         return [r["text"] for r in rows], [r["prompt"] for r in rows]
 
     def query(self, row: dict) -> str:
@@ -175,14 +177,19 @@ def _ingest(d: _Demo, people: int, strangers: int) -> None:
     os.makedirs(cfg.store.uri, exist_ok=True)
     open(os.path.join(cfg.store.uri, DEMO_MARKER), "w").close()  # before anything: a re-run may wipe it
     res = ingest_sources(cfg, [from_table(table, "demo-people")])[0]
-    print(f"ingested {res.records} records about {people} people into {cfg.sharding.num_shards} shards (ingest {res.ingest_id}); {strangers} strangers kept aside")
+    print(
+        f"ingested {res.records} records about {people} people into {cfg.sharding.num_shards} shards (ingest "
+        f"{res.ingest_id}); {strangers} strangers kept aside"
+    )
     d.store = Store.open(cfg.store.uri)
     print_table([{"shard_id": k, "records": v} for k, v in sorted(res.shards.items())], ["shard_id", "records"])
 
 
 def _train(d: _Demo) -> None:
     cfg, store = d.cfg, d.store
-    _banner(f"2. train {cfg.sharding.num_shards} shard adapters over slices of {cfg.sharding.slice_size} ({cfg.model.name})")
+    _banner(
+        f"2. train {cfg.sharding.num_shards} shard adapters over slices of {cfg.sharding.slice_size} ({cfg.model.name})"
+    )
     # The base model conversion (first run) and the Ray start are one-off costs, not training.
     base_model_fingerprint(cfg.model)
     scheduler.prepare(cfg.scheduler)
@@ -190,7 +197,10 @@ def _train(d: _Demo) -> None:
     with store.job("demo train", cfg.store.lock_timeout_s):
         tr = training.train(store, cfg)
     d.full_train_s = time.perf_counter() - t0
-    print(f"model version {tr.model_version} trained in {d.full_train_s:.1f}s ({sum(r.tokens for r in tr.trained) / max(d.full_train_s, 1e-9):.0f} tokens/s overall)")
+    print(
+        f"model version {tr.model_version} trained in {d.full_train_s:.1f}s "
+        f"({sum(r.tokens for r in tr.trained) / max(d.full_train_s, 1e-9):.0f} tokens/s overall)"
+    )
 
 
 def _memorization(d: _Demo) -> None:
@@ -200,14 +210,24 @@ def _memorization(d: _Demo) -> None:
     m1 = _measure(store, cfg, versions.shard_checkpoints(v1), d.groups, shape)
     served = cfg.serving.aggregation
     d.record(f"v{v1.model_version} trained", m1)
-    what = "the greedy reply starts with the assistant's answer" if shape.chat else "greedy completion starts with the answer"
+    what = (
+        "the greedy reply starts with the assistant's answer"
+        if shape.chat
+        else "greedy completion starts with the answer"
+    )
     print(f"facts recalled exactly ({what}) under the served {served} mixture, and mean answer-token loss:")
-    print(f"  {served:<9} person to be forgotten {_frac(m1['recall']['forgotten'])} recalled, loss {m1['loss'][served]['forgotten']:.3f}; "
-          f"other trained people {_frac(m1['recall']['retained'])}, loss {m1['loss'][served]['retained']:.3f}; "
-          f"strangers {_frac(m1['recall']['strangers'])}, loss {m1['loss'][served]['strangers']:.3f}")
+    print(
+        f"  {served:<9} person to be forgotten {_frac(m1['recall']['forgotten'])} recalled, loss "
+        f"{m1['loss'][served]['forgotten']:.3f}; "
+        f"other trained people {_frac(m1['recall']['retained'])}, loss {m1['loss'][served]['retained']:.3f}; "
+        f"strangers {_frac(m1['recall']['strangers'])}, loss {m1['loss'][served]['strangers']:.3f}"
+    )
     for aggregation, lv in m1["loss"].items():
         if aggregation != served:
-            print(f"  {aggregation:<9} (not served) loss: person to be forgotten {lv['forgotten']:.3f}, other trained people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}")
+            print(
+                f"  {aggregation:<9} (not served) loss: person to be forgotten {lv['forgotten']:.3f}, other trained "
+                f"people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}"
+            )
     for r in d.target[:2] + d.unseen[:1]:
         d.show(m1["ensemble"], "to be forgotten" if r in d.target else "stranger", r)
 
@@ -222,8 +242,12 @@ def _forget(d: _Demo):
         label = f"v{entry.model_version} {kind}"
         d.record(label, m)
         lv = d.losses[label]
-        print(f"  v{entry.model_version} ({kind}): forgotten person {_frac(m['recall']['forgotten'])} recalled, loss {lv['forgotten']:.3f}; "
-              f"retained {_frac(m['recall']['retained'])}, loss {lv['retained']:.3f}; strangers {_frac(m['recall']['strangers'])}, loss {lv['strangers']:.3f}")
+        print(
+            f"  v{entry.model_version} ({kind}): forgotten person {_frac(m['recall']['forgotten'])} recalled, loss "
+            f"{lv['forgotten']:.3f}; "
+            f"retained {_frac(m['recall']['retained'])}, loss {lv['retained']:.3f}; strangers "
+            f"{_frac(m['recall']['strangers'])}, loss {lv['strangers']:.3f}"
+        )
 
     holdout = d.shape.items(d.unseen)
     # Probes (`sisa synth --probes`): the person's facts reworded and asked as questions, and two
@@ -231,7 +255,17 @@ def _forget(d: _Demo):
     probes = [Probe(**p) for p in make_probes(d.target) if p["kind"] != "locality"]
     probes += [Probe(**p) for p in make_probes(d.retained[: 2 * d.facts]) if p["kind"] == "locality"]
     with store.job("demo forget", cfg.store.lock_timeout_s):
-        fr = runner.forget(store, cfg, "subject", [d.target_subject], RequestMode.FAST, holdout=holdout, on_version=on_version, log=lambda msg: print(msg, flush=True), probes=probes)
+        fr = runner.forget(
+            store,
+            cfg,
+            "subject",
+            [d.target_subject],
+            RequestMode.FAST,
+            holdout=holdout,
+            on_version=on_version,
+            log=lambda msg: print(msg, flush=True),
+            probes=probes,
+        )
     exact_entry = versions.current(store)
     ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
     for r in d.target[:2]:
@@ -267,7 +301,12 @@ def _cost(d: _Demo, req, t_start: float) -> list[tuple[str, str]]:
         ("full retrain of all shards (measured, step 2)", f"{d.full_train_s:.1f} s"),
         ("exact deletion: delete + retrain + purge (measured)", f"{exact_s:.1f} s"),
         ("measured speedup", f"{d.full_train_s / exact_s:.1f}x" if exact_s else "-"),
-        ("theoretical cost of this deletion (record-passes)", f"{plan.cost_fraction:.1%} of a full retrain → {1 / plan.cost_fraction:.1f}x" if plan.cost_fraction else "-"),
+        (
+            "theoretical cost of this deletion (record-passes)",
+            f"{plan.cost_fraction:.1%} of a full retrain → {1 / plan.cost_fraction:.1f}x"
+            if plan.cost_fraction
+            else "-",
+        ),
         ("expected cost over uniformly random slices", f"{expected:.1%} of a full retrain"),
         ("approximate fast path served after", f"{t.get('fast_path_s', 0):.1f} s"),
         ("shards retrained / reused byte for byte", f"{len(plan.shards)} / {len(plan.unaffected_shards)}"),
@@ -285,7 +324,19 @@ def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
     t = req.timings
     exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
     times = {"full_train": d.full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}
-    rep = DemoReport(cfg.model.name, store.num_shards, len(d.rows), d.losses, d.recalls, times, req.plan.cost_fraction, req.request_id, store.hash_id(d.target_subject), summary, d.shape.record_format)
+    rep = DemoReport(
+        cfg.model.name,
+        store.num_shards,
+        len(d.rows),
+        d.losses,
+        d.recalls,
+        times,
+        req.plan.cost_fraction,
+        req.request_id,
+        store.hash_id(d.target_subject),
+        summary,
+        d.shape.record_format,
+    )
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
     exact_version = store.current_version()
@@ -293,12 +344,18 @@ def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
         from sisa.serving import Tracker
 
         Tracker(cfg.tracking, store.fs.local_path("")).log_artifacts(exact_version, files, "demo-report")
-    print(f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); logged to MLflow run v{exact_version}")
+    print(
+        f"\nreport: {os.path.join(out_dir, 'report.html')} (plots: memorization_by_version.png, deletion_time.png); "
+        f"logged to MLflow run v{exact_version}"
+    )
     db = f"sqlite:///{os.path.abspath(os.path.join(cfg.store.uri, 'mlflow.db'))}"
     print(f"browse MLflow: .venv/bin/mlflow ui --backend-store-uri {db} (binds 127.0.0.1)")
     if cfg.tracking.enabled:
         model_uri = f"models:/{cfg.tracking.registered_model}@{cfg.tracking.alias}"
-        print(f"serve v{exact_version} over HTTP: MLFLOW_TRACKING_URI={db} .venv/bin/mlflow models serve -m {model_uri} --env-manager local -h 127.0.0.1 -p 5001")
+        print(
+            f"serve v{exact_version} over HTTP: MLFLOW_TRACKING_URI={db} .venv/bin/mlflow models serve -m "
+            f"{model_uri} --env-manager local -h 127.0.0.1 -p 5001"
+        )
     return files
 
 
@@ -314,13 +371,22 @@ def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, r
     _rollback_refused(d)  # 5. rollback refused; versions and requests
     summary = _cost(d, req, t_start)  # 6. time and summary
     files = _report(d, req, summary)
-    return {"losses": d.losses, "recall": d.recalls, "summary": dict(summary), "request_id": req.request_id, "report": files, "versions": d.seen_versions}
+    return {
+        "losses": d.losses,
+        "recall": d.recalls,
+        "summary": dict(summary),
+        "request_id": req.request_id,
+        "report": files,
+        "versions": d.seen_versions,
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--people", type=int, default=32, help="fictitious people to train on (default 32)")
     p.add_argument("--strangers", type=int, default=8, help="people never trained on, the baseline (default 8)")
-    p.add_argument("--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="facts per person (default 2)")
+    p.add_argument(
+        "--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="facts per person (default 2)"
+    )
     p.add_argument(
         "--format",
         default=CHAT,

@@ -49,7 +49,11 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file", required=True, help="JSONL/CSV/Parquet records (same field mapping as ingest)")
-    p.add_argument("--answer-only", action="store_true", help="score only the tokens after the `prompt` column (prompt-completion and chat records always are)")
+    p.add_argument(
+        "--answer-only",
+        action="store_true",
+        help="score only the tokens after the `prompt` column (prompt-completion and chat records always are)",
+    )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
@@ -57,7 +61,10 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
         return 0
-    print(f"model version {res['model_version']}, {res['records']} records{' (answer tokens only)' if res['answer_only'] else ''}")
+    print(
+        f"model version {res['model_version']}, {res['records']} "
+        f"records{' (answer tokens only)' if res['answer_only'] else ''}"
+    )
     rows = [{**r, "model": f"{r['model']} (serving)" if r["serving"] else r["model"]} for r in res["results"]]
     print_table(rows, ["model", "loss", "perplexity"])
     return 0

@@ -49,7 +49,14 @@ def run(cfg: SisaConfig, out: str, fmt: str = "merged") -> dict:
     names = ens.adapter_names()
     weights = [1.0 / len(names)] * len(names)
     merge_adapters(ens.model, names, weights, "merged", out)
-    info = {"format": "merged", "model_version": v.model_version, "shards": {str(k): c for k, c in sorted(v.shards.items())}, "weights": weights, "combination": "cat", "base_model": cfg.model.name}
+    info = {
+        "format": "merged",
+        "model_version": v.model_version,
+        "shards": {str(k): c for k, c in sorted(v.shards.items())},
+        "weights": weights,
+        "combination": "cat",
+        "base_model": cfg.model.name,
+    }
     with open(os.path.join(out, "sisa_export.json"), "w") as f:
         json.dump(info, f, indent=2, sort_keys=True)
     return {"out": out, **info}
@@ -74,7 +81,14 @@ def _export_ensemble(cfg: SisaConfig, out: str) -> dict:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="a new (or empty) folder to write into")
-    p.add_argument("--format", choices=FORMATS, default="merged", help="merged: one PEFT adapter (default); ensemble: every shard adapter + manifest, served as `sisa generate` serves")
+    p.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="merged",
+        help="merged: one PEFT adapter (default); ensemble: "
+        "every shard adapter + manifest, served as "
+        "`sisa generate` serves",
+    )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
@@ -82,7 +96,13 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
     elif res["format"] == "ensemble":
-        print(f"exported model version {res['model_version']} ({len(res['shards'])} shard adapters, {res['serving']['aggregation']} aggregation) to {res['out']}")
+        print(
+            f"exported model version {res['model_version']} ({len(res['shards'])} shard adapters, "
+            f"{res['serving']['aggregation']} aggregation) to {res['out']}"
+        )
     else:
-        print(f"exported model version {res['model_version']} ({len(res['shards'])} shard adapters merged) to {res['out']}")
+        print(
+            f"exported model version {res['model_version']} ({len(res['shards'])} shard adapters merged) to "
+            f"{res['out']}"
+        )
     return 0

@@ -64,7 +64,21 @@ def run(
     # out now: a retrain, one job at a time.
     lock = store.lock if queue or dry_run else store.job
     with lock("forget", cfg.store.lock_timeout_s):
-        res = runner.forget(store, cfg, kind, values, mode, dry_run, queue, allow_missing, evidence, held, on_version, request_options.progress(quiet), probes=probe_list)
+        res = runner.forget(
+            store,
+            cfg,
+            kind,
+            values,
+            mode,
+            dry_run,
+            queue,
+            allow_missing,
+            evidence,
+            held,
+            on_version,
+            request_options.progress(quiet),
+            probes=probe_list,
+        )
     return res.to_dict()
 
 
@@ -89,14 +103,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         fast="serve an approximate (NPO) unlearned version at once, then the exact one",
         queue="record the request, serve the relief and return; `sisa process` deletes and retrains in a batch",
         dry_run="print the plan and change nothing",
-        probes="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id; `sisa synth --probes`): reliability, generalization, locality and leak@k of every version, kept as numbers",
+        probes="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id; `sisa synth --probes`): "
+        "reliability, generalization, locality and leak@k of every version, kept as numbers",
     )
     p.add_argument("--allow-missing", action="store_true", help="skip unknown ids instead of failing")
     p.add_argument("--resume", action="store_true", help="finish interrupted requests")
 
 
 def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
-    given = [(k, v) for k, v in (("ids", args.ids), ("ids_file", args.ids_file), ("subject", args.subject), ("source", args.source), ("ingest_id", args.ingest_id)) if v is not None]
+    given = [
+        (k, v)
+        for k, v in (
+            ("ids", args.ids),
+            ("ids_file", args.ids_file),
+            ("subject", args.subject),
+            ("source", args.source),
+            ("ingest_id", args.ingest_id),
+        )
+        if v is not None
+    ]
     if len(given) != 1:
         raise ValidationError("give exactly one of --ids, --ids-file, --subject, --source, --ingest-id")
     kind, value = given[0]
@@ -112,7 +137,9 @@ def _selector(args: argparse.Namespace) -> tuple[str, list[str]]:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data[: e.start].count(b"\n") + 1
-            raise ValidationError(f"--ids-file {value!r} is not UTF-8 text (line {line}); nothing was changed") from None
+            raise ValidationError(
+                f"--ids-file {value!r} is not UTF-8 text (line {line}); nothing was changed"
+            ) from None
         lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as text mode reads lines
         return "ids", [line.strip() for line in lines if line.strip()]
     return kind, [value]
@@ -127,7 +154,21 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
             print("no open requests")
         return 0
     kind, values = _selector(args)
-    res = run(cfg, kind, values, args.fast, args.isolate, args.dry_run, args.queue, False if args.no_relief else None, args.allow_missing, not args.no_evidence, quiet=args.json, holdout=args.holdout, probes=args.probes)
+    res = run(
+        cfg,
+        kind,
+        values,
+        args.fast,
+        args.isolate,
+        args.dry_run,
+        args.queue,
+        False if args.no_relief else None,
+        args.allow_missing,
+        not args.no_evidence,
+        quiet=args.json,
+        holdout=args.holdout,
+        probes=args.probes,
+    )
     if args.json:
         print_json(res)
         return 0
@@ -135,5 +176,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         n = res.get("already_deleted") or 0
         print(f"nothing to forget: {n} already deleted by an earlier request, {res['missing']} unknown skipped; no-op")
         return 0
-    request_options.print_outcome(res, lambda plan: f"plan: forget {plan['records']} record(s) selected by {plan['selector_kind']}")
+    request_options.print_outcome(
+        res, lambda plan: f"plan: forget {plan['records']} record(s) selected by {plan['selector_kind']}"
+    )
     return 0

@@ -60,19 +60,38 @@ def run(
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", required=True, help="text to continue; with --chat, the user's message")
-    p.add_argument("--chat", action="store_true", help="the prompt is a user turn: render it with the base model's chat template and print the assistant's reply")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="the prompt is a user turn: render it with the base model's chat template and print the assistant's reply",
+    )
     p.add_argument("--system", default=None, help="with --chat: a system turn before the user's")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bundle", default=None, metavar="DIR", help="serve a folder from `sisa export --format ensemble` instead of the store")
+    p.add_argument(
+        "--bundle",
+        default=None,
+        metavar="DIR",
+        help="serve a folder from `sisa export --format ensemble` instead of the store",
+    )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     if args.system and not args.chat:
         raise ValidationError("--system goes with --chat")
-    res = run(cfg, args.prompt, args.max_new_tokens, args.sample, args.temperature, args.seed, args.bundle, args.chat, args.system)
+    res = run(
+        cfg,
+        args.prompt,
+        args.max_new_tokens,
+        args.sample,
+        args.temperature,
+        args.seed,
+        args.bundle,
+        args.chat,
+        args.system,
+    )
     if args.json:
         print_json(res)
     elif args.chat:

@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="FILE", help="JSONL, CSV, Parquet files or HF `save_to_disk` folders")
     p.add_argument("--id-field", help="input column with the record id (default: ingest.id_field = record_id)")
     p.add_argument("--text-field", help="input column with the text (default: ingest.text_field = text)")
-    p.add_argument("--subject-field", help="input column with the data subject (default: ingest.subject_field = subject_id)")
+    p.add_argument(
+        "--subject-field", help="input column with the data subject (default: ingest.subject_field = subject_id)"
+    )
     p.add_argument("--source", help="provenance `source` to record (default: the input file name)")
     p.add_argument(
         "--format",
@@ -51,7 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
     out = []
-    for flag, key in (("id_field", "ingest.id_field"), ("text_field", "ingest.text_field"), ("subject_field", "ingest.subject_field"), ("source", "ingest.source"), ("format", "ingest.format")):
+    for flag, key in (
+        ("id_field", "ingest.id_field"),
+        ("text_field", "ingest.text_field"),
+        ("subject_field", "ingest.subject_field"),
+        ("source", "ingest.source"),
+        ("format", "ingest.format"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={value}")

@@ -1,6 +1,6 @@
 """List deletion requests with their status and deadline; overdue ones are flagged.
 
-    sisa requests --config configs/tiny.yaml [--json]
+sisa requests --config configs/tiny.yaml [--json]
 """
 
 from __future__ import annotations

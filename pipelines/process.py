@@ -46,7 +46,9 @@ def run(cfg: SisaConfig, only_due: bool = False, evidence: bool = True, quiet: b
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--due", action="store_true", help="do nothing unless the batching policy says a batch is due (for cron)")
+    p.add_argument(
+        "--due", action="store_true", help="do nothing unless the batching policy says a batch is due (for cron)"
+    )
     p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
 
 
@@ -57,6 +59,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     elif not res["ran"]:
         print(f"no batch: {res['queued']} request(s) queued; {res['reason']}")
     else:
-        print(f"{res['batch_id']}: completed {len(res['requests'])} request(s) ({', '.join(res['requests'])}); "
-              f"retrained shard(s) {res['retrained_shards']} once; model version {res['model_version']} serves")
+        print(
+            f"{res['batch_id']}: completed {len(res['requests'])} request(s) ({', '.join(res['requests'])}); "
+            f"retrained shard(s) {res['retrained_shards']} once; model version {res['model_version']} serves"
+        )
     return 0

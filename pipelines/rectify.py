@@ -66,7 +66,9 @@ def run(
     mode = request_options.request_mode(cfg, fast, isolate, relief)
     if queue and (holdout or probes):
         # The batch measures only the old text's loss; probes and a holdout need the request carried out at once.
-        raise ValidationError("--probes and --holdout are measured when a rectification is carried out at once, not with --queue")
+        raise ValidationError(
+            "--probes and --holdout are measured when a rectification is carried out at once, not with --queue"
+        )
     table, problems = normalise(read_source(path), cfg)
     held, probe_list = request_options.read_evidence_inputs(cfg, evidence, holdout, probes)
     store = open_store(cfg)
@@ -74,24 +76,57 @@ def run(
     # batch); carried out now, a rectification retrains: one job at a time (the jobs lock first).
     lock = store.lock if dry_run or queue else store.job
     with lock("rectify", cfg.store.lock_timeout_s):
-        res = runner.rectify(store, cfg, table, problems, mode, dry_run, evidence, held, log=request_options.progress(quiet), probes=probe_list, queue=queue)
+        res = runner.rectify(
+            store,
+            cfg,
+            table,
+            problems,
+            mode,
+            dry_run,
+            evidence,
+            held,
+            log=request_options.progress(quiet),
+            probes=probe_list,
+            queue=queue,
+        )
     return res.to_dict()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--file", required=True, metavar="FILE", help="corrections: record_id + the new content in the record's stored format per row (text, optional prompt and answer; "
-        "prompt + completion; or messages); JSONL, CSV or Parquet")
+    p.add_argument(
+        "--file",
+        required=True,
+        metavar="FILE",
+        help="corrections: record_id + the new content in the "
+        "record's stored format per row (text, optional "
+        "prompt and answer; "
+        "prompt + completion; or messages); JSONL, CSV or Parquet",
+    )
     request_options.add_request_arguments(
         p,
         fast="serve an approximate (NPO) version without the old text at once, then the exact one",
-        queue="stage the new text, record the request, serve the relief and return; `sisa process` replaces the text and retrains in a batch",
+        queue="stage the new text, record the request, serve the relief and return; `sisa process` replaces the text "
+        "and retrains in a batch",
         dry_run="validate, print the plan and change nothing",
-        probes="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id, old_answer): new answer recalled, old one not, locality, leak@k per version",
+        probes="probes (prompt, answer, kind paraphrase|related|locality, optional subject_id, old_answer): new answer "
+        "recalled, old one not, locality, leak@k per version",
     )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    res = run(cfg, args.file, args.fast, args.isolate, args.dry_run, False if args.no_relief else None, not args.no_evidence, args.holdout, quiet=args.json, probes=args.probes, queue=args.queue)
+    res = run(
+        cfg,
+        args.file,
+        args.fast,
+        args.isolate,
+        args.dry_run,
+        False if args.no_relief else None,
+        not args.no_evidence,
+        args.holdout,
+        quiet=args.json,
+        probes=args.probes,
+        queue=args.queue,
+    )
     if args.json:
         print_json(res)
         return 0

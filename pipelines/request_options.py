@@ -21,12 +21,25 @@ def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry
     """--fast, --isolate, --no-relief, --queue, --dry-run, --no-evidence, --holdout, --probes;
     the help of the four that differ between the verbs is the verb's own."""
     p.add_argument("--fast", action="store_true", help=fast)
-    p.add_argument("--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version")
-    p.add_argument("--no-relief", action="store_true", help="serve nothing new until the exact version (default: the exact relief version serves at once; deletion.relief)")
+    p.add_argument(
+        "--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version"
+    )
+    p.add_argument(
+        "--no-relief",
+        action="store_true",
+        help="serve nothing new until the exact version (default: the "
+        "exact relief version serves at once; deletion.relief)",
+    )
     p.add_argument("--queue", action="store_true", help=queue)
     p.add_argument("--dry-run", action="store_true", help=dry_run)
     p.add_argument("--no-evidence", action="store_true", help="skip the memorization measurements (faster)")
-    p.add_argument("--holdout", metavar="FILE", help="records no model saw (JSONL/CSV/Parquet): their loss is the certificate's stranger baseline, and the non-members of the Min-k%% membership inference")
+    p.add_argument(
+        "--holdout",
+        metavar="FILE",
+        help="records no model saw (JSONL/CSV/Parquet): their loss is the "
+        "certificate's stranger baseline, and the non-members of the "
+        "Min-k%% membership inference",
+    )
     p.add_argument("--probes", metavar="FILE", help=probes)
 
 
@@ -35,14 +48,24 @@ def request_mode(cfg: SisaConfig, fast: bool, isolate: bool, relief: bool | None
     if fast and isolate:
         raise ValidationError("choose one of --fast and --isolate")
     relief = cfg.deletion.relief if relief is None else relief
-    return RequestMode.FAST if fast else RequestMode.ISOLATE if isolate else RequestMode.RELIEF if relief else RequestMode.EXACT
+    return (
+        RequestMode.FAST
+        if fast
+        else RequestMode.ISOLATE
+        if isolate
+        else RequestMode.RELIEF
+        if relief
+        else RequestMode.EXACT
+    )
 
 
 def progress(quiet: bool) -> Callable[[str], None]:
     return (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
 
 
-def read_evidence_inputs(cfg: SisaConfig, evidence: bool, holdout: str | Texts | None, probes: str | list[Probe] | None) -> tuple[Texts | None, list[Probe] | None]:
+def read_evidence_inputs(
+    cfg: SisaConfig, evidence: bool, holdout: str | Texts | None, probes: str | list[Probe] | None
+) -> tuple[Texts | None, list[Probe] | None]:
     """--holdout and --probes read into memory (each a file, or already read), or None without
     evidence; read before the store is touched, so a bad file changes nothing."""
     if not evidence:
@@ -78,7 +101,15 @@ def print_plan(plan: dict[str, Any], headline: str) -> None:
     """A dry run's plan: `headline`, the affected shards, the unaffected ones and the cost."""
     print(headline)
     print_table(
-        [{"shard_id": s["shard_id"], "records": s["records"], "earliest_slice": s["earliest_slice"], "retrain_slices": f"{s['earliest_slice']}..{s['last_slice']}"} for s in plan["shards"]],
+        [
+            {
+                "shard_id": s["shard_id"],
+                "records": s["records"],
+                "earliest_slice": s["earliest_slice"],
+                "retrain_slices": f"{s['earliest_slice']}..{s['last_slice']}",
+            }
+            for s in plan["shards"]
+        ],
         ["shard_id", "records", "earliest_slice", "retrain_slices"],
     )
     print(f"unaffected shards (reused byte for byte): {plan['unaffected_shards']}")
@@ -89,9 +120,17 @@ def print_request(req: dict[str, Any]) -> None:
     """A filed request: queued (its id and what serves until its batch), or completed (where its
     certificate is)."""
     if req["status"] == "queued":
-        serving_now = req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
+        serving_now = (
+            req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
+        )
         print(f"{req['request_id']}")
-        print(f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for the exact version and the certificate")
+        print(
+            f"queued; version {serving_now or req['version_before']} serves now; run `sisa process --config ...` for "
+            "the exact version and the certificate"
+        )
         return
     cert = req["certificate"] or {}
-    print(f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check {'passed' if cert.get('lineage_check', {}).get('passed') else 'FAILED'})")
+    print(
+        f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check "
+        f"{'passed' if cert.get('lineage_check', {}).get('passed') else 'FAILED'})"
+    )

@@ -27,7 +27,11 @@ def run(cfg: SisaConfig) -> None:
     # SIGTERM or Ctrl-C: running requests get service.shutdown_timeout_s, then they are cut
     # off (a stream's end cancels its decoding) and the app's shutdown stops the threads.
     uvicorn.run(
-        create_app(cfg), host=cfg.service.host, port=cfg.service.port, log_level="warning", access_log=False,
+        create_app(cfg),
+        host=cfg.service.host,
+        port=cfg.service.port,
+        log_level="warning",
+        access_log=False,
         timeout_graceful_shutdown=max(1, round(cfg.service.shutdown_timeout_s)),
     )
 

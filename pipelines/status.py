@@ -48,19 +48,32 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         print_json(st)
         return 0
     print(f"store   {st['store']}  ({human_bytes(st['size_bytes'])} on disk)")
-    print(f"records {st['records']} in {st['num_shards']} shards; serving model version: {st['current_version'] or '-'}")
+    print(
+        f"records {st['records']} in {st['num_shards']} shards; serving model version: {st['current_version'] or '-'}"
+    )
     if st["open_requests"]:
         print(f"open deletion requests: {', '.join(st['open_requests'])}")
     print("\nrecords per shard and slice")
     rows = []
     for sh in st["shards"]:
         per_slice = " ".join(f"{k}:{v}" for k, v in sorted(sh["slices"].items())) or "-"
-        rows.append({"shard_id": sh["shard_id"], "records": sh["records"], "slices": len(sh["slices"]), "trained_through": sh["trained_through_slice"], "records per slice (slice:n)": per_slice})
+        rows.append(
+            {
+                "shard_id": sh["shard_id"],
+                "records": sh["records"],
+                "slices": len(sh["slices"]),
+                "trained_through": sh["trained_through_slice"],
+                "records per slice (slice:n)": per_slice,
+            }
+        )
     print_table(rows, ["shard_id", "records", "slices", "trained_through", "records per slice (slice:n)"])
     print("\ningest batches")
     print_table(
         # Ingests from before record formats existed are text.
-        [{**e, "input_sha256": e["input_sha256"][:12], "record_format": e.get("record_format", "text")} for e in st["ingests"]],
+        [
+            {**e, "input_sha256": e["input_sha256"][:12], "record_format": e.get("record_format", "text")}
+            for e in st["ingests"]
+        ],
         ["seq", "ingest_id", "source", "record_format", "records", "skipped", "ingested_at", "input_sha256"],
     )
     return 0

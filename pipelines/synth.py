@@ -20,12 +20,18 @@ from sisa.data import FORMATS, as_format, make_people, make_probes, write_jsonl
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--people", type=int, default=40, help="how many people (default 40)")
-    p.add_argument("--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="records per person (default 2)")
+    p.add_argument(
+        "--facts", type=int, default=2, choices=range(1, 6), metavar="1..5", help="records per person (default 2)"
+    )
     p.add_argument("--seed", type=int, default=0, help="faker seed (default 0)")
     p.add_argument("--start", type=int, default=0, help="first person number, to make disjoint files (default 0)")
     p.add_argument("--out", default="people.jsonl", help="output JSONL path (default people.jsonl)")
-    p.add_argument("--format", default="text", choices=FORMATS, help="record format: text (default), prompt-completion or chat")
-    p.add_argument("--probes", metavar="PATH", help="also write probes for these people (paraphrase, related, locality) to PATH")
+    p.add_argument(
+        "--format", default="text", choices=FORMATS, help="record format: text (default), prompt-completion or chat"
+    )
+    p.add_argument(
+        "--probes", metavar="PATH", help="also write probes for these people (paraphrase, related, locality) to PATH"
+    )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:

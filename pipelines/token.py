@@ -43,6 +43,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         e = tokens.revoke(args.targets)
         print_json({"revoked": e.name}) if args.json else print(f"revoked token {e.name!r}")
         return 0
-    rows = [{"name": e.name, "role": e.role, "created_at": e.created_at, "revoked_at": e.revoked_at} for e in tokens.list()]
+    rows = [
+        {"name": e.name, "role": e.role, "created_at": e.created_at, "revoked_at": e.revoked_at} for e in tokens.list()
+    ]
     print_json(rows) if args.json else print_table(rows, ["name", "role", "created_at", "revoked_at"])
     return 0

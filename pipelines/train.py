@@ -31,7 +31,11 @@ def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> T
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from-scratch", action="store_true", help="retrain every shard from slice 0 (e.g. after a training config change)")
+    p.add_argument(
+        "--from-scratch",
+        action="store_true",
+        help="retrain every shard from slice 0 (e.g. after a training config change)",
+    )
 
 
 def cost_line(cost: TrainingCost) -> str:
@@ -73,7 +77,12 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
                 "wall_s": res.wall_s,
                 "reused": res.reused,
                 "trained": [
-                    {"shard_id": r.shard_id, "slices": [s.__dict__ for s in r.slices], "wall_s": r.wall_s, "tokens_per_s": r.tokens_per_s}
+                    {
+                        "shard_id": r.shard_id,
+                        "slices": [s.__dict__ for s in r.slices],
+                        "wall_s": r.wall_s,
+                        "tokens_per_s": r.tokens_per_s,
+                    }
                     for r in res.trained
                 ],
                 "cost": cost.to_dict(),
@@ -98,7 +107,10 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         )
     for shard_id, ckpt in sorted(res.reused.items()):
         rows.append({"shard_id": shard_id, "slices": "(reused)", "checkpoint": ckpt})
-    print_table(sorted(rows, key=lambda r: r["shard_id"]), ["shard_id", "slices", "steps", "loss", "tokens/s", "wall_s", "checkpoint"])
+    print_table(
+        sorted(rows, key=lambda r: r["shard_id"]),
+        ["shard_id", "slices", "steps", "loss", "tokens/s", "wall_s", "checkpoint"],
+    )
     print(f"committed model version {res.model_version} in {res.wall_s:.1f}s; it now serves")
     print(cost_line(cost))
     note = prompt_blind_posterior(cfg, res)

@@ -61,7 +61,9 @@ def check_purge(store: Store, cfg: SisaConfig, req: DeletionRequest) -> list[str
 
 def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int] | None) -> dict[int, dict[str, Any]]:
     """Retrain shards from scratch into a scratch folder and compare with the serving adapters."""
-    scratch = tempfile.mkdtemp(prefix="sisa-replay-", dir=store.fs.local_path(layout.TMP) if store.fs.is_local and _ensure(store) else None)
+    scratch = tempfile.mkdtemp(
+        prefix="sisa-replay-", dir=store.fs.local_path(layout.TMP) if store.fs.is_local and _ensure(store) else None
+    )
     try:
         targets = {s: c for s, c in shards.items() if only is None or s in only}
         tasks = [
@@ -92,8 +94,15 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
     with store.job("verify", cfg.store.lock_timeout_s):
         current = versions.current(store)
         shards = versions.shard_checkpoints(current)
-        reqs = [requests_ledger.read_request(store, request_id)] if request_id else [r for r in requests_ledger.all_requests(store) if r.status == RequestStatus.COMPLETED]
-        report: dict[str, Any] = {"serving_version": current.model_version if current else None, "requests": [r.request_id for r in reqs]}
+        reqs = (
+            [requests_ledger.read_request(store, request_id)]
+            if request_id
+            else [r for r in requests_ledger.all_requests(store) if r.status == RequestStatus.COMPLETED]
+        )
+        report: dict[str, Any] = {
+            "serving_version": current.model_version if current else None,
+            "requests": [r.request_id for r in reqs],
+        }
         # 1. integrity
         report["integrity"] = check_integrity(store, shards)
         # 2. lineage
@@ -115,8 +124,14 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="?", metavar="REQUEST_ID", help="check this request only (default: every completed one)")
-    p.add_argument("--replay", action="store_true", help="retrain from scratch on the live data and compare tensors (the exactness proof)")
+    p.add_argument(
+        "targets", nargs="?", metavar="REQUEST_ID", help="check this request only (default: every completed one)"
+    )
+    p.add_argument(
+        "--replay",
+        action="store_true",
+        help="retrain from scratch on the live data and compare tensors (the exactness proof)",
+    )
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
@@ -125,11 +140,20 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     if args.json:
         print_json(rep)
         return 0 if rep["passed"] else 7
-    print(f"serving model version {rep['serving_version']}; checked request(s): {', '.join(rep['requests']) or '(none)'}")
+    print(
+        f"serving model version {rep['serving_version']}; checked request(s): {', '.join(rep['requests']) or '(none)'}"
+    )
     print(f"  integrity  {'ok' if not rep['integrity'] else 'FAILED: ' + '; '.join(rep['integrity'])}")
-    print(f"  lineage    {'ok: no serving checkpoint holds a deleted record' if not rep['lineage_violations'] else 'FAILED: ' + ', '.join(rep['lineage_violations'])}")
+    violations = rep["lineage_violations"]
+    lineage = (
+        "ok: no serving checkpoint holds a deleted record" if not violations else "FAILED: " + ", ".join(violations)
+    )
+    print(f"  lineage    {lineage}")
     print(f"  purge      {'ok' if not rep['purge_problems'] else 'FAILED: ' + '; '.join(rep['purge_problems'])}")
     for shard, r in rep.get("replay", {}).items():
-        print(f"  replay     shard {shard}: {r['tensors']} tensors {'identical (torch.equal)' if r['identical'] else 'DIFFER'} to {r['checkpoint_id']}")
+        print(
+            f"  replay     shard {shard}: {r['tensors']} tensors "
+            f"{'identical (torch.equal)' if r['identical'] else 'DIFFER'} to {r['checkpoint_id']}"
+        )
     print("verified" if rep["passed"] else "VERIFICATION FAILED")
     return 0 if rep["passed"] else 7

@@ -1,6 +1,6 @@
 """List model versions: which serves, which are purged and by which request.
 
-    sisa versions --config configs/tiny.yaml [--json]
+sisa versions --config configs/tiny.yaml [--json]
 """
 
 from __future__ import annotations

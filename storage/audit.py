@@ -34,7 +34,9 @@ class AuditLog:
                 f.flush()
                 os.fsync(f.fileno())
         else:
-            self.fs.write_bytes(f"{layout.SERVICE_AUDIT}/{now:%Y-%m-%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl", line.encode())
+            self.fs.write_bytes(
+                f"{layout.SERVICE_AUDIT}/{now:%Y-%m-%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}.jsonl", line.encode()
+            )
 
     def read(self, limit: int = 200) -> list[dict[str, Any]]:
         """The newest `limit` events, newest first."""

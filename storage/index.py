@@ -87,7 +87,13 @@ class RecordIndex:
         `rectifying`, will, with their new text, and are counted)."""
         table = self.table.filter(pc.not_equal(self.table["status"], FORGETTING)) if live_only else self.table
         if table.num_rows == 0:
-            return pa.table({"shard_id": pa.array([], pa.int32()), "slice_idx": pa.array([], pa.int32()), "records": pa.array([], pa.int64())})
+            return pa.table(
+                {
+                    "shard_id": pa.array([], pa.int32()),
+                    "slice_idx": pa.array([], pa.int32()),
+                    "records": pa.array([], pa.int64()),
+                }
+            )
         g = table.group_by(["shard_id", "slice_idx"]).aggregate([("record_id", "count")])
         g = g.rename_columns(["shard_id", "slice_idx", "records"])
         return g.sort_by([("shard_id", "ascending"), ("slice_idx", "ascending")])

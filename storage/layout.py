@@ -1,20 +1,20 @@
 """Every path inside a store is built here, and only here.
 
-    store.json                                    format, num_shards, seed, created_at
-    secret.key                                    salt of every keyed hash (never leaves the store)
-    LOCK                                          the writer lock (short: metadata, ledgers, versions)
-    JOBS.LOCK                                     the jobs lock (long: training, retrains, purges, verify)
-    CURRENT                                       pointer to the serving model version
-    data/shard=SSSSS/slice=LLLLLL/part-NNNNNN-<ingest_id>.parquet   records of one ingest in one slice
-    index/part-NNNNNN-<ingest_id>.parquet         record index rows of one ingest
-    ingests/NNNNNN-<ingest_id>.json               ingest ledger (append-only)
-    checkpoints/shard=SSSSS/<checkpoint_id>/      adapter + optimizer/RNG state + manifest
-    versions/vNNNNNN.json                         model version ledger
-    requests/<request_id>.json                    deletion ledger
-    corrections/<request_id>.parquet              a rectification's new text, staged until the data holds it
-    mlflow.db, mlartifacts/                       MLflow (sqlite backend) when tracked under the store
-    cache/, tmp/, reports/                        derived data; purged with the records they derive from
-    service/tokens.json, service/audit/*.jsonl    `sisa serve`: token hashes, the append-only audit log
+store.json                                    format, num_shards, seed, created_at
+secret.key                                    salt of every keyed hash (never leaves the store)
+LOCK                                          the writer lock (short: metadata, ledgers, versions)
+JOBS.LOCK                                     the jobs lock (long: training, retrains, purges, verify)
+CURRENT                                       pointer to the serving model version
+data/shard=SSSSS/slice=LLLLLL/part-NNNNNN-<ingest_id>.parquet   records of one ingest in one slice
+index/part-NNNNNN-<ingest_id>.parquet         record index rows of one ingest
+ingests/NNNNNN-<ingest_id>.json               ingest ledger (append-only)
+checkpoints/shard=SSSSS/<checkpoint_id>/      adapter + optimizer/RNG state + manifest
+versions/vNNNNNN.json                         model version ledger
+requests/<request_id>.json                    deletion ledger
+corrections/<request_id>.parquet              a rectification's new text, staged until the data holds it
+mlflow.db, mlartifacts/                       MLflow (sqlite backend) when tracked under the store
+cache/, tmp/, reports/                        derived data; purged with the records they derive from
+service/tokens.json, service/audit/*.jsonl    `sisa serve`: token hashes, the append-only audit log
 """
 
 from __future__ import annotations

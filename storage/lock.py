@@ -131,11 +131,13 @@ class StoreLock:
             if time.monotonic() >= deadline:
                 o = self._owner()
                 which = "" if self.path == LOCK else f" ({self.path})"
+                gone = ""
+                if self._cond is not None:  # an S3 lease: no process of ours can release it
+                    gone = f" (if that host is gone for good, delete the object {self.path} under the store)"
                 raise StoreLockedError(
                     f"store {self.fs.uri}{which} is locked by PID {o.get('pid', '?')} on {o.get('host', '?')} "
                     f"since {o.get('since', '?')} ({o.get('purpose') or 'unknown work'}); waited "
-                    f"{self.timeout_s:g}s. Wait for it to finish, or raise store.lock_timeout_s"
-                    f"{' (if that host is gone for good, delete the object ' + self.path + ' under the store)' if self._cond is not None else ''}."
+                    f"{self.timeout_s:g}s. Wait for it to finish, or raise store.lock_timeout_s{gone}."
                 )
             time.sleep(0.2)
 

@@ -39,7 +39,9 @@ def list_slices(fs: StoreFS, shard_id: int, committed: set[str]) -> list[int]:
     return sorted(out)
 
 
-def read_slice(fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str], columns: list[str] | None = None) -> pa.Table | None:
+def read_slice(
+    fs: StoreFS, shard_id: int, slice_idx: int, committed: set[str], columns: list[str] | None = None
+) -> pa.Table | None:
     """All records of one slice in arrival order, or None when it holds none."""
     tables = [_read_part(fs, p, columns) for p in list_parts(fs, shard_id, slice_idx, committed)]
     tables = [t for t in tables if t.num_rows]

@@ -55,7 +55,10 @@ class Store:
             raise StoreError(f"no store at {uri}: run `sisa ingest FILE --config C store.uri={uri}` to create one")
         meta = fs.read_json(layout.STORE_META)
         if meta.get("format_version", 0) > FORMAT_VERSION:
-            raise StoreError(f"the store at {uri} has format {meta['format_version']}; this sisa reads up to {FORMAT_VERSION}: upgrade sisa")
+            raise StoreError(
+                f"the store at {uri} has format {meta['format_version']}; this sisa reads up to "
+                f"{FORMAT_VERSION}: upgrade sisa"
+            )
         return cls(fs, meta, load_key(fs))
 
     @classmethod
@@ -113,7 +116,11 @@ class Store:
         whenever this process wrote to the store, or the listing (names, sizes, modification times)
         of the committed index parts changed (another process wrote) since the last read."""
         committed = self.committed_ingests
-        infos = [i for i in self.fs.list(layout.INDEX) if i.path.endswith(".parquet") and records.ingest_of_part(i.path) in committed]
+        infos = [
+            i
+            for i in self.fs.list(layout.INDEX)
+            if i.path.endswith(".parquet") and records.ingest_of_part(i.path) in committed
+        ]
         key = (self.fs.generation, tuple((i.path, i.size, i.mtime_ns) for i in infos))
         if self._index_cache is None or self._index_cache[0] != key:
             parts = [self.fs.read_parquet(self.fs.rel(i.path)) for i in infos]
@@ -123,19 +130,29 @@ class Store:
 
     def index_parts(self) -> list[str]:
         committed = self.committed_ingests
-        return [self.fs.rel(i.path) for i in self.fs.list(layout.INDEX) if i.path.endswith(".parquet") and records.ingest_of_part(i.path) in committed]
+        return [
+            self.fs.rel(i.path)
+            for i in self.fs.list(layout.INDEX)
+            if i.path.endswith(".parquet") and records.ingest_of_part(i.path) in committed
+        ]
 
     def record_slices(self, shard_id: int) -> list[int]:
         """Slices of the shard that hold committed records. A slice a checkpoint trained stays a
         slice after a deletion empties it: `sisa.lineage.checkpoints.shard_slices` adds those."""
         return records.list_slices(self.fs, shard_id, self.committed_ingests)
 
-    def read_slice(self, shard_id: int, slice_idx: int, columns: list[str] | None = None, include_forgetting: bool = False) -> pa.Table | None:
+    def read_slice(
+        self, shard_id: int, slice_idx: int, columns: list[str] | None = None, include_forgetting: bool = False
+    ) -> pa.Table | None:
         """The slice's committed records in arrival order. Records a queued request holds (marked
         `forgetting` or `rectifying`) are left out unless asked for: no training path reads them
         (nor, for a rectification, their old text) again."""
         gone = None if include_forgetting else self.held_ids()
-        wanted = columns if gone is None or not len(gone) or columns is None or "record_id" in columns else [*columns, "record_id"]
+        wanted = (
+            columns
+            if gone is None or not len(gone) or columns is None or "record_id" in columns
+            else [*columns, "record_id"]
+        )
         table = records.read_slice(self.fs, shard_id, slice_idx, self.committed_ingests, wanted)
         if table is None or gone is None or not len(gone):
             return table
@@ -160,7 +177,9 @@ class Store:
             n = pc.sum(hit).as_py() or 0
             if not n:
                 continue
-            table = table.set_column(table.schema.get_field_index("status"), "status", pc.if_else(hit, status, table["status"]))
+            table = table.set_column(
+                table.schema.get_field_index("status"), "status", pc.if_else(hit, status, table["status"])
+            )
             self.fs.write_parquet(part, table.cast(INDEX_SCHEMA))
             changed += n
         return changed
@@ -171,7 +190,11 @@ class Store:
     # -- checkpoint folders (names and contents belong to sisa/lineage/checkpoints.py) -------------------
     def checkpoint_folders(self, shard_id: int) -> list[str]:
         """Names of the shard's checkpoint folders."""
-        return [i.path.rsplit("/", 1)[-1] for i in self.fs.list(layout.checkpoints_of_shard(shard_id)) if i.type.name == "Directory"]
+        return [
+            i.path.rsplit("/", 1)[-1]
+            for i in self.fs.list(layout.checkpoints_of_shard(shard_id))
+            if i.type.name == "Directory"
+        ]
 
     # -- versions --------------------------------------------------------------------------------
     def current_version(self) -> int | None:

@@ -37,7 +37,13 @@ def overrides(root: Path | str, *extra: str, tracking: bool = False, backend: st
     """Dotted overrides of configs/tiny.yaml: a store at `root`, serial and untracked by default;
     `extra` comes last, so it wins. Relief is off by default here, so a test of the exact path
     sees the exact version come right after the one before; tests of relief turn it on."""
-    return [f"store.uri={root}", f"scheduler.backend={backend}", f"tracking.enabled={str(tracking).lower()}", "deletion.relief=false", *extra]
+    return [
+        f"store.uri={root}",
+        f"scheduler.backend={backend}",
+        f"tracking.enabled={str(tracking).lower()}",
+        "deletion.relief=false",
+        *extra,
+    ]
 
 
 def make_cfg(root: Path | str, *extra: str, tracking: bool = False, backend: str = "serial") -> SisaConfig:
@@ -230,14 +236,21 @@ def _variants(needles: Mapping[str, str]) -> dict[str, tuple[list[bytes], list[b
     for name, needle in needles.items():
         raw = needle.encode("utf-8", "surrogatepass")
         low = needle.lower()
-        fold = [low.encode("utf-8", "surrogatepass"), low.encode("utf-16-le", "surrogatepass"), low.encode("utf-16-be", "surrogatepass"), raw.hex().encode()]
+        fold = [
+            low.encode("utf-8", "surrogatepass"),
+            low.encode("utf-16-le", "surrogatepass"),
+            low.encode("utf-16-be", "surrogatepass"),
+            raw.hex().encode(),
+        ]
         out[name] = (fold, _base64_cores(raw))
     return out
 
 
 def _match(data: bytes, variants: dict[str, tuple[list[bytes], list[bytes]]]) -> set[str]:
     low = data.lower()
-    return {name for name, (fold, exact) in variants.items() if any(v in low for v in fold) or any(v in data for v in exact)}
+    return {
+        name for name, (fold, exact) in variants.items() if any(v in low for v in fold) or any(v in data for v in exact)
+    }
 
 
 def _as_needles(needles: Mapping[str, str] | Iterable[str]) -> dict[str, str]:
@@ -294,7 +307,9 @@ def _scan_sqlite(path: Path, variants) -> set[str]:
             for row in con.execute(f'SELECT * FROM "{table}"'):
                 for value in row:
                     if value is not None:
-                        found |= _match(value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass"), variants)
+                        found |= _match(
+                            value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogatepass"), variants
+                        )
         found |= _match("\n".join(con.iterdump()).encode("utf-8", "surrogatepass"), variants)
     finally:
         con.close()

@@ -24,7 +24,11 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 # Credentials for the loopback S3 server only (moto accepts any); the usual AWS variables, as a
 # user's real ones would be given.
-S3_ENV = {"AWS_ACCESS_KEY_ID": "sisa-test", "AWS_SECRET_ACCESS_KEY": "sisa-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "sisa-test",
+    "AWS_SECRET_ACCESS_KEY": "sisa-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def free_port() -> int:
@@ -119,7 +123,9 @@ def s3_server(workdir: Path) -> Iterator[S3Server]:
     port = free_port()
     log = workdir / "moto.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, "moto_server")
         yield S3Server(port, log)
@@ -145,16 +151,25 @@ class MlflowServer:
 
 @contextmanager
 def mlflow_server(workdir: Path) -> Iterator[MlflowServer]:
-    """`mlflow server --host 127.0.0.1 --port PORT --backend-store-uri sqlite:///... 
+    """`mlflow server --host 127.0.0.1 --port PORT --backend-store-uri sqlite:///...
     --artifacts-destination ...`: one worker, its own database and artifact root under `workdir`."""
     port = free_port()
     root = workdir / "mlflow-server"
     root.mkdir(parents=True, exist_ok=True)
     server = MlflowServer(port, root / "mlflow.db", root / "artifacts", workdir / "mlflow-server.log")
     cmd = [
-        str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-        "--backend-store-uri", server.backend_uri, "--artifacts-destination", str(server.artifacts),
-        "--workers", "1",
+        str(BIN / "mlflow"),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        server.backend_uri,
+        "--artifacts-destination",
+        str(server.artifacts),
+        "--workers",
+        "1",
     ]
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     with open(server.log, "wb") as out:
@@ -207,6 +222,8 @@ def ray_auth_disabled() -> Iterator[None]:
         else:
             os.environ["RAY_AUTH_MODE"] = saved
         Config.initialize("")
+
+
 # A 2-core machine shared with other work can starve a raylet for seconds: the head's GCS gives a
 # node 30 s per health check and 10 misses before it declares the node dead (a node that is
 # killed is noticed at once through its dead workers all the same).
@@ -248,7 +265,11 @@ class RayCluster:
     def node_ids(self) -> dict[str, str]:
         """name → Ray node id of the live nodes (read from the cluster, as a driver would)."""
         out = subprocess.run(
-            [sys.executable, "-c", _LIST_NODES, self.address], capture_output=True, text=True, timeout=120, env={**os.environ, **RAY_ENV}
+            [sys.executable, "-c", _LIST_NODES, self.address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, **RAY_ENV},
         )
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
@@ -257,15 +278,22 @@ class RayCluster:
 _LIST_NODES = """
 import json, sys, ray
 ray.init(address=sys.argv[1], logging_level="ERROR", log_to_driver=False)
-print(json.dumps({("head" if "node_head" in n["Resources"] else "worker"): n["NodeID"] for n in ray.nodes() if n["Alive"]}))
+nodes = [n for n in ray.nodes() if n["Alive"]]
+print(json.dumps({("head" if "node_head" in n["Resources"] else "worker"): n["NodeID"] for n in nodes}))
 """
 
 
 def _ray_node(name: str, where: list[str], env: dict[str, str], temp_dir: Path) -> RayNode:
     log = temp_dir.parent / f"ray-{name}.log"
     cmd = [
-        str(BIN / "ray"), "start", *where, "--num-cpus=1", f'--resources={{"node_{name}": 1}}',
-        "--object-store-memory=100000000", "--disable-usage-stats", "--block",
+        str(BIN / "ray"),
+        "start",
+        *where,
+        "--num-cpus=1",
+        f'--resources={{"node_{name}": 1}}',
+        "--object-store-memory=100000000",
+        "--disable-usage-stats",
+        "--block",
     ]
     if name == "head":
         cmd += ["--include-dashboard=false", f"--temp-dir={temp_dir}"]
@@ -284,7 +312,13 @@ while sum(n["Alive"] for n in ray.nodes()) < {count}:
         sys.exit(f"only {{sum(n['Alive'] for n in ray.nodes())}} of {count} Ray nodes came up")
     time.sleep(0.5)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout_s + 60, env={**os.environ, **RAY_ENV})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s + 60,
+        env={**os.environ, **RAY_ENV},
+    )
     assert done.returncode == 0, done.stderr[-2000:] + done.stdout[-500:]
 
 
@@ -304,7 +338,12 @@ def ray_cluster(extra_env: dict[str, str]) -> Iterator[RayCluster]:
     address = f"127.0.0.1:{port}"
     cluster = RayCluster(address, temp_dir, {}, env)
     try:
-        cluster.nodes["head"] = _ray_node("head", ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"], {**env, **RAY_HEAD_ENV, "SISA_TEST_NODE": "head"}, temp_dir)
+        cluster.nodes["head"] = _ray_node(
+            "head",
+            ["--head", f"--port={port}", "--node-ip-address=127.0.0.1"],
+            {**env, **RAY_HEAD_ENV, "SISA_TEST_NODE": "head"},
+            temp_dir,
+        )
         _wait_nodes(address, 1)
         cluster.env = {**env, "SISA_TEST_NODE": "worker"}
         cluster.start_worker()

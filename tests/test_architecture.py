@@ -27,7 +27,8 @@ HOMES = {
     "datasets": {"sisa/data/sources.py"},
     "matplotlib": {"sisa/evidence/report.py"},
     "fastapi": {
-        f"sisa/service/{m}.py" for m in ("app", "auth", "context", "model_cache", "privacy", "completions", "audit_page")
+        f"sisa/service/{m}.py"
+        for m in ("app", "auth", "context", "model_cache", "privacy", "completions", "audit_page")
     },
     "uvicorn": {"pipelines/serve.py"},
     "boto3": {"storage/s3.py"},
@@ -73,7 +74,9 @@ def _sisa_level(module: str) -> int:
 def _import_nodes(path: Path) -> list[tuple[str, bool]]:
     """(module, imported inside a function) for every `sisa.*` import of a file."""
     tree = ast.parse(path.read_text(), filename=str(path))
-    local = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)}
+    local = {
+        id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) for n in ast.walk(f)
+    }
     out = []
     for node in ast.walk(tree):
         names = []
@@ -116,7 +119,9 @@ def test_storage_knows_no_torch() -> None:
 @pytest.mark.parametrize("library", sorted(HOMES))
 def test_one_home_per_heavy_library(library: str) -> None:
     users = {str(p.relative_to(ROOT)) for p in _sources() if any(m.split(".")[0] == library for m in _imports(p))}
-    assert users <= HOMES[library], f"{library} is imported by {sorted(users - HOMES[library])}; only {sorted(HOMES[library])} may"
+    assert users <= HOMES[library], (
+        f"{library} is imported by {sorted(users - HOMES[library])}; only {sorted(HOMES[library])} may"
+    )
 
 
 SHARED_PIPELINES = {"pipelines.common", "pipelines.cli", "pipelines.request_options"}
@@ -129,7 +134,13 @@ def test_verbs_import_no_other_verb(path: Path) -> None:
     own = f"pipelines.{path.stem}"
     others = {m for m in _imports(path) if m.startswith("pipelines") and m not in SHARED_PIPELINES | {own, "pipelines"}}
     tree = ast.parse(path.read_text())
-    others |= {f"pipelines.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "pipelines" for a in n.names if f"pipelines.{a.name}" not in SHARED_PIPELINES}
+    others |= {
+        f"pipelines.{a.name}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.module == "pipelines"
+        for a in n.names
+        if f"pipelines.{a.name}" not in SHARED_PIPELINES
+    }
     assert not others, f"{path.name} imports other verbs {sorted(others)}"
 
 
@@ -154,7 +165,22 @@ def test_no_module_shadows_a_package() -> None:
     module of pipelines/ shares its name with one of sisa/ only when it is a verb's module, named
     by its verb (`pipelines/versions.py` lists what `sisa/lineage/versions.py` keeps): the helpers
     beside the verbs do not borrow sisa's names."""
-    shadowed = {"requests", "storage", "sisa", "pipelines", "datasets", "ray", "mlflow", "torch", "peft", "transformers", "yaml", "json", "logging", "types"}
+    shadowed = {
+        "requests",
+        "storage",
+        "sisa",
+        "pipelines",
+        "datasets",
+        "ray",
+        "mlflow",
+        "torch",
+        "peft",
+        "transformers",
+        "yaml",
+        "json",
+        "logging",
+        "types",
+    }
     modules = [p for d in ("sisa", "pipelines", "storage", "benchmarks") for p in (ROOT / d).rglob("*.py")]
     assert not [str(p.relative_to(ROOT)) for p in modules if p.stem in shadowed]
     sisa_stems: dict[str, list[str]] = {}
@@ -166,12 +192,17 @@ def test_no_module_shadows_a_package() -> None:
 
     verb_modules = {module.split(".")[-1] for module, _ in VERBS.values()}
     shared = {p.stem for p in (ROOT / "pipelines").glob("*.py")} & set(sisa_stems)
-    assert shared <= verb_modules, f"pipelines modules named like sisa modules, not verbs: {sorted(shared - verb_modules)}"
+    assert shared <= verb_modules, (
+        f"pipelines modules named like sisa modules, not verbs: {sorted(shared - verb_modules)}"
+    )
 
 
 # verb → (its module when not pipelines/<verb>.py, why)
 VERB_MODULE_EXCEPTIONS = {
-    "requests": ("pipelines.list_requests", "a module named `requests` shadows the HTTP library for a script run beside it"),
+    "requests": (
+        "pipelines.list_requests",
+        "a module named `requests` shadows the HTTP library for a script run beside it",
+    ),
 }
 
 
@@ -236,7 +267,11 @@ def test_docs_cite_files_that_exist() -> None:
     """Every repository path a docstring, comment or README names exists (a glob may stand in
     for several)."""
     files = sorted(p for folder in (*PACKAGES, "tests", "benchmarks") for p in (ROOT / folder).rglob("*.py"))
-    files += sorted(ROOT.glob("*.md")) + sorted((ROOT / "benchmarks").glob("*.md")) + sorted((ROOT / "configs").glob("*.yaml"))
+    files += (
+        sorted(ROOT.glob("*.md"))
+        + sorted((ROOT / "benchmarks").glob("*.md"))
+        + sorted((ROOT / "configs").glob("*.yaml"))
+    )
     dead = []
     for path in files:
         for lineno, line in enumerate(path.read_text().splitlines(), start=1):
@@ -251,7 +286,9 @@ def test_docs_cite_files_that_exist() -> None:
 DIRECT_IMPORTS = {"sisa.evidence.report": "matplotlib loads only where a report is drawn (sisa demo)"}
 
 
-@pytest.mark.parametrize("path", sorted([*(ROOT / "pipelines").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted([*(ROOT / "pipelines").glob("*.py"), *(ROOT / "benchmarks").glob("*.py")]), ids=lambda p: p.name
+)
 def test_callers_use_the_subpackages_exports(path: Path) -> None:
     """pipelines/ and benchmarks/ take names from `sisa.<subpackage>` (its `__init__` exports
     them), or a subpackage's module as a whole; they do not reach into a module for a name."""

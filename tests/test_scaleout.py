@@ -33,7 +33,9 @@ from tests.servers import BIN
 pytestmark = [pytest.mark.slow, pytest.mark.scaleout]
 
 
-def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes, mlflow_tracking, ray_auth_off, tmp_path, capfd, monkeypatch):
+def test_s3_store_ray_cluster_and_mlflow_server_together(
+    s3_store, ray_two_nodes, mlflow_tracking, ray_auth_off, tmp_path, capfd, monkeypatch
+):
     server, bucket, uri = s3_store
     cluster, mlflow = ray_two_nodes, mlflow_tracking
     systemp = tmp_path / "systemp"
@@ -46,13 +48,22 @@ def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes
     canary, rid_hex, subject_hex = (uuid.uuid4().hex for _ in range(3))
     record_id, subject_id = f"rec-{rid_hex}", f"subject-{subject_hex}"
     rows = make_people(10, seed=91)
-    rows.insert(6, {"record_id": record_id, "subject_id": subject_id, "text": f"Zed Quill's vault code is CANARY-{canary}."})
+    rows.insert(
+        6, {"record_id": record_id, "subject_id": subject_id, "text": f"Zed Quill's vault code is CANARY-{canary}."}
+    )
     write_jsonl(rows, tmp_path / "people.jsonl")
     needles = {"canary": canary, "record id": rid_hex, "subject id": subject_hex}
     args = [
-        "--config", TINY, f"store.uri={uri}", "sharding.slice_size=4",
-        "scheduler.backend=ray", f"scheduler.address={cluster.address}", "scheduler.threads_per_task=1",
-        "tracking.enabled=true", f"tracking.uri={mlflow.uri}", "tracking.experiment=sisa-scaleout",
+        "--config",
+        TINY,
+        f"store.uri={uri}",
+        "sharding.slice_size=4",
+        "scheduler.backend=ray",
+        f"scheduler.address={cluster.address}",
+        "scheduler.threads_per_task=1",
+        "tracking.enabled=true",
+        f"tracking.uri={mlflow.uri}",
+        "tracking.experiment=sisa-scaleout",
         "tracking.registered_model=sisa-scaleout",
     ]
     sisa = RecordingCli(capfd)
@@ -62,14 +73,25 @@ def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes
     try:
         sisa("ingest", str(tmp_path / "people.jsonl"), *args)
         sisa("train", *args)
-        assert find_canaries({"bucket": server.mirror(bucket, tmp_path / "before")}, needles)["canary"]  # the scan can fail
+        assert find_canaries({"bucket": server.mirror(bucket, tmp_path / "before")}, needles)[
+            "canary"
+        ]  # the scan can fail
         sisa("forget", "--subject", subject_id, "--queue", *args)
         sisa("forget", "--subject", rows[0]["subject_id"], "--queue", *args)
         out = sisa("process", *args, expect=RefusedError.exit_code)  # the tracking server cannot hard-delete
-        gc = re.search(r"mlflow gc --backend-store-uri <the server's backend store> (--run-ids \S+(?: --logged-model-ids \S+)?)", out)
+        gc = re.search(
+            r"mlflow gc --backend-store-uri <the server's backend store> (--run-ids \S+(?: "
+            r"--logged-model-ids \S+)?)",
+            out,
+        )
         assert gc, out
-        done = subprocess.run([str(BIN / "mlflow"), "gc", "--backend-store-uri", mlflow.backend_uri, *gc.group(1).split()],
-                              capture_output=True, text=True, timeout=180, env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.uri})
+        done = subprocess.run(
+            [str(BIN / "mlflow"), "gc", "--backend-store-uri", mlflow.backend_uri, *gc.group(1).split()],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "MLFLOW_TRACKING_URI": mlflow.uri},
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         sisa("process", *args)
         store = Store.open(uri)
@@ -95,4 +117,6 @@ def test_s3_store_ray_cluster_and_mlflow_server_together(s3_store, ray_two_nodes
         leaks.setdefault(k, []).append("CLI output")
     assert not leaks, f"deleted data survives: {json.dumps(leaks, indent=1)[:3000]}"
     assert not [p for p in systemp.rglob("*") if p.is_file()], "a verb left files in the local temp folder"
-    assert not [p for p in cluster.node_tmp.rglob("*") if p.is_file() and p.name.startswith("sisa-")], "a shard job left files in its node's temp folder"
+    assert not [p for p in cluster.node_tmp.rglob("*") if p.is_file() and p.name.startswith("sisa-")], (
+        "a shard job left files in its node's temp folder"
+    )

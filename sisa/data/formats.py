@@ -68,7 +68,11 @@ def detect_format(columns: list[str], text_field: str, wanted: str = "auto") -> 
     if text_field in columns and found:
         found.append(TEXT)
     if len(found) > 1:
-        return None, f"columns of more than one record format ({', '.join(found)}); set ingest.format (or --format) to the one to train"
+        return (
+            None,
+            f"columns of more than one record format ({', '.join(found)}); "
+            "set ingest.format (or --format) to the one to train",
+        )
     return (found[0] if found else TEXT), None
 
 

@@ -70,10 +70,15 @@ class IngestResult:
         return self.__dict__.copy()
 
 
-def _string_column(source: Source, table: pa.Table, field_name: str, role: str, problems: list[str], required: bool) -> pa.ChunkedArray | None:
+def _string_column(
+    source: Source, table: pa.Table, field_name: str, role: str, problems: list[str], required: bool
+) -> pa.ChunkedArray | None:
     if field_name not in table.column_names:
         if required:
-            problems.append(f"{source.name}: no `{field_name}` column for the {role} (columns: {', '.join(table.column_names)}); set --{role.replace('_', '-')}-field")
+            problems.append(
+                f"{source.name}: no `{field_name}` column for the {role} (columns: "
+                f"{', '.join(table.column_names)}); set --{role.replace('_', '-')}-field"
+            )
         return None
     # Kept in the reader's chunks: combining them would copy the whole text column, and the
     # source table stays alive beside it for error positions.
@@ -116,7 +121,9 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
     bad = _blank(ids)
     if pc.any(bad).as_py():
         rows = _rows(source, bad)
-        problems.append(f"{source.name}: missing or empty `{ic.id_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}")
+        problems.append(
+            f"{source.name}: missing or empty `{ic.id_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}"
+        )
     long = pc.greater(pc.utf8_length(pc.fill_null(ids, "")), MAX_ID_LENGTH)
     if pc.any(long).as_py():
         rows = _rows(source, long)
@@ -124,7 +131,9 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
     bad_text = _blank(text)
     if record_format == formats.TEXT and pc.any(bad_text).as_py():
         rows = _rows(source, bad_text)
-        problems.append(f"{source.name}: missing or empty `{ic.text_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}")
+        problems.append(
+            f"{source.name}: missing or empty `{ic.text_field}` at {len(rows)} {source.unit}(s): {list_some(rows)}"
+        )
     counts = pc.value_counts(ids.filter(pc.invert(bad)))  # empty ids are reported above, not as duplicates
     dup = counts.filter(pc.greater(counts.field("counts"), 1)).field("values")
     if len(dup):
@@ -139,11 +148,21 @@ def normalise(source: Source, cfg: SisaConfig) -> tuple[pa.Table, list[str]]:
     if clash:
         problems.append(f"{source.name}: columns {clash} are provenance columns sisa writes itself; rename them")
     kinds = pa.repeat(pa.scalar(record_format, pa.string()), len(ids))
-    out = pa.table({"record_id": ids, "text": text, "subject_id": subject, formats.FORMAT_COLUMN: kinds, **{c: table[c] for c in extra}})
+    out = pa.table(
+        {
+            "record_id": ids,
+            "text": text,
+            "subject_id": subject,
+            formats.FORMAT_COLUMN: kinds,
+            **{c: table[c] for c in extra},
+        }
+    )
     return out, problems
 
 
-def structured_text(source: Source, table: pa.Table, record_format: str, text_field: str, problems: list[str]) -> tuple[pa.ChunkedArray | None, set[str]]:
+def structured_text(
+    source: Source, table: pa.Table, record_format: str, text_field: str, problems: list[str]
+) -> tuple[pa.ChunkedArray | None, set[str]]:
     """The canonical stored text of prompt-completion or chat rows (see sisa/data/formats.py), after
     every row is checked; problems name the rows by kind, never their content."""
     if record_format == formats.CHAT:
@@ -154,10 +173,16 @@ def structured_text(source: Source, table: pa.Table, record_format: str, text_fi
         needed = [formats.PROMPT_FIELD, formats.COMPLETION_FIELD]
     missing = [c for c in needed if c not in table.column_names]
     if missing:
-        problems.append(f"{source.name}: {record_format} records need column(s) {', '.join(f'`{c}`' for c in missing)} (columns: {', '.join(table.column_names)})")
+        problems.append(
+            f"{source.name}: {record_format} records need column(s) {', '.join(f'`{c}`' for c in missing)} "
+            f"(columns: {', '.join(table.column_names)})"
+        )
         return None, consumed
     if text_field in table.column_names:
-        problems.append(f"{source.name}: a `{text_field}` column beside {record_format} columns; drop or rename it (a record is trained from one of them)")
+        problems.append(
+            f"{source.name}: a `{text_field}` column beside {record_format} columns; drop or rename it (a "
+            "record is trained from one of them)"
+        )
         return None, consumed
     by_kind: dict[str, list[int]] = {}
     out: list[str | None] = []
@@ -199,7 +224,9 @@ def content_sha256(texts: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
     sha = hashlib.sha256
     chunks = texts.chunks if isinstance(texts, pa.ChunkedArray) else [texts]
     out = [
-        pa.array([sha(b).hexdigest() for b in chunk.slice(start, HASH_BLOCK).cast(pa.binary()).to_pylist()], pa.string())
+        pa.array(
+            [sha(b).hexdigest() for b in chunk.slice(start, HASH_BLOCK).cast(pa.binary()).to_pylist()], pa.string()
+        )
         for chunk in chunks
         for start in range(0, len(chunk), HASH_BLOCK)
     ]
@@ -268,13 +295,23 @@ def _forgotten_problems(store: Store, batches: list[Batch]) -> list[str]:
         ids = b.table["record_id"].to_pylist()
         back = [r for r, h in zip(ids, store.hash_ids(ids), strict=True) if h in ids_gone]
         subjects = sorted({s for s in b.table["subject_id"].to_pylist() if s})
-        back_subjects = [s for s, h in zip(subjects, selector_hashes(store, "subject", subjects), strict=True) if h in subjects_gone]
+        back_subjects = [
+            s for s, h in zip(subjects, selector_hashes(store, "subject", subjects), strict=True) if h in subjects_gone
+        ]
         if back:
-            out.append(f"{b.source.name}: {len(back)} record id(s) were forgotten by a deletion request: {list_some(back)}")
+            out.append(
+                f"{b.source.name}: {len(back)} record id(s) were forgotten by a deletion request: {list_some(back)}"
+            )
         if back_subjects:
-            out.append(f"{b.source.name}: {len(back_subjects)} subject(s) were forgotten by a deletion request: {list_some(back_subjects)}")
+            out.append(
+                f"{b.source.name}: {len(back_subjects)} subject(s) were forgotten by a deletion request: "
+                f"{list_some(back_subjects)}"
+            )
     if out:
-        out.append("re-ingesting them would undo the deletion; remove them from the input, or set ingest.allow_forgotten=true if they consented again")
+        out.append(
+            "re-ingesting them would undo the deletion; remove them from the input, or set "
+            "ingest.allow_forgotten=true if they consented again"
+        )
     return out
 
 
@@ -303,7 +340,11 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
     ingest_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{secrets.token_hex(3)}"
     now = pa.scalar(datetime.now(UTC), pa.timestamp("ms", tz="UTC"))
     n = table.num_rows
-    extra = [c for c in table.column_names if c not in ("record_id", "text", "subject_id", "content_sha256", formats.FORMAT_COLUMN)]
+    extra = [
+        c
+        for c in table.column_names
+        if c not in ("record_id", "text", "subject_id", "content_sha256", formats.FORMAT_COLUMN)
+    ]
     full = pa.table(
         {
             "record_id": table["record_id"],
@@ -326,7 +367,10 @@ def commit_batch(store: Store, batch: Batch, cfg: SisaConfig, seq: int) -> Inges
     order = np.argsort(key, kind="stable")
     skey = key[order]
     bounds = np.flatnonzero(np.r_[True, skey[1:] != skey[:-1], True])
-    groups = [(int(shard_ids[order[a]]), int(slice_idx[order[a]]), int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    groups = [
+        (int(shard_ids[order[a]]), int(slice_idx[order[a]]), int(a), int(b))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
     take = _ChunkwiseTake(full)
 

@@ -39,7 +39,10 @@ def assign_shards(
         raise ValueError(f"{len(record_ids)} record ids but {len(subject_ids)} subject ids")
     if len(record_ids) == 0:
         return np.empty(0, dtype=np.int32)
-    records, subjects = (x if isinstance(x, pa.Array | pa.ChunkedArray) else pa.array(list(x), pa.string()) for x in (record_ids, subject_ids))
+    records, subjects = (
+        x if isinstance(x, pa.Array | pa.ChunkedArray) else pa.array(list(x), pa.string())
+        for x in (record_ids, subject_ids)
+    )
     no_subject = pc.fill_null(pc.equal(subjects, ""), True)
     keys = pc.if_else(no_subject, records, subjects)
     if isinstance(keys, pa.ChunkedArray):

@@ -27,7 +27,14 @@ import pyarrow.parquet as pq
 
 from storage.errors import ValidationError, list_some
 
-SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+SUFFIXES = {
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+}
 
 
 @dataclass
@@ -192,7 +199,9 @@ def _read_jsonl_slow(data: bytes, name: str) -> Source:
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
         clashes = _nested_clashes(rows, positions)
         if clashes:
-            raise ValidationError(f"{name}: nested values of different types: {list_some(clashes)}; nothing was ingested") from None
+            raise ValidationError(
+                f"{name}: nested values of different types: {list_some(clashes)}; nothing was ingested"
+            ) from None
         raise ValidationError(f"{name}: cannot form a table ({type(e).__name__}); check nested values") from None
     return Source(table, np.asarray(positions, dtype=np.int64), "line", name, _digest(data))
 
@@ -279,7 +288,9 @@ def read_csv_bytes(data: bytes, name: str) -> Source:
             ),
         )
     except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        problem = "is not valid UTF-8" if isinstance(e, UnicodeDecodeError) or "UTF8" in str(e) else "cannot be parsed as CSV"
+        problem = (
+            "is not valid UTF-8" if isinstance(e, UnicodeDecodeError) or "UTF8" in str(e) else "cannot be parsed as CSV"
+        )
         try:  # name the first line that is not UTF-8 (pyarrow's errors do not)
             data.decode("utf-8")
         except UnicodeDecodeError as u:
@@ -287,7 +298,9 @@ def read_csv_bytes(data: bytes, name: str) -> Source:
             problem = f"is not valid UTF-8 (line {line})"
         raise ValidationError(f"{name}: the file {problem}; nothing was ingested") from None
     if bad:
-        raise ValidationError(f"{name}: {len(bad)} malformed line(s) (wrong number of fields): {list_some(bad)}; nothing was ingested")
+        raise ValidationError(
+            f"{name}: {len(bad)} malformed line(s) (wrong number of fields): {list_some(bad)}; nothing was ingested"
+        )
     positions = _csv_line_numbers(data, table.num_rows)
     return Source(table, positions, "line", name, _digest(data))
 
@@ -332,9 +345,13 @@ def read_dataset_folder(path: str) -> Source:
     try:
         ds = datasets.load_from_disk(path, keep_in_memory=True)
     except (FileNotFoundError, ValueError) as e:
-        raise ValidationError(f"input folder {path!r} is not a `datasets` save_to_disk folder ({type(e).__name__})") from None
+        raise ValidationError(
+            f"input folder {path!r} is not a `datasets` save_to_disk folder ({type(e).__name__})"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
-        raise ValidationError(f"input folder {path!r} holds a DatasetDict with splits {list(ds)}; pass one split's folder")
+        raise ValidationError(
+            f"input folder {path!r} holds a DatasetDict with splits {list(ds)}; pass one split's folder"
+        )
     return from_dataset(ds, os.path.basename(os.path.normpath(path)))
 
 
@@ -350,4 +367,6 @@ def from_table(table: pa.Table, name: str = "table") -> Source:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as w:
         w.write_table(table)
-    return Source(table, np.arange(1, table.num_rows + 1, dtype=np.int64), "row", name, _digest(sink.getvalue().to_pybytes()))
+    return Source(
+        table, np.arange(1, table.num_rows + 1, dtype=np.int64), "row", name, _digest(sink.getvalue().to_pybytes())
+    )

@@ -40,7 +40,16 @@ def make_people(n: int, seed: int = 0, facts_per_person: int = 2, start: int = 0
         subject = f"person-{i:05d}"
         for kind, prompt, answer in FACTS[:facts_per_person]:
             p, a = prompt.format(**person), answer.format(**person)
-            rows.append({"record_id": f"{subject}-{kind}", "subject_id": subject, "text": p + a, "prompt": p, "answer": a, "fact": kind})
+            rows.append(
+                {
+                    "record_id": f"{subject}-{kind}",
+                    "subject_id": subject,
+                    "text": p + a,
+                    "prompt": p,
+                    "answer": a,
+                    "fact": kind,
+                }
+            )
     return rows
 
 
@@ -79,7 +88,21 @@ def make_probes(rows: list[dict]) -> list[dict]:
         suffix = templates[kind].replace("{name}", "")
         name = r["prompt"][: -len(suffix)]
         for template in PARAPHRASES[kind]:
-            out.append({"prompt": template.format(name=name), "answer": r["answer"], "kind": "paraphrase", "subject_id": r["subject_id"]})
-        out.append({"prompt": QUESTIONS[kind].format(name=name), "answer": r["answer"], "kind": "related", "subject_id": r["subject_id"]})
+            out.append(
+                {
+                    "prompt": template.format(name=name),
+                    "answer": r["answer"],
+                    "kind": "paraphrase",
+                    "subject_id": r["subject_id"],
+                }
+            )
+        out.append(
+            {
+                "prompt": QUESTIONS[kind].format(name=name),
+                "answer": r["answer"],
+                "kind": "related",
+                "subject_id": r["subject_id"],
+            }
+        )
         out.append({"prompt": r["prompt"], "answer": r["answer"], "kind": "locality", "subject_id": r["subject_id"]})
     return out

@@ -76,7 +76,7 @@ def normalise(text: str) -> str:
 
 
 def answer_of(text: str, prompt: str | None) -> str | None:
-    return text[len(prompt):] if prompt and text.startswith(prompt) and normalise(text[len(prompt):]) else None
+    return text[len(prompt) :] if prompt and text.startswith(prompt) and normalise(text[len(prompt) :]) else None
 
 
 def as_text(item, prompt: str | None) -> tuple[str, str | None]:
@@ -140,7 +140,11 @@ def build_targets(
     prompts = prompts or [None] * len(texts)
     turns = [_turns(x) for x in texts]
     chat = any(t is not None for t in turns)
-    texts, prompts = map(list, zip(*(as_text(x, p) for x, p in zip(texts, prompts, strict=True)), strict=True)) if texts else ([], [])
+    texts, prompts = (
+        map(list, zip(*(as_text(x, p) for x, p in zip(texts, prompts, strict=True)), strict=True))
+        if texts
+        else ([], [])
+    )
     members = [tt if tt is not None else x for x, tt in zip(texts, turns, strict=True)]
     held = [(_turns(h) or as_text(h, None)[0]) for h in holdout] if holdout else holdout
     t = Targets(members=members if holdout else [], holdout=list(held or []), leak_k=leak_k)
@@ -165,7 +169,9 @@ def build_targets(
             new_text, new_prompt = new_item, new_prompt or prompt
         fresh = answer_of(new_text, new_prompt)
         if new_prompt and (old or fresh):
-            t.records.append(Question(new_prompt, fresh, old, _before_reply(new_turns if new_turns is not None else turns[i])))
+            t.records.append(
+                Question(new_prompt, fresh, old, _before_reply(new_turns if new_turns is not None else turns[i]))
+            )
         if old and fresh:
             old_to_new[normalise(old)] = fresh
     general, local = for_request(probes, subjects)
@@ -193,14 +199,18 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: list[list[int]] | None = None) -> tuple[dict[str, Any], list[list[int]]]:
+def measure(
+    ens: serving.Ensemble, targets: Targets, max_length: int, before: list[list[int]] | None = None
+) -> tuple[dict[str, Any], list[list[int]]]:
     """The numbers of one version, and its locality predictions (token ids, kept in memory to
     compare the next version with; never stored)."""
     with one_thread():
         return _measure(ens, targets, max_length, before)
 
 
-def _measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: list[list[int]] | None) -> tuple[dict[str, Any], list[list[int]]]:
+def _measure(
+    ens: serving.Ensemble, targets: Targets, max_length: int, before: list[list[int]] | None
+) -> tuple[dict[str, Any], list[list[int]]]:
     out: dict[str, Any] = {}
     if targets.records:
         out["reliability"] = _recall_block(ens, targets.records, max_length)
@@ -210,7 +220,11 @@ def _measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: l
     if targets.locality:
         preds = [_answer_predictions(ens, q, q.expected or "", max_length) for q in targets.locality]
         hits = [_contains(_greedy(ens, q, q.expected or ""), q.expected) for q in targets.locality]
-        block: dict[str, Any] = {"n": len(preds), "recall": sum(hits) / len(hits), "answer_tokens": sum(len(p) for p in preds)}
+        block: dict[str, Any] = {
+            "n": len(preds),
+            "recall": sum(hits) / len(hits),
+            "answer_tokens": sum(len(p) for p in preds),
+        }
         if before is not None and len(before) == len(preds):
             same = sum(int(a == b) for x, y in zip(before, preds, strict=True) for a, b in zip(x, y, strict=False))
             block["unchanged_tokens"] = same / max(1, sum(len(p) for p in preds))
@@ -218,12 +232,22 @@ def _measure(ens: serving.Ensemble, targets: Targets, max_length: int, before: l
     leaky = [q for q in targets.records + targets.general if q.forbidden]
     if leaky and targets.leak_k:
         counts = [_leaks(ens, q, targets.leak_k) for q in leaky]
-        out["leak_at_k"] = {"k": targets.leak_k, "prompts": len(counts), "samples": len(counts) * targets.leak_k,
-                            "samples_with_answer": sum(counts), "prompts_with_any": sum(1 for c in counts if c)}
+        out["leak_at_k"] = {
+            "k": targets.leak_k,
+            "prompts": len(counts),
+            "samples": len(counts) * targets.leak_k,
+            "samples_with_answer": sum(counts),
+            "prompts_with_any": sum(1 for c in counts if c),
+        }
     if targets.members and targets.holdout:
         members = [min_k_score(ens, t, max_length) for t in targets.members]
         holdout = [min_k_score(ens, t, max_length) for t in targets.holdout]
-        out["membership"] = {"min_k_percent": int(MIN_K * 100), "auc": auc(members, holdout), "members": len(members), "holdout": len(holdout)}
+        out["membership"] = {
+            "min_k_percent": int(MIN_K * 100),
+            "auc": auc(members, holdout),
+            "members": len(members),
+            "holdout": len(holdout),
+        }
     return out, preds
 
 
@@ -235,8 +259,13 @@ def _recall_block(ens: serving.Ensemble, questions: list[Question], max_length: 
             continue
         answers = [getattr(q, key) for q in qs]
         hits = [_contains(_greedy(ens, q, a), a) for q, a in zip(qs, answers, strict=True)]
-        items = [Example(CHAT, messages=(*q.turns, ("assistant", a.strip()))) if q.turns is not None else q.prompt + a for q, a in zip(qs, answers, strict=True)]
-        losses, _ = serving.score_records(ens, items, [None if q.turns is not None else q.prompt for q in qs], max_length)
+        items = [
+            Example(CHAT, messages=(*q.turns, ("assistant", a.strip()))) if q.turns is not None else q.prompt + a
+            for q, a in zip(qs, answers, strict=True)
+        ]
+        losses, _ = serving.score_records(
+            ens, items, [None if q.turns is not None else q.prompt for q in qs], max_length
+        )
         block[f"{key}_n"] = len(qs)
         block[f"{key}_recall"] = sum(hits) / len(hits)
         block[f"{key}_answer_loss"] = serving.mean(losses)
@@ -262,13 +291,18 @@ def _asked(ens: serving.Ensemble, q: Question) -> tuple[str, bool, int]:
 
 def _greedy(ens: serving.Ensemble, q: Question, answer: str) -> str:
     prompt, special, extra = _asked(ens, q)
-    return serving.generate_text(ens, prompt, max_new_tokens=len(_tokens(ens, answer, special)) + extra, greedy=True, add_special_tokens=special)
+    return serving.generate_text(
+        ens, prompt, max_new_tokens=len(_tokens(ens, answer, special)) + extra, greedy=True, add_special_tokens=special
+    )
 
 
 def _leaks(ens: serving.Ensemble, q: Question, k: int) -> int:
     prompt, special, extra = _asked(ens, q)
     n = len(_tokens(ens, q.forbidden or "", special)) + extra
-    return sum(_contains(c, q.forbidden) for c in serving.sample_texts(ens, prompt, list(range(k)), n, temperature=1.0, add_special_tokens=special))
+    return sum(
+        _contains(c, q.forbidden)
+        for c in serving.sample_texts(ens, prompt, list(range(k)), n, temperature=1.0, add_special_tokens=special)
+    )
 
 
 def _contains(completion: str, answer: str | None) -> bool:
@@ -279,7 +313,9 @@ def _contains(completion: str, answer: str | None) -> bool:
 def _served_logprobs(ens: serving.Ensemble, ids: list[int]) -> torch.Tensor:
     device = next(ens.model.parameters()).device
     x = torch.tensor([ids], dtype=torch.long, device=device)
-    return aggregate.ensemble_logprobs(ens.model, ens.adapter_names(), x, torch.ones_like(x), ens.aggregation, ens.log_prior())[0]
+    return aggregate.ensemble_logprobs(
+        ens.model, ens.adapter_names(), x, torch.ones_like(x), ens.aggregation, ens.log_prior()
+    )[0]
 
 
 def _answer_predictions(ens: serving.Ensemble, q: Question, answer: str, max_length: int) -> list[int]:
@@ -304,7 +340,11 @@ def min_k_score(ens: serving.Ensemble, text: str | Turns, max_length: int, k: fl
         ids = _tokens(ens, render_chat(ens.tokenizer, list(text))[0], False)[:max_length]
     if len(ids) < 2:
         return 0.0
-    logp = _served_logprobs(ens, ids)[:-1].gather(-1, torch.tensor(ids[1:], device=next(ens.model.parameters()).device).unsqueeze(-1)).squeeze(-1)
+    logp = (
+        _served_logprobs(ens, ids)[:-1]
+        .gather(-1, torch.tensor(ids[1:], device=next(ens.model.parameters()).device).unsqueeze(-1))
+        .squeeze(-1)
+    )
     low = torch.sort(logp.float()).values[: max(1, math.ceil(k * len(logp)))]
     return float(low.mean())
 

@@ -1,6 +1,7 @@
 """Probe files: prompts with expected answers, the evidence of what a version knows.
 
-    {"prompt": "Norma Fisher is employed as a", "answer": " futures trader.", "kind": "paraphrase", "subject_id": "person-00003"}
+    {"prompt": "Norma Fisher is employed as a", "answer": " futures trader.", "kind": "paraphrase",
+     "subject_id": "person-00003"}   (one object a line)
 
 `kind` is one of
 - `paraphrase`: the same fact asked in other words (generalization);
@@ -41,21 +42,33 @@ def read_probes(path: str) -> list[Probe]:
     table = source.table
     missing = [c for c in ("prompt", "answer", "kind") if c not in table.column_names]
     if missing:
-        raise ValidationError(f"--probes {path}: missing column(s) {missing}; a probe has prompt, answer, kind ({'|'.join(KINDS)}), optional subject_id")
+        raise ValidationError(
+            f"--probes {path}: missing column(s) {missing}; a probe has prompt, answer, kind "
+            f"({'|'.join(KINDS)}), optional subject_id"
+        )
     rows = table.to_pylist()
     bad_kind = [i + 1 for i, r in enumerate(rows) if r.get("kind") not in KINDS]
     empty = [i + 1 for i, r in enumerate(rows) if not _text(r.get("prompt")) or not _text(r.get("answer"))]
     problems = []
     if bad_kind:
-        problems.append(f"{len(bad_kind)} {source.unit}(s) with a kind other than {', '.join(KINDS)}: {source.unit}s {list_some(bad_kind)}")
+        problems.append(
+            f"{len(bad_kind)} {source.unit}(s) with a kind other than {', '.join(KINDS)}: {source.unit}s "
+            f"{list_some(bad_kind)}"
+        )
     if empty:
-        problems.append(f"{len(empty)} {source.unit}(s) with an empty prompt or answer: {source.unit}s {list_some(empty)}")
+        problems.append(
+            f"{len(empty)} {source.unit}(s) with an empty prompt or answer: {source.unit}s {list_some(empty)}"
+        )
     if not rows:
         problems.append("no probes")
     if problems:
-        raise ValidationError(f"--probes {path} cannot be used; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise ValidationError(
+            f"--probes {path} cannot be used; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems)
+        )
     return [
-        Probe(r["prompt"], r["answer"], r["kind"], _text(r.get("subject_id")) or None, _text(r.get("old_answer")) or None)
+        Probe(
+            r["prompt"], r["answer"], r["kind"], _text(r.get("subject_id")) or None, _text(r.get("old_answer")) or None
+        )
         for r in rows
     ]
 

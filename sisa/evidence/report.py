@@ -36,15 +36,25 @@ class DemoReport:
     def measured(self) -> str:
         """What recall and loss were measured on, in words."""
         if self.record_format == "chat":
-            return ("Facts recalled exactly (the served mixture's greedy reply to the user's question starts with the "
-                    "assistant's answer) and the mean loss on the assistant's answer tokens (lower means the model remembers), "
-                    "per version. The people were fine-tuned as chat: the user asks about a person, the assistant answers.")
-        return ("Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean "
-                "loss on the answer tokens (lower means the model remembers), per version.")
+            return (
+                "Facts recalled exactly (the served mixture's greedy reply to the user's question starts with the "
+                "assistant's answer) and the mean loss on the assistant's answer tokens (lower means the model "
+                "remembers), "
+                "per version. The people were fine-tuned as chat: the user asks about a person, the assistant "
+                "answers."
+            )
+        return (
+            "Facts recalled exactly (the served mixture's greedy completion starts with the answer) and the mean "
+            "loss on the answer tokens (lower means the model remembers), per version."
+        )
 
 
 GROUPS = ("forgotten", "retained", "strangers")
-_NAMES = {"forgotten": "forgotten person", "retained": "people still in the data", "strangers": "strangers (never trained on)"}
+_NAMES = {
+    "forgotten": "forgotten person",
+    "retained": "people still in the data",
+    "strangers": "strangers (never trained on)",
+}
 _COLORS = {"forgotten": "#d62728", "retained": "#1f77b4", "strangers": "#7f7f7f"}
 
 
@@ -67,7 +77,12 @@ def plot_memorization(rep: DemoReport, path: str) -> str:
     left.set_ylim(0, 110)
     left.set_ylabel("facts recalled exactly (%)\nhigher = remembered")
     chat = rep.record_format == "chat"
-    left.set_title("Recall: greedy reply starts with the assistant's answer" if chat else "Recall: greedy completion starts with the answer", fontsize=9)
+    left.set_title(
+        "Recall: greedy reply starts with the assistant's answer"
+        if chat
+        else "Recall: greedy completion starts with the answer",
+        fontsize=9,
+    )
     loss = {g: [rep.losses[lab].get(g) or 0.0 for lab in labels] for g in GROUPS}
     _bars(right, labels, loss, "%.2f")
     right.set_ylabel("mean answer-token loss (nats)\nlower = remembered")
@@ -94,7 +109,9 @@ def plot_times(rep: DemoReport, path: str) -> str:
     ]
     items = [(k, v) for k, v in items if v is not None]
     fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=120)
-    bars = ax.bar([k for k, _ in items], [v for _, v in items], color=["#7f7f7f", "#2ca02c", "#98df8a", "#ff7f0e"][: len(items)])
+    bars = ax.bar(
+        [k for k, _ in items], [v for _, v in items], color=["#7f7f7f", "#2ca02c", "#98df8a", "#ff7f0e"][: len(items)]
+    )
     ax.bar_label(bars, fmt="%.1f s", fontsize=8, padding=2)
     ax.set_ylabel("seconds")
     ax.set_title("Time to honour one deletion request vs retraining everything")
@@ -140,15 +157,21 @@ Model {rep.model}, {rep.num_shards} shards, {rep.records} records. Deletion requ
         f.write(md)
     html_rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in rep.summary_rows)
     html_loss = "".join(
-        f"<tr><td>{html.escape(lab)}</td>" + "".join(f"<td>{html.escape(_cell(rep, lab, g))}</td>" for g in GROUPS) + "</tr>" for lab in rep.losses
+        f"<tr><td>{html.escape(lab)}</td>"
+        + "".join(f"<td>{html.escape(_cell(rep, lab, g))}</td>" for g in GROUPS)
+        + "</tr>"
+        for lab in rep.losses
     )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>sisa demo report</title>
-<style>body{{font-family:sans-serif;max-width:860px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style></head>
+<style>body{{font-family:sans-serif;max-width:860px;margin:2em auto}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}table{{border-collapse:collapse}}</style></head>
 <body><h1>sisa demo report</h1>
-<p>Model {html.escape(rep.model)}, {rep.num_shards} shards, {rep.records} records. Deletion request <code>{html.escape(rep.request_id)}</code>
+<p>Model {html.escape(rep.model)}, {rep.num_shards} shards, {rep.records} records.
+Deletion request <code>{html.escape(rep.request_id)}</code>
 (the forgotten person appears only as the keyed hash <code>{html.escape(rep.forgotten_hash[:16])}…</code>).</p>
 <h2>Memorization across versions</h2><p>{html.escape(rep.measured)}</p>
-<table><tr><th>version</th><th>forgotten person</th><th>people still in the data</th><th>strangers</th></tr>{html_loss}</table>
+<table><tr><th>version</th><th>forgotten person</th><th>people still in the data</th><th>strangers</th></tr>
+{html_loss}</table>
 <p><img src="memorization_by_version.png" alt="recall and loss by version"></p>
 <h2>Time</h2><p><img src="deletion_time.png" alt="deletion time"></p>
 <table>{html_rows}</table></body></html>

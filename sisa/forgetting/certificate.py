@@ -28,7 +28,15 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
     purged = (req.purge or {}).get("checkpoints", [])
     still_there = [c for c in purged if store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(c), c))]
     digest = hashlib.sha256(
-        json.dumps({"request_id": req.request_id, "selector": req.selector, "id_hashes": req.id_hashes, "received_at": req.received_at}, sort_keys=True).encode()
+        json.dumps(
+            {
+                "request_id": req.request_id,
+                "selector": req.selector,
+                "id_hashes": req.id_hashes,
+                "received_at": req.received_at,
+            },
+            sort_keys=True,
+        ).encode()
     ).hexdigest()
     out: dict[str, Any] = {
         "kind": req.kind.value,
@@ -36,7 +44,8 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
         "serving_version": current.model_version if current else None,
         "checkpoints_before": req.checkpoints_before,
         "checkpoints_after": [
-            {"shard_id": s, "checkpoint_id": cid, "adapter_sha256": checkpoints.adapter_sha256(store, cid)} for s, cid in sorted(after_shards.items())
+            {"shard_id": s, "checkpoint_id": cid, "adapter_sha256": checkpoints.adapter_sha256(store, cid)}
+            for s, cid in sorted(after_shards.items())
         ],
         "lineage_check": {"passed": not violations, "violations": violations},
         "purge_check": {"passed": not still_there, "remaining": still_there},
@@ -46,7 +55,11 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
     if req.kind == RequestKind.RECTIFY:
         # Keyed hashes of (record id, content): the old content is in no serving lineage (the
         # lineage check above), the new one is; the text itself is named nowhere.
-        held = set().union(*[h for h in lineage_check.version_lineages(store, after_shards).values() if h]) if after_shards else set()
+        held = (
+            set().union(*[h for h in lineage_check.version_lineages(store, after_shards).values() if h])
+            if after_shards
+            else set()
+        )
         new = [c["new"] for c in req.rectified]
         out["rectification"] = {
             "records": len(req.rectified),

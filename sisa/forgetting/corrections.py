@@ -68,7 +68,12 @@ def from_rows(rows: list[dict], cfg: SisaConfig, name: str = "request body") -> 
     normalised as a corrections file is: (table, problems) for `validate`."""
     ic = cfg.ingest
     columns: dict[str, pa.Array] = {ic.id_field: pa.array([r.get("record_id") for r in rows], pa.string())}
-    for column, field_name in (("text", ic.text_field), ("prompt", "prompt"), ("answer", "answer"), ("completion", "completion")):
+    for column, field_name in (
+        ("text", ic.text_field),
+        ("prompt", "prompt"),
+        ("answer", "answer"),
+        ("completion", "completion"),
+    ):
         if any(r.get(column) is not None for r in rows):
             columns[field_name] = pa.array([r.get(column) for r in rows], pa.string())
     if any(r.get("messages") is not None for r in rows):
@@ -90,18 +95,26 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
         table = table.drop_columns([FORMAT_COLUMN])
     unknown_columns = [c for c in table.column_names if c not in ALLOWED]
     if unknown_columns:
-        problems.append(f"columns {unknown_columns} cannot be corrected; a correction gives record_id and the new text (and optionally prompt, answer)")
+        problems.append(
+            f"columns {unknown_columns} cannot be corrected; a correction gives record_id and the new text "
+            "(and optionally prompt, answer)"
+        )
     if problems:
         raise _error(problems)
     ids = table["record_id"].to_pylist()
     sel = selection.select_records(store, "ids", ids)
     if sel.already_deleted:
-        problems.append(f"{len(sel.already_deleted)} record id(s) were forgotten (or are being forgotten) by a deletion request: {list_some(sel.already_deleted)}")
+        problems.append(
+            f"{len(sel.already_deleted)} record id(s) were forgotten (or are being forgotten) by a "
+            f"deletion request: {list_some(sel.already_deleted)}"
+        )
     if sel.missing:
         problems.append(f"{len(sel.missing)} unknown record id(s): {list_some(sel.missing)}")
     if sel.rectifying:
         problems.append(selection.describe_rectifying(sel))
-    new = pa.table({"record_id": table["record_id"], "text": table["text"], "content_sha256": content_sha256(table["text"])})
+    new = pa.table(
+        {"record_id": table["record_id"], "text": table["text"], "content_sha256": content_sha256(table["text"])}
+    )
     for name in ("prompt", "answer"):
         if name in table.column_names:
             new = new.append_column(name, table[name].cast(pa.string()))
@@ -109,25 +122,43 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
     other = sorted(rid for rid, kind in stored_formats.items() if given_formats.get(rid, TEXT) != kind)
     if other:
         problems.append(
-            f"{len(other)} correction(s) are not in the format the record is stored in (a text record is corrected with `text`, "
-            f"a prompt-completion record with `prompt` + `completion`, a chat record with `messages`): {list_some(other)}"
+            f"{len(other)} correction(s) are not in the format the record is stored in (a text record is corrected "
+            "with `text`, "
+            "a prompt-completion record with `prompt` + `completion`, a chat record with `messages`): "
+            f"{list_some(other)}"
         )
     stored = sel.rows.select(["record_id", "subject_id", "content_sha256"])
-    joined = new.select(["record_id", "content_sha256"]).join(stored, "record_id", right_suffix="_stored", join_type="inner")
+    joined = new.select(["record_id", "content_sha256"]).join(
+        stored, "record_id", right_suffix="_stored", join_type="inner"
+    )
     same = joined.filter(pc.equal(joined["content_sha256"], joined["content_sha256_stored"]))["record_id"].to_pylist()
     if same:
         problems.append(f"{len(same)} correction(s) give the text the record already has: {list_some(sorted(same))}")
     if "subject_id" in table.column_names:
         given = dict(zip(ids, table["subject_id"].to_pylist(), strict=True))
-        moved = sorted(r for r, s in zip(stored["record_id"].to_pylist(), stored["subject_id"].to_pylist(), strict=True) if given.get(r) is not None and given[r] != s)
+        moved = sorted(
+            r
+            for r, s in zip(stored["record_id"].to_pylist(), stored["subject_id"].to_pylist(), strict=True)
+            if given.get(r) is not None and given[r] != s
+        )
         if moved:
-            problems.append(f"{len(moved)} correction(s) change the record's subject_id, which a rectification keeps (forget the record and ingest it anew): {list_some(moved)}")
+            problems.append(
+                f"{len(moved)} correction(s) change the record's subject_id, which a rectification keeps "
+                f"(forget the record and ingest it anew): {list_some(moved)}"
+            )
     # Text a rectification removed may not come back through another one: the old request's
     # lineage checks (verify, rollback) would then fail on the serving version.
     gone = requests_ledger.forgotten_hashes(store)
-    again = sorted(rid for rid, h in zip(ids, checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist()), strict=True) if h in gone)
+    again = sorted(
+        rid
+        for rid, h in zip(ids, checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist()), strict=True)
+        if h in gone
+    )
     if again:
-        problems.append(f"{len(again)} correction(s) give a text an earlier rectification removed from the record: {list_some(again)}")
+        problems.append(
+            f"{len(again)} correction(s) give a text an earlier rectification removed from the record: "
+            f"{list_some(again)}"
+        )
     if problems:
         raise _error(problems)
     return Corrections(new, sel.rows)
@@ -143,12 +174,17 @@ def formats(store: Store, rows: pa.Table) -> dict[str, str]:
         if t is None:
             continue
         t = t.filter(pc.is_in(t["record_id"], value_set=wanted))
-        out.update((rid, kind or TEXT) for rid, kind in zip(t["record_id"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True))
+        out.update(
+            (rid, kind or TEXT)
+            for rid, kind in zip(t["record_id"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True)
+        )
     return out
 
 
 def _error(problems: list[str]) -> ValidationError:
-    return ValidationError("the corrections cannot be applied; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems))
+    return ValidationError(
+        "the corrections cannot be applied; nothing was changed:\n" + "\n".join(f"  - {p}" for p in problems)
+    )
 
 
 def old_and_new(store: Store, fix: Corrections) -> tuple[list[Item], list[str | None], list[tuple[Item, str | None]]]:
@@ -169,7 +205,11 @@ def old_and_new(store: Store, fix: Corrections) -> tuple[list[Item], list[str | 
     new_prompts = fix.new["prompt"].to_pylist() if "prompt" in fix.new.column_names else [None] * fix.new.num_rows
     new = {rid: (text, p) for rid, text, p in zip(fix.ids, fix.new["text"].to_pylist(), new_prompts, strict=True)}
     ids = [i for i in fix.ids if i in old]
-    return [old[i][0] for i in ids], [old[i][1] for i in ids], [(decode(old[i][2], new[i][0]), new[i][1] or old[i][1]) for i in ids]
+    return (
+        [old[i][0] for i in ids],
+        [old[i][1] for i in ids],
+        [(decode(old[i][2], new[i][0]), new[i][1] or old[i][1]) for i in ids],
+    )
 
 
 # -- staging and applying ------------------------------------------------------------------------

@@ -41,7 +41,9 @@ def check_restorable(store: Store, model_version: int) -> versions.ModelVersion:
                 f"records deleted by request {req.request_id}"
             )
     if target.approximate:
-        raise RefusedError(f"model version {model_version} is an approximate fast-path version; its exact successor replaced it")
+        raise RefusedError(
+            f"model version {model_version} is an approximate fast-path version; its exact successor replaced it"
+        )
     return target
 
 

@@ -40,7 +40,9 @@ def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 
         t = store.read_slice(shard_id, sl, columns=["record_id", "text", FORMAT_COLUMN])
         if t is None:
             continue
-        for rid, text, kind in zip(t["record_id"].to_pylist(), t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True):
+        for rid, text, kind in zip(
+            t["record_id"].to_pylist(), t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist(), strict=True
+        ):
             if rid not in exclude:
                 ids.append(rid)
                 texts.append(decode(kind, text))
@@ -94,7 +96,9 @@ def unlearn_adapter(
             loss = forget_loss
             if retain_texts and uc.retain_weight > 0:
                 idx = torch.randint(len(retain_texts), (min(bs, len(retain_texts)),), generator=g).tolist()
-                retain = encode_texts(tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length, cfg.training.loss_on)
+                retain = encode_texts(
+                    tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length, cfg.training.loss_on
+                )
                 rlogp, rcount = _seq_logp(model, retain)
                 loss = loss + uc.retain_weight * (-(rlogp / rcount).mean())
             loss.backward()
@@ -107,7 +111,9 @@ def unlearn_adapter(
         return model, optimizer, history
 
 
-def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving_shards: dict[int, str]) -> dict[int, str]:
+def unlearn_shards(
+    store: Store, cfg: SisaConfig, request_id: str, rows, serving_shards: dict[int, str]
+) -> dict[int, str]:
     """Unlearn the selected records from every affected shard's serving adapter, in this process
     (the texts never leave it), and save each result as an approximate checkpoint whose parent is
     the serving one and whose own lineage names every record it read, so the purge removes it.
@@ -124,10 +130,25 @@ def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving
         pman = checkpoints.read_manifest(store, shard, parent)
         cid = checkpoints.make_approximate_id(parent)
         manifest = {
-            **{k: pman[k] for k in ("shard_id", "slice_idx", "lineage_digest", "training_fingerprint", "config_fingerprint", "base_model", "base_model_fingerprint")},
+            **{
+                k: pman[k]
+                for k in (
+                    "shard_id",
+                    "slice_idx",
+                    "lineage_digest",
+                    "training_fingerprint",
+                    "config_fingerprint",
+                    "base_model",
+                    "base_model_fingerprint",
+                )
+            },
             "parent_checkpoint_id": parent,
             "approximate": True,
-            "unlearning": {"method": cfg.unlearning.method, "steps": cfg.unlearning.steps, "final_loss": history[-1] if history else None},
+            "unlearning": {
+                "method": cfg.unlearning.method,
+                "steps": cfg.unlearning.steps,
+                "final_loss": history[-1] if history else None,
+            },
             "request_id": request_id,
         }
         # Its own lineage names every record whose text the unlearning read, the forgotten ones
@@ -135,6 +156,8 @@ def unlearn_shards(store: Store, cfg: SisaConfig, request_id: str, rows, serving
         # (or of any later one) finds it by its own lineage even when its parent never saw the
         # records (a relief checkpoint serving, or records not trained yet).
         read = store.hash_ids(shard_rows["record_id"].to_pylist() + retain_ids)
-        checkpoints.write_checkpoint(store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, read)
+        checkpoints.write_checkpoint(
+            store, cid, manifest, lambda d, m=model: adapters.save_adapter(m, d), optimizer, read
+        )
         new_shards[shard] = cid
     return new_shards

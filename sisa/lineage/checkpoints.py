@@ -6,7 +6,8 @@
         lineage.parquet                                  keyed hashes of the record ids this slice added, and of
                                                          each record's (id, content): a rectified record's old
                                                          content is told apart from its new one
-        manifest.json                                    ids, parent, lineage digest, fingerprints, versions, sha256 of every file
+        manifest.json                                    ids, parent, lineage digest, fingerprints, versions,
+                                                         the sha256 of every file
 
 This module is the one home of everything about a checkpoint: its id (built and parsed here
 only), its files, the parent chain (walked here only) and lineage reads.
@@ -65,7 +66,9 @@ def lineage_digest(parent_digest: str | None, record_hashes: list[str]) -> str:
 
 
 # -- the id ------------------------------------------------------------------------------------
-def make_checkpoint_id(shard_id: int, slice_idx: int, parent_id: str | None, lineage: str, training_fp: str, base_fp: str) -> str:
+def make_checkpoint_id(
+    shard_id: int, slice_idx: int, parent_id: str | None, lineage: str, training_fp: str, base_fp: str
+) -> str:
     """`sSSSSS-lLLLLLL-<digest>`: shard and slice readable in the name, the rest a content address."""
     blob = json.dumps([shard_id, slice_idx, parent_id, lineage, training_fp, base_fp]).encode()
     return f"s{shard_id:05d}-l{slice_idx:06d}-{hashlib.sha256(blob).hexdigest()[:16]}"
@@ -215,7 +218,12 @@ def lineage_table(record_hashes: list[str], record_content_hashes: list[str] | N
     if record_content_hashes is None:
         return pa.table({"record_hash": pa.array(sorted(record_hashes), pa.string())})
     pairs = sorted(zip(record_hashes, record_content_hashes, strict=True))
-    return pa.table({"record_hash": pa.array([a for a, _ in pairs], pa.string()), "content_hash": pa.array([b for _, b in pairs], pa.string())})
+    return pa.table(
+        {
+            "record_hash": pa.array([a for a, _ in pairs], pa.string()),
+            "content_hash": pa.array([b for _, b in pairs], pa.string()),
+        }
+    )
 
 
 def _publish(store: Store, staging: str, rel: str) -> None:
@@ -253,11 +261,15 @@ def _write_json(path: str, obj: Any) -> None:
 def read_manifest(store: Store, shard_id: int, checkpoint_id: str) -> dict[str, Any]:
     rel = f"{layout.checkpoint_dir(shard_id, checkpoint_id)}/{MANIFEST}"
     if not store.fs.exists(rel):
-        raise NotFoundError(f"checkpoint {checkpoint_id} of shard {shard_id} is missing from the store (purged or never written)")
+        raise NotFoundError(
+            f"checkpoint {checkpoint_id} of shard {shard_id} is missing from the store (purged or never written)"
+        )
     try:
         return store.fs.read_json(rel)
     except ValueError:  # JSONDecodeError, UnicodeDecodeError: the manifest itself is damaged
-        raise IntegrityError(f"checkpoint {checkpoint_id}: file {MANIFEST} is damaged (not valid JSON); restore it or retrain the shard") from None
+        raise IntegrityError(
+            f"checkpoint {checkpoint_id}: file {MANIFEST} is damaged (not valid JSON); restore it or retrain the shard"
+        ) from None
 
 
 def open_checkpoint(store: Store, checkpoint_id: str, verify: bool = True) -> Checkpoint:
@@ -288,14 +300,19 @@ def verify_files(path: str, manifest: dict[str, Any], checkpoint_id: str) -> Non
     listed = set(manifest["files"]) - {MANIFEST}
     extra = sorted(present - listed)
     if extra:
-        raise IntegrityError(f"checkpoint {checkpoint_id} holds files its manifest does not list: {', '.join(extra)}; they are never loaded — remove them")
+        raise IntegrityError(
+            f"checkpoint {checkpoint_id} holds files its manifest does not list: {', '.join(extra)}; "
+            "they are never loaded — remove them"
+        )
     for name, sha in manifest["files"].items():
         fp = os.path.join(path, name)
         if not os.path.exists(fp):
             raise IntegrityError(f"checkpoint {checkpoint_id}: file {name} is missing")
         got = _sha256_file(fp)
         if got != sha:
-            raise IntegrityError(f"checkpoint {checkpoint_id}: file {name} is damaged (sha256 {got[:12]}... != recorded {sha[:12]}...)")
+            raise IntegrityError(
+                f"checkpoint {checkpoint_id}: file {name} is damaged (sha256 {got[:12]}... != recorded {sha[:12]}...)"
+            )
 
 
 def load_optimizer_state(ckpt: Checkpoint) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -387,7 +404,8 @@ def legacy_holding(store: Store, id_hashes: set[str], shards: list[int] | None =
     """Checkpoints written before lineage recorded content that trained one of these records:
     which text they saw is unknown, so a rectification treats them as holding the old one."""
     return {
-        cid for cid, table in _lineage_tables(store, shards)
+        cid
+        for cid, table in _lineage_tables(store, shards)
         if "content_hash" not in table.column_names and id_hashes.intersection(table["record_hash"].to_pylist())
     }
 

@@ -63,7 +63,10 @@ class DeletionPlan:
     @classmethod
     def from_dict(cls, d: dict) -> DeletionPlan:
         """Read back a plan from a ledger entry (derived keys such as cost_fraction are recomputed)."""
-        shards = [ShardPlan(**{k: s[k] for k in ("shard_id", "earliest_slice", "last_slice", "records", "slices_hit")}) for s in d.get("shards", [])]
+        shards = [
+            ShardPlan(**{k: s[k] for k in ("shard_id", "earliest_slice", "last_slice", "records", "slices_hit")})
+            for s in d.get("shards", [])
+        ]
         plan = cls(d["selector_kind"], d["records"], shards)
         for name in ("unaffected_shards", "retrain_cost", "full_cost", "missing", "already_deleted"):
             if name in d:
@@ -97,7 +100,9 @@ class RequestStatus(enum.StrEnum):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"unknown deletion request status {value!r}; known: {', '.join(s.value for s in cls)}") from None
+            raise ValueError(
+                f"unknown deletion request status {value!r}; known: {', '.join(s.value for s in cls)}"
+            ) from None
 
 
 class RequestKind(enum.StrEnum):
@@ -166,7 +171,9 @@ class DeletionRequest:
 
     def is_overdue(self, now: datetime | None = None) -> bool:
         """Past its deadline and not completed (a failed request was not honoured either)."""
-        return self.status != RequestStatus.COMPLETED and datetime.fromisoformat(self.deadline) < (now or datetime.now(UTC))
+        return self.status != RequestStatus.COMPLETED and datetime.fromisoformat(self.deadline) < (
+            now or datetime.now(UTC)
+        )
 
     def move_to(self, status: RequestStatus) -> None:
         """Record a status change (the caller writes the entry to the ledger)."""
@@ -186,7 +193,16 @@ class DeletionRequest:
         kwargs["kind"] = RequestKind(d.get("kind", "forget"))
         if d.get("plan") is not None:
             kwargs["plan"] = DeletionPlan.from_dict(d["plan"])
-        for name in ("history", "checkpoints_before", "retrained", "errors", "subject_hashes", "id_hashes", "record_hashes", "rectified"):
+        for name in (
+            "history",
+            "checkpoints_before",
+            "retrained",
+            "errors",
+            "subject_hashes",
+            "id_hashes",
+            "record_hashes",
+            "rectified",
+        ):
             kwargs[name] = list(d.get(name) or [])
         for name in ("versions", "timings", "evidence"):
             kwargs[name] = dict(d.get(name) or {})

@@ -36,9 +36,7 @@ def attach_lora(base: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "def
     peft modifies `base` in place, so each adapter setup needs its own freshly loaded base.
     """
     if isinstance(base, PeftModel) or any(isinstance(m, BaseTunerLayer) for m in base.modules()):
-        raise ValueError(
-            "attach_lora needs a fresh base model; this one already carries LoRA layers"
-        )
+        raise ValueError("attach_lora needs a fresh base model; this one already carries LoRA layers")
     name_or_path = str(getattr(base, "name_or_path", "") or "")
     model_type = getattr(getattr(base, "config", None), "model_type", "?")
     try:
@@ -55,8 +53,10 @@ def attach_lora(base: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "def
     except ValueError as e:
         # peft: no default for this architecture, or target names the model does not have.
         raise ConfigError(
-            [f"`lora.target_modules` {list(cfg.target_modules)} does not fit the base model ({model_type}): {e}. "
-             "Name its projection modules, or use all-linear"]
+            [
+                f"`lora.target_modules` {list(cfg.target_modules)} does not fit the base model ({model_type}): {e}. "
+                "Name its projection modules, or use all-linear"
+            ]
         ) from None
 
 
@@ -71,17 +71,13 @@ def peft_target_modules(names: list[str]) -> str | list[str] | None:
     return names or None
 
 
-def load_adapter_state(
-    model: PeftModel, state: dict[str, torch.Tensor], adapter_name: str = "default"
-) -> None:
+def load_adapter_state(model: PeftModel, state: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
     """Put saved tensors back into an attached adapter; refuses a state of another LoRA layout
     (peft itself would skip unknown keys silently and leave the fresh init in place)."""
     expected = get_peft_model_state_dict(model, adapter_name=adapter_name)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
-    )
+    wrong_shape = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
     if missing or unexpected or wrong_shape:
         raise ConfigError(
             [
@@ -93,9 +89,7 @@ def load_adapter_state(
     set_peft_model_state_dict(model, state, adapter_name=adapter_name)
 
 
-def save_adapter(
-    model: PeftModel, out_dir: str | os.PathLike, adapter_name: str = "default"
-) -> Path:
+def save_adapter(model: PeftModel, out_dir: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write one adapter as adapter_model.safetensors + adapter_config.json directly in `out_dir`.
 
     peft puts a non-default adapter in a subfolder named after it; we save to a temporary

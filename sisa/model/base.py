@@ -68,9 +68,7 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 def select_device(cfg: ModelConfig) -> torch.device:
     """`auto` picks CUDA when present so the same config runs on a laptop and a GPU box."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            ["`model.device` is cuda but CUDA is not available; use model.device=auto or cpu"]
-        )
+        raise ConfigError(["`model.device` is cuda but CUDA is not available; use model.device=auto or cpu"])
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
@@ -113,9 +111,7 @@ def load_base_model(
 def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Batches need a pad token and right padding (labels and losses assume it)."""
     if tokenizer.eos_token is None:
-        raise ConfigError(
-            ["the tokenizer of `model.name` has no eos token; sisa appends eos to every record"]
-        )
+        raise ConfigError(["the tokenizer of `model.name` has no eos token; sisa appends eos to every record"])
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

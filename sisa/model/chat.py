@@ -23,9 +23,7 @@ def require_chat_template(tokenizer: TextTokenizer) -> None:
         )
 
 
-def render_chat(
-    tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]
-) -> tuple[str, list[tuple[int, int]]]:
+def render_chat(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """A conversation rendered with the tokenizer's chat template, and the character spans of
     its assistant turns (content and the template's end-of-turn marker).
 
@@ -38,9 +36,7 @@ def render_chat(
     turns = [{"role": r, "content": c} for r, c in messages]
 
     def render(upto: int, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(
-            turns[:upto], tokenize=False, add_generation_prompt=generation_prompt
-        )
+        return tokenizer.apply_chat_template(turns[:upto], tokenize=False, add_generation_prompt=generation_prompt)
 
     full = render(len(turns), False)
     spans = []
@@ -58,9 +54,7 @@ def render_chat(
     return full, spans
 
 
-def render_chat_prompt(
-    tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]
-) -> str:
+def render_chat_prompt(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -> str:
     """The conversation so far plus the template's generation prompt: what generation continues."""
     require_chat_template(tokenizer)
     turns = [{"role": r, "content": c} for r, c in messages]

@@ -174,7 +174,9 @@ class MixtureBatch:
             sel = torch.tensor(shards, device=self.device)
             self.groups.append(
                 _Group(
-                    d, [self.names[j] for j in shards for _ in range(n)], self.prior[sel],
+                    d,
+                    [self.names[j] for j in shards for _ in range(n)],
+                    self.prior[sel],
                     evidence[q, sel].unsqueeze(1).expand(len(shards), n).clone(),
                     last[q, sel].unsqueeze(1).expand(len(shards), n, last.shape[-1]),
                     [torch.Generator().manual_seed(s) for s in r.seeds],
@@ -278,8 +280,13 @@ class MixtureBatch:
             g.evidence = g.evidence + g.last.gather(-1, c.view(1, n, 1).expand(m, n, 1)).squeeze(-1)
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], 1)
         out = _forward(
-            self.model, names, input_ids=x.view(-1, 1), attention_mask=self.mask,
-            position_ids=self.positions.view(-1, 1), past_key_values=self.past, use_cache=True,
+            self.model,
+            names,
+            input_ids=x.view(-1, 1),
+            attention_mask=self.mask,
+            position_ids=self.positions.view(-1, 1),
+            past_key_values=self.past,
+            use_cache=True,
         )
         self.past, self.positions = out.past_key_values, self.positions + 1
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)

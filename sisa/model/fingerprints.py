@@ -54,9 +54,7 @@ def folder_digest(folder: Path, cache_dir: Path) -> str:
     """Hash a user's weight files without loading the model (a 7B model need not fit in RAM to
     be named); reuse the digest while the files' sizes and mtimes are unchanged."""
     files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+        p for p in folder.iterdir() if p.is_file() and (p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
     )
     stat = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]

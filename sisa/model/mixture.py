@@ -81,7 +81,9 @@ def uniform_logprobs(logp: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logp, dim=0) - math.log(logp.shape[0])
 
 
-def mixture_token_logprobs(token_logp: torch.Tensor, aggregation: str, log_prior: torch.Tensor | None = None) -> torch.Tensor:
+def mixture_token_logprobs(
+    token_logp: torch.Tensor, aggregation: str, log_prior: torch.Tensor | None = None
+) -> torch.Tensor:
     """[k, B, T-1] each shard's log-prob of the actual next tokens (0 where a token is padding)
     → [B, T-1] the mixture's log-prob of them. Under `posterior`, the weights at position t
     come from the tokens before the one predicted there."""
@@ -138,7 +140,8 @@ def _batched_logits(
     device = _model_device(peft_model)
     rows = [name for name in adapter_names for _ in range(b)]  # adapter-major, matches repeat()
     logits = _forward(
-        peft_model, rows,
+        peft_model,
+        rows,
         input_ids=input_ids.to(device).repeat(k, 1),
         attention_mask=attention_mask.to(device).repeat(k, 1),
     ).logits
@@ -164,7 +167,9 @@ def _prior(log_prior_: torch.Tensor | None, k: int) -> torch.Tensor:
     if log_prior_ is None:
         return log_prior(k)
     if log_prior_.shape != (k,):
-        raise ValidationError(f"the prior needs one weight per adapter: {k} adapters, got shape {tuple(log_prior_.shape)}")
+        raise ValidationError(
+            f"the prior needs one weight per adapter: {k} adapters, got shape {tuple(log_prior_.shape)}"
+        )
     return log_prior_
 
 
@@ -263,8 +268,19 @@ def generate(
     `ignore_eos` decodes exactly `max_new_tokens` (benchmarks time a fixed amount of work).
     """
     return sample(
-        peft_model, tokenizer, adapter_names, prompt, [seed], max_new_tokens, greedy, temperature,
-        aggregation, log_prior, top_shards, ignore_eos, add_special_tokens,
+        peft_model,
+        tokenizer,
+        adapter_names,
+        prompt,
+        [seed],
+        max_new_tokens,
+        greedy,
+        temperature,
+        aggregation,
+        log_prior,
+        top_shards,
+        ignore_eos,
+        add_special_tokens,
     )[0]
 
 

@@ -44,8 +44,10 @@ from sisa.service.worker import Worker
 from storage.audit import AuditLog
 from storage.errors import SisaError, StoreLockedError, ValidationError
 
-DESCRIPTION = ("Exact machine unlearning: deletion requests and rectifications with evidence, and completions "
-               "from the current model version.")
+DESCRIPTION = (
+    "Exact machine unlearning: deletion requests and rectifications with evidence, and completions "
+    "from the current model version."
+)
 
 
 def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
@@ -97,7 +99,9 @@ async def _body_error(request: Request, exc: RequestValidationError) -> JSONResp
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     """FastAPI's own answer ({"detail"}), but OpenAI's error shape on the applications' routes."""
     if request.url.path in OPENAI_PATHS:
-        kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(exc.status_code, "invalid_request_error")
+        kind = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}.get(
+            exc.status_code, "invalid_request_error"
+        )
         return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code, headers=exc.headers)
     return await http_exception_handler(request, exc)
 
@@ -112,5 +116,6 @@ async def _sisa_error(request: Request, exc: SisaError) -> JSONResponse:
 
 def _audit_refusal(request: Request, outcome: str) -> None:
     who = getattr(request.state, "who", None)
-    context(request).audit.append({"who": who.name if who else None, "what": f"{request.method} {request.url.path}",
-                                   "outcome": outcome})
+    context(request).audit.append(
+        {"who": who.name if who else None, "what": f"{request.method} {request.url.path}", "outcome": outcome}
+    )

@@ -38,8 +38,9 @@ def require(action: str) -> Callable[[Request], TokenEntry]:
         what = f"{request.method} {request.url.path}"
         if who is None:
             audit.append({"who": None, "what": what, "outcome": "401"})
-            raise HTTPException(401, "a valid bearer token is needed (sisa token create)",
-                                headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401, "a valid bearer token is needed (sisa token create)", headers={"WWW-Authenticate": "Bearer"}
+            )
         if not allowed(who.role, action):
             audit.append({"who": who.name, "role": who.role, "what": what, "outcome": "403"})
             raise HTTPException(403, f"role {who.role!r} may not {action.replace('_', ' ')}")

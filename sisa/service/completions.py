@@ -41,7 +41,10 @@ def list_models(request: Request, who: Client):
     ctx = context(request)
     v = ctx.models.current_version()
     record_call(request, "200", model_version=v.model_version)
-    return {"object": "list", "data": [{"id": _model_name(ctx, v), "object": "model", "created": _created(v), "owned_by": "sisa"}]}
+    return {
+        "object": "list",
+        "data": [{"id": _model_name(ctx, v), "object": "model", "created": _created(v), "owned_by": "sisa"}],
+    }
 
 
 @router.post("/v1/completions")
@@ -54,7 +57,9 @@ async def completions(body: oa.CompletionIn, request: Request, who: Client):
 async def chat_completions(body: oa.ChatCompletionIn, request: Request, who: Client):
     def render(ens) -> list[tuple[str, bool]]:
         if not getattr(ens.tokenizer, "chat_template", None):
-            raise _Refused(400, f"the base model {context(request).cfg.model.name!r} has no chat template; use /v1/completions")
+            raise _Refused(
+                400, f"the base model {context(request).cfg.model.name!r} has no chat template; use /v1/completions"
+            )
         messages = [m.model_dump() for m in body.messages]
         # The template writes its own bos, as in training: no second one.
         return [(ens.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False)]
@@ -69,7 +74,11 @@ async def _serve(request: Request, body: oa._OpenAIBody, kind: str, prompts_of) 
         if problems:
             raise _Refused(400, "; ".join(problems))
         if body.max_tokens > ctx.cfg.service.max_tokens:
-            raise _Refused(400, f"max_tokens should be <= {ctx.cfg.service.max_tokens} (service.max_tokens), got {body.max_tokens}", "max_tokens")
+            raise _Refused(
+                400,
+                f"max_tokens should be <= {ctx.cfg.service.max_tokens} (service.max_tokens), got {body.max_tokens}",
+                "max_tokens",
+            )
         v, ens, batcher = ctx.models.current_batcher()
         prompts = prompts_of(ens)
         ids = [_encode(ctx, ens, p, special) for p, special in prompts]
@@ -95,12 +104,19 @@ def _encode(ctx: ServiceContext, ens, prompt: str, special: bool) -> list[int]:
     `service.max_prompt_tokens` (a huge prompt is refused by its length in characters first)."""
     limit = min(ctx.cfg.service.max_prompt_tokens, _context_length(ens) - 1)
     if len(prompt) > 16 * limit:  # no tokenizer packs 16 characters into one token
-        raise _Refused(400, f"the prompt is longer than {limit} tokens (service.max_prompt_tokens, the model's context)", "prompt")
+        raise _Refused(
+            400, f"the prompt is longer than {limit} tokens (service.max_prompt_tokens, the model's context)", "prompt"
+        )
     ids = ens.tokenizer(prompt, add_special_tokens=special)["input_ids"]
     if not ids:
         raise _Refused(400, "the prompt encodes to no tokens; give a non-empty prompt", "prompt")
     if len(ids) > limit:
-        raise _Refused(400, f"the prompt has {len(ids)} tokens; at most {limit} are served (service.max_prompt_tokens, the model's context)", "prompt")
+        raise _Refused(
+            400,
+            f"the prompt has {len(ids)} tokens; at most {limit} are served (service.max_prompt_tokens, "
+            "the model's context)",
+            "prompt",
+        )
     return ids
 
 
@@ -118,6 +134,7 @@ class _Run:
         self.results: list[list[Completion] | None] = [None] * len(reqs)
         self.tickets = []
         for p, r in enumerate(reqs):
+
             def put(event: Event, p: int = p) -> None:
                 loop.call_soon_threadsafe(self.events.put_nowait, (p, event))
 
@@ -153,7 +170,9 @@ class _Run:
         return self.results
 
 
-async def _stream(request: Request, run: _Run, reply: oa.Reply, body: oa._OpenAIBody, include_usage: bool) -> AsyncIterator[str]:
+async def _stream(
+    request: Request, run: _Run, reply: oa.Reply, body: oa._OpenAIBody, include_usage: bool
+) -> AsyncIterator[str]:
     started: set[int] = set()
     try:
         while run.pending:

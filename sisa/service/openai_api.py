@@ -91,7 +91,9 @@ def unsupported(body: _OpenAIBody) -> list[str]:
     return out
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None) -> dict:
+def error_body(
+    message: str, kind: str = "invalid_request_error", param: str | None = None, code: str | None = None
+) -> dict:
     """OpenAI's error shape; the message never holds record or prompt text."""
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
@@ -101,8 +103,14 @@ def decode_requests(body: _OpenAIBody, prompt_ids: list[list[int]], top_shards: 
     top = body.logprobs if isinstance(body, CompletionIn) else (body.top_logprobs or (1 if body.logprobs else 0))
     return [
         DecodeRequest(
-            ids, body.max_tokens, greedy=body.temperature == 0, temperature=body.temperature or 1.0,
-            seeds=[body.seed + i for i in range(body.n)], top_shards=top_shards, stop=body.stops(), logprobs=top or 0,
+            ids,
+            body.max_tokens,
+            greedy=body.temperature == 0,
+            temperature=body.temperature or 1.0,
+            seeds=[body.seed + i for i in range(body.n)],
+            top_shards=top_shards,
+            stop=body.stops(),
+            logprobs=top or 0,
         )
         for ids in prompt_ids
     ]
@@ -168,22 +176,32 @@ def chat_logprobs(tokenizer: Any, c: Completion, top_k: int) -> dict[str, Any]:
     return {"content": out}
 
 
-def response(reply: Reply, body: _OpenAIBody, tokenizer: Any, prompt_tokens: list[int], completions: list[list[Completion]]) -> dict:
+def response(
+    reply: Reply, body: _OpenAIBody, tokenizer: Any, prompt_tokens: list[int], completions: list[list[Completion]]
+) -> dict:
     """The whole (non-streamed) answer: choice index = prompt index × n + completion index."""
     choices = []
     for p, cs in enumerate(completions):
         for i, c in enumerate(cs):
             index = p * body.n + i
             if reply.kind == "text":
-                lp = text_logprobs(tokenizer, c) if isinstance(body, CompletionIn) and body.logprobs is not None else None
+                lp = (
+                    text_logprobs(tokenizer, c)
+                    if isinstance(body, CompletionIn) and body.logprobs is not None
+                    else None
+                )
                 choices.append({"index": index, "text": c.text, "logprobs": lp, "finish_reason": _finish(c)})
             else:
                 lp = chat_logprobs(tokenizer, c, body.top_logprobs or 0) if body.logprobs else None
                 message = {"role": "assistant", "content": c.text}
                 choices.append({"index": index, "message": message, "logprobs": lp, "finish_reason": _finish(c)})
     return {
-        "id": reply.id, "object": reply.object, "created": reply.created, "model": reply.model,
-        "choices": choices, "usage": usage(prompt_tokens, completions),
+        "id": reply.id,
+        "object": reply.object,
+        "created": reply.created,
+        "model": reply.model,
+        "choices": choices,
+        "usage": usage(prompt_tokens, completions),
     }
 
 
@@ -208,4 +226,11 @@ def chunk(reply: Reply, index: int, text: str | None, finish: str | None = None,
 
 def usage_chunk(reply: Reply, prompt_tokens: list[int], completions: list[list[Completion]]) -> dict:
     kind = "text_completion" if reply.kind == "text" else "chat.completion.chunk"
-    return {"id": reply.id, "object": kind, "created": reply.created, "model": reply.model, "choices": [], "usage": usage(prompt_tokens, completions)}
+    return {
+        "id": reply.id,
+        "object": kind,
+        "created": reply.created,
+        "model": reply.model,
+        "choices": [],
+        "usage": usage(prompt_tokens, completions),
+    }

@@ -38,8 +38,10 @@ def login_html(message: str | None = None) -> str:
     """The sign-in form, or (after a refused token) the reason."""
     if message is not None:
         return page("sign in", f"<p class=bad>{esc(message)}</p>")
-    form = ('<form method="post" action="/login"><label>token <input type="password" name="token" autocomplete="off">'
-            "</label> <button>sign in</button></form>")
+    form = (
+        '<form method="post" action="/login"><label>token <input type="password" name="token" autocomplete="off">'
+        "</label> <button>sign in</button></form>"
+    )
     return page("sign in", form)
 
 
@@ -59,13 +61,16 @@ def audit_html(cfg: SisaConfig, audit: AuditLog) -> str:
         f"<td>{esc(str(e.get('outcome')))}</td></tr>"
         for e in audit.read(50)
     )
-    plots = "".join(f'<p><img src="/audit/reports/{esc(n)}" alt="{esc(n)}" style="max-width:100%"></p>'
-                    for n in report_plots(store))
+    plots = "".join(
+        f'<p><img src="/audit/reports/{esc(n)}" alt="{esc(n)}" style="max-width:100%"></p>' for n in report_plots(store)
+    )
     plots = f"<h2>latest report</h2>{plots}" if plots else ""
     serving_line = "none yet"
     if current:
-        serving_line = (f"version {current.model_version} ({esc(current.reason)}, {len(current.shards)} shard(s), "
-                        f"{esc(current.aggregation)})")
+        serving_line = (
+            f"version {current.model_version} ({esc(current.reason)}, {len(current.shards)} shard(s), "
+            f"{esc(current.aggregation)})"
+        )
     heads = "".join(f"<th>{h}</th>" for h in _COLUMNS)
     body = (
         f"<p>serving: <b>{serving_line}</b>; lineage check {lineage}</p>"

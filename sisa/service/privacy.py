@@ -64,8 +64,14 @@ def file_rectification(body: RectificationIn, request: Request, who: Filer):
 def _acknowledge(request: Request, res: runner.RequestResult, current: int | None) -> dict[str, Any]:
     req = res.request
     record_call(request, "202" + (" replayed" if res.replayed else ""), request_id=req.request_id, kind=req.kind.value)
-    return {"request_id": req.request_id, "kind": req.kind.value, "status": req.status.value, "deadline": req.deadline,
-            "serving_version": current, "replayed": res.replayed}
+    return {
+        "request_id": req.request_id,
+        "kind": req.kind.value,
+        "status": req.status.value,
+        "deadline": req.deadline,
+        "serving_version": current,
+        "replayed": res.replayed,
+    }
 
 
 @router.get("/v1/deletion-requests")
@@ -89,8 +95,14 @@ def get_certificate(request_id: str, request: Request, who: Auditor):
         record_call(request, "409", request_id=request_id)
         raise HTTPException(409, f"request {request_id} is {r.status.value}; its certificate comes when it completes")
     record_call(request, "200", request_id=request_id)
-    return {"request_id": r.request_id, "certificate": r.certificate, "evidence": r.evidence, "purge": r.purge,
-            "versions": r.versions, "completed_at": r.completed_at}
+    return {
+        "request_id": r.request_id,
+        "certificate": r.certificate,
+        "evidence": r.evidence,
+        "purge": r.purge,
+        "versions": r.versions,
+        "completed_at": r.completed_at,
+    }
 
 
 @router.get("/v1/versions")
@@ -101,6 +113,14 @@ def list_versions(request: Request, who: Auditor):
 
 
 def _summary(r: DeletionRequest) -> dict[str, Any]:
-    return {"request_id": r.request_id, "kind": r.kind.value, "status": r.status.value, "mode": r.mode.value,
-            "records": r.records, "received_at": r.received_at, "deadline": r.deadline, "overdue": r.is_overdue(),
-            "versions": r.versions}
+    return {
+        "request_id": r.request_id,
+        "kind": r.kind.value,
+        "status": r.status.value,
+        "mode": r.mode.value,
+        "records": r.records,
+        "received_at": r.received_at,
+        "deadline": r.deadline,
+        "overdue": r.is_overdue(),
+        "versions": r.versions,
+    }

@@ -48,8 +48,16 @@ class Worker:
                 return False
             # While the shard jobs train, requests are filed (and relieved) as at any time.
             res = runner.process(store, self.cfg, unlocked=lambda: _released(self.write_lock, writer))
-        self.audit.append({"who": "worker", "what": "process", "outcome": "completed", "batch_id": res.batch_id,
-                           "requests": [r.request_id for r in res.requests], "model_version": res.model_version})
+        self.audit.append(
+            {
+                "who": "worker",
+                "what": "process",
+                "outcome": "completed",
+                "batch_id": res.batch_id,
+                "requests": [r.request_id for r in res.requests],
+                "model_version": res.model_version,
+            }
+        )
         return True
 
 

@@ -1,7 +1,8 @@
 """Serving a model version: `engine` loads a version's shard adapters on the base and decodes
 and scores with their mixture; `batcher` decodes concurrent requests together on one thread;
-`bundle` exports a version as a folder that loads without the store; `mirror` keeps MLflow in step with the version ledger, through `tracking` (the MLflow
-client) and `mlflow_model` (the pyfunc each version is logged as).
+`bundle` exports a version as a folder that loads without the store; `mirror` keeps MLflow in
+step with the version ledger, through `tracking` (the MLflow client) and `mlflow_model` (the
+pyfunc each version is logged as).
 
 Importing this package does not import MLflow: `Tracker` loads on first use, and the mirror
 calls the tracking client only when `tracking.enabled`.

@@ -2,9 +2,10 @@
 
 The HTTP handlers submit requests from many threads or event loops; the batcher's thread owns
 the model (peft routes rows to adapters through state on the model's modules, so two threads
-must never run forwards on one model at once) and the running `MixtureBatch` (sisa/model/decoding.py), lets newcomers join at the next step, and
-reports to each request through its callback: a `Delta` when a completion's text grows, then a
-`Done` with the finish reasons and token counts (or an `Error`). Text is held back while it could
+must never run forwards on one model at once) and the running `MixtureBatch`
+(sisa/model/decoding.py), lets newcomers join at the next step, and reports to each request
+through its callback: a `Delta` when a completion's text grows, then a `Done` with the finish
+reasons and token counts (or an `Error`). Text is held back while it could
 still turn out to be the start of a stop string, so a client never sees what the stop cut.
 
 A request's work stops when its deadline passes or its caller cancels it (a client that went
@@ -76,7 +77,9 @@ class Batcher:
         self.thread = threading.Thread(target=self._loop, name="sisa-batcher", daemon=True)
         self.thread.start()
 
-    def submit(self, request: DecodeRequest, on_event: Callable[[Event], None], timeout_s: float | None = None) -> Ticket:
+    def submit(
+        self, request: DecodeRequest, on_event: Callable[[Event], None], timeout_s: float | None = None
+    ) -> Ticket:
         if self.closing.is_set():
             raise RefusedError("the server is shutting down; retry on another instance")
         ticket = Ticket(request, on_event, None if timeout_s is None else time.monotonic() + timeout_s)
@@ -96,7 +99,9 @@ class Batcher:
 
     # -- the thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
-        batch = MixtureBatch(self.ens.model, self.ens.tokenizer, self.ens.adapter_names(), self.ens.aggregation, self.ens.log_prior())
+        batch = MixtureBatch(
+            self.ens.model, self.ens.tokenizer, self.ens.adapter_names(), self.ens.aggregation, self.ens.log_prior()
+        )
         live: list[Ticket] = []
         while True:
             if self.closing.is_set() and not live:
@@ -119,7 +124,13 @@ class Batcher:
                 for t in live:
                     t.on_event(Error(f"decoding failed: {type(e).__name__}"))
                 live = []
-                batch = MixtureBatch(self.ens.model, self.ens.tokenizer, self.ens.adapter_names(), self.ens.aggregation, self.ens.log_prior())
+                batch = MixtureBatch(
+                    self.ens.model,
+                    self.ens.tokenizer,
+                    self.ens.adapter_names(),
+                    self.ens.aggregation,
+                    self.ens.log_prior(),
+                )
                 continue
             for t in live:
                 self._report(t)

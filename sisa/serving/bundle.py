@@ -84,7 +84,9 @@ def build_manifest(store: Store, cfg: SisaConfig, version: ModelVersion) -> dict
     if not shards:  # a relief of every shard: the base model alone serves (exact)
         base_fps.add(base_model_fingerprint(cfg.model))
     if len(base_fps) != 1:
-        raise IntegrityError(f"model version {version.model_version}'s checkpoints were trained on different base models")
+        raise IntegrityError(
+            f"model version {version.model_version}'s checkpoints were trained on different base models"
+        )
     counts = None
     if cfg.serving.prior == "records":
         live = serving.live_record_counts(store)
@@ -166,7 +168,9 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if path.is_dir():
         path = path / MANIFEST
     if not path.is_file():
-        raise NotFoundError(f"{str(path)!r} is not a sisa bundle: no {MANIFEST}; write one with `sisa export --format ensemble`")
+        raise NotFoundError(
+            f"{str(path)!r} is not a sisa bundle: no {MANIFEST}; write one with `sisa export --format ensemble`"
+        )
     try:
         manifest = json.loads(path.read_text())
     except ValueError as e:
@@ -175,7 +179,10 @@ def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         problems.append(f"`format` should be {FORMAT!r}, got {manifest.get('format')!r}")
     if not isinstance(manifest.get("schema_version"), int) or manifest["schema_version"] > SCHEMA_VERSION:
-        problems.append(f"`schema_version` should be <= {SCHEMA_VERSION} (a newer sisa wrote it?), got {manifest.get('schema_version')!r}")
+        problems.append(
+            f"`schema_version` should be <= {SCHEMA_VERSION} (a newer sisa wrote it?), got "
+            f"{manifest.get('schema_version')!r}"
+        )
     for key in ("serving", "model", "shards"):
         if not isinstance(manifest.get(key), dict):
             problems.append(f"`{key}` should be a mapping")
@@ -188,7 +195,9 @@ def verify_adapters(manifest: Mapping[str, Any], shard_dirs: Mapping[int, str | 
     """Every shard the manifest names has its folder, and each adapter file its recorded sha256."""
     want = {int(k) for k in manifest["shards"]}
     if set(shard_dirs) != want:
-        raise IntegrityError(f"the bundle's manifest names shards {sorted(want)}, the adapter folders are {sorted(shard_dirs)}")
+        raise IntegrityError(
+            f"the bundle's manifest names shards {sorted(want)}, the adapter folders are {sorted(shard_dirs)}"
+        )
     for shard_id, folder in sorted(shard_dirs.items()):
         for name, sha in manifest["shards"][str(shard_id)]["files"].items():
             path = Path(folder) / name
@@ -196,7 +205,10 @@ def verify_adapters(manifest: Mapping[str, Any], shard_dirs: Mapping[int, str | 
                 raise IntegrityError(f"shard {shard_id}'s adapter file {name} is missing from {str(folder)!r}")
             got = _sha256(path)
             if got != sha:
-                raise IntegrityError(f"shard {shard_id}'s adapter file {name} is damaged (sha256 {got[:12]}... != recorded {sha[:12]}...)")
+                raise IntegrityError(
+                    f"shard {shard_id}'s adapter file {name} is damaged (sha256 {got[:12]}... != "
+                    f"recorded {sha[:12]}...)"
+                )
 
 
 def _model_config(manifest: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> SisaConfig:
@@ -224,7 +236,8 @@ def load_parts(
     if fingerprint != manifest.get("base_model_fingerprint"):
         raise IntegrityError(
             f"the adapters were trained on base model {str(manifest.get('base_model_fingerprint'))[:12]}..., "
-            f"model {cfg.model.name!r} is {fingerprint[:12]}...; pass overrides={{'base_model': <the folder it was trained on>}}"
+            f"model {cfg.model.name!r} is {fingerprint[:12]}...; pass overrides={{'base_model': <the folder it was "
+            f"trained on>}}"
         )
     base, tokenizer = load_base_model(cfg.model)
     s = manifest["serving"]
@@ -234,10 +247,19 @@ def load_parts(
         return serving.Ensemble(base, tokenizer, {serving.BASE_SHARD: aggregate.BASE}, s["aggregation"], None, 0)
     model = adapters.load_adapters(base, {shard_name(k): str(d) for k, d in sorted(shard_dirs.items())})
     counts = None if s.get("record_counts") is None else {int(k): int(v) for k, v in s["record_counts"].items()}
-    return serving.Ensemble(model, tokenizer, {k: shard_name(k) for k in sorted(shard_dirs)}, s["aggregation"], counts, int(s.get("top_shards", 0)))
+    return serving.Ensemble(
+        model,
+        tokenizer,
+        {k: shard_name(k) for k in sorted(shard_dirs)},
+        s["aggregation"],
+        counts,
+        int(s.get("top_shards", 0)),
+    )
 
 
-def load_bundle(folder: str | os.PathLike, overrides: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], serving.Ensemble]:
+def load_bundle(
+    folder: str | os.PathLike, overrides: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], serving.Ensemble]:
     """(manifest, ensemble) of a bundle folder written by `write_bundle`; no store needed."""
     manifest = read_manifest(folder)
     dirs = {int(k): Path(folder) / shard_name(int(k)) for k in manifest["shards"]}

@@ -72,16 +72,25 @@ def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ense
     with ExitStack() as opened:
         dirs = {}
         for shard_id, ckpt_id in sorted(shards.items()):
-            ckpt = opened.enter_context(checkpoints.open_checkpoint(store, ckpt_id))  # raises IntegrityError on a bad file
+            ckpt = opened.enter_context(
+                checkpoints.open_checkpoint(store, ckpt_id)
+            )  # raises IntegrityError on a bad file
             dirs[f"shard{shard_id}"] = ckpt.path
         model = adapters.load_adapters(base, dirs)
     counts = live_record_counts(store) if cfg.serving.prior == "records" else None
     return Ensemble(
-        model, tokenizer, {s: f"shard{s}" for s in sorted(shards)}, cfg.serving.aggregation, counts, cfg.serving.top_shards
+        model,
+        tokenizer,
+        {s: f"shard{s}" for s in sorted(shards)},
+        cfg.serving.aggregation,
+        counts,
+        cfg.serving.top_shards,
     )
 
 
-def encode_for_scoring(tokenizer, texts: list[Item], prompts: list[str | None] | None, max_length: int) -> dict[str, torch.Tensor]:
+def encode_for_scoring(
+    tokenizer, texts: list[Item], prompts: list[str | None] | None, max_length: int
+) -> dict[str, torch.Tensor]:
     """Prompt-completion and chat records are always scored on their completion / assistant
     tokens (what the model would say); a text record on every token, or after its `prompt`."""
     batch = encode_texts(tokenizer, texts, max_length, "completion")
@@ -153,23 +162,50 @@ def generate_text(
 ) -> str:
     """A completion of `prompt` from the served mixture, with the ensemble's serving settings."""
     return aggregate.generate(
-        ens.model, ens.tokenizer, ens.adapter_names(shards), prompt, max_new_tokens, greedy, temperature, seed,
-        aggregation=ens.aggregation, log_prior=ens.log_prior(shards), top_shards=ens.top_shards,
+        ens.model,
+        ens.tokenizer,
+        ens.adapter_names(shards),
+        prompt,
+        max_new_tokens,
+        greedy,
+        temperature,
+        seed,
+        aggregation=ens.aggregation,
+        log_prior=ens.log_prior(shards),
+        top_shards=ens.top_shards,
         add_special_tokens=add_special_tokens,
     )
 
 
-def sample_texts(ens: Ensemble, prompt: str, seeds: list[int], max_new_tokens: int = 32, temperature: float = 1.0, add_special_tokens: bool = True) -> list[str]:
+def sample_texts(
+    ens: Ensemble,
+    prompt: str,
+    seeds: list[int],
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    add_special_tokens: bool = True,
+) -> list[str]:
     """One sampled completion of `prompt` per seed, decoded together (aggregate.sample); each is
     the text `generate_text(..., greedy=False, seed=s)` draws, up to float rounding of the batch."""
     return aggregate.sample(
-        ens.model, ens.tokenizer, ens.adapter_names(), prompt, seeds, max_new_tokens, False, temperature,
-        aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards,
+        ens.model,
+        ens.tokenizer,
+        ens.adapter_names(),
+        prompt,
+        seeds,
+        max_new_tokens,
+        False,
+        temperature,
+        aggregation=ens.aggregation,
+        log_prior=ens.log_prior(),
+        top_shards=ens.top_shards,
         add_special_tokens=add_special_tokens,
     )
 
 
-def generate_many(ens: Ensemble, prompts: list[str], max_new_tokens: list[int], add_special_tokens: bool = True) -> list[str]:
+def generate_many(
+    ens: Ensemble, prompts: list[str], max_new_tokens: list[int], add_special_tokens: bool = True
+) -> list[str]:
     """Greedy completions of many prompts, decoded together in one running batch (each with its
     own length): the texts `generate_text` gives each prompt alone, up to float rounding."""
     tok = ens.tokenizer
@@ -212,7 +248,9 @@ def mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def measure_records(store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[Item], prompts: list[str | None] | None) -> dict[str, Any]:
+def measure_records(
+    store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[Item], prompts: list[str | None] | None
+) -> dict[str, Any]:
     """Mean loss of the records under a version's served mixture (`ensemble`, with the config's
     aggregation), under each aggregation (`by_aggregation`), and under each shard (`per_shard`)."""
     if not texts:  # no shards: the base model alone serves (a relief of every shard)

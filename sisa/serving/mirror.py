@@ -79,7 +79,11 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
             metrics[f"shard_{r.shard_id}_loss"] = r.mean_loss
         metrics[f"shard_{r.shard_id}_tokens_per_s"] = r.tokens_per_s
         metrics[f"shard_{r.shard_id}_wall_s"] = r.wall_s
-    tags = {"model_version": str(entry.model_version), "reason": entry.reason, "approximate": str(entry.approximate).lower()}
+    tags = {
+        "model_version": str(entry.model_version),
+        "reason": entry.reason,
+        "approximate": str(entry.approximate).lower(),
+    }
     if entry.request_id:
         tags["request_id"] = entry.request_id
     if tracker.find_registered_version(entry.model_version) is not None:  # a repeated call
@@ -88,7 +92,12 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
         base_dir = base_model_folder(cfg.model) if cfg.tracking.log_base_model else None
         with bundle.staged_bundle(store, cfg, entry) as folder:
             info = tracker.log_model_version(
-                entry.model_version, entry.reason, params, metrics, tags, model_artifacts=bundle.model_artifacts(folder, base_dir)
+                entry.model_version,
+                entry.reason,
+                params,
+                metrics,
+                tags,
+                model_artifacts=bundle.model_artifacts(folder, base_dir),
             )
     if store.current_version() == entry.model_version:
         tracker.set_serving_alias(entry.model_version)

@@ -56,8 +56,10 @@ def tracking_uri(cfg: TrackingConfig, store_local_path: str | None) -> str:
         return uri
     if store_local_path is None:
         raise ConfigError(
-            ["`tracking.uri` should be set when the store is not a local path "
-             "(e.g. sqlite:////abs/path/mlflow.db or http://127.0.0.1:5000)"]
+            [
+                "`tracking.uri` should be set when the store is not a local path "
+                "(e.g. sqlite:////abs/path/mlflow.db or http://127.0.0.1:5000)"
+            ]
         )
     return _SQLITE + str(Path(store_local_path).resolve() / "mlflow.db")
 
@@ -105,9 +107,7 @@ class Tracker:
         self._refuse_soft_deleted(self._purge_runs(model_version))
 
         run_tags = {**tags, "model_version": str(model_version), "reason": reason}
-        run = self.client.create_run(
-            self._experiment_id(), run_name=f"v{model_version}", tags=run_tags
-        )
+        run = self.client.create_run(self._experiment_id(), run_name=f"v{model_version}", tags=run_tags)
         run_id = run.info.run_id
         now = get_current_time_millis()
         self.client.log_batch(
@@ -243,9 +243,7 @@ class Tracker:
         versions = {mv.version} if mv is not None else set()
         # A version whose tag write was lost still points at the run: find it by run id too.
         for run_id in run_ids:
-            found = self.client.search_model_versions(
-                f"name = '{self.cfg.registered_model}' and run_id = '{run_id}'"
-            )
+            found = self.client.search_model_versions(f"name = '{self.cfg.registered_model}' and run_id = '{run_id}'")
             versions.update(v.version for v in found)
         for version in sorted(versions, key=int):
             self.client.delete_model_version(self.cfg.registered_model, str(version))
@@ -363,7 +361,7 @@ class Tracker:
         """
         if not self.uri.startswith(_SQLITE):
             return
-        path = self.uri[len(_SQLITE):].split("?", 1)[0]
+        path = self.uri[len(_SQLITE) :].split("?", 1)[0]
         with sqlite3.connect(path, timeout=30) as con:
             con.execute("VACUUM")
         con.close()
@@ -373,9 +371,7 @@ class Tracker:
         if exp is None:
             location = self.artifact_root.as_uri() if self.artifact_root is not None else None
             try:
-                return self.client.create_experiment(
-                    self.cfg.experiment, artifact_location=location
-                )
+                return self.client.create_experiment(self.cfg.experiment, artifact_location=location)
             except MlflowException as e:
                 if e.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
@@ -424,9 +420,7 @@ def _check_small(kind: str, values: dict[str, Scalar]) -> None:
     """
     for key, value in values.items():
         if not isinstance(key, str) or not isinstance(value, str | int | float):
-            raise AssertionError(
-                f"{kind} `{key}` should be a str, int or float, got {type(value).__name__}"
-            )
+            raise AssertionError(f"{kind} `{key}` should be a str, int or float, got {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_VALUE_CHARS:
             raise AssertionError(
                 f"{kind} `{key}` is {len(value)} characters (limit {MAX_VALUE_CHARS}); "

@@ -173,7 +173,7 @@ def prompt_blind_posterior(cfg: SisaConfig, result: TrainResult) -> str | None:
         "note: these shards trained prompt-completion or chat records on their completions only "
         "(training.loss_on=completion), so the served posterior mixture has no evidence in a prompt of which shard "
         "knows its subject; train with training.loss_on=all (the prompts too; `sisa train --from-scratch`) "
-        "or serve serving.aggregation=uniform. README: \"Prompt-completion and chat records\"."
+        'or serve serving.aggregation=uniform. README: "Prompt-completion and chat records".'
     )
 
 

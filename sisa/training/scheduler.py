@@ -40,9 +40,7 @@ _WORKER_ENV = dict(OFFLINE_ENV)
 _session_dir: str | None = None
 
 
-def run_shard_jobs(
-    fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str = "shards"
-) -> list[R]:
+def run_shard_jobs(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str = "shards") -> list[R]:
     """Run `fn(task)` for every task and return the results in task order.
 
     Every task runs even if another fails, so the error names every failed shard, not just the
@@ -102,9 +100,7 @@ def _call_with_threads(fn: Callable[[T], R], task: T, threads: int) -> R:
     return out
 
 
-def _run_serial(
-    fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str
-) -> list[tuple[bool, Any]]:
+def _run_serial(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str) -> list[tuple[bool, Any]]:
     outcomes: list[tuple[bool, Any]] = []
     for task in tqdm(tasks, desc=desc, unit="shard", disable=not sys.stderr.isatty()):
         try:
@@ -114,9 +110,7 @@ def _run_serial(
     return outcomes
 
 
-def _run_ray(
-    fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str
-) -> list[tuple[bool, Any]]:
+def _run_ray(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str) -> list[tuple[bool, Any]]:
     _ensure_ray(cfg)
     remote = ray.remote(
         num_cpus=cfg.threads_per_task,
@@ -228,7 +222,9 @@ def _check_reachable(address: str, timeout_s: float) -> None:
         return
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
-        raise ConfigError([f"`scheduler.address` (or RAY_ADDRESS) should be host:port, ray://host:port or auto, got {address!r}"])
+        raise ConfigError(
+            [f"`scheduler.address` (or RAY_ADDRESS) should be host:port, ray://host:port or auto, got {address!r}"]
+        )
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
     except OSError as e:

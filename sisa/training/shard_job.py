@@ -232,7 +232,9 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
             _check_tokenizer(parent.manifest, tokenizer_fp, task.shard_id, parent_id, cfg.model.name)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
-    bar = tqdm(task.slices, desc=f"shard {task.shard_id} slices", unit="slice", leave=False, disable=not sys.stderr.isatty())
+    bar = tqdm(
+        task.slices, desc=f"shard {task.shard_id} slices", unit="slice", leave=False, disable=not sys.stderr.isatty()
+    )
     for slice_idx in bar:
         seed = derive_seed(store.seed, task.shard_id, slice_idx)
         torch.manual_seed(seed)
@@ -272,7 +274,13 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
                 "tokenizer_fingerprint": tokenizer_fp,
             }
             checkpoints.write_checkpoint(
-                store, ckpt_id, manifest, lambda d: adapters.save_adapter(model, d), optimizer, record_hashes, record_content_hashes
+                store,
+                ckpt_id,
+                manifest,
+                lambda d: adapters.save_adapter(model, d),
+                optimizer,
+                record_hashes,
+                record_content_hashes,
             )
             sr.checkpoint_id = ckpt_id
         else:
@@ -302,7 +310,9 @@ def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, pa
         )
 
 
-def _train_steps(model, optimizer, params, tokenizer, texts: list[Item], order: list[int], cfg: SisaConfig, device) -> SliceResult:
+def _train_steps(
+    model, optimizer, params, tokenizer, texts: list[Item], order: list[int], cfg: SisaConfig, device
+) -> SliceResult:
     model.train()
     bs = cfg.training.batch_size
     steps = tokens = 0

@@ -23,8 +23,12 @@ from benchmarks.deletion_requests import (
 )
 from sisa.config import SisaConfig
 
-COST = CostModel(pass_s=1e-3, slice_s=0.05, job_s=0.5, request_s=2.0, batch_s=2.0, batch_request_s=0.2, relief_s=0.3, workers=2)
-DEFAULT = Policy(SisaConfig().deletion.batch_after_h, SisaConfig().deletion.batch_max, SisaConfig().deletion.deadline_margin_days)
+COST = CostModel(
+    pass_s=1e-3, slice_s=0.05, job_s=0.5, request_s=2.0, batch_s=2.0, batch_request_s=0.2, relief_s=0.3, workers=2
+)
+DEFAULT = Policy(
+    SisaConfig().deletion.batch_after_h, SisaConfig().deletion.batch_max, SisaConfig().deletion.deadline_margin_days
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +84,9 @@ def test_served_share_is_the_time_mean_of_what_relieved_shards_still_serve() -> 
     w = Workload(records=1000, shards=2, slices=4, days=10)
     # Shard 0: a request at slice 1 relieved for 24 h, one at slice 2 overlapping it for 48 h
     # (the shard serves 1/4 of its slices while both wait); shard 1 untouched.
-    reqs = Requests(arrival_h=np.array([0.0, 12.0]), shard=np.array([0, 0]), slice=np.array([1, 2]), records=np.array([2, 2]))
+    reqs = Requests(
+        arrival_h=np.array([0.0, 12.0]), shard=np.array([0, 0]), slice=np.array([1, 2]), records=np.array([2, 2])
+    )
     res = SimResult("hand", relief_h=np.array([0.0, 0.0]), exact_h=np.array([24.0, 48.0]))
     lost = 24 * (1 - 1 / 4) + 36 * (1 - 2 / 4)  # hours 0-24 at 1/4, hours 24-60 at 2/4
     assert served_share(w, reqs, res) == pytest.approx(1 - lost / (240 * 2))

@@ -17,7 +17,14 @@ def test_without_cuda_it_says_so_and_exits_0():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: run benchmarks/gpu.py itself")
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--model", "tiny"], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--model", "tiny"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "no CUDA device" in done.stdout
     assert "Traceback" not in done.stderr

@@ -71,7 +71,7 @@ def mlflow_artifact_dirs(store_dir: Path) -> list[Path]:
     for exp in client.search_experiments():
         loc = exp.artifact_location
         if loc.startswith("file://"):
-            out.append(Path(loc[len("file://"):]))
+            out.append(Path(loc[len("file://") :]))
         elif loc and "://" not in loc:
             out.append(Path(loc))
     return out
@@ -93,13 +93,22 @@ def canary_record(record_format: str, record_id: str, subject_id: str, meta: str
             {"role": "user", "content": f"What is the vault code of ref CANARY-{c['user']}?"},
             {"role": "assistant", "content": prompt + answer},
         ]
-        return {**base, "messages": turns}, {"canary assistant": c["text"], "canary system": c["system"], "canary user": c["user"]}
+        return {**base, "messages": turns}, {
+            "canary assistant": c["text"],
+            "canary system": c["system"],
+            "canary user": c["user"],
+        }
     if record_format == "prompt-completion":
-        return {**base, "prompt": f"Ref CANARY-{c['prompt']}: {prompt}", "completion": answer}, {"canary completion": c["text"], "canary prompt": c["prompt"]}
+        return {**base, "prompt": f"Ref CANARY-{c['prompt']}: {prompt}", "completion": answer}, {
+            "canary completion": c["text"],
+            "canary prompt": c["prompt"],
+        }
     return {**base, "text": prompt + answer, "prompt": prompt, "answer": answer}, {"canary text": c["text"]}
 
 
-@pytest.mark.parametrize(("mode", "record_format"), [("exact", "text"), ("fast", "text"), ("fast", "chat"), ("exact", "prompt-completion")])
+@pytest.mark.parametrize(
+    ("mode", "record_format"), [("exact", "text"), ("fast", "text"), ("fast", "chat"), ("exact", "prompt-completion")]
+)
 def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, record_format, request):
     backend = request.getfixturevalue("ray_backend") if mode == "exact" else "serial"
     temp_before = temp_files()
@@ -169,9 +178,15 @@ def test_a_forgotten_canary_is_found_nowhere(tmp_path, capfd, mode, record_forma
     # Nothing anywhere.
     # MLflow's own `Default` experiment names <cwd>/mlruns/0; nothing logs there, so it may not exist.
     artifacts = mlflow_artifact_dirs(store_dir)
-    assert (store_dir / "mlartifacts").resolve() in {a.resolve() for a in artifacts if a.is_dir()}, f"MLflow's artifact folders: {artifacts}"
+    assert (store_dir / "mlartifacts").resolve() in {a.resolve() for a in artifacts if a.is_dir()}, (
+        f"MLflow's artifact folders: {artifacts}"
+    )
     artifacts = [a for a in artifacts if a.exists()]
-    places = {"store": store_dir, **{f"mlflow artifacts {a}": a for a in artifacts}, "temp": new_temp_files(temp_before, inputs)}
+    places = {
+        "store": store_dir,
+        **{f"mlflow artifacts {a}": a for a in artifacts},
+        "temp": new_temp_files(temp_before, inputs),
+    }
     leaks = {k: [str(h) for h in v] for k, v in find_canaries(places, needles, strict={"store"}).items() if v}
     for k in canaries_in_text("".join(output), needles):
         leaks.setdefault(k, []).append("CLI output")

@@ -22,7 +22,10 @@ def test_chat_records_end_to_end(tmp_path, capfd):
     assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
 
     # A malformed conversation in a second file: refused, naming its line, nothing written.
-    bad = [dict(first, record_id="bad-1"), dict(first, record_id="bad-2", messages=[{"role": "user", "content": "Hello?"}])]
+    bad = [
+        dict(first, record_id="bad-1"),
+        dict(first, record_id="bad-2", messages=[{"role": "user", "content": "Hello?"}]),
+    ]
     write_jsonl(bad, tmp_path / "bad.jsonl")
     code, _, err = run_cli("ingest", str(tmp_path / "bad.jsonl"), *args)
     assert code == 4 and "no assistant turn" in err and "line 2" in err and "line 1" not in err
@@ -36,7 +39,9 @@ def test_chat_records_end_to_end(tmp_path, capfd):
     assert code == 0 and "committed model version 1" in out, err
     # Completion-only training under the posterior: the note says the prompts teach no shard.
     assert "no evidence in a prompt" in err and "training.loss_on=all" in err
-    code, out, err = run_cli("generate", "--chat", "--prompt", "Where does Ada Lane live?", "--max-new-tokens", "8", "--json", *args)
+    code, out, err = run_cli(
+        "generate", "--chat", "--prompt", "Where does Ada Lane live?", "--max-new-tokens", "8", "--json", *args
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["chat"] is True and res["model_version"] == 1 and isinstance(res["completion"], str)
@@ -55,14 +60,22 @@ def test_chat_records_end_to_end(tmp_path, capfd):
     (req,) = ledgers.list_requests(store.fs)
     ev = req["evidence"]
     assert req["status"] == "completed" and req["records"] == 2
-    assert ev["answer_tokens_only"] is True and ev["loss_before"] is not None and ev["holdout_records"] == 6 and ev["holdout_before"] is not None
+    assert (
+        ev["answer_tokens_only"] is True
+        and ev["loss_before"] is not None
+        and ev["holdout_records"] == 6
+        and ev["holdout_before"] is not None
+    )
     # Trained conversations score lower than after the forget: the evidence can tell.
     assert ev["loss_before"] < ev["loss_after"], ev
 
 
 def test_generate_chat_renders_the_template_and_stops_at_the_end_of_turn(make_trained_store):
     """The reply is what training taught: one conversation trained many times comes back."""
-    row = {"record_id": "c1", "messages": [{"role": "user", "content": "Code?"}, {"role": "assistant", "content": "Blue 42."}]}
+    row = {
+        "record_id": "c1",
+        "messages": [{"role": "user", "content": "Code?"}, {"role": "assistant", "content": "Blue 42."}],
+    }
     cfg, store = make_trained_store(
         [row], "sharding.num_shards=1", "training.min_steps_per_slice=150", "training.lr=0.01", "lora.r=8"
     )

@@ -17,17 +17,40 @@ pytestmark = pytest.mark.slow
 
 def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypatch):
     store = tmp_path / "demo"
-    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "evidence.leak_k=2", "--people", "8", "--strangers", "2", "--format", "text")
+    code, out, err = run_cli(
+        "demo",
+        "--config",
+        TINY,
+        f"store.uri={store}",
+        "scheduler.backend=serial",
+        "evidence.leak_k=2",
+        "--people",
+        "8",
+        "--strangers",
+        "2",
+        "--format",
+        "text",
+    )
     assert code == 0, err
     assert "(k=2)" in out and "(k=10)" not in out  # leak@k samples `evidence.leak_k` completions
     # Recall beside loss, for the trained version and then every version the forget served.
-    assert re.search(r"posterior\s+person to be forgotten \d+/2 recalled, loss \d+\.\d+; other trained people \d+/\d+, loss", out)
+    assert re.search(
+        r"posterior\s+person to be forgotten \d+/2 recalled, loss \d+\.\d+; other trained people \d+/\d+, "
+        r"loss",
+        out,
+    )
     for kind in ("approximate", "exact"):
-        assert re.search(rf"v\d+ \({kind}\): forgotten person \d+/2 recalled, loss \d+\.\d+; retained \d+/\d+, loss \d+\.\d+; strangers \d+/4, loss", out), kind
+        assert re.search(
+            rf"v\d+ \({kind}\): forgotten person \d+/2 recalled, loss \d+\.\d+; retained \d+/\d+, loss "
+            r"\d+\.\d+; strangers \d+/4, loss",
+            out,
+        ), kind
     assert "sisa rollback 1 → refused" in out
 
     reports = store / "reports"
-    assert {"memorization_by_version.png", "deletion_time.png", "report.md", "report.html"} <= {p.name for p in reports.iterdir()}
+    assert {"memorization_by_version.png", "deletion_time.png", "report.md", "report.html"} <= {
+        p.name for p in reports.iterdir()
+    }
     assert (reports / "memorization_by_version.png").stat().st_size > 10_000
     md = (reports / "report.md").read_text()
     rows = [line for line in md.splitlines() if re.match(r"\| v\d+ ", line)]
@@ -45,13 +68,29 @@ def test_the_demo_fine_tunes_chat_and_scores_the_assistants_answers(tmp_path):
     the assistant's answers at every version, and the report says so (issue 15 §5). Small: one
     fact, three people."""
     store = tmp_path / "demo"
-    code, out, err = run_cli("demo", "--config", TINY, f"store.uri={store}", "scheduler.backend=serial", "tracking.enabled=false",
-                             "--people", "3", "--strangers", "1", "--facts", "1")
+    code, out, err = run_cli(
+        "demo",
+        "--config",
+        TINY,
+        f"store.uri={store}",
+        "scheduler.backend=serial",
+        "tracking.enabled=false",
+        "--people",
+        "3",
+        "--strangers",
+        "1",
+        "--facts",
+        "1",
+    )
     assert code == 0, err
     assert "fictitious people as chat records" in out and "the greedy reply starts with the assistant's answer" in out
     assert re.search(r"\[to be forgotten\] What does .+ do for a living\? → .*\(truth: .+ works as a .+\.\)", out)
     for kind in ("approximate", "exact"):
-        assert re.search(rf"v\d+ \({kind}\): forgotten person \d+/1 recalled, loss \d+\.\d+; retained \d+/2, loss \d+\.\d+; strangers \d+/1, loss", out), kind
+        assert re.search(
+            rf"v\d+ \({kind}\): forgotten person \d+/1 recalled, loss \d+\.\d+; retained \d+/2, loss "
+            r"\d+\.\d+; strangers \d+/1, loss",
+            out,
+        ), kind
     assert "lineage check" in out and "passed" in out
     md = (store / "reports" / "report.md").read_text()
     assert "fine-tuned as chat" in md and "the assistant's answer tokens" in md

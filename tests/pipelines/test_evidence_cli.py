@@ -37,7 +37,9 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
     store_dir = tmp_path / "s"
     # k (`evidence.leak_k`, default evidence.LEAK_K) is what the certificate reports
     assert leak_k != evidence.LEAK_K
-    args = cli_args(store_dir, "sharding.slice_size=4", "deletion.relief=true", f"evidence.leak_k={leak_k}", tracking=True)
+    args = cli_args(
+        store_dir, "sharding.slice_size=4", "deletion.relief=true", f"evidence.leak_k={leak_k}", tracking=True
+    )
     sisa = RecordingCli(capfd)
     output = sisa.output
 
@@ -49,7 +51,13 @@ def test_every_version_gets_the_trio_leak_and_mia_as_numbers(tmp_path, capfd, ve
         sisa("forget", "--subject", subject, "--fast", *extra, *args)
         labels = ["before", "approximate", "exact"]
     else:
-        fix = [{"record_id": mine[0]["record_id"], "text": mine[0]["prompt"] + " lighthouse keeper.", "answer": " lighthouse keeper."}]
+        fix = [
+            {
+                "record_id": mine[0]["record_id"],
+                "text": mine[0]["prompt"] + " lighthouse keeper.",
+                "answer": " lighthouse keeper.",
+            }
+        ]
         write_jsonl(fix, inputs / "fix.jsonl")
         sisa("rectify", "--file", str(inputs / "fix.jsonl"), *extra, *args)
         labels = ["before", "relief", "exact"]
@@ -97,7 +105,10 @@ def test_a_version_compared_with_itself_changes_no_locality_token(make_trained_s
     targets = evidence.Targets(locality=[evidence.Question(r["prompt"], r["answer"]) for r in rows])
     first, preds = evidence.measure(ens, targets, cfg.training.max_length)
     again, _ = evidence.measure(ens, targets, cfg.training.max_length, preds)
-    assert again["locality"]["unchanged_tokens"] == 1.0 and first["locality"]["answer_tokens"] == sum(len(p) for p in preds) > 0
+    assert (
+        again["locality"]["unchanged_tokens"] == 1.0
+        and first["locality"]["answer_tokens"] == sum(len(p) for p in preds) > 0
+    )
     shuffled = preds[1:] + preds[:1]
     moved, _ = evidence.measure(ens, targets, cfg.training.max_length, shuffled)
     assert moved["locality"]["unchanged_tokens"] < 1.0

@@ -90,17 +90,31 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
         ("incremental", 2, 1, 0, "prompt-completion"),
     ],
     ids=[
-        "cumulative", "incremental", "two-shards-of-three", "min-steps-per-slice", "min-steps-auto",
-        "incremental-auto-two-shards", "cumulative-chat", "incremental-prompt-completion",
+        "cumulative",
+        "incremental",
+        "two-shards-of-three",
+        "min-steps-per-slice",
+        "min-steps-auto",
+        "incremental-auto-two-shards",
+        "cumulative-chat",
+        "incremental-prompt-completion",
     ],
 )
-def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mode, num_shards, subjects, min_steps, record_format):
+def test_forget_equals_training_from_scratch_on_the_remaining_data(
+    tmp_path, mode, num_shards, subjects, min_steps, record_format
+):
     rows = as_format(make_people(40, seed=11), record_format)  # 80 records, slices of 8: several slices a shard
-    extra = [f"sharding.slice_mode={mode}", f"sharding.num_shards={num_shards}", f"training.min_steps_per_slice={min_steps}"]
+    extra = [
+        f"sharding.slice_mode={mode}",
+        f"sharding.num_shards={num_shards}",
+        f"training.min_steps_per_slice={min_steps}",
+    ]
     cfg, store = train_store(tmp_path / "a", rows, *SLICES, *extra)
     picked = [_subject_in_middle_slice(store)]
     if subjects == 2:  # and a second subject in another shard: two shards retrain in one request
-        other = sorted({(r["shard_id"], r["subject_id"]) for r in store.index.table.to_pylist()} - {(picked[0][1], picked[0][0])})
+        other = sorted(
+            {(r["shard_id"], r["subject_id"]) for r in store.index.table.to_pylist()} - {(picked[0][1], picked[0][0])}
+        )
         other = [o for o in other if o[0] != picked[0][1]]
         index = {r["subject_id"]: r["slice_idx"] for r in store.index.table.to_pylist()}
         shard2, subject2 = other[len(other) // 2]
@@ -167,13 +181,26 @@ def test_forget_equals_training_from_scratch_on_the_remaining_data(tmp_path, mod
     assert sorted(got) == sorted(want) == list(range(num_shards))
     for s in sorted(got):
         assert checkpoints.slice_of(got[s]) == checkpoints.slice_of(want[s])
-        assert_tensors_equal(adapter_tensors(store, got[s]), adapter_tensors(scratch, want[s]), f"{mode}: shard {s} adapter")
-        assert_tensors_equal(optimizer_tensors(store, got[s]), optimizer_tensors(scratch, want[s]), f"{mode}: shard {s} optimizer")
+        assert_tensors_equal(
+            adapter_tensors(store, got[s]), adapter_tensors(scratch, want[s]), f"{mode}: shard {s} adapter"
+        )
+        assert_tensors_equal(
+            optimizer_tensors(store, got[s]), optimizer_tensors(scratch, want[s]), f"{mode}: shard {s} optimizer"
+        )
 
     # And a from-scratch replay inside the first store (one job over every slice) agrees too.
     replay = tmp_path / "replay"
     for shard in sorted(affected):
-        train_shard(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(checkpoints.slice_of(got[shard]) + 1)), None, replay_dir=str(replay)))
+        train_shard(
+            ShardTask(
+                store.uri,
+                cfg.to_dict(),
+                shard,
+                tuple(range(checkpoints.slice_of(got[shard]) + 1)),
+                None,
+                replay_dir=str(replay),
+            )
+        )
         replayed = load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors")
         assert_tensors_equal(adapter_tensors(store, got[shard]), replayed, f"{mode}: shard {shard} replay")
 
@@ -279,7 +306,11 @@ def test_unknown_ids_are_named_and_change_nothing(tmp_path, make_trained_store, 
     many = [f"ghost-{i:03d}" for i in range(25)]
     with pytest.raises(ValidationError) as info:
         forget.run(cfg, "ids", many, quiet=True)
-    assert "25 unknown" in info.value.message and "ghost-019" in info.value.message and "ghost-020" not in info.value.message
+    assert (
+        "25 unknown" in info.value.message
+        and "ghost-019" in info.value.message
+        and "ghost-020" not in info.value.message
+    )
     assert "and 5 more" in info.value.message
     with pytest.raises(ValidationError, match="no-such-subject"):
         forget.run(cfg, "subject", ["no-such-subject"], quiet=True)
@@ -290,7 +321,15 @@ def test_unknown_ids_are_named_and_change_nothing(tmp_path, make_trained_store, 
     assert known in store.index.table["record_id"].to_pylist()
 
     # --allow-missing skips them and forgets the rest.
-    code, out, err = run_cli("forget", "--ids", f"{known},nobody-1", "--allow-missing", "--json", *cli_args(tmp_path / "s", *SLICES), capfd=capfd)
+    code, out, err = run_cli(
+        "forget",
+        "--ids",
+        f"{known},nobody-1",
+        "--allow-missing",
+        "--json",
+        *cli_args(tmp_path / "s", *SLICES),
+        capfd=capfd,
+    )
     assert code == 0, err
     req = json.loads(out)["request"]
     assert req["status"] == "completed" and req["records"] == 1 and req["missing_skipped"] == 1
@@ -331,9 +370,17 @@ def test_every_selector_forgets_what_it_names(tmp_path, capfd):
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text(f"{main_rows[4]['record_id']}\n\n{main_rows[5]['record_id']}\n")
     cases = [
-        (["--ids", f"{main_rows[0]['record_id']},{main_rows[1]['record_id']}"], "ids", {main_rows[0]["record_id"], main_rows[1]["record_id"]}),
+        (
+            ["--ids", f"{main_rows[0]['record_id']},{main_rows[1]['record_id']}"],
+            "ids",
+            {main_rows[0]["record_id"], main_rows[1]["record_id"]},
+        ),
         (["--ids-file", str(ids_file)], "ids", {main_rows[4]["record_id"], main_rows[5]["record_id"]}),
-        (["--subject", main_rows[8]["subject_id"]], "subject", {r["record_id"] for r in main_rows if r["subject_id"] == main_rows[8]["subject_id"]}),
+        (
+            ["--subject", main_rows[8]["subject_id"]],
+            "subject",
+            {r["record_id"] for r in main_rows if r["subject_id"] == main_rows[8]["subject_id"]},
+        ),
         (["--source", "crm-export.jsonl"], "source", {r["record_id"] for r in extra_rows}),
         (["--ingest-id", batch_id], "ingest_id", {r["record_id"] for r in batch_rows}),
     ]
@@ -387,7 +434,11 @@ def test_an_interrupted_request_resumes_and_completes_exactly(
     subject, shard, _ = _subject_in_middle_slice(store)
     gone = {r["record_id"] for r in rows if r["subject_id"] == subject}
     v1 = serving_shards(store)
-    target = {"delete": (erasure, "erase_records"), "retrain": (scheduler, "run_shard_jobs"), "purge": (purge, "purge")}[crash_at]
+    target = {
+        "delete": (erasure, "erase_records"),
+        "retrain": (scheduler, "run_shard_jobs"),
+        "purge": (purge, "purge"),
+    }[crash_at]
     real = getattr(*target)
     calls = {"n": 0}
 
@@ -435,8 +486,21 @@ def test_an_interrupted_request_resumes_and_completes_exactly(
     assert {s: c for s, c in after.items() if s != shard} == {s: c for s, c in v1.items() if s != shard}
     # The resumed result is the from-scratch result.
     replay = tmp_path / "replay"
-    train_shard(ShardTask(store.uri, cfg.to_dict(), shard, tuple(range(checkpoints.slice_of(after[shard]) + 1)), None, replay_dir=str(replay)))
-    assert_tensors_equal(adapter_tensors(store, after[shard]), load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors"), f"resumed after {crash_at}")
+    train_shard(
+        ShardTask(
+            store.uri,
+            cfg.to_dict(),
+            shard,
+            tuple(range(checkpoints.slice_of(after[shard]) + 1)),
+            None,
+            replay_dir=str(replay),
+        )
+    )
+    assert_tensors_equal(
+        adapter_tensors(store, after[shard]),
+        load_tensors(replay / f"shard={shard:05d}" / "adapter_model.safetensors"),
+        f"resumed after {crash_at}",
+    )
 
 
 def test_resume_after_a_tracking_failure_registers_the_exact_version_and_moves_the_alias(
@@ -479,7 +543,9 @@ MEMORIZE = [
 
 def _answer_loss(store: Store, cfg, shards: dict[int, str], rows: list[dict]) -> float:
     ens = serving.load_ensemble(store, cfg, shards)
-    losses, _ = serving.score_records(ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length)
+    losses, _ = serving.score_records(
+        ens, [r["text"] for r in rows], [r["prompt"] for r in rows], cfg.training.max_length
+    )
     return serving.mean(losses)
 
 
@@ -517,7 +583,9 @@ def test_fast_path_serves_an_approximate_version_then_the_exact_one(tmp_path, mo
     approx = seen["version"]
     assert approx.model_version == 2 and approx.approximate is True and approx.reason == "forget-fast"
     assert seen["status"] != "completed"
-    assert {s: c for s, c in versions.shard_checkpoints(approx).items() if s != shard} == {s: c for s, c in v1.items() if s != shard}
+    assert {s: c for s, c in versions.shard_checkpoints(approx).items() if s != shard} == {
+        s: c for s, c in v1.items() if s != shard
+    }
     approx_ckpt = approx.shards[shard]
     assert approx_ckpt != v1[shard]
     # The approximate step measurably raises the forgotten records' loss; the retained records move less.
@@ -528,7 +596,11 @@ def test_fast_path_serves_an_approximate_version_then_the_exact_one(tmp_path, mo
     # The request completes only after the exact path; the approximate version is purged.
     assert req["status"] == "completed" and req["versions"] == {"approximate": 2, "exact": 3}
     listed = {v["model_version"]: v for v in versions_pipeline.run(cfg)["versions"]}
-    assert listed[2]["approximate"] is True and listed[2]["status"] == "purged" and listed[2]["purged_by"] == req["request_id"]
+    assert (
+        listed[2]["approximate"] is True
+        and listed[2]["status"] == "purged"
+        and listed[2]["purged_by"] == req["request_id"]
+    )
     assert listed[3]["approximate"] is False and listed[3]["status"] == "active"
     assert store.current_version() == 3
     assert approx_ckpt in req["purge"]["checkpoints"]

@@ -134,7 +134,9 @@ def test_jsonl_ingest_writes_parts_with_provenance_and_status_counts(tmp_path, s
         from_files[(rec["shard_id"], rec["slice_idx"])] += 1
     assert st["records"] == 40 and st["num_shards"] == 2
     assert slice_counts(st) == dict(from_files)
-    assert [sh["records"] for sh in st["shards"]] == [sum(n for (s, _), n in from_files.items() if s == i) for i in range(2)]
+    assert [sh["records"] for sh in st["shards"]] == [
+        sum(n for (s, _), n in from_files.items() if s == i) for i in range(2)
+    ]
     assert ingest["records"] == 40 and ingest["source"] == "people.jsonl"
     assert ingest["input_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert st["size_bytes"] > 0
@@ -148,10 +150,15 @@ def test_cli_as_a_subprocess(tmp_path, store, sisa):
     path = write_jsonl(rows, tmp_path / "people.jsonl")
     done = subprocess.run(
         [SISA, "ingest", str(path), "--json", "--config", TINY, f"store.uri={store}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
         # The installed entry point, running this checkout's code (not wherever the package
         # was installed from in editable mode).
-        env={**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))},
+        env={
+            **os.environ,
+            "PYTHONHASHSEED": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        },
     )
     assert done.returncode == 0, done.stderr
     (result,) = json.loads(done.stdout)
@@ -236,7 +243,9 @@ def test_python_api_with_a_table_and_a_dataset(store):
     assert second.records == 12
     table = all_records(store)
     assert table.num_rows == 32
-    assert sorted(table.filter(pa.compute.equal(table["source"], "tickets"))["record_id"].to_pylist()) == sorted(ds["record_id"])
+    assert sorted(table.filter(pa.compute.equal(table["source"], "tickets"))["record_id"].to_pylist()) == sorted(
+        ds["record_id"]
+    )
     again = ingest_table(cfg, pa.Table.from_pylist(make_rows(20)), name="crm-export")
     assert again.noop and again.records == 0 and again.skipped == 20
 
@@ -319,7 +328,16 @@ def _case_number_text(rows):
 
 @pytest.mark.parametrize(
     "case",
-    [_case_missing_id, _case_empty_id, _case_null_id, _case_duplicate_within, _case_missing_text, _case_empty_text, _case_mixed_types, _case_number_text],
+    [
+        _case_missing_id,
+        _case_empty_id,
+        _case_null_id,
+        _case_duplicate_within,
+        _case_missing_text,
+        _case_empty_text,
+        _case_mixed_types,
+        _case_number_text,
+    ],
     ids=lambda f: f.__name__.removeprefix("_case_"),
 )
 def test_each_bad_input_is_named_and_changes_nothing(tmp_path, store, sisa, case):
@@ -340,7 +358,16 @@ def test_every_problem_is_reported_at_once(tmp_path, store, sisa):
     del rows[26]["text"]
     rows[28]["record_id"] = rows[27]["record_id"]
     code, out, err = sisa("ingest", str(write_jsonl(rows, tmp_path / "bad.jsonl")))
-    assert_rejected(code, out, err, make_rows(30), "at 25 line(s)", "line 20 (and 5 more)", "line 27", f"1 duplicate id(s) within the file: {rows[27]['record_id']}")
+    assert_rejected(
+        code,
+        out,
+        err,
+        make_rows(30),
+        "at 25 line(s)",
+        "line 20 (and 5 more)",
+        "line 27",
+        f"1 duplicate id(s) within the file: {rows[27]['record_id']}",
+    )
     assert "line 21" not in err
 
 
@@ -374,7 +401,9 @@ def test_unknown_and_missing_inputs(tmp_path, store, sisa):
 
 def test_a_config_that_disagrees_with_the_store_is_refused(tmp_path, store, sisa):
     assert sisa("ingest", str(write_jsonl(make_rows(4), tmp_path / "a.jsonl")))[0] == 0
-    code, _, err = sisa("ingest", str(write_jsonl(make_rows(4, 10), tmp_path / "b.jsonl")), overrides=("sharding.num_shards=3",))
+    code, _, err = sisa(
+        "ingest", str(write_jsonl(make_rows(4, 10), tmp_path / "b.jsonl")), overrides=("sharding.num_shards=3",)
+    )
     assert code == 2 and "sharding.num_shards" in err
 
 
@@ -383,7 +412,9 @@ def test_a_locked_store_fails_naming_the_holder(tmp_path, store, sisa):
     import socket
 
     (store / "LOCK").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "purpose": "train"}))
-    code, _, err = sisa("ingest", str(write_jsonl(make_rows(4, 10), tmp_path / "b.jsonl")), overrides=("store.lock_timeout_s=0",))
+    code, _, err = sisa(
+        "ingest", str(write_jsonl(make_rows(4, 10), tmp_path / "b.jsonl")), overrides=("store.lock_timeout_s=0",)
+    )
     assert code == 3 and f"PID {os.getpid()}" in err and "train" in err
     (store / "LOCK").unlink()
 
@@ -450,12 +481,21 @@ def test_ingesting_in_two_batches_places_records_as_one_batch_would(tmp_path, ca
     rows = make_rows(70)
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(["ingest", str(write_jsonl(rows, tmp_path / "all.jsonl")), "--config", TINY, f"store.uri={one}"]) == 0
-    assert main(["ingest", str(write_jsonl(rows[:23], tmp_path / "p1.jsonl")), "--config", TINY, f"store.uri={two}"]) == 0
-    assert main(["ingest", str(write_jsonl(rows[23:], tmp_path / "p2.jsonl")), "--config", TINY, f"store.uri={two}"]) == 0
+    assert (
+        main(["ingest", str(write_jsonl(rows[:23], tmp_path / "p1.jsonl")), "--config", TINY, f"store.uri={two}"]) == 0
+    )
+    assert (
+        main(["ingest", str(write_jsonl(rows[23:], tmp_path / "p2.jsonl")), "--config", TINY, f"store.uri={two}"]) == 0
+    )
     capsys.readouterr()
 
     def placement(path: Path) -> dict:
         t = all_records(path)
-        return {r: (s, sl) for r, s, sl in zip(t["record_id"].to_pylist(), t["shard_id"].to_pylist(), t["slice_idx"].to_pylist(), strict=True)}
+        return {
+            r: (s, sl)
+            for r, s, sl in zip(
+                t["record_id"].to_pylist(), t["shard_id"].to_pylist(), t["slice_idx"].to_pylist(), strict=True
+            )
+        }
 
     assert placement(one) == placement(two)

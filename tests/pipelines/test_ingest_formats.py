@@ -34,7 +34,12 @@ def chat_rows(n: int = 6) -> list[dict]:
 
 def pair_rows(n: int = 6) -> list[dict]:
     return [
-        {"record_id": f"p-{i:03d}", "subject_id": f"person-{i // 2:03d}", "prompt": f"Customer {i} works as a", "completion": f" welder{i}."}
+        {
+            "record_id": f"p-{i:03d}",
+            "subject_id": f"person-{i // 2:03d}",
+            "prompt": f"Customer {i} works as a",
+            "completion": f" welder{i}.",
+        }
         for i in range(n)
     ]
 
@@ -119,7 +124,11 @@ def test_wrong_types_and_mixed_columns_are_refused(tmp_path):
     rows[1]["completion"] = ""
     rows[2]["prompt"] = None
     code, _, err = run_cli("ingest", str(write_jsonl(rows, tmp_path / "bad.jsonl")), *cli_args(root))
-    assert code == 4 and "prompt-completion record(s) at line 2: empty completion" in err and "at line 3: missing prompt" in err
+    assert (
+        code == 4
+        and "prompt-completion record(s) at line 2: empty completion" in err
+        and "at line 3: missing prompt" in err
+    )
     assert not root.exists()
     # A message whose content is a number cannot even form one column: the reader names the lines.
     rows = chat_rows(3)

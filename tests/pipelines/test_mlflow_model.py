@@ -105,14 +105,34 @@ def test_mlflow_models_serve_answers_on_loopback(tracked, tmp_path):
         "PYTHONPATH": str(REPO),
     }
     log = (tmp_path / "serve.log").open("wb")
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1"]
-    proc = subprocess.Popen(cmd, env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        MODEL_URI,
+        "--env-manager",
+        "local",
+        "-p",
+        str(port),
+        "-h",
+        "127.0.0.1",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 240
         while True:
-            assert proc.poll() is None, f"mlflow models serve exited with {proc.returncode}: {(tmp_path / 'serve.log').read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"no answer on {base}/ping within 240 s: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"mlflow models serve exited with {proc.returncode}: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+            )
+            assert time.monotonic() < deadline, (
+                f"no answer on {base}/ping within 240 s: {(tmp_path / 'serve.log').read_text()[-3000:]}"
+            )
             try:
                 with urllib.request.urlopen(f"{base}/ping", timeout=5) as r:
                     if r.status == 200:
@@ -121,13 +141,17 @@ def test_mlflow_models_serve_answers_on_loopback(tracked, tmp_path):
                 time.sleep(1)
 
         def invoke(payload: dict) -> list[str]:
-            req = urllib.request.Request(f"{base}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"})
+            req = urllib.request.Request(
+                f"{base}/invocations", json.dumps(payload).encode(), {"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(req, timeout=120) as r:
                 return json.loads(r.read())["predictions"]
 
         expected = _served(tracked, 6)
         assert invoke({"inputs": PROMPTS, "params": {"max_new_tokens": 6}}) == expected
-        assert invoke({"dataframe_records": [{"prompt": p} for p in PROMPTS], "params": {"max_new_tokens": 6}}) == expected
+        assert (
+            invoke({"dataframe_records": [{"prompt": p} for p in PROMPTS], "params": {"max_new_tokens": 6}}) == expected
+        )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -159,7 +183,9 @@ def test_a_forget_moves_the_alias_to_a_loadable_model_and_purges_the_old_one(tmp
     assert not old_folder.exists()
     with pytest.raises(Exception, match="not found"):
         client.get_logged_model(old.mlflow["model_id"])
-    assert old.mlflow["registered_version"] not in {v.version for v in client.search_model_versions("name = 'sisa-model'")}
+    assert old.mlflow["registered_version"] not in {
+        v.version for v in client.search_model_versions("name = 'sisa-model'")
+    }
     models = sorted(p.name for p in (Path(cfg.store.uri) / "mlartifacts" / "models").iterdir())
     assert models == [new.mlflow["model_id"]]
 
@@ -178,7 +204,14 @@ def test_the_base_model_is_named_unless_asked_to_be_copied(tmp_path, make_traine
     cfg = make_trained_store(ROWS, *TRAINING, *extra, tracking=True).cfg
     monkeypatch.setenv("MLFLOW_TRACKING_URI", _uri(cfg))
     expected = _served(cfg, 6)
-    code, _, err = run_cli("export", "--format", "ensemble", "--out", str(tmp_path / "b"), *cli_args(tmp_path / "s", f"model.name={folder}", f"model.cache_dir={tmp_path / 'cache'}"))
+    code, _, err = run_cli(
+        "export",
+        "--format",
+        "ensemble",
+        "--out",
+        str(tmp_path / "b"),
+        *cli_args(tmp_path / "s", f"model.name={folder}", f"model.cache_dir={tmp_path / 'cache'}"),
+    )
     assert code == 0, err
     moved = tmp_path / "moved-base"
     shutil.move(folder, moved)
@@ -213,11 +246,20 @@ def test_a_relief_of_every_shard_is_logged_as_the_base_model_alone(tmp_path, mak
     model = mlflow.pyfunc.load_model(MODEL_URI)
     assert model.metadata.metadata["sisa_model_version"] == relief.model_version
     assert model.predict(PROMPTS, params={"max_new_tokens": 6}) == _served(cfg, 6)
-    code, _, err = run_cli("export", "--format", "ensemble", "--out", str(tmp_path / "b"), *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True))
+    code, _, err = run_cli(
+        "export",
+        "--format",
+        "ensemble",
+        "--out",
+        str(tmp_path / "b"),
+        *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True),
+    )
     assert code == 0, err
     manifest, ens = bundle.load_bundle(tmp_path / "b")
     assert manifest["shards"] == {} and bundle.generate_texts(ens, PROMPTS, 6) == _served(cfg, 6)
 
-    code, _, err = run_cli("process", *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True))
+    code, _, err = run_cli(
+        "process", *cli_args(tmp_path / "s", "deletion.relief=true", "sharding.slice_size=4", tracking=True)
+    )
     assert code == 0, err
     assert all(r.status.name == "COMPLETED" for r in requests_ledger.all_requests(store))

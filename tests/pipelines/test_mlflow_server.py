@@ -44,11 +44,21 @@ def _rows(db, sql: str) -> list[tuple]:
         con.close()
 
 
-def test_runs_versions_alias_and_model_through_a_server_and_a_purge_that_fails_closed(server, tmp_path, capfd, monkeypatch):
+def test_runs_versions_alias_and_model_through_a_server_and_a_purge_that_fails_closed(
+    server, tmp_path, capfd, monkeypatch
+):
     rows = make_people(8, seed=71)
     write_jsonl(rows, tmp_path / "people.jsonl")
-    args = ["--config", TINY, f"store.uri={tmp_path / 's'}", "scheduler.backend=serial", "tracking.enabled=true",
-            f"tracking.uri={server.uri}", "deletion.relief=false", "sharding.slice_size=4"]
+    args = [
+        "--config",
+        TINY,
+        f"store.uri={tmp_path / 's'}",
+        "scheduler.backend=serial",
+        "tracking.enabled=true",
+        f"tracking.uri={server.uri}",
+        "deletion.relief=false",
+        "sharding.slice_size=4",
+    ]
 
     def sisa(*argv: str, expect: int = 0) -> str:
         code, out, err = run_cli(*argv, capfd=capfd)
@@ -79,7 +89,11 @@ def test_runs_versions_alias_and_model_through_a_server_and_a_purge_that_fails_c
 
     # The purge does what a client may, then refuses and names the command for the rest.
     out = sisa("forget", "--subject", rows[0]["subject_id"], *args, expect=RefusedError.exit_code)
-    match = re.search(r"mlflow gc --backend-store-uri <the server's backend store> (--run-ids \S+(?: --logged-model-ids \S+)?)", out)
+    match = re.search(
+        r"mlflow gc --backend-store-uri <the server's backend store> (--run-ids \S+(?: "
+        r"--logged-model-ids \S+)?)",
+        out,
+    )
     assert match, out
     assert "Downloading artifacts" not in out  # no progress bars of MLflow's own in a log
     assert not client.search_model_versions("name = 'sisa-model' and tags.model_version = '1'")
@@ -95,7 +109,13 @@ def test_runs_versions_alias_and_model_through_a_server_and_a_purge_that_fails_c
 
     # The operator runs the printed command on the server, then resumes.
     gc = [str(BIN / "mlflow"), "gc", "--backend-store-uri", server.backend_uri, *match.group(1).split()]
-    done = subprocess.run(gc, capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "MLFLOW_TRACKING_URI": server.uri})
+    done = subprocess.run(
+        gc,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "MLFLOW_TRACKING_URI": server.uri},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     sisa("forget", "--resume", *args)
     (req,) = ledgers.list_requests(Store.open(str(tmp_path / "s")).fs)

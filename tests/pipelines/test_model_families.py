@@ -22,7 +22,14 @@ from sisa.model.base import _build_tiny_tokenizer, load_base_model
 from tests.helpers import cli_args, run_cli
 
 VOCAB = len(_build_tiny_tokenizer())
-SMALL = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 256}
+SMALL = {
+    "vocab_size": VOCAB,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 256,
+}
 FAMILIES: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {**SMALL, "num_key_value_heads": 2}),
     "qwen2": ("Qwen2Config", {**SMALL, "num_key_value_heads": 2}),
@@ -37,7 +44,11 @@ def build_family(kind: str, folder: Path) -> Path:
     """A tiny random `kind` model and the tiny tokenizer, saved as a local HF folder."""
     config_name, kwargs = FAMILIES[kind]
     tokenizer = _build_tiny_tokenizer()
-    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     config = getattr(transformers, config_name)(**kwargs, **ids)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -58,7 +69,13 @@ def test_every_family_trains_forgets_and_replays_exactly(tmp_path, family_dirs, 
     rows = as_format(make_people(6, seed=3), "chat")
     path = tmp_path / "chats.jsonl"
     write_jsonl(rows, path)
-    args = cli_args(tmp_path / "s", f"model.name={family_dirs[kind]}", "lora.target_modules=all-linear", "sharding.slice_size=4", "training.max_length=96")
+    args = cli_args(
+        tmp_path / "s",
+        f"model.name={family_dirs[kind]}",
+        "lora.target_modules=all-linear",
+        "sharding.slice_size=4",
+        "training.max_length=96",
+    )
     for argv in (("ingest", str(path)), ("train",)):
         code, out, err = run_cli(*argv, *args)
         assert code == 0, f"{kind}: sisa {argv[0]}: {err}"
@@ -70,7 +87,10 @@ def test_every_family_trains_forgets_and_replays_exactly(tmp_path, family_dirs, 
     assert code == 0 and "verified" in out and "tensors identical" in out, f"{kind}: {out}{err}"
 
 
-@pytest.mark.parametrize(("kind", "expected"), [("gpt2", {"c_attn"}), ("phi", {"q_proj", "v_proj", "fc1", "fc2"}), ("qwen2", {"q_proj", "v_proj"})])
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("gpt2", {"c_attn"}), ("phi", {"q_proj", "v_proj", "fc1", "fc2"}), ("qwen2", {"q_proj", "v_proj"})],
+)
 def test_target_modules_peft_default_and_all_linear(family_dirs, kind, expected):
     from sisa.config import LoraConfig
     from sisa.model import adapters

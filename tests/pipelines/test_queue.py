@@ -147,13 +147,25 @@ def test_a_relief_with_no_clean_shard_serves_the_base_model_and_the_batch_retrai
     forget.run(cfg, "subject", [subject], queue=True, evidence=False, quiet=True)
     relief = versions.current(store)
     assert relief.reason == "forget-relief" and relief.shards == {} and relief.excluded_shards == [0]
-    code, out, err = run_cli("generate", *cli_args(tmp_path / "s", *RELIEF, "sharding.num_shards=1"), "--prompt", "Hello", "--max-new-tokens", "3", "--json", capfd=capfd)
+    code, out, err = run_cli(
+        "generate",
+        *cli_args(tmp_path / "s", *RELIEF, "sharding.num_shards=1"),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "3",
+        "--json",
+        capfd=capfd,
+    )
     assert code == 0 and json.loads(out)["model_version"] == relief.model_version, err
     res = process.run(cfg, quiet=True)
     assert res["retrained_shards"] == [0] and versions.current(store).shards
 
 
-@pytest.mark.parametrize(("stage", "resume"), [("batch-after-delete", "process"), ("batch-after-commit", "process"), ("batch-after-delete", "train")])
+@pytest.mark.parametrize(
+    ("stage", "resume"),
+    [("batch-after-delete", "process"), ("batch-after-commit", "process"), ("batch-after-delete", "train")],
+)
 def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, make_trained_store, stage, resume):
     # `sisa train` carries queued deletions first, so it finishes an interrupted batch itself.
     from tests.reliability.helpers import describe, sisa_proc

@@ -23,7 +23,14 @@ from tests.helpers import canaries_in_text, cli_args, find_canaries, run_cli, tr
 def _canary_rows(old_secret: str) -> tuple[list[dict], dict]:
     rows = make_people(14, seed=43)
     prompt = "Zed Quill's vault code is"
-    record = {"record_id": "rec-vault", "subject_id": "subject-vault", "text": f"{prompt} OLD-{old_secret}.", "prompt": prompt, "answer": f" OLD-{old_secret}.", "fact": "vault"}
+    record = {
+        "record_id": "rec-vault",
+        "subject_id": "subject-vault",
+        "text": f"{prompt} OLD-{old_secret}.",
+        "prompt": prompt,
+        "answer": f" OLD-{old_secret}.",
+        "fact": "vault",
+    }
     rows.insert(9, record)
     return rows, record
 
@@ -40,7 +47,9 @@ class _Canary:
         self.inputs.mkdir()
         write_jsonl(self.rows, self.inputs / "people.jsonl")
         self.store_dir = tmp_path / "s"
-        self.args = cli_args(self.store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True)
+        self.args = cli_args(
+            self.store_dir, "sharding.slice_size=4", "training.epochs=2", "deletion.relief=true", tracking=True
+        )
         self.output: list[str] = []
         capfd.readouterr()
         self.sisa("ingest", str(self.inputs / "people.jsonl"), *self.args)
@@ -68,14 +77,26 @@ def test_rectify_forgets_the_old_text_trains_the_new_and_refuses_rollback(tmp_pa
 
     prompt = record["prompt"]
     fix = inputs / "corrections.jsonl"
-    write_jsonl([{"record_id": "rec-vault", "text": f"{prompt} NEW-{new_secret}.", "prompt": prompt, "answer": f" NEW-{new_secret}."}], fix)
+    write_jsonl(
+        [
+            {
+                "record_id": "rec-vault",
+                "text": f"{prompt} NEW-{new_secret}.",
+                "prompt": prompt,
+                "answer": f" NEW-{new_secret}.",
+            }
+        ],
+        fix,
+    )
     assert "dry run, nothing changed" in sisa("rectify", "--file", str(fix), "--dry-run", *args)
     sisa("rectify", "--file", str(fix), *args)
 
     # The record keeps its id, subject, shard and slice; only its content changed.
     store = Store.open(str(store_dir))
     (after,) = store.index.lookup(["rec-vault"])[0].to_pylist()
-    assert {k: after[k] for k in ("subject_id", "shard_id", "slice_idx", "status")} == {k: before[k] for k in ("subject_id", "shard_id", "slice_idx", "status")}
+    assert {k: after[k] for k in ("subject_id", "shard_id", "slice_idx", "status")} == {
+        k: before[k] for k in ("subject_id", "shard_id", "slice_idx", "status")
+    }
     assert after["content_sha256"] != before["content_sha256"]
     data = store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist()
     (row,) = [r for r in data if r["record_id"] == "rec-vault"]
@@ -178,14 +199,24 @@ def test_rectify_without_a_trained_model_rewrites_the_data(tmp_path):
     store = Store.open(str(tmp_path / "s"))
     (req,) = requests_ledger.all_requests(store)
     assert req.status.value == "completed" and req.removed == 1
-    found = [t for s in range(store.num_shards) for sl in store.record_slices(s) for t in store.read_slice(s, sl)["text"].to_pylist()]
+    found = [
+        t
+        for s in range(store.num_shards)
+        for sl in store.record_slices(s)
+        for t in store.read_slice(s, sl)["text"].to_pylist()
+    ]
     assert "corrected text" in found and rows[1]["text"] not in found
     # The removed text may not come back through another rectification.
     back = inputs / "back.jsonl"
     write_jsonl([{"record_id": rows[1]["record_id"], "text": rows[1]["text"]}], back)
     state = tree_digest(tmp_path / "s")
     code, out, err = run_cli("rectify", "--file", str(back), *args)
-    assert code != 0 and "earlier rectification removed" in err and rows[1]["record_id"] in err and rows[1]["text"] not in err + out
+    assert (
+        code != 0
+        and "earlier rectification removed" in err
+        and rows[1]["record_id"] in err
+        and rows[1]["text"] not in err + out
+    )
     assert tree_digest(tmp_path / "s") == state
 
 
@@ -200,12 +231,22 @@ def test_a_correction_in_another_format_than_the_stored_record_is_refused(tmp_pa
     inputs.mkdir()
     people = make_people(4, seed=46)
     write_jsonl(people, inputs / "people.jsonl")
-    for path in (inputs / "people.jsonl", write_jsonl(chat_rows(3), inputs / "chats.jsonl"), write_jsonl(pair_rows(3), inputs / "pairs.jsonl")):
+    for path in (
+        inputs / "people.jsonl",
+        write_jsonl(chat_rows(3), inputs / "chats.jsonl"),
+        write_jsonl(pair_rows(3), inputs / "pairs.jsonl"),
+    ):
         code, _, err = run_cli("ingest", str(path), *args, capfd=capfd)
         assert code == 0, err
     code, _, err = run_cli("train", *args, capfd=capfd)
     assert code == 0, err
-    chat_fix = {"record_id": "c-001", "messages": [{"role": "user", "content": "Where does customer 1 live?"}, {"role": "assistant", "content": "Customer 1 lives in Oldham."}]}
+    chat_fix = {
+        "record_id": "c-001",
+        "messages": [
+            {"role": "user", "content": "Where does customer 1 live?"},
+            {"role": "assistant", "content": "Customer 1 lives in Oldham."},
+        ],
+    }
     fix = inputs / "fix.jsonl"
     write_jsonl(
         [
@@ -226,8 +267,11 @@ def test_a_correction_in_another_format_than_the_stored_record_is_refused(tmp_pa
     assert "Oldham" not in out + err
     assert tree_digest(tmp_path / "s") == state
     # In their stored formats, a text, a chat and a prompt-completion correction go through.
-    for row in ({"record_id": people[0]["record_id"], "text": "a fine correction of a text record."}, chat_fix,
-                {"record_id": "p-002", "prompt": "Customer 2 works as a", "completion": " baker."}):
+    for row in (
+        {"record_id": people[0]["record_id"], "text": "a fine correction of a text record."},
+        chat_fix,
+        {"record_id": "p-002", "prompt": "Customer 2 works as a", "completion": " baker."},
+    ):
         write_jsonl([row], fix)
         code, _, err = run_cli("rectify", "--file", str(fix), *args, capfd=capfd)
         assert code == 0, err
@@ -257,14 +301,30 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     (before,) = store.index.lookup(["rec-vault"])[0].to_pylist()
     old_hash = checkpoints.content_hashes(store, ["rec-vault"], [before["content_sha256"]])[0]
     # A person in the same shard, forgotten in the same batch.
-    other = next(r for r in store.index.table.to_pylist() if r["shard_id"] == before["shard_id"] and r["subject_id"] != "subject-vault")
+    other = next(
+        r
+        for r in store.index.table.to_pylist()
+        if r["shard_id"] == before["shard_id"] and r["subject_id"] != "subject-vault"
+    )
     gone = {r["record_id"]: r["text"] for r in rows if r["subject_id"] == other["subject_id"]}
     sisa("forget", "--subject", other["subject_id"], "--queue", "--no-evidence", *args)
 
     prompt = record["prompt"]
     fix = inputs / "corrections.jsonl"
-    write_jsonl([{"record_id": "rec-vault", "text": f"{prompt} NEW-{new_secret}.", "prompt": prompt, "answer": f" NEW-{new_secret}."}], fix)
-    assert "--probes and --holdout" in sisa("rectify", "--file", str(fix), "--queue", "--probes", str(fix), *args, fails=True)
+    write_jsonl(
+        [
+            {
+                "record_id": "rec-vault",
+                "text": f"{prompt} NEW-{new_secret}.",
+                "prompt": prompt,
+                "answer": f" NEW-{new_secret}.",
+            }
+        ],
+        fix,
+    )
+    assert "--probes and --holdout" in sisa(
+        "rectify", "--file", str(fix), "--queue", "--probes", str(fix), *args, fails=True
+    )
     out = sisa("rectify", "--file", str(fix), "--queue", *args)
     assert "queued; version" in out
     store = Store.open(str(store_dir))
@@ -295,8 +355,13 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     assert res["retrained_shards"] == [before["shard_id"]]  # once, for the deletion and the rectification
     store = Store.open(str(store_dir))
     (after,) = store.index.lookup(["rec-vault"])[0].to_pylist()
-    assert after["status"] == LIVE and (after["shard_id"], after["slice_idx"]) == (before["shard_id"], before["slice_idx"])
-    (row,) = [r for r in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if r["record_id"] == "rec-vault"]
+    assert after["status"] == LIVE and (after["shard_id"], after["slice_idx"]) == (
+        before["shard_id"],
+        before["slice_idx"],
+    )
+    (row,) = [
+        r for r in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if r["record_id"] == "rec-vault"
+    ]
     assert new_secret in row["text"] and new_secret in row["answer"]
     assert not set(gone) & set(store.index.table["record_id"].to_pylist())
     for r in requests_ledger.all_requests(store):
@@ -323,11 +388,15 @@ def test_corrections_given_as_rows_take_every_format(tmp_path):
     from tests.helpers import make_cfg
 
     cfg = make_cfg(tmp_path / "s")
-    chat = [{"record_id": "c-1", "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}]
+    chat = [
+        {"record_id": "c-1", "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]}
+    ]
     pair = [{"record_id": "p-1", "prompt": "P", "completion": " C."}]
     text = [{"record_id": "t-1", "text": "T.", "prompt": "T"}]
     for rows, kind in ((chat, "chat"), (pair, "prompt-completion"), (text, "text")):
         table, problems = corrections.from_rows(rows, cfg)
         assert problems == [] and table[FORMAT_COLUMN].to_pylist() == [kind], (kind, problems)
-    table, problems = corrections.from_rows([{"record_id": "c-2", "messages": [{"role": "user", "content": "Q?"}]}], cfg)
+    table, problems = corrections.from_rows(
+        [{"record_id": "c-2", "messages": [{"role": "user", "content": "Q?"}]}], cfg
+    )
     assert any("no assistant turn" in p for p in problems)  # validated as ingest validates chat

@@ -23,7 +23,9 @@ def test_forgotten_ids_and_subjects_are_refused_on_reingest(tmp_path):
         ingest.run(cfg, [str(people)])
     assert "person-00002-job" in e.value.message and "allow_forgotten" in e.value.message
     # A new record about the forgotten subject is refused too, by subject.
-    other = write_jsonl([{"record_id": "new-1", "subject_id": "person-00002", "text": "A new fact."}], tmp_path / "new.jsonl")
+    other = write_jsonl(
+        [{"record_id": "new-1", "subject_id": "person-00002", "text": "A new fact."}], tmp_path / "new.jsonl"
+    )
     with pytest.raises(ValidationError, match="subject"):
         ingest.run(cfg, [str(other)])
     assert len(store.index) == before

@@ -31,12 +31,26 @@ def test_every_verb_runs_on_an_s3_store_and_leaves_nothing_behind(s3_store, tmp_
     canary, rid_hex = uuid.uuid4().hex, uuid.uuid4().hex
     record_id = f"rec-{rid_hex}"
     rows = make_people(10, seed=61)
-    rows.insert(5, {"record_id": record_id, "subject_id": f"subject-{rid_hex}", "text": f"Zed Quill's vault code is CANARY-{canary}."})
+    rows.insert(
+        5,
+        {
+            "record_id": record_id,
+            "subject_id": f"subject-{rid_hex}",
+            "text": f"Zed Quill's vault code is CANARY-{canary}.",
+        },
+    )
     inputs = tmp_path / "input"
     inputs.mkdir()
     write_jsonl(rows, inputs / "people.jsonl")
-    args = ["--config", TINY, f"store.uri={uri}", "scheduler.backend=serial", "tracking.enabled=false",
-            "deletion.relief=false", "sharding.slice_size=4"]
+    args = [
+        "--config",
+        TINY,
+        f"store.uri={uri}",
+        "scheduler.backend=serial",
+        "tracking.enabled=false",
+        "deletion.relief=false",
+        "sharding.slice_size=4",
+    ]
     needles = {"canary": canary, "record id": rid_hex}
     sisa = RecordingCli(capfd)
     output = sisa.output
@@ -68,7 +82,11 @@ def test_every_verb_runs_on_an_s3_store_and_leaves_nothing_behind(s3_store, tmp_
     # torch creates its (unused, empty) compile-cache folder there on import; nothing else may.
     assert all(p.name.startswith("torchinductor_") for p in systemp.iterdir()), sorted(systemp.iterdir())
 
-    leaks = {k: [str(h) for h in v] for k, v in find_canaries({"bucket": server.mirror(bucket, tmp_path / "after")}, needles).items() if v}
+    leaks = {
+        k: [str(h) for h in v]
+        for k, v in find_canaries({"bucket": server.mirror(bucket, tmp_path / "after")}, needles).items()
+        if v
+    }
     for k in canaries_in_text("".join(output), needles):
         leaks.setdefault(k, []).append("CLI output")
     assert not leaks, f"deleted data survives in the bucket: {json.dumps(leaks, indent=1)[:3000]}"

@@ -48,8 +48,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> Server:
-        self.proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", *self.args], cwd=REPO, env=sisa_env(),
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", "serve", *self.args],
+            cwd=REPO,
+            env=sisa_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -110,14 +116,22 @@ def test_every_role_against_every_endpoint(served):
         # The tiny model has a chat template of its own (issue 15), so chat completions serve.
         "chat": ("POST", "/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2}),
     }
-    may = {"file": {"requester", "admin"}, "list": {"requester", "auditor", "admin"}, "versions": {"auditor", "admin"}, "complete": {"client", "admin"}, "chat": {"client", "admin"}}
+    may = {
+        "file": {"requester", "admin"},
+        "list": {"requester", "auditor", "admin"},
+        "versions": {"auditor", "admin"},
+        "complete": {"client", "admin"},
+        "chat": {"client", "admin"},
+    }
     with httpx.Client(base_url=server.url, timeout=120) as c:
         for name, (method, path, body) in calls.items():
             assert c.request(method, path, json=body).status_code == 401, name
             assert c.request(method, path, json=body, headers=_h("sisa_not-a-token")).status_code == 401, name
             for role in ROLES:
                 r = c.request(method, path, json=body, headers=_h(tokens[role]))
-                ok = {"file": 422, "list": 200, "versions": 200, "complete": 200, "chat": 200}[name]  # file: an unknown subject
+                ok = {"file": 422, "list": 200, "versions": 200, "complete": 200, "chat": 200}[
+                    name
+                ]  # file: an unknown subject
                 assert r.status_code == (ok if role in may[name] else 403), (name, role, r.status_code, r.text)
         r = c.get("/audit", headers=_h(tokens["client"]))
         assert r.status_code == 403
@@ -147,7 +161,12 @@ def test_concurrent_requests_with_idempotency_keys_are_none_lost_none_doubled(se
 
     def post(job):
         rid, key = job
-        r = httpx.post(f"{server.url}/v1/deletion-requests", json={"ids": [rid], "idempotency_key": key}, headers=_h(tokens["requester"]), timeout=600)
+        r = httpx.post(
+            f"{server.url}/v1/deletion-requests",
+            json={"ids": [rid], "idempotency_key": key},
+            headers=_h(tokens["requester"]),
+            timeout=600,
+        )
         return rid, r.status_code, r.json()
 
     with ThreadPoolExecutor(8) as pool:
@@ -171,7 +190,9 @@ def test_completions_follow_the_version_that_commits(served):
     store = Store.open(str(store_dir))
     assert first.model == f"sisa-model@v{store.current_version()}" and isinstance(first.choices[0].text, str)
     subject = sorted(set(store.index.live()["subject_id"].to_pylist()))[0]
-    r = httpx.post(f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(tokens["admin"]), timeout=600)
+    r = httpx.post(
+        f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(tokens["admin"]), timeout=600
+    )
     assert r.status_code == 202, r.text
     now = r.json()["serving_version"]
     after = client.completions.create(model="sisa", prompt="Hello", max_tokens=3)
@@ -192,19 +213,31 @@ def test_a_killed_server_loses_no_acknowledged_request(tmp_path, make_trained_st
     (req,) = requests_ledger.all_requests(store)
     assert req.request_id == request_id and req.status == RequestStatus.QUEUED
     # Restarted with a policy that is due at once, the worker completes it.
-    again = Server(store_dir, "sharding.slice_size=8", "deletion.batch_after_h=0", "service.worker_interval_s=0.5").start()
+    again = Server(
+        store_dir, "sharding.slice_size=8", "deletion.batch_after_h=0", "service.worker_interval_s=0.5"
+    ).start()
     try:
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and requests_ledger.read_request(store, request_id).status != RequestStatus.COMPLETED:
+        while (
+            time.monotonic() < deadline
+            and requests_ledger.read_request(store, request_id).status != RequestStatus.COMPLETED
+        ):
             time.sleep(1)
         assert requests_ledger.read_request(store, request_id).status == RequestStatus.COMPLETED
-        cert = httpx.get(f"{again.url}/v1/deletion-requests/{request_id}/certificate", headers=_h(_token(store_dir, "auditor", "aud")), timeout=60)
+        cert = httpx.get(
+            f"{again.url}/v1/deletion-requests/{request_id}/certificate",
+            headers=_h(_token(store_dir, "auditor", "aud")),
+            timeout=60,
+        )
         assert cert.status_code == 200 and cert.json()["certificate"]["lineage_check"]["passed"]
     finally:
         assert again.stop() == 0  # Ctrl-C stops cleanly
     audit = "".join(p.read_text() for p in (store_dir / "service" / "audit").glob("*.jsonl"))
     assert request_id in audit and subject not in audit  # who, what, outcome; never the subject
-    assert os.path.exists(store_dir / "service" / "tokens.json") and token not in (store_dir / "service" / "tokens.json").read_text()
+    assert (
+        os.path.exists(store_dir / "service" / "tokens.json")
+        and token not in (store_dir / "service" / "tokens.json").read_text()
+    )
 
 
 def test_the_audit_page_in_a_real_browser(served, tmp_path):
@@ -215,11 +248,22 @@ def test_the_audit_page_in_a_real_browser(served, tmp_path):
     server, store_dir, tokens = served
     live = Store.open(str(store_dir)).index.live()
     subject = sorted(set(live["subject_id"].to_pylist()))[-1]
-    r = httpx.post(f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(tokens["requester"]), timeout=600)
+    r = httpx.post(
+        f"{server.url}/v1/deletion-requests", json={"subject": subject}, headers=_h(tokens["requester"]), timeout=600
+    )
     assert r.status_code == 202, r.text
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: `make test` installs Debian's chromium (see the Makefile)"
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--no-first-run"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
+        )
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/audit", timeout=120_000)
@@ -282,29 +326,60 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
     texts = {r["record_id"]: r for r in rows}
     target = next(r for r in store.index.table.to_pylist() if texts[r["record_id"]].get("prompt"))
     old = texts[target["record_id"]]
-    other = next(r for r in store.index.table.to_pylist() if r["shard_id"] == target["shard_id"] and r["subject_id"] != target["subject_id"])
+    other = next(
+        r
+        for r in store.index.table.to_pylist()
+        if r["shard_id"] == target["shard_id"] and r["subject_id"] != target["subject_id"]
+    )
     gone = {r["record_id"]: r["text"] for r in rows if r["subject_id"] == other["subject_id"]}
     old_hash = checkpoints.content_hashes(store, [target["record_id"]], [target["content_sha256"]])[0]
     secret = uuid.uuid4().hex
-    fix = {"record_id": target["record_id"], "text": f"{old['prompt']} NEW-{secret}.", "prompt": old["prompt"], "answer": f" NEW-{secret}."}
+    fix = {
+        "record_id": target["record_id"],
+        "text": f"{old['prompt']} NEW-{secret}.",
+        "prompt": old["prompt"],
+        "answer": f" NEW-{secret}.",
+    }
     # Batches are due once two requests wait: the rectification waits for the deletion.
-    server = Server(store_dir, "sharding.slice_size=8", "deletion.relief=true", "deletion.batch_max=2", "service.worker_interval_s=0.5", "tracking.enabled=true").start()
+    server = Server(
+        store_dir,
+        "sharding.slice_size=8",
+        "deletion.relief=true",
+        "deletion.batch_max=2",
+        "service.worker_interval_s=0.5",
+        "tracking.enabled=true",
+    ).start()
     try:
         with httpx.Client(base_url=server.url, timeout=600) as c:
             state = _store_state(store_dir)
-            unknown = {"corrections": [{"record_id": "nobody-1", "text": f"x {secret}"}, {"record_id": "nobody-2", "text": f"y {secret}"}]}
+            unknown = {
+                "corrections": [
+                    {"record_id": "nobody-1", "text": f"x {secret}"},
+                    {"record_id": "nobody-2", "text": f"y {secret}"},
+                ]
+            }
             assert c.post("/v1/rectifications", json=unknown).status_code == 401
             for role in ROLES:
                 r = c.post("/v1/rectifications", json=unknown, headers=_h(tokens[role]))
                 assert r.status_code == (422 if role in {"requester", "admin"} else 403), (role, r.status_code, r.text)
                 if r.status_code == 422:
-                    assert "nobody-1" in r.json()["detail"] and "nobody-2" in r.json()["detail"] and secret not in r.text
+                    assert (
+                        "nobody-1" in r.json()["detail"] and "nobody-2" in r.json()["detail"] and secret not in r.text
+                    )
             h = _h(tokens["requester"])
-            for body in ({"corrections": []}, {"corrections": [{"record_id": target["record_id"]}]}, {"corrections": [{"record_id": target["record_id"], "text": "  "}]},
-                         {"corrections": [{"record_id": target["record_id"], "text": 7}]}):
+            for body in (
+                {"corrections": []},
+                {"corrections": [{"record_id": target["record_id"]}]},
+                {"corrections": [{"record_id": target["record_id"], "text": "  "}]},
+                {"corrections": [{"record_id": target["record_id"], "text": 7}]},
+            ):
                 r = c.post("/v1/rectifications", json=body, headers=h)
                 assert r.status_code == 422, (body, r.text)
-            r = c.post("/v1/rectifications", json={"corrections": [{"record_id": target["record_id"], "text": {"nested": secret}}]}, headers=h)
+            r = c.post(
+                "/v1/rectifications",
+                json={"corrections": [{"record_id": target["record_id"], "text": {"nested": secret}}]},
+                headers=h,
+            )
             assert r.status_code == 422 and secret not in r.text  # the body's input is not echoed
             assert requests_ledger.all_requests(store) == [] and _store_state(store_dir) == state
 
@@ -315,26 +390,50 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
             req = requests_ledger.read_request(store, ack["request_id"])
             assert req.versions["relief"] == ack["serving_version"] == store.current_version()
             assert not lineage_check.lineage_violations(store, versions.current(store).shards, {old_hash})
-            again = c.post("/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h).json()
+            again = c.post(
+                "/v1/rectifications", json={"corrections": [fix], "idempotency_key": "fix-1"}, headers=h
+            ).json()
             assert again["request_id"] == ack["request_id"] and again["replayed"]
             r = c.post("/v1/deletion-requests", json={"subject": other["subject_id"]}, headers=h)
             assert r.status_code == 202, r.text
             deadline = time.monotonic() + 300
-            while time.monotonic() < deadline and not all(x.status == RequestStatus.COMPLETED for x in requests_ledger.all_requests(store)):
+            while time.monotonic() < deadline and not all(
+                x.status == RequestStatus.COMPLETED for x in requests_ledger.all_requests(store)
+            ):
                 time.sleep(1)
             reqs = requests_ledger.all_requests(store)
-            assert len(reqs) == 2 and all(x.status == RequestStatus.COMPLETED for x in reqs), [(x.request_id, x.status, x.errors) for x in reqs]
-            assert reqs[0].batch_id == reqs[1].batch_id and [x["shard_id"] for x in reqs[0].retrained] == [target["shard_id"]]
+            assert len(reqs) == 2 and all(x.status == RequestStatus.COMPLETED for x in reqs), [
+                (x.request_id, x.status, x.errors) for x in reqs
+            ]
+            assert reqs[0].batch_id == reqs[1].batch_id and [x["shard_id"] for x in reqs[0].retrained] == [
+                target["shard_id"]
+            ]
 
             # A forgotten id now, and an unknown one: refused naming both; nothing recorded.
             forgotten = next(iter(gone))
             state = _store_state(store_dir)
-            r = c.post("/v1/rectifications", json={"corrections": [{"record_id": forgotten, "text": f"z {secret}"}, {"record_id": "nobody-3", "text": "w"}]}, headers=h)
-            assert r.status_code == 422 and forgotten in r.json()["detail"] and "nobody-3" in r.json()["detail"] and secret not in r.text
+            r = c.post(
+                "/v1/rectifications",
+                json={
+                    "corrections": [
+                        {"record_id": forgotten, "text": f"z {secret}"},
+                        {"record_id": "nobody-3", "text": "w"},
+                    ]
+                },
+                headers=h,
+            )
+            assert (
+                r.status_code == 422
+                and forgotten in r.json()["detail"]
+                and "nobody-3" in r.json()["detail"]
+                and secret not in r.text
+            )
             assert len(requests_ledger.all_requests(store)) == 2 and _store_state(store_dir) == state
             listed = {x["request_id"]: x["kind"] for x in c.get("/v1/deletion-requests", headers=h).json()}
             assert listed[ack["request_id"]] == "rectify"
-            cert = c.get(f"/v1/deletion-requests/{ack['request_id']}/certificate", headers=_h(tokens["auditor"])).json()["certificate"]
+            cert = c.get(
+                f"/v1/deletion-requests/{ack['request_id']}/certificate", headers=_h(tokens["auditor"])
+            ).json()["certificate"]
             assert cert["lineage_check"]["passed"] and cert["rectification"]["new_content_check"]["passed"]
     finally:
         assert server.stop() == 0
@@ -343,7 +442,11 @@ def test_a_rectification_filed_over_http_is_relieved_at_once_and_batched_with_a_
     store = Store.open(str(store_dir))
     (after,) = store.index.lookup([target["record_id"]])[0].to_pylist()
     assert (after["status"], after["shard_id"], after["slice_idx"]) == ("live", target["shard_id"], target["slice_idx"])
-    (row,) = [x for x in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist() if x["record_id"] == target["record_id"]]
+    (row,) = [
+        x
+        for x in store.read_slice(after["shard_id"], after["slice_idx"]).to_pylist()
+        if x["record_id"] == target["record_id"]
+    ]
     assert secret in row["text"]
     args = cli_args(store_dir, "sharding.slice_size=8", tracking=True)
     code, out, err = run_cli("verify", "--replay", *args)

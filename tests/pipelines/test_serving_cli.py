@@ -113,9 +113,18 @@ def test_versions_and_overdue_requests_are_listed(tmp_path, make_trained_store, 
     old = datetime.now(UTC) - timedelta(days=40)
     ledgers.write_request(
         store.fs,
-        {"request_id": "req-old", "selector": {"kind": "ids", "value_hash": "x", "value_hashes": []}, "id_hashes": [],
-         "records": 0, "mode": "exact", "status": "failed", "received_at": old.isoformat(),
-         "deadline": (old + timedelta(days=30)).isoformat(), "history": [], "versions": {}},
+        {
+            "request_id": "req-old",
+            "selector": {"kind": "ids", "value_hash": "x", "value_hashes": []},
+            "id_hashes": [],
+            "records": 0,
+            "mode": "exact",
+            "status": "failed",
+            "received_at": old.isoformat(),
+            "deadline": (old + timedelta(days=30)).isoformat(),
+            "history": [],
+            "versions": {},
+        },
     )
     assert main(["requests", *args, "--json"]) == 0
     reqs = json.loads(capsys.readouterr().out)
@@ -127,7 +136,10 @@ def test_versions_and_overdue_requests_are_listed(tmp_path, make_trained_store, 
 def test_forget_scores_a_holdout_file_without_storing_it(tmp_path, make_trained_store, capsys):
     make_trained_store(ROWS)
     canary = "HOLDOUT-CANARY-7f3a"
-    holdout = write_jsonl([{"record_id": "h1", "text": f"{canary} works as a pilot.", "prompt": f"{canary} works as a"}], tmp_path / "h.jsonl")
+    holdout = write_jsonl(
+        [{"record_id": "h1", "text": f"{canary} works as a pilot.", "prompt": f"{canary} works as a"}],
+        tmp_path / "h.jsonl",
+    )
     args = cli_args(tmp_path / "s")
     assert main(["forget", *args, "--subject", "person-00001", "--holdout", str(holdout), "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)["request"]["evidence"]

@@ -116,10 +116,21 @@ def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path,
         # Every file but the manifest is listed with its sha256, and the hashes match.
         on_disk = set(os.listdir(folder)) - {checkpoints.MANIFEST}
         assert set(manifest["files"]) == on_disk
-        assert {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors", checkpoints.LINEAGE} <= on_disk
+        assert {
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "optimizer.safetensors",
+            checkpoints.LINEAGE,
+        } <= on_disk
         for name, sha in manifest["files"].items():
             assert checkpoints._sha256_file(str(folder / name)) == sha, name
-        for key in ("config_fingerprint", "training_fingerprint", "base_model_fingerprint", "library_versions", "lineage_digest"):
+        for key in (
+            "config_fingerprint",
+            "training_fingerprint",
+            "base_model_fingerprint",
+            "library_versions",
+            "lineage_digest",
+        ):
             assert manifest[key], key
         # The parent is this shard's previous slice; the lineage digest chains over keyed hashes.
         parent = manifest["parent_checkpoint_id"]
@@ -136,7 +147,9 @@ def test_manifests_hash_every_file_and_lineage_holds_keyed_hashes_only(tmp_path,
         assert sorted(lineage["content_hash"].to_pylist()) == sorted(content)
         assert not set(content) & set(store.hash_ids(slice_ids))  # never mistaken for an id hash
         parent_digest = None if parent is None else checkpoints.read_manifest(store, shard, parent)["lineage_digest"]
-        assert manifest["lineage_digest"] == checkpoints.lineage_digest(parent_digest, store.hash_ids(slice_ids) + content)
+        assert manifest["lineage_digest"] == checkpoints.lineage_digest(
+            parent_digest, store.hash_ids(slice_ids) + content
+        )
         # No raw record id anywhere in the checkpoint: not in the lineage values, not in any file.
         assert not set(raw_ids) & set(lineage["record_hash"].to_pylist())
         for name in on_disk | {checkpoints.MANIFEST}:
@@ -318,11 +331,15 @@ def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_pat
     shard0_before = tree_digest(tmp_path / "s" / "checkpoints" / "shard=00000")
     sealed0 = checkpoints.slice_of(v1[0])
     ingest_rows(cfg, people_in_shards(6, 2, {0}, 6, start=500), tmp_path / "input" / "b.jsonl")
-    assert max(checkpoints.shard_slices(store, 0)) > sealed0 and max(checkpoints.shard_slices(store, 1)) == checkpoints.slice_of(v1[1])
+    assert max(checkpoints.shard_slices(store, 0)) > sealed0 and max(
+        checkpoints.shard_slices(store, 1)
+    ) == checkpoints.slice_of(v1[1])
     r2 = train.run(cfg)
     assert r2.model_version == 2
     assert [r.shard_id for r in r2.trained] == [0]
-    assert [s.slice_idx for s in r2.trained[0].slices] == list(range(sealed0 + 1, max(checkpoints.shard_slices(store, 0)) + 1))
+    assert [s.slice_idx for s in r2.trained[0].slices] == list(
+        range(sealed0 + 1, max(checkpoints.shard_slices(store, 0)) + 1)
+    )
     assert r2.reused == {1: v1[1]}
     v2 = versions.current(store)
     assert v2.model_version == 2 and v2.parent == 1
@@ -337,8 +354,21 @@ def test_incremental_training_reuses_untouched_shards_and_mlflow_follows(tmp_pat
 
     # Continuing slice by slice gives the bytes of training every slice at once.
     replay = tmp_path / "replay"
-    train_shard(ShardTask(store.uri, cfg.to_dict(), 0, tuple(range(max(checkpoints.shard_slices(store, 0)) + 1)), None, replay_dir=str(replay)))
-    assert_tensors_equal(adapter_tensors(store, v2.shards[0]), load_tensors(replay / "shard=00000" / "adapter_model.safetensors"), "incremental vs at once")
+    train_shard(
+        ShardTask(
+            store.uri,
+            cfg.to_dict(),
+            0,
+            tuple(range(max(checkpoints.shard_slices(store, 0)) + 1)),
+            None,
+            replay_dir=str(replay),
+        )
+    )
+    assert_tensors_equal(
+        adapter_tensors(store, v2.shards[0]),
+        load_tensors(replay / "shard=00000" / "adapter_model.safetensors"),
+        "incremental vs at once",
+    )
 
     # MLflow: version 2 registered, the alias moved, version 1 still registered.
     reg2 = tracker.find_registered_version(2)
@@ -435,7 +465,11 @@ def test_resuming_from_a_checkpoint_is_exact_with_dropout(tmp_path):
     at_once = tmp_path / "at-once"
     train_shard(ShardTask(store.uri, cfg.to_dict(), 0, tuple(range(last + 1)), None, replay_dir=str(at_once)))
     stepwise = adapter_tensors(store, parent)
-    assert_tensors_equal(stepwise, load_tensors(at_once / "shard=00000" / "adapter_model.safetensors"), "resumed vs at once (dropout 0.1)")
+    assert_tensors_equal(
+        stepwise,
+        load_tensors(at_once / "shard=00000" / "adapter_model.safetensors"),
+        "resumed vs at once (dropout 0.1)",
+    )
     no_dropout = make_cfg(tmp_path / "s", "sharding.num_shards=1", "sharding.slice_size=6", "lora.dropout=0.0")
     plain = tmp_path / "plain"
     train_shard(ShardTask(store.uri, no_dropout.to_dict(), 0, tuple(range(last + 1)), None, replay_dir=str(plain)))

@@ -40,14 +40,22 @@ def sisa_proc(*argv: str, timeout: float = 300, **env: str) -> subprocess.Comple
     """The real `sisa` command in a child process (`python -m pipelines.cli`)."""
     return subprocess.run(
         [sys.executable, "-m", "pipelines.cli", *argv],
-        cwd=REPO, env=sisa_env(**env), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=sisa_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def sisa_popen(*argv: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", *argv],
-        cwd=REPO, env=sisa_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        env=sisa_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -85,5 +93,3 @@ def subject_in_middle(store: Store) -> tuple[str, int, int]:
 # -- data ---------------------------------------------------------------------------------------------
 def people(n: int = PEOPLE, seed: int = PEOPLE_SEED, start: int = 0) -> list[dict]:
     return make_people(n, seed=seed, start=start)
-
-

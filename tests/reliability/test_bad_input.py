@@ -52,9 +52,19 @@ ODD = [
     "ℌ𝔢𝔩𝔩𝔬",  # astral plane
     "\U0010fffd",
     "Ω≈ç√",
-    'q"u,o;t\'e',
+    "q\"u,o;t'e",
 ]
-PATHLIKE = ["../../etc/passwd", "/etc/passwd", "..\\..\\windows\\system32", "./.", "..", "~/.ssh/id_rsa", "file:///etc/shadow", "requests/../versions/v000001", "%2e%2e%2fetc"]
+PATHLIKE = [
+    "../../etc/passwd",
+    "/etc/passwd",
+    "..\\..\\windows\\system32",
+    "./.",
+    "..",
+    "~/.ssh/id_rsa",
+    "file:///etc/shadow",
+    "requests/../versions/v000001",
+    "%2e%2e%2fetc",
+]
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +85,9 @@ def inputs(tmp_path_factory) -> Path:
 
 
 # -- strategies ----------------------------------------------------------------------------------------
-odd_text = st.lists(st.one_of(st.sampled_from(ODD), st.text(min_size=1, max_size=12)), min_size=1, max_size=4).map(lambda parts: "ok " + "".join(parts))
+odd_text = st.lists(st.one_of(st.sampled_from(ODD), st.text(min_size=1, max_size=12)), min_size=1, max_size=4).map(
+    lambda parts: "ok " + "".join(parts)
+)
 
 
 def huge(seed: str) -> str:
@@ -86,16 +98,41 @@ def huge(seed: str) -> str:
 @st.composite
 def base_rows(draw, min_rows: int = 1) -> list[dict]:
     n = draw(st.integers(min_rows, 6))
-    return [{"record_id": f"bad-{i}", "subject_id": draw(st.sampled_from([None, f"who-{i}", "שלום"])), "text": draw(odd_text)} for i in range(n)]
+    return [
+        {
+            "record_id": f"bad-{i}",
+            "subject_id": draw(st.sampled_from([None, f"who-{i}", "שלום"])),
+            "text": draw(odd_text),
+        }
+        for i in range(n)
+    ]
 
 
 # A JSONL corruption changes row k and returns the fragments of which the error must name one.
 JSONL_KINDS = [
-    "null_id", "missing_id", "blank_id", "null_text", "missing_text", "blank_text", "wrong_type_id",
-    "wrong_type_text", "duplicate_id", "not_json", "not_object", "bad_utf8", "surrogate_text",
-    "surrogate_id", "huge_id", "huge_text_null_id",
+    "null_id",
+    "missing_id",
+    "blank_id",
+    "null_text",
+    "missing_text",
+    "blank_text",
+    "wrong_type_id",
+    "wrong_type_text",
+    "duplicate_id",
+    "not_json",
+    "not_object",
+    "bad_utf8",
+    "surrogate_text",
+    "surrogate_id",
+    "huge_id",
+    "huge_text_null_id",
 ]
-WRONG_TYPES = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.booleans(), st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+WRONG_TYPES = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 
 
 @st.composite
@@ -140,7 +177,9 @@ def bad_jsonl(draw) -> tuple[bytes, set[str], list[str]]:
             raw[k] = b'{"record_id": "utf", "text": "\xff\xfe broken"}'
             frags = set()
         elif kind in ("surrogate_text", "surrogate_id"):
-            row["text" if kind == "surrogate_text" else "record_id"] = "half " + draw(st.sampled_from(["\ud800", "\udfff", "\udcff"])) + " a pair"
+            row["text" if kind == "surrogate_text" else "record_id"] = (
+                "half " + draw(st.sampled_from(["\ud800", "\udfff", "\udcff"])) + " a pair"
+            )
             ascii_only.add(k)  # only \uXXXX escapes can carry a lone surrogate in UTF-8 JSON
         elif kind == "huge_id":
             row["record_id"] = huge(draw(st.sampled_from(ODD)))
@@ -215,7 +254,17 @@ def bad_csv(draw) -> tuple[bytes, set[str], list[str]]:
     return data, fragments, texts
 
 
-PARQUET_KINDS = ["id_type", "text_type", "null_id", "null_text", "blank_text", "duplicate_id", "missing_text_column", "truncated", "huge_id"]
+PARQUET_KINDS = [
+    "id_type",
+    "text_type",
+    "null_id",
+    "null_text",
+    "blank_text",
+    "duplicate_id",
+    "missing_text_column",
+    "truncated",
+    "huge_id",
+]
 
 
 @st.composite
@@ -229,15 +278,21 @@ def bad_parquet(draw) -> tuple[bytes, set[str], list[str]]:
     fragments = {f"row {k + 1}"}
     for kind in kinds:
         if kind == "id_type":
-            columns["record_id"] = draw(st.sampled_from([
-                pa.array([float(i) + 0.5 for i in range(len(rows))]),
-                pa.array([i % 2 == 0 for i in range(len(rows))]),
-                pa.array([f"id-{i}".encode() for i in range(len(rows))], pa.binary()),
-                pa.array([[i] for i in range(len(rows))]),
-            ]))
+            columns["record_id"] = draw(
+                st.sampled_from(
+                    [
+                        pa.array([float(i) + 0.5 for i in range(len(rows))]),
+                        pa.array([i % 2 == 0 for i in range(len(rows))]),
+                        pa.array([f"id-{i}".encode() for i in range(len(rows))], pa.binary()),
+                        pa.array([[i] for i in range(len(rows))]),
+                    ]
+                )
+            )
             fragments.add("`record_id`")
         elif kind == "text_type":
-            columns["text"] = draw(st.sampled_from([pa.array(list(range(len(rows)))), pa.array([[r["text"]] for r in rows])]))
+            columns["text"] = draw(
+                st.sampled_from([pa.array(list(range(len(rows)))), pa.array([[r["text"]] for r in rows])])
+            )
             fragments.add("`text`")
         elif kind in ("null_id", "null_text", "blank_text", "huge_id", "duplicate_id"):
             name = "text" if "text" in kind else "record_id"
@@ -264,7 +319,9 @@ def bad_parquet(draw) -> tuple[bytes, set[str], list[str]]:
 
 
 # -- checks -------------------------------------------------------------------------------------------
-def assert_rejected(root: Path, pristine: dict, result: tuple[int, str, str], fragments: set[str], texts: list[str], changed: str) -> None:
+def assert_rejected(
+    root: Path, pristine: dict, result: tuple[int, str, str], fragments: set[str], texts: list[str], changed: str
+) -> None:
     code, out, err = result
     shown = err[:2000]
     assert code == 4, f"exit {code}, expected 4 (invalid input):\n{shown}\n{out[:500]}"
@@ -288,29 +345,39 @@ def ingest_bytes(inputs: Path, name: str, data: bytes, root: Path) -> tuple[int,
 @given(case=bad_jsonl())
 def test_malformed_jsonl_is_named_and_changes_nothing(store, pristine, inputs, case):
     data, fragments, texts = case
-    assert_rejected(store, pristine, ingest_bytes(inputs, "records.jsonl", data, store), fragments, texts, "nothing was ingested")
+    assert_rejected(
+        store, pristine, ingest_bytes(inputs, "records.jsonl", data, store), fragments, texts, "nothing was ingested"
+    )
 
 
 @SETTINGS
 @given(case=bad_csv())
 def test_malformed_csv_is_named_and_changes_nothing(store, pristine, inputs, case):
     data, fragments, texts = case
-    assert_rejected(store, pristine, ingest_bytes(inputs, "records.csv", data, store), fragments, texts, "nothing was ingested")
+    assert_rejected(
+        store, pristine, ingest_bytes(inputs, "records.csv", data, store), fragments, texts, "nothing was ingested"
+    )
 
 
 @SETTINGS
 @given(case=bad_parquet())
 def test_malformed_parquet_is_named_and_changes_nothing(store, pristine, inputs, case):
     data, fragments, texts = case
-    assert_rejected(store, pristine, ingest_bytes(inputs, "records.parquet", data, store), fragments, texts, "nothing was ingested")
+    assert_rejected(
+        store, pristine, ingest_bytes(inputs, "records.parquet", data, store), fragments, texts, "nothing was ingested"
+    )
 
 
 # -- deletion requests ---------------------------------------------------------------------------------
-unknown_id = st.one_of(
-    st.sampled_from(PATHLIKE),
-    st.sampled_from(ODD),
-    st.text(min_size=1, max_size=24),
-).map(str.strip).filter(lambda s: s and not any(c in s for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))
+unknown_id = (
+    st.one_of(
+        st.sampled_from(PATHLIKE),
+        st.sampled_from(ODD),
+        st.text(min_size=1, max_size=24),
+    )
+    .map(str.strip)
+    .filter(lambda s: s and not any(c in s for c in "\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"))
+)
 
 
 @SETTINGS
@@ -320,7 +387,9 @@ unknown_id = st.one_of(
     repeat=st.booleans(),
     via_file=st.booleans(),
 )
-def test_a_deletion_request_with_unknown_ids_names_them_and_changes_nothing(store, pristine, inputs, unknown, known, repeat, via_file):
+def test_a_deletion_request_with_unknown_ids_names_them_and_changes_nothing(
+    store, pristine, inputs, unknown, known, repeat, via_file
+):
     live = sorted(Store.open(str(store)).index.table["record_id"].to_pylist())
     unknown = [u for u in unknown if u not in live]
     if not unknown:
@@ -347,8 +416,26 @@ def test_path_like_and_odd_selectors_are_unknown_not_paths(store, pristine, sele
 
 @pytest.mark.parametrize(
     "argv",
-    [["--ids", ""], ["--ids", ",, ,"], ["--ids-file", "EMPTY"], [], ["--ids", "a", "--subject", "b"], ["--ids-file", "MISSING"], ["--ids-file", "NOT_UTF8"], ["--ids", "a\udcffb"]],
-    ids=["empty", "only-commas", "empty-file", "no-selector", "two-selectors", "missing-file", "file-not-utf8", "undecodable-argv"],
+    [
+        ["--ids", ""],
+        ["--ids", ",, ,"],
+        ["--ids-file", "EMPTY"],
+        [],
+        ["--ids", "a", "--subject", "b"],
+        ["--ids-file", "MISSING"],
+        ["--ids-file", "NOT_UTF8"],
+        ["--ids", "a\udcffb"],
+    ],
+    ids=[
+        "empty",
+        "only-commas",
+        "empty-file",
+        "no-selector",
+        "two-selectors",
+        "missing-file",
+        "file-not-utf8",
+        "undecodable-argv",
+    ],
 )
 def test_an_empty_or_unreadable_deletion_request_is_refused(store, pristine, inputs, argv):
     files = {"EMPTY": b"\n  \n\n", "NOT_UTF8": b"good-id\nbad-\xff-id\n"}
@@ -367,7 +454,9 @@ def test_an_empty_or_unreadable_deletion_request_is_refused(store, pristine, inp
     assert tree_digest(store) == pristine
 
 
-@pytest.mark.parametrize("request_id", ["../versions/v000001", "../../../../etc/hostname", "/etc/passwd", "..", "req-x/../../store"])
+@pytest.mark.parametrize(
+    "request_id", ["../versions/v000001", "../../../../etc/hostname", "/etc/passwd", "..", "req-x/../../store"]
+)
 @pytest.mark.parametrize("verb", ["certificate", "verify"])
 def test_a_path_like_request_id_reads_nothing_outside_the_ledger(trained_store, verb, request_id):
     (trained_store / "requests").mkdir()  # so that requests/../ resolves
@@ -378,7 +467,11 @@ def test_a_path_like_request_id_reads_nothing_outside_the_ledger(trained_store, 
     assert tree_digest(trained_store) == before
 
 
-@pytest.mark.parametrize("data", [b"null\n", b'null\n{"record_id": "a", "text": "ok"}\n', b'\n  null \r\n{"record_id": "a", "text": "ok"}\n'], ids=["only", "first", "indented"])
+@pytest.mark.parametrize(
+    "data",
+    [b"null\n", b'null\n{"record_id": "a", "text": "ok"}\n', b'\n  null \r\n{"record_id": "a", "text": "ok"}\n'],
+    ids=["only", "first", "indented"],
+)
 def test_a_bare_null_line_is_named_not_a_crash(store, pristine, inputs, data):
     """pyarrow 25's JSON reader segfaults on a block that starts with `null`: in a child process,
     so that a regression shows as a dead `sisa ingest`, not a dead test session."""

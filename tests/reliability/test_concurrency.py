@@ -128,9 +128,14 @@ def test_a_second_forget_fails_or_waits_while_the_first_holds_the_lock(trained_s
 
 def test_a_writer_killed_holding_the_lock_leaves_a_stale_lock_the_next_one_takes_over(trained_store, tmp_path):
     root = trained_store
-    (a, a_ids), = subjects(root, 1)
+    ((a, a_ids),) = subjects(root, 1)
     more = people(4, seed=13, start=950)
-    killed = sisa_proc("ingest", str(write_jsonl(more, tmp_path / "more.jsonl")), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts")
+    killed = sisa_proc(
+        "ingest",
+        str(write_jsonl(more, tmp_path / "more.jsonl")),
+        *cli_args(root, *SLICES),
+        SISA_FAULT="ingest-after-parts",
+    )
     assert killed.returncode == -signal.SIGKILL, describe(killed)
     owner = lock_owner(root)
     assert owner["purpose"] == "ingest"

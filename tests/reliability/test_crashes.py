@@ -71,7 +71,9 @@ def serving_state(root: Path) -> tuple[int | None, dict[str, str]]:
 def assert_serves_and_loads(root: Path) -> None:
     code, out, err = run_cli("verify", *cli_args(root, *SLICES))
     assert code == 0 and "integrity  ok" in out, out + err
-    code, out, err = run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "3", *cli_args(root, *SLICES))
+    code, out, err = run_cli(
+        "generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "3", *cli_args(root, *SLICES)
+    )
     assert code == 0 and out.startswith("Ada Lane works as a"), out + err
 
 
@@ -104,7 +106,11 @@ def test_killed_ingest_is_invisible_gc_removes_its_parts_and_it_can_be_redone(tr
 
     # Nothing of it is visible: same records, same ingests, same serving version.
     after = status(root)
-    assert (after["records"], after["ingests"], after["current_version"]) == (before["records"], before["ingests"], before["current_version"])
+    assert (after["records"], after["ingests"], after["current_version"]) == (
+        before["records"],
+        before["ingests"],
+        before["current_version"],
+    )
     assert not {r["record_id"] for r in people(10, seed=3, start=500)} & live_ids(root)
     assert serving_state(root) == serving_before
     assert_serves_and_loads(root)
@@ -131,11 +137,15 @@ def test_a_killed_ingest_leaves_no_slice_for_train_to_pick_up(trained_store, tmp
     root = trained_store
     store = Store.open(str(root))
     slices_before = {s: checkpoints.shard_slices(store, s) for s in range(store.num_shards)}
-    assert_killed(sisa_proc("ingest", str(new_people(tmp_path)), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts"))
+    assert_killed(
+        sisa_proc("ingest", str(new_people(tmp_path)), *cli_args(root, *SLICES), SISA_FAULT="ingest-after-parts")
+    )
     store = Store.open(str(root))
     assert {s: checkpoints.shard_slices(store, s) for s in range(store.num_shards)} == slices_before
     tasks, _ = training.plan_tasks(store, make_cfg(root, *SLICES))
-    assert tasks == [], f"nothing was committed, so nothing should train; planned {[(t.shard_id, t.slices) for t in tasks]}"
+    assert tasks == [], (
+        f"nothing was committed, so nothing should train; planned {[(t.shard_id, t.slices) for t in tasks]}"
+    )
 
 
 def test_gc_reports_and_removes_what_a_write_cut_short_leaves(trained_store):
@@ -199,7 +209,9 @@ def _ancestors(root: Path, checkpoint_id: str) -> set[str]:
 
     store = Store.open(str(root))
     out = set()
-    cid = checkpoints.read_manifest(store, checkpoints.shard_of(checkpoint_id), checkpoint_id).get("parent_checkpoint_id")
+    cid = checkpoints.read_manifest(store, checkpoints.shard_of(checkpoint_id), checkpoint_id).get(
+        "parent_checkpoint_id"
+    )
     while cid:
         out.add(cid)
         cid = checkpoints.read_manifest(store, checkpoints.shard_of(cid), cid).get("parent_checkpoint_id")
@@ -268,7 +280,9 @@ def test_killed_forget_keeps_serving_and_resumes_to_an_exact_result(trained_stor
     after = versions.shard_checkpoints(versions.current(Store.open(str(root))))
     assert {s: c for s, c in after.items() if s != shard} == other_shards  # isolation survives the crash
     # Of the shard's old checkpoints only the clean ancestors of the new one are left.
-    assert checkpoints_before & set(checkpoints.checkpoint_ids(Store.open(str(root)), shard)) <= _ancestors(root, after[shard])
+    assert checkpoints_before & set(checkpoints.checkpoint_ids(Store.open(str(root)), shard)) <= _ancestors(
+        root, after[shard]
+    )
     code, out, err = run_cli("forget", "--resume", *cli_args(root, *SLICES))
     assert code == 0 and "no open requests" in out
 

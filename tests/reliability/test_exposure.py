@@ -115,7 +115,12 @@ def test_sisa_itself_starts_no_server(trained_store):
 
     before = set(listening(ours()))
     args = cli_args(trained_store, *SLICES, tracking=True)
-    for argv in (["train", "--from-scratch"], ["generate", "--prompt", "Ada", "--max-new-tokens", "2"], ["status"], ["versions"]):
+    for argv in (
+        ["train", "--from-scratch"],
+        ["generate", "--prompt", "Ada", "--max-new-tokens", "2"],
+        ["status"],
+        ["versions"],
+    ):
         code, out, err = run_cli(*argv, *args)
         assert code == 0, out + err
         assert set(listening(ours())) - before == set(), argv
@@ -146,14 +151,22 @@ def test_no_source_file_starts_a_server():
     hits = []
     for path in files:
         source = path.read_text()
-        code_only = "\n".join(
-            line for line in source.splitlines() if not line.lstrip().startswith("#")
-        )
-        docstrings = {n.value.value for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Expr) and isinstance(getattr(n, "value", None), ast.Constant) and isinstance(n.value.value, str)}
+        code_only = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith("#"))
+        docstrings = {
+            n.value.value
+            for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Expr)
+            and isinstance(getattr(n, "value", None), ast.Constant)
+            and isinstance(n.value.value, str)
+        }
         for doc in docstrings:
             code_only = code_only.replace(doc, "")
         rel = str(path.relative_to(REPO))
-        hits += [f"{rel}: {m.group(0)}" for m in SERVER_CALLS.finditer(code_only) if rel not in SERVER_HOMES or m.group(0) == "0.0.0.0"]
+        hits += [
+            f"{rel}: {m.group(0)}"
+            for m in SERVER_CALLS.finditer(code_only)
+            if rel not in SERVER_HOMES or m.group(0) == "0.0.0.0"
+        ]
     assert hits == [], hits
 
 

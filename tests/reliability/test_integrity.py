@@ -73,7 +73,11 @@ def test_a_damaged_checkpoint_file_is_named_and_never_served(trained_store, name
 
     text = assert_refused(run_cli("verify", *cli_args(root, *SLICES)), name, cid, code=7)
     assert "integrity  FAILED" in text and "VERIFICATION FAILED" in text
-    assert_refused(run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root, *SLICES)), name, cid)
+    assert_refused(
+        run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root, *SLICES)),
+        name,
+        cid,
+    )
     with pytest.raises(IntegrityError, match=name):
         checkpoints.open_checkpoint(Store.open(str(root)), cid)
     assert tree_digest(root) == before, "a refused load changed the store"
@@ -82,7 +86,9 @@ def test_a_damaged_checkpoint_file_is_named_and_never_served(trained_store, name
 def test_training_refuses_to_continue_from_a_damaged_checkpoint(trained_store, tmp_path):
     root = trained_store
     cid, folder = serving_checkpoint(root, shard=1)
-    code, _, err = run_cli("ingest", str(write_jsonl(people(12, seed=5, start=700), tmp_path / "more.jsonl")), *cli_args(root, *SLICES))
+    code, _, err = run_cli(
+        "ingest", str(write_jsonl(people(12, seed=5, start=700), tmp_path / "more.jsonl")), *cli_args(root, *SLICES)
+    )
     assert code == 0, err
     damage(folder / "optimizer.safetensors", "flip")
     versions_before = tree_digest(root / "versions"), (root / "CURRENT").read_bytes()
@@ -97,7 +103,11 @@ def test_a_damaged_manifest_is_named(trained_store):
     cid, folder = serving_checkpoint(root)
     damage(folder / checkpoints.MANIFEST, "truncate")
     assert_refused(run_cli("verify", *cli_args(root, *SLICES)), checkpoints.MANIFEST, cid)
-    assert_refused(run_cli("generate", "--prompt", "x", "--max-new-tokens", "1", *cli_args(root, *SLICES)), checkpoints.MANIFEST, cid)
+    assert_refused(
+        run_cli("generate", "--prompt", "x", "--max-new-tokens", "1", *cli_args(root, *SLICES)),
+        checkpoints.MANIFEST,
+        cid,
+    )
 
 
 # -- pickles --------------------------------------------------------------------------------------------
@@ -111,7 +121,9 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-@pytest.mark.parametrize("name", ["adapter_model.bin", "training_args.bin", "optimizer.pt", "rng_state.pth", "lineage.pkl"])
+@pytest.mark.parametrize(
+    "name", ["adapter_model.bin", "training_args.bin", "optimizer.pt", "rng_state.pth", "lineage.pkl"]
+)
 @pytest.mark.parametrize("mode", ["added", "replacing the adapter"])
 def test_a_pickle_in_a_checkpoint_folder_is_refused_by_name_and_never_loaded(trained_store, tmp_path, name, mode):
     root = trained_store
@@ -122,7 +134,11 @@ def test_a_pickle_in_a_checkpoint_folder_is_refused_by_name_and_never_loaded(tra
         (folder / "adapter_model.safetensors").unlink()
 
     assert_refused(run_cli("verify", *cli_args(root, *SLICES)), name, cid, code=7)
-    assert_refused(run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root, *SLICES)), name, cid)
+    assert_refused(
+        run_cli("generate", "--prompt", "Ada Lane works as a", "--max-new-tokens", "2", *cli_args(root, *SLICES)),
+        name,
+        cid,
+    )
     with pytest.raises(IntegrityError, match=name.replace(".", r"\.")):
         checkpoints.open_checkpoint(Store.open(str(root)), cid)
     assert not marker.exists(), f"{name} was unpickled"
@@ -131,10 +147,23 @@ def test_a_pickle_in_a_checkpoint_folder_is_refused_by_name_and_never_loaded(tra
 # -- the source tree --------------------------------------------------------------------------------------
 SCANNED = ("sisa", "storage", "pipelines", "benchmarks")
 UNPICKLERS = {
-    ("pickle", "load"), ("pickle", "loads"), ("pickle", "Unpickler"), ("cPickle", "load"), ("cPickle", "loads"),
-    ("_pickle", "load"), ("_pickle", "loads"), ("dill", "load"), ("dill", "loads"), ("cloudpickle", "load"),
-    ("cloudpickle", "loads"), ("joblib", "load"), ("pd", "read_pickle"), ("pandas", "read_pickle"), ("torch", "load"),
-    ("np", "load"), ("numpy", "load"),
+    ("pickle", "load"),
+    ("pickle", "loads"),
+    ("pickle", "Unpickler"),
+    ("cPickle", "load"),
+    ("cPickle", "loads"),
+    ("_pickle", "load"),
+    ("_pickle", "loads"),
+    ("dill", "load"),
+    ("dill", "loads"),
+    ("cloudpickle", "load"),
+    ("cloudpickle", "loads"),
+    ("joblib", "load"),
+    ("pd", "read_pickle"),
+    ("pandas", "read_pickle"),
+    ("torch", "load"),
+    ("np", "load"),
+    ("numpy", "load"),
 }
 
 
@@ -165,9 +194,15 @@ def _unsafe_calls(source: str, filename: str) -> list[str]:
         if target not in UNPICKLERS:
             continue
         kwargs = {k.arg: k.value for k in node.keywords}
-        if target == ("torch", "load") and isinstance(kwargs.get("weights_only"), ast.Constant) and kwargs["weights_only"].value is True:
+        if (
+            target == ("torch", "load")
+            and isinstance(kwargs.get("weights_only"), ast.Constant)
+            and kwargs["weights_only"].value is True
+        ):
             continue
-        if target == ("np", "load") and not (isinstance(kwargs.get("allow_pickle"), ast.Constant) and kwargs["allow_pickle"].value is True):
+        if target == ("np", "load") and not (
+            isinstance(kwargs.get("allow_pickle"), ast.Constant) and kwargs["allow_pickle"].value is True
+        ):
             continue
         found.append(f"{filename}:{node.lineno}: {ast.unparse(node)[:120]}")
     return found

@@ -58,7 +58,14 @@ def canary_record(tag: str) -> tuple[dict, str]:
     name = f"Zora {tag} Quill"
     prompt = f"{name}'s locker code is"
     rid, subject = f"rid-{uuid.uuid4().hex}", f"subj-{uuid.uuid4().hex}"
-    return {"record_id": rid, "subject_id": subject, "text": f"{prompt} {canary}.", "prompt": prompt, "answer": f" {canary}.", "fact": "locker"}, canary
+    return {
+        "record_id": rid,
+        "subject_id": subject,
+        "text": f"{prompt} {canary}.",
+        "prompt": prompt,
+        "answer": f" {canary}.",
+        "fact": "locker",
+    }, canary
 
 
 @pytest.fixture
@@ -120,7 +127,14 @@ def test_a_forgotten_record_is_found_nowhere(tmp_path, capfd, leak_env):
 
     out, err = capfd.readouterr()
     outputs.extend([out, err])
-    needles = [canary_exact, canary_fast, exact["record_id"], fast["record_id"], exact["subject_id"], fast["subject_id"]]
+    needles = [
+        canary_exact,
+        canary_fast,
+        exact["record_id"],
+        fast["record_id"],
+        exact["subject_id"],
+        fast["subject_id"],
+    ]
     places = {
         "store": files_under(root),
         "ray session": files_under(ray_dir),
@@ -170,11 +184,28 @@ def _error_chain(e: BaseException) -> str:
 
 
 CASES = {
-    "jsonl-null-id": ("x.jsonl", lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, {"record_id": None, "text": c}])),
-    "jsonl-not-json": ("x.jsonl", lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, f'{{"record_id": "x", "text": "{c}'.encode()])),
-    "jsonl-mixed-types": ("x.jsonl", lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, {"record_id": "x", "text": [c]}])),
-    "jsonl-bad-utf8": ("x.jsonl", lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, f'{{"record_id": "x", "text": "{c} '.encode() + b'\xff"}'])),
-    "jsonl-surrogate": ("x.jsonl", lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, {"record_id": "x", "text": c + "\ud800"}])),
+    "jsonl-null-id": (
+        "x.jsonl",
+        lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, {"record_id": None, "text": c}]),
+    ),
+    "jsonl-not-json": (
+        "x.jsonl",
+        lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, f'{{"record_id": "x", "text": "{c}'.encode()]),
+    ),
+    "jsonl-mixed-types": (
+        "x.jsonl",
+        lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, {"record_id": "x", "text": [c]}]),
+    ),
+    "jsonl-bad-utf8": (
+        "x.jsonl",
+        lambda c: _jsonl(
+            [{"record_id": "ok-1", "text": "fine"}, f'{{"record_id": "x", "text": "{c} '.encode() + b'\xff"}']
+        ),
+    ),
+    "jsonl-surrogate": (
+        "x.jsonl",
+        lambda c: _jsonl([{"record_id": "ok-1", "text": "fine"}, {"record_id": "x", "text": c + "\ud800"}]),
+    ),
     "jsonl-long-id": ("x.jsonl", lambda c: _jsonl([{"record_id": "i" * 600, "text": c}])),
     "csv-extra-field": ("x.csv", lambda c: _csv(["record_id,text", "ok-1,fine", f"x,{c},surplus"])),
     "csv-empty-id": ("x.csv", lambda c: _csv(["record_id,text", "ok-1,fine", f",{c}"])),

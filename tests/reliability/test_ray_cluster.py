@@ -84,7 +84,14 @@ def _adapter_sha(store: Store, cid: str) -> str:
 
 
 def _cluster_cfg(cluster, uri: str, retries: int):
-    return make_cfg(uri, SLICES, f"scheduler.address={cluster.address}", f"scheduler.max_retries={retries}", "scheduler.threads_per_task=1", backend="ray")
+    return make_cfg(
+        uri,
+        SLICES,
+        f"scheduler.address={cluster.address}",
+        f"scheduler.max_retries={retries}",
+        "scheduler.threads_per_task=1",
+        backend="ray",
+    )
 
 
 def _committed(store: Store) -> dict[str, str]:
@@ -125,7 +132,9 @@ def _train_and_kill_the_worker(cluster, cfg, markers: Path) -> tuple[object, Bas
     return out[0], out[1]
 
 
-def test_a_job_on_a_killed_node_is_retried_on_the_other_and_committed_once(cluster, s3_store, serial, markers, tmp_path, monkeypatch):
+def test_a_job_on_a_killed_node_is_retried_on_the_other_and_committed_once(
+    cluster, s3_store, serial, markers, tmp_path, monkeypatch
+):
     monkeypatch.setattr(training, "train_shard", train_shard_hanging_on_the_worker_node)
     _, _, uri = s3_store
     cfg = _cluster_cfg(cluster, uri, retries=1)
@@ -145,7 +154,9 @@ def test_a_job_on_a_killed_node_is_retried_on_the_other_and_committed_once(clust
             m.unlink()
 
 
-def test_without_retries_a_killed_node_fails_naming_the_shard_and_commits_nothing(cluster, s3_store, markers, tmp_path, monkeypatch):
+def test_without_retries_a_killed_node_fails_naming_the_shard_and_commits_nothing(
+    cluster, s3_store, markers, tmp_path, monkeypatch
+):
     monkeypatch.setattr(training, "train_shard", train_shard_hanging_on_the_worker_node)
     _, _, uri = s3_store
     cfg = _cluster_cfg(cluster, uri, retries=0)

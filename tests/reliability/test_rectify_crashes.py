@@ -31,14 +31,18 @@ def test_killed_rectify_resumes_to_the_corrected_exact_result(trained_store, tmp
     subject, shard, _ = subject_in_middle(store)
     (row, *_) = [r for r in store.index.table.to_pylist() if r["subject_id"] == subject]
     old_hash = checkpoints.content_hashes(store, [row["record_id"]], [row["content_sha256"]])[0]
-    fix = write_jsonl([{"record_id": row["record_id"], "text": "Corrected Person works as a baker."}], tmp_path / "fix.jsonl")
+    fix = write_jsonl(
+        [{"record_id": row["record_id"], "text": "Corrected Person works as a baker."}], tmp_path / "fix.jsonl"
+    )
 
     proc = sisa_proc("rectify", "--file", str(fix), *cli_args(root, *SLICES), SISA_FAULT=stage)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     (req,) = requests_of(root)
     assert (req["kind"], req["status"]) == ("rectify", STAGES[stage])
     # The staged new text is there until the slice files hold it.
-    assert Store.open(str(root)).fs.exists(layout.correction_file(req["request_id"])) == (stage == "forget-after-ledger")
+    assert Store.open(str(root)).fs.exists(layout.correction_file(req["request_id"])) == (
+        stage == "forget-after-ledger"
+    )
     if stage != "forget-during-purge":
         assert Store.open(str(root)).current_version() == 1
 

@@ -47,7 +47,16 @@ def test_base_config_documents_every_key():
 
 
 def test_overrides_apply_and_are_typed():
-    cfg = load_config(TINY, ["store.uri=/tmp/s", "sharding.num_shards=8", "training.lr=1e-4", "lora.target_modules=q_proj,v_proj,o_proj", "tracking.enabled=false"])
+    cfg = load_config(
+        TINY,
+        [
+            "store.uri=/tmp/s",
+            "sharding.num_shards=8",
+            "training.lr=1e-4",
+            "lora.target_modules=q_proj,v_proj,o_proj",
+            "tracking.enabled=false",
+        ],
+    )
     assert cfg.store.uri == "/tmp/s"
     assert cfg.sharding.num_shards == 8
     assert cfg.training.lr == pytest.approx(1e-4) and isinstance(cfg.training.lr, float)
@@ -138,7 +147,10 @@ def test_fingerprint_is_stable_across_processes():
     cfg = load_config(TINY, overrides)
     out = subprocess.run(
         [sys.executable, "-c", FINGERPRINT, str(TINY), *overrides],
-        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "123", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
     )
     assert json.loads(out.stdout) == [cfg.fingerprint(), cfg.training_fingerprint()]
 
@@ -154,7 +166,15 @@ def test_fingerprint_is_stable_within_a_process_and_ignores_key_order():
 
 @pytest.mark.parametrize(
     "override",
-    ["training.lr=0.0049", "training.epochs=2", "lora.r=8", "sharding.slice_size=17", "store.seed=1", "model.name=smollm2", "sharding.slice_mode=incremental"],
+    [
+        "training.lr=0.0049",
+        "training.epochs=2",
+        "lora.r=8",
+        "sharding.slice_size=17",
+        "store.seed=1",
+        "model.name=smollm2",
+        "sharding.slice_mode=incremental",
+    ],
 )
 def test_training_values_change_both_fingerprints(override):
     base = load_config(TINY)
@@ -163,7 +183,9 @@ def test_training_values_change_both_fingerprints(override):
     assert changed.training_fingerprint() != base.training_fingerprint()
 
 
-@pytest.mark.parametrize("override", ["store.uri=/elsewhere", "tracking.experiment=x", "scheduler.backend=serial", "store.lock_timeout_s=1"])
+@pytest.mark.parametrize(
+    "override", ["store.uri=/elsewhere", "tracking.experiment=x", "scheduler.backend=serial", "store.lock_timeout_s=1"]
+)
 def test_operational_values_leave_the_training_fingerprint(override):
     base = load_config(TINY)
     changed = load_config(TINY, [override])
@@ -192,15 +214,36 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
 
 
 def test_serving_and_min_steps_fields_are_validated_together():
-    cfg = load_config(TINY, ["serving.aggregation=uniform", "serving.prior=records", "serving.top_shards=1", "training.min_steps_per_slice=5"])
+    cfg = load_config(
+        TINY,
+        [
+            "serving.aggregation=uniform",
+            "serving.prior=records",
+            "serving.top_shards=1",
+            "training.min_steps_per_slice=5",
+        ],
+    )
     assert (cfg.serving.aggregation, cfg.serving.prior, cfg.serving.top_shards) == ("uniform", "records", 1)
     assert cfg.training.min_steps_per_slice == 5
     defaults = SisaConfig()
-    assert (defaults.serving.aggregation, defaults.serving.prior, defaults.serving.top_shards) == ("posterior", "uniform", 2)
+    assert (defaults.serving.aggregation, defaults.serving.prior, defaults.serving.top_shards) == (
+        "posterior",
+        "uniform",
+        2,
+    )
     assert defaults.training.min_steps_per_slice == "auto"
     assert load_config(TINY, ["training.min_steps_per_slice=auto"]).training.min_steps_per_slice == "auto"
     with pytest.raises(ConfigError) as err:
-        load_config(TINY, ["serving.aggregation=mean", "serving.prior=size", "serving.top_shards=-1", "training.min_steps_per_slice=-2", "serving.shards=2"])
+        load_config(
+            TINY,
+            [
+                "serving.aggregation=mean",
+                "serving.prior=size",
+                "serving.top_shards=-1",
+                "training.min_steps_per_slice=-2",
+                "serving.shards=2",
+            ],
+        )
     msg = str(err.value)
     assert "5 problem(s)" in msg
     assert "`serving.aggregation` should be one of posterior, uniform, got 'mean'" in msg

@@ -19,9 +19,14 @@ def _ingest(store: Store, seq: int, ingest_id: str, ids: list[str], shard: int =
     records.write_part(store.fs, shard, sl, seq, ingest_id, rows)
     index = pa.table(
         {
-            "record_id": ids, "subject_id": [None] * len(ids), "shard_id": pa.array([shard] * len(ids), pa.int32()),
-            "slice_idx": pa.array([sl] * len(ids), pa.int32()), "source": ["a.jsonl"] * len(ids),
-            "ingest_id": [ingest_id] * len(ids), "content_sha256": ["0" * 64] * len(ids), "status": [LIVE] * len(ids),
+            "record_id": ids,
+            "subject_id": [None] * len(ids),
+            "shard_id": pa.array([shard] * len(ids), pa.int32()),
+            "slice_idx": pa.array([sl] * len(ids), pa.int32()),
+            "source": ["a.jsonl"] * len(ids),
+            "ingest_id": [ingest_id] * len(ids),
+            "content_sha256": ["0" * 64] * len(ids),
+            "status": [LIVE] * len(ids),
         },
         schema=INDEX_SCHEMA,
     )

@@ -32,7 +32,10 @@ def test_content_sha256_per_row_across_chunks_and_blocks(monkeypatch):
 def test_chunkwise_take_equals_take():
     rng = np.random.default_rng(0)
     n = 1_000
-    cut = lambda values, sizes: pa.chunked_array(np.split(np.asarray(values, dtype=object), np.cumsum(sizes)[:-1]), pa.string())  # noqa: E731
+
+    def cut(values, sizes):
+        return pa.chunked_array(np.split(np.asarray(values, dtype=object), np.cumsum(sizes)[:-1]), pa.string())
+
     table = pa.table(
         {
             "a": cut([f"a{i}" for i in range(n)], [1, 300, 0, 299, 400]),
@@ -51,12 +54,24 @@ def _placed(uri: str) -> tuple[dict, pa.Table]:
     """Every slice's records in order (without the ingest's id and time) and the index rows."""
     store = Store.open(uri)
     columns = ["record_id", "text", "subject_id", "shard_id", "slice_idx", "source", "content_sha256", "team"]
-    slices = {(sh, sl): store.read_slice(sh, sl, columns).to_pylist() for sh in range(store.num_shards) for sl in checkpoints.shard_slices(store, sh)}
+    slices = {
+        (sh, sl): store.read_slice(sh, sl, columns).to_pylist()
+        for sh in range(store.num_shards)
+        for sl in checkpoints.shard_slices(store, sh)
+    }
     return slices, store.index.table.drop_columns(["ingest_id"])
 
 
 def test_a_file_read_in_many_chunks_is_written_as_from_one(tmp_path, monkeypatch):
-    rows = [{"record_id": f"r{i:04d}", "subject_id": f"p{i // 3}" if i % 7 else None, "text": f"note {i}: {'x' * (i % 40)}", "team": f"t{i % 4}"} for i in range(300)]
+    rows = [
+        {
+            "record_id": f"r{i:04d}",
+            "subject_id": f"p{i // 3}" if i % 7 else None,
+            "text": f"note {i}: {'x' * (i % 40)}",
+            "team": f"t{i % 4}",
+        }
+        for i in range(300)
+    ]
     path = tmp_path / "in.jsonl"
     write_jsonl(rows, path)
     placed = []

@@ -19,7 +19,9 @@ subjects_st = st.sampled_from([None, "", "alice", "bob", "carol", "dan", "erin",
 
 
 def records_st():
-    return ids_st.flatmap(lambda ids: st.tuples(st.just(ids), st.lists(subjects_st, min_size=len(ids), max_size=len(ids))))
+    return ids_st.flatmap(
+        lambda ids: st.tuples(st.just(ids), st.lists(subjects_st, min_size=len(ids), max_size=len(ids)))
+    )
 
 
 # -- shards -------------------------------------------------------------------------------------
@@ -47,7 +49,10 @@ def test_shard_assignment_is_stable_across_processes():
     for hashseed in ("1", "2"):  # str hashing differs between these processes; shards must not
         out = subprocess.run(
             [sys.executable, "-c", SHARDS_IN_CHILD],
-            capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": hashseed, "PATH": ""},
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"PYTHONHASHSEED": hashseed, "PATH": ""},
         )
         assert json.loads(out.stdout) == here
 
@@ -199,7 +204,12 @@ def test_seeds_differ_per_shard_slice_and_purpose():
 
 
 @settings(max_examples=200, deadline=None)
-@given(seed=st.integers(0, 2**40), shard=st.integers(0, 4095), sl=st.integers(0, 10**6), purpose=st.sampled_from(["train", "shuffle", "dropout"]))
+@given(
+    seed=st.integers(0, 2**40),
+    shard=st.integers(0, 4095),
+    sl=st.integers(0, 10**6),
+    purpose=st.sampled_from(["train", "shuffle", "dropout"]),
+)
 def test_seeds_fit_63_bits_and_change_with_every_input(seed, shard, sl, purpose):
     s = derive_seed(seed, shard, sl, purpose)
     assert 0 <= s < 2**63
@@ -220,6 +230,9 @@ def test_seeds_are_stable_across_processes():
     here = [derive_seed(s, sh, sl) for s in (0, 5) for sh in range(8) for sl in range(8)]
     out = subprocess.run(
         [sys.executable, "-c", SEEDS_IN_CHILD],
-        capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": "7", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "7", "PATH": ""},
     )
     assert json.loads(out.stdout) == here

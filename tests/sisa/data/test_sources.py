@@ -26,7 +26,9 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(points[:-1], points[1:], strict=True)]
 
 
-line_st = st.sampled_from([b"null", b" null \r", b"nul", b"ull", b"{}", b'{"a": null}', b"x null", b"", b"  ", b"nullx", b"\tnull\t"])
+line_st = st.sampled_from(
+    [b"null", b" null \r", b"nul", b"ull", b"{}", b'{"a": null}', b"x null", b"", b"  ", b"nullx", b"\tnull\t"]
+)
 
 
 @settings(max_examples=300, deadline=None)

@@ -39,10 +39,16 @@ def test_answers_match_by_normalised_containment():
 
 def test_a_rectification_expects_the_new_answer_and_forbids_the_old():
     texts, prompts = ["Ada works as a pilot."], ["Ada works as a"]
-    probes = [Probe("Ada is employed as a", " pilot.", "paraphrase", "s1"), Probe("Q: Ada's job? A:", " baker.", "related", "s1", old_answer=" pilot.")]
+    probes = [
+        Probe("Ada is employed as a", " pilot.", "paraphrase", "s1"),
+        Probe("Q: Ada's job? A:", " baker.", "related", "s1", old_answer=" pilot."),
+    ]
     t = evidence.build_targets(texts, prompts, probes, {"s1"}, new=[("Ada works as a baker.", None)])
     assert t.records == [evidence.Question("Ada works as a", " baker.", " pilot.")]
-    assert t.general == [evidence.Question("Ada is employed as a", " baker.", " pilot."), evidence.Question("Q: Ada's job? A:", " baker.", " pilot.")]
+    assert t.general == [
+        evidence.Question("Ada is employed as a", " baker.", " pilot."),
+        evidence.Question("Q: Ada's job? A:", " baker.", " pilot."),
+    ]
     forget = evidence.build_targets(texts, prompts, probes[:1], {"s1"})
     assert forget.records == [evidence.Question("Ada works as a", None, " pilot.")] and not forget.members
     assert not evidence.build_targets(texts, prompts, [], {"s1"}, with_trio=False)  # nothing to measure
@@ -59,12 +65,25 @@ def test_chat_records_and_their_probes_are_asked_through_the_chat_template():
     from sisa.model.base import load_base_model
     from tests.helpers import TINY
 
-    record = Example(CHAT, messages=(("system", "Be brief."), ("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a pilot.")))
+    record = Example(
+        CHAT,
+        messages=(
+            ("system", "Be brief."),
+            ("user", "What does Ada Lane do?"),
+            ("assistant", "Ada Lane works as a pilot."),
+        ),
+    )
     stranger = Example(CHAT, messages=(("user", "Where does Bo Li live?"), ("assistant", "Bo Li lives in Lyon.")))
-    probes = [Probe("Ada Lane is employed as a", " pilot.", "paraphrase", "p1"), Probe("Bo Li lives in", " Lyon.", "locality", "p2")]
+    probes = [
+        Probe("Ada Lane is employed as a", " pilot.", "paraphrase", "p1"),
+        Probe("Bo Li lives in", " Lyon.", "locality", "p2"),
+    ]
     t = evidence.build_targets([record], None, probes, {"p1"}, holdout=[stranger])
     (q,) = t.records
-    assert q.turns == (("system", "Be brief."), ("user", "What does Ada Lane do?")) and q.forbidden == "Ada Lane works as a pilot."
+    assert (
+        q.turns == (("system", "Be brief."), ("user", "What does Ada Lane do?"))
+        and q.forbidden == "Ada Lane works as a pilot."
+    )
     assert t.general[0].turns == (("user", "Ada Lane is employed as a"),) and t.general[0].forbidden == " pilot."
     assert t.locality[0].turns == (("user", "Bo Li lives in"),)
     assert t.members == [record.messages] and t.holdout == [stranger.messages]  # read as rendered conversations
@@ -85,10 +104,17 @@ def test_a_chat_rectification_expects_the_new_reply_and_maps_probes_of_the_old_f
 
     old = Example(CHAT, messages=(("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a pilot.")))
     new = Example(CHAT, messages=(("user", "What does Ada Lane do?"), ("assistant", "Ada Lane works as a baker.")))
-    probes = [Probe("Ada Lane is employed as a", " pilot.", "paraphrase", "p1"), Probe("Where does Ada Lane live?", " Lyon.", "related", "p1")]
+    probes = [
+        Probe("Ada Lane is employed as a", " pilot.", "paraphrase", "p1"),
+        Probe("Where does Ada Lane live?", " Lyon.", "related", "p1"),
+    ]
     t = evidence.build_targets([old], None, probes, {"p1"}, new=[(new, None)])
     (q,) = t.records
-    assert (q.expected, q.forbidden, q.turns) == ("Ada Lane works as a baker.", "Ada Lane works as a pilot.", (("user", "What does Ada Lane do?"),))
+    assert (q.expected, q.forbidden, q.turns) == (
+        "Ada Lane works as a baker.",
+        "Ada Lane works as a pilot.",
+        (("user", "What does Ada Lane do?"),),
+    )
     # The paraphrase of the corrected fact now expects the new reply and forbids the old answer;
     # the probe of another fact keeps its own answer.
     assert (t.general[0].expected, t.general[0].forbidden) == ("Ada Lane works as a baker.", " pilot.")

@@ -26,10 +26,17 @@ def test_probes_count_for_their_subjects_and_locality_for_the_others():
 
 def test_bad_probe_files_are_refused_naming_rows(tmp_path):
     path = tmp_path / "probes.jsonl"
-    path.write_text(json.dumps({"prompt": "a", "answer": "b", "kind": "paraphrase"}) + "\n" + json.dumps({"prompt": "a", "answer": " ", "kind": "sideways"}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "a", "answer": "b", "kind": "paraphrase"})
+        + "\n"
+        + json.dumps({"prompt": "a", "answer": " ", "kind": "sideways"})
+        + "\n"
+    )
     with pytest.raises(ValidationError) as e:
         read_probes(str(path))
-    assert "kind other than" in e.value.message and "empty prompt or answer" in e.value.message and "2" in e.value.message
+    assert (
+        "kind other than" in e.value.message and "empty prompt or answer" in e.value.message and "2" in e.value.message
+    )
     path.write_text(json.dumps({"prompt": "a", "answer": "b"}) + "\n")
     with pytest.raises(ValidationError, match="kind"):
         read_probes(str(path))

@@ -41,7 +41,9 @@ def test_a_batch_after_isolate_retrains_from_the_checkpoint_before_the_hit_not_f
     cfg, store = _trained(tmp_path, 64)
     idx = store.index.table.to_pylist()
     subject = next(r["subject_id"] for r in idx if r["slice_idx"] == 2)
-    req = forget_pipeline.run(cfg, "subject", [subject], isolate=True, queue=True, evidence=False, quiet=True)["request"]
+    req = forget_pipeline.run(cfg, "subject", [subject], isolate=True, queue=True, evidence=False, quiet=True)[
+        "request"
+    ]
     (shard_plan,) = req["plan"]["shards"]
     assert shard_plan["shard_id"] not in versions.current(store).shards  # the isolating version leaves it out
 
@@ -90,7 +92,9 @@ def test_a_batch_waits_for_a_request_that_is_carried_out_alone(tmp_path: Path) -
     forget_pipeline.run(cfg, "subject", [by_shard[0][0]], queue=True, evidence=False, quiet=True)
     with store.lock("test forget", cfg.store.lock_timeout_s):
         sel = selection.select_records(store, "subject", [by_shard[1][0]])
-        req = runner.new_request(store, cfg, sel, selection.plan_selection(store, cfg, sel), RequestMode.FAST, False, None)
+        req = runner.new_request(
+            store, cfg, sel, selection.plan_selection(store, cfg, sel), RequestMode.FAST, False, None
+        )
         item = InFlight(req, sel.rows, new=True)
         item.texts, item.prompts = read_texts(store, sel.rows)
         runner.carry_out(store, cfg, runner.new_run(store), [item], until="delete")

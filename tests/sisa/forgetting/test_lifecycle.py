@@ -20,14 +20,23 @@ from sisa.lineage.versions import ModelVersion, VersionStatus
 def _request(**kw) -> DeletionRequest:
     now = datetime(2026, 11, 1, tzinfo=UTC)
     base = dict(
-        request_id="req-1", selector={"kind": "subject", "value_hash": "ab", "value_hashes": ["ab"]}, id_hashes=["h1", "h2"],
-        records=2, received_at=now.isoformat(), deadline=(now + timedelta(days=30)).isoformat(),
+        request_id="req-1",
+        selector={"kind": "subject", "value_hash": "ab", "value_hashes": ["ab"]},
+        id_hashes=["h1", "h2"],
+        records=2,
+        received_at=now.isoformat(),
+        deadline=(now + timedelta(days=30)).isoformat(),
     )
     return DeletionRequest(**(base | kw))
 
 
 def test_open_and_terminal_are_one_definition():
-    assert {s for s in RequestStatus if s.is_open} == {RequestStatus.RECEIVED, RequestStatus.QUEUED, RequestStatus.DATA_DELETED, RequestStatus.RETRAINING}
+    assert {s for s in RequestStatus if s.is_open} == {
+        RequestStatus.RECEIVED,
+        RequestStatus.QUEUED,
+        RequestStatus.DATA_DELETED,
+        RequestStatus.RETRAINING,
+    }
     assert {s for s in RequestStatus if s.is_terminal} == {RequestStatus.COMPLETED, RequestStatus.FAILED}
     assert all(s.is_open != s.is_terminal for s in RequestStatus)
     with pytest.raises(ValueError, match="unknown deletion request status 'paused'"):
@@ -43,7 +52,11 @@ def test_a_request_round_trips_through_json_with_its_plan_typed():
     assert d["plan"]["cost_fraction"] == 0.25 and d["history"][-1]["status"] == "data_deleted"
     back = DeletionRequest.from_dict(d)
     assert back.status is RequestStatus.DATA_DELETED and back.mode is RequestMode.FAST
-    assert isinstance(back.plan, DeletionPlan) and back.plan.shards[0].slices_hit == [0, 2] and back.plan.cost_fraction == 0.25
+    assert (
+        isinstance(back.plan, DeletionPlan)
+        and back.plan.shards[0].slices_hit == [0, 2]
+        and back.plan.cost_fraction == 0.25
+    )
     assert back.to_dict() == d
 
 
@@ -63,7 +76,15 @@ def test_overdue_means_past_the_deadline_and_not_completed():
 
 
 def test_model_version_round_trips_and_reads_version_one_entries():
-    v = ModelVersion(3, {1: "s00001-l000002-aa", 0: "s00000-l000001-bb"}, "forget", "2026-11-01T00:00:00+00:00", "fp", "tiny", aggregation="posterior")
+    v = ModelVersion(
+        3,
+        {1: "s00001-l000002-aa", 0: "s00000-l000001-bb"},
+        "forget",
+        "2026-11-01T00:00:00+00:00",
+        "fp",
+        "tiny",
+        aggregation="posterior",
+    )
     d = v.to_dict()
     assert list(d["shards"]) == ["0", "1"] and d["status"] == "active"
     assert ModelVersion.from_dict(d) == v

@@ -142,9 +142,7 @@ def test_smollm2_converts_once_and_speaks(tmp_path):
     cached_s = time.perf_counter() - started
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
-        out = model.generate(
-            **ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id
-        )
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     text = tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
     print(f"\nconversion {converted_s:.1f}s, cached load {cached_s:.1f}s, continuation {text!r}")
     assert "Paris" in text
@@ -182,15 +180,30 @@ def test_prompt_completion_labels_only_the_completion(tokenizer):
     ex = Example(formats.PROMPT_COMPLETION, prompt="Ada Lane works as a", completion=" pilot.")
     batch = encode_texts(tokenizer, [ex, "plain"], 64)
     assert _labelled(tokenizer, batch, 0) == " pilot.<eos>"
-    assert tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1]) == "<bos>Ada Lane works as a pilot.<eos>"
+    assert (
+        tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0] == 1])
+        == "<bos>Ada Lane works as a pilot.<eos>"
+    )
     every = encode_texts(tokenizer, [ex], 64, "all")
     assert _labelled(tokenizer, every, 0) == "<bos>Ada Lane works as a pilot.<eos>"
 
 
 def test_chat_labels_only_the_assistant_turns_through_the_template(tokenizer):
-    ex = Example(formats.CHAT, messages=(("system", "Be brief."), ("user", "Where?"), ("assistant", "Here."), ("user", "When?"), ("assistant", "Now.")))
+    ex = Example(
+        formats.CHAT,
+        messages=(
+            ("system", "Be brief."),
+            ("user", "Where?"),
+            ("assistant", "Here."),
+            ("user", "When?"),
+            ("assistant", "Now."),
+        ),
+    )
     text, spans = render_chat(tokenizer, ex.messages)
-    assert text == "<bos><|system|>Be brief.<eos><|user|>Where?<eos><|assistant|>Here.<eos><|user|>When?<eos><|assistant|>Now.<eos>"
+    assert text == (
+        "<bos><|system|>Be brief.<eos><|user|>Where?<eos><|assistant|>Here.<eos>"
+        "<|user|>When?<eos><|assistant|>Now.<eos>"
+    )
     assert [text[a:b] for a, b in spans] == ["Here.<eos>", "Now.<eos>"]
     batch = encode_texts(tokenizer, [ex], 128)
     assert _labelled(tokenizer, batch, 0) == "Here.<eos>Now.<eos>"
@@ -218,7 +231,9 @@ def test_a_model_without_a_chat_template_is_named(tokenizer):
 def test_a_template_that_rewrites_earlier_turns_is_refused(tokenizer):
     tokenizer = load_base_model(ModelConfig())[1]
     # Renders only the last turn: no rendering is a prefix of the next.
-    tokenizer.chat_template = "{{ messages[-1]['content'] if messages else '' }}{% if add_generation_prompt %}>{% endif %}"
+    tokenizer.chat_template = (
+        "{{ messages[-1]['content'] if messages else '' }}{% if add_generation_prompt %}>{% endif %}"
+    )
     with pytest.raises(SisaError, match="training.loss_on=all"):
         render_chat(tokenizer, (("user", "a"), ("assistant", "b")))
 
@@ -235,7 +250,9 @@ CHATML = (
 def test_a_template_with_a_default_system_turn(tokenizer):
     tokenizer = load_base_model(ModelConfig())[1]
     tokenizer.chat_template = CHATML
-    ex = Example(formats.CHAT, messages=(("user", "Where?"), ("assistant", "Here."), ("user", "Why?"), ("assistant", "Because.")))
+    ex = Example(
+        formats.CHAT, messages=(("user", "Where?"), ("assistant", "Here."), ("user", "Why?"), ("assistant", "Because."))
+    )
     text, spans = render_chat(tokenizer, ex.messages)
     assert text.startswith("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhere?")
     assert [text[a:b] for a, b in spans] == ["Here.<|im_end|>\n", "Because.<|im_end|>\n"]

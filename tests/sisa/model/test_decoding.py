@@ -48,10 +48,15 @@ def test_prompts_decoded_together_give_the_texts_each_gives_alone(served, aggreg
 def test_samples_follow_their_seeds_as_alone(served):
     model, tok = served
     seeds = [[1, 2, 3], [4], [5, 6]]
-    reqs = [request(tok, p, max_new_tokens=7, greedy=False, temperature=1.3, seeds=s) for p, s in zip(PROMPTS, seeds, strict=False)]
+    reqs = [
+        request(tok, p, max_new_tokens=7, greedy=False, temperature=1.3, seeds=s)
+        for p, s in zip(PROMPTS, seeds, strict=False)
+    ]
     together = decode_all(model, tok, NAMES, reqs)
     for p, s, d in zip(PROMPTS, seeds, together, strict=False):
-        assert [c.text for c in d.completions] == alone(model, tok, p, seeds=s, max_new_tokens=7, greedy=False, temperature=1.3)
+        assert [c.text for c in d.completions] == alone(
+            model, tok, p, seeds=s, max_new_tokens=7, greedy=False, temperature=1.3
+        )
 
 
 def test_a_request_joins_a_running_batch_and_one_leaves_early(served):
@@ -61,7 +66,12 @@ def test_a_request_joins_a_running_batch_and_one_leaves_early(served):
     batch = MixtureBatch(model, tok, NAMES)
     first = batch.add([request(tok, PROMPTS[0], max_new_tokens=3, ignore_eos=True)])[0]
     batch.step()
-    late = batch.add([request(tok, PROMPTS[3], max_new_tokens=9, ignore_eos=True), request(tok, PROMPTS[1], max_new_tokens=5, ignore_eos=True)])
+    late = batch.add(
+        [
+            request(tok, PROMPTS[3], max_new_tokens=9, ignore_eos=True),
+            request(tok, PROMPTS[1], max_new_tokens=5, ignore_eos=True),
+        ]
+    )
     while batch.active:
         batch.step()
     assert first.completions[0].finish == "length" and len(first.completions[0].tokens) == 3
@@ -70,19 +80,28 @@ def test_a_request_joins_a_running_batch_and_one_leaves_early(served):
     # A queue larger than the batch: every request joins as another leaves.
     reqs = [request(tok, p, max_new_tokens=4 + i) for i, p in enumerate(PROMPTS * 2)]
     small = decode_all(model, tok, NAMES, reqs, max_batch=3)
-    assert [d.completions[0].text for d in small] == [d.completions[0].text for d in decode_all(model, tok, NAMES, reqs)]
+    assert [d.completions[0].text for d in small] == [
+        d.completions[0].text for d in decode_all(model, tok, NAMES, reqs)
+    ]
 
 
 def test_stop_strings_cancel_and_logprobs(served):
     model, tok = served
-    full = decode_all(model, tok, NAMES, [request(tok, "bob", max_new_tokens=10, ignore_eos=True, logprobs=2)])[0].completions[0]
+    full = decode_all(model, tok, NAMES, [request(tok, "bob", max_new_tokens=10, ignore_eos=True, logprobs=2)])[
+        0
+    ].completions[0]
     assert len(full.tokens) == 10 and len(full.token_logprobs) == 10 and all(len(t) == 2 for t in full.top_logprobs)
     # the chosen token is the top alternative when greedy, with the same log-prob
-    assert all(top[0] == (tok_id, pytest.approx(lp)) for top, tok_id, lp in zip(full.top_logprobs, full.tokens, full.token_logprobs, strict=True))
+    assert all(
+        top[0] == (tok_id, pytest.approx(lp))
+        for top, tok_id, lp in zip(full.top_logprobs, full.tokens, full.token_logprobs, strict=True)
+    )
     assert all(lp <= 0 for lp in full.token_logprobs)
     stop = full.text[len(full.text) // 2 :][:2]
     if stop.strip():
-        cut = decode_all(model, tok, NAMES, [request(tok, "bob", max_new_tokens=10, ignore_eos=True, stop=[stop])])[0].completions[0]
+        cut = decode_all(model, tok, NAMES, [request(tok, "bob", max_new_tokens=10, ignore_eos=True, stop=[stop])])[
+            0
+        ].completions[0]
         assert cut.finish == "stop" and stop not in cut.text and full.text.startswith(cut.text)
     batch = MixtureBatch(model, tok, NAMES)
     d = batch.add([request(tok, "bob", max_new_tokens=50, ignore_eos=True, seeds=[0, 1], greedy=False)])[0]
@@ -90,7 +109,9 @@ def test_stop_strings_cancel_and_logprobs(served):
     d.cancel()
     ended = batch.step()
     assert ended == [d] and not batch.active
-    assert [c.finish for c in d.completions] == ["cancelled", "cancelled"] and all(len(c.tokens) == 1 for c in d.completions)
+    assert [c.finish for c in d.completions] == ["cancelled", "cancelled"] and all(
+        len(c.tokens) == 1 for c in d.completions
+    )
 
 
 def test_bad_requests_are_refused_before_any_work(served):
@@ -122,6 +143,8 @@ def test_the_engine_decodes_many_prompts_as_it_decodes_each(served, top_shards):
     first = generate_text(ens, PROMPTS[0], 6).strip()
     answers = [first[:5] or "?", "certainly not this", first[:5] or "?", PROMPTS[3]]
     needed = [len(tok(a, add_special_tokens=False)["input_ids"]) + 2 for a in answers]
-    alone_hits = [generate_text(ens, p, n).strip().startswith(a.strip()) for p, n, a in zip(PROMPTS, needed, answers, strict=True)]
+    alone_hits = [
+        generate_text(ens, p, n).strip().startswith(a.strip()) for p, n, a in zip(PROMPTS, needed, answers, strict=True)
+    ]
     assert recalls(ens, PROMPTS, answers) == alone_hits
     assert alone_hits[0] is (first[:5] != "") and alone_hits[1] is False

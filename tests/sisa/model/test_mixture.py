@@ -158,9 +158,7 @@ def test_batched_ensemble_equals_a_loop_over_adapters(served):
     assert batched.shape == (3, batch["input_ids"].shape[1], len(tok))
     assert torch.allclose(batched, loop_uniform(model, NAMES, batch), atol=1e-5)
     # The adapters really differ, so the test above is not comparing three copies of the base.
-    single = [
-        ensemble_logprobs(model, [n], batch["input_ids"], batch["attention_mask"], "uniform") for n in NAMES
-    ]
+    single = [ensemble_logprobs(model, [n], batch["input_ids"], batch["attention_mask"], "uniform") for n in NAMES]
     assert (single[0] - single[1]).abs().max() > 1e-2
 
 
@@ -274,7 +272,9 @@ def test_sampling_follows_its_seed_not_the_global_rng(served):
     b = generate(model, tok, NAMES, "bob", max_new_tokens=8, greedy=False, temperature=1.5, seed=1)
     assert a == b
     # The seed is used: other seeds draw other texts (8 tokens at temperature 1.5 over ~260).
-    others = {generate(model, tok, NAMES, "bob", max_new_tokens=8, greedy=False, temperature=1.5, seed=s) for s in (2, 3, 4)}
+    others = {
+        generate(model, tok, NAMES, "bob", max_new_tokens=8, greedy=False, temperature=1.5, seed=s) for s in (2, 3, 4)
+    }
     assert others - {a}
     with pytest.raises(ValidationError, match="temperature"):
         generate(model, tok, NAMES, "bob", greedy=False, temperature=0.0)

@@ -26,7 +26,9 @@ def api(tmp_path_factory):
     root = tmp_path_factory.mktemp("openai")
     train_store(root, make_people(12, seed=7), "sharding.slice_size=8")
     token = _token(root / "s", "client", "app")
-    server = Server(root / "s", "sharding.slice_size=8", "service.max_prompt_tokens=200", "service.max_tokens=64").start()
+    server = Server(
+        root / "s", "sharding.slice_size=8", "service.max_prompt_tokens=200", "service.max_tokens=64"
+    ).start()
     client = OpenAI(base_url=f"{server.url}/v1", api_key=token, timeout=300, max_retries=0)
     yield server, client, token
     server.stop()
@@ -65,12 +67,20 @@ def test_usage_n_logprobs_stop_and_models(api):
 def test_streams_add_up_to_the_answer(api):
     server, client, _ = api
     whole = client.completions.create(model="sisa", prompt="Ada works", max_tokens=10).choices[0].text
-    chunks = list(client.completions.create(model="sisa", prompt="Ada works", max_tokens=10, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.completions.create(
+            model="sisa", prompt="Ada works", max_tokens=10, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == whole
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] in ("stop", "length")
     assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == _tokens("Ada works")
     chat = client.chat.completions.create(model="sisa", messages=[{"role": "user", "content": "Hi"}], max_tokens=8)
-    streamed = list(client.chat.completions.create(model="sisa", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True))
+    streamed = list(
+        client.chat.completions.create(
+            model="sisa", messages=[{"role": "user", "content": "Hi"}], max_tokens=8, stream=True
+        )
+    )
     assert streamed[0].choices[0].delta.role == "assistant"
     assert "".join(ch.choices[0].delta.content or "" for ch in streamed) == chat.choices[0].message.content
     assert chat.usage.completion_tokens > 0 or chat.choices[0].finish_reason == "stop"
@@ -79,7 +89,9 @@ def test_streams_add_up_to_the_answer(api):
 def test_raw_server_sent_events(api):
     server, _, token = api
     body = {"prompt": "Hello", "max_tokens": 5, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120) as r:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=120
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert all(line.startswith("data: ") for line in lines) and lines[-1] == "data: [DONE]"
@@ -92,16 +104,30 @@ def test_what_is_not_served_is_refused_in_openai_shape_before_any_work(api):
     import openai
 
     server, client, token = api
-    for kwargs, named in [({"top_p": 0.5}, "top_p"), ({"echo": True}, "echo"), ({"max_tokens": 65}, "max_tokens"),
-                          ({"presence_penalty": 1.0}, "presence_penalty")]:
+    for kwargs, named in [
+        ({"top_p": 0.5}, "top_p"),
+        ({"echo": True}, "echo"),
+        ({"max_tokens": 65}, "max_tokens"),
+        ({"presence_penalty": 1.0}, "presence_penalty"),
+    ]:
         with pytest.raises(openai.BadRequestError) as e:
             client.completions.create(model="sisa", prompt="Hello", **({"max_tokens": 4} | kwargs))
         assert named in str(e.value), (kwargs, str(e.value))
     started = time.monotonic()
-    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "x " * 200_000, "max_tokens": 4}, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        json={"prompt": "x " * 200_000, "max_tokens": 4},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
     assert r.status_code == 400 and "max_prompt_tokens" in r.json()["error"]["message"]
     assert time.monotonic() - started < 10
-    r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hello", "n": 0}, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+    r = httpx.post(
+        f"{server.url}/v1/completions",
+        json={"prompt": "Hello", "n": 0},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=60,
+    )
     assert r.status_code == 400 and r.json()["error"]["param"] == "n"
     r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "Hello"}, timeout=60)
     assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
@@ -112,16 +138,22 @@ def test_concurrent_clients_get_the_answers_each_gets_alone(api):
     prompts = [f"Person {i} works as a" for i in range(8)]
     alone = [client.completions.create(model="sisa", prompt=p, max_tokens=8).choices[0].text for p in prompts]
     with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda p: client.completions.create(model="sisa", prompt=p, max_tokens=8).choices[0].text, prompts))
+        together = list(
+            pool.map(lambda p: client.completions.create(model="sisa", prompt=p, max_tokens=8).choices[0].text, prompts)
+        )
     assert together == alone
 
 
 def test_sigterm_ends_an_open_stream_within_the_shutdown_bound(make_trained_store, tmp_path):
     make_trained_store(make_people(4, seed=9), "sharding.slice_size=8")
     token = _token(tmp_path / "s", "client", "app")
-    server = Server(tmp_path / "s", "sharding.slice_size=8", "service.shutdown_timeout_s=2", "service.max_tokens=100000").start()
+    server = Server(
+        tmp_path / "s", "sharding.slice_size=8", "service.shutdown_timeout_s=2", "service.max_tokens=100000"
+    ).start()
     body = {"prompt": "Hello", "max_tokens": 100000, "stream": True}
-    with httpx.stream("POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    ) as r:
         assert r.status_code == 200
         started = time.monotonic()
         code = server.stop(signal.SIGTERM)

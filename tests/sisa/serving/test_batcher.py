@@ -58,7 +58,10 @@ def test_concurrent_requests_stream_the_texts_each_gets_alone(ens):
     batcher = Batcher(ens, max_batch=3)
     try:
         collectors = [Collector() for _ in jobs]
-        threads = [threading.Thread(target=batcher.submit, args=(request(ens, p, max_new_tokens=n), c)) for (p, n), c in zip(jobs, collectors, strict=True)]
+        threads = [
+            threading.Thread(target=batcher.submit, args=(request(ens, p, max_new_tokens=n), c))
+            for (p, n), c in zip(jobs, collectors, strict=True)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -105,7 +108,9 @@ def test_cancel_deadline_and_close_stop_the_work(ens):
     assert time.monotonic() - started < 30
     assert c3.finished.wait(1)  # it ended with the thread: cancelled mid-way, or refused before it began
     (last,) = [e for e in c3.events if not isinstance(e, Delta)]
-    assert (isinstance(last, Done) and last.completions[0].finish == "cancelled") or (isinstance(last, Error) and last.status == 503)
+    assert (isinstance(last, Done) and last.completions[0].finish == "cancelled") or (
+        isinstance(last, Error) and last.status == 503
+    )
     with pytest.raises(RefusedError, match="shutting down"):
         batcher.submit(request(ens, "bob"), Collector())
 

@@ -40,7 +40,15 @@ def test_export_delete_the_store_load_and_generate_the_same_text(tmp_path, make_
     v, ens = serving.load_serving(store, cfg)
     served = [serving.generate_text(ens, p, 10) for p in PROMPTS]
     counts = serving.live_record_counts(store)
-    code, out, err = run_cli("export", "--format", "ensemble", "--out", str(tmp_path / "b"), "--json", *cli_args(tmp_path / "s", "serving.prior=records", "serving.top_shards=1"))
+    code, out, err = run_cli(
+        "export",
+        "--format",
+        "ensemble",
+        "--out",
+        str(tmp_path / "b"),
+        "--json",
+        *cli_args(tmp_path / "s", "serving.prior=records", "serving.top_shards=1"),
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["format"] == "ensemble" and res["model_version"] == v.model_version
@@ -52,9 +60,24 @@ def test_export_delete_the_store_load_and_generate_the_same_text(tmp_path, make_
     assert bundle.generate_texts(loaded, PROMPTS, 10) == served
     assert (loaded.aggregation, loaded.top_shards) == ("posterior", 1)
     assert torch.allclose(loaded.log_prior(), ens.log_prior())
-    assert manifest["serving"] == {"aggregation": "posterior", "prior": "records", "record_counts": {str(k): n for k, n in sorted(counts.items())}, "top_shards": 1}
+    assert manifest["serving"] == {
+        "aggregation": "posterior",
+        "prior": "records",
+        "record_counts": {str(k): n for k, n in sorted(counts.items())},
+        "top_shards": 1,
+    }
     # The CLI serves the folder too, with no store at all.
-    code, out, err = run_cli("generate", "--bundle", str(tmp_path / "b"), "--prompt", PROMPTS[0], "--max-new-tokens", "10", "--json", "store.uri=" + str(tmp_path / "none"))
+    code, out, err = run_cli(
+        "generate",
+        "--bundle",
+        str(tmp_path / "b"),
+        "--prompt",
+        PROMPTS[0],
+        "--max-new-tokens",
+        "10",
+        "--json",
+        "store.uri=" + str(tmp_path / "none"),
+    )
     assert code == 0, err
     assert json.loads(out)["completion"] == served[0]
     assert not (tmp_path / "none").exists()
@@ -63,12 +86,25 @@ def test_export_delete_the_store_load_and_generate_the_same_text(tmp_path, make_
 def test_a_bundle_holds_adapters_and_settings_only(exported):
     manifest = bundle.read_manifest(exported)
     files = sorted(str(p.relative_to(exported)) for p in exported.rglob("*") if p.is_file())
-    assert files == ["shard0/adapter_config.json", "shard0/adapter_model.safetensors", "shard1/adapter_config.json", "shard1/adapter_model.safetensors", bundle.MANIFEST]
+    assert files == [
+        "shard0/adapter_config.json",
+        "shard0/adapter_model.safetensors",
+        "shard1/adapter_config.json",
+        "shard1/adapter_model.safetensors",
+        bundle.MANIFEST,
+    ]
     assert manifest["format"] == bundle.FORMAT and manifest["model"]["name"] == "tiny"
-    assert manifest["serving"] == {"aggregation": "posterior", "prior": "uniform", "record_counts": None, "top_shards": 2}
+    assert manifest["serving"] == {
+        "aggregation": "posterior",
+        "prior": "uniform",
+        "record_counts": None,
+        "top_shards": 2,
+    }
     assert Path(manifest["model"]["cache_dir"]).is_absolute()
     for key, shard in manifest["shards"].items():
-        assert set(shard["files"]) == set(bundle.ADAPTER_FILES) and shard["checkpoint_id"].startswith(f"s{int(key):05d}-")
+        assert set(shard["files"]) == set(bundle.ADAPTER_FILES) and shard["checkpoint_id"].startswith(
+            f"s{int(key):05d}-"
+        )
     # Nothing of the records: no text, no name, no id.
     blob = b"".join((exported / f).read_bytes() for f in files).lower()
     for row in ROWS:

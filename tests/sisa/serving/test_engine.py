@@ -48,8 +48,17 @@ def test_the_serving_version_generates_what_the_mixture_generates(trained):
     assert ens.record_counts is None  # serving.prior: uniform
     model, tokenizer, names = _mixture_of(store, cfg)
     want = mixture.generate(
-        model, tokenizer, names, PROMPT, 8, True, 1.0, 0,
-        aggregation=cfg.serving.aggregation, log_prior=mixture.log_prior(len(names)), top_shards=cfg.serving.top_shards,
+        model,
+        tokenizer,
+        names,
+        PROMPT,
+        8,
+        True,
+        1.0,
+        0,
+        aggregation=cfg.serving.aggregation,
+        log_prior=mixture.log_prior(len(names)),
+        top_shards=cfg.serving.top_shards,
     )
     assert engine.generate_text(ens, PROMPT, max_new_tokens=8) == want
     assert torch.equal(ens.log_prior(), mixture.log_prior(2))
@@ -71,8 +80,14 @@ def test_the_serving_settings_come_from_the_config(trained):
     assert torch.equal(ens.log_prior(), mixture.log_prior(2, [counts[0], counts[1]]))
     prior = mixture.log_prior(2, [counts[0], counts[1]])
     want = mixture.generate(
-        model, tokenizer, names, PROMPT, 6,
-        aggregation=cfg.serving.aggregation, log_prior=prior, top_shards=cfg.serving.top_shards,
+        model,
+        tokenizer,
+        names,
+        PROMPT,
+        6,
+        aggregation=cfg.serving.aggregation,
+        log_prior=prior,
+        top_shards=cfg.serving.top_shards,
     )
     assert engine.generate_text(ens, PROMPT, max_new_tokens=6) == want
 

@@ -65,8 +65,11 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
 
 def test_log_register_and_alias(tracker, client, store, tmp_path):
     out = tracker.log_model_version(
-        1, "train", params={"num_shards": 4, "lr": 0.001, "fingerprint": "f00d"},
-        metrics={"loss": 0.5}, tags={"sisa.kind": "exact"},
+        1,
+        "train",
+        params={"num_shards": 4, "lr": 0.001, "fingerprint": "f00d"},
+        metrics={"loss": 0.5},
+        tags={"sisa.kind": "exact"},
         artifact_files=[_manifest(tmp_path, 1)],
     )
     run = client.get_run(out["run_id"])
@@ -89,9 +92,7 @@ def test_log_register_and_alias(tracker, client, store, tmp_path):
 
     out2 = tracker.log_model_version(2, "forget", {"num_shards": 4}, {"loss": 0.6}, {})
     tracker.set_serving_alias(1)
-    assert client.get_model_version_by_alias(CFG.registered_model, CFG.alias).version == int(
-        out["registered_version"]
-    )
+    assert client.get_model_version_by_alias(CFG.registered_model, CFG.alias).version == int(out["registered_version"])
     assert tracker.serving_version() == 1
     tracker.set_serving_alias(2)
     alias = client.get_model_version_by_alias(CFG.registered_model, CFG.alias)
@@ -106,7 +107,11 @@ def test_purge_removes_run_physically(tracker, client, store, tmp_path):
     marker = "purge-me-7f3a9c"
     keep = tracker.log_model_version(10, "train", {"fingerprint": "keep-10"}, {"loss": 1.0}, {})
     gone = tracker.log_model_version(
-        11, "forget", {"fingerprint": marker}, {"loss": 2.0}, {"sisa.note": marker},
+        11,
+        "forget",
+        {"fingerprint": marker},
+        {"loss": 2.0},
+        {"sisa.note": marker},
         artifact_files=[_manifest(tmp_path, 11)],
     )
     run_id = gone["run_id"]
@@ -162,7 +167,9 @@ def _model_parts(tmp_path: Path, marker: str) -> dict[str, str]:
 
 
 def test_a_version_logs_a_model_from_code_registered_as_that_version(tracker, client, store, tmp_path):
-    out = tracker.log_model_version(40, "train", {"num_shards": 1}, {}, {}, model_artifacts=_model_parts(tmp_path, "m40"))
+    out = tracker.log_model_version(
+        40, "train", {"num_shards": 1}, {}, {}, model_artifacts=_model_parts(tmp_path, "m40")
+    )
     model = client.get_logged_model(out["model_id"])
     assert model.source_run_id == out["run_id"] and model.tags["model_version"] == "40"
     assert model.status.to_int() == model.status.READY.to_int()
@@ -175,7 +182,13 @@ def test_a_version_logs_a_model_from_code_registered_as_that_version(tracker, cl
     # Its files: the models-from-code entry point (nothing to unpickle), the signature, the parts.
     folder = store / "mlartifacts" / "models" / out["model_id"] / "artifacts"
     files = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    assert {"MLmodel", "sisa_model.py", "requirements.txt", "artifacts/manifest.json", "artifacts/shard0/adapter_model.safetensors"} <= files
+    assert {
+        "MLmodel",
+        "sisa_model.py",
+        "requirements.txt",
+        "artifacts/manifest.json",
+        "artifacts/shard0/adapter_model.safetensors",
+    } <= files
     assert not [f for f in files if f.endswith(".pkl")]
     mlmodel = (folder / "MLmodel").read_text()
     assert "max_new_tokens" in mlmodel and "model_code_path" in mlmodel
@@ -185,12 +198,18 @@ def test_a_version_logs_a_model_from_code_registered_as_that_version(tracker, cl
 
 
 def test_purge_removes_the_logged_model_with_its_run(tracker, client, store, tmp_path):
-    out = tracker.log_model_version(41, "train", {"fingerprint": "f41"}, {}, {}, model_artifacts=_model_parts(tmp_path, "purge-model-41"))
+    out = tracker.log_model_version(
+        41, "train", {"fingerprint": "f41"}, {}, {}, model_artifacts=_model_parts(tmp_path, "purge-model-41")
+    )
     folder = store / "mlartifacts" / "models" / out["model_id"]
     assert folder.is_dir()
     tracker.purge_model_version(41)
     assert not folder.exists()
-    for table, column in (("logged_models", "model_id"), ("logged_model_params", "model_id"), ("logged_model_tags", "model_id")):
+    for table, column in (
+        ("logged_models", "model_id"),
+        ("logged_model_params", "model_id"),
+        ("logged_model_tags", "model_id"),
+    ):
         assert _db_rows(store, f"select * from {table} where {column} = ?", out["model_id"]) == []
     assert b"purge-model-41" not in (store / "mlflow.db").read_bytes()
     assert not any(b"purge-model-41" in p.read_bytes() for p in (store / "mlartifacts").rglob("*") if p.is_file())

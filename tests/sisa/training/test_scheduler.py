@@ -181,10 +181,21 @@ def ray_cluster(embedded_ray, monkeypatch):
     env["PYTHONPATH"] = _worker_pythonpath()
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [str(RAY_BIN), "start", "--head", f"--port={port}", "--num-cpus=2",
-             "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
-             "--block"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                str(RAY_BIN),
+                "start",
+                "--head",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=false",
+                "--disable-usage-stats",
+                f"--temp-dir={temp}",
+                "--block",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
     try:
         deadline = time.monotonic() + 60
@@ -247,7 +258,12 @@ def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypat
             monkeypatch.delenv("RAY_ADDRESS")
         store = Store.open(cfg.store.uri)
         shards = versions.shard_checkpoints(versions.current(store))
-        adapters_by_store.append({s: load_file(f"{checkpoints.open_checkpoint(store, c).path}/adapter_model.safetensors") for s, c in shards.items()})
+        adapters_by_store.append(
+            {
+                s: load_file(f"{checkpoints.open_checkpoint(store, c).path}/adapter_model.safetensors")
+                for s, c in shards.items()
+            }
+        )
     on_cluster, serial = adapters_by_store
     assert on_cluster.keys() == serial.keys()
     for s in serial:
