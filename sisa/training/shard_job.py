@@ -216,20 +216,8 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
     training_fp = cfg.training_fingerprint()
 
-    # Start: the parent checkpoint, or a fresh adapter whose init is seeded by (seed, shard).
-    torch.manual_seed(derive_seed(store.seed, task.shard_id, -1, "init"))
-    model = adapters.attach_lora(base, cfg.lora)
-    params = adapters.trainable_parameters(model)
-    optimizer = make_optimizer(params, cfg)
+    model, params, optimizer, parent_lineage = _start(task, cfg, store, base, tokenizer_fp)
     parent_id = task.parent_checkpoint_id
-    parent_lineage: str | None = None
-    if parent_id is not None:
-        with checkpoints.open_checkpoint(store, parent_id) as parent:
-            adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
-            opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
-            checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
-            parent_lineage = parent.manifest["lineage_digest"]
-            _check_tokenizer(parent.manifest, tokenizer_fp, task.shard_id, parent_id, cfg.model.name)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
     bar = tqdm(
@@ -273,18 +261,11 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
                 "base_model_fingerprint": base_fp,
                 "tokenizer_fingerprint": tokenizer_fp,
             }
+            save = lambda d: adapters.save_adapter(model, d)  # noqa: E731 - the adapter, into the staged folder
             checkpoints.write_checkpoint(
-                store,
-                ckpt_id,
-                manifest,
-                lambda d: adapters.save_adapter(model, d),
-                optimizer,
-                record_hashes,
-                record_content_hashes,
+                store, ckpt_id, manifest, save, optimizer, record_hashes, record_content_hashes
             )
-            sr.checkpoint_id = ckpt_id
-        else:
-            sr.checkpoint_id = ckpt_id
+        sr.checkpoint_id = ckpt_id
         result.slices.append(sr)
         parent_id, parent_lineage = ckpt_id, lineage
         maybe_die("train-between-slices" if task.purpose == "train" else f"{task.purpose}-during-retrain")
@@ -295,6 +276,24 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         adapters.save_adapter(model, out)
     result.wall_s = time.perf_counter() - started
     return result
+
+
+def _start(task: ShardTask, cfg: SisaConfig, store: Store, base, tokenizer_fp: str):
+    """(model, trainable params, optimizer, the parent's lineage digest): the parent checkpoint's
+    adapter and optimizer state, or a fresh adapter whose init is seeded by (seed, shard)."""
+    torch.manual_seed(derive_seed(store.seed, task.shard_id, -1, "init"))
+    model = adapters.attach_lora(base, cfg.lora)
+    params = adapters.trainable_parameters(model)
+    optimizer = make_optimizer(params, cfg)
+    parent_id = task.parent_checkpoint_id
+    if parent_id is None:
+        return model, params, optimizer, None
+    with checkpoints.open_checkpoint(store, parent_id) as parent:
+        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
+        opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
+        checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
+        _check_tokenizer(parent.manifest, tokenizer_fp, task.shard_id, parent_id, cfg.model.name)
+        return model, params, optimizer, parent.manifest["lineage_digest"]
 
 
 def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, parent_id: str, model_name: str) -> None:
