@@ -9,7 +9,7 @@ Data: fictitious people (sisa/data/synthetic.py, two one-sentence facts each: "<
 sentences the base model should keep (written here; nothing is downloaded).
 
 For each slice mode and S in {1, 4, 8} (or --shards) a store is trained (serially, the model's
-config with its default training.min_steps_per_slice, `auto`, or --min-steps), then served five ways:
+config with training.min_steps_per_slice `auto`, sisa's default, or --min-steps), then served five ways:
 
     one adapter  S=1: one adapter on all the data, the baseline of every ratio
     uniform      the plain mean of the shards' next-token distributions
@@ -255,7 +255,8 @@ def train_store(cfg: SisaConfig, rows: list[dict]) -> tuple[Store, float, int]:
 
 
 def measure_store(
-    store: Store, cfg: SisaConfig, mode: str, shards: int, trained: tuple[float, int], facts: list[dict], strangers: list[dict], generic: list[str], top_ms: list[int], timing: tuple[int, int, int]
+    store: Store, cfg: SisaConfig, mode: str, shards: int, trained: tuple[float, int], facts: list[dict], strangers: list[dict], generic: list[str], top_ms: list[int], timing: tuple[int, int, int],
+    skip: frozenset[str] = frozenset(),
 ) -> list[Served]:
     """Every way of serving this store, from one PeftModel holding every adapter (and the merge).
 
@@ -274,11 +275,13 @@ def measure_store(
     if shards == 1:
         variants.append(("one adapter", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior")))
     else:
-        variants.append(("uniform", serving.Ensemble(ens.model, tok, ens.names, "uniform", None, 0), losses("uniform")))
+        if "uniform" not in skip:
+            variants.append(("uniform", serving.Ensemble(ens.model, tok, ens.names, "uniform", None, 0), losses("uniform")))
         variants.append(("posterior", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior")))
         for m in [m for m in top_ms if m < shards]:
             top = serving.Ensemble(ens.model, tok, ens.names, "posterior", None, m)
             variants.append((f"top-{m}", top, (routed_losses(top, facts, max_length, m), stranger_l["posterior"], generic_l["posterior"])))
+    if shards > 1 and "merged" not in skip:
         merged_dir = tempfile.mkdtemp(prefix="sisa-utility-merged-")
         try:
             names = ens.adapter_names()
@@ -341,12 +344,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--modes", default="cumulative,incremental", help="slice modes (default both)")
     p.add_argument("--slice-size", type=int, default=16, help="sharding.slice_size (default 16)")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny 30, SmolLM2 the demo's 10)")
-    p.add_argument("--min-steps", default="", help="training.min_steps_per_slice (default: the config's, auto)")
+    p.add_argument("--min-steps", default="auto", help="training.min_steps_per_slice (default auto, sisa's default; tiny.yaml sets 0)")
     p.add_argument("--top-m", default="1,2", help="top_shards values measured (default 1,2)")
     p.add_argument("--timed-prompts", type=int, default=3, help="prompts decoded for tokens/s (default 3)")
     p.add_argument("--timed-tokens", type=int, default=16, help="tokens decoded per timed prompt (default 16)")
     p.add_argument("--timed-rounds", type=int, default=2, help="interleaved timing rounds, best kept (default 2)")
     p.add_argument("--no-forget", action="store_true", help="skip the deletion at the largest S")
+    p.add_argument("--skip", default="", help="ways of serving left out: uniform, merged (default none; each decodes every fact)")
     p.add_argument(
         "--threads", type=int, default=C.CPUS,
         help="torch threads (default: every core); 1 on a machine others share: threads that wait for each other spin",
@@ -355,6 +359,9 @@ def parse_args() -> argparse.Namespace:
     args.shards = [int(s) for s in args.shards.split(",")]
     args.modes = [m for m in args.modes.split(",") if m]
     args.top_m = [int(m) for m in args.top_m.split(",") if m]
+    args.skip = frozenset(v for v in args.skip.split(",") if v)
+    if args.skip - {"uniform", "merged"}:
+        p.error("--skip takes uniform and merged")
     if args.shards[0] != 1:
         p.error("--shards should start with 1: one adapter on all data is the baseline")
     return args
@@ -391,8 +398,7 @@ def main() -> None:
                 ]
                 if args.epochs:
                     extra.append(f"training.epochs={args.epochs}")
-                if args.min_steps:
-                    extra.append(f"training.min_steps_per_slice={args.min_steps}")
+                extra.append(f"training.min_steps_per_slice={args.min_steps}")
                 cfg = C.model_config(args.model, f"{root}/{mode}-s{shards}", extra)
                 if base is None:
                     base = base_losses(cfg, facts, strangers, generic) | {"facts": facts}
@@ -400,7 +406,7 @@ def main() -> None:
                 scheduler.prepare(cfg.scheduler)
                 store, train_s, steps = train_store(cfg, facts)
                 print(f"  {mode:<11} S={shards:<2} trained in {train_s:.0f} s, {steps} optimizer steps", flush=True)
-                results += measure_store(store, cfg, mode, shards, (train_s, steps), facts, strangers, generic, args.top_m, (args.timed_prompts, args.timed_tokens, args.timed_rounds))
+                results += measure_store(store, cfg, mode, shards, (train_s, steps), facts, strangers, generic, args.top_m, (args.timed_prompts, args.timed_tokens, args.timed_rounds), args.skip)
                 if shards == args.shards[-1] and forgot is None and not args.no_forget and shards > 1:
                     person = [r for r in facts if r["subject_id"] == facts[0]["subject_id"]]
                     forgot = forget_one(store, cfg, person, strangers, base) | {"mode": mode, "shards": shards}
