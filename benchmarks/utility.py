@@ -2,7 +2,7 @@
 mode and way of serving, beside one adapter trained on all the data.
 
     .venv/bin/python benchmarks/utility.py --model tiny                      # ~3 min
-    .venv/bin/python benchmarks/utility.py --model smollm2 --modes cumulative   # ~20 min on 2 cores
+    .venv/bin/python benchmarks/utility.py --model smollm2 --modes cumulative --threads 1   # 40+ min on 2 shared cores
 
 Data: fictitious people (sisa/data/synthetic.py, two one-sentence facts each: "<name> works as a",
 "<name> lives in"), strangers made the same way and never trained on, and a few hundred generic
