@@ -38,6 +38,7 @@ test: $(STAMP) $(CHROMIUM)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks
+	$(VENV)/bin/ruff format --check sisa pipelines storage tests benchmarks
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.store_bench

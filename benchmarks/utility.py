@@ -17,8 +17,9 @@ config with training.min_steps_per_slice `auto`, sisa's default, or --min-steps)
     top-m        the posterior, decoding with the m shards of highest weight after the prompt
     merged       `sisa export`'s one merged adapter (add_weighted_adapter "cat", 1/S each)
 
-Measured (tokens/s timed in interleaved rounds beside one shard adapter decoding alone): exact recall of the trained facts (the greedy completion of the prompt starts with the
-answer, decoded as `sisa generate` decodes: serving.recalls),
+Measured (tokens/s timed in interleaved rounds beside one shard adapter decoding alone): exact
+recall of the trained facts (the greedy completion of the prompt starts with the answer, decoded
+as `sisa generate` decodes: serving.recalls),
 the mean answer-token loss of trained facts and of strangers' facts, the perplexity of the
 generic text (its final eos not scored; the base model's beside it), generation tokens/s
 (greedy decoding of a fixed number of tokens from a few fact prompts) and the optimizer steps the
@@ -87,17 +88,65 @@ DEFAULT_PEOPLE = {"tiny": 32, "smollm2": 24}
 
 
 # -- generic text ---------------------------------------------------------------------------------------
-_SUBJECTS = ["The cat", "A small dog", "My neighbour", "The teacher", "The old man", "A young girl", "The farmer", "Our team", "The baker", "The children", "My brother", "The nurse"]
-_ACTIONS = ["reads a book", "walks to the park", "drinks a cup of tea", "opens the window", "writes a letter", "cooks dinner", "plays the piano", "waters the garden", "fixes the bike", "paints the fence", "feeds the birds", "cleans the kitchen"]
-_TIMES = ["in the morning.", "every evening.", "on Sundays.", "after lunch.", "before school.", "at night.", "when it rains.", "twice a week."]
+_SUBJECTS = [
+    "The cat",
+    "A small dog",
+    "My neighbour",
+    "The teacher",
+    "The old man",
+    "A young girl",
+    "The farmer",
+    "Our team",
+    "The baker",
+    "The children",
+    "My brother",
+    "The nurse",
+]
+_ACTIONS = [
+    "reads a book",
+    "walks to the park",
+    "drinks a cup of tea",
+    "opens the window",
+    "writes a letter",
+    "cooks dinner",
+    "plays the piano",
+    "waters the garden",
+    "fixes the bike",
+    "paints the fence",
+    "feeds the birds",
+    "cleans the kitchen",
+]
+_TIMES = [
+    "in the morning.",
+    "every evening.",
+    "on Sundays.",
+    "after lunch.",
+    "before school.",
+    "at night.",
+    "when it rains.",
+    "twice a week.",
+]
 _FACTS = [
-    "Water freezes at zero degrees Celsius.", "The sun rises in the east and sets in the west.", "A week has seven days.",
-    "Bees make honey from the nectar of flowers.", "The moon goes around the earth.", "Fish breathe through their gills.",
-    "Paris is the capital of France.", "Plants need light and water to grow.", "There are twelve months in a year.",
-    "Ice is lighter than liquid water, so it floats.", "Most birds can fly.", "The ocean is salty.",
-    "Summer is usually warmer than winter.", "A triangle has three sides.", "Trains run on rails.",
-    "Bread is made from flour, water and yeast.", "Cows eat grass.", "Snow falls when it is cold.",
-    "The heart pumps blood through the body.", "Books are kept in a library.",
+    "Water freezes at zero degrees Celsius.",
+    "The sun rises in the east and sets in the west.",
+    "A week has seven days.",
+    "Bees make honey from the nectar of flowers.",
+    "The moon goes around the earth.",
+    "Fish breathe through their gills.",
+    "Paris is the capital of France.",
+    "Plants need light and water to grow.",
+    "There are twelve months in a year.",
+    "Ice is lighter than liquid water, so it floats.",
+    "Most birds can fly.",
+    "The ocean is salty.",
+    "Summer is usually warmer than winter.",
+    "A triangle has three sides.",
+    "Trains run on rails.",
+    "Bread is made from flour, water and yeast.",
+    "Cows eat grass.",
+    "Snow falls when it is cold.",
+    "The heart pumps blood through the body.",
+    "Books are kept in a library.",
 ]
 
 
@@ -144,7 +193,9 @@ def scored_tokens(batch: dict[str, torch.Tensor]) -> list[int]:
 
 
 @torch.no_grad()
-def generic_losses(ens: serving.Ensemble, texts: list[str], max_length: int, batch_size: int = 16) -> tuple[dict[str, list[float]], list[int]]:
+def generic_losses(
+    ens: serving.Ensemble, texts: list[str], max_length: int, batch_size: int = 16
+) -> tuple[dict[str, list[float]], list[int]]:
     """({aggregation: loss per text}, scored tokens per text) for the generic text."""
     names, prior = ens.adapter_names(), ens.log_prior()
     out: dict[str, list[float]] = {}
@@ -171,12 +222,28 @@ def recall(ens: serving.Ensemble, facts: list[dict]) -> int:
 def speed(ens: serving.Ensemble, prompts: list[str], new_tokens: int) -> tuple[float, float]:
     """(generated tokens/s, seconds): greedy decoding of exactly `new_tokens` per prompt (past
     eos, so every way of serving decodes the same number of tokens)."""
-    generate(ens.model, ens.tokenizer, ens.adapter_names(), prompts[0], 2, aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards)  # warm-up
+    generate(
+        ens.model,
+        ens.tokenizer,
+        ens.adapter_names(),
+        prompts[0],
+        2,
+        aggregation=ens.aggregation,
+        log_prior=ens.log_prior(),
+        top_shards=ens.top_shards,
+    )  # warm-up
     started = time.perf_counter()
     for p in prompts:
         generate(
-            ens.model, ens.tokenizer, ens.adapter_names(), p, new_tokens,
-            aggregation=ens.aggregation, log_prior=ens.log_prior(), top_shards=ens.top_shards, ignore_eos=True,
+            ens.model,
+            ens.tokenizer,
+            ens.adapter_names(),
+            p,
+            new_tokens,
+            aggregation=ens.aggregation,
+            log_prior=ens.log_prior(),
+            top_shards=ens.top_shards,
+            ignore_eos=True,
         )
     wall = time.perf_counter() - started
     return len(prompts) * new_tokens / wall, wall
@@ -197,7 +264,9 @@ def base_losses(cfg: SisaConfig, facts: list[dict], strangers: list[dict], gener
         out = []
         for i in range(0, len(rows), 16):
             chunk = rows[i : i + 16]
-            batch = serving.encode_for_scoring(tok, [r["text"] for r in chunk], [r["prompt"] for r in chunk], cfg.training.max_length)
+            batch = serving.encode_for_scoring(
+                tok, [r["text"] for r in chunk], [r["prompt"] for r in chunk], cfg.training.max_length
+            )
             out += sequence_losses(base, batch).tolist()
         return out
 
@@ -225,9 +294,7 @@ def routed_losses(ens: serving.Ensemble, rows: list[dict], max_length: int, m: i
     with torch.no_grad():
         for i in range(0, len(prompts), 16):
             batch = generic_batch(ens.tokenizer, prompts[i : i + 16], max_length)  # the prompt's tokens, no eos
-            _, per = mixture.aggregated_sequence_losses(
-                ens.model, ens.adapter_names(keys), batch, ens.log_prior(keys)
-            )
+            _, per = mixture.aggregated_sequence_losses(ens.model, ens.adapter_names(keys), batch, ens.log_prior(keys))
             counts = torch.tensor(scored_tokens(batch), dtype=torch.float32)
             evidence.append(torch.stack([-per[name].float().cpu() * counts for name in ens.adapter_names(keys)]))
     log_post = torch.cat(evidence, dim=1) + ens.log_prior(keys).float().view(-1, 1)
@@ -255,7 +322,16 @@ def train_store(cfg: SisaConfig, rows: list[dict]) -> tuple[Store, float, int]:
 
 
 def measure_store(
-    store: Store, cfg: SisaConfig, mode: str, shards: int, trained: tuple[float, int], facts: list[dict], strangers: list[dict], generic: list[str], top_ms: list[int], timing: tuple[int, int, int],
+    store: Store,
+    cfg: SisaConfig,
+    mode: str,
+    shards: int,
+    trained: tuple[float, int],
+    facts: list[dict],
+    strangers: list[dict],
+    generic: list[str],
+    top_ms: list[int],
+    timing: tuple[int, int, int],
     skip: frozenset[str] = frozenset(),
 ) -> list[Served]:
     """Every way of serving this store, from one PeftModel holding every adapter (and the merge).
@@ -273,14 +349,26 @@ def measure_store(
         return fact_l[aggregation], stranger_l[aggregation], generic_l[aggregation]
 
     if shards == 1:
-        variants.append(("one adapter", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior")))
+        variants.append(
+            ("one adapter", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior"))
+        )
     else:
         if "uniform" not in skip:
-            variants.append(("uniform", serving.Ensemble(ens.model, tok, ens.names, "uniform", None, 0), losses("uniform")))
-        variants.append(("posterior", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior")))
+            variants.append(
+                ("uniform", serving.Ensemble(ens.model, tok, ens.names, "uniform", None, 0), losses("uniform"))
+            )
+        variants.append(
+            ("posterior", serving.Ensemble(ens.model, tok, ens.names, "posterior", None, 0), losses("posterior"))
+        )
         for m in [m for m in top_ms if m < shards]:
             top = serving.Ensemble(ens.model, tok, ens.names, "posterior", None, m)
-            variants.append((f"top-{m}", top, (routed_losses(top, facts, max_length, m), stranger_l["posterior"], generic_l["posterior"])))
+            variants.append(
+                (
+                    f"top-{m}",
+                    top,
+                    (routed_losses(top, facts, max_length, m), stranger_l["posterior"], generic_l["posterior"]),
+                )
+            )
     if shards > 1 and "merged" not in skip:
         merged_dir = tempfile.mkdtemp(prefix="sisa-utility-merged-")
         try:
@@ -289,7 +377,17 @@ def measure_store(
         finally:
             shutil.rmtree(merged_dir, ignore_errors=True)
         merged = serving.Ensemble(ens.model, tok, {0: "merged"}, "posterior", None, 0)
-        variants.append(("merged", merged, (score(merged, facts, max_length)["posterior"], score(merged, strangers, max_length)["posterior"], generic_losses(merged, generic, max_length)[0]["posterior"])))
+        variants.append(
+            (
+                "merged",
+                merged,
+                (
+                    score(merged, facts, max_length)["posterior"],
+                    score(merged, strangers, max_length)["posterior"],
+                    generic_losses(merged, generic, max_length)[0]["posterior"],
+                ),
+            )
+        )
 
     # Speed: every variant and one shard adapter alone, round after round; the best round counts.
     one = serving.Ensemble(ens.model, tok, {0: ens.names[min(ens.names)]}, "posterior", None, 0)
@@ -303,23 +401,48 @@ def measure_store(
     out = []
     for name, e, (f, s, g) in variants:
         right = recall(e, facts)
-        r = Served(mode, shards, name, right, len(facts), serving.mean(f), serving.mean(s), perplexity(g, counts), best[name], *trained, {"speed_ratio": best[name] / best["one adapter (speed)"]})
+        r = Served(
+            mode,
+            shards,
+            name,
+            right,
+            len(facts),
+            serving.mean(f),
+            serving.mean(s),
+            perplexity(g, counts),
+            best[name],
+            *trained,
+            {"speed_ratio": best[name] / best["one adapter (speed)"]},
+        )
         out.append(r)
-        print(f"  {mode:<11} S={shards:<2} {name:<12} recall {right}/{len(facts)}  answer loss {r.answer_loss:.3f}  strangers {r.strangers_loss:.3f}  generic ppl {r.generic_ppl:.2f}  {r.tokens_per_s:.1f} tok/s ({r.extra['speed_ratio']:.2f}x one adapter)", flush=True)
+        print(
+            f"  {mode:<11} S={shards:<2} {name:<12} recall {right}/{len(facts)}  answer loss {r.answer_loss:.3f}  "
+            f"strangers {r.strangers_loss:.3f}  generic ppl {r.generic_ppl:.2f}  {r.tokens_per_s:.1f} tok/s "
+            f"({r.extra['speed_ratio']:.2f}x one adapter)",
+            flush=True,
+        )
     return out
 
 
 def forget_one(store: Store, cfg: SisaConfig, person: list[dict], strangers: list[dict], base: dict) -> dict:
     """Forget one person exactly; their facts' loss under the posterior mixture beside strangers'."""
     max_length = cfg.training.max_length
-    before = serving.mean(score(serving.load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store))), person, max_length)["posterior"])
+    before = serving.mean(
+        score(
+            serving.load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store))), person, max_length
+        )["posterior"]
+    )
     with store.lock("utility benchmark forget", cfg.store.lock_timeout_s), C.timer() as t:
-        runner.forget(store, cfg, "subject", [person[0]["subject_id"]], RequestMode.EXACT, evidence=False, log=lambda _msg: None)
+        runner.forget(
+            store, cfg, "subject", [person[0]["subject_id"]], RequestMode.EXACT, evidence=False, log=lambda _msg: None
+        )
     ens = serving.load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store)))
     after = serving.mean(score(ens, person, max_length)["posterior"])
     strangers_after = serving.mean(score(ens, strangers, max_length)["posterior"])
     ids = {r["record_id"] for r in person}
-    base_person = serving.mean([loss for r, loss in zip(base["facts"], base["per_fact"], strict=True) if r["record_id"] in ids])
+    base_person = serving.mean(
+        [loss for r, loss in zip(base["facts"], base["per_fact"], strict=True) if r["record_id"] in ids]
+    )
     return {
         "before": before,
         "after": after,
@@ -337,22 +460,32 @@ def forget_one(store: Store, cfg: SisaConfig, person: list[dict], strangers: lis
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", choices=["tiny", "smollm2"], default="tiny")
-    p.add_argument("--people", type=int, default=None, help="people trained on, two facts each (default: tiny 32, SmolLM2 24)")
+    p.add_argument(
+        "--people", type=int, default=None, help="people trained on, two facts each (default: tiny 32, SmolLM2 24)"
+    )
     p.add_argument("--strangers", type=int, default=8, help="people never trained on (default 8)")
     p.add_argument("--generic", type=int, default=200, help="generic sentences scored for perplexity (default 200)")
     p.add_argument("--shards", default="1,4,8", help="values of S; the first must be 1, the baseline (default 1,4,8)")
     p.add_argument("--modes", default="cumulative,incremental", help="slice modes (default both)")
     p.add_argument("--slice-size", type=int, default=16, help="sharding.slice_size (default 16)")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default: tiny 30, SmolLM2 the demo's 10)")
-    p.add_argument("--min-steps", default="auto", help="training.min_steps_per_slice (default auto, sisa's default; tiny.yaml sets 0)")
+    p.add_argument(
+        "--min-steps",
+        default="auto",
+        help="training.min_steps_per_slice (default auto, sisa's default; tiny.yaml sets 0)",
+    )
     p.add_argument("--top-m", default="1,2", help="top_shards values measured (default 1,2)")
     p.add_argument("--timed-prompts", type=int, default=3, help="prompts decoded for tokens/s (default 3)")
     p.add_argument("--timed-tokens", type=int, default=16, help="tokens decoded per timed prompt (default 16)")
     p.add_argument("--timed-rounds", type=int, default=2, help="interleaved timing rounds, best kept (default 2)")
     p.add_argument("--no-forget", action="store_true", help="skip the deletion at the largest S")
-    p.add_argument("--skip", default="", help="ways of serving left out: uniform, merged (default none; each decodes every fact)")
     p.add_argument(
-        "--threads", type=int, default=C.CPUS,
+        "--skip", default="", help="ways of serving left out: uniform, merged (default none; each decodes every fact)"
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=C.CPUS,
         help="torch threads (default: every core); 1 on a machine others share: threads that wait for each other spin",
     )
     args = p.parse_args()
@@ -376,7 +509,11 @@ def main() -> None:
     strangers = make_people(args.strangers, seed=0, facts_per_person=2, start=people)
     generic = generic_sentences(args.generic)
     root = tempfile.mkdtemp(prefix="sisa-utility-")
-    print(f"utility benchmark: {args.model}, {people} people x 2 facts ({len(facts)} records), {len(strangers)} strangers' facts, {len(generic)} generic sentences; {C.load()}", flush=True)
+    print(
+        f"utility benchmark: {args.model}, {people} people x 2 facts ({len(facts)} records), {len(strangers)} "
+        f"strangers' facts, {len(generic)} generic sentences; {C.load()}",
+        flush=True,
+    )
     results: list[Served] = []
     forgot = None
     base = None
@@ -402,15 +539,35 @@ def main() -> None:
                 cfg = C.model_config(args.model, f"{root}/{mode}-s{shards}", extra)
                 if base is None:
                     base = base_losses(cfg, facts, strangers, generic) | {"facts": facts}
-                    print(f"  base model: answer loss {base['answer_loss']:.3f}, strangers {base['strangers_loss']:.3f}, generic ppl {base['generic_ppl']:.2f}", flush=True)
+                    print(
+                        f"  base model: answer loss {base['answer_loss']:.3f}, strangers "
+                        f"{base['strangers_loss']:.3f}, generic ppl {base['generic_ppl']:.2f}",
+                        flush=True,
+                    )
                 scheduler.prepare(cfg.scheduler)
                 store, train_s, steps = train_store(cfg, facts)
                 print(f"  {mode:<11} S={shards:<2} trained in {train_s:.0f} s, {steps} optimizer steps", flush=True)
-                results += measure_store(store, cfg, mode, shards, (train_s, steps), facts, strangers, generic, args.top_m, (args.timed_prompts, args.timed_tokens, args.timed_rounds), args.skip)
+                results += measure_store(
+                    store,
+                    cfg,
+                    mode,
+                    shards,
+                    (train_s, steps),
+                    facts,
+                    strangers,
+                    generic,
+                    args.top_m,
+                    (args.timed_prompts, args.timed_tokens, args.timed_rounds),
+                    args.skip,
+                )
                 if shards == args.shards[-1] and forgot is None and not args.no_forget and shards > 1:
                     person = [r for r in facts if r["subject_id"] == facts[0]["subject_id"]]
                     forgot = forget_one(store, cfg, person, strangers, base) | {"mode": mode, "shards": shards}
-                    print(f"  forgot one person at S={shards}: their answer loss {forgot['before']:.3f} → {forgot['after']:.3f}, strangers {forgot['strangers']:.3f}", flush=True)
+                    print(
+                        f"  forgot one person at S={shards}: their answer loss {forgot['before']:.3f} → "
+                        f"{forgot['after']:.3f}, strangers {forgot['strangers']:.3f}",
+                        flush=True,
+                    )
                 shutil.rmtree(cfg.store.uri, ignore_errors=True)
         report(args, results, base, forgot)
     finally:
@@ -425,14 +582,18 @@ def report(args, results: list[Served], base: dict, forgot: dict | None) -> None
     rows = []
     for r in results:
         one = baseline[r.mode]
-        rows.append({
-            "mode": r.mode, "S": r.shards, "serving": r.variant,
-            "recall": C.fmt_ratio(r.recall / one.recall if one.recall else None),
-            "tokens/s": C.fmt_ratio(r.extra["speed_ratio"]),
-            "generic ppl": C.fmt_ratio(r.generic_ppl / one.generic_ppl),
-            "answer loss": C.fmt_ratio(r.answer_loss / one.answer_loss if one.answer_loss else None),
-            "train steps": C.fmt_ratio(r.steps / one.steps if one.steps else None),
-        })
+        rows.append(
+            {
+                "mode": r.mode,
+                "S": r.shards,
+                "serving": r.variant,
+                "recall": C.fmt_ratio(r.recall / one.recall if one.recall else None),
+                "tokens/s": C.fmt_ratio(r.extra["speed_ratio"]),
+                "generic ppl": C.fmt_ratio(r.generic_ppl / one.generic_ppl),
+                "answer loss": C.fmt_ratio(r.answer_loss / one.answer_loss if one.answer_loss else None),
+                "train steps": C.fmt_ratio(r.steps / one.steps if one.steps else None),
+            }
+        )
     C.table(rows, ["mode", "S", "serving", "recall", "tokens/s", "generic ppl", "answer loss", "train steps"])
 
     print("\n== targets ==")
@@ -441,35 +602,98 @@ def report(args, results: list[Served], base: dict, forgot: dict | None) -> None
         for r in results:
             if r.mode == mode and r.variant in ("posterior", "top-1") and one.recall:
                 x = r.recall / one.recall
-                checks.append((f"{r.variant} recall at S={r.shards} ({mode})", f"{x:.0%} of one adapter's", TARGETS["recall"], x >= 0.95))
+                checks.append(
+                    (
+                        f"{r.variant} recall at S={r.shards} ({mode})",
+                        f"{x:.0%} of one adapter's",
+                        TARGETS["recall"],
+                        x >= 0.95,
+                    )
+                )
         for r in results:
             if r.mode == mode and r.variant.startswith("top-"):
                 x = r.extra["speed_ratio"]
-                checks.append((f"{r.variant} tokens/s at S={r.shards} ({mode})", f"{x:.0%} of one adapter's", TARGETS["posterior top-m generation tokens/s"], x >= 0.5))
+                checks.append(
+                    (
+                        f"{r.variant} tokens/s at S={r.shards} ({mode})",
+                        f"{x:.0%} of one adapter's",
+                        TARGETS["posterior top-m generation tokens/s"],
+                        x >= 0.5,
+                    )
+                )
         for r in results:
             if r.mode == mode and r.variant == "posterior":
                 x = r.generic_ppl / one.generic_ppl
-                checks.append((f"posterior generic ppl at S={r.shards} ({mode})", f"{x:.3f}x one adapter's", TARGETS["generic perplexity"], abs(x - 1) <= 0.05))
+                checks.append(
+                    (
+                        f"posterior generic ppl at S={r.shards} ({mode})",
+                        f"{x:.3f}x one adapter's",
+                        TARGETS["generic perplexity"],
+                        abs(x - 1) <= 0.05,
+                    )
+                )
     if forgot:
         x = forgot["ratio"]
-        checks.append((f"forgotten person / strangers, posterior, S={forgot['shards']} ({forgot['mode']})", f"{x:.2f}x (base model: {forgot['base_ratio']:.2f}x)", TARGETS["forgotten person's loss"], abs(x - 1) <= 0.10))
-    C.table([{"measure": m, "measured": v, "target": t, "": "ok" if ok else "MISS"} for m, v, t, ok in checks], ["measure", "measured", "target", ""])
+        checks.append(
+            (
+                f"forgotten person / strangers, posterior, S={forgot['shards']} ({forgot['mode']})",
+                f"{x:.2f}x (base model: {forgot['base_ratio']:.2f}x)",
+                TARGETS["forgotten person's loss"],
+                abs(x - 1) <= 0.10,
+            )
+        )
+    C.table(
+        [{"measure": m, "measured": v, "target": t, "": "ok" if ok else "MISS"} for m, v, t, ok in checks],
+        ["measure", "measured", "target", ""],
+    )
 
     print("\n== measured ==")
-    print(f"base model (no adapter): answer loss {base['answer_loss']:.3f}, strangers {base['strangers_loss']:.3f}, generic ppl {base['generic_ppl']:.2f}")
+    print(
+        f"base model (no adapter): answer loss {base['answer_loss']:.3f}, strangers {base['strangers_loss']:.3f}, "
+        f"generic ppl {base['generic_ppl']:.2f}"
+    )
     C.table(
-        [{
-            "mode": r.mode, "S": r.shards, "serving": r.variant, "recall": f"{r.recall}/{r.facts}",
-            "answer loss": f"{r.answer_loss:.3f}", "strangers loss": f"{r.strangers_loss:.3f}",
-            "generic ppl": f"{r.generic_ppl:.2f}", "tok/s": f"{r.tokens_per_s:.1f}", "train s": f"{r.train_s:.0f}",
-            "train steps": str(r.steps),
-        } for r in results],
-        ["mode", "S", "serving", "recall", "answer loss", "strangers loss", "generic ppl", "tok/s", "train s", "train steps"],
+        [
+            {
+                "mode": r.mode,
+                "S": r.shards,
+                "serving": r.variant,
+                "recall": f"{r.recall}/{r.facts}",
+                "answer loss": f"{r.answer_loss:.3f}",
+                "strangers loss": f"{r.strangers_loss:.3f}",
+                "generic ppl": f"{r.generic_ppl:.2f}",
+                "tok/s": f"{r.tokens_per_s:.1f}",
+                "train s": f"{r.train_s:.0f}",
+                "train steps": str(r.steps),
+            }
+            for r in results
+        ],
+        [
+            "mode",
+            "S",
+            "serving",
+            "recall",
+            "answer loss",
+            "strangers loss",
+            "generic ppl",
+            "tok/s",
+            "train s",
+            "train steps",
+        ],
     )
     if forgot:
-        print(f"\n== forget one person ({forgot['facts']} facts) at S={forgot['shards']}, {forgot['mode']}, exact, in {forgot['forget_s']:.0f} s ==")
-        print(f"their answer loss under the posterior mixture: {forgot['before']:.3f} trained → {forgot['after']:.3f} forgotten; strangers {forgot['strangers']:.3f} (ratio {forgot['ratio']:.2f})")
-        print(f"base model, same people: {forgot['base_person']:.3f} vs strangers {forgot['base_strangers']:.3f} (ratio {forgot['base_ratio']:.2f})")
+        print(
+            f"\n== forget one person ({forgot['facts']} facts) at S={forgot['shards']}, {forgot['mode']}, exact, in "
+            f"{forgot['forget_s']:.0f} s =="
+        )
+        print(
+            f"their answer loss under the posterior mixture: {forgot['before']:.3f} trained → {forgot['after']:.3f} "
+            f"forgotten; strangers {forgot['strangers']:.3f} (ratio {forgot['ratio']:.2f})"
+        )
+        print(
+            f"base model, same people: {forgot['base_person']:.3f} vs strangers {forgot['base_strangers']:.3f} "
+            f"(ratio {forgot['base_ratio']:.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -311,3 +311,15 @@ def test_every_subpackage_says_what_it_owns_and_exports(package: str) -> None:
     assert exported, f"sisa/{package}/__init__.py exports nothing (__all__)"
     missing = [name for name in exported if not hasattr(module, name)]  # a lazy export loads here
     assert not missing, f"sisa.{package}.__all__ names what it does not define: {missing}"
+
+
+def test_ruff_finds_nothing_and_the_tree_is_formatted() -> None:
+    """`make lint`'s checks, with the line length of pyproject.toml (120), on every Python file."""
+    import subprocess
+
+    ruff = Path(sys.executable).with_name("ruff")
+    folders = ["sisa", "pipelines", "storage", "tests", "benchmarks"]
+    check = subprocess.run([ruff, "check", "--quiet", *folders], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout[-3000:]
+    fmt = subprocess.run([ruff, "format", "--check", "--quiet", *folders], cwd=ROOT, capture_output=True, text=True)
+    assert fmt.returncode == 0, f"run `ruff format`: {fmt.stdout[-2000:]}"
