@@ -28,7 +28,7 @@ import _common as C  # sets the offline environment before torch, Ray and MLflow
 from sisa import serving
 from sisa.data import from_table, ingest_sources
 from sisa.forgetting import train_store
-from sisa.model import decoding, mixture
+from sisa.model import decoding
 from sisa.serving import batcher as batching
 from storage.store import Store
 
@@ -49,17 +49,7 @@ def _store(model: str, people: int, shards: int, root: str) -> tuple:
 
 def _loop_once(ens, lock: threading.Lock, prompt: str, tokens: int) -> None:
     with lock:
-        mixture.generate(
-            ens.model,
-            ens.tokenizer,
-            ens.adapter_names(),
-            prompt,
-            tokens,
-            aggregation=ens.aggregation,
-            log_prior=ens.log_prior(),
-            top_shards=ens.top_shards,
-            ignore_eos=True,
-        )
+        serving.generate_text(ens, prompt, tokens, ignore_eos=True)
 
 
 def _batched_once(ens, batcher: serving.Batcher, prompt: str, tokens: int) -> None:

@@ -67,28 +67,28 @@ class ChatCompletionIn(_OpenAIBody):
 
 def unsupported(body: _OpenAIBody) -> list[str]:
     """Every parameter given with a value sisa cannot honour, named (empty: all fine)."""
-    out = []
-    if body.top_p != 1.0:
-        out.append("top_p (nucleus sampling) is not supported; use temperature")
-    if body.presence_penalty or body.frequency_penalty:
-        out.append("presence_penalty and frequency_penalty are not supported")
-    if body.logit_bias:
-        out.append("logit_bias is not supported")
+    checks = [
+        (body.top_p != 1.0, "top_p (nucleus sampling) is not supported; use temperature"),
+        (
+            bool(body.presence_penalty or body.frequency_penalty),
+            "presence_penalty and frequency_penalty are not supported",
+        ),
+        (bool(body.logit_bias), "logit_bias is not supported"),
+    ]
     if isinstance(body, CompletionIn):
-        if body.echo:
-            out.append("echo is not supported")
-        if body.best_of not in (None, 1):
-            out.append("best_of is not supported")
-        if body.suffix:
-            out.append("suffix (insertion) is not supported")
+        checks += [
+            (body.echo, "echo is not supported"),
+            (body.best_of not in (None, 1), "best_of is not supported"),
+            (bool(body.suffix), "suffix (insertion) is not supported"),
+        ]
     if isinstance(body, ChatCompletionIn):
-        if body.tools:
-            out.append("tools are not supported")
-        if body.response_format and body.response_format.get("type") not in (None, "text"):
-            out.append("response_format other than text is not supported")
-        if body.top_logprobs and not body.logprobs:
-            out.append("top_logprobs needs logprobs: true")
-    return out
+        text_only = not body.response_format or body.response_format.get("type") in (None, "text")
+        checks += [
+            (bool(body.tools), "tools are not supported"),
+            (not text_only, "response_format other than text is not supported"),
+            (bool(body.top_logprobs and not body.logprobs), "top_logprobs needs logprobs: true"),
+        ]
+    return [message for refused, message in checks if refused]
 
 
 def error_body(

@@ -159,8 +159,10 @@ def generate_text(
     seed: int = 0,
     shards: list[int] | None = None,
     add_special_tokens: bool = True,
+    ignore_eos: bool = False,
 ) -> str:
-    """A completion of `prompt` from the served mixture, with the ensemble's serving settings."""
+    """A completion of `prompt` from the served mixture, with the ensemble's serving settings
+    (`ignore_eos`: exactly `max_new_tokens`, for benchmarks that time a fixed amount of work)."""
     return aggregate.generate(
         ens.model,
         ens.tokenizer,
@@ -173,6 +175,7 @@ def generate_text(
         aggregation=ens.aggregation,
         log_prior=ens.log_prior(shards),
         top_shards=ens.top_shards,
+        ignore_eos=ignore_eos,
         add_special_tokens=add_special_tokens,
     )
 
