@@ -323,3 +323,13 @@ def test_ruff_finds_nothing_and_the_tree_is_formatted() -> None:
     assert check.returncode == 0, check.stdout[-3000:]
     fmt = subprocess.run([ruff, "format", "--check", "--quiet", *folders], cwd=ROOT, capture_output=True, text=True)
     assert fmt.returncode == 0, f"run `ruff format`: {fmt.stdout[-2000:]}"
+
+
+def test_no_function_in_sisa_or_pipelines_is_over_80_lines() -> None:
+    """A function that long has steps with names of their own; split it."""
+    long = []
+    for path in sorted([*(ROOT / "sisa").rglob("*.py"), *(ROOT / "pipelines").rglob("*.py")]):
+        for f in ast.walk(ast.parse(path.read_text())):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)) and f.end_lineno - f.lineno + 1 > 80:
+                long.append(f"{path.relative_to(ROOT)}::{f.name} ({f.end_lineno - f.lineno + 1} lines)")
+    assert not long, long
