@@ -219,7 +219,11 @@ def _measure(
     preds: list[list[int]] = []
     if targets.locality:
         preds = [_answer_predictions(ens, q, q.expected or "", max_length) for q in targets.locality]
-        hits = [_contains(_greedy(ens, q, q.expected or ""), q.expected) for q in targets.locality]
+        expected = [q.expected or "" for q in targets.locality]
+        hits = [
+            _contains(c, q.expected)
+            for c, q in zip(_greedy_all(ens, targets.locality, expected), targets.locality, strict=True)
+        ]
         block: dict[str, Any] = {
             "n": len(preds),
             "recall": sum(hits) / len(hits),
@@ -258,7 +262,7 @@ def _recall_block(ens: serving.Ensemble, questions: list[Question], max_length: 
         if not qs:
             continue
         answers = [getattr(q, key) for q in qs]
-        hits = [_contains(_greedy(ens, q, a), a) for q, a in zip(qs, answers, strict=True)]
+        hits = [_contains(c, a) for c, a in zip(_greedy_all(ens, qs, answers), answers, strict=True)]
         items = [
             Example(CHAT, messages=(*q.turns, ("assistant", a.strip()))) if q.turns is not None else q.prompt + a
             for q, a in zip(qs, answers, strict=True)
@@ -289,11 +293,20 @@ def _asked(ens: serving.Ensemble, q: Question) -> tuple[str, bool, int]:
     return serving.chat_prompt(ens, list(q.turns)), False, CHAT_REPLY_EXTRA
 
 
-def _greedy(ens: serving.Ensemble, q: Question, answer: str) -> str:
-    prompt, special, extra = _asked(ens, q)
-    return serving.generate_text(
-        ens, prompt, max_new_tokens=len(_tokens(ens, answer, special)) + extra, greedy=True, add_special_tokens=special
-    )
+def _greedy_all(ens: serving.Ensemble, qs: list[Question], answers: list[str]) -> list[str]:
+    """Each question's greedy reply, decoded only as far as its answer needs, every question of
+    a kind (plain prompts, rendered chat templates) decoded together in one running batch."""
+    asked = [_asked(ens, q) for q in qs]
+    out: list[str] = [""] * len(qs)
+    for special in (True, False):
+        idx = [i for i, (_, s, _) in enumerate(asked) if s is special]
+        if not idx:
+            continue
+        lengths = [len(_tokens(ens, answers[i], special)) + asked[i][2] for i in idx]
+        texts = serving.generate_many(ens, [asked[i][0] for i in idx], lengths, add_special_tokens=special)
+        for i, text in zip(idx, texts, strict=True):
+            out[i] = text
+    return out
 
 
 def _leaks(ens: serving.Ensemble, q: Question, k: int) -> int:
