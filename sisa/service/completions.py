@@ -193,7 +193,7 @@ async def _stream(
                 run.pending -= 1
                 for i, c in enumerate(event.completions):
                     index = p * body.n + i
-                    yield oa.sse(oa.chunk(reply, index, None, oa._finish(c), first=index not in started))
+                    yield oa.sse(oa.chunk(reply, index, None, oa.finish_reason(c), first=index not in started))
                     started.add(index)
         if include_usage:
             yield oa.sse(oa.usage_chunk(reply, [len(t.request.ids) for t in run.tickets], run.results))

@@ -14,6 +14,7 @@ from sisa.data.opening import open_store
 from sisa.lineage import versions
 from sisa.serving import engine as serving
 from sisa.serving.batcher import Batcher
+from storage.store import Store
 
 
 class ModelCache:
@@ -26,21 +27,15 @@ class ModelCache:
         self._loaded: tuple[int, serving.Ensemble, Batcher] | None = None
         self.closed = False
 
-    def current_version(self) -> versions.ModelVersion:
-        v = versions.current(open_store(self.cfg))
+    def current_version(self, store: Store | None = None) -> versions.ModelVersion:
+        v = versions.current(store or open_store(self.cfg))
         if v is None:
             raise HTTPException(503, "no model version serves yet: run `sisa train` first")
         return v
 
-    def current(self) -> tuple[versions.ModelVersion, serving.Ensemble]:
-        v, ens, _ = self.current_batcher()
-        return v, ens
-
     def current_batcher(self) -> tuple[versions.ModelVersion, serving.Ensemble, Batcher]:
         store = open_store(self.cfg)
-        v = versions.current(store)
-        if v is None:
-            raise HTTPException(503, "no model version serves yet: run `sisa train` first")
+        v = self.current_version(store)
         with self._lock:
             if self.closed:
                 raise HTTPException(503, "the server is shutting down")

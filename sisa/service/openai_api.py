@@ -134,7 +134,8 @@ class Reply:
         return "text_completion" if self.kind == "text" else "chat.completion"
 
 
-def _finish(c: Completion) -> str:
+def finish_reason(c: Completion) -> str:
+    """OpenAI's reasons: a deadline or a cancel ends a completion as its length would."""
     return "length" if c.finish in ("length", "cancelled", None) else "stop"
 
 
@@ -190,11 +191,11 @@ def response(
                     if isinstance(body, CompletionIn) and body.logprobs is not None
                     else None
                 )
-                choices.append({"index": index, "text": c.text, "logprobs": lp, "finish_reason": _finish(c)})
+                choices.append({"index": index, "text": c.text, "logprobs": lp, "finish_reason": finish_reason(c)})
             else:
                 lp = chat_logprobs(tokenizer, c, body.top_logprobs or 0) if body.logprobs else None
                 message = {"role": "assistant", "content": c.text}
-                choices.append({"index": index, "message": message, "logprobs": lp, "finish_reason": _finish(c)})
+                choices.append({"index": index, "message": message, "logprobs": lp, "finish_reason": finish_reason(c)})
     return {
         "id": reply.id,
         "object": reply.object,

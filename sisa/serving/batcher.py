@@ -99,9 +99,7 @@ class Batcher:
 
     # -- the thread ------------------------------------------------------------------------------
     def _loop(self) -> None:
-        batch = MixtureBatch(
-            self.ens.model, self.ens.tokenizer, self.ens.adapter_names(), self.ens.aggregation, self.ens.log_prior()
-        )
+        batch = self._new_batch()
         live: list[Ticket] = []
         while True:
             if self.closing.is_set() and not live:
@@ -123,14 +121,7 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - every waiting client must hear of it
                 for t in live:
                     t.on_event(Error(f"decoding failed: {type(e).__name__}"))
-                live = []
-                batch = MixtureBatch(
-                    self.ens.model,
-                    self.ens.tokenizer,
-                    self.ens.adapter_names(),
-                    self.ens.aggregation,
-                    self.ens.log_prior(),
-                )
+                live, batch = [], self._new_batch()
                 continue
             for t in live:
                 self._report(t)
@@ -147,6 +138,10 @@ class Batcher:
                 return
             if item is not None:
                 item.on_event(Error("the server is shutting down", 503))
+
+    def _new_batch(self) -> MixtureBatch:
+        e = self.ens
+        return MixtureBatch(e.model, e.tokenizer, e.adapter_names(), e.aggregation, e.log_prior())
 
     def _take(self, block: bool) -> list[Ticket]:
         """Newcomers waiting in the inbox (waiting for one when nothing decodes)."""
