@@ -27,11 +27,12 @@ def run(cfg: SisaConfig, public_key_file: str | None = None) -> dict:
     store = open_store(cfg)
     if public_key_file:
         try:
-            key = signing.load_public_key(Path(public_key_file).read_bytes())
+            given = signing.load_public_key(Path(public_key_file).read_bytes())
         except (OSError, ValueError) as e:
             raise ValidationError(f"{public_key_file!r} is not an Ed25519 public key in PEM ({e})") from None
+        keys = {signing.key_id(given): given}
     else:
-        key = signing.public_key(store, cfg)
+        keys = signing.public_keys(store, cfg)
     heads, problems, signed, unsigned = [], [], 0, 0
     for r in requests_ledger.all_requests(store):
         cert = r.certificate
@@ -41,6 +42,8 @@ def run(cfg: SisaConfig, public_key_file: str | None = None) -> dict:
             unsigned += 1  # certified before certificates were signed
             continue
         signed += 1
+        # The key it names, if known; else any: the check then says which key signed it.
+        key = keys.get((cert[signing.SIGNATURE] or {}).get("key_id"), next(iter(keys.values()), None))
         check = signing.verify_certificate(cert, key) if key else None
         if check is not None and not check.valid:
             problems.append(f"the certificate of {r.request_id}: " + "; ".join(check.problems))
@@ -59,7 +62,7 @@ def run(cfg: SisaConfig, public_key_file: str | None = None) -> dict:
         "certificates_signed": signed,
         "certificates_unsigned": unsigned,
         "heads_checked": chain.heads_checked,
-        "key_id": signing.key_id(key) if key else None,
+        "key_ids": sorted(keys),
     }
 
 
@@ -73,16 +76,20 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     if args.json:
         print_json(res)
         return 0 if res["ok"] else 1
-    head = res["head"]
-    legacy = f" after {res['legacy_entries']} legacy entries written before the chain" if res["legacy_entries"] else ""
+    head, n = res["head"], res["entries"]
+    legacy = f" after {res['legacy_entries']} legacy line(s) written before the chain" if res["legacy_entries"] else ""
+    if res["first_break"]:
+        print(f"audit log: the chain holds for its first {n} entr{'y' if n == 1 else 'ies'}{legacy}, then breaks")
+    else:
+        print(
+            f"audit log: {n} chained entr{'y' if n == 1 else 'ies'}{legacy}"
+            + (f"; head #{head['seq']} {head['hash'][:16]}..." if head else "")
+        )
+    ids = ", ".join(f"{k[:16]}..." for k in res["key_ids"])
+    key = f" with key{'s' if len(res['key_ids']) > 1 else ''} {ids}" if ids else " (no key: signatures not checked)"
+    heads = "not looked up (the chain breaks first)" if res["first_break"] else f"{res['heads_checked']} looked up"
     print(
-        f"audit log: {res['entries']} chained entries{legacy}"
-        + (f"; head #{head['seq']} {head['hash'][:16]}..." if head else "")
-    )
-    key = f" with key {res['key_id'][:16]}..." if res["key_id"] else " (no key: signatures not checked)"
-    print(
-        f"certificates: {res['certificates_signed']} signed, checked{key}; {res['heads_checked']} recorded "
-        "audit head(s) looked up in the chain"
+        f"certificates: {res['certificates_signed']} signed, checked{key}; the audit heads they recorded: {heads}"
         + (f"; {res['certificates_unsigned']} from before signing (unsigned)" if res["certificates_unsigned"] else "")
     )
     if res["ok"]:

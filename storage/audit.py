@@ -164,7 +164,8 @@ class AuditLog:
 # -- verification ---------------------------------------------------------------------------------
 @dataclass
 class ChainReport:
-    """What `verify_chain` found: `problem` is the first break (None: intact), `where` its line."""
+    """What `verify_chain` found: `problem` is the first break (None: intact), `where` its line,
+    `entries` how many chained entries hold up to there."""
 
     entries: int = 0
     legacy: int = 0
@@ -233,13 +234,14 @@ def verify_chain(fs: StoreFS, heads: list[tuple[str, dict[str, Any]]] = ()) -> C
     for where, entry in parsed:
         if not isinstance(entry, dict):
             report.problem, report.where = f"{where} is not a JSON object: edited or cut short", where
+            report.entries = len(hashes)
             return report
         if not hashes and not _chained(entry):
             report.legacy += 1
             continue
         problem = _check_entry(entry, where, len(hashes), prev, prev_where, places)
         if problem:
-            report.problem, report.where = problem, where
+            report.problem, report.where, report.entries = problem, where, len(hashes)
             return report
         prev, prev_where = entry["hash"], where
         hashes[entry["seq"]] = (entry["hash"], where)

@@ -211,6 +211,17 @@ def signing_key(store: Store, cfg: SisaConfig, say: Callable[[str], None] = prin
     return _load_private(fs.read_bytes(layout.SIGNING_KEY), f"the store's {layout.SIGNING_KEY}")
 
 
+def public_keys(store: Store, cfg: SisaConfig) -> dict[str, Ed25519PublicKey]:
+    """key id → public key of every key this store's certificates may carry: the store's own and
+    `deletion.signing_key`, whichever exist (a store that switched keys has certificates of both)."""
+    found = []
+    if store.fs.exists(layout.SIGNING_KEY):
+        found.append(_load_private(store.fs.read_bytes(layout.SIGNING_KEY), f"the store's {layout.SIGNING_KEY}"))
+    if cfg.deletion.signing_key:
+        found.append(_load_private(Path(cfg.deletion.signing_key).read_bytes(), "`deletion.signing_key`"))
+    return {key_id(k.public_key()): k.public_key() for k in found}
+
+
 def public_key(store: Store, cfg: SisaConfig) -> Ed25519PublicKey | None:
     """The public half of the key in effect, None when the store has none yet (nothing signed)."""
     if not cfg.deletion.signing_key and not store.fs.exists(layout.SIGNING_KEY):

@@ -161,3 +161,19 @@ def test_a_bad_signing_key_setting_is_a_config_error(tmp_path):
     cfg = make_cfg(tmp_path / "s", f"deletion.signing_key={rsa}")
     with pytest.raises(StoreError, match="Ed25519"):
         signing.signing_key(open_store(cfg, create=True), cfg)
+
+
+def test_a_store_that_switched_to_its_own_key_knows_both(tmp_path, key):
+    """Certificates signed before `deletion.signing_key` was set carry the store's key: both are
+    known to `sisa audit verify`."""
+    cfg = make_cfg(tmp_path / "s")
+    store = open_store(cfg, create=True)
+    own = signing.key_id(signing.public_key(store, cfg))
+    pem = tmp_path / "mine.pem"
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    pem.chmod(0o600)
+    switched = make_cfg(tmp_path / "s", f"deletion.signing_key={pem}")
+    assert set(signing.public_keys(store, switched)) == {own, signing.key_id(key.public_key())}
+    assert signing.key_id(signing.public_key(store, switched)) == signing.key_id(key.public_key())  # signs now
