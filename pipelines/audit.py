@@ -6,9 +6,9 @@ The service's audit log (service/audit/*.jsonl) is a hash chain: each entry carr
 the one before. This walks it from the first entry and reports the first one that was changed,
 removed or reordered (file and line). Every signed certificate recorded the log's head when it
 was signed; each such head must still be in the chain, so a cut-off tail shows too. Each signed
-certificate's signature is checked as well, with the store's key or --public-key. Lines written
-before the log was chained are counted as legacy; the chain starts after them. Exits 1 on any
-finding, 0 when everything checks.
+certificate's signature is checked as well, with the store's keys or --public-key. Lines written
+before the log was chained are counted as legacy; the chain starts after them. Exits 7 on any
+finding (verification failed), 0 when everything checks.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     res = run(cfg, args.public_key)
     if args.json:
         print_json(res)
-        return 0 if res["ok"] else 1
+        return 0 if res["ok"] else 7
     head, n = res["head"], res["entries"]
     legacy = f" after {res['legacy_entries']} legacy line(s) written before the chain" if res["legacy_entries"] else ""
     if res["first_break"]:
@@ -98,4 +98,4 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     print("NOT VALID:")
     for line in res["problems"]:
         print(f"  {line}")
-    return 1
+    return 7

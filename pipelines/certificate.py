@@ -11,7 +11,8 @@ while the text was still in memory. What it proves and what it does not is in th
 --out writes the signed certificate alone (JSON). `verify` needs nothing but that file (or the
 output of --json, or the service's GET .../certificate) and the public key `sisa keys export`
 wrote: no store, no config. It exits 0 when the Ed25519 signature verifies and every field is
-as signed; otherwise 1, naming each field that was altered, or saying the signature is invalid.
+as signed; otherwise 7 (verification failed), naming each field that was altered, or saying that
+the signature is invalid (altered, or another key's).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def _cli_verify(args: argparse.Namespace) -> int:
             {"valid": check.valid, "problems": check.problems, "altered": check.altered, "key_id": check.key_id}
             | {"signed_by": check.signed_by, "request_id": cert.get("request_id")}
         )
-        return 0 if check.valid else 1
+        return 0 if check.valid else 7
     when = (cert.get(signing.SIGNATURE) or {}).get("signed_at", "?")
     print(f"certificate of request {cert.get('request_id', '?')} ({cert.get('kind', '?')}), signed {when}")
     print(f"  key given         {check.key_id[:16] if check.key_id else '?'}... (sha256 of the raw public key)")
@@ -81,7 +82,7 @@ def _cli_verify(args: argparse.Namespace) -> int:
     print("NOT VALID:")
     for line in check.problems:
         print(f"  {line}")
-    return 1
+    return 7
 
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:

@@ -86,7 +86,7 @@ def test_an_altered_field_is_named_and_fails(certified, tmp_path):
     cert["lineage_check"]["passed"] = not cert["lineage_check"]["passed"]
     cert["serving_version"] = 1
     res = _verify_offline(tmp_path, cert, key)
-    assert res.returncode == 1 and "NOT VALID" in res.stdout
+    assert res.returncode == 7 and "NOT VALID" in res.stdout
     assert "field `lineage_check` differs from what was signed" in res.stdout
     assert "field `serving_version` differs from what was signed" in res.stdout
 
@@ -97,7 +97,7 @@ def test_a_changed_signature_or_another_key_is_invalid(certified, tmp_path):
     value = cert["signature"]["value"]
     cert["signature"]["value"] = ("A" if value[0] != "A" else "B") + value[1:]
     res = _verify_offline(tmp_path, cert, key)
-    assert res.returncode == 1 and "the signature is invalid" in res.stdout
+    assert res.returncode == 7 and "the signature is invalid" in res.stdout
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from sisa.lineage import signing
@@ -105,7 +105,7 @@ def test_a_changed_signature_or_another_key_is_invalid(certified, tmp_path):
     other = tmp_path / "other.pem"
     other.write_bytes(signing.public_key_pem(Ed25519PrivateKey.generate().public_key()))
     res = _verify_offline(tmp_path, cert_file, other)
-    assert res.returncode == 1 and "the signature is invalid" in res.stdout and "wrong public key" in res.stdout
+    assert res.returncode == 7 and "the signature is invalid" in res.stdout and "wrong public key" in res.stdout
     res = _verify_offline(tmp_path, cert_file, cert_file)  # not a key at all
     assert res.returncode == 4 and "is not an Ed25519 public key" in res.stderr
 
@@ -121,11 +121,32 @@ def test_audit_verify_passes_then_names_an_edited_line_and_a_cut_tail(certified)
         lines = original.splitlines()
         lines[1] = lines[1].replace('"outcome": "200"', '"outcome": "403"')
         day.write_text("\n".join(lines) + "\n")
-        out = sisa("audit", "verify", *args, expect=1)
+        out = sisa("audit", "verify", *args, expect=7)
         assert f"entry #1 ({day.name}:2) was changed" in out and "NOT VALID" in out
         day.write_text("\n".join(original.splitlines()[:3]) + "\n")  # the tail the certificate saw, cut
-        out = sisa("audit", "verify", *args, expect=1)
+        out = sisa("audit", "verify", *args, expect=7)
         assert f"the certificate of {request_id} recorded entry #4" in out and "removed from its end" in out
     finally:
         day.write_text(original)
     assert "OK:" in sisa("audit", "verify", *args)
+
+
+def test_the_readmes_verifier_needs_only_cryptography(certified, tmp_path):
+    """The README's dozen lines for an auditor without sisa, run with `python -I` (no sisa on the
+    path): they accept the certificate and name the fields an edit altered."""
+    _, _, _, key, cert_file = certified
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("```python\n", readme.index("An auditor without sisa needs only")) + len("```python\n")
+    (tmp_path / "check.py").write_text(readme[start : readme.index("```", start)])
+    cert = json.loads(cert_file.read_text())
+    cert["serving_version"] = 1
+    (tmp_path / "edited.json").write_text(json.dumps(cert))
+
+    def check(name: str) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-I", "check.py", name, str(key)]
+        return subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    shutil.copy(cert_file, tmp_path / "cert.json")
+    ok, bad = check("cert.json"), check("edited.json")
+    assert ok.returncode == 0 and ok.stdout.strip() == "valid", ok.stderr
+    assert bad.returncode == 1 and bad.stdout.strip() == "altered after signing: ['serving_version']"
