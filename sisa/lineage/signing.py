@@ -169,7 +169,8 @@ def create_signing_key(store: Store) -> Ed25519PrivateKey | None:
         fs.write_bytes(layout.SIGNING_KEY, _private_pem(key))
         return key
     final = fs.full(layout.SIGNING_KEY)
-    tmp = f"{final}.{uuid.uuid4().hex}.tmp"
+    os.makedirs(fs.full(layout.TMP), exist_ok=True)  # a crash leaves the half-written key where gc looks
+    tmp = fs.full(f"{layout.TMP}/{uuid.uuid4().hex}.{layout.SIGNING_KEY}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -38,6 +38,8 @@ def certified(tmp_path_factory):
     sisa("keys", "export", *args, "--out", str(root / "pub.pem"))
     sisa("certificate", request_id, *args, "--out", str(root / "cert.json"))
     log.append({"who": "auditor", "role": "auditor", "what": "GET /v1/versions", "outcome": "200"})
+    private = (root / "s" / layout.SIGNING_KEY).read_text().splitlines()[1]  # the key's base64 body
+    assert private not in "".join(sisa.output) and private not in (root / "cert.json").read_text()
     return root, args, request_id, root / "pub.pem", root / "cert.json"
 
 
