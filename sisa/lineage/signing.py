@@ -189,14 +189,21 @@ def _too_open(path: str) -> bool:
     return bool(stat.S_IMODE(os.stat(path).st_mode) & 0o077)
 
 
+def _configured_key(path: str, say: Callable[[str], None]) -> Ed25519PrivateKey:
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise StoreError(f"`deletion.signing_key` ({path}) cannot be read: {e.strerror}") from None
+    if _too_open(path):
+        say(f"warning: the signing key {path} can be read by other users; `chmod 600 {path}`")
+    return _load_private(pem, f"`deletion.signing_key` ({path})")
+
+
 def signing_key(store: Store, cfg: SisaConfig, say: Callable[[str], None] = print) -> Ed25519PrivateKey:
     """The key certificates of this store are signed with: `deletion.signing_key` when set, else
     the store's own, created now (and said so) for a store made before certificates were signed."""
     if cfg.deletion.signing_key:
-        path = cfg.deletion.signing_key
-        if _too_open(path):
-            say(f"warning: the signing key {path} can be read by other users; `chmod 600 {path}`")
-        return _load_private(Path(path).read_bytes(), f"`deletion.signing_key` ({path})")
+        return _configured_key(cfg.deletion.signing_key, say)
     fs = store.fs
     if not fs.exists(layout.SIGNING_KEY):
         created = create_signing_key(store)
@@ -219,7 +226,7 @@ def public_keys(store: Store, cfg: SisaConfig) -> dict[str, Ed25519PublicKey]:
     if store.fs.exists(layout.SIGNING_KEY):
         found.append(_load_private(store.fs.read_bytes(layout.SIGNING_KEY), f"the store's {layout.SIGNING_KEY}"))
     if cfg.deletion.signing_key:
-        found.append(_load_private(Path(cfg.deletion.signing_key).read_bytes(), "`deletion.signing_key`"))
+        found.append(_configured_key(cfg.deletion.signing_key, say=lambda _: None))
     return {key_id(k.public_key()): k.public_key() for k in found}
 
 
