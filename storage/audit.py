@@ -123,8 +123,8 @@ class AuditLog:
                     entry = json.loads(text)
                 except ValueError:
                     continue
-                if _chained(entry):
-                    return int(entry["seq"]) + 1, entry["hash"]
+                if _chained(entry) and isinstance(entry["seq"], int):
+                    return entry["seq"] + 1, entry["hash"]
         return 0, GENESIS
 
     def _tail(self, info) -> bytes:
