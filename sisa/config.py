@@ -209,6 +209,12 @@ class DeletionConfig:
     deadline_margin_days: float = _f(
         7.0, "`sisa process --due` always runs a batch this many days before the earliest queued deadline.", min=0.0
     )
+    signing_key: str = _f(
+        "",
+        "Path of your own Ed25519 private key (unencrypted PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) "
+        "that signs certificates; empty: the store's own signing.key, made with the store (or on first need).",
+        pem_private_key=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -372,6 +378,8 @@ def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str
             value = ""
         if not isinstance(value, str):
             return value, f"`{path}` should be a string, got {value!r}"
+        if value and meta.get("pem_private_key"):
+            return value, _pem_problem(path, value)
         return value, None
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
@@ -379,6 +387,24 @@ def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str
     if hi is not None and value > hi:
         return value, f"`{path}` should be <= {hi}, got {value!r}"
     return value, None
+
+
+def _pem_problem(path: str, value: str) -> str | None:
+    """A private key file the config names must be there and look like PKCS#8 PEM; sisa/lineage/signing.py
+    checks that it is Ed25519 when it signs."""
+    p = Path(value)
+    if not p.is_file():
+        return f"`{path}` should name a PEM private key file, got {value!r} (no such file)"
+    try:
+        head = p.read_bytes()[:200]
+    except OSError as e:
+        return f"`{path}`: {value!r} cannot be read ({e.strerror})"
+    if b"-----BEGIN PRIVATE KEY-----" not in head:
+        return (
+            f"`{path}` should be an unencrypted PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----), got {value!r}; "
+            "write one with `openssl genpkey -algorithm ed25519 -out KEY.pem`"
+        )
+    return None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
