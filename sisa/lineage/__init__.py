@@ -8,6 +8,7 @@ read), `versions` (which checkpoints serve together, and whether a version may s
 
 from sisa.lineage import checkpoints, entries, requests_ledger, versions
 from sisa.lineage.requests_ledger import (
+    Decision,
     DeletionPlan,
     DeletionRequest,
     RequestKind,
@@ -17,6 +18,7 @@ from sisa.lineage.requests_ledger import (
 from sisa.lineage.versions import ModelVersion, VersionStatus
 
 __all__ = [
+    "Decision",
     "DeletionPlan",
     "DeletionRequest",
     "ModelVersion",
