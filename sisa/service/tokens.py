@@ -24,7 +24,7 @@ ROLES = ("requester", "approver", "auditor", "client", "admin")
 PERMISSIONS = {
     "file_request": {"requester"},
     "read_requests": {"requester", "approver", "auditor"},
-    "decide": {"approver"},  # approve or reject a request awaiting approval (four eyes)
+    "approve_or_reject": {"approver"},  # approve or reject a request awaiting approval (four eyes)
     "read_evidence": {"auditor"},  # certificates, versions, the audit page
     "complete": {"client"},
 }

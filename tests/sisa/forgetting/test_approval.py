@@ -210,3 +210,26 @@ def test_the_identity_attestation_is_capped_names_no_one_and_stays_out_of_the_re
     bare = requests_ledger.read_request(store, req.request_id)
     bare.identity_verification, bare.requested_by = None, None
     assert make_certificate(store, bare)["request_sha256"] == req.certificate["request_sha256"]
+
+
+def test_a_request_killed_once_it_waits_stays_waiting_and_is_approved_as_any(template, tmp_path, monkeypatch):
+    cfg, store = _copy(template, tmp_path / "s", *ALWAYS)
+    subject, _, _ = subject_in_middle(store)
+
+    class Killed(BaseException):
+        pass
+
+    def maybe_die(at: str) -> None:
+        if at == "forget-after-await-approval":
+            raise Killed(at)
+
+    monkeypatch.setattr(runner, "maybe_die", maybe_die)
+    with pytest.raises(Killed):
+        _forget(store, cfg, subject)
+    monkeypatch.undo()
+    (req,) = requests_ledger.all_requests(store)
+    assert req.status == S.AWAITING_APPROVAL and req.errors == []
+    with store.job("test resume", cfg.store.lock_timeout_s):
+        assert runner.resume(store, cfg) == []  # nothing to finish: it waits for an approver
+    done = _approve(store, cfg, req.request_id, "bob")
+    assert done.status == S.COMPLETED and done.certificate["lineage_check"]["passed"]

@@ -96,7 +96,8 @@ def _same_certificate(a: dict, b: dict) -> None:
 
 
 # -- a resume after an interruption at each phase ------------------------------------------------------
-ALONE = [p.name for p in runner.PHASES if p.name != "queue"]  # a request carried out at once skips queuing
+# Carried out at once, a request skips queuing; needing no approval, it skips waiting (test_approval.py).
+ALONE = [p.name for p in runner.PHASES if p.name not in ("queue", "await-approval")]
 
 
 @pytest.fixture(scope="module")
