@@ -206,6 +206,12 @@ def _check_filer(filer: Filer, sel: selection.Selection) -> None:
         )
 
 
+def _note_rule(log: Callable[[str], None] | None, decision: Decision, asked: RequestMode) -> None:
+    """Say so when the policy's rule chose another method than the request asked for."""
+    if log is not None and decision.method != asked.value:
+        log(f"rule `{decision.rule}` of the policy decides method {decision.method} (asked: {asked.value})")
+
+
 def _decide(
     cfg: SisaConfig, kind: RequestKind, sel: selection.Selection, plan: DeletionPlan, asked: RequestMode
 ) -> Decision:
@@ -322,6 +328,7 @@ def forget(
     if dry_run:
         return RequestResult(dry_run=True, plan=plan, decision=decision)
     req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
+    _note_rule(log, decision, mode)
     item = InFlight(req, sel.rows, new=True)
     # A queued request returns at once: its evidence is measured by the batch, while the text is
     # still in the store and the versions before and relief still exist. So does one that waits
@@ -366,6 +373,7 @@ def rectify(
     if dry_run:
         return RequestResult(dry_run=True, plan=plan, decision=decision)
     req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
+    _note_rule(log, decision, mode)
     req.kind = RequestKind.RECTIFY
     req.record_hashes = req.id_hashes
     req.rectified = fix.content_hashes(store)
@@ -597,6 +605,8 @@ def approve(
     now, of this request alone. The caller holds the writer lock (`at_once`: the jobs lock too)."""
     log = log or (lambda msg: None)
     req = decidable(store, request_id, by)
+    if len(req.approvals) + 1 >= req.approvers_needed:  # this approval carries it out: nothing may be in flight
+        requests_ledger.refuse_unfinished(store, f"carrying out request {request_id}", with_batch=True)
     req.approvals.append({"by": check_name(by, "the approver's name"), "at": now_iso()})
     if req.needs_approval:
         requests_ledger.write_request(store, req)
