@@ -190,4 +190,6 @@ def _summary(r: DeletionRequest) -> dict[str, Any]:
         "deadline": r.deadline,
         "overdue": r.is_overdue(),
         "versions": r.versions,
+        "rule": r.decision.rule if r.decision else None,
+        "approvals": f"{len(r.approvals)} of {r.approvers_needed}" if r.approvers_needed else None,
     }
