@@ -40,7 +40,12 @@ VERBS: dict[str, tuple[str, str]] = {
     ),
     "reject": ("pipelines.reject", "reject a request that waits for approvers, with a reason; nothing changes"),
     "requests": ("pipelines.list_requests", "list deletion requests, their status and deadlines"),
-    "certificate": ("pipelines.certificate", "print the evidence of one completed deletion request"),
+    "certificate": (
+        "pipelines.certificate",
+        "print the evidence of one completed deletion request; `verify FILE --public-key KEY` checks one offline",
+    ),
+    "keys": ("pipelines.keys", "export the public key that checks this store's signed certificates"),
+    "audit": ("pipelines.audit", "verify the audit log's hash chain and the certificates anchoring it"),
     "rollback": ("pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
     "versions": ("pipelines.versions", "list model versions"),
     "generate": ("pipelines.generate", "generate text with the serving version (mixture of shard adapters)"),

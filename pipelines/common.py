@@ -151,6 +151,14 @@ def print_certificate(r: DeletionRequest) -> None:
         f"{purge.get('versions', [])}; purge check {'PASSED' if pc.get('passed') else 'FAILED'}"
     )
     print("  timings           " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()))
+    sig, head = cert.get("signature") or {}, cert.get("audit_head")
+    if sig:
+        print(
+            f"  signed            {sig.get('signed_at')} by key {str(sig.get('key_id'))[:16]}... (ed25519; "
+            "check offline with `sisa certificate verify`)"
+        )
+    where = f"entry #{head.get('seq')} {str(head.get('hash'))[:16]}..." if head else "-"
+    print(f"  audit log head    {where} when certified (`sisa audit verify` checks it is still there)")
     unit = "answer-token" if ev.get("answer_tokens_only") else "per-token"
     print(
         f"  memorization ({unit} loss of the {'old text of the corrected' if rectify else 'deleted'} records, lower "

@@ -27,7 +27,7 @@ from sisa.forgetting import corrections, purge, unlearning
 from sisa.forgetting.certificate import make_certificate
 from sisa.forgetting.erasure import remove_data
 from sisa.forgetting.selection import find_live_by_hashes
-from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage import checkpoints, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMode, RequestStatus
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine, mirror
@@ -544,12 +544,13 @@ def purge_tainted(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
 
 
 def certify(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
-    """→ completed, with the certificate of what can be checked now."""
+    """→ completed, with the certificate of what can be checked now, signed (sisa/lineage/signing.py)."""
+    key = signing.signing_key(store, cfg, say=run.log)
     for it in items:
         req = it.request
         if run.batch_id is None:
             req.timings["total_s"] = time.perf_counter() - run.started
-        req.certificate = make_certificate(store, req)
+        req.certificate = signing.sign_certificate(make_certificate(store, req), key)
         req.completed_at = now_iso()
         if run.batch_id is None:
             run.log(

@@ -61,6 +61,7 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.models.start()  # serving.engine: vllm: the vLLM server answers before any request
         if worker:
             bg.thread.start()
         yield
