@@ -55,6 +55,15 @@ def test_forget_waits_for_a_second_person_and_completes_exactly(tmp_path):
     assert "requested by      alice; identity verified: ID card checked" in out
     cert = json.loads(run_cli("certificate", request_id, "--json", *args)[1])["certificate"]
     assert [a["by"] for a in cert["governance"]["approvals"]] == ["bob"]
+    # The approvals are inside what is signed: the certificate verifies offline; the audit chain holds.
+    cert_file, key_file = tmp_path / "cert.json", tmp_path / "key.pem"
+    assert run_cli("certificate", request_id, "--out", str(cert_file), *args)[0] == 0
+    assert run_cli("keys", "export", "--out", str(key_file), *args)[0] == 0
+    assert json.loads(cert_file.read_text())["governance"]["approvals"][0]["by"] == "bob"
+    code, out, err = run_cli("certificate", "verify", str(cert_file), "--public-key", str(key_file), *args)
+    assert code == 0, out + err
+    code, out, err = run_cli("audit", "verify", *args)
+    assert code == 0, out + err
     events = [(e["who"], e["outcome"]) for e in _audit(store_dir) if e.get("request_id") == request_id]
     assert events == [("alice", "refused: SelfApprovalError"), ("bob", "completed")]
     assert subject not in json.dumps(_audit(store_dir))
