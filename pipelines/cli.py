@@ -34,6 +34,11 @@ VERBS: dict[str, tuple[str, str]] = {
         "pipelines.process",
         "carry out every queued request (deletions, rectifications) in one batch (--due: only when the policy says so)",
     ),
+    "approve": (
+        "pipelines.approve",
+        "approve a request that waits for approvers (four eyes; never its requester), then carry it out",
+    ),
+    "reject": ("pipelines.reject", "reject a request that waits for approvers, with a reason; nothing changes"),
     "requests": ("pipelines.list_requests", "list deletion requests, their status and deadlines"),
     "certificate": (
         "pipelines.certificate",

@@ -18,6 +18,7 @@ __all__ = [
     "print_versions",
     "print_requests",
     "print_certificate",
+    "print_governance",
 ]
 
 
@@ -109,6 +110,7 @@ def print_certificate(r: DeletionRequest) -> None:
     )
     print(f"  request sha256    {cert.get('request_sha256', '-')}")
     print(f"  selector          {r.selector['kind']} (keyed hash {r.selector['value_hash'][:16]}...)")
+    print_governance(r)
     if rectify:
         print(f"  records corrected {r.records} (same ids, shards and slices); mode {r.mode.value}")
         for c in r.rectified:
@@ -174,6 +176,20 @@ def print_certificate(r: DeletionRequest) -> None:
             + f", after {_num(ev.get('holdout_after'))}"
         )
     print_evidence(ev.get("versions") or {}, rectify)
+
+
+def print_governance(r: DeletionRequest) -> None:
+    """Which rule decided the request, who filed it and how they verified the subject, who approved
+    (or rejected) it."""
+    d = r.decision
+    if d is not None:
+        print(f"  decided by        rule `{d.rule}` of policy {d.policy} (fingerprint {d.policy_fingerprint})")
+    if r.requested_by or r.identity_verification:
+        print(f"  requested by      {r.requested_by or '-'}; identity verified: {r.identity_verification or '-'}")
+    for a in r.approvals:
+        print(f"  approved by       {a['by']} at {a['at']}")
+    if r.rejection:
+        print(f"  rejected by       {r.rejection['by']} at {r.rejection['at']}: {r.rejection['reason']}")
 
 
 def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:

@@ -15,6 +15,7 @@ import argparse
 
 from sisa.config import SisaConfig
 from sisa.data import open_store
+from sisa.forgetting import policy
 
 
 def run(cfg: SisaConfig) -> None:
@@ -23,6 +24,7 @@ def run(cfg: SisaConfig) -> None:
     from sisa.service import create_app  # FastAPI and the model stack: only this verb needs them
 
     open_store(cfg)  # fail early, with the usual message, when there is no store
+    policy.load_policy(cfg)  # and when the decision rules (deletion.policy) are not valid
     print(f"sisa serve: http://{cfg.service.host}:{cfg.service.port}  (audit page: /audit; API: /docs)", flush=True)
     # SIGTERM or Ctrl-C: running requests get service.shutdown_timeout_s, then they are cut
     # off (a stream's end cancels its decoding) and the app's shutdown stops the threads.

@@ -209,6 +209,18 @@ class DeletionConfig:
     deadline_margin_days: float = _f(
         7.0, "`sisa process --due` always runs a batch this many days before the earliest queued deadline.", min=0.0
     )
+    policy: str = _f(
+        "",
+        "Decision rules (a YAML file, see configs/policies/): per request kind, size and certainty, the method that "
+        "serves until the exact version, how many approvers (never the requester) must approve it first, and its "
+        "deadline. Empty: the shipped default (configs/policies/default.yaml): the flags choose the method, no "
+        "approval, unlearning.deadline_days.",
+    )
+    approval: Literal["policy", "always"] = _f(
+        "policy",
+        "policy: each rule says whether a request waits for approvers. always: every request waits for one "
+        "approver at least (`sisa approve`, or POST /v1/deletion-requests/{id}/approve).",
+    )
     signing_key: str = _f(
         "",
         "Path of your own Ed25519 private key (unencrypted PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) "

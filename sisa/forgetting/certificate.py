@@ -75,4 +75,22 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
             "content_hashes": req.rectified,
             "new_content_check": {"passed": set(new) <= held, "missing": sorted(set(new) - held)},
         }
+    out["governance"] = governance(req)
     return out
+
+
+# -- governance (decision rules, four eyes) -----------------------------------------------------
+def governance(req: DeletionRequest) -> dict[str, Any]:
+    """Who decided and by which criteria: the policy rule and its fingerprint, the requester, their
+    attestation of how the subject's identity was verified (free text, outside `request_sha256`),
+    and each approval. Requests filed before policies existed carry None and []."""
+    d = req.decision
+    return {
+        "rule": d.rule if d else None,
+        "policy_fingerprint": d.policy_fingerprint if d else None,
+        "method": d.method if d else None,
+        "approvers_needed": d.approvers if d else 0,
+        "requested_by": req.requested_by,
+        "identity_verification": req.identity_verification,
+        "approvals": list(req.approvals),
+    }

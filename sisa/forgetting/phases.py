@@ -92,6 +92,22 @@ def record(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
         it.new = False
 
 
+def await_approval(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """→ awaiting_approval: its rule asks for approvers. Nothing is destroyed or served, but the
+    relief when the rule allows it (exact, and undone if the request is rejected)."""
+    for it in items:
+        req = it.request
+        d = req.decision
+        relief_allowed = d is not None and d.relief_before_approval and req.mode == RequestMode.RELIEF
+        if relief_allowed and "relief" not in req.versions:
+            _relief(store, cfg, run, it)
+        run.log(
+            f"request {req.request_id} awaits approval by {req.approvers_needed} approver(s) other than its "
+            f"requester (rule `{d.rule if d else '-'}`): `sisa approve {req.request_id} --as NAME` or "
+            f"`sisa reject {req.request_id} --reason ...`"
+        )
+
+
 # -- evidence ----------------------------------------------------------------------------------
 def measure_before(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
     """Evidence under the version that served when the request came, while the text is in
@@ -457,7 +473,12 @@ def _publish_batch(
     # Requests filed while the writer lock was free have their relief serving: the batch's
     # version keeps each shard they hit at its checkpoint before the hit.
     batched = {it.request.request_id for it in items}
-    late = [r for r in requests_ledger.open_requests(store) if r.request_id not in batched]
+    late = [
+        r
+        for r in requests_ledger.open_requests(store)
+        # One awaiting approval stays served as it is: relieved only if its rule let the relief serve.
+        if r.request_id not in batched and (r.status != RequestStatus.AWAITING_APPROVAL or "relief" in r.versions)
+    ]
     shards = relieved_shards(store, trained, earliest_slices(late))
     if late:
         run.log(

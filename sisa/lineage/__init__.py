@@ -9,6 +9,7 @@ key, and checked with its public key alone). Knows no torch; speaks Arrow, ids a
 
 from sisa.lineage import checkpoints, entries, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import (
+    Decision,
     DeletionPlan,
     DeletionRequest,
     RequestKind,
@@ -18,6 +19,7 @@ from sisa.lineage.requests_ledger import (
 from sisa.lineage.versions import ModelVersion, VersionStatus
 
 __all__ = [
+    "Decision",
     "DeletionPlan",
     "DeletionRequest",
     "ModelVersion",
