@@ -66,16 +66,13 @@ class Ticket:
             self.decoding.cancel()
 
 
-class Batcher:
-    """Decode every submitted request of one ensemble together, on one thread."""
+class Inbox:
+    """Where requests wait for a decoding thread (this batcher's, or the vLLM route's:
+    sisa/serving/vllm_route.py); `None` in the queue wakes the thread to close."""
 
-    def __init__(self, ens: Ensemble, max_batch: int = 32):
-        self.ens, self.max_batch = ens, max_batch
+    def __init__(self) -> None:
         self.inbox: queue.Queue[Ticket | None] = queue.Queue()
         self.closing = threading.Event()
-        self.cancel_on_close = True
-        self.thread = threading.Thread(target=self._loop, name="sisa-batcher", daemon=True)
-        self.thread.start()
 
     def submit(
         self, request: DecodeRequest, on_event: Callable[[Event], None], timeout_s: float | None = None
@@ -85,6 +82,17 @@ class Batcher:
         ticket = Ticket(request, on_event, None if timeout_s is None else time.monotonic() + timeout_s)
         self.inbox.put(ticket)
         return ticket
+
+
+class Batcher(Inbox):
+    """Decode every submitted request of one ensemble together, on one thread."""
+
+    def __init__(self, ens: Ensemble, max_batch: int = 32):
+        super().__init__()
+        self.ens, self.max_batch = ens, max_batch
+        self.cancel_on_close = True
+        self.thread = threading.Thread(target=self._loop, name="sisa-batcher", daemon=True)
+        self.thread.start()
 
     def close(self, timeout_s: float = 5.0, cancel: bool = True) -> bool:
         """Take no more requests; cancel what decodes (or, with `cancel=False`, let it finish:
