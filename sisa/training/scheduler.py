@@ -10,6 +10,9 @@ Ray is embedded (a private local instance) unless `scheduler.address` or `RAY_AD
 cluster. The embedded instance never starts the dashboard (and would bind it to 127.0.0.1 if
 asked), keeps worker output out of the driver's terminal, and gives workers an offline
 environment. It keeps logs and spill files under `ray_temp_dir()`, which a leak scan inspects.
+A watchdog process (sisa/training/watchdog.py) started beside it SIGKILLs whatever of it is left
+once this process stops Ray or ends in any way, SIGKILL included: Ray 2.60's own agents outlive a
+driver that did not shut Ray down.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -38,6 +42,7 @@ _MIB = 1024 * 1024
 _WORKER_ENV = dict(OFFLINE_ENV)
 
 _session_dir: str | None = None
+_watchdog: subprocess.Popen | None = None
 
 
 def run_shard_jobs(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str = "shards") -> list[R]:
@@ -67,9 +72,13 @@ def prepare(cfg: SchedulerConfig) -> None:
 
 
 def shutdown_ray() -> None:
-    """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit."""
+    """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit.
+
+    Returns once the embedded instance's watchdog has removed whatever Ray left running.
+    """
     if ray.is_initialized():
         ray.shutdown()
+    _stop_watchdog()
 
 
 def ray_temp_dir() -> str | None:
@@ -193,15 +202,22 @@ def _ensure_ray(cfg: SchedulerConfig) -> None:
             _check_reachable(address, cfg.connect_timeout_s)
             ray.init(address=address, **common)
         else:
+            _start_watchdog()
             # "local", not None: None would attach to whatever `ray start` cluster another
             # process on this machine left in /tmp/ray/ray_current_cluster.
-            ray.init(
-                address="local",
-                num_cpus=cfg.num_cpus or os.cpu_count() or 1,
-                object_store_memory=cfg.object_store_mb * _MIB,
-                dashboard_host="127.0.0.1",
-                **common,
-            )
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=cfg.num_cpus or os.cpu_count() or 1,
+                    object_store_memory=cfg.object_store_mb * _MIB,
+                    dashboard_host="127.0.0.1",
+                    **common,
+                )
+            except BaseException:
+                _stop_watchdog()
+                raise
+            _remember_session_dir()
+            _tell_watchdog(f"session {_session_dir}")
     _remember_session_dir()
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.threads_per_task:
@@ -233,6 +249,48 @@ def _check_reachable(address: str, timeout_s: float) -> None:
             "check that `ray start --head` runs there and the port is open, or unset scheduler.address and RAY_ADDRESS "
             "to use the embedded Ray"
         ) from None
+
+
+def _start_watchdog() -> None:
+    """The watchdog of the embedded Ray about to start (sisa/training/watchdog.py): standard
+    library only, in a session of its own, reading a pipe only this process can write to."""
+    global _watchdog
+    _stop_watchdog()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
+    _watchdog = subprocess.Popen(
+        [sys.executable, "-I", "-S", script, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _tell_watchdog(line: str) -> None:
+    if _watchdog is not None and _watchdog.stdin is not None:
+        try:
+            _watchdog.stdin.write(line.encode() + b"\n")
+            _watchdog.stdin.flush()
+        except OSError:  # it is gone: nothing to tell
+            pass
+
+
+def _stop_watchdog(timeout_s: float = 15.0) -> None:
+    """Close its pipe (it reaps what is left of the Ray it watched) and wait for it to end."""
+    global _watchdog
+    if _watchdog is None:
+        return
+    proc, _watchdog = _watchdog, None
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _remember_session_dir() -> None:
