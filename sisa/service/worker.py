@@ -33,7 +33,7 @@ class Worker:
         self.stop.set()
         if self.thread.is_alive():
             self.thread.join(timeout_s)
-        scheduler.shutdown_ray()
+        scheduler.shutdown_ray(final=True)
 
     def _loop(self) -> None:
         while not self.stop.wait(self.cfg.service.worker_interval_s):

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import ray
 import torch
+from ray._private import auto_init_hook
 from ray.exceptions import RayError, RayTaskError
 from tqdm import tqdm
 
@@ -38,11 +39,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _MIB = 1024 * 1024
+# Ray starts a default instance when one of its calls (ray.get, ray.cancel, ...) finds none: a Ray
+# without the watchdog and these settings. A shard job that outlived `shutdown_ray()` did just
+# that (measured: a second session under a `sisa serve` stopped mid-batch). Only `_ensure_ray`
+# starts or attaches Ray.
+auto_init_hook.enable_auto_connect = False
 # Workers must never reach a hub, phone home or oversubscribe the cores Ray reserved for them.
 _WORKER_ENV = dict(OFFLINE_ENV)
 
 _session_dir: str | None = None
 _watchdog: subprocess.Popen | None = None
+_final = False  # shutdown_ray(final=True) was called: no Ray starts again in this process
 
 
 def run_shard_jobs(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str = "shards") -> list[R]:
@@ -71,11 +78,15 @@ def prepare(cfg: SchedulerConfig) -> None:
         _ensure_ray(cfg)
 
 
-def shutdown_ray() -> None:
+def shutdown_ray(final: bool = False) -> None:
     """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit.
 
-    Returns once the embedded instance's watchdog has removed whatever Ray left running.
+    Returns once the embedded instance's watchdog has removed whatever Ray left running. With
+    `final` (a server shutting down) this process starts no Ray again: a shard job still running
+    would otherwise start a new one as its batch fails.
     """
+    global _final
+    _final = _final or final
     if ray.is_initialized():
         ray.shutdown()
     _stop_watchdog()
@@ -183,6 +194,8 @@ def _message(error: BaseException) -> str:
 def _ensure_ray(cfg: SchedulerConfig) -> None:
     """Attach to a cluster or start the embedded Ray; reuse a Ray already up in this process."""
     if not ray.is_initialized():
+        if _final:
+            raise SisaError("this process is shutting down: it starts no Ray; the work resumes at the next start")
         # Read by the Ray processes this driver spawns (embedded case), not only by workers.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # Ray 2.60 turns token auth on for a new local Ray (token in ~/.ray/auth_token) and
