@@ -43,7 +43,7 @@ from sisa.service.privacy import router as privacy_router
 from sisa.service.tokens import TokenStore
 from sisa.service.worker import Worker
 from storage.audit import AuditLog
-from storage.errors import SisaError, StoreLockedError, ValidationError
+from storage.errors import NotFoundError, SisaError, StoreLockedError, ValidationError
 
 DESCRIPTION = (
     "Exact machine unlearning: deletion requests and rectifications with evidence, and completions "
@@ -112,8 +112,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return await http_exception_handler(request, exc)
 
 
+# A SisaError's HTTP status (409 for the rest: understood, refused); an unknown request id is a 404.
+_STATUS = ((ValidationError, 422), (NotFoundError, 404), (StoreLockedError, 503))
+
+
 async def _sisa_error(request: Request, exc: SisaError) -> JSONResponse:
-    status = 422 if isinstance(exc, ValidationError) else 503 if isinstance(exc, StoreLockedError) else 409
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 409)
     _audit_refusal(request, str(status))
     if request.url.path in OPENAI_PATHS:
         return JSONResponse(error_body(exc.message), status_code=400 if status == 422 else status)
