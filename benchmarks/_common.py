@@ -131,3 +131,12 @@ def run_models(bench_model, report, args) -> None:
     results = [bench_model(m, args) for m in models]
     report(results, args)
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
+
+
+def free_port() -> int:
+    """A port nothing listens on now, on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -4,6 +4,7 @@ deterministic CUDA settings.
 
     .venv/bin/python benchmarks/gpu.py                      # tiny, then SmolLM2
     .venv/bin/python benchmarks/gpu.py --model tiny --records 400
+    .venv/bin/python benchmarks/gpu.py --model smollm2 --vllm  # and the serving engines, vLLM's route too
 
 Without CUDA it says so and exits 0 (there is nothing to measure).
 
@@ -18,6 +19,11 @@ Per model, two stores get the same records:
 Then on the cuda store: forget the first subject (exact), check that no serving checkpoint's
 lineage holds its records, that rollback to version 1 is refused, and `verify --replay`: each
 affected shard retrained from scratch on the GPU, compared with torch.equal.
+
+With `--vllm`: benchmarks/engine.py on SmolLM2 on the GPU, bf16: sisa's loop, its batcher, the
+top-1 batcher and the vLLM route (`serving.engine: vllm`) at 1, 8 and 32 clients, with recall.
+It needs a CUDA build of vLLM in .venv-vllm (`python3 -m venv .venv-vllm && .venv-vllm/bin/pip
+install vllm==0.32.0`; `make vllm` installs the CPU build).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--skip-cpu", action="store_true", help="no CPU comparison (SmolLM2 on CPU takes minutes)")
     p.add_argument("--json", action="store_true", help="print the results as JSON too")
+    p.add_argument("--vllm", action="store_true", help="also benchmarks/engine.py's engines, vLLM's route included")
     return p.parse_args(argv)
 
 
@@ -177,6 +184,17 @@ def report(results: list[dict], args) -> None:
         print(json.dumps(results, indent=2))
 
 
+def serve_engines() -> None:
+    """benchmarks/engine.py with the vLLM route, on this GPU in bf16 (its own process: vLLM takes
+    the GPU memory it is given, and the training above has let go of its share)."""
+    import subprocess
+
+    cmd = [sys.executable, str(C.REPO / "benchmarks" / "engine.py"), "--model", "smollm2", "--people", "24"]
+    cmd += ["--shards", "4", "--tokens", "32", "--vllm", "--vllm-dtype", "bfloat16"]
+    print("\n$ " + " ".join(cmd[1:]), flush=True)
+    subprocess.run(cmd, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not torch.cuda.is_available():
@@ -195,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     results = [bench_model(m, args, gpus) for m in models]
     report(results, args)
+    if args.vllm:
+        serve_engines()
     print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
     return 0 if all(r["lineage_clean"] and r["rollback_refused"] for r in results) else 1
 

@@ -18,6 +18,7 @@ __all__ = [
     "print_versions",
     "print_requests",
     "print_certificate",
+    "print_governance",
 ]
 
 
@@ -109,6 +110,7 @@ def print_certificate(r: DeletionRequest) -> None:
     )
     print(f"  request sha256    {cert.get('request_sha256', '-')}")
     print(f"  selector          {r.selector['kind']} (keyed hash {r.selector['value_hash'][:16]}...)")
+    print_governance(r)
     if rectify:
         print(f"  records corrected {r.records} (same ids, shards and slices); mode {r.mode.value}")
         for c in r.rectified:
@@ -149,6 +151,14 @@ def print_certificate(r: DeletionRequest) -> None:
         f"{purge.get('versions', [])}; purge check {'PASSED' if pc.get('passed') else 'FAILED'}"
     )
     print("  timings           " + ", ".join(f"{k} {v:.2f}s" for k, v in r.timings.items()))
+    sig, head = cert.get("signature") or {}, cert.get("audit_head")
+    if sig:
+        print(
+            f"  signed            {sig.get('signed_at')} by key {str(sig.get('key_id'))[:16]}... (ed25519; "
+            "check offline with `sisa certificate verify`)"
+        )
+    where = f"entry #{head.get('seq')} {str(head.get('hash'))[:16]}..." if head else "-"
+    print(f"  audit log head    {where} when certified (`sisa audit verify` checks it is still there)")
     unit = "answer-token" if ev.get("answer_tokens_only") else "per-token"
     print(
         f"  memorization ({unit} loss of the {'old text of the corrected' if rectify else 'deleted'} records, lower "
@@ -166,6 +176,20 @@ def print_certificate(r: DeletionRequest) -> None:
             + f", after {_num(ev.get('holdout_after'))}"
         )
     print_evidence(ev.get("versions") or {}, rectify)
+
+
+def print_governance(r: DeletionRequest) -> None:
+    """Which rule decided the request, who filed it and how they verified the subject, who approved
+    (or rejected) it."""
+    d = r.decision
+    if d is not None:
+        print(f"  decided by        rule `{d.rule}` of policy {d.policy} (fingerprint {d.policy_fingerprint})")
+    if r.requested_by or r.identity_verification:
+        print(f"  requested by      {r.requested_by or '-'}; identity verified: {r.identity_verification or '-'}")
+    for a in r.approvals:
+        print(f"  approved by       {a['by']} at {a['at']}")
+    if r.rejection:
+        print(f"  rejected by       {r.rejection['by']} at {r.rejection['at']}: {r.rejection['reason']}")
 
 
 def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:

@@ -9,7 +9,11 @@
 The recipe (each step is a phase of the request runner, sisa/forgetting/runner.py):
 1. Select and validate: unknown ids are an error (or skipped with --allow-missing); ids an
    earlier request deleted are a no-op. --dry-run prints the plan and stops.
-2. Ledger: the request (keyed hashes only) is written durably before anything is destroyed.
+2. Ledger: the request (keyed hashes only) is written durably before anything is destroyed, with
+   the rule of the policy that decided it (`deletion.policy`: method, approvers, deadline).
+   When the rule asks for approvers it stops here, `awaiting_approval`: nothing served (unless the
+   rule lets the relief serve) or deleted until `sisa approve ID --as NAME` (someone other than
+   the requester, `--as`) carries it out, or `sisa reject ID --reason ...` ends it.
 3. Evidence, while the text is still in memory: the records' loss under the serving model.
 4. Relief, exact from the first second (the default, `deletion.relief`): each affected shard
    serves its last clean checkpoint (none when slice 0 is hit). Or --fast: an approximate (NPO)
@@ -53,10 +57,13 @@ def run(
     on_version: Callable[[str, ModelVersion], None] | None = None,
     holdout: str | Texts | None = None,
     probes: str | list[Probe] | None = None,
+    requested_by: str | None = None,
+    identity_verification: str | None = None,
 ) -> dict[str, Any]:
     """`on_version(kind, version)` is called after each commit (approximate/isolate/exact),
     while the selected texts are still in this process's memory (the demo measures with it).
-    `holdout`: records no model saw (a file, or (texts, prompts)), scored beside the deleted ones."""
+    `holdout`: records no model saw (a file, or (texts, prompts)), scored beside the deleted ones.
+    `requested_by` (default: the login name) and `identity_verification` are recorded with it."""
     mode = request_options.request_mode(cfg, fast, isolate, relief)
     held, probe_list = request_options.read_evidence_inputs(cfg, evidence, holdout, probes)
     store = open_store(cfg)
@@ -78,6 +85,7 @@ def run(
             on_version,
             request_options.progress(quiet),
             probes=probe_list,
+            filer=request_options.filer(requested_by, identity_verification),
         )
     return res.to_dict()
 
@@ -168,6 +176,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         quiet=args.json,
         holdout=args.holdout,
         probes=args.probes,
+        requested_by=args.as_name,
+        identity_verification=args.identity_verification,
     )
     if args.json:
         print_json(res)

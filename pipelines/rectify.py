@@ -19,7 +19,9 @@ The recipe (the phases of a deletion, sisa/forgetting/runner.py; mechanics in si
    stored record: one error naming them all; nothing changes.
    --dry-run prints the plan and stops.
 2. Stage the new text in the store; write the request (kind `rectify`) to the deletion ledger:
-   keyed hashes of the ids and of the old and new content, never text.
+   keyed hashes of the ids and of the old and new content, never text; and the policy's rule
+   (`deletion.policy`). A rule that asks for approvers stops it here (`awaiting_approval`) until
+   `sisa approve ID --as NAME` or `sisa reject ID --reason ...` (the staged text is then deleted).
 3. Evidence: the old text's loss under the serving model, while it is in memory (queued: measured
    by the batch; --probes and --holdout need the request carried out at once).
 4. Relief, exact at once (as for a deletion): each affected shard serves its last checkpoint
@@ -62,6 +64,8 @@ def run(
     quiet: bool = False,
     probes: str | None = None,
     queue: bool = False,
+    requested_by: str | None = None,
+    identity_verification: str | None = None,
 ) -> dict[str, Any]:
     mode = request_options.request_mode(cfg, fast, isolate, relief)
     if queue and (holdout or probes):
@@ -88,6 +92,7 @@ def run(
             log=request_options.progress(quiet),
             probes=probe_list,
             queue=queue,
+            filer=request_options.filer(requested_by, identity_verification),
         )
     return res.to_dict()
 
@@ -126,6 +131,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         quiet=args.json,
         probes=args.probes,
         queue=args.queue,
+        requested_by=args.as_name,
+        identity_verification=args.identity_verification,
     )
     if args.json:
         print_json(res)

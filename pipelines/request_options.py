@@ -1,10 +1,13 @@
 """What the two verbs that file a request share (`sisa forget`, `sisa rectify`): the flags that
 choose what serves until the exact version and what evidence is measured, the mode those flags
-make, the holdout file they read, and how a request's outcome is printed."""
+make, who files it (`--as`, `--identity-verification`), the holdout file they read, and how a
+request's outcome (or a dry run's plan and rule) is printed. `sisa approve` and `sisa reject`
+take `--as` from here too."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 from collections.abc import Callable
 from typing import Any
 
@@ -12,14 +15,38 @@ from pipelines.common import print_table
 from sisa.config import SisaConfig
 from sisa.data import normalise, read_source, table_items
 from sisa.evidence import Probe, read_probes
-from sisa.forgetting import Texts
-from sisa.lineage import RequestMode
-from storage.errors import ValidationError
+from sisa.forgetting import Filer, Texts, policy
+from sisa.lineage import Decision, DeletionRequest, RequestMode
+from storage.audit import AuditLog
+from storage.errors import SisaError, ValidationError
+from storage.store import Store
+
+
+def add_as_argument(p: argparse.ArgumentParser, who: str) -> None:
+    p.add_argument(
+        "--as",
+        dest="as_name",
+        metavar="NAME",
+        help=f"{who} (default: your login name); the ledger and the audit log record it",
+    )
+
+
+def login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no user name in this environment (a container without one)
+        return "cli"
+
+
+def filer(name: str | None, identity_verification: str | None) -> Filer:
+    """Who files a request from the CLI: `--as NAME`, else the login name."""
+    return Filer(name or login_name(), identity_verification)
 
 
 def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry_run: str, probes: str) -> None:
-    """--fast, --isolate, --no-relief, --queue, --dry-run, --no-evidence, --holdout, --probes;
-    the help of the four that differ between the verbs is the verb's own."""
+    """--fast, --isolate, --no-relief, --queue, --dry-run, --no-evidence, --holdout, --probes,
+    --as, --identity-verification; the help of the four that differ between the verbs is the
+    verb's own."""
     p.add_argument("--fast", action="store_true", help=fast)
     p.add_argument(
         "--isolate", action="store_true", help="serve the unaffected shards alone at once, then the exact version"
@@ -41,6 +68,13 @@ def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry
         "Min-k%% membership inference",
     )
     p.add_argument("--probes", metavar="FILE", help=probes)
+    add_as_argument(p, "who files the request; its approver (when its rule asks for one) must be someone else")
+    p.add_argument(
+        "--identity-verification",
+        metavar="TEXT",
+        help="how the data subject's identity was verified (GDPR Art. 12(6)), e.g. 'passport checked at the "
+        "front desk': free text up to 500 characters, no ids or names; kept in the ledger and the certificate",
+    )
 
 
 def request_mode(cfg: SisaConfig, fast: bool, isolate: bool, relief: bool | None) -> RequestMode:
@@ -90,9 +124,11 @@ def read_holdout(cfg: SisaConfig, path: str) -> Texts:
 
 def print_outcome(res: dict[str, Any], headline: Callable[[dict[str, Any]], str]) -> None:
     """What `forget` and `rectify` print without --json: a dry run's plan (under
-    `headline(plan)`), or the request filed."""
+    `headline(plan)`) and the rule that would decide it, or the request filed."""
     if res.get("dry_run"):
         print_plan(res["plan"], headline(res["plan"]))
+        if res.get("decision"):
+            print(f"would be decided by {policy.describe(Decision.from_dict(res['decision']))}")
     else:
         print_request(res["request"])
 
@@ -117,8 +153,20 @@ def print_plan(plan: dict[str, Any], headline: str) -> None:
 
 
 def print_request(req: dict[str, Any]) -> None:
-    """A filed request: queued (its id and what serves until its batch), or completed (where its
-    certificate is)."""
+    """A filed request: awaiting approval (its rule, what to run), queued (its id and what serves
+    until its batch), or completed (where its certificate is)."""
+    if req["status"] == "awaiting_approval":
+        relief = req["versions"].get("relief")
+        print(f"{req['request_id']}")
+        print(
+            f"awaiting approval: {policy.describe(Decision.from_dict(req['decision']))}; "
+            + (f"relief version {relief} serves meanwhile" if relief else "nothing was served or deleted yet")
+        )
+        print(
+            f"an approver other than {req.get('requested_by') or 'the requester'} runs `sisa approve "
+            f"{req['request_id']} --as NAME` (or `sisa reject {req['request_id']} --reason ...`)"
+        )
+        return
     if req["status"] == "queued":
         serving_now = (
             req["versions"].get("relief") or req["versions"].get("approximate") or req["versions"].get("isolate")
@@ -134,3 +182,17 @@ def print_request(req: dict[str, Any]) -> None:
         f"certificate: sisa certificate {req['request_id']} --config ...  (lineage check "
         f"{'passed' if cert.get('lineage_check', {}).get('passed') else 'FAILED'})"
     )
+
+
+def audited(store: Store, who: str, verb: str, request_id: str, act: Callable[[], DeletionRequest]) -> DeletionRequest:
+    """`sisa approve` and `sisa reject` as the service's routes are: each decision, and each
+    refusal, is a line in the store's audit log (who, what, outcome; never record text)."""
+    audit = AuditLog(store.fs)
+    what = f"sisa {verb} {request_id}"
+    try:
+        req = act()
+    except SisaError as e:
+        audit.append({"who": who, "what": what, "outcome": f"refused: {type(e).__name__}", "request_id": request_id})
+        raise
+    audit.append({"who": who, "what": what, "outcome": req.status.value, "request_id": request_id})
+    return req

@@ -17,6 +17,7 @@ import sys
 
 from sisa.config import SisaConfig
 from sisa.data import open_store
+from sisa.forgetting import policy
 
 
 def run(cfg: SisaConfig) -> None:
@@ -25,6 +26,7 @@ def run(cfg: SisaConfig) -> None:
     from sisa.service import create_app  # FastAPI and the model stack: only this verb needs them
 
     open_store(cfg)  # fail early, with the usual message, when there is no store
+    policy.load_policy(cfg)  # and when the decision rules (deletion.policy) are not valid
     print(f"sisa serve: http://{cfg.service.host}:{cfg.service.port}  (audit page: /audit; API: /docs)", flush=True)
     app = create_app(cfg)
 

@@ -4,8 +4,9 @@
     sisa token list --config C
     sisa token revoke privacy-desk --config C
 
-Roles: requester (file and read deletion requests), auditor (read requests, certificates,
-versions, the audit page), client (completions), admin (all).
+Roles: requester (file and read deletion requests), approver (read requests; approve or reject
+those awaiting approval, never one it filed), auditor (read requests, certificates, versions,
+the audit page), client (completions), admin (all).
 """
 
 from __future__ import annotations

@@ -142,6 +142,13 @@ class ServingConfig:
         "recall equal to all shards' in benchmarks/utility.py, at a cost that stops growing with S.",
         min=0,
     )
+    engine: Literal["sisa", "vllm"] = _f(
+        "sisa",
+        "What decodes `sisa serve`'s completions. sisa: its own batched mixture decoder; vllm: sisa routes each "
+        "prompt to its shard of highest posterior and a vLLM server decodes it with that shard's LoRA adapter "
+        "(needs serving.top_shards: 1 and aggregation: posterior, a base model folder, and the vLLM environment: "
+        "`make vllm`; see service.vllm_*).",
+    )
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,24 @@ class DeletionConfig:
     deadline_margin_days: float = _f(
         7.0, "`sisa process --due` always runs a batch this many days before the earliest queued deadline.", min=0.0
     )
+    policy: str = _f(
+        "",
+        "Decision rules (a YAML file, see configs/policies/): per request kind, size and certainty, the method that "
+        "serves until the exact version, how many approvers (never the requester) must approve it first, and its "
+        "deadline. Empty: the shipped default (configs/policies/default.yaml): the flags choose the method, no "
+        "approval, unlearning.deadline_days.",
+    )
+    approval: Literal["policy", "always"] = _f(
+        "policy",
+        "policy: each rule says whether a request waits for approvers. always: every request waits for one "
+        "approver at least (`sisa approve`, or POST /v1/deletion-requests/{id}/approve).",
+    )
+    signing_key: str = _f(
+        "",
+        "Path of your own Ed25519 private key (unencrypted PKCS#8 PEM, e.g. `openssl genpkey -algorithm ed25519`) "
+        "that signs certificates; empty: the store's own signing.key, made with the store (or on first need).",
+        pem_private_key=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -255,6 +280,28 @@ class ServiceConfig:
     rate_limit_burst: int = _f(
         50, "Calls one token may make at once before its per-minute rate applies (each API its own).", min=1
     )
+    vllm_url: str = _f(
+        "",
+        "serving.engine: vllm: the OpenAI-compatible vLLM server to decode on (started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); empty: `sisa serve` starts one on 127.0.0.1:service.vllm_port.",
+    )
+    vllm_port: int = _f(
+        8751, "Port of the vLLM server `sisa serve` starts when service.vllm_url is empty.", min=1, max=65535
+    )
+    vllm_python: str = _f(
+        ".venv-vllm/bin/python", "The Python of the environment vLLM is installed in (`make vllm` makes this one)."
+    )
+    vllm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f(
+        "auto", "dtype of the vLLM server sisa starts; auto: sisa's own (model.dtype), so both decode the same text."
+    )
+    vllm_args: list[str] = _f([], "More arguments for the vLLM server sisa starts, e.g. [--tensor-parallel-size, '2'].")
+    vllm_adapter_dir: str = _f(
+        "",
+        "A folder the vLLM server reads adapters from (a shared disk when vLLM runs elsewhere); each verified "
+        "adapter is copied there under its checkpoint id and deleted by the purge. Empty: vLLM reads the "
+        "checkpoint folders of a local store.",
+    )
+    vllm_start_timeout_s: float = _f(600.0, "How long `sisa serve` waits for the vLLM server it starts.", min=1.0)
 
 
 @dataclass(frozen=True)
@@ -357,6 +404,8 @@ def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str
             value = ""
         if not isinstance(value, str):
             return value, f"`{path}` should be a string, got {value!r}"
+        if value and meta.get("pem_private_key"):
+            return value, _pem_problem(path, value)
         return value, None
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
@@ -364,6 +413,24 @@ def _check_value(path: str, value: Any, hint: Any, meta: dict) -> tuple[Any, str
     if hi is not None and value > hi:
         return value, f"`{path}` should be <= {hi}, got {value!r}"
     return value, None
+
+
+def _pem_problem(path: str, value: str) -> str | None:
+    """A private key file the config names must be there and look like PKCS#8 PEM; sisa/lineage/signing.py
+    checks that it is Ed25519 when it signs."""
+    p = Path(value)
+    if not p.is_file():
+        return f"`{path}` should name a PEM private key file, got {value!r} (no such file)"
+    try:
+        head = p.read_bytes()[:200]
+    except OSError as e:
+        return f"`{path}`: {value!r} cannot be read ({e.strerror})"
+    if b"-----BEGIN PRIVATE KEY-----" not in head:
+        return (
+            f"`{path}` should be an unencrypted PKCS#8 PEM private key (-----BEGIN PRIVATE KEY-----), got {value!r}; "
+            "write one with `openssl genpkey -algorithm ed25519 -out KEY.pem`"
+        )
+    return None
 
 
 def _parse_override(text: str) -> tuple[str, Any]:
@@ -425,9 +492,23 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
             else:
                 kwargs[key] = value
         sections[name] = cls(**kwargs)
+    if not problems:
+        problems = _cross_checks(sections)
     if problems:
         raise ConfigError(problems)
     return SisaConfig(**sections)
+
+
+def _cross_checks(sections: dict[str, Any]) -> list[str]:
+    """Settings that are each valid but do not go together."""
+    serving, problems = sections["serving"], []
+    if serving.engine == "vllm" and (serving.top_shards != 1 or serving.aggregation != "posterior"):
+        problems.append(
+            "serving.engine: vllm decodes each prompt with one shard's adapter, so it needs serving.top_shards: 1 "
+            f"and serving.aggregation: posterior (got top_shards {serving.top_shards}, aggregation "
+            f"{serving.aggregation}); mixtures of several shards stay with serving.engine: sisa"
+        )
+    return problems
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SisaConfig:

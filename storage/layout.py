@@ -2,6 +2,7 @@
 
 store.json                                    format, num_shards, seed, created_at
 secret.key                                    salt of every keyed hash (never leaves the store)
+signing.key                                   Ed25519 private key that signs certificates (0600; never leaves the store)
 LOCK                                          the writer lock (short: metadata, ledgers, versions)
 JOBS.LOCK                                     the jobs lock (long: training, retrains, purges, verify)
 CURRENT                                       pointer to the serving model version
@@ -14,13 +15,15 @@ requests/<request_id>.json                    deletion ledger
 corrections/<request_id>.parquet              a rectification's new text, staged until the data holds it
 mlflow.db, mlartifacts/                       MLflow (sqlite backend) when tracked under the store
 cache/, tmp/, reports/                        derived data; purged with the records they derive from
-service/tokens.json, service/audit/*.jsonl    `sisa serve`: token hashes, the append-only audit log
+service/tokens.json, service/audit/*.jsonl    `sisa serve`: token hashes, the append-only audit log (hash-chained)
+service/AUDIT.LOCK                            held (flock) while an audit entry is appended, so the chain never forks
 """
 
 from __future__ import annotations
 
 STORE_META = "store.json"
 SECRET_KEY = "secret.key"
+SIGNING_KEY = "signing.key"
 LOCK = "LOCK"
 JOBS_LOCK = "JOBS.LOCK"
 CURRENT = "CURRENT"
@@ -37,6 +40,7 @@ REPORTS = "reports"
 SERVICE = "service"
 SERVICE_TOKENS = f"{SERVICE}/tokens.json"
 SERVICE_AUDIT = f"{SERVICE}/audit"
+SERVICE_AUDIT_LOCK = f"{SERVICE}/AUDIT.LOCK"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 # A checkpoint folder exists once this file is in it (written last); the other file names and

@@ -34,6 +34,7 @@ HOMES = {
     "boto3": {"storage/s3.py"},
     "botocore": {"storage/s3.py"},
     "starlette": {"sisa/service/app.py"},
+    "cryptography": {"sisa/lineage/signing.py"},
 }
 
 
@@ -217,7 +218,11 @@ def test_every_verb_lives_in_the_module_of_its_name() -> None:
     assert all(why for _, why in VERB_MODULE_EXCEPTIONS.values())
     for module in expected.values():
         assert (ROOT / f"{module.replace('.', '/')}.py").is_file(), module
-    modules = {f"pipelines.{p.stem}" for p in (ROOT / "pipelines").glob("*.py")} - {"pipelines.__init__"}
+    # __main__: `python -m pipelines VERB`, the CLI without its console script
+    modules = {f"pipelines.{p.stem}" for p in (ROOT / "pipelines").glob("*.py")} - {
+        "pipelines.__init__",
+        "pipelines.__main__",
+    }
     assert modules - set(expected.values()) == SHARED_PIPELINES, "pipelines modules that are neither a verb nor shared"
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from sisa.config import SisaConfig
+from sisa.lineage import signing
 from storage.errors import ConfigError
 from storage.store import Store
 
 
 def open_store(cfg: SisaConfig, create: bool = False) -> Store:
-    """Open the store at `store.uri`; with `create`, make it when missing."""
+    """Open the store at `store.uri`; with `create`, make it when missing (with its signing key)."""
     if create and not Store.exists(cfg.store.uri):
-        return Store.create(cfg.store.uri, cfg.sharding.num_shards, cfg.store.seed)
+        store = Store.create(cfg.store.uri, cfg.sharding.num_shards, cfg.store.seed)
+        if not cfg.deletion.signing_key:  # the key its certificates will be signed with
+            signing.create_signing_key(store)
+        return store
     store = Store.open(cfg.store.uri)
     problems = []
     if store.num_shards != cfg.sharding.num_shards:

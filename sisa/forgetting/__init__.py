@@ -5,25 +5,44 @@ rectification's new text, `erasure` removes the old content from the data, `unle
 approximate fast path, `purge` deletes what held a forgotten record, `lineage_check` and
 `certificate` check what serves, `rollback` serves an earlier version unless that brings
 forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers.
+`policy` holds the decision rules (method, approvers, deadline per request); `approve` and
+`reject` are the approvers' two answers to a request that waits for them.
 """
 
-from sisa.forgetting import lineage_check, phases, planner, rollback, runner
+from sisa.forgetting import lineage_check, phases, planner, policy, rollback, runner
 from sisa.forgetting.phases import Texts
 from sisa.forgetting.planner import expected_cost_fraction, slice_cost
 from sisa.forgetting.rollback import roll_back
-from sisa.forgetting.runner import RequestResult, due, forget, process, rectify, resume, train_store
+from sisa.forgetting.runner import (
+    Filer,
+    RequestResult,
+    SelfApprovalError,
+    approve,
+    due,
+    forget,
+    process,
+    rectify,
+    reject,
+    resume,
+    train_store,
+)
 
 __all__ = [
+    "Filer",
     "RequestResult",
+    "SelfApprovalError",
     "Texts",
+    "approve",
     "due",
     "expected_cost_fraction",
     "forget",
     "lineage_check",
     "phases",
     "planner",
+    "policy",
     "process",
     "rectify",
+    "reject",
     "resume",
     "roll_back",
     "rollback",

@@ -4,7 +4,9 @@ The serving version's lineage holds none of the deleted id hashes, every purged 
 gone from disk, and the checkpoints before and after are named with their adapters' sha256.
 A rectification's certificate names the old and new content hashes (keyed; never the text) and
 checks that the new content is in the serving lineage. The memorization evidence is measured
-earlier, while the text is still in memory, and lives beside it in the request's ledger entry.
+earlier, while the text is still in memory, and lives beside it in the request's ledger entry;
+its numbers and sample sizes are copied in. The certificate also records the audit log's head, and
+is signed as a whole (sisa/lineage/signing.py) by `phases.certify`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sisa.forgetting import lineage_check
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
 from storage import layout
+from storage.audit import AuditLog
 from storage.store import Store
 
 
@@ -40,7 +43,9 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
     ).hexdigest()
     out: dict[str, Any] = {
         "kind": req.kind.value,
+        "request_id": req.request_id,
         "request_sha256": digest,
+        "id_hash_count": len(req.id_hashes),
         "serving_version": current.model_version if current else None,
         "checkpoints_before": req.checkpoints_before,
         "checkpoints_after": [
@@ -51,6 +56,10 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
         "purge_check": {"passed": not still_there, "remaining": still_there},
         # The trio, leak@k and membership inference per version, numbers and sample sizes only.
         "evidence": req.evidence.get("versions", {}),
+        # The records' loss before and after (and a holdout's), with the sample sizes they rest on.
+        "loss_evidence": {k: v for k, v in req.evidence.items() if k != "versions"} | {"records": req.records},
+        # The audit log's last entry now: a later cut or rewrite of the log shows (`sisa audit verify`).
+        "audit_head": AuditLog(store.fs).head(),
     }
     if req.kind == RequestKind.RECTIFY:
         # Keyed hashes of (record id, content): the old content is in no serving lineage (the
@@ -66,4 +75,22 @@ def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:
             "content_hashes": req.rectified,
             "new_content_check": {"passed": set(new) <= held, "missing": sorted(set(new) - held)},
         }
+    out["governance"] = governance(req)
     return out
+
+
+# -- governance (decision rules, four eyes) -----------------------------------------------------
+def governance(req: DeletionRequest) -> dict[str, Any]:
+    """Who decided and by which criteria: the policy rule and its fingerprint, the requester, their
+    attestation of how the subject's identity was verified (free text, outside `request_sha256`),
+    and each approval. Requests filed before policies existed carry None and []."""
+    d = req.decision
+    return {
+        "rule": d.rule if d else None,
+        "policy_fingerprint": d.policy_fingerprint if d else None,
+        "method": d.method if d else None,
+        "approvers_needed": d.approvers if d else 0,
+        "requested_by": req.requested_by,
+        "identity_verification": req.identity_verification,
+        "approvals": list(req.approvals),
+    }

@@ -27,7 +27,7 @@ from sisa.forgetting import corrections, purge, unlearning
 from sisa.forgetting.certificate import make_certificate
 from sisa.forgetting.erasure import remove_data
 from sisa.forgetting.selection import find_live_by_hashes
-from sisa.lineage import checkpoints, requests_ledger, versions
+from sisa.lineage import checkpoints, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMode, RequestStatus
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine, mirror
@@ -90,6 +90,22 @@ def record(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
         if it.new and it.fix is not None:
             corrections.stage(store, it.request.request_id, it.fix)
         it.new = False
+
+
+def await_approval(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """→ awaiting_approval: its rule asks for approvers. Nothing is destroyed or served, but the
+    relief when the rule allows it (exact, and undone if the request is rejected)."""
+    for it in items:
+        req = it.request
+        d = req.decision
+        relief_allowed = d is not None and d.relief_before_approval and req.mode == RequestMode.RELIEF
+        if relief_allowed and "relief" not in req.versions:
+            _relief(store, cfg, run, it)
+        run.log(
+            f"request {req.request_id} awaits approval by {req.approvers_needed} approver(s) other than its "
+            f"requester (rule `{d.rule if d else '-'}`): `sisa approve {req.request_id} --as NAME` or "
+            f"`sisa reject {req.request_id} --reason ...`"
+        )
 
 
 # -- evidence ----------------------------------------------------------------------------------
@@ -457,7 +473,12 @@ def _publish_batch(
     # Requests filed while the writer lock was free have their relief serving: the batch's
     # version keeps each shard they hit at its checkpoint before the hit.
     batched = {it.request.request_id for it in items}
-    late = [r for r in requests_ledger.open_requests(store) if r.request_id not in batched]
+    late = [
+        r
+        for r in requests_ledger.open_requests(store)
+        # One awaiting approval stays served as it is: relieved only if its rule let the relief serve.
+        if r.request_id not in batched and (r.status != RequestStatus.AWAITING_APPROVAL or "relief" in r.versions)
+    ]
     shards = relieved_shards(store, trained, earliest_slices(late))
     if late:
         run.log(
@@ -523,12 +544,13 @@ def purge_tainted(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
 
 
 def certify(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
-    """→ completed, with the certificate of what can be checked now."""
+    """→ completed, with the certificate of what can be checked now, signed (sisa/lineage/signing.py)."""
+    key = signing.signing_key(store, cfg, say=run.log)
     for it in items:
         req = it.request
         if run.batch_id is None:
             req.timings["total_s"] = time.perf_counter() - run.started
-        req.certificate = make_certificate(store, req)
+        req.certificate = signing.sign_certificate(make_certificate(store, req), key)
         req.completed_at = now_iso()
         if run.batch_id is None:
             run.log(

@@ -1,6 +1,7 @@
 """The purge: every checkpoint whose lineage holds a forgotten record is deleted, with its
 descendants; the versions that held one are marked purged and their MLflow runs deleted and
-garbage-collected; the store's tmp/ and cache/ are emptied."""
+garbage-collected; the store's tmp/ and cache/ are emptied. With `serving.engine: vllm`, the vLLM
+server unloads every purged adapter first (sisa/serving/vllm_adapters.py), or the purge fails."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sisa.config import SisaConfig
 from sisa.forgetting.planner import tainted_checkpoints
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
-from sisa.serving import mirror
+from sisa.serving import mirror, vllm_adapters
 from storage import layout
 from storage.faults import maybe_die
 from storage.store import Store
@@ -40,6 +41,8 @@ def purge(
     """Delete every tainted checkpoint (and `also` those, with their descendants), mark versions
     holding one purged, purge MLflow, clean caches."""
     dead = tainted(store, hashes, also)
+    # First, so that a vLLM server out of reach stops the purge before anything is destroyed.
+    unloaded = vllm_adapters.unload_purged(cfg, dead)
     purged_versions = []
     for v in versions.all_versions(store):
         if v.status != versions.PURGED and set(v.shards.values()) & dead:
@@ -56,9 +59,12 @@ def purge(
             maybe_die("forget-during-purge")
     for rel in (layout.TMP, layout.CACHE):
         store.fs.delete(rel)
-    return {
+    report = {
         "checkpoints": sorted(dead),
         "versions": sorted(already),
         "newly_purged_versions": purged_versions,
         "deleted_now": deleted,
     }
+    if cfg.serving.engine == "vllm":
+        report["unloaded_from_vllm"] = unloaded
+    return report

@@ -2,7 +2,7 @@
 
 Refused when the version is purged (a deletion destroyed one of its checkpoints), when any of its
 checkpoints' lineage holds a record of a completed or open deletion request (the error names the
-request), or when it is an approximate fast-path version.
+request; one awaiting approval or rejected forgets nothing), or when it is an approximate fast-path version.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ def check_restorable(store: Store, model_version: int) -> versions.ModelVersion:
         )
     lineages = lineage_check.version_lineages(store, target.shards)  # read once, checked against every request
     for req in requests_ledger.all_requests(store):
+        if req.status in (requests_ledger.RequestStatus.AWAITING_APPROVAL, requests_ledger.RequestStatus.REJECTED):
+            continue  # not (or not yet) to be forgotten: every version may hold its records
         bad = lineage_check.lineage_violations(store, target.shards, set(req.id_hashes), lineages)
         if bad:
             raise RefusedError(

@@ -2,6 +2,8 @@
 
     phase           takes a request in     leaves it in   what it does (sisa/forgetting/phases.py)
     ledger          received (a new one)   received       durable before anything is destroyed
+    await-approval  received (its rule     awaiting_      waits for approvers (`approve`, `reject`);
+                    asks for approvers)    approval       the relief serves if the rule allows it
     measure-before  received, queued       (same)         evidence under the version that served when it came
     bridge          received (not exact)   received       relief, --fast or --isolate serves until the exact version
     measure-bridge  received (a bridge)    received       the records' loss and the evidence under the bridge
@@ -18,7 +20,10 @@ new request out at once: a batch of one, whose versions are its own (committed f
 it saw); with `queue` it stops once queued. `process` carries out every queued request as one
 batch (one retrain per affected shard, one version, one purge, a certificate each): `sisa
 process`, `sisa train` (`train_store`) and the service's worker run it. `resume` finishes what a
-crash cut short. The runner is the only writer of a request's ledger entry: after each phase,
+crash cut short. Each new request is decided by the policy first (sisa/forgetting/policy.py:
+method, approvers, deadline); one that waits for approvers is carried out, once `approve`d, by
+a batch (of one with `sisa approve`), from the version serving then; `reject` ends it, changing
+nothing in the store. The runner is the only writer of a request's ledger entry: after each phase,
 and the moment a phase commits a version (before MLflow is told). After each phase that did
 something it passes the crash-injection hook `<forget|batch>-after-<phase>` (storage/faults.py).
 What blocks new work is `requests_ledger.unfinished_requests`, asked by every writer.
@@ -39,11 +44,13 @@ import pyarrow as pa
 from sisa.config import SisaConfig
 from sisa.evidence import measures as evidence
 from sisa.evidence.probes import Probe
-from sisa.forgetting import corrections, phases, selection
+from sisa.forgetting import corrections, phases, policy, rollback, selection
 from sisa.forgetting.phases import InFlight, Run, Texts
 from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import (
+    IDENTITY_VERIFICATION_MAX,
+    Decision,
     DeletionPlan,
     DeletionRequest,
     RequestKind,
@@ -72,6 +79,13 @@ class Phase:
 
 PHASES: tuple[Phase, ...] = (
     Phase("ledger", (S.RECEIVED,), S.RECEIVED, phases.record, lambda it: it.new),
+    Phase(
+        "await-approval",
+        (S.RECEIVED,),
+        S.AWAITING_APPROVAL,
+        phases.await_approval,
+        lambda it: it.request.needs_approval,
+    ),
     Phase("measure-before", (S.RECEIVED, S.QUEUED), None, phases.measure_before),
     Phase("bridge", (S.RECEIVED,), S.RECEIVED, phases.bridge, lambda it: it.request.mode != RequestMode.EXACT),
     Phase("measure-bridge", (S.RECEIVED,), S.RECEIVED, phases.measure_bridge, lambda it: it.bridge is not None),
@@ -139,16 +153,71 @@ class RequestResult:
     already_deleted: int = 0
     missing: int = 0
     replayed: bool = False  # an idempotency key named an earlier request: this is that one
+    decision: Decision | None = None  # a dry run: the rule that would decide it
 
     def to_dict(self) -> dict[str, Any]:
         if self.request is not None:
             return {"request_id": self.request.request_id, "request": self.request.to_dict()}
         out: dict[str, Any] = {"plan": self.plan.to_dict() if self.plan else None}
+        if self.decision is not None:
+            out["decision"] = self.decision.to_dict()
         if self.noop:
             out |= {"noop": True, "already_deleted": self.already_deleted, "missing": self.missing}
         if self.dry_run:
             out["dry_run"] = True
         return out
+
+
+@dataclass(frozen=True)
+class Filer:
+    """Who files a request (a token's name, `--as` or the login name) and their attestation of how
+    the data subject's identity was verified (how, never whose: no ids, names or record text)."""
+
+    name: str | None = None
+    identity_verification: str | None = None
+
+
+def check_name(name: str, what: str) -> str:
+    """A requester's or approver's name as the ledger records it (the rules of a token's name)."""
+    name = (name or "").strip()
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValidationError(f"{what} should be 1-64 letters, digits, '-', '_' or '.', got {name!r}")
+    return name
+
+
+def _check_filer(filer: Filer, sel: selection.Selection) -> None:
+    """The attestation is free text, capped, and must not name what the ledger keeps only as keyed
+    hashes (the selected ids, their subjects, the selector's values)."""
+    if filer.name is not None:
+        check_name(filer.name, "the requester's name")
+    text = filer.identity_verification
+    if text is None:
+        return
+    if not text.strip() or len(text) > IDENTITY_VERIFICATION_MAX:
+        raise ValidationError(
+            f"identity_verification should be 1-{IDENTITY_VERIFICATION_MAX} characters, got {len(text)}; "
+            "nothing was changed"
+        )
+    named = {*sel.values, *sel.rows["record_id"].to_pylist(), *(s for s in sel.rows["subject_id"].to_pylist() if s)}
+    if any(len(v) >= 3 and v in text for v in named):
+        raise ValidationError(
+            "identity_verification names a record id, subject or selector value of this request: say how the "
+            "identity was verified, not whose (the ledger keeps keyed hashes only); nothing was changed"
+        )
+
+
+def _note_rule(log: Callable[[str], None] | None, decision: Decision, asked: RequestMode) -> None:
+    """Say so when the policy's rule chose another method than the request asked for."""
+    if log is not None and decision.method != asked.value:
+        log(f"rule `{decision.rule}` of the policy decides method {decision.method} (asked: {asked.value})")
+
+
+def _decide(
+    cfg: SisaConfig, kind: RequestKind, sel: selection.Selection, plan: DeletionPlan, asked: RequestMode
+) -> Decision:
+    subjects = len({s for s in sel.rows["subject_id"].to_pylist() if s})
+    facts = policy.facts_of(kind, sel.kind, plan, subjects, asked)
+    return policy.decide(policy.load_policy(cfg), cfg, facts, asked)
 
 
 def new_request(
@@ -159,8 +228,14 @@ def new_request(
     mode: RequestMode,
     queue: bool,
     key_hash: str | None,
+    decision: Decision | None = None,
+    filer: Filer | None = None,
 ) -> DeletionRequest:
-    """A deletion request for the selected records (not in the ledger yet)."""
+    """A deletion request for the selected records (not in the ledger yet), as `decision` (the
+    policy's rule; by default decided here for a deletion that asked for `mode`) says."""
+    decision = decision or _decide(cfg, RequestKind.FORGET, sel, plan, mode)
+    filer = filer or Filer()
+    mode = RequestMode(decision.method)
     if mode == RequestMode.ISOLATE:
         serving_version = versions.current(store)
         if serving_version is not None and not set(serving_version.shards) - set(plan.shard_ids):
@@ -169,7 +244,7 @@ def new_request(
             )
     received = datetime.now(UTC)
     ids = sel.rows["record_id"].to_pylist()
-    serving_version = versions.current(store)
+    version_before, checkpoints_before = _serving(store)
     req = DeletionRequest(
         request_id=f"req-{received:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}",
         selector={
@@ -185,20 +260,29 @@ def new_request(
         records=len(ids),
         missing_skipped=len(sel.missing),
         received_at=received.isoformat(timespec="milliseconds"),
-        deadline=(received + timedelta(days=cfg.unlearning.deadline_days)).isoformat(timespec="milliseconds"),
+        deadline=(received + timedelta(days=decision.deadline_days)).isoformat(timespec="milliseconds"),
         mode=mode,
         plan=plan,
-        version_before=serving_version.model_version if serving_version else None,
-        # Recorded now: after the purge, the tainted ones among them no longer exist to be read.
-        checkpoints_before=[
-            {"shard_id": s, "checkpoint_id": c, "adapter_sha256": checkpoints.adapter_sha256(store, c)}
-            for s, c in sorted(versions.shard_checkpoints(serving_version).items())
-        ],
+        version_before=version_before,
+        checkpoints_before=checkpoints_before,
         queued=queue,
         idempotency_key_hash=key_hash,
+        decision=decision,
+        requested_by=filer.name,
+        identity_verification=filer.identity_verification,
     )
     req.history.append({"status": req.status.value, "at": now_iso()})
     return req
+
+
+def _serving(store: Store) -> tuple[int | None, list[dict[str, Any]]]:
+    """The serving version and its checkpoints with their adapters' sha256: a request's "before",
+    recorded when it is filed (after the purge, the tainted ones no longer exist to be read)."""
+    current = versions.current(store)
+    return current.model_version if current else None, [
+        {"shard_id": s, "checkpoint_id": c, "adapter_sha256": checkpoints.adapter_sha256(store, c)}
+        for s, c in sorted(versions.shard_checkpoints(current).items())
+    ]
 
 
 def forget(
@@ -216,9 +300,11 @@ def forget(
     log: Callable[[str], None] | None = None,
     idempotency_key: str | None = None,
     probes: list[Probe] | None = None,
+    filer: Filer | None = None,
 ) -> RequestResult:
-    """Select, validate and plan; then (unless a dry run) record the request and carry it out, or
-    with `queue` leave it queued for a batch. The caller holds the store lock. A request filed
+    """Select, validate, plan and decide (the policy's rule); then (unless a dry run) record the
+    request and carry it out, or with `queue` leave it queued for a batch, or leave it awaiting
+    approval when its rule asks for approvers. The caller holds the store lock. A request filed
     again with the same `idempotency_key` returns the first one, whatever became of it."""
     key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
     if replayed is not None:
@@ -236,13 +322,18 @@ def forget(
     plan = selection.plan_selection(store, cfg, sel)
     if sel.rows.num_rows == 0:
         return RequestResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
+    filer = filer or Filer()
+    _check_filer(filer, sel)
+    decision = _decide(cfg, RequestKind.FORGET, sel, plan, mode)
     if dry_run:
-        return RequestResult(dry_run=True, plan=plan)
-    req = new_request(store, cfg, sel, plan, mode, queue, key_hash)
+        return RequestResult(dry_run=True, plan=plan, decision=decision)
+    req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
+    _note_rule(log, decision, mode)
     item = InFlight(req, sel.rows, new=True)
     # A queued request returns at once: its evidence is measured by the batch, while the text is
-    # still in the store and the versions before and relief still exist.
-    if evidence and not queue:
+    # still in the store and the versions before and relief still exist. So does one that waits
+    # for approval: once approved, a batch carries it out.
+    if evidence and not queue and not req.needs_approval:
         item.texts, item.prompts = read_texts(store, sel.rows)
         item.holdout = holdout
         item.targets = _targets(cfg, item, probes)
@@ -263,6 +354,7 @@ def rectify(
     probes: list[Probe] | None = None,
     queue: bool = False,
     idempotency_key: str | None = None,
+    filer: Filer | None = None,
 ) -> RequestResult:
     """Correct records' text exactly: validate every correction first (one error naming every
     bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
@@ -275,17 +367,21 @@ def rectify(
     fix = corrections.validate(store, fix_table, problems)
     sel = selection.Selection("ids", fix.ids, fix.rows)
     plan = selection.plan_selection(store, cfg, sel, removes=False)
+    filer = filer or Filer()
+    _check_filer(filer, sel)
+    decision = _decide(cfg, RequestKind.RECTIFY, sel, plan, mode)
     if dry_run:
-        return RequestResult(dry_run=True, plan=plan)
-    req = new_request(store, cfg, sel, plan, mode, queue, key_hash)
+        return RequestResult(dry_run=True, plan=plan, decision=decision)
+    req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
+    _note_rule(log, decision, mode)
     req.kind = RequestKind.RECTIFY
     req.record_hashes = req.id_hashes
     req.rectified = fix.content_hashes(store)
     req.id_hashes = sorted(c["old"] for c in req.rectified)  # what is forgotten: the old content
     req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
     item = InFlight(req, sel.rows, new=True, fix=fix)
-    # Queued: the batch measures the old text's loss (the measure-before phase).
-    if evidence and not queue:
+    # Queued (or awaiting approval): the batch measures the old text's loss (the measure-before phase).
+    if evidence and not queue and not req.needs_approval:
         item.texts, item.prompts, new = corrections.old_and_new(store, fix)  # in memory only
         item.holdout = holdout
         item.targets = _targets(cfg, item, probes, new)
@@ -301,7 +397,7 @@ def _admit(
     the end now, as `resume` would, so the answer is the queued request with its relief serving."""
     key_hash, earlier = _replay(store, idempotency_key)
     if earlier is not None:
-        if not dry_run and earlier.queued and earlier.status.is_open and not earlier.batch_owned:
+        if not dry_run and earlier.queued and earlier.status == S.RECEIVED:
             (earlier,) = _resume_one(store, cfg, earlier, lambda msg: None)
         return key_hash, RequestResult(request=earlier, replayed=True)
     if not dry_run:
@@ -362,7 +458,7 @@ def resume(
     log = log or (lambda msg: None)
     out = []
     for req in requests_ledger.open_requests(store):
-        if req.batch_owned or (filings_only and not req.queued):
+        if req.batch_owned or req.status == S.AWAITING_APPROVAL or (filings_only and not req.queued):
             continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
         out += _resume_one(store, cfg, req, log)
     return out
@@ -425,14 +521,18 @@ def process(
     evidence: bool = True,
     log: Callable[[str], None] | None = None,
     unlocked: Callable[[], AbstractContextManager] | None = None,
+    only: set[str] | None = None,
 ) -> BatchResult:
-    """Carry out every queued request in one batch (and a batch a crash cut short). The caller
-    holds the jobs lock and the writer lock; `unlocked()` (e.g. `StoreLock.released`) lets go of
-    the writer lock while the shard jobs train, so requests filed meanwhile are queued with their
-    relief at once. The batch's version then keeps their shards relieved too."""
+    """Carry out every queued request in one batch (and a batch a crash cut short); with `only`,
+    just those requests (`sisa approve`: the one it approved), unless a batch was cut short. The
+    caller holds the jobs lock and the writer lock; `unlocked()` (e.g. `StoreLock.released`) lets
+    go of the writer lock while the shard jobs train, so requests filed meanwhile are queued with
+    their relief at once. The batch's version then keeps their shards relieved too."""
     log = log or (lambda msg: None)
     started = time.perf_counter()
     reqs = queued_requests(store)
+    if only is not None and all(r.status == S.QUEUED for r in reqs):
+        reqs = [r for r in reqs if r.request_id in only]
     if not reqs:
         return BatchResult(None)
     # A request cut short before it was queued, or carried out alone, may serve an approximate
@@ -477,3 +577,88 @@ def train_store(
                 batch.model_version, batch.retrained, {}, wall, noop=not batch.retrained, batch_id=batch.batch_id
             )
     return training.train(store, cfg, from_scratch, reason)
+
+
+# -- approval (four eyes): a request whose rule asks for approvers ---------------------------------
+class SelfApprovalError(RefusedError):
+    """The requester tried to approve (or reject) their own request (the service answers 403)."""
+
+
+def decidable(store: Store, request_id: str, by: str) -> DeletionRequest:
+    """The request `by` may approve or reject now: awaiting approval, filed by someone else, not
+    approved by `by` already. NotFoundError, ValidationError, RefusedError otherwise."""
+    by = check_name(by, "the approver's name")
+    req = requests_ledger.read_request(store, request_id)
+    if req.status != S.AWAITING_APPROVAL:
+        raise RefusedError(f"request {request_id} is {req.status.value}, not awaiting approval; nothing was changed")
+    if req.requested_by is not None and by == req.requested_by:
+        raise SelfApprovalError(
+            f"{by!r} filed request {request_id}: its approver must be someone else (four eyes); nothing was changed"
+        )
+    if any(a["by"] == by for a in req.approvals):
+        raise RefusedError(
+            f"{by!r} approved request {request_id} already; it needs {req.approvers_needed} distinct approver(s)"
+        )
+    return req
+
+
+def approve(
+    store: Store,
+    cfg: SisaConfig,
+    request_id: str,
+    by: str,
+    at_once: bool = False,
+    evidence: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> DeletionRequest:
+    """`by` approves. Once enough distinct approvers have, the request goes on where it waited
+    (its relief serves, unless the rule served it already) and is queued: an approved request is
+    carried out by a batch, from the version serving then (the one it saw may be long gone).
+    With `at_once` (a request filed to be carried out at once: `sisa approve`) that batch runs
+    now, of this request alone. The caller holds the writer lock (`at_once`: the jobs lock too)."""
+    log = log or (lambda msg: None)
+    req = decidable(store, request_id, by)
+    if len(req.approvals) + 1 >= req.approvers_needed:  # this approval carries it out: nothing may be in flight
+        requests_ledger.refuse_unfinished(store, f"carrying out request {request_id}", with_batch=True)
+    req.approvals.append({"by": check_name(by, "the approver's name"), "at": now_iso()})
+    if req.needs_approval:
+        requests_ledger.write_request(store, req)
+        log(f"request {request_id}: approved by {by}; waits for {req.approvers_needed - len(req.approvals)} more")
+        return req
+    req.move_to(S.RECEIVED)
+    req.queued = True
+    if not {"relief", "approximate", "isolate"} & set(req.versions):
+        # Carried out from what serves now: the version it saw when filed may be long gone.
+        req.version_before, req.checkpoints_before = _serving(store)
+    log(f"request {request_id}: approved by {', '.join(a['by'] for a in req.approvals)}")
+    rows = selection.find_live_by_hashes(store, set(req.target_hashes))
+    carry_out(store, cfg, new_run(store, log=log), [InFlight(req, rows)])
+    if at_once:
+        process(store, cfg, evidence=evidence, log=log, only={request_id})
+    return requests_ledger.read_request(store, request_id)
+
+
+def reject(store: Store, cfg: SisaConfig, request_id: str, by: str, reason: str) -> DeletionRequest:
+    """`by` rejects, with a reason: final. Nothing in the store changes: a relief the rule let
+    serve while it waited is rolled back (if it still serves), a rectification's staged text is
+    deleted. The caller holds the writer lock."""
+    reason = (reason or "").strip()
+    if not reason or len(reason) > IDENTITY_VERIFICATION_MAX:
+        raise ValidationError(
+            f"a rejection needs a reason of 1-{IDENTITY_VERIFICATION_MAX} characters, got {len(reason)}"
+        )
+    req = decidable(store, request_id, by)
+    req.rejection = {"by": check_name(by, "the approver's name"), "at": now_iso(), "reason": reason}
+    req.move_to(S.REJECTED)
+    requests_ledger.write_request(store, req)
+    relief = req.versions.get("relief")
+    served = relief is not None and req.version_before is not None and relief != req.version_before
+    if served and store.current_version() == relief:
+        try:
+            rollback.roll_back(store, cfg, req.version_before)
+        except RefusedError as e:  # e.g. a later deletion purged it: the relief (exact) serves on
+            req.rejection["relief"] = f"kept serving: {e.message}"
+            requests_ledger.write_request(store, req)
+    if req.kind == RequestKind.RECTIFY:
+        corrections.unstage(store, request_id)
+    return req

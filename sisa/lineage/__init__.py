@@ -3,11 +3,13 @@
 `checkpoints` (one saved adapter state with its lineage: the keyed hashes of every record it
 read), `versions` (which checkpoints serve together, and whether a version may serve again),
 `requests_ledger` (deletion and rectification requests, their plans and statuses) and
-`entries` (the JSON of those entries). Knows no torch; speaks Arrow, ids and hashes.
+`entries` (the JSON of those entries), `signing` (certificates signed with the store's Ed25519
+key, and checked with its public key alone). Knows no torch; speaks Arrow, ids and hashes.
 """
 
-from sisa.lineage import checkpoints, entries, requests_ledger, versions
+from sisa.lineage import checkpoints, entries, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import (
+    Decision,
     DeletionPlan,
     DeletionRequest,
     RequestKind,
@@ -17,6 +19,7 @@ from sisa.lineage.requests_ledger import (
 from sisa.lineage.versions import ModelVersion, VersionStatus
 
 __all__ = [
+    "Decision",
     "DeletionPlan",
     "DeletionRequest",
     "ModelVersion",
@@ -27,5 +30,6 @@ __all__ = [
     "checkpoints",
     "entries",
     "requests_ledger",
+    "signing",
     "versions",
 ]

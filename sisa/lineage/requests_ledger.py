@@ -2,6 +2,8 @@
 
     received ──► data_deleted ──► retraining ──► completed      (`sisa forget`, `sisa rectify`)
     received ──► queued ──► data_deleted ──► retraining ──► completed   (`--queue`, then a batch)
+    received ──► awaiting_approval ──► received ──► queued ──► ...       (its rule asks for approval)
+                 awaiting_approval ──► rejected                           (an approver said no: final)
 
 A rectification (kind `rectify`) is a request on the same ledger and goes the same way; its
 `data_deleted` means the records' text was replaced. Evidence and the relief version are measured
@@ -9,6 +11,12 @@ and committed while `received`; a queued request has its records marked in the i
 (`forgetting`, a rectification's `rectifying`: no training reads them) and its relief serving.
 `sisa/forgetting/runner.py` moves a request through these statuses and is the only writer of
 its entry; `unfinished_requests` here is what every writer of the store waits for.
+
+A request whose rule (`sisa/forgetting/policy.py`, recorded as its `decision`) asks for approval
+waits in `awaiting_approval`: in the ledger, nothing served (unless its rule lets the relief
+serve) or destroyed, blocking nobody, until enough approvers other than its requester approve
+(`approvals`; it is then carried out by a batch, from the version serving then) or one rejects
+it (`rejection`, with the reason; nothing in the store changes).
 
 `storage/ledgers.py` reads and writes plain JSON; this module gives the entry its types. An entry
 carries `schema_version`; keys this version does not know are kept in `extra` and written back
@@ -29,6 +37,35 @@ from storage.errors import RefusedError
 from storage.store import Store, now_iso
 
 SCHEMA_VERSION = 1
+
+
+# The requester's attestation of how the data subject's identity was verified: free text, capped.
+IDENTITY_VERIFICATION_MAX = 500
+
+
+@dataclass
+class Decision:
+    """The policy rule that decided a request (sisa/forgetting/policy.py): what it chose, and the
+    fingerprint of the policy it came from, so an auditor can tell which criteria applied."""
+
+    rule: str  # the rule's name
+    policy_fingerprint: str  # digest of the effective policy (its rules and `deletion.approval`)
+    policy: str  # where the policy came from: `default` (the shipped one) or the file's path
+    method: str  # the RequestMode that serves until the exact version
+    approvers: int  # distinct approvers, none of them the requester, before it is carried out
+    relief_before_approval: bool  # the relief may serve while it waits
+    deadline_days: int
+    facts: dict[str, Any] = field(default_factory=dict)  # what the rule was matched on: kind, counts, certainty
+    extra: dict[str, Any] = field(default_factory=dict)  # keys a newer sisa wrote
+
+    def to_dict(self) -> dict[str, Any]:
+        return entry_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Decision:
+        known, extra = split_known(cls, d)
+        known["facts"] = dict(known.get("facts") or {})
+        return cls(**known, extra=extra)
 
 
 @dataclass
@@ -85,10 +122,12 @@ class RequestStatus(enum.StrEnum):
     RETRAINING = "retraining"  # affected shards retrain, the exact version commits, the purge runs
     COMPLETED = "completed"  # exact version serving, tainted checkpoints purged, certificate written
     FAILED = "failed"  # given up by an operator; never set by sisa itself
+    AWAITING_APPROVAL = "awaiting_approval"  # in the ledger, validated; waits for approvers (nothing destroyed)
+    REJECTED = "rejected"  # an approver refused it, with a reason: final, nothing in the store changed
 
     @property
     def is_terminal(self) -> bool:
-        return self in (RequestStatus.COMPLETED, RequestStatus.FAILED)
+        return self in (RequestStatus.COMPLETED, RequestStatus.FAILED, RequestStatus.REJECTED)
 
     @property
     def is_open(self) -> bool:
@@ -155,6 +194,14 @@ class DeletionRequest:
     certificate: dict[str, Any] | None = None
     completed_at: str | None = None
     errors: list[dict[str, str]] = field(default_factory=list)
+    # Governance: which rule decided it, who filed it and how they verified the subject's identity
+    # (an attestation: how, never who or what; not part of the certificate's request hash), and
+    # the approvers' decisions. Absent (None, []) in requests filed before policies existed.
+    decision: Decision | None = None
+    requested_by: str | None = None  # the requester's token name (HTTP) or `--as` / login name (CLI)
+    identity_verification: str | None = None
+    approvals: list[dict[str, str]] = field(default_factory=list)  # {"by", "at"}, one per distinct approver
+    rejection: dict[str, str] | None = None  # {"by", "at", "reason"}
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)  # keys a newer sisa wrote
 
@@ -166,14 +213,23 @@ class DeletionRequest:
     @property
     def batch_owned(self) -> bool:
         """Open work a batch owes: queued, or in a batch a crash interrupted (not one cut short
-        before it was queued)."""
-        return self.queued and self.status != RequestStatus.RECEIVED
+        before it was queued, nor one awaiting approval)."""
+        return self.queued and self.status not in (RequestStatus.RECEIVED, RequestStatus.AWAITING_APPROVAL)
+
+    @property
+    def approvers_needed(self) -> int:
+        return self.decision.approvers if self.decision else 0
+
+    @property
+    def needs_approval(self) -> bool:
+        """Its rule asks for more distinct approvers than have approved (and nobody rejected it)."""
+        return self.rejection is None and len({a["by"] for a in self.approvals}) < self.approvers_needed
 
     def is_overdue(self, now: datetime | None = None) -> bool:
-        """Past its deadline and not completed (a failed request was not honoured either)."""
-        return self.status != RequestStatus.COMPLETED and datetime.fromisoformat(self.deadline) < (
-            now or datetime.now(UTC)
-        )
+        """Past its deadline and not completed (a failed request was not honoured either; a
+        rejected one was decided, and owes nothing)."""
+        decided = self.status in (RequestStatus.COMPLETED, RequestStatus.REJECTED)
+        return not decided and datetime.fromisoformat(self.deadline) < (now or datetime.now(UTC))
 
     def move_to(self, status: RequestStatus) -> None:
         """Record a status change (the caller writes the entry to the ledger)."""
@@ -193,7 +249,10 @@ class DeletionRequest:
         kwargs["kind"] = RequestKind(d.get("kind", "forget"))
         if d.get("plan") is not None:
             kwargs["plan"] = DeletionPlan.from_dict(d["plan"])
+        if d.get("decision") is not None:
+            kwargs["decision"] = Decision.from_dict(d["decision"])
         for name in (
+            "approvals",
             "history",
             "checkpoints_before",
             "retrained",
@@ -239,8 +298,11 @@ def unfinished_requests(store: Store, with_batch: bool = False) -> list[Deletion
     was queued) always does: it commits from the version it started from when it resumes. The
     requests of a batch a crash cut short block too, unless the new work is `with_batch`: a
     request filed for the batch (the resumed batch takes it, or the batch's version keeps it
-    relieved) or the batch itself (`sisa process`, `sisa train` carry it out)."""
-    return [r for r in open_requests(store) if r.status != RequestStatus.QUEUED and not (with_batch and r.batch_owned)]
+    relieved) or the batch itself (`sisa process`, `sisa train` carry it out). A request awaiting
+    approval never blocks either: when approved it is carried out by a batch, from the version
+    serving then."""
+    waiting = (RequestStatus.QUEUED, RequestStatus.AWAITING_APPROVAL)  # an approver may take days: it blocks nobody
+    return [r for r in open_requests(store) if r.status not in waiting and not (with_batch and r.batch_owned)]
 
 
 def refuse_unfinished(store: Store, doing: str, with_batch: bool = False) -> None:

@@ -146,24 +146,8 @@ class MixtureBatch:
         if not requests:
             return []
         k = len(self.names)
-        width = max(len(r.ids) for r in requests)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(requests), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(requests), width), dtype=torch.long)
-        for q, r in enumerate(requests):
-            ids[q, width - len(r.ids) :] = torch.tensor(r.ids)
-            mask[q, width - len(r.ids) :] = 1
-        ids, mask = ids.to(self.device).repeat_interleave(k, 0), mask.to(self.device).repeat_interleave(k, 0)
-        rows = [self.names[j] for _ in requests for j in range(k)]  # request-major, shard inside
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = _forward(self.model, rows, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        logp = torch.log_softmax(out.logits.float(), dim=-1)  # [q*k, W, V]
-        tok = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        # A token is evidence when it and the one predicting it are real (the first token of a
-        # left-padded prompt is predicted from a pad); a pad row's logits may be NaN, so `where`.
-        real = (mask[:, 1:] * mask[:, :-1]).bool()
-        evidence = torch.where(real, tok, torch.zeros_like(tok)).sum(-1).view(len(requests), k)
-        last = logp[:, -1].view(len(requests), k, -1)
+        out, mask, positions, evidence = _prefill(self.model, self.tokenizer, self.names, requests, self.device)
+        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(len(requests), k, -1)
         keep_rows, handles = [], []
         for q, r in enumerate(requests):
             keep = top_shard_indices(self.prior + evidence[q], r.top_shards)
@@ -295,6 +279,63 @@ class MixtureBatch:
             m, n = g.last.shape[:2]
             g.last = logp[offset : offset + g.rows].view(m, n, -1)
             offset += g.rows
+
+
+def _prefill(
+    model: torch.nn.Module,
+    tokenizer: TextTokenizer,
+    names: Sequence[str],
+    requests: Sequence[DecodeRequest],
+    device: torch.device,
+    use_cache: bool = True,
+):
+    """One forward of every prompt under every shard (rows request-major, shard inside, prompts
+    left-padded): (model output, mask, positions, evidence [q, k] = log p_k(prompt))."""
+    k = len(names)
+    width = max(len(r.ids) for r in requests)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(requests), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(requests), width), dtype=torch.long)
+    for q, r in enumerate(requests):
+        ids[q, width - len(r.ids) :] = torch.tensor(r.ids)
+        mask[q, width - len(r.ids) :] = 1
+    ids, mask = ids.to(device).repeat_interleave(k, 0), mask.to(device).repeat_interleave(k, 0)
+    rows = [names[j] for _ in requests for j in range(k)]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = _forward(model, rows, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=use_cache)
+    logp = torch.log_softmax(out.logits.float(), dim=-1)  # [q*k, W, V]
+    tok = logp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    # A token is evidence when it and the one predicting it are real (the first token of a
+    # left-padded prompt is predicted from a pad); a pad row's logits may be NaN, so `where`.
+    real = (mask[:, 1:] * mask[:, :-1]).bool()
+    evidence = torch.where(real, tok, torch.zeros_like(tok)).sum(-1).view(len(requests), k)
+    return out, mask, positions, evidence
+
+
+@torch.no_grad()
+def route(
+    model: torch.nn.Module,
+    tokenizer: TextTokenizer,
+    adapter_names: Sequence[str],
+    requests: Sequence[DecodeRequest],
+    log_prior: torch.Tensor | None = None,
+) -> list[list[int]]:
+    """The shards (indices into `adapter_names`) each request decodes with: its `top_shards` of
+    highest posterior after the prompt, all of them when 0; exactly the rows `MixtureBatch.add`
+    keeps, from one forward of every prompt under every shard and no KV cache. This is what a
+    request sent to another engine (vLLM, top-1) is routed by."""
+    for r in requests:
+        r.check()
+    if not requests:
+        return []
+    device = _model_device(model)
+    prior = _prior(log_prior, len(adapter_names)).to(device)
+    _, _, _, evidence = _prefill(model, tokenizer, adapter_names, requests, device, use_cache=False)
+    out = []
+    for q, r in enumerate(requests):
+        keep = top_shard_indices(prior + evidence[q], r.top_shards)
+        out.append(list(range(len(adapter_names))) if keep is None else keep.tolist())
+    return out
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
     privacy team   POST /v1/deletion-requests  (exactly one of ids | subject | source | ingest_id)
                    POST /v1/rectifications     (corrections: record_id + new text, optional prompt, answer)
                    GET  /v1/deletion-requests[/{id}[/certificate]]   GET /v1/versions   GET /audit
+    approvers      POST /v1/deletion-requests/{id}/approve, POST /v1/deletion-requests/{id}/reject
     applications   POST /v1/completions, POST /v1/chat/completions  (OpenAI-compatible)
 
 A request is acknowledged (202) only once it is in the ledger, with its relief version serving
@@ -61,6 +62,7 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ctx.models.start()  # serving.engine: vllm: the vLLM server answers before any request
         if worker:
             bg.thread.start()
         yield

@@ -53,6 +53,7 @@ def require(action: str) -> Callable[[Request], TokenEntry]:
 Filer = Annotated[TokenEntry, Depends(require("file_request"))]
 Reader = Annotated[TokenEntry, Depends(require("read_requests"))]
 Auditor = Annotated[TokenEntry, Depends(require("read_evidence"))]
+Approver = Annotated[TokenEntry, Depends(require("approve_or_reject"))]
 Client = Annotated[TokenEntry, Depends(require("complete"))]
 
 

@@ -12,7 +12,7 @@ from sisa.config import SisaConfig
 from sisa.data.opening import open_store
 from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger, versions
-from sisa.lineage.requests_ledger import DeletionRequest
+from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
 from storage import layout
 from storage.audit import AuditLog
 from storage.store import Store
@@ -49,7 +49,9 @@ def audit_html(cfg: SisaConfig, audit: AuditLog) -> str:
     store = open_store(cfg)
     current = versions.current(store)
     reqs = requests_ledger.all_requests(store)
-    hashes = set().union(*(set(r.id_hashes) for r in reqs)) if reqs else set()
+    # A request awaiting approval, or rejected, forgets nothing (yet): what serves may hold its records.
+    undecided = (RequestStatus.AWAITING_APPROVAL, RequestStatus.REJECTED)
+    hashes = set().union(*(set(r.id_hashes) for r in reqs if r.status not in undecided)) if reqs else set()
     violations = lineage_check.lineage_violations(store, current.shards, hashes) if current else []
     rows = "".join(_request_row(r) for r in reversed(reqs))
     if not violations:
@@ -74,12 +76,40 @@ def audit_html(cfg: SisaConfig, audit: AuditLog) -> str:
     heads = "".join(f"<th>{h}</th>" for h in _COLUMNS)
     body = (
         f"<p>serving: <b>{serving_line}</b>; lineage check {lineage}</p>"
+        f"{_waiting_html(reqs)}"
         f"<h2>deletion requests</h2><table><tr>{heads}</tr>{rows}</table>"
         f"{plots}<h2>latest calls</h2>"
         f"<table><tr><th>at</th><th>who</th><th>what</th><th>outcome</th></tr>{events}</table>"
         f"<p>generated {datetime.now(UTC).isoformat(timespec='seconds')}</p>"
     )
     return page("audit", body)
+
+
+_WAITING = ("request", "kind", "rule", "approvals", "requested by", "waiting", "deadline", "")
+
+
+def _waiting_html(reqs: list[DeletionRequest], now: datetime | None = None) -> str:
+    """What waits for approvers (four eyes), the longest waiting first: how long it has waited and
+    how long is left before its deadline."""
+    now = now or datetime.now(UTC)
+    waiting = sorted((r for r in reqs if r.status == RequestStatus.AWAITING_APPROVAL), key=lambda r: r.received_at)
+    if not waiting:
+        return "<h2>awaiting approval</h2><p>nothing waits for an approver</p>"
+    rows = []
+    for r in waiting:
+        waited = (now - datetime.fromisoformat(r.received_at)).total_seconds() / 3600
+        left = (datetime.fromisoformat(r.deadline) - now).total_seconds() / 86400
+        overdue = left < 0
+        rows.append(
+            f"<tr><td><code>{esc(r.request_id)}</code></td><td>{esc(r.kind.value)}</td>"
+            f"<td>{esc(r.decision.rule if r.decision else '-')}</td>"
+            f"<td>{len(r.approvals)} of {r.approvers_needed}</td><td>{esc(r.requested_by or '-')}</td>"
+            f"<td>{waited:.1f} h</td><td>{esc(r.deadline[:10])}</td>"
+            f"<td class={'bad' if overdue else 'ok'}>"
+            f"{'OVERDUE' if overdue else f'{left:.1f} days left'}</td></tr>"
+        )
+    heads = "".join(f"<th>{h}</th>" for h in _WAITING)
+    return f"<h2>awaiting approval ({len(waiting)})</h2><table><tr>{heads}</tr>{''.join(rows)}</table>"
 
 
 def report_plots(store: Store) -> list[str]:

@@ -1,10 +1,12 @@
-"""The privacy team's API: file deletion requests and rectifications, follow them, fetch their
-certificates, list the model versions.
+"""The privacy team's API: file deletion requests and rectifications, follow them, approve or
+reject them (four eyes), fetch their certificates, list the model versions.
 
-A request is acknowledged (202) only once it is in the ledger with its relief version serving;
-the worker (sisa/service/worker.py) carries it out in a batch. A rectification's new text lives
-in its body, the staged corrections file and (after the batch) the data; errors name record ids
-only.
+A request is acknowledged (202) only once it is in the ledger with its relief version serving,
+or, when the rule of the policy that decided it asks for approvers (the 202 names the rule),
+waiting for them (`awaiting_approval`); the worker (sisa/service/worker.py) carries it out in a
+batch once approved. An approver (role `approver`, never the request's requester: 403) approves
+or rejects it with a reason. A rectification's new text lives in its body, the staged corrections
+file and (after the batch) the data; errors name record ids only.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from sisa.data.opening import open_store
 from sisa.forgetting import corrections, runner
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestMode, RequestStatus
-from sisa.service.auth import Auditor, Filer, Reader, record_call
+from sisa.service.auth import Approver, Auditor, Filer, Reader, record_call
 from sisa.service.context import context
-from sisa.service.schemas import DeletionRequestIn, RectificationIn
-from storage.errors import ValidationError
+from sisa.service.schemas import DeletionRequestIn, RectificationIn, RejectionIn
+from storage.errors import NotFoundError, RefusedError, ValidationError
+from storage.store import Store
 
 router = APIRouter()
 
@@ -38,8 +41,9 @@ def file_request(body: DeletionRequestIn, request: Request, who: Filer):
     st = open_store(cfg)
     mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
     key = body.idempotency_key
+    filer = runner.Filer(who.name, body.identity_verification)
     with write_lock, st.lock("serve: file request", cfg.store.lock_timeout_s):
-        res = runner.forget(st, cfg, kind, values, mode, queue=True, evidence=False, idempotency_key=key)
+        res = runner.forget(st, cfg, kind, values, mode, queue=True, evidence=False, idempotency_key=key, filer=filer)
         current = st.current_version()
     if res.noop:
         record_call(request, "200 noop")
@@ -55,8 +59,11 @@ def file_rectification(body: RectificationIn, request: Request, who: Filer):
     st = open_store(cfg)
     mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
     key = body.idempotency_key
+    filer = runner.Filer(who.name, body.identity_verification)
     with write_lock, st.lock("serve: file rectification", cfg.store.lock_timeout_s):
-        res = runner.rectify(st, cfg, table, problems, mode, evidence=False, queue=True, idempotency_key=key)
+        res = runner.rectify(
+            st, cfg, table, problems, mode, evidence=False, queue=True, idempotency_key=key, filer=filer
+        )
         current = st.current_version()
     return _acknowledge(request, res, current)
 
@@ -71,6 +78,66 @@ def _acknowledge(request: Request, res: runner.RequestResult, current: int | Non
         "deadline": req.deadline,
         "serving_version": current,
         "replayed": res.replayed,
+        # The rule that decided it (sisa/forgetting/policy.py) and how many approvers it waits for.
+        "rule": req.decision.rule if req.decision else None,
+        "policy_fingerprint": req.decision.policy_fingerprint if req.decision else None,
+        "approvers_needed": req.approvers_needed,
+    }
+
+
+# -- four eyes: approvers decide a request awaiting approval -------------------------------------
+@router.post("/v1/deletion-requests/{request_id}/approve")
+def approve_request(request_id: str, request: Request, who: Approver):
+    """Approve (the approver's token name is recorded); enough distinct approvers: its relief
+    serves and it is queued for the worker's next batch."""
+    cfg, write_lock = context(request).cfg, context(request).write_lock
+    st = open_store(cfg)
+    _decidable(request, st, request_id, who.name)
+    with write_lock, st.lock("serve: approve", cfg.store.lock_timeout_s):
+        req = runner.approve(st, cfg, request_id, who.name, evidence=False)
+        current = st.current_version()
+    record_call(request, f"200 {req.status.value}", request_id=request_id)
+    return _decided(req, current)
+
+
+@router.post("/v1/deletion-requests/{request_id}/reject")
+def reject_request(request_id: str, body: RejectionIn, request: Request, who: Approver):
+    """Reject with a reason: final; nothing in the store changes."""
+    cfg, write_lock = context(request).cfg, context(request).write_lock
+    st = open_store(cfg)
+    _decidable(request, st, request_id, who.name)
+    with write_lock, st.lock("serve: reject", cfg.store.lock_timeout_s):
+        req = runner.reject(st, cfg, request_id, who.name, body.reason)
+        current = st.current_version()
+    record_call(request, "200 rejected", request_id=request_id)
+    return _decided(req, current)
+
+
+def _decidable(request: Request, st: Store, request_id: str, name: str) -> None:
+    """404 for an unknown request, 403 for its own requester, 409 when it does not wait for
+    approval (or this approver approved it already); each refusal in the audit log first."""
+    try:
+        runner.decidable(st, request_id, name)
+    except NotFoundError as e:
+        record_call(request, "404", request_id=request_id)
+        raise HTTPException(404, e.message) from None
+    except runner.SelfApprovalError as e:
+        record_call(request, "403 own request", request_id=request_id)
+        raise HTTPException(403, e.message) from None
+    except RefusedError as e:
+        record_call(request, "409", request_id=request_id)
+        raise HTTPException(409, e.message) from None
+
+
+def _decided(req: DeletionRequest, current: int | None) -> dict[str, Any]:
+    return {
+        "request_id": req.request_id,
+        "status": req.status.value,
+        "rule": req.decision.rule if req.decision else None,
+        "approvers_needed": req.approvers_needed,
+        "approvals": req.approvals,
+        "rejection": req.rejection,
+        "serving_version": current,
     }
 
 
@@ -123,4 +190,6 @@ def _summary(r: DeletionRequest) -> dict[str, Any]:
         "deadline": r.deadline,
         "overdue": r.is_overdue(),
         "versions": r.versions,
+        "rule": r.decision.rule if r.decision else None,
+        "approvals": f"{len(r.approvals)} of {r.approvers_needed}" if r.approvers_needed else None,
     }

@@ -3,7 +3,16 @@ answered 422 without its input, see sisa/service/app.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+from sisa.lineage.requests_ledger import IDENTITY_VERIFICATION_MAX
+
+
+def _identity_verification() -> Any:
+    """The requester's attestation of how the data subject's identity was verified: how, never whose."""
+    return Field(default=None, min_length=1, max_length=IDENTITY_VERIFICATION_MAX)
 
 
 class DeletionRequestIn(BaseModel):
@@ -12,6 +21,7 @@ class DeletionRequestIn(BaseModel):
     source: str | None = None
     ingest_id: str | None = None
     idempotency_key: str | None = Field(default=None, max_length=200)
+    identity_verification: str | None = _identity_verification()
 
 
 class ChatMessage(BaseModel):
@@ -34,3 +44,8 @@ class CorrectionIn(BaseModel):
 class RectificationIn(BaseModel):
     corrections: list[CorrectionIn] = Field(min_length=1)
     idempotency_key: str | None = Field(default=None, max_length=200)
+    identity_verification: str | None = _identity_verification()
+
+
+class RejectionIn(BaseModel):
+    reason: str = Field(min_length=1, max_length=IDENTITY_VERIFICATION_MAX)

@@ -19,11 +19,12 @@ from storage import layout
 from storage.errors import NotFoundError, ValidationError
 from storage.store import Store, now_iso
 
-ROLES = ("requester", "auditor", "client", "admin")
-# What each action needs; admin may do everything.
+ROLES = ("requester", "approver", "auditor", "client", "admin")
+# What each action needs; admin may do everything (but approve its own requests: sisa/service/privacy.py).
 PERMISSIONS = {
     "file_request": {"requester"},
-    "read_requests": {"requester", "auditor"},
+    "read_requests": {"requester", "approver", "auditor"},
+    "approve_or_reject": {"approver"},  # approve or reject a request awaiting approval (four eyes)
     "read_evidence": {"auditor"},  # certificates, versions, the audit page
     "complete": {"client"},
 }

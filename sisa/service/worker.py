@@ -12,6 +12,7 @@ from sisa.config import SisaConfig
 from sisa.data.opening import open_store
 from sisa.forgetting import runner
 from sisa.lineage import requests_ledger
+from sisa.lineage.requests_ledger import RequestStatus
 from sisa.training import scheduler
 from storage.audit import AuditLog
 
@@ -75,7 +76,7 @@ class Worker:
         """Filings to the queue a killed server (or CLI) cut short, whose clients may never file
         them again, are finished first (relief, queued), as `sisa forget --resume` would: a batch
         refuses to run while they are open."""
-        if all(r.batch_owned or not r.queued for r in requests_ledger.open_requests(store)):
+        if not any(r.queued and r.status == RequestStatus.RECEIVED for r in requests_ledger.open_requests(store)):
             return
         timeout = self.cfg.store.lock_timeout_s
         with self.write_lock, store.lock("serve: resume", timeout):

@@ -2,7 +2,9 @@
 and scores with their mixture; `batcher` decodes concurrent requests together on one thread;
 `bundle` exports a version as a folder that loads without the store; `mirror` keeps MLflow in
 step with the version ledger, through `tracking` (the MLflow client) and `mlflow_model` (the
-pyfunc each version is logged as).
+pyfunc each version is logged as). With `serving.engine: vllm`, `vllm_route` routes each request
+to its top shard and decodes it on a vLLM server (`vllm_client`), whose adapters `vllm_adapters`
+loads and unloads; `vllm_server` starts one on loopback.
 
 Importing this package does not import MLflow: `Tracker` loads on first use, and the mirror
 calls the tracking client only when `tracking.enabled`.
@@ -29,6 +31,10 @@ from sisa.serving.engine import (
     score_records,
 )
 from sisa.serving.mirror import registered_version_exists
+from sisa.serving.vllm_adapters import VllmAdapters
+from sisa.serving.vllm_client import VllmClient
+from sisa.serving.vllm_route import VllmRoute
+from sisa.serving.vllm_server import VllmServer, vllm_url
 
 if TYPE_CHECKING:
     from sisa.serving.tracking import Tracker
@@ -37,6 +43,10 @@ __all__ = [
     "Batcher",
     "Ensemble",
     "Tracker",
+    "VllmAdapters",
+    "VllmClient",
+    "VllmRoute",
+    "VllmServer",
     "chat_prompt",
     "encode_for_scoring",
     "generate_chat",
@@ -52,6 +62,7 @@ __all__ = [
     "registered_version_exists",
     "score_aggregations",
     "score_records",
+    "vllm_url",
     "write_bundle",
 ]
 

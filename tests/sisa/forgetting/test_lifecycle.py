@@ -33,11 +33,16 @@ def _request(**kw) -> DeletionRequest:
 def test_open_and_terminal_are_one_definition():
     assert {s for s in RequestStatus if s.is_open} == {
         RequestStatus.RECEIVED,
+        RequestStatus.AWAITING_APPROVAL,
         RequestStatus.QUEUED,
         RequestStatus.DATA_DELETED,
         RequestStatus.RETRAINING,
     }
-    assert {s for s in RequestStatus if s.is_terminal} == {RequestStatus.COMPLETED, RequestStatus.FAILED}
+    assert {s for s in RequestStatus if s.is_terminal} == {
+        RequestStatus.COMPLETED,
+        RequestStatus.FAILED,
+        RequestStatus.REJECTED,
+    }
     assert all(s.is_open != s.is_terminal for s in RequestStatus)
     with pytest.raises(ValueError, match="unknown deletion request status 'paused'"):
         RequestStatus.parse("paused")

@@ -19,7 +19,7 @@ from tests.helpers import cli_args, make_cfg, one_slice_subjects, run_cli
 from tests.reliability.helpers import SLICES, people, subject_in_middle
 
 S = RequestStatus
-ORDER = [S.RECEIVED, S.QUEUED, S.DATA_DELETED, S.RETRAINING, S.COMPLETED]
+ORDER = [S.RECEIVED, S.AWAITING_APPROVAL, S.QUEUED, S.DATA_DELETED, S.RETRAINING, S.COMPLETED]
 RELIEF = (*SLICES, "deletion.relief=true")
 
 
@@ -35,14 +35,15 @@ def test_the_phase_table_reaches_every_status_in_order() -> None:
         < names.index("commit")
         < names.index("purge")
     )
-    # Every status sisa sets is reached (failed is an operator's), each from one reached before it.
+    # Every status sisa sets is reached (failed is an operator's, rejected an approver's: `runner.reject`),
+    # each from one reached before it.
     reached = {S.RECEIVED}
     for p in runner.PHASES:
         assert reached & set(p.before), f"{p.name} takes a status no earlier phase leaves"
         if p.after is not None:
             assert all(ORDER.index(p.after) >= ORDER.index(b) for b in p.before), f"{p.name} moves a request back"
             reached.add(p.after)
-    assert reached == set(S) - {S.FAILED}
+    assert reached == set(S) - {S.FAILED, S.REJECTED}
     assert runner.PHASES[-1].after == S.COMPLETED
     assert {p.name for p in runner.PHASES if p.run is None} == {
         "start-retrain"
@@ -95,7 +96,8 @@ def _same_certificate(a: dict, b: dict) -> None:
 
 
 # -- a resume after an interruption at each phase ------------------------------------------------------
-ALONE = [p.name for p in runner.PHASES if p.name != "queue"]  # a request carried out at once skips queuing
+# Carried out at once, a request skips queuing; needing no approval, it skips waiting (test_approval.py).
+ALONE = [p.name for p in runner.PHASES if p.name not in ("queue", "await-approval")]
 
 
 @pytest.fixture(scope="module")
