@@ -25,15 +25,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sisa.model.decoding import Completion, DecodeRequest, route
-from sisa.serving.batcher import Delta, Done, Error, Inbox, Ticket
+from sisa.serving.batcher import Delta, Done, Error, Event, Ticket
 from sisa.serving.engine import BASE_SHARD, Ensemble
 from sisa.serving.vllm_client import VllmClient, VllmError, VllmUnreachable
-from storage.errors import SisaError
+from storage.errors import RefusedError, SisaError
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else vLLM says (abort) is a cancellation
 
 
-class VllmRoute(Inbox):
+class VllmRoute:
     """Route every submitted request of one version to its top shard; decode it on vLLM."""
 
     def __init__(
@@ -44,18 +44,30 @@ class VllmRoute(Inbox):
         max_batch: int = 32,
         on_drained: Callable[[], None] | None = None,
     ):
-        super().__init__()
         self.ens, self.client, self.max_batch = ens, client, max_batch
         keys = sorted(ens.names)
         # the model name vLLM decodes each shard with: its checkpoint id, or the base alone
         self.models = [client.base_model() if k == BASE_SHARD else shards[k] for k in keys]
         self.on_drained = on_drained
+        self.inbox: queue.Queue[Ticket | None] = queue.Queue()
+        self.closing = threading.Event()
         self._live: set[int] = set()
         self._tickets: dict[int, Ticket] = {}  # what decodes now, by its _Decode
         self._live_lock = threading.Condition()
         self.pool = ThreadPoolExecutor(max_workers=max(4, 2 * max_batch), thread_name_prefix="sisa-vllm")
         self.thread = threading.Thread(target=self._loop, name="sisa-vllm-router", daemon=True)
         self.thread.start()
+
+    def submit(
+        self, request: DecodeRequest, on_event: Callable[[Event], None], timeout_s: float | None = None
+    ) -> Ticket:
+        """Queue a request; a closed route refuses it (the completions router then takes it to
+        the version serving now)."""
+        if self.closing.is_set():
+            raise RefusedError("the server is shutting down; retry on another instance")
+        ticket = Ticket(request, on_event, None if timeout_s is None else time.monotonic() + timeout_s)
+        self.inbox.put(ticket)
+        return ticket
 
     def close(self, timeout_s: float = 5.0, cancel: bool = True) -> bool:
         """Take no more requests; cancel what decodes (or, `cancel=False`, let it finish); True
