@@ -25,6 +25,7 @@ from sisa.serving.engine import (
     load_serving,
     mean,
     recalls,
+    sample_many,
     score_aggregations,
     score_records,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "read_manifest",
     "recalls",
     "registered_version_exists",
+    "sample_many",
     "score_aggregations",
     "score_records",
     "write_bundle",
