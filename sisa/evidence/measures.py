@@ -193,7 +193,9 @@ def build_targets(
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Token-by-token decoding of small batches runs on one torch thread: on a shared 2-core
-    machine two threads decoded 8-25x slower (benchmarks/forget.py measured the same)."""
+    machine two threads decoded 8-25x slower (benchmarks/forget.py measured the same). The
+    batched membership forwards too: under load, a 2-thread matmul spun in OpenMP waiting for
+    its second thread (seen in a stack of benchmarks/mia.py)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -208,10 +210,7 @@ def measure(
     """The numbers of one version, and its locality predictions (token ids, kept in memory to
     compare the next version with; never stored)."""
     with one_thread():
-        out, preds = _measure(ens, targets, max_length, before)
-    if targets.members and targets.holdout:  # batched forwards: every thread helps
-        out["membership"] = membership(ens, targets.members, targets.holdout, max_length)
-    return out, preds
+        return _measure(ens, targets, max_length, before)
 
 
 def _measure(
@@ -249,6 +248,8 @@ def _measure(
             "samples_with_answer": sum(counts),
             "prompts_with_any": sum(1 for c in counts if c),
         }
+    if targets.members and targets.holdout:
+        out["membership"] = membership(ens, targets.members, targets.holdout, max_length)
     return out, preds
 
 
