@@ -171,6 +171,7 @@ class _Decode:
         self.route, self.t, self.model = route_, ticket, model
         n = len(ticket.request.seeds)
         self.completions = [Completion() for _ in range(n)]
+        self.unsent: list[list[int]] = [[] for _ in range(n)]
         self.pending, self.failed = n, False
         self.lock = threading.Lock()
 
@@ -223,16 +224,27 @@ class _Decode:
     def _take_chunk(self, i: int, c: Completion, choice: dict[str, Any]) -> None:
         text, lp = choice.get("text") or "", choice.get("logprobs") or {}
         tokens = [int(str(tok).split(":", 1)[1]) for tok in lp.get("tokens") or []]
-        c.tokens += tokens
-        c.token_logprobs += [float(x) for x in lp.get("token_logprobs") or []]
+        logps = [float(x) for x in lp.get("token_logprobs") or []]
+        tops = lp.get("top_logprobs") or [{} for _ in tokens]
+        # vLLM counts the eos it stopped at as an output token; sisa's engine does not (usage and
+        # log-probs are those of the text), so neither does this route.
+        eos = None if self.t.request.ignore_eos else self.route.ens.tokenizer.eos_token_id
         k = self.t.request.logprobs
-        if k:
-            for top in lp.get("top_logprobs") or []:
+        kept = []
+        for tok, logp, top in zip(tokens, logps, tops, strict=False):
+            if tok == eos:
+                continue
+            kept.append(tok)
+            c.tokens.append(tok)
+            c.token_logprobs.append(logp)
+            if k:
                 best = sorted(top.items(), key=lambda kv: -kv[1])[:k]
                 c.top_logprobs.append([(int(str(name).split(":", 1)[1]), float(v)) for name, v in best])
         c.text += text
-        if text or tokens:
-            self.t.on_event(Delta(i, text, tokens))
+        self.unsent[i] += kept
+        if text:  # tokens that made no text yet go with the next delta, as sisa's batcher sends them
+            self.t.on_event(Delta(i, text, self.unsent[i]))
+            self.unsent[i] = []
         reason = choice.get("finish_reason")
         if reason is not None:
             c.finish = _FINISH.get(reason, "cancelled")
