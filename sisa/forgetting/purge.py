@@ -19,11 +19,18 @@ from storage.store import Store
 
 def purge_targets(store: Store, reqs: list[DeletionRequest]) -> tuple[set[str], set[str]]:
     """What the purge of these requests looks for: the lineage hashes they forget, and the
-    checkpoints older than content lineage that trained a rectified record (which text they saw
-    is unknown, so they go as if they held the old one: fail closed)."""
+    checkpoints to go whatever their lineage: those older than content lineage that trained a
+    rectified record (which text they saw is unknown, so they go as if they held the old one:
+    fail closed), and the approximate ones their --fast version served (an edit bridge never saw
+    the old text, but the exact version supersedes it: approximate versions never outlive it)."""
     hashes = set().union(*(set(r.id_hashes) for r in reqs))
     rectified = set().union(*(set(r.record_hashes) for r in reqs if r.kind == RequestKind.RECTIFY))
-    return hashes, checkpoints.legacy_holding(store, rectified) if rectified else set()
+    also = checkpoints.legacy_holding(store, rectified) if rectified else set()
+    for r in reqs:
+        fast = r.versions.get("approximate")
+        if fast is not None:
+            also |= {c for c in versions.read(store, fast).shards.values() if checkpoints.is_approximate(c)}
+    return hashes, also
 
 
 def tainted(store: Store, hashes: set[str], also: set[str] = frozenset()) -> set[str]:
