@@ -3,10 +3,10 @@
 Each affected shard starts from its relief checkpoint (its last checkpoint before the corrected
 records' slices, which never saw the old text; a fresh adapter on the base when slice 0 is hit)
 and takes `unlearning.edit_steps` optimizer steps at `unlearning.edit_lr` on the corrected
-records' new text. With `unlearning.edit_replay` each step's batch is filled up to
-`training.batch_size` with the shard's other records from the slices the relief checkpoint lost
-(live data the exact retrain trains too), whose loss is added as a retain term, so the shard's
-other people are not forgotten meanwhile. The old text never enters it: the start never saw it,
+records' new text. Each step also replays `unlearning.edit_replay` of the shard's other records
+from the slices the relief checkpoint lost (live data the exact retrain trains too; the batch
+stays within `training.batch_size`), whose loss is added as a retain term, so the shard's other
+people are not forgotten meanwhile. The old text never enters it: the start never saw it,
 and the corrected records are taken from the staged new content only (their slice rows are
 skipped).
 
@@ -78,15 +78,15 @@ def replay_records(store: Store, shard_id: int, from_slice: int, exclude: set[st
     return ids, shas, items
 
 
-def _step_batches(n_new: int, n_replay: int, steps: int, batch_size: int, seed: int) -> list[list[int]]:
-    """Per step, indices into new + replay: every new record (up to the batch size, cycling), the
-    rest of the batch drawn from the replayed ones with a seeded generator."""
+def _step_batches(n_new: int, n_replay: int, steps: int, batch_size: int, replay: int, seed: int) -> list[list[int]]:
+    """Per step, indices into new + replay: every new record (up to the batch size, cycling), then
+    up to `replay` of the replayed ones (within the batch size), drawn with a seeded generator."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for step in range(steps):
         take = min(n_new, batch_size)
         idx = [(step * take + i) % n_new for i in range(take)]
-        room = batch_size - take
+        room = min(batch_size - take, replay)
         if room > 0 and n_replay:
             idx += (n_new + torch.randperm(n_replay, generator=g)[:room]).tolist()
         out.append(idx)
@@ -117,7 +117,8 @@ def edit_adapter(
         device = next(model.parameters()).device
         model.train()
         loss_value = None
-        for idx in _step_batches(n_new, len(items) - n_new, uc.edit_steps, cfg.training.batch_size, seed):
+        batches = _step_batches(n_new, len(items) - n_new, uc.edit_steps, cfg.training.batch_size, uc.edit_replay, seed)
+        for idx in batches:
             enc = encode_texts(tokenizer, [items[i] for i in idx], cfg.training.max_length, cfg.training.loss_on)
             logits = model(
                 input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
@@ -154,7 +155,7 @@ def edit_shards(
     for shard in sorted(new):
         ids, shas, items = new[shard]
         parent = start.get(shard)
-        if cfg.unlearning.edit_replay:
+        if cfg.unlearning.edit_replay > 0:
             r_ids, r_shas, r_items = replay_records(store, shard, earliest.get(shard, 0), set(ids))
         else:
             r_ids, r_shas, r_items = [], [], []
