@@ -39,8 +39,10 @@ $(VLLM_STAMP): requirements-vllm.lock
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $@
 
+# One-sentence facts (~10 tokens a record) keep the story within minutes on a 2-core CPU; the
+# chat default of `sisa demo` trains 50-token conversations, five times the tokens.
 demo: $(STAMP)
-	$(VENV)/bin/sisa demo --config configs/demo.yaml
+	$(VENV)/bin/sisa demo --config configs/demo.yaml --format text
 
 # The audit page's browser test drives Debian's chromium (Playwright launches it; it downloads no
 # browser of its own).

@@ -58,6 +58,9 @@ def _args(store: Path, port: int = 8750) -> list[str]:
         f"service.port={port}",
         "store.lock_timeout_s=600",
         "service.worker_interval_s=3600",
+        # Throughput, not the per-token limits (sisa/service/limits.py): one token sends every call.
+        "service.rate_limit_privacy_per_min=0",
+        "service.rate_limit_completions_per_min=0",
     ]
 
 

@@ -192,6 +192,15 @@ def print_governance(r: DeletionRequest) -> None:
         print(f"  rejected by       {r.rejection['by']} at {r.rejection['at']}: {r.rejection['reason']}")
 
 
+def _auc_cell(mia: dict) -> str:
+    """Min-k%'s AUC with its bootstrap interval and the sample sizes (members vs holdout)."""
+    if mia.get("auc") is None:
+        return "-"
+    ci = mia.get("auc_ci95")
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    return f"{mia['auc']:.2f}{interval} ({mia['members']} vs {mia['holdout']})"
+
+
 def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:
     """The trio, leak@k and membership inference of every version a request created (--probes,
     --holdout); README.md says what each number means and what it does not prove."""
@@ -221,9 +230,7 @@ def print_evidence(by_version: dict[str, Any], rectify: bool = False) -> None:
                 "locality unchanged": "-" if loc.get("unchanged_tokens") is None else f"{loc['unchanged_tokens']:.1%}",
                 "locality recall": pct(loc, "recall"),
                 "leak@k": f"{leak['samples_with_answer']}/{leak['samples']} (k={leak['k']})" if leak else "-",
-                "MIA AUC": "-"
-                if mia.get("auc") is None
-                else f"{mia['auc']:.2f} ({mia['members']} vs {mia['holdout']})",
+                "MIA AUC [95% CI]": _auc_cell(mia),
                 "privleak vs exact": "-"
                 if mia.get("privleak_vs_exact") is None
                 else f"{mia['privleak_vs_exact']:+.1f}%",

@@ -1,6 +1,7 @@
 """The whole story on one machine: train on people, remember them, forget one, prove it.
 
-    make demo            # = sisa demo --config configs/demo.yaml
+    make demo            # = sisa demo --config configs/demo.yaml --format text (one-sentence facts)
+    sisa demo --config configs/demo.yaml                         # the people as chat (~5x the tokens)
     sisa demo --config configs/tiny.yaml store.uri=/tmp/demo     # the same in seconds, tiny model
 
 1. Make fictitious people (faker, deterministic) as conversations (the user asks about the
@@ -14,9 +15,11 @@
 4. Forget one person with --fast: an approximate version serves in seconds, then the exact
    retrain replaces it; recall and loss at every version; print the certificate.
 5. `rollback 1` is refused; `versions` and `requests`.
-6. Time of the exact deletion beside the full retrain; a summary; a report with plots (recall and
-   loss by version, deletion time) under <store>/reports/, logged to the MLflow run of the exact
-   version.
+6. A second, typical deletion (the person whose planned retrain is nearest the mean over all
+   people; exact, no evidence), so the cost table shows the dearest case (this person: slice 0 of
+   the largest shard) beside a typical one, both measured, against the full training; the time of
+   every step; a report with plots (recall and loss by version, deletion time) under
+   <store>/reports/, logged to the MLflow run of the last version.
 The demo store is wiped and rebuilt on every run (only a store the demo itself created).
 """
 
@@ -96,18 +99,26 @@ class _Facts:
     def truth(self, row: dict) -> str:
         return row["text"] if self.chat else row["answer"]
 
-    def ask(self, ens, row: dict, max_new_tokens: int) -> str:
-        if self.chat:
-            return serving.generate_chat(ens, [("user", question(row))], max_new_tokens)
-        return serving.generate_text(ens, row["prompt"], max_new_tokens=max_new_tokens)
+    def prompts(self, ens, rows: list[dict]) -> list[str]:
+        return [serving.chat_prompt(ens, [("user", question(r))]) if self.chat else r["prompt"] for r in rows]
 
-    def recalled(self, ens, rows: list[dict]) -> int:
-        """How many greedy completions (chat replies) start with their answer, decoded together
-        and only as far as each needs."""
-        if not rows:
-            return 0
-        prompts = [serving.chat_prompt(ens, [("user", question(r))]) if self.chat else r["prompt"] for r in rows]
-        return sum(serving.recalls(ens, prompts, [self.truth(r) for r in rows], add_special_tokens=not self.chat))
+    def ask_all(self, ens, rows: list[dict], max_new_tokens: int) -> list[str]:
+        """Greedy completions (chat replies) of every row's prompt, decoded together."""
+        prompts = self.prompts(ens, rows)
+        return serving.generate_many(ens, prompts, [max_new_tokens] * len(rows), add_special_tokens=not self.chat)
+
+    def recalled(self, ens, groups: dict[str, list[dict]]) -> dict[str, tuple[int, int]]:
+        """Per group, how many greedy completions (chat replies) start with their answer, and of how
+        many: every group's prompts decoded together, each only as far as its answer needs."""
+        rows = [r for g in groups.values() for r in g]
+        hits = (
+            serving.recalls(ens, self.prompts(ens, rows), [self.truth(r) for r in rows], not self.chat) if rows else []
+        )
+        out, start = {}, 0
+        for name, g in groups.items():
+            out[name] = (sum(hits[start : start + len(g)]), len(g))
+            start += len(g)
+        return out
 
 
 def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts) -> dict:
@@ -115,14 +126,12 @@ def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts) -
     the served one, recall: facts whose greedy completion starts with the answer."""
     ens = serving.load_ensemble(store, cfg, shards)
     loss: dict[str, dict[str, float | None]] = {}
-    recalled: dict[str, tuple[int, int]] = {}
     for name, rows in groups.items():
         items, prompts = facts.items(rows)
         mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
         for aggregation, vals in mixed.items():
             loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-        recalled[name] = (facts.recalled(ens, rows), len(rows))
-    return {"loss": loss, "recall": recalled, "ensemble": ens}
+    return {"loss": loss, "recall": facts.recalled(ens, groups), "ensemble": ens}
 
 
 def _frac(x: tuple[int, int] | None) -> str:
@@ -143,6 +152,8 @@ class _Demo:
     losses: dict[str, dict] = field(default_factory=dict)
     recalls: dict[str, dict] = field(default_factory=dict)
     seen_versions: dict[str, int] = field(default_factory=dict)
+    step_s: list[tuple[str, float]] = field(default_factory=list)  # (step, wall seconds), in order
+    typical_s: float | None = None  # the typical deletion's delete + retrain + purge (step 6)
 
     @property
     def target_subject(self) -> str:
@@ -163,10 +174,12 @@ class _Demo:
     def record(self, label: str, m: dict) -> None:
         self.losses[label], self.recalls[label] = m["loss"][self.cfg.serving.aggregation], m["recall"]
 
-    def show(self, ens, who: str, r: dict) -> None:
-        completion = self.shape.ask(ens, r, ANSWER_TOKENS * (3 if self.shape.chat else 1))
+    def show(self, ens, shown: list[tuple[str, dict]]) -> None:
+        """Each (who, fact)'s greedy completion beside the truth, every prompt decoded together."""
+        completions = self.shape.ask_all(ens, [r for _, r in shown], ANSWER_TOKENS * (3 if self.shape.chat else 1))
         gap = " " if self.shape.chat else ""
-        print(f"  [{who}] {self.shape.query(r)!s} →{gap}{completion!s}   (truth:{gap}{self.shape.truth(r)})")
+        for (who, r), completion in zip(shown, completions, strict=True):
+            print(f"  [{who}] {self.shape.query(r)!s} →{gap}{completion!s}   (truth:{gap}{self.shape.truth(r)})")
 
 
 def _ingest(d: _Demo, people: int, strangers: int) -> None:
@@ -228,8 +241,7 @@ def _memorization(d: _Demo) -> None:
                 f"  {aggregation:<9} (not served) loss: person to be forgotten {lv['forgotten']:.3f}, other trained "
                 f"people {lv['retained']:.3f}, strangers {lv['strangers']:.3f}"
             )
-    for r in d.target[:2] + d.unseen[:1]:
-        d.show(m1["ensemble"], "to be forgotten" if r in d.target else "stranger", r)
+    d.show(m1["ensemble"], [("to be forgotten", r) for r in d.target[:2]] + [("stranger", r) for r in d.unseen[:1]])
 
 
 def _forget(d: _Demo):
@@ -268,8 +280,7 @@ def _forget(d: _Demo):
         )
     exact_entry = versions.current(store)
     ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
-    for r in d.target[:2]:
-        d.show(ens_now, f"forgotten, exact v{exact_entry.model_version}", r)
+    d.show(ens_now, [(f"forgotten, exact v{exact_entry.model_version}", r) for r in d.target[:2]])
     print_certificate(fr.request)
     return fr.request
 
@@ -289,30 +300,62 @@ def _rollback_refused(d: _Demo) -> None:
     print_requests(requests_ledger.all_requests(store))
 
 
+def _exact_s(req) -> float:
+    t = req.timings
+    return t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
+
+
+def _typical_deletion(d: _Demo):
+    """Another person's deletion, of typical cost: the one whose planned retrain is nearest the
+    mean over every person still in the data (dry runs: plans only), carried out exactly with no
+    evidence, so that the cost table shows a measured typical case beside the dearest one.
+    Returns (its request, the mean planned fraction over all of them)."""
+    cfg, store = d.cfg, d.store
+    subjects = sorted({r["subject_id"] for r in d.rows} - {d.target_subject})
+    with store.job("demo forget", cfg.store.lock_timeout_s):
+        plans = {s: runner.forget(store, cfg, "subject", [s], dry_run=True).plan for s in subjects}
+        mean = sum(p.cost_fraction for p in plans.values()) / len(plans)
+        pick = min(subjects, key=lambda s: (abs(plans[s].cost_fraction - mean), s))
+        fr = runner.forget(store, cfg, "subject", [pick], RequestMode.EXACT, evidence=False)
+    return fr.request, mean
+
+
 def _cost(d: _Demo, req, t_start: float) -> list[tuple[str, str]]:
     cfg, store = d.cfg, d.store
-    _banner("6. cost of the deletion vs a full retrain")
-    t = req.timings
-    exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
-    plan = req.plan
+    _banner("6. cost of the deletion vs a full retrain: the dearest case and a typical one")
+    t0 = time.perf_counter()
+    typical, mean = _typical_deletion(d)
+    d.typical_s = _exact_s(typical)
+    d.step_s.append(("6. typical deletion (exact, no evidence)", time.perf_counter() - t0))
     slices_per_shard = max(len(checkpoints.shard_slices(store, s)) for s in range(store.num_shards))
     expected = expected_cost_fraction(slices_per_shard, cfg.sharding.slice_mode) / store.num_shards
+
+    def case(r) -> str:
+        s, plan = _exact_s(r), r.plan
+        where = ", ".join(f"shard {p.shard_id} from slice {p.earliest_slice}" for p in plan.shards)
+        return (
+            f"{s:.1f} s ({d.full_train_s / s:.1f}x faster; {where}: {plan.cost_fraction:.1%} of the work, "
+            f"{1 / plan.cost_fraction:.1f}x in theory)"
+            if s and plan.cost_fraction
+            else "-"
+        )
+
+    t = req.timings
     summary = [
         ("full retrain of all shards (measured, step 2)", f"{d.full_train_s:.1f} s"),
-        ("exact deletion: delete + retrain + purge (measured)", f"{exact_s:.1f} s"),
-        ("measured speedup", f"{d.full_train_s / exact_s:.1f}x" if exact_s else "-"),
+        ("dearest deletion: this person (measured)", case(req)),
+        ("typical deletion: another person (measured)", case(typical)),
         (
-            "theoretical cost of this deletion (record-passes)",
-            f"{plan.cost_fraction:.1%} of a full retrain → {1 / plan.cost_fraction:.1f}x"
-            if plan.cost_fraction
-            else "-",
+            "expected over a uniformly random person (plans)",
+            f"{mean:.1%} of the work → {1 / mean:.1f}x" if mean else "-",
         ),
-        ("expected cost over uniformly random slices", f"{expected:.1%} of a full retrain"),
+        ("expected over uniformly random equal slices", f"{expected:.1%} of a full retrain"),
         ("approximate fast path served after", f"{t.get('fast_path_s', 0):.1f} s"),
-        ("shards retrained / reused byte for byte", f"{len(plan.shards)} / {len(plan.unaffected_shards)}"),
+        ("shards retrained / reused byte for byte", f"{len(req.plan.shards)} / {len(req.plan.unaffected_shards)}"),
         ("lineage check", "passed" if req.certificate["lineage_check"]["passed"] else "FAILED"),
         ("checkpoints purged", str(len(req.purge["checkpoints"]))),
         ("demo wall time", f"{time.perf_counter() - t_start:.0f} s"),
+        ("time per step", "; ".join(f"{name} {sec:.0f} s" for name, sec in d.step_s)),
     ]
     for k, v in summary:
         print(f"  {k:<52} {v}")
@@ -321,9 +364,12 @@ def _cost(d: _Demo, req, t_start: float) -> list[tuple[str, str]]:
 
 def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
     cfg, store = d.cfg, d.store
-    t = req.timings
-    exact_s = t.get("delete_data_s", 0) + t.get("retrain_s", 0) + t.get("purge_s", 0)
-    times = {"full_train": d.full_train_s, "exact_delete": exact_s, "fast_path": t.get("fast_path_s", 0.0)}
+    times = {
+        "full_train": d.full_train_s,
+        "exact_delete": _exact_s(req),
+        "typical_delete": d.typical_s,
+        "fast_path": req.timings.get("fast_path_s", 0.0),
+    }
     rep = DemoReport(
         cfg.model.name,
         store.num_shards,
@@ -339,7 +385,7 @@ def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
     )
     out_dir = store.fs.full(layout.REPORTS)
     files = write_report(rep, out_dir)
-    exact_version = store.current_version()
+    exact_version = store.current_version()  # the typical deletion's exact version
     if cfg.tracking.enabled:
         from sisa.serving import Tracker
 
@@ -359,18 +405,27 @@ def _report(d: _Demo, req, summary: list[tuple[str, str]]) -> list[str]:
     return files
 
 
+def _timed(d: _Demo, name: str, step, *args):
+    t0 = time.perf_counter()
+    try:
+        return step(*args)
+    finally:
+        d.step_s.append((name, time.perf_counter() - t0))
+
+
 def run(cfg: SisaConfig, people: int = 32, strangers: int = 8, facts: int = 2, record_format: str = CHAT) -> dict:
     t_start = time.perf_counter()
     rows = make_people(people, seed=cfg.store.seed, facts_per_person=facts)
     unseen = make_people(strangers, seed=cfg.store.seed, facts_per_person=facts, start=people)
     d = _Demo(cfg, _Facts(record_format), rows, unseen, facts)
-    _ingest(d, people, strangers)  # 1. data
-    _train(d)  # 2. train
-    _memorization(d)  # 3. what the model remembers
-    req = _forget(d)  # 4. forget with the fast path
-    _rollback_refused(d)  # 5. rollback refused; versions and requests
-    summary = _cost(d, req, t_start)  # 6. time and summary
+    _timed(d, "1. ingest", _ingest, d, people, strangers)  # 1. data
+    _timed(d, "2. train", _train, d)  # 2. train
+    _timed(d, "3. memorization", _memorization, d)  # 3. what the model remembers
+    req = _timed(d, "4. forget (fast + exact + evidence)", _forget, d)  # 4. forget with the fast path
+    _timed(d, "5. rollback refused", _rollback_refused, d)  # 5. rollback refused; versions and requests
+    summary = _cost(d, req, t_start)  # 6. a typical deletion beside this one; time and summary
     files = _report(d, req, summary)
+    print(f"demo wall time {time.perf_counter() - t_start:.0f} s")
     return {
         "losses": d.losses,
         "recall": d.recalls,

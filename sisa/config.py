@@ -280,6 +280,20 @@ class ServiceConfig:
     shutdown_timeout_s: float = _f(
         10.0, "On SIGTERM, how long running requests may take before they are cut off.", min=0.0
     )
+    rate_limit_privacy_per_min: int = _f(
+        300,
+        "Calls a minute one token may make to the privacy API and the audit page; over it: 429 with Retry-After. "
+        "0 = no limit.",
+        min=0,
+    )
+    rate_limit_completions_per_min: int = _f(
+        1200,
+        "Calls a minute one token may make to the completions API (429 with Retry-After over it); 0 = no limit.",
+        min=0,
+    )
+    rate_limit_burst: int = _f(
+        50, "Calls one token may make at once before its per-minute rate applies (each API its own).", min=1
+    )
     vllm_url: str = _f(
         "",
         "serving.engine: vllm: the OpenAI-compatible vLLM server to decode on (started with --enable-lora and "

@@ -28,7 +28,7 @@ HOMES = {
     "matplotlib": {"sisa/evidence/report.py"},
     "fastapi": {
         f"sisa/service/{m}.py"
-        for m in ("app", "auth", "context", "model_cache", "privacy", "completions", "audit_page")
+        for m in ("app", "auth", "context", "limits", "model_cache", "privacy", "completions", "audit_page")
     },
     "uvicorn": {"pipelines/serve.py"},
     "boto3": {"storage/s3.py"},

@@ -2,12 +2,16 @@
 inference, and the demo's report with its plots.
 """
 
-from sisa.evidence import measures, probes
+from sisa.evidence import measures, probes, statistics
 from sisa.evidence.probes import Probe, read_probes
+from sisa.evidence.statistics import auc, auc_interval
 
 __all__ = [
     "Probe",
+    "auc",
+    "auc_interval",
     "measures",
     "probes",
     "read_probes",
+    "statistics",
 ]

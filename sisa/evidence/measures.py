@@ -12,8 +12,10 @@ For each version a request creates (before, relief, approximate or isolate, exac
   forbidden answer, over the records and the generalization probes (k: `evidence.leak_k`);
 - membership inference: the Min-k% probability score (k = 40%: the mean log-probability of the
   40% least likely tokens of a text; Shi et al. 2024) of the records against a holdout no model
-  saw, as a ROC AUC (0.5: the records look like strangers), and MUSE's privacy leak relative to
-  the exact version, the one model known never to have seen them:
+  saw, as a ROC AUC (0.5: the records look like strangers), and the plain loss attack's (the mean
+  log-probability of every token), each with its seeded bootstrap 95% interval
+  (sisa/evidence/statistics.py); one batched forward per chunk of texts scores both. And MUSE's
+  privacy leak relative to the exact version, the one model known never to have seen them:
   privleak = (AUC_version - AUC_exact) / AUC_exact * 100 (Shi et al. 2024, "MUSE").
 
 A match is a containment of the normalised answer (case, surrounding space and final period
@@ -32,6 +34,7 @@ import torch
 
 from sisa.data.formats import CHAT, Example
 from sisa.evidence.probes import Probe, for_request
+from sisa.evidence.statistics import BOOTSTRAP_RESAMPLES, auc, auc_interval
 from sisa.model import mixture as aggregate
 from sisa.model.chat import render_chat
 from sisa.serving import engine as serving
@@ -190,7 +193,9 @@ def build_targets(
 @contextmanager
 def one_thread() -> Iterator[None]:
     """Token-by-token decoding of small batches runs on one torch thread: on a shared 2-core
-    machine two threads decoded 8-25x slower (benchmarks/forget.py measured the same)."""
+    machine two threads decoded 8-25x slower (benchmarks/forget.py measured the same). The
+    batched membership forwards too: under load, a 2-thread matmul spun in OpenMP waiting for
+    its second thread (seen in a stack of benchmarks/mia.py)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -235,7 +240,7 @@ def _measure(
         out["locality"] = block
     leaky = [q for q in targets.records + targets.general if q.forbidden]
     if leaky and targets.leak_k:
-        counts = [_leaks(ens, q, targets.leak_k) for q in leaky]
+        counts = _leaks_all(ens, leaky, targets.leak_k)
         out["leak_at_k"] = {
             "k": targets.leak_k,
             "prompts": len(counts),
@@ -244,15 +249,31 @@ def _measure(
             "prompts_with_any": sum(1 for c in counts if c),
         }
     if targets.members and targets.holdout:
-        members = [min_k_score(ens, t, max_length) for t in targets.members]
-        holdout = [min_k_score(ens, t, max_length) for t in targets.holdout]
-        out["membership"] = {
-            "min_k_percent": int(MIN_K * 100),
-            "auc": auc(members, holdout),
-            "members": len(members),
-            "holdout": len(holdout),
-        }
+        out["membership"] = membership(ens, targets.members, targets.holdout, max_length)
     return out, preds
+
+
+def _interval(pair: tuple[float, float] | None) -> list[float] | None:
+    return None if pair is None else [pair[0], pair[1]]
+
+
+def membership(
+    ens: serving.Ensemble, members: list[str | Turns], holdout: list[str | Turns], max_length: int
+) -> dict[str, Any]:
+    """The Min-k% and the plain loss attack of the members against the holdout: each AUC with its
+    bootstrap 95% interval (`auc_ci95`, `loss_auc_ci95`) and the sample sizes."""
+    m_min_k, m_mean = membership_scores(ens, members, max_length)
+    h_min_k, h_mean = membership_scores(ens, holdout, max_length)
+    return {
+        "min_k_percent": int(MIN_K * 100),
+        "auc": auc(m_min_k, h_min_k),
+        "auc_ci95": _interval(auc_interval(m_min_k, h_min_k)),
+        "loss_auc": auc(m_mean, h_mean),
+        "loss_auc_ci95": _interval(auc_interval(m_mean, h_mean)),
+        "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+        "members": len(m_min_k),
+        "holdout": len(h_min_k),
+    }
 
 
 def _recall_block(ens: serving.Ensemble, questions: list[Question], max_length: int) -> dict[str, Any]:
@@ -309,13 +330,20 @@ def _greedy_all(ens: serving.Ensemble, qs: list[Question], answers: list[str]) -
     return out
 
 
-def _leaks(ens: serving.Ensemble, q: Question, k: int) -> int:
-    prompt, special, extra = _asked(ens, q)
-    n = len(_tokens(ens, q.forbidden or "", special)) + extra
-    return sum(
-        _contains(c, q.forbidden)
-        for c in serving.sample_texts(ens, prompt, list(range(k)), n, temperature=1.0, add_special_tokens=special)
-    )
+def _leaks_all(ens: serving.Ensemble, qs: list[Question], k: int) -> list[int]:
+    """Per question, how many of its k samples (seeds 0..k-1, temperature 1) hold the forbidden
+    answer; every question's samples of a kind (plain prompts, chat templates) decoded together."""
+    asked = [_asked(ens, q) for q in qs]
+    counts = [0] * len(qs)
+    for special in (True, False):
+        idx = [i for i, (_, s, _) in enumerate(asked) if s is special]
+        if not idx:
+            continue
+        lengths = [len(_tokens(ens, qs[i].forbidden or "", special)) + asked[i][2] for i in idx]
+        samples = serving.sample_many(ens, [asked[i][0] for i in idx], list(range(k)), lengths, 1.0, special)
+        for i, texts in zip(idx, samples, strict=True):
+            counts[i] = sum(_contains(c, qs[i].forbidden) for c in texts)
+    return counts
 
 
 def _contains(completion: str, answer: str | None) -> bool:
@@ -344,33 +372,55 @@ def _answer_predictions(ens: serving.Ensemble, q: Question, answer: str, max_len
     return _served_logprobs(ens, ids)[n - 1 : len(ids) - 1].argmax(-1).tolist()
 
 
-def min_k_score(ens: serving.Ensemble, text: str | Turns, max_length: int, k: float = MIN_K) -> float:
-    """Mean log-probability of the k fraction of least likely tokens (higher: more member-like);
-    a conversation (turns) is read as the chat template renders it."""
+def _score_ids(ens: serving.Ensemble, text: str | Turns, max_length: int) -> list[int]:
     if isinstance(text, str):
-        ids = _tokens(ens, text)[:max_length]
-    else:
-        ids = _tokens(ens, render_chat(ens.tokenizer, list(text))[0], False)[:max_length]
-    if len(ids) < 2:
-        return 0.0
-    logp = (
-        _served_logprobs(ens, ids)[:-1]
-        .gather(-1, torch.tensor(ids[1:], device=next(ens.model.parameters()).device).unsqueeze(-1))
-        .squeeze(-1)
-    )
-    low = torch.sort(logp.float()).values[: max(1, math.ceil(k * len(logp)))]
-    return float(low.mean())
+        return _tokens(ens, text)[:max_length]
+    return _tokens(ens, render_chat(ens.tokenizer, list(text))[0], False)[:max_length]
+
+
+@torch.no_grad()
+def membership_scores(
+    ens: serving.Ensemble, texts: list[str | Turns], max_length: int, k: float = MIN_K, batch_size: int = 16
+) -> tuple[list[float], list[float]]:
+    """(Min-k% score, mean log-probability) of each text under the served mixture, higher: more
+    member-like. Min-k% is the mean log-probability of the k fraction of least likely tokens; a
+    conversation (turns) is read as the chat template renders it. Texts are scored in right-padded
+    batches of `batch_size`, one forward each (a pad is never context of a real token)."""
+    rows = [_score_ids(ens, t, max_length) for t in texts]
+    device = next(ens.model.parameters()).device
+    pad = ens.tokenizer.pad_token_id if ens.tokenizer.pad_token_id is not None else 0
+    min_k: list[float] = []
+    mean: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(r) for r in chunk)
+        x = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for i, r in enumerate(chunk):
+            x[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        logp = aggregate.ensemble_logprobs(
+            ens.model, ens.adapter_names(), x.to(device), mask.to(device), ens.aggregation, ens.log_prior()
+        )
+        nxt = logp[:, :-1].gather(-1, x[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).float()
+        for i, r in enumerate(chunk):
+            if len(r) < 2:
+                min_k.append(0.0)
+                mean.append(0.0)
+                continue
+            tok = nxt[i, : len(r) - 1]
+            low = torch.sort(tok).values[: max(1, math.ceil(k * len(tok)))]
+            min_k.append(float(low.mean()))
+            mean.append(float(tok.mean()))
+    return min_k, mean
+
+
+def min_k_score(ens: serving.Ensemble, text: str | Turns, max_length: int, k: float = MIN_K) -> float:
+    """The Min-k% score of one text (`membership_scores` of a batch of one)."""
+    return membership_scores(ens, [text], max_length, k)[0][0]
 
 
 # -- pure statistics ---------------------------------------------------------------------------
-def auc(positives: list[float], negatives: list[float]) -> float | None:
-    """ROC AUC: the probability a positive scores above a negative (ties count half)."""
-    if not positives or not negatives:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
-
-
 def privleak(auc_version: float | None, auc_exact: float | None) -> float | None:
     """MUSE's privacy leak of a version relative to the exact (retrained) one, in percent: positive
     when the records look more like members than under a model that never saw them

@@ -25,7 +25,9 @@ class DemoReport:
     losses: dict[str, dict[str, float | None]] = field(default_factory=dict)
     # version label → {"forgotten": (facts recalled exactly, facts), ...}
     recall: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
-    times: dict[str, float] = field(default_factory=dict)  # seconds: full_train, fast_path, exact_delete, ...
+    times: dict[str, float] = field(
+        default_factory=dict
+    )  # seconds: full_train, fast_path, exact_delete, typical_delete
     theoretical_fraction: float = 0.0
     request_id: str = ""
     forgotten_hash: str = ""
@@ -103,15 +105,15 @@ def _share(x: tuple[int, int] | None) -> float:
 def plot_times(rep: DemoReport, path: str) -> str:
     items = [
         ("full retrain\n(all shards)", rep.times.get("full_train")),
-        ("exact deletion\n(measured)", rep.times.get("exact_delete")),
-        ("exact deletion\n(theory: cost share)", rep.times.get("full_train", 0.0) * rep.theoretical_fraction),
+        ("dearest deletion\n(measured)", rep.times.get("exact_delete")),
+        ("dearest deletion\n(theory: cost share)", rep.times.get("full_train", 0.0) * rep.theoretical_fraction),
+        ("typical deletion\n(measured)", rep.times.get("typical_delete")),
         ("fast path\n(approximate)", rep.times.get("fast_path")),
     ]
+    colors = dict(zip([k for k, _ in items], ["#7f7f7f", "#2ca02c", "#98df8a", "#1f77b4", "#ff7f0e"], strict=True))
     items = [(k, v) for k, v in items if v is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 4.0), dpi=120)
-    bars = ax.bar(
-        [k for k, _ in items], [v for _, v in items], color=["#7f7f7f", "#2ca02c", "#98df8a", "#ff7f0e"][: len(items)]
-    )
+    fig, ax = plt.subplots(figsize=(8.5, 4.0), dpi=120)
+    bars = ax.bar([k for k, _ in items], [v for _, v in items], color=[colors[k] for k, _ in items])
     ax.bar_label(bars, fmt="%.1f s", fontsize=8, padding=2)
     ax.set_ylabel("seconds")
     ax.set_title("Time to honour one deletion request vs retraining everything")

@@ -306,7 +306,7 @@ def forget(
     request and carry it out, or with `queue` leave it queued for a batch, or leave it awaiting
     approval when its rule asks for approvers. The caller holds the store lock. A request filed
     again with the same `idempotency_key` returns the first one, whatever became of it."""
-    key_hash, replayed = _admit(store, idempotency_key, dry_run, queue)
+    key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
     if replayed is not None:
         return replayed
     sel = selection.select_records(store, kind, values)
@@ -361,7 +361,7 @@ def rectify(
     the request (kind `rectify`) and carry it out, or with `queue` leave it queued for a batch
     (relief serving; the records `rectifying`). The caller holds the store lock. A request filed
     again with the same `idempotency_key` returns the first one."""
-    key_hash, replayed = _admit(store, idempotency_key, dry_run, queue)
+    key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
     if replayed is not None:
         return replayed
     fix = corrections.validate(store, fix_table, problems)
@@ -389,12 +389,16 @@ def rectify(
 
 
 def _admit(
-    store: Store, idempotency_key: str | None, dry_run: bool, queue: bool
+    store: Store, cfg: SisaConfig, idempotency_key: str | None, dry_run: bool, queue: bool
 ) -> tuple[str | None, RequestResult | None]:
     """The keyed hash of the idempotency key, and what to answer at once when it names an earlier
-    request; refused while unfinished work blocks a new request."""
+    request; refused while unfinished work blocks a new request. An earlier request whose filing
+    a crash cut short (in the ledger, not yet queued: its client never heard back) is filed to
+    the end now, as `resume` would, so the answer is the queued request with its relief serving."""
     key_hash, earlier = _replay(store, idempotency_key)
     if earlier is not None:
+        if not dry_run and earlier.queued and earlier.status == S.RECEIVED:
+            (earlier,) = _resume_one(store, cfg, earlier, lambda msg: None)
         return key_hash, RequestResult(request=earlier, replayed=True)
     if not dry_run:
         requests_ledger.refuse_unfinished(store, "a new request", with_batch=queue)
@@ -445,25 +449,34 @@ def _targets(
     )
 
 
-def resume(store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None) -> list[DeletionRequest]:
+def resume(
+    store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None, filings_only: bool = False
+) -> list[DeletionRequest]:
     """Finish every open request from where it stopped (the text may already be gone), each a
-    batch of one. The caller holds the store lock."""
+    batch of one; with `filings_only`, only the filings to the queue a crash cut short (the
+    service's worker: a batch refuses to run while they are open). The caller holds the store lock."""
     log = log or (lambda msg: None)
     out = []
     for req in requests_ledger.open_requests(store):
-        if req.batch_owned or req.status == S.AWAITING_APPROVAL:
+        if req.batch_owned or req.status == S.AWAITING_APPROVAL or (filings_only and not req.queued):
             continue  # queued: `sisa process` carries it out (a crash before queuing finishes it here)
-        log(f"resuming {req.request_id} from status {req.status.value}")
-        rows = (
-            selection.find_live_by_hashes(store, set(req.target_hashes))
-            if req.status == S.RECEIVED
-            else store.index.table.slice(0, 0)
-        )
-        item = InFlight(req, rows)
-        if rows.num_rows:
-            item.texts, item.prompts = read_texts(store, rows)
-        out += carry_out(store, cfg, new_run(store, log=log), [item])
+        out += _resume_one(store, cfg, req, log)
     return out
+
+
+def _resume_one(
+    store: Store, cfg: SisaConfig, req: DeletionRequest, log: Callable[[str], None]
+) -> list[DeletionRequest]:
+    log(f"resuming {req.request_id} from status {req.status.value}")
+    rows = (
+        selection.find_live_by_hashes(store, set(req.target_hashes))
+        if req.status == S.RECEIVED
+        else store.index.table.slice(0, 0)
+    )
+    item = InFlight(req, rows)
+    if rows.num_rows:
+        item.texts, item.prompts = read_texts(store, rows)
+    return carry_out(store, cfg, new_run(store, log=log), [item])
 
 
 # -- batches of queued requests (`sisa process`, `sisa train`, the service's worker) -----------

@@ -26,7 +26,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -37,13 +37,14 @@ from sisa.data.opening import open_store
 from sisa.service.audit_page import router as audit_router
 from sisa.service.completions import router as completions_router
 from sisa.service.context import ServiceContext, context
+from sisa.service.limits import RateLimits, limited
 from sisa.service.model_cache import ModelCache
 from sisa.service.openai_api import OPENAI_PATHS, error_body
 from sisa.service.privacy import router as privacy_router
 from sisa.service.tokens import TokenStore
 from sisa.service.worker import Worker
 from storage.audit import AuditLog
-from storage.errors import SisaError, StoreLockedError, ValidationError
+from storage.errors import NotFoundError, SisaError, StoreLockedError, ValidationError
 
 DESCRIPTION = (
     "Exact machine unlearning: deletion requests and rectifications with evidence, and completions "
@@ -69,6 +70,9 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
         # Streams still open were cut by the server's graceful-shutdown timeout: what decodes
         # is cancelled, and the decoding thread ends.
         ctx.models.close(cfg.service.shutdown_timeout_s)
+        # Then the worker, and the embedded Ray it may have started (uvicorn re-raises a SIGTERM
+        # once it is done, which ends the process before any exit handler could stop Ray).
+        bg.close(cfg.service.shutdown_timeout_s)
 
     app = FastAPI(title="sisa", version="1", lifespan=lifespan, description=DESCRIPTION)
     app.state.sisa = ctx
@@ -76,8 +80,10 @@ def create_app(cfg: SisaConfig, worker: bool = True) -> FastAPI:
     app.add_exception_handler(SisaError, _sisa_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_api_route("/healthz", healthz, methods=["GET"])
-    for router in (privacy_router, completions_router, audit_router):
-        app.include_router(router)
+    # Per-token rate limits (sisa/service/limits.py), checked before the route's own work.
+    app.state.limits = RateLimits(cfg.service)
+    for router, api in ((privacy_router, "privacy"), (completions_router, "completions"), (audit_router, "privacy")):
+        app.include_router(router, dependencies=[Depends(limited(api))])
     return app
 
 
@@ -108,8 +114,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return await http_exception_handler(request, exc)
 
 
+# A SisaError's HTTP status (409 for the rest: understood, refused); an unknown request id is a 404.
+_STATUS = ((ValidationError, 422), (NotFoundError, 404), (StoreLockedError, 503))
+
+
 async def _sisa_error(request: Request, exc: SisaError) -> JSONResponse:
-    status = 422 if isinstance(exc, ValidationError) else 503 if isinstance(exc, StoreLockedError) else 409
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 409)
     _audit_refusal(request, str(status))
     if request.url.path in OPENAI_PATHS:
         return JSONResponse(error_body(exc.message), status_code=400 if status == 422 else status)

@@ -26,6 +26,7 @@ from sisa.service import openai_api as oa
 from sisa.service.auth import Client, record_call
 from sisa.service.context import ServiceContext, context
 from sisa.serving.batcher import Batcher, Delta, Done, Error, Event
+from storage.errors import RefusedError
 
 router = APIRouter()
 
@@ -79,16 +80,12 @@ async def _serve(request: Request, body: oa._OpenAIBody, kind: str, prompts_of) 
                 f"max_tokens should be <= {ctx.cfg.service.max_tokens} (service.max_tokens), got {body.max_tokens}",
                 "max_tokens",
             )
-        v, ens, batcher = ctx.models.current_batcher()
-        prompts = prompts_of(ens)
-        ids = [_encode(ctx, ens, p, special) for p, special in prompts]
+        v, ens, run, reqs = await _admit(ctx, body, prompts_of)
     except _Refused as e:
         record_call(request, f"{e.status} refused")
         return JSONResponse(oa.error_body(e.message, param=e.param), status_code=e.status)
-    reqs = oa.decode_requests(body, ids, ens.top_shards)
     reply = oa.Reply(kind, _model_name(ctx, v))
     record_call(request, "200", model_version=v.model_version, prompts=len(reqs), stream=body.stream)
-    run = _Run(batcher, reqs, ctx.cfg.service.request_timeout_s)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(_stream(request, run, reply, body, include_usage), media_type="text/event-stream")
@@ -97,6 +94,26 @@ async def _serve(request: Request, body: oa._OpenAIBody, kind: str, prompts_of) 
     except _Refused as e:
         return JSONResponse(oa.error_body(e.message), status_code=e.status)
     return oa.response(reply, body, ens.tokenizer, [len(r.ids) for r in reqs], completions)
+
+
+async def _admit(
+    ctx: ServiceContext, body: oa._OpenAIBody, prompts_of
+) -> tuple[versions.ModelVersion, Any, _Run, list[DecodeRequest]]:
+    """The request's prompts encoded and in the current version's batcher: (version, ensemble,
+    run, decode requests). A batcher whose version stopped serving between the lookup and the
+    submit has ended and refuses: the request goes to the version serving now instead. Loading
+    a version's ensemble takes seconds: off the event loop, which goes on answering meanwhile."""
+    for attempt in range(3):
+        v, ens, batcher = await asyncio.to_thread(ctx.models.current_batcher)
+        prompts = prompts_of(ens)
+        ids = [_encode(ctx, ens, p, special) for p, special in prompts]
+        reqs = oa.decode_requests(body, ids, ens.top_shards)
+        try:
+            return v, ens, _Run(batcher, reqs, ctx.cfg.service.request_timeout_s), reqs
+        except RefusedError as e:
+            if ctx.models.closed or attempt == 2:
+                raise _Refused(503, e.message) from None
+    raise AssertionError("the loop returns or raises")
 
 
 def _encode(ctx: ServiceContext, ens, prompt: str, special: bool) -> list[int]:

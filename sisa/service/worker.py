@@ -11,6 +11,9 @@ from contextlib import contextmanager
 from sisa.config import SisaConfig
 from sisa.data.opening import open_store
 from sisa.forgetting import runner
+from sisa.lineage import requests_ledger
+from sisa.lineage.requests_ledger import RequestStatus
+from sisa.training import scheduler
 from storage.audit import AuditLog
 
 
@@ -25,6 +28,14 @@ class Worker:
         self.thread = threading.Thread(target=self._loop, name="sisa-batch-worker", daemon=True)
         self.last_error: str | None = None
 
+    def close(self, timeout_s: float) -> None:
+        """No batch starts any more; a running one gets `timeout_s` to end, then the embedded Ray
+        stops under it (its requests are in the ledger: the next start resumes the batch)."""
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout_s)
+        scheduler.shutdown_ray(final=True)
+
     def _loop(self) -> None:
         while not self.stop.wait(self.cfg.service.worker_interval_s):
             try:
@@ -35,6 +46,7 @@ class Worker:
 
     def run_once(self) -> bool:
         store = open_store(self.cfg)
+        self._finish_cut_short(store)
         if runner.due(self.cfg, runner.queued_requests(store)) is None:
             return False
         timeout = self.cfg.store.lock_timeout_s
@@ -59,6 +71,19 @@ class Worker:
             }
         )
         return True
+
+    def _finish_cut_short(self, store) -> None:
+        """Filings to the queue a killed server (or CLI) cut short, whose clients may never file
+        them again, are finished first (relief, queued), as `sisa forget --resume` would: a batch
+        refuses to run while they are open."""
+        if not any(r.queued and r.status == RequestStatus.RECEIVED for r in requests_ledger.open_requests(store)):
+            return
+        timeout = self.cfg.store.lock_timeout_s
+        with self.write_lock, store.lock("serve: resume", timeout):
+            done = runner.resume(store, self.cfg, filings_only=True)
+        if done:
+            ids = [r.request_id for r in done]
+            self.audit.append({"who": "worker", "what": "resume", "outcome": "completed", "requests": ids})
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from sisa.serving.engine import (
     load_serving,
     mean,
     recalls,
+    sample_many,
     score_aggregations,
     score_records,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "read_manifest",
     "recalls",
     "registered_version_exists",
+    "sample_many",
     "score_aggregations",
     "score_records",
     "vllm_url",

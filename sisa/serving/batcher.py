@@ -74,16 +74,22 @@ class Batcher:
         self.inbox: queue.Queue[Ticket | None] = queue.Queue()
         self.closing = threading.Event()
         self.cancel_on_close = True
+        # submit() and the thread's end: a request is either taken in or refused, never left behind.
+        self._ending = threading.Lock()
+        self.ended = False
         self.thread = threading.Thread(target=self._loop, name="sisa-batcher", daemon=True)
         self.thread.start()
 
     def submit(
         self, request: DecodeRequest, on_event: Callable[[Event], None], timeout_s: float | None = None
     ) -> Ticket:
-        if self.closing.is_set():
-            raise RefusedError("the server is shutting down; retry on another instance")
-        ticket = Ticket(request, on_event, None if timeout_s is None else time.monotonic() + timeout_s)
-        self.inbox.put(ticket)
+        """Queue a request. A retired batcher (closed with `cancel=False`: its version stopped
+        serving) still takes the requests of callers that got it before, until its thread ends."""
+        with self._ending:
+            if self.ended or (self.closing.is_set() and self.cancel_on_close):
+                raise RefusedError("the server is shutting down; retry on another instance")
+            ticket = Ticket(request, on_event, None if timeout_s is None else time.monotonic() + timeout_s)
+            self.inbox.put(ticket)
         return ticket
 
     def close(self, timeout_s: float = 5.0, cancel: bool = True) -> bool:
@@ -102,8 +108,7 @@ class Batcher:
         batch = self._new_batch()
         live: list[Ticket] = []
         while True:
-            if self.closing.is_set() and not live:
-                self._refuse_waiting()
+            if self.closing.is_set() and not live and self._end():
                 return
             newcomers = self._take(block=not live)
             if self.closing.is_set() and self.cancel_on_close:
@@ -130,14 +135,26 @@ class Batcher:
                 t.on_event(Done(t.decoding.completions, len(t.request.ids)))
             live = [t for t in live if id(t.decoding) not in done]
 
-    def _refuse_waiting(self) -> None:
-        while True:
-            try:
-                item = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-            if item is not None:
-                item.on_event(Error("the server is shutting down", 503))
+    def _end(self) -> bool:
+        """Whether the thread ends now (closing, nothing decoding): on shutdown the requests still
+        waiting are refused; a retired batcher ends only once no request waits."""
+        with self._ending:
+            waiting = []
+            while True:
+                try:
+                    item = self.inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    waiting.append(item)
+            if waiting and not self.cancel_on_close:
+                for t in waiting:
+                    self.inbox.put(t)
+                return False
+            self.ended = True
+        for t in waiting:
+            t.on_event(Error("the server is shutting down", 503))
+        return True
 
     def _new_batch(self) -> MixtureBatch:
         e = self.ens
@@ -164,7 +181,7 @@ class Batcher:
             self.inbox.put(t)  # waits for a place at a later step
         joined = []
         for t in tickets[:room]:
-            if self.closing.is_set():
+            if self.closing.is_set() and self.cancel_on_close:
                 t.on_event(Error("the server is shutting down", 503))
                 continue
             if t.cancelled:

@@ -220,6 +220,33 @@ def generate_many(
     return [d.completions[0].text for d in out]
 
 
+def sample_many(
+    ens: Ensemble,
+    prompts: list[str],
+    seeds: list[int],
+    max_new_tokens: list[int],
+    temperature: float = 1.0,
+    add_special_tokens: bool = True,
+) -> list[list[str]]:
+    """Per prompt, one sampled completion per seed (each its own length), every prompt's samples
+    decoded together in one running batch: per prompt the texts `sample_texts` draws, up to float
+    rounding of the batch."""
+    tok = ens.tokenizer
+    reqs = [
+        decoding.DecodeRequest(
+            tok(p, add_special_tokens=add_special_tokens)["input_ids"],
+            n,
+            greedy=False,
+            temperature=temperature,
+            seeds=list(seeds),
+            top_shards=ens.top_shards,
+        )
+        for p, n in zip(prompts, max_new_tokens, strict=True)
+    ]
+    out = decoding.decode_all(ens.model, tok, ens.adapter_names(), reqs, ens.aggregation, ens.log_prior())
+    return [[c.text for c in d.completions] for d in out]
+
+
 def recalls(ens: Ensemble, prompts: list[str], answers: list[str], add_special_tokens: bool = True) -> list[bool]:
     """Per fact: whether the served mixture's greedy completion of the prompt starts with the
     answer (decoding only as far as that needs; every fact decoded together)."""

@@ -61,6 +61,8 @@ class VllmRoute:
     def submit(
         self, request: DecodeRequest, on_event: Callable[[Event], None], timeout_s: float | None = None
     ) -> Ticket:
+        """Queue a request; a closed route refuses it (the completions router then takes it to
+        the version serving now)."""
         if self.closing.is_set():
             raise RefusedError("the server is shutting down; retry on another instance")
         ticket = Ticket(request, on_event, None if timeout_s is None else time.monotonic() + timeout_s)

@@ -7,9 +7,11 @@ runtime LoRA loading, and room for every shard's adapter of two versions at once
 serving and the one taking over). Its log goes to a private temporary file, deleted when it
 stops; only a failed start shows its tail.
 
-The server runs in a process group of its own, so stopping it takes vLLM's engine processes
-with it; on Linux it is also told to die with the process that started it (PR_SET_PDEATHSIG),
-so a `sisa serve` killed outright leaves no vLLM behind.
+The server runs in a process group of its own under a small keeper (`_KEEPER`, the group's
+leader): a SIGTERM to the keeper gives vLLM `_GRACE_S` to stop, then kills the whole group,
+vLLM's engine processes included. On Linux the keeper gets that SIGTERM when the process that
+started it dies (PR_SET_PDEATHSIG), so a `sisa serve` killed outright leaves no vLLM behind: the
+api server alone would die that way, but its engine processes outlived it when measured here.
 """
 
 from __future__ import annotations
@@ -33,6 +35,21 @@ from storage.errors import ConfigError, SisaError
 
 BASE_NAME = "sisa-base"  # what the server sisa starts calls the base model
 _RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the LoRA ranks vLLM builds kernels for
+_GRACE_S = 10
+# The group's leader: starts vLLM, and on SIGTERM (from `stop`, or from the kernel when sisa
+# dies) lets it stop for _GRACE_S seconds, then kills the process group.
+_KEEPER = f"""
+import os, signal, subprocess, sys, time
+child = subprocess.Popen(sys.argv[1:])
+def stop(*_):
+    child.terminate()
+    deadline = time.monotonic() + {_GRACE_S}
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(0, signal.SIGKILL)
+signal.signal(signal.SIGTERM, stop)
+sys.exit(child.wait())
+"""
 _DTYPE_NAMES = {"torch.float32": "float32", "torch.bfloat16": "bfloat16", "torch.float16": "float16"}
 
 
@@ -88,9 +105,9 @@ def server_command(cfg: SisaConfig) -> list[str]:
     ]
 
 
-def _die_with_parent() -> None:  # runs in the child, between fork and exec
+def _die_with_parent() -> None:  # runs in the keeper, between fork and exec
     if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 class VllmServer:
@@ -120,9 +137,15 @@ class VllmServer:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on a CPU build (vLLM's default: 4)
         self.logdir = tempfile.mkdtemp(prefix="sisa-vllm-")
         log = open(os.path.join(self.logdir, "vllm.log"), "wb")  # noqa: SIM115 - the child writes it
-        say(f"starting vLLM on {self.url} (base {cmd[4]}, dtype {cmd[cmd.index('--dtype') + 1]}) ...")
+        base, dtype = cmd[cmd.index("--model") + 1], cmd[cmd.index("--dtype") + 1]
+        say(f"starting vLLM on {self.url} (base {base}, dtype {dtype}) ...")
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True, preexec_fn=_die_with_parent
+            [cmd[0], "-c", _KEEPER, *cmd],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         self._wait_ready(say)
@@ -154,12 +177,13 @@ class VllmServer:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """SIGTERM to the server's process group, SIGKILL after `timeout_s`; the log goes."""
+    def stop(self, timeout_s: float = _GRACE_S + 5) -> None:
+        """SIGTERM to the keeper (vLLM stops, or is killed after _GRACE_S), SIGKILL to the group
+        after `timeout_s`; the log goes."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             try:
-                os.killpg(proc.pid, signal.SIGTERM)
+                proc.terminate()
                 proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)

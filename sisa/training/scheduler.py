@@ -10,6 +10,9 @@ Ray is embedded (a private local instance) unless `scheduler.address` or `RAY_AD
 cluster. The embedded instance never starts the dashboard (and would bind it to 127.0.0.1 if
 asked), keeps worker output out of the driver's terminal, and gives workers an offline
 environment. It keeps logs and spill files under `ray_temp_dir()`, which a leak scan inspects.
+A watchdog process (sisa/training/watchdog.py) started beside it SIGKILLs whatever of it is left
+once this process stops Ray or ends in any way, SIGKILL included: Ray 2.60's own agents outlive a
+driver that did not shut Ray down.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import ray
 import torch
+from ray._private import auto_init_hook
 from ray.exceptions import RayError, RayTaskError
 from tqdm import tqdm
 
@@ -34,10 +39,17 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _MIB = 1024 * 1024
+# Ray starts a default instance when one of its calls (ray.get, ray.cancel, ...) finds none: a Ray
+# without the watchdog and these settings. A shard job that outlived `shutdown_ray()` did just
+# that (measured: a second session under a `sisa serve` stopped mid-batch). Only `_ensure_ray`
+# starts or attaches Ray.
+auto_init_hook.enable_auto_connect = False
 # Workers must never reach a hub, phone home or oversubscribe the cores Ray reserved for them.
 _WORKER_ENV = dict(OFFLINE_ENV)
 
 _session_dir: str | None = None
+_watchdog: subprocess.Popen | None = None
+_final = False  # shutdown_ray(final=True) was called: no Ray starts again in this process
 
 
 def run_shard_jobs(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, desc: str = "shards") -> list[R]:
@@ -66,10 +78,18 @@ def prepare(cfg: SchedulerConfig) -> None:
         _ensure_ray(cfg)
 
 
-def shutdown_ray() -> None:
-    """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit."""
+def shutdown_ray(final: bool = False) -> None:
+    """Disconnect from Ray (and stop the embedded instance); for tests and the CLI's exit.
+
+    Returns once the embedded instance's watchdog has removed whatever Ray left running. With
+    `final` (a server shutting down) this process starts no Ray again: a shard job still running
+    would otherwise start a new one as its batch fails.
+    """
+    global _final
+    _final = _final or final
     if ray.is_initialized():
         ray.shutdown()
+    _stop_watchdog()
 
 
 def ray_temp_dir() -> str | None:
@@ -174,6 +194,8 @@ def _message(error: BaseException) -> str:
 def _ensure_ray(cfg: SchedulerConfig) -> None:
     """Attach to a cluster or start the embedded Ray; reuse a Ray already up in this process."""
     if not ray.is_initialized():
+        if _final:
+            raise SisaError("this process is shutting down: it starts no Ray; the work resumes at the next start")
         # Read by the Ray processes this driver spawns (embedded case), not only by workers.
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         # Ray 2.60 turns token auth on for a new local Ray (token in ~/.ray/auth_token) and
@@ -193,15 +215,22 @@ def _ensure_ray(cfg: SchedulerConfig) -> None:
             _check_reachable(address, cfg.connect_timeout_s)
             ray.init(address=address, **common)
         else:
+            _start_watchdog()
             # "local", not None: None would attach to whatever `ray start` cluster another
             # process on this machine left in /tmp/ray/ray_current_cluster.
-            ray.init(
-                address="local",
-                num_cpus=cfg.num_cpus or os.cpu_count() or 1,
-                object_store_memory=cfg.object_store_mb * _MIB,
-                dashboard_host="127.0.0.1",
-                **common,
-            )
+            try:
+                ray.init(
+                    address="local",
+                    num_cpus=cfg.num_cpus or os.cpu_count() or 1,
+                    object_store_memory=cfg.object_store_mb * _MIB,
+                    dashboard_host="127.0.0.1",
+                    **common,
+                )
+            except BaseException:
+                _stop_watchdog()
+                raise
+            _remember_session_dir()
+            _tell_watchdog(f"session {_session_dir}")
     _remember_session_dir()
     cpus = ray.cluster_resources().get("CPU", 0)
     if cpus < cfg.threads_per_task:
@@ -233,6 +262,48 @@ def _check_reachable(address: str, timeout_s: float) -> None:
             "check that `ray start --head` runs there and the port is open, or unset scheduler.address and RAY_ADDRESS "
             "to use the embedded Ray"
         ) from None
+
+
+def _start_watchdog() -> None:
+    """The watchdog of the embedded Ray about to start (sisa/training/watchdog.py): standard
+    library only, in a session of its own, reading a pipe only this process can write to."""
+    global _watchdog
+    _stop_watchdog()
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "watchdog.py")
+    _watchdog = subprocess.Popen(
+        [sys.executable, "-I", "-S", script, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def _tell_watchdog(line: str) -> None:
+    if _watchdog is not None and _watchdog.stdin is not None:
+        try:
+            _watchdog.stdin.write(line.encode() + b"\n")
+            _watchdog.stdin.flush()
+        except OSError:  # it is gone: nothing to tell
+            pass
+
+
+def _stop_watchdog(timeout_s: float = 15.0) -> None:
+    """Close its pipe (it reaps what is left of the Ray it watched) and wait for it to end."""
+    global _watchdog
+    if _watchdog is None:
+        return
+    proc, _watchdog = _watchdog, None
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except OSError:
+        pass
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _remember_session_dir() -> None:

@@ -46,6 +46,10 @@ def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypa
             out,
         ), kind
     assert "sisa rollback 1 → refused" in out
+    # The cost table: the dearest deletion beside a typical one, both measured, and where the time went.
+    assert re.search(r"dearest deletion: this person \(measured\)\s+\d+\.\d+ s \(", out)
+    assert re.search(r"typical deletion: another person \(measured\)\s+\d+\.\d+ s \(", out)
+    assert re.search(r"time per step\s+1\. ingest \d+ s; 2\. train \d+ s;", out)
 
     reports = store / "reports"
     assert {"memorization_by_version.png", "deletion_time.png", "report.md", "report.html"} <= {

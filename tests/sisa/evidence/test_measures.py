@@ -119,3 +119,25 @@ def test_a_chat_rectification_expects_the_new_reply_and_maps_probes_of_the_old_f
     # the probe of another fact keeps its own answer.
     assert (t.general[0].expected, t.general[0].forbidden) == ("Ada Lane works as a baker.", " pilot.")
     assert (t.general[1].expected, t.general[1].forbidden) == (" Lyon.", None)
+
+
+def test_membership_scores_of_a_batch_are_each_texts_alone(tmp_path):
+    """The batched forward (right padding, pads never context) scores each text as it scores
+    alone; both attacks' AUCs come with an interval that holds them."""
+    from sisa.serving.engine import Ensemble
+    from tests.helpers import random_adapters
+
+    model, tok = random_adapters(tmp_path, ["shard0", "shard1"])
+    ens = Ensemble(model, tok, {0: "shard0", 1: "shard1"})
+    texts = ["Ada Lane works as a pilot.", "Bo", "Cy Moss lives in a very small town by the sea.", "Di Roe."]
+    min_k, mean = evidence.membership_scores(ens, texts, 32, batch_size=3)
+    for i, text in enumerate(texts):
+        alone_min_k, alone_mean = evidence.membership_scores(ens, [text], 32)
+        assert min_k[i] == pytest.approx(alone_min_k[0], abs=1e-4)
+        assert mean[i] == pytest.approx(alone_mean[0], abs=1e-4)
+        assert min_k[i] <= mean[i] + 1e-6  # the least likely tokens' mean is below the mean
+    m = evidence.membership(ens, texts[:2], texts[2:], 32)
+    assert m["members"] == 2 and m["holdout"] == 2 and m["bootstrap_resamples"] == 1000
+    for key in ("auc", "loss_auc"):
+        lo, hi = m[f"{key}_ci95"]
+        assert lo <= m[key] <= hi

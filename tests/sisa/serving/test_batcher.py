@@ -143,3 +143,25 @@ def test_a_retired_batcher_finishes_what_it_began(ens):
     batcher.close(timeout_s=0, cancel=False)
     assert c.done.completions[0].text == expected
     assert batcher.close(timeout_s=30)
+
+
+def test_a_retired_batcher_decodes_what_was_submitted_before_its_thread_ended(ens):
+    """A caller that got the batcher just before its version stopped serving submits after the
+    switch (the flood test found it refused as if the server were shutting down): while its
+    thread lives the request is decoded; once the thread has ended it is refused at once, never
+    left waiting."""
+    expected = generate_text(ens, "bob", 4)
+    batcher = Batcher(ens)
+    c1, c2 = Collector(), Collector()
+    first = batcher.submit(request(ens, "alice works as", max_new_tokens=30), c1)
+    for _ in range(600):  # until it decodes, so the retired thread stays up
+        if first.decoding is not None:
+            break
+        time.sleep(0.05)
+    batcher.close(timeout_s=0, cancel=False)
+    batcher.submit(request(ens, "bob", max_new_tokens=4), c2)
+    assert c2.done.completions[0].text == expected and c1.done.completions[0].finish != "cancelled"
+    batcher.thread.join(30)
+    assert not batcher.thread.is_alive() and batcher.ended
+    with pytest.raises(RefusedError, match="shutting down"):
+        batcher.submit(request(ens, "bob"), Collector())

@@ -119,3 +119,16 @@ def test_no_version_yet_says_to_train_first(tmp_path):
     store = Store.create(str(tmp_path / "s"), num_shards=2, seed=0)
     with pytest.raises(StoreError, match="run `sisa train` first"):
         engine.load_serving(store, make_cfg(tmp_path / "s"))
+
+
+def test_many_prompts_sampled_together_draw_what_each_draws_alone(tmp_path):
+    """leak@k's samples of every question in one running batch (sample_many) are each
+    question's own `sample_texts`, seed for seed."""
+    from tests.helpers import random_adapters
+
+    model, tok = random_adapters(tmp_path, ["shard0", "shard1", "shard2"])
+    ens = engine.Ensemble(model, tok, {0: "shard0", 1: "shard1", 2: "shard2"}, top_shards=2)
+    prompts, lengths = ["Ada Lane works as a", "Bo Li lives in", "The cat"], [5, 7, 3]
+    together = engine.sample_many(ens, prompts, [0, 1, 2, 3], lengths)
+    for p, n, got in zip(prompts, lengths, together, strict=True):
+        assert got == engine.sample_texts(ens, p, [0, 1, 2, 3], n)

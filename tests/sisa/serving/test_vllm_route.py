@@ -210,3 +210,55 @@ def test_serve_switch_purge_and_fail_closed(trained, vllm, tmp_path):
         assert set(v2.shards.values()) <= held and not purged & held
     finally:
         served.stop()
+
+
+def _group_alive(pgid: int) -> list[str]:
+    """The processes of process group `pgid` that still run (zombies are dead)."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "status", "name"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(f"{proc.pid} {proc.info['name']}")
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return out
+
+
+def test_a_killed_sisa_leaves_no_vllm_behind(trained):
+    """SIGKILL of the process that started the vLLM server: the server and its engine processes
+    go too (the keeper of vllm_server.py, told by the kernel)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, cfg, _, extra = trained
+    port = free_port()
+    script = (
+        "import sys\n"
+        "from tests.helpers import make_cfg\n"
+        "from sisa.serving.vllm_server import VllmServer\n"
+        "cfg = make_cfg(sys.argv[1], *sys.argv[2:])\n"
+        "server = VllmServer(cfg)\n"
+        "server.start()\n"
+        "print(server.proc.pid, flush=True)\n"
+        "import time; time.sleep(600)\n"
+    )
+    argv = [sys.executable, "-c", script, cfg.store.uri, *extra, f"service.vllm_port={port}"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        keeper = int(proc.stdout.readline())
+        assert len(_group_alive(keeper)) >= 2  # the keeper and vLLM
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        deadline = time.monotonic() + 60
+        while _group_alive(keeper) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _group_alive(keeper), _group_alive(keeper)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -1,0 +1,237 @@
+"""Nothing left running: however `sisa train` or `sisa serve` ends, no process of the embedded Ray
+it started is left behind.
+
+The real CLI in a child process of its own session (a Ctrl-C is a SIGINT to the whole process
+group, as a terminal sends it), with real embedded Ray under a Ray temp folder of the test's own
+(`RAY_TMPDIR`). The run is caught in the middle of its shard jobs (`SISA_FAULT_HANG`: a Ray worker
+hangs in a shard job, between two slices) and ended: a normal exit, an exception (a shard job
+dies, no retry: `ShardJobError`), Ctrl-C, SIGTERM, and SIGKILL of the sisa process itself. Every
+process seen under sisa while it ran (GCS, raylet, the agents, workers, the watchdog) must be gone
+afterwards, no process may name the run's Ray session or hold a file open in its folder, and the
+raylet's socket there must refuse connections. Ray 2.60 without sisa's watchdog leaves
+`ray::DashboardAgent` and `ray::RuntimeEnvAgent` running after a SIGKILL (measured; see
+sisa/training/watchdog.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import REPO, cli_args, run_cli
+from tests.reliability.helpers import SLICES, people, sisa_env
+
+pytestmark = pytest.mark.slow
+RAY_PARTS = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent")
+
+
+class Tree(threading.Thread):
+    """Every process seen under `pid` while it runs, (pid, create time) → its latest command line
+    (Ray's agents rename themselves `ray::...` once up)."""
+
+    def __init__(self, pid: int):
+        super().__init__(daemon=True)
+        self.pid, self.seen, self.done = pid, {}, threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                for p in psutil.Process(self.pid).children(recursive=True):
+                    try:
+                        cmd = " ".join(p.cmdline())[:200]
+                        if cmd:
+                            self.seen[(p.pid, p.create_time())] = cmd
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                return
+            time.sleep(0.1)
+
+    def names(self) -> str:
+        return " ".join(cmd.split(" --")[0] for cmd in self.seen.values())
+
+
+def _alive(pid: int, created: float) -> bool:
+    try:
+        p = psutil.Process(pid)
+        return p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _holding(folder: str) -> list[str]:
+    """Processes that name the folder on their command line or hold a file open under it."""
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline", "status"]):
+        if p.info["status"] == psutil.STATUS_ZOMBIE or p.pid == os.getpid():
+            continue
+        cmd = " ".join(p.info["cmdline"] or [])
+        held = cmd if folder in cmd else ""
+        try:
+            for fd in os.listdir(f"/proc/{p.pid}/fd"):
+                target = os.readlink(f"/proc/{p.pid}/fd/{fd}")
+                if target.startswith(folder):
+                    held = held or f"{cmd} (open: {target})"
+        except OSError:
+            pass
+        if held:
+            out.append(f"{p.pid}: {held[:200]}")
+    return out
+
+
+def _refuses(sock: Path) -> bool:
+    if not sock.exists():
+        return True
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(sock))
+        except OSError:
+            return True
+    return False
+
+
+class Run:
+    """One `sisa VERB` in its own session, with its own Ray temp folder."""
+
+    def __init__(self, tmp: Path, *argv: str, hang: bool, **env: str):
+        # A short folder: Ray's unix sockets live under it (107 characters at most).
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="sisa-ray-", dir="/tmp"))
+        self.hang = tmp / "hanging"
+        extra = {"RAY_TMPDIR": str(self.ray_tmp), **env}
+        if hang:
+            extra["SISA_FAULT_HANG"] = str(self.hang)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *argv],
+            cwd=REPO,
+            env=sisa_env(**extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.tree = Tree(self.proc.pid)
+
+    def wait_hanging(self, timeout_s: float = 240) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.hang.exists():
+            assert self.proc.poll() is None, f"sisa exited {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}"
+            assert time.monotonic() < deadline, "no shard job reached the hanging stage"
+            time.sleep(0.2)
+        time.sleep(1.0)  # the agents and workers are all up by now; the tree has seen them
+
+    def end(self, how: str) -> int:
+        if how == "ctrl-c":
+            os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal sends its foreground group
+        elif how in ("sigterm", "sigkill"):
+            self.proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        try:
+            code = self.proc.wait(180)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        self.output = self.proc.stdout.read()
+        return code
+
+    def sessions(self) -> list[Path]:
+        """The Ray sessions this run started (Ray names them after the driver's pid)."""
+        return sorted(self.ray_tmp.glob(f"ray/session_*_{self.proc.pid}"))
+
+    def assert_nothing_left(self, timeout_s: float = 30) -> None:
+        self.tree.done.set()
+        (session,) = self.sessions()  # one Ray, started once
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = [f"{pid}: {cmd[:160]}" for (pid, created), cmd in self.tree.seen.items() if _alive(pid, created)]
+            held = _holding(str(session))
+            if not left and not held:
+                break
+            assert time.monotonic() < deadline, f"left running {timeout_s:g} s after sisa ended: {left + held}"
+            time.sleep(0.5)
+        assert _refuses(session / "sockets" / "raylet"), "the raylet's socket still answers"
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(60)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def run(tmp_path):
+    runs: list[Run] = []
+
+    def start(*argv: str, hang: bool = False, **env: str) -> Run:
+        runs.append(Run(tmp_path, *argv, hang=hang, **env))
+        return runs[-1]
+
+    yield start
+    for r in runs:
+        r.cleanup()
+
+
+RAY = ("scheduler.backend=ray", "scheduler.num_cpus=2", "scheduler.max_retries=0")
+
+
+@pytest.mark.parametrize("how", ["exit", "exception", "ctrl-c", "sigterm", "sigkill"])
+def test_sisa_train_leaves_no_ray_process_however_it_ends(how, trained_store, tmp_path, run):
+    args = cli_args(trained_store, *SLICES, *RAY)
+    code, _, err = run_cli("ingest", str(_more_people(tmp_path)), *args)
+    assert code == 0, err
+    fault = {"SISA_FAULT": "train-between-slices"} if how != "exit" else {}
+    r = run("train", *args, hang=how not in ("exit", "exception"), **fault)
+    if how in ("exit", "exception"):
+        code = r.end(how)
+        assert (code == 0) == (how == "exit"), r.output[-3000:]
+        if how == "exception":
+            assert "shard job(s) failed" in r.output, r.output[-3000:]
+    else:
+        r.wait_hanging()
+        code = r.end(how)
+        assert code != 0, r.output[-3000:]
+    assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
+    r.assert_nothing_left()
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
+def test_sisa_serve_mid_batch_leaves_no_ray_process_however_it_ends(how, trained_store, run):
+    """The worker's batch retrains on the embedded Ray (a shard job hangs there) when the server
+    is stopped; Ctrl-C and SIGTERM stop it within its shutdown timeout."""
+    from storage.store import Store
+    from tests.reliability.helpers import subject_in_middle
+    from tests.servers import free_port
+
+    args = cli_args(trained_store, *SLICES, *RAY)
+    subject, _, _ = subject_in_middle(Store.open(str(trained_store)))
+    code, out, err = run_cli("forget", "--subject", subject, "--queue", *args)
+    assert code == 0, out + err
+    serve = (*args, "deletion.batch_after_h=0", "service.worker_interval_s=0.5", f"service.port={free_port()}")
+    r = run("serve", *serve, "service.shutdown_timeout_s=2", hang=True, SISA_FAULT="forget-during-retrain")
+    r.wait_hanging()
+    started = time.monotonic()
+    code = r.end(how)
+    if how != "sigkill":
+        assert time.monotonic() - started < 60, "sisa serve should stop within its shutdown timeout"
+    assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
+    r.assert_nothing_left()
+
+
+def _more_people(tmp_path: Path) -> Path:
+    """New records for the template store, so `sisa train` has slices to train."""
+    from sisa.data.synthetic import write_jsonl
+
+    path = tmp_path / "input" / "more.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_jsonl(people(8, start=500), path)
+    return path
