@@ -9,7 +9,9 @@ is trained once. On copies of it:
   1. `sisa forget --ids` of every record of `--forget` people in one shard (relief, the default),
      with `sisa synth --probes` probes and a holdout of strangers (people no shard saw);
   2. the same with `--fast` (the approximate NPO version, then the exact one);
-  3. `sisa rectify` of one person's job (a new job no one has), with the same probes.
+  3. `sisa rectify` of one person's job (a new job no one has), with the same probes;
+  4. the same with `--fast` (the edit bridge: the relief checkpoint taught the new job, then exact),
+     with the bridge's and the exact version's latency (`--rectify-only`: runs 3 and 4 alone).
 Every version each request created is reported: greedy recall of the forgotten / old answer
 (reliability on the records' own prompts, generalization on paraphrases and questions), of the
 new answer for the rectification, locality (answer tokens whose greedy prediction is unchanged
@@ -39,6 +41,7 @@ from sisa.evidence import read_probes
 from sisa.training import scheduler
 from storage.store import Store
 
+REQUESTS = ("forget (relief)", "forget (--fast)", "rectify one job", "rectify one job (--fast)")
 SHAPE = ["sharding.num_shards=4", "sharding.slice_size=8", "scheduler.backend=ray", "scheduler.threads_per_task=1"]
 
 
@@ -79,7 +82,7 @@ def bench(model: str, args: argparse.Namespace) -> dict:
             "holdout": len(strangers),
             "probes": len(probes),
         }
-        for label, fast in (("forget (relief)", False), ("forget (--fast)", True)):
+        for label, fast in () if args.rectify_only else (("forget (relief)", False), ("forget (--fast)", True)):
             ccfg = C.with_store(cfg, f"{work}/{'fast' if fast else 'relief'}")
             copy_store(cfg.store.uri, ccfg.store.uri)
             t0 = time.perf_counter()
@@ -95,14 +98,17 @@ def bench(model: str, args: argparse.Namespace) -> dict:
             }
         ]
         fix_path = str(write_jsonl(fix, f"{work}/fix.jsonl"))
-        ccfg = C.with_store(cfg, f"{work}/rectify")
-        copy_store(cfg.store.uri, ccfg.store.uri)
-        t0 = time.perf_counter()
-        res = rectify_pipeline.run(ccfg, fix_path, quiet=True, probes=probes_path)
-        out["rectify one job"] = {
-            "evidence": res["request"]["evidence"]["versions"],
-            "wall_s": time.perf_counter() - t0,
-        }
+        for label, fast in (("rectify one job", False), ("rectify one job (--fast)", True)):
+            ccfg = C.with_store(cfg, f"{work}/rectify{'-fast' if fast else ''}")
+            copy_store(cfg.store.uri, ccfg.store.uri)
+            t0 = time.perf_counter()
+            res = rectify_pipeline.run(ccfg, fix_path, fast=fast, quiet=True, probes=probes_path)
+            out[label] = {
+                "evidence": res["request"]["evidence"]["versions"],
+                "timings": res["request"]["timings"],
+                "wall_s": time.perf_counter() - t0,
+            }
+            shutil.rmtree(ccfg.store.uri, ignore_errors=True)
         out["load"].append(C.load())
     finally:
         scheduler.shutdown_ray()
@@ -123,7 +129,7 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
             f"{r['load'][-1]}"
         )
         rows = []
-        for request in ("forget (relief)", "forget (--fast)", "rectify one job"):
+        for request in [k for k in REQUESTS if k in r]:
             order = ["before", "relief", "approximate", "exact"]
             for label, v in sorted(
                 r[request]["evidence"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9
@@ -148,27 +154,44 @@ def report(results: list[dict], args: argparse.Namespace) -> None:
                     }
                 )
         C.table(rows, list(rows[0]))
-        exact = r["forget (relief)"]["evidence"]["exact"]
-        auc, leaked = exact.get("membership", {}).get("auc"), exact.get("leak_at_k", {}).get("samples_with_answer")
-        k = exact.get("leak_at_k", {}).get("k", "k")  # evidence.leak_k (default 10)
+        if "forget (relief)" in r:
+            _deletion_targets(r)
+        _rectify_targets(r["rectify one job"]["evidence"]["exact"], "exact")
+        fast = r["rectify one job (--fast)"]
+        bridge_s, exact_s = fast["timings"].get("fast_path_s"), fast["timings"].get("retrain_s")
         print(
-            f"target: exact deletion MIA AUC within 0.05 of 0.5: {C.fmt_s(auc)} → "
-            f"{'met' if auc is not None and abs(auc - 0.5) <= 0.05 else 'NOT met'}"
+            f"edit bridge serves after {C.fmt_s(bridge_s)}s (target <= 30 s: "
+            f"{'met' if bridge_s is not None and bridge_s <= 30 else 'NOT met'}); its exact retrain took "
+            f"{C.fmt_s(exact_s)}s; the whole `rectify --fast` {fast['wall_s']:.0f}s, `rectify` "
+            f"{r['rectify one job']['wall_s']:.0f}s"
         )
-        print(f"target: exact deletion leak@{k} = 0: {leaked} → {'met' if leaked == 0 else 'NOT met'}")
-        rx = r["rectify one job"]["evidence"]["exact"]
-        new = [rx.get("reliability", {}).get("expected_recall"), rx.get("generalization", {}).get("expected_recall")]
-        old = [rx.get("reliability", {}).get("forbidden_recall"), rx.get("generalization", {}).get("forbidden_recall")]
-        unchanged = rx.get("locality", {}).get("unchanged_tokens")
-        print(
-            f"target: rectified fact recalled >= 90% (prompt, paraphrases+question): {new} → "
-            f"{'met' if all(x is not None and x >= 0.9 for x in new) else 'NOT met'}"
-        )
-        print(f"target: old fact recalled in none: {old} → {'met' if all(x == 0 for x in old) else 'NOT met'}")
-        print(
-            f"target: locality >= 0.95: {C.fmt_s(unchanged)} → "
-            f"{'met' if unchanged is not None and unchanged >= 0.95 else 'NOT met'}"
-        )
+        _rectify_targets(fast["evidence"].get("approximate", {}), "edit bridge (approximate)")
+
+
+def _deletion_targets(r: dict) -> None:
+    exact = r["forget (relief)"]["evidence"]["exact"]
+    auc, leaked = exact.get("membership", {}).get("auc"), exact.get("leak_at_k", {}).get("samples_with_answer")
+    k = exact.get("leak_at_k", {}).get("k", "k")  # evidence.leak_k (default 10)
+    print(
+        f"target: exact deletion MIA AUC within 0.05 of 0.5: {C.fmt_s(auc)} → "
+        f"{'met' if auc is not None and abs(auc - 0.5) <= 0.05 else 'NOT met'}"
+    )
+    print(f"target: exact deletion leak@{k} = 0: {leaked} → {'met' if leaked == 0 else 'NOT met'}")
+
+
+def _rectify_targets(rx: dict, version: str) -> None:
+    new = [rx.get("reliability", {}).get("expected_recall"), rx.get("generalization", {}).get("expected_recall")]
+    old = [rx.get("reliability", {}).get("forbidden_recall"), rx.get("generalization", {}).get("forbidden_recall")]
+    unchanged = rx.get("locality", {}).get("unchanged_tokens")
+    print(
+        f"target ({version}): rectified fact recalled >= 90% (prompt, paraphrases+question): {new} → "
+        f"{'met' if all(x is not None and x >= 0.9 for x in new) else 'NOT met'}"
+    )
+    print(f"target ({version}): old fact recalled in none: {old} → {'met' if all(x == 0 for x in old) else 'NOT met'}")
+    print(
+        f"target ({version}): locality >= 0.95: {C.fmt_s(unchanged)} → "
+        f"{'met' if unchanged is not None and unchanged >= 0.95 else 'NOT met'}"
+    )
 
 
 def main() -> None:
@@ -180,6 +203,7 @@ def main() -> None:
     )
     p.add_argument("--forget", type=int, default=4, help="people forgotten, from one shard (default 4: 8 records)")
     p.add_argument("--epochs", type=int, default=None, help="training.epochs (default 10, as the demo)")
+    p.add_argument("--rectify-only", action="store_true", help="only the rectification, plain and --fast")
     args = p.parse_args()
     C.run_models(bench, report, args)
 

@@ -25,8 +25,12 @@ The recipe (the phases of a deletion, sisa/forgetting/runner.py; mechanics in si
 3. Evidence: the old text's loss under the serving model, while it is in memory (queued: measured
    by the batch; --probes and --holdout need the request carried out at once).
 4. Relief, exact at once (as for a deletion): each affected shard serves its last checkpoint
-   before the corrected records' slices. Or --fast (approximate) or --isolate. With --queue the
-   request stops here, its records marked `rectifying` (no training reads them); `sisa process`
+   before the corrected records' slices. Or --fast: the edit bridge (approximate, in seconds, already
+   answering with the new value): that relief checkpoint (a fresh adapter when slice 0 is hit)
+   fine-tuned for `unlearning.edit_steps` steps on the new text alone, never the old one
+   (sisa/forgetting/editing.py); the exact version supersedes it and the purge deletes it. Or
+   --isolate. With --queue the request stops here, its records marked `rectifying` (no training
+   reads them); `sisa process`
    (or `sisa train`, or the service's worker) runs steps 5-7 in a batch with the other queued
    requests, one retrain per shard.
 5. Replace the records' text in their slice files and the index: same id, subject, shard and
@@ -109,7 +113,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     request_options.add_request_arguments(
         p,
-        fast="serve an approximate (NPO) version without the old text at once, then the exact one",
+        fast="serve the edit bridge in seconds: the relief checkpoint (never saw the old text) briefly fine-tuned on "
+        "the new text (unlearning.edit_steps, edit_lr), marked approximate; then the exact one supersedes it",
         queue="stage the new text, record the request, serve the relief and return; `sisa process` replaces the text "
         "and retrains in a batch",
         dry_run="validate, print the plan and change nothing",

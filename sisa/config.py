@@ -190,6 +190,20 @@ class UnlearningConfig:
     lr: float = _f(1e-3, "Fast-path learning rate.", min=0.0)
     beta: float = _f(0.1, "NPO temperature.", min=0.0)
     retain_weight: float = _f(1.0, "Weight of the retain loss on the shard's remaining data.", min=0.0)
+    edit_steps: int = _f(
+        8,
+        "Optimizer steps of a correction's fast edit bridge (`rectify --fast`): the affected shard's relief "
+        "checkpoint (a fresh adapter when slice 0 is hit) fine-tuned on the corrected records alone.",
+        min=1,
+    )
+    edit_lr: float = _f(3e-3, "Learning rate of the edit bridge's steps.", min=0.0)
+    edit_replay: int = _f(
+        3,
+        "Records replayed beside the new ones in each edit step: the shard's other live records from the slices "
+        "the relief checkpoint lost, a retain term so the bridge keeps what they taught (they enter its lineage; "
+        "each costs a row of every step). 0 = none.",
+        min=0,
+    )
     deadline_days: int = _f(30, "Days a deletion request may take before it is overdue.", min=1)
 
 

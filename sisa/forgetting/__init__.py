@@ -2,7 +2,8 @@
 `phases` (one table, any number of requests: a request carried out at once, or a batch);
 `selection` resolves what a request names and plans it, `corrections` validates and stages a
 rectification's new text, `erasure` removes the old content from the data, `unlearning` is the
-approximate fast path, `purge` deletes what held a forgotten record, `lineage_check` and
+approximate fast path of a deletion, `editing` the fast edit bridge of a rectification (the
+relief checkpoint taught the new text), `purge` deletes what held a forgotten record, `lineage_check` and
 `certificate` check what serves, `rollback` serves an earlier version unless that brings
 forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers.
 `policy` holds the decision rules (method, approvers, deadline per request); `approve` and

@@ -23,7 +23,7 @@ import pyarrow as pa
 from sisa.config import SisaConfig
 from sisa.data.formats import Item
 from sisa.evidence import measures as evidence
-from sisa.forgetting import corrections, purge, unlearning
+from sisa.forgetting import corrections, editing, purge, unlearning
 from sisa.forgetting.certificate import make_certificate
 from sisa.forgetting.erasure import remove_data
 from sisa.forgetting.selection import find_live_by_hashes
@@ -206,7 +206,8 @@ def relieved_shards(store: Store, shards: dict[int, str], earliest: dict[int, in
 def bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
     """What serves until the exact version lands. Relief (the default): the current version with
     every affected shard at its last clean checkpoint, exact and instant; --fast: an approximate
-    (NPO) version of the affected shards; --isolate: the unaffected shards alone."""
+    version of the affected shards (a deletion: NPO; a rectification: the edit bridge, the relief
+    checkpoint taught the new text); --isolate: the unaffected shards alone."""
     for it in items:
         req = it.request
         if req.mode == RequestMode.EXACT or {"relief", "approximate", "isolate"} & set(req.versions):
@@ -263,15 +264,20 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
     t0 = time.perf_counter()
     fast = req.mode == RequestMode.FAST
     label, key = ("approximate", "approximate") if fast else ("isolating", "isolate")
+    how = ""
 
     def committed(entry: ModelVersion) -> None:
         req.versions[key] = entry.model_version
         req.timings["fast_path_s"] = time.perf_counter() - t0
         run.save(it)
 
-    if fast:
-        shards = unlearning.unlearn_shards(store, cfg, req.request_id, it.rows, before)
+    if fast and req.kind == RequestKind.RECTIFY:
+        shards = _edit_bridge(store, cfg, it, before)
         commit: dict[str, Any] = {"approximate": True}
+        how = " (edit bridge: the relief checkpoint taught the new text)"
+    elif fast:
+        shards = unlearning.unlearn_shards(store, cfg, req.request_id, it.rows, before)
+        commit = {"approximate": True}
     else:
         shards = {s: c for s, c in before.items() if s not in affected(req)}
         commit = {"excluded_shards": affected(req)}
@@ -286,9 +292,27 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
         request_id=req.request_id,
         **commit,
     )
-    run.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - run.started:.1f}s")
+    run.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - run.started:.1f}s{how}")
     run.on_version(label, entry)
     it.bridge = (key, shards)
+
+
+def _edit_bridge(store: Store, cfg: SisaConfig, it: InFlight, before: dict[int, str]) -> dict[int, str]:
+    """The version before with each affected shard at its relief checkpoint taught the corrected
+    records' new text (sisa/forgetting/editing.py): the new text from the validated corrections
+    in memory, or (resumed, approved) from where it is staged; the old text is never read."""
+    req = it.request
+    earliest = {sp.shard_id: sp.earliest_slice for sp in (req.plan.shards if req.plan else [])}
+    relieved = relieved_shards(store, before, earliest)
+    new = it.fix.new if it.fix is not None else corrections.staged(store, req.request_id)
+    rows = it.rows if it.rows.num_rows else find_live_by_hashes(store, set(req.target_hashes))
+    if new is None or not rows.num_rows:
+        return relieved  # nothing staged to teach (cannot happen before the delete phase): the relief
+    by_shard = {s: b for s, b in editing.new_records(store, new, rows).items() if s in before}
+    start = {s: relieved.get(s) for s in by_shard}
+    shards = dict(relieved)
+    shards.update(editing.edit_shards(store, cfg, req.request_id, by_shard, start, earliest))
+    return shards
 
 
 def measure_bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
@@ -416,7 +440,8 @@ def batch_base(
     except where a bridge changed an affected shard. An --isolate bridge left it out: take the
     checkpoint its request saw serving (else the shard would retrain from slice 0). A --fast
     bridge serves an approximate checkpoint computed from the text being forgotten: take the
-    exact one under it (else, when the records' slice was not trained yet, it would be kept)."""
+    exact one under it (else, when the records' slice was not trained yet, it would be kept); an
+    edit bridge's is its relief checkpoint, or none (a fresh adapter: the shard retrains from slice 0)."""
     base = dict(serving_shards)
     for r in reqs:
         for c in r.checkpoints_before:
@@ -429,7 +454,11 @@ def batch_base(
                 base[shard] = c["checkpoint_id"]
     for shard in earliest:
         while shard in base and checkpoints.is_approximate(base[shard]):
-            base[shard] = checkpoints.parent_of(store, base[shard])
+            parent = checkpoints.parent_of(store, base[shard])
+            if parent is None:  # an edit bridge's fresh adapter (slice 0 hit): the retrain starts from scratch
+                del base[shard]
+            else:
+                base[shard] = parent
     return base
 
 

@@ -7,7 +7,8 @@ rule has no `when`, so every request has one.
     rules:
       - name: bulk-erasure                 # 1-64 letters, digits, '-', '_', '.'; unique
         when: {kind: forget, min_records: 100}
-        method: relief                     # requested | relief | fast | isolate | exact
+        method: relief                     # requested | relief | fast | isolate | exact (fast for a
+                                           # correction: the edit bridge, sisa/forgetting/editing.py)
         approvers: 2                       # distinct approvers, none the requester (0: none)
         relief_before_approval: true       # the (exact) relief may serve while it waits
         deadline_days: 30                  # omitted: unlearning.deadline_days

@@ -13,17 +13,39 @@ from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
 from sisa.serving import mirror, vllm_adapters
 from storage import layout
+from storage.errors import NotFoundError
 from storage.faults import maybe_die
 from storage.store import Store
 
 
 def purge_targets(store: Store, reqs: list[DeletionRequest]) -> tuple[set[str], set[str]]:
     """What the purge of these requests looks for: the lineage hashes they forget, and the
-    checkpoints older than content lineage that trained a rectified record (which text they saw
-    is unknown, so they go as if they held the old one: fail closed)."""
+    checkpoints to go whatever their lineage: those older than content lineage that trained a
+    rectified record (which text they saw is unknown, so they go as if they held the old one:
+    fail closed), and the approximate ones their --fast version served (an edit bridge never saw
+    the old text, but the exact version supersedes it: approximate versions never outlive it)."""
     hashes = set().union(*(set(r.id_hashes) for r in reqs))
     rectified = set().union(*(set(r.record_hashes) for r in reqs if r.kind == RequestKind.RECTIFY))
-    return hashes, checkpoints.legacy_holding(store, rectified) if rectified else set()
+    also = checkpoints.legacy_holding(store, rectified) if rectified else set()
+    for r in reqs:
+        fast = r.versions.get("approximate")
+        if fast is not None:
+            also |= {c for c in versions.read(store, fast).shards.values() if _bridge_of(store, c, r.request_id)}
+    return hashes, also
+
+
+def _bridge_of(store: Store, checkpoint_id: str, request_id: str) -> bool:
+    """An approximate checkpoint this request wrote (not another request's, still in flight, that
+    served beside it), still present (a resumed purge may have deleted it already)."""
+    if not checkpoints.is_approximate(checkpoint_id):
+        return False
+    try:
+        return (
+            checkpoints.read_manifest(store, checkpoints.shard_of(checkpoint_id), checkpoint_id).get("request_id")
+            == request_id
+        )
+    except NotFoundError:
+        return False
 
 
 def tainted(store: Store, hashes: set[str], also: set[str] = frozenset()) -> set[str]:

@@ -74,9 +74,14 @@ def make_checkpoint_id(
     return f"s{shard_id:05d}-l{slice_idx:06d}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
 
-def make_approximate_id(parent_id: str) -> str:
-    """An approximate (fast-path) checkpoint: same shard and slice as its parent, a random tail
-    (it is not reproducible content; its own lineage names the records it read, so the purge finds it)."""
+def make_approximate_id(parent_id: str | None, shard_id: int | None = None) -> str:
+    """An approximate (fast-path) checkpoint: same shard and slice as its parent (no parent: a
+    fresh adapter of `shard_id`, slice 0), a random tail (it is not reproducible content; its own
+    lineage names the records it read, so the purge finds it)."""
+    if parent_id is None:
+        if shard_id is None:
+            raise ValueError("an approximate checkpoint without a parent needs its shard_id")
+        return f"s{shard_id:05d}-l{0:06d}-approx{secrets.token_hex(5)}"
     return f"s{shard_of(parent_id):05d}-l{slice_of(parent_id):06d}-approx{secrets.token_hex(5)}"
 
 
