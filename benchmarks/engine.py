@@ -215,6 +215,8 @@ def _measure(args, ens, top1, prompts: list[str], engines: dict) -> list[dict]:
                     "p99 s": f"{r['p99']:.2f}",
                 }
             )
+            # printed as it goes: a run cut short keeps what it measured
+            print("  measured: " + ", ".join(f"{k} {v}" for k, v in out[-1].items()), flush=True)
     return out
 
 
