@@ -134,10 +134,13 @@ SERVER_CALLS = re.compile(
 
 
 # `sisa serve` is the one server of ours: the app's package (sisa/service/app.py and its routers), the verb
-# that runs it, and the benchmark that starts it on a free loopback port to load it.
+# that runs it, and the benchmark that starts it on a free loopback port to load it. The benchmarks'
+# common module finds such a port the same way (a bind to 127.0.0.1 port 0, closed at once) for the
+# vLLM server benchmarks/engine.py starts on loopback (sisa/serving/vllm_server.py passes --host 127.0.0.1).
 SERVER_HOMES = {str(p.relative_to(REPO)) for p in (REPO / "sisa" / "service").glob("*.py")} | {
     "pipelines/serve.py",
     "benchmarks/serve.py",
+    "benchmarks/_common.py",
 }
 
 
