@@ -146,8 +146,8 @@ class MixtureBatch:
         if not requests:
             return []
         k = len(self.names)
-        out, mask, positions, evidence = _prefill(self.model, self.tokenizer, self.names, requests, self.device)
-        last = torch.log_softmax(out.logits[:, -1].float(), dim=-1).view(len(requests), k, -1)
+        out, mask, positions, evidence, last = _prefill(self.model, self.tokenizer, self.names, requests, self.device)
+        last = last.view(len(requests), k, -1)
         keep_rows, handles = [], []
         for q, r in enumerate(requests):
             keep = top_shard_indices(self.prior + evidence[q], r.top_shards)
@@ -290,7 +290,8 @@ def _prefill(
     use_cache: bool = True,
 ):
     """One forward of every prompt under every shard (rows request-major, shard inside, prompts
-    left-padded): (model output, mask, positions, evidence [q, k] = log p_k(prompt))."""
+    left-padded): (model output, mask, positions, evidence [q, k] = log p_k(prompt), the
+    next-token log-dist of every row [q*k, V])."""
     k = len(names)
     width = max(len(r.ids) for r in requests)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -309,7 +310,7 @@ def _prefill(
     # left-padded prompt is predicted from a pad); a pad row's logits may be NaN, so `where`.
     real = (mask[:, 1:] * mask[:, :-1]).bool()
     evidence = torch.where(real, tok, torch.zeros_like(tok)).sum(-1).view(len(requests), k)
-    return out, mask, positions, evidence
+    return out, mask, positions, evidence, logp[:, -1]
 
 
 @torch.no_grad()
@@ -330,7 +331,7 @@ def route(
         return []
     device = _model_device(model)
     prior = _prior(log_prior, len(adapter_names)).to(device)
-    _, _, _, evidence = _prefill(model, tokenizer, adapter_names, requests, device, use_cache=False)
+    _, _, _, evidence, _ = _prefill(model, tokenizer, adapter_names, requests, device, use_cache=False)
     out = []
     for q, r in enumerate(requests):
         keep = top_shard_indices(prior + evidence[q], r.top_shards)
