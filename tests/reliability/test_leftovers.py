@@ -30,6 +30,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pipelines.cli import RAY_STOP_S
 from tests.helpers import REPO, cli_args, run_cli
 from tests.reliability.helpers import SLICES, people, sisa_env
 
@@ -203,11 +204,23 @@ def run(tmp_path):
 RAY = ("scheduler.backend=ray", "scheduler.num_cpus=2", "scheduler.max_retries=0")
 
 
-@pytest.mark.parametrize("how", ["exit", "exception", "ctrl-c", "sigterm", "sigkill"])
+@pytest.mark.parametrize("how", ["exit", "exception", "ctrl-c", "sigterm", "sigkill", "ray-stop-hangs"])
 def test_sisa_train_leaves_no_ray_process_however_it_ends(how, trained_store, tmp_path, run):
+    """`ray-stop-hangs`: the training ends well but Ray's shutdown hangs (`SISA_FAULT=ray-shutdown`
+    in the driver); the CLI gives it `RAY_STOP_S`, then exits with the verb's code."""
     args = cli_args(trained_store, *SLICES, *RAY)
     code, _, err = run_cli("ingest", str(_more_people(tmp_path)), *args)
     assert code == 0, err
+    if how == "ray-stop-hangs":
+        r = run("train", *args, hang=True, SISA_FAULT="ray-shutdown")
+        r.wait_hanging()
+        started = time.monotonic()
+        assert r.end("exit") == 0, r.output[-3000:]
+        assert time.monotonic() - started < RAY_STOP_S + 15, "the CLI should give Ray's shutdown RAY_STOP_S"
+        assert "Ray did not stop within" in r.output, r.output[-3000:]
+        assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
+        r.assert_nothing_left()
+        return
     fault = {"SISA_FAULT": "train-between-slices"} if how != "exit" else {}
     r = run("train", *args, hang=how not in ("exit", "exception"), **fault)
     if how in ("exit", "exception"):
