@@ -68,7 +68,7 @@ $(CHROMIUM):
 
 # SISA_REQUIRE_VLLM: here the vLLM tests fail, not skip, when the vLLM environment is missing.
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
-	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q
+	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks
