@@ -104,6 +104,14 @@ def _refuses(sock: Path) -> bool:
     return False
 
 
+def _like_a_terminal_job() -> None:
+    """Ctrl-C and Ctrl-\\ as a terminal's foreground job has them. A shell runs a background job
+    (`bash .ci/run &`) with both ignored, every process under it inherits that, and Python then
+    leaves SIGINT ignored: a Ctrl-C test run there saw `sisa train` ignore its Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 class Run:
     """One `sisa VERB` in its own session, with its own Ray temp folder. Its output is read as it
     comes (a full pipe would block the run), and a run that does not end in time is sent SIGABRT
@@ -124,6 +132,7 @@ class Run:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_like_a_terminal_job,
         )
         self.tree = Tree(self.proc.pid)
         self.chunks: list[str] = []
