@@ -18,6 +18,7 @@ from sisa.serving.batcher import Batcher
 from sisa.serving.bundle import generate_texts, load_bundle, read_manifest, write_bundle
 from sisa.serving.engine import (
     Ensemble,
+    EnsemblePool,
     chat_prompt,
     encode_for_scoring,
     generate_chat,
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Batcher",
     "Ensemble",
+    "EnsemblePool",
     "Tracker",
     "VllmAdapters",
     "VllmClient",
