@@ -126,12 +126,14 @@ def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts, p
     the served one, recall: facts whose greedy completion starts with the answer."""
     ens = pool.ensemble(store, cfg, shards)
     loss: dict[str, dict[str, float | None]] = {}
-    for name, rows in groups.items():
-        items, prompts = facts.items(rows)
-        mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
-        for aggregation, vals in mixed.items():
-            loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-    return {"loss": loss, "recall": facts.recalled(ens, groups), "ensemble": ens}
+    with serving.one_thread():  # small batches: see one_thread
+        for name, rows in groups.items():
+            items, prompts = facts.items(rows)
+            mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
+            for aggregation, vals in mixed.items():
+                loss.setdefault(aggregation, {})[name] = serving.mean(vals)
+        recall = facts.recalled(ens, groups)
+    return {"loss": loss, "recall": recall, "ensemble": ens}
 
 
 def _frac(x: tuple[int, int] | None) -> str:
@@ -179,7 +181,8 @@ class _Demo:
 
     def show(self, ens, shown: list[tuple[str, dict]]) -> None:
         """Each (who, fact)'s greedy completion beside the truth, every prompt decoded together."""
-        completions = self.shape.ask_all(ens, [r for _, r in shown], ANSWER_TOKENS * (3 if self.shape.chat else 1))
+        with serving.one_thread():
+            completions = self.shape.ask_all(ens, [r for _, r in shown], ANSWER_TOKENS * (3 if self.shape.chat else 1))
         gap = " " if self.shape.chat else ""
         for (who, r), completion in zip(shown, completions, strict=True):
             print(f"  [{who}] {self.shape.query(r)!s} →{gap}{completion!s}   (truth:{gap}{self.shape.truth(r)})")

@@ -11,7 +11,8 @@ trained and unseen alike. The prompt still counts as context: it is what picks t
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +30,20 @@ from sisa.model.chat import render_chat_prompt
 from sisa.model.loss import encode_texts
 from storage.errors import StoreError
 from storage.store import Store
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Scoring and token-by-token decoding of the evidence's small batches run on one torch
+    thread: on a shared 2-core machine two threads decoded 8-25x slower (benchmarks/forget.py)
+    and scored 7x slower (the demo under load 5: 16 records in 28 s against 4 s), each matmul
+    spinning in OpenMP waiting for its second thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -348,7 +363,8 @@ def measure_records(
     if not texts:  # no shards: the base model alone serves (a relief of every shard)
         return {}
     ens = ensemble_of(store, cfg, shards, pool)
-    mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)
+    with one_thread():
+        mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)
     return {
         "ensemble": mean(mixed[ens.aggregation]),
         "aggregation": ens.aggregation,
