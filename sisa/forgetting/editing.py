@@ -99,8 +99,8 @@ def edit_adapter(
     optimizer, final loss, tokenizer fingerprint)."""
     uc = cfg.unlearning
     # The bridge runs alone in the driver before the retrain starts, on the shard jobs' thread count:
-    # its small batches took 59 s on two threads at load 3-5 (the demo), each matmul waiting in
-    # OpenMP for its second thread (see serving.one_thread).
+    # under load, two threads' small batches wait in OpenMP for the second one (see serving.one_thread):
+    # the demo's fast path served after 59 s on two threads at load 3-5, 7.3 s on one at load 3-4.
     with deterministic_torch(cfg.scheduler.threads_per_task):
         base, tokenizer = load_base_model(cfg.model)
         torch.manual_seed(derive_seed(store.seed, shard_id, -1, "init"))

@@ -67,8 +67,8 @@ def unlearn_adapter(
     """Load a shard checkpoint, run `cfg.unlearning.steps` steps, return (peft model, optimizer, losses)."""
     uc = cfg.unlearning
     # The fast path runs alone in the driver before the retrain starts, on the shard jobs' thread count:
-    # its small batches took 59 s on two threads at load 3-5 (the demo), each matmul waiting in
-    # OpenMP for its second thread (see serving.one_thread).
+    # under load, two threads' small batches wait in OpenMP for the second one (see serving.one_thread):
+    # the demo's fast path served after 59 s on two threads at load 3-5, 7.3 s on one at load 3-4.
     with deterministic_torch(cfg.scheduler.threads_per_task):
         base, tokenizer = load_base_model(cfg.model)
         model = adapters.attach_lora(base, cfg.lora)
