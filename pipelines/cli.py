@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import re
 import sys
 import warnings
@@ -120,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     args.overrides = overrides
     module = importlib.import_module(VERBS[args.verb][0])
+    code = _run_verb(module, args)
+    if argv is None:  # this process is the `sisa` command (tests call main(argv) in their own)
+        _stop_ray(code)
+    return code
+
+
+def _run_verb(module, args: argparse.Namespace) -> int:
     try:
         from sisa.config import load_config
 
@@ -132,6 +140,29 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sisa {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+# How long the embedded Ray may take to stop once a verb is done (it takes about a second).
+RAY_STOP_S = 30.0
+
+
+def _stop_ray(code: int) -> None:
+    """Stop the Ray this process started, if any, before exit handlers would: a shutdown that
+    hangs (or a second Ctrl-C during it) ends the process at once with `code`, and the watchdog
+    removes what Ray left (sisa/training/watchdog.py)."""
+    if "sisa.training.scheduler" not in sys.modules:  # no verb that runs shard jobs was loaded
+        return
+    from sisa.training import scheduler
+
+    try:
+        stopped = scheduler.shutdown_ray_within(RAY_STOP_S)
+    except KeyboardInterrupt:
+        stopped = False
+    if not stopped:
+        print(f"sisa: Ray did not stop within {RAY_STOP_S:g} s; exiting without it", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 if __name__ == "__main__":

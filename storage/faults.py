@@ -11,6 +11,7 @@ prove that every stage leaves the serving version intact and the work resumable.
     forget-during-retrain   inside a retraining shard job
     forget-during-purge     some tainted checkpoints deleted, not all
     pointer-move            a version entry written, the current pointer not yet moved
+    ray-shutdown            stopping the embedded Ray (sisa/training/scheduler.py: shutdown_ray)
     forget-after-<phase>    a request carried out at once, written to the ledger after that phase of
     batch-after-<phase>     the request runner (sisa/forgetting/runner.py: ledger, delete, commit, ...)
 
