@@ -121,17 +121,19 @@ class _Facts:
         return out
 
 
-def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts) -> dict:
+def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts, pool: serving.EnsemblePool) -> dict:
     """Per group: mean answer-token loss under each aggregation (one batched forward) and, under
     the served one, recall: facts whose greedy completion starts with the answer."""
-    ens = serving.load_ensemble(store, cfg, shards)
+    ens = pool.ensemble(store, cfg, shards)
     loss: dict[str, dict[str, float | None]] = {}
-    for name, rows in groups.items():
-        items, prompts = facts.items(rows)
-        mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
-        for aggregation, vals in mixed.items():
-            loss.setdefault(aggregation, {})[name] = serving.mean(vals)
-    return {"loss": loss, "recall": facts.recalled(ens, groups), "ensemble": ens}
+    with serving.one_thread():  # small batches: see one_thread
+        for name, rows in groups.items():
+            items, prompts = facts.items(rows)
+            mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
+            for aggregation, vals in mixed.items():
+                loss.setdefault(aggregation, {})[name] = serving.mean(vals)
+        recall = facts.recalled(ens, groups)
+    return {"loss": loss, "recall": recall, "ensemble": ens}
 
 
 def _frac(x: tuple[int, int] | None) -> str:
@@ -154,6 +156,9 @@ class _Demo:
     seen_versions: dict[str, int] = field(default_factory=dict)
     step_s: list[tuple[str, float]] = field(default_factory=list)  # (step, wall seconds), in order
     typical_s: float | None = None  # the typical deletion's delete + retrain + purge (step 6)
+    # Every version the demo and the request's evidence measure, on one base: each checkpoint's
+    # adapter is loaded once, not once per measure.
+    models: serving.EnsemblePool = field(default_factory=serving.EnsemblePool)
 
     @property
     def target_subject(self) -> str:
@@ -176,7 +181,8 @@ class _Demo:
 
     def show(self, ens, shown: list[tuple[str, dict]]) -> None:
         """Each (who, fact)'s greedy completion beside the truth, every prompt decoded together."""
-        completions = self.shape.ask_all(ens, [r for _, r in shown], ANSWER_TOKENS * (3 if self.shape.chat else 1))
+        with serving.one_thread():
+            completions = self.shape.ask_all(ens, [r for _, r in shown], ANSWER_TOKENS * (3 if self.shape.chat else 1))
         gap = " " if self.shape.chat else ""
         for (who, r), completion in zip(shown, completions, strict=True):
             print(f"  [{who}] {self.shape.query(r)!s} →{gap}{completion!s}   (truth:{gap}{self.shape.truth(r)})")
@@ -220,7 +226,7 @@ def _memorization(d: _Demo) -> None:
     cfg, store, shape = d.cfg, d.store, d.shape
     _banner("3. what the model remembers")
     v1 = versions.current(store)
-    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), d.groups, shape)
+    m1 = _measure(store, cfg, versions.shard_checkpoints(v1), d.groups, shape, d.models)
     served = cfg.serving.aggregation
     d.record(f"v{v1.model_version} trained", m1)
     what = (
@@ -250,7 +256,7 @@ def _forget(d: _Demo):
 
     def on_version(kind: str, entry: versions.ModelVersion) -> None:
         d.seen_versions[kind] = entry.model_version
-        m = _measure(store, cfg, versions.shard_checkpoints(entry), d.groups, d.shape)
+        m = _measure(store, cfg, versions.shard_checkpoints(entry), d.groups, d.shape, d.models)
         label = f"v{entry.model_version} {kind}"
         d.record(label, m)
         lv = d.losses[label]
@@ -277,9 +283,10 @@ def _forget(d: _Demo):
             on_version=on_version,
             log=lambda msg: print(msg, flush=True),
             probes=probes,
+            models=d.models,
         )
     exact_entry = versions.current(store)
-    ens_now = serving.load_ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
+    ens_now = d.models.ensemble(store, cfg, versions.shard_checkpoints(exact_entry))
     d.show(ens_now, [(f"forgotten, exact v{exact_entry.model_version}", r) for r in d.target[:2]])
     print_certificate(fr.request)
     return fr.request

@@ -25,8 +25,6 @@ ignored) in the normalised completion. Sample sizes travel with every number.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,18 +188,9 @@ def build_targets(
 
 
 # -- measuring one version ---------------------------------------------------------------------
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Token-by-token decoding of small batches runs on one torch thread: on a shared 2-core
-    machine two threads decoded 8-25x slower (benchmarks/forget.py measured the same). The
-    batched membership forwards too: under load, a 2-thread matmul spun in OpenMP waiting for
-    its second thread (seen in a stack of benchmarks/mia.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+# Token-by-token decoding and the membership forwards of small batches run on one thread (see
+# sisa/serving/engine.py: under load a 2-thread matmul spun in OpenMP waiting for its second thread).
+one_thread = serving.one_thread
 
 
 def measure(

@@ -18,8 +18,6 @@ exact retrain supersedes it and the request's purge deletes it (sisa/forgetting/
 
 from __future__ import annotations
 
-import os
-
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -100,8 +98,10 @@ def edit_adapter(
     `edit_steps` steps on `items` (the first `n_new` are the new records). Returns (model,
     optimizer, final loss, tokenizer fingerprint)."""
     uc = cfg.unlearning
-    # The bridge runs alone in the driver before the retrain starts: every core is free.
-    with deterministic_torch(max(cfg.scheduler.threads_per_task, os.cpu_count() or 1)):
+    # The bridge runs alone in the driver before the retrain starts, on the shard jobs' thread count:
+    # under load, two threads' small batches wait in OpenMP for the second one (see serving.one_thread):
+    # the demo's fast path served after 59 s on two threads at load 3-5, 7.3 s on one at load 3-4.
+    with deterministic_torch(cfg.scheduler.threads_per_task):
         base, tokenizer = load_base_model(cfg.model)
         torch.manual_seed(derive_seed(store.seed, shard_id, -1, "init"))
         model = adapters.attach_lora(base, cfg.lora)

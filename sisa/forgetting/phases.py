@@ -69,6 +69,9 @@ class Run:
     on_version: Callable[[str, ModelVersion], None] = lambda kind, entry: None
     log: Callable[[str], None] = lambda msg: None
     started: float = field(default_factory=time.perf_counter)
+    # The evidence's ensembles, on one base with each checkpoint's adapter loaded once (a caller's
+    # own, such as the demo's, or the run's).
+    models: engine.EnsemblePool = field(default_factory=engine.EnsemblePool)
     version: ModelVersion | None = None  # the batch's exact version
     results: list[ShardResult] = field(default_factory=list)  # the batch's shard jobs
 
@@ -115,17 +118,17 @@ def measure_before(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight
     is measured by its batch, with its relief's."""
     for it in items:
         if it.request.status == RequestStatus.QUEUED:
-            _measure_queued(store, cfg, it)
+            _measure_queued(store, cfg, it, run.models)
         else:
-            _measure_received(store, cfg, it)
+            _measure_received(store, cfg, it, run.models)
 
 
-def _measure_received(store: Store, cfg: SisaConfig, it: InFlight) -> None:
+def _measure_received(store: Store, cfg: SisaConfig, it: InFlight, pool: engine.EnsemblePool) -> None:
     req, ev = it.request, it.request.evidence
     before = before_shards(store, req)
     if not it.texts or not before or "loss_before" in ev:
         return
-    m = engine.measure_records(store, cfg, before, it.texts, it.prompts)
+    m = engine.measure_records(store, cfg, before, it.texts, it.prompts, pool)
     ev["loss_before"] = m.get("ensemble")
     unaffected = [s for s in before if s not in affected(req)]
     if unaffected:
@@ -133,10 +136,10 @@ def _measure_received(store: Store, cfg: SisaConfig, it: InFlight) -> None:
     ev["answer_tokens_only"] = it.prompts is not None
     if it.holdout:
         ev["holdout_records"] = len(it.holdout[0])
-        ev["holdout_before"] = engine.measure_records(store, cfg, before, *it.holdout).get("ensemble")
+        ev["holdout_before"] = engine.measure_records(store, cfg, before, *it.holdout, pool).get("ensemble")
 
 
-def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight) -> None:
+def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight, pool: engine.EnsemblePool) -> None:
     """What `sisa forget` measures at once, for a queued request: the records' loss under the
     version that served when it came, and under its relief."""
     r = it.request
@@ -144,7 +147,7 @@ def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight) -> None:
         return
     if "loss_before" not in r.evidence and r.version_before is not None:
         before = versions.read(store, r.version_before).shards
-        m = engine.measure_records(store, cfg, before, it.texts, it.prompts)
+        m = engine.measure_records(store, cfg, before, it.texts, it.prompts, pool)
         r.evidence["loss_before"] = m.get("ensemble")
         unaffected = [s for s in before if r.plan and s not in r.plan.shard_ids]
         if unaffected and m.get("per_shard"):
@@ -153,11 +156,13 @@ def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight) -> None:
     relief = r.versions.get("relief")
     if relief is not None and "loss_relief" not in r.evidence:
         r.evidence["loss_relief"] = engine.measure_records(
-            store, cfg, versions.read(store, relief).shards, it.texts, it.prompts
+            store, cfg, versions.read(store, relief).shards, it.texts, it.prompts, pool
         ).get("ensemble")
 
 
-def measure_targets(store: Store, cfg: SisaConfig, it: InFlight, label: str, shards: dict[int, str]) -> None:
+def measure_targets(
+    store: Store, cfg: SisaConfig, it: InFlight, label: str, shards: dict[int, str], pool: engine.EnsemblePool
+) -> None:
     """The trio, leak@k and membership inference of one version (sisa/evidence/measures.py), as
     numbers under `evidence.versions.<label>`; relief, fast and exact get their privacy leak
     relative to the exact version once it is measured."""
@@ -168,8 +173,8 @@ def measure_targets(store: Store, cfg: SisaConfig, it: InFlight, label: str, sha
     if label != "before" and "before" not in by_version and req.version_before is not None:
         # Measured once the first new version serves, not before it: the relief must not wait
         # for the evidence. The version before stays on disk until the purge.
-        measure_targets(store, cfg, it, "before", before_shards(store, req))
-    ens = engine.load_ensemble(store, cfg, shards)
+        measure_targets(store, cfg, it, "before", before_shards(store, req), pool)
+    ens = pool.ensemble(store, cfg, shards)
     numbers, preds = evidence.measure(ens, it.targets, cfg.training.max_length, it.locality_before)
     if label == "before":
         it.locality_before = preds
@@ -179,12 +184,14 @@ def measure_targets(store: Store, cfg: SisaConfig, it: InFlight, label: str, sha
         evidence.add_privleak(by_version)
 
 
-def _loss(store: Store, cfg: SisaConfig, it: InFlight, shards: dict[int, str], name: str) -> None:
+def _loss(
+    store: Store, cfg: SisaConfig, it: InFlight, shards: dict[int, str], name: str, pool: engine.EnsemblePool
+) -> None:
     """The records' loss (and the holdout's) under these shards, as `loss_<name>` (`holdout_<name>`)."""
     ev = it.request.evidence
-    ev[f"loss_{name}"] = engine.measure_records(store, cfg, shards, it.texts, it.prompts).get("ensemble")
+    ev[f"loss_{name}"] = engine.measure_records(store, cfg, shards, it.texts, it.prompts, pool).get("ensemble")
     if it.holdout:
-        ev[f"holdout_{name}"] = engine.measure_records(store, cfg, shards, *it.holdout).get("ensemble")
+        ev[f"holdout_{name}"] = engine.measure_records(store, cfg, shards, *it.holdout, pool).get("ensemble")
 
 
 # -- what serves until the exact version -------------------------------------------------------
@@ -323,8 +330,8 @@ def measure_bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight
             continue
         key, shards = it.bridge
         if it.texts and key != "isolate":
-            _loss(store, cfg, it, shards, "relief" if key == "relief" else "fast_path")
-        measure_targets(store, cfg, it, key, shards)
+            _loss(store, cfg, it, shards, "relief" if key == "relief" else "fast_path", run.models)
+        measure_targets(store, cfg, it, key, shards, run.models)
 
 
 def enqueue(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
@@ -550,8 +557,8 @@ def measure_after(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
         if not it.texts or exact is None or "loss_after" in it.request.evidence:
             continue
         shards = versions.read(store, exact).shards
-        _loss(store, cfg, it, shards, "after")
-        measure_targets(store, cfg, it, "exact", shards)
+        _loss(store, cfg, it, shards, "after", run.models)
+        measure_targets(store, cfg, it, "exact", shards, run.models)
 
 
 # -- purge and certify -------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from sisa.lineage.requests_ledger import (
     RequestStatus,
 )
 from sisa.lineage.versions import ModelVersion
+from sisa.serving import engine
 from sisa.training import run as training
 from sisa.training.shard_job import ShardResult
 from storage.errors import RefusedError, ValidationError
@@ -301,11 +302,14 @@ def forget(
     idempotency_key: str | None = None,
     probes: list[Probe] | None = None,
     filer: Filer | None = None,
+    models: engine.EnsemblePool | None = None,
 ) -> RequestResult:
     """Select, validate, plan and decide (the policy's rule); then (unless a dry run) record the
     request and carry it out, or with `queue` leave it queued for a batch, or leave it awaiting
     approval when its rule asks for approvers. The caller holds the store lock. A request filed
-    again with the same `idempotency_key` returns the first one, whatever became of it."""
+    again with the same `idempotency_key` returns the first one, whatever became of it. `models`:
+    the caller's ensemble pool for the evidence (the demo measures the same versions); else the
+    run's own."""
     key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
     if replayed is not None:
         return replayed
@@ -337,7 +341,7 @@ def forget(
         item.texts, item.prompts = read_texts(store, sel.rows)
         item.holdout = holdout
         item.targets = _targets(cfg, item, probes)
-    return _carry_new(store, cfg, item, on_version, log)
+    return _carry_new(store, cfg, item, on_version, log, models)
 
 
 def rectify(
@@ -411,6 +415,7 @@ def _carry_new(
     item: InFlight,
     on_version: Callable[[str, ModelVersion], None] | None,
     log: Callable[[str], None] | None,
+    models: engine.EnsemblePool | None = None,
 ) -> RequestResult:
     """A new request, a batch of one, through the phases (with `queue`, until it is queued)."""
     req, log = item.request, log or (lambda msg: None)
@@ -419,7 +424,9 @@ def _carry_new(
     cost = req.plan.cost_fraction if req.plan else 0.0
     where = f"{req.records} record(s) in shard(s) {shards}"
     log(f"request {req.request_id}{kind}: {where} (retrain cost {cost:.1%} of a full retrain)")
-    carry_out(store, cfg, new_run(store, on_version=on_version or (lambda kind, entry: None), log=log), [item])
+    run = new_run(store, on_version=on_version or (lambda kind, entry: None), log=log)
+    run.models = models or run.models
+    carry_out(store, cfg, run, [item])
     return RequestResult(request=req)
 
 

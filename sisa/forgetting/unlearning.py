@@ -13,8 +13,6 @@ retained): the exact retrain supersedes it and the purge deletes it.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
@@ -68,8 +66,10 @@ def unlearn_adapter(
 ):
     """Load a shard checkpoint, run `cfg.unlearning.steps` steps, return (peft model, optimizer, losses)."""
     uc = cfg.unlearning
-    # The fast path runs alone in the driver before the retrain starts: every core is free.
-    with deterministic_torch(max(cfg.scheduler.threads_per_task, os.cpu_count() or 1)):
+    # The fast path runs alone in the driver before the retrain starts, on the shard jobs' thread count:
+    # under load, two threads' small batches wait in OpenMP for the second one (see serving.one_thread):
+    # the demo's fast path served after 59 s on two threads at load 3-5, 7.3 s on one at load 3-4.
+    with deterministic_torch(cfg.scheduler.threads_per_task):
         base, tokenizer = load_base_model(cfg.model)
         model = adapters.attach_lora(base, cfg.lora)
         with checkpoints.open_checkpoint(store, checkpoint_id) as ckpt:

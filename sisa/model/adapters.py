@@ -130,7 +130,18 @@ def load_adapters(base: torch.nn.Module, dirs: dict[str, str]) -> PeftModel:
             raise NotFoundError(f"adapter {name!r}: no {ADAPTER_CONFIG} in {str(folder)!r}")
     (first, first_dir), *rest = dirs.items()
     model = PeftModel.from_pretrained(base, str(first_dir), adapter_name=first)
-    for name, folder in rest:
+    return add_adapters(model, dict(rest))
+
+
+def add_adapters(model: PeftModel, dirs: dict[str, str]) -> PeftModel:
+    """Load more named adapters into a PeftModel that `load_adapters` made (frozen, eval mode):
+    the adapters already there stay as they are."""
+    for name, folder in dirs.items():
+        if not (Path(folder) / ADAPTER_CONFIG).is_file():
+            raise NotFoundError(f"adapter {name!r}: no {ADAPTER_CONFIG} in {str(folder)!r}")
+        if name in model.peft_config:
+            # peft would overwrite it in place, under a name some ensemble already points at.
+            raise ValueError(f"an adapter named {name!r} already exists")
         model.load_adapter(str(folder), adapter_name=name)
     model.requires_grad_(False)
     model.eval()

@@ -18,6 +18,7 @@ from sisa.serving.batcher import Batcher
 from sisa.serving.bundle import generate_texts, load_bundle, read_manifest, write_bundle
 from sisa.serving.engine import (
     Ensemble,
+    EnsemblePool,
     chat_prompt,
     encode_for_scoring,
     generate_chat,
@@ -26,6 +27,7 @@ from sisa.serving.engine import (
     load_ensemble,
     load_serving,
     mean,
+    one_thread,
     recalls,
     sample_many,
     score_aggregations,
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Batcher",
     "Ensemble",
+    "EnsemblePool",
     "Tracker",
     "VllmAdapters",
     "VllmClient",
@@ -58,6 +61,7 @@ __all__ = [
     "load_ensemble",
     "load_serving",
     "mean",
+    "one_thread",
     "read_manifest",
     "recalls",
     "registered_version_exists",

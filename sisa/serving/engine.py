@@ -11,14 +11,15 @@ trained and unseen alike. The prompt still counts as context: it is what picks t
 
 from __future__ import annotations
 
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.compute as pc
 import torch
 
-from sisa.config import SisaConfig
+from sisa.config import ModelConfig, SisaConfig
 from sisa.data.formats import Item
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.versions import ModelVersion
@@ -29,6 +30,20 @@ from sisa.model.chat import render_chat_prompt
 from sisa.model.loss import encode_texts
 from storage.errors import StoreError
 from storage.store import Store
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Scoring and token-by-token decoding of the evidence's small batches run on one torch
+    thread: on a shared 2-core machine two threads decoded 8-25x slower (benchmarks/forget.py)
+    and scored 7x slower (the demo under load 5: 16 records in 28 s against 4 s), each matmul
+    spinning in OpenMP waiting for its second thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -86,6 +101,63 @@ def load_ensemble(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ense
         counts,
         cfg.serving.top_shards,
     )
+
+
+class EnsemblePool:
+    """The ensembles of several versions on one base model: each checkpoint's adapter is read (its
+    sha256 verified) once, under a name of its own, and a version's ensemble names its shards'.
+
+    A request's evidence measures the version before, the relief or fast path and the exact
+    version, which share every checkpoint but the affected shards': loading the base and all
+    adapters anew for each of its ~11 measures was most of the evidence's fixed cost on SmolLM2.
+    The ensembles it hands out share one model, so a pool serves one thread (the run that made
+    it: a request's phases, the demo), and lives no longer than that run; a purged checkpoint's
+    tensors leave memory with it. `base_loads` and `adapter_loads` count what it read."""
+
+    def __init__(self) -> None:
+        self._model: torch.nn.Module | None = None
+        self._tokenizer: object = None
+        self._model_cfg: ModelConfig | None = None
+        self._names: dict[str, str] = {}  # checkpoint_id → adapter name
+        self.base_loads = 0
+        self.adapter_loads = 0
+
+    def ensemble(self, store: Store, cfg: SisaConfig, shards: dict[int, str]) -> Ensemble:
+        """What `load_ensemble(store, cfg, shards)` gives, from the adapters loaded so far and the
+        ones this version adds. A version of no shard serves the plain base: loaded apart, since
+        the pool's base carries LoRA layers."""
+        if not shards:
+            return load_ensemble(store, cfg, shards)
+        if self._model is not None and cfg.model != self._model_cfg:
+            raise ValueError("an EnsemblePool holds one base model; this config names another")
+        new = sorted({c for c in shards.values() if c not in self._names})
+        with ExitStack() as opened:
+            dirs = {}
+            for ckpt_id in new:
+                ckpt = opened.enter_context(checkpoints.open_checkpoint(store, ckpt_id))  # IntegrityError if bad
+                dirs[f"ckpt{len(self._names) + len(dirs)}"] = ckpt.path
+            if self._model is None:
+                base, self._tokenizer = load_base_model(cfg.model)
+                self._model, self._model_cfg = adapters.load_adapters(base, dirs), cfg.model
+                self.base_loads += 1
+            elif dirs:
+                adapters.add_adapters(self._model, dirs)
+        self._names.update(zip(new, dirs, strict=True))
+        self.adapter_loads += len(new)
+        counts = live_record_counts(store) if cfg.serving.prior == "records" else None
+        return Ensemble(
+            self._model,
+            self._tokenizer,
+            {s: self._names[c] for s, c in sorted(shards.items())},
+            cfg.serving.aggregation,
+            counts,
+            cfg.serving.top_shards,
+        )
+
+
+def ensemble_of(store: Store, cfg: SisaConfig, shards: dict[int, str], pool: EnsemblePool | None) -> Ensemble:
+    """The version's ensemble from `pool` when the caller keeps one, else freshly loaded."""
+    return load_ensemble(store, cfg, shards) if pool is None else pool.ensemble(store, cfg, shards)
 
 
 def encode_for_scoring(
@@ -279,14 +351,20 @@ def mean(values: list[float]) -> float | None:
 
 
 def measure_records(
-    store: Store, cfg: SisaConfig, shards: dict[int, str], texts: list[Item], prompts: list[str | None] | None
+    store: Store,
+    cfg: SisaConfig,
+    shards: dict[int, str],
+    texts: list[Item],
+    prompts: list[str | None] | None,
+    pool: EnsemblePool | None = None,
 ) -> dict[str, Any]:
     """Mean loss of the records under a version's served mixture (`ensemble`, with the config's
     aggregation), under each aggregation (`by_aggregation`), and under each shard (`per_shard`)."""
     if not texts:  # no shards: the base model alone serves (a relief of every shard)
         return {}
-    ens = load_ensemble(store, cfg, shards)
-    mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)
+    ens = ensemble_of(store, cfg, shards, pool)
+    with one_thread():
+        mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)
     return {
         "ensemble": mean(mixed[ens.aggregation]),
         "aggregation": ens.aggregation,

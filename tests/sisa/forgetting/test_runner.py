@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from pipelines import ingest, train
-from sisa.data.synthetic import write_jsonl
+from sisa.data.synthetic import make_probes, write_jsonl
+from sisa.evidence import Probe
 from sisa.forgetting import runner
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestMode, RequestStatus
+from sisa.serving import engine
 from storage.store import Store
 from tests.helpers import cli_args, make_cfg, one_slice_subjects, run_cli
 from tests.reliability.helpers import SLICES, people, subject_in_middle
@@ -212,3 +214,36 @@ def test_a_batch_of_many_gives_the_version_and_certificates_sisa_process_gives(t
         assert r.versions == cli_req.versions
         _same_certificate(r.certificate, cli_req.certificate)
         assert sorted(r.evidence) == sorted(cli_req.evidence)
+
+
+# -- the evidence's models ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_the_evidence_of_a_request_loads_the_base_once_and_each_checkpoint_once(template, tmp_path, monkeypatch):
+    """A --fast request with probes and a holdout measures the version before, the approximate and
+    the exact one (losses, the trio, leak@k, membership): one base model for all of it, and each
+    checkpoint's adapter read once, not once per measure (issue 22: ~11 loads a request)."""
+    cfg, store = _copy(template, tmp_path / "s")
+    subject, _, _ = subject_in_middle(store)
+    loads: list[str] = []
+    real = engine.load_base_model
+    monkeypatch.setattr(engine, "load_base_model", lambda model_cfg: loads.append(model_cfg.name) or real(model_cfg))
+    rows = [r for r in people() if r["subject_id"] == subject]
+    strangers = people(2, start=100)
+    pool = engine.EnsemblePool()
+    with store.job("test forget", cfg.store.lock_timeout_s):
+        req = runner.forget(
+            store,
+            cfg,
+            "subject",
+            [subject],
+            RequestMode.FAST,
+            holdout=([r["text"] for r in strangers], None),
+            probes=[Probe(**p) for p in make_probes(rows)],
+            models=pool,
+        ).request
+    measured = req.evidence["versions"]
+    assert {"before", "approximate", "exact"} <= set(measured) and "membership" in measured["exact"]
+    assert loads == ["tiny"] and pool.base_loads == 1
+    seen = {c for n in req.versions.values() for c in versions.read(store, n).shards.values()}
+    seen |= set(versions.read(store, req.version_before).shards.values())
+    assert pool.adapter_loads == len(seen)

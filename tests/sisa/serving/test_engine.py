@@ -101,6 +101,28 @@ def test_a_version_of_no_shard_serves_the_base_model_alone(trained):
     assert engine.generate_text(ens, PROMPT, max_new_tokens=6) == want
 
 
+def test_a_pool_loads_the_base_once_and_each_checkpoint_once_and_scores_as_a_fresh_load(trained):
+    """The evidence's ensembles (EnsemblePool): versions that share checkpoints share their loaded
+    adapters on one base; each version's ensemble scores and generates what `load_ensemble` gives."""
+    cfg, store = trained
+    shards = versions.shard_checkpoints(versions.current(store))
+    texts = [r["text"] for r in make_people(3, seed=21)]
+    pool = engine.EnsemblePool()
+    one = pool.ensemble(store, cfg, {0: shards[0]})  # a version of one shard, then the whole one: adds shard 1's
+    assert (pool.base_loads, pool.adapter_loads) == (1, 1)
+    for _ in range(2):
+        ens = pool.ensemble(store, cfg, shards)
+    assert (pool.base_loads, pool.adapter_loads) == (1, len(set(shards.values())))
+    assert ens.model is one.model and one.adapter_names() == [ens.names[0]]
+    for mine, fresh_shards in ((ens, shards), (one, {0: shards[0]})):
+        fresh = engine.load_ensemble(store, cfg, fresh_shards)
+        assert engine.score_aggregations(mine, texts) == engine.score_aggregations(fresh, texts)
+        assert engine.generate_text(mine, PROMPT, max_new_tokens=6) == engine.generate_text(fresh, PROMPT, 6)
+    assert pool.ensemble(store, cfg, {}).names == {engine.BASE_SHARD: mixture.BASE}  # the plain base, apart
+    with pytest.raises(ValueError, match="one base model"):
+        pool.ensemble(store, make_cfg(store.uri, "model.name=smollm2"), shards)
+
+
 def test_a_damaged_adapter_is_refused_before_it_loads(trained, tmp_path):
     cfg, store = trained
     copy = tmp_path / "s"
