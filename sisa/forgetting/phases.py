@@ -574,6 +574,7 @@ def purge_tainted(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
         reqs = [it.request for it in group]
         hashes, legacy = purge.purge_targets(store, reqs)
         report = purge.purge(store, cfg, hashes, run.batch_id or reqs[0].request_id, legacy)
+        run.models.drop(report["checkpoints"])  # the evidence's copies of them, in memory
         for r in reqs:
             r.purge = report
             r.timings["purge_s"] = time.perf_counter() - t0

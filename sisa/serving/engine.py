@@ -11,7 +11,8 @@ trained and unseen alike. The prompt still counts as context: it is what picks t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,7 @@ class EnsemblePool:
             dirs = {}
             for ckpt_id in new:
                 ckpt = opened.enter_context(checkpoints.open_checkpoint(store, ckpt_id))  # IntegrityError if bad
-                dirs[f"ckpt{len(self._names) + len(dirs)}"] = ckpt.path
+                dirs[f"ckpt{self.adapter_loads + len(dirs)}"] = ckpt.path  # never a dropped one's name
             if self._model is None:
                 base, self._tokenizer = load_base_model(cfg.model)
                 self._model, self._model_cfg = adapters.load_adapters(base, dirs), cfg.model
@@ -153,6 +154,21 @@ class EnsemblePool:
             counts,
             cfg.serving.top_shards,
         )
+
+    def checkpoint_ids(self) -> set[str]:
+        """The checkpoints whose adapters the pool holds."""
+        return set(self._names)
+
+    def drop(self, checkpoint_ids: Iterable[str]) -> None:
+        """Remove these checkpoints' adapters from memory (a purge deleted their files): the pool
+        never again holds the weights of a checkpoint trained on deleted records. With none left,
+        the base goes too."""
+        with warnings.catch_warnings():  # peft says which adapter it made active instead: any, here
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted", category=UserWarning)
+            for ckpt_id in sorted(set(checkpoint_ids) & set(self._names)):
+                self._model.delete_adapter(self._names.pop(ckpt_id))
+        if not self._names:
+            self._model = self._tokenizer = self._model_cfg = None
 
 
 def ensemble_of(store: Store, cfg: SisaConfig, shards: dict[int, str], pool: EnsemblePool | None) -> Ensemble:

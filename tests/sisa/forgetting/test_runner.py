@@ -247,3 +247,5 @@ def test_the_evidence_of_a_request_loads_the_base_once_and_each_checkpoint_once(
     seen = {c for n in req.versions.values() for c in versions.read(store, n).shards.values()}
     seen |= set(versions.read(store, req.version_before).shards.values())
     assert pool.adapter_loads == len(seen)
+    # The purge took the tainted checkpoints' adapters out of the pool too, not only off disk.
+    assert req.purge["checkpoints"] and not pool.checkpoint_ids() & set(req.purge["checkpoints"])

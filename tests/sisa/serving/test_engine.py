@@ -119,6 +119,17 @@ def test_a_pool_loads_the_base_once_and_each_checkpoint_once_and_scores_as_a_fre
         assert engine.score_aggregations(mine, texts) == engine.score_aggregations(fresh, texts)
         assert engine.generate_text(mine, PROMPT, max_new_tokens=6) == engine.generate_text(fresh, PROMPT, 6)
     assert pool.ensemble(store, cfg, {}).names == {engine.BASE_SHARD: mixture.BASE}  # the plain base, apart
+    # A purge drops a checkpoint's adapter from memory; a later load never reuses a dropped name.
+    pool.drop([shards[0]])
+    assert pool.checkpoint_ids() == set(shards.values()) - {shards[0]}
+    assert one.names[0] not in ens.model.peft_config
+    again = pool.ensemble(store, cfg, shards)
+    assert again.names[0] not in {ens.names[s] for s in shards if s != 0}
+    fresh = engine.load_ensemble(store, cfg, shards)
+    assert engine.score_aggregations(again, texts) == engine.score_aggregations(fresh, texts)
+    pool.drop(set(shards.values()))
+    assert pool.checkpoint_ids() == set() and pool.ensemble(store, cfg, shards).names.keys() == shards.keys()
+    assert pool.base_loads == 2  # with no adapter left the base went too
     with pytest.raises(ValueError, match="one base model"):
         pool.ensemble(store, make_cfg(store.uri, "model.name=smollm2"), shards)
 
