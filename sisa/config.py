@@ -252,6 +252,12 @@ class EvidenceConfig:
         "version; 0 = no sampling.",
         min=0,
     )
+    beside_retrain: bool = _f(
+        True,
+        "A request carried out at once on Ray measures the versions before and bridge while its shard jobs retrain, "
+        "on the core they leave this process (sisa/forgetting/deferred.py); false: the same work before the jobs start "
+        "(where this process and the jobs would share one accelerator, say).",
+    )
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ rectification's new text, `erasure` removes the old content from the data, `unle
 approximate fast path of a deletion, `editing` the fast edit bridge of a rectification (the
 relief checkpoint taught the new text), `purge` deletes what held a forgotten record, `lineage_check` and
 `certificate` check what serves, `rollback` serves an earlier version unless that brings
-forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers.
+forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers, and
+`deferred` the evidence a request measures beside its retrain.
 `policy` holds the decision rules (method, approvers, deadline per request); `approve` and
 `reject` are the approvers' two answers to a request that waits for them.
 """

@@ -25,6 +25,7 @@ from sisa.data.formats import Item
 from sisa.evidence import measures as evidence
 from sisa.forgetting import corrections, editing, purge, unlearning
 from sisa.forgetting.certificate import make_certificate
+from sisa.forgetting.deferred import Deferred
 from sisa.forgetting.erasure import remove_data
 from sisa.forgetting.selection import find_live_by_hashes
 from sisa.lineage import checkpoints, requests_ledger, signing, versions
@@ -74,6 +75,17 @@ class Run:
     models: engine.EnsemblePool = field(default_factory=engine.EnsemblePool)
     version: ModelVersion | None = None  # the batch's exact version
     results: list[ShardResult] = field(default_factory=list)  # the batch's shard jobs
+    deferred: Deferred = field(default_factory=Deferred)  # evidence done while the shard jobs train
+
+    def later(self, it: InFlight, work: Callable[[], None]) -> None:
+        """`work` (evidence of the version before or the bridge) beside this run's retrain, when the
+        request is carried out at once (sisa/forgetting/deferred.py); else now: a queued request's
+        retrain, or one awaiting approval's, happens in another run."""
+        req = it.request
+        if self.batch_id is None and not req.queued and not req.needs_approval:
+            self.deferred.later(work)
+        else:
+            work()
 
 
 def before_shards(store: Store, req: DeletionRequest) -> dict[int, str]:
@@ -120,7 +132,7 @@ def measure_before(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight
         if it.request.status == RequestStatus.QUEUED:
             _measure_queued(store, cfg, it, run.models)
         else:
-            _measure_received(store, cfg, it, run.models)
+            run.later(it, lambda it=it: _measure_received(store, cfg, it, run.models))
 
 
 def _measure_received(store: Store, cfg: SisaConfig, it: InFlight, pool: engine.EnsemblePool) -> None:
@@ -262,7 +274,7 @@ def _relief(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None:
         f"relief version {entry.model_version} serves after {time.perf_counter() - run.started:.2f}s "
         "(exact: affected shard(s) at their last clean checkpoint)"
     )
-    run.on_version("relief", entry)
+    run.later(it, lambda: run.on_version("relief", entry))
     it.bridge = ("relief", shards)
 
 
@@ -300,7 +312,7 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
         **commit,
     )
     run.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - run.started:.1f}s{how}")
-    run.on_version(label, entry)
+    run.later(it, lambda: run.on_version(label, entry))
     it.bridge = (key, shards)
 
 
@@ -326,12 +338,15 @@ def measure_bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight
     """The records' loss under the relief or the approximate version, and every version's
     evidence targets, once it serves (the isolating version's targets only)."""
     for it in items:
-        if it.bridge is None:
-            continue
-        key, shards = it.bridge
-        if it.texts and key != "isolate":
-            _loss(store, cfg, it, shards, "relief" if key == "relief" else "fast_path", run.models)
-        measure_targets(store, cfg, it, key, shards, run.models)
+        if it.bridge is not None:
+            run.later(it, lambda it=it: _measure_bridge(store, cfg, it, run.models))
+
+
+def _measure_bridge(store: Store, cfg: SisaConfig, it: InFlight, pool: engine.EnsemblePool) -> None:
+    key, shards = it.bridge
+    if it.texts and key != "isolate":
+        _loss(store, cfg, it, shards, "relief" if key == "relief" else "fast_path", pool)
+    measure_targets(store, cfg, it, key, shards, pool)
 
 
 def enqueue(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
@@ -408,7 +423,12 @@ def _commit_alone(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None
     tasks, _ = plan_shard_tasks(
         store, cfg, relieved_shards(store, base, reached), reached, through_last=True, train_others=False
     )
-    results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+    # The evidence of the versions before and bridge is measured on the core the shard jobs leave
+    # this process (sisa/forgetting/deferred.py); the retrain's time is the jobs', not that wait.
+    with run.deferred.beside(enabled=cfg.scheduler.backend == "ray" and cfg.evidence.beside_retrain):
+        results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
+        trained = time.perf_counter()
+    waited = time.perf_counter() - trained
     if not base:  # nothing was trained when the request came: deleting the data was enough
         req.versions["exact"] = None
         return
@@ -417,12 +437,19 @@ def _commit_alone(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None
 
     def committed(entry: ModelVersion) -> None:
         req.versions["exact"] = entry.model_version
-        req.timings["retrain_s"] = time.perf_counter() - started
+        req.timings["retrain_s"] = time.perf_counter() - started - waited
         req.retrained = retrained(results)
         run.save(it)
 
     entry = mirror.publish_version(
-        store, cfg, shards, "forget", results, time.perf_counter() - started, committed, request_id=req.request_id
+        store,
+        cfg,
+        shards,
+        "forget",
+        results,
+        time.perf_counter() - started - waited,
+        committed,
+        request_id=req.request_id,
     )
     run.log(
         f"exact version {entry.model_version} serves "
@@ -552,6 +579,7 @@ def _publish_batch(
 def measure_after(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
     """The records' loss (and the holdout's, and the evidence targets) under the exact version,
     while this run still holds their text."""
+    run.deferred.catch_up()  # the versions before and bridge first: the exact one compares with them
     for it in items:
         exact = it.request.versions.get("exact")
         if not it.texts or exact is None or "loss_after" in it.request.evidence:
@@ -567,6 +595,7 @@ def purge_tainted(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
     runs that held one (a batch: one purge for all its requests). MLflow is first brought in line
     with the ledger: a version committed before a crash or an MLflow outage is logged now, and the
     alias follows the serving version, so the purge never leaves the alias on a deleted version."""
+    run.deferred.catch_up()  # what it measures is about to go
     mirror.ensure_tracked(store, cfg)
     groups = [items] if run.batch_id is not None else [[it] for it in items]
     for group in groups:

@@ -4,9 +4,9 @@
     ledger          received (a new one)   received       durable before anything is destroyed
     await-approval  received (its rule     awaiting_      waits for approvers (`approve`, `reject`);
                     asks for approvers)    approval       the relief serves if the rule allows it
-    measure-before  received, queued       (same)         evidence under the version that served when it came
+    measure-before  received, queued       (same)         evidence under the version that served when it came *
     bridge          received (not exact)   received       relief, --fast or --isolate serves until the exact version
-    measure-bridge  received (a bridge)    received       the records' loss and the evidence under the bridge
+    measure-bridge  received (a bridge)    received       the records' loss and the evidence under the bridge *
     queue           received (--queue)     queued         records marked `forgetting` (`rectifying`); a batch goes on
     delete          received, queued       data_deleted   records erased (a rectification: text replaced)
     start-retrain   data_deleted           retraining     durable before the shard jobs start
@@ -14,6 +14,9 @@
     measure-after   retraining             retraining     evidence under the exact version
     purge           retraining             retraining     tainted checkpoints, versions, MLflow runs, caches
     certify         retraining             completed      lineage and purge checks, the certificate
+
+    * carried out at once: queued (`Run.later`) and done beside the shard jobs of `commit`, on the
+      core they leave this process (sisa/forgetting/deferred.py); before measure-after and purge.
 
 Deletions and rectifications (a request's `kind`) go the same way. `forget` and `rectify` carry a
 new request out at once: a batch of one, whose versions are its own (committed from the version

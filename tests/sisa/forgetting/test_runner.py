@@ -5,6 +5,7 @@ certificates the CLI gives."""
 from __future__ import annotations
 
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,63 @@ def test_the_evidence_of_a_request_loads_the_base_once_and_each_checkpoint_once(
     assert pool.adapter_loads == len(seen)
     # The purge took the tainted checkpoints' adapters out of the pool too, not only off disk.
     assert req.purge["checkpoints"] and not pool.checkpoint_ids() & set(req.purge["checkpoints"])
+
+
+@pytest.mark.slow
+def test_the_evidence_before_the_exact_version_is_measured_beside_the_retrain(template, tmp_path, monkeypatch):
+    """Carried out at once on Ray, a --fast request's versions before and approximate are measured
+    (the evidence's measures and the caller's `on_version`) on a thread of their own while the
+    shard jobs retrain, and the exact version's after them; the numbers are the serial run's,
+    where the same work comes first."""
+    from sisa.forgetting import phases
+    from sisa.training.scheduler import shutdown_ray
+
+    threads: list[str] = []
+    real = phases.evidence.measure
+    monkeypatch.setattr(
+        phases.evidence, "measure", lambda *a, **kw: threads.append(threading.current_thread().name) or real(*a, **kw)
+    )
+    got = {}
+    try:
+        for backend in ("serial", "ray"):
+            shutil.copytree(template, tmp_path / backend)
+            cfg, store = make_cfg(tmp_path / backend, *RELIEF, backend=backend), Store.open(str(tmp_path / backend))
+            subject, _, _ = subject_in_middle(store)
+            rows = [r for r in people() if r["subject_id"] == subject]
+            seen: list[tuple[str, str]] = []
+
+            def on_version(kind: str, entry, seen=seen) -> None:
+                seen.append((kind, threading.current_thread().name))
+
+            with store.job("test forget", cfg.store.lock_timeout_s):
+                req = runner.forget(
+                    store,
+                    cfg,
+                    "subject",
+                    [subject],
+                    RequestMode.FAST,
+                    holdout=([r["text"] for r in people(3, start=100)], None),
+                    probes=[Probe(**p) for p in make_probes(rows)],
+                    on_version=on_version,
+                ).request
+            assert req.status == S.COMPLETED and req.certificate["purge_check"]["passed"]
+            got[backend] = (req.evidence, list(threads), seen)
+            threads.clear()
+    finally:
+        shutdown_ray()
+    main = threading.main_thread().name
+    assert got["serial"][1] == [main] * 3 and [t for _, t in got["serial"][2]] == [main, main]
+    beside = "sisa-evidence-beside-retrain"
+    assert got["ray"][1] == [beside, beside, main]  # before, approximate; exact
+    assert got["ray"][2] == [("approximate", beside), ("exact", main)]
+    assert set(got["ray"][0]["versions"]) == {"before", "approximate", "exact"}
+    ray, serial = got["ray"][0], got["serial"][0]
+    # The fast path's NPO steps run in this process on however many threads torch has here, so
+    # the approximate version may differ in float rounding; the others are the same checkpoints.
+    assert ray["versions"]["before"] == serial["versions"]["before"]
+    assert ray["versions"]["exact"] == serial["versions"]["exact"]
+    assert ray["versions"]["approximate"].keys() == serial["versions"]["approximate"].keys()
+    same = {k for k in serial if k not in ("versions", "loss_fast_path", "holdout_fast_path")}
+    assert same >= {"loss_before", "loss_after", "holdout_before", "holdout_after"}
+    assert {k: ray[k] for k in same} == {k: serial[k] for k in same}
+    assert ray["loss_fast_path"] == pytest.approx(serial["loss_fast_path"], rel=1e-3)
