@@ -388,10 +388,9 @@ def membership_scores(
         for i, r in enumerate(chunk):
             x[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        logp = aggregate.ensemble_logprobs(
-            ens.model, ens.adapter_names(), x.to(device), mask.to(device), ens.aggregation, ens.log_prior()
+        nxt = aggregate.served_token_logprobs(
+            ens.model, ens.adapter_names(), x.to(device), mask.to(device), ens.aggregation, ens.log_prior(), ens.cache
         )
-        nxt = logp[:, :-1].gather(-1, x[:, 1:].to(device).unsqueeze(-1)).squeeze(-1).float()
         for i, r in enumerate(chunk):
             if len(r) < 2:
                 min_k.append(0.0)

@@ -5,7 +5,8 @@
 `fingerprints` holds the digests of weights, weight folders and tokenizers; `chat` renders chat
 records with the tokenizer's template; `loss` turns records into token batches and computes
 their losses; `adapters` attaches, saves, loads and merges the LoRA adapters (peft);
-`mixture` serves the shards' adapters as one distribution (the SISA aggregation).
+`mixture` serves the shards' adapters as one distribution (the SISA aggregation);
+`token_cache` keeps each shard's token log-probs per text for a run that scores several versions.
 """
 
 from __future__ import annotations

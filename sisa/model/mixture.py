@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from sisa.model.base import TextTokenizer
 from sisa.model.loss import token_logprobs
 from storage.errors import ValidationError
+
+if TYPE_CHECKING:
+    from sisa.model.token_cache import TokenLogprobCache
 
 Aggregation = Literal["posterior", "uniform"]
 AGGREGATIONS: tuple[str, ...] = ("posterior", "uniform")
@@ -199,14 +202,49 @@ def ensemble_logprobs(
 
 
 @torch.no_grad()
+def shard_token_logprobs(
+    peft_model: torch.nn.Module,
+    adapter_names: list[str],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache: TokenLogprobCache | None = None,
+) -> torch.Tensor:
+    """[k, B, T-1]: each adapter's log-prob of every real next token (0 where it is a pad or
+    predicted from one), from one batched forward, or from `cache` (sisa/model/token_cache.py)
+    for the (adapter, text) rows it has seen."""
+    if cache is not None:
+        return cache.shard_token_logprobs(peft_model, adapter_names, input_ids, attention_mask)
+    logits = _batched_logits(peft_model, adapter_names, input_ids, attention_mask)
+    return _token_logprobs(logits, _context_labels(input_ids, attention_mask))
+
+
+@torch.no_grad()
+def served_token_logprobs(
+    peft_model: torch.nn.Module,
+    adapter_names: list[str],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    aggregation: str = "posterior",
+    log_prior: torch.Tensor | None = None,
+    cache: TokenLogprobCache | None = None,
+) -> torch.Tensor:
+    """[B, T-1]: the served mixture's log-prob of each actual next token, what
+    `ensemble_logprobs` gives gathered at the next token, without the vocabulary-wide mixture."""
+    check_aggregation(aggregation)
+    tok = shard_token_logprobs(peft_model, adapter_names, input_ids, attention_mask, cache)
+    return mixture_token_logprobs(tok, aggregation, _prior(log_prior, len(adapter_names)).to(tok.device))
+
+
+@torch.no_grad()
 def aggregated_sequence_losses(
     peft_model: torch.nn.Module,
     adapter_names: list[str],
     batch: dict[str, torch.Tensor],
     log_prior: torch.Tensor | None = None,
+    cache: TokenLogprobCache | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Per-row mean NLL of the labelled tokens under every aggregation, and under each adapter
-    alone, from one batched forward: ({aggregation: [batch]}, {adapter_name: [batch]}).
+    alone, from one batched forward (or `cache`): ({aggregation: [batch]}, {adapter_name: [batch]}).
 
     Labels of -100 are not scored but still count as context for the posterior: with an
     answer-only mask the prompt is what picks the shard. Only the actual tokens' log-probs are
@@ -215,8 +253,7 @@ def aggregated_sequence_losses(
     input_ids, attention_mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     scored = labels != -100
     assert torch.equal(labels[scored], input_ids[scored]), "labels should be the input ids or -100"
-    logits = _batched_logits(peft_model, adapter_names, input_ids, attention_mask)
-    tok = _token_logprobs(logits, _context_labels(input_ids, attention_mask))
+    tok = shard_token_logprobs(peft_model, adapter_names, input_ids, attention_mask, cache)
     mask = (labels[:, 1:] != -100).to(tok.device)
     count = mask.sum(1).clamp(min=1)
     prior = _prior(log_prior, len(adapter_names)).to(tok.device)

@@ -29,6 +29,7 @@ from sisa.model import mixture as aggregate
 from sisa.model.base import load_base_model
 from sisa.model.chat import render_chat_prompt
 from sisa.model.loss import encode_texts
+from sisa.model.token_cache import TokenLogprobCache
 from storage.errors import StoreError
 from storage.store import Store
 
@@ -55,6 +56,8 @@ class Ensemble:
     aggregation: str = "posterior"  # posterior | uniform (serving.aggregation)
     record_counts: dict[int, int] | None = None  # shard_id → live records, the prior; None: uniform
     top_shards: int = 0  # generation keeps the m most probable shards after the prompt; 0 = all
+    # An EnsemblePool's ensembles share their shards' token log-probs (sisa/model/token_cache.py).
+    cache: TokenLogprobCache | None = None
 
     def adapter_names(self, shards: list[int] | None = None) -> list[str]:
         return [self.names[k] for k in self._keys(shards)]
@@ -111,15 +114,20 @@ class EnsemblePool:
     A request's evidence measures the version before, the relief or fast path and the exact
     version, which share every checkpoint but the affected shards': loading the base and all
     adapters anew for each of its ~11 measures was most of the evidence's fixed cost on SmolLM2.
+    Its ensembles share one `TokenLogprobCache` (`scores`): a shard the versions share is scored
+    once per text, whichever version asks.
     The ensembles it hands out share one model, so a pool serves one thread (the run that made
     it: a request's phases, the demo), and lives no longer than that run; a purged checkpoint's
     tensors leave memory with it. `base_loads` and `adapter_loads` count what it read."""
 
-    def __init__(self) -> None:
+    def __init__(self, share_scores: bool = True) -> None:
         self._model: torch.nn.Module | None = None
         self._tokenizer: object = None
         self._model_cfg: ModelConfig | None = None
         self._names: dict[str, str] = {}  # checkpoint_id → adapter name
+        # What the ensembles scored, by adapter name and text (None: every measure scores anew, as
+        # benchmarks/evidence_speed.py's baseline does).
+        self.scores = TokenLogprobCache() if share_scores else None
         self.base_loads = 0
         self.adapter_loads = 0
 
@@ -153,6 +161,7 @@ class EnsemblePool:
             cfg.serving.aggregation,
             counts,
             cfg.serving.top_shards,
+            self.scores,
         )
 
     def checkpoint_ids(self) -> set[str]:
@@ -162,7 +171,10 @@ class EnsemblePool:
     def drop(self, checkpoint_ids: Iterable[str]) -> None:
         """Remove these checkpoints' adapters from memory (a purge deleted their files): the pool
         never again holds the weights of a checkpoint trained on deleted records. With none left,
-        the base goes too."""
+        the base goes too. The scores go whole: they are keyed by the run's texts, the deleted
+        records' among them."""
+        if self.scores is not None:
+            self.scores.clear()
         with warnings.catch_warnings():  # peft says which adapter it made active instead: any, here
             warnings.filterwarnings("ignore", message=".*was active which is now deleted", category=UserWarning)
             for ckpt_id in sorted(set(checkpoint_ids) & set(self._names)):
@@ -213,7 +225,7 @@ def score_aggregations(
         chunk = texts[start : start + batch_size]
         pchunk = prompts[start : start + batch_size] if prompts is not None else None
         batch = encode_for_scoring(ens.tokenizer, chunk, pchunk, max_length)
-        m, each = aggregate.aggregated_sequence_losses(ens.model, names, batch, prior)
+        m, each = aggregate.aggregated_sequence_losses(ens.model, names, batch, prior, ens.cache)
         for a in mixed:
             mixed[a].extend(m[a].tolist())
         for k, name in zip(keys, names, strict=True):

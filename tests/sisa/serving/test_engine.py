@@ -119,8 +119,12 @@ def test_a_pool_loads_the_base_once_and_each_checkpoint_once_and_scores_as_a_fre
         assert engine.score_aggregations(mine, texts) == engine.score_aggregations(fresh, texts)
         assert engine.generate_text(mine, PROMPT, max_new_tokens=6) == engine.generate_text(fresh, PROMPT, 6)
     assert pool.ensemble(store, cfg, {}).names == {engine.BASE_SHARD: mixture.BASE}  # the plain base, apart
-    # A purge drops a checkpoint's adapter from memory; a later load never reuses a dropped name.
+    # The versions share their scores: shard 0's rows were computed once, for the first of them.
+    assert pool.scores.misses == len(texts) * len(set(shards.values())) and pool.scores.hits == len(texts)
+    # A purge drops a checkpoint's adapter from memory, and every score (keyed by the run's texts);
+    # a later load never reuses a dropped name.
     pool.drop([shards[0]])
+    assert len(pool.scores) == 0
     assert pool.checkpoint_ids() == set(shards.values()) - {shards[0]}
     assert one.names[0] not in ens.model.peft_config
     again = pool.ensemble(store, cfg, shards)
