@@ -43,17 +43,13 @@ class Deferred:
             self._queue.pop(0)()
 
     @contextmanager
-    def beside(self, enabled: bool = True) -> Iterator[None]:
+    def beside(self) -> Iterator[None]:
         """Run the queued work on a thread of its own while the body runs; on leaving, wait for it
         and raise what it raised. If the body raises, the work stops after its current piece
         (what is left is dropped: the run failed, the request stays resumable) and the body's
-        error goes on. With `enabled` false (the shard jobs run in this process, the serial
-        backend) the work is done first, then the body."""
+        error goes on. (Where the shard jobs run in this process, the serial backend, the caller
+        catches up first instead.)"""
         if not self._queue:
-            yield
-            return
-        if not enabled:
-            self.catch_up()
             yield
             return
         errors: list[BaseException] = []

@@ -413,6 +413,8 @@ def _commit_alone(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None
     """A request carried out at once: the version it saw, its retrained shards swapped in. A shard
     whose serving checkpoint never reached the records needs nothing: deleting the data was enough."""
     req = it.request
+    if cfg.scheduler.backend != "ray" or not cfg.evidence.beside_retrain:
+        run.deferred.catch_up()  # the jobs would share this process's cores: the evidence first
     started = time.perf_counter()
     base = before_shards(store, req)
     reached = {
@@ -425,7 +427,7 @@ def _commit_alone(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None
     )
     # The evidence of the versions before and bridge is measured on the core the shard jobs leave
     # this process (sisa/forgetting/deferred.py); the retrain's time is the jobs', not that wait.
-    with run.deferred.beside(enabled=cfg.scheduler.backend == "ray" and cfg.evidence.beside_retrain):
+    with run.deferred.beside():
         results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
         trained = time.perf_counter()
     waited = time.perf_counter() - trained

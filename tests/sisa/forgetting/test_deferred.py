@@ -25,12 +25,13 @@ def test_the_work_runs_beside_the_body_in_order_and_once() -> None:
     assert len(seen) == 2
 
 
-def test_without_a_thread_the_work_is_done_before_the_body() -> None:
+def test_caught_up_first_the_body_runs_alone() -> None:
     d, seen = Deferred(), []
     d.later(lambda: seen.append("work"))
-    with d.beside(enabled=False):
-        seen.append("body")
-    assert seen == ["work", "body"]
+    d.catch_up()
+    with d.beside():
+        seen.append(("body", threading.current_thread().name))
+    assert seen == ["work", ("body", threading.main_thread().name)]
 
 
 def test_the_works_error_is_raised_once_the_body_is_done() -> None:

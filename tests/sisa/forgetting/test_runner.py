@@ -257,7 +257,7 @@ def test_the_evidence_before_the_exact_version_is_measured_beside_the_retrain(te
     """Carried out at once on Ray, a --fast request's versions before and approximate are measured
     (the evidence's measures and the caller's `on_version`) on a thread of their own while the
     shard jobs retrain, and the exact version's after them; the numbers are the serial run's,
-    where the same work comes first."""
+    where the same work comes first, as on Ray with `evidence.beside_retrain=false`."""
     from sisa.forgetting import phases
     from sisa.training.scheduler import shutdown_ray
 
@@ -268,9 +268,14 @@ def test_the_evidence_before_the_exact_version_is_measured_beside_the_retrain(te
     )
     got = {}
     try:
-        for backend in ("serial", "ray"):
-            shutil.copytree(template, tmp_path / backend)
-            cfg, store = make_cfg(tmp_path / backend, *RELIEF, backend=backend), Store.open(str(tmp_path / backend))
+        for label, backend, extra in (
+            ("serial", "serial", ()),
+            ("ray", "ray", ()),
+            ("ray, turned off", "ray", ("evidence.beside_retrain=false",)),
+        ):
+            root = tmp_path / label.replace(", ", "-").replace(" ", "-")
+            shutil.copytree(template, root)
+            cfg, store = make_cfg(root, *RELIEF, *extra, backend=backend), Store.open(str(root))
             subject, _, _ = subject_in_middle(store)
             rows = [r for r in people() if r["subject_id"] == subject]
             seen: list[tuple[str, str]] = []
@@ -290,12 +295,13 @@ def test_the_evidence_before_the_exact_version_is_measured_beside_the_retrain(te
                     on_version=on_version,
                 ).request
             assert req.status == S.COMPLETED and req.certificate["purge_check"]["passed"]
-            got[backend] = (req.evidence, list(threads), seen)
+            got[label] = (req.evidence, list(threads), seen)
             threads.clear()
     finally:
         shutdown_ray()
     main = threading.main_thread().name
-    assert got["serial"][1] == [main] * 3 and [t for _, t in got["serial"][2]] == [main, main]
+    for alone in ("serial", "ray, turned off"):
+        assert got[alone][1] == [main] * 3 and [t for _, t in got[alone][2]] == [main, main]
     beside = "sisa-evidence-beside-retrain"
     assert got["ray"][1] == [beside, beside, main]  # before, approximate; exact
     assert got["ray"][2] == [("approximate", beside), ("exact", main)]
