@@ -228,8 +228,7 @@ def _starter(tmp: Path, runs: list[Run]) -> Callable[..., Run]:
     return start
 
 
-def _play(ending: Ending) -> None:
-    runs: list[Run] = []
+def _play(ending: Ending, runs: list[Run]) -> None:
     try:
         ending.scenario(_starter(ending.tmp, runs))
     finally:
@@ -242,11 +241,11 @@ def endings(request, template_store, tmp_path_factory):
     """node id → the Future of its ending, for every test of this module that this session runs:
     prepared in order (the longest first), played `AT_ONCE` at a time. The ones not yet started
     when the module ends early (`-x`, a failure) are cancelled; the running ones end within their
-    own time limits."""
+    own time limits, or at once when the module was interrupted (their children are killed)."""
     items = [i for i in request.session.items if getattr(i, "module", None) is request.module]
     items.sort(key=lambda i: i.callspec.params.get("how") != "ray-stop-hangs")  # 30 s of it is waiting
     pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="ending")
-    futures = {}
+    futures, runs = {}, {}
     try:
         for item in items:
             tmp = tmp_path_factory.mktemp("ending")
@@ -258,10 +257,16 @@ def endings(request, template_store, tmp_path_factory):
                 futures[item.nodeid] = Future()
                 futures[item.nodeid].set_exception(e)
                 continue
-            futures[item.nodeid] = pool.submit(_play, Ending(item.nodeid, scenario, tmp))
+            runs[item.nodeid] = []
+            futures[item.nodeid] = pool.submit(_play, Ending(item.nodeid, scenario, tmp), runs[item.nodeid])
         yield futures
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)
+        for nodeid, future in futures.items():
+            if not future.done():  # the module stopped before its test waited for it (Ctrl-C)
+                for r in list(runs.get(nodeid, ())):
+                    r.cleanup()
+        pool.shutdown(wait=True)
 
 
 def _ended(endings, request) -> None:
