@@ -203,7 +203,7 @@ class Run:
 # -- two endings at a time ----------------------------------------------------------------------------
 # One ending keeps about one of this machine's two cores busy (measured: 22 s of CPU over the 21 s
 # of a `sisa forget` run, mostly one process importing or starting at a time), and the 18 of them
-# one after another took 8.7 minutes of `make test` (7 two at a time, at twice the load). So the
+# one after another took 10 minutes beside a full suite run (7 two at a time, measured alike). So the
 # selected endings of this module run two at a time, each in threads of its own, with its own
 # store copy, Ray temp folder, process session and hang marker; each test waits for its own
 # ending and fails with that ending's assertion. What prepares an ending in this process
