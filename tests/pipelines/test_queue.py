@@ -186,8 +186,10 @@ def test_a_batch_killed_midway_resumes_without_committing_twice(tmp_path, make_t
     batch_versions = [v for v in versions.all_versions(store) if v.reason == "forget-batch"]
     assert len(batch_versions) == 1 and store.current_version() == batch_versions[0].model_version
     assert all(r.status == RequestStatus.COMPLETED for r in requests_ledger.all_requests(store))
-    p = sisa_proc("verify", "--replay", *args)
-    assert p.returncode == 0, describe(p)
+    # The crash and the resume are processes of their own; the replay that checks their result
+    # need not be (in this process it skips the seconds of importing torch and peft again).
+    code, out, err = run_cli("verify", "--replay", *args)
+    assert code == 0 and "verified" in out, out + err
     assert not (tmp_path / "s" / layout.TMP).exists() or not list((tmp_path / "s" / layout.TMP).iterdir())
 
 

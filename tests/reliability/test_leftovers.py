@@ -25,7 +25,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 import pytest
@@ -197,52 +200,121 @@ class Run:
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
 
-@pytest.fixture
-def run(tmp_path):
-    runs: list[Run] = []
+# -- two endings at a time ----------------------------------------------------------------------------
+# One ending keeps about one of this machine's two cores busy (measured: 22 s of CPU over the 21 s
+# of a `sisa forget` run, mostly one process importing or starting at a time), and the 18 of them
+# one after another took 10 minutes beside a full suite run (7 two at a time, measured alike). So the
+# selected endings of this module run two at a time, each in threads of its own, with its own
+# store copy, Ray temp folder, process session and hang marker; each test waits for its own
+# ending and fails with that ending's assertion. What prepares an ending in this process
+# (`run_cli`: it redirects the process's stdout) runs in the main thread, before its ending is
+# handed to a thread.
+AT_ONCE = 2
 
+
+class Ending(NamedTuple):
+    """One ending to run: its test's node id, the scenario (called in a thread) and its folder."""
+
+    nodeid: str
+    scenario: Callable[[Callable[..., Run]], None]
+    tmp: Path
+
+
+def _starter(tmp: Path, runs: list[Run]) -> Callable[..., Run]:
     def start(*argv: str, hang: bool = False, **env: str) -> Run:
-        runs.append(Run(tmp_path, *argv, hang=hang, **env))
+        runs.append(Run(tmp, *argv, hang=hang, **env))
         return runs[-1]
 
-    yield start
-    for r in runs:
-        r.cleanup()
+    return start
+
+
+def _play(ending: Ending, runs: list[Run]) -> None:
+    try:
+        ending.scenario(_starter(ending.tmp, runs))
+    finally:
+        for r in runs:
+            r.cleanup()
+
+
+@pytest.fixture(scope="module")
+def endings(request, template_store, tmp_path_factory):
+    """node id → the Future of its ending, for every test of this module that this session runs:
+    prepared in order (the longest first), played `AT_ONCE` at a time. The ones not yet started
+    when the module ends early (`-x`, a failure) are cancelled; the running ones end within their
+    own time limits, or at once when the module was interrupted (their children are killed)."""
+    items = [i for i in request.session.items if getattr(i, "module", None) is request.module]
+    items.sort(key=lambda i: i.callspec.params.get("how") != "ray-stop-hangs")  # 30 s of it is waiting
+    pool = ThreadPoolExecutor(AT_ONCE, thread_name_prefix="ending")
+    futures, runs = {}, {}
+    try:
+        for item in items:
+            tmp = tmp_path_factory.mktemp("ending")
+            root = tmp / "s"
+            shutil.copytree(template_store, root)
+            try:
+                scenario = PREPARE[item.originalname](root, tmp, **item.callspec.params)
+            except Exception as e:  # this ending's own failure, not the others'
+                futures[item.nodeid] = Future()
+                futures[item.nodeid].set_exception(e)
+                continue
+            runs[item.nodeid] = []
+            futures[item.nodeid] = pool.submit(_play, Ending(item.nodeid, scenario, tmp), runs[item.nodeid])
+        yield futures
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for nodeid, future in futures.items():
+            if not future.done():  # the module stopped before its test waited for it (Ctrl-C)
+                for r in list(runs.get(nodeid, ())):
+                    r.cleanup()
+        pool.shutdown(wait=True)
+
+
+def _ended(endings, request) -> None:
+    """This test's ending, waited for: its assertion error (or any error) is raised here."""
+    endings[request.node.nodeid].result()
 
 
 RAY = ("scheduler.backend=ray", "scheduler.num_cpus=2", "scheduler.max_retries=0")
 
 
 @pytest.mark.parametrize("how", ["exit", "exception", "ctrl-c", "sigterm", "sigkill", "ray-stop-hangs"])
-def test_sisa_train_leaves_no_ray_process_however_it_ends(how, trained_store, tmp_path, run):
+def test_sisa_train_leaves_no_ray_process_however_it_ends(how, endings, request):
     """`ray-stop-hangs`: the training ends well but Ray's shutdown hangs (`SISA_FAULT=ray-shutdown`
     in the driver); the CLI gives it `RAY_STOP_S`, then exits with the verb's code."""
-    args = cli_args(trained_store, *SLICES, *RAY)
-    code, _, err = run_cli("ingest", str(_more_people(tmp_path)), *args)
+    _ended(endings, request)
+
+
+def _train_ending(root: Path, tmp: Path, how: str):
+    args = cli_args(root, *SLICES, *RAY)
+    code, _, err = run_cli("ingest", str(_more_people(tmp)), *args)
     assert code == 0, err
-    if how == "ray-stop-hangs":
-        r = run("train", *args, hang=True, SISA_FAULT="ray-shutdown")
-        r.wait_hanging()
-        started = time.monotonic()
-        assert r.end("exit") == 0, r.output[-3000:]
-        assert time.monotonic() - started < RAY_STOP_S + 15, "the CLI should give Ray's shutdown RAY_STOP_S"
-        assert "Ray did not stop within" in r.output, r.output[-3000:]
+
+    def scenario(run) -> None:
+        if how == "ray-stop-hangs":
+            r = run("train", *args, hang=True, SISA_FAULT="ray-shutdown")
+            r.wait_hanging()
+            started = time.monotonic()
+            assert r.end("exit") == 0, r.output[-3000:]
+            assert time.monotonic() - started < RAY_STOP_S + 15, "the CLI should give Ray's shutdown RAY_STOP_S"
+            assert "Ray did not stop within" in r.output, r.output[-3000:]
+            assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
+            r.assert_nothing_left()
+            return
+        fault = {"SISA_FAULT": "train-between-slices"} if how != "exit" else {}
+        r = run("train", *args, hang=how not in ("exit", "exception"), **fault)
+        if how in ("exit", "exception"):
+            code = r.end(how)
+            assert (code == 0) == (how == "exit"), r.output[-3000:]
+            if how == "exception":
+                assert "shard job(s) failed" in r.output, r.output[-3000:]
+        else:
+            r.wait_hanging()
+            code = r.end(how)
+            assert code != 0, r.output[-3000:]
         assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
         r.assert_nothing_left()
-        return
-    fault = {"SISA_FAULT": "train-between-slices"} if how != "exit" else {}
-    r = run("train", *args, hang=how not in ("exit", "exception"), **fault)
-    if how in ("exit", "exception"):
-        code = r.end(how)
-        assert (code == 0) == (how == "exit"), r.output[-3000:]
-        if how == "exception":
-            assert "shard job(s) failed" in r.output, r.output[-3000:]
-    else:
-        r.wait_hanging()
-        code = r.end(how)
-        assert code != 0, r.output[-3000:]
-    assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
-    r.assert_nothing_left()
+
+    return scenario
 
 
 # The other long verbs that start the embedded Ray, each caught in its own shard jobs. One ending
@@ -259,47 +331,72 @@ LONG_VERBS = {
 
 @pytest.mark.parametrize("how", ["exit", "ctrl-c", "sigkill"])
 @pytest.mark.parametrize("verb", sorted(LONG_VERBS))
-def test_long_verbs_leave_no_ray_process_however_they_end(verb, how, trained_store, run):
+def test_long_verbs_leave_no_ray_process_however_they_end(verb, how, endings, request):
+    _ended(endings, request)
+
+
+def _long_verb_ending(root: Path, tmp: Path, verb: str, how: str):
     from storage.store import Store
     from tests.reliability.helpers import subject_in_middle
 
-    args = cli_args(trained_store, *SLICES, *RAY)
-    subject, _, _ = subject_in_middle(Store.open(str(trained_store)))
+    args = cli_args(root, *SLICES, *RAY)
+    subject, _, _ = subject_in_middle(Store.open(str(root)))
     if verb == "process":
         code, out, err = run_cli("forget", "--subject", subject, "--queue", *args)
         assert code == 0, out + err
     stage, argv = LONG_VERBS[verb]
     hang = how != "exit"
-    r = run(*argv(subject), *args, hang=hang, **({"SISA_FAULT": stage} if hang else {}))
-    if hang:
-        r.wait_hanging()
-    code = r.end(how)
-    assert (code == 0) == (how == "exit"), r.output[-3000:]
-    assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
-    r.assert_nothing_left()
+
+    def scenario(run) -> None:
+        r = run(*argv(subject), *args, hang=hang, **({"SISA_FAULT": stage} if hang else {}))
+        if hang:
+            r.wait_hanging()
+        code = r.end(how)
+        assert (code == 0) == (how == "exit"), r.output[-3000:]
+        assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
+        r.assert_nothing_left()
+
+    return scenario
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm", "sigkill"])
-def test_sisa_serve_mid_batch_leaves_no_ray_process_however_it_ends(how, trained_store, run):
+def test_sisa_serve_mid_batch_leaves_no_ray_process_however_it_ends(how, endings, request):
     """The worker's batch retrains on the embedded Ray (a shard job hangs there) when the server
     is stopped; Ctrl-C and SIGTERM stop it within its shutdown timeout."""
+    _ended(endings, request)
+
+
+def _serve_ending(root: Path, tmp: Path, how: str):
     from storage.store import Store
     from tests.reliability.helpers import subject_in_middle
     from tests.servers import free_port
 
-    args = cli_args(trained_store, *SLICES, *RAY)
-    subject, _, _ = subject_in_middle(Store.open(str(trained_store)))
+    args = cli_args(root, *SLICES, *RAY)
+    subject, _, _ = subject_in_middle(Store.open(str(root)))
     code, out, err = run_cli("forget", "--subject", subject, "--queue", *args)
     assert code == 0, out + err
-    serve = (*args, "deletion.batch_after_h=0", "service.worker_interval_s=0.5", f"service.port={free_port()}")
-    r = run("serve", *serve, "service.shutdown_timeout_s=2", hang=True, SISA_FAULT="forget-during-retrain")
-    r.wait_hanging()
-    started = time.monotonic()
-    code = r.end(how)
-    if how != "sigkill":
-        assert time.monotonic() - started < 60, "sisa serve should stop within its shutdown timeout"
-    assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
-    r.assert_nothing_left()
+    serve = (*args, "deletion.batch_after_h=0", "service.worker_interval_s=0.5", "service.shutdown_timeout_s=2")
+
+    def scenario(run) -> None:
+        port = f"service.port={free_port()}"  # chosen when it starts: a port picked earlier may be taken
+        r = run("serve", *serve, port, hang=True, SISA_FAULT="forget-during-retrain")
+        r.wait_hanging()
+        started = time.monotonic()
+        r.end(how)
+        if how != "sigkill":
+            assert time.monotonic() - started < 60, "sisa serve should stop within its shutdown timeout"
+        assert all(part in r.tree.names() for part in RAY_PARTS), r.tree.names()
+        r.assert_nothing_left()
+
+    return scenario
+
+
+# test name → what prepares its ending (in the main thread) and returns the scenario to play.
+PREPARE = {
+    "test_sisa_train_leaves_no_ray_process_however_it_ends": _train_ending,
+    "test_long_verbs_leave_no_ray_process_however_they_end": _long_verb_ending,
+    "test_sisa_serve_mid_batch_leaves_no_ray_process_however_it_ends": _serve_ending,
+}
 
 
 def _more_people(tmp_path: Path) -> Path:
