@@ -218,6 +218,23 @@ def test_a_batch_of_many_gives_the_version_and_certificates_sisa_process_gives(t
 
 
 # -- the evidence's models ------------------------------------------------------------------------------
+def _fast_with_evidence(store: Store, cfg, subject: str, strangers: int, **kw):
+    """A --fast forget of the subject with every evidence measure: probes of their facts and a
+    holdout of `strangers` people no shard saw."""
+    rows = [r for r in people() if r["subject_id"] == subject]
+    with store.job("test forget", cfg.store.lock_timeout_s):
+        return runner.forget(
+            store,
+            cfg,
+            "subject",
+            [subject],
+            RequestMode.FAST,
+            holdout=([r["text"] for r in people(strangers, start=100)], None),
+            probes=[Probe(**p) for p in make_probes(rows)],
+            **kw,
+        ).request
+
+
 @pytest.mark.slow
 def test_the_evidence_of_a_request_loads_the_base_once_and_each_checkpoint_once(template, tmp_path, monkeypatch):
     """A --fast request with probes and a holdout measures the version before, the approximate and
@@ -228,20 +245,8 @@ def test_the_evidence_of_a_request_loads_the_base_once_and_each_checkpoint_once(
     loads: list[str] = []
     real = engine.load_base_model
     monkeypatch.setattr(engine, "load_base_model", lambda model_cfg: loads.append(model_cfg.name) or real(model_cfg))
-    rows = [r for r in people() if r["subject_id"] == subject]
-    strangers = people(2, start=100)
     pool = engine.EnsemblePool()
-    with store.job("test forget", cfg.store.lock_timeout_s):
-        req = runner.forget(
-            store,
-            cfg,
-            "subject",
-            [subject],
-            RequestMode.FAST,
-            holdout=([r["text"] for r in strangers], None),
-            probes=[Probe(**p) for p in make_probes(rows)],
-            models=pool,
-        ).request
+    req = _fast_with_evidence(store, cfg, subject, strangers=2, models=pool)
     measured = req.evidence["versions"]
     assert {"before", "approximate", "exact"} <= set(measured) and "membership" in measured["exact"]
     assert loads == ["tiny"] and pool.base_loads == 1
@@ -277,23 +282,12 @@ def test_the_evidence_before_the_exact_version_is_measured_beside_the_retrain(te
             shutil.copytree(template, root)
             cfg, store = make_cfg(root, *RELIEF, *extra, backend=backend), Store.open(str(root))
             subject, _, _ = subject_in_middle(store)
-            rows = [r for r in people() if r["subject_id"] == subject]
             seen: list[tuple[str, str]] = []
 
             def on_version(kind: str, entry, seen=seen) -> None:
                 seen.append((kind, threading.current_thread().name))
 
-            with store.job("test forget", cfg.store.lock_timeout_s):
-                req = runner.forget(
-                    store,
-                    cfg,
-                    "subject",
-                    [subject],
-                    RequestMode.FAST,
-                    holdout=([r["text"] for r in people(3, start=100)], None),
-                    probes=[Probe(**p) for p in make_probes(rows)],
-                    on_version=on_version,
-                ).request
+            req = _fast_with_evidence(store, cfg, subject, strangers=3, on_version=on_version)
             assert req.status == S.COMPLETED and req.certificate["purge_check"]["passed"]
             got[label] = (req.evidence, list(threads), seen)
             threads.clear()
