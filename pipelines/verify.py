@@ -19,6 +19,7 @@ import argparse
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,8 +29,10 @@ from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
 from sisa.forgetting import lineage_check
 from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
+from sisa.model.base import select_device, select_dtype
 from sisa.serving import registered_version_exists
-from sisa.training import ShardTask, scheduler, train_shard
+from sisa.training import ShardTask, chain, scheduler, train_shard
+from sisa.training.runtime import describe_runtime, replay_expectation, runtime_label
 from storage import layout
 from storage.errors import IntegrityError, NotFoundError
 from storage.store import Store
@@ -59,8 +62,23 @@ def check_purge(store: Store, cfg: SisaConfig, req: DeletionRequest) -> list[str
     return problems
 
 
+def replay_runtime(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> dict[str, Any]:
+    """What a replay here can show, said before it starts: identical tensors are expected only
+    where every checkpoint of the replayed chains was trained on this runtime."""
+    device = select_device(cfg.model)
+    here = describe_runtime(device, select_dtype(cfg.model, device), cfg.scheduler.threads_per_task)
+    recorded = {
+        cid: checkpoints.read_manifest(store, checkpoints.shard_of(cid), cid).get("runtime")
+        for head in shards.values()
+        for cid in checkpoints.chain(store, head)
+    }
+    expected, reasons = replay_expectation(recorded, here)
+    return {"runtime": runtime_label(here), "bit_exact_expected": expected, "reasons": reasons}
+
+
 def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int] | None) -> dict[int, dict[str, Any]]:
-    """Retrain shards from scratch into a scratch folder and compare with the serving adapters."""
+    """Retrain shards from scratch into a scratch folder and compare with the serving adapters:
+    identical tensors (torch.equal), and the largest absolute difference where they are not."""
     scratch = tempfile.mkdtemp(
         prefix="sisa-replay-", dir=store.fs.local_path(layout.TMP) if store.fs.is_local and _ensure(store) else None
     )
@@ -78,7 +96,12 @@ def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int
             replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", checkpoints.ADAPTER_WEIGHTS))
             same_keys = set(serving_t) == set(replay_t)
             equal = same_keys and all(torch.equal(serving_t[k], replay_t[k]) for k in serving_t)
-            out[s] = {"checkpoint_id": cid, "tensors": len(serving_t), "identical": equal}
+            gap = (
+                max((float((serving_t[k].float() - replay_t[k].float()).abs().max()) for k in serving_t), default=0.0)
+                if same_keys
+                else None
+            )
+            out[s] = {"checkpoint_id": cid, "tensors": len(serving_t), "identical": equal, "max_abs_diff": gap}
         return out
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -89,9 +112,17 @@ def _ensure(store: Store) -> bool:
     return True
 
 
-def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = False) -> dict[str, Any]:
+def run(
+    cfg: SisaConfig,
+    request_id: str | None = None,
+    replay_shards: bool = False,
+    before_replay: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The checks; `before_replay(expectation)` is told, before the replay trains, whether identical
+    tensors are expected on this runtime."""
     store = open_store(cfg)
     with store.job("verify", cfg.store.lock_timeout_s):
+        cfg = chain.chain_config(store, cfg)  # a replay trains as the store's chain was trained
         current = versions.current(store)
         shards = versions.shard_checkpoints(current)
         reqs = (
@@ -113,6 +144,10 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
         # 4. replay
         if replay_shards:
             only = sorted({s for r in reqs if r.plan for s in r.plan.shard_ids}) if request_id else None
+            targets = {s: c for s, c in shards.items() if only is None or s in only}
+            report["replay_runtime"] = replay_runtime(store, cfg, targets)
+            if before_replay is not None:
+                before_replay(report["replay_runtime"])
             report["replay"] = {str(k): v for k, v in replay(store, cfg, shards, only).items()}
         report["passed"] = (
             not report["integrity"]
@@ -121,6 +156,17 @@ def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = Fa
             and all(v["identical"] for v in report.get("replay", {}).values())
         )
     return report
+
+
+def print_expectation(expectation: dict[str, Any]) -> None:
+    """Said before the replay trains: what its comparison can show on this runtime."""
+    if expectation["bit_exact_expected"]:
+        print(f"replay on {expectation['runtime']}: the checkpoints' own runtime; identical tensors expected")
+        return
+    print(f"replay on {expectation['runtime']}: identical tensors are NOT expected here:")
+    for reason in expectation["reasons"]:
+        print(f"  - {reason}")
+    print("  the replay still checks the same data and seeds; it reports each shard's largest tensor difference")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -136,7 +182,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     request_id = args.targets if isinstance(args.targets, str) else (args.targets[0] if args.targets else None)
-    rep = run(cfg, request_id, args.replay)
+    rep = run(cfg, request_id, args.replay, None if args.json else print_expectation)
     if args.json:
         print_json(rep)
         return 0 if rep["passed"] else 7
@@ -151,9 +197,10 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     print(f"  lineage    {lineage}")
     print(f"  purge      {'ok' if not rep['purge_problems'] else 'FAILED: ' + '; '.join(rep['purge_problems'])}")
     for shard, r in rep.get("replay", {}).items():
+        gap = "" if r["identical"] or r["max_abs_diff"] is None else f" (largest difference {r['max_abs_diff']:.3g})"
         print(
             f"  replay     shard {shard}: {r['tensors']} tensors "
-            f"{'identical (torch.equal)' if r['identical'] else 'DIFFER'} to {r['checkpoint_id']}"
+            f"{'identical (torch.equal)' if r['identical'] else 'DIFFER'}{gap} to {r['checkpoint_id']}"
         )
     print("verified" if rep["passed"] else "VERIFICATION FAILED")
     return 0 if rep["passed"] else 7

@@ -17,6 +17,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -69,6 +70,10 @@ class IngestConfig:
     )
 
 
+# The date a chat template that prints one renders (open-unlearning pins `date_string` the same way).
+DEFAULT_CHAT_DATE = "26 Jul 2024"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = _f(
@@ -79,6 +84,18 @@ class ModelConfig:
     cache_dir: str = _f(".cache/models", "Where converted base models are cached (git-ignored).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = _f("auto", "auto: bfloat16 on CUDA, float32 on CPU.")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: CUDA when available, else CPU.")
+    chat_date: str = _f(
+        DEFAULT_CHAT_DATE,
+        "The date chat templates that print one see (Llama 3's `strftime_now`, `date_string`), so a record renders "
+        "to the same tokens on every day it is trained, replayed or served. Part of the training fingerprint.",
+    )
+    runtime_change: Literal["refuse", "allow"] = _f(
+        "refuse",
+        "Continuing a shard's chain of checkpoints on another runtime than its last checkpoint was trained on "
+        "(device, dtype, threads, torch/CUDA/cuDNN/transformers/peft versions, GPU): refuse (a replay could not "
+        "reproduce the chain bit for bit), or allow (the checkpoint records both; `sisa verify --replay` then "
+        "compares with a tolerance report instead of expecting identical tensors).",
+    )
 
 
 @dataclass(frozen=True)
@@ -347,9 +364,23 @@ class SisaConfig:
         """Digest of the whole effective config."""
         return _digest(self.to_dict())
 
+    def training_sections(self) -> dict[str, Any]:
+        """The settings a checkpoint's bytes depend on, as given (recorded in every manifest, so a
+        store knows the config its chain was trained with): seed, sharding, the model's name, dtype
+        and chat date, LoRA, training."""
+        d = self.to_dict()
+        model = {k: d["model"][k] for k in _MODEL_TRAINING_KEYS}
+        return {
+            "store": {"seed": d["store"]["seed"]},
+            "sharding": d["sharding"],
+            "model": model,
+            "lora": d["lora"],
+            "training": d["training"],
+        }
+
     def training_fingerprint(self) -> str:
         """Digest of what determines checkpoint bytes: seed, sharding, model, LoRA, training."""
-        d = self.to_dict()
+        d = self.training_sections()
         training = dict(d["training"])
         # Added after stores existed: left out while off, so their checkpoints keep their
         # fingerprint (and ids) and continue; any other value changes it.
@@ -359,10 +390,13 @@ class SisaConfig:
         if training.get("min_steps_per_slice") == "auto":
             # the rule, not just its name: a checkpoint trained under another rule is not continued
             training["min_steps_per_slice"] = {"auto": {"steps_per_epoch": AUTO_STEPS_PER_EPOCH, "full_slice": True}}
+        model = dict(d["model"])
+        if model["chat_date"] == DEFAULT_CHAT_DATE:
+            del model["chat_date"]  # stores from before the key rendered no date-printing template differently
         keep = {
             "seed": d["store"]["seed"],
             "sharding": d["sharding"],
-            "model": {"name": d["model"]["name"], "dtype": d["model"]["dtype"]},
+            "model": model,
             "lora": d["lora"],
             "training": training,
         }
@@ -373,6 +407,9 @@ _SECTION_TYPES = typing.get_type_hints(SisaConfig)
 # training keys added after the first stores, with the value that trains exactly as before
 # (loss_on=completion trains a text record on all of its tokens, as before the key existed).
 _LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion"}
+# the model settings that change a checkpoint's bytes (device and runtime_change do not enter the
+# fingerprint: the runtime is recorded and checked on its own, sisa/training/runtime.py)
+_MODEL_TRAINING_KEYS = ("name", "dtype", "chat_date")
 
 
 def _digest(obj: Any) -> str:
@@ -522,6 +559,10 @@ def build_config(data: dict[str, Any] | None = None, overrides: list[str] | None
 def _cross_checks(sections: dict[str, Any]) -> list[str]:
     """Settings that are each valid but do not go together."""
     serving, problems = sections["serving"], []
+    try:
+        datetime.strptime(sections["model"].chat_date, "%d %b %Y")
+    except ValueError:
+        problems.append(f"`model.chat_date` should be a date like 26 Jul 2024, got {sections['model'].chat_date!r}")
     if serving.engine == "vllm" and (serving.top_shards != 1 or serving.aggregation != "posterior"):
         problems.append(
             "serving.engine: vllm decodes each prompt with one shard's adapter, so it needs serving.top_shards: 1 "

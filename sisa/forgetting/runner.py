@@ -62,6 +62,7 @@ from sisa.lineage.requests_ledger import (
 )
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine
+from sisa.training import chain
 from sisa.training import run as training
 from sisa.training.shard_job import ShardResult
 from storage.errors import RefusedError, ValidationError
@@ -109,7 +110,9 @@ def carry_out(
     """Drive the requests through every phase they have not finished (with `until`, no further
     than that phase), writing each to the ledger after each phase. Outside a batch a request stops
     once queued. On an error the requests stay open and resumable (the error's type and message,
-    never record text, go into each entry); the serving version is whatever was committed last."""
+    never record text, go into each entry); the serving version is whatever was committed last.
+    Retrains run under the store's own training config whatever `cfg` says (sisa/training/chain.py)."""
+    cfg = chain.chain_config(store, cfg, run.log)
     carried = list(items)
     try:
         for phase in PHASES[: [p.name for p in PHASES].index(until) + 1] if until else PHASES:
@@ -579,6 +582,8 @@ def train_store(
     new slices trained in the same shard jobs; then every pending slice trains."""
     started = time.perf_counter()
     requests_ledger.refuse_unfinished(store, "training", with_batch=True)
+    if not from_scratch:
+        chain.refuse_other_config(store, cfg)  # before a queued batch trains new slices under it
     if queued_requests(store):
         batch = process(store, cfg, train_new=not from_scratch)
         if not from_scratch:

@@ -24,7 +24,8 @@ from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import load_base_model
 from sisa.model.loss import encode_texts, token_logprobs
-from sisa.training.shard_job import deterministic_torch, make_optimizer
+from sisa.training.runtime import deterministic_torch
+from sisa.training.shard_job import make_optimizer
 from storage.store import Store
 
 

@@ -103,6 +103,11 @@ def checkpoint_ids(store: Store, shard_id: int) -> list[str]:
     return store.checkpoint_folders(shard_id)
 
 
+def exists(store: Store, checkpoint_id: str) -> bool:
+    """A checkpoint is published (its manifest is the last file moved into place)."""
+    return store.fs.exists(f"{layout.checkpoint_dir(shard_of(checkpoint_id), checkpoint_id)}/{MANIFEST}")
+
+
 def shard_slices(store: Store, shard_id: int) -> list[int]:
     """The shard's slices: those with committed records, and those a checkpoint trained (a slice
     emptied by a deletion stays a slice: its checkpoint exists and seals it)."""

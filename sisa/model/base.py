@@ -105,6 +105,7 @@ def load_base_model(
     model.eval()
     tokenizer = _finish_tokenizer(tokenizer)
     tokenizer.sisa_model_name = cfg.name  # named by errors about its chat template
+    tokenizer.sisa_chat_date = cfg.chat_date  # the date a template that prints one renders (sisa/model/chat.py)
     return model, tokenizer
 
 

@@ -5,8 +5,12 @@ generation continues. Any template works, not only those that mark assistant tex
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
 
+from sisa.config import DEFAULT_CHAT_DATE
 from sisa.model.base import TextTokenizer
 from storage.errors import ConfigError, SisaError
 
@@ -23,6 +27,26 @@ def require_chat_template(tokenizer: TextTokenizer) -> None:
         )
 
 
+# A template's own `strftime_now` calls, with a literal format: each gets the fixed date, formatted.
+_STRFTIME_CALL = re.compile(r"strftime_now\(\s*(['\"])(.*?)\1\s*\)")
+# Defined first in the template, it shadows transformers' `strftime_now` (today's date) within it.
+_FIXED_STRFTIME = "{%- macro strftime_now(fmt) -%}{{- sisa_dates[fmt] -}}{%- endmacro -%}"
+
+
+def apply_template(tokenizer: TextTokenizer, turns: list[dict[str, str]], generation_prompt: bool) -> str:
+    """The conversation rendered to text with the tokenizer's template, at the config's fixed
+    `model.chat_date` (set on the tokenizer by `load_base_model`): as Llama 3's `date_string`, and
+    as what the template's `strftime_now` calls print. Today's date would make a record's tokens
+    depend on the day it is rendered, and a replay on another day would train other tokens."""
+    day = datetime.strptime(getattr(tokenizer, "sisa_chat_date", DEFAULT_CHAT_DATE), "%d %b %Y")
+    template = tokenizer.chat_template
+    extra: dict[str, Any] = {"date_string": day.strftime("%d %b %Y")}
+    if isinstance(template, str) and "strftime_now" in template:
+        extra["sisa_dates"] = {m.group(2): day.strftime(m.group(2)) for m in _STRFTIME_CALL.finditer(template)}
+        extra["chat_template"] = _FIXED_STRFTIME + template
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt, **extra)
+
+
 def render_chat(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -> tuple[str, list[tuple[int, int]]]:
     """A conversation rendered with the tokenizer's chat template, and the character spans of
     its assistant turns (content and the template's end-of-turn marker).
@@ -36,7 +60,7 @@ def render_chat(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -
     turns = [{"role": r, "content": c} for r, c in messages]
 
     def render(upto: int, generation_prompt: bool) -> str:
-        return tokenizer.apply_chat_template(turns[:upto], tokenize=False, add_generation_prompt=generation_prompt)
+        return apply_template(tokenizer, turns[:upto], generation_prompt)
 
     full = render(len(turns), False)
     spans = []
@@ -58,4 +82,4 @@ def render_chat_prompt(tokenizer: TextTokenizer, messages: Sequence[tuple[str, s
     """The conversation so far plus the template's generation prompt: what generation continues."""
     require_chat_template(tokenizer)
     turns = [{"role": r, "content": c} for r, c in messages]
-    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    return apply_template(tokenizer, turns, True)

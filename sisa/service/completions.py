@@ -21,6 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from sisa.lineage import versions
+from sisa.model.chat import apply_template
 from sisa.model.decoding import Completion, DecodeRequest
 from sisa.service import openai_api as oa
 from sisa.service.auth import Client, record_call
@@ -63,7 +64,7 @@ async def chat_completions(body: oa.ChatCompletionIn, request: Request, who: Cli
             )
         messages = [m.model_dump() for m in body.messages]
         # The template writes its own bos, as in training: no second one.
-        return [(ens.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True), False)]
+        return [(apply_template(ens.tokenizer, messages, True), False)]
 
     return await _serve(request, body, "chat", render)
 

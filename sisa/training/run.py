@@ -17,7 +17,7 @@ from sisa.config import SisaConfig
 from sisa.lineage import checkpoints, versions
 from sisa.model.base import base_model_fingerprint
 from sisa.serving import mirror
-from sisa.training import scheduler
+from sisa.training import chain, scheduler
 from sisa.training.shard_job import (
     ShardResult,
     ShardTask,
@@ -26,7 +26,6 @@ from sisa.training.shard_job import (
     slice_steps,
     train_shard,
 )
-from storage.errors import RefusedError
 from storage.store import Store
 
 
@@ -42,18 +41,12 @@ class TrainResult:
 
 def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tuple[list[ShardTask], dict[int, str]]:
     """`sisa train`'s plan: per shard, the pending slices after the serving checkpoint (all of them
-    with `from_scratch`); plus the shards reused. Refused when a serving checkpoint was trained
-    with another training config."""
-    serving = {} if from_scratch else versions.shard_checkpoints(versions.current(store))
-    for shard_id, parent in sorted(serving.items()):
-        fp = checkpoints.read_manifest(store, shard_id, parent)["training_fingerprint"]
-        if fp != cfg.training_fingerprint():
-            raise RefusedError(
-                f"shard {shard_id}'s checkpoint {parent} was trained with a different training config "
-                f"(fingerprint {fp} vs {cfg.training_fingerprint()}); continuing would mix configs. "
-                "Restore the config, or run `sisa train --from-scratch` to retrain every shard."
-            )
-    return plan_shard_tasks(store, cfg, serving)
+    with `from_scratch`); plus the shards reused. Refused, naming every setting that differs, when
+    the serving checkpoints were trained with another training config (sisa/training/chain.py)."""
+    if from_scratch:
+        return plan_shard_tasks(store, cfg, {}, fresh_chain=True)
+    chain.refuse_other_config(store, cfg)
+    return plan_shard_tasks(store, cfg, versions.shard_checkpoints(versions.current(store)))
 
 
 def plan_shard_tasks(
@@ -63,13 +56,16 @@ def plan_shard_tasks(
     affected: Collection[int] = (),
     through_last: bool = True,
     train_others: bool = True,
+    fresh_chain: bool = False,
 ) -> tuple[list[ShardTask], dict[int, str]]:
     """The one shard-task planner (training, a request's retrain, a batch's): per shard, the task
     that continues from its checkpoint in `start` (none there: from slice 0), and the shards
     reused as they are. An `affected` shard (one a request hit; `start` holds its last clean
     checkpoint) retrains through its last slice, or with `through_last` False through the last
     slice a checkpoint sealed; every other shard trains its pending slices when `train_others`,
-    else is reused. Shards with no slice, or with no record and no checkpoint, are left out."""
+    else is reused. Shards with no slice, or with no record and no checkpoint, are left out.
+    `fresh_chain`: every chain starts anew (`train --from-scratch`); each shard job checks the
+    config it continues either way."""
     sealed = {} if through_last else checkpoints.sealed_slices(store)
     populated = {r["shard_id"] for r in store.index.counts().to_pylist()}
     tasks, reused = [], {}
@@ -86,7 +82,9 @@ def plan_shard_tasks(
         pending = tuple(range(done + 1, last + 1))
         if pending:
             purpose = "forget" if shard_id in affected else "train"
-            tasks.append(ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent, purpose=purpose))
+            tasks.append(
+                ShardTask(store.uri, cfg.to_dict(), shard_id, pending, parent, purpose=purpose, fresh_chain=fresh_chain)
+            )
         elif parent:
             reused[shard_id] = parent
     return tasks, reused

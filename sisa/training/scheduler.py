@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from sisa.config import SchedulerConfig
 from sisa.offline import OFFLINE_ENV
+from sisa.training.runtime import DETERMINISM_ENV
 from storage.errors import ConfigError, ShardJobError, SisaError
 from storage.faults import maybe_die
 
@@ -46,8 +47,9 @@ _MIB = 1024 * 1024
 # that (measured: a second session under a `sisa serve` stopped mid-batch). Only `_ensure_ray`
 # starts or attaches Ray.
 auto_init_hook.enable_auto_connect = False
-# Workers must never reach a hub, phone home or oversubscribe the cores Ray reserved for them.
-_WORKER_ENV = dict(OFFLINE_ENV)
+# Workers must never reach a hub, phone home or oversubscribe the cores Ray reserved for them, and
+# start cuBLAS with its deterministic workspace (set before torch touches CUDA there).
+_WORKER_ENV = dict(OFFLINE_ENV) | DETERMINISM_ENV
 
 _session_dir: str | None = None
 _watchdog: subprocess.Popen | None = None
@@ -71,7 +73,20 @@ def run_shard_jobs(fn: Callable[[T], R], tasks: list[T], cfg: SchedulerConfig, d
     else:
         raise ConfigError([f"`scheduler.backend` should be ray or serial, got {cfg.backend!r}"])
     _raise_failures(tasks, outcomes)
-    return [out for _, out in outcomes]
+    results = [out for _, out in outcomes]
+    show_warnings(tasks, results)
+    return results
+
+
+def show_warnings(tasks: list[Any], results: list[Any]) -> None:
+    """Print the warnings each job raised (a result's `warnings`), once each with its shards: a Ray
+    worker's own output never reaches the user (`log_to_driver: False`)."""
+    shards: dict[str, list[int]] = {}
+    for task, result in zip(tasks, results, strict=True):
+        for text in getattr(result, "warnings", None) or []:
+            shards.setdefault(text, []).append(task.shard_id)
+    for text, ids in shards.items():
+        print(f"warning from shard job(s) {', '.join(map(str, ids))}: {text}", file=sys.stderr)
 
 
 def prepare(cfg: SchedulerConfig) -> None:

@@ -24,8 +24,6 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +38,8 @@ from sisa.model import adapters
 from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
 from sisa.model.loss import encode_texts
+from sisa.training import chain
+from sisa.training.runtime import describe_runtime, deterministic_torch, runtime_differences
 from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store
@@ -54,6 +54,9 @@ class ShardTask:
     parent_checkpoint_id: str | None  # the checkpoint before slices[0]; None trains from scratch
     replay_dir: str | None = None  # replay: write the final adapter here, commit nothing
     purpose: str = "train"  # train | forget | replay: names the fault-injection stage
+    # Starts every shard's chain anew (`sisa train --from-scratch`): a shard trained from slice 0
+    # need not match the serving version's training config (sisa/training/chain.py).
+    fresh_chain: bool = False
 
 
 @dataclass
@@ -64,6 +67,7 @@ class SliceResult:
     steps: int
     tokens: int
     loss: float | None
+    reused: bool = False  # its checkpoint existed (a retried or resumed job): not trained again
 
 
 @dataclass
@@ -74,6 +78,7 @@ class ShardResult:
     tokens: int = 0
     node: str = ""  # where the job ran: the Ray node id, or "local" (set by sisa/training/scheduler.py)
     structured: bool = False  # it trained prompt-completion or chat records (not only text)
+    warnings: list[str] = field(default_factory=list)  # raised while it trained, for the driver to show
 
     @property
     def last_checkpoint_id(self) -> str | None:
@@ -155,28 +160,32 @@ def sample_order(n: int, total: int, seed: int) -> list[int]:
     return out[:total]
 
 
-def _records(store: Store, shard_id: int, slices: list[int]) -> tuple[list[str], list[Item]]:
-    """(record ids, records as the encoder takes them: a text record's str or an Example)."""
-    ids: list[str] = []
-    items: list[Item] = []
-    for sl in slices:
-        t = store.read_slice(shard_id, sl, columns=["record_id", "text", FORMAT_COLUMN])
-        if t is not None:
-            ids.extend(t["record_id"].to_pylist())
-            items.extend(decode_rows(t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist()))
-    return ids, items
+@dataclass
+class SliceRecords:
+    """What one read of a slice gives: the records to train (slices 0..j in cumulative mode) and,
+    of slice j's own records, the ids and content hashes that become the checkpoint's lineage.
+    One read, so the lineage is exactly what trained: a request that holds a record after it
+    does not change either."""
+
+    items: list[Item]
+    new_ids: list[str]
+    new_shas: list[str]
 
 
-def _column(store: Store, shard_id: int, slices: list[int], column: str) -> tuple[list[str], list[str]]:
-    """Record ids and one stored column (`content_sha256`, for lineage) of these slices."""
-    ids: list[str] = []
-    values: list[str] = []
-    for sl in slices:
-        t = store.read_slice(shard_id, sl, columns=["record_id", column])
-        if t is not None:
-            ids.extend(t["record_id"].to_pylist())
-            values.extend(t[column].to_pylist())
-    return ids, values
+SLICE_COLUMNS = ["record_id", "text", FORMAT_COLUMN, "content_sha256"]
+
+
+def read_slice_records(store: Store, shard_id: int, slice_idx: int, mode: str) -> SliceRecords:
+    out = SliceRecords([], [], [])
+    for sl in range(slice_idx + 1) if mode == "cumulative" else [slice_idx]:
+        t = store.read_slice(shard_id, sl, columns=SLICE_COLUMNS)
+        if t is None:
+            continue
+        out.items.extend(decode_rows(t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist()))
+        if sl == slice_idx:
+            out.new_ids = t["record_id"].to_pylist()
+            out.new_shas = t["content_sha256"].to_pylist()
+    return out
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.optim.Optimizer:
@@ -184,26 +193,29 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.o
     return torch.optim.AdamW(params, lr=cfg.training.lr, weight_decay=cfg.training.weight_decay, foreach=False)
 
 
-@contextmanager
-def deterministic_torch(threads: int) -> Iterator[None]:
-    """Deterministic kernels and a fixed thread count while the block runs; the caller's settings
-    come back afterwards (a serial shard job or the fast path runs in the caller's process)."""
-    threads_before = torch.get_num_threads()
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    warn_only_before = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads_before)
-        torch.use_deterministic_algorithms(deterministic_before, warn_only=warn_only_before)
-
-
 def train_shard(task: ShardTask) -> ShardResult:
     cfg = build_config(task.config)
-    with deterministic_torch(cfg.scheduler.threads_per_task):
-        return _train_shard(task, cfg)
+    caught: list[str] = []
+    with deterministic_torch(cfg.scheduler.threads_per_task, caught):
+        result = _train_shard(task, cfg)
+    result.warnings = caught
+    return result
+
+
+@dataclass
+class _Job:
+    """One shard job's model state and what it is checked against before training on it."""
+
+    task: ShardTask
+    cfg: SisaConfig
+    store: Store
+    model: Any
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    tokenizer_fp: str
+    runtime: dict[str, Any]
+    loaded: str | None = None  # the checkpoint whose state the model holds (None: fresh adapter)
+    started: bool = False  # the model's state was checked and set up for training
 
 
 def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
@@ -211,13 +223,12 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     store = Store.open(task.store_uri)
     result = ShardResult(task.shard_id)
     base, tokenizer = load_base_model(cfg.model)
-    device = next(base.parameters()).device
+    param = next(base.parameters())
     base_fp = base_model_fingerprint(cfg.model)
-    tokenizer_fp = tokenizer_fingerprint(tokenizer)
     training_fp = cfg.training_fingerprint()
-
-    model, params, optimizer, parent_lineage = _start(task, cfg, store, base, tokenizer_fp)
-    parent_id = task.parent_checkpoint_id
+    runtime = describe_runtime(param.device, param.dtype, cfg.scheduler.threads_per_task)
+    job = _new_job(task, cfg, store, base, tokenizer_fingerprint(tokenizer), runtime)
+    parent_id, parent_lineage = task.parent_checkpoint_id, _lineage_of(store, task.parent_checkpoint_id)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
     bar = tqdm(
@@ -225,47 +236,35 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     )
     for slice_idx in bar:
         seed = derive_seed(store.seed, task.shard_id, slice_idx)
-        torch.manual_seed(seed)
-        data_slices = list(range(slice_idx + 1)) if cfg.sharding.slice_mode == "cumulative" else [slice_idx]
-        _, texts = _records(store, task.shard_id, data_slices)
-        result.structured = result.structured or any(not isinstance(t, str) for t in texts)
-        new_ids, new_shas = _column(store, task.shard_id, [slice_idx], "content_sha256")
-        epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
-        total = slice_samples(len(texts), epochs, cfg.training.batch_size, config_min_steps(cfg, slice_idx))
-        order = sample_order(len(texts), total, seed)
-        sr = _train_steps(model, optimizer, params, tokenizer, texts, order, cfg, device)
-        sr.slice_idx = slice_idx
-        sr.records = len(new_ids)
-        result.tokens += sr.tokens
-
-        record_hashes = store.hash_ids(new_ids)
-        record_content_hashes = checkpoints.content_hashes(store, new_ids, new_shas)
+        data = read_slice_records(store, task.shard_id, slice_idx, cfg.sharding.slice_mode)
+        maybe_die("slice-read")
+        record_hashes = store.hash_ids(data.new_ids)
+        record_content_hashes = checkpoints.content_hashes(store, data.new_ids, data.new_shas)
         # The content hashes enter the digest: a rectified record gives a new checkpoint id.
         lineage = checkpoints.lineage_digest(parent_lineage, record_hashes + record_content_hashes)
         ckpt_id = checkpoints.make_checkpoint_id(task.shard_id, slice_idx, parent_id, lineage, training_fp, base_fp)
-        if task.replay_dir is None:
-            manifest = {
-                "shard_id": task.shard_id,
-                "slice_idx": slice_idx,
-                "parent_checkpoint_id": parent_id,
-                "lineage_digest": lineage,
-                "records_in_slice": len(new_ids),
-                "records_trained": len(texts),
-                "slice_mode": cfg.sharding.slice_mode,
-                "seed": seed,
-                "steps": sr.steps,
-                "loss": sr.loss,
-                "training_fingerprint": training_fp,
-                "config_fingerprint": cfg.fingerprint(),
-                "base_model": cfg.model.name,
-                "base_model_fingerprint": base_fp,
-                "tokenizer_fingerprint": tokenizer_fp,
-            }
-            save = lambda d: adapters.save_adapter(model, d)  # noqa: E731 - the adapter, into the staged folder
-            checkpoints.write_checkpoint(
-                store, ckpt_id, manifest, save, optimizer, record_hashes, record_content_hashes
-            )
+        result.structured = result.structured or any(not isinstance(t, str) for t in data.items)
+        if task.replay_dir is None and checkpoints.exists(store, ckpt_id):
+            # A retried or resumed job: this slice's checkpoint is already there (its id is its
+            # content address), so it is not trained again; a later slice starts from its state.
+            sr = SliceResult(slice_idx, ckpt_id, len(data.new_ids), 0, 0, None, reused=True)
+        else:
+            _ready(job, parent_id)
+            torch.manual_seed(seed)
+            epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
+            total = slice_samples(len(data.items), epochs, cfg.training.batch_size, config_min_steps(cfg, slice_idx))
+            order = sample_order(len(data.items), total, seed)
+            sr = _train_steps(job.model, job.optimizer, job.params, tokenizer, data.items, order, cfg, param.device)
+            sr.slice_idx, sr.records = slice_idx, len(data.new_ids)
+            if task.replay_dir is None:
+                manifest = _manifest(job, slice_idx, parent_id, lineage, seed, sr, len(data.items), base_fp)
+                save = lambda d: adapters.save_adapter(job.model, d)  # noqa: E731 - the adapter, into the staged folder
+                checkpoints.write_checkpoint(
+                    store, ckpt_id, manifest, save, job.optimizer, record_hashes, record_content_hashes
+                )
+            job.loaded = ckpt_id
         sr.checkpoint_id = ckpt_id
+        result.tokens += sr.tokens
         result.slices.append(sr)
         parent_id, parent_lineage = ckpt_id, lineage
         maybe_die("train-between-slices" if task.purpose == "train" else f"{task.purpose}-during-retrain")
@@ -273,27 +272,88 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     if task.replay_dir is not None:
         out = os.path.join(task.replay_dir, f"shard={task.shard_id:05d}")
         os.makedirs(out, exist_ok=True)
-        adapters.save_adapter(model, out)
+        adapters.save_adapter(job.model, out)
     result.wall_s = time.perf_counter() - started
     return result
 
 
-def _start(task: ShardTask, cfg: SisaConfig, store: Store, base, tokenizer_fp: str):
-    """(model, trainable params, optimizer, the parent's lineage digest): the parent checkpoint's
-    adapter and optimizer state, or a fresh adapter whose init is seeded by (seed, shard)."""
+def _manifest(
+    job: _Job,
+    slice_idx: int,
+    parent: str | None,
+    lineage: str,
+    seed: int,
+    sr: SliceResult,
+    trained: int,
+    base_fp: str,
+) -> dict[str, Any]:
+    cfg = job.cfg
+    return {
+        "shard_id": job.task.shard_id,
+        "slice_idx": slice_idx,
+        "parent_checkpoint_id": parent,
+        "lineage_digest": lineage,
+        "records_in_slice": sr.records,
+        "records_trained": trained,
+        "slice_mode": cfg.sharding.slice_mode,
+        "seed": seed,
+        "steps": sr.steps,
+        "loss": sr.loss,
+        "training_fingerprint": cfg.training_fingerprint(),
+        "training_config": cfg.training_sections(),
+        "runtime": job.runtime,
+        "config_fingerprint": cfg.fingerprint(),
+        "base_model": cfg.model.name,
+        "base_model_fingerprint": base_fp,
+        "tokenizer_fingerprint": job.tokenizer_fp,
+    }
+
+
+def _lineage_of(store: Store, checkpoint_id: str | None) -> str | None:
+    if checkpoint_id is None:
+        return None
+    return checkpoints.read_manifest(store, checkpoints.shard_of(checkpoint_id), checkpoint_id)["lineage_digest"]
+
+
+def _new_job(task: ShardTask, cfg: SisaConfig, store: Store, base, tokenizer_fp: str, runtime: dict[str, Any]) -> _Job:
+    """A fresh adapter whose init is seeded by (seed, shard), and its optimizer."""
     torch.manual_seed(derive_seed(store.seed, task.shard_id, -1, "init"))
     model = adapters.attach_lora(base, cfg.lora)
     params = adapters.trainable_parameters(model)
-    optimizer = make_optimizer(params, cfg)
-    parent_id = task.parent_checkpoint_id
+    return _Job(task, cfg, store, model, params, make_optimizer(params, cfg), tokenizer_fp, runtime)
+
+
+def _ready(job: _Job, parent_id: str | None) -> None:
+    """Before training a slice on top of `parent_id` (None: a fresh adapter): load its adapter and
+    optimizer state unless the model holds it already, after the checks that it may be continued
+    here: the same training config, tokenizer and runtime."""
+    if job.started and job.loaded == parent_id:
+        return
+    job.started, job.loaded = True, parent_id
     if parent_id is None:
-        return model, params, optimizer, None
-    with checkpoints.open_checkpoint(store, parent_id) as parent:
-        adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(parent))
+        chain.check_continuation(job.store, job.cfg, job.task.shard_id, None, job.task.fresh_chain)
+        return
+    with checkpoints.open_checkpoint(job.store, parent_id) as parent:
+        chain.check_continuation(job.store, job.cfg, job.task.shard_id, parent.manifest, job.task.fresh_chain)
+        _check_tokenizer(parent.manifest, job.tokenizer_fp, job.task.shard_id, parent_id, job.cfg.model.name)
+        _check_runtime(parent.manifest, job, parent_id)
+        adapters.load_adapter_state(job.model, checkpoints.load_adapter_tensors(parent))
         opt_tensors, opt_meta = checkpoints.load_optimizer_state(parent)
-        checkpoints.tensors_to_optimizer(optimizer, opt_tensors, opt_meta)
-        _check_tokenizer(parent.manifest, tokenizer_fp, task.shard_id, parent_id, cfg.model.name)
-        return model, params, optimizer, parent.manifest["lineage_digest"]
+        checkpoints.tensors_to_optimizer(job.optimizer, opt_tensors, opt_meta)
+
+
+def _check_runtime(parent_manifest: dict, job: _Job, parent_id: str) -> None:
+    """Refuse to continue a chain on another runtime than its last checkpoint's, unless
+    `model.runtime_change: allow`: the same data and seeds give other bytes there, so neither the
+    chain nor a replay of it could be reproduced."""
+    diff = runtime_differences(parent_manifest.get("runtime"), job.runtime)
+    if diff and job.cfg.model.runtime_change != "allow":
+        raise RefusedError(
+            f"shard {job.task.shard_id}'s checkpoint {parent_id} was trained on another runtime ({'; '.join(diff)}); "
+            "continuing here would make a chain no replay reproduces bit for bit. Run where it was trained, set "
+            "model.runtime_change=allow to continue anyway (the checkpoints record both runtimes), or retrain every "
+            "shard here with `sisa train --from-scratch`"
+        )
 
 
 def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, parent_id: str, model_name: str) -> None:
