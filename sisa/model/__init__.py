@@ -20,15 +20,18 @@ from sisa.model.base import (
 )
 from sisa.model.chat import render_chat, render_chat_prompt
 from sisa.model.fingerprints import tokenizer_fingerprint
-from sisa.model.loss import encode_texts, sequence_losses, token_logprobs
+from sisa.model.loss import EncodedRecord, collate, encode_records, encode_texts, sequence_losses, token_logprobs
 from sisa.model.mixture import aggregated_sequence_losses, generate
 
 __all__ = [
+    "EncodedRecord",
     "TextTokenizer",
     "aggregated_sequence_losses",
     "attach_lora",
     "base_model_fingerprint",
     "base_model_folder",
+    "collate",
+    "encode_records",
     "encode_texts",
     "generate",
     "load_base_model",

@@ -1,15 +1,16 @@
 """Records as token batches, and the losses computed on them.
 
-`encode_texts` turns text, prompt-completion and chat records into ids, an attention mask and
-labels (only the completion or the assistant's turns carry labels unless `training.loss_on=all`);
-`fit_window` keeps the trained tokens when a record is too long; `token_logprobs` and
-`sequence_losses` are the per-token and per-record losses that training, scoring and the
-evidence share.
+Encoding and collation are separate steps: `encode_records` turns each text, prompt-completion or
+chat record into an `EncodedRecord` (its ids, which tokens carry a label, its full length and
+whether it was cut), once; `collate` right-pads any group of them into a batch. `encode_texts` is
+the two together. `token_logprobs` and `sequence_losses` are the per-token and per-record losses
+that training, scoring and the evidence share.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,52 +21,83 @@ from sisa.model.chat import render_chat
 from storage.errors import ConfigError
 
 
+@dataclass(frozen=True, slots=True)
+class EncodedRecord:
+    """One record as the model trains on it: plain lists, cheap to keep for a whole slice.
+
+    `input_ids` and `trained` (which tokens carry a label) hold at most `max_length` tokens;
+    `length` is the record's full length before any cut, and `cut` says whether it was cut."""
+
+    input_ids: list[int]
+    trained: list[bool]
+    length: int
+    cut: bool
+
+
+def encode_records(
+    tokenizer: TextTokenizer,
+    items: Sequence[Item],
+    max_length: int,
+    loss_on: str = "completion",
+) -> list[EncodedRecord]:
+    """Each record's token ids and trained-token mask, at most `max_length` tokens (see `fit_window`).
+
+    A text record (a `str`) ends with eos, so the model learns where a record stops. A
+    prompt-completion `Example` is prompt + completion + eos; a chat `Example` is its conversation
+    rendered with the tokenizer's chat template (see `render_chat`). With `loss_on="completion"`
+    only the completion / assistant tokens carry labels; with `all` every token does."""
+    _check_encoding(max_length, loss_on)
+    plain = [t for t in items if isinstance(t, str)]
+    encoded = iter(
+        tokenizer(plain, add_special_tokens=True, padding=False, truncation=False)["input_ids"] if plain else []
+    )
+    out: list[EncodedRecord] = []
+    for item in items:
+        if isinstance(item, str):
+            full = list(next(encoded))
+            ids, mask = fit_text(full, tokenizer.eos_token_id, max_length)
+            out.append(EncodedRecord(ids, mask, len(full) + 1, len(full) + 1 > max_length))
+            continue
+        full, full_mask = _encode_example(tokenizer, item, loss_on)
+        ids, mask = fit_window(full, full_mask, max_length)
+        out.append(EncodedRecord(ids, mask, len(full), len(full) > max_length))
+    return out
+
+
+def collate(records: Sequence[EncodedRecord], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token ids, attention mask and labels of `records`, right-padded to their own longest row.
+
+    Labels are -100 on pads and untrained tokens; they come from the masks, not the pad id,
+    because many tokenizers (SmolLM2's among them) pad with their eos."""
+    width = max((len(r.input_ids) for r in records), default=0)
+    input_ids = torch.full((len(records), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(records), width), dtype=torch.long)
+    label_mask = torch.zeros((len(records), width), dtype=torch.bool)
+    for i, r in enumerate(records):
+        n = len(r.input_ids)
+        input_ids[i, :n] = torch.tensor(r.input_ids, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        label_mask[i, :n] = torch.tensor(r.trained, dtype=torch.bool)
+    labels = input_ids.masked_fill(~label_mask, -100)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
 def encode_texts(
     tokenizer: TextTokenizer,
     texts: Sequence[Item],
     max_length: int,
     loss_on: str = "completion",
 ) -> dict[str, torch.Tensor]:
-    """Token ids, attention mask and labels for causal-LM training and scoring.
+    """Token ids, attention mask and labels for causal-LM training and scoring: `encode_records`
+    then `collate`, rows right-padded to the longest row of the batch."""
+    return collate(encode_records(tokenizer, texts, max_length, loss_on), tokenizer.pad_token_id)
 
-    A text record (a `str`) ends with eos (so the model learns where a record stops) and holds
-    at most `max_length` tokens, exactly as before record formats existed. A prompt-completion
-    `Example` is prompt + completion + eos; a chat `Example` is its conversation rendered with
-    the tokenizer's chat template (see `render_chat`). With `loss_on="completion"` only the
-    completion / assistant tokens carry labels; with `all` every token does. Rows are
-    right-padded to the longest row of the batch. Labels are -100 on pads; they come from the
-    mask, not the pad id, because many tokenizers (SmolLM2's among them) pad with their eos.
-    """
+
+def _check_encoding(max_length: int, loss_on: str) -> None:
     if max_length < 2:
         raise ConfigError([f"`training.max_length` should be >= 2, got {max_length}"])
     if loss_on not in ("completion", "all"):
         raise ConfigError([f"`training.loss_on` should be completion or all, got {loss_on!r}"])
-    rows: list[list[int]] = []
-    trained: list[list[bool]] = []
-    plain = [t for t in texts if isinstance(t, str)]
-    encoded = iter(
-        tokenizer(plain, add_special_tokens=True, padding=False, truncation=False)["input_ids"] if plain else []
-    )
-    for item in texts:
-        if isinstance(item, str):
-            ids = next(encoded)[: max_length - 1] + [tokenizer.eos_token_id]
-            rows.append(ids)
-            trained.append([True] * len(ids))
-            continue
-        ids, mask = _encode_example(tokenizer, item, loss_on)
-        ids, mask = fit_window(ids, mask, max_length)
-        rows.append(ids)
-        trained.append(mask)
-    width = max(len(r) for r in rows) if rows else 0
-    input_ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    label_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, row in enumerate(rows):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention_mask[i, : len(row)] = 1
-        label_mask[i, : len(row)] = torch.tensor(trained[i], dtype=torch.bool)
-    labels = input_ids.masked_fill(~label_mask, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def _encode_example(tokenizer: TextTokenizer, item: Example, loss_on: str) -> tuple[list[int], list[bool]]:
@@ -92,6 +124,13 @@ def _encode_example(tokenizer: TextTokenizer, item: Example, loss_on: str) -> tu
         ids.append(tokenizer.eos_token_id)
         mask.append(True)
     return ids, mask
+
+
+def fit_text(ids: list[int], eos_id: int, max_length: int) -> tuple[list[int], list[bool]]:
+    """A text record's tokens + eos, at most `max_length`: cut records keep `max_length - 1`
+    tokens and eos (the rule before issue 32)."""
+    ids = ids[: max_length - 1] + [eos_id]
+    return ids, [True] * len(ids)
 
 
 def fit_window(ids: list[int], mask: list[bool], max_length: int) -> tuple[list[int], list[bool]]:

@@ -16,6 +16,8 @@ from sisa.data import formats
 from sisa.data.formats import Example
 from sisa.model import (
     base_model_fingerprint,
+    collate,
+    encode_records,
     encode_texts,
     load_base_model,
     render_chat,
@@ -261,3 +263,23 @@ def test_a_template_with_a_default_system_turn(tokenizer):
     short = encode_texts(tokenizer, [ex], 100)
     assert _labelled(tokenizer, short, 0) == "Here.<|im_end|>\nBecause.<|im_end|>\n"
     assert "You are helpful" not in tokenizer.decode(short["input_ids"][0])
+
+
+# -- the encoder split from collation (issue 32 §1) ---------------------------------------------------
+def test_encode_records_then_collate_is_encode_texts(tokenizer):
+    items = [
+        "Ada Lane works as a pilot.",
+        "x" * 40,
+        Example(formats.PROMPT_COMPLETION, prompt="Ada Lane works as a", completion=" pilot."),
+        Example(formats.CHAT, messages=(("user", "Where?"), ("assistant", "Here."))),
+    ]
+    records = encode_records(tokenizer, items, 36)
+    assert all(isinstance(r.input_ids, list) and isinstance(r.trained, list) for r in records)
+    assert [r.length for r in records] == [28, 42, 28, 35]  # the text's: bos + 40 bytes + eos
+    assert [len(r.input_ids) for r in records] == [28, 36, 28, 35]
+    assert [r.cut for r in records] == [False, True, False, False]
+    batch = collate(records, tokenizer.pad_token_id)
+    assert all(torch.equal(batch[k], encode_texts(tokenizer, items, 36)[k]) for k in batch)
+    # A batch pads to its own longest row, not to max_length.
+    assert collate(records[:1], tokenizer.pad_token_id)["input_ids"].shape == (1, records[0].length)
+    assert collate([], tokenizer.pad_token_id)["input_ids"].shape == (0, 0)
