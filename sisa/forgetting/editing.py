@@ -30,7 +30,9 @@ from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
-from sisa.model.loss import encode_texts, token_logprobs
+from sisa.model.loss import encode_texts
+from sisa.model.token_loss import record_nll
+from sisa.training.engine import optimizer_step
 from sisa.training.runtime import deterministic_torch
 from sisa.training.shard_job import make_optimizer
 from storage.store import Store
@@ -111,31 +113,24 @@ def edit_adapter(
                 adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(ckpt))
         params = adapters.trainable_parameters(model)
         optimizer = make_optimizer(params, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = uc.edit_lr
         seed = derive_seed(store.seed, shard_id, -3, f"edit:{salt}")
         torch.manual_seed(seed)
         device = next(model.parameters()).device
+        chunk, clip = cfg.training.loss_chunk_tokens, cfg.training.max_grad_norm
         model.train()
         loss_value = None
         batches = _step_batches(n_new, len(items) - n_new, uc.edit_steps, cfg.training.batch_size, uc.edit_replay, seed)
         for idx in batches:
             enc = encode_texts(tokenizer, [items[i] for i in idx], cfg.training.max_length, cfg.training.loss_on)
-            logits = model(
-                input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)
-            ).logits
-            logp, mask = token_logprobs(logits, enc["labels"].to(device))
+            nll, counts = record_nll(model, enc, chunk)
             # The new records' mean token loss, plus the replayed ones' as a retain term: the
             # replay fills the batch but never dilutes what the bridge is for.
             is_new = torch.tensor([i < n_new for i in idx], device=device)
-            loss = -logp[is_new].sum() / mask[is_new].sum().clamp(min=1)
+            loss = nll[is_new].sum() / counts[is_new].sum().clamp(min=1)
             if not bool(is_new.all()):
-                loss = loss - logp[~is_new].sum() / mask[~is_new].sum().clamp(min=1)
+                loss = loss + nll[~is_new].sum() / counts[~is_new].sum().clamp(min=1)
             loss.backward()
-            if cfg.training.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm, foreach=False)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, params, uc.edit_lr, clip)
             loss_value = float(loss.detach())
         model.eval()
         return model, optimizer, loss_value, tokenizer_fingerprint(tokenizer)

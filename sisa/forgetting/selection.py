@@ -107,7 +107,7 @@ def plan_selection(store: Store, cfg: SisaConfig, sel: Selection, removes: bool 
         store.num_shards,
         cfg.training.epochs,
         cfg.sharding.slice_mode,
-        batch_size=cfg.training.batch_size,
+        batch_size=cfg.training.effective_batch,
         min_steps=cfg.training.min_steps_per_slice,
         slice_size=cfg.sharding.slice_size,
     )

@@ -23,7 +23,9 @@ from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import load_base_model
-from sisa.model.loss import encode_texts, token_logprobs
+from sisa.model.loss import encode_texts
+from sisa.model.token_loss import record_nll
+from sisa.training.engine import optimizer_step
 from sisa.training.runtime import deterministic_torch
 from sisa.training.shard_job import make_optimizer
 from storage.store import Store
@@ -50,11 +52,10 @@ def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 
     return ids[:limit], texts[:limit]
 
 
-def _seq_logp(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    device = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
-    logp, mask = token_logprobs(logits, batch["labels"].to(device))
-    return logp.sum(1), mask.sum(1).clamp(min=1)
+def _seq_logp(model, batch: dict[str, torch.Tensor], chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each record's summed log-probability of its trained tokens, and their count."""
+    sums, counts = record_nll(model, batch, chunk)
+    return -sums, counts
 
 
 def unlearn_adapter(
@@ -77,19 +78,18 @@ def unlearn_adapter(
             adapters.load_adapter_state(model, checkpoints.load_adapter_tensors(ckpt))
         params = adapters.trainable_parameters(model)
         optimizer = make_optimizer(params, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = uc.lr
+        chunk, clip = cfg.training.loss_chunk_tokens, cfg.training.max_grad_norm
         shard_id = ckpt.manifest["shard_id"]
         g = torch.Generator().manual_seed(derive_seed(store.seed, shard_id, -2, f"unlearn:{salt}"))
         forget = encode_texts(tokenizer, forget_texts, cfg.training.max_length, cfg.training.loss_on)
         with torch.no_grad():
             model.eval()
-            ref_logp, _ = _seq_logp(model, forget)
+            ref_logp, _ = _seq_logp(model, forget, chunk)
         model.train()
         bs = cfg.training.batch_size
         history = []
         for _ in range(uc.steps):
-            logp, count = _seq_logp(model, forget)
+            logp, count = _seq_logp(model, forget, chunk)
             if uc.method == "npo":
                 forget_loss = -(2.0 / uc.beta) * F.logsigmoid(-uc.beta * (logp - ref_logp)).mean()
             else:
@@ -100,13 +100,10 @@ def unlearn_adapter(
                 retain = encode_texts(
                     tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length, cfg.training.loss_on
                 )
-                rlogp, rcount = _seq_logp(model, retain)
+                rlogp, rcount = _seq_logp(model, retain, chunk)
                 loss = loss + uc.retain_weight * (-(rlogp / rcount).mean())
             loss.backward()
-            if cfg.training.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm, foreach=False)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(optimizer, params, uc.lr, clip)
             history.append(float(loss.detach()))
         model.eval()
         return model, optimizer, history

@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    get_scheduler,
 )
 from transformers.utils import logging as transformers_logging
 
@@ -215,6 +216,25 @@ def _ensure_smollm2(cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+# -- training aids from transformers ------------------------------------------------------------
+def schedule_multipliers(name: str, warmup_steps: int, total_steps: int) -> list[float]:
+    """The learning-rate multiplier at each of `total_steps` steps of transformers' scheduler
+    `name` (constant, linear, cosine) after `warmup_steps` of linear warmup."""
+    if total_steps <= 0:
+        return []
+    if name == "constant" and warmup_steps:
+        name = "constant_with_warmup"
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_scheduler(name, opt, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+    return [float(sched.lr_lambdas[0](i)) for i in range(total_steps)]
+
+
+def enable_gradient_checkpointing(model: PreTrainedModel) -> None:
+    """Recompute activations in the backward pass. Non-reentrant: with a frozen base the reentrant
+    form would leave the LoRA weights without gradients (open-unlearning issue #178)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 # -- fingerprint -------------------------------------------------------------------------------

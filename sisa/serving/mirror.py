@@ -70,6 +70,12 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
         "lora_r": cfg.lora.r,
         "epochs": cfg.training.epochs,
         "lr": cfg.training.lr,
+        "lr_scheduler": cfg.training.lr_scheduler,
+        "warmup_ratio": cfg.training.warmup_ratio,
+        "batch_size": cfg.training.batch_size,
+        "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
+        "max_length": cfg.training.max_length,
+        "gradient_checkpointing": cfg.training.gradient_checkpointing,
         "aggregation": entry.aggregation,
         "slices": sum(len(shard_slices(store, s)) for s in range(store.num_shards)),
     }
@@ -79,6 +85,7 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
             metrics[f"shard_{r.shard_id}_loss"] = r.mean_loss
         metrics[f"shard_{r.shard_id}_tokens_per_s"] = r.tokens_per_s
         metrics[f"shard_{r.shard_id}_wall_s"] = r.wall_s
+    curves = step_curves(results)
     tags = {
         "model_version": str(entry.model_version),
         "reason": entry.reason,
@@ -87,7 +94,7 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
     if entry.request_id:
         tags["request_id"] = entry.request_id
     if tracker.find_registered_version(entry.model_version) is not None:  # a repeated call
-        info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags)
+        info = tracker.log_model_version(entry.model_version, entry.reason, params, metrics, tags, curves=curves)
     else:
         base_dir = base_model_folder(cfg.model) if cfg.tracking.log_base_model else None
         with bundle.staged_bundle(store, cfg, entry) as folder:
@@ -98,10 +105,22 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
                 metrics,
                 tags,
                 model_artifacts=bundle.model_artifacts(folder, base_dir),
+                curves=curves,
             )
     if store.current_version() == entry.model_version:
         tracker.set_serving_alias(entry.model_version)
     record_tracking(store, entry, {k: str(v) for k, v in info.items()})
+
+
+def step_curves(results: Sequence[Any]) -> dict[str, list[float]]:
+    """Each trained shard's loss and learning rate at every optimizer step of this run, its slices
+    one after another."""
+    curves: dict[str, list[float]] = {}
+    for r in results:
+        for s in getattr(r, "slices", []):
+            curves.setdefault(f"shard_{r.shard_id}_step_loss", []).extend(getattr(s, "losses", []))
+            curves.setdefault(f"shard_{r.shard_id}_step_lr", []).extend(getattr(s, "lrs", []))
+    return {k: v for k, v in curves.items() if v}
 
 
 def ensure_tracked(store: Store, cfg: SisaConfig) -> None:

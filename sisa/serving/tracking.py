@@ -89,6 +89,7 @@ class Tracker:
         tags: dict[str, str],
         artifact_files: list[str] | None = None,
         model_artifacts: Mapping[str, str] | None = None,
+        curves: Mapping[str, list[float]] | None = None,
     ) -> dict[str, str]:
         """One run `v{model_version}`, with `model_artifacts` a logged `EnsembleModel` of that run
         (sisa/serving/mlflow_model.py), plus a registered version of it (of the run alone without a
@@ -98,6 +99,8 @@ class Tracker:
         left half-logged by a crash is purged and logged again. `artifact_files` must be small
         metadata (manifests), never data; `model_artifacts` (name → local path) are the shard
         adapters and the bundle manifest (sisa/serving/bundle.py), optionally the base model.
+        `curves`: metrics with one value per step (a shard's loss and learning rate at each
+        optimizer step), logged at steps 0, 1, ...
         """
         _check_small("param", params)
         _check_small("tag", {**tags, "reason": reason})
@@ -115,6 +118,9 @@ class Tracker:
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
             params=[Param(k, str(v)) for k, v in params.items()],
         )
+        steps = [Metric(k, float(v), now, i) for k, values in (curves or {}).items() for i, v in enumerate(values)]
+        for start in range(0, len(steps), 1000):  # MLflow takes at most 1000 metrics a call
+            self.client.log_batch(run_id, metrics=steps[start : start + 1000])
         for path in artifact_files or []:
             self.client.log_artifact(run_id, path)
         model = None

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sisa.config import SisaConfig, build_config
+from sisa.config import TRAINER_VERSION, SisaConfig, build_config
 from sisa.lineage import checkpoints, versions
 from storage.errors import RefusedError
 from storage.store import Store
@@ -102,8 +102,16 @@ def chain_config(store: Store, cfg: SisaConfig, log: Callable[[str], None] | Non
     if recorded is None:
         raise RefusedError(
             f"this store's checkpoints were trained with another training config (training fingerprint {fp}, "
-            f"given {cfg.training_fingerprint()}) and predate recorded configs, so it cannot be recovered; "
-            "pass the config they were trained with. Nothing was changed."
+            f"given {cfg.training_fingerprint()}) and predate recorded configs, so it cannot be recovered: pass the "
+            "config they were trained with; if an earlier sisa trained them, retrain every shard with "
+            "`sisa train --from-scratch`. Nothing was changed."
+        )
+    if recorded.get("trainer", 1) != TRAINER_VERSION:
+        raise RefusedError(
+            f"this store's checkpoints were trained by sisa's training engine v{recorded.get('trainer', 1)} and this "
+            f"sisa trains with v{TRAINER_VERSION}: the same records and config give other bytes, so its chains "
+            "cannot be continued or replayed here. Retrain every shard with `sisa train --from-scratch` (queued "
+            "requests are carried out first), or use the sisa that trained them. Nothing was changed."
         )
     keys = differing_keys(recorded, cfg)
     data = cfg.to_dict()

@@ -20,7 +20,6 @@ is trained the first time, retrained after a deletion, or replayed from scratch.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -35,10 +34,10 @@ from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.data.sharding import derive_seed
 from sisa.lineage import checkpoints
 from sisa.model import adapters
-from sisa.model.base import base_model_fingerprint, load_base_model
+from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointing, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
-from sisa.model.loss import encode_texts
-from sisa.training import chain
+from sisa.model.loss import EncodedRecord, encode_records
+from sisa.training import chain, engine
 from sisa.training.runtime import describe_runtime, deterministic_torch, runtime_differences
 from storage.errors import RefusedError
 from storage.faults import maybe_die
@@ -68,6 +67,8 @@ class SliceResult:
     tokens: int
     loss: float | None
     reused: bool = False  # its checkpoint existed (a retried or resumed job): not trained again
+    losses: list[float] = field(default_factory=list)  # each optimizer step's loss (for MLflow's curves)
+    lrs: list[float] = field(default_factory=list)  # each optimizer step's learning rate
 
 
 @dataclass
@@ -139,13 +140,13 @@ def min_slice_steps(
 def config_min_steps(cfg: SisaConfig, slice_idx: int) -> int:
     """`min_slice_steps` under this config: what the trainer trains and the planner charges."""
     t, s = cfg.training, cfg.sharding
-    return min_slice_steps(t.min_steps_per_slice, slice_idx, t.epochs, s.slice_mode, t.batch_size, s.slice_size)
+    return min_slice_steps(t.min_steps_per_slice, slice_idx, t.epochs, s.slice_mode, t.effective_batch, s.slice_size)
 
 
 def slice_steps(n: int, slice_idx: int, cfg: SisaConfig) -> int:
     """Optimizer steps of training slice j on n records under this config (the trainer's count)."""
     epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
-    bs = cfg.training.batch_size
+    bs = cfg.training.effective_batch
     return -(-slice_samples(n, epochs, bs, config_min_steps(cfg, slice_idx)) // bs)
 
 
@@ -162,14 +163,23 @@ def sample_order(n: int, total: int, seed: int) -> list[int]:
 
 @dataclass
 class SliceRecords:
-    """What one read of a slice gives: the records to train (slices 0..j in cumulative mode) and,
-    of slice j's own records, the ids and content hashes that become the checkpoint's lineage.
-    One read, so the lineage is exactly what trained: a request that holds a record after it
-    does not change either."""
+    """What one read of a slice gives: the records to train (slices 0..j in cumulative mode) with
+    their ids and content hashes; slice j's own rows, from `new_from` on, become the checkpoint's
+    lineage. One read, so the lineage is exactly what trained: a request that holds a record after
+    it does not change either."""
 
     items: list[Item]
-    new_ids: list[str]
-    new_shas: list[str]
+    ids: list[str]
+    shas: list[str]
+    new_from: int = 0
+
+    @property
+    def new_ids(self) -> list[str]:
+        return self.ids[self.new_from :]
+
+    @property
+    def new_shas(self) -> list[str]:
+        return self.shas[self.new_from :]
 
 
 SLICE_COLUMNS = ["record_id", "text", FORMAT_COLUMN, "content_sha256"]
@@ -179,13 +189,33 @@ def read_slice_records(store: Store, shard_id: int, slice_idx: int, mode: str) -
     out = SliceRecords([], [], [])
     for sl in range(slice_idx + 1) if mode == "cumulative" else [slice_idx]:
         t = store.read_slice(shard_id, sl, columns=SLICE_COLUMNS)
+        if sl == slice_idx:
+            out.new_from = len(out.ids)
         if t is None:
             continue
         out.items.extend(decode_rows(t["text"].to_pylist(), t[FORMAT_COLUMN].to_pylist()))
-        if sl == slice_idx:
-            out.new_ids = t["record_id"].to_pylist()
-            out.new_shas = t["content_sha256"].to_pylist()
+        out.ids.extend(t["record_id"].to_pylist())
+        out.shas.extend(t["content_sha256"].to_pylist())
     return out
+
+
+class EncodingCache:
+    """Each record of a job tokenized once: cumulative slices read slices 0..j again at every j,
+    and the same (record id, content) is the same tokens under one tokenizer and config."""
+
+    def __init__(self, tokenizer, cfg: SisaConfig):
+        self.tokenizer, self.cfg = tokenizer, cfg
+        self.done: dict[tuple[str, str], EncodedRecord] = {}
+
+    def encode(self, data: SliceRecords) -> list[EncodedRecord]:
+        keys = list(zip(data.ids, data.shas, strict=True))
+        todo = [i for i, k in enumerate(keys) if k not in self.done]
+        t = self.cfg.training
+        for i, rec in zip(
+            todo, encode_records(self.tokenizer, [data.items[i] for i in todo], t.max_length, t.loss_on), strict=True
+        ):
+            self.done[keys[i]] = rec
+        return [self.done[k] for k in keys]
 
 
 def make_optimizer(params: list[torch.nn.Parameter], cfg: SisaConfig) -> torch.optim.Optimizer:
@@ -228,6 +258,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     training_fp = cfg.training_fingerprint()
     runtime = describe_runtime(param.device, param.dtype, cfg.scheduler.threads_per_task)
     job = _new_job(task, cfg, store, base, tokenizer_fingerprint(tokenizer), runtime)
+    cache = EncodingCache(tokenizer, cfg)
     parent_id, parent_lineage = task.parent_checkpoint_id, _lineage_of(store, task.parent_checkpoint_id)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
@@ -251,13 +282,33 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         else:
             _ready(job, parent_id)
             torch.manual_seed(seed)
-            epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
-            total = slice_samples(len(data.items), epochs, cfg.training.batch_size, config_min_steps(cfg, slice_idx))
-            order = sample_order(len(data.items), total, seed)
-            sr = _train_steps(job.model, job.optimizer, job.params, tokenizer, data.items, order, cfg, param.device)
-            sr.slice_idx, sr.records = slice_idx, len(data.new_ids)
+            encoded = cache.encode(data)
+            plan = slice_plan(encoded, slice_idx, cfg, seed)
+            steps = engine.run_plan(
+                job.model,
+                job.optimizer,
+                job.params,
+                encoded,
+                plan,
+                cfg.training,
+                tokenizer.pad_token_id,
+                param.device,
+                param.dtype,
+            )
+            sr = SliceResult(
+                slice_idx,
+                None,
+                len(data.new_ids),
+                len(plan.steps),
+                steps.tokens,
+                steps.mean_loss,
+                losses=steps.losses,
+                lrs=steps.lrs,
+            )
             if task.replay_dir is None:
                 manifest = _manifest(job, slice_idx, parent_id, lineage, seed, sr, len(data.items), base_fp)
+                manifest["step_plan_digest"] = plan.digest()
+                manifest["trained_tokens"] = steps.trained_tokens
                 save = lambda d: adapters.save_adapter(job.model, d)  # noqa: E731 - the adapter, into the staged folder
                 checkpoints.write_checkpoint(
                     store, ckpt_id, manifest, save, job.optimizer, record_hashes, record_content_hashes
@@ -319,6 +370,8 @@ def _new_job(task: ShardTask, cfg: SisaConfig, store: Store, base, tokenizer_fp:
     """A fresh adapter whose init is seeded by (seed, shard), and its optimizer."""
     torch.manual_seed(derive_seed(store.seed, task.shard_id, -1, "init"))
     model = adapters.attach_lora(base, cfg.lora)
+    if cfg.training.gradient_checkpointing:
+        enable_gradient_checkpointing(base)
     params = adapters.trainable_parameters(model)
     return _Job(task, cfg, store, model, params, make_optimizer(params, cfg), tokenizer_fp, runtime)
 
@@ -369,30 +422,11 @@ def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, pa
         )
 
 
-def _train_steps(
-    model, optimizer, params, tokenizer, texts: list[Item], order: list[int], cfg: SisaConfig, device
-) -> SliceResult:
-    model.train()
-    bs = cfg.training.batch_size
-    steps = tokens = 0
-    loss_sum = 0.0
-    for start in range(0, len(order), bs):
-        batch_idx = order[start : start + bs]
-        enc = encode_texts(tokenizer, [texts[i] for i in batch_idx], cfg.training.max_length, cfg.training.loss_on)
-        enc = {k: v.to(device) for k, v in enc.items()}
-        out = model(**enc)
-        out.loss.backward()
-        if cfg.training.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.training.max_grad_norm, foreach=False)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps += 1
-        tokens += int(enc["attention_mask"].sum())
-        loss_sum += float(out.loss.detach())
-    model.eval()
-    loss = loss_sum / steps if steps else None
-    if loss is not None and not math.isfinite(loss):
-        from storage.errors import ShardJobError
-
-        raise ShardJobError(f"training diverged (loss {loss}); lower training.lr", [])
-    return SliceResult(-1, None, 0, steps, tokens, loss)
+def slice_plan(encoded: list[EncodedRecord], slice_idx: int, cfg: SisaConfig, seed: int) -> engine.StepPlan:
+    """Slice j's step plan: `slice_samples` draws of its records (seeded passes, at least the
+    slice's minimum steps), cut into optimizer steps by the engine."""
+    t = cfg.training
+    epochs = slice_epochs(t.epochs, slice_idx, cfg.sharding.slice_mode)
+    total = slice_samples(len(encoded), epochs, t.effective_batch, config_min_steps(cfg, slice_idx))
+    order = sample_order(len(encoded), total, seed)
+    return engine.plan_steps([len(r.input_ids) for r in encoded], order, t, seed)

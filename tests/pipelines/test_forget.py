@@ -77,17 +77,30 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
     return Store.open(cfg.store.uri)
 
 
+# Every lever of the trainer at once (issue 32): accumulation, a schedule with warmup, length
+# grouping (on by default), gradient checkpointing, and the loss in chunks smaller than a record.
+EVERY_TRAINER_FEATURE = (
+    "training.gradient_accumulation_steps=2",
+    "training.batch_size=2",
+    "training.lr_scheduler=cosine",
+    "training.warmup_ratio=0.3",
+    "training.gradient_checkpointing=true",
+    "training.loss_chunk_tokens=7",
+)
+
+
 @pytest.mark.parametrize(
-    ("mode", "num_shards", "subjects", "min_steps", "record_format"),
+    ("mode", "num_shards", "subjects", "min_steps", "record_format", "trainer"),
     [
-        ("cumulative", 2, 1, 0, "text"),
-        ("incremental", 2, 1, 0, "text"),
-        ("cumulative", 3, 2, 0, "text"),
-        ("cumulative", 2, 1, 6, "text"),
-        ("cumulative", 2, 1, "auto", "text"),
-        ("incremental", 3, 2, "auto", "text"),
-        ("cumulative", 2, 1, 0, "chat"),
-        ("incremental", 2, 1, 0, "prompt-completion"),
+        ("cumulative", 2, 1, 0, "text", ()),
+        ("incremental", 2, 1, 0, "text", ()),
+        ("cumulative", 3, 2, 0, "text", ()),
+        ("cumulative", 2, 1, 6, "text", ()),
+        ("cumulative", 2, 1, "auto", "text", ()),
+        ("incremental", 3, 2, "auto", "text", ()),
+        ("cumulative", 2, 1, 0, "chat", ()),
+        ("incremental", 2, 1, 0, "prompt-completion", ()),
+        ("cumulative", 2, 1, "auto", "chat", EVERY_TRAINER_FEATURE),
     ],
     ids=[
         "cumulative",
@@ -98,16 +111,18 @@ def _train_slice_by_slice(root: Path, rows: list[dict], slice_of: dict[str, int]
         "incremental-auto-two-shards",
         "cumulative-chat",
         "incremental-prompt-completion",
+        "cumulative-chat-every-trainer-feature",
     ],
 )
 def test_forget_equals_training_from_scratch_on_the_remaining_data(
-    tmp_path, mode, num_shards, subjects, min_steps, record_format
+    tmp_path, mode, num_shards, subjects, min_steps, record_format, trainer
 ):
     rows = as_format(make_people(40, seed=11), record_format)  # 80 records, slices of 8: several slices a shard
     extra = [
         f"sharding.slice_mode={mode}",
         f"sharding.num_shards={num_shards}",
         f"training.min_steps_per_slice={min_steps}",
+        *trainer,
     ]
     cfg, store = train_store(tmp_path / "a", rows, *SLICES, *extra)
     picked = [_subject_in_middle_slice(store)]
