@@ -93,6 +93,12 @@ class LoraConfig:
     )
 
 
+# How a record longer than `training.max_length` is cut (sisa/model/loss.py `fit_window`): its
+# start is kept, its end cut, no eos after a cut. It enters the training fingerprint of a
+# checkpoint only when a record of its chain was cut: the bytes of a chain that cut nothing do
+# not depend on the rule, so such stores keep their fingerprints. A new rule gets a new name.
+CUT_RULE = "keep-start"
+
 # `training.min_steps_per_slice: auto`'s optimizer steps per pass over a slice, at the least. 3: at
 # the demo's 10 epochs 8 SmolLM2 shards of 6 records recalled 36/48 facts with the 10 steps their
 # epochs gave and 48/48 with 30 (one adapter: 46/48). Part of the training fingerprint.
@@ -103,7 +109,19 @@ AUTO_STEPS_PER_EPOCH = 3
 class TrainingConfig:
     epochs: int = _f(1, "Epochs per slice (rescaled in cumulative mode as in the SISA paper).", min=1)
     batch_size: int = _f(8, "Records per optimizer step.", min=1)
-    max_length: int = _f(64, "Tokens per record; longer records are truncated.", min=4)
+    max_length: int = _f(
+        1024,
+        "Tokens per record at most (TRL's default), capped by the model's own context (max_position_embeddings). "
+        "Batches pad to their own longest record, so short records cost no more. Longer records are cut or "
+        "refused (`truncation`); `sisa ingest` and `sisa train` show the records' lengths.",
+        min=4,
+    )
+    truncation: Literal["cut", "refuse"] = _f(
+        "cut",
+        "Records longer than max_length. cut: keep their start (bos, system turn, question) and cut their end, "
+        "no eos after a cut; `sisa train` says how many. refuse: `sisa train` fails before training, naming "
+        "their record ids, and changes nothing.",
+    )
     lr: float = _f(1e-3, "AdamW learning rate.", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables.", min=0.0)
@@ -347,8 +365,11 @@ class SisaConfig:
         """Digest of the whole effective config."""
         return _digest(self.to_dict())
 
-    def training_fingerprint(self) -> str:
-        """Digest of what determines checkpoint bytes: seed, sharding, model, LoRA, training."""
+    def training_fingerprint(self, cut: bool = False) -> str:
+        """Digest of what determines checkpoint bytes: seed, sharding, model, LoRA, training.
+
+        `cut`: a record of the checkpoint's chain was longer than max_length, so the rule that cut
+        it (`CUT_RULE`) shaped the bytes too and is part of the digest."""
         d = self.to_dict()
         training = dict(d["training"])
         # Added after stores existed: left out while off, so their checkpoints keep their
@@ -359,6 +380,8 @@ class SisaConfig:
         if training.get("min_steps_per_slice") == "auto":
             # the rule, not just its name: a checkpoint trained under another rule is not continued
             training["min_steps_per_slice"] = {"auto": {"steps_per_epoch": AUTO_STEPS_PER_EPOCH, "full_slice": True}}
+        if cut:
+            training["cut_rule"] = CUT_RULE
         keep = {
             "seed": d["store"]["seed"],
             "sharding": d["sharding"],
@@ -372,7 +395,8 @@ class SisaConfig:
 _SECTION_TYPES = typing.get_type_hints(SisaConfig)
 # training keys added after the first stores, with the value that trains exactly as before
 # (loss_on=completion trains a text record on all of its tokens, as before the key existed).
-_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion"}
+# truncation=cut cuts as every store did before the key existed (the cut rule itself is `CUT_RULE`).
+_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion", "truncation": "cut"}
 
 
 def _digest(obj: Any) -> str:

@@ -37,9 +37,10 @@ from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.data.sharding import derive_seed
 from sisa.lineage import checkpoints
 from sisa.model import adapters
-from sisa.model.base import base_model_fingerprint, load_base_model
+from sisa.model.base import base_model_fingerprint, load_base_model, model_context
 from sisa.model.fingerprints import tokenizer_fingerprint
-from sisa.model.loss import encode_texts
+from sisa.model.lengths import effective_max_length
+from sisa.model.loss import EncodedRecord, collate, encode_records
 from storage.errors import RefusedError
 from storage.faults import maybe_die
 from storage.store import Store
@@ -64,6 +65,7 @@ class SliceResult:
     steps: int
     tokens: int
     loss: float | None
+    cut: int = 0  # records of the slice's training set longer than max_length, cut (loss.fit_window)
 
 
 @dataclass
@@ -214,10 +216,11 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     device = next(base.parameters()).device
     base_fp = base_model_fingerprint(cfg.model)
     tokenizer_fp = tokenizer_fingerprint(tokenizer)
-    training_fp = cfg.training_fingerprint()
+    max_length = effective_max_length(cfg.training.max_length, model_context(base))
 
     model, params, optimizer, parent_lineage = _start(task, cfg, store, base, tokenizer_fp)
     parent_id = task.parent_checkpoint_id
+    chain_cut = _parent_cut(task, cfg, store, tokenizer, max_length)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
     bar = tqdm(
@@ -233,9 +236,14 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
         epochs = slice_epochs(cfg.training.epochs, slice_idx, cfg.sharding.slice_mode)
         total = slice_samples(len(texts), epochs, cfg.training.batch_size, config_min_steps(cfg, slice_idx))
         order = sample_order(len(texts), total, seed)
-        sr = _train_steps(model, optimizer, params, tokenizer, texts, order, cfg, device)
+        # Tokenized once per slice; a record cut once puts the cut rule into its chain's fingerprint.
+        encoded = encode_records(tokenizer, texts, max_length, cfg.training.loss_on)
+        chain_cut = chain_cut or any(r.cut for r in encoded)
+        training_fp = cfg.training_fingerprint(cut=chain_cut)
+        sr = _train_steps(model, optimizer, params, tokenizer, encoded, order, cfg, device)
         sr.slice_idx = slice_idx
         sr.records = len(new_ids)
+        sr.cut = sum(r.cut for r in encoded)
         result.tokens += sr.tokens
 
         record_hashes = store.hash_ids(new_ids)
@@ -309,8 +317,31 @@ def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, pa
         )
 
 
+def _parent_cut(task: ShardTask, cfg: SisaConfig, store: Store, tokenizer, max_length: int) -> bool:
+    """Whether the parent checkpoint's chain trained a record cut to max_length: its fingerprint
+    says so. A parent that says not, yet whose slices hold a record over max_length, was cut by the
+    rule before issue 32 (the end kept, eos after a text's cut) and is refused: continuing it would
+    mix two cut rules in one adapter, and no replay could reproduce it."""
+    parent_id = task.parent_checkpoint_id
+    if parent_id is None:
+        return False
+    recorded = checkpoints.read_manifest(store, task.shard_id, parent_id)["training_fingerprint"]
+    if recorded == cfg.training_fingerprint(cut=True):
+        return True
+    if recorded != cfg.training_fingerprint():
+        return False  # another config: the planners refuse it (sisa/training/run.py)
+    _, earlier = _records(store, task.shard_id, list(range(checkpoints.slice_of(parent_id) + 1)))
+    if any(r.cut for r in encode_records(tokenizer, earlier, max_length, cfg.training.loss_on)):
+        raise RefusedError(
+            f"shard {task.shard_id}'s checkpoint {parent_id} trained records longer than max_length {max_length} "
+            "cut by the rule before this version of sisa (which kept their end); continuing would mix two cut "
+            "rules. Run `sisa train --from-scratch`, or raise training.max_length above the longest record"
+        )
+    return False
+
+
 def _train_steps(
-    model, optimizer, params, tokenizer, texts: list[Item], order: list[int], cfg: SisaConfig, device
+    model, optimizer, params, tokenizer, records: list[EncodedRecord], order: list[int], cfg: SisaConfig, device
 ) -> SliceResult:
     model.train()
     bs = cfg.training.batch_size
@@ -318,7 +349,7 @@ def _train_steps(
     loss_sum = 0.0
     for start in range(0, len(order), bs):
         batch_idx = order[start : start + bs]
-        enc = encode_texts(tokenizer, [texts[i] for i in batch_idx], cfg.training.max_length, cfg.training.loss_on)
+        enc = collate([records[i] for i in batch_idx], tokenizer.pad_token_id)
         enc = {k: v.to(device) for k, v in enc.items()}
         out = model(**enc)
         out.loss.backward()
