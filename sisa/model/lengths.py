@@ -16,8 +16,9 @@ from dataclasses import asdict, dataclass
 import pyarrow.compute as pc
 
 from sisa.config import SisaConfig
-from sisa.data.formats import FORMAT_COLUMN, Item, table_items
+from sisa.data.formats import FORMAT_COLUMN, PROMPT_COMPLETION, Item, table_items
 from sisa.model.base import TextTokenizer, load_tokenizer
+from sisa.model.chat import render_chat_text
 from sisa.model.loss import EncodedRecord, encode_records
 from storage.errors import ValidationError, list_some
 from storage.store import Store
@@ -100,6 +101,31 @@ def measure_records(
     return length_report([r.length for r in encoded], max_length, context, truncation), encoded
 
 
+def record_lengths(tokenizer: TextTokenizer, items: Sequence[Item]) -> list[int]:
+    """Each record's full length in tokens, as `encode_records` counts it, the cheap way: every
+    record rendered once and the batch tokenized at once (no trained-token spans)."""
+    texts: list[str] = []
+    special: list[bool] = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+            special.append(True)
+        elif item.format == PROMPT_COMPLETION:
+            texts.append(item.prompt + item.completion)
+            special.append(True)
+        else:
+            texts.append(render_chat_text(tokenizer, item.messages))
+            special.append(False)
+    out = [0] * len(texts)
+    for flag in (True, False):
+        idx = [i for i, f in enumerate(special) if f is flag]
+        if idx:
+            ids = tokenizer([texts[i] for i in idx], add_special_tokens=flag, padding=False)["input_ids"]
+            for i, row in zip(idx, ids, strict=True):
+                out[i] = len(row) + int(flag)  # eos after a text or a completion; a template writes its own
+    return out
+
+
 def ingest_lengths(store: Store, cfg: SisaConfig, ingest_id: str, slices: Sequence[str]) -> LengthReport:
     """The token lengths of one ingest's records (`slices`: its "shard/slice" keys), measured with
     the base model's tokenizer and chat template (no weights load) as `sisa train` will see them."""
@@ -110,8 +136,7 @@ def ingest_lengths(store: Store, cfg: SisaConfig, ingest_id: str, slices: Sequen
         if table is not None:
             items.extend(table_items(table.filter(pc.equal(table["ingest_id"], ingest_id))))
     tokenizer, context = load_tokenizer(cfg.model)
-    t = cfg.training
-    return measure_records(tokenizer, items, t.max_length, context, t.loss_on, t.truncation)[0]
+    return length_report(record_lengths(tokenizer, items), cfg.training.max_length, context, cfg.training.truncation)
 
 
 def check_lengths(record_ids: Sequence[str], encoded: Sequence[EncodedRecord], report: LengthReport) -> None:

@@ -63,3 +63,20 @@ def test_refuse_names_ids_and_cut_refuses_only_records_left_with_nothing_to_trai
     # loss_on=all trains the prompt too: nothing is left empty.
     report, encoded = measure_records(tokenizer, items, 24, context, "all", "cut")
     check_lengths(ids, encoded, report)
+
+
+def test_record_lengths_count_as_the_encoder_does():
+    from sisa.model.base import TINY_CHAT_TEMPLATE
+    from sisa.model.lengths import record_lengths
+    from sisa.model.loss import encode_records
+
+    tokenizer, _ = load_tokenizer(ModelConfig())
+    assert tokenizer.chat_template == TINY_CHAT_TEMPLATE
+    items = [
+        "short",
+        "x" * 300,
+        Example(formats.PROMPT_COMPLETION, prompt="Where? ", completion="Here."),
+        Example(formats.CHAT, messages=(("system", "Be brief."), ("user", "Where?"), ("assistant", "Here."))),
+    ]
+    assert record_lengths(tokenizer, items) == [r.length for r in encode_records(tokenizer, items, 16)]
+    assert record_lengths(tokenizer, []) == []
