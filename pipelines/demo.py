@@ -129,7 +129,7 @@ def _measure(store, cfg, shards, groups: dict[str, list[dict]], facts: _Facts, p
     with serving.one_thread():  # small batches: see one_thread
         for name, rows in groups.items():
             items, prompts = facts.items(rows)
-            mixed, _ = serving.score_aggregations(ens, items, prompts, cfg.training.max_length)
+            mixed, _ = serving.score_aggregations(ens, items, prompts)
             for aggregation, vals in mixed.items():
                 loss.setdefault(aggregation, {})[name] = serving.mean(vals)
         recall = facts.recalled(ens, groups)

@@ -32,7 +32,7 @@ def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:
     if answer_only and prompts is None and not structured:
         raise ValidationError(f"--answer-only needs a `prompt` column in {path}, or prompt-completion or chat records")
     v, ens = serving.load_serving(open_store(cfg), cfg)
-    mixed, per = serving.score_aggregations(ens, texts, prompts, cfg.training.max_length)
+    mixed, per = serving.score_aggregations(ens, texts, prompts)
     rows = [{"model": a, "loss": serving.mean(vals), "serving": a == ens.aggregation} for a, vals in mixed.items()]
     rows += [{"model": f"shard {s}", "loss": serving.mean(vals), "serving": False} for s, vals in sorted(per.items())]
     for r in rows:

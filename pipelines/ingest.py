@@ -9,6 +9,8 @@
    assistant), told apart by their columns (or --format); see sisa/data/formats.py.
 3. Under the store lock: add provenance, assign shards (by subject) and slices (arrival order),
    write Parquet parts and index rows, then the ingest ledger entry that commits them.
+4. Say how long the ingested records are in tokens (p50, p95, max; the base model's tokenizer
+   and chat template) and how many are over `training.max_length`, before anything trains.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import sys
 
 import pyarrow as pa
 
-from pipelines.common import print_json, print_table
+from pipelines.common import open_store, print_json, print_table
 from sisa.config import SisaConfig
 from sisa.data import IngestResult, Source, from_dataset, from_table, ingest_sources, read_source
+from sisa.model import LengthReport, ingest_lengths
 
 
 def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:
@@ -66,10 +69,25 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def lengths_of(cfg: SisaConfig, results: list[IngestResult]) -> dict[str, LengthReport]:
+    """Each ingest's token lengths, by ingest id (counts only)."""
+    done = [r for r in results if r.ingest_id and not r.noop]
+    if not done:
+        return {}
+    store = open_store(cfg)
+    return {r.ingest_id: ingest_lengths(store, cfg, r.ingest_id, list(r.slices)) for r in done}
+
+
 def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     results = run(cfg, list(args.inputs))
+    lengths = lengths_of(cfg, results)
     if args.json:
-        print_json([r.to_dict() for r in results])
+        print_json(
+            [
+                {**r.to_dict(), "lengths": lengths[r.ingest_id].to_dict() if r.ingest_id in lengths else None}
+                for r in results
+            ]
+        )
         return 0
     for r in results:
         if r.noop:
@@ -80,5 +98,6 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
             print(f"{r.source}: ingested {r.records} {kind}record(s) as ingest {r.ingest_id}{extra}")
             rows = [{"shard_id": k, "records": v} for k, v in sorted(r.shards.items())]
             print_table(rows, ["shard_id", "records"])
+            print(lengths[r.ingest_id].describe())
     sys.stdout.flush()
     return 0

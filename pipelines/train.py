@@ -8,7 +8,9 @@
    from its last checkpoint and saves one checkpoint per slice.
 3. If every job succeeded: commit the model version (one atomic pointer write), then log it to
    MLflow (a run, a registered model version, the `serving` alias). A failed job commits nothing.
-4. Say what the sharding costs: the optimizer steps of every shard from scratch against one
+4. Say how long the records trained are in tokens (p50, p95, max) and how many are over
+   `training.max_length` (cut, or refused by name before anything trained: `training.truncation`).
+5. Say what the sharding costs: the optimizer steps of every shard from scratch against one
    adapter's on the same records; warn when `training.min_steps_per_slice` of the user's own leaves
    shards under `auto`'s steps a pass (recall falls with steps a shard: benchmarks/README.md).
 """
@@ -86,6 +88,7 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
                     for r in res.trained
                 ],
                 "cost": cost.to_dict(),
+                "lengths": res.lengths.to_dict() if res.lengths is not None else None,
             }
         )
         return 0
@@ -111,6 +114,8 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         sorted(rows, key=lambda r: r["shard_id"]),
         ["shard_id", "slices", "steps", "loss", "tokens/s", "wall_s", "checkpoint"],
     )
+    if res.lengths is not None:
+        print(res.lengths.describe())
     print(f"committed model version {res.model_version} in {res.wall_s:.1f}s; it now serves")
     print(cost_line(cost))
     note = prompt_blind_posterior(cfg, res)

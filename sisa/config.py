@@ -117,6 +117,10 @@ class LoraConfig:
 # never continued by the other. 2: step plans, token-normalized accumulation, chunked loss.
 TRAINER_VERSION = 2
 
+# How a record longer than `training.max_length` is cut (sisa/model/loss.py `fit_window`): its
+# start is kept, its end cut, no eos after a cut. Part of every training fingerprint (a new rule
+# gets a new name).
+CUT_RULE = "keep-start"
 
 # `training.min_steps_per_slice: auto`'s optimizer steps per pass over a slice, at the least. 3: at
 # the demo's 10 epochs 8 SmolLM2 shards of 6 records recalled 36/48 facts with the 10 steps their
@@ -163,7 +167,19 @@ class TrainingConfig:
         "logits of long records and large vocabularies do not fit in memory).",
         min=1,
     )
-    max_length: int = _f(64, "Tokens per record; longer records are truncated.", min=4)
+    max_length: int = _f(
+        1024,
+        "Tokens per record at most (TRL's default), capped by the model's own context (max_position_embeddings). "
+        "Batches pad to their own longest record, so short records cost no more. Longer records are cut or "
+        "refused (`truncation`); `sisa ingest` and `sisa train` show the records' lengths.",
+        min=4,
+    )
+    truncation: Literal["cut", "refuse"] = _f(
+        "cut",
+        "Records longer than max_length. cut: keep their start (bos, system turn, question) and cut their end, "
+        "no eos after a cut; `sisa train` says how many. refuse: `sisa train` fails before training, naming "
+        "their record ids, and changes nothing.",
+    )
     lr: float = _f(1e-3, "AdamW learning rate.", min=0.0)
     weight_decay: float = _f(0.0, "AdamW weight decay.", min=0.0)
     max_grad_norm: float = _f(1.0, "Gradient clipping norm; 0 disables.", min=0.0)
@@ -441,6 +457,7 @@ class SisaConfig:
         model = dict(d["model"])
         if model["chat_date"] == DEFAULT_CHAT_DATE:
             del model["chat_date"]  # stores from before the key rendered no date-printing template differently
+        training["cut_rule"] = CUT_RULE
         keep = {
             "trainer": TRAINER_VERSION,
             "seed": d["store"]["seed"],
@@ -455,7 +472,8 @@ class SisaConfig:
 _SECTION_TYPES = typing.get_type_hints(SisaConfig)
 # training keys added after the first stores, with the value that trains exactly as before
 # (loss_on=completion trains a text record on all of its tokens, as before the key existed).
-_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion"}
+# truncation=cut cuts as every store did before the key existed (the cut rule itself is `CUT_RULE`).
+_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion", "truncation": "cut"}
 # the model settings that change a checkpoint's bytes (device and runtime_change do not enter the
 # fingerprint: the runtime is recorded and checked on its own, sisa/training/runtime.py)
 _MODEL_TRAINING_KEYS = ("name", "dtype", "chat_date")

@@ -239,7 +239,19 @@ def _measure(
         }
     if targets.members and targets.holdout:
         out["membership"] = membership(ens, targets.members, targets.holdout, max_length)
+    cut = _longer_than(ens, targets, max_length)
+    if cut:  # never silent: texts longer than the model reads were scored on their first max_length tokens
+        out["cut_texts"] = {"max_length": max_length, "n": cut}
     return out, preds
+
+
+def _longer_than(ens: serving.Ensemble, targets: Targets, max_length: int) -> int:
+    """How many of the texts the measures score hold more than `max_length` tokens."""
+    texts = [*targets.members, *targets.holdout] if targets.members and targets.holdout else []
+    asked = [q.prompt + (q.expected or q.forbidden or "") for q in targets.records + targets.general if q.turns is None]
+    return sum(len(_full_ids(ens, t)) > max_length for t in texts) + sum(
+        len(_tokens(ens, t)) > max_length for t in asked
+    )
 
 
 def _interval(pair: tuple[float, float] | None) -> list[float] | None:
@@ -362,9 +374,13 @@ def _answer_predictions(ens: serving.Ensemble, q: Question, answer: str, max_len
 
 
 def _score_ids(ens: serving.Ensemble, text: str | Turns, max_length: int) -> list[int]:
+    return _full_ids(ens, text)[:max_length]
+
+
+def _full_ids(ens: serving.Ensemble, text: str | Turns) -> list[int]:
     if isinstance(text, str):
-        return _tokens(ens, text)[:max_length]
-    return _tokens(ens, render_chat(ens.tokenizer, list(text))[0], False)[:max_length]
+        return _tokens(ens, text)
+    return _tokens(ens, render_chat(ens.tokenizer, list(text))[0], False)
 
 
 @torch.no_grad()

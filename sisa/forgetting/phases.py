@@ -187,7 +187,7 @@ def measure_targets(
         # for the evidence. The version before stays on disk until the purge.
         measure_targets(store, cfg, it, "before", before_shards(store, req), pool)
     ens = pool.ensemble(store, cfg, shards)
-    numbers, preds = evidence.measure(ens, it.targets, cfg.training.max_length, it.locality_before)
+    numbers, preds = evidence.measure(ens, it.targets, engine.scoring_length(ens), it.locality_before)
     if label == "before":
         it.locality_before = preds
     numbers["model_version"] = req.version_before if label == "before" else req.versions.get(label)

@@ -4,7 +4,8 @@
 (`base_model_fingerprint`); `gguf` converts SmolLM2's GGUF file into a plain HF model;
 `fingerprints` holds the digests of weights, weight folders and tokenizers; `chat` renders chat
 records with the tokenizer's template; `loss` turns records into token batches and computes
-their losses; `adapters` attaches, saves, loads and merges the LoRA adapters (peft);
+their losses; `lengths` measures records in tokens against `training.max_length`;
+`adapters` attaches, saves, loads and merges the LoRA adapters (peft);
 `mixture` serves the shards' adapters as one distribution (the SISA aggregation);
 `token_cache` keeps each shard's token log-probs per text for a run that scores several versions.
 """
@@ -20,11 +21,13 @@ from sisa.model.base import (
 )
 from sisa.model.chat import render_chat, render_chat_prompt
 from sisa.model.fingerprints import tokenizer_fingerprint
+from sisa.model.lengths import LengthReport, ingest_lengths
 from sisa.model.loss import EncodedRecord, collate, encode_records, encode_texts, sequence_losses, token_logprobs
 from sisa.model.mixture import aggregated_sequence_losses, generate
 
 __all__ = [
     "EncodedRecord",
+    "LengthReport",
     "TextTokenizer",
     "aggregated_sequence_losses",
     "attach_lora",
@@ -34,6 +37,7 @@ __all__ = [
     "encode_records",
     "encode_texts",
     "generate",
+    "ingest_lengths",
     "load_base_model",
     "merge_adapters",
     "render_chat",

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlamaConfig,
@@ -51,6 +52,7 @@ warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was rename
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 TINY_SEED = 1234
+TINY_CONTEXT = 512  # the tiny model's max_position_embeddings
 # A small chat template of the tiny model's own, so chat records are tested in seconds: each
 # turn is `<|role|>content<eos>`; the generation prompt opens an assistant turn, which ends at eos.
 TINY_CHAT_TEMPLATE = (
@@ -108,6 +110,31 @@ def load_base_model(
     tokenizer.sisa_model_name = cfg.name  # named by errors about its chat template
     tokenizer.sisa_chat_date = cfg.chat_date  # the date a template that prints one renders (sisa/model/chat.py)
     return model, tokenizer
+
+
+def load_tokenizer(cfg: ModelConfig) -> tuple[PreTrainedTokenizerBase, int | None]:
+    """The base model's tokenizer (as `load_base_model` finishes it) and its context length, without
+    loading the weights: what `sisa ingest` needs to measure records in tokens."""
+    if cfg.name == "tiny":
+        tokenizer, context = _build_tiny_tokenizer(), TINY_CONTEXT
+    else:
+        folder = _model_folder(cfg)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        context = _context_of(AutoConfig.from_pretrained(folder, local_files_only=True))
+    tokenizer = _finish_tokenizer(tokenizer)
+    tokenizer.sisa_model_name = cfg.name
+    return tokenizer, context
+
+
+def model_context(model: PreTrainedModel) -> int | None:
+    """The longest sequence the model was built for (max_position_embeddings), None if it names none."""
+    return _context_of(model.config)
+
+
+def _context_of(config) -> int | None:
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text_config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _finish_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
@@ -173,7 +200,7 @@ def _build_tiny() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=4,
-        max_position_embeddings=512,
+        max_position_embeddings=TINY_CONTEXT,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

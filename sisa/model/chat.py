@@ -78,6 +78,14 @@ def render_chat(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -
     return full, spans
 
 
+def render_chat_text(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -> str:
+    """The whole conversation rendered with the template (no spans): what `render_chat` returns
+    first, at a third of its cost."""
+    require_chat_template(tokenizer)
+    turns = [{"role": r, "content": c} for r, c in messages]
+    return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=False)
+
+
 def render_chat_prompt(tokenizer: TextTokenizer, messages: Sequence[tuple[str, str]]) -> str:
     """The conversation so far plus the template's generation prompt: what generation continues."""
     require_chat_template(tokenizer)

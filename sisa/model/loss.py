@@ -40,7 +40,8 @@ def encode_records(
     max_length: int,
     loss_on: str = "completion",
 ) -> list[EncodedRecord]:
-    """Each record's token ids and trained-token mask, at most `max_length` tokens (see `fit_window`).
+    """Each record's token ids and trained-token mask, at most `max_length` tokens, cut by
+    `fit_window`'s rule.
 
     A text record (a `str`) ends with eos, so the model learns where a record stops. A
     prompt-completion `Example` is prompt + completion + eos; a chat `Example` is its conversation
@@ -127,29 +128,25 @@ def _encode_example(tokenizer: TextTokenizer, item: Example, loss_on: str) -> tu
 
 
 def fit_text(ids: list[int], eos_id: int, max_length: int) -> tuple[list[int], list[bool]]:
-    """A text record's tokens + eos, at most `max_length`: cut records keep `max_length - 1`
-    tokens and eos (the rule before issue 32)."""
-    ids = ids[: max_length - 1] + [eos_id]
+    """A text record's tokens, then eos, at most `max_length` (see `fit_window` for the rule).
+
+    A record that fits ends with eos; a cut one keeps its first `max_length` tokens and gets no
+    eos: eos after a cut would teach the model to stop mid-sentence."""
+    ids = (ids + [eos_id])[:max_length]
     return ids, [True] * len(ids)
 
 
 def fit_window(ids: list[int], mask: list[bool], max_length: int) -> tuple[list[int], list[bool]]:
-    """At most `max_length` tokens, keeping the trained tokens where they fit.
+    """The fair cut: a record longer than `max_length` keeps its first `max_length` tokens.
 
-    Everything up to the last trained token fits: cut the tail only. The trained tokens fit but
-    not all of the context before them: drop context from the left (the prompt's start, the
-    first turns). The completion alone is too long: keep its start and one token before it, so
-    its first token is still predicted from something."""
-    if len(ids) <= max_length:
-        return ids, mask
-    where = [i for i, m in enumerate(mask) if m]
-    if not where or where[-1] < max_length:
-        start = 0
-    elif where[-1] - where[0] + 2 <= max_length:
-        start = where[-1] + 1 - max_length
-    else:
-        start = max(0, where[0] - 1)
-    return ids[start : start + max_length], mask[start : start + max_length]
+    Its beginning stays (bos, the system turn, the question: what the answer is conditioned
+    on) and its end goes, as TRL cuts (`truncation_mode="keep_start"`). A text record gets no eos
+    after the cut (`fit_text`); a prompt-completion record's eos goes with its end; a chat
+    record's last turns go, and a turn cut through keeps its start. A record whose prompt alone
+    fills the window keeps no trained token: training refuses it by name
+    (sisa/model/lengths.py). The rule is part of the training fingerprint of every checkpoint
+    that trained a cut record (`CUT_RULE` in sisa/config.py)."""
+    return ids[:max_length], mask[:max_length]
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

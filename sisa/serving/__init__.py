@@ -32,6 +32,7 @@ from sisa.serving.engine import (
     sample_many,
     score_aggregations,
     score_records,
+    scoring_length,
 )
 from sisa.serving.mirror import registered_version_exists
 from sisa.serving.vllm_adapters import VllmAdapters
@@ -68,6 +69,7 @@ __all__ = [
     "sample_many",
     "score_aggregations",
     "score_records",
+    "scoring_length",
     "vllm_url",
     "write_bundle",
 ]

@@ -7,6 +7,8 @@ settings from the config (`serving.aggregation`, `serving.prior`, `serving.top_s
 records carry a prompt (`prompt_field`), only the answer tokens count, since a memorized fact
 shows in the answer and an unfamiliar name would inflate the loss of the whole sentence for
 trained and unseen alike. The prompt still counts as context: it is what picks the shard.
+Scoring reads a record whole, up to the model's context (`scoring_length`), never cut to
+`training.max_length`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from sisa.lineage import checkpoints, versions
 from sisa.lineage.versions import ModelVersion
 from sisa.model import adapters, decoding
 from sisa.model import mixture as aggregate
-from sisa.model.base import load_base_model
+from sisa.model.base import load_base_model, model_context
 from sisa.model.chat import render_chat_prompt
 from sisa.model.loss import encode_texts
 from sisa.model.token_cache import TokenLogprobCache
@@ -188,6 +190,17 @@ def ensemble_of(store: Store, cfg: SisaConfig, shards: dict[int, str], pool: Ens
     return load_ensemble(store, cfg, shards) if pool is None else pool.ensemble(store, cfg, shards)
 
 
+def scoring_length(ens: Ensemble) -> int:
+    """How many tokens of a record scoring and the evidence read: all of them, up to the model's
+    context (max_position_embeddings), never `training.max_length`: a completion is never cut to the
+    training window. A model that names no context: no limit."""
+    base = ens.model.get_base_model() if hasattr(ens.model, "get_base_model") else ens.model
+    return model_context(base) or NO_LIMIT
+
+
+NO_LIMIT = 1 << 30
+
+
 def encode_for_scoring(
     tokenizer, texts: list[Item], prompts: list[str | None] | None, max_length: int
 ) -> dict[str, torch.Tensor]:
@@ -210,12 +223,14 @@ def score_aggregations(
     ens: Ensemble,
     texts: list[Item],
     prompts: list[str | None] | None = None,
-    max_length: int = 64,
+    max_length: int | None = None,
     batch_size: int = 16,
     shards: list[int] | None = None,
 ) -> tuple[dict[str, list[float]], dict[int, list[float]]]:
     """({aggregation: loss per record} for posterior and uniform, {shard_id: loss per record}),
-    over the given shards (default all), from one batched forward per chunk."""
+    over the given shards (default all), from one batched forward per chunk. Records are read
+    whole up to `max_length` tokens, by default the model's context (`scoring_length`)."""
+    max_length = scoring_length(ens) if max_length is None else max_length
     keys = sorted(ens.names) if shards is None else sorted(shards)
     names = ens.adapter_names(keys)
     prior = ens.log_prior(keys)
@@ -237,7 +252,7 @@ def score_records(
     ens: Ensemble,
     texts: list[Item],
     prompts: list[str | None] | None = None,
-    max_length: int = 64,
+    max_length: int | None = None,
     batch_size: int = 16,
     shards: list[int] | None = None,
     aggregation: str | None = None,
@@ -392,7 +407,7 @@ def measure_records(
         return {}
     ens = ensemble_of(store, cfg, shards, pool)
     with one_thread():
-        mixed, per = score_aggregations(ens, texts, prompts, cfg.training.max_length)
+        mixed, per = score_aggregations(ens, texts, prompts)
     return {
         "ensemble": mean(mixed[ens.aggregation]),
         "aggregation": ens.aggregation,

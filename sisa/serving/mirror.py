@@ -23,6 +23,7 @@ from sisa.lineage.versions import (
     record_tracking,
 )
 from sisa.model.base import base_model_folder
+from sisa.model.lengths import LengthReport
 from sisa.serving import bundle
 from storage.store import Store
 
@@ -41,21 +42,30 @@ def publish_version(
     results: Sequence[Any] = (),
     wall_s: float = 0.0,
     committed: Callable[[ModelVersion], None] | None = None,
+    lengths: LengthReport | None = None,
     **commit: Any,
 ) -> ModelVersion:
     """Commit a version of these shard checkpoints under this config's training fingerprint, base
     model and aggregation (`commit`: the other arguments of `versions.commit_version`), then log it
     to MLflow. `committed(entry)` runs between the two: what a caller must remember of the version
-    is kept before MLflow is asked, so an MLflow outage loses nothing (`ensure_tracked` logs it later)."""
+    is kept before MLflow is asked, so an MLflow outage loses nothing (`ensure_tracked` logs it later).
+    `lengths`: the token lengths of the records trained, logged as `length_*` metrics (counts only)."""
     fingerprint, aggregation = cfg.training_fingerprint(), cfg.serving.aggregation
     entry = commit_version(store, shards, reason, fingerprint, cfg.model.name, aggregation=aggregation, **commit)
     if committed is not None:
         committed(entry)
-    track_version(store, cfg, entry, results, wall_s)
+    track_version(store, cfg, entry, results, wall_s, lengths)
     return entry
 
 
-def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: Sequence[Any], wall_s: float) -> None:
+def track_version(
+    store: Store,
+    cfg: SisaConfig,
+    entry: ModelVersion,
+    results: Sequence[Any],
+    wall_s: float,
+    lengths: LengthReport | None = None,
+) -> None:
     """Log a committed version to MLflow and move the alias; never record text, only counts."""
     if not cfg.tracking.enabled:
         return
@@ -86,6 +96,11 @@ def track_version(store: Store, cfg: SisaConfig, entry: ModelVersion, results: S
         metrics[f"shard_{r.shard_id}_tokens_per_s"] = r.tokens_per_s
         metrics[f"shard_{r.shard_id}_wall_s"] = r.wall_s
     curves = step_curves(results)
+    if lengths is not None:
+        # length_over: records longer than max_length, cut (truncation: cut) or refused before training
+        metrics.update(lengths.metrics())
+        params["max_length"] = lengths.max_length
+        params["truncation"] = lengths.truncation
     tags = {
         "model_version": str(entry.model_version),
         "reason": entry.reason,

@@ -13,9 +13,13 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+
 from sisa.config import SisaConfig
+from sisa.data.formats import FORMAT_COLUMN, table_items
 from sisa.lineage import checkpoints, versions
-from sisa.model.base import base_model_fingerprint
+from sisa.model.base import base_model_fingerprint, load_tokenizer
+from sisa.model.lengths import LengthReport, check_lengths, measure_records
 from sisa.serving import mirror
 from sisa.training import chain, scheduler
 from sisa.training.shard_job import (
@@ -37,6 +41,7 @@ class TrainResult:
     wall_s: float = 0.0
     noop: bool = False
     batch_id: str | None = None  # queued deletion requests this run carried out first
+    lengths: LengthReport | None = None  # the token lengths of the records this run trains
 
 
 def plan_tasks(store: Store, cfg: SisaConfig, from_scratch: bool = False) -> tuple[list[ShardTask], dict[int, str]]:
@@ -186,8 +191,34 @@ def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str
     # A failure raises ShardJobError naming the shards; nothing is committed. The base is
     # prepared (SmolLM2 converted) once here, not raced by every shard job.
     base_model_fingerprint(cfg.model)
+    lengths = training_lengths(store, cfg, tasks)  # refused records fail here, before any job
     results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="train shards")
     shards = dict(reused)
     shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-    entry = mirror.publish_version(store, cfg, shards, reason, results, time.perf_counter() - started)
-    return TrainResult(entry.model_version, results, reused, time.perf_counter() - started)
+    wall = time.perf_counter() - started
+    entry = mirror.publish_version(store, cfg, shards, reason, results, wall, lengths=lengths)
+    return TrainResult(entry.model_version, results, reused, time.perf_counter() - started, lengths=lengths)
+
+
+def training_lengths(store: Store, cfg: SisaConfig, tasks: list[ShardTask]) -> LengthReport:
+    """The token lengths of every record the tasks train (cumulative: each task's slices 0..last;
+    incremental: its own slices), checked against `training.truncation` before anything trains.
+    A shard whose records cannot be read is left to its job, which fails naming it."""
+    ids: list[str] = []
+    items: list = []
+    for task in tasks:
+        wanted = range(task.slices[-1] + 1) if cfg.sharding.slice_mode == "cumulative" else task.slices
+        try:
+            tables = [
+                store.read_slice(task.shard_id, sl, columns=["record_id", "text", FORMAT_COLUMN]) for sl in wanted
+            ]
+        except (OSError, pa.ArrowException):
+            continue
+        for table in filter(None, tables):
+            ids.extend(table["record_id"].to_pylist())
+            items.extend(table_items(table))
+    tokenizer, context = load_tokenizer(cfg.model)
+    t = cfg.training
+    report, encoded = measure_records(tokenizer, items, t.max_length, context, t.loss_on, t.truncation)
+    check_lengths(ids, encoded, report)
+    return report

@@ -34,8 +34,9 @@ from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.data.sharding import derive_seed
 from sisa.lineage import checkpoints
 from sisa.model import adapters
-from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointing, load_base_model
+from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointing, load_base_model, model_context
 from sisa.model.fingerprints import tokenizer_fingerprint
+from sisa.model.lengths import effective_max_length
 from sisa.model.loss import EncodedRecord, encode_records
 from sisa.training import chain, engine
 from sisa.training.runtime import describe_runtime, deterministic_torch, runtime_differences
@@ -69,6 +70,7 @@ class SliceResult:
     reused: bool = False  # its checkpoint existed (a retried or resumed job): not trained again
     losses: list[float] = field(default_factory=list)  # each optimizer step's loss (for MLflow's curves)
     lrs: list[float] = field(default_factory=list)  # each optimizer step's learning rate
+    cut: int = 0  # records of the slice's training set longer than max_length, cut (loss.fit_window)
 
 
 @dataclass
@@ -203,8 +205,8 @@ class EncodingCache:
     """Each record of a job tokenized once: cumulative slices read slices 0..j again at every j,
     and the same (record id, content) is the same tokens under one tokenizer and config."""
 
-    def __init__(self, tokenizer, cfg: SisaConfig):
-        self.tokenizer, self.cfg = tokenizer, cfg
+    def __init__(self, tokenizer, cfg: SisaConfig, max_length: int):
+        self.tokenizer, self.cfg, self.max_length = tokenizer, cfg, max_length
         self.done: dict[tuple[str, str], EncodedRecord] = {}
 
     def encode(self, data: SliceRecords) -> list[EncodedRecord]:
@@ -258,7 +260,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     training_fp = cfg.training_fingerprint()
     runtime = describe_runtime(param.device, param.dtype, cfg.scheduler.threads_per_task)
     job = _new_job(task, cfg, store, base, tokenizer_fingerprint(tokenizer), runtime)
-    cache = EncodingCache(tokenizer, cfg)
+    cache = EncodingCache(tokenizer, cfg, effective_max_length(cfg.training.max_length, model_context(base)))
     parent_id, parent_lineage = task.parent_checkpoint_id, _lineage_of(store, task.parent_checkpoint_id)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).
@@ -304,6 +306,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
                 steps.mean_loss,
                 losses=steps.losses,
                 lrs=steps.lrs,
+                cut=sum(r.cut for r in encoded),
             )
             if task.replay_dir is None:
                 manifest = _manifest(job, slice_idx, parent_id, lineage, seed, sr, len(data.items), base_fp)

@@ -499,3 +499,43 @@ def test_ingesting_in_two_batches_places_records_as_one_batch_would(tmp_path, ca
         }
 
     assert placement(one) == placement(two)
+
+
+# -- lengths in tokens (issue 32 §1) ------------------------------------------------------------------
+def test_ingest_says_how_long_the_records_are_in_tokens(tmp_path, store, sisa):
+    rows = make_rows(12)
+    # The tiny tokenizer is byte-level: a record is bos + its bytes + eos.
+    lengths = sorted(len(r["text"].encode()) + 2 for r in rows)
+    over = sum(n > 58 for n in lengths)
+    assert 0 < over < len(rows)
+    code, out, err = sisa("ingest", str(write_jsonl(rows, tmp_path / "a.jsonl")), overrides=("training.max_length=58",))
+    assert code == 0, err
+    assert (
+        f"record lengths in tokens: p50 {lengths[5]}, p95 {lengths[11]}, max {lengths[11]} (12 records); "
+        f"{over} over max_length 58: training cuts them, keeping their start (training.truncation: cut)"
+    ) in out
+    code, out, err = sisa("ingest", str(write_jsonl(make_rows(4, 12), tmp_path / "b.jsonl")), "--json")
+    assert code == 0, err
+    (result,) = json.loads(out)
+    want = sorted(len(r["text"].encode()) + 2 for r in make_rows(4, 12))  # this batch's, not the store's
+    assert result["lengths"] == {
+        "records": 4,
+        "p50": want[1],
+        "p95": want[3],
+        "max": want[3],
+        "max_length": 48,
+        "configured_max_length": 48,
+        "context": 512,
+        "over": 4,  # tiny.yaml's max_length 48
+        "truncation": "cut",
+        "capped": False,
+    }
+    # Capped by the model's context (the tiny model's 512), and said so; refuse says so too.
+    code, out, err = sisa(
+        "ingest",
+        str(write_jsonl(make_rows(2, 16), tmp_path / "c.jsonl")),
+        overrides=("training.max_length=4096", "training.truncation=refuse"),
+    )
+    assert code == 0, err
+    assert "none over max_length 512 (training.max_length 4096 capped at the model's context)" in out
+    assert all(r["text"] not in out + err for r in rows)

@@ -265,7 +265,7 @@ def test_min_steps_changes_the_training_fingerprint_only_when_on(monkeypatch):
     base = load_config(TINY)  # tiny.yaml: 0
     # Off (0) leaves the digest of stores trained before the key existed, so they continue
     # (the default config's digest, as it was before the key was added) ...
-    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0))
+    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0, max_length=64))  # 64: the default then
     assert off.training_fingerprint() == "d78acea1abb4a92e"
     assert load_config(TINY, ["training.min_steps_per_slice=0"]).training_fingerprint() == base.training_fingerprint()
     # ... and any other value refuses to continue their checkpoints.
@@ -303,3 +303,20 @@ def test_loss_on_keeps_old_fingerprints_at_its_default():
     assert load_config(TINY, ["training.loss_on=all"]).training_fingerprint() != base.training_fingerprint()
     with pytest.raises(ConfigError, match="loss_on"):
         load_config(TINY, ["training.loss_on=prompt"])
+
+
+def test_truncation_and_the_cut_rule_are_in_the_fingerprint(monkeypatch):
+    base = load_config(TINY)
+    assert SisaConfig().training.truncation == "cut"
+    assert load_config(TINY, ["training.truncation=cut"]).training_fingerprint() == base.training_fingerprint()
+    assert load_config(TINY, ["training.truncation=refuse"]).training_fingerprint() != base.training_fingerprint()
+    # The rule that cuts, under its name: another rule is another fingerprint.
+    monkeypatch.setattr(config_module, "CUT_RULE", "another-rule")
+    assert load_config(TINY).training_fingerprint() != base.training_fingerprint()
+
+
+def test_max_length_defaults_to_trls_1024_and_says_so():
+    assert SisaConfig().training.max_length == 1024
+    assert "max_length = 1024  # Tokens per record at most (TRL's default)" in describe_config()
+    with pytest.raises(ConfigError, match="`training.truncation` should be one of cut, refuse, got 'drop'"):
+        load_config(TINY, ["training.truncation=drop"])

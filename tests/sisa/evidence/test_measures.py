@@ -141,3 +141,28 @@ def test_membership_scores_of_a_batch_are_each_texts_alone(tmp_path):
     for key in ("auc", "loss_auc"):
         lo, hi = m[f"{key}_ci95"]
         assert lo <= m[key] <= hi
+
+
+def test_long_records_score_whole_and_a_cut_is_counted(tmp_path):
+    """Scoring and the evidence read a record up to the model's context, never cut to
+    training.max_length (issue 32 §1); what the model cannot read whole is counted."""
+    from sisa.model.lengths import effective_max_length
+    from sisa.serving import engine
+    from tests.helpers import random_adapters
+
+    model, tok = random_adapters(tmp_path, ["shard0", "shard1"])
+    ens = engine.Ensemble(model, tok, {0: "shard0", 1: "shard1"})
+    assert engine.scoring_length(ens) == 512 == effective_max_length(4096, 512)  # the tiny model's context
+    long = "Ada Lane works as a pilot and flies the long route over the mountains every week. " * 3
+    assert len(tok(long)["input_ids"]) > 200
+    whole, _ = engine.score_records(ens, [long], ["Ada Lane works as a"])
+    assert whole == engine.score_records(ens, [long], ["Ada Lane works as a"], 512)[0]
+    assert whole != engine.score_records(ens, [long], ["Ada Lane works as a"], 48)[0]
+    batch = engine.encode_for_scoring(tok, [long], None, engine.scoring_length(ens))
+    assert int((batch["labels"] != -100).sum()) == len(tok(long)["input_ids"]) + 1  # every token and eos
+    # The evidence says how many texts it scored only in part.
+    targets = evidence.Targets(members=[long, "Bo."], holdout=["Cy.", "Di."], leak_k=0)
+    numbers, _ = evidence.measure(ens, targets, 64)
+    assert numbers["cut_texts"] == {"max_length": 64, "n": 1}
+    numbers, _ = evidence.measure(ens, targets, engine.scoring_length(ens))
+    assert "cut_texts" not in numbers and numbers["membership"]["members"] == 2

@@ -70,18 +70,19 @@ def test_device_and_dtype_selection():
     assert select_dtype(ModelConfig(dtype="bfloat16"), torch.device("cpu")) == torch.bfloat16
 
 
-def test_encode_texts_appends_eos_truncates_and_masks_padding():
+def test_encode_texts_appends_eos_cuts_without_it_and_masks_padding():
     _, tok = load_base_model(TINY)
     batch = encode_texts(tok, ["hello", "a much longer text than eight tokens"], max_length=8)
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
     assert ids.shape == (2, 8)
     assert ids[0, 6].item() == tok.eos_token_id  # <bos> h e l l o <eos> <pad>
-    assert ids[1, -1].item() == tok.eos_token_id  # truncated, still ends with eos
+    # Cut: its first 8 tokens, and no eos after the cut (that would teach stopping mid-sentence).
+    assert tok.eos_token_id not in ids[1].tolist()
     assert mask[0].tolist() == [1] * 7 + [0]
     assert labels[0, 7].item() == -100 and labels[0, 6].item() == tok.eos_token_id
     assert torch.equal(labels[1], ids[1])
     # The tiny tokenizer's ids, pinned: byte-level, <pad>=0 <bos>=1 <eos>=2.
-    assert ids.tolist() == [[1, 74, 71, 78, 78, 81, 2, 0], [1, 67, 223, 79, 87, 69, 74, 2]]
+    assert ids.tolist() == [[1, 74, 71, 78, 78, 81, 2, 0], [1, 67, 223, 79, 87, 69, 74, 223]]
 
 
 def test_sequence_losses_match_hf_loss_and_ignore_padding():
@@ -170,7 +171,7 @@ def test_text_records_encode_exactly_as_before_formats(tokenizer):
     batch = encode_texts(tokenizer, texts, 16)
     ids = tokenizer(texts, add_special_tokens=True)["input_ids"]
     for i, row in enumerate(ids):
-        want = row[:15] + [tokenizer.eos_token_id]
+        want = (row + [tokenizer.eos_token_id])[:16]  # cut records keep their start, no eos
         assert batch["input_ids"][i, : len(want)].tolist() == want
         assert batch["labels"][i, : len(want)].tolist() == want
         assert (batch["labels"][i, len(want) :] == -100).all()
@@ -212,15 +213,19 @@ def test_chat_labels_only_the_assistant_turns_through_the_template(tokenizer):
     assert _labelled(tokenizer, encode_texts(tokenizer, [ex], 128, "all"), 0) == text
 
 
-def test_truncation_keeps_the_completion(tokenizer):
-    ex = Example(formats.PROMPT_COMPLETION, prompt="A long question about many things " * 4, completion=" Yes.")
-    batch = encode_texts(tokenizer, [ex], 12)
-    assert batch["input_ids"].shape[1] == 12
-    assert _labelled(tokenizer, batch, 0) == " Yes.<eos>"
-    # A completion longer than the window keeps its start, one token of context before it.
-    assert fit_window(list(range(10)), [False] * 3 + [True] * 7, 4) == ([2, 3, 4, 5], [False, True, True, True])
-    assert fit_window(list(range(10)), [False] * 8 + [True] * 2, 4) == ([6, 7, 8, 9], [False, False, True, True])
-    assert fit_window(list(range(10)), [True] * 2 + [False] * 8, 4) == ([0, 1, 2, 3], [True, True, False, False])
+def test_the_fair_cut_keeps_a_records_start(tokenizer):
+    ex = Example(formats.PROMPT_COMPLETION, prompt="Q: where? A:", completion=" Over there, by the long river.")
+    full = encode_records(tokenizer, [ex], 256)[0]
+    cut = encode_records(tokenizer, [ex], 20)[0]
+    assert (cut.length, cut.cut, full.cut) == (full.length, True, False)
+    # The start stays (bos, the whole question, the answer's start); the end and its eos go.
+    assert cut.input_ids == full.input_ids[:20] and cut.trained == full.trained[:20]
+    assert tokenizer.decode(cut.input_ids) == "<bos>Q: where? A: Over t"
+    assert _labelled(tokenizer, collate([cut], tokenizer.pad_token_id), 0) == " Over t"
+    # A prompt that fills the window alone leaves nothing to train (training refuses it by id).
+    long_prompt = Example(formats.PROMPT_COMPLETION, prompt="A long question " * 4, completion=" Yes.")
+    assert not any(encode_records(tokenizer, [long_prompt], 12)[0].trained)
+    assert fit_window(list(range(10)), [False] * 3 + [True] * 7, 4) == ([0, 1, 2, 3], [False, False, False, True])
 
 
 def test_a_model_without_a_chat_template_is_named(tokenizer):
@@ -259,10 +264,11 @@ def test_a_template_with_a_default_system_turn(tokenizer):
     assert text.startswith("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhere?")
     assert [text[a:b] for a, b in spans] == ["Here.<|im_end|>\n", "Because.<|im_end|>\n"]
     assert _labelled(tokenizer, encode_texts(tokenizer, [ex], 256), 0) == "Here.<|im_end|>\nBecause.<|im_end|>\n"
-    # Too long for the window: the system turn goes first, both answers stay.
-    short = encode_texts(tokenizer, [ex], 100)
-    assert _labelled(tokenizer, short, 0) == "Here.<|im_end|>\nBecause.<|im_end|>\n"
-    assert "You are helpful" not in tokenizer.decode(short["input_ids"][0])
+    # Too long for the window: the system turn and the first question stay, the end is cut.
+    short = encode_texts(tokenizer, [ex], 150)  # of 191 tokens
+    text = tokenizer.decode(short["input_ids"][0])
+    assert text.startswith("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nWhere?")
+    assert _labelled(tokenizer, short, 0) == "Here.<|im_end|>\n" and "Because" not in text
 
 
 # -- the encoder split from collation (issue 32 §1) ---------------------------------------------------
