@@ -107,12 +107,12 @@ class LoraConfig:
         ["all-linear"],
         "Module names that get LoRA adapters; all-linear (the default, TRL's guidance too): every linear layer but "
         "the output head, any architecture; []: peft's default for the base model's architecture (attention only "
-        "for Llama). Measured on SmolLM2 (DESIGN.md): all seven projections memorized 24 people's facts in 10 "
+        "for Llama). Measured on SmolLM2: all seven projections memorized 24 people's facts in 10 "
         "epochs (answer loss 0.19 against strangers' 2.0), attention only barely separated them in 8.",
     )
 
 
-# The training engine's own version (sisa/training/engine.py), part of every training fingerprint:
+# The training engine's own version (sisa/training/loop.py), part of every training fingerprint:
 # the same records and settings give other bytes under another engine, so a chain trained by one is
 # never continued by the other. 2: step plans, token-normalized accumulation, chunked loss.
 TRAINER_VERSION = 2

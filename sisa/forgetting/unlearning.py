@@ -25,7 +25,7 @@ from sisa.model import adapters
 from sisa.model.base import load_base_model
 from sisa.model.loss import encode_texts
 from sisa.model.token_loss import record_nll
-from sisa.training.engine import optimizer_step
+from sisa.training.loop import optimizer_step
 from sisa.training.runtime import deterministic_torch
 from sisa.training.shard_job import make_optimizer
 from storage.store import Store

@@ -18,6 +18,8 @@ from sisa.model.base import (
     base_model_fingerprint,
     base_model_folder,
     load_base_model,
+    select_device,
+    select_dtype,
 )
 from sisa.model.chat import render_chat, render_chat_prompt
 from sisa.model.fingerprints import tokenizer_fingerprint
@@ -42,6 +44,8 @@ __all__ = [
     "merge_adapters",
     "render_chat",
     "render_chat_prompt",
+    "select_device",
+    "select_dtype",
     "sequence_losses",
     "token_logprobs",
     "tokenizer_fingerprint",

@@ -11,6 +11,7 @@ from sisa.training.run import (
     train,
     training_cost,
 )
+from sisa.training.runtime import describe_runtime, replay_expectation, runtime_label
 from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 
 __all__ = [
@@ -18,9 +19,12 @@ __all__ = [
     "ShardTask",
     "TrainResult",
     "TrainingCost",
+    "describe_runtime",
     "plan_tasks",
     "prompt_blind_posterior",
+    "replay_expectation",
     "run",
+    "runtime_label",
     "scheduler",
     "shard_job",
     "train",

@@ -38,7 +38,7 @@ from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointin
 from sisa.model.fingerprints import tokenizer_fingerprint
 from sisa.model.lengths import effective_max_length
 from sisa.model.loss import EncodedRecord, encode_records
-from sisa.training import chain, engine
+from sisa.training import chain, loop
 from sisa.training.runtime import describe_runtime, deterministic_torch, runtime_differences
 from storage.errors import RefusedError
 from storage.faults import maybe_die
@@ -286,7 +286,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
             torch.manual_seed(seed)
             encoded = cache.encode(data)
             plan = slice_plan(encoded, slice_idx, cfg, seed)
-            steps = engine.run_plan(
+            steps = loop.run_plan(
                 job.model,
                 job.optimizer,
                 job.params,
@@ -425,11 +425,11 @@ def _check_tokenizer(parent_manifest: dict, tokenizer_fp: str, shard_id: int, pa
         )
 
 
-def slice_plan(encoded: list[EncodedRecord], slice_idx: int, cfg: SisaConfig, seed: int) -> engine.StepPlan:
+def slice_plan(encoded: list[EncodedRecord], slice_idx: int, cfg: SisaConfig, seed: int) -> loop.StepPlan:
     """Slice j's step plan: `slice_samples` draws of its records (seeded passes, at least the
     slice's minimum steps), cut into optimizer steps by the engine."""
     t = cfg.training
     epochs = slice_epochs(t.epochs, slice_idx, cfg.sharding.slice_mode)
     total = slice_samples(len(encoded), epochs, t.effective_batch, config_min_steps(cfg, slice_idx))
     order = sample_order(len(encoded), total, seed)
-    return engine.plan_steps([len(r.input_ids) for r in encoded], order, t, seed)
+    return loop.plan_steps([len(r.input_ids) for r in encoded], order, t, seed)

@@ -263,10 +263,14 @@ def test_serving_values_leave_the_training_fingerprint(override):
 
 def test_min_steps_changes_the_training_fingerprint_only_when_on(monkeypatch):
     base = load_config(TINY)  # tiny.yaml: 0
-    # Off (0) leaves the digest of stores trained before the key existed, so they continue
-    # (the default config's digest, as it was before the key was added) ...
-    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0, max_length=64))  # 64: the default then
-    assert off.training_fingerprint() == "d78acea1abb4a92e"
+    # Off (0) leaves the digest as it was before the key existed, so such stores continue. The
+    # digest is pinned: a change here changes every store's checkpoint ids (and chains trained by
+    # another engine are refused by TRAINER_VERSION, which is in it: 1 gave d78acea1abb4a92e) ...
+    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0, max_length=64))
+    assert off.training_fingerprint() == "dfaa57f0b9f77d53"
+    monkeypatch.setattr(config_module, "TRAINER_VERSION", 1)
+    assert off.training_fingerprint() != "dfaa57f0b9f77d53"
+    monkeypatch.undo()
     assert load_config(TINY, ["training.min_steps_per_slice=0"]).training_fingerprint() == base.training_fingerprint()
     # ... and any other value refuses to continue their checkpoints.
     on = load_config(TINY, ["training.min_steps_per_slice=4"])
@@ -311,8 +315,9 @@ def test_truncation_and_the_cut_rule_are_in_the_fingerprint(monkeypatch):
     assert load_config(TINY, ["training.truncation=cut"]).training_fingerprint() == base.training_fingerprint()
     assert load_config(TINY, ["training.truncation=refuse"]).training_fingerprint() != base.training_fingerprint()
     # The rule that cuts, under its name: another rule is another fingerprint.
+    digest = base.training_fingerprint()
     monkeypatch.setattr(config_module, "CUT_RULE", "another-rule")
-    assert load_config(TINY).training_fingerprint() != base.training_fingerprint()
+    assert load_config(TINY).training_fingerprint() != digest
 
 
 def test_max_length_defaults_to_trls_1024_and_says_so():

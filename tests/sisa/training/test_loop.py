@@ -1,4 +1,4 @@
-"""The training engine (sisa/training/engine.py) and the chunked token loss
+"""The training engine (sisa/training/loop.py) and the chunked token loss
 (sisa/model/token_loss.py): step plans that are pure, accumulation that gives the step one batch
 would, schedules from transformers, and every trainer feature still bit-exact under replay.
 
@@ -19,7 +19,7 @@ from sisa.model import adapters
 from sisa.model.base import load_base_model, schedule_multipliers
 from sisa.model.loss import collate, encode_records
 from sisa.model.token_loss import record_nll, trained_token_nll
-from sisa.training.engine import (
+from sisa.training.loop import (
     GROUP_WINDOW_STEPS,
     StepPlan,
     autocast_for,
