@@ -514,7 +514,12 @@ def test_ingest_says_how_long_the_records_are_in_tokens(tmp_path, store, sisa):
         f"record lengths in tokens: p50 {lengths[5]}, p95 {lengths[11]}, max {lengths[11]} (12 records); "
         f"{over} over max_length 58: training cuts them, keeping their start (training.truncation: cut)"
     ) in out
-    code, out, err = sisa("ingest", str(write_jsonl(make_rows(4, 12), tmp_path / "b.jsonl")), "--json")
+    code, out, err = sisa(
+        "ingest",
+        str(write_jsonl(make_rows(4, 12), tmp_path / "b.jsonl")),
+        "--json",
+        overrides=("training.max_length=48",),
+    )
     assert code == 0, err
     (result,) = json.loads(out)
     want = sorted(len(r["text"].encode()) + 2 for r in make_rows(4, 12))  # this batch's, not the store's
@@ -526,7 +531,7 @@ def test_ingest_says_how_long_the_records_are_in_tokens(tmp_path, store, sisa):
         "max_length": 48,
         "configured_max_length": 48,
         "context": 512,
-        "over": 4,  # tiny.yaml's max_length 48
+        "over": 4,
         "truncation": "cut",
         "capped": False,
     }

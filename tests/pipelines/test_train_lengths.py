@@ -19,7 +19,8 @@ from storage.store import Store
 from tests.helpers import cli_args, ingest_rows, make_cfg, run_cli, tree_digest
 from tests.pipelines.helpers import all_checkpoints
 
-ROWS = make_people(6, seed=1)  # 12 text records of 36..73 tiny (byte) tokens; tiny.yaml's max_length is 48
+ROWS = make_people(6, seed=1)  # 12 text records of 36..73 tiny (byte) tokens
+CUT = "training.max_length=48"
 LENGTHS = sorted(len(r["text"].encode()) + 2 for r in ROWS)  # bos + bytes + eos
 LONG = sorted(r["record_id"] for r in ROWS if len(r["text"].encode()) + 2 > 48)
 
@@ -36,10 +37,10 @@ def test_train_says_how_many_records_it_cuts_and_mlflow_keeps_it(tmp_path, capfd
     from sisa.serving.tracking import Tracker
 
     assert 0 < len(LONG) < len(ROWS)
-    cfg = make_cfg(tmp_path / "s", tracking=True)
+    cfg = make_cfg(tmp_path / "s", CUT, tracking=True)
     ingest_rows(cfg, ROWS, tmp_path / "in" / "a.jsonl")
     capfd.readouterr()
-    code, out, err = run_cli("train", *cli_args(tmp_path / "s", tracking=True), capfd=capfd)
+    code, out, err = run_cli("train", *cli_args(tmp_path / "s", CUT, tracking=True), capfd=capfd)
     assert code == 0, err
     assert (
         f"record lengths in tokens: p50 {LENGTHS[5]}, p95 {LENGTHS[11]}, max {LENGTHS[11]} (12 records); "
@@ -58,14 +59,14 @@ def test_train_says_how_many_records_it_cuts_and_mlflow_keeps_it(tmp_path, capfd
     store = Store.open(cfg.store.uri)
     assert _fingerprints(store) == {cfg.training_fingerprint()}
 
-    code, out, err = run_cli("train", "--from-scratch", "--json", *cli_args(tmp_path / "s"), capfd=capfd)
+    code, out, err = run_cli("train", "--from-scratch", "--json", *cli_args(tmp_path / "s", CUT), capfd=capfd)
     assert code == 0, err
     lengths = json.loads(out)["lengths"]
     assert (lengths["records"], lengths["over"], lengths["max"], lengths["max_length"]) == (12, len(LONG), 73, 48)
 
 
 def test_refuse_names_the_records_over_max_length_and_changes_nothing(tmp_path, capfd):
-    cfg = make_cfg(tmp_path / "s", "training.truncation=refuse")
+    cfg = make_cfg(tmp_path / "s", CUT, "training.truncation=refuse")
     ingest_rows(cfg, ROWS, tmp_path / "in" / "a.jsonl")
     before = tree_digest(tmp_path / "s")
     with pytest.raises(ValidationError) as err:
@@ -76,7 +77,7 @@ def test_refuse_names_the_records_over_max_length_and_changes_nothing(tmp_path, 
     assert not any(r["record_id"] in message for r in ROWS if r["record_id"] not in LONG)
     assert all(r["text"] not in message for r in ROWS)
     capfd.readouterr()
-    code, _, stderr = run_cli("train", *cli_args(tmp_path / "s", "training.truncation=refuse"), capfd=capfd)
+    code, _, stderr = run_cli("train", *cli_args(tmp_path / "s", CUT, "training.truncation=refuse"), capfd=capfd)
     assert code == ValidationError.exit_code and LONG[0] in stderr
     assert tree_digest(tmp_path / "s") == before
     # Room for every record: it trains.
@@ -89,7 +90,7 @@ def test_a_store_trained_by_the_engine_before_is_not_continued(tmp_path, monkeyp
     """Checkpoints as the engine before issue 32 wrote them (another cut rule, another loss
     normalisation): continuing them would mix two trainers in one chain, so `sisa train` refuses,
     naming the engine versions, and `--from-scratch` retrains every shard."""
-    cfg = make_cfg(tmp_path / "s", "sharding.slice_size=4")
+    cfg = make_cfg(tmp_path / "s", CUT, "sharding.slice_size=4")
     ingest_rows(cfg, ROWS, tmp_path / "in" / "a.jsonl")
     monkeypatch.setattr(config_module, "TRAINER_VERSION", 1)
     train.run(cfg)
@@ -103,11 +104,12 @@ def test_a_store_trained_by_the_engine_before_is_not_continued(tmp_path, monkeyp
 
 
 def test_verify_replay_is_exact_on_a_store_with_cut_records(tmp_path, capfd):
-    cfg = make_cfg(tmp_path / "s", "sharding.slice_size=4")
+    cfg = make_cfg(tmp_path / "s", CUT, "sharding.slice_size=4")
     ingest_rows(cfg, ROWS, tmp_path / "in" / "a.jsonl")
     train.run(cfg)
+    assert cfg.training_fingerprint(cut=True) in _fingerprints(Store.open(cfg.store.uri))
     capfd.readouterr()
-    code, out, err = run_cli("verify", "--replay", "--json", *cli_args(tmp_path / "s", "sharding.slice_size=4"))
+    code, out, err = run_cli("verify", "--replay", "--json", *cli_args(tmp_path / "s", CUT, "sharding.slice_size=4"))
     assert code == 0, err
     report = json.loads(out)
     assert report["replay"] and all(r["identical"] for r in report["replay"].values())
