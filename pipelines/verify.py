@@ -29,10 +29,17 @@ from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
 from sisa.forgetting import lineage_check
 from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
-from sisa.model.base import select_device, select_dtype
+from sisa.model import select_device, select_dtype
 from sisa.serving import registered_version_exists
-from sisa.training import ShardTask, chain, scheduler, train_shard
-from sisa.training.runtime import describe_runtime, replay_expectation, runtime_label
+from sisa.training import (
+    ShardTask,
+    chain,
+    describe_runtime,
+    replay_expectation,
+    runtime_label,
+    scheduler,
+    train_shard,
+)
 from storage import layout
 from storage.errors import IntegrityError, NotFoundError
 from storage.store import Store
