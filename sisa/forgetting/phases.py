@@ -27,6 +27,7 @@ from sisa.forgetting import corrections, editing, purge, unlearning
 from sisa.forgetting.certificate import make_certificate
 from sisa.forgetting.deferred import Deferred
 from sisa.forgetting.erasure import remove_data
+from sisa.forgetting.options import Texts
 from sisa.forgetting.selection import find_live_by_hashes
 from sisa.lineage import checkpoints, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMode, RequestStatus
@@ -37,8 +38,6 @@ from sisa.training.run import plan_shard_tasks
 from sisa.training.shard_job import ShardResult, train_shard
 from storage.schemas import FORGETTING, RECTIFYING
 from storage.store import Store, now_iso
-
-Texts = tuple[list[Item], list[str | None] | None]
 
 
 @dataclass

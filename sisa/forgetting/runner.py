@@ -48,7 +48,8 @@ from sisa.config import SisaConfig
 from sisa.evidence import measures as evidence
 from sisa.evidence.probes import Probe
 from sisa.forgetting import corrections, phases, policy, rollback, selection
-from sisa.forgetting.phases import InFlight, Run, Texts
+from sisa.forgetting.options import Filer, RequestOptions
+from sisa.forgetting.phases import InFlight, Run
 from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import (
@@ -172,15 +173,6 @@ class RequestResult:
         return out
 
 
-@dataclass(frozen=True)
-class Filer:
-    """Who files a request (a token's name, `--as` or the login name) and their attestation of how
-    the data subject's identity was verified (how, never whose: no ids, names or record text)."""
-
-    name: str | None = None
-    identity_verification: str | None = None
-
-
 def check_name(name: str, what: str) -> str:
     """A requester's or approver's name as the ledger records it (the rules of a token's name)."""
     name = (name or "").strip()
@@ -294,30 +286,27 @@ def forget(
     cfg: SisaConfig,
     kind: str,
     values: list[str],
-    mode: RequestMode = RequestMode.EXACT,
-    dry_run: bool = False,
-    queue: bool = False,
-    allow_missing: bool = False,
-    evidence: bool = True,
-    holdout: Texts | None = None,
-    on_version: Callable[[str, ModelVersion], None] | None = None,
+    options: RequestOptions | None = None,
+    *,
     log: Callable[[str], None] | None = None,
-    idempotency_key: str | None = None,
-    probes: list[Probe] | None = None,
-    filer: Filer | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
     models: engine.EnsemblePool | None = None,
 ) -> RequestResult:
-    """Select, validate, plan and decide (the policy's rule); then (unless a dry run) record the
-    request and carry it out, or with `queue` leave it queued for a batch, or leave it awaiting
-    approval when its rule asks for approvers. The caller holds the store lock. A request filed
-    again with the same `idempotency_key` returns the first one, whatever became of it. `models`:
-    the caller's ensemble pool for the evidence (the demo measures the same versions); else the
-    run's own."""
-    key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
+    """Forget the records `kind` (ids, subject, source, ingest_id) and `values` select. Select,
+    validate, plan and decide (the policy's rule); then (unless `options.dry_run`) record the
+    request and carry it out, a batch of one, or with `options.queue` leave it queued for a batch,
+    or leave it awaiting approval when its rule asks for approvers. The caller holds the store lock
+    (the jobs lock too, unless queued or a dry run). A request filed again with the same
+    `options.idempotency_key` returns the first one, whatever became of it. `log` hears progress,
+    `on_version(kind, version)` each version committed (while the text is still in memory);
+    `models`: the caller's ensemble pool for the evidence (the demo measures the same versions),
+    else the run's own."""
+    o = options or RequestOptions()
+    key_hash, replayed = _admit(store, cfg, o.idempotency_key, o.dry_run, o.queue)
     if replayed is not None:
         return replayed
     sel = selection.select_records(store, kind, values)
-    if sel.missing and not allow_missing:
+    if sel.missing and not o.allow_missing:
         raise ValidationError(
             f"{selection.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)"
         )
@@ -329,21 +318,20 @@ def forget(
     plan = selection.plan_selection(store, cfg, sel)
     if sel.rows.num_rows == 0:
         return RequestResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
-    filer = filer or Filer()
-    _check_filer(filer, sel)
-    decision = _decide(cfg, RequestKind.FORGET, sel, plan, mode)
-    if dry_run:
+    _check_filer(o.filer, sel)
+    decision = _decide(cfg, RequestKind.FORGET, sel, plan, o.mode)
+    if o.dry_run:
         return RequestResult(dry_run=True, plan=plan, decision=decision)
-    req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
-    _note_rule(log, decision, mode)
+    req = new_request(store, cfg, sel, plan, o.mode, o.queue, key_hash, decision, o.filer)
+    _note_rule(log, decision, o.mode)
     item = InFlight(req, sel.rows, new=True)
     # A queued request returns at once: its evidence is measured by the batch, while the text is
     # still in the store and the versions before and relief still exist. So does one that waits
     # for approval: once approved, a batch carries it out.
-    if evidence and not queue and not req.needs_approval:
+    if o.evidence and not o.queue and not req.needs_approval:
         item.texts, item.prompts = read_texts(store, sel.rows)
-        item.holdout = holdout
-        item.targets = _targets(cfg, item, probes)
+        item.holdout = o.holdout
+        item.targets = _targets(cfg, item, o.probes)
     return _carry_new(store, cfg, item, on_version, log, models)
 
 
@@ -352,35 +340,32 @@ def rectify(
     cfg: SisaConfig,
     fix_table: pa.Table,
     problems: list[str] | None = None,
-    mode: RequestMode = RequestMode.EXACT,
-    dry_run: bool = False,
-    evidence: bool = True,
-    holdout: Texts | None = None,
-    on_version: Callable[[str, ModelVersion], None] | None = None,
+    options: RequestOptions | None = None,
+    *,
     log: Callable[[str], None] | None = None,
-    probes: list[Probe] | None = None,
-    queue: bool = False,
-    idempotency_key: str | None = None,
-    filer: Filer | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
 ) -> RequestResult:
     """Correct records' text exactly: validate every correction first (one error naming every
     bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
-    the request (kind `rectify`) and carry it out, or with `queue` leave it queued for a batch
-    (relief serving; the records `rectifying`). The caller holds the store lock. A request filed
-    again with the same `idempotency_key` returns the first one."""
-    key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
+    the request (kind `rectify`) and carry it out, a batch of one, or with `options.queue` leave
+    it queued for a batch (relief serving; the records `rectifying`). The caller holds the store
+    lock. A request filed again with the same `options.idempotency_key` returns the first one.
+    `options.allow_missing` does not apply: every correction must name a live record."""
+    o = options or RequestOptions()
+    if o.allow_missing:
+        raise ValidationError("allow_missing applies to forget only: every correction must name a live record")
+    key_hash, replayed = _admit(store, cfg, o.idempotency_key, o.dry_run, o.queue)
     if replayed is not None:
         return replayed
     fix = corrections.validate(store, fix_table, problems)
     sel = selection.Selection("ids", fix.ids, fix.rows)
     plan = selection.plan_selection(store, cfg, sel, removes=False)
-    filer = filer or Filer()
-    _check_filer(filer, sel)
-    decision = _decide(cfg, RequestKind.RECTIFY, sel, plan, mode)
-    if dry_run:
+    _check_filer(o.filer, sel)
+    decision = _decide(cfg, RequestKind.RECTIFY, sel, plan, o.mode)
+    if o.dry_run:
         return RequestResult(dry_run=True, plan=plan, decision=decision)
-    req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
-    _note_rule(log, decision, mode)
+    req = new_request(store, cfg, sel, plan, o.mode, o.queue, key_hash, decision, o.filer)
+    _note_rule(log, decision, o.mode)
     req.kind = RequestKind.RECTIFY
     req.record_hashes = req.id_hashes
     req.rectified = fix.content_hashes(store)
@@ -388,10 +373,10 @@ def rectify(
     req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
     item = InFlight(req, sel.rows, new=True, fix=fix)
     # Queued (or awaiting approval): the batch measures the old text's loss (the measure-before phase).
-    if evidence and not queue and not req.needs_approval:
+    if o.evidence and not o.queue and not req.needs_approval:
         item.texts, item.prompts, new = corrections.old_and_new(store, fix)  # in memory only
-        item.holdout = holdout
-        item.targets = _targets(cfg, item, probes, new)
+        item.holdout = o.holdout
+        item.targets = _targets(cfg, item, o.probes, new)
     return _carry_new(store, cfg, item, on_version, log)
 
 
@@ -442,7 +427,7 @@ def _replay(store: Store, idempotency_key: str | None) -> tuple[str | None, Dele
 
 
 def _targets(
-    cfg: SisaConfig, item: InFlight, probes: list[Probe] | None, new: list[tuple[Any, str | None]] | None = None
+    cfg: SisaConfig, item: InFlight, probes: tuple[Probe, ...] | None, new: list[tuple[Any, str | None]] | None = None
 ) -> evidence.Targets:
     """The trio and leak@k (k: `evidence.leak_k`) with --probes; membership inference with a holdout."""
     subjects = {s for s in item.rows["subject_id"].to_pylist() if s}
@@ -450,7 +435,7 @@ def _targets(
     return evidence.build_targets(
         item.texts,
         item.prompts,
-        probes or [],
+        list(probes or ()),
         subjects,
         holdout,
         new,
@@ -460,7 +445,7 @@ def _targets(
 
 
 def resume(
-    store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None, filings_only: bool = False
+    store: Store, cfg: SisaConfig, *, log: Callable[[str], None] | None = None, filings_only: bool = False
 ) -> list[DeletionRequest]:
     """Finish every open request from where it stopped (the text may already be gone), each a
     batch of one; with `filings_only`, only the filings to the queue a crash cut short (the
@@ -527,6 +512,7 @@ def due(cfg: SisaConfig, reqs: list[DeletionRequest], now: datetime | None = Non
 def process(
     store: Store,
     cfg: SisaConfig,
+    *,
     train_new: bool = False,
     evidence: bool = True,
     log: Callable[[str], None] | None = None,
@@ -617,6 +603,7 @@ def approve(
     cfg: SisaConfig,
     request_id: str,
     by: str,
+    *,
     at_once: bool = False,
     evidence: bool = True,
     log: Callable[[str], None] | None = None,

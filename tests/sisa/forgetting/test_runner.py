@@ -84,7 +84,7 @@ def _kill_at(monkeypatch, stage: str) -> None:
 
 def _forget(store: Store, cfg, subject: str, **kw) -> runner.RequestResult:
     with store.job("test forget", cfg.store.lock_timeout_s):
-        return runner.forget(store, cfg, "subject", [subject], RequestMode.RELIEF, **kw)
+        return runner.forget(store, cfg, "subject", [subject], runner.RequestOptions(mode=RequestMode.RELIEF, **kw))
 
 
 def _exact(store: Store, req) -> dict[int, str]:
@@ -223,16 +223,12 @@ def _fast_with_evidence(store: Store, cfg, subject: str, strangers: int, **kw):
     holdout of `strangers` people no shard saw."""
     rows = [r for r in people() if r["subject_id"] == subject]
     with store.job("test forget", cfg.store.lock_timeout_s):
-        return runner.forget(
-            store,
-            cfg,
-            "subject",
-            [subject],
-            RequestMode.FAST,
+        options = runner.RequestOptions(
+            mode=RequestMode.FAST,
             holdout=([r["text"] for r in people(strangers, start=100)], None),
             probes=[Probe(**p) for p in make_probes(rows)],
-            **kw,
-        ).request
+        )
+        return runner.forget(store, cfg, "subject", [subject], options, **kw).request
 
 
 @pytest.mark.slow
