@@ -80,6 +80,7 @@ class Phase:
     after: RequestStatus | None  # the status it leaves it in (None: as it was)
     run: PhaseFn | None  # None: only the status moves
     takes: Callable[[InFlight], bool] = lambda it: True  # which of those requests it takes
+    stops: bool = False  # the requests it took go no further in this run (a batch takes them on)
 
 
 PHASES: tuple[Phase, ...] = (
@@ -94,7 +95,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("measure-before", (S.RECEIVED, S.QUEUED), None, phases.measure_before),
     Phase("bridge", (S.RECEIVED,), S.RECEIVED, phases.bridge, lambda it: it.request.mode != RequestMode.EXACT),
     Phase("measure-bridge", (S.RECEIVED,), S.RECEIVED, phases.measure_bridge, lambda it: it.bridge is not None),
-    Phase("queue", (S.RECEIVED,), S.QUEUED, phases.enqueue, lambda it: it.request.queued),
+    Phase("queue", (S.RECEIVED,), S.QUEUED, phases.enqueue, lambda it: it.request.queued, stops=True),
     Phase("delete", (S.RECEIVED, S.QUEUED), S.DATA_DELETED, phases.delete),
     Phase("start-retrain", (S.DATA_DELETED,), S.RETRAINING, None),
     Phase("commit", (S.RETRAINING,), S.RETRAINING, phases.commit),
@@ -108,9 +109,12 @@ def carry_out(
     store: Store, cfg: SisaConfig, run: Run, items: list[InFlight], until: str | None = None
 ) -> list[DeletionRequest]:
     """Drive the requests through every phase they have not finished (with `until`, no further
-    than that phase), writing each to the ledger after each phase. Outside a batch a request stops
-    once queued. On an error the requests stay open and resumable (the error's type and message,
+    than that phase), writing each to the ledger after each phase; a request the queue phase takes
+    stops there (a batch carries it out). A run with no batch id carries one request: a batch of
+    one. On an error the requests stay open and resumable (the error's type and message,
     never record text, go into each entry); the serving version is whatever was committed last."""
+    assert run.batch_id is not None or len(items) == 1, "a run without a batch id is a batch of one"
+    run.name = run.batch_id or items[0].request.request_id
     carried = list(items)
     try:
         for phase in PHASES[: [p.name for p in PHASES].index(until) + 1] if until else PHASES:
@@ -123,9 +127,9 @@ def carry_out(
                 if phase.after is not None and it.request.status != phase.after:
                     it.request.move_to(phase.after)
                 _save(store, it)
-            maybe_die(f"{'batch' if run.batch_id else 'forget'}-after-{phase.name}")
-            if run.batch_id is None:
-                carried = [it for it in carried if it.request.status != S.QUEUED]  # a batch does the rest
+            maybe_die(f"{run.fault_prefix}-after-{phase.name}")
+            if phase.stops:
+                carried = [it for it in carried if all(it is not taken for taken in group)]
     except Exception as e:
         for it in carried:
             if not it.new:
