@@ -31,6 +31,7 @@ from sisa.forgetting.options import Texts
 from sisa.forgetting.selection import find_live_by_hashes
 from sisa.lineage import checkpoints, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMode, RequestStatus
+from sisa.lineage.requests_ledger import VersionKind as V
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine, mirror
 from sisa.training import scheduler
@@ -161,7 +162,7 @@ def await_approval(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight
         req = it.request
         d = req.decision
         relief_allowed = d is not None and d.relief_before_approval and req.mode == RequestMode.RELIEF
-        if relief_allowed and "relief" not in req.versions:
+        if relief_allowed and not req.versions.has(V.RELIEF):
             _relief(store, cfg, run, it)
         run.log(
             f"request {req.request_id} awaits approval by {req.approvers_needed} approver(s) other than its "
@@ -212,7 +213,7 @@ def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight, pool: engine.En
         if unaffected and m.get("per_shard"):
             r.evidence["loss_unseen_shards"] = engine.mean([m["per_shard"][str(s)] for s in unaffected])
         r.evidence["answer_tokens_only"] = it.prompts is not None
-    relief = r.versions.get("relief")
+    relief = r.versions.get(V.RELIEF)
     if relief is not None and "loss_relief" not in r.evidence:
         r.evidence["loss_relief"] = engine.measure_records(
             store, cfg, versions.read(store, relief).shards, it.texts, it.prompts, pool
@@ -276,7 +277,7 @@ def bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
     checkpoint taught the new text); --isolate: the unaffected shards alone."""
     for it in items:
         req = it.request
-        if req.mode == RequestMode.EXACT or {"relief", "approximate", "isolate"} & set(req.versions):
+        if req.mode == RequestMode.EXACT or req.versions.bridge is not None:
             continue
         if req.mode == RequestMode.RELIEF:
             _relief(store, cfg, run, it)
@@ -294,11 +295,11 @@ def _relief(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None:
         return
     shards = relieved_shards(store, current.shards, {sp.shard_id: sp.earliest_slice for sp in req.plan.shards})
     if shards == current.shards:  # no serving checkpoint has seen the records yet
-        req.versions["relief"] = current.model_version
+        req.record_version(V.RELIEF, current.model_version)
         return
 
     def committed(entry: ModelVersion) -> None:
-        req.versions["relief"] = entry.model_version
+        req.record_version(V.RELIEF, entry.model_version)
         req.timings["relief_s"] = time.perf_counter() - t0
         run.save(it)
 
@@ -329,11 +330,11 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
     req = it.request
     t0 = time.perf_counter()
     fast = req.mode == RequestMode.FAST
-    label, key = ("approximate", "approximate") if fast else ("isolating", "isolate")
+    label, key = ("approximate", V.APPROXIMATE) if fast else ("isolating", V.ISOLATE)
     how = ""
 
     def committed(entry: ModelVersion) -> None:
-        req.versions[key] = entry.model_version
+        req.record_version(key, entry.model_version)
         req.timings["fast_path_s"] = time.perf_counter() - t0
         run.save(it)
 
@@ -360,7 +361,7 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
     )
     run.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - run.started:.1f}s{how}")
     run.later(it, lambda: run.on_version(label, entry))
-    it.bridge = (key, shards)
+    it.bridge = (key.value, shards)
 
 
 def _edit_bridge(store: Store, cfg: SisaConfig, it: InFlight, before: dict[int, str]) -> dict[int, str]:
@@ -517,11 +518,11 @@ def commit(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
         (v for v in versions.all_versions(store) if v.reason == run.reason and v.request_id == run.name), None
     )
     current = versions.current(store)
-    owed = any("exact" not in it.request.versions for it in items)
+    owed = any(not it.request.versions.has(V.EXACT) for it in items)
     if run.version is None and owed and (current is not None or run.train_new):
         run.version = _retrain(store, cfg, run, items, versions.shard_checkpoints(current))
     for it in items:
-        it.request.versions["exact"] = run.version.model_version if run.version else None
+        it.request.record_version(V.EXACT, run.version.model_version if run.version else None)
 
 
 def _retrain(
@@ -566,7 +567,7 @@ def _publish(
         r
         for r in requests_ledger.open_requests(store)
         # One awaiting approval stays served as it is: relieved only if its rule let the relief serve.
-        if r.request_id not in ran and (r.status != RequestStatus.AWAITING_APPROVAL or "relief" in r.versions)
+        if r.request_id not in ran and (r.status != RequestStatus.AWAITING_APPROVAL or r.versions.has(V.RELIEF))
     ]
     shards = relieved_shards(store, trained, earliest_slices(others))
     if others:
@@ -576,7 +577,7 @@ def _publish(
 
     def committed(entry: ModelVersion) -> None:
         for it in items:
-            it.request.versions["exact"] = entry.model_version
+            it.request.record_version(V.EXACT, entry.model_version)
             it.request.timings["retrain_s"] = retrain_s()
             it.request.retrained = retrained(run.results)
             run.save(it)
@@ -608,7 +609,7 @@ def measure_after(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
     while this run still holds their text."""
     run.deferred.catch_up()  # the versions before and bridge first: the exact one compares with them
     for it in items:
-        exact = it.request.versions.get("exact")
+        exact = it.request.versions.get(V.EXACT)
         if not it.texts or exact is None or "loss_after" in it.request.evidence:
             continue
         shards = versions.read(store, exact).shards

@@ -60,6 +60,7 @@ from sisa.lineage.requests_ledger import (
     RequestKind,
     RequestMode,
     RequestStatus,
+    VersionKind,
 )
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine
@@ -628,7 +629,7 @@ def approve(
         return req
     req.move_to(S.RECEIVED)
     req.queued = True
-    if not {"relief", "approximate", "isolate"} & set(req.versions):
+    if req.versions.bridge is None:
         # Carried out from what serves now: the version it saw when filed may be long gone.
         req.version_before, req.checkpoints_before = _serving(store)
     log(f"request {request_id}: approved by {', '.join(a['by'] for a in req.approvals)}")
@@ -652,7 +653,7 @@ def reject(store: Store, cfg: SisaConfig, request_id: str, by: str, reason: str)
     req.rejection = {"by": check_name(by, "the approver's name"), "at": now_iso(), "reason": reason}
     req.move_to(S.REJECTED)
     requests_ledger.write_request(store, req)
-    relief = req.versions.get("relief")
+    relief = req.versions.get(VersionKind.RELIEF)
     served = relief is not None and req.version_before is not None and relief != req.version_before
     if served and store.current_version() == relief:
         try:

@@ -169,7 +169,7 @@ def get_certificate(request_id: str, request: Request, who: Auditor):
         "certificate": r.certificate,
         "evidence": r.evidence,
         "purge": r.purge,
-        "versions": r.versions,
+        "versions": r.versions.to_dict(),
         "completed_at": r.completed_at,
     }
 
@@ -191,7 +191,7 @@ def _summary(r: DeletionRequest) -> dict[str, Any]:
         "received_at": r.received_at,
         "deadline": r.deadline,
         "overdue": r.is_overdue(),
-        "versions": r.versions,
+        "versions": r.versions.to_dict(),
         "rule": r.decision.rule if r.decision else None,
         "approvals": f"{len(r.approvals)} of {r.approvers_needed}" if r.approvers_needed else None,
     }
