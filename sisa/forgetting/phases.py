@@ -514,15 +514,30 @@ def commit(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
     or serial), one exact version for every request of the run; MLflow follows. The version
     carries the run's name (its batch id, or the request id of a batch of one), so a resumed run
     never commits twice. Nothing served when the requests came: deleting the data was enough."""
-    run.version = next(
-        (v for v in versions.all_versions(store) if v.reason == run.reason and v.request_id == run.name), None
-    )
     current = versions.current(store)
+    run.version = _committed(store, run, items, current)
     owed = any(not it.request.versions.has(V.EXACT) for it in items)
     if run.version is None and owed and (current is not None or run.train_new):
         run.version = _retrain(store, cfg, run, items, versions.shard_checkpoints(current))
     for it in items:
         it.request.record_version(V.EXACT, run.version.model_version if run.version else None)
+
+
+def _committed(store: Store, run: Run, items: list[InFlight], current: ModelVersion | None) -> ModelVersion | None:
+    """The version this run committed before it was cut short: one carrying its name that its
+    requests recorded, or that the pointer moved to before they could. One a crash left between
+    its entry and the pointer move never served: the run commits afresh."""
+    recorded = {it.request.versions.get(V.EXACT) for it in items} - {None}
+    if current is not None:
+        recorded.add(current.model_version)
+    return next(
+        (
+            v
+            for v in reversed(versions.all_versions(store))
+            if v.reason == run.reason and v.request_id == run.name and v.model_version in recorded
+        ),
+        None,
+    )
 
 
 def _retrain(

@@ -167,6 +167,46 @@ def test_a_batch_interrupted_after_each_phase_resumes_without_committing_twice(
     )
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("queued", [False, True], ids=["at-once", "batch"])
+def test_a_run_killed_between_its_version_and_the_pointer_move_commits_afresh(
+    template, tmp_path, monkeypatch, queued
+) -> None:
+    """The version entry is written, the pointer never moved (it never served): the resumed run
+    must not take that entry for its commit (it would certify a version that is not serving),
+    but commit again, and the version that serves is its."""
+    from sisa.lineage import versions as versions_module
+
+    cfg, store = _copy(template, tmp_path / "s")
+    subject, _, _ = subject_in_middle(store)
+
+    def maybe_die(at: str) -> None:
+        if at == "pointer-move" and store.current_version() is not None:
+            raise Killed(at)
+
+    if queued:
+        _forget(store, cfg, subject, queue=True, evidence=False)
+    relief = store.current_version()
+    monkeypatch.setattr(versions_module, "maybe_die", maybe_die)
+    with store.job("test", cfg.store.lock_timeout_s), pytest.raises(Killed):
+        if queued:
+            runner.process(store, cfg, evidence=False)
+        else:
+            runner.forget(
+                store, cfg, "subject", [subject], runner.RequestOptions(mode=RequestMode.EXACT, evidence=False)
+            )
+    monkeypatch.undo()
+    never_served = versions.all_versions(store)[-1].model_version
+    assert store.current_version() == (relief if queued else 1) != never_served
+    with store.job("test resume", cfg.store.lock_timeout_s):
+        if queued:
+            (req,) = runner.process(store, cfg, evidence=False).requests
+        else:
+            (req,) = runner.resume(store, cfg)
+    assert req.status == S.COMPLETED and req.versions["exact"] == store.current_version() > never_served
+    assert req.certificate["lineage_check"]["passed"] and req.certificate["purge_check"]["passed"]
+
+
 # -- a batch of one, a batch of many: what the CLI gives -------------------------------------------------
 @pytest.mark.slow
 def test_a_batch_of_one_gives_the_version_and_certificate_sisa_forget_gives(template, tmp_path) -> None:
