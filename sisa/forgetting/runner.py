@@ -18,18 +18,20 @@
     * carried out at once: queued (`Run.later`) and done beside the shard jobs of `commit`, on the
       core they leave this process (sisa/forgetting/deferred.py); before measure-after and purge.
 
-Deletions and rectifications (a request's `kind`) go the same way. `forget` and `rectify` carry a
-new request out at once: a batch of one, whose versions are its own (committed from the version
-it saw); with `queue` it stops once queued. `process` carries out every queued request as one
-batch (one retrain per affected shard, one version, one purge, a certificate each): `sisa
-process`, `sisa train` (`train_store`) and the service's worker run it. `resume` finishes what a
-crash cut short. Each new request is decided by the policy first (sisa/forgetting/policy.py:
-method, approvers, deadline); one that waits for approvers is carried out, once `approve`d, by
-a batch (of one with `sisa approve`), from the version serving then; `reject` ends it, changing
-nothing in the store. The runner is the only writer of a request's ledger entry: after each phase,
-and the moment a phase commits a version (before MLflow is told). After each phase that did
-something it passes the crash-injection hook `<forget|batch>-after-<phase>` (storage/faults.py).
-What blocks new work is `requests_ledger.unfinished_requests`, asked by every writer.
+Deletions and rectifications (a request's `kind`) go the same way. `forget` and `rectify` carry
+a new request out at once: a batch of one, whose versions are named by its request id, planned
+by the one planner every batch uses (`phases.plan_retrain`); with `queue` it stops once queued.
+What a caller chooses about a new request is a `RequestOptions` (sisa/forgetting/options.py).
+`process` carries out every queued request as one batch (one retrain per affected shard, one
+version, one purge, a certificate each): `sisa process`, `sisa train` (`train_store`) and the
+service's worker run it. `resume` finishes what a crash cut short. Each new request is decided
+by the policy first (sisa/forgetting/policy.py: method, approvers, deadline); one that waits for
+approvers is carried out, once `approve`d, by a batch (of one with `sisa approve`), from the
+version serving then; `reject` ends it, changing nothing in the store. The runner is the only
+writer of a request's ledger entry: after each phase, and the moment a phase commits a version
+(before MLflow is told). After each phase that did something it passes the crash-injection hook
+`<forget|batch>-after-<phase>` (storage/faults.py). What blocks new work is
+`requests_ledger.unfinished_requests`, asked by every writer.
 """
 
 from __future__ import annotations
