@@ -37,7 +37,7 @@ from pipelines.common import open_store, print_json
 from pipelines.request_options import Texts
 from sisa.config import SisaConfig
 from sisa.evidence import Probe
-from sisa.forgetting import runner
+from sisa.forgetting import RequestOptions, runner
 from sisa.lineage import ModelVersion
 from storage.errors import ValidationError
 
@@ -66,6 +66,16 @@ def run(
     `requested_by` (default: the login name) and `identity_verification` are recorded with it."""
     mode = request_options.request_mode(cfg, fast, isolate, relief)
     held, probe_list = request_options.read_evidence_inputs(cfg, evidence, holdout, probes)
+    options = RequestOptions(
+        mode=mode,
+        queue=queue,
+        dry_run=dry_run,
+        allow_missing=allow_missing,
+        evidence=evidence,
+        holdout=held,
+        probes=probe_list,
+        filer=request_options.filer(requested_by, identity_verification),
+    )
     store = open_store(cfg)
     # Queued (or a dry run): metadata and a relief commit only, beside a running batch; carried
     # out now: a retrain, one job at a time.
@@ -76,16 +86,9 @@ def run(
             cfg,
             kind,
             values,
-            mode,
-            dry_run,
-            queue,
-            allow_missing,
-            evidence,
-            held,
-            on_version,
-            request_options.progress(quiet),
-            probes=probe_list,
-            filer=request_options.filer(requested_by, identity_verification),
+            options,
+            log=request_options.progress(quiet),
+            on_version=on_version,
         )
     return res.to_dict()
 
@@ -94,7 +97,7 @@ def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Finish every open request from where it stopped (the text may already be gone)."""
     store = open_store(cfg)
     with store.job("forget --resume", cfg.store.lock_timeout_s):
-        done = runner.resume(store, cfg, request_options.progress(quiet))
+        done = runner.resume(store, cfg, log=request_options.progress(quiet))
     return [{"request_id": r.request_id, "request": r.to_dict()} for r in done]
 
 
@@ -166,13 +169,13 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         cfg,
         kind,
         values,
-        args.fast,
-        args.isolate,
-        args.dry_run,
-        args.queue,
-        False if args.no_relief else None,
-        args.allow_missing,
-        not args.no_evidence,
+        fast=args.fast,
+        isolate=args.isolate,
+        dry_run=args.dry_run,
+        queue=args.queue,
+        relief=False if args.no_relief else None,
+        allow_missing=args.allow_missing,
+        evidence=not args.no_evidence,
         quiet=args.json,
         holdout=args.holdout,
         probes=args.probes,

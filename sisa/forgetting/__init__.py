@@ -6,17 +6,17 @@ approximate fast path of a deletion, `editing` the fast edit bridge of a rectifi
 relief checkpoint taught the new text), `purge` deletes what held a forgotten record, `lineage_check` and
 `certificate` check what serves, `rollback` serves an earlier version unless that brings
 forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers, and
-`deferred` the evidence a request measures beside its retrain.
+`deferred` the evidence a request measures beside its retrain. `options` holds what a caller
+chooses about a request it files (`RequestOptions`, `Filer`).
 `policy` holds the decision rules (method, approvers, deadline per request); `approve` and
 `reject` are the approvers' two answers to a request that waits for them.
 """
 
 from sisa.forgetting import lineage_check, phases, planner, policy, rollback, runner
-from sisa.forgetting.phases import Texts
+from sisa.forgetting.options import Filer, RequestOptions, Texts
 from sisa.forgetting.planner import expected_cost_fraction, slice_cost
 from sisa.forgetting.rollback import roll_back
 from sisa.forgetting.runner import (
-    Filer,
     RequestResult,
     SelfApprovalError,
     approve,
@@ -31,6 +31,7 @@ from sisa.forgetting.runner import (
 
 __all__ = [
     "Filer",
+    "RequestOptions",
     "RequestResult",
     "SelfApprovalError",
     "Texts",
