@@ -15,7 +15,7 @@ utility set (`questions`, the first ones of each file), and the generation lengt
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from sisa import serving
@@ -153,9 +153,35 @@ class TofuScores:
     forget_authors: list[int]
     questions: dict[str, int]
     cuts: list[str]
+    # per forget question, in the order of forget_truth_ratios: its author, answer loss, ROUGE-L
+    forget_question_authors: list[int] = field(default_factory=list)
+    forget_answer_losses: list[float] = field(default_factory=list)
+    forget_rouge: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def restrict(self, authors: list[int]) -> TofuScores:
+        """The same version's scores on a smaller forget set (some of its authors): the forget
+        measures recomputed over their questions, model utility unchanged."""
+        keep = [i for i, a in enumerate(self.forget_question_authors) if a in set(authors)]
+        missing = sorted(set(authors) - set(self.forget_question_authors))
+        if missing or not keep:
+            raise ValidationError(f"authors {missing or authors} are not in this forget set {self.forget_authors}")
+        ratios = [self.forget_truth_ratios[i] for i in keep]
+        rouge = [self.forget_rouge[i] for i in keep]
+        return replace(
+            self,
+            forget_truth_ratio=metrics.truth_ratio_score(ratios, "closer_to_1_better"),
+            forget_Q_A_Prob=metrics.probability([self.forget_answer_losses[i] for i in keep]),
+            forget_Q_A_ROUGE=sum(rouge) / len(rouge),
+            forget_truth_ratios=ratios,
+            forget_authors=sorted(authors),
+            questions=self.questions | {"forget": len(keep)},
+            forget_question_authors=[self.forget_question_authors[i] for i in keep],
+            forget_answer_losses=[self.forget_answer_losses[i] for i in keep],
+            forget_rouge=rouge,
+        )
 
 
 def evaluate_ensemble(
@@ -186,6 +212,9 @@ def evaluate_ensemble(
             "world_facts": len(sets.world_facts),
         },
         cuts=settings.cuts(),
+        forget_question_authors=[int(r["author"]) for r in sets.forget],
+        forget_answer_losses=list(forget["answer"]),
+        forget_rouge=rouge,
     )
 
 
