@@ -6,7 +6,11 @@ served mixture, every shard weighed by the posterior the question gives it), the
 `serving.generate_many`, both on the question rendered with the base model's chat template as
 the records were trained (user = question, assistant = answer). An answer's loss is the mean NLL
 of its assistant tokens (content and the template's end-of-turn marker), as open-unlearning
-labels everything after the generation prompt.
+labels everything after the generation prompt. Two differences from their pipeline, both about
+the template: they append an eos when the rendered chat does not end in one (SmolLM2's ends in
+"<|im_end|>\n", so they would score one more "<|im_end|>"; Llama-3's ends in its eos, so
+nothing is added there), and they pass their model config's system prompt where sisa renders the
+conversation as it was trained (a template's own default system turn, if it has one).
 
 What can be cut on a small machine, and says so in the result: the number of questions of each
 utility set (`questions`, the first ones of each file), and the generation length
