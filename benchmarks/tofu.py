@@ -4,7 +4,7 @@ records (user = question, assistant = answer, subject = author), `sisa ingest`, 
 measures exactly as open-unlearning defines them (`sisa eval --tofu`: sisa/tofu/metrics.py).
 
     .venv/bin/python benchmarks/tofu.py --model tiny --authors 8 --forget 1,2 --questions 4 --max-new-tokens 8
-    .venv/bin/python benchmarks/tofu.py --model smollm2            # 40 authors, forget 2 and 4: ~90 min here
+    .venv/bin/python benchmarks/tofu.py --model smollm2            # 40 authors, forget 2 and 4 (5%, 10%)
     .venv/bin/python benchmarks/tofu.py --authors 200 --forget 2,10,20 --questions 0 --max-new-tokens 200   # TOFU whole
 
 A subset keeps TOFU's definitions and order: the retain authors are TOFU's first ones (0, 1, ...:

@@ -109,20 +109,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="score only the tokens after the `prompt` column (prompt-completion and chat records always are)",
     )
     t = p.add_argument_group("TOFU (instead of --file)")
-    t.add_argument("--tofu", metavar="SPLIT", choices=["forget01", "forget05", "forget10"], help="TOFU's forget split")
+    t.add_argument(
+        "--tofu",
+        metavar="SPLIT",
+        choices=["forget01", "forget05", "forget10"],
+        help="TOFU's forget split: forget01, forget05 or forget10",
+    )
     t.add_argument(
         "--forget-authors", metavar="A,B", help="the forget set's authors instead of the split's (of 180-199)"
     )
-    t.add_argument("--model-version", type=int, help="the version to evaluate (default: the serving one)")
-    t.add_argument("--reference-version", type=int, help="the retain model: a version (of --reference-store if given)")
+    t.add_argument("--model-version", type=int, metavar="N", help="the version to evaluate (default: the serving one)")
+    t.add_argument(
+        "--reference-version", type=int, metavar="N", help="the retain model: a version (of --reference-store if given)"
+    )
     t.add_argument("--reference-store", metavar="URI", help="the retain model: this store's serving version")
     t.add_argument(
         "--tofu-data",
         metavar="SOURCE",
         help=f"TOFU's data: {tofu.HUB_NAME} or a folder of its files (default: shipped)",
     )
-    t.add_argument("--questions", type=int, help="questions of each utility set (default: all: 400 / 100 / 117)")
-    t.add_argument("--max-new-tokens", type=int, default=tofu.scoring.GENERATION_TOKENS, help="greedy answer length")
+    t.add_argument(
+        "--questions", type=int, metavar="K", help="questions of each utility set (default: all: 400 / 100 / 117)"
+    )
+    t.add_argument(
+        "--max-new-tokens",
+        type=int,
+        metavar="N",
+        default=tofu.scoring.GENERATION_TOKENS,
+        help=f"greedy answer length (default: open-unlearning's {tofu.scoring.GENERATION_TOKENS})",
+    )
 
 
 def _authors(text: str | None) -> list[int] | None:
