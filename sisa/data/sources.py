@@ -16,6 +16,7 @@ import io
 import json
 import os
 import re
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -370,3 +371,36 @@ def from_table(table: pa.Table, name: str = "table") -> Source:
     return Source(
         table, np.arange(1, table.num_rows + 1, dtype=np.int64), "row", name, _digest(sink.getvalue().to_pybytes())
     )
+
+
+# The file layouts a local copy of a hub dataset may have, one file per config.
+_LOCAL_SUFFIXES = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".parquet": "parquet"}
+
+
+def read_hub_dataset(path: str, name: str, split: str = "train") -> pa.Table:
+    """One config's split of a Hugging Face dataset as an Arrow table: `path` is its hub name
+    (`locuslab/TOFU`) or a local folder holding one file per config (`<name>.jsonl`, `.json`,
+    `.jsonl.gz` or `.parquet`, as a snapshot of the hub repository has them). With the hub
+    unreachable or offline (HF_HUB_OFFLINE=1) this fails at once with a ValidationError that
+    says what to do, never a hang."""
+    import datasets
+
+    if os.path.isdir(path):
+        found = [(path + "/" + name + s, b) for s, b in _LOCAL_SUFFIXES.items() if os.path.isfile(f"{path}/{name}{s}")]
+        if not found:
+            wanted = ", ".join(name + s for s in _LOCAL_SUFFIXES)
+            raise ValidationError(f"dataset folder {path!r} has no file for config {name!r} (looked for {wanted})")
+        file, builder = found[0]
+        with tempfile.TemporaryDirectory(prefix="sisa-hf-") as cache:  # no copy of the file is left behind
+            ds = datasets.load_dataset(builder, data_files=file, split=split, keep_in_memory=True, cache_dir=cache)
+            return from_dataset(ds, name).table
+    else:
+        try:
+            ds = datasets.load_dataset(path, name, split=split, keep_in_memory=True)
+        except (ConnectionError, FileNotFoundError, ValueError) as e:
+            raise ValidationError(
+                f"cannot load config {name!r} of dataset {path!r} from the Hugging Face hub ({type(e).__name__}: "
+                f"{str(e)[:200]}); on a machine without the hub, pass a local folder of its files or use the "
+                "copy sisa ships"
+            ) from None
+    return from_dataset(ds, name).table

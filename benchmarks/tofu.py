@@ -1,0 +1,362 @@
+"""TOFU, the unlearning field's benchmark, run the way a sisa user would: TOFU's QA pairs as chat
+records (user = question, assistant = answer, subject = author), `sisa ingest`, `sisa train`,
+`sisa forget` (exact, its relief, its --fast NPO bridge), `sisa verify --replay`, and TOFU's
+measures exactly as open-unlearning defines them (`sisa eval --tofu`: sisa/tofu/metrics.py).
+
+    .venv/bin/python benchmarks/tofu.py --model tiny --authors 8 --forget 1,2 --questions 4 --max-new-tokens 8
+    .venv/bin/python benchmarks/tofu.py --model smollm2            # 40 authors, forget 2 and 4 (5%, 10%)
+    .venv/bin/python benchmarks/tofu.py --authors 200 --forget 2,10,20 --questions 0 --max-new-tokens 200   # TOFU whole
+
+A subset keeps TOFU's definitions and order: the retain authors are TOFU's first ones (0, 1, ...:
+retain_perturbed's authors 0-19 are model utility's retain set), the forget authors its last ones
+(forget10's 180-199, which carry the paraphrased and perturbed answers), arriving last as in
+TOFU. `--forget 2,4` of 40 authors forgets 5% and 10%, TOFU's forget05 and forget10 fractions;
+each split is forgotten from its own copy of the trained store.
+
+Rows, per forget split: the model before deletion ("finetuned", at the config's S); after sisa's
+exact deletion; its relief version (queued request: the affected shards at their last clean
+checkpoint); its --fast (NPO) version; one adapter trained the same way (S=1) before deletion and
+after its exact deletion (the one-adapter retain reference); sisa's own retain model, the shards
+trained from scratch on the retain records (`verify --replay` retrains them and compares every
+tensor with the exact version's: identical tensors are the same model, so its scores are the
+exact version's). Columns: forget quality against both retain references, model utility and its
+9 parts, the forget set's truth ratio and ROUGE-L, the certificate's MIA AUC (forget vs TOFU's
+holdout authors), wall time, and the share of training work the deletion redoes for TOFU's
+order and for a random arrival order (the plan of a dry run on a store ingested shuffled).
+Beside it, open-unlearning's published figures for Llama-3.2-1B (docs/repro.md there), labelled
+as theirs: their model, full fine-tuning, all 200 authors.
+
+The trainer is the config's: `--config FILE` and `key=value` overrides take another (the
+trainer issue's settings need only that). `training.max_length` is set to 256 here (TOFU
+records are 83 tokens at the median with SmolLM2's template, 163 at most).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import _common as C  # sets the offline environment before torch, Ray and MLflow load
+
+from pipelines import forget, ingest, train, verify
+from sisa import serving, tofu
+from sisa.config import SisaConfig
+from sisa.data import write_jsonl
+from sisa.lineage import versions
+from storage.store import Store
+
+# open-unlearning's docs/repro.md, Llama-3.2-1B-Instruct, full fine-tuning, 200 authors:
+# split → method → (forget quality, model utility, forget truth ratio). Theirs, not ours.
+THEIRS = {
+    "forget01": {
+        "Finetuned": (0.01, 0.60, 0.47),
+        "Retain": (1.0, 0.60, 0.65),
+        "NPO": (0.92, 0.56, 0.66),
+        "GradDiff": (0.77, 0.43, 0.57),
+        "RMU": (0.16, 0.55, 0.70),
+    },
+    "forget05": {
+        "Finetuned": (1.33e-13, 0.60, 0.47),
+        "Retain": (1.0, 0.60, 0.64),
+        "NPO": (0.14, 0.45, 0.70),
+        "GradDiff": (1.94e-119, 0.53, 3.87e-34),
+        "RMU": (4.87e-10, 0.58, 0.77),
+    },
+    "forget10": {
+        "Finetuned": (1.66e-21, 0.60, 0.48),
+        "Retain": (1.0, 0.59, 0.63),
+        "NPO": (0.02, 0.46, 0.70),
+        "GradDiff": (1.06e-239, 0.49, 3.53e-27),
+        "RMU": (3.15e-15, 0.59, 0.76),
+    },
+}
+TOFU_FRACTIONS = {0.01: "forget01", 0.05: "forget05", 0.10: "forget10"}
+DEFAULTS = {"authors": 40, "forget": "2,4", "questions": 40, "max_new_tokens": 64}
+BENCH_OVERRIDES = ["training.max_length=256"]
+
+
+# -- data ----------------------------------------------------------------------------------------
+def pick_authors(n: int, forget_max: int) -> tuple[list[int], list[int]]:
+    """(retain authors, forget authors) of an n-author subset: TOFU's first n - forget_max
+    authors and its last forget_max (they carry the perturbed answers and arrive last)."""
+    if not 1 <= forget_max <= 20 or n - forget_max < 1 or n > tofu.splits.AUTHORS:
+        raise SystemExit(f"--authors {n} with --forget up to {forget_max}: need 1 <= forget <= 20 < authors <= 200")
+    return list(range(n - forget_max)), list(range(tofu.splits.AUTHORS - forget_max, tofu.splits.AUTHORS))
+
+
+def write_records(rows: list[dict], path: Path) -> str:
+    return str(write_jsonl([tofu.chat_record(r) for r in rows], path))
+
+
+# -- one store -----------------------------------------------------------------------------------
+def config_for(args, store: str, extra: list[str]) -> SisaConfig:
+    path = args.config or C.MODELS[args.model][0]
+    own = [] if args.config else C.MODELS[args.model][1]
+    return C.load_config(C.REPO / path, [f"store.uri={store}", *own, *BENCH_OVERRIDES, *args.overrides, *extra])
+
+
+def train_store(cfg: SisaConfig, records: str) -> float:
+    with C.timer() as t:
+        ingest.run(cfg, [records])
+        train.run(cfg)
+    return t[0]
+
+
+def score(pool: serving.EnsemblePool, cfg: SisaConfig, model_version: int | None, sets, settings) -> tofu.TofuScores:
+    """`sisa eval --tofu`'s scores of a version, from a pool shared by the run (a shard that two
+    versions share is scored once per text)."""
+    store = Store.open(cfg.store.uri)
+    v = versions.current(store) if model_version is None else versions.read(store, model_version)
+    ens = pool.ensemble(store, cfg, versions.shard_checkpoints(v))
+    return tofu.evaluate_ensemble(ens, sets, settings, v.model_version)
+
+
+def relief_version(cfg: SisaConfig, subjects: list[str]) -> tuple[int, float]:
+    """A queued request: the relief version serves at once (no retrain here); its number and the
+    request's wall time."""
+    with C.timer() as t:
+        res = forget.run(cfg, "subject", subjects, queue=True, evidence=False, quiet=True)
+    return res["request"]["versions"]["relief"], t[0]
+
+
+def random_order_store(args, work: Path, rows: list[dict]) -> SisaConfig:
+    """The same records ingested in a random order (a real deletion is not always of the newest
+    data); ingest only: a dry run's plan needs no training."""
+    shuffled = list(rows)
+    random.Random(args.seed).shuffle(shuffled)
+    cfg = config_for(args, str(work / "random-order"), [])
+    ingest.run(cfg, [write_records(shuffled, work / "random-order.jsonl")])
+    return cfg
+
+
+def planned_share(cfg: SisaConfig, subjects: list[str]) -> float:
+    """The share of a full retrain a deletion of `subjects` redoes, from a dry run's plan."""
+    plan = forget.run(cfg, "subject", subjects, dry_run=True, evidence=False, quiet=True)["plan"]
+    return float(plan["cost_fraction"])
+
+
+def copy_of(cfg: SisaConfig, work: Path, name: str) -> SisaConfig:
+    """The trained store copied (checkpoints hard-linked) for one deletion of its own."""
+    from benchmarks.forget import copy_store
+
+    copy_store(cfg.store.uri, str(work / name))
+    return C.with_store(cfg, str(work / name))
+
+
+def request_wall(req: dict) -> float:
+    """The exact deletion's own work: delete the records, retrain, purge (not the evidence)."""
+    t = req["timings"]
+    return sum(t.get(k, 0.0) for k in ("delete_data_s", "retrain_s", "purge_s"))
+
+
+def run_split(run: dict, f: int) -> dict:
+    """Forget the last `f` forget authors from copies of both trained stores; every row's scores."""
+    args, work, pool, sets, settings = run["args"], run["work"], run["pool"], run["sets"], run["settings"]
+    authors = run["forget_authors"][-f:]
+    subjects = [tofu.splits.subject_id(a) for a in authors]
+    rows: dict[str, dict] = {}
+    # exact deletion with the --fast (NPO) bridge: its approximate version is scored while it
+    # exists (the request purges it once the exact version serves)
+    fast_cfg = copy_of(run["cfg"], work, f"sisa-forget{f}")
+    caught: dict[str, tofu.TofuScores] = {}
+
+    def on_version(kind: str, v) -> None:
+        if kind == "approximate":
+            caught["fast"] = score(pool, fast_cfg, v.model_version, sets, settings)
+
+    res = forget.run(
+        fast_cfg, "subject", subjects, fast=True, holdout=run["holdout"], on_version=on_version, quiet=True
+    )
+    req = res["request"]
+    mia = {k: v.get("membership", {}).get("auc") for k, v in req.get("evidence", {}).get("versions", {}).items()}
+    exact = score(pool, fast_cfg, req["versions"]["exact"], sets, settings)
+    replay = verify.run(fast_cfg, res["request_id"], replay_shards=True).get("replay", {})
+    identical = bool(replay) and all(r["identical"] for r in replay.values())
+    share = float(req["plan"]["cost_fraction"])
+    shuffled = planned_share(run["random_cfg"], subjects)
+    rows["finetuned"] = {"scores": run["finetuned"], "mia_auc": mia.get("before"), "wall_s": run["train_s"]}
+    rows["sisa exact"] = {
+        "scores": exact,
+        "mia_auc": mia.get("exact"),
+        "wall_s": request_wall(req),
+        "share_tofu_order": share,
+        "share_random_order": shuffled,
+    }
+    relief_cfg = copy_of(run["cfg"], work, f"sisa-relief{f}")
+    relief_v, relief_s = relief_version(relief_cfg, subjects)
+    rows["sisa relief"] = {"scores": score(pool, relief_cfg, relief_v, sets, settings), "wall_s": relief_s}
+    rows["sisa --fast (NPO)"] = {
+        "scores": caught["fast"],
+        "mia_auc": mia.get("approximate"),
+        "wall_s": req["timings"].get("fast_path_s"),
+    }
+    rows["one adapter (S=1)"] = {"scores": run["one_before"], "wall_s": run["one_train_s"]}
+    one_cfg = copy_of(run["one_cfg"], work, f"one-forget{f}")
+    one_res = forget.run(one_cfg, "subject", subjects, evidence=False, quiet=True)["request"]
+    one_retain = score(pool, one_cfg, one_res["versions"]["exact"], sets, settings)
+    rows["one adapter retain (S=1)"] = {
+        "scores": one_retain,
+        "wall_s": request_wall(one_res),
+        "share_tofu_order": float(one_res["plan"]["cost_fraction"]),
+    }
+    # verify --replay retrained the affected shards from scratch on the retain records: with
+    # identical tensors, sisa's own retain model is the exact version, scores and all
+    rows["sisa retain (verify --replay)"] = {"scores": exact, "replay_identical": identical}
+    for row in rows.values():
+        row["scores"] = row["scores"].restrict(authors)
+        row["fq_sisa_retain"] = tofu.forget_quality(row["scores"], exact.restrict(authors))
+        row["fq_one_retain"] = tofu.forget_quality(row["scores"], one_retain.restrict(authors))
+    return {"forget": f, "authors": authors, "fraction": f / args.authors, "rows": rows, "replay": replay}
+
+
+def theirs_for(fraction: float) -> str:
+    """The TOFU split of the nearest forget fraction (theirs: 1%, 5%, 10%)."""
+    return TOFU_FRACTIONS[min(TOFU_FRACTIONS, key=lambda x: abs(x - fraction))]
+
+
+def fmt(x: float | None, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.{digits}g}" if x != 0 and (abs(x) < 0.01 or abs(x) >= 1000) else f"{x:.{digits}f}"
+
+
+def report(split: dict) -> None:
+    print(f"\n## forget authors {split['authors']}: {split['fraction']:.0%} of the subset's authors")
+    out = []
+    for name, r in split["rows"].items():
+        s = r["scores"]
+        out.append(
+            {
+                "model": name,
+                "FQ vs sisa retain": fmt(r["fq_sisa_retain"], 3),
+                "FQ vs S=1 retain": fmt(r["fq_one_retain"], 3),
+                "MU": fmt(s.model_utility),
+                "forget TR": fmt(s.forget_truth_ratio),
+                "forget ROUGE-L": fmt(s.forget_Q_A_ROUGE),
+                "MIA AUC": fmt(r.get("mia_auc")),
+                "wall s": fmt(r.get("wall_s"), 3),
+                "work redone (TOFU order)": fmt(r.get("share_tofu_order")),
+                "(random order)": fmt(r.get("share_random_order")),
+            }
+        )
+    C.table(out, list(out[0]))
+    identical = split["rows"]["sisa retain (verify --replay)"]["replay_identical"]
+    print(f"verify --replay: the retrained shards' tensors are {'identical' if identical else 'NOT identical'}")
+    parts = [
+        {"model": n, **{p: fmt(r["scores"].utility_parts[p]) for p in tofu.UTILITY_PARTS}}
+        for n, r in split["rows"].items()
+    ]
+    print("model utility's 9 parts:")
+    C.table(parts, ["model", *tofu.UTILITY_PARTS])
+    theirs = theirs_for(split["fraction"])
+    print(f"theirs (open-unlearning docs/repro.md: Llama-3.2-1B, full fine-tuning, 200 authors, {theirs}):")
+    C.table(
+        [
+            {"their model": m, "FQ": fmt(v[0], 3), "MU": fmt(v[1]), "forget TR": fmt(v[2])}
+            for m, v in THEIRS[theirs].items()
+        ],
+        ["their model", "FQ", "MU", "forget TR"],
+    )
+
+
+def targets(split: dict) -> list[str]:
+    """Issue 33's targets, met or missed, for one split."""
+    r = split["rows"]
+    one_b, one_a = r["one adapter (S=1)"]["scores"].model_utility, r["one adapter retain (S=1)"]["scores"].model_utility
+    fin, ex = r["finetuned"]["scores"].model_utility, r["sisa exact"]["scores"].model_utility
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.0%}" if b else "-"
+
+    return [
+        f"FQ(exact vs sisa retain) = {r['sisa exact']['fq_sisa_retain']:.3g} (target 1.0, tensors identical: "
+        f"{r['sisa retain (verify --replay)']['replay_identical']})",
+        f"FQ(exact vs one-adapter retain) = {r['sisa exact']['fq_one_retain']:.3g} (target >= 0.05)",
+        f"MU sisa / one adapter: before {ratio(fin, one_b)}, after {ratio(ex, one_a)} (target >= 95%)",
+        f"work redone by the exact deletion: {r['sisa exact']['share_tofu_order']:.1%} of a full retrain "
+        f"(TOFU's order), {r['sisa exact']['share_random_order']:.1%} (random arrival order)",
+        f"relief served after {r['sisa relief']['wall_s']:.2f} s (target within a second)",
+    ]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="TOFU on sisa: exact forgetting beside open-unlearning's figures")
+    p.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
+    p.add_argument("--config", help="another config to train with (default: the model's, benchmarks/_common.py)")
+    p.add_argument("--authors", type=int, default=DEFAULTS["authors"], help="authors in the subset (TOFU: 200)")
+    p.add_argument("--forget", default=DEFAULTS["forget"], help="forget split sizes in authors (last ones), e.g. 2,4")
+    p.add_argument(
+        "--questions", type=int, default=DEFAULTS["questions"], help="questions per utility set; 0 = all (TOFU)"
+    )
+    p.add_argument(
+        "--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"], help="greedy answer length (TOFU: 200)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="the random arrival order's shuffle")
+    p.add_argument("--out", help="write every number as JSON here")
+    p.add_argument("--keep", action="store_true", help="keep the stores (printed) instead of removing them")
+    p.add_argument("overrides", nargs="*", help="config overrides, key.sub=value")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    counts = sorted({int(x) for x in args.forget.split(",") if x.strip()})
+    retain_authors, forget_authors = pick_authors(args.authors, counts[-1])
+    keep = set(retain_authors) | set(forget_authors)
+    rows = [r for r in tofu.read_config("full") if r["author"] in keep]  # TOFU's order: forget authors last
+    settings = tofu.TofuSettings(max_new_tokens=args.max_new_tokens, questions=args.questions or None)
+    work = Path(tempfile.mkdtemp(prefix="sisa-bench-tofu-"))
+    started = time.perf_counter()
+    print(f"TOFU on sisa, {args.model}: {args.authors} authors ({len(rows)} chat records), forget {counts}; {C.load()}")
+    print("cut: " + ("; ".join(settings.cuts()) or "nothing") + f"; authors {args.authors} of 200")
+    try:
+        holdout = [r for r in tofu.read_config("holdout10") if r["author"] < 200 + counts[-1]]
+        run = {"args": args, "work": work, "rows": rows, "settings": settings, "forget_authors": forget_authors}
+        run |= {"pool": serving.EnsemblePool(), "sets": tofu.load_sets(forget_authors, settings.questions)}
+        run["holdout"] = write_records(holdout, work / "holdout.jsonl")
+        records = write_records(rows, work / "tofu.jsonl")
+        run["cfg"] = config_for(args, str(work / "sisa"), [])
+        run["random_cfg"] = random_order_store(args, work, rows)
+        run["train_s"] = train_store(run["cfg"], records)
+        run["finetuned"] = score(run["pool"], run["cfg"], None, run["sets"], settings)
+        run["one_cfg"] = config_for(args, str(work / "one"), ["sharding.num_shards=1"])
+        run["one_train_s"] = train_store(run["one_cfg"], records)
+        run["one_before"] = score(run["pool"], run["one_cfg"], None, run["sets"], settings)
+        print(
+            f"trained S={run['cfg'].sharding.num_shards} in {run['train_s']:.0f} s, S=1 in {run['one_train_s']:.0f} s"
+        )
+        splits = [run_split(run, f) for f in counts]
+        for split in splits:
+            report(split)
+            print("\n".join(targets(split)))
+        if args.out:
+            Path(args.out).write_text(json.dumps(as_json(args, settings, splits), indent=1, default=str))
+    finally:
+        if args.keep:
+            print(f"stores kept under {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
+
+
+def as_json(args: argparse.Namespace, settings: tofu.TofuSettings, splits: list[dict]) -> dict:
+    out = {"model": args.model, "authors": args.authors, "cuts": settings.cuts(), "theirs": THEIRS, "splits": []}
+    for split in splits:
+        rows = {
+            n: {**{k: v for k, v in r.items() if k != "scores"}, "scores": r["scores"].to_dict()}
+            for n, r in split["rows"].items()
+        }
+        out["splits"].append(
+            {**{k: v for k, v in split.items() if k != "rows"}, "rows": rows, "targets": targets(split)}
+        )
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
