@@ -58,7 +58,7 @@ def verify(cert_file: str, public_key_file: str) -> tuple[signing.CertificateChe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="+", metavar="REQUEST_ID | verify FILE")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="REQUEST_ID, or `verify FILE` (with --public-key)")
     p.add_argument("--out", metavar="FILE", help="write the request's signed certificate (JSON) to FILE")
     p.add_argument("--public-key", metavar="KEY", help="verify: the PEM public key (`sisa keys export`)")
 

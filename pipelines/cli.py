@@ -81,11 +81,13 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         epilog="Every verb takes --config FILE and dotted overrides such as store.uri=/tmp/s sharding.num_shards=8. "
         "`sisa config --describe` lists every key.",
     )
+    parser.add_argument("--version", action="version", version=f"sisa {package_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for name, (module, help_text) in VERBS.items():
+        # prog: each verb's usage line starts `sisa VERB` (argparse would prefix the top usage)
         if verb is not None and name != verb:
-            sub.add_parser(name, help=help_text, description=help_text)
+            sub.add_parser(name, help=help_text, description=help_text, prog=f"sisa {name}")
             continue
         mod = importlib.import_module(module)
         p = sub.add_parser(
@@ -93,11 +95,25 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             help=help_text,
             description=(mod.__doc__ or help_text).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            prog=f"sisa {name}",
         )
-        p.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted")
+        p.add_argument(
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="YAML config, or a shipped config's name (tiny, demo, base); defaults apply when omitted",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         mod.add_arguments(p)
+        p.usage = p.format_usage().removeprefix("usage: ").rstrip() + " [key.sub=value ...]"
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (`sisa --version`)."""
+    import sisa
+
+    return sisa.__version__
 
 
 OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+=")
