@@ -125,6 +125,20 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in argv if not OVERRIDE.match(a)], overrides
 
 
+# library → the extra of pyproject.toml that installs it, for the verbs that need one.
+EXTRAS = {"fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "pydantic": "serve", "matplotlib": "demo"}
+
+
+def missing_extra(verb: str, e: ModuleNotFoundError) -> int:
+    """A verb whose optional libraries are not installed: say which extra installs them (exit 2);
+    any other missing module is our bug and raises."""
+    extra = EXTRAS.get((e.name or "").split(".")[0])
+    if extra is None:
+        raise e
+    print(f"sisa {verb}: error: this needs {e.name}: pip install 'sisa[{extra}]'", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     offline.apply()
     # Library deprecation chatter is not for our users; our own messages go through print.
@@ -133,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser(next((a for a in rest if a in VERBS), ""))
+    verb = next((a for a in rest if a in VERBS), "")
+    try:
+        parser = build_parser(verb)
+    except ModuleNotFoundError as e:
+        return missing_extra(verb, e)
     args = parser.parse_args(rest)
     args.overrides = overrides
     module = importlib.import_module(VERBS[args.verb][0])
@@ -153,6 +171,8 @@ def _run_verb(module, args: argparse.Namespace) -> int:
     except SisaError as e:
         print(f"sisa {args.verb}: error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:  # an optional library a verb loads when it runs
+        return missing_extra(args.verb, e)
     except KeyboardInterrupt:
         print(f"sisa {args.verb}: interrupted", file=sys.stderr)
         return 130

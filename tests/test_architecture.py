@@ -246,9 +246,25 @@ def _third_party_imports(paths: list[Path]) -> dict[str, list[str]]:
     return out
 
 
+# The extras whose libraries the packages may import: each only where a verb that needs it loads
+# it (HOMES), and named in pipelines.cli.EXTRAS so a user without it is told what to install.
+RUNTIME_EXTRAS = ("serve", "demo")
+
+
+def test_optional_libraries_are_named_by_the_cli() -> None:
+    from pipelines.cli import EXTRAS
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra in RUNTIME_EXTRAS:
+        for name in _requirement_names(project["optional-dependencies"][extra]) - {"sisa"}:
+            assert EXTRAS.get(name) == extra, f"{name} of the `{extra}` extra is not in pipelines.cli.EXTRAS"
+    core = _requirement_names(project["dependencies"])
+    assert not core & set(EXTRAS), f"{sorted(core & set(EXTRAS))} are core dependencies and extras at once"
+
+
 @pytest.mark.parametrize(
     ("folders", "extras"),
-    [(PACKAGES, ()), (("tests", "benchmarks"), ("test",))],
+    [(PACKAGES, RUNTIME_EXTRAS), (("tests", "benchmarks"), ("test", *RUNTIME_EXTRAS, "benchmarks"))],
     ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-extra"],
 )
 def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:

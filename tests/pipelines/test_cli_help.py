@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from pipelines.cli import VERBS, main
+from pipelines.cli import VERBS, main, missing_extra
 
 
 def _help(*argv: str) -> tuple[int, str]:
@@ -34,3 +34,10 @@ def test_version_prints_the_installed_version() -> None:
 
     code, out = _help("--version")
     assert code == 0 and out.strip() == f"sisa {version('sisa')}"
+
+
+def test_a_missing_extra_says_what_to_install(capsys) -> None:
+    assert missing_extra("serve", ModuleNotFoundError("No module named 'uvicorn'", name="uvicorn")) == 2
+    assert "pip install 'sisa[serve]'" in capsys.readouterr().err
+    with pytest.raises(ModuleNotFoundError):  # not an extra's: our bug, raised as it is
+        missing_extra("train", ModuleNotFoundError("No module named 'peft'", name="peft"))
