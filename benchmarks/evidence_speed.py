@@ -66,16 +66,12 @@ def _request(cfg, rows, strangers, share_scores: bool) -> dict:
     pool = serving.EnsemblePool(share_scores=share_scores)
     t0 = time.perf_counter()
     with store.job("bench forget", cfg.store.lock_timeout_s):
-        req = runner.forget(
-            store,
-            cfg,
-            "subject",
-            [target],
-            RequestMode.FAST,
+        options = runner.RequestOptions(
+            mode=RequestMode.FAST,
             holdout=([r["text"] for r in strangers], [r["prompt"] for r in strangers]),
             probes=probes,
-            models=pool,
-        ).request
+        )
+        req = runner.forget(store, cfg, "subject", [target], options, models=pool).request
     wall = time.perf_counter() - t0
     scores = pool.scores
     return {

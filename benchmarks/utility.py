@@ -433,9 +433,8 @@ def forget_one(store: Store, cfg: SisaConfig, person: list[dict], strangers: lis
         )["posterior"]
     )
     with store.lock("utility benchmark forget", cfg.store.lock_timeout_s), C.timer() as t:
-        runner.forget(
-            store, cfg, "subject", [person[0]["subject_id"]], RequestMode.EXACT, evidence=False, log=lambda _msg: None
-        )
+        options = runner.RequestOptions(mode=RequestMode.EXACT, evidence=False)
+        runner.forget(store, cfg, "subject", [person[0]["subject_id"]], options, log=lambda _msg: None)
     ens = serving.load_ensemble(store, cfg, versions.shard_checkpoints(versions.current(store)))
     after = serving.mean(score(ens, person, max_length)["posterior"])
     strangers_after = serving.mean(score(ens, strangers, max_length)["posterior"])

@@ -49,7 +49,7 @@ from sisa.data import (
 )
 from sisa.evidence import Probe
 from sisa.evidence.report import DemoReport, write_report
-from sisa.forgetting import expected_cost_fraction, roll_back, runner
+from sisa.forgetting import RequestOptions, expected_cost_fraction, roll_back, runner
 from sisa.lineage import RequestMode, checkpoints, requests_ledger, versions
 from sisa.model import base_model_fingerprint
 from sisa.training import run as training
@@ -278,11 +278,9 @@ def _forget(d: _Demo):
             cfg,
             "subject",
             [d.target_subject],
-            RequestMode.FAST,
-            holdout=holdout,
+            RequestOptions(mode=RequestMode.FAST, holdout=holdout, probes=probes),
             on_version=on_version,
             log=lambda msg: print(msg, flush=True),
-            probes=probes,
             models=d.models,
         )
     exact_entry = versions.current(store)
@@ -320,10 +318,10 @@ def _typical_deletion(d: _Demo):
     cfg, store = d.cfg, d.store
     subjects = sorted({r["subject_id"] for r in d.rows} - {d.target_subject})
     with store.job("demo forget", cfg.store.lock_timeout_s):
-        plans = {s: runner.forget(store, cfg, "subject", [s], dry_run=True).plan for s in subjects}
+        plans = {s: runner.forget(store, cfg, "subject", [s], RequestOptions(dry_run=True)).plan for s in subjects}
         mean = sum(p.cost_fraction for p in plans.values()) / len(plans)
         pick = min(subjects, key=lambda s: (abs(plans[s].cost_fraction - mean), s))
-        fr = runner.forget(store, cfg, "subject", [pick], RequestMode.EXACT, evidence=False)
+        fr = runner.forget(store, cfg, "subject", [pick], RequestOptions(mode=RequestMode.EXACT, evidence=False))
     return fr.request, mean
 
 

@@ -52,7 +52,7 @@ from pipelines import request_options
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
 from sisa.data import normalise, read_source
-from sisa.forgetting import filing, runner
+from sisa.forgetting import RequestOptions, filing, runner
 from storage.errors import ValidationError
 
 
@@ -79,25 +79,21 @@ def run(
         )
     table, problems = normalise(read_source(path), cfg)
     held, probe_list = filing.read_evidence_inputs(cfg, evidence, holdout, probes)
+    options = RequestOptions(
+        mode=mode,
+        queue=queue,
+        dry_run=dry_run,
+        evidence=evidence,
+        holdout=held,
+        probes=probe_list,
+        filer=filing.filer(requested_by, identity_verification),
+    )
     store = open_store(cfg)
     # A dry run only reads, a queued one stages, records and commits the relief (beside a running
     # batch); carried out now, a rectification retrains: one job at a time (the jobs lock first).
     lock = store.lock if dry_run or queue else store.job
     with lock("rectify", cfg.store.lock_timeout_s):
-        res = runner.rectify(
-            store,
-            cfg,
-            table,
-            problems,
-            mode,
-            dry_run,
-            evidence,
-            held,
-            log=request_options.progress(quiet),
-            probes=probe_list,
-            queue=queue,
-            filer=filing.filer(requested_by, identity_verification),
-        )
+        res = runner.rectify(store, cfg, table, problems, options, log=request_options.progress(quiet))
     return res.to_dict()
 
 
@@ -127,12 +123,12 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
     res = run(
         cfg,
         args.file,
-        args.fast,
-        args.isolate,
-        args.dry_run,
-        False if args.no_relief else None,
-        not args.no_evidence,
-        args.holdout,
+        fast=args.fast,
+        isolate=args.isolate,
+        dry_run=args.dry_run,
+        relief=False if args.no_relief else None,
+        evidence=not args.no_evidence,
+        holdout=args.holdout,
         quiet=args.json,
         probes=args.probes,
         queue=args.queue,

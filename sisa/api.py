@@ -33,7 +33,7 @@ import pyarrow as pa
 from sisa.config import SisaConfig, build_config, load_config
 from sisa.data import IngestResult, Source, from_dataset, from_table, ingest_sources, open_store, read_source
 from sisa.evidence import Probe
-from sisa.forgetting import RequestResult, Texts, filing, roll_back, runner, train_store
+from sisa.forgetting import RequestOptions, RequestResult, Texts, filing, roll_back, runner, train_store
 from sisa.forgetting.rollback import RollbackResult
 from sisa.forgetting.verification import verify_store
 from sisa.lineage import DeletionRequest, ModelVersion, requests_ledger, versions
@@ -213,6 +213,7 @@ class SisaStore:
         probes: str | list[Probe] | None = None,
         requested_by: str | None = None,
         identity_verification: str | None = None,
+        idempotency_key: str | None = None,
         on_version: Callable[[str, ModelVersion], None] | None = None,
         log: Callable[[str], None] | None = None,
     ) -> RequestResult:
@@ -229,6 +230,9 @@ class SisaStore:
         raise `ValidationError` (or are skipped with `allow_missing`); ids already forgotten are
         a no-op. `evidence` measures the records' memorization before and after (`holdout`: records
         no model saw, `probes`: paraphrase/related/locality probes, each a file or read).
+        `requested_by` (default: the login name) and `identity_verification` (how the subject's
+        identity was checked, never whose) are recorded; filing again with the same
+        `idempotency_key` returns the first request.
         `on_version(kind, version)` is called after each commit; `log` receives progress lines.
         When the policy's rule asks for approvers the request waits (`awaiting_approval`).
         """
@@ -240,29 +244,25 @@ class SisaStore:
         # Queued (or a dry run): metadata and a relief commit only, beside a running batch;
         # carried out now: a retrain, one job at a time.
         lock = store.lock if queue or dry_run else store.job
+        options = RequestOptions(
+            mode=mode,
+            queue=queue,
+            dry_run=dry_run,
+            allow_missing=allow_missing,
+            evidence=evidence,
+            holdout=held,
+            probes=probe_list,
+            idempotency_key=idempotency_key,
+            filer=filing.filer(requested_by, identity_verification),
+        )
         with lock("forget", cfg.store.lock_timeout_s):
-            return runner.forget(
-                store,
-                cfg,
-                kind,
-                values,
-                mode=mode,
-                dry_run=dry_run,
-                queue=queue,
-                allow_missing=allow_missing,
-                evidence=evidence,
-                holdout=held,
-                on_version=on_version,
-                log=log,
-                probes=probe_list,
-                filer=filing.filer(requested_by, identity_verification),
-            )
+            return runner.forget(store, cfg, kind, values, options, log=log, on_version=on_version)
 
     def resume(self, log: Callable[[str], None] | None = None) -> list[DeletionRequest]:
         """Finish every request a crash interrupted, from where it stopped (`sisa forget --resume`)."""
         store = self._open()
         with store.job("forget --resume", self.config.store.lock_timeout_s):
-            return runner.resume(store, self.config, log)
+            return runner.resume(store, self.config, log=log)
 
     def rollback(self, model_version: int) -> RollbackResult:
         """Serve an earlier model version (`sisa rollback`). Raises `RefusedError` when the

@@ -7,18 +7,18 @@ relief checkpoint taught the new text), `purge` deletes what held a forgotten re
 `certificate` check what serves, `verification` re-checks it
 (`sisa verify`, replay included), `rollback` serves an earlier version unless that brings
 forgotten data back; `planner` and `record_texts` are their pure and in-memory helpers, and
-`deferred` the evidence a request measures beside its retrain.
+`deferred` the evidence a request measures beside its retrain. `options` holds what a caller
+chooses about a request it files (`RequestOptions`, `Filer`).
 `policy` holds the decision rules (method, approvers, deadline per request); `approve` and
 `reject` are the approvers' two answers to a request that waits for them. `filing` turns a
 caller's plain arguments into what a request is filed with (mode, evidence inputs, filer).
 """
 
 from sisa.forgetting import filing, lineage_check, phases, planner, policy, rollback, runner, verification
-from sisa.forgetting.phases import Texts
+from sisa.forgetting.options import Filer, RequestOptions, Texts
 from sisa.forgetting.planner import expected_cost_fraction, slice_cost
 from sisa.forgetting.rollback import roll_back
 from sisa.forgetting.runner import (
-    Filer,
     RequestResult,
     SelfApprovalError,
     approve,
@@ -33,6 +33,7 @@ from sisa.forgetting.runner import (
 
 __all__ = [
     "Filer",
+    "RequestOptions",
     "RequestResult",
     "SelfApprovalError",
     "Texts",

@@ -9,8 +9,7 @@ import getpass
 from sisa.config import SisaConfig
 from sisa.data import normalise, read_source, table_items
 from sisa.evidence import Probe, read_probes
-from sisa.forgetting.phases import Texts
-from sisa.forgetting.runner import Filer
+from sisa.forgetting.options import Filer, Texts
 from sisa.lineage import RequestMode
 from storage.errors import ValidationError
 

@@ -4,10 +4,10 @@
 leaves it in which) and drives requests through it; the functions here do the work of one phase
 for a group of requests and never write the ledger: the runner writes each request after each
 phase. Every function skips what an earlier run already recorded in the request, so a run
-resumed after a crash picks up where the last one stopped. A run is either a request carried
-out at once (a batch of one: its own versions, from the version it saw) or a batch of queued
-requests (one retrain per affected shard, one version, one purge). Text lives only in
-`InFlight` (memory), never in the request.
+resumed after a crash picks up where the last one stopped. Every run is a batch: one plan of
+where each affected shard's retrain starts (`plan_retrain`), one retrain per shard, one exact
+version, one purge. A request carried out at once is a batch of one; only how its run is named
+and what it tells differ (`Run`). Text lives only in `InFlight` (memory), never in the request.
 """
 
 from __future__ import annotations
@@ -27,18 +27,18 @@ from sisa.forgetting import corrections, editing, purge, unlearning
 from sisa.forgetting.certificate import make_certificate
 from sisa.forgetting.deferred import Deferred
 from sisa.forgetting.erasure import remove_data
+from sisa.forgetting.options import Texts
 from sisa.forgetting.selection import find_live_by_hashes
 from sisa.lineage import checkpoints, requests_ledger, signing, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMode, RequestStatus
+from sisa.lineage.requests_ledger import VersionKind as V
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine, mirror
 from sisa.training import scheduler
 from sisa.training.run import plan_shard_tasks
-from sisa.training.shard_job import ShardResult, train_shard
+from sisa.training.shard_job import ShardResult, ShardTask, train_shard
 from storage.schemas import FORGETTING, RECTIFYING
 from storage.store import Store, now_iso
-
-Texts = tuple[list[Item], list[str | None] | None]
 
 
 @dataclass
@@ -60,11 +60,16 @@ class InFlight:
 
 @dataclass
 class Run:
-    """What the requests of one run share: the batch (None: a request carried out at once), what
-    to report progress to, and what the retrain produced."""
+    """What the requests of one run share: the batch, what to report progress to, and what the
+    retrain produced. A request carried out at once (`forget`, `rectify`, `resume`) is a batch of
+    one with no `batch_id`: the ledger gives it no batch, its run is named by its request id (the
+    version it commits, the purge, the fault points `forget-after-*`), its version's reason is
+    `forget`, and it tells its progress as a request rather than as a batch. Those are the only
+    differences, and they live here."""
 
     save: Callable[[InFlight], None]  # the runner's ledger write, for a version just committed
-    batch_id: str | None = None
+    batch_id: str | None = None  # None: a batch of one, carried out at once
+    name: str = ""  # the batch id, or the request id of a batch of one (set by the runner)
     train_new: bool = False  # a batch run by `sisa train`: the new slices train in the same shard jobs
     unlocked: Callable[[], AbstractContextManager] | None = None  # lets go of the writer lock while shard jobs train
     on_version: Callable[[str, ModelVersion], None] = lambda kind, entry: None
@@ -77,12 +82,55 @@ class Run:
     results: list[ShardResult] = field(default_factory=list)  # the batch's shard jobs
     deferred: Deferred = field(default_factory=Deferred)  # evidence done while the shard jobs train
 
+    @property
+    def at_once(self) -> bool:
+        return self.batch_id is None
+
+    @property
+    def reason(self) -> str:
+        """The reason its exact version is committed under."""
+        return "forget" if self.at_once else "forget-batch"
+
+    @property
+    def fault_prefix(self) -> str:
+        """What its crash-injection points are named after (storage/faults.py)."""
+        return "forget" if self.at_once else "batch"
+
+    def once(self, items: list[InFlight]) -> str:
+        """How its exact version's line names the requests it retrained for."""
+        return "" if self.at_once else f" once for {len(items)} request(s)"
+
+    def deleted(self, req: DeletionRequest) -> None:
+        """A request carried out at once says what its delete phase did; a batch says it at the end."""
+        if not self.at_once:
+            return
+        if req.kind == RequestKind.RECTIFY:
+            self.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
+        else:
+            self.log(f"deleted {req.removed} record(s) from the slice files and the index")
+
+    def completed(self, items: list[InFlight]) -> None:
+        """The run's last line: per request at once (with its whole time), or the batch's."""
+        for it in items if self.at_once else []:
+            req = it.request
+            req.timings["total_s"] = time.perf_counter() - self.started
+            self.log(
+                f"purged {len(req.purge['checkpoints'])} checkpoint(s) and {len(req.purge['versions'])} version(s); "
+                f"request {req.request_id} completed"
+            )
+        if not self.at_once:
+            report = items[0].request.purge
+            self.log(
+                f"{self.name}: purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} "
+                f"version(s); {len(items)} request(s) completed"
+            )
+
     def later(self, it: InFlight, work: Callable[[], None]) -> None:
         """`work` (evidence of the version before or the bridge) beside this run's retrain, when the
-        request is carried out at once (sisa/forgetting/deferred.py); else now: a queued request's
-        retrain, or one awaiting approval's, happens in another run."""
+        run carries the request out (sisa/forgetting/deferred.py); else now: a request queued, or
+        awaiting approval, is retrained by another run."""
         req = it.request
-        if self.batch_id is None and not req.queued and not req.needs_approval:
+        if not req.queued and not req.needs_approval:
             self.deferred.later(work)
         else:
             work()
@@ -114,7 +162,7 @@ def await_approval(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight
         req = it.request
         d = req.decision
         relief_allowed = d is not None and d.relief_before_approval and req.mode == RequestMode.RELIEF
-        if relief_allowed and "relief" not in req.versions:
+        if relief_allowed and not req.versions.has(V.RELIEF):
             _relief(store, cfg, run, it)
         run.log(
             f"request {req.request_id} awaits approval by {req.approvers_needed} approver(s) other than its "
@@ -165,7 +213,7 @@ def _measure_queued(store: Store, cfg: SisaConfig, it: InFlight, pool: engine.En
         if unaffected and m.get("per_shard"):
             r.evidence["loss_unseen_shards"] = engine.mean([m["per_shard"][str(s)] for s in unaffected])
         r.evidence["answer_tokens_only"] = it.prompts is not None
-    relief = r.versions.get("relief")
+    relief = r.versions.get(V.RELIEF)
     if relief is not None and "loss_relief" not in r.evidence:
         r.evidence["loss_relief"] = engine.measure_records(
             store, cfg, versions.read(store, relief).shards, it.texts, it.prompts, pool
@@ -229,7 +277,7 @@ def bridge(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
     checkpoint taught the new text); --isolate: the unaffected shards alone."""
     for it in items:
         req = it.request
-        if req.mode == RequestMode.EXACT or {"relief", "approximate", "isolate"} & set(req.versions):
+        if req.mode == RequestMode.EXACT or req.versions.bridge is not None:
             continue
         if req.mode == RequestMode.RELIEF:
             _relief(store, cfg, run, it)
@@ -247,11 +295,11 @@ def _relief(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None:
         return
     shards = relieved_shards(store, current.shards, {sp.shard_id: sp.earliest_slice for sp in req.plan.shards})
     if shards == current.shards:  # no serving checkpoint has seen the records yet
-        req.versions["relief"] = current.model_version
+        req.record_version(V.RELIEF, current.model_version)
         return
 
     def committed(entry: ModelVersion) -> None:
-        req.versions["relief"] = entry.model_version
+        req.record_version(V.RELIEF, entry.model_version)
         req.timings["relief_s"] = time.perf_counter() - t0
         run.save(it)
 
@@ -282,11 +330,11 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
     req = it.request
     t0 = time.perf_counter()
     fast = req.mode == RequestMode.FAST
-    label, key = ("approximate", "approximate") if fast else ("isolating", "isolate")
+    label, key = ("approximate", V.APPROXIMATE) if fast else ("isolating", V.ISOLATE)
     how = ""
 
     def committed(entry: ModelVersion) -> None:
-        req.versions[key] = entry.model_version
+        req.record_version(key, entry.model_version)
         req.timings["fast_path_s"] = time.perf_counter() - t0
         run.save(it)
 
@@ -313,7 +361,7 @@ def _fast_or_isolate(store: Store, cfg: SisaConfig, run: Run, it: InFlight, befo
     )
     run.log(f"{label} version {entry.model_version} serves after {time.perf_counter() - run.started:.1f}s{how}")
     run.later(it, lambda: run.on_version(label, entry))
-    it.bridge = (key, shards)
+    it.bridge = (key.value, shards)
 
 
 def _edit_bridge(store: Store, cfg: SisaConfig, it: InFlight, before: dict[int, str]) -> dict[int, str]:
@@ -375,12 +423,7 @@ def delete(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> No
         live = it.rows if it.rows.num_rows else find_live_by_hashes(store, set(req.target_hashes))
         req.removed = remove_data(store, req, live)
         req.timings["delete_data_s"] = time.perf_counter() - t0
-        if run.batch_id is not None:
-            continue
-        if req.kind == RequestKind.RECTIFY:
-            run.log(f"replaced the text of {req.removed} record(s) in the slice files and the index")
-        else:
-            run.log(f"deleted {req.removed} record(s) from the slice files and the index")
+        run.deleted(req)
 
 
 # -- retrain and commit ------------------------------------------------------------------------
@@ -398,66 +441,33 @@ def retrained(results: list[ShardResult]) -> list[dict[str, Any]]:
     ]
 
 
-def commit(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
-    """retraining: the affected shards retrain from their last clean checkpoint (in parallel, Ray
-    or serial) and the exact version commits; MLflow follows."""
-    if run.batch_id is not None:
-        _commit_batch(store, cfg, run, items)
-        return
-    for it in items:
-        if "exact" not in it.request.versions:
-            _commit_alone(store, cfg, run, it)
+# The one plan of where a run's retrain starts: a request carried out at once is a batch of one.
+@dataclass(frozen=True)
+class RetrainPlan:
+    """A run's retrain: per affected shard the earliest slice a request of the run hit, the
+    checkpoint it continues from (absent: slice 0), the shard tasks, and the shards reused as
+    they are."""
+
+    earliest: dict[int, int]
+    start: dict[int, str]
+    tasks: list[ShardTask]
+    reused: dict[int, str]
 
 
-def _commit_alone(store: Store, cfg: SisaConfig, run: Run, it: InFlight) -> None:
-    """A request carried out at once: the version it saw, its retrained shards swapped in. A shard
-    whose serving checkpoint never reached the records needs nothing: deleting the data was enough."""
-    req = it.request
-    if cfg.scheduler.backend != "ray" or not cfg.evidence.beside_retrain:
-        run.deferred.catch_up()  # the jobs would share this process's cores: the evidence first
-    started = time.perf_counter()
-    base = before_shards(store, req)
-    reached = {
-        sp.shard_id: sp.earliest_slice
-        for sp in (req.plan.shards if req.plan else [])
-        if sp.shard_id in base and sp.earliest_slice <= checkpoints.slice_of(base[sp.shard_id])
-    }
-    tasks, _ = plan_shard_tasks(
-        store, cfg, relieved_shards(store, base, reached), reached, through_last=True, train_others=False
-    )
-    # The evidence of the versions before and bridge is measured on the core the shard jobs leave
-    # this process (sisa/forgetting/deferred.py); the retrain's time is the jobs', not that wait.
-    with run.deferred.beside():
-        results = scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
-        trained = time.perf_counter()
-    waited = time.perf_counter() - trained
-    if not base:  # nothing was trained when the request came: deleting the data was enough
-        req.versions["exact"] = None
-        return
-    shards = dict(base)
-    shards.update({r.shard_id: r.last_checkpoint_id for r in results})
-
-    def committed(entry: ModelVersion) -> None:
-        req.versions["exact"] = entry.model_version
-        req.timings["retrain_s"] = time.perf_counter() - started - waited
-        req.retrained = retrained(results)
-        run.save(it)
-
-    entry = mirror.publish_version(
-        store,
-        cfg,
-        shards,
-        "forget",
-        results,
-        time.perf_counter() - started - waited,
-        committed,
-        request_id=req.request_id,
-    )
-    run.log(
-        f"exact version {entry.model_version} serves "
-        f"(retrained shard(s) {[r.shard_id for r in results]} in {req.timings['retrain_s']:.1f}s)"
-    )
-    run.on_version("exact", entry)
+def plan_retrain(
+    store: Store, cfg: SisaConfig, serving: dict[int, str], reqs: list[DeletionRequest], train_new: bool = False
+) -> RetrainPlan:
+    """The one planner of where each shard's retrain starts, for any run (a request carried out
+    at once, or a batch): the serving shards traced back under any bridge (`batch_base`), and
+    each shard a request hit at its last checkpoint before the earliest slice any of them hit.
+    The tasks come from `plan_shard_tasks`, the one shard-task planner: an affected shard
+    retrains through the last slice a checkpoint sealed (one whose checkpoints never reached the
+    records' slice needs nothing: deleting the data was enough); with `train_new` (`sisa
+    train`), every shard's new slices train in the same jobs."""
+    earliest = earliest_slices(reqs)
+    start = relieved_shards(store, batch_base(store, serving, reqs, earliest), earliest)
+    tasks, reused = plan_shard_tasks(store, cfg, start, earliest, through_last=train_new, train_others=train_new)
+    return RetrainPlan(earliest, start, tasks, reused)
 
 
 def earliest_slices(reqs: list[DeletionRequest]) -> dict[int, int]:
@@ -472,12 +482,13 @@ def earliest_slices(reqs: list[DeletionRequest]) -> dict[int, int]:
 def batch_base(
     store: Store, serving_shards: dict[int, str], reqs: list[DeletionRequest], earliest: dict[int, int]
 ) -> dict[int, str]:
-    """The checkpoints a batch traces each shard's last clean checkpoint from: the serving ones,
+    """The checkpoints a run traces each shard's last clean checkpoint from: the serving ones,
     except where a bridge changed an affected shard. An --isolate bridge left it out: take the
     checkpoint its request saw serving (else the shard would retrain from slice 0). A --fast
     bridge serves an approximate checkpoint computed from the text being forgotten: take the
     exact one under it (else, when the records' slice was not trained yet, it would be kept); an
-    edit bridge's is its relief checkpoint, or none (a fresh adapter: the shard retrains from slice 0)."""
+    edit bridge's is its relief checkpoint, or none (a fresh adapter: the shard retrains from slice 0).
+    A relief left a shard hit at slice 0 out: take the one its request saw (the plan drops it again)."""
     base = dict(serving_shards)
     for r in reqs:
         for c in r.checkpoints_before:
@@ -498,63 +509,76 @@ def batch_base(
     return base
 
 
-def _commit_batch(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
-    """A batch: per shard the earliest slice any request hit, each affected shard retrained once
-    (with `train_new`, the new slices of every shard in the same jobs), one version. The version
-    carries the batch id, so a resumed batch never commits twice."""
-    reqs = [it.request for it in items]
+def commit(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
+    """retraining: the run's retrain as `plan_retrain` plans it (the shard jobs in parallel, Ray
+    or serial), one exact version for every request of the run; MLflow follows. The version
+    carries the run's name (its batch id, or the request id of a batch of one), so a resumed run
+    never commits twice. Nothing served when the requests came: deleting the data was enough."""
     run.version = next(
-        (v for v in versions.all_versions(store) if v.reason == "forget-batch" and v.request_id == run.batch_id), None
+        (v for v in versions.all_versions(store) if v.reason == run.reason and v.request_id == run.name), None
     )
     current = versions.current(store)
-    if run.version is None and (current is not None or run.train_new):
-        t0 = time.perf_counter()
-        earliest = earliest_slices(reqs)
-        start = relieved_shards(store, batch_base(store, versions.shard_checkpoints(current), reqs, earliest), earliest)
-        tasks, reused = plan_shard_tasks(
-            store, cfg, start, earliest, through_last=run.train_new, train_others=run.train_new
-        )
-        with run.unlocked() if run.unlocked is not None and tasks else nullcontext():
-            run.results = (
-                scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="retrain shards") if tasks else []
-            )
-        trained = dict(reused)
-        trained.update({r.shard_id: r.last_checkpoint_id for r in run.results})
-        if trained:
-            run.version = _publish_batch(store, cfg, run, items, trained, earliest, t0)
+    owed = any(not it.request.versions.has(V.EXACT) for it in items)
+    if run.version is None and owed and (current is not None or run.train_new):
+        run.version = _retrain(store, cfg, run, items, versions.shard_checkpoints(current))
     for it in items:
-        it.request.versions["exact"] = run.version.model_version if run.version else None
+        it.request.record_version(V.EXACT, run.version.model_version if run.version else None)
 
 
-def _publish_batch(
+def _retrain(
+    store: Store, cfg: SisaConfig, run: Run, items: list[InFlight], serving: dict[int, str]
+) -> ModelVersion | None:
+    if cfg.scheduler.backend != "ray" or not cfg.evidence.beside_retrain:
+        run.deferred.catch_up()  # the jobs would share this process's cores: the evidence first
+    started = time.perf_counter()
+    plan = plan_retrain(store, cfg, serving, [it.request for it in items], run.train_new)
+    # A batch lets go of the writer lock while its shard jobs train (requests filed meanwhile are
+    # queued with their relief). Evidence a request carried out at once deferred is measured on
+    # the core the jobs leave this process (sisa/forgetting/deferred.py): the retrain's time is
+    # the jobs', not that wait.
+    with run.unlocked() if run.unlocked is not None and plan.tasks else nullcontext(), run.deferred.beside():
+        run.results = (
+            scheduler.run_shard_jobs(train_shard, plan.tasks, cfg.scheduler, desc="retrain shards")
+            if plan.tasks
+            else []
+        )
+        trained_at = time.perf_counter()
+    waited = time.perf_counter() - trained_at
+    trained = dict(plan.reused)
+    trained.update({r.shard_id: r.last_checkpoint_id for r in run.results})
+    return (
+        _publish(store, cfg, run, items, trained, lambda: time.perf_counter() - started - waited) if trained else None
+    )
+
+
+def _publish(
     store: Store,
     cfg: SisaConfig,
     run: Run,
     items: list[InFlight],
     trained: dict[int, str],
-    earliest: dict[int, int],
-    t0: float,
+    retrain_s: Callable[[], float],
 ) -> ModelVersion:
-    # Requests filed while the writer lock was free have their relief serving: the batch's
-    # version keeps each shard they hit at its checkpoint before the hit.
-    batched = {it.request.request_id for it in items}
-    late = [
+    # Open requests outside the run (queued, filed while a batch let go of the writer lock, or
+    # relieved awaiting approval) have their relief serving: the version keeps each shard they
+    # hit at its checkpoint before the hit.
+    ran = {it.request.request_id for it in items}
+    others = [
         r
         for r in requests_ledger.open_requests(store)
         # One awaiting approval stays served as it is: relieved only if its rule let the relief serve.
-        if r.request_id not in batched and (r.status != RequestStatus.AWAITING_APPROVAL or "relief" in r.versions)
+        if r.request_id not in ran and (r.status != RequestStatus.AWAITING_APPROVAL or r.versions.has(V.RELIEF))
     ]
-    shards = relieved_shards(store, trained, earliest_slices(late))
-    if late:
+    shards = relieved_shards(store, trained, earliest_slices(others))
+    if others:
         run.log(
-            f"{run.batch_id}: {len(late)} request(s) filed during the batch stay relieved: "
-            f"{', '.join(r.request_id for r in late)}"
+            f"{run.name}: {len(others)} other open request(s) stay relieved: {', '.join(r.request_id for r in others)}"
         )
 
     def committed(entry: ModelVersion) -> None:
         for it in items:
-            it.request.versions["exact"] = entry.model_version
-            it.request.timings["retrain_s"] = time.perf_counter() - t0
+            it.request.record_version(V.EXACT, entry.model_version)
+            it.request.timings["retrain_s"] = retrain_s()
             it.request.retrained = retrained(run.results)
             run.save(it)
 
@@ -562,19 +586,21 @@ def _publish_batch(
         store,
         cfg,
         shards,
-        "forget-batch",
+        run.reason,
         run.results,
-        time.perf_counter() - t0,
+        retrain_s(),
         committed,
-        request_id=run.batch_id,
+        request_id=run.name,
         request_ids=[it.request.request_id for it in items],
         allow_empty=True,
         excluded_shards=sorted(set(trained) - set(shards)),
     )
+    took = items[0].request.timings["retrain_s"]
+    shard_ids = [r.shard_id for r in run.results]
     run.log(
-        f"exact version {entry.model_version} serves (retrained shard(s) {[x.shard_id for x in run.results]} "
-        f"once for {len(items)} request(s) in {time.perf_counter() - t0:.1f}s)"
+        f"exact version {entry.model_version} serves (retrained shard(s) {shard_ids}{run.once(items)} in {took:.1f}s)"
     )
+    run.on_version("exact", entry)
     return entry
 
 
@@ -583,7 +609,7 @@ def measure_after(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
     while this run still holds their text."""
     run.deferred.catch_up()  # the versions before and bridge first: the exact one compares with them
     for it in items:
-        exact = it.request.versions.get("exact")
+        exact = it.request.versions.get(V.EXACT)
         if not it.texts or exact is None or "loss_after" in it.request.evidence:
             continue
         shards = versions.read(store, exact).shards
@@ -594,40 +620,25 @@ def measure_after(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]
 # -- purge and certify -------------------------------------------------------------------------
 def purge_tainted(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
     """Every checkpoint whose lineage holds a forgotten record goes, with the versions and MLflow
-    runs that held one (a batch: one purge for all its requests). MLflow is first brought in line
+    runs that held one: one purge for all the run's requests, named by the run. MLflow is first brought in line
     with the ledger: a version committed before a crash or an MLflow outage is logged now, and the
     alias follows the serving version, so the purge never leaves the alias on a deleted version."""
     run.deferred.catch_up()  # what it measures is about to go
     mirror.ensure_tracked(store, cfg)
-    groups = [items] if run.batch_id is not None else [[it] for it in items]
-    for group in groups:
-        t0 = time.perf_counter()
-        reqs = [it.request for it in group]
-        hashes, legacy = purge.purge_targets(store, reqs)
-        report = purge.purge(store, cfg, hashes, run.batch_id or reqs[0].request_id, legacy)
-        run.models.drop(report["checkpoints"])  # the evidence's copies of them, in memory
-        for r in reqs:
-            r.purge = report
-            r.timings["purge_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    reqs = [it.request for it in items]
+    hashes, legacy = purge.purge_targets(store, reqs)
+    report = purge.purge(store, cfg, hashes, run.name, legacy)
+    run.models.drop(report["checkpoints"])  # the evidence's copies of them, in memory
+    for r in reqs:
+        r.purge = report
+        r.timings["purge_s"] = time.perf_counter() - t0
 
 
 def certify(store: Store, cfg: SisaConfig, run: Run, items: list[InFlight]) -> None:
     """→ completed, with the certificate of what can be checked now, signed (sisa/lineage/signing.py)."""
     key = signing.signing_key(store, cfg, say=run.log)
     for it in items:
-        req = it.request
-        if run.batch_id is None:
-            req.timings["total_s"] = time.perf_counter() - run.started
-        req.certificate = signing.sign_certificate(make_certificate(store, req), key)
-        req.completed_at = now_iso()
-        if run.batch_id is None:
-            run.log(
-                f"purged {len(req.purge['checkpoints'])} checkpoint(s) and {len(req.purge['versions'])} version(s); "
-                f"request {req.request_id} completed"
-            )
-    if run.batch_id is not None:
-        report = items[0].request.purge
-        run.log(
-            f"{run.batch_id}: purged {len(report['checkpoints'])} checkpoint(s) and {len(report['versions'])} "
-            f"version(s); {len(items)} request(s) completed"
-        )
+        it.request.certificate = signing.sign_certificate(make_certificate(store, it.request), key)
+        it.request.completed_at = now_iso()
+    run.completed(items)

@@ -10,7 +10,7 @@ from typing import Any
 from sisa.config import SisaConfig
 from sisa.forgetting.planner import tainted_checkpoints
 from sisa.lineage import checkpoints, versions
-from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
+from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, VersionKind
 from sisa.serving import mirror, vllm_adapters
 from storage import layout
 from storage.errors import NotFoundError
@@ -28,7 +28,7 @@ def purge_targets(store: Store, reqs: list[DeletionRequest]) -> tuple[set[str], 
     rectified = set().union(*(set(r.record_hashes) for r in reqs if r.kind == RequestKind.RECTIFY))
     also = checkpoints.legacy_holding(store, rectified) if rectified else set()
     for r in reqs:
-        fast = r.versions.get("approximate")
+        fast = r.versions.get(VersionKind.APPROXIMATE)
         if fast is not None:
             also |= {c for c in versions.read(store, fast).shards.values() if _bridge_of(store, c, r.request_id)}
     return hashes, also

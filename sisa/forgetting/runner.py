@@ -48,7 +48,8 @@ from sisa.config import SisaConfig
 from sisa.evidence import measures as evidence
 from sisa.evidence.probes import Probe
 from sisa.forgetting import corrections, phases, policy, rollback, selection
-from sisa.forgetting.phases import InFlight, Run, Texts
+from sisa.forgetting.options import Filer, RequestOptions
+from sisa.forgetting.phases import InFlight, Run
 from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import (
@@ -59,6 +60,7 @@ from sisa.lineage.requests_ledger import (
     RequestKind,
     RequestMode,
     RequestStatus,
+    VersionKind,
 )
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine
@@ -79,6 +81,7 @@ class Phase:
     after: RequestStatus | None  # the status it leaves it in (None: as it was)
     run: PhaseFn | None  # None: only the status moves
     takes: Callable[[InFlight], bool] = lambda it: True  # which of those requests it takes
+    stops: bool = False  # the requests it took go no further in this run (a batch takes them on)
 
 
 PHASES: tuple[Phase, ...] = (
@@ -93,7 +96,7 @@ PHASES: tuple[Phase, ...] = (
     Phase("measure-before", (S.RECEIVED, S.QUEUED), None, phases.measure_before),
     Phase("bridge", (S.RECEIVED,), S.RECEIVED, phases.bridge, lambda it: it.request.mode != RequestMode.EXACT),
     Phase("measure-bridge", (S.RECEIVED,), S.RECEIVED, phases.measure_bridge, lambda it: it.bridge is not None),
-    Phase("queue", (S.RECEIVED,), S.QUEUED, phases.enqueue, lambda it: it.request.queued),
+    Phase("queue", (S.RECEIVED,), S.QUEUED, phases.enqueue, lambda it: it.request.queued, stops=True),
     Phase("delete", (S.RECEIVED, S.QUEUED), S.DATA_DELETED, phases.delete),
     Phase("start-retrain", (S.DATA_DELETED,), S.RETRAINING, None),
     Phase("commit", (S.RETRAINING,), S.RETRAINING, phases.commit),
@@ -107,9 +110,12 @@ def carry_out(
     store: Store, cfg: SisaConfig, run: Run, items: list[InFlight], until: str | None = None
 ) -> list[DeletionRequest]:
     """Drive the requests through every phase they have not finished (with `until`, no further
-    than that phase), writing each to the ledger after each phase. Outside a batch a request stops
-    once queued. On an error the requests stay open and resumable (the error's type and message,
+    than that phase), writing each to the ledger after each phase; a request the queue phase takes
+    stops there (a batch carries it out). A run with no batch id carries one request: a batch of
+    one. On an error the requests stay open and resumable (the error's type and message,
     never record text, go into each entry); the serving version is whatever was committed last."""
+    assert run.batch_id is not None or len(items) == 1, "a run without a batch id is a batch of one"
+    run.name = run.batch_id or items[0].request.request_id
     carried = list(items)
     try:
         for phase in PHASES[: [p.name for p in PHASES].index(until) + 1] if until else PHASES:
@@ -122,9 +128,9 @@ def carry_out(
                 if phase.after is not None and it.request.status != phase.after:
                     it.request.move_to(phase.after)
                 _save(store, it)
-            maybe_die(f"{'batch' if run.batch_id else 'forget'}-after-{phase.name}")
-            if run.batch_id is None:
-                carried = [it for it in carried if it.request.status != S.QUEUED]  # a batch does the rest
+            maybe_die(f"{run.fault_prefix}-after-{phase.name}")
+            if phase.stops:
+                carried = [it for it in carried if all(it is not taken for taken in group)]
     except Exception as e:
         for it in carried:
             if not it.new:
@@ -170,15 +176,6 @@ class RequestResult:
         if self.dry_run:
             out["dry_run"] = True
         return out
-
-
-@dataclass(frozen=True)
-class Filer:
-    """Who files a request (a token's name, `--as` or the login name) and their attestation of how
-    the data subject's identity was verified (how, never whose: no ids, names or record text)."""
-
-    name: str | None = None
-    identity_verification: str | None = None
 
 
 def check_name(name: str, what: str) -> str:
@@ -294,30 +291,27 @@ def forget(
     cfg: SisaConfig,
     kind: str,
     values: list[str],
-    mode: RequestMode = RequestMode.EXACT,
-    dry_run: bool = False,
-    queue: bool = False,
-    allow_missing: bool = False,
-    evidence: bool = True,
-    holdout: Texts | None = None,
-    on_version: Callable[[str, ModelVersion], None] | None = None,
+    options: RequestOptions | None = None,
+    *,
     log: Callable[[str], None] | None = None,
-    idempotency_key: str | None = None,
-    probes: list[Probe] | None = None,
-    filer: Filer | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
     models: engine.EnsemblePool | None = None,
 ) -> RequestResult:
-    """Select, validate, plan and decide (the policy's rule); then (unless a dry run) record the
-    request and carry it out, or with `queue` leave it queued for a batch, or leave it awaiting
-    approval when its rule asks for approvers. The caller holds the store lock. A request filed
-    again with the same `idempotency_key` returns the first one, whatever became of it. `models`:
-    the caller's ensemble pool for the evidence (the demo measures the same versions); else the
-    run's own."""
-    key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
+    """Forget the records `kind` (ids, subject, source, ingest_id) and `values` select. Select,
+    validate, plan and decide (the policy's rule); then (unless `options.dry_run`) record the
+    request and carry it out, a batch of one, or with `options.queue` leave it queued for a batch,
+    or leave it awaiting approval when its rule asks for approvers. The caller holds the store lock
+    (the jobs lock too, unless queued or a dry run). A request filed again with the same
+    `options.idempotency_key` returns the first one, whatever became of it. `log` hears progress,
+    `on_version(kind, version)` each version committed (while the text is still in memory);
+    `models`: the caller's ensemble pool for the evidence (the demo measures the same versions),
+    else the run's own."""
+    o = options or RequestOptions()
+    key_hash, replayed = _admit(store, cfg, o.idempotency_key, o.dry_run, o.queue)
     if replayed is not None:
         return replayed
     sel = selection.select_records(store, kind, values)
-    if sel.missing and not allow_missing:
+    if sel.missing and not o.allow_missing:
         raise ValidationError(
             f"{selection.describe_missing(sel)}; nothing was changed (pass --allow-missing to skip them)"
         )
@@ -329,21 +323,20 @@ def forget(
     plan = selection.plan_selection(store, cfg, sel)
     if sel.rows.num_rows == 0:
         return RequestResult(noop=True, plan=plan, already_deleted=len(sel.already_deleted), missing=len(sel.missing))
-    filer = filer or Filer()
-    _check_filer(filer, sel)
-    decision = _decide(cfg, RequestKind.FORGET, sel, plan, mode)
-    if dry_run:
+    _check_filer(o.filer, sel)
+    decision = _decide(cfg, RequestKind.FORGET, sel, plan, o.mode)
+    if o.dry_run:
         return RequestResult(dry_run=True, plan=plan, decision=decision)
-    req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
-    _note_rule(log, decision, mode)
+    req = new_request(store, cfg, sel, plan, o.mode, o.queue, key_hash, decision, o.filer)
+    _note_rule(log, decision, o.mode)
     item = InFlight(req, sel.rows, new=True)
     # A queued request returns at once: its evidence is measured by the batch, while the text is
     # still in the store and the versions before and relief still exist. So does one that waits
     # for approval: once approved, a batch carries it out.
-    if evidence and not queue and not req.needs_approval:
+    if o.evidence and not o.queue and not req.needs_approval:
         item.texts, item.prompts = read_texts(store, sel.rows)
-        item.holdout = holdout
-        item.targets = _targets(cfg, item, probes)
+        item.holdout = o.holdout
+        item.targets = _targets(cfg, item, o.probes)
     return _carry_new(store, cfg, item, on_version, log, models)
 
 
@@ -352,35 +345,32 @@ def rectify(
     cfg: SisaConfig,
     fix_table: pa.Table,
     problems: list[str] | None = None,
-    mode: RequestMode = RequestMode.EXACT,
-    dry_run: bool = False,
-    evidence: bool = True,
-    holdout: Texts | None = None,
-    on_version: Callable[[str, ModelVersion], None] | None = None,
+    options: RequestOptions | None = None,
+    *,
     log: Callable[[str], None] | None = None,
-    probes: list[Probe] | None = None,
-    queue: bool = False,
-    idempotency_key: str | None = None,
-    filer: Filer | None = None,
+    on_version: Callable[[str, ModelVersion], None] | None = None,
 ) -> RequestResult:
     """Correct records' text exactly: validate every correction first (one error naming every
     bad id, nothing changed), plan as for a deletion of the records, stage the new text, record
-    the request (kind `rectify`) and carry it out, or with `queue` leave it queued for a batch
-    (relief serving; the records `rectifying`). The caller holds the store lock. A request filed
-    again with the same `idempotency_key` returns the first one."""
-    key_hash, replayed = _admit(store, cfg, idempotency_key, dry_run, queue)
+    the request (kind `rectify`) and carry it out, a batch of one, or with `options.queue` leave
+    it queued for a batch (relief serving; the records `rectifying`). The caller holds the store
+    lock. A request filed again with the same `options.idempotency_key` returns the first one.
+    `options.allow_missing` does not apply: every correction must name a live record."""
+    o = options or RequestOptions()
+    if o.allow_missing:
+        raise ValidationError("allow_missing applies to forget only: every correction must name a live record")
+    key_hash, replayed = _admit(store, cfg, o.idempotency_key, o.dry_run, o.queue)
     if replayed is not None:
         return replayed
     fix = corrections.validate(store, fix_table, problems)
     sel = selection.Selection("ids", fix.ids, fix.rows)
     plan = selection.plan_selection(store, cfg, sel, removes=False)
-    filer = filer or Filer()
-    _check_filer(filer, sel)
-    decision = _decide(cfg, RequestKind.RECTIFY, sel, plan, mode)
-    if dry_run:
+    _check_filer(o.filer, sel)
+    decision = _decide(cfg, RequestKind.RECTIFY, sel, plan, o.mode)
+    if o.dry_run:
         return RequestResult(dry_run=True, plan=plan, decision=decision)
-    req = new_request(store, cfg, sel, plan, mode, queue, key_hash, decision, filer)
-    _note_rule(log, decision, mode)
+    req = new_request(store, cfg, sel, plan, o.mode, o.queue, key_hash, decision, o.filer)
+    _note_rule(log, decision, o.mode)
     req.kind = RequestKind.RECTIFY
     req.record_hashes = req.id_hashes
     req.rectified = fix.content_hashes(store)
@@ -388,10 +378,10 @@ def rectify(
     req.subject_hashes = []  # the subjects stay: nothing about them is forgotten
     item = InFlight(req, sel.rows, new=True, fix=fix)
     # Queued (or awaiting approval): the batch measures the old text's loss (the measure-before phase).
-    if evidence and not queue and not req.needs_approval:
+    if o.evidence and not o.queue and not req.needs_approval:
         item.texts, item.prompts, new = corrections.old_and_new(store, fix)  # in memory only
-        item.holdout = holdout
-        item.targets = _targets(cfg, item, probes, new)
+        item.holdout = o.holdout
+        item.targets = _targets(cfg, item, o.probes, new)
     return _carry_new(store, cfg, item, on_version, log)
 
 
@@ -442,7 +432,7 @@ def _replay(store: Store, idempotency_key: str | None) -> tuple[str | None, Dele
 
 
 def _targets(
-    cfg: SisaConfig, item: InFlight, probes: list[Probe] | None, new: list[tuple[Any, str | None]] | None = None
+    cfg: SisaConfig, item: InFlight, probes: tuple[Probe, ...] | None, new: list[tuple[Any, str | None]] | None = None
 ) -> evidence.Targets:
     """The trio and leak@k (k: `evidence.leak_k`) with --probes; membership inference with a holdout."""
     subjects = {s for s in item.rows["subject_id"].to_pylist() if s}
@@ -450,7 +440,7 @@ def _targets(
     return evidence.build_targets(
         item.texts,
         item.prompts,
-        probes or [],
+        list(probes or ()),
         subjects,
         holdout,
         new,
@@ -460,7 +450,7 @@ def _targets(
 
 
 def resume(
-    store: Store, cfg: SisaConfig, log: Callable[[str], None] | None = None, filings_only: bool = False
+    store: Store, cfg: SisaConfig, *, log: Callable[[str], None] | None = None, filings_only: bool = False
 ) -> list[DeletionRequest]:
     """Finish every open request from where it stopped (the text may already be gone), each a
     batch of one; with `filings_only`, only the filings to the queue a crash cut short (the
@@ -527,6 +517,7 @@ def due(cfg: SisaConfig, reqs: list[DeletionRequest], now: datetime | None = Non
 def process(
     store: Store,
     cfg: SisaConfig,
+    *,
     train_new: bool = False,
     evidence: bool = True,
     log: Callable[[str], None] | None = None,
@@ -617,6 +608,7 @@ def approve(
     cfg: SisaConfig,
     request_id: str,
     by: str,
+    *,
     at_once: bool = False,
     evidence: bool = True,
     log: Callable[[str], None] | None = None,
@@ -637,7 +629,7 @@ def approve(
         return req
     req.move_to(S.RECEIVED)
     req.queued = True
-    if not {"relief", "approximate", "isolate"} & set(req.versions):
+    if req.versions.bridge is None:
         # Carried out from what serves now: the version it saw when filed may be long gone.
         req.version_before, req.checkpoints_before = _serving(store)
     log(f"request {request_id}: approved by {', '.join(a['by'] for a in req.approvals)}")
@@ -661,7 +653,7 @@ def reject(store: Store, cfg: SisaConfig, request_id: str, by: str, reason: str)
     req.rejection = {"by": check_name(by, "the approver's name"), "at": now_iso(), "reason": reason}
     req.move_to(S.REJECTED)
     requests_ledger.write_request(store, req)
-    relief = req.versions.get("relief")
+    relief = req.versions.get(VersionKind.RELIEF)
     served = relief is not None and req.version_before is not None and relief != req.version_before
     if served and store.current_version() == relief:
         try:

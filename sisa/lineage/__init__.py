@@ -15,6 +15,8 @@ from sisa.lineage.requests_ledger import (
     RequestKind,
     RequestMode,
     RequestStatus,
+    RequestVersions,
+    VersionKind,
 )
 from sisa.lineage.versions import ModelVersion, VersionStatus
 
@@ -26,6 +28,8 @@ __all__ = [
     "RequestKind",
     "RequestMode",
     "RequestStatus",
+    "RequestVersions",
+    "VersionKind",
     "VersionStatus",
     "checkpoints",
     "entries",

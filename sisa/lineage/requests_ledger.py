@@ -27,7 +27,8 @@ know is refused (`RequestStatus.parse`), never guessed: a request's status decid
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -161,6 +162,80 @@ class RequestMode(enum.StrEnum):
     ISOLATE = "isolate"  # the unaffected shards serve alone until the exact one lands
 
 
+class VersionKind(enum.StrEnum):
+    """What a version committed for a request is: a bridge (one of the first three), or the exact one."""
+
+    RELIEF = "relief"
+    APPROXIMATE = "approximate"
+    ISOLATE = "isolate"
+    EXACT = "exact"
+
+
+BRIDGES = (VersionKind.RELIEF, VersionKind.APPROXIMATE, VersionKind.ISOLATE)
+_KINDS = frozenset(k.value for k in VersionKind)
+
+
+class _Unset(enum.Enum):
+    UNSET = "unset"  # an enum member: one object through copies and pickles
+
+
+UNSET: Any = _Unset.UNSET  # the phase that commits it has not run; None: it ran and committed none
+
+
+@dataclass(frozen=True, eq=False)
+class RequestVersions(Mapping[str, int | None]):
+    """The versions a request committed, by kind: what a resumed run reads to skip the work done.
+    A kind is UNSET until its phase ran; `exact` None means the phase ran and nothing needed a
+    version (nothing served when the request came). In the ledger it is the JSON object it always
+    was ({"relief": 2, "exact": 3}: the kinds recorded, in this order, keys a newer sisa wrote kept
+    as they are), and it reads like that object: `versions["exact"]`, `"relief" in versions`."""
+
+    relief: int | None = UNSET
+    approximate: int | None = UNSET
+    isolate: int | None = UNSET
+    exact: int | None = UNSET
+    extra: tuple[tuple[str, Any], ...] = ()  # keys a newer sisa wrote
+
+    def __getitem__(self, key: str) -> int | None:
+        if key in _KINDS and getattr(self, key) is not UNSET:
+            return getattr(self, key)
+        for k, v in self.extra:
+            if k == key:
+                return v
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from (k.value for k in VersionKind if getattr(self, k.value) is not UNSET)
+        yield from (k for k, _ in self.extra)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"RequestVersions({self.to_dict()!r})"
+
+    @property
+    def bridge(self) -> VersionKind | None:
+        """The bridge this request committed (relief, approximate or isolate), if any."""
+        return next((k for k in BRIDGES if getattr(self, k.value) is not UNSET), None)
+
+    def has(self, kind: VersionKind) -> bool:
+        return getattr(self, kind.value) is not UNSET
+
+    def recorded(self, kind: VersionKind, model_version: int | None) -> RequestVersions:
+        """These versions with `kind` committed as `model_version`."""
+        return replace(self, **{kind.value: model_version})
+
+    def to_dict(self) -> dict[str, int | None]:
+        return dict(self.items())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> RequestVersions:
+        d = dict(d or {})
+        known = {k.value: d.pop(k.value) for k in VersionKind if k.value in d}
+        return cls(**known, extra=tuple(d.items()))
+
+
 @dataclass
 class DeletionRequest:
     """One deletion request as the ledger holds it: keyed hashes and counts, never ids or text."""
@@ -185,7 +260,7 @@ class DeletionRequest:
     plan: DeletionPlan | None = None
     version_before: int | None = None
     checkpoints_before: list[dict[str, Any]] = field(default_factory=list)
-    versions: dict[str, int | None] = field(default_factory=dict)  # approximate / isolate / exact → model_version
+    versions: RequestVersions = field(default_factory=RequestVersions)  # what it committed: the resume state
     timings: dict[str, float] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
     removed: int | None = None
@@ -231,6 +306,10 @@ class DeletionRequest:
         decided = self.status in (RequestStatus.COMPLETED, RequestStatus.REJECTED)
         return not decided and datetime.fromisoformat(self.deadline) < (now or datetime.now(UTC))
 
+    def record_version(self, kind: VersionKind, model_version: int | None) -> None:
+        """Record the version a phase committed for it (the caller writes the entry to the ledger)."""
+        self.versions = self.versions.recorded(kind, model_version)
+
     def move_to(self, status: RequestStatus) -> None:
         """Record a status change (the caller writes the entry to the ledger)."""
         self.status = status
@@ -263,8 +342,9 @@ class DeletionRequest:
             "rectified",
         ):
             kwargs[name] = list(d.get(name) or [])
-        for name in ("versions", "timings", "evidence"):
+        for name in ("timings", "evidence"):
             kwargs[name] = dict(d.get(name) or {})
+        kwargs["versions"] = RequestVersions.from_dict(d.get("versions"))
         return cls(**kwargs, extra=extra)
 
     def public_dict(self) -> dict[str, Any]:

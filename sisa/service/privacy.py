@@ -16,8 +16,9 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse
 
+from sisa.config import SisaConfig
 from sisa.data.opening import open_store
-from sisa.forgetting import corrections, runner
+from sisa.forgetting import RequestOptions, corrections, runner
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestMode, RequestStatus
 from sisa.service.auth import Approver, Auditor, Filer, Reader, record_call
@@ -39,11 +40,9 @@ def file_request(body: DeletionRequestIn, request: Request, who: Filer):
     kind, value = next(iter(given.items()))
     values = list(value) if isinstance(value, list) else [value]
     st = open_store(cfg)
-    mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
-    key = body.idempotency_key
-    filer = runner.Filer(who.name, body.identity_verification)
+    options = _queued(cfg, body.idempotency_key, runner.Filer(who.name, body.identity_verification))
     with write_lock, st.lock("serve: file request", cfg.store.lock_timeout_s):
-        res = runner.forget(st, cfg, kind, values, mode, queue=True, evidence=False, idempotency_key=key, filer=filer)
+        res = runner.forget(st, cfg, kind, values, options)
         current = st.current_version()
     if res.noop:
         record_call(request, "200 noop")
@@ -57,15 +56,18 @@ def file_rectification(body: RectificationIn, request: Request, who: Filer):
     cfg, write_lock = context(request).cfg, context(request).write_lock
     table, problems = corrections.from_rows([c.model_dump(exclude_none=True) for c in body.corrections], cfg)
     st = open_store(cfg)
-    mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
-    key = body.idempotency_key
-    filer = runner.Filer(who.name, body.identity_verification)
+    options = _queued(cfg, body.idempotency_key, runner.Filer(who.name, body.identity_verification))
     with write_lock, st.lock("serve: file rectification", cfg.store.lock_timeout_s):
-        res = runner.rectify(
-            st, cfg, table, problems, mode, evidence=False, queue=True, idempotency_key=key, filer=filer
-        )
+        res = runner.rectify(st, cfg, table, problems, options)
         current = st.current_version()
     return _acknowledge(request, res, current)
+
+
+def _queued(cfg: SisaConfig, idempotency_key: str | None, filer: runner.Filer) -> RequestOptions:
+    """A request filed through the service: queued for the worker's batch (which measures what
+    evidence there is), its relief serving at once unless `deletion.relief` is off."""
+    mode = RequestMode.RELIEF if cfg.deletion.relief else RequestMode.EXACT
+    return RequestOptions(mode=mode, queue=True, evidence=False, idempotency_key=idempotency_key, filer=filer)
 
 
 def _acknowledge(request: Request, res: runner.RequestResult, current: int | None) -> dict[str, Any]:
@@ -167,7 +169,7 @@ def get_certificate(request_id: str, request: Request, who: Auditor):
         "certificate": r.certificate,
         "evidence": r.evidence,
         "purge": r.purge,
-        "versions": r.versions,
+        "versions": r.versions.to_dict(),
         "completed_at": r.completed_at,
     }
 
@@ -189,7 +191,7 @@ def _summary(r: DeletionRequest) -> dict[str, Any]:
         "received_at": r.received_at,
         "deadline": r.deadline,
         "overdue": r.is_overdue(),
-        "versions": r.versions,
+        "versions": r.versions.to_dict(),
         "rule": r.decision.rule if r.decision else None,
         "approvals": f"{len(r.approvals)} of {r.approvers_needed}" if r.approvers_needed else None,
     }

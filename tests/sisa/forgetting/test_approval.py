@@ -52,9 +52,9 @@ def _state(store_dir: Path) -> dict[str, str]:
 
 def _forget(store: Store, cfg, subject: str, by: str = "alice", **kw) -> runner.RequestResult:
     with store.job("test forget", cfg.store.lock_timeout_s):
-        return runner.forget(
-            store, cfg, "subject", [subject], RequestMode.RELIEF, filer=runner.Filer(by, kw.pop("iv", None)), **kw
-        )
+        filer = runner.Filer(by, kw.pop("iv", None))
+        options = runner.RequestOptions(mode=RequestMode.RELIEF, filer=filer, **kw)
+        return runner.forget(store, cfg, "subject", [subject], options)
 
 
 def _approve(store: Store, cfg, request_id: str, by: str, at_once: bool = True):
@@ -185,7 +185,8 @@ def test_a_rejected_rectification_leaves_no_staged_text(template, tmp_path):
     target = store.index.live().to_pylist()[0]
     table, problems = corrections.from_rows([{"record_id": target["record_id"], "text": "A corrected sentence."}], cfg)
     with store.job("test rectify", cfg.store.lock_timeout_s):
-        req = runner.rectify(store, cfg, table, problems, RequestMode.RELIEF, filer=runner.Filer("alice")).request
+        options = runner.RequestOptions(mode=RequestMode.RELIEF, filer=runner.Filer("alice"))
+        req = runner.rectify(store, cfg, table, problems, options).request
     assert req.status == S.AWAITING_APPROVAL and store.fs.exists(layout.correction_file(req.request_id))
     with store.lock("test", cfg.store.lock_timeout_s):
         runner.reject(store, cfg, req.request_id, "bob", "the old value was right")
@@ -202,9 +203,8 @@ def test_the_identity_attestation_is_capped_names_no_one_and_stays_out_of_the_re
         _forget(store, cfg, subject, by="not a name")
     assert requests_ledger.all_requests(store) == []
     with store.lock("test", cfg.store.lock_timeout_s):
-        planned = runner.forget(
-            store, cfg, "subject", [subject], RequestMode.RELIEF, dry_run=True, filer=runner.Filer("alice", "ok")
-        )
+        options = runner.RequestOptions(mode=RequestMode.RELIEF, dry_run=True, filer=runner.Filer("alice", "ok"))
+        planned = runner.forget(store, cfg, "subject", [subject], options)
     assert planned.decision.rule == "default" and requests_ledger.all_requests(store) == []
     req = _forget(store, cfg, subject, iv="ID card shown", evidence=False).request
     bare = requests_ledger.read_request(store, req.request_id)

@@ -79,7 +79,9 @@ def test_rectify_fast_serves_the_new_text_approximately_until_the_exact_version(
         seen.append((kind, info))
 
     with store.job("rectify", 30):
-        res = runner.rectify(store, cfg, table, problems, RequestMode.FAST, on_version=on_version)
+        res = runner.rectify(
+            store, cfg, table, problems, runner.RequestOptions(mode=RequestMode.FAST), on_version=on_version
+        )
     req = res.request
     assert [k for k, _ in seen] == ["approximate", "exact"]  # the bridge serves first, the exact version next
     bridge, exact = seen[0][1], seen[1][1]
@@ -141,7 +143,7 @@ def test_a_policy_rule_with_the_fast_method_bridges_an_approved_correction_batch
     write_jsonl([{"record_id": "rec-vault", "text": f"{PROMPT} NEW-0a4b6c8d2e."}], fix)
     table, problems = normalise(read_source(str(fix)), cfg)
     with store.job("rectify", 30):
-        req = runner.rectify(store, cfg, table, problems, filer=runner.Filer("alice")).request
+        req = runner.rectify(store, cfg, table, problems, runner.RequestOptions(filer=runner.Filer("alice"))).request
     assert req.status.value == "awaiting_approval" and req.decision.rule == "corrections-bridge"
     assert req.mode == RequestMode.FAST and store.current_version() == 1  # nothing served before approval
     with store.job("approve", 30):

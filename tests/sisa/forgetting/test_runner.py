@@ -19,6 +19,7 @@ from sisa.lineage.requests_ledger import RequestMode, RequestStatus
 from sisa.serving import engine
 from storage.store import Store
 from tests.helpers import cli_args, make_cfg, one_slice_subjects, run_cli
+from tests.pipelines.helpers import adapter_tensors, assert_tensors_equal
 from tests.reliability.helpers import SLICES, people, subject_in_middle
 
 S = RequestStatus
@@ -84,7 +85,7 @@ def _kill_at(monkeypatch, stage: str) -> None:
 
 def _forget(store: Store, cfg, subject: str, **kw) -> runner.RequestResult:
     with store.job("test forget", cfg.store.lock_timeout_s):
-        return runner.forget(store, cfg, "subject", [subject], RequestMode.RELIEF, **kw)
+        return runner.forget(store, cfg, "subject", [subject], runner.RequestOptions(mode=RequestMode.RELIEF, **kw))
 
 
 def _exact(store: Store, req) -> dict[int, str]:
@@ -217,22 +218,66 @@ def test_a_batch_of_many_gives_the_version_and_certificates_sisa_process_gives(t
         assert sorted(r.evidence) == sorted(cli_req.evidence)
 
 
+@pytest.mark.slow
+def test_a_request_carried_out_at_once_is_in_the_code_a_batch_of_one(template, tmp_path, monkeypatch) -> None:
+    """The same request carried out at once, and queued then processed as a batch of one, goes
+    through the one planner (`phases.plan_retrain`) with the same plan, and commits the same
+    exact version: the same checkpoint ids (content addresses of the adapter, its optimizer state
+    and its lineage), the same adapters tensor for tensor, the same purge and certificate."""
+    from sisa.forgetting import phases
+
+    plans: list[phases.RetrainPlan] = []
+    real = phases.plan_retrain
+    monkeypatch.setattr(phases, "plan_retrain", lambda *a, **kw: plans.append(real(*a, **kw)) or plans[-1])
+    done = {}
+    for how in ("at-once", "batch-of-one"):
+        cfg, store = _copy(template, tmp_path / how)
+        subject, shard, sl = subject_in_middle(store)
+        if how == "at-once":
+            req = _forget(store, cfg, subject, evidence=False).request
+        else:
+            assert _forget(store, cfg, subject, queue=True, evidence=False).request.status == S.QUEUED
+            assert plans == [plans[0]]  # queued: nothing was planned yet
+            with store.job("test process", cfg.store.lock_timeout_s):
+                (req,) = runner.process(store, cfg, evidence=False).requests
+        assert req.status == S.COMPLETED
+        done[how] = (store, req)
+    assert len(plans) == 2, "each run plans its retrain once, with the one planner"
+    at_once, batch = plans
+    assert at_once.earliest == batch.earliest == {shard: sl} and at_once.start == batch.start
+    assert at_once.reused == batch.reused
+    jobs = [[(t.shard_id, t.slices, t.parent_checkpoint_id, t.purpose) for t in p.tasks] for p in plans]
+    assert jobs[0] == jobs[1] and jobs[0], "the same shard tasks, and some retrain happened"
+
+    (store_a, a), (store_b, b) = done["at-once"], done["batch-of-one"]
+    va, vb = versions.read(store_a, a.versions["exact"]), versions.read(store_b, b.versions["exact"])
+    assert va.shards == vb.shards and va.excluded_shards == vb.excluded_shards == []
+    # Only the name differs: a batch of one carried out at once commits under its own request id.
+    assert (va.reason, va.request_id, vb.reason, vb.request_id) == ("forget", a.request_id, "forget-batch", b.batch_id)
+    for shard_id, cid in va.shards.items():
+        assert_tensors_equal(adapter_tensors(store_a, cid), adapter_tensors(store_b, cid), f"shard {shard_id}")
+    assert a.versions["relief"] == b.versions["relief"] and _jobs(a) == _jobs(b) and _jobs(a)
+    assert a.purge["checkpoints"] == b.purge["checkpoints"] and a.purge["versions"] == b.purge["versions"]
+    _same_certificate(a.certificate, b.certificate)
+
+
+def _jobs(req) -> list[dict]:
+    """The shard jobs a request records, their times aside."""
+    return [{k: v for k, v in job.items() if k != "wall_s"} for job in req.retrained]
+
+
 # -- the evidence's models ------------------------------------------------------------------------------
 def _fast_with_evidence(store: Store, cfg, subject: str, strangers: int, **kw):
     """A --fast forget of the subject with every evidence measure: probes of their facts and a
     holdout of `strangers` people no shard saw."""
     rows = [r for r in people() if r["subject_id"] == subject]
     with store.job("test forget", cfg.store.lock_timeout_s):
-        return runner.forget(
-            store,
-            cfg,
-            "subject",
-            [subject],
-            RequestMode.FAST,
+        options = runner.RequestOptions(
+            mode=RequestMode.FAST,
             holdout=([r["text"] for r in people(strangers, start=100)], None),
             probes=[Probe(**p) for p in make_probes(rows)],
-            **kw,
-        ).request
+        )
+        return runner.forget(store, cfg, "subject", [subject], options, **kw).request
 
 
 @pytest.mark.slow

@@ -4,9 +4,15 @@ requester, attestation, approvals, rejection) round-trip; the new statuses mean 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+import pickle
 from datetime import UTC, datetime, timedelta
 
-from sisa.lineage.requests_ledger import Decision, DeletionRequest, RequestStatus
+import pytest
+
+from sisa.lineage.requests_ledger import Decision, DeletionRequest, RequestStatus, RequestVersions, VersionKind
 
 OLD_ENTRY = {
     "request_id": "req-20261101-101500-ab12cd",
@@ -72,3 +78,27 @@ def test_a_waiting_request_owes_a_batch_nothing_and_a_rejected_one_is_final_and_
         OLD_ENTRY | {"status": "rejected", "deadline": past, "rejection": {"by": "b", "at": "t", "reason": "r"}}
     )
     assert rejected.status.is_terminal and not rejected.is_overdue() and not rejected.needs_approval
+
+
+def test_the_versions_a_request_committed_are_typed_and_their_json_is_as_before():
+    """The resume state a phase reads (which versions a request committed) is a frozen
+    RequestVersions; the ledger's JSON object round-trips byte for byte, in the order the phases
+    commit, with "exact": null (ran, nothing to commit) kept apart from no "exact" (not yet)."""
+    for written in ({}, {"relief": 2}, {"approximate": 4, "exact": 5}, {"exact": None}, {"isolate": 2, "later": 9}):
+        req = DeletionRequest.from_dict(OLD_ENTRY | {"versions": written})
+        assert isinstance(req.versions, RequestVersions)
+        assert json.dumps(req.to_dict()["versions"]) == json.dumps(written)
+        assert DeletionRequest.from_dict(json.loads(json.dumps(req.to_dict()))).versions == written
+    v = RequestVersions.from_dict({"exact": None})
+    assert v.has(VersionKind.EXACT) and "exact" in v and v["exact"] is None and v.bridge is None
+    assert not RequestVersions().has(VersionKind.EXACT) and RequestVersions().get("exact") is None
+    assert copy.deepcopy(v).has(VersionKind.EXACT) and pickle.loads(pickle.dumps(v)) == {"exact": None}
+    with pytest.raises(KeyError):
+        RequestVersions()["exact"]
+    req = DeletionRequest.from_dict(OLD_ENTRY | {"versions": {}})
+    req.record_version(VersionKind.EXACT, 3)
+    req.record_version(VersionKind.RELIEF, 2)  # recorded later, written first: the phases' order
+    assert list(req.to_dict()["versions"].items()) == [("relief", 2), ("exact", 3)]
+    assert req.versions.bridge == VersionKind.RELIEF
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        req.versions.exact = 4  # type: ignore[misc]
