@@ -72,8 +72,8 @@ test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
 	SISA_REQUIRE_VLLM=1 SISA_REQUIRE_TRL=1 $(PY) -m pytest -q --durations=25
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks
-	$(VENV)/bin/ruff format --check sisa pipelines storage tests benchmarks
+	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks tools
+	$(VENV)/bin/ruff format --check sisa pipelines storage tests benchmarks tools
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.store_bench

@@ -16,107 +16,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from typing import Any
 
-import torch
-from safetensors.torch import load_file
-
-from pipelines.common import open_store, print_json
+from pipelines.common import print_json
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from sisa.forgetting import lineage_check
-from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
-from sisa.model import select_device, select_dtype
-from sisa.serving import registered_version_exists
-from sisa.training import (
-    ShardTask,
-    chain,
-    describe_runtime,
-    replay_expectation,
-    runtime_label,
-    scheduler,
-    train_shard,
-)
-from storage import layout
-from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store
-
-
-def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:
-    problems = []
-    for _, cid in sorted(shards.items()):
-        try:
-            checkpoints.open_checkpoint(store, cid, verify=True).close()
-        except (IntegrityError, NotFoundError) as e:
-            problems.append(e.message)
-    return problems
-
-
-def check_purge(store: Store, cfg: SisaConfig, req: DeletionRequest) -> list[str]:
-    problems = []
-    purge = req.purge or {}
-    for cid in purge.get("checkpoints", []):
-        if store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(cid), cid)):
-            problems.append(f"checkpoint {cid} should have been purged but is on disk")
-    for n in purge.get("versions", []):
-        if versions.read(store, n).status != versions.PURGED:
-            problems.append(f"model version {n} should be marked purged")
-        if registered_version_exists(store, cfg, n):
-            problems.append(f"MLflow still holds a registered version for purged model version {n}")
-    return problems
-
-
-def replay_runtime(store: Store, cfg: SisaConfig, shards: dict[int, str]) -> dict[str, Any]:
-    """What a replay here can show, said before it starts: identical tensors are expected only
-    where every checkpoint of the replayed chains was trained on this runtime."""
-    device = select_device(cfg.model)
-    here = describe_runtime(device, select_dtype(cfg.model, device), cfg.scheduler.threads_per_task)
-    recorded = {
-        cid: checkpoints.read_manifest(store, checkpoints.shard_of(cid), cid).get("runtime")
-        for head in shards.values()
-        for cid in checkpoints.chain(store, head)
-    }
-    expected, reasons = replay_expectation(recorded, here)
-    return {"runtime": runtime_label(here), "bit_exact_expected": expected, "reasons": reasons}
-
-
-def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int] | None) -> dict[int, dict[str, Any]]:
-    """Retrain shards from scratch into a scratch folder and compare with the serving adapters:
-    identical tensors (torch.equal), and the largest absolute difference where they are not."""
-    scratch = tempfile.mkdtemp(
-        prefix="sisa-replay-", dir=store.fs.local_path(layout.TMP) if store.fs.is_local and _ensure(store) else None
-    )
-    try:
-        targets = {s: c for s, c in shards.items() if only is None or s in only}
-        tasks = [
-            ShardTask(store.uri, cfg.to_dict(), s, tuple(range(checkpoints.slice_of(c) + 1)), None, replay_dir=scratch)
-            for s, c in sorted(targets.items())
-        ]
-        scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="replay shards")
-        out = {}
-        for s, cid in sorted(targets.items()):
-            with checkpoints.open_checkpoint(store, cid) as ckpt:
-                serving_t = checkpoints.load_adapter_tensors(ckpt)
-            replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", checkpoints.ADAPTER_WEIGHTS))
-            same_keys = set(serving_t) == set(replay_t)
-            equal = same_keys and all(torch.equal(serving_t[k], replay_t[k]) for k in serving_t)
-            gap = (
-                max((float((serving_t[k].float() - replay_t[k].float()).abs().max()) for k in serving_t), default=0.0)
-                if same_keys
-                else None
-            )
-            out[s] = {"checkpoint_id": cid, "tensors": len(serving_t), "identical": equal, "max_abs_diff": gap}
-        return out
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _ensure(store: Store) -> bool:
-    store.fs.make_dir(layout.TMP)
-    return True
 
 
 def run(
@@ -125,44 +30,8 @@ def run(
     replay_shards: bool = False,
     before_replay: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """The checks; `before_replay(expectation)` is told, before the replay trains, whether identical
-    tensors are expected on this runtime."""
-    store = open_store(cfg)
-    with store.job("verify", cfg.store.lock_timeout_s):
-        cfg = chain.chain_config(store, cfg)  # a replay trains as the store's chain was trained
-        current = versions.current(store)
-        shards = versions.shard_checkpoints(current)
-        reqs = (
-            [requests_ledger.read_request(store, request_id)]
-            if request_id
-            else [r for r in requests_ledger.all_requests(store) if r.status == RequestStatus.COMPLETED]
-        )
-        report: dict[str, Any] = {
-            "serving_version": current.model_version if current else None,
-            "requests": [r.request_id for r in reqs],
-        }
-        # 1. integrity
-        report["integrity"] = check_integrity(store, shards)
-        # 2. lineage
-        hashes = set().union(*[set(r.id_hashes) for r in reqs]) if reqs else set()
-        report["lineage_violations"] = lineage_check.lineage_violations(store, shards, hashes)
-        # 3. purge
-        report["purge_problems"] = [p for r in reqs for p in check_purge(store, cfg, r)]
-        # 4. replay
-        if replay_shards:
-            only = sorted({s for r in reqs if r.plan for s in r.plan.shard_ids}) if request_id else None
-            targets = {s: c for s, c in shards.items() if only is None or s in only}
-            report["replay_runtime"] = replay_runtime(store, cfg, targets)
-            if before_replay is not None:
-                before_replay(report["replay_runtime"])
-            report["replay"] = {str(k): v for k, v in replay(store, cfg, shards, only).items()}
-        report["passed"] = (
-            not report["integrity"]
-            and not report["lineage_violations"]
-            and not report["purge_problems"]
-            and all(v["identical"] for v in report.get("replay", {}).values())
-        )
-    return report
+    # 1-4: sisa/forgetting/verification.py, under the store's job lock (SisaStore.verify)
+    return SisaStore(cfg).verify(request_id, replay_shards, before_replay=before_replay)
 
 
 def print_expectation(expectation: dict[str, Any]) -> None:

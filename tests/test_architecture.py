@@ -38,14 +38,34 @@ HOMES = {
 }
 
 
+# The folders storage/ and pipelines/ are installed as sisa.storage and sisa.pipelines
+# (pyproject.toml): the rules below speak of them by their folder, whichever name imports them.
+NESTED = ("storage", "pipelines")
+
+
+def canonical(module: str) -> str:
+    """`sisa.storage.errors` → `storage.errors`, `sisa.pipelines` → `pipelines`; others unchanged."""
+    parts = module.split(".")
+    return ".".join(parts[1:]) if len(parts) > 1 and parts[0] == "sisa" and parts[1] in NESTED else module
+
+
+def _import_from(node: ast.ImportFrom) -> list[str]:
+    """The modules an absolute `from X import a, b` may load: X, and X.a for a package X."""
+    module = canonical(node.module)
+    if module == "sisa":
+        names = [a.name for a in node.names if a.name in NESTED]
+        return [module, *names] if names else [module]
+    return [module]
+
+
 def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
+            out.update(canonical(a.name) for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
+            out.update(_import_from(node))
     return out
 
 
@@ -64,11 +84,15 @@ def test_imports_point_one_way(path: Path) -> None:
 # config.py and offline.py sit under all of them.
 SISA_LAYERS = ("lineage", "data", "model", "serving", "training", "evidence", "tofu", "forgetting", "service")
 SISA_FOUNDATION = {"sisa.config", "sisa.offline", "sisa"}
+# The Python API sits over all of them (it calls every subpackage; none calls it).
+SISA_TOP = {"sisa.api"}
 
 
 def _sisa_level(module: str) -> int:
     if module in SISA_FOUNDATION:
         return -1
+    if module in SISA_TOP:
+        return len(SISA_LAYERS)
     return SISA_LAYERS.index(module.split(".")[1])
 
 
@@ -85,13 +109,14 @@ def _import_nodes(path: Path) -> list[tuple[str, bool]]:
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module] if node.module != "sisa" else [f"sisa.{a.name}" for a in node.names]
+        names = [canonical(n) for n in names]
         out += [(n, id(node) in local) for n in names if n.split(".")[0] == "sisa"]
     return out
 
 
 def test_sisa_has_no_flat_modules() -> None:
     """Every module of sisa/ lives in the subpackage of its concern, but the foundation."""
-    flat = {f"sisa.{p.stem}" for p in (ROOT / "sisa").glob("*.py")} - SISA_FOUNDATION - {"sisa.__init__"}
+    flat = {f"sisa.{p.stem}" for p in (ROOT / "sisa").glob("*.py")} - SISA_FOUNDATION - SISA_TOP - {"sisa.__init__"}
     assert not flat, f"modules outside a subpackage: {sorted(flat)}"
     packages = {p.name for p in (ROOT / "sisa").iterdir() if (p / "__init__.py").exists()}
     assert packages == set(SISA_LAYERS), f"subpackages {sorted(packages)} vs the layer table {SISA_LAYERS}"
@@ -138,7 +163,7 @@ def test_verbs_import_no_other_verb(path: Path) -> None:
     others |= {
         f"pipelines.{a.name}"
         for n in ast.walk(tree)
-        if isinstance(n, ast.ImportFrom) and n.module == "pipelines"
+        if isinstance(n, ast.ImportFrom) and n.module and canonical(n.module) == "pipelines"
         for a in n.names
         if f"pipelines.{a.name}" not in SHARED_PIPELINES
     }
@@ -213,7 +238,7 @@ def test_every_verb_lives_in_the_module_of_its_name() -> None:
     from pipelines.cli import VERBS
 
     expected = {verb: VERB_MODULE_EXCEPTIONS.get(verb, (f"pipelines.{verb}", ""))[0] for verb in VERBS}
-    assert {verb: module for verb, (module, _) in VERBS.items()} == expected
+    assert {verb: canonical(module) for verb, (module, _) in VERBS.items()} == expected
     assert set(VERB_MODULE_EXCEPTIONS) <= set(VERBS), "an exception for a verb that does not exist"
     assert all(why for _, why in VERB_MODULE_EXCEPTIONS.values())
     for module in expected.values():
@@ -242,10 +267,26 @@ def _third_party_imports(paths: list[Path]) -> dict[str, list[str]]:
     return out
 
 
+# The extras whose libraries the packages may import: each only where a verb that needs it loads
+# it (HOMES), and named in pipelines.cli.EXTRAS so a user without it is told what to install.
+RUNTIME_EXTRAS = ("serve", "demo")
+
+
+def test_optional_libraries_are_named_by_the_cli() -> None:
+    from pipelines.cli import EXTRAS
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra in RUNTIME_EXTRAS:
+        for name in _requirement_names(project["optional-dependencies"][extra]) - {"sisa"}:
+            assert EXTRAS.get(name) == extra, f"{name} of the `{extra}` extra is not in pipelines.cli.EXTRAS"
+    core = _requirement_names(project["dependencies"])
+    assert not core & set(EXTRAS), f"{sorted(core & set(EXTRAS))} are core dependencies and extras at once"
+
+
 @pytest.mark.parametrize(
     ("folders", "extras"),
-    [(PACKAGES, ()), (("tests", "benchmarks"), ("test", "bench"))],
-    ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-or-bench-extra"],
+    [(PACKAGES, RUNTIME_EXTRAS), (("tests", "benchmarks"), ("test", *RUNTIME_EXTRAS, "benchmarks"))],
+    ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-extra"],
 )
 def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:
     """A library the code imports is pinned in pyproject.toml itself, not merely pulled in by
@@ -300,8 +341,9 @@ def test_callers_use_the_subpackages_exports(path: Path) -> None:
     reach = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            parts = node.module.split(".")
-            if parts[0] == "sisa" and len(parts) > 2 and node.module not in DIRECT_IMPORTS:
+            module = canonical(node.module)
+            parts = module.split(".")
+            if parts[0] == "sisa" and len(parts) > 2 and module not in DIRECT_IMPORTS:
                 reach.append(f"{node.module}: {', '.join(a.name for a in node.names)}")
     assert not reach, f"{path.relative_to(ROOT)} reaches into modules: {reach}; import the names from the subpackage"
 
@@ -323,7 +365,7 @@ def test_ruff_finds_nothing_and_the_tree_is_formatted() -> None:
     import subprocess
 
     ruff = Path(sys.executable).with_name("ruff")
-    folders = ["sisa", "pipelines", "storage", "tests", "benchmarks"]
+    folders = ["sisa", "pipelines", "storage", "tests", "benchmarks", "tools"]
     check = subprocess.run([ruff, "check", "--quiet", *folders], cwd=ROOT, capture_output=True, text=True)
     assert check.returncode == 0, check.stdout[-3000:]
     fmt = subprocess.run([ruff, "format", "--check", "--quiet", *folders], cwd=ROOT, capture_output=True, text=True)
