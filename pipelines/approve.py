@@ -25,7 +25,7 @@ from typing import Any
 from pipelines import request_options
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
-from sisa.forgetting import runner
+from sisa.forgetting import filing, runner
 from sisa.lineage import requests_ledger
 
 
@@ -38,7 +38,7 @@ def run(
     quiet: bool = False,
 ) -> dict[str, Any]:
     store = open_store(cfg)
-    by = by or request_options.login_name()
+    by = by or filing.login_name()
     at_once = not queue and not requests_ledger.read_request(store, request_id).queued
     # Carried out now, it retrains: one job at a time (the jobs lock); else a relief commit only.
     lock = store.job if at_once else store.lock

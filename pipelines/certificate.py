@@ -21,14 +21,15 @@ import argparse
 import json
 from pathlib import Path
 
-from pipelines.common import open_store, print_certificate, print_json
+from pipelines.common import print_certificate, print_json
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from sisa.lineage import requests_ledger, signing
+from sisa.lineage import signing
 from storage.errors import NotFoundError, ValidationError
 
 
 def run(cfg: SisaConfig, request_id: str) -> dict:
-    return requests_ledger.read_request(open_store(cfg), request_id).public_dict()
+    return SisaStore(cfg).request(request_id).public_dict()
 
 
 def _read(path: str, what: str) -> bytes:
@@ -57,7 +58,7 @@ def verify(cert_file: str, public_key_file: str) -> tuple[signing.CertificateChe
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="+", metavar="REQUEST_ID | verify FILE")
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="REQUEST_ID, or `verify FILE` (with --public-key)")
     p.add_argument("--out", metavar="FILE", help="write the request's signed certificate (JSON) to FILE")
     p.add_argument("--public-key", metavar="KEY", help="verify: the PEM public key (`sisa keys export`)")
 
@@ -90,13 +91,13 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
         return _cli_verify(args)
     if len(args.targets) != 1:
         raise ValidationError("usage: sisa certificate REQUEST_ID (or: sisa certificate verify FILE --public-key KEY)")
-    req = requests_ledger.read_request(open_store(cfg), args.targets[0])
+    store = SisaStore(cfg)
     if args.out:
-        if not req.certificate:
-            raise ValidationError(f"request {req.request_id} is {req.status.value}: no certificate yet")
-        Path(args.out).write_text(json.dumps(req.certificate, indent=2, sort_keys=True) + "\n")
-        print(f"certificate of request {req.request_id} written to {args.out}")
+        cert = store.certificate(args.targets[0])
+        Path(args.out).write_text(json.dumps(cert, indent=2, sort_keys=True) + "\n")
+        print(f"certificate of request {cert.get('request_id', args.targets[0])} written to {args.out}")
         return 0
+    req = store.request(args.targets[0])
     if args.json:
         print_json(req.public_dict())
         return 0

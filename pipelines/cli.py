@@ -81,11 +81,13 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
         epilog="Every verb takes --config FILE and dotted overrides such as store.uri=/tmp/s sharding.num_shards=8. "
         "`sisa config --describe` lists every key.",
     )
+    parser.add_argument("--version", action="version", version=f"sisa {package_version()}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
     for name, (module, help_text) in VERBS.items():
+        # prog: each verb's usage line starts `sisa VERB` (argparse would prefix the top usage)
         if verb is not None and name != verb:
-            sub.add_parser(name, help=help_text, description=help_text)
+            sub.add_parser(name, help=help_text, description=help_text, prog=f"sisa {name}")
             continue
         mod = importlib.import_module(module)
         p = sub.add_parser(
@@ -93,11 +95,25 @@ def build_parser(verb: str | None = None) -> argparse.ArgumentParser:
             help=help_text,
             description=(mod.__doc__ or help_text).strip(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
+            prog=f"sisa {name}",
         )
-        p.add_argument("--config", "-c", metavar="FILE", help="YAML config (see configs/); defaults apply when omitted")
+        p.add_argument(
+            "--config",
+            "-c",
+            metavar="FILE",
+            help="YAML config, or a shipped config's name (tiny, demo, base); defaults apply when omitted",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         mod.add_arguments(p)
+        p.usage = p.format_usage().removeprefix("usage: ").rstrip() + " [key.sub=value ...]"
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version (`sisa --version`)."""
+    import sisa
+
+    return sisa.__version__
 
 
 OVERRIDE = re.compile(r"^[a-z_]+\.[a-z_]+=")
@@ -109,6 +125,20 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return [a for a in argv if not OVERRIDE.match(a)], overrides
 
 
+# library → the extra of pyproject.toml that installs it, for the verbs that need one.
+EXTRAS = {"fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "pydantic": "serve", "matplotlib": "demo"}
+
+
+def missing_extra(verb: str, e: ModuleNotFoundError) -> int:
+    """A verb whose optional libraries are not installed: say which extra installs them (exit 2);
+    any other missing module is our bug and raises."""
+    extra = EXTRAS.get((e.name or "").split(".")[0])
+    if extra is None:
+        raise e
+    print(f"sisa {verb}: error: this needs {e.name}: pip install 'sisa[{extra}]'", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     offline.apply()
     # Library deprecation chatter is not for our users; our own messages go through print.
@@ -117,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     rest, overrides = split_overrides(list(sys.argv[1:] if argv is None else argv))
-    parser = build_parser(next((a for a in rest if a in VERBS), ""))
+    verb = next((a for a in rest if a in VERBS), "")
+    try:
+        parser = build_parser(verb)
+    except ModuleNotFoundError as e:
+        return missing_extra(verb, e)
     args = parser.parse_args(rest)
     args.overrides = overrides
     module = importlib.import_module(VERBS[args.verb][0])
@@ -137,6 +171,8 @@ def _run_verb(module, args: argparse.Namespace) -> int:
     except SisaError as e:
         print(f"sisa {args.verb}: error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except ModuleNotFoundError as e:  # an optional library a verb loads when it runs
+        return missing_extra(args.verb, e)
     except KeyboardInterrupt:
         print(f"sisa {args.verb}: interrupted", file=sys.stderr)
         return 130

@@ -33,11 +33,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pipelines import request_options
-from pipelines.common import open_store, print_json
-from pipelines.request_options import Texts
+from pipelines.common import print_json
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.evidence import Probe
-from sisa.forgetting import runner
+from sisa.forgetting import Texts
 from sisa.lineage import ModelVersion
 from storage.errors import ValidationError
 
@@ -60,41 +60,30 @@ def run(
     requested_by: str | None = None,
     identity_verification: str | None = None,
 ) -> dict[str, Any]:
-    """`on_version(kind, version)` is called after each commit (approximate/isolate/exact),
-    while the selected texts are still in this process's memory (the demo measures with it).
-    `holdout`: records no model saw (a file, or (texts, prompts)), scored beside the deleted ones.
-    `requested_by` (default: the login name) and `identity_verification` are recorded with it."""
-    mode = request_options.request_mode(cfg, fast, isolate, relief)
-    held, probe_list = request_options.read_evidence_inputs(cfg, evidence, holdout, probes)
-    store = open_store(cfg)
-    # Queued (or a dry run): metadata and a relief commit only, beside a running batch; carried
-    # out now: a retrain, one job at a time.
-    lock = store.lock if queue or dry_run else store.job
-    with lock("forget", cfg.store.lock_timeout_s):
-        res = runner.forget(
-            store,
-            cfg,
-            kind,
-            values,
-            mode,
-            dry_run,
-            queue,
-            allow_missing,
-            evidence,
-            held,
-            on_version,
-            request_options.progress(quiet),
-            probes=probe_list,
-            filer=request_options.filer(requested_by, identity_verification),
-        )
+    """`SisaStore.forget` with the selector as (kind, values), progress printed unless `quiet`,
+    the result as the JSON `--json` prints."""
+    res = SisaStore(cfg).forget(
+        **{kind: values},
+        fast=fast,
+        isolate=isolate,
+        relief=relief,
+        queue=queue,
+        dry_run=dry_run,
+        allow_missing=allow_missing,
+        evidence=evidence,
+        holdout=holdout,
+        probes=probes,
+        requested_by=requested_by,
+        identity_verification=identity_verification,
+        on_version=on_version,
+        log=request_options.progress(quiet),
+    )
     return res.to_dict()
 
 
 def resume(cfg: SisaConfig, quiet: bool = False) -> list[dict[str, Any]]:
     """Finish every open request from where it stopped (the text may already be gone)."""
-    store = open_store(cfg)
-    with store.job("forget --resume", cfg.store.lock_timeout_s):
-        done = runner.resume(store, cfg, request_options.progress(quiet))
+    done = SisaStore(cfg).resume(request_options.progress(quiet))
     return [{"request_id": r.request_id, "request": r.to_dict()} for r in done]
 
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import open_store, print_json
+from pipelines.common import print_json
 from sisa import serving
+from sisa.api import ServedModel, SisaStore
 from sisa.config import SisaConfig
 from storage.errors import ValidationError
 
@@ -38,22 +39,20 @@ def run(
 ) -> dict:
     if bundle_dir is not None:
         manifest, ens = serving.load_bundle(bundle_dir)
-        model_version, prior = manifest["model_version"], manifest["serving"]["prior"]
+        model = ServedModel(manifest["model_version"], ens, manifest["serving"]["prior"])
     else:
-        v, ens = serving.load_serving(open_store(cfg), cfg)
-        model_version, prior = v.model_version, cfg.serving.prior
+        model = SisaStore(cfg).model()
     if chat:
-        turns = ([("system", system)] if system else []) + [("user", prompt)]
-        text = serving.generate_chat(ens, turns, max_new_tokens, not sample, temperature, seed)
+        text = model.chat(prompt, system, max_new_tokens, sample, temperature, seed)
     else:
-        text = serving.generate_text(ens, prompt, max_new_tokens, not sample, temperature, seed)
+        text = model.generate(prompt, max_new_tokens, sample, temperature, seed)
     return {
         "chat": chat,
-        "model_version": model_version,
-        "shards": sorted(ens.names),
-        "aggregation": ens.aggregation,
-        "prior": prior,
-        "top_shards": ens.top_shards,
+        "model_version": model.model_version,
+        "shards": model.shards,
+        "aggregation": model.ensemble.aggregation,
+        "prior": model.prior,
+        "top_shards": model.ensemble.top_shards,
         "completion": text,
     }
 

@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-import pyarrow as pa
+from typing import Any
 
 from pipelines.common import print_json, print_table
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from sisa.data import IngestResult, Source, from_dataset, from_table, ingest_sources, read_source
+from sisa.data import IngestResult, Source
 
 
 def run(cfg: SisaConfig, inputs: list[str | Source]) -> list[IngestResult]:
-    # 1. read; 2. validate everything; 3. write one ingest per input (sisa/data/ingestion.py)
-    sources = [read_source(i) if isinstance(i, str) else i for i in inputs]
-    return ingest_sources(cfg, sources)
+    # 1. read; 2. validate everything; 3. write one ingest per input (SisaStore.ingest)
+    return SisaStore(cfg).ingest(*inputs)
 
 
-def ingest_table(cfg: SisaConfig, data, name: str = "table") -> IngestResult:
-    """Python API: ingest a `pyarrow.Table` or a `datasets.Dataset`."""
-    source = from_table(data, name) if isinstance(data, pa.Table) else from_dataset(data, name)
-    return run(cfg, [source])[0]
+def ingest_table(cfg: SisaConfig, data: Any, name: str = "table") -> IngestResult:
+    """A `pyarrow.Table` or a `datasets.Dataset` (`SisaStore.ingest` takes them too)."""
+    return SisaStore(cfg).ingest(data, name=name)[0]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

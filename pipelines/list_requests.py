@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import open_store, print_json, print_requests
+from pipelines.common import print_json, print_requests
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from sisa.lineage import DeletionRequest, requests_ledger
+from sisa.lineage import DeletionRequest
 
 
 def run(cfg: SisaConfig) -> list[DeletionRequest]:
-    return requests_ledger.all_requests(open_store(cfg))
+    return SisaStore(cfg).requests()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

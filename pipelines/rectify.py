@@ -52,7 +52,7 @@ from pipelines import request_options
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
 from sisa.data import normalise, read_source
-from sisa.forgetting import runner
+from sisa.forgetting import filing, runner
 from storage.errors import ValidationError
 
 
@@ -71,14 +71,14 @@ def run(
     requested_by: str | None = None,
     identity_verification: str | None = None,
 ) -> dict[str, Any]:
-    mode = request_options.request_mode(cfg, fast, isolate, relief)
+    mode = filing.request_mode(cfg, fast, isolate, relief)
     if queue and (holdout or probes):
         # The batch measures only the old text's loss; probes and a holdout need the request carried out at once.
         raise ValidationError(
             "--probes and --holdout are measured when a rectification is carried out at once, not with --queue"
         )
     table, problems = normalise(read_source(path), cfg)
-    held, probe_list = request_options.read_evidence_inputs(cfg, evidence, holdout, probes)
+    held, probe_list = filing.read_evidence_inputs(cfg, evidence, holdout, probes)
     store = open_store(cfg)
     # A dry run only reads, a queued one stages, records and commits the relief (beside a running
     # batch); carried out now, a rectification retrains: one job at a time (the jobs lock first).
@@ -96,7 +96,7 @@ def run(
             log=request_options.progress(quiet),
             probes=probe_list,
             queue=queue,
-            filer=request_options.filer(requested_by, identity_verification),
+            filer=filing.filer(requested_by, identity_verification),
         )
     return res.to_dict()
 

@@ -18,12 +18,12 @@ from typing import Any
 from pipelines import request_options
 from pipelines.common import open_store, print_json
 from sisa.config import SisaConfig
-from sisa.forgetting import runner
+from sisa.forgetting import filing, runner
 
 
 def run(cfg: SisaConfig, request_id: str, reason: str, by: str | None = None) -> dict[str, Any]:
     store = open_store(cfg)
-    by = by or request_options.login_name()
+    by = by or filing.login_name()
     with store.lock("reject", cfg.store.lock_timeout_s):
         req = request_options.audited(
             store, by, "reject", request_id, lambda: runner.reject(store, cfg, request_id, by, reason)

@@ -2,23 +2,20 @@
 choose what serves until the exact version and what evidence is measured, the mode those flags
 make, who files it (`--as`, `--identity-verification`), the holdout file they read, and how a
 request's outcome (or a dry run's plan and rule) is printed. `sisa approve` and `sisa reject`
-take `--as` from here too."""
+take `--as` from here too. Turning the flags into what a request is filed with (its mode, the
+evidence inputs, the filer) is sisa's (sisa/forgetting/filing.py), shared with the Python API."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 from collections.abc import Callable
 from typing import Any
 
 from pipelines.common import print_table
-from sisa.config import SisaConfig
-from sisa.data import normalise, read_source, table_items
-from sisa.evidence import Probe, read_probes
-from sisa.forgetting import Filer, Texts, policy
-from sisa.lineage import Decision, DeletionRequest, RequestMode
+from sisa.forgetting import policy
+from sisa.lineage import Decision, DeletionRequest
 from storage.audit import AuditLog
-from storage.errors import SisaError, ValidationError
+from storage.errors import SisaError
 from storage.store import Store
 
 
@@ -29,18 +26,6 @@ def add_as_argument(p: argparse.ArgumentParser, who: str) -> None:
         metavar="NAME",
         help=f"{who} (default: your login name); the ledger and the audit log record it",
     )
-
-
-def login_name() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no user name in this environment (a container without one)
-        return "cli"
-
-
-def filer(name: str | None, identity_verification: str | None) -> Filer:
-    """Who files a request from the CLI: `--as NAME`, else the login name."""
-    return Filer(name or login_name(), identity_verification)
 
 
 def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry_run: str, probes: str) -> None:
@@ -77,49 +62,8 @@ def add_request_arguments(p: argparse.ArgumentParser, fast: str, queue: str, dry
     )
 
 
-def request_mode(cfg: SisaConfig, fast: bool, isolate: bool, relief: bool | None) -> RequestMode:
-    """What serves between the request and its exact version; `relief` None: `deletion.relief`."""
-    if fast and isolate:
-        raise ValidationError("choose one of --fast and --isolate")
-    relief = cfg.deletion.relief if relief is None else relief
-    return (
-        RequestMode.FAST
-        if fast
-        else RequestMode.ISOLATE
-        if isolate
-        else RequestMode.RELIEF
-        if relief
-        else RequestMode.EXACT
-    )
-
-
 def progress(quiet: bool) -> Callable[[str], None]:
     return (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
-
-
-def read_evidence_inputs(
-    cfg: SisaConfig, evidence: bool, holdout: str | Texts | None, probes: str | list[Probe] | None
-) -> tuple[Texts | None, list[Probe] | None]:
-    """--holdout and --probes read into memory (each a file, or already read), or None without
-    evidence; read before the store is touched, so a bad file changes nothing."""
-    if not evidence:
-        return None, None
-    held = (holdout if isinstance(holdout, tuple) else read_holdout(cfg, holdout)) if holdout else None
-    probe_list = (read_probes(probes) if isinstance(probes, str) else probes) if probes else None
-    return held, probe_list
-
-
-def read_holdout(cfg: SisaConfig, path: str) -> Texts:
-    """Records no model saw (a file in the ingest formats): the baseline a forgotten record
-    should look like after the exact path. Read into memory only, never stored."""
-    table, problems = normalise(read_source(path), cfg)
-    if problems:
-        raise ValidationError("--holdout cannot be read:\n" + "\n".join(f"  - {p}" for p in problems))
-    items = table_items(table)
-    prompts = table["prompt"].to_pylist() if "prompt" in table.column_names else None
-    if prompts is None and any(not isinstance(t, str) for t in items):
-        prompts = [None] * len(items)  # structured records are scored on their answers alone
-    return items, prompts
 
 
 def print_outcome(res: dict[str, Any], headline: Callable[[dict[str, Any]], str]) -> None:

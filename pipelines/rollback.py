@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import open_store, print_json
+from pipelines.common import print_json
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from sisa.forgetting import roll_back
 from storage.errors import ValidationError
 
 
 def run(cfg: SisaConfig, model_version: int) -> dict:
-    store = open_store(cfg)
-    with store.job("rollback", cfg.store.lock_timeout_s):
-        res = roll_back(store, cfg, model_version)
+    res = SisaStore(cfg).rollback(model_version)
     return {"previous": res.previous, "current": res.current}
 
 

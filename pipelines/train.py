@@ -19,15 +19,13 @@ import argparse
 import sys
 
 from pipelines.common import open_store, print_json, print_table
+from sisa.api import SisaStore
 from sisa.config import AUTO_STEPS_PER_EPOCH, SisaConfig
-from sisa.forgetting import train_store
 from sisa.training import TrainingCost, TrainResult, prompt_blind_posterior, training_cost
 
 
-def run(cfg: SisaConfig, from_scratch: bool = False, reason: str = "train") -> TrainResult:
-    store = open_store(cfg)
-    with store.job("train", cfg.store.lock_timeout_s):
-        return train_store(store, cfg, from_scratch, reason)
+def run(cfg: SisaConfig, from_scratch: bool = False) -> TrainResult:
+    return SisaStore(cfg).train(from_scratch)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -16,111 +16,16 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from typing import Any
 
-import torch
-from safetensors.torch import load_file
-
-from pipelines.common import open_store, print_json
+from pipelines.common import print_json
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from sisa.forgetting import lineage_check
-from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
-from sisa.serving import registered_version_exists
-from sisa.training import ShardTask, scheduler, train_shard
-from storage import layout
-from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store
-
-
-def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:
-    problems = []
-    for _, cid in sorted(shards.items()):
-        try:
-            checkpoints.open_checkpoint(store, cid, verify=True).close()
-        except (IntegrityError, NotFoundError) as e:
-            problems.append(e.message)
-    return problems
-
-
-def check_purge(store: Store, cfg: SisaConfig, req: DeletionRequest) -> list[str]:
-    problems = []
-    purge = req.purge or {}
-    for cid in purge.get("checkpoints", []):
-        if store.fs.exists(layout.checkpoint_dir(checkpoints.shard_of(cid), cid)):
-            problems.append(f"checkpoint {cid} should have been purged but is on disk")
-    for n in purge.get("versions", []):
-        if versions.read(store, n).status != versions.PURGED:
-            problems.append(f"model version {n} should be marked purged")
-        if registered_version_exists(store, cfg, n):
-            problems.append(f"MLflow still holds a registered version for purged model version {n}")
-    return problems
-
-
-def replay(store: Store, cfg: SisaConfig, shards: dict[int, str], only: list[int] | None) -> dict[int, dict[str, Any]]:
-    """Retrain shards from scratch into a scratch folder and compare with the serving adapters."""
-    scratch = tempfile.mkdtemp(
-        prefix="sisa-replay-", dir=store.fs.local_path(layout.TMP) if store.fs.is_local and _ensure(store) else None
-    )
-    try:
-        targets = {s: c for s, c in shards.items() if only is None or s in only}
-        tasks = [
-            ShardTask(store.uri, cfg.to_dict(), s, tuple(range(checkpoints.slice_of(c) + 1)), None, replay_dir=scratch)
-            for s, c in sorted(targets.items())
-        ]
-        scheduler.run_shard_jobs(train_shard, tasks, cfg.scheduler, desc="replay shards")
-        out = {}
-        for s, cid in sorted(targets.items()):
-            with checkpoints.open_checkpoint(store, cid) as ckpt:
-                serving_t = checkpoints.load_adapter_tensors(ckpt)
-            replay_t = load_file(os.path.join(scratch, f"shard={s:05d}", checkpoints.ADAPTER_WEIGHTS))
-            same_keys = set(serving_t) == set(replay_t)
-            equal = same_keys and all(torch.equal(serving_t[k], replay_t[k]) for k in serving_t)
-            out[s] = {"checkpoint_id": cid, "tensors": len(serving_t), "identical": equal}
-        return out
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-def _ensure(store: Store) -> bool:
-    store.fs.make_dir(layout.TMP)
-    return True
 
 
 def run(cfg: SisaConfig, request_id: str | None = None, replay_shards: bool = False) -> dict[str, Any]:
-    store = open_store(cfg)
-    with store.job("verify", cfg.store.lock_timeout_s):
-        current = versions.current(store)
-        shards = versions.shard_checkpoints(current)
-        reqs = (
-            [requests_ledger.read_request(store, request_id)]
-            if request_id
-            else [r for r in requests_ledger.all_requests(store) if r.status == RequestStatus.COMPLETED]
-        )
-        report: dict[str, Any] = {
-            "serving_version": current.model_version if current else None,
-            "requests": [r.request_id for r in reqs],
-        }
-        # 1. integrity
-        report["integrity"] = check_integrity(store, shards)
-        # 2. lineage
-        hashes = set().union(*[set(r.id_hashes) for r in reqs]) if reqs else set()
-        report["lineage_violations"] = lineage_check.lineage_violations(store, shards, hashes)
-        # 3. purge
-        report["purge_problems"] = [p for r in reqs for p in check_purge(store, cfg, r)]
-        # 4. replay
-        if replay_shards:
-            only = sorted({s for r in reqs if r.plan for s in r.plan.shard_ids}) if request_id else None
-            report["replay"] = {str(k): v for k, v in replay(store, cfg, shards, only).items()}
-        report["passed"] = (
-            not report["integrity"]
-            and not report["lineage_violations"]
-            and not report["purge_problems"]
-            and all(v["identical"] for v in report.get("replay", {}).values())
-        )
-    return report
+    # 1-4: sisa/forgetting/verification.py, under the store's job lock (SisaStore.verify)
+    return SisaStore(cfg).verify(request_id, replay_shards)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import open_store, print_json, print_versions
+from pipelines.common import print_json, print_versions
+from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.lineage import versions
 
 
 def run(cfg: SisaConfig) -> dict:
-    store = open_store(cfg)
-    return {"current": store.current_version(), "versions": [v.to_dict() for v in versions.all_versions(store)]}
+    store = SisaStore(cfg)
+    current = store.serving_version()
+    return {
+        "current": current.model_version if current else None,
+        "versions": [v.to_dict() for v in store.versions()],
+    }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

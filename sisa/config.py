@@ -531,12 +531,51 @@ def _cross_checks(sections: dict[str, Any]) -> list[str]:
     return problems
 
 
+def shipped_configs() -> Path:
+    """The folder of the configs sisa ships (tiny, demo, base, policies/): the package's `configs/` inside
+    an installed wheel, the repository's `configs/` in a checkout (pyproject.toml maps one to the
+    other)."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "configs"
+    return packaged if packaged.is_dir() else here.parent / "configs"
+
+
+def resolve_shipped(path: str | Path, folder: str = "") -> Path | None:
+    """The file `path` names: itself when it exists; else, for a relative path, the shipped config
+    of that name (`configs/tiny.yaml`, `tiny.yaml` or `tiny`; policies: `configs/policies/four-eyes.yaml`
+    or `four-eyes`), so the names a checkout uses work from any folder with the package alone."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_absolute():
+        return None
+    parts = p.parts[1:] if p.parts[:1] == ("configs",) else p.parts
+    if folder and parts[:1] == (folder,):
+        parts = parts[1:]
+    if not parts:
+        return None
+    candidate = shipped_configs().joinpath(folder, *parts)
+    for c in (candidate, candidate.with_name(candidate.name + ".yaml")):
+        if c.is_file():
+            return c
+    return None
+
+
+def shipped_names(folder: str = "") -> list[str]:
+    """The names of the shipped configs (or policies) a user may pass instead of a path."""
+    return sorted(p.stem for p in shipped_configs().joinpath(folder).glob("*.yaml"))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SisaConfig:
+    """The config in the YAML file `path` (or a shipped config's name: `tiny`, `demo`, `base`)
+    with `key.sub=value` overrides; defaults apply without a file."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError([f"config file {str(p)!r} does not exist"])
+        p = resolve_shipped(path)
+        if p is None:
+            raise ConfigError(
+                [f"config file {str(path)!r} does not exist (shipped configs: {', '.join(shipped_names())})"]
+            )
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:

@@ -64,11 +64,15 @@ def test_imports_point_one_way(path: Path) -> None:
 # config.py and offline.py sit under all of them.
 SISA_LAYERS = ("lineage", "data", "model", "serving", "training", "evidence", "forgetting", "service")
 SISA_FOUNDATION = {"sisa.config", "sisa.offline", "sisa"}
+# The Python API sits over all of them (it calls every subpackage; none calls it).
+SISA_TOP = {"sisa.api"}
 
 
 def _sisa_level(module: str) -> int:
     if module in SISA_FOUNDATION:
         return -1
+    if module in SISA_TOP:
+        return len(SISA_LAYERS)
     return SISA_LAYERS.index(module.split(".")[1])
 
 
@@ -91,7 +95,7 @@ def _import_nodes(path: Path) -> list[tuple[str, bool]]:
 
 def test_sisa_has_no_flat_modules() -> None:
     """Every module of sisa/ lives in the subpackage of its concern, but the foundation."""
-    flat = {f"sisa.{p.stem}" for p in (ROOT / "sisa").glob("*.py")} - SISA_FOUNDATION - {"sisa.__init__"}
+    flat = {f"sisa.{p.stem}" for p in (ROOT / "sisa").glob("*.py")} - SISA_FOUNDATION - SISA_TOP - {"sisa.__init__"}
     assert not flat, f"modules outside a subpackage: {sorted(flat)}"
     packages = {p.name for p in (ROOT / "sisa").iterdir() if (p / "__init__.py").exists()}
     assert packages == set(SISA_LAYERS), f"subpackages {sorted(packages)} vs the layer table {SISA_LAYERS}"
@@ -242,9 +246,25 @@ def _third_party_imports(paths: list[Path]) -> dict[str, list[str]]:
     return out
 
 
+# The extras whose libraries the packages may import: each only where a verb that needs it loads
+# it (HOMES), and named in pipelines.cli.EXTRAS so a user without it is told what to install.
+RUNTIME_EXTRAS = ("serve", "demo")
+
+
+def test_optional_libraries_are_named_by_the_cli() -> None:
+    from pipelines.cli import EXTRAS
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for extra in RUNTIME_EXTRAS:
+        for name in _requirement_names(project["optional-dependencies"][extra]) - {"sisa"}:
+            assert EXTRAS.get(name) == extra, f"{name} of the `{extra}` extra is not in pipelines.cli.EXTRAS"
+    core = _requirement_names(project["dependencies"])
+    assert not core & set(EXTRAS), f"{sorted(core & set(EXTRAS))} are core dependencies and extras at once"
+
+
 @pytest.mark.parametrize(
     ("folders", "extras"),
-    [(PACKAGES, ()), (("tests", "benchmarks"), ("test",))],
+    [(PACKAGES, RUNTIME_EXTRAS), (("tests", "benchmarks"), ("test", *RUNTIME_EXTRAS, "benchmarks"))],
     ids=["packages-need-dependencies", "tests-and-benchmarks-need-the-test-extra"],
 )
 def test_every_imported_library_is_declared(folders: tuple[str, ...], extras: tuple[str, ...]) -> None:

@@ -35,12 +35,11 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from sisa.config import SisaConfig
+from sisa.config import SisaConfig, resolve_shipped, shipped_names
 from sisa.lineage.requests_ledger import Decision, DeletionPlan, RequestKind, RequestMode
 from storage.errors import ConfigError
 
@@ -109,9 +108,10 @@ def load_policy(cfg: SisaConfig) -> Policy:
     path = cfg.deletion.policy
     if not path:
         return parse_policy(DEFAULT_POLICY, "default", cfg.deletion.approval)
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"`deletion.policy`: policy file {path!r} does not exist"])
+    p = resolve_shipped(path, "policies")
+    if p is None:
+        shipped = ", ".join(shipped_names("policies"))
+        raise ConfigError([f"`deletion.policy`: policy file {path!r} does not exist (shipped policies: {shipped})"])
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
