@@ -44,11 +44,12 @@ def abridge(output: str) -> list[str]:
 
 
 def shape(lines: list[str]) -> list[str]:
-    """What two runs of the demo share whatever the model and the numbers: each line's first three
-    words, with numbers and ids blanked."""
+    """What two runs of the demo share whatever the model, the people and the numbers: each line's
+    first three words, with numbers and ids blanked; the examples (`[...]` lines) left out, since
+    how many there are depends on the people."""
     out = []
     for line in lines:
-        if line.startswith(HEADER):
+        if line.startswith(HEADER) or line.lstrip().startswith("[") or line.strip() == "...":
             continue
         words = " ".join(line.split()[:3])
         words = re.sub(r"\b(req|batch)-\d{8}-\d{6}-[0-9a-f]{6}\b", "<ID>", words)
