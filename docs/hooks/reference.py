@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import re
 import tempfile
 import typing
@@ -48,6 +49,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 def _cli() -> str:
     from pipelines.cli import build_parser
 
+    os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: the pages must not depend on it
     parser = build_parser()  # every verb's module imported: the full parsers
     out = ["```text", parser.format_help().rstrip(), "```", ""]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
