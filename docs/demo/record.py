@@ -4,8 +4,8 @@ wall time it ran with, to transcript.txt (docs/getting-started/demo.md shows it)
 
     .venv/bin/python docs/demo/record.py            # ~5 min on an idle 2-core CPU
 
-The abridgement keeps every step's header and what the step says, and drops the per-record
-examples beyond the first two and MLflow's log lines. tests/pipelines/test_demo.py runs the same
+The abridgement keeps every step's header and what the step says, and drops MLflow's log lines,
+the examples beyond two in a row and the certificate's detail (`abridge`). tests/pipelines/test_demo.py runs the same
 demo on the tiny model and checks that `shape` of its abridged output is the committed
 transcript's: the steps and lines the docs show are the ones the demo prints today.
 """
@@ -29,11 +29,21 @@ HEADER = "#"  # the transcript's own lines (date, machine) start with it; the de
 
 
 def abridge(output: str) -> list[str]:
-    """The demo's output without MLflow's log lines and with at most two `[...]` examples in a row."""
+    """The demo's output without MLflow's log lines, with at most two `[...]` examples in a row, and
+    of the certificate only its lineage and purge checks (`sisa certificate` prints it whole)."""
     kept: list[str] = []
     examples = 0
+    in_certificate = False
     for line in output.splitlines():
         if re.match(r"^\d{4}/\d{2}/\d{2} \d{2}:\d{2}:\d{2} ", line) or not line.strip():
+            continue
+        if line.startswith("deletion certificate"):
+            in_certificate = True
+            kept += [line, "  ..."]
+            continue
+        if in_certificate and line.lstrip().startswith("evidence per version"):
+            in_certificate = False
+        if in_certificate and not line.lstrip().startswith(("lineage check", "purged")):
             continue
         examples = examples + 1 if line.lstrip().startswith("[") else 0
         if examples <= 2:
@@ -45,15 +55,22 @@ def abridge(output: str) -> list[str]:
 
 def shape(lines: list[str]) -> list[str]:
     """What two runs of the demo share whatever the model, the people and the numbers: each line's
-    first three words, with numbers and ids blanked; the examples (`[...]` lines) left out, since
-    how many there are depends on the people."""
+    first three words (a step's header: all of it but the model's name), with numbers, ids and paths
+    blanked; the examples (`[...]` lines) left out and repeated shapes (a table's rows) once, since
+    how many there are depends on the people and S."""
     out = []
     for line in lines:
         if line.startswith(HEADER) or line.lstrip().startswith("[") or line.strip() == "...":
             continue
-        words = " ".join(line.split()[:3])
+        if line.startswith("==="):  # a step's header, whole but for its model's name
+            words = re.sub(r"\s*\(\w+\)$", " (MODEL)", line.strip("= "))
+        else:
+            words = " ".join(line.split()[:3])
+        words = re.sub(r"\S*/\S*", "PATH", words)
         words = re.sub(r"\b(req|batch)-\d{8}-\d{6}-[0-9a-f]{6}\b", "<ID>", words)
-        out.append(re.sub(r"\d+(\.\d+)?", "N", words))
+        words = re.sub(r"\d+(\.\d+)?", "N", words)
+        if not out or out[-1] != words:
+            out.append(words)
     return out
 
 
@@ -88,7 +105,8 @@ def main() -> int:
         f"# wall time {wall:.0f} s; load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
         "(other jobs shared the machine when it was above the core count)",
     ]
-    TRANSCRIPT.write_text("\n".join(header + abridge(proc.stdout)) + "\n")
+    output = proc.stdout.replace(f"{REPO}/", "")  # the store's paths, relative to the repository root
+    TRANSCRIPT.write_text("\n".join(header + abridge(output)) + "\n")
     print(f"wrote {TRANSCRIPT} ({wall:.0f} s)")
     return 0
 
