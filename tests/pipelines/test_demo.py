@@ -4,6 +4,7 @@ version is a loadable MLflow model."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -50,6 +51,13 @@ def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypa
     assert re.search(r"dearest deletion: this person \(measured\)\s+\d+\.\d+ s \(", out)
     assert re.search(r"typical deletion: another person \(measured\)\s+\d+\.\d+ s \(", out)
     assert re.search(r"time per step\s+1\. ingest \d+ s; 2\. train \d+ s;", out)
+    # The docs show SmolLM2's run of `make demo` (docs/demo/transcript.txt): the steps and lines it
+    # shows are the ones the demo prints today, whatever the model and the numbers.
+    recorder = _demo_recorder()
+    committed = recorder.TRANSCRIPT.read_text().splitlines()
+    assert recorder.shape(recorder.abridge(out)) == recorder.shape(committed), (
+        "`sisa demo` prints other steps or lines than docs/demo/transcript.txt: rerun docs/demo/record.py"
+    )
 
     reports = store / "reports"
     assert {"memorization_by_version.png", "deletion_time.png", "report.md", "report.html"} <= {
@@ -65,6 +73,14 @@ def test_the_tiny_demo_shows_recall_and_loss_at_every_version(tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{Path(store).resolve() / 'mlflow.db'}")
     model = mlflow.pyfunc.load_model("models:/sisa-model@serving")
     assert len(model.predict(["Ada Lane works as a"], params={"max_new_tokens": 4})) == 1
+
+
+def _demo_recorder():
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("demo_record", root / "docs" / "demo" / "record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_the_demo_fine_tunes_chat_and_scores_the_assistants_answers(tmp_path):
