@@ -43,13 +43,13 @@ import time
 from pathlib import Path
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
+from sisa.pipelines import forget, ingest, train, verify
+from sisa.storage.store import Store
 
-from pipelines import forget, ingest, train, verify
 from sisa import serving, tofu
 from sisa.config import SisaConfig
 from sisa.data import write_jsonl
 from sisa.lineage import versions
-from storage.store import Store
 
 # open-unlearning's docs/repro.md, Llama-3.2-1B-Instruct, full fine-tuning, 200 authors:
 # split → method → (forget quality, model utility, forget truth ratio). Theirs, not ours.

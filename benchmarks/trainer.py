@@ -259,11 +259,12 @@ def cpu_s() -> float:
 
 # -- the two sides, each run in its own process ----------------------------------------------------
 def train_sisa(s: Setting, rows: list[dict], work: str, num_shards: int) -> dict:
-    from pipelines.ingest import run as ingest_run
-    from pipelines.train import run as train_run
+    from sisa.pipelines.ingest import run as ingest_run
+    from sisa.pipelines.train import run as train_run
+    from sisa.storage.store import Store
+
     from sisa.data import write_jsonl
     from sisa.lineage import checkpoints
-    from storage.store import Store
 
     started = time.perf_counter()
     data = str(write_jsonl(chat_rows(rows), Path(work) / f"tofu-{num_shards}.jsonl"))

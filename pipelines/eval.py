@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import math
 
-from pipelines.common import open_store, print_json, print_table
+from sisa.pipelines.common import open_store, print_json, print_table
+from sisa.storage.errors import StoreError, ValidationError
+
 from sisa import serving, tofu
 from sisa.config import SisaConfig, build_config
 from sisa.data import normalise, read_source, table_items
 from sisa.lineage import versions
-from storage.errors import StoreError, ValidationError
 
 
 def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:

@@ -19,7 +19,8 @@ import argparse
 import sys
 from typing import Any
 
-from pipelines.common import open_store, print_json, print_table
+from sisa.pipelines.common import open_store, print_json, print_table
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.data import IngestResult, Source

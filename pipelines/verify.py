@@ -19,7 +19,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.common import print_json
+from sisa.pipelines.common import print_json
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 

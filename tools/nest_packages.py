@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = ("sisa", "pipelines", "storage", "tests", "benchmarks", "tools")
+FOLDERS = ("sisa", "pipelines", "storage", "tests", "benchmarks", "tools", "docs")
 SKIP = {"tests/test_architecture.py", "tools/nest_packages.py"}
 NAMES = "storage|pipelines"
 

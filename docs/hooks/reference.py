@@ -47,7 +47,7 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Files) -> str
 
 
 def _cli() -> str:
-    from pipelines.cli import build_parser
+    from sisa.pipelines.cli import build_parser
 
     os.environ["COLUMNS"] = "100"  # argparse wraps at the terminal's width: the pages must not depend on it
     parser = build_parser()  # every verb's module imported: the full parsers

@@ -32,10 +32,10 @@ from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
 from sisa.model.loss import encode_texts
 from sisa.model.token_loss import record_nll
+from sisa.storage.store import Store
 from sisa.training.loop import optimizer_step
 from sisa.training.runtime import deterministic_torch
 from sisa.training.shard_job import make_optimizer
-from storage.store import Store
 
 # (record ids, content sha256, records) of what one shard's edit trains on.
 Batch = tuple[list[str], list[str], list[Item]]

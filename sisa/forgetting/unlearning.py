@@ -25,10 +25,10 @@ from sisa.model import adapters
 from sisa.model.base import load_base_model
 from sisa.model.loss import encode_texts
 from sisa.model.token_loss import record_nll
+from sisa.storage.store import Store
 from sisa.training.loop import optimizer_step
 from sisa.training.runtime import deterministic_torch
 from sisa.training.shard_job import make_optimizer
-from storage.store import Store
 
 
 def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[Item]]:

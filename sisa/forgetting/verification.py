@@ -30,6 +30,9 @@ from sisa.forgetting import lineage_check
 from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
 from sisa.model import select_device, select_dtype
 from sisa.serving import registered_version_exists
+from sisa.storage import layout
+from sisa.storage.errors import IntegrityError, NotFoundError
+from sisa.storage.store import Store
 from sisa.training import (
     ShardTask,
     chain,
@@ -39,9 +42,6 @@ from sisa.training import (
     scheduler,
     train_shard,
 )
-from storage import layout
-from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store
 
 
 def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from sisa.config import DEFAULT_CHAT_DATE
 from sisa.model.base import TextTokenizer
-from storage.errors import ConfigError, SisaError
+from sisa.storage.errors import ConfigError, SisaError
 
 
 def require_chat_template(tokenizer: TextTokenizer) -> None:

@@ -20,8 +20,8 @@ from sisa.data.formats import FORMAT_COLUMN, PROMPT_COMPLETION, Item, table_item
 from sisa.model.base import TextTokenizer, load_tokenizer
 from sisa.model.chat import render_chat_text
 from sisa.model.loss import EncodedRecord, encode_records
-from storage.errors import ValidationError, list_some
-from storage.store import Store
+from sisa.storage.errors import ValidationError, list_some
+from sisa.storage.store import Store
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import numpy as np
 from rouge_score import rouge_scorer
 from scipy import stats
 
-from storage.errors import ValidationError
+from sisa.storage.errors import ValidationError
 
 EPS = 1e-10  # open-unlearning's guard in every ratio
 TRUTH_RATIO_AGGREGATORS = ("closer_to_1_better", "true_better")

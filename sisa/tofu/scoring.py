@@ -24,8 +24,8 @@ from typing import Any
 
 from sisa import serving
 from sisa.data.formats import CHAT, Example
+from sisa.storage.errors import ValidationError
 from sisa.tofu import metrics, splits
-from storage.errors import ValidationError
 
 GENERATION_TOKENS = 200  # open-unlearning/configs/generation/default.yaml: greedy, 200 new tokens
 MAX_LENGTH = 512  # open-unlearning's QADataset max_length: no TOFU record comes near it

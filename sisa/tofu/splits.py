@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from sisa.data.sources import read_hub_dataset
-from storage.errors import IntegrityError, ValidationError
+from sisa.storage.errors import IntegrityError, ValidationError
 
 HUB_NAME = "locuslab/TOFU"
 DATA_DIR = Path(__file__).resolve().parent / "data"

@@ -23,8 +23,8 @@ from typing import Any
 
 from sisa.config import TRAINER_VERSION, SisaConfig, build_config
 from sisa.lineage import checkpoints, versions
-from storage.errors import RefusedError
-from storage.store import Store
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
 START_OVER = "or retrain every shard under the new config with `sisa train --from-scratch`"
 

@@ -32,7 +32,7 @@ from sisa.config import TrainingConfig
 from sisa.model.base import schedule_multipliers
 from sisa.model.loss import EncodedRecord, collate
 from sisa.model.token_loss import trained_token_nll
-from storage.errors import ConfigError, ShardJobError
+from sisa.storage.errors import ConfigError, ShardJobError
 
 GROUP_WINDOW_STEPS = 8  # steps whose draws one length-sorted window holds
 

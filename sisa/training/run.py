@@ -21,6 +21,7 @@ from sisa.lineage import checkpoints, versions
 from sisa.model.base import base_model_fingerprint, load_tokenizer
 from sisa.model.lengths import LengthReport, check_lengths, measure_records
 from sisa.serving import mirror
+from sisa.storage.store import Store
 from sisa.training import chain, scheduler
 from sisa.training.shard_job import (
     ShardResult,
@@ -30,7 +31,6 @@ from sisa.training.shard_job import (
     slice_steps,
     train_shard,
 )
-from storage.store import Store
 
 
 @dataclass

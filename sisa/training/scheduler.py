@@ -34,9 +34,9 @@ from tqdm import tqdm
 
 from sisa.config import SchedulerConfig
 from sisa.offline import OFFLINE_ENV
+from sisa.storage.errors import ConfigError, ShardJobError, SisaError
+from sisa.storage.faults import maybe_die
 from sisa.training.runtime import DETERMINISM_ENV
-from storage.errors import ConfigError, ShardJobError, SisaError
-from storage.faults import maybe_die
 
 T = TypeVar("T")
 R = TypeVar("R")

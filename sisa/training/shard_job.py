@@ -38,11 +38,11 @@ from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointin
 from sisa.model.fingerprints import tokenizer_fingerprint
 from sisa.model.lengths import effective_max_length
 from sisa.model.loss import EncodedRecord, encode_records
+from sisa.storage.errors import RefusedError
+from sisa.storage.faults import maybe_die
+from sisa.storage.store import Store
 from sisa.training import chain, loop
 from sisa.training.runtime import describe_runtime, deterministic_torch, runtime_differences
-from storage.errors import RefusedError
-from storage.faults import maybe_die
-from storage.store import Store
 
 
 @dataclass(frozen=True)

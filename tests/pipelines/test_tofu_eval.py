@@ -7,8 +7,8 @@ import json
 
 import pytest
 from scipy import stats
+from sisa.pipelines.cli import main
 
-from pipelines.cli import main
 from sisa import tofu
 from tests.helpers import cli_args
 

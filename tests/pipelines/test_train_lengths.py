@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from sisa.pipelines import train
+from sisa.storage.errors import RefusedError, ValidationError
+from sisa.storage.store import Store
 
-from pipelines import train
 from sisa import config as config_module
 from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints
-from storage.errors import RefusedError, ValidationError
-from storage.store import Store
 from tests.helpers import cli_args, ingest_rows, make_cfg, run_cli, tree_digest
 from tests.pipelines.helpers import all_checkpoints
 

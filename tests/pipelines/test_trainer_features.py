@@ -5,8 +5,8 @@ stay bit-exact on CPU; the checkpoint records the step plan; MLflow gets the per
 from __future__ import annotations
 
 import pytest
+from sisa.pipelines import forget
 
-from pipelines import forget
 from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints
 from tests.helpers import cli_args, one_slice_subjects, run_cli

@@ -4,13 +4,13 @@ that refuse by record id (never text) what `training.truncation` does not allow.
 from __future__ import annotations
 
 import pytest
+from sisa.storage.errors import ValidationError
 
 from sisa.config import ModelConfig
 from sisa.data import formats
 from sisa.data.formats import Example
 from sisa.model.base import load_tokenizer
 from sisa.model.lengths import check_lengths, effective_max_length, length_report, measure_records
-from storage.errors import ValidationError
 
 
 def test_length_report_counts_and_nearest_rank_percentiles():

@@ -6,9 +6,9 @@ from __future__ import annotations
 import math
 
 import pytest
+from sisa.storage.errors import ValidationError
 
 from sisa.tofu import metrics
-from storage.errors import ValidationError
 
 LN2, LN4, LN8 = math.log(2), math.log(4), math.log(8)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from sisa.storage.errors import ValidationError
 
 from sisa import tofu
 from sisa.tofu import metrics
-from storage.errors import ValidationError
 
 
 def test_the_sets_hold_the_forget_authors_rows_and_the_first_utility_questions():

@@ -11,9 +11,9 @@ import shutil
 import time
 
 import pytest
+from sisa.storage.errors import IntegrityError, ValidationError
 
 from sisa.tofu import splits
-from storage.errors import IntegrityError, ValidationError
 
 
 def test_the_shipped_files_are_the_published_ones_and_the_splits_are_cut_as_tofu_cuts_them():

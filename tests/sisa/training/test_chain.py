@@ -14,15 +14,15 @@ import time
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import forget, process, train
+from sisa.storage import layout
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
-from pipelines import forget, process, train
 from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints, versions
 from sisa.training import chain
 from sisa.training.shard_job import ShardTask, train_shard
-from storage import layout
-from storage.errors import RefusedError
-from storage.store import Store
 from tests.helpers import cli_args, make_cfg, one_slice_subjects, run_cli
 from tests.pipelines.helpers import adapter_tensors, assert_tensors_equal, serving_shards
 

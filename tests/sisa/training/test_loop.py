@@ -13,6 +13,7 @@ import dataclasses
 
 import pytest
 import torch
+from sisa.storage.errors import ConfigError
 
 from sisa.config import build_config
 from sisa.model import adapters
@@ -29,7 +30,6 @@ from sisa.training.loop import (
     trained_count,
 )
 from sisa.training.shard_job import make_optimizer, sample_order
-from storage.errors import ConfigError
 
 
 def _lora(model) -> dict[str, torch.Tensor]:
