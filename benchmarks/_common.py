@@ -25,7 +25,8 @@ offline.apply()
 # transformers deprecations that peft triggers on every adapter; they bury the tables.
 warnings.filterwarnings("ignore", category=FutureWarning)
 
-from pipelines.common import print_table  # noqa: E402
+from sisa.pipelines.common import print_table  # noqa: E402
+
 from sisa.config import SisaConfig, build_config, load_config  # noqa: E402
 from sisa.data import (  # noqa: E402
     assign_shards,  # noqa: E402

@@ -403,10 +403,11 @@ def calibration(
     slices and record-passes vary apart). The fit takes each job's best wall over the rounds."""
     import shutil
 
-    from pipelines.ingest import run as ingest_run
+    from sisa.pipelines.ingest import run as ingest_run
+    from sisa.storage import layout
+    from sisa.storage.store import Store
+
     from sisa.training import ShardTask, scheduler, train_shard
-    from storage import layout
-    from storage.store import Store
 
     rows = C.people(records, seed=1)
     shape = ["sharding.num_shards=2", "sharding.slice_size=50"]
@@ -481,12 +482,13 @@ def validation(work: str, records: int) -> tuple[Callable[[int], None], Callable
     batch, against the same four one at a time, each on its own copy of one trained store."""
     import shutil
 
-    from pipelines import forget as forget_pipeline
-    from pipelines.ingest import run as ingest_run
-    from pipelines.train import run as train_run
+    from sisa.pipelines import forget as forget_pipeline
+    from sisa.pipelines.ingest import run as ingest_run
+    from sisa.pipelines.train import run as train_run
+    from sisa.storage.store import Store
+
     from sisa.forgetting import runner
     from sisa.lineage import checkpoints
-    from storage.store import Store
 
     rows = C.people(records, seed=2)
     overrides = ["sharding.num_shards=4", "sharding.slice_size=30"]

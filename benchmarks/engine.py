@@ -30,13 +30,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
+from sisa.storage.store import Store
 
 from sisa import serving
 from sisa.data import from_table, ingest_sources
 from sisa.forgetting import train_store
 from sisa.model import decoding
 from sisa.serving import batcher as batching
-from storage.store import Store
 
 
 def _store(model: str, people: int, shards: int, root: str) -> tuple:

@@ -31,15 +31,15 @@ import tempfile
 import time
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
+from sisa.pipelines import forget as forget_pipeline
+from sisa.pipelines import rectify as rectify_pipeline
+from sisa.pipelines.ingest import run as ingest_run
+from sisa.pipelines.train import run as train_run
+from sisa.storage.store import Store
 
-from pipelines import forget as forget_pipeline
-from pipelines import rectify as rectify_pipeline
-from pipelines.ingest import run as ingest_run
-from pipelines.train import run as train_run
 from sisa.data import make_people, make_probes, write_jsonl
 from sisa.evidence import read_probes
 from sisa.training import scheduler
-from storage.store import Store
 
 REQUESTS = ("forget (relief)", "forget (--fast)", "rectify one job", "rectify one job (--fast)")
 SHAPE = ["sharding.num_shards=4", "sharding.slice_size=8", "scheduler.backend=ray", "scheduler.threads_per_task=1"]

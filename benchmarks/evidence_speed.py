@@ -30,6 +30,7 @@ import time
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
 import pyarrow as pa
+from sisa.storage.store import Store
 
 from sisa import serving
 from sisa.data import TEXT, as_format, from_table, ingest_sources, make_people, make_probes
@@ -38,7 +39,6 @@ from sisa.forgetting import runner
 from sisa.lineage import RequestMode
 from sisa.training import run as training
 from sisa.training import scheduler
-from storage.store import Store
 
 CONFIGS = {"smollm2": "configs/demo.yaml", "tiny": "configs/tiny.yaml"}
 

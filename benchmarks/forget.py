@@ -55,19 +55,19 @@ from pathlib import Path
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
 import torch
+from sisa.pipelines import forget as forget_pipeline
+from sisa.pipelines import process as process_pipeline
+from sisa.pipelines.ingest import run as ingest_run
+from sisa.pipelines.train import run as train_run
+from sisa.storage import layout
+from sisa.storage.store import Store
 
-from pipelines import forget as forget_pipeline
-from pipelines import process as process_pipeline
-from pipelines.ingest import run as ingest_run
-from pipelines.train import run as train_run
 from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data import make_people
 from sisa.forgetting import expected_cost_fraction
 from sisa.lineage import checkpoints, versions
 from sisa.training import plan_tasks, scheduler, train_shard
-from storage import layout
-from storage.store import Store
 
 
 def overrides(model: str, num_shards: int, slice_size: int, epochs: int | None) -> list[str]:

@@ -78,8 +78,9 @@ def overrides(device: str, shards: int, args: argparse.Namespace, model: str) ->
 
 
 def train_store(model: str, device: str, shards: int, rows: list[dict], args, root: str) -> tuple[object, dict]:
-    from pipelines.ingest import run as ingest_run
-    from pipelines.train import run as train_run
+    from sisa.pipelines.ingest import run as ingest_run
+    from sisa.pipelines.train import run as train_run
+
     from sisa.training import scheduler
 
     cfg = C.model_config(model, os.path.join(root, f"{model}-{device}"), overrides(device, shards, args, model))
@@ -102,9 +103,9 @@ def train_store(model: str, device: str, shards: int, rows: list[dict], args, ro
 
 
 def forget_and_verify(cfg, rows: list[dict]) -> dict:
-    from pipelines import forget, rollback
-    from pipelines import verify as verify_pipeline
-    from storage.errors import RefusedError
+    from sisa.pipelines import forget, rollback
+    from sisa.pipelines import verify as verify_pipeline
+    from sisa.storage.errors import RefusedError
 
     subject = rows[0]["subject_id"]
     with C.timer() as t:

@@ -33,16 +33,16 @@ import tempfile
 import time
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
+from sisa.pipelines import forget as forget_pipeline
+from sisa.pipelines.ingest import run as ingest_run
+from sisa.pipelines.train import run as train_run
+from sisa.storage.store import Store
 
-from pipelines import forget as forget_pipeline
-from pipelines.ingest import run as ingest_run
-from pipelines.train import run as train_run
 from sisa import serving
 from sisa.data import make_people
 from sisa.evidence import measures
 from sisa.lineage import versions
 from sisa.training import scheduler
-from storage.store import Store
 
 ORDER = ["before", "relief", "approximate", "exact"]
 

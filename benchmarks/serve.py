@@ -43,7 +43,7 @@ TINY = str(REPO / "configs" / "tiny.yaml")
 
 def _cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *argv], cwd=REPO, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "sisa.pipelines.cli", *argv], cwd=REPO, capture_output=True, text=True, check=True
     )
 
 
@@ -81,7 +81,7 @@ def _template(work: Path, people: int) -> Path:
 def _serve(store: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", *_args(store, port)],
+        [sys.executable, "-m", "sisa.pipelines.cli", "serve", *_args(store, port)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -48,11 +48,11 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+from sisa.pipelines.ingest import run as ingest
+from sisa.storage.store import Store
 
-from pipelines.ingest import run as ingest
 from sisa.config import build_config
 from sisa.data import shard_key
-from storage.store import Store
 
 NUM_SHARDS = 8
 SLICE_SIZE = 4096

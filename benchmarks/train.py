@@ -36,9 +36,9 @@ import time
 
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
 import torch
+from sisa.pipelines.ingest import run as ingest_run
+from sisa.pipelines.train import run as train_run
 
-from pipelines.ingest import run as ingest_run
-from pipelines.train import run as train_run
 from sisa.config import SisaConfig
 from sisa.model import attach_lora, encode_texts, load_base_model, trainable_parameters
 from sisa.training import scheduler

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 import _common as C  # sets the offline environment before torch, Ray and MLflow load
 import pyarrow as pa
 import torch
+from sisa.storage.store import Store
 
 from sisa import serving
 from sisa.config import SisaConfig
@@ -62,7 +63,6 @@ from sisa.model import (
 )
 from sisa.training import run as training
 from sisa.training import scheduler
-from storage.store import Store
 
 TARGETS = {
     "recall": ">= 95% of one adapter's at every S (posterior and top-1)",

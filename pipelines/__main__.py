@@ -1,7 +1,7 @@
-"""`python -m pipelines VERB ...`: the `sisa` command without its console script."""
+"""`python -m sisa.pipelines VERB ...`: the `sisa` command without its console script."""
 
 import sys
 
-from pipelines.cli import main
+from sisa.pipelines.cli import main
 
 sys.exit(main())

@@ -22,8 +22,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines import request_options
-from pipelines.common import open_store, print_json
+from sisa.pipelines import request_options
+from sisa.pipelines.common import open_store, print_json
+
 from sisa.config import SisaConfig
 from sisa.forgetting import filing, runner
 from sisa.lineage import requests_ledger

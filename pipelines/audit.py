@@ -16,11 +16,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.common import open_store, print_json
+from sisa.pipelines.common import open_store, print_json
+from sisa.storage.audit import verify_chain
+from sisa.storage.errors import ValidationError
+
 from sisa.config import SisaConfig
 from sisa.lineage import requests_ledger, signing
-from storage.audit import verify_chain
-from storage.errors import ValidationError
 
 
 def run(cfg: SisaConfig, public_key_file: str | None = None) -> dict:

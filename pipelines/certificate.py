@@ -21,11 +21,12 @@ import argparse
 import json
 from pathlib import Path
 
-from pipelines.common import print_certificate, print_json
+from sisa.pipelines.common import print_certificate, print_json
+from sisa.storage.errors import NotFoundError, ValidationError
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.lineage import signing
-from storage.errors import NotFoundError, ValidationError
 
 
 def run(cfg: SisaConfig, request_id: str) -> dict:

@@ -15,56 +15,60 @@ import re
 import sys
 import warnings
 
+from sisa.storage.errors import SisaError
+
 from sisa import offline
-from storage.errors import SisaError
 
 # verb → (module, one-line help)
 VERBS: dict[str, tuple[str, str]] = {
-    "ingest": ("pipelines.ingest", "validate and ingest records (JSONL, CSV, Parquet, HF dataset folders)"),
-    "status": ("pipelines.status", "records per shard and slice, ingest batches, store size"),
-    "train": ("pipelines.train", "train pending slices of every shard (Ray) and commit a model version"),
+    "ingest": ("sisa.pipelines.ingest", "validate and ingest records (JSONL, CSV, Parquet, HF dataset folders)"),
+    "status": ("sisa.pipelines.status", "records per shard and slice, ingest batches, store size"),
+    "train": ("sisa.pipelines.train", "train pending slices of every shard (Ray) and commit a model version"),
     "forget": (
-        "pipelines.forget",
+        "sisa.pipelines.forget",
         "forget records exactly (by id, subject, source or ingest), with optional fast path",
     ),
     "rectify": (
-        "pipelines.rectify",
+        "sisa.pipelines.rectify",
         "correct records' text exactly: old content forgotten, new content trained, certificate",
     ),
     "process": (
-        "pipelines.process",
+        "sisa.pipelines.process",
         "carry out every queued request (deletions, rectifications) in one batch (--due: only when the policy says so)",
     ),
     "approve": (
-        "pipelines.approve",
+        "sisa.pipelines.approve",
         "approve a request that waits for approvers (four eyes; never its requester), then carry it out",
     ),
-    "reject": ("pipelines.reject", "reject a request that waits for approvers, with a reason; nothing changes"),
-    "requests": ("pipelines.list_requests", "list deletion requests, their status and deadlines"),
+    "reject": ("sisa.pipelines.reject", "reject a request that waits for approvers, with a reason; nothing changes"),
+    "requests": ("sisa.pipelines.list_requests", "list deletion requests, their status and deadlines"),
     "certificate": (
-        "pipelines.certificate",
+        "sisa.pipelines.certificate",
         "print the evidence of one completed deletion request; `verify FILE --public-key KEY` checks one offline",
     ),
-    "keys": ("pipelines.keys", "export the public key that checks this store's signed certificates"),
-    "audit": ("pipelines.audit", "verify the audit log's hash chain and the certificates anchoring it"),
-    "rollback": ("pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
-    "versions": ("pipelines.versions", "list model versions"),
-    "generate": ("pipelines.generate", "generate text with the serving version (mixture of shard adapters)"),
-    "eval": ("pipelines.eval", "loss and perplexity of both aggregations and of each shard on a file"),
+    "keys": ("sisa.pipelines.keys", "export the public key that checks this store's signed certificates"),
+    "audit": ("sisa.pipelines.audit", "verify the audit log's hash chain and the certificates anchoring it"),
+    "rollback": ("sisa.pipelines.rollback", "serve an earlier model version, unless deleted data is in its lineage"),
+    "versions": ("sisa.pipelines.versions", "list model versions"),
+    "generate": ("sisa.pipelines.generate", "generate text with the serving version (mixture of shard adapters)"),
+    "eval": ("sisa.pipelines.eval", "loss and perplexity of both aggregations and of each shard on a file"),
     "export": (
-        "pipelines.export",
+        "sisa.pipelines.export",
         "export the serving version: one merged PEFT adapter, or --format ensemble (every shard adapter + manifest)",
     ),
-    "verify": ("pipelines.verify", "re-check lineage, purge and integrity; --replay proves exactness by retraining"),
-    "gc": ("pipelines.gc", "remove temp files and half-written leftovers of crashes"),
+    "verify": (
+        "sisa.pipelines.verify",
+        "re-check lineage, purge and integrity; --replay proves exactness by retraining",
+    ),
+    "gc": ("sisa.pipelines.gc", "remove temp files and half-written leftovers of crashes"),
     "serve": (
-        "pipelines.serve",
+        "sisa.pipelines.serve",
         "HTTP service: deletion requests and rectifications with roles, OpenAI-compatible completions, the audit page",
     ),
-    "token": ("pipelines.token", "create, list or revoke the bearer tokens of `sisa serve`"),
-    "demo": ("pipelines.demo", "the whole story: train on people, forget one, prove it, write a report"),
-    "synth": ("pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
-    "config": ("pipelines.config", "print the effective config, its fingerprint, or every key with its help"),
+    "token": ("sisa.pipelines.token", "create, list or revoke the bearer tokens of `sisa serve`"),
+    "demo": ("sisa.pipelines.demo", "the whole story: train on people, forget one, prove it, write a report"),
+    "synth": ("sisa.pipelines.synth", "write a JSONL file of fictitious people to try sisa on"),
+    "config": ("sisa.pipelines.config", "print the effective config, its fingerprint, or every key with its help"),
 }
 
 

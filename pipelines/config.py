@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 
 import yaml
+from sisa.pipelines.common import print_json
 
-from pipelines.common import print_json
 from sisa.config import SisaConfig, describe_config
 
 

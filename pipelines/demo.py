@@ -32,8 +32,11 @@ import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+from sisa.pipelines.common import print_certificate, print_requests, print_table, print_versions
+from sisa.storage import layout
+from sisa.storage.errors import RefusedError, StoreError
+from sisa.storage.store import Store
 
-from pipelines.common import print_certificate, print_requests, print_table, print_versions
 from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data import (
@@ -54,9 +57,6 @@ from sisa.lineage import RequestMode, checkpoints, requests_ledger, versions
 from sisa.model import base_model_fingerprint
 from sisa.training import run as training
 from sisa.training import scheduler
-from storage import layout
-from storage.errors import RefusedError, StoreError
-from storage.store import Store
 
 DEMO_MARKER = "DEMO_STORE"
 ANSWER_TOKENS = 12  # greedy tokens per printed completion: more than any fact's answer needs

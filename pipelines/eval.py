@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import math
 
-from pipelines.common import open_store, print_json, print_table
+from sisa.pipelines.common import open_store, print_json, print_table
+from sisa.storage.errors import ValidationError
+
 from sisa import serving
 from sisa.config import SisaConfig
 from sisa.data import normalise, read_source, table_items
-from storage.errors import ValidationError
 
 
 def run(cfg: SisaConfig, path: str, answer_only: bool = False) -> dict:

@@ -28,12 +28,13 @@ import argparse
 import json
 import os
 
-from pipelines.common import open_store, print_json
+from sisa.pipelines.common import open_store, print_json
+from sisa.storage.errors import StoreError, ValidationError
+
 from sisa import serving
 from sisa.config import SisaConfig
 from sisa.lineage import versions
 from sisa.model import merge_adapters
-from storage.errors import StoreError, ValidationError
 
 FORMATS = ("merged", "ensemble")
 

@@ -32,14 +32,15 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from pipelines import request_options
-from pipelines.common import print_json
+from sisa.pipelines import request_options
+from sisa.pipelines.common import print_json
+from sisa.storage.errors import ValidationError
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.evidence import Probe
 from sisa.forgetting import Texts
 from sisa.lineage import ModelVersion
-from storage.errors import ValidationError
 
 
 def run(

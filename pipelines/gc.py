@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import human_bytes, open_store, print_json
+from sisa.pipelines.common import human_bytes, open_store, print_json
+from sisa.storage import gc
+
 from sisa.config import SisaConfig
-from storage import gc
 
 
 def run(cfg: SisaConfig, dry_run: bool = False) -> dict:

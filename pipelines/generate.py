@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import print_json
+from sisa.pipelines.common import print_json
+from sisa.storage.errors import ValidationError
+
 from sisa import serving
 from sisa.api import ServedModel, SisaStore
 from sisa.config import SisaConfig
-from storage.errors import ValidationError
 
 
 def run(

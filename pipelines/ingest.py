@@ -17,7 +17,8 @@ import argparse
 import sys
 from typing import Any
 
-from pipelines.common import print_json, print_table
+from sisa.pipelines.common import print_json, print_table
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.data import IngestResult, Source

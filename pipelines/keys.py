@@ -15,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines.common import open_store, print_json
+from sisa.pipelines.common import open_store, print_json
+
 from sisa.config import SisaConfig
 from sisa.lineage import signing
 

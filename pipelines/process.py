@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import open_store, print_json
+from sisa.pipelines.common import open_store, print_json
+
 from sisa.config import SisaConfig
 from sisa.forgetting import runner
 

@@ -48,12 +48,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines import request_options
-from pipelines.common import open_store, print_json
+from sisa.pipelines import request_options
+from sisa.pipelines.common import open_store, print_json
+from sisa.storage.errors import ValidationError
+
 from sisa.config import SisaConfig
 from sisa.data import normalise, read_source
 from sisa.forgetting import RequestOptions, filing, runner
-from storage.errors import ValidationError
 
 
 def run(

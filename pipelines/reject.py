@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines import request_options
-from pipelines.common import open_store, print_json
+from sisa.pipelines import request_options
+from sisa.pipelines.common import open_store, print_json
+
 from sisa.config import SisaConfig
 from sisa.forgetting import filing, runner
 

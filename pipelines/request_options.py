@@ -11,12 +11,13 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from pipelines.common import print_table
+from sisa.pipelines.common import print_table
+from sisa.storage.audit import AuditLog
+from sisa.storage.errors import SisaError
+from sisa.storage.store import Store
+
 from sisa.forgetting import policy
 from sisa.lineage import Decision, DeletionRequest
-from storage.audit import AuditLog
-from storage.errors import SisaError
-from storage.store import Store
 
 
 def add_as_argument(p: argparse.ArgumentParser, who: str) -> None:

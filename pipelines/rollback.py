@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import print_json
+from sisa.pipelines.common import print_json
+from sisa.storage.errors import ValidationError
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
-from storage.errors import ValidationError
 
 
 def run(cfg: SisaConfig, model_version: int) -> dict:

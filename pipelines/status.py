@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import human_bytes, open_store, print_json, print_table
+from sisa.pipelines.common import human_bytes, open_store, print_json, print_table
+
 from sisa.config import SisaConfig
 from sisa.lineage import checkpoints, requests_ledger
 

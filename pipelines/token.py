@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import open_store, print_json, print_table
+from sisa.pipelines.common import open_store, print_json, print_table
+from sisa.storage.errors import ValidationError
+
 from sisa.config import SisaConfig
 from sisa.service import ROLES, TokenStore
-from storage.errors import ValidationError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pipelines.common import open_store, print_json, print_table
+from sisa.pipelines.common import open_store, print_json, print_table
+
 from sisa.api import SisaStore
 from sisa.config import AUTO_STEPS_PER_EPOCH, SisaConfig
 from sisa.training import TrainingCost, TrainResult, prompt_blind_posterior, training_cost

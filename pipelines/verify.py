@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipelines.common import print_json
+from sisa.pipelines.common import print_json
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 

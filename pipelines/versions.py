@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipelines.common import print_json, print_versions
+from sisa.pipelines.common import print_json, print_versions
+
 from sisa.api import SisaStore
 from sisa.config import SisaConfig
 from sisa.lineage import versions

@@ -38,9 +38,9 @@ from sisa.forgetting.rollback import RollbackResult
 from sisa.forgetting.verification import verify_store
 from sisa.lineage import DeletionRequest, ModelVersion, requests_ledger, versions
 from sisa.serving import Ensemble, generate_chat, generate_text, load_serving, score_records
+from sisa.storage.errors import ValidationError
+from sisa.storage.store import Store
 from sisa.training import TrainResult
-from storage.errors import ValidationError
-from storage.store import Store
 
 __all__ = ["SELECTORS", "ServedModel", "SisaStore", "open"]
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import yaml
 
-from storage.errors import ConfigError
+from sisa.storage.errors import ConfigError
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:

@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from storage import layout
-from storage.fs import StoreFS
+from sisa.storage import layout
+from sisa.storage.fs import StoreFS
 
 GENESIS = hashlib.sha256(b"sisa audit log genesis").hexdigest()
 _TAIL_BYTES = 64 * 1024

@@ -23,9 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-
-from storage.errors import IntegrityError, StoreError
-from storage.schemas import UNIQUE_COLUMNS
+from sisa.storage.errors import IntegrityError, StoreError
+from sisa.storage.schemas import UNIQUE_COLUMNS
 
 TMP_DIR = "tmp"
 

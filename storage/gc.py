@@ -8,8 +8,8 @@ The caller holds the store lock, so no live writer owns any of them.
 
 from __future__ import annotations
 
-from storage import layout, records
-from storage.fs import StoreFS
+from sisa.storage import layout, records
+from sisa.storage.fs import StoreFS
 
 
 def find_orphans(fs: StoreFS, committed_ingests: set[str]) -> list[str]:

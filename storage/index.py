@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE
+from sisa.storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE
 
 # A query of at least 1/16 of the index is answered by one pass: hashing that many ids and
 # binary-searching them costs more than probing every row once.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 
-from storage.fs import StoreFS
-from storage.layout import SECRET_KEY
+from sisa.storage.fs import StoreFS
+from sisa.storage.layout import SECRET_KEY
 
 KEY_BYTES = 32
 DIGEST_BYTES = 16

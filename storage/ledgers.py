@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from storage import layout
-from storage.errors import NotFoundError, StoreError, ValidationError
-from storage.fs import StoreFS
+from sisa.storage import layout
+from sisa.storage.errors import NotFoundError, StoreError, ValidationError
+from sisa.storage.fs import StoreFS
 
 
 # -- ingests ----------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from storage.errors import StoreError, StoreLockedError
-from storage.fs import StoreFS
-from storage.layout import LOCK
+from sisa.storage.errors import StoreError, StoreLockedError
+from sisa.storage.fs import StoreFS
+from sisa.storage.layout import LOCK
 
 
 def _pid_alive(pid: int) -> bool:
@@ -57,7 +57,7 @@ class StoreLock:
                     "writers could interleave: use a local path or s3:// (a lease object written "
                     "with a conditional put)"
                 )
-            from storage.s3 import ConditionalPut
+            from sisa.storage.s3 import ConditionalPut
 
             self._cond = ConditionalPut(fs.uri)
 

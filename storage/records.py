@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from storage import layout
-from storage.fs import StoreFS
-from storage.schemas import RECORD_SCHEMA
+from sisa.storage import layout
+from sisa.storage.fs import StoreFS
+from sisa.storage.schemas import RECORD_SCHEMA
 
 
 def ingest_of_part(part_path: str) -> str:

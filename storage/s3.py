@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlparse
 
-from storage.errors import StoreError
+from sisa.storage.errors import StoreError
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,13 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from storage import layout, ledgers, records
-from storage.errors import StoreError
-from storage.fs import StoreFS
-from storage.index import RecordIndex
-from storage.keys import create_key, keyed_hash, keyed_hashes, load_key
-from storage.lock import StoreLock
-from storage.schemas import FORMAT_VERSION, INDEX_SCHEMA, LIVE
+from sisa.storage import layout, ledgers, records
+from sisa.storage.errors import StoreError
+from sisa.storage.fs import StoreFS
+from sisa.storage.index import RecordIndex
+from sisa.storage.keys import create_key, keyed_hash, keyed_hashes, load_key
+from sisa.storage.lock import StoreLock
+from sisa.storage.schemas import FORMAT_VERSION, INDEX_SCHEMA, LIVE
 
 
 class Store:

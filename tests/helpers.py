@@ -22,11 +22,11 @@ from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from sisa.pipelines.cli import main
+from sisa.storage.store import Store
 
-from pipelines.cli import main
 from sisa.config import SisaConfig, load_config
 from sisa.data.synthetic import write_jsonl
-from storage.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "configs" / "tiny.yaml")
@@ -100,7 +100,7 @@ def one_slice_subjects(store) -> dict[str, tuple[int, int]]:
 # -- a trained store -------------------------------------------------------------------------------
 def ingest_rows(cfg: SisaConfig, rows: list[dict], path: Path) -> str:
     """Write rows as JSONL at `path` and ingest them; returns the ingest_id."""
-    from pipelines import ingest
+    from sisa.pipelines import ingest
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_jsonl(rows, path)
@@ -123,7 +123,7 @@ def train_store(
     into a store at root/s (configs/tiny.yaml with `extra`, as `make_cfg`) and trained into model
     version 1. Each call trains its own store (own secret key, own checkpoints); the
     `make_trained_store` fixture of tests/conftest.py calls it under the test's tmp_path."""
-    from pipelines import train  # torch and peft: only the tests that train pay for them
+    from sisa.pipelines import train  # torch and peft: only the tests that train pay for them
 
     root = Path(root)
     cfg = make_cfg(root / "s", *extra, tracking=tracking, backend=backend)

@@ -243,7 +243,7 @@ def test_every_verb_lives_in_the_module_of_its_name() -> None:
     assert all(why for _, why in VERB_MODULE_EXCEPTIONS.values())
     for module in expected.values():
         assert (ROOT / f"{module.replace('.', '/')}.py").is_file(), module
-    # __main__: `python -m pipelines VERB`, the CLI without its console script
+    # __main__: `python -m sisa.pipelines VERB`, the CLI without its console script
     modules = {f"pipelines.{p.stem}" for p in (ROOT / "pipelines").glob("*.py")} - {
         "pipelines.__init__",
         "pipelines.__main__",

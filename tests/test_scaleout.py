@@ -21,12 +21,12 @@ import tempfile
 import uuid
 
 import pytest
+from sisa.storage import ledgers
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people, write_jsonl
 from sisa.training import scheduler
-from storage import ledgers
-from storage.errors import RefusedError
-from storage.store import Store
 from tests.helpers import TINY, RecordingCli, canaries_in_text, find_canaries
 from tests.servers import BIN
 

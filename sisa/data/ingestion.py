@@ -32,14 +32,14 @@ from sisa.lineage.requests_ledger import (
     refuse_unfinished,
     selector_hashes,
 )
-from storage import ledgers, records
-from storage.errors import ValidationError, list_some
-from storage.faults import maybe_die
-from storage.fs import StoreFS
-from storage.index import RecordIndex
-from storage.layout import index_part
-from storage.schemas import INDEX_SCHEMA, LIVE, RECORD_COLUMNS
-from storage.store import Store
+from sisa.storage import ledgers, records
+from sisa.storage.errors import ValidationError, list_some
+from sisa.storage.faults import maybe_die
+from sisa.storage.fs import StoreFS
+from sisa.storage.index import RecordIndex
+from sisa.storage.layout import index_part
+from sisa.storage.schemas import INDEX_SCHEMA, LIVE, RECORD_COLUMNS
+from sisa.storage.store import Store
 
 MAX_ID_LENGTH = 512
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sisa.config import SisaConfig
 from sisa.lineage import signing
-from storage.errors import ConfigError
-from storage.store import Store
+from sisa.storage.errors import ConfigError
+from sisa.storage.store import Store
 
 
 def open_store(cfg: SisaConfig, create: bool = False) -> Store:

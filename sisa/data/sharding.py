@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from storage.keys import keyed_int64
+from sisa.storage.keys import keyed_int64
 
 
 def shard_key(store_seed: int) -> bytes:

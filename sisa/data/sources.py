@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from storage.errors import ValidationError, list_some
+from sisa.storage.errors import ValidationError, list_some
 
 SUFFIXES = {
     ".jsonl": "jsonl",

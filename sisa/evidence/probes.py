@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sisa.data.sources import read_source
-from storage.errors import ValidationError, list_some
+from sisa.storage.errors import ValidationError, list_some
 
 KINDS = ("paraphrase", "related", "locality")
 

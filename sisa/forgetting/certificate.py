@@ -18,9 +18,9 @@ from typing import Any
 from sisa.forgetting import lineage_check
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
-from storage import layout
-from storage.audit import AuditLog
-from storage.store import Store
+from sisa.storage import layout
+from sisa.storage.audit import AuditLog
+from sisa.storage.store import Store
 
 
 def make_certificate(store: Store, req: DeletionRequest) -> dict[str, Any]:

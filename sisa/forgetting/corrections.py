@@ -31,10 +31,10 @@ from sisa.data.sources import from_table
 from sisa.forgetting import selection
 from sisa.forgetting.record_texts import row_slices
 from sisa.lineage import checkpoints, requests_ledger
-from storage import layout, records
-from storage.errors import ValidationError, list_some
-from storage.schemas import INDEX_SCHEMA
-from storage.store import Store
+from sisa.storage import layout, records
+from sisa.storage.errors import ValidationError, list_some
+from sisa.storage.schemas import INDEX_SCHEMA
+from sisa.storage.store import Store
 
 CORRECTABLE = ("text", "prompt", "answer")
 ALLOWED = ("record_id", "subject_id", *CORRECTABLE)

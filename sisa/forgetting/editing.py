@@ -31,8 +31,8 @@ from sisa.model import adapters
 from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
 from sisa.model.loss import encode_texts, token_logprobs
+from sisa.storage.store import Store
 from sisa.training.shard_job import deterministic_torch, make_optimizer
-from storage.store import Store
 
 # (record ids, content sha256, records) of what one shard's edit trains on.
 Batch = tuple[list[str], list[str], list[Item]]

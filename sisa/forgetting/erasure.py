@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 from sisa.forgetting import corrections
 from sisa.forgetting.record_texts import row_slices
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind
-from storage import ledgers, records
-from storage.schemas import INDEX_SCHEMA, LIVE
-from storage.store import Store
+from sisa.storage import ledgers, records
+from sisa.storage.schemas import INDEX_SCHEMA, LIVE
+from sisa.storage.store import Store
 
 
 def remove_data(store: Store, req: DeletionRequest, rows: pa.Table) -> int:

@@ -11,7 +11,7 @@ from sisa.data import normalise, read_source, table_items
 from sisa.evidence import Probe, read_probes
 from sisa.forgetting.options import Filer, Texts
 from sisa.lineage import RequestMode
-from storage.errors import ValidationError
+from sisa.storage.errors import ValidationError
 
 
 def request_mode(cfg: SisaConfig, fast: bool, isolate: bool, relief: bool | None) -> RequestMode:

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from sisa.lineage import checkpoints
-from storage.errors import StoreError
-from storage.store import Store
+from sisa.storage.errors import StoreError
+from sisa.storage.store import Store
 
 
 def version_lineages(store: Store, shards: dict[int, str]) -> dict[str, set[str] | None]:

@@ -16,7 +16,7 @@ from typing import Any
 from sisa.data.formats import Item
 from sisa.evidence.probes import Probe
 from sisa.lineage.requests_ledger import RequestMode
-from storage.errors import ValidationError
+from sisa.storage.errors import ValidationError
 
 Texts = tuple[list[Item], list[str | None] | None]  # records held in memory: their items and prompts
 

@@ -34,11 +34,11 @@ from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, RequestMo
 from sisa.lineage.requests_ledger import VersionKind as V
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine, mirror
+from sisa.storage.schemas import FORGETTING, RECTIFYING
+from sisa.storage.store import Store, now_iso
 from sisa.training import scheduler
 from sisa.training.run import plan_shard_tasks
 from sisa.training.shard_job import ShardResult, ShardTask, train_shard
-from storage.schemas import FORGETTING, RECTIFYING
-from storage.store import Store, now_iso
 
 
 @dataclass

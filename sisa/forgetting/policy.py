@@ -41,7 +41,7 @@ import yaml
 
 from sisa.config import SisaConfig, resolve_shipped, shipped_names
 from sisa.lineage.requests_ledger import Decision, DeletionPlan, RequestKind, RequestMode
-from storage.errors import ConfigError
+from sisa.storage.errors import ConfigError
 
 METHODS = ("requested", *(m.value for m in RequestMode))
 CHOICES = {

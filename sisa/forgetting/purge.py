@@ -12,10 +12,10 @@ from sisa.forgetting.planner import tainted_checkpoints
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestKind, VersionKind
 from sisa.serving import mirror, vllm_adapters
-from storage import layout
-from storage.errors import NotFoundError
-from storage.faults import maybe_die
-from storage.store import Store
+from sisa.storage import layout
+from sisa.storage.errors import NotFoundError
+from sisa.storage.faults import maybe_die
+from sisa.storage.store import Store
 
 
 def purge_targets(store: Store, reqs: list[DeletionRequest]) -> tuple[set[str], set[str]]:

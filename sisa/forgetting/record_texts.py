@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from sisa.data.formats import FORMAT_COLUMN, Item, decode
-from storage.store import Store
+from sisa.storage.store import Store
 
 
 def row_slices(rows: pa.Table) -> list[tuple[int, int]]:

@@ -13,9 +13,9 @@ from sisa.config import SisaConfig
 from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger, versions
 from sisa.serving import mirror as registry
-from storage import ledgers
-from storage.errors import RefusedError
-from storage.store import Store
+from sisa.storage import ledgers
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
 
 @dataclass

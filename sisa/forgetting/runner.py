@@ -64,11 +64,11 @@ from sisa.lineage.requests_ledger import (
 )
 from sisa.lineage.versions import ModelVersion
 from sisa.serving import engine
+from sisa.storage.errors import RefusedError, ValidationError
+from sisa.storage.faults import maybe_die
+from sisa.storage.store import Store, now_iso
 from sisa.training import run as training
 from sisa.training.shard_job import ShardResult
-from storage.errors import RefusedError, ValidationError
-from storage.faults import maybe_die
-from storage.store import Store, now_iso
 
 S = RequestStatus
 PhaseFn = Callable[[Store, SisaConfig, Run, list[InFlight]], None]

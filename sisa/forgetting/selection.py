@@ -20,9 +20,9 @@ from sisa.lineage.requests_ledger import (
     forgotten_selector_hashes,
     selector_hashes,
 )
-from storage.errors import ValidationError, list_some
-from storage.schemas import FORGETTING, LIVE, RECTIFYING
-from storage.store import Store
+from sisa.storage.errors import ValidationError, list_some
+from sisa.storage.schemas import FORGETTING, LIVE, RECTIFYING
+from sisa.storage.store import Store
 
 SELECTORS = ("ids", "subject", "source", "ingest_id")
 

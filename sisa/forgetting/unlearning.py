@@ -24,8 +24,8 @@ from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import load_base_model
 from sisa.model.loss import encode_texts, token_logprobs
+from sisa.storage.store import Store
 from sisa.training.shard_job import deterministic_torch, make_optimizer
-from storage.store import Store
 
 
 def retain_records(store: Store, shard_id: int, exclude: set[str], limit: int = 256) -> tuple[list[str], list[Item]]:

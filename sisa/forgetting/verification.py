@@ -26,10 +26,10 @@ from sisa.config import SisaConfig
 from sisa.forgetting import lineage_check
 from sisa.lineage import DeletionRequest, RequestStatus, checkpoints, requests_ledger, versions
 from sisa.serving import registered_version_exists
+from sisa.storage import layout
+from sisa.storage.errors import IntegrityError, NotFoundError
+from sisa.storage.store import Store
 from sisa.training import ShardTask, scheduler, train_shard
-from storage import layout
-from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store
 
 
 def check_integrity(store: Store, shards: dict[int, str]) -> list[str]:

@@ -36,9 +36,9 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from storage import layout
-from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store, now_iso
+from sisa.storage import layout
+from sisa.storage.errors import IntegrityError, NotFoundError
+from sisa.storage.store import Store, now_iso
 
 if TYPE_CHECKING:  # torch loads only where tensors are read or written: `sisa ingest` needs none
     import torch

@@ -33,9 +33,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sisa.lineage.entries import entry_to_dict, split_known
-from storage import ledgers
-from storage.errors import RefusedError
-from storage.store import Store, now_iso
+from sisa.storage import ledgers
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store, now_iso
 
 SCHEMA_VERSION = 1
 

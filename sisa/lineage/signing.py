@@ -32,9 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from sisa.config import SisaConfig
-from storage import layout
-from storage.errors import StoreError
-from storage.store import Store
+from sisa.storage import layout
+from sisa.storage.errors import StoreError
+from sisa.storage.store import Store
 
 SIGNATURE = "signature"
 ALGORITHM = "ed25519"

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sisa.lineage.entries import entry_to_dict, split_known
-from storage import ledgers
-from storage.errors import StoreError
-from storage.faults import maybe_die
-from storage.store import Store, now_iso
+from sisa.storage import ledgers
+from sisa.storage.errors import StoreError
+from sisa.storage.faults import maybe_die
+from sisa.storage.store import Store, now_iso
 
 SCHEMA_VERSION = 1
 

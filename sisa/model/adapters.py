@@ -20,7 +20,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from sisa.config import LoraConfig
-from storage.errors import ConfigError, NotFoundError
+from sisa.storage.errors import ConfigError, NotFoundError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"

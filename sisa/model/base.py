@@ -40,7 +40,7 @@ from transformers.utils import logging as transformers_logging
 from sisa.config import ModelConfig
 from sisa.model.fingerprints import FINGERPRINT_FILE, folder_digest, state_dict_digest, write_json
 from sisa.model.gguf import SMOLLM2_GGUF, check_sensible, convert_gguf, smollm2_gguf
-from storage.errors import ConfigError, NotFoundError
+from sisa.storage.errors import ConfigError, NotFoundError
 
 # Library chatter (per-load progress bars, deprecation notices) is not for sisa's users, and a
 # progress bar must never be where record text could appear; sisa draws its own bars.

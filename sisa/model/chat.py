@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sisa.model.base import TextTokenizer
-from storage.errors import ConfigError, SisaError
+from sisa.storage.errors import ConfigError, SisaError
 
 
 def require_chat_template(tokenizer: TextTokenizer) -> None:

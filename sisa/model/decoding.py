@@ -31,7 +31,7 @@ from sisa.model.mixture import (
     top_shard_indices,
     uniform_logprobs,
 )
-from storage.errors import ValidationError
+from sisa.storage.errors import ValidationError
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from sisa.data.formats import PROMPT_COMPLETION, Example, Item
 from sisa.model.base import TextTokenizer
 from sisa.model.chat import render_chat
-from storage.errors import ConfigError
+from sisa.storage.errors import ConfigError
 
 
 def encode_texts(

@@ -34,7 +34,7 @@ import torch
 
 from sisa.model.base import TextTokenizer
 from sisa.model.loss import token_logprobs
-from storage.errors import ValidationError
+from sisa.storage.errors import ValidationError
 
 if TYPE_CHECKING:
     from sisa.model.token_cache import TokenLogprobCache

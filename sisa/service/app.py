@@ -43,8 +43,8 @@ from sisa.service.openai_api import OPENAI_PATHS, error_body
 from sisa.service.privacy import router as privacy_router
 from sisa.service.tokens import TokenStore
 from sisa.service.worker import Worker
-from storage.audit import AuditLog
-from storage.errors import NotFoundError, SisaError, StoreLockedError, ValidationError
+from sisa.storage.audit import AuditLog
+from sisa.storage.errors import NotFoundError, SisaError, StoreLockedError, ValidationError
 
 DESCRIPTION = (
     "Exact machine unlearning: deletion requests and rectifications with evidence, and completions "

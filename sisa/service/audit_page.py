@@ -15,7 +15,7 @@ from sisa.service.auth import SESSION_COOKIE, caller
 from sisa.service.context import context
 from sisa.service.page import audit_html, login_html, report_plots
 from sisa.service.tokens import allowed
-from storage import layout
+from sisa.storage import layout
 
 router = APIRouter()
 

@@ -26,7 +26,7 @@ from sisa.service import openai_api as oa
 from sisa.service.auth import Client, record_call
 from sisa.service.context import ServiceContext, context
 from sisa.serving.batcher import Batcher, Delta, Done, Error, Event
-from storage.errors import RefusedError
+from sisa.storage.errors import RefusedError
 
 router = APIRouter()
 

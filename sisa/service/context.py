@@ -15,7 +15,7 @@ from sisa.config import SisaConfig
 from sisa.service.model_cache import ModelCache
 from sisa.service.tokens import TokenStore
 from sisa.service.worker import Worker
-from storage.audit import AuditLog
+from sisa.storage.audit import AuditLog
 
 
 @dataclass

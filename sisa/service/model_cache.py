@@ -22,8 +22,8 @@ from sisa.serving.vllm_adapters import VllmAdapters
 from sisa.serving.vllm_client import VllmClient
 from sisa.serving.vllm_route import VllmRoute
 from sisa.serving.vllm_server import VllmServer, vllm_url
-from storage.errors import SisaError
-from storage.store import Store
+from sisa.storage.errors import SisaError
+from sisa.storage.store import Store
 
 Decoder = Batcher | VllmRoute
 

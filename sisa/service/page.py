@@ -13,9 +13,9 @@ from sisa.data.opening import open_store
 from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import DeletionRequest, RequestStatus
-from storage import layout
-from storage.audit import AuditLog
-from storage.store import Store
+from sisa.storage import layout
+from sisa.storage.audit import AuditLog
+from sisa.storage.store import Store
 
 _STYLE = (
     "body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:72rem;color:#1b1f24}\n"

@@ -24,8 +24,8 @@ from sisa.lineage.requests_ledger import DeletionRequest, RequestMode, RequestSt
 from sisa.service.auth import Approver, Auditor, Filer, Reader, record_call
 from sisa.service.context import context
 from sisa.service.schemas import DeletionRequestIn, RectificationIn, RejectionIn
-from storage.errors import NotFoundError, RefusedError, ValidationError
-from storage.store import Store
+from sisa.storage.errors import NotFoundError, RefusedError, ValidationError
+from sisa.storage.store import Store
 
 router = APIRouter()
 

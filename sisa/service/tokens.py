@@ -15,9 +15,9 @@ import secrets
 from dataclasses import asdict, dataclass
 
 from sisa.config import SisaConfig
-from storage import layout
-from storage.errors import NotFoundError, ValidationError
-from storage.store import Store, now_iso
+from sisa.storage import layout
+from sisa.storage.errors import NotFoundError, ValidationError
+from sisa.storage.store import Store, now_iso
 
 ROLES = ("requester", "approver", "auditor", "client", "admin")
 # What each action needs; admin may do everything (but approve its own requests: sisa/service/privacy.py).

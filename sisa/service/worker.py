@@ -13,8 +13,8 @@ from sisa.data.opening import open_store
 from sisa.forgetting import runner
 from sisa.lineage import requests_ledger
 from sisa.lineage.requests_ledger import RequestStatus
+from sisa.storage.audit import AuditLog
 from sisa.training import scheduler
-from storage.audit import AuditLog
 
 
 class Worker:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from sisa.model.decoding import Completion, DecodeRequest, Decoding, MixtureBatch
 from sisa.serving.engine import Ensemble
-from storage.errors import RefusedError, SisaError
+from sisa.storage.errors import RefusedError, SisaError
 
 
 @dataclass(frozen=True)

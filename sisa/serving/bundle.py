@@ -38,9 +38,9 @@ from sisa.model import adapters
 from sisa.model import mixture as aggregate
 from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.serving import engine as serving
-from storage import layout
-from storage.errors import ConfigError, IntegrityError, NotFoundError, ValidationError
-from storage.store import Store
+from sisa.storage import layout
+from sisa.storage.errors import ConfigError, IntegrityError, NotFoundError, ValidationError
+from sisa.storage.store import Store
 
 FORMAT = "sisa-ensemble"
 SCHEMA_VERSION = 1

@@ -30,8 +30,8 @@ from sisa.model.base import load_base_model
 from sisa.model.chat import render_chat_prompt
 from sisa.model.loss import encode_texts
 from sisa.model.token_cache import TokenLogprobCache
-from storage.errors import StoreError
-from storage.store import Store
+from sisa.storage.errors import StoreError
+from sisa.storage.store import Store
 
 
 @contextmanager

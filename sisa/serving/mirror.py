@@ -24,7 +24,7 @@ from sisa.lineage.versions import (
 )
 from sisa.model.base import base_model_folder
 from sisa.serving import bundle
-from storage.store import Store
+from sisa.storage.store import Store
 
 
 def _tracker(store: Store, cfg: SisaConfig):

@@ -28,7 +28,7 @@ from mlflow.models import Model, ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from sisa.serving import bundle
-from storage.errors import ValidationError
+from sisa.storage.errors import ValidationError
 
 MODEL_NAME = "model"  # the logged model's name within its version's run
 MODEL_TYPE = "sisa-ensemble"

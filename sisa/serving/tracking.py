@@ -41,8 +41,8 @@ from mlflow.utils.time import get_current_time_millis
 
 from sisa.config import TrackingConfig
 from sisa.serving.mlflow_model import MODEL_NAME, MODEL_TYPE, save_model
-from storage import layout
-from storage.errors import ConfigError, NotFoundError, RefusedError
+from sisa.storage import layout
+from sisa.storage.errors import ConfigError, NotFoundError, RefusedError
 
 MAX_VALUE_CHARS = 500
 _SQLITE = "sqlite:///"

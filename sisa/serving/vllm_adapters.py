@@ -27,8 +27,8 @@ from sisa.config import SisaConfig
 from sisa.lineage import checkpoints
 from sisa.serving.vllm_client import VllmClient, VllmUnreachable
 from sisa.serving.vllm_server import vllm_url
-from storage.errors import ConfigError, SisaError
-from storage.store import Store
+from sisa.storage.errors import ConfigError, SisaError
+from sisa.storage.store import Store
 
 _CHECKPOINT_ID = re.compile(r"^s\d+-l\d+-(approx)?[0-9a-f]+$")  # what sisa registers; other adapters are not sisa's
 

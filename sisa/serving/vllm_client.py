@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from storage.errors import SisaError
+from sisa.storage.errors import SisaError
 
 
 class VllmUnreachable(SisaError):

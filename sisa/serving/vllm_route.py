@@ -28,7 +28,7 @@ from sisa.model.decoding import Completion, DecodeRequest, route
 from sisa.serving.batcher import Delta, Done, Error, Event, Ticket
 from sisa.serving.engine import BASE_SHARD, Ensemble
 from sisa.serving.vllm_client import VllmClient, VllmError, VllmUnreachable
-from storage.errors import RefusedError, SisaError
+from sisa.storage.errors import RefusedError, SisaError
 
 _FINISH = {"stop": "stop", "length": "length"}  # anything else vLLM says (abort) is a cancellation
 

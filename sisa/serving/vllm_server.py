@@ -31,7 +31,7 @@ from pathlib import Path
 from sisa.config import SisaConfig
 from sisa.model.base import base_model_folder, select_device, select_dtype
 from sisa.serving.vllm_client import VllmClient
-from storage.errors import ConfigError, SisaError
+from sisa.storage.errors import ConfigError, SisaError
 
 BASE_NAME = "sisa-base"  # what the server sisa starts calls the base model
 _RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the LoRA ranks vLLM builds kernels for

@@ -17,6 +17,8 @@ from sisa.config import SisaConfig
 from sisa.lineage import checkpoints, versions
 from sisa.model.base import base_model_fingerprint
 from sisa.serving import mirror
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 from sisa.training import scheduler
 from sisa.training.shard_job import (
     ShardResult,
@@ -26,8 +28,6 @@ from sisa.training.shard_job import (
     slice_steps,
     train_shard,
 )
-from storage.errors import RefusedError
-from storage.store import Store
 
 
 @dataclass

@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from sisa.config import SchedulerConfig
 from sisa.offline import OFFLINE_ENV
-from storage.errors import ConfigError, ShardJobError, SisaError
-from storage.faults import maybe_die
+from sisa.storage.errors import ConfigError, ShardJobError, SisaError
+from sisa.storage.faults import maybe_die
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -40,9 +40,9 @@ from sisa.model import adapters
 from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
 from sisa.model.loss import encode_texts
-from storage.errors import RefusedError
-from storage.faults import maybe_die
-from storage.store import Store
+from sisa.storage.errors import RefusedError
+from sisa.storage.faults import maybe_die
+from sisa.storage.store import Store
 
 
 @dataclass(frozen=True)
@@ -332,7 +332,7 @@ def _train_steps(
     model.eval()
     loss = loss_sum / steps if steps else None
     if loss is not None and not math.isfinite(loss):
-        from storage.errors import ShardJobError
+        from sisa.storage.errors import ShardJobError
 
         raise ShardJobError(f"training diverged (loss {loss}); lower training.lr", [])
     return SliceResult(-1, None, 0, steps, tokens, loss)

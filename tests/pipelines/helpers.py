@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from sisa.storage.store import Store
 
 from sisa.data.sharding import assign_shards
 from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints, versions
-from storage.store import Store
 
 
 # -- data -----------------------------------------------------------------------------------------

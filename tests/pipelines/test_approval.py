@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import pytest
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people
-from storage.store import Store
 from tests.helpers import cli_args, one_slice_subjects, run_cli, train_store, tree_digest
 
 ROWS = make_people(12, seed=23)

@@ -20,13 +20,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sisa.storage import ledgers
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people, write_jsonl
 from sisa.data.synthetic_formats import as_format
 from sisa.lineage import versions
 from sisa.training import scheduler
-from storage import ledgers
-from storage.store import Store
 from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries
 
 HARNESS = ("bash_jobs", "bash_tool_")  # the machinery running this session, not sisa's files

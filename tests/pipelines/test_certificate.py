@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from sisa.storage import layout
+from sisa.storage.audit import AuditLog
 
 from sisa.data.synthetic import make_people
-from storage import layout
-from storage.audit import AuditLog
 from tests.helpers import REPO, RecordingCli, cli_args, train_store
 
 pytestmark = pytest.mark.slow
@@ -54,7 +54,7 @@ def _verify_offline(tmp_path: Path, cert: dict | Path, key: Path, *extra: str) -
         (work / "cert.json").write_text(json.dumps(cert, indent=2))
     shutil.copy(key, work / "key.pem")
     env = {k: v for k, v in os.environ.items() if k != "SISA_CONFIG"} | {"PYTHONPATH": str(REPO)}
-    argv = [sys.executable, "-m", "pipelines", "certificate", "verify", "cert.json", "--public-key", "key.pem"]
+    argv = [sys.executable, "-m", "sisa.pipelines", "certificate", "verify", "cert.json", "--public-key", "key.pem"]
     res = subprocess.run([*argv, *extra], cwd=work, env=env, capture_output=True, text=True, timeout=120)
     assert sorted(p.name for p in work.iterdir()) == ["cert.json", "key.pem"]  # it wrote nothing
     return res

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+from sisa.storage import ledgers
+from sisa.storage.store import Store
+
 from sisa.data.formats import CHAT, Example
 from sisa.data.synthetic import write_jsonl
 from sisa.serving import engine as serving
-from storage import ledgers
-from storage.store import Store
 from tests.helpers import cli_args, run_cli
 
 

@@ -7,8 +7,7 @@ import io
 import re
 
 import pytest
-
-from pipelines.cli import VERBS, main, missing_extra
+from sisa.pipelines.cli import VERBS, main, missing_extra
 
 
 def _help(*argv: str) -> tuple[int, str]:

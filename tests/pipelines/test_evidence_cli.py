@@ -8,12 +8,12 @@ import json
 import uuid
 
 import pytest
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people, make_probes, write_jsonl
 from sisa.evidence import measures as evidence
 from sisa.lineage import requests_ledger, versions
 from sisa.serving import engine as serving
-from storage.store import Store
 from tests.helpers import RecordingCli, canaries_in_text, cli_args, find_canaries
 
 

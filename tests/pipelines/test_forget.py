@@ -12,10 +12,13 @@ import json
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import forget, rollback, train
+from sisa.pipelines import verify as verify_pipeline
+from sisa.pipelines import versions as versions_pipeline
+from sisa.storage import ledgers
+from sisa.storage.errors import RefusedError, ValidationError
+from sisa.storage.store import Store
 
-from pipelines import forget, rollback, train
-from pipelines import verify as verify_pipeline
-from pipelines import versions as versions_pipeline
 from sisa.data.synthetic import make_people
 from sisa.data.synthetic_formats import as_format
 from sisa.forgetting import erasure, purge
@@ -23,9 +26,6 @@ from sisa.lineage import checkpoints, versions
 from sisa.serving import engine as serving
 from sisa.training import scheduler
 from sisa.training.shard_job import ShardTask, train_shard
-from storage import ledgers
-from storage.errors import RefusedError, ValidationError
-from storage.store import Store
 from tests.helpers import cli_args, ingest_rows, make_cfg, run_cli, train_store, tree_digest
 from tests.pipelines.helpers import (
     adapter_tensors,

@@ -15,14 +15,14 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sisa.pipelines.cli import main
+from sisa.pipelines.ingest import ingest_table
+from sisa.storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
+from sisa.storage.store import Store
 
-from pipelines.cli import main
-from pipelines.ingest import ingest_table
 from sisa.config import load_config
 from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints
-from storage.schemas import PROVENANCE_COLUMNS, RECORD_COLUMNS
-from storage.store import Store
 from tests.helpers import REPO, TINY, run_cli, tree_digest
 
 SISA = str(Path(sys.executable).parent / "sisa")

@@ -10,10 +10,10 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sisa.storage.store import Store
 
 from sisa.data import formats
 from sisa.data.synthetic import write_jsonl
-from storage.store import Store
 from tests.helpers import cli_args, run_cli, tree_digest
 
 

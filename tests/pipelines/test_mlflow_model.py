@@ -24,14 +24,14 @@ import mlflow
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
+from sisa.pipelines import forget
+from sisa.storage.errors import NotFoundError
+from sisa.storage.store import Store
 
-from pipelines import forget
 from sisa.data.synthetic import make_people
 from sisa.lineage import requests_ledger, versions
 from sisa.serving import bundle
 from sisa.serving import engine as serving
-from storage.errors import NotFoundError
-from storage.store import Store
 from tests.helpers import REPO, cli_args, run_cli, train_store
 
 pytestmark = pytest.mark.slow

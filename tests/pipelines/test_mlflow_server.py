@@ -17,13 +17,13 @@ import subprocess
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
+from sisa.storage import ledgers
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people, write_jsonl
 from sisa.lineage import versions
 from sisa.serving import engine as serving
-from storage import ledgers
-from storage.errors import RefusedError
-from storage.store import Store
 from tests.helpers import TINY, find_canaries, run_cli
 from tests.servers import BIN
 

@@ -105,9 +105,10 @@ def test_target_modules_peft_default_and_all_linear(family_dirs, kind, expected)
 
 
 def test_target_modules_the_model_lacks_are_a_config_error(family_dirs):
+    from sisa.storage.errors import ConfigError
+
     from sisa.config import LoraConfig
     from sisa.model import adapters
-    from storage.errors import ConfigError
 
     base, _ = load_base_model(ModelConfig(name=str(family_dirs["gpt2"])))
     with pytest.raises(ConfigError, match=r"does not fit the base model \(gpt2\).*all-linear"):

@@ -12,15 +12,15 @@ import json
 
 import pyarrow.compute as pc
 import pytest
+from sisa.pipelines import forget, process, train
+from sisa.storage import layout, ledgers
+from sisa.storage.schemas import FORGETTING
+from sisa.storage.store import Store
 
-from pipelines import forget, process, train
 from sisa.data.synthetic import make_people
 from sisa.forgetting import lineage_check, phases, runner
 from sisa.lineage import checkpoints, requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestStatus
-from storage import layout, ledgers
-from storage.schemas import FORGETTING
-from storage.store import Store
 from tests.helpers import (
     cli_args,
     find_canaries,
@@ -199,7 +199,7 @@ def test_a_request_filed_during_a_batch_is_relieved_at_once_and_stays_relieved(
     """The batch lets go of the writer lock while its shard jobs train (it keeps the jobs lock):
     a request queued then gets its relief at once, no second batch or training can start, and the
     batch's version keeps the new request's shard at its checkpoint before the hit."""
-    from storage.errors import StoreLockedError
+    from sisa.storage.errors import StoreLockedError
 
     cfg, store = make_trained_store(make_people(24, seed=53), *RELIEF, "store.lock_timeout_s=2")
     single = [(s, place) for s, place in one_slice_subjects(store).items() if place[1] >= 1]

@@ -10,13 +10,13 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sisa.pipelines.cli import main
+from sisa.storage import layout
+from sisa.storage.store import Store
 
-from pipelines.cli import main
 from sisa.data.synthetic import make_people, write_jsonl
 from sisa.forgetting import lineage_check
 from sisa.lineage import checkpoints, requests_ledger, versions
-from storage import layout
-from storage.store import Store
 from tests.helpers import canaries_in_text, cli_args, find_canaries, run_cli, tree_digest
 
 
@@ -292,7 +292,7 @@ def test_a_queued_rectification_relieves_at_once_and_a_batch_with_a_deletion_ret
     """`rectify --queue`: the new text is staged, the relief serves at once (no serving lineage
     holds the old content), no training reads the record until `sisa process`; the batch, which
     also holds a deletion in the same shard, replaces the text and retrains that shard once."""
-    from storage.schemas import LIVE, RECTIFYING
+    from sisa.storage.schemas import LIVE, RECTIFYING
 
     c = _Canary(tmp_path, capfd)
     sisa, args, store_dir, inputs, output = c.sisa, c.args, c.store_dir, c.inputs, c.output

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from sisa.pipelines import forget, ingest
+from sisa.storage.errors import ValidationError
+from sisa.storage.store import Store
 
-from pipelines import forget, ingest
 from sisa.data.synthetic import make_people, write_jsonl
-from storage.errors import ValidationError
-from storage.store import Store
 from tests.helpers import make_cfg
 
 

@@ -13,11 +13,11 @@ import tempfile
 import uuid
 
 import pytest
+from sisa.storage import layout, ledgers
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people, write_jsonl
-from storage import layout, ledgers
-from storage.errors import RefusedError
-from storage.store import Store
 from tests.helpers import TINY, RecordingCli, canaries_in_text, find_canaries
 
 
@@ -95,8 +95,9 @@ def test_every_verb_runs_on_an_s3_store_and_leaves_nothing_behind(s3_store, tmp_
 def test_on_s3_objects_go_to_their_key_and_a_checkpoint_exists_only_by_its_manifest(s3_store):
     """No temporary copies in the bucket; a checkpoint whose writer died before its manifest
     (written last) is never read as a checkpoint."""
+    from sisa.storage.errors import NotFoundError
+
     from sisa.lineage import checkpoints
-    from storage.errors import NotFoundError
 
     server, bucket, uri = s3_store
     store = Store.create(uri, num_shards=2, seed=0)

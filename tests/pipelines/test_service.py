@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people
 from sisa.forgetting import lineage_check
 from sisa.lineage import requests_ledger
 from sisa.lineage.requests_ledger import RequestStatus
-from storage.store import Store
 from tests.helpers import REPO, cli_args, run_cli, train_store
 from tests.reliability.helpers import sisa_env
 
@@ -49,7 +49,7 @@ class Server:
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "serve", *self.args],
+            [sys.executable, "-m", "sisa.pipelines.cli", "serve", *self.args],
             cwd=REPO,
             env=sisa_env(),
             stdout=subprocess.PIPE,

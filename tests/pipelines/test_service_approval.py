@@ -11,11 +11,11 @@ import time
 
 import httpx
 import pytest
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people
 from sisa.lineage import requests_ledger
 from sisa.lineage.requests_ledger import RequestStatus
-from storage.store import Store
 from tests.helpers import train_store, tree_digest
 from tests.pipelines.test_service import Server, _h, _token
 

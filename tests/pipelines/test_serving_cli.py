@@ -8,8 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import torch
 from safetensors.torch import load_file
+from sisa.pipelines.cli import main
+from sisa.storage import ledgers
+from sisa.storage.store import Store
 
-from pipelines.cli import main
 from sisa.config import build_config
 from sisa.data.synthetic import make_people, write_jsonl
 from sisa.lineage import versions
@@ -17,8 +19,6 @@ from sisa.model import adapters
 from sisa.model.base import load_base_model
 from sisa.serving import engine as serving
 from sisa.serving.engine import load_ensemble
-from storage import ledgers
-from storage.store import Store
 from tests.helpers import cli_args
 
 ROWS = make_people(10, seed=5)

@@ -16,16 +16,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sisa.pipelines import forget, train
+from sisa.pipelines import versions as versions_pipeline
+from sisa.storage import layout, ledgers
+from sisa.storage.errors import IntegrityError, RefusedError, ShardJobError
+from sisa.storage.store import Store
 
-from pipelines import forget, train
-from pipelines import versions as versions_pipeline
 from sisa.data.synthetic import make_people
 from sisa.forgetting import erasure
 from sisa.lineage import checkpoints, versions
 from sisa.training.shard_job import ShardTask, train_shard
-from storage import layout, ledgers
-from storage.errors import IntegrityError, RefusedError, ShardJobError
-from storage.store import Store
 from tests.helpers import cli_args, ingest_rows, make_cfg, run_cli, train_store, tree_digest
 from tests.pipelines.helpers import (
     adapter_tensors,

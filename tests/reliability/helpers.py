@@ -15,10 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sisa.storage.store import Store
+
 from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints
 from sisa.offline import OFFLINE_ENV
-from storage.store import Store
 from tests.helpers import REPO, cli_args, one_slice_subjects, run_cli
 
 # Slices of 8 give every shard two or three slices from 20 people, so a deletion in a middle
@@ -39,7 +40,7 @@ def sisa_env(**extra: str) -> dict[str, str]:
 def sisa_proc(*argv: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
     """The real `sisa` command in a child process (`python -m pipelines.cli`)."""
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *argv],
+        [sys.executable, "-m", "sisa.pipelines.cli", *argv],
         cwd=REPO,
         env=sisa_env(**env),
         capture_output=True,
@@ -50,7 +51,7 @@ def sisa_proc(*argv: str, timeout: float = 300, **env: str) -> subprocess.Comple
 
 def sisa_popen(*argv: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", *argv],
+        [sys.executable, "-m", "sisa.pipelines.cli", *argv],
         cwd=REPO,
         env=sisa_env(**env),
         stdout=subprocess.PIPE,
@@ -71,7 +72,7 @@ def status(root: Path | str) -> dict:
 
 
 def requests_of(root: Path | str) -> list[dict]:
-    from storage import ledgers
+    from sisa.storage import ledgers
 
     return ledgers.list_requests(Store.open(str(root)).fs)
 

@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sisa.storage.store import Store
 
-from storage.store import Store
 from tests.helpers import cli_args, run_cli, tree_digest
 from tests.reliability.helpers import SLICES, describe, sisa_proc
 

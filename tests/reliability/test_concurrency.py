@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import forget, ingest
+from sisa.storage import layout
+from sisa.storage.store import Store
 
-from pipelines import forget, ingest
 from sisa.data.synthetic import write_jsonl
-from storage import layout
-from storage.store import Store
 from tests.helpers import cli_args, make_cfg, run_cli
 from tests.reliability.helpers import (
     SLICES,

@@ -23,12 +23,12 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sisa.storage import layout, ledgers
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, versions
 from sisa.training import run as training
-from storage import layout, ledgers
-from storage.store import Store
 from tests.helpers import cli_args, make_cfg, run_cli, tree_digest
 from tests.reliability.helpers import (
     SLICES,

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sisa.storage.store import Store
 
 from sisa.lineage import requests_ledger
 from sisa.lineage.requests_ledger import RequestStatus
-from storage.store import Store
 from tests.helpers import run_cli
 from tests.pipelines.test_service import Server, _token
 from tests.reliability.helpers import SLICES
@@ -142,7 +142,7 @@ class FaultyServer(Server):
 
         with open(self.log, "a") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "pipelines.cli", "serve", *self.args],
+                [sys.executable, "-m", "sisa.pipelines.cli", "serve", *self.args],
                 cwd=REPO,
                 env=sisa_env(**self.env),
                 stdout=out,

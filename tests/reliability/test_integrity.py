@@ -15,11 +15,11 @@ import pickle
 from pathlib import Path
 
 import pytest
+from sisa.storage.errors import IntegrityError
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, versions
-from storage.errors import IntegrityError
-from storage.store import Store
 from tests.helpers import REPO, cli_args, run_cli, tree_digest
 from tests.reliability.helpers import SLICES, people
 

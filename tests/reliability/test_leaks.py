@@ -27,12 +27,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sisa.pipelines import ingest
+from sisa.storage.errors import SisaError
+from sisa.storage.store import Store
 
-from pipelines import ingest
 from sisa.data.synthetic import write_jsonl
 from sisa.training import scheduler
-from storage.errors import SisaError
-from storage.store import Store
 from tests.helpers import canaries_in_text, cli_args, files_under, find_canaries, make_cfg, run_cli
 from tests.reliability.helpers import SLICES, people
 

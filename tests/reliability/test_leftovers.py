@@ -32,8 +32,8 @@ from typing import NamedTuple
 
 import psutil
 import pytest
+from sisa.pipelines.cli import RAY_STOP_S
 
-from pipelines.cli import RAY_STOP_S
 from tests.helpers import REPO, cli_args, run_cli
 from tests.reliability.helpers import SLICES, people, sisa_env
 
@@ -128,7 +128,7 @@ class Run:
         if hang:
             extra["SISA_FAULT_HANG"] = str(self.hang)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *argv],
+            [sys.executable, "-m", "sisa.pipelines.cli", *argv],
             cwd=REPO,
             env=sisa_env(**extra),
             stdout=subprocess.PIPE,
@@ -336,7 +336,8 @@ def test_long_verbs_leave_no_ray_process_however_they_end(verb, how, endings, re
 
 
 def _long_verb_ending(root: Path, tmp: Path, verb: str, how: str):
-    from storage.store import Store
+    from sisa.storage.store import Store
+
     from tests.reliability.helpers import subject_in_middle
 
     args = cli_args(root, *SLICES, *RAY)
@@ -367,7 +368,8 @@ def test_sisa_serve_mid_batch_leaves_no_ray_process_however_it_ends(how, endings
 
 
 def _serve_ending(root: Path, tmp: Path, how: str):
-    from storage.store import Store
+    from sisa.storage.store import Store
+
     from tests.reliability.helpers import subject_in_middle
     from tests.servers import free_port
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from sisa.storage import layout
 
 from sisa.data.synthetic import make_people, write_jsonl
-from storage import layout
 from tests.helpers import cli_args
 from tests.reliability.helpers import describe, sisa_proc
 

@@ -17,15 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import train
+from sisa.storage.errors import ShardJobError
+from sisa.storage.store import Store
 
-from pipelines import train
 from sisa.data.synthetic import make_people
 from sisa.lineage import checkpoints, versions
 from sisa.training import run as training
 from sisa.training import scheduler
 from sisa.training.shard_job import ShardTask, train_shard
-from storage.errors import ShardJobError
-from storage.store import Store
 from tests.helpers import ingest_rows, make_cfg, train_store
 from tests.servers import ray_auth_disabled
 

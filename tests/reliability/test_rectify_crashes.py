@@ -8,11 +8,11 @@ from __future__ import annotations
 import signal
 
 import pytest
+from sisa.storage import layout
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, requests_ledger, versions
-from storage import layout
-from storage.store import Store
 from tests.helpers import cli_args, run_cli
 from tests.reliability.helpers import (
     SLICES,

@@ -18,17 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 from ray.exceptions import RayError
+from sisa.pipelines import ingest, train
+from sisa.storage import layout
+from sisa.storage.errors import ShardJobError
+from sisa.storage.store import Store
 
-from pipelines import ingest, train
 from sisa.config import SchedulerConfig
 from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints, versions
 from sisa.training import run as training
 from sisa.training import scheduler
 from sisa.training.shard_job import ShardTask, train_shard
-from storage import layout
-from storage.errors import ShardJobError
-from storage.store import Store
 from tests.helpers import REPO, cli_args, make_cfg, run_cli, tree_digest
 from tests.reliability.helpers import SLICES, people
 

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from storage.errors import RefusedError, ValidationError
+from sisa.storage.errors import RefusedError, ValidationError
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +32,13 @@ def test_import_sisa_loads_nothing_heavy() -> None:
 
 
 def test_the_lifecycle_through_import_sisa(tmp_path: Path) -> None:
+    from sisa.storage.keys import keyed_hashes, load_key
+    from sisa.storage.store import Store
+
     import sisa
     from sisa.data import make_people
     from sisa.forgetting import lineage_check
     from sisa.lineage import checkpoints, versions
-    from storage.keys import keyed_hashes, load_key
-    from storage.store import Store
 
     first, second = make_people(10, seed=1), make_people(6, seed=1, start=10)
     store = sisa.open(

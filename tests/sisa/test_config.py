@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sisa.pipelines.cli import main
+from sisa.storage.errors import ConfigError
 
-from pipelines.cli import main
 from sisa import config as config_module
 from sisa.config import SisaConfig, TrainingConfig, build_config, describe_config, load_config
-from storage.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

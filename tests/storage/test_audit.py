@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from storage import layout
-from storage.audit import GENESIS, AuditLog, entry_hash, verify_chain
-from storage.fs import StoreFS
+from sisa.storage import layout
+from sisa.storage.audit import GENESIS, AuditLog, entry_hash, verify_chain
+from sisa.storage.fs import StoreFS
 
 
 def test_events_are_appended_as_lines_and_read_newest_first(tmp_path):

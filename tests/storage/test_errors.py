@@ -5,8 +5,7 @@ from __future__ import annotations
 import pickle
 
 import pytest
-
-from storage.errors import (
+from sisa.storage.errors import (
     ConfigError,
     IntegrityError,
     NotFoundError,

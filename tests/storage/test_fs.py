@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
-import storage.fs as fs_module
-from storage.errors import IntegrityError, StoreError
-from storage.fs import TMP_DIR, StoreFS
+import sisa.storage.fs as fs_module
+from sisa.storage.errors import IntegrityError, StoreError
+from sisa.storage.fs import TMP_DIR, StoreFS
 
 
 @pytest.fixture

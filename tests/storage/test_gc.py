@@ -5,9 +5,8 @@ committed is touched."""
 from __future__ import annotations
 
 import pyarrow as pa
-
-from storage import gc, layout, records
-from storage.fs import StoreFS
+from sisa.storage import gc, layout, records
+from sisa.storage.fs import StoreFS
 
 
 def test_orphans_are_found_and_removed_and_committed_files_stay(tmp_path):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-
-from storage import layout, ledgers
-from storage.index import RecordIndex
-from storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE
-from storage.store import Store
+from sisa.storage import layout, ledgers
+from sisa.storage.index import RecordIndex
+from sisa.storage.schemas import FORGETTING, INDEX_SCHEMA, LIVE
+from sisa.storage.store import Store
 
 
 def make_index(n: int, num_shards: int = 4, slice_size: int = 10) -> pa.Table:
@@ -211,7 +210,7 @@ def test_hashed_lookups_find_odd_ids_and_only_them():
 def test_colliding_hashes_cost_time_not_answers(monkeypatch):
     """Equal hashes are only candidates: with a hash that maps every id to one of 3 values, the
     answers stay exact."""
-    from storage import index as index_module
+    from sisa.storage import index as index_module
 
     real = index_module.id_hashes
     monkeypatch.setattr(index_module, "id_hashes", lambda ids: real(ids) % 3)
@@ -225,8 +224,8 @@ def test_colliding_hashes_cost_time_not_answers(monkeypatch):
 
 
 def test_id_hashes_depend_on_the_bytes_only(monkeypatch):
-    from storage import index as index_module
-    from storage.index import id_hashes
+    from sisa.storage import index as index_module
+    from sisa.storage.index import id_hashes
 
     monkeypatch.setattr(index_module, "_HASH_BYTES", 4096)  # many numpy steps per chunk
     values = ODD_IDS + [f"r{i:06d}" for i in range(10_000)]

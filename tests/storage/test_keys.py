@@ -7,8 +7,8 @@ import hashlib
 import os
 import stat
 
-from storage.fs import StoreFS
-from storage.keys import (
+from sisa.storage.fs import StoreFS
+from sisa.storage.keys import (
     DIGEST_BYTES,
     KEY_BYTES,
     create_key,
@@ -17,7 +17,7 @@ from storage.keys import (
     keyed_int64,
     load_key,
 )
-from storage.layout import SECRET_KEY
+from sisa.storage.layout import SECRET_KEY
 
 
 def test_the_key_is_random_private_and_reads_back(tmp_path):

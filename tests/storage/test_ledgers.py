@@ -4,10 +4,9 @@ whole; the current pointer one small file; request ids that would leave requests
 from __future__ import annotations
 
 import pytest
-
-from storage import layout, ledgers
-from storage.errors import NotFoundError, StoreError, ValidationError
-from storage.fs import StoreFS
+from sisa.storage import layout, ledgers
+from sisa.storage.errors import NotFoundError, StoreError, ValidationError
+from sisa.storage.fs import StoreFS
 
 
 @pytest.fixture

@@ -11,17 +11,16 @@ import threading
 import time
 
 import pytest
-
-from storage.errors import StoreLockedError
-from storage.fs import StoreFS
-from storage.layout import LOCK
-from storage.lock import StoreLock
+from sisa.storage.errors import StoreLockedError
+from sisa.storage.fs import StoreFS
+from sisa.storage.layout import LOCK
+from sisa.storage.lock import StoreLock
 
 # A second process that takes the lock, says so, and holds it until its stdin closes or says "go".
 HOLDER = """
 import sys
-from storage.fs import StoreFS
-from storage.lock import StoreLock
+from sisa.storage.fs import StoreFS
+from sisa.storage.lock import StoreLock
 lock = StoreLock(StoreFS(sys.argv[1]), timeout_s=30, purpose="holder")
 lock.acquire()
 print("held", flush=True)

@@ -9,10 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from storage import layout, records
-from storage.fs import StoreFS
-from storage.schemas import RECORD_SCHEMA
+from sisa.storage import layout, records
+from sisa.storage.fs import StoreFS
+from sisa.storage.schemas import RECORD_SCHEMA
 
 
 @pytest.fixture

@@ -10,11 +10,10 @@ import sys
 import threading
 
 import pytest
-
-from storage.errors import StoreError, StoreLockedError
-from storage.fs import StoreFS
-from storage.layout import LOCK
-from storage.lock import StoreLock
+from sisa.storage.errors import StoreError, StoreLockedError
+from sisa.storage.fs import StoreFS
+from sisa.storage.layout import LOCK
+from sisa.storage.lock import StoreLock
 
 
 def test_the_lease_is_one_object_that_only_one_writer_creates(s3_store):

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pytest
-
-from storage import layout, ledgers, records
-from storage.errors import StoreError
-from storage.schemas import FORGETTING, FORMAT_VERSION, INDEX_SCHEMA, LIVE, RECTIFYING
-from storage.store import Store
+from sisa.storage import layout, ledgers, records
+from sisa.storage.errors import StoreError
+from sisa.storage.schemas import FORGETTING, FORMAT_VERSION, INDEX_SCHEMA, LIVE, RECTIFYING
+from sisa.storage.store import Store
 
 
 def _ingest(store: Store, seq: int, ingest_id: str, ids: list[str], shard: int = 0, sl: int = 0) -> None:

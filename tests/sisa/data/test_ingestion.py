@@ -8,6 +8,7 @@ import hashlib
 import numpy as np
 import pyarrow as pa
 import pytest
+from sisa.storage.store import Store
 
 from sisa.config import load_config
 from sisa.data import ingestion, sources
@@ -15,7 +16,6 @@ from sisa.data.ingestion import _ChunkwiseTake, commit_batch, content_sha256, pr
 from sisa.data.sources import read_source
 from sisa.data.synthetic import write_jsonl
 from sisa.lineage import checkpoints
-from storage.store import Store
 from tests.helpers import TINY
 
 

@@ -10,6 +10,7 @@ import pyarrow.json as pajson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from sisa.storage.errors import ValidationError
 
 from sisa.data import sources
 from sisa.data.sources import (
@@ -18,7 +19,6 @@ from sisa.data.sources import (
     read_jsonl_file,
     read_source,
 )
-from storage.errors import ValidationError
 
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:

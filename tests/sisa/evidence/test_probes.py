@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from sisa.storage.errors import ValidationError
 
 from sisa.data.synthetic import make_people, make_probes, write_jsonl
 from sisa.evidence.probes import Probe, for_request, read_probes
-from storage.errors import ValidationError
 
 
 def test_probes_count_for_their_subjects_and_locality_for_the_others():

@@ -10,16 +10,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import ingest, train
+from sisa.storage import layout
+from sisa.storage.errors import RefusedError, ValidationError
+from sisa.storage.store import Store
 
-from pipelines import ingest, train
 from sisa.data.synthetic import write_jsonl
 from sisa.forgetting import corrections, runner
 from sisa.forgetting.certificate import make_certificate
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestMode, RequestStatus
-from storage import layout
-from storage.errors import RefusedError, ValidationError
-from storage.store import Store
 from tests.helpers import make_cfg, tree_digest
 from tests.reliability.helpers import SLICES, people, subject_in_middle
 

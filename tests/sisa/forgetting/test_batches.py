@@ -7,19 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import forget as forget_pipeline
+from sisa.pipelines.ingest import run as ingest_run
+from sisa.pipelines.train import run as train_run
+from sisa.storage import layout
+from sisa.storage.errors import RefusedError
+from sisa.storage.store import Store
 
-from pipelines import forget as forget_pipeline
-from pipelines.ingest import run as ingest_run
-from pipelines.train import run as train_run
 from sisa.data.synthetic import make_people, write_jsonl
 from sisa.forgetting import runner, selection
 from sisa.forgetting.phases import InFlight
 from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import RequestMode
-from storage import layout
-from storage.errors import RefusedError
-from storage.store import Store
 from tests.helpers import make_cfg
 
 pytestmark = pytest.mark.slow  # trains the tiny model

@@ -8,6 +8,8 @@ verify --replay` holds."""
 from __future__ import annotations
 
 import pytest
+from sisa.storage import layout
+from sisa.storage.store import Store
 
 from sisa.data import normalise, read_source
 from sisa.data.synthetic import make_people, write_jsonl
@@ -15,8 +17,6 @@ from sisa.forgetting import runner
 from sisa.lineage import checkpoints, versions
 from sisa.lineage.requests_ledger import RequestMode
 from sisa.serving import engine
-from storage import layout
-from storage.store import Store
 from tests.helpers import cli_args, find_canaries, run_cli, train_store
 
 PROMPT = "Zed Quill's vault code is"
@@ -117,8 +117,9 @@ def test_rectify_fast_serves_the_new_text_approximately_until_the_exact_version(
 
 
 def test_the_edit_keys_are_validated(tmp_path):
+    from sisa.storage.errors import ConfigError
+
     from sisa.config import load_config
-    from storage.errors import ConfigError
     from tests.helpers import TINY
 
     assert load_config(TINY, ["unlearning.edit_steps=3"]).unlearning.edit_steps == 3

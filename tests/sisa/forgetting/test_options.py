@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from sisa.storage.errors import ValidationError
 
 from sisa.evidence import Probe
 from sisa.forgetting import Filer, RequestOptions
 from sisa.lineage import RequestMode
-from storage.errors import ValidationError
 
 
 def test_defaults_are_a_request_carried_out_at_once_exactly_with_evidence():

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sisa.storage.errors import ConfigError
 
 from sisa.config import build_config
 from sisa.forgetting import policy
 from sisa.lineage.requests_ledger import RequestMode
-from storage.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
 POLICIES = sorted((REPO / "configs" / "policies").glob("*.yaml"))

@@ -9,15 +9,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from sisa.pipelines import ingest, train
+from sisa.storage.store import Store
 
-from pipelines import ingest, train
 from sisa.data.synthetic import make_probes, write_jsonl
 from sisa.evidence import Probe
 from sisa.forgetting import runner
 from sisa.lineage import requests_ledger, versions
 from sisa.lineage.requests_ledger import RequestMode, RequestStatus
 from sisa.serving import engine
-from storage.store import Store
 from tests.helpers import cli_args, make_cfg, one_slice_subjects, run_cli
 from tests.pipelines.helpers import adapter_tensors, assert_tensors_equal
 from tests.reliability.helpers import SLICES, people, subject_in_middle

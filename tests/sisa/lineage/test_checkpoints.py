@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import save_file
+from sisa.storage import layout
+from sisa.storage.errors import IntegrityError, NotFoundError
+from sisa.storage.store import Store
 
 from sisa.lineage import checkpoints
-from storage import layout
-from storage.errors import IntegrityError, NotFoundError
-from storage.store import Store
 
 TRAINING_FP, BASE_FP = "f" * 64, "b" * 64
 

@@ -13,11 +13,11 @@ import stat
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sisa.storage import layout
+from sisa.storage.errors import ConfigError, StoreError
 
 from sisa.data import open_store
 from sisa.lineage import signing
-from storage import layout
-from storage.errors import ConfigError, StoreError
 from tests.helpers import make_cfg
 
 BODY = {

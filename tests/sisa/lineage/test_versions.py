@@ -10,13 +10,13 @@ import subprocess
 import sys
 
 import pytest
+from sisa.storage import layout
+from sisa.storage.errors import NotFoundError, RefusedError, StoreError
+from sisa.storage.store import Store
 
 from sisa.forgetting import rollback
 from sisa.lineage import versions
 from sisa.offline import OFFLINE_ENV
-from storage import layout
-from storage.errors import NotFoundError, RefusedError, StoreError
-from storage.store import Store
 from tests.helpers import REPO
 
 SHARDS = {0: "s00000-l000001-0123456789abcdef", 1: "s00001-l000000-fedcba9876543210"}

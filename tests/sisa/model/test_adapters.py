@@ -11,6 +11,7 @@ import pytest
 import torch
 from peft import PeftModel
 from peft.utils import get_peft_model_state_dict
+from sisa.storage.errors import ConfigError, NotFoundError
 
 from sisa.config import LoraConfig, ModelConfig
 from sisa.model.adapters import (
@@ -22,7 +23,6 @@ from sisa.model.adapters import (
     trainable_parameters,
 )
 from sisa.model.base import load_base_model
-from storage.errors import ConfigError, NotFoundError
 from tests.helpers import REPO
 
 TINY = ModelConfig(name="tiny", device="cpu")

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from sisa.storage.errors import ConfigError, NotFoundError, SisaError
 
 from sisa.config import ModelConfig
 from sisa.data import formats
@@ -23,7 +24,6 @@ from sisa.model import (
 )
 from sisa.model.base import select_device, select_dtype
 from sisa.model.loss import fit_window
-from storage.errors import ConfigError, NotFoundError, SisaError
 
 TINY = ModelConfig(name="tiny", device="cpu")
 

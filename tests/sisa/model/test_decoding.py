@@ -4,11 +4,11 @@ together give the texts `mixture.sample` gives each alone, whatever joins or lea
 from __future__ import annotations
 
 import pytest
+from sisa.storage.errors import ValidationError
 
 from sisa.config import LoraConfig, ModelConfig
 from sisa.model.decoding import DecodeRequest, MixtureBatch, decode_all
 from sisa.model.mixture import log_prior, sample
-from storage.errors import ValidationError
 from tests.helpers import random_adapters
 
 TINY = ModelConfig(name="tiny", device="cpu")

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from sisa.storage.errors import ValidationError
 
 from sisa.config import LoraConfig, ModelConfig
 from sisa.model import encode_texts, load_base_model, sequence_losses
@@ -24,7 +25,6 @@ from sisa.model.mixture import (
     top_shard_indices,
 )
 from sisa.serving.engine import encode_for_scoring
-from storage.errors import ValidationError
 from tests.helpers import random_adapters
 
 TINY = ModelConfig(name="tiny", device="cpu")

@@ -21,10 +21,10 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people
 from sisa.lineage import requests_ledger
-from storage.store import Store
 from tests.helpers import train_store, tree_digest
 from tests.pipelines.test_service import Server, _token
 

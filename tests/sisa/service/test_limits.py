@@ -5,10 +5,10 @@ tests/reliability/test_floods.py."""
 from __future__ import annotations
 
 import pytest
+from sisa.storage.errors import ConfigError
 
 from sisa.config import ServiceConfig, build_config
 from sisa.service.limits import RateLimits
-from storage.errors import ConfigError
 
 
 class Clock:

@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
+from sisa.storage.errors import RefusedError
 
 from sisa.config import LoraConfig, ModelConfig
 from sisa.model.decoding import DecodeRequest
 from sisa.serving.batcher import Batcher, Delta, Done, Error
 from sisa.serving.engine import Ensemble, generate_text
-from storage.errors import RefusedError
 from tests.helpers import random_adapters
 
 TINY = ModelConfig(name="tiny", device="cpu")

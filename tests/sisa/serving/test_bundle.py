@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sisa.storage.errors import ConfigError, IntegrityError, NotFoundError
+from sisa.storage.store import Store
 
 from sisa.data.synthetic import make_people
 from sisa.lineage import versions
 from sisa.serving import bundle
 from sisa.serving import engine as serving
-from storage.errors import ConfigError, IntegrityError, NotFoundError
-from storage.store import Store
 from tests.helpers import cli_args, run_cli, train_store
 
 pytestmark = pytest.mark.slow

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from sisa.storage import layout
+from sisa.storage.errors import IntegrityError, StoreError
+from sisa.storage.store import Store
 
 from sisa.config import SisaConfig
 from sisa.data.synthetic import make_people
@@ -18,9 +21,6 @@ from sisa.lineage import checkpoints, versions
 from sisa.model import adapters, mixture
 from sisa.model.base import load_base_model
 from sisa.serving import engine
-from storage import layout
-from storage.errors import IntegrityError, StoreError
-from storage.store import Store
 from tests.helpers import make_cfg, train_store
 
 PROMPT = "Ada Lane works as a"

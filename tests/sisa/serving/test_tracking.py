@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from sisa.storage.errors import ConfigError, NotFoundError
 
 from sisa.config import TrackingConfig
 from sisa.serving.tracking import Tracker, tracking_uri
-from storage.errors import ConfigError, NotFoundError
 
 pytestmark = pytest.mark.slow
 

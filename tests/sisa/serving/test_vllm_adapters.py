@@ -5,11 +5,11 @@ fail-closed path, the command of the server sisa starts, and the config that goe
 from __future__ import annotations
 
 import pytest
+from sisa.storage.errors import ConfigError, SisaError
 
 from sisa.config import build_config
 from sisa.serving.vllm_adapters import is_sisa_adapter, unload_purged
 from sisa.serving.vllm_server import server_command, vllm_url
-from storage.errors import ConfigError, SisaError
 from tests.servers import free_port
 
 VLLM = ["serving.engine=vllm", "serving.top_shards=1"]

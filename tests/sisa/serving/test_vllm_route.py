@@ -133,9 +133,10 @@ def test_text_equals_sisas_top1_decode(trained, vllm, favoured):
     """Routed by the posterior as trained, then with a prior that sends every prompt to shard 0,
     then to shard 1: both adapters' decodes compared (the random base learns no fact, so its
     shards differ little; recall on SmolLM2 is benchmarks/serve.py's)."""
+    from sisa.storage.store import Store
+
     from sisa.model.decoding import DecodeRequest, route
     from sisa.serving.engine import generate_many, load_serving
-    from storage.store import Store
 
     _, cfg, rows, _ = trained
     _, client = vllm
@@ -162,8 +163,9 @@ def test_text_equals_sisas_top1_decode(trained, vllm, favoured):
 
 
 def test_serve_switch_purge_and_fail_closed(trained, vllm, tmp_path):
+    from sisa.storage.store import Store
+
     from sisa.lineage import checkpoints, requests_ledger, versions
-    from storage.store import Store
     from tests.helpers import cli_args, run_cli
 
     root, cfg, rows, extra = trained

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from sisa.storage.errors import ConfigError, ShardJobError, ValidationError
 
 from sisa.config import SchedulerConfig
 from sisa.training.scheduler import ray_temp_dir, run_shard_jobs, shutdown_ray
-from storage.errors import ConfigError, ShardJobError, ValidationError
 
 RAY_BIN = Path(sys.executable).parent / "ray"
 
@@ -236,11 +236,11 @@ def test_ray_attaches_to_a_cluster(ray_cluster, monkeypatch):
 def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypatch, tmp_path):
     """The whole `sisa train` on a separate Ray head, identical to a serial run in another store."""
     from safetensors.torch import load_file
+    from sisa.pipelines import ingest, train
+    from sisa.storage.store import Store
 
-    from pipelines import ingest, train
     from sisa.data.synthetic import make_people, write_jsonl
     from sisa.lineage import checkpoints, versions
-    from storage.store import Store
     from tests.helpers import make_cfg
 
     address, temp = ray_cluster
@@ -272,7 +272,7 @@ def test_sisa_train_runs_on_a_cluster_through_ray_address(ray_cluster, monkeypat
 
 def test_an_unreachable_cluster_address_fails_fast_naming_it():
     """ray.init on an address where nothing listens retries for many minutes; sisa names it."""
-    from storage.errors import SisaError
+    from sisa.storage.errors import SisaError
 
     shutdown_ray()  # a Ray already up in this process would be reused, not connected to
     with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
