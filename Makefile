@@ -67,8 +67,11 @@ $(CHROMIUM):
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 # SISA_REQUIRE_VLLM: here the vLLM tests fail, not skip, when the vLLM environment is missing.
+# Two pytest-xdist workers, a test module (or an `xdist_group` of modules) the unit of work: what
+# keeps two workers apart is in tests/conftest.py. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM)
-	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q --durations=25
+	SISA_REQUIRE_VLLM=1 $(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sisa pipelines storage tests benchmarks
