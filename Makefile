@@ -70,8 +70,11 @@ $(CHROMIUM):
 # when the vLLM environment or trl (the benchmarks extra) is missing.
 # The docs site builds first: a broken link, snippet or reference fails `make test` (about a
 # minute: the reference pages are generated from the CLI's parsers, the config and the app).
+# Two pytest-xdist workers, a test module (or an `xdist_group` of modules) the unit of work: what
+# keeps two workers apart is in tests/conftest.py. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(VLLM_STAMP) $(CHROMIUM) docs
-	SISA_REQUIRE_VLLM=1 SISA_REQUIRE_TRL=1 $(PY) -m pytest -q --durations=25
+	SISA_REQUIRE_VLLM=1 SISA_REQUIRE_TRL=1 $(PY) -m pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadgroup
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet

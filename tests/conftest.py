@@ -16,6 +16,73 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 import pytest  # noqa: E402
 
 
+# -- two workers (`make test`: pytest -n 2 --dist loadgroup) -----------------------------------------
+# Each pytest-xdist worker is a process of its own with its own embedded Ray, session servers (the
+# `s3`, `mlflow_tracking` and `ray_two_nodes` fixtures: one each per worker, on ports from a
+# free-port probe) and tmp_path tree. What they would otherwise share is made theirs here: Ray's
+# temp folder (sessions, `session_latest`, `ray_current_cluster`) and, created once before the
+# workers start, Ray's auth token. The scans for leftovers and listening sockets look only at
+# their own run's processes and session folder, never machine-wide.
+def pytest_configure(config: pytest.Config) -> None:
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        _own_ray_tmpdir(config, worker)
+    elif getattr(config.option, "numprocesses", None):
+        _ray_auth_token_once()
+
+
+def _own_ray_tmpdir(config: pytest.Config, worker: str) -> None:
+    """RAY_TMPDIR: a short folder of this worker's (Ray's unix sockets live under it, 107
+    characters at most), removed when the worker ends. A test that names its own keeps it."""
+    import shutil
+    import tempfile
+
+    if "RAY_TMPDIR" in os.environ:
+        return
+    folder = tempfile.mkdtemp(prefix=f"sisa-ray-{worker}-", dir="/tmp")
+    os.environ["RAY_TMPDIR"] = folder
+    config.add_cleanup(lambda: shutil.rmtree(folder, ignore_errors=True))
+
+
+def _ray_auth_token_once() -> None:
+    """Ray 2.60 writes ~/.ray/auth_token when the first local Ray of a machine starts, by
+    truncating and rewriting the file: two workers starting their first Ray at once could read
+    it half written, or each start with a token the other then overwrites. Written here first,
+    in the controller, before any worker exists (with Ray's own generator, as Ray would)."""
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"
+    if path.exists() and path.stat().st_size:
+        return
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(f".auth_token.{os.getpid()}")
+    part.write_text(generate_new_authentication_token())
+    os.replace(part, path)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup`, with a test module as the unit of work unless an `xdist_group` mark
+    joins several: a module's fixtures (a trained store, a server, a module's Ray) are set up
+    once, in one worker, and a module-scoped fixture that plays its module's tests together
+    (tests/reliability/test_leftovers.py: `endings`) sees all of them in its own worker."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class ModuleOrGroup(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            if nodeid.rfind("@") > nodeid.rfind("]"):
+                return nodeid.split("@")[-1]
+            return nodeid.split("::", 1)[0]
+
+    return ModuleOrGroup(config, log)
+
+
 # -- a trained store (tests/helpers.py: train_store) ---------------------------------------------------
 @pytest.fixture
 def make_trained_store(tmp_path):

@@ -30,7 +30,8 @@ from sisa.training import scheduler
 from tests.helpers import TINY, RecordingCli, canaries_in_text, find_canaries
 from tests.servers import BIN
 
-pytestmark = [pytest.mark.slow, pytest.mark.scaleout]
+# One worker under `make test` (tests/conftest.py): the two-node cluster is started once.
+pytestmark = [pytest.mark.slow, pytest.mark.scaleout, pytest.mark.xdist_group("ray-two-nodes")]
 
 
 def test_s3_store_ray_cluster_and_mlflow_server_together(

@@ -37,7 +37,9 @@ from sisa.pipelines.cli import RAY_STOP_S
 from tests.helpers import REPO, cli_args, run_cli
 from tests.reliability.helpers import SLICES, people, sisa_env
 
-pytestmark = pytest.mark.slow
+# All in one worker under `make test` (tests/conftest.py): `endings` plays every test of the
+# module that the session selected, so none of them may run in another worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("leftovers")]
 RAY_PARTS = ("gcs_server", "raylet", "DashboardAgent", "RuntimeEnvAgent")
 
 

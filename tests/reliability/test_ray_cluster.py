@@ -29,7 +29,8 @@ from sisa.training.shard_job import ShardTask, train_shard
 from tests.helpers import ingest_rows, make_cfg, train_store
 from tests.servers import ray_auth_disabled
 
-pytestmark = pytest.mark.slow
+# One worker under `make test` (tests/conftest.py): the two-node cluster is started once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray-two-nodes")]
 # 12 people, 24 records: each of the 2 shards gets 3 slices of 4 or more, so a job killed after
 # its first slice is truly mid-job.
 ROWS = make_people(12, seed=81)
