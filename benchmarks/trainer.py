@@ -1,6 +1,6 @@
 """sisa's one-shard training side by side with TRL's `SFTTrainer` (issue 32, section 3).
 
-    make install                                          # installs trl too (the `bench` extra)
+    make install                                          # installs trl too (the `benchmarks` extra)
     .venv/bin/python benchmarks/trainer.py                # SmolLM2, 10 TOFU authors (~15 min here)
     .venv/bin/python benchmarks/trainer.py --model tiny --authors 2 --shards 0     # seconds
     .venv/bin/python benchmarks/trainer.py --lr-scheduler cosine --warmup-ratio 0.1   # needs the
@@ -426,7 +426,7 @@ def require_trl() -> None:
 
     if importlib.util.find_spec("trl") is None:
         raise SystemExit(
-            "trl is not installed: `make install` installs it (the `bench` extra), or "
+            "trl is not installed: `make install` installs it (the `benchmarks` extra), or "
             "`.venv/bin/uv pip install --python .venv/bin/python -c requirements.lock -e '.[benchmarks]'`"
         )
 
