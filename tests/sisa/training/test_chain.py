@@ -198,3 +198,34 @@ def test_a_record_held_between_the_read_and_the_training_is_in_the_lineage_and_p
 def describe_popen(proc) -> str:
     out, err = proc.communicate(timeout=5)
     return f"exit {proc.returncode}\n{out[-2000:]}\n{err[-2000:]}"
+
+
+def test_a_rectification_under_another_config_retrains_under_the_stores(tmp_path, make_trained_store):
+    from sisa.data.synthetic import write_jsonl
+
+    cfg, store = make_trained_store(make_people(10, seed=40), *SLICES)
+    rid = store.index.table["record_id"].to_pylist()[3]
+    write_jsonl([{"record_id": rid, "text": "a corrected record about nobody in particular."}], tmp_path / "fix.jsonl")
+    code, out, err = run_cli(
+        "rectify", "--file", str(tmp_path / "fix.jsonl"), *cli_args(tmp_path / "s", *SLICES, *OTHER)
+    )
+    assert code == 0, out + err
+    assert "lora.r: 4 (the store's) vs 6 (given)" in out + err
+    assert _fingerprints(store, serving_shards(store)) == {cfg.training_fingerprint()}
+
+
+def test_the_services_worker_carries_a_batch_under_the_stores_config(tmp_path, make_trained_store):
+    import threading
+
+    from sisa.storage.audit import AuditLog
+
+    from sisa.service.worker import Worker
+
+    extra = (*SLICES, "deletion.relief=true", "deletion.batch_after_h=0")
+    cfg, store = make_trained_store(make_people(12, seed=41), *extra)
+    forget.run(cfg, "subject", [next(iter(one_slice_subjects(store)))], queue=True, evidence=False, quiet=True)
+    other = make_cfg(tmp_path / "s", *extra, *OTHER)
+    worker = Worker(other, AuditLog(store.fs), threading.Lock())
+    assert worker.run_once()
+    assert versions.current(store).reason == "forget-batch"
+    assert _fingerprints(store, serving_shards(store)) == {cfg.training_fingerprint()}
