@@ -134,10 +134,10 @@ def test_audit_verify_passes_then_names_an_edited_line_and_a_cut_tail(certified)
 
 
 def test_the_readmes_verifier_needs_only_cryptography(certified, tmp_path):
-    """The README's dozen lines for an auditor without sisa, run with `python -I` (no sisa on the
-    path): they accept the certificate and name the fields an edit altered."""
+    """The docs' dozen lines for an auditor without sisa (guides/privacy/certificates.md), run with
+    `python -I` (no sisa on the path): they accept the certificate and name the fields an edit altered."""
     _, _, _, key, cert_file = certified
-    readme = (REPO / "README.md").read_text()
+    readme = (REPO / "docs" / "guides" / "privacy" / "certificates.md").read_text()
     start = readme.index("```python\n", readme.index("An auditor without sisa needs only")) + len("```python\n")
     (tmp_path / "check.py").write_text(readme[start : readme.index("```", start)])
     cert = json.loads(cert_file.read_text())

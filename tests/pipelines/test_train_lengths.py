@@ -107,7 +107,7 @@ def test_verify_replay_is_exact_on_a_store_with_cut_records(tmp_path, capfd):
     cfg = make_cfg(tmp_path / "s", CUT, "sharding.slice_size=4")
     ingest_rows(cfg, ROWS, tmp_path / "in" / "a.jsonl")
     train.run(cfg)
-    assert cfg.training_fingerprint(cut=True) in _fingerprints(Store.open(cfg.store.uri))
+    assert cfg.training_fingerprint() in _fingerprints(Store.open(cfg.store.uri))
     capfd.readouterr()
     code, out, err = run_cli("verify", "--replay", "--json", *cli_args(tmp_path / "s", CUT, "sharding.slice_size=4"))
     assert code == 0, err

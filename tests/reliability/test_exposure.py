@@ -128,7 +128,8 @@ def test_sisa_itself_starts_no_server(trained_store):
 
 
 SERVER_CALLS = re.compile(
-    r"HTTPServer|ThreadingHTTPServer|socketserver|\.listen\(|\.bind\(\(|uvicorn|Flask\(|FastAPI\(|serve\.run|"
+    r"HTTPServer|ThreadingHTTPServer|socketserver|\.listen\(|\.bind\(\(|\buvicorn\.|import uvicorn|from uvicorn|"
+    r"Flask\(|FastAPI\(|serve\.run|"
     r"ray\.serve|start_http_server|mlflow\.server|\"mlflow\",\s*\"(ui|server)\"|0\.0\.0\.0|include_dashboard=True"
 )
 
