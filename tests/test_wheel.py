@@ -14,18 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from sisa.offline import OFFLINE_ENV
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 
-OFFLINE = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "RAY_USAGE_STATS_ENABLED": "0",
-    "DO_NOT_TRACK": "1",
-}
+OFFLINE = OFFLINE_ENV  # what the sisa command sets for itself, given to every child here too
 
 
 def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> str:
