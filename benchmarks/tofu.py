@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import shutil
 import sys
@@ -325,7 +326,9 @@ def main() -> None:
         run["random_cfg"] = random_order_store(args, work, rows)
         run["train_s"] = train_store(run["cfg"], records)
         run["finetuned"] = score(run["pool"], run["cfg"], None, run["sets"], settings)
-        run["one_cfg"] = config_for(args, str(work / "one"), ["sharding.num_shards=1"])
+        # one adapter is one job: it gets every core, as a user training one adapter would give it
+        one = ["sharding.num_shards=1", f"scheduler.threads_per_task={os.cpu_count() or 1}"]
+        run["one_cfg"] = config_for(args, str(work / "one"), one)
         run["one_train_s"] = train_store(run["one_cfg"], records)
         run["one_before"] = score(run["pool"], run["one_cfg"], None, run["sets"], settings)
         print(

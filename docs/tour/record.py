@@ -6,7 +6,8 @@ would from the repository root, and write every command with its output to trans
 A command that exits non-zero stops the run unless its line says `# refused` (the tour shows
 refusals on purpose). tests/docs/test_tour.py records the tour again and compares it with the
 committed transcript after `normalise`, which blanks only what legitimately differs between two
-runs: wall times and throughputs, dates and the ids and hashes built from them or from keys.
+runs: wall times and throughputs, dates and the ids and hashes built from them or from keys; and
+`differences` lets a number with decimals differ by 0.1% (another CPU rounds float32 otherwise).
 """
 
 from __future__ import annotations
@@ -72,6 +73,29 @@ def normalise(transcript: str) -> str:
             line = pattern.sub(repl, line)
         lines.append(" ".join(line.split()))  # column widths follow the values blanked above
     return "\n".join(lines)
+
+
+# A number with decimals may differ in its last digit between two CPUs: the approximate fast path
+# and the losses run float32 kernels whose SIMD width (AVX2, AVX-512) changes the rounding. Exact
+# versions are compared bit for bit by `sisa verify --replay` in the tour itself, not here.
+NUMBER = re.compile(r"-?\d+\.\d+")
+RELATIVE_TOLERANCE = 1e-3
+
+
+def differences(fresh: str, committed: str) -> list[str]:
+    """Lines where two normalised transcripts differ. Text and integers must be equal; numbers
+    with decimals may differ by RELATIVE_TOLERANCE of the committed value."""
+    a, b = normalise(fresh).splitlines(), normalise(committed).splitlines()
+    found = [f"{len(a)} lines today, {len(b)} committed"] if len(a) != len(b) else []
+    for number, (new, old) in enumerate(zip(a, b), start=1):
+        if new == old:
+            continue
+        if NUMBER.split(new) == NUMBER.split(old):
+            pairs = zip(NUMBER.findall(new), NUMBER.findall(old))
+            if all(abs(float(x) - float(y)) <= RELATIVE_TOLERANCE * max(abs(float(y)), 1e-9) for x, y in pairs):
+                continue
+        found.append(f"line {number}: today `{new}`, committed `{old}`")
+    return found
 
 
 def main() -> int:
