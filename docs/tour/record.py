@@ -87,11 +87,11 @@ def differences(fresh: str, committed: str) -> list[str]:
     with decimals may differ by RELATIVE_TOLERANCE of the committed value."""
     a, b = normalise(fresh).splitlines(), normalise(committed).splitlines()
     found = [f"{len(a)} lines today, {len(b)} committed"] if len(a) != len(b) else []
-    for number, (new, old) in enumerate(zip(a, b), start=1):
+    for number, (new, old) in enumerate(zip(a, b, strict=False), start=1):
         if new == old:
             continue
         if NUMBER.split(new) == NUMBER.split(old):
-            pairs = zip(NUMBER.findall(new), NUMBER.findall(old))
+            pairs = zip(NUMBER.findall(new), NUMBER.findall(old), strict=True)
             if all(abs(float(x) - float(y)) <= RELATIVE_TOLERANCE * max(abs(float(y)), 1e-9) for x, y in pairs):
                 continue
         found.append(f"line {number}: today `{new}`, committed `{old}`")

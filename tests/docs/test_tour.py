@@ -1,5 +1,6 @@
 """The docs' quick tour runs top to bottom as written, and its committed transcript is what it
-prints today (docs/tour/record.py records it; only times, dates, random ids and hashes may differ, and a decimal by 0.1%)."""
+prints today (docs/tour/record.py records it; only times, dates, random ids and hashes may
+differ, and a number with decimals by 0.1%)."""
 
 from __future__ import annotations
 
