@@ -26,21 +26,23 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from sisa import forgetting, serving
 from sisa.config import SisaConfig, build_config, load_config
 from sisa.data import IngestResult, Source, from_dataset, from_table, ingest_sources, open_store, read_source
-from sisa.evidence import Probe
-from sisa.forgetting import RequestOptions, RequestResult, Texts, filing, roll_back, runner, train_store
-from sisa.forgetting.rollback import RollbackResult
-from sisa.forgetting.verification import verify_store
 from sisa.lineage import DeletionRequest, ModelVersion, requests_ledger, versions
-from sisa.serving import Ensemble, generate_chat, generate_text, load_serving, score_records
 from sisa.storage.errors import ValidationError
 from sisa.storage.store import Store
-from sisa.training import TrainResult
+
+if TYPE_CHECKING:  # torch, peft, Ray: they load with the first method that needs them (sisa.lazy)
+    from sisa.evidence import Probe
+    from sisa.forgetting import RequestResult, Texts
+    from sisa.forgetting.rollback import RollbackResult
+    from sisa.serving import Ensemble
+    from sisa.training import TrainResult
 
 __all__ = ["SELECTORS", "ServedModel", "SisaStore", "open"]
 
@@ -95,7 +97,7 @@ class ServedModel:
         self, prompt: str, max_new_tokens: int = 32, sample: bool = False, temperature: float = 1.0, seed: int = 0
     ) -> str:
         """The continuation of `prompt` (without the prompt): greedy, or sampled with `seed`."""
-        return generate_text(self.ensemble, prompt, max_new_tokens, not sample, temperature, seed)
+        return serving.generate_text(self.ensemble, prompt, max_new_tokens, not sample, temperature, seed)
 
     def chat(
         self,
@@ -111,14 +113,14 @@ class ServedModel:
         turns = [("user", message)] if isinstance(message, str) else list(message)
         if system:
             turns = [("system", system), *turns]
-        return generate_chat(self.ensemble, turns, max_new_tokens, not sample, temperature, seed)
+        return serving.generate_chat(self.ensemble, turns, max_new_tokens, not sample, temperature, seed)
 
     def score(self, texts: list[str], prompts: list[str | None] | None = None) -> list[float]:
         """The served model's mean loss per token of each text (lower: more familiar); with
         `prompts`, of the tokens after each prompt only."""
         if isinstance(texts, str):
             raise ValidationError("score() takes a list of texts, got one string")
-        served, _ = score_records(self.ensemble, list(texts), prompts, self.max_length)
+        served, _ = serving.score_records(self.ensemble, list(texts), prompts, self.max_length)
         return served
 
 
@@ -192,7 +194,7 @@ class SisaStore:
         """
         store = self._open()
         with store.job("train", self.config.store.lock_timeout_s):
-            return train_store(store, self.config, from_scratch, "train")
+            return forgetting.train_store(store, self.config, from_scratch, "train")
 
     # -- forgetting ---------------------------------------------------------------------------
     def forget(
@@ -238,13 +240,13 @@ class SisaStore:
         """
         kind, values = _selector({"ids": ids, "subject": subject, "source": source, "ingest_id": ingest_id})
         cfg = self.config
-        mode = filing.request_mode(cfg, fast, isolate, relief)
-        held, probe_list = filing.read_evidence_inputs(cfg, evidence, holdout, probes)
+        mode = forgetting.filing.request_mode(cfg, fast, isolate, relief)
+        held, probe_list = forgetting.filing.read_evidence_inputs(cfg, evidence, holdout, probes)
         store = self._open()
         # Queued (or a dry run): metadata and a relief commit only, beside a running batch;
         # carried out now: a retrain, one job at a time.
         lock = store.lock if queue or dry_run else store.job
-        options = RequestOptions(
+        options = forgetting.RequestOptions(
             mode=mode,
             queue=queue,
             dry_run=dry_run,
@@ -253,16 +255,16 @@ class SisaStore:
             holdout=held,
             probes=probe_list,
             idempotency_key=idempotency_key,
-            filer=filing.filer(requested_by, identity_verification),
+            filer=forgetting.filing.filer(requested_by, identity_verification),
         )
         with lock("forget", cfg.store.lock_timeout_s):
-            return runner.forget(store, cfg, kind, values, options, log=log, on_version=on_version)
+            return forgetting.runner.forget(store, cfg, kind, values, options, log=log, on_version=on_version)
 
     def resume(self, log: Callable[[str], None] | None = None) -> list[DeletionRequest]:
         """Finish every request a crash interrupted, from where it stopped (`sisa forget --resume`)."""
         store = self._open()
         with store.job("forget --resume", self.config.store.lock_timeout_s):
-            return runner.resume(store, self.config, log=log)
+            return forgetting.runner.resume(store, self.config, log=log)
 
     def rollback(self, model_version: int) -> RollbackResult:
         """Serve an earlier model version (`sisa rollback`). Raises `RefusedError` when the
@@ -272,13 +274,13 @@ class SisaStore:
             raise ValidationError(f"model_version should be a model version number, got {model_version!r}")
         store = self._open()
         with store.job("rollback", self.config.store.lock_timeout_s):
-            return roll_back(store, self.config, model_version)
+            return forgetting.roll_back(store, self.config, model_version)
 
     # -- serving ------------------------------------------------------------------------------
     def model(self, model_version: int | None = None) -> ServedModel:
         """The serving model version (or `model_version`) loaded for `generate`, `chat` and
         `score` (`sisa generate`), aggregated as the config's `serving` says."""
-        version, ens = load_serving(self._open(), self.config, model_version)
+        version, ens = serving.load_serving(self._open(), self.config, model_version)
         return ServedModel(version.model_version, ens, self.config.serving.prior, self.config.training.max_length)
 
     # -- evidence -----------------------------------------------------------------------------
@@ -296,7 +298,7 @@ class SisaStore:
         (the report's `replay_runtime`). The report's `passed` is True when all held."""
         store = self._open()
         with store.job("verify", self.config.store.lock_timeout_s):
-            return verify_store(store, self.config, request_id, replay, before_replay)
+            return forgetting.verification.verify_store(store, self.config, request_id, replay, before_replay)
 
     def request(self, request_id: str) -> DeletionRequest:
         """One request of the deletion ledger (`NotFoundError` when unknown)."""

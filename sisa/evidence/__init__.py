@@ -2,9 +2,16 @@
 inference, and the demo's report with its plots.
 """
 
-from sisa.evidence import measures, probes, statistics
-from sisa.evidence.probes import Probe, read_probes
-from sisa.evidence.statistics import auc, auc_interval
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sisa.lazy import exports
+
+if TYPE_CHECKING:
+    from sisa.evidence import measures, probes, statistics
+    from sisa.evidence.probes import Probe, read_probes
+    from sisa.evidence.statistics import auc, auc_interval
 
 __all__ = [
     "Probe",
@@ -15,3 +22,13 @@ __all__ = [
     "read_probes",
     "statistics",
 ]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "Probe": "probes",
+        "read_probes": "probes",
+        "auc": "statistics",
+        "auc_interval": "statistics",
+    },
+)

@@ -14,22 +14,29 @@ chooses about a request it files (`RequestOptions`, `Filer`).
 caller's plain arguments into what a request is filed with (mode, evidence inputs, filer).
 """
 
-from sisa.forgetting import filing, lineage_check, phases, planner, policy, rollback, runner, verification
-from sisa.forgetting.options import Filer, RequestOptions, Texts
-from sisa.forgetting.planner import expected_cost_fraction, slice_cost
-from sisa.forgetting.rollback import roll_back
-from sisa.forgetting.runner import (
-    RequestResult,
-    SelfApprovalError,
-    approve,
-    due,
-    forget,
-    process,
-    rectify,
-    reject,
-    resume,
-    train_store,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sisa.lazy import exports
+
+if TYPE_CHECKING:
+    from sisa.forgetting import filing, lineage_check, phases, planner, policy, rollback, runner, verification
+    from sisa.forgetting.options import Filer, RequestOptions, Texts
+    from sisa.forgetting.planner import expected_cost_fraction, slice_cost
+    from sisa.forgetting.rollback import roll_back
+    from sisa.forgetting.runner import (
+        RequestResult,
+        SelfApprovalError,
+        approve,
+        due,
+        forget,
+        process,
+        rectify,
+        reject,
+        resume,
+        train_store,
+    )
 
 __all__ = [
     "Filer",
@@ -57,3 +64,25 @@ __all__ = [
     "train_store",
     "verification",
 ]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "Filer": "options",
+        "RequestOptions": "options",
+        "Texts": "options",
+        "expected_cost_fraction": "planner",
+        "slice_cost": "planner",
+        "roll_back": "rollback",
+        "RequestResult": "runner",
+        "SelfApprovalError": "runner",
+        "approve": "runner",
+        "due": "runner",
+        "forget": "runner",
+        "process": "runner",
+        "rectify": "runner",
+        "reject": "runner",
+        "resume": "runner",
+        "train_store": "runner",
+    },
+)

@@ -12,20 +12,25 @@ their losses; `lengths` measures records in tokens against `training.max_length`
 
 from __future__ import annotations
 
-from sisa.model.adapters import attach_lora, merge_adapters, trainable_parameters
-from sisa.model.base import (
-    TextTokenizer,
-    base_model_fingerprint,
-    base_model_folder,
-    load_base_model,
-    select_device,
-    select_dtype,
-)
-from sisa.model.chat import render_chat, render_chat_prompt
-from sisa.model.fingerprints import tokenizer_fingerprint
-from sisa.model.lengths import LengthReport, ingest_lengths
-from sisa.model.loss import EncodedRecord, collate, encode_records, encode_texts, sequence_losses, token_logprobs
-from sisa.model.mixture import aggregated_sequence_losses, generate
+from typing import TYPE_CHECKING
+
+from sisa.lazy import exports
+
+if TYPE_CHECKING:
+    from sisa.model.adapters import attach_lora, merge_adapters, trainable_parameters
+    from sisa.model.base import (
+        TextTokenizer,
+        base_model_fingerprint,
+        base_model_folder,
+        load_base_model,
+        select_device,
+        select_dtype,
+    )
+    from sisa.model.chat import render_chat, render_chat_prompt
+    from sisa.model.fingerprints import tokenizer_fingerprint
+    from sisa.model.lengths import LengthReport, ingest_lengths
+    from sisa.model.loss import EncodedRecord, collate, encode_records, encode_texts, sequence_losses, token_logprobs
+    from sisa.model.mixture import aggregated_sequence_losses, generate
 
 __all__ = [
     "EncodedRecord",
@@ -51,3 +56,31 @@ __all__ = [
     "tokenizer_fingerprint",
     "trainable_parameters",
 ]
+
+__getattr__, __dir__ = exports(
+    __name__,
+    {
+        "attach_lora": "adapters",
+        "merge_adapters": "adapters",
+        "trainable_parameters": "adapters",
+        "TextTokenizer": "base",
+        "base_model_fingerprint": "base",
+        "base_model_folder": "base",
+        "load_base_model": "base",
+        "select_device": "base",
+        "select_dtype": "base",
+        "render_chat": "chat",
+        "render_chat_prompt": "chat",
+        "tokenizer_fingerprint": "fingerprints",
+        "LengthReport": "lengths",
+        "ingest_lengths": "lengths",
+        "EncodedRecord": "loss",
+        "collate": "loss",
+        "encode_records": "loss",
+        "encode_texts": "loss",
+        "sequence_losses": "loss",
+        "token_logprobs": "loss",
+        "aggregated_sequence_losses": "mixture",
+        "generate": "mixture",
+    },
+)
