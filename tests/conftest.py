@@ -74,6 +74,8 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadGroupScheduling
 
+    config.option.loadscopereorder = False  # keep the collection's order: LONGEST_FIRST first
+
     class ModuleOrGroup(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
             if nodeid.rfind("@") > nodeid.rfind("]"):
@@ -81,6 +83,46 @@ def pytest_xdist_make_scheduler(config, log):
             return nodeid.split("::", 1)[0]
 
     return ModuleOrGroup(config, log)
+
+
+# The longest units of work, longest first (`make test` prints each module's seconds at the end:
+# "seconds per module"). xdist hands out units in collection order, so a unit of minutes that
+# came last (the tour: 3 tests, 4.5 minutes) kept one worker busy alone while the other had
+# finished; started first, the short units fill in around them. A module missing here only runs
+# later; a name that no longer exists is harmless.
+LONGEST_FIRST = (
+    "tests/reliability/test_leftovers.py",
+    "tests/docs/test_tour.py",
+    "tests/pipelines/test_canary.py",
+    "tests/sisa/serving/test_vllm_route.py",
+    "tests/reliability/test_leaks.py",
+    "tests/pipelines/test_forget.py",
+    "tests/test_wheel.py",
+    "tests/reliability/test_floods.py",
+    "tests/pipelines/test_train.py",
+    "tests/reliability/test_optimized.py",
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """LONGEST_FIRST's modules first, the rest after in their own order (a stable sort: the tests
+    of a module keep theirs). Every worker collects the same order, as xdist requires."""
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Seconds per test module (setup, call and teardown summed): what LONGEST_FIRST is kept from."""
+    seconds: dict[str, float] = {}
+    for reports in terminalreporter.stats.values():  # "" holds the passed setups and teardowns
+        for report in reports:
+            if getattr(report, "when", None) in ("setup", "call", "teardown"):
+                module = report.nodeid.split("::", 1)[0]
+                seconds[module] = seconds.get(module, 0.0) + report.duration
+    if len(seconds) > 1:
+        terminalreporter.write_sep("=", "seconds per module (the 15 longest)")
+        for module, total in sorted(seconds.items(), key=lambda kv: -kv[1])[:15]:
+            terminalreporter.write_line(f"{total:8.1f}  {module}")
 
 
 # -- a trained store (tests/helpers.py: train_store) ---------------------------------------------------
