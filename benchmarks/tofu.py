@@ -103,9 +103,11 @@ def config_for(args, store: str, extra: list[str]) -> SisaConfig:
 
 
 def train_store(cfg: SisaConfig, records: str) -> float:
+    progress(f"training {Path(cfg.store.uri).name} (S={cfg.sharding.num_shards})")
     with C.timer() as t:
         ingest.run(cfg, [records])
         train.run(cfg)
+    progress(f"trained {Path(cfg.store.uri).name} in {t[0]:.0f} s")
     return t[0]
 
 
@@ -115,7 +117,18 @@ def score(pool: serving.EnsemblePool, cfg: SisaConfig, model_version: int | None
     store = Store.open(cfg.store.uri)
     v = versions.current(store) if model_version is None else versions.read(store, model_version)
     ens = pool.ensemble(store, cfg, versions.shard_checkpoints(v))
-    return tofu.evaluate_ensemble(ens, sets, settings, v.model_version)
+    with C.timer() as t:
+        scores = tofu.evaluate_ensemble(ens, sets, settings, v.model_version)
+    progress(f"scored {Path(cfg.store.uri).name} version {v.model_version} in {t[0]:.0f} s")
+    return scores
+
+
+STARTED = time.perf_counter()
+
+
+def progress(line: str) -> None:
+    """One line of where the run is (it takes an hour or more on a CPU)."""
+    print(f"[{time.perf_counter() - STARTED:6.0f} s] {line}", flush=True)
 
 
 def relief_version(cfg: SisaConfig, subjects: list[str]) -> tuple[int, float]:
@@ -313,7 +326,6 @@ def main() -> None:
     rows = [r for r in tofu.read_config("full") if r["author"] in keep]  # TOFU's order: forget authors last
     settings = tofu.TofuSettings(max_new_tokens=args.max_new_tokens, questions=args.questions or None)
     work = Path(tempfile.mkdtemp(prefix="sisa-bench-tofu-"))
-    started = time.perf_counter()
     print(f"TOFU on sisa, {args.model}: {args.authors} authors ({len(rows)} chat records), forget {counts}; {C.load()}")
     print("cut: " + ("; ".join(settings.cuts()) or "nothing") + f"; authors {args.authors} of 200")
     try:
@@ -334,18 +346,20 @@ def main() -> None:
         print(
             f"trained S={run['cfg'].sharding.num_shards} in {run['train_s']:.0f} s, S=1 in {run['one_train_s']:.0f} s"
         )
-        splits = [run_split(run, f) for f in counts]
-        for split in splits:
-            report(split)
-            print("\n".join(targets(split)))
-        if args.out:
-            Path(args.out).write_text(json.dumps(as_json(args, settings, splits), indent=1, default=str))
+        splits = []
+        for f in counts:  # each split's table as soon as it is done (and the JSON so far)
+            progress(f"forgetting {f} author(s)")
+            splits.append(run_split(run, f))
+            report(splits[-1])
+            print("\n".join(targets(splits[-1])), flush=True)
+            if args.out:
+                Path(args.out).write_text(json.dumps(as_json(args, settings, splits), indent=1, default=str))
     finally:
         if args.keep:
             print(f"stores kept under {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"benchmark wall time {time.perf_counter() - started:.0f} s")
+    print(f"benchmark wall time {time.perf_counter() - STARTED:.0f} s")
 
 
 def as_json(args: argparse.Namespace, settings: tofu.TofuSettings, splits: list[dict]) -> dict:
