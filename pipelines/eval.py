@@ -15,7 +15,8 @@ assistant = answer, subject = author): model utility and its 9 parts, the forget
 ratio, probability and ROUGE-L, and forget quality (the KS test of the forget set's truth ratios)
 against a retain model: a version of this store (--reference-version) or another store's
 serving version (--reference-store, with --reference-version to pick one of its versions).
---questions and --max-new-tokens cut the work for a small machine, and the output says so.
+--questions and --max-new-tokens cut the work for a small machine, and the output says so;
+--threads gives the scoring more torch threads when the machine is otherwise idle.
 """
 
 from __future__ import annotations
@@ -139,6 +140,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=tofu.scoring.GENERATION_TOKENS,
         help=f"greedy answer length (default: open-unlearning's {tofu.scoring.GENERATION_TOKENS})",
     )
+    t.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        default=1,
+        help="torch threads while scoring (default 1, best on a shared machine; every core when it is idle)",
+    )
 
 
 def _authors(text: str | None) -> list[int] | None:
@@ -169,9 +177,9 @@ def cli(cfg: SisaConfig, args: argparse.Namespace) -> int:
 
 
 def _cli_tofu(cfg: SisaConfig, args: argparse.Namespace) -> int:
-    if (args.questions is not None and args.questions < 1) or args.max_new_tokens < 1:
-        raise ValidationError("--questions and --max-new-tokens should be >= 1")
-    settings = tofu.TofuSettings(max_new_tokens=args.max_new_tokens, questions=args.questions)
+    if (args.questions is not None and args.questions < 1) or args.max_new_tokens < 1 or args.threads < 1:
+        raise ValidationError("--questions, --max-new-tokens and --threads should be >= 1")
+    settings = tofu.TofuSettings(max_new_tokens=args.max_new_tokens, questions=args.questions, threads=args.threads)
     res = run_tofu(
         cfg,
         args.tofu,

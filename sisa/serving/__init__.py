@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         score_aggregations,
         score_records,
         scoring_length,
+        torch_threads,
     )
     from sisa.serving.mirror import registered_version_exists
     from sisa.serving.tracking import Tracker
@@ -72,6 +73,7 @@ __all__ = [
     "score_aggregations",
     "score_records",
     "scoring_length",
+    "torch_threads",
     "vllm_url",
     "write_bundle",
 ]
@@ -100,6 +102,7 @@ __getattr__, __dir__ = exports(
         "score_aggregations": "engine",
         "score_records": "engine",
         "scoring_length": "engine",
+        "torch_threads": "engine",
         "registered_version_exists": "mirror",
         "VllmAdapters": "vllm_adapters",
         "VllmClient": "vllm_client",

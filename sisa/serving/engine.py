@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,17 +37,26 @@ from sisa.storage.store import Store
 
 
 @contextmanager
-def one_thread() -> Iterator[None]:
-    """Scoring and token-by-token decoding of the evidence's small batches run on one torch
-    thread: on a shared 2-core machine two threads decoded 8-25x slower (benchmarks/forget.py)
-    and scored 7x slower (the demo under load 5: 16 records in 28 s against 4 s), each matmul
-    spinning in OpenMP waiting for its second thread."""
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to `n` for the block, and given back after it."""
+    if n < 1:
+        raise ValueError(f"torch threads should be at least 1, got {n}")
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def one_thread() -> AbstractContextManager[None]:
+    """Scoring and token-by-token decoding of the evidence's small batches run on one torch
+    thread: on a shared 2-core machine two threads decoded 8-25x slower (benchmarks/forget.py)
+    and scored 7x slower (the demo under load 5: 16 records in 28 s against 4 s), each matmul
+    spinning in OpenMP waiting for its second thread. (On the same machine idle, two threads
+    scored 1.75x faster and decoded 1.1x: a long evaluation with the machine to itself may ask
+    for them, as `sisa eval --tofu --threads` does.)"""
+    return torch_threads(1)
 
 
 @dataclass

@@ -37,6 +37,10 @@ class TofuSettings:
     questions: int | None = None  # per utility set (retain, real authors, world facts); None = all
     max_length: int = MAX_LENGTH
     batch_size: int = 16
+    # torch threads while scoring and decoding: 1 on a shared machine (serving.one_thread says
+    # why); every core when the evaluation has the machine to itself. Not a cut: the measures
+    # are the same, up to the last float bits of a sum.
+    threads: int = 1
 
     def cuts(self) -> list[str]:
         """What this run measures short of open-unlearning's full evaluation, in words."""
@@ -192,7 +196,7 @@ def evaluate_ensemble(
     ens: serving.Ensemble, sets: TofuSets, settings: TofuSettings, model_version: int | None = None
 ) -> TofuScores:
     """Every TOFU measure of one served model but forget quality (which needs a reference)."""
-    with serving.one_thread():
+    with serving.torch_threads(settings.threads):
         parts: dict[str, float] = {}
         for prefix, rows in (("retain", sets.retain), ("ra", sets.real_authors), ("wf", sets.world_facts)):
             parts |= _utility_set(ens, rows, prefix, settings)

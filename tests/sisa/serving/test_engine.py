@@ -169,3 +169,19 @@ def test_many_prompts_sampled_together_draw_what_each_draws_alone(tmp_path):
     together = engine.sample_many(ens, prompts, [0, 1, 2, 3], lengths)
     for p, n, got in zip(prompts, lengths, together, strict=True):
         assert got == engine.sample_texts(ens, p, [0, 1, 2, 3], n)
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
+    import torch
+
+    from sisa import serving
+
+    before = torch.get_num_threads()
+    with serving.torch_threads(2):
+        assert torch.get_num_threads() == 2
+    with serving.one_thread():
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="at least 1"), serving.torch_threads(0):
+        pass
+    assert torch.get_num_threads() == before

@@ -67,3 +67,32 @@ def test_forget_quality_needs_the_same_forget_set():
     assert tofu.forget_quality(a, a) == 1.0
     with pytest.raises(ValidationError, match="the same forget set"):
         tofu.forget_quality(a.restrict([199]), a)
+
+
+def test_the_evaluation_scores_on_the_threads_its_settings_ask_and_gives_them_back(monkeypatch):
+    """`--threads` reaches every score and greedy answer, and torch's own setting is restored."""
+    import torch
+
+    from sisa.tofu import scoring
+
+    seen: list[int] = []
+
+    def losses(ens, pairs, settings):
+        seen.append(torch.get_num_threads())
+        return [1.0] * len(pairs)
+
+    def answers(ens, questions, settings):
+        seen.append(torch.get_num_threads())
+        return ["an answer"] * len(questions)
+
+    monkeypatch.setattr(scoring, "answer_losses", losses)
+    monkeypatch.setattr(scoring, "greedy_answers", answers)
+    before = torch.get_num_threads()
+    sets = tofu.load_sets([199], questions=2)
+    for threads in (1, 2):
+        seen.clear()
+        scores = tofu.evaluate_ensemble(object(), sets, tofu.TofuSettings(max_new_tokens=4, threads=threads))
+        assert seen and set(seen) == {threads}
+        assert scores.questions["forget"] == 20
+        assert torch.get_num_threads() == before
+    assert tofu.TofuSettings(threads=2).cuts() == []  # the same measures, not a cut
