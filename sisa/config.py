@@ -114,8 +114,10 @@ class LoraConfig:
 
 # The training engine's own version (sisa/training/loop.py), part of every training fingerprint:
 # the same records and settings give other bytes under another engine, so a chain trained by one is
-# never continued by the other. 2: step plans, token-normalized accumulation, chunked loss.
-TRAINER_VERSION = 2
+# never continued by the other. 2: step plans, token-normalized accumulation, chunked loss. 3: length
+# grouping sorts a window's draws by pass before length, so a step never holds one record's copies
+# (v2 put them side by side: a small slice's step of 8 held 2 records 4 times over).
+TRAINER_VERSION = 3
 
 # How a record longer than `training.max_length` is cut (sisa/model/loss.py `fit_window`): its
 # start is kept, its end cut, no eos after a cut. Part of every training fingerprint (a new rule

@@ -265,11 +265,12 @@ def test_min_steps_changes_the_training_fingerprint_only_when_on(monkeypatch):
     base = load_config(TINY)  # tiny.yaml: 0
     # Off (0) leaves the digest as it was before the key existed, so such stores continue. The
     # digest is pinned: a change here changes every store's checkpoint ids (and chains trained by
-    # another engine are refused by TRAINER_VERSION, which is in it: 1 gave d78acea1abb4a92e) ...
+    # another engine are refused by TRAINER_VERSION, which is in it: 1 gave d78acea1abb4a92e,
+    # 2 dfaa57f0b9f77d53) ...
     off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0, max_length=64))
-    assert off.training_fingerprint() == "dfaa57f0b9f77d53"
+    assert off.training_fingerprint() == "53fa9f98cff7a3ae"
     monkeypatch.setattr(config_module, "TRAINER_VERSION", 1)
-    assert off.training_fingerprint() != "dfaa57f0b9f77d53"
+    assert off.training_fingerprint() != "53fa9f98cff7a3ae"
     monkeypatch.undo()
     assert load_config(TINY, ["training.min_steps_per_slice=0"]).training_fingerprint() == base.training_fingerprint()
     # ... and any other value refuses to continue their checkpoints.
