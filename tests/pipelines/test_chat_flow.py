@@ -16,7 +16,7 @@ from tests.helpers import cli_args, run_cli
 
 
 def test_chat_records_end_to_end(tmp_path, capfd):
-    args = cli_args(tmp_path / "s", "sharding.slice_size=8", "training.epochs=3")
+    args = cli_args(tmp_path / "s", "sharding.slice_size=8", "training.epochs=10")  # enough to learn them
     code, out, err = run_cli("synth", "--people", "12", "--format", "chat", "--out", str(tmp_path / "chats.jsonl"))
     assert code == 0 and "24 chat records" in out, err
     first = json.loads((tmp_path / "chats.jsonl").read_text().splitlines()[0])
@@ -67,7 +67,10 @@ def test_chat_records_end_to_end(tmp_path, capfd):
         and ev["holdout_records"] == 6
         and ev["holdout_before"] is not None
     )
-    # Trained conversations score lower than after the forget: the evidence can tell.
+    # Trained conversations score lower than after the forget: the evidence can tell. The tiny
+    # random model must have learned them first (their loss below the holdout's): at 3 epochs it
+    # had not (5.353 against 5.351), and the comparison below was a coin toss.
+    assert ev["loss_before"] < ev["holdout_before"], ev
     assert ev["loss_before"] < ev["loss_after"], ev
 
 
