@@ -4,8 +4,9 @@ the edit bridge take its optimizer step and token loss.
 
 The plan. The records drawn for the slice (`sample_order`: seeded passes over them) are cut into
 optimizer steps of `batch_size * gradient_accumulation_steps` records. With `group_by_length`, a
-seeded sampler first sorts each window of 8 steps' draws by token length and shuffles the steps it
-cuts from them, so a step's records are of like length and pad little; each step is then split
+seeded sampler first sorts each window of 8 steps' draws by pass, then by token length, and
+shuffles the steps it cuts from them, so a step's records are distinct, of like length, and pad
+little; each step is then split
 into micro-batches of `batch_size` records (a step's gradients accumulate over them). The learning
 rate of each step comes from transformers' schedulers (warmup, then constant, linear or cosine
 decay) over the slice's own steps: the schedule restarts at each slice, so slice j's rates depend
