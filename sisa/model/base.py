@@ -22,6 +22,8 @@ import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -68,6 +70,20 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 
 
 # -- device and dtype --------------------------------------------------------------------------
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to `n` for the block, and given back after it (the thread
+    count changes float reduction order: shard jobs and scoring each choose theirs)."""
+    if n < 1:
+        raise ValueError(f"torch threads should be at least 1, got {n}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def select_device(cfg: ModelConfig) -> torch.device:
     """`auto` picks CUDA when present so the same config runs on a laptop and a GPU box."""
     if cfg.device == "cuda" and not torch.cuda.is_available():

@@ -14,8 +14,8 @@ Scoring reads a record whole, up to the model's context (`scoring_length`), neve
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,25 +28,12 @@ from sisa.lineage import checkpoints, versions
 from sisa.lineage.versions import ModelVersion
 from sisa.model import adapters, decoding
 from sisa.model import mixture as aggregate
-from sisa.model.base import load_base_model, model_context
+from sisa.model.base import load_base_model, model_context, torch_threads
 from sisa.model.chat import render_chat_prompt
 from sisa.model.loss import encode_texts
 from sisa.model.token_cache import TokenLogprobCache
 from sisa.storage.errors import StoreError
 from sisa.storage.store import Store
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Torch's intra-op threads set to `n` for the block, and given back after it."""
-    if n < 1:
-        raise ValueError(f"torch threads should be at least 1, got {n}")
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def one_thread() -> AbstractContextManager[None]:

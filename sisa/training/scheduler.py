@@ -33,6 +33,7 @@ from ray.exceptions import RayError, RayTaskError
 from tqdm import tqdm
 
 from sisa.config import SchedulerConfig
+from sisa.model.base import torch_threads
 from sisa.offline import OFFLINE_ENV
 from sisa.storage.errors import ConfigError, ShardJobError, SisaError
 from sisa.storage.faults import maybe_die
@@ -147,12 +148,8 @@ def _call_with_threads(fn: Callable[[T], R], task: T, threads: int) -> R:
     their results to be bit-identical. The previous value is restored for the serial backend,
     which runs inside the caller's process.
     """
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         out = fn(task)
-    finally:
-        torch.set_num_threads(before)
     if hasattr(out, "node"):  # a result that records where it ran
         out.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
     return out
