@@ -328,11 +328,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     counts = sorted({int(x) for x in args.forget.split(",") if x.strip()})
+    if args.threads < 1:
+        raise SystemExit(f"--threads should be at least 1, got {args.threads}")
     retain_authors, forget_authors = pick_authors(args.authors, counts[-1])
     keep = set(retain_authors) | set(forget_authors)
     rows = [r for r in tofu.read_config("full") if r["author"] in keep]  # TOFU's order: forget authors last
     settings = tofu.TofuSettings(
-        max_new_tokens=args.max_new_tokens, questions=args.questions or None, threads=max(1, args.threads)
+        max_new_tokens=args.max_new_tokens, questions=args.questions or None, threads=args.threads
     )
     work = Path(tempfile.mkdtemp(prefix="sisa-bench-tofu-"))
     print(f"TOFU on sisa, {args.model}: {args.authors} authors ({len(rows)} chat records), forget {counts}; {C.load()}")
