@@ -13,7 +13,8 @@ Both sides train the same TOFU chat records (the first `--authors` authors of
 `../shared/data/tofu/full.jsonl`, 20 question/answer pairs each) on the same base (sisa's loader
 gives TRL a plain HF folder), with the same LoRA rank, alpha and target modules, learning rate and
 schedule, epochs, `max_length`, records per step, gradient clipping and torch thread count; the
-loss on the assistant's turn only (sisa `training.loss_on=completion`, TRL a conversational
+loss on the assistant's turn only (sisa `training.loss_on=completion` with
+`training.prompt_loss_weight=0`, TRL a conversational
 prompt-completion dataset, whose completion-only loss is TRL's default). One function,
 `configs_for`, maps the shared `Setting` to both configs.
   sisa   `pipelines.ingest.run` + `pipelines.train.run` into a fresh store: the serial backend,
@@ -131,6 +132,7 @@ def configs_for(s: Setting, store_uri: str, num_shards: int, slice_size: int, ou
             f"training.weight_decay={s.weight_decay}",
             f"training.max_grad_norm={s.max_grad_norm}",
             "training.loss_on=completion",
+            "training.prompt_loss_weight=0",  # TRL's completion-only loss: the question weighs nothing
             f"lora.r={s.lora_r}",
             f"lora.alpha={s.lora_alpha}",
             f"lora.dropout={s.lora_dropout}",

@@ -191,6 +191,15 @@ class TrainingConfig:
         "assistant turns (the prompt and other turns are context only); a text record is all completion. "
         "all: every token of the record, prompts and user turns included.",
     )
+    prompt_loss_weight: float = _f(
+        0.1,
+        "Under loss_on completion: the weight of a prompt-completion record's prompt and a chat record's "
+        "other turns in the loss (a completion / assistant token weighs 1). Above 0 the shards learn, a "
+        "little, which questions their records ask, so the served posterior mixture can tell which shard "
+        "knows a prompt's subject; 0 is TRL's completion-only loss. Ignored under loss_on all.",
+        min=0.0,
+        max=1.0,
+    )
     min_steps_per_slice: int | Literal["auto"] = _f(
         "auto",
         "At least this many optimizer steps per slice (the slice's records are repeated in further seeded "
@@ -450,8 +459,10 @@ class SisaConfig:
         training = dict(d["training"])
         # Added after stores existed: left out while off, so their checkpoints keep their
         # fingerprint (and ids) and continue; any other value changes it.
+        if training["loss_on"] == "all":
+            del training["prompt_loss_weight"]  # every token weighs 1: the weight changes nothing
         for key, off in _LATER_TRAINING_KEYS.items():
-            if training[key] == off:
+            if training.get(key) == off:
                 del training[key]
         if training.get("min_steps_per_slice") == "auto":
             # the rule, not just its name: a checkpoint trained under another rule is not continued
@@ -475,7 +486,21 @@ _SECTION_TYPES = typing.get_type_hints(SisaConfig)
 # training keys added after the first stores, with the value that trains exactly as before
 # (loss_on=completion trains a text record on all of its tokens, as before the key existed).
 # truncation=cut cuts as every store did before the key existed (the cut rule itself is `CUT_RULE`).
-_LATER_TRAINING_KEYS: dict[str, Any] = {"min_steps_per_slice": 0, "loss_on": "completion", "truncation": "cut"}
+# prompt_loss_weight=0 is the completion-only loss every store trained before the key existed.
+_LATER_TRAINING_KEYS: dict[str, Any] = {
+    "min_steps_per_slice": 0,
+    "loss_on": "completion",
+    "truncation": "cut",
+    "prompt_loss_weight": 0.0,
+}
+
+
+def with_later_keys(training: dict[str, Any]) -> dict[str, Any]:
+    """A recorded training section with the keys added after it was recorded, at the values
+    that train as it did (a store recorded before a key existed trained without it)."""
+    return {**_LATER_TRAINING_KEYS, **training}
+
+
 # the model settings that change a checkpoint's bytes (device and runtime_change do not enter the
 # fingerprint: the runtime is recorded and checked on its own, sisa/training/runtime.py)
 _MODEL_TRAINING_KEYS = ("name", "dtype", "chat_date")

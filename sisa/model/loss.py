@@ -26,12 +26,15 @@ class EncodedRecord:
     """One record as the model trains on it: plain lists, cheap to keep for a whole slice.
 
     `input_ids` and `trained` (which tokens carry a label) hold at most `max_length` tokens;
-    `length` is the record's full length before any cut, and `cut` says whether it was cut."""
+    `length` is the record's full length before any cut, and `cut` says whether it was cut.
+    `weights`: each token's weight in the loss when they differ (a prompt trained at
+    `training.prompt_loss_weight`); None: every trained token weighs 1."""
 
     input_ids: list[int]
     trained: list[bool]
     length: int
     cut: bool
+    weights: list[float] | None = None
 
 
 def encode_records(
@@ -39,6 +42,7 @@ def encode_records(
     items: Sequence[Item],
     max_length: int,
     loss_on: str = "completion",
+    prompt_weight: float = 0.0,
 ) -> list[EncodedRecord]:
     """Each record's token ids and trained-token mask, at most `max_length` tokens, cut by
     `fit_window`'s rule.
@@ -46,8 +50,13 @@ def encode_records(
     A text record (a `str`) ends with eos, so the model learns where a record stops. A
     prompt-completion `Example` is prompt + completion + eos; a chat `Example` is its conversation
     rendered with the tokenizer's chat template (see `render_chat`). With `loss_on="completion"`
-    only the completion / assistant tokens carry labels; with `all` every token does."""
+    only the completion / assistant tokens carry labels; with `all` every token does. A
+    `prompt_weight` above 0 (completion only: `training.prompt_loss_weight`) labels the other
+    tokens too, at that weight (`EncodedRecord.weights`); training alone passes it, so scoring and
+    the fast path's losses stay on the completion."""
     _check_encoding(max_length, loss_on)
+    if not 0.0 <= prompt_weight <= 1.0:
+        raise ConfigError([f"`training.prompt_loss_weight` should be between 0 and 1, got {prompt_weight!r}"])
     plain = [t for t in items if isinstance(t, str)]
     encoded = iter(
         tokenizer(plain, add_special_tokens=True, padding=False, truncation=False)["input_ids"] if plain else []
@@ -61,7 +70,13 @@ def encode_records(
             continue
         full, full_mask = _encode_example(tokenizer, item, loss_on)
         ids, mask = fit_window(full, full_mask, max_length)
-        out.append(EncodedRecord(ids, mask, len(full), len(full) > max_length))
+        weights = None
+        # a record whose completion the window cut away keeps no trained token, its prompt none
+        # either: training refuses it by name (sisa/model/lengths.py)
+        if loss_on == "completion" and prompt_weight > 0 and any(mask) and not all(mask):
+            weights = [1.0 if m else prompt_weight for m in mask]
+            mask = [True] * len(mask)
+        out.append(EncodedRecord(ids, mask, len(full), len(full) > max_length, weights))
     return out
 
 
@@ -69,18 +84,26 @@ def collate(records: Sequence[EncodedRecord], pad_id: int) -> dict[str, torch.Te
     """Token ids, attention mask and labels of `records`, right-padded to their own longest row.
 
     Labels are -100 on pads and untrained tokens; they come from the masks, not the pad id,
-    because many tokenizers (SmolLM2's among them) pad with their eos."""
+    because many tokenizers (SmolLM2's among them) pad with their eos. When any record weighs its
+    tokens (`EncodedRecord.weights`), `loss_weights` holds every token's weight (1 elsewhere)."""
     width = max((len(r.input_ids) for r in records), default=0)
     input_ids = torch.full((len(records), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(records), width), dtype=torch.long)
     label_mask = torch.zeros((len(records), width), dtype=torch.bool)
+    weighted = any(r.weights is not None for r in records)
+    weights = torch.ones((len(records), width), dtype=torch.float32) if weighted else None
     for i, r in enumerate(records):
         n = len(r.input_ids)
         input_ids[i, :n] = torch.tensor(r.input_ids, dtype=torch.long)
         attention_mask[i, :n] = 1
         label_mask[i, :n] = torch.tensor(r.trained, dtype=torch.bool)
+        if weights is not None and r.weights is not None:
+            weights[i, :n] = torch.tensor(r.weights, dtype=torch.float32)
     labels = input_ids.masked_fill(~label_mask, -100)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if weights is not None:
+        batch["loss_weights"] = weights
+    return batch
 
 
 def encode_texts(

@@ -86,6 +86,8 @@ def track_version(
         "gradient_accumulation_steps": cfg.training.gradient_accumulation_steps,
         "max_length": cfg.training.max_length,
         "gradient_checkpointing": cfg.training.gradient_checkpointing,
+        "loss_on": cfg.training.loss_on,
+        "prompt_loss_weight": cfg.training.prompt_loss_weight,
         "aggregation": entry.aggregation,
         "slices": sum(len(shard_slices(store, s)) for s in range(store.num_shards)),
     }

@@ -21,7 +21,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from sisa.config import TRAINER_VERSION, SisaConfig, build_config
+from sisa.config import TRAINER_VERSION, SisaConfig, build_config, with_later_keys
 from sisa.lineage import checkpoints, versions
 from sisa.storage.errors import RefusedError
 from sisa.storage.store import Store
@@ -44,6 +44,7 @@ def differing_keys(recorded: dict[str, Any] | None, cfg: SisaConfig) -> list[str
     checkpoint predates recorded configs)."""
     if recorded is None:
         return []
+    recorded = {**recorded, "training": with_later_keys(recorded.get("training", {}))}
     was, now = _flat(recorded), _flat(cfg.training_sections())
     return [
         f"{k}: {json.dumps(was.get(k))} (the store's) vs {json.dumps(now.get(k))} (given)"
@@ -116,8 +117,9 @@ def chain_config(store: Store, cfg: SisaConfig, log: Callable[[str], None] | Non
     keys = differing_keys(recorded, cfg)
     data = cfg.to_dict()
     data["store"]["seed"] = recorded["store"]["seed"]
-    for section in ("sharding", "lora", "training"):
+    for section in ("sharding", "lora"):
         data[section] = recorded[section]
+    data["training"] = with_later_keys(recorded["training"])
     data["model"].update(recorded["model"])
     resolved = build_config(data)
     if resolved.training_fingerprint() != fp:

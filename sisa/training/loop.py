@@ -16,6 +16,7 @@ schedule closes at the slice boundary, where the checkpoint is written.
 The loss of a step is the summed negative log-likelihood of all its trained tokens divided by
 their count: the same mean whether the step runs as one batch or as many accumulated ones (the
 per-micro-batch mean that transformers and TRL fixed in 2024 weighs short micro-batches up).
+With `training.prompt_loss_weight`, prompt tokens count at that weight, in the sum and the count.
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ def trained_count(record: EncodedRecord) -> int:
     return sum(record.trained[1:])
 
 
+def trained_weight(record: EncodedRecord) -> float:
+    """The summed loss weight of a record's labelled tokens: `trained_count` when every token
+    weighs 1; a prompt trained at `training.prompt_loss_weight` counts at that weight."""
+    if record.weights is None:
+        return float(trained_count(record))
+    return sum(w for w, t in zip(record.weights[1:], record.trained[1:], strict=True) if t)
+
+
 def autocast_for(device: torch.device, dtype: torch.dtype):
     """bf16 autocast on a GPU whose base runs in bf16; nothing elsewhere. float16 training would
     need a gradient scaler (its gradients underflow): it is refused, not run unscaled."""
@@ -151,7 +160,7 @@ def run_plan(
     model.train()
     cast = autocast_for(device, dtype)
     for micro_batches, lr in zip(plan.steps, plan.lrs, strict=True):
-        n = sum(trained_count(records[i]) for mb in micro_batches for i in mb)
+        n = sum(trained_weight(records[i]) for mb in micro_batches for i in mb)
         step_loss = 0.0
         for mb in micro_batches:
             batch = {k: v.to(device) for k, v in collate([records[i] for i in mb], pad_id).items()}
@@ -159,14 +168,16 @@ def run_plan(
                 nll = trained_token_nll(
                     model, batch["input_ids"], batch["attention_mask"], batch["labels"], cfg.loss_chunk_tokens
                 )
-            loss = nll.sum() / max(n, 1)
+            if "loss_weights" in batch:  # in trained_token_nll's order: the labelled positions, row-major
+                nll = nll * batch["loss_weights"][:, 1:][batch["labels"][:, 1:] != -100]
+            loss = nll.sum() / max(n, 1e-12)
             loss.backward()
             step_loss += float(loss.detach())
             log.tokens += int(batch["attention_mask"].sum())
         optimizer_step(optimizer, params, lr, cfg.max_grad_norm)
         log.losses.append(step_loss)
         log.lrs.append(lr)
-        log.trained_tokens += n
+        log.trained_tokens += sum(trained_count(records[i]) for mb in micro_batches for i in mb)
     model.eval()
     if log.losses and not all(math.isfinite(x) for x in log.losses):
         raise ShardJobError(f"training diverged (loss {log.mean_loss}); lower training.lr", [])

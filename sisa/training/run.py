@@ -168,15 +168,17 @@ def prompt_blind_posterior(cfg: SisaConfig, result: TrainResult) -> str | None:
     shards by how well each predicts the prompt, and completion-only training of prompt-completion
     or chat records never teaches a shard its prompts (the demo's chat people on SmolLM2, S=4:
     14/16 facts recalled with loss_on all, 4/16 with completion). None when that is not the case."""
-    if cfg.serving.aggregation != "posterior" or cfg.training.loss_on != "completion":
+    t = cfg.training
+    if cfg.serving.aggregation != "posterior" or t.loss_on != "completion" or t.prompt_loss_weight > 0:
         return None
     if not any(r.structured for r in result.trained):
         return None
     return (
         "note: these shards trained prompt-completion or chat records on their completions only "
-        "(training.loss_on=completion), so the served posterior mixture has no evidence in a prompt of which shard "
-        "knows its subject; train with training.loss_on=all (the prompts too; `sisa train --from-scratch`) "
-        'or serve serving.aggregation=uniform. README: "Prompt-completion and chat records".'
+        "(training.loss_on=completion, training.prompt_loss_weight=0), so the served posterior mixture has no "
+        "evidence in a prompt of which shard knows its subject; train the prompts too, at a small weight "
+        "(training.prompt_loss_weight, 0.1 by default) or in full (training.loss_on=all), with `sisa train "
+        '--from-scratch`, or serve serving.aggregation=uniform. README: "Prompt-completion and chat records".'
     )
 
 

@@ -213,8 +213,9 @@ class EncodingCache:
         keys = list(zip(data.ids, data.shas, strict=True))
         todo = [i for i, k in enumerate(keys) if k not in self.done]
         t = self.cfg.training
+        items = [data.items[i] for i in todo]
         for i, rec in zip(
-            todo, encode_records(self.tokenizer, [data.items[i] for i in todo], t.max_length, t.loss_on), strict=True
+            todo, encode_records(self.tokenizer, items, t.max_length, t.loss_on, t.prompt_loss_weight), strict=True
         ):
             self.done[keys[i]] = rec
         return [self.done[k] for k in keys]

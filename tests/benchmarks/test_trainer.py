@@ -47,6 +47,7 @@ def test_one_setting_gives_both_trainers_the_same_knobs(tmp_path: Path) -> None:
     )
     assert (t.weight_decay, t.max_grad_norm, t.loss_on) == (sft["weight_decay"], sft["max_grad_norm"], "completion")
     assert sft["completion_only_loss"] and not sft["bf16"] and not sft["gradient_checkpointing"]
+    assert t.prompt_loss_weight == 0  # TRL's completion-only loss, not sisa's default 0.1
     assert (cfg.lora.r, cfg.lora.alpha, list(cfg.lora.target_modules)) == (
         lora["r"],
         lora["lora_alpha"],

@@ -38,8 +38,8 @@ def test_chat_records_end_to_end(tmp_path, capfd):
     assert code == 0 and "record_format" in out and " chat " in out, err
     code, out, err = run_cli("train", *args)
     assert code == 0 and "committed model version 1" in out, err
-    # Completion-only training under the posterior: the note says the prompts teach no shard.
-    assert "no evidence in a prompt" in err and "training.loss_on=all" in err
+    # The default trains the questions at a small weight (training.prompt_loss_weight): no note.
+    assert "no evidence in a prompt" not in err
     code, out, err = run_cli(
         "generate", "--chat", "--prompt", "Where does Ada Lane live?", "--max-new-tokens", "8", "--json", *args
     )
@@ -94,14 +94,22 @@ def test_generate_chat_renders_the_template_and_stops_at_the_end_of_turn(make_tr
     assert losses[0] + 0.5 < losses[1]
 
 
-def test_train_says_nothing_about_prompts_when_they_are_trained_or_records_are_text(tmp_path):
-    """The note is about completion-only training of structured records; text records and
-    loss_on=all train every token, so the posterior sees its evidence."""
+def test_train_notes_a_prompt_blind_posterior_only_under_completion_only_loss(tmp_path):
+    """The note is about completion-only training of structured records (prompt_loss_weight 0):
+    text records, loss_on=all and the default prompt weight train the prompts too, so the
+    posterior has its evidence."""
     run_cli("synth", "--people", "4", "--format", "chat", "--out", str(tmp_path / "chats.jsonl"))
     run_cli("synth", "--people", "4", "--out", str(tmp_path / "text.jsonl"))
-    for name, file, extra in (("all", "chats.jsonl", ["training.loss_on=all"]), ("text", "text.jsonl", [])):
+    cases = (
+        ("completion-only", "chats.jsonl", ["training.prompt_loss_weight=0"], True),
+        ("all", "chats.jsonl", ["training.loss_on=all"], False),
+        ("text", "text.jsonl", ["training.prompt_loss_weight=0"], False),
+    )
+    for name, file, extra, noted in cases:
         args = cli_args(tmp_path / name, "training.epochs=1", *extra)
         assert run_cli("ingest", str(tmp_path / file), *args)[0] == 0
         code, out, err = run_cli("train", *args)
         assert code == 0 and "committed model version 1" in out, err
-        assert "no evidence in a prompt" not in err, name
+        assert ("no evidence in a prompt" in err) == noted, name
+        if noted:
+            assert "training.prompt_loss_weight" in err and "training.loss_on=all" in err

@@ -14,7 +14,7 @@ from sisa.pipelines.cli import main
 from sisa.storage.errors import ConfigError
 
 from sisa import config as config_module
-from sisa.config import SisaConfig, TrainingConfig, build_config, describe_config, load_config
+from sisa.config import SisaConfig, TrainingConfig, build_config, describe_config, load_config, with_later_keys
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -267,7 +267,7 @@ def test_min_steps_changes_the_training_fingerprint_only_when_on(monkeypatch):
     # digest is pinned: a change here changes every store's checkpoint ids (and chains trained by
     # another engine are refused by TRAINER_VERSION, which is in it: 1 gave d78acea1abb4a92e,
     # 2 dfaa57f0b9f77d53) ...
-    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0, max_length=64))
+    off = SisaConfig(training=TrainingConfig(min_steps_per_slice=0, max_length=64, prompt_loss_weight=0.0))
     assert off.training_fingerprint() == "53fa9f98cff7a3ae"
     monkeypatch.setattr(config_module, "TRAINER_VERSION", 1)
     assert off.training_fingerprint() != "53fa9f98cff7a3ae"
@@ -308,6 +308,29 @@ def test_loss_on_keeps_old_fingerprints_at_its_default():
     assert load_config(TINY, ["training.loss_on=all"]).training_fingerprint() != base.training_fingerprint()
     with pytest.raises(ConfigError, match="loss_on"):
         load_config(TINY, ["training.loss_on=prompt"])
+
+
+def test_prompt_loss_weight_keeps_old_fingerprints_at_0_and_is_ignored_under_all():
+    """Stores trained before the key were completion-only: 0 leaves their fingerprint (and a
+    recorded section without the key reads as 0); the default, 0.1, is another config; under
+    loss_on=all every token weighs 1, so the weight changes nothing there."""
+    assert SisaConfig().training.prompt_loss_weight == 0.1
+    off = load_config(TINY, ["training.prompt_loss_weight=0"])
+    before = off.training_sections()
+    del before["training"]["prompt_loss_weight"]  # a manifest written before the key existed
+    assert with_later_keys(before["training"])["prompt_loss_weight"] == 0.0
+    assert load_config(TINY).training_fingerprint() != off.training_fingerprint()
+    assert load_config(TINY, ["training.prompt_loss_weight=0.5"]).training_fingerprint() != (
+        load_config(TINY).training_fingerprint()
+    )
+    alls = {
+        load_config(TINY, ["training.loss_on=all", f"training.prompt_loss_weight={w}"]).training_fingerprint()
+        for w in (0, 0.1, 1)
+    }
+    assert len(alls) == 1
+    for bad, problem in (("-0.1", "should be >= 0.0"), ("2", "should be <= 1.0"), ("some", "should be a number")):
+        with pytest.raises(ConfigError, match=f"`training.prompt_loss_weight` {problem}"):
+            load_config(TINY, [f"training.prompt_loss_weight={bad}"])
 
 
 def test_truncation_and_the_cut_rule_are_in_the_fingerprint(monkeypatch):

@@ -229,3 +229,21 @@ def test_the_services_worker_carries_a_batch_under_the_stores_config(tmp_path, m
     assert worker.run_once()
     assert versions.current(store).reason == "forget-batch"
     assert _fingerprints(store, serving_shards(store)) == {cfg.training_fingerprint()}
+
+
+def test_a_store_recorded_before_prompt_loss_weight_existed_keeps_its_completion_only_loss(
+    tmp_path, make_trained_store, monkeypatch
+):
+    """Its manifests lack the key and it trained with the completion-only loss: a request or
+    replay under today's default (0.1) retrains it at 0, naming the key, and `sisa train` names it."""
+    cfg, store = make_trained_store(make_people(8, seed=37), *SLICES, "training.prompt_loss_weight=0")
+    recorded = chain.recorded_sections(store)
+    del recorded["training"]["prompt_loss_weight"]
+    monkeypatch.setattr(chain, "recorded_sections", lambda store: recorded)
+    given = make_cfg(tmp_path / "s", *SLICES)
+    assert given.training.prompt_loss_weight == 0.1
+    said: list[str] = []
+    resolved = chain.chain_config(store, given, said.append)
+    assert resolved.training.prompt_loss_weight == 0.0
+    assert resolved.training_fingerprint() == cfg.training_fingerprint()
+    assert "training.prompt_loss_weight: 0.0 (the store's) vs 0.1 (given)" in said[0]

@@ -16,6 +16,7 @@ import torch
 from sisa.storage.errors import ConfigError
 
 from sisa.config import build_config
+from sisa.data.formats import CHAT, Example
 from sisa.model import adapters
 from sisa.model.base import load_base_model, schedule_multipliers
 from sisa.model.loss import collate, encode_records
@@ -202,3 +203,66 @@ def test_gradient_checkpointing_trains_the_adapter_and_float16_is_refused(tiny):
         assert torch.equal(unchecked[k], after[k].detach()), k
     with pytest.raises(ConfigError, match="float16"):
         autocast_for(torch.device("cpu"), torch.float16)
+
+
+CHATS = [
+    Example(CHAT, messages=(("user", f"Where does person {i} live?"), ("assistant", f"In town {i * 7}.")))
+    for i in range(8)
+]
+
+
+def _chat_step(tiny, loss_on: str, prompt_weight: float) -> tuple[dict[str, torch.Tensor], float]:
+    cfg, _, tok = tiny
+    base, _ = load_base_model(cfg.model)
+    torch.manual_seed(0)
+    model = adapters.attach_lora(base, cfg.lora)
+    params = adapters.trainable_parameters(model)
+    records = encode_records(tok, CHATS, 64, loss_on, prompt_weight)
+    plan = StepPlan(((tuple(range(0, 4)), tuple(range(4, 8))),), (cfg.training.lr,))
+    log = run_plan(
+        model, make_optimizer(params, cfg), params, records, plan, cfg.training, tok.pad_token_id,
+        torch.device("cpu"), torch.float32,
+    )  # fmt: skip
+    return {k: v.detach().clone() for k, v in _lora(model).items()}, log.losses[0]
+
+
+def test_prompt_loss_weight_runs_from_completion_only_to_every_token(tiny):
+    """training.prompt_loss_weight weighs a chat record's user turn (and template) in the loss:
+    0 is completion-only exactly, 1 is loss_on=all exactly, and 0.1 is the weighted mean of the
+    two token sets' losses, over the whole accumulated step."""
+    cfg, base, tok = tiny
+    none = encode_records(tok, CHATS, 64, "completion", 0.0)
+    assert all(r.weights is None for r in none)
+    assert none == encode_records(tok, CHATS, 64, "completion")  # 0: the records as before the key
+    weighted = encode_records(tok, CHATS, 64, "completion", 0.1)
+    for r, plain in zip(weighted, none, strict=True):
+        assert all(r.trained) and r.input_ids == plain.input_ids
+        assert r.weights == [1.0 if t else 0.1 for t in plain.trained]
+    assert all(r.weights is None for r in encode_records(tok, CHATS, 64, "all", 0.1))  # ignored under all
+    assert all(r.weights is None for r in encode_records(tok, TEXTS, 64, "completion", 0.1))  # text: all trained
+
+    everything, loss_all = _chat_step(tiny, "all", 0.0)
+    full, loss_full = _chat_step(tiny, "completion", 1.0)
+    assert loss_full == pytest.approx(loss_all, rel=1e-6)
+    for k in everything:
+        torch.testing.assert_close(full[k], everything[k], rtol=1e-5, atol=1e-7)
+    only, loss_only = _chat_step(tiny, "completion", 0.0)
+    assert any(not torch.equal(only[k], everything[k]) for k in only)
+
+    # The fresh adapter's B is 0, so the first loss is the base's: check it against the base.
+    with torch.no_grad():
+        s_all, c_all = record_nll(base, collate(encode_records(tok, CHATS, 64, "all"), tok.pad_token_id), 4096)
+        s_c, c_c = record_nll(base, collate(none, tok.pad_token_id), 4096)
+    prompt_s, prompt_c = float((s_all - s_c).sum()), float((c_all - c_c).sum())
+    assert loss_only == pytest.approx(float(s_c.sum()) / float(c_c.sum()), rel=1e-5)
+    _, loss_tenth = _chat_step(tiny, "completion", 0.1)
+    expected = (float(s_c.sum()) + 0.1 * prompt_s) / (float(c_c.sum()) + 0.1 * prompt_c)
+    assert loss_tenth == pytest.approx(expected, rel=1e-5)
+    assert prompt_c > 0 and loss_tenth != pytest.approx(loss_only, rel=1e-3)
+
+
+def test_a_prompt_weight_out_of_range_is_refused(tiny):
+    _, _, tok = tiny
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="prompt_loss_weight"):
+            encode_records(tok, CHATS, 64, "completion", bad)
