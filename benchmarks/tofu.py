@@ -4,7 +4,8 @@ records (user = question, assistant = answer, subject = author), `sisa ingest`, 
 measures exactly as open-unlearning defines them (`sisa eval --tofu`: sisa/tofu/metrics.py).
 
     .venv/bin/python benchmarks/tofu.py --model tiny --authors 8 --forget 1,2 --questions 4 --max-new-tokens 8
-    .venv/bin/python benchmarks/tofu.py --model smollm2            # 40 authors, forget 2 and 4 (5%, 10%)
+    .venv/bin/python benchmarks/tofu.py --threads 2     # SmolLM2, the CPU subset: 20 authors, forget 1 and 2
+    .venv/bin/python benchmarks/tofu.py --authors 40 --forget 2,4        # the issue's 40 authors (3 h or more)
     .venv/bin/python benchmarks/tofu.py --authors 200 --forget 2,10,20 --questions 0 --max-new-tokens 200   # TOFU whole
 
 A subset keeps TOFU's definitions and order: the retain authors are TOFU's first ones (0, 1, ...:
@@ -26,9 +27,11 @@ order and for a random arrival order (the plan of a dry run on a store ingested 
 Beside it, open-unlearning's published figures for Llama-3.2-1B (docs/repro.md there), labelled
 as theirs: their model, full fine-tuning, all 200 authors.
 
-The trainer is the config's: `--config FILE` and `key=value` overrides take another (the
-trainer issue's settings need only that). `training.max_length` is set to 256 here (TOFU
-records are 83 tokens at the median with SmolLM2's template, 163 at most).
+The trainer is the config's (SmolLM2: configs/demo.yaml with `SUBSET_TRAINING`'s changes):
+`--config FILE` and `key=value` overrides take another (the trainer issue's settings need only
+that; `training.loss_on=all` or `training.prompt_loss_weight=0` the other losses).
+`training.max_length` is set to 256 here (TOFU records are 83 tokens at the median with SmolLM2's
+template, 163 at most).
 """
 
 from __future__ import annotations
@@ -79,7 +82,21 @@ THEIRS = {
     },
 }
 TOFU_FRACTIONS = {0.01: "forget01", 0.05: "forget05", 0.10: "forget10"}
-DEFAULTS = {"authors": 40, "forget": "2,4", "questions": 40, "max_new_tokens": 64}
+# The documented CPU subset (benchmarks/README.md, about 95 minutes on this 2-core machine idle):
+# 20 authors, forgetting 1 and 2 of them (TOFU's 5% and 10%), 10 questions per utility set,
+# 32-token answers; SmolLM2 trains 3 epochs of incremental slices of 50 records with the shipped
+# loss (loss_on completion, prompt_loss_weight 0.1) in place of the demo config's 10 epochs of
+# cumulative slices of 16 trained on every token.
+DEFAULTS = {"authors": 20, "forget": "1,2", "questions": 10, "max_new_tokens": 32}
+SUBSET_TRAINING = {
+    "smollm2": [
+        "training.epochs=3",
+        "sharding.slice_mode=incremental",
+        "sharding.slice_size=50",
+        "training.loss_on=completion",
+    ],
+    "tiny": [],
+}
 BENCH_OVERRIDES = ["training.max_length=256"]
 
 
@@ -99,7 +116,7 @@ def write_records(rows: list[dict], path: Path) -> str:
 # -- one store -----------------------------------------------------------------------------------
 def config_for(args, store: str, extra: list[str]) -> SisaConfig:
     path = args.config or C.MODELS[args.model][0]
-    own = [] if args.config else C.MODELS[args.model][1]
+    own = [] if args.config else [*C.MODELS[args.model][1], *SUBSET_TRAINING[args.model]]
     return C.load_config(C.REPO / path, [f"store.uri={store}", *own, *BENCH_OVERRIDES, *args.overrides, *extra])
 
 
@@ -368,10 +385,31 @@ def targets(split: dict) -> list[str]:
     ]
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each option's default, where it has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or action.nargs == "*":
+            return action.help
+        return super()._get_help_string(action)
+
+
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="TOFU on sisa: exact forgetting beside open-unlearning's figures")
-    p.add_argument("--model", choices=["tiny", "smollm2"], default="smollm2")
-    p.add_argument("--config", help="another config to train with (default: the model's, benchmarks/_common.py)")
+    p = argparse.ArgumentParser(
+        description="TOFU on sisa: exact forgetting beside open-unlearning's figures. The defaults are the "
+        "documented CPU subset (benchmarks/README.md): about 95 minutes on an idle 2-core machine with --threads 2.",
+        formatter_class=_Defaults,
+    )
+    p.add_argument(
+        "--model",
+        choices=["tiny", "smollm2"],
+        default="smollm2",
+        help="SmolLM2-135M-Instruct (the demo's base) or a random 2-layer model (plumbing only)",
+    )
+    p.add_argument(
+        "--config",
+        help="another config to train with (by default the model's, benchmarks/_common.py, with SUBSET_TRAINING)",
+    )
     p.add_argument("--authors", type=int, default=DEFAULTS["authors"], help="authors in the subset (TOFU: 200)")
     p.add_argument("--forget", default=DEFAULTS["forget"], help="forget split sizes in authors (last ones), e.g. 2,4")
     p.add_argument(
@@ -417,8 +455,9 @@ def main() -> None:
         run["cfg"] = config_for(args, str(work / "sisa"), [])
         run["random_cfg"] = random_order_store(args, work, rows)
         run["train_s"] = train_store(run["cfg"], records)
-        run["finetuned"] = score(run["pool"], run["cfg"], None, run["sets"], settings)
         run["routing"] = routing(run["pool"], run["cfg"], rows)
+        progress(f"routing: {run['routing']}")
+        run["finetuned"] = score(run["pool"], run["cfg"], None, run["sets"], settings)
         # one adapter is one job: it gets every core, as a user training one adapter would give it
         one = ["sharding.num_shards=1", f"scheduler.threads_per_task={os.cpu_count() or 1}"]
         run["one_cfg"] = config_for(args, str(work / "one"), one)

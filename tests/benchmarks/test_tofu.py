@@ -33,3 +33,26 @@ def test_the_published_figures_are_open_unlearnings_llama_3_2_1b_rows():
     }
     assert bench.theirs_for(2 / 40) == "forget05" and bench.theirs_for(4 / 40) == "forget10"
     assert bench.theirs_for(2 / 200) == "forget01"
+
+
+def test_the_default_run_is_the_documented_subset_with_the_shipped_loss(monkeypatch, tmp_path):
+    """`benchmarks/tofu.py` with no options runs the subset benchmarks/README.md reports: 20
+    authors forgetting 1 and 2, SmolLM2 trained 3 epochs of incremental slices of 50 with the
+    base config's loss (completion, the prompt at 0.1), not the demo config's loss_on all."""
+    from sisa.config import SisaConfig
+
+    monkeypatch.setattr(sys, "argv", ["tofu.py"])
+    args = bench.parse_args()
+    assert (args.model, args.authors, args.forget, args.questions, args.max_new_tokens) == (
+        "smollm2",
+        20,
+        "1,2",
+        10,
+        32,
+    )
+    cfg = bench.config_for(args, str(tmp_path / "s"), [])
+    t, shipped = cfg.training, SisaConfig().training
+    assert (t.loss_on, t.prompt_loss_weight) == (shipped.loss_on, shipped.prompt_loss_weight)
+    assert (t.epochs, cfg.sharding.slice_mode, cfg.sharding.slice_size, t.max_length) == (3, "incremental", 50, 256)
+    monkeypatch.setattr(sys, "argv", ["tofu.py", "training.loss_on=all"])  # an override still wins
+    assert bench.config_for(bench.parse_args(), str(tmp_path / "s"), []).training.loss_on == "all"
