@@ -46,10 +46,8 @@ def attach_lora(base: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "def
             lora_alpha=cfg.alpha,
             lora_dropout=cfg.dropout,
             target_modules=peft_target_modules(cfg.target_modules),
-            # The folder name, not its path: adapter_config.json must not differ between machines.
-            base_model_name_or_path=Path(name_or_path).name or None,
         )
-        return get_peft_model(base, peft_cfg, adapter_name=adapter_name)
+        model = get_peft_model(base, peft_cfg, adapter_name=adapter_name)
     except ValueError as e:
         # peft: no default for this architecture, or target names the model does not have.
         raise ConfigError(
@@ -58,6 +56,11 @@ def attach_lora(base: torch.nn.Module, cfg: LoraConfig, adapter_name: str = "def
                 "Name its projection modules, or use all-linear"
             ]
         ) from None
+    # The folder name, not its path: adapter_config.json must not differ between machines. peft
+    # writes the base's full path into the config (and warns if it held another name), so the
+    # name is set after it.
+    model.peft_config[adapter_name].base_model_name_or_path = Path(name_or_path).name or None
+    return model
 
 
 def peft_target_modules(names: list[str]) -> str | list[str] | None:

@@ -50,7 +50,6 @@ from sisa.storage.errors import ConfigError, NotFoundError
 # progress bar must never be where record text could appear; sisa draws its own bars.
 transformers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
-warnings.filterwarnings("ignore", message=".*base_model_name_or_path.*was renamed.*")
 warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
 
 TINY_SEED = 1234

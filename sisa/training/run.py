@@ -178,7 +178,7 @@ def prompt_blind_posterior(cfg: SisaConfig, result: TrainResult) -> str | None:
         "(training.loss_on=completion, training.prompt_loss_weight=0), so the served posterior mixture has no "
         "evidence in a prompt of which shard knows its subject; train the prompts too, at a small weight "
         "(training.prompt_loss_weight, 0.1 by default) or in full (training.loss_on=all), with `sisa train "
-        '--from-scratch`, or serve serving.aggregation=uniform. README: "Prompt-completion and chat records".'
+        "--from-scratch`, or serve serving.aggregation=uniform (docs/getting-started/your-model-and-data.md)."
     )
 
 

@@ -86,6 +86,22 @@ def test_saved_adapter_loads_with_plain_peft(tmp_path):
     assert list(want) == list(got) and all(torch.equal(want[k], got[k]) for k in want)
 
 
+def test_adapter_config_names_the_base_folder_not_this_machines_path_and_peft_stays_quiet(tmp_path):
+    """adapter_config.json must not differ between machines: the base's folder name, not its
+    path (peft 0.21 writes the path, and warned on every shard job that it renamed it)."""
+    base = fresh_base()
+    base.name_or_path = str(tmp_path / "models" / "smollm2-135m-instruct")
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = attach_lora(base, LORA)
+    assert not [w for w in caught if "base_model_name_or_path" in str(w.message)]
+    out = save_adapter(model, tmp_path / "ckpt")
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "smollm2-135m-instruct"
+
+
 def test_adapter_state_round_trip_and_layout_check():
     source = trained_like(1)
     state = adapter_state(source)
