@@ -146,18 +146,25 @@ def test_the_chunked_loss_of_trained_tokens_equals_the_full_logits_loss(tiny):
     torch.testing.assert_close(sums.sum(), full.sum(), rtol=1e-5, atol=1e-4)
 
 
-def _one_step(tiny, batch_size: int, accumulation: int) -> tuple[dict[str, torch.Tensor], float]:
+def _step(tiny, records, micro_batches, training) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimizer step of a fresh seeded adapter over `micro_batches`: its LoRA tensors after
+    the step and the step's loss."""
     cfg, _, tok = tiny
     base, _ = load_base_model(cfg.model)
     torch.manual_seed(0)
     model = adapters.attach_lora(base, cfg.lora)
     params = adapters.trainable_parameters(model)
     opt = make_optimizer(params, cfg)
-    records = encode_records(tok, TEXTS, 48, "all")
-    t = dataclasses.replace(cfg.training, batch_size=batch_size, gradient_accumulation_steps=accumulation)
-    plan = StepPlan((tuple(tuple(range(i, i + batch_size)) for i in range(0, 8, batch_size)),), (cfg.training.lr,))
-    log = run_plan(model, opt, params, records, plan, t, tok.pad_token_id, torch.device("cpu"), torch.float32)
+    plan = StepPlan((tuple(micro_batches),), (cfg.training.lr,))
+    log = run_plan(model, opt, params, records, plan, training, tok.pad_token_id, torch.device("cpu"), torch.float32)
     return {k: v.detach().clone() for k, v in _lora(model).items()}, log.losses[0]
+
+
+def _one_step(tiny, batch_size: int, accumulation: int) -> tuple[dict[str, torch.Tensor], float]:
+    cfg, _, tok = tiny
+    t = dataclasses.replace(cfg.training, batch_size=batch_size, gradient_accumulation_steps=accumulation)
+    micro = [tuple(range(i, i + batch_size)) for i in range(0, 8, batch_size)]
+    return _step(tiny, encode_records(tok, TEXTS, 48, "all"), micro, t)
 
 
 def test_an_accumulated_step_is_the_step_one_batch_would_take(tiny):
@@ -213,17 +220,8 @@ CHATS = [
 
 def _chat_step(tiny, loss_on: str, prompt_weight: float) -> tuple[dict[str, torch.Tensor], float]:
     cfg, _, tok = tiny
-    base, _ = load_base_model(cfg.model)
-    torch.manual_seed(0)
-    model = adapters.attach_lora(base, cfg.lora)
-    params = adapters.trainable_parameters(model)
     records = encode_records(tok, CHATS, 64, loss_on, prompt_weight)
-    plan = StepPlan(((tuple(range(0, 4)), tuple(range(4, 8))),), (cfg.training.lr,))
-    log = run_plan(
-        model, make_optimizer(params, cfg), params, records, plan, cfg.training, tok.pad_token_id,
-        torch.device("cpu"), torch.float32,
-    )  # fmt: skip
-    return {k: v.detach().clone() for k, v in _lora(model).items()}, log.losses[0]
+    return _step(tiny, records, [tuple(range(0, 4)), tuple(range(4, 8))], cfg.training)
 
 
 def test_prompt_loss_weight_runs_from_completion_only_to_every_token(tiny):
