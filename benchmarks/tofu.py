@@ -55,6 +55,8 @@ from sisa import serving, tofu
 from sisa.config import SisaConfig
 from sisa.data import write_jsonl
 from sisa.lineage import versions
+from sisa.model import mixture
+from sisa.model.loss import token_logprobs
 
 # open-unlearning's docs/repro.md, Llama-3.2-1B-Instruct, full fine-tuning, 200 authors:
 # split → method → (forget quality, model utility, forget truth ratio). Theirs, not ours.
@@ -163,9 +165,8 @@ def routing(pool: serving.EnsemblePool, cfg: SisaConfig, rows: list[dict], per_a
                 continue  # enough of this author's, or an author the store does not hold
             text = serving.chat_prompt(ens, [("user", r["question"])])
             ids = ens.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].repeat(len(names), 1)
-            logits = ens.model(input_ids=ids, adapter_names=names).logits[:, :-1].float()
-            loglik = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None]).squeeze(-1).sum(-1)
-            weights = torch.softmax(loglik + prior, 0)
+            logp, _ = token_logprobs(ens.model(input_ids=ids, adapter_names=names).logits, ids)
+            weights = mixture.mixture_weights(logp.sum(-1), prior).exp()  # the served posterior's
             i = keys.index(shard_of[tofu.splits.subject_id(author)])
             own.append(float(weights[i]))
             top.append(int(weights.argmax()) == i)
