@@ -55,8 +55,7 @@ from sisa import serving, tofu
 from sisa.config import SisaConfig
 from sisa.data import write_jsonl
 from sisa.lineage import versions
-from sisa.model import mixture
-from sisa.model.loss import token_logprobs
+from sisa.model import mixture, token_logprobs
 
 # open-unlearning's docs/repro.md, Llama-3.2-1B-Instruct, full fine-tuning, 200 authors:
 # split → method → (forget quality, model utility, forget truth ratio). Theirs, not ours.
