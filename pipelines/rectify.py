@@ -16,7 +16,8 @@ each record is stored in (one format per file, as for ingest):
 The recipe (the phases of a deletion, sisa/forgetting/runner.py; mechanics in sisa/forgetting/corrections.py):
 1. Validate every correction first: unknown ids, ids a deletion forgot, empty text, text identical
    to what the record holds, a changed subject_id, a correction in another format than the
-   stored record: one error naming them all; nothing changes.
+   stored record, a new text the retrain would refuse (longer than `training.max_length` under
+   `training.truncation: refuse`): one error naming them all; nothing changes.
    --dry-run prints the plan and stops.
 2. Stage the new text in the store; write the request (kind `rectify`) to the deletion ledger:
    keyed hashes of the ids and of the old and new content, never text; and the policy's rule

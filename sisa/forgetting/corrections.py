@@ -31,6 +31,8 @@ from sisa.data.sources import from_table
 from sisa.forgetting import selection
 from sisa.forgetting.record_texts import row_slices
 from sisa.lineage import checkpoints, requests_ledger
+from sisa.model.base import load_tokenizer
+from sisa.model.lengths import disallowed, measure_records
 from sisa.storage import layout, records
 from sisa.storage.errors import ValidationError, list_some
 from sisa.storage.schemas import INDEX_SCHEMA
@@ -82,10 +84,11 @@ def from_rows(rows: list[dict], cfg: SisaConfig, name: str = "request body") -> 
     return normalise(from_table(pa.table(columns), name), cfg)
 
 
-def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -> Corrections:
-    """Check every correction against the store; raise one error naming every bad id, or return
-    them validated. `table` is a normalised source (record_id, text, subject_id, extra columns);
-    `problems` are what normalising it found already (empty text, duplicate ids)."""
+def validate(store: Store, cfg: SisaConfig, table: pa.Table, problems: list[str] | None = None) -> Corrections:
+    """Check every correction against the store and the training config; raise one error naming
+    every bad id, or return them validated. `table` is a normalised source (record_id, text,
+    subject_id, extra columns); `problems` are what normalising it found already (empty text,
+    duplicate ids)."""
     problems = list(problems or [])
     # What normalising adds: a correction given as `messages` or `prompt` + `completion` is
     # stored as canonical JSON in `text`, as ingest stores such a record.
@@ -146,22 +149,45 @@ def validate(store: Store, table: pa.Table, problems: list[str] | None = None) -
                 f"{len(moved)} correction(s) change the record's subject_id, which a rectification keeps "
                 f"(forget the record and ingest it anew): {list_some(moved)}"
             )
-    # Text a rectification removed may not come back through another one: the old request's
-    # lineage checks (verify, rollback) would then fail on the serving version.
-    gone = requests_ledger.forgotten_hashes(store)
-    again = sorted(
-        rid
-        for rid, h in zip(ids, checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist()), strict=True)
-        if h in gone
-    )
-    if again:
-        problems.append(
-            f"{len(again)} correction(s) give a text an earlier rectification removed from the record: "
-            f"{list_some(again)}"
-        )
+    problems.extend(_removed_before(store, new))
+    problems.extend(_length_problems(cfg, new, given_formats))
     if problems:
         raise _error(problems)
     return Corrections(new, sel.rows)
+
+
+def _removed_before(store: Store, new: pa.Table) -> list[str]:
+    """Text a rectification removed may not come back through another one: the old request's
+    lineage checks (verify, rollback) would then fail on the serving version."""
+    ids, gone = new["record_id"].to_pylist(), requests_ledger.forgotten_hashes(store)
+    hashes = checkpoints.content_hashes(store, ids, new["content_sha256"].to_pylist())
+    again = sorted(rid for rid, h in zip(ids, hashes, strict=True) if h in gone)
+    what = "correction(s) give a text an earlier rectification removed from the record"
+    return [f"{len(again)} {what}: {list_some(again)}"] if again else []
+
+
+def _length_problems(cfg: SisaConfig, new: pa.Table, kinds: dict[str, str]) -> list[str]:
+    """What `training.truncation` would refuse of the new content when the retrain trains it, as
+    `sisa train` refuses such records (sisa/model/lengths.py): said now, before anything changes,
+    not by a retrain after the old text was deleted."""
+    ids, t = new["record_id"].to_pylist(), cfg.training
+    items = [decode(kinds.get(rid, TEXT), text) for rid, text in zip(ids, new["text"].to_pylist(), strict=True)]
+    tokenizer, context = load_tokenizer(cfg.model)
+    report, encoded = measure_records(tokenizer, items, t.max_length, context, t.loss_on, t.truncation)
+    over, empty = disallowed(ids, encoded, t.truncation)
+    out = []
+    if over:
+        out.append(
+            f"{len(over)} correction(s) are longer than max_length {report.max_length} tokens and "
+            f"training.truncation is refuse: {list_some(sorted(over))} (shorten them, raise training.max_length, "
+            "or set training.truncation=cut)"
+        )
+    if empty:
+        out.append(
+            f"{len(empty)} correction(s) keep no trained token once cut to max_length {report.max_length} tokens "
+            f"(their prompt alone fills it): {list_some(sorted(empty))}"
+        )
+    return out
 
 
 def formats(store: Store, rows: pa.Table) -> dict[str, str]:

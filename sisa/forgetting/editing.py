@@ -30,6 +30,7 @@ from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import base_model_fingerprint, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
+from sisa.model.lengths import model_max_length
 from sisa.model.loss import encode_texts
 from sisa.model.token_loss import record_nll
 from sisa.storage.store import Store
@@ -119,9 +120,10 @@ def edit_adapter(
         chunk, clip = cfg.training.loss_chunk_tokens, cfg.training.max_grad_norm
         model.train()
         loss_value = None
+        max_length = model_max_length(cfg.training.max_length, base)  # capped by the model's context
         batches = _step_batches(n_new, len(items) - n_new, uc.edit_steps, cfg.training.batch_size, uc.edit_replay, seed)
         for idx in batches:
-            enc = encode_texts(tokenizer, [items[i] for i in idx], cfg.training.max_length, cfg.training.loss_on)
+            enc = encode_texts(tokenizer, [items[i] for i in idx], max_length, cfg.training.loss_on)
             nll, counts = record_nll(model, enc, chunk)
             # The new records' mean token loss, plus the replayed ones' as a retain term: the
             # replay fills the batch but never dilutes what the bridge is for.

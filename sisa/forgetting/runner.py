@@ -367,7 +367,7 @@ def rectify(
     key_hash, replayed = _admit(store, cfg, o.idempotency_key, o.dry_run, o.queue)
     if replayed is not None:
         return replayed
-    fix = corrections.validate(store, fix_table, problems)
+    fix = corrections.validate(store, cfg, fix_table, problems)
     sel = selection.Selection("ids", fix.ids, fix.rows)
     plan = selection.plan_selection(store, cfg, sel, removes=False)
     _check_filer(o.filer, sel)
@@ -578,6 +578,10 @@ def train_store(
     if not from_scratch:
         chain.refuse_other_config(store, cfg)  # before a queued batch trains new slices under it
     if queued_requests(store):
+        if not from_scratch:
+            # The batch trains the new slices in its shard jobs: their records are checked against
+            # `training.truncation` first, as `training.train` checks them, before any request moves.
+            training.training_lengths(store, cfg, training.plan_tasks(store, cfg)[0])
         batch = process(store, cfg, train_new=not from_scratch)
         if not from_scratch:
             wall = time.perf_counter() - started

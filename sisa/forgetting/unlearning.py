@@ -23,6 +23,7 @@ from sisa.forgetting.record_texts import read_texts
 from sisa.lineage import checkpoints
 from sisa.model import adapters
 from sisa.model.base import load_base_model
+from sisa.model.lengths import model_max_length
 from sisa.model.loss import encode_texts
 from sisa.model.token_loss import record_nll
 from sisa.storage.store import Store
@@ -81,7 +82,8 @@ def unlearn_adapter(
         chunk, clip = cfg.training.loss_chunk_tokens, cfg.training.max_grad_norm
         shard_id = ckpt.manifest["shard_id"]
         g = torch.Generator().manual_seed(derive_seed(store.seed, shard_id, -2, f"unlearn:{salt}"))
-        forget = encode_texts(tokenizer, forget_texts, cfg.training.max_length, cfg.training.loss_on)
+        max_length = model_max_length(cfg.training.max_length, base)  # capped by the model's context
+        forget = encode_texts(tokenizer, forget_texts, max_length, cfg.training.loss_on)
         with torch.no_grad():
             model.eval()
             ref_logp, _ = _seq_logp(model, forget, chunk)
@@ -97,9 +99,7 @@ def unlearn_adapter(
             loss = forget_loss
             if retain_texts and uc.retain_weight > 0:
                 idx = torch.randint(len(retain_texts), (min(bs, len(retain_texts)),), generator=g).tolist()
-                retain = encode_texts(
-                    tokenizer, [retain_texts[i] for i in idx], cfg.training.max_length, cfg.training.loss_on
-                )
+                retain = encode_texts(tokenizer, [retain_texts[i] for i in idx], max_length, cfg.training.loss_on)
                 rlogp, rcount = _seq_logp(model, retain, chunk)
                 loss = loss + uc.retain_weight * (-(rlogp / rcount).mean())
             loss.backward()

@@ -4,7 +4,9 @@
 their lengths (p50, p95, max) and how many are longer than the effective max_length (the config's,
 capped by the model's context); `check_lengths` applies `training.truncation`: `refuse` fails
 naming the record ids over max_length, `cut` fails only for records whose cut would leave nothing
-to train. Only counts and ids leave this module, never text.
+to train; `disallowed` names those ids for a caller that reports them its own way (a
+rectification checks its new content at filing). `model_max_length` is the cap every path that
+trains encodes at. Only counts and ids leave this module, never text.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import pyarrow.compute as pc
 
 from sisa.config import SisaConfig
 from sisa.data.formats import FORMAT_COLUMN, PROMPT_COMPLETION, Item, table_items
-from sisa.model.base import TextTokenizer, load_tokenizer
+from sisa.model.base import TextTokenizer, load_tokenizer, model_context
 from sisa.model.chat import render_chat_text
 from sisa.model.loss import EncodedRecord, encode_records
 from sisa.storage.errors import ValidationError, list_some
@@ -72,6 +74,12 @@ class LengthReport:
 def effective_max_length(max_length: int, context: int | None) -> int:
     """`training.max_length` capped by the model's context (a record can be no longer)."""
     return min(max_length, context) if context else max_length
+
+
+def model_max_length(max_length: int, model) -> int:
+    """`training.max_length` capped by this loaded model's context: the length every path that
+    trains on records encodes them at (the shard jobs, the NPO and edit bridges)."""
+    return effective_max_length(max_length, model_context(model))
 
 
 def length_report(
@@ -139,20 +147,29 @@ def ingest_lengths(store: Store, cfg: SisaConfig, ingest_id: str, slices: Sequen
     return length_report(record_lengths(tokenizer, items), cfg.training.max_length, context, cfg.training.truncation)
 
 
+def disallowed(
+    record_ids: Sequence[str], encoded: Sequence[EncodedRecord], truncation: str
+) -> tuple[list[str], list[str]]:
+    """The ids `training.truncation` does not let train: (over max_length, when it is refuse; cut
+    to no trained token, under either). `encoded`: the records as `measure_records` encodes them."""
+    pairs = list(zip(record_ids, encoded, strict=True))
+    over = [rid for rid, r in pairs if r.cut] if truncation == "refuse" else []
+    return over, [rid for rid, r in pairs if r.cut and not any(r.trained)]
+
+
 def check_lengths(record_ids: Sequence[str], encoded: Sequence[EncodedRecord], report: LengthReport) -> None:
     """Refuse, naming record ids (never text), what `training.truncation` does not allow.
 
     refuse: every record over max_length. cut: records whose cut leaves no trained token (a prompt
     that fills max_length alone): they would train nothing."""
-    over = [rid for rid, r in zip(record_ids, encoded, strict=True) if r.cut]
-    if report.truncation == "refuse" and over:
+    over, empty = disallowed(record_ids, encoded, report.truncation)
+    if over:
         raise ValidationError(
             f"{len(over)} record(s) are longer than max_length {report.max_length} tokens and "
             f"training.truncation is refuse: {list_some(over)}; nothing was trained. Raise training.max_length "
             f"(longest record: {report.max} tokens{_context_note(report)}), shorten or forget these records, "
             "or set training.truncation=cut"
         )
-    empty = [rid for rid, r in zip(record_ids, encoded, strict=True) if r.cut and not any(r.trained)]
     if empty:
         raise ValidationError(
             f"{len(empty)} record(s) keep no trained token once cut to max_length {report.max_length}: their prompt "

@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sisa.config import SisaConfig
 from sisa.data.formats import FORMAT_COLUMN, table_items
@@ -21,6 +22,7 @@ from sisa.lineage import checkpoints, versions
 from sisa.model.base import base_model_fingerprint, load_tokenizer
 from sisa.model.lengths import LengthReport, check_lengths, measure_records
 from sisa.serving import mirror
+from sisa.storage.schemas import LIVE
 from sisa.storage.store import Store
 from sisa.training import chain, scheduler
 from sisa.training.shard_job import (
@@ -205,9 +207,13 @@ def train(store: Store, cfg: SisaConfig, from_scratch: bool = False, reason: str
 def training_lengths(store: Store, cfg: SisaConfig, tasks: list[ShardTask]) -> LengthReport:
     """The token lengths of every record the tasks train (cumulative: each task's slices 0..last;
     incremental: its own slices), checked against `training.truncation` before anything trains.
-    A shard whose records cannot be read is left to its job, which fails naming it."""
+    Records a queued request marked are left out: a deletion's never train again, and a
+    rectification's new text was checked when it was filed. A shard whose records cannot be read
+    is left to its job, which fails naming it."""
     ids: list[str] = []
     items: list = []
+    index = store.index.table
+    marked = index.filter(pc.not_equal(index["status"], LIVE))["record_id"]
     for task in tasks:
         wanted = range(task.slices[-1] + 1) if cfg.sharding.slice_mode == "cumulative" else task.slices
         try:
@@ -217,6 +223,8 @@ def training_lengths(store: Store, cfg: SisaConfig, tasks: list[ShardTask]) -> L
         except (OSError, pa.ArrowException):
             continue
         for table in filter(None, tables):
+            if len(marked):
+                table = table.filter(pc.invert(pc.is_in(table["record_id"], value_set=marked)))
             ids.extend(table["record_id"].to_pylist())
             items.extend(table_items(table))
     tokenizer, context = load_tokenizer(cfg.model)

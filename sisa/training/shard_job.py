@@ -34,9 +34,9 @@ from sisa.data.formats import FORMAT_COLUMN, Item, decode_rows
 from sisa.data.sharding import derive_seed
 from sisa.lineage import checkpoints
 from sisa.model import adapters
-from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointing, load_base_model, model_context
+from sisa.model.base import base_model_fingerprint, enable_gradient_checkpointing, load_base_model
 from sisa.model.fingerprints import tokenizer_fingerprint
-from sisa.model.lengths import effective_max_length
+from sisa.model.lengths import model_max_length
 from sisa.model.loss import EncodedRecord, encode_records
 from sisa.storage.errors import RefusedError
 from sisa.storage.faults import maybe_die
@@ -215,7 +215,7 @@ class EncodingCache:
         t = self.cfg.training
         items = [data.items[i] for i in todo]
         for i, rec in zip(
-            todo, encode_records(self.tokenizer, items, t.max_length, t.loss_on, t.prompt_loss_weight), strict=True
+            todo, encode_records(self.tokenizer, items, self.max_length, t.loss_on, t.prompt_loss_weight), strict=True
         ):
             self.done[keys[i]] = rec
         return [self.done[k] for k in keys]
@@ -261,7 +261,7 @@ def _train_shard(task: ShardTask, cfg: SisaConfig) -> ShardResult:
     training_fp = cfg.training_fingerprint()
     runtime = describe_runtime(param.device, param.dtype, cfg.scheduler.threads_per_task)
     job = _new_job(task, cfg, store, base, tokenizer_fingerprint(tokenizer), runtime)
-    cache = EncodingCache(tokenizer, cfg, effective_max_length(cfg.training.max_length, model_context(base)))
+    cache = EncodingCache(tokenizer, cfg, model_max_length(cfg.training.max_length, base))
     parent_id, parent_lineage = task.parent_checkpoint_id, _lineage_of(store, task.parent_checkpoint_id)
 
     # A bar per shard over its slices; silent when stderr is not a terminal (Ray workers, CI, logs).

@@ -1,5 +1,6 @@
-"""The training schedule of one slice (sisa/training/shard_job.py): epochs, minimum steps, order.
-The planner's cost of that schedule is tested in tests/sisa/forgetting/test_planner.py."""
+"""The training schedule of one slice (sisa/training/shard_job.py): epochs, minimum steps, order;
+and the length its records are encoded at. The planner's cost of that schedule is tested in
+tests/sisa/forgetting/test_planner.py."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import math
 
 import pytest
 
-from sisa.config import build_config
+from sisa.config import ModelConfig, build_config
 from sisa.forgetting.planner import plan_deletion, slice_cost
+from sisa.model.base import load_tokenizer
 from sisa.training.shard_job import (
+    EncodingCache,
+    SliceRecords,
     config_min_steps,
     min_slice_steps,
     sample_order,
@@ -72,3 +76,14 @@ def test_auto_min_steps_costs_in_the_plan_what_the_trainer_trains(mode):
     assert config_min_steps(cfg, 0) == 30  # whatever slice 0 holds
     plan = plan_deletion("ids", [(0, 1)], {0: counts, 1: {0: 8}}, 2, 10, mode, 8, "auto", 8)
     assert plan.retrain_cost == pytest.approx(sum(slice_cost(counts, j, 10, mode, 8, "auto", 8) for j in range(1, 4)))
+
+
+def test_a_job_encodes_at_max_length_capped_by_the_models_context():
+    """The cap `sisa train`'s length check measures with is the one the job trains at: a record
+    over the tiny model's 512 positions is cut there, not at `training.max_length` 4096."""
+    tokenizer, context = load_tokenizer(ModelConfig())
+    cfg = build_config({"training": {"max_length": 4096}})
+    records = SliceRecords(items=["Zed Quill keeps a diary. " * 40, "short"], ids=["long", "short"], shas=["a", "b"])
+    long, short = EncodingCache(tokenizer, cfg, context).encode(records)
+    assert (len(long.input_ids), long.cut) == (context, True)
+    assert not short.cut and len(short.input_ids) < 10
