@@ -103,7 +103,12 @@ def save_adapter(model: PeftModel, out_dir: str | os.PathLike, adapter_name: str
     out.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        model.save_pretrained(str(tmp), selected_adapters=[adapter_name], safe_serialization=True)
+        # The adapter alone: the base's embeddings are frozen and fingerprinted apart, and never
+        # resized. ("auto" would look the base's folder name up on the Hub to compare vocabularies,
+        # and warn on every checkpoint when it cannot.)
+        model.save_pretrained(
+            str(tmp), selected_adapters=[adapter_name], safe_serialization=True, save_embedding_layers=False
+        )
         src = tmp if adapter_name == "default" else tmp / adapter_name
         _stabilize_config(src / ADAPTER_CONFIG)
         for name in (ADAPTER_WEIGHTS, ADAPTER_CONFIG):

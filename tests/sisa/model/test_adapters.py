@@ -88,7 +88,8 @@ def test_saved_adapter_loads_with_plain_peft(tmp_path):
 
 def test_adapter_config_names_the_base_folder_not_this_machines_path_and_peft_stays_quiet(tmp_path):
     """adapter_config.json must not differ between machines: the base's folder name, not its
-    path (peft 0.21 writes the path, and warned on every shard job that it renamed it)."""
+    path (peft 0.21 writes the path, and warned on every shard job that it renamed it). Saving
+    warns of nothing either (peft looked the folder name up on the Hub and warned it could not)."""
     base = fresh_base()
     base.name_or_path = str(tmp_path / "models" / "smollm2-135m-instruct")
     import warnings
@@ -96,8 +97,9 @@ def test_adapter_config_names_the_base_folder_not_this_machines_path_and_peft_st
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = attach_lora(base, LORA)
-    assert not [w for w in caught if "base_model_name_or_path" in str(w.message)]
-    out = save_adapter(model, tmp_path / "ckpt")
+        out = save_adapter(model, tmp_path / "ckpt")
+    # (libraries' deprecation notes to their own callers aside, as the shard jobs leave them)
+    assert [str(w.message) for w in caught if not issubclass(w.category, (DeprecationWarning, FutureWarning))] == []
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "smollm2-135m-instruct"
 
