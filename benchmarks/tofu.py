@@ -449,7 +449,8 @@ def main() -> None:
     try:
         holdout = [r for r in tofu.read_config("holdout10") if r["author"] < 200 + counts[-1]]
         run = {"args": args, "work": work, "rows": rows, "settings": settings, "forget_authors": forget_authors}
-        run |= {"pool": serving.EnsemblePool(), "sets": tofu.load_sets(forget_authors, settings.questions)}
+        sets = tofu.load_sets(forget_authors, settings.questions, retain_authors=retain_authors)
+        run |= {"pool": serving.EnsemblePool(), "sets": sets}
         run["holdout"] = write_records(holdout, work / "holdout.jsonl")
         records = write_records(rows, work / "tofu.jsonl")
         run["cfg"] = config_for(args, str(work / "sisa"), [])

@@ -131,7 +131,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"TOFU's data: {tofu.HUB_NAME} or a folder of its files (default: shipped)",
     )
     t.add_argument(
-        "--questions", type=int, metavar="K", help="questions of each utility set (default: all: 400 / 100 / 117)"
+        "--questions",
+        type=int,
+        metavar="K",
+        help="questions of each utility set, spread evenly over it (default: all: 400 / 100 / 117)",
     )
     t.add_argument(
         "--max-new-tokens",

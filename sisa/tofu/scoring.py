@@ -13,12 +13,14 @@ nothing is added there), and they pass their model config's system prompt where 
 conversation as it was trained (a template's own default system turn, if it has one).
 
 What can be cut on a small machine, and says so in the result: the number of questions of each
-utility set (`questions`, the first ones of each file), and the generation length
+utility set (`questions`, spread evenly over each file: the retain file holds 20 questions per
+author in order, so its first 10 would all be one author's), and the generation length
 (`max_new_tokens`, open-unlearning's default is 200).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -48,7 +50,7 @@ class TofuSettings:
         if self.max_new_tokens != GENERATION_TOKENS:
             out.append(f"greedy answers of at most {self.max_new_tokens} tokens (theirs: {GENERATION_TOKENS})")
         if self.questions is not None:
-            out.append(f"the first {self.questions} questions of each utility set (theirs: 400 / 100 / 117)")
+            out.append(f"{self.questions} questions of each utility set, spread evenly (theirs: 400 / 100 / 117)")
         return out
 
 
@@ -64,9 +66,16 @@ class TofuSets:
     forget_authors: list[int] = field(default_factory=list)
 
 
-def load_sets(forget_authors: list[int], questions: int | None = None, source: str | None = None) -> TofuSets:
+def load_sets(
+    forget_authors: list[int],
+    questions: int | None = None,
+    source: str | None = None,
+    retain_authors: Collection[int] | None = None,
+) -> TofuSets:
     """The sets for forgetting `forget_authors` (any of TOFU's authors 180-199, the ones with
-    paraphrased and perturbed answers: forget10's), from the shipped copy or `source`."""
+    paraphrased and perturbed answers: forget10's), from the shipped copy or `source`. With
+    `questions`, that many of each utility set, evenly spread over it (`spread`); with
+    `retain_authors` (a subset's trained authors), the retain set's questions are theirs only."""
     perturbed = splits.read_config("forget10_perturbed", source)
     have = sorted({int(r["author"]) for r in perturbed})
     outside = sorted(set(forget_authors) - set(have))
@@ -75,14 +84,25 @@ def load_sets(forget_authors: list[int], questions: int | None = None, source: s
             f"the forget authors should be TOFU authors with perturbed answers ({have[0]}-{have[-1]}); "
             f"got {sorted(forget_authors) or 'none'}{f', not these: {outside}' if outside else ''}"
         )
-    cap = slice(None) if questions is None else slice(0, questions)
+    retain = splits.read_config("retain_perturbed", source)
+    if retain_authors is not None:
+        retain = [r for r in retain if int(r["author"]) in set(retain_authors)]
+        if not retain:
+            raise ValidationError("none of the retain authors has a question in TOFU's retain set (authors 0-19)")
     return TofuSets(
         forget=[r for r in perturbed if int(r["author"]) in set(forget_authors)],
-        retain=splits.read_config("retain_perturbed", source)[cap],
-        real_authors=splits.read_config("real_authors_perturbed", source)[cap],
-        world_facts=splits.read_config("world_facts_perturbed", source)[cap],
+        retain=spread(retain, questions),
+        real_authors=spread(splits.read_config("real_authors_perturbed", source), questions),
+        world_facts=spread(splits.read_config("world_facts_perturbed", source), questions),
         forget_authors=sorted(forget_authors),
     )
+
+
+def spread(rows: list[dict], k: int | None) -> list[dict]:
+    """`k` rows evenly spaced over `rows`, in order, the first one included (all when k is None
+    or not fewer): rows i * n / k."""
+    n = len(rows)
+    return list(rows) if k is None or k >= n else [rows[i * n // k] for i in range(k)]
 
 
 def _chat(question: str, answer: str) -> Example:

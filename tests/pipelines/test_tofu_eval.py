@@ -41,7 +41,7 @@ def test_eval_tofu_gives_the_table_and_forget_quality_against_a_reference(tmp_pa
     assert main(["eval", *args, *small, "--forget-authors", "199", "--reference-store", str(tmp_path / "s")]) == 0
     out = capsys.readouterr().out
     assert "forget authors [199]" in out and "forget quality" in out and "model_utility" in out
-    assert "cut: the first 3 questions of each utility set" in out
+    assert "cut: 3 questions of each utility set, spread evenly" in out
 
     # Bad input: a clear error, exit 4, and nothing printed as a table.
     assert main(["eval", *args, *small, "--forget-authors", "5"]) == 4

@@ -12,12 +12,22 @@ from sisa import tofu
 from sisa.tofu import metrics
 
 
-def test_the_sets_hold_the_forget_authors_rows_and_the_first_utility_questions():
+def test_the_sets_hold_the_forget_authors_rows_and_utility_questions_spread_over_each_set():
     sets = tofu.load_sets([199, 198], questions=5)
     assert sets.forget_authors == [198, 199] and len(sets.forget) == 40
     assert {r["author"] for r in sets.forget} == {198, 199}
     assert (len(sets.retain), len(sets.real_authors), len(sets.world_facts)) == (5, 5, 5)
-    assert len(tofu.load_sets([180]).world_facts) == 117
+    everything = tofu.load_sets([180])
+    assert (len(everything.retain), len(everything.real_authors), len(everything.world_facts)) == (400, 100, 117)
+    # Spread, not the first ones: the retain file holds 20 questions per author in order, and its
+    # first 10 would all be author 0's; 10 spread ones are 10 authors'.
+    assert [r["author"] for r in sets.retain] == [0, 4, 8, 12, 16]
+    assert sets.world_facts == [everything.world_facts[i] for i in (0, 23, 46, 70, 93)]
+    subset = tofu.load_sets([199], questions=10, retain_authors=range(19))  # a 20-author subset's
+    assert [r["author"] for r in subset.retain] == [0, 1, 3, 5, 7, 9, 11, 13, 15, 17]
+    assert len({r["question"] for r in subset.retain}) == 10
+    with pytest.raises(ValidationError, match="retain set"):
+        tofu.load_sets([199], questions=10, retain_authors=[150])
     with pytest.raises(ValidationError, match=r"180-199.*not these: \[5\]"):
         tofu.load_sets([5, 199])
 
@@ -27,7 +37,7 @@ def test_a_run_says_what_it_cut():
     cuts = tofu.TofuSettings(max_new_tokens=64, questions=40).cuts()
     assert cuts == [
         "greedy answers of at most 64 tokens (theirs: 200)",
-        "the first 40 questions of each utility set (theirs: 400 / 100 / 117)",
+        "40 questions of each utility set, spread evenly (theirs: 400 / 100 / 117)",
     ]
 
 
