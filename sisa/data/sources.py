@@ -272,6 +272,13 @@ def _json_type(v: object) -> str:
 
 
 def read_csv_bytes(data: bytes, name: str) -> Source:
+    # UTF-8 first, naming the line: pyarrow hands a malformed row's bytes to the invalid-row
+    # handler as text, and a row that is not UTF-8 failed inside its callback, unreported.
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as u:
+        line = data.count(b"\n", 0, u.start) + 1
+        raise ValidationError(f"{name}: the file is not valid UTF-8 (line {line}); nothing was ingested") from None
     bad: list[str] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -288,16 +295,8 @@ def read_csv_bytes(data: bytes, name: str) -> Source:
                 column_types=_all_string_types(data), strings_can_be_null=False, quoted_strings_can_be_null=False
             ),
         )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as e:
-        problem = (
-            "is not valid UTF-8" if isinstance(e, UnicodeDecodeError) or "UTF8" in str(e) else "cannot be parsed as CSV"
-        )
-        try:  # name the first line that is not UTF-8 (pyarrow's errors do not)
-            data.decode("utf-8")
-        except UnicodeDecodeError as u:
-            line = data.count(b"\n", 0, u.start) + 1
-            problem = f"is not valid UTF-8 (line {line})"
-        raise ValidationError(f"{name}: the file {problem}; nothing was ingested") from None
+    except pa.ArrowInvalid:
+        raise ValidationError(f"{name}: the file cannot be parsed as CSV; nothing was ingested") from None
     if bad:
         raise ValidationError(
             f"{name}: {len(bad)} malformed line(s) (wrong number of fields): {list_some(bad)}; nothing was ingested"
